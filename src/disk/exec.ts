@@ -1,0 +1,41 @@
+import { execFile } from 'node:child_process';
+import { DiskError } from './errors.ts';
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+  status: number;
+}
+
+/** Runs a tool without a shell; resolves with its exit status instead of throwing, for probes. */
+export function runTool(cmd: string, args: readonly string[]): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { maxBuffer: 64 * 1024 * 1024, encoding: 'utf8' }, (err, stdout, stderr) => {
+      if (err && typeof (err as NodeJS.ErrnoException).code === 'string') {
+        reject(
+          new DiskError('E_DISK_COMMAND', `cannot run ${cmd}: ${err.message}`, {
+            command: cmd,
+            args: [...args],
+          }),
+        );
+        return;
+      }
+      const status = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
+      resolve({ stdout, stderr, status });
+    });
+  });
+}
+
+/** Runs a tool and throws a DiskError carrying its stderr when it fails. */
+export async function run(cmd: string, args: readonly string[], what?: string): Promise<string> {
+  const r = await runTool(cmd, args);
+  if (r.status !== 0) {
+    const detail = (r.stderr || r.stdout).trim() || `exit status ${r.status}`;
+    throw new DiskError(
+      'E_DISK_COMMAND',
+      `${what ? what + ': ' : ''}${cmd} ${args.join(' ')} failed: ${detail}`,
+      { command: cmd, args: [...args], status: r.status, stderr: r.stderr },
+    );
+  }
+  return r.stdout;
+}

@@ -1,0 +1,169 @@
+/**
+ * Filesystems imgcast captures as files and recreates on restore: ext2/3/4 and vfat.
+ * Capture records what mkfs needs to make an equivalent filesystem (same type, label,
+ * UUID, block/inode size, features, FAT width) so that fstab entries, boot loader
+ * configs and EFI boot entries that name the filesystem keep working after restore.
+ */
+import { mkdtemp, open, rm, statfs } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { FilesystemInfo, FilesystemType } from '../image/types.ts';
+import { blkidProbe } from './device.ts';
+import { DiskError } from './errors.ts';
+import { run, runTool } from './exec.ts';
+
+const EXT_TYPES = new Set(['ext2', 'ext3', 'ext4']);
+/** Features that describe a state, not a choice, and that mke2fs refuses. */
+const EXT_STATE_FEATURES = new Set(['needs_recovery', 'orphan_present', 'journal_dev', 'snapshot_bitmap']);
+
+/** Filesystem types imgcast captures as file volumes. */
+export function isFileVolumeType(type: string | undefined): type is Exclude<FilesystemType, 'directory'> {
+  return type !== undefined && (EXT_TYPES.has(type) || type === 'vfat');
+}
+
+function field(text: string, name: string): string | undefined {
+  const m = new RegExp(`^${name}:[ \\t]*(.*)$`, 'm').exec(text);
+  return m?.[1]?.trim();
+}
+
+/** Reads type, label, UUID and the mkfs parameters of the ext2/3/4 or vfat filesystem on `device`. */
+export async function readFilesystemInfo(device: string): Promise<FilesystemInfo> {
+  const probe = await blkidProbe(device);
+  const type = probe.TYPE;
+  if (type && EXT_TYPES.has(type)) {
+    const out = await run('dumpe2fs', ['-h', device], `read the ext superblock of ${device}`);
+    const blockSize = Number(field(out, 'Block size'));
+    const blockCount = Number(field(out, 'Block count'));
+    const freeBlocks = Number(field(out, 'Free blocks'));
+    const label = field(out, 'Filesystem volume name');
+    const features = (field(out, 'Filesystem features') ?? '')
+      .split(/\s+/)
+      .filter((f) => f && f !== '(none)' && !EXT_STATE_FEATURES.has(f));
+    return {
+      type: type as FilesystemType,
+      ...(label && label !== '<none>' ? { label } : {}),
+      uuid: field(out, 'Filesystem UUID'),
+      blockSize,
+      inodeSize: Number(field(out, 'Inode size')),
+      features,
+      usedBytes: (blockCount - freeBlocks) * blockSize,
+    };
+  }
+  if (type === 'vfat') {
+    const bits = Number(/FAT(\d+)/.exec(probe.VERSION ?? '')?.[1]);
+    const fh = await open(device, 'r');
+    let sectorSize = 512;
+    try {
+      const b = Buffer.alloc(512);
+      await fh.read(b, 0, 512, 0);
+      sectorSize = b.readUInt16LE(11);
+    } finally {
+      await fh.close();
+    }
+    return {
+      type: 'vfat',
+      ...(probe.LABEL ? { label: probe.LABEL } : {}),
+      ...(probe.UUID ? { uuid: probe.UUID } : {}),
+      ...(bits ? { fatBits: bits } : {}),
+      blockSize: sectorSize,
+    };
+  }
+  throw new DiskError(
+    'E_FS_UNSUPPORTED',
+    `${device} holds ${type ? `a ${type} filesystem` : 'no recognised filesystem'}; only ext2/3/4 and vfat are captured as files`,
+    { device, type },
+  );
+}
+
+/** Makes a filesystem on `device` that reproduces `info` (type, label, UUID, geometry, features). */
+export async function makeFilesystem(device: string, info: FilesystemInfo): Promise<void> {
+  if (EXT_TYPES.has(info.type)) {
+    const args = ['-F', '-q'];
+    if (info.uuid) args.push('-U', info.uuid);
+    if (info.label) args.push('-L', info.label);
+    if (info.blockSize) args.push('-b', String(info.blockSize));
+    if (info.inodeSize) args.push('-I', String(info.inodeSize));
+    // 'none' first so the result has exactly the source's features, not mke2fs.conf defaults plus them.
+    if (info.features) args.push('-O', ['none', ...info.features].join(','));
+    args.push(device);
+    await run(`mkfs.${info.type}`, args, `recreate the ${info.type} filesystem on ${device}`);
+    return;
+  }
+  if (info.type === 'vfat') {
+    const args: string[] = [];
+    if (info.fatBits) args.push('-F', String(info.fatBits));
+    if (info.uuid) args.push('-i', info.uuid.replace('-', ''));
+    if (info.label) args.push('-n', info.label);
+    if (info.blockSize && info.blockSize !== 512) args.push('-S', String(info.blockSize));
+    args.push(device);
+    await run('mkfs.vfat', args, `recreate the vfat filesystem on ${device}`);
+    return;
+  }
+  throw new DiskError('E_FS_UNSUPPORTED', `cannot create a ${info.type} filesystem on ${device}`, {
+    device,
+    type: info.type,
+  });
+}
+
+export interface Mounted {
+  dir: string;
+  /** Unmounts and removes the mount point; safe to call twice. */
+  unmount(): Promise<void>;
+}
+
+/** Mounts `device` at a fresh temporary directory, read-only for capture or read-write for restore. */
+export async function mountFilesystem(
+  device: string,
+  type: FilesystemType,
+  opts: { readOnly: boolean },
+): Promise<Mounted> {
+  const dir = await mkdtemp(join(tmpdir(), 'imgcast-mnt-'));
+  const options = [opts.readOnly ? 'ro' : 'rw'];
+  try {
+    await run('mount', ['-t', type, '-o', options.join(','), device, dir], `mount ${device}`);
+  } catch (err) {
+    await rm(dir, { recursive: false, force: true }).catch(() => {});
+    throw err;
+  }
+  let mounted = true;
+  return {
+    dir,
+    async unmount() {
+      if (!mounted) return;
+      for (let attempt = 0; ; attempt++) {
+        const r = await runTool('umount', [dir]);
+        if (r.status === 0) break;
+        if (attempt >= 10) {
+          throw new DiskError('E_DISK_COMMAND', `cannot unmount ${device} from ${dir}: ${r.stderr.trim()}`, {
+            device,
+            dir,
+          });
+        }
+        await new Promise((res) => setTimeout(res, 100 * (attempt + 1)));
+      }
+      mounted = false;
+      await rm(dir, { recursive: false, force: true }).catch(() => {});
+    },
+  };
+}
+
+/** Runs `fn` with `device` mounted; unmounts whatever happens. */
+export async function withMounted<T>(
+  device: string,
+  type: FilesystemType,
+  opts: { readOnly: boolean },
+  fn: (dir: string) => Promise<T>,
+): Promise<T> {
+  const m = await mountFilesystem(device, type, opts);
+  try {
+    return await fn(m.dir);
+  } finally {
+    await m.unmount();
+  }
+}
+
+/** Bytes in use on a mounted filesystem. */
+export async function usedBytes(dir: string): Promise<number> {
+  const s = await statfs(dir);
+  return (s.blocks - s.bfree) * s.bsize;
+}

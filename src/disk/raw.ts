@@ -1,0 +1,255 @@
+/**
+ * Raw volumes and boot areas: a byte range stored as its non-zero runs, and written
+ * back with everything between the runs zeroed.
+ */
+import { open, stat, type FileHandle } from 'node:fs/promises';
+import type { RestoreProgress, RestoreSink } from '../engine/types.ts';
+import { CHUNK_SIZE, type ChunkSink, type RawExtent } from '../image/types.ts';
+import { DiskError } from './errors.ts';
+import { runTool } from './exec.ts';
+
+/** Zero detection granularity: a 4 KiB block is either stored or known to be zero. */
+export const ZERO_BLOCK = 4096;
+const ZEROS = Buffer.alloc(ZERO_BLOCK);
+
+async function readFully(fh: FileHandle, buf: Buffer, length: number, position: number, path: string) {
+  let done = 0;
+  while (done < length) {
+    let bytesRead: number;
+    try {
+      ({ bytesRead } = await fh.read(buf, done, length - done, position + done));
+    } catch (err) {
+      throw new DiskError(
+        'E_DISK_IO',
+        `cannot read ${path} at byte ${position + done}: ${(err as Error).message}`,
+        {
+          path,
+          position: position + done,
+        },
+      );
+    }
+    if (bytesRead === 0) {
+      throw new DiskError(
+        'E_DISK_IO',
+        `${path} ends at byte ${position + done}, before the range being captured`,
+        {
+          path,
+          position: position + done,
+        },
+      );
+    }
+    done += bytesRead;
+  }
+}
+
+/** Non-zero runs of `buf[0..length)`, at ZERO_BLOCK granularity. */
+export function nonZeroRuns(buf: Buffer, length: number): Array<{ start: number; end: number }> {
+  const runs: Array<{ start: number; end: number }> = [];
+  let runStart = -1;
+  for (let pos = 0; pos < length; pos += ZERO_BLOCK) {
+    const end = Math.min(pos + ZERO_BLOCK, length);
+    const zero = buf
+      .subarray(pos, end)
+      .equals(end - pos === ZERO_BLOCK ? ZEROS : ZEROS.subarray(0, end - pos));
+    if (!zero && runStart < 0) runStart = pos;
+    if (zero && runStart >= 0) {
+      runs.push({ start: runStart, end: pos });
+      runStart = -1;
+    }
+  }
+  if (runStart >= 0) runs.push({ start: runStart, end: length });
+  return runs;
+}
+
+export interface RawCaptureOptions {
+  /** Called after each piece with bytes scanned so far. */
+  onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  /** Added to every extent offset (0 keeps them relative to `offset`). */
+  extentBase?: number;
+}
+
+/**
+ * Captures bytes [offset, offset+length) of a device or file. Each non-zero run within
+ * a CHUNK_SIZE window becomes one chunk; zero runs are not stored.
+ */
+export async function captureRaw(
+  path: string,
+  offset: number,
+  length: number,
+  sink: ChunkSink,
+  opts: RawCaptureOptions = {},
+): Promise<RawExtent[]> {
+  const fh = await open(path, 'r').catch((err: unknown) => {
+    throw new DiskError('E_DISK_IO', `cannot open ${path}: ${(err as Error).message}`, { path });
+  });
+  const extents: RawExtent[] = [];
+  const base = opts.extentBase ?? 0;
+  try {
+    // Two buffers: the next window is read while the current one's chunks are stored.
+    const bufs = [Buffer.allocUnsafe(CHUNK_SIZE), Buffer.allocUnsafe(CHUNK_SIZE)];
+    let pos = 0;
+    let pending: Promise<void> | undefined;
+    let which = 0;
+    while (pos < length) {
+      const n = Math.min(CHUNK_SIZE, length - pos);
+      const buf = bufs[which]!;
+      which ^= 1;
+      await readFully(fh, buf, n, offset + pos, path);
+      await pending;
+      const windowStart = pos;
+      pending = (async () => {
+        for (const r of nonZeroRuns(buf, n)) {
+          // putChunk may keep the buffer until durable; hand it a copy so the window can be reused.
+          const ref = await sink.putChunk(Buffer.from(buf.subarray(r.start, r.end)));
+          extents.push({ offset: base + windowStart + r.start, length: r.end - r.start, chunk: ref.id });
+        }
+      })();
+      // Observed by the next await; this only keeps a read error from leaving it unhandled.
+      pending.catch(() => {});
+      pos += n;
+      opts.onProgress?.(pos, length);
+    }
+    await pending;
+  } finally {
+    await fh.close();
+  }
+  return extents;
+}
+
+export interface RawRestoreOptions {
+  /** True only when the range was just created as a hole in a new file, so it already reads as zeros. */
+  fresh?: boolean;
+  /** Used in messages: "partition 3", "boot area at 0". */
+  label?: string;
+}
+
+/**
+ * A RestoreSink writing `extents` (whose offsets are relative to `extentBase`) into
+ * [offset, offset+length) of `target`, with every byte not covered by an extent zeroed.
+ */
+export function createRawRestore(
+  target: string,
+  offset: number,
+  length: number,
+  extents: readonly RawExtent[],
+  extentBase: number,
+  opts: RawRestoreOptions = {},
+): RestoreSink {
+  const label = opts.label ?? `range ${offset}+${length}`;
+  const byChunk = new Map<string, RawExtent[]>();
+  let bytesTotal = 0;
+  for (const x of extents) {
+    const abs = extentBase + x.offset;
+    if (abs < offset || abs + x.length > offset + length) {
+      throw new DiskError('E_DISK_TARGET', `${label}: extent at ${abs}+${x.length} lies outside its range`, {
+        chunk: x.chunk,
+      });
+    }
+    const list = byChunk.get(x.chunk) ?? [];
+    list.push(x);
+    byChunk.set(x.chunk, list);
+    bytesTotal += x.length;
+  }
+  const needed = new Set(byChunk.keys());
+  const applied = new Set<string>();
+  let bytesDone = 0;
+  let fh: FileHandle | undefined;
+
+  async function zeroGaps(handle: FileHandle, isBlock: boolean): Promise<void> {
+    const sorted = [...extents].sort((a, b) => a.offset - b.offset);
+    const gaps: Array<[number, number]> = [];
+    let cur = offset;
+    for (const x of sorted) {
+      const abs = extentBase + x.offset;
+      if (abs > cur) gaps.push([cur, abs]);
+      cur = Math.max(cur, abs + x.length);
+    }
+    if (cur < offset + length) gaps.push([cur, offset + length]);
+    const zeros = Buffer.alloc(Math.min(CHUNK_SIZE, length));
+    for (const [from, to] of gaps) {
+      if (isBlock && from % 512 === 0 && (to - from) % 512 === 0) {
+        const r = await runTool('blkdiscard', [
+          '--zeroout',
+          '--offset',
+          String(from),
+          '--length',
+          String(to - from),
+          target,
+        ]);
+        if (r.status === 0) continue;
+      }
+      for (let p = from; p < to; p += zeros.length) {
+        await handle.write(zeros, 0, Math.min(zeros.length, to - p), p);
+      }
+    }
+  }
+
+  return {
+    needed,
+    progress(): RestoreProgress {
+      return { bytesDone, bytesTotal };
+    },
+    async prepare() {
+      const st = await stat(target);
+      fh = await open(target, 'r+').catch((err: unknown) => {
+        throw new DiskError('E_DISK_IO', `cannot open ${target} for writing: ${(err as Error).message}`, {
+          path: target,
+        });
+      });
+      if (!opts.fresh) await zeroGaps(fh, st.isBlockDevice());
+    },
+    async applyChunk(id, raw) {
+      const list = byChunk.get(id);
+      if (!list || !fh) return;
+      if (applied.has(id)) return;
+      for (const x of list) {
+        if (raw.length !== x.length) {
+          throw new DiskError(
+            'E_DISK_TARGET',
+            `${label}: chunk ${id} holds ${raw.length} bytes but the extent at ${x.offset} needs ${x.length}`,
+            { chunk: id },
+          );
+        }
+        try {
+          let done = 0;
+          while (done < x.length) {
+            const { bytesWritten } = await fh.write(raw, done, x.length - done, extentBase + x.offset + done);
+            done += bytesWritten;
+          }
+        } catch (err) {
+          throw new DiskError(
+            'E_DISK_IO',
+            `${label}: cannot write ${target} at byte ${extentBase + x.offset}: ${(err as Error).message}`,
+            {
+              path: target,
+              chunk: id,
+            },
+          );
+        }
+        bytesDone += x.length;
+      }
+      applied.add(id);
+    },
+    async finish() {
+      const missing = [...needed].filter((id) => !applied.has(id));
+      if (missing.length > 0) {
+        throw new DiskError(
+          'E_DISK_INCOMPLETE',
+          `${label}: ${missing.length} chunk(s) never arrived, e.g. ${missing[0]}`,
+          {
+            missing: missing.length,
+          },
+        );
+      }
+      if (fh) {
+        await fh.sync();
+        await fh.close();
+        fh = undefined;
+      }
+    },
+    async abort() {
+      if (fh) await fh.close().catch(() => {});
+      fh = undefined;
+    },
+  };
+}
