@@ -1,0 +1,11 @@
+import { ImgcastError } from '../../errors.ts';
+
+/**
+ * Stable codes of file-volume capture and restore (path problems use ImageError
+ * E_PATH_ESCAPE / E_PATH_NOT_FOUND from src/image/errors.ts):
+ * E_CAPTURE_IO        a file or directory of the source tree could not be read
+ * E_RESTORE_IO        a file, directory, link or node could not be created or written in the target
+ * E_RESTORE_INCOMPLETE finish() was called before every needed chunk arrived
+ * E_XATTR             getfattr/setfattr is missing or failed
+ */
+export class FileVolumeError extends ImgcastError {}

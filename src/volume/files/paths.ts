@@ -1,0 +1,68 @@
+import { lstatSync } from 'node:fs';
+import { isAbsolute, join, resolve } from 'node:path';
+import { ImageError } from '../../image/errors.ts';
+
+/**
+ * Canonical form of a path an administrator typed for an image ('/etc/./x/' → 'etc/x',
+ * '' or '/' → '.'). A leading '/' means the image root, not the host's. '..' may step
+ * back inside the path but never above the image root.
+ */
+export function normalizeImagePath(p: string): string {
+  if (p.includes('\0')) throw escape(p, 'contains a NUL byte');
+  const out: string[] = [];
+  for (const part of p.split('/')) {
+    if (part === '' || part === '.') continue;
+    if (part === '..') {
+      if (out.length === 0) throw escape(p, "goes above the image root with '..'");
+      out.pop();
+      continue;
+    }
+    out.push(part);
+  }
+  return out.length === 0 ? '.' : out.join('/');
+}
+
+/**
+ * Where an image entry lands under targetDir. Entry paths come from an image file we
+ * may not trust, so anything that is not already canonical and relative is refused
+ * rather than repaired, and no existing parent inside the target may be a symlink
+ * (it could point anywhere on the host).
+ */
+export function safeJoin(targetDir: string, imagePath: string): string {
+  const parts = checkEntryPath(imagePath);
+  const root = resolve(targetDir);
+  let dir = root;
+  for (let i = 0; i < parts.length - 1; i++) {
+    dir = join(dir, parts[i]!);
+    if (!isRealDirOrMissing(dir))
+      throw escape(imagePath, `its parent ${dir} is a symlink or not a directory`);
+  }
+  return parts.length === 0 ? root : join(root, ...parts);
+}
+
+/** Components of a canonical relative entry path ('.' → none); throws E_PATH_ESCAPE otherwise. */
+export function checkEntryPath(imagePath: string): string[] {
+  if (imagePath === '.') return [];
+  if (imagePath === '' || isAbsolute(imagePath)) throw escape(imagePath, 'is not a relative path');
+  if (imagePath.includes('\0')) throw escape(imagePath, 'contains a NUL byte');
+  const parts = imagePath.split('/');
+  for (const part of parts) {
+    if (part === '' || part === '.' || part === '..') {
+      throw escape(imagePath, `has a '${part === '' ? '//' : part}' component`);
+    }
+  }
+  return parts;
+}
+
+function isRealDirOrMissing(p: string): boolean {
+  try {
+    return lstatSync(p).isDirectory();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    throw err;
+  }
+}
+
+function escape(p: string, why: string): ImageError {
+  return new ImageError('E_PATH_ESCAPE', `image path ${JSON.stringify(p)} ${why}; refusing it`, { path: p });
+}
