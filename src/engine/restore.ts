@@ -1,0 +1,468 @@
+/**
+ * `img restore`: put an image onto a directory, a whole disk (block device or disk-image
+ * file) or a single partition. The target is checked completely (kind, size, nothing
+ * mounted) before anything is written, so a refused restore leaves it untouched.
+ */
+import { mkdir, open, readdir, stat } from 'node:fs/promises';
+import { DiskError } from '../disk/errors.ts';
+import { assertNotMounted, attachLoop, deviceSize, detachLoop, isBlockDevice } from '../disk/device.ts';
+import { runTool } from '../disk/exec.ts';
+import { makeFilesystem, mountFilesystem, type Mounted } from '../disk/filesystem.ts';
+import { createRawRestore } from '../disk/raw.ts';
+import { ImageError } from '../image/errors.ts';
+import { checkFileset, includedEntries } from '../image/fileset.ts';
+import { ImageReader } from '../image/index.ts';
+import type { DiskLayout, FileVolume, Manifest, RawVolume, Volume } from '../image/types.ts';
+import { createTreeRestore } from '../volume/files/restore.ts';
+import type { RestoreProgress, RestoreSink } from './types.ts';
+
+export interface RestoreOptions {
+  fileset: number;
+  /** Restore into a non-empty directory. */
+  force?: boolean;
+  /** Non-fatal problems (e.g. owners a vfat target cannot keep). */
+  onWarning?: (message: string) => void;
+}
+
+export type DescribedSink = RestoreSink & { describe(): string };
+
+function mib(n: number): string {
+  return `${(n / (1024 * 1024)).toFixed(1)} MiB`;
+}
+
+function tooSmall(target: string, have: number, need: number, what: string): DiskError {
+  return new DiskError(
+    'E_DISK_TOO_SMALL',
+    `target ${target} holds ${have} bytes (${mib(have)}) but ${what} needs ${need} bytes (${mib(need)})`,
+    { target, targetBytes: have, neededBytes: need },
+  );
+}
+
+/** Chunk ids a file volume's included entries need, in entry order, and their byte total. */
+function fileVolumeNeeds(volume: FileVolume, fileset: number): { needed: Set<string>; bytes: number } {
+  const needed = new Set<string>();
+  let bytes = 0;
+  for (const e of includedEntries(volume.entries, fileset)) {
+    for (const x of e.extents ?? []) {
+      needed.add(x.chunk);
+      bytes += x.length;
+    }
+  }
+  return { needed, bytes };
+}
+
+interface Place {
+  /** Where the filesystem goes; `release` undoes what `acquire` set up. */
+  acquire(): Promise<{ dir: string; release(): Promise<void> }>;
+}
+
+/** A directory that must exist (created if missing). */
+function directoryPlace(dir: string): Place {
+  return {
+    async acquire() {
+      await mkdir(dir, { recursive: true });
+      return { dir, release: async () => {} };
+    },
+  };
+}
+
+/** A fresh filesystem on a byte range of a device or file, mounted read-write. */
+function filesystemPlace(target: string, volume: FileVolume, offset: number, size: number): Place {
+  return {
+    async acquire() {
+      const loop = await attachLoop(target, { offset, size });
+      let mounted: Mounted | undefined;
+      try {
+        await makeFilesystem(loop, volume.fs);
+        mounted = await mountFilesystem(loop, volume.fs.type, { readOnly: false });
+      } catch (err) {
+        await detachLoop(loop).catch(() => {});
+        throw err;
+      }
+      const m = mounted;
+      return {
+        dir: m.dir,
+        async release() {
+          try {
+            await m.unmount();
+          } finally {
+            await detachLoop(loop);
+          }
+        },
+      };
+    },
+  };
+}
+
+/** Writes a file volume's tree into a place; `needed` is known before the place exists. */
+function fileVolumeSink(volume: FileVolume, place: Place, opts: RestoreOptions): RestoreSink {
+  const { needed, bytes } = fileVolumeNeeds(volume, opts.fileset);
+  let inner: RestoreSink | undefined;
+  let held: { dir: string; release(): Promise<void> } | undefined;
+  const fsType = volume.fs.type;
+  return {
+    needed,
+    progress(): RestoreProgress {
+      return inner ? inner.progress() : { bytesDone: 0, bytesTotal: bytes };
+    },
+    async prepare() {
+      held = await place.acquire();
+      inner = await createTreeRestore(volume.entries, held.dir, {
+        fileset: opts.fileset,
+        fsType,
+        ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
+      });
+      const unknown = [...inner.needed].find((id) => !needed.has(id));
+      if (unknown) {
+        throw new DiskError(
+          'E_DISK_TARGET',
+          `volume ${volume.index}: the file restore asks for chunk ${unknown}, which the image does not list for file set ${opts.fileset}`,
+          { chunk: unknown },
+        );
+      }
+      await inner.prepare();
+    },
+    async applyChunk(id, raw) {
+      if (inner?.needed.has(id)) await inner.applyChunk(id, raw);
+    },
+    async finish() {
+      if (!inner || !held)
+        throw new DiskError('E_DISK_INCOMPLETE', `volume ${volume.index} was never prepared`);
+      await inner.finish();
+      const h = held;
+      held = undefined;
+      await h.release();
+    },
+    async abort(reason) {
+      await inner?.abort(reason).catch(() => {});
+      const h = held;
+      held = undefined;
+      await h?.release().catch(() => {});
+    },
+  };
+}
+
+function rawVolumeSink(target: string, volume: RawVolume, offset: number, fresh: boolean): RestoreSink {
+  return createRawRestore(target, offset, volume.sizeBytes, volume.extents, offset, {
+    fresh,
+    label: volume.partition !== undefined ? `partition ${volume.partition}` : `volume ${volume.index}`,
+  });
+}
+
+interface Composite {
+  children: RestoreSink[];
+  describe: string;
+  /** Runs before anything is written; last chance to refuse. */
+  before?: () => Promise<void>;
+  /** Runs after the children at index < split finished and before the others finish. */
+  between?: { split: number; run: () => Promise<void> };
+  after?: () => Promise<void>;
+}
+
+/** Routes each chunk to every child that needs it; finishes only when all needed chunks arrived. */
+function compositeSink(c: Composite): DescribedSink {
+  const needed = new Set<string>();
+  for (const child of c.children) for (const id of child.needed) needed.add(id);
+  const applied = new Set<string>();
+  return {
+    needed,
+    describe: () => c.describe,
+    progress() {
+      let bytesDone = 0;
+      let bytesTotal = 0;
+      for (const child of c.children) {
+        const p = child.progress();
+        bytesDone += p.bytesDone;
+        bytesTotal += p.bytesTotal;
+      }
+      return { bytesDone, bytesTotal };
+    },
+    async prepare() {
+      await c.before?.();
+      for (const child of c.children) await child.prepare();
+    },
+    async applyChunk(id, raw) {
+      if (applied.has(id) || !needed.has(id)) return;
+      for (const child of c.children) if (child.needed.has(id)) await child.applyChunk(id, raw);
+      applied.add(id);
+    },
+    async finish() {
+      const missing = [...needed].filter((id) => !applied.has(id));
+      if (missing.length > 0) {
+        throw new DiskError(
+          'E_DISK_INCOMPLETE',
+          `restore to ${c.describe} is incomplete: ${missing.length} of ${needed.size} chunks never arrived (first: ${missing[0]})`,
+          { missing: missing.length, first: missing[0] },
+        );
+      }
+      for (let i = 0; i < c.children.length; i++) {
+        if (c.between && i === c.between.split) await c.between.run();
+        await c.children[i]!.finish();
+      }
+      if (c.between && c.between.split >= c.children.length) await c.between.run();
+      await c.after?.();
+    },
+    async abort(reason) {
+      for (const child of c.children) await child.abort(reason).catch(() => {});
+    },
+  };
+}
+
+/** The smallest target a disk layout fits on: every partition, and for GPT room for the backup table. */
+export function layoutNeeds(disk: DiskLayout): number {
+  let end = 0;
+  for (const p of disk.partitions) end = Math.max(end, p.startBytes + p.sizeBytes);
+  const first = disk.bootAreas[0];
+  if (first) end = Math.max(end, first.offset + first.length);
+  if (disk.table === 'gpt') {
+    const backup = disk.bootAreas[1];
+    end += backup ? backup.length : 33 * disk.sectorSize;
+  }
+  return end;
+}
+
+type TargetKind =
+  { kind: 'directory'; exists: boolean } | { kind: 'device' | 'file'; exists: boolean; size: number };
+
+async function inspectTarget(target: string): Promise<TargetKind> {
+  let st;
+  try {
+    st = await stat(target);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { kind: 'file', exists: false, size: 0 };
+    throw new DiskError('E_DISK_IO', `cannot access ${target}: ${(err as Error).message}`, { target });
+  }
+  if (st.isDirectory()) return { kind: 'directory', exists: true };
+  if (st.isBlockDevice()) return { kind: 'device', exists: true, size: await deviceSize(target) };
+  if (st.isFile()) return { kind: 'file', exists: true, size: st.size };
+  throw new DiskError('E_DISK_TARGET', `${target} is not a directory, block device or regular file`, {
+    target,
+  });
+}
+
+function singleFileVolume(manifest: Manifest, target: string): FileVolume {
+  const files = manifest.volumes.filter((v): v is FileVolume => v.kind === 'files');
+  if (files.length !== 1 || manifest.volumes.length !== 1) {
+    throw new DiskError(
+      'E_DISK_TARGET',
+      `${target} is a directory, but the image holds ${manifest.volumes.length} volume(s) (${files.length} with files); only an image of exactly one file volume restores into a directory`,
+      { target },
+    );
+  }
+  return files[0]!;
+}
+
+/** Builds the sink for restoring `manifest` onto `target`; checks the target but writes nothing yet. */
+export async function openRestore(
+  manifest: Manifest,
+  target: string,
+  opts: RestoreOptions,
+): Promise<DescribedSink> {
+  checkFileset(opts.fileset);
+  const t = await inspectTarget(target);
+  const dirImage =
+    !manifest.disk &&
+    manifest.volumes.length === 1 &&
+    manifest.volumes[0]?.kind === 'files' &&
+    manifest.volumes[0].fs.type === 'directory';
+
+  if (t.kind === 'directory' || (!t.exists && dirImage)) {
+    const volume = singleFileVolume(manifest, target);
+    if (t.exists && !opts.force && (await readdir(target)).length > 0) {
+      throw new DiskError(
+        'E_DISK_TARGET',
+        `target directory ${target} is not empty (use force to restore into it anyway)`,
+        { target },
+      );
+    }
+    return compositeSink({
+      children: [fileVolumeSink(volume, directoryPlace(target), opts)],
+      describe: `directory ${target}`,
+    });
+  }
+
+  const fresh = !t.exists;
+  const blockDev = t.kind === 'device';
+  const label = `${blockDev ? 'device' : 'file'} ${target}`;
+  if (t.exists) await assertNotMounted(target, 'restore target');
+
+  if (manifest.disk)
+    return diskSink(manifest, manifest.disk, target, t.exists ? t.size : 0, fresh, label, opts);
+
+  if (manifest.volumes.length !== 1) {
+    throw new DiskError(
+      'E_DISK_TARGET',
+      `the image has no disk layout and ${manifest.volumes.length} volumes; it cannot be restored onto ${label}`,
+      { target },
+    );
+  }
+  const volume = manifest.volumes[0]!;
+  if (volume.kind === 'files' && volume.fs.type === 'directory') {
+    throw new DiskError(
+      'E_DISK_TARGET',
+      `the image holds a directory tree without a filesystem; restore it into a directory, not onto ${label}`,
+      { target },
+    );
+  }
+  const need = volume.kind === 'raw' ? volume.sizeBytes : (volume.fs.usedBytes ?? 0);
+  const createSize = volume.sizeBytes ?? need;
+  if (t.exists && t.size < need)
+    throw tooSmall(
+      target,
+      t.size,
+      need,
+      `the image's ${volume.kind === 'raw' ? 'raw volume' : 'filesystem content'}`,
+    );
+  const size = t.exists ? t.size : createSize;
+  const child =
+    volume.kind === 'raw'
+      ? rawVolumeSink(target, volume, 0, fresh)
+      : fileVolumeSink(volume, filesystemPlace(target, volume, 0, size), opts);
+  return compositeSink({
+    children: [child],
+    describe: `${label} (${mib(size)}) as one ${volume.kind === 'raw' ? 'raw volume' : volume.fs.type + ' filesystem'}`,
+    before: async () => {
+      if (fresh) await createFile(target, size);
+      else await assertNotMounted(target, 'restore target');
+    },
+  });
+}
+
+async function createFile(path: string, size: number): Promise<void> {
+  const fh = await open(path, 'wx').catch((err: unknown) => {
+    throw new DiskError('E_DISK_IO', `cannot create ${path}: ${(err as Error).message}`, { target: path });
+  });
+  try {
+    await fh.truncate(size);
+  } finally {
+    await fh.close();
+  }
+}
+
+function volumeSummary(v: Volume): string {
+  return v.kind === 'raw' ? `raw${v.detectedType ? ` (${v.detectedType})` : ''}` : `${v.fs.type} files`;
+}
+
+function diskSink(
+  manifest: Manifest,
+  disk: DiskLayout,
+  target: string,
+  existingSize: number,
+  fresh: boolean,
+  label: string,
+  opts: RestoreOptions,
+): DescribedSink {
+  const need = layoutNeeds(disk);
+  const size = fresh ? disk.sizeBytes : existingSize;
+  if (size < need) throw tooSmall(target, size, need, `the image's ${disk.table.toUpperCase()} disk layout`);
+  const gptMoves = disk.table === 'gpt' && size !== disk.sizeBytes;
+
+  const children: RestoreSink[] = [];
+  disk.bootAreas.forEach((area, i) => {
+    // A smaller target cannot hold the backup GPT where it was; sgdisk -e rebuilds it from the primary.
+    if (area.offset + area.length > size) return;
+    children.push(
+      createRawRestore(target, area.offset, area.length, area.extents, 0, {
+        fresh,
+        label: `boot area ${i + 1}`,
+      }),
+    );
+  });
+  const bootCount = children.length;
+  for (const p of disk.partitions) {
+    const v = manifest.volumes[p.volume];
+    if (!v)
+      throw new ImageError(
+        'E_IMAGE_CORRUPT',
+        `partition ${p.number} refers to volume ${p.volume}, which the image does not hold`,
+      );
+    if (v.kind === 'raw') children.push(rawVolumeSink(target, v, p.startBytes, fresh));
+    else children.push(fileVolumeSink(v, filesystemPlace(target, v, p.startBytes, p.sizeBytes), opts));
+  }
+  const parts = disk.partitions
+    .map((p) => `${p.number}: ${volumeSummary(manifest.volumes[p.volume]!)}`)
+    .join(', ');
+  return compositeSink({
+    children,
+    describe: `${label} (${mib(size)}) as a ${disk.table.toUpperCase()} disk of ${disk.partitions.length} partition(s) — ${parts}`,
+    before: async () => {
+      if (fresh) await createFile(target, size);
+      else await assertNotMounted(target, 'restore target');
+    },
+    between: {
+      split: bootCount,
+      run: async () => {
+        if (!gptMoves) return;
+        const r = await runTool('sgdisk', ['-e', target]);
+        if (r.status !== 0) {
+          throw new DiskError(
+            'E_DISK_COMMAND',
+            `moving the backup GPT to the end of ${target} failed: sgdisk -e: ${(r.stderr || r.stdout).trim()}`,
+            { target },
+          );
+        }
+      },
+    },
+    after: async () => {
+      // Let the kernel see the new table; loop devices without partition scanning refuse, which is fine.
+      if (await isBlockDevice(target)) await runTool('blockdev', ['--rereadpt', target]);
+    },
+  });
+}
+
+export interface RestoreResult {
+  target: string;
+  description: string;
+  chunks: number;
+  bytes: number;
+}
+
+const READ_AHEAD = 3;
+
+/** Restores an image file onto `target`: checks, prepares, writes every needed chunk, finishes. */
+export async function restoreImage(
+  imagePath: string,
+  target: string,
+  opts: RestoreOptions & { onProgress?: (p: RestoreProgress) => void },
+): Promise<RestoreResult> {
+  const reader = await ImageReader.open(imagePath);
+  try {
+    const sink = await openRestore(reader.manifest, target, opts);
+    const ids = [...sink.needed];
+    const absent = ids.find((id) => !reader.chunk(id));
+    if (absent) {
+      throw new ImageError(
+        'E_CHUNK_MISSING',
+        `image ${imagePath} lacks chunk ${absent}, which this restore needs; nothing was written to ${target}`,
+        { chunk: absent },
+      );
+    }
+    try {
+      await sink.prepare();
+      const inflight: Array<Promise<Buffer>> = [];
+      let next = 0;
+      const fill = () => {
+        while (inflight.length < READ_AHEAD && next < ids.length) {
+          const p = reader.readChunk(ids[next++]!);
+          p.catch(() => {});
+          inflight.push(p);
+        }
+      };
+      fill();
+      for (const id of ids) {
+        const raw = await inflight.shift()!;
+        fill();
+        await sink.applyChunk(id, raw);
+        opts.onProgress?.(sink.progress());
+      }
+      await sink.finish();
+      const p = sink.progress();
+      return { target, description: sink.describe(), chunks: ids.length, bytes: p.bytesDone };
+    } catch (err) {
+      await sink.abort(err).catch(() => {});
+      throw err;
+    }
+  } finally {
+    await reader.close();
+  }
+}

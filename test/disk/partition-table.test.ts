@@ -1,0 +1,235 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { open, truncate } from 'node:fs/promises';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { crc32 } from 'node:zlib';
+import fc from 'fast-check';
+import { DiskError } from '../../src/disk/errors.ts';
+import {
+  parsePartitionTable,
+  probePartitionTable,
+  readPartitionTable,
+} from '../../src/disk/partition-table.ts';
+import { hasCommand, tempDir } from '../helpers/env.ts';
+
+const MiB = 1024 * 1024;
+const ESP = 'c12a7328-f81f-11d2-ba4b-00a0c93ec93b';
+const LINUX = '0fc63daf-8483-4772-8e79-3d69d8477de4';
+
+async function sparse(dir: string, name: string, size: number): Promise<string> {
+  const path = join(dir, name);
+  await (await open(path, 'w')).close();
+  await truncate(path, size);
+  return path;
+}
+
+async function patch(path: string, position: number, bytes: Buffer): Promise<void> {
+  const fh = await open(path, 'r+');
+  await fh.write(bytes, 0, bytes.length, position);
+  await fh.close();
+}
+
+async function readBytes(path: string, position: number, length: number): Promise<Buffer> {
+  const fh = await open(path, 'r');
+  const b = Buffer.alloc(length);
+  await fh.read(b, 0, length, position);
+  await fh.close();
+  return b;
+}
+
+async function makeGpt(dir: string): Promise<string> {
+  const disk = await sparse(dir, 'gpt.img', 64 * MiB);
+  execFileSync('sgdisk', [
+    '-n1:2048:+8M',
+    '-t1:ef00',
+    '-c1:EFI system',
+    '-n2:0:+16M',
+    '-t2:8300',
+    '-c2:root',
+    '-n3:0:0',
+    '-t3:8300',
+    disk,
+  ]);
+  return disk;
+}
+
+function rejectsWith(code: string, pattern: RegExp) {
+  return (err: unknown) => {
+    assert.ok(err instanceof DiskError, `expected DiskError, got ${String(err)}`);
+    assert.equal(err.code, code);
+    assert.match(err.message, pattern);
+    return true;
+  };
+}
+
+test(
+  'GPT made by sgdisk: partitions, types, names, GUIDs, geometry',
+  { skip: !hasCommand('sgdisk') && 'needs sgdisk' },
+  async (t) => {
+    const dir = await tempDir(t);
+    const disk = await makeGpt(dir);
+    const table = await readPartitionTable(disk);
+    assert.equal(table.table, 'gpt');
+    assert.equal(table.sectorSize, 512);
+    assert.equal(table.diskSizeBytes, 64 * MiB);
+    assert.deepEqual(
+      table.partitions.map((p) => [p.number, p.startBytes, p.sizeBytes, p.type, p.name]),
+      [
+        [1, 2048 * 512, 8 * MiB, ESP, 'EFI system'],
+        [2, 2048 * 512 + 8 * MiB, 16 * MiB, LINUX, 'root'],
+        [
+          3,
+          2048 * 512 + 24 * MiB,
+          table.gpt!.lastUsableLba * 512 + 512 - (2048 * 512 + 24 * MiB),
+          LINUX,
+          undefined,
+        ],
+      ],
+    );
+    const info = execFileSync('sgdisk', ['-i', '2', disk], { encoding: 'utf8' });
+    const unique = /Partition unique GUID: (\S+)/.exec(info)![1]!.toLowerCase();
+    assert.equal(table.partitions[1]!.uuid, unique);
+    const printed = execFileSync('sgdisk', ['-p', disk], { encoding: 'utf8' });
+    assert.equal(table.gpt!.diskGuid, /Disk identifier \(GUID\): (\S+)/.exec(printed)![1]!.toLowerCase());
+    assert.equal(table.gpt!.backupHeaderLba, 64 * 2048 - 1);
+    assert.equal(table.gpt!.backupEntriesLba, 64 * 2048 - 33);
+  },
+);
+
+test(
+  'damaged GPT structures are refused with the structure named',
+  { skip: !hasCommand('sgdisk') && 'needs sgdisk' },
+  async (t) => {
+    const dir = await tempDir(t);
+    const cases: Array<[string, number, RegExp]> = [
+      ['primary header', 512 + 40, /primary GPT header at sector 1 fails its CRC32 check/],
+      ['primary entries', 1024 + 200, /primary GPT partition entry array .* fails its CRC32 check/],
+      ['backup header', (64 * 2048 - 1) * 512 + 40, /backup GPT header .* fails its CRC32 check.*sgdisk/],
+      ['backup entries', (64 * 2048 - 33) * 512 + 100, /backup GPT partition entry array .* fails its CRC32/],
+    ];
+    for (const [name, pos, pattern] of cases) {
+      const disk = await makeGpt(dir);
+      const before = await readBytes(disk, pos, 1);
+      await patch(disk, pos, Buffer.from([before[0]! ^ 0xff]));
+      await assert.rejects(readPartitionTable(disk), rejectsWith('E_DISK_TABLE_CORRUPT', pattern), name);
+    }
+  },
+);
+
+test(
+  'MBR with an extended partition: primaries and the logical chain',
+  { skip: !hasCommand('sfdisk') && 'needs sfdisk' },
+  async (t) => {
+    const dir = await tempDir(t);
+    const disk = await sparse(dir, 'mbr.img', 64 * MiB);
+    execFileSync('sfdisk', ['-q', disk], {
+      input:
+        'label: dos\nstart=2048, size=20MiB, type=83, bootable\nsize=10MiB, type=c\ntype=5\nsize=5MiB, type=83\nsize=6MiB, type=82\n',
+    });
+    const table = await readPartitionTable(disk);
+    assert.equal(table.table, 'mbr');
+    const summary = table.partitions.map((p) => ({
+      n: p.number,
+      type: p.type,
+      start: p.startBytes / 512,
+      size: p.sizeBytes / MiB,
+      boot: p.bootable,
+      ext: p.extended ?? false,
+      log: p.logical ?? false,
+    }));
+    const dump = JSON.parse(execFileSync('sfdisk', ['-J', disk], { encoding: 'utf8' })) as {
+      partitiontable: { partitions: Array<{ node: string; start: number; size: number; type: string }> };
+    };
+    assert.equal(summary.length, dump.partitiontable.partitions.length);
+    for (const p of dump.partitiontable.partitions) {
+      const n = Number(/(\d+)$/.exec(p.node)![1]);
+      const mine = summary.find((s) => s.n === n)!;
+      assert.equal(mine.start, p.start, `partition ${n} start`);
+      assert.equal(mine.size * MiB, p.size * 512, `partition ${n} size`);
+      assert.equal(mine.type, p.type.padStart(2, '0'));
+    }
+    assert.equal(summary[0]!.boot, true);
+    assert.equal(summary[2]!.ext, true);
+    assert.deepEqual(
+      summary.filter((s) => s.log).map((s) => [s.n, s.type, s.size]),
+      [
+        [5, '83', 5],
+        [6, '82', 6],
+      ],
+    );
+  },
+);
+
+test('filesystem images and empty files have no partition table', async (t) => {
+  const dir = await tempDir(t);
+  const empty = await sparse(dir, 'empty.img', 4 * MiB);
+  assert.equal(await probePartitionTable(empty), null);
+  await assert.rejects(readPartitionTable(empty), rejectsWith('E_DISK_NO_TABLE', /no partition table/));
+  if (hasCommand('mkfs.vfat')) {
+    const fat = await sparse(dir, 'fat.img', 32 * MiB);
+    execFileSync('mkfs.vfat', ['-F', '32', fat], { stdio: 'ignore' });
+    assert.equal((await readBytes(fat, 510, 2)).toString('hex'), '55aa');
+    await assert.rejects(readPartitionTable(fat), rejectsWith('E_DISK_NO_TABLE', /filesystem boot sector/));
+  }
+});
+
+/** Sector 0 with a protective MBR entry, so the parser goes on to GPT. */
+function protectiveMbr(): Buffer {
+  const s = Buffer.alloc(512);
+  s[446 + 4] = 0xee;
+  s.writeUInt32LE(1, 446 + 8);
+  s.writeUInt32LE(0xffffffff, 446 + 12);
+  s[510] = 0x55;
+  s[511] = 0xaa;
+  return s;
+}
+
+test('random bytes never crash the parser: a table within the disk, or a typed error', async () => {
+  const disk = 8 * MiB;
+  const check = async (image: Buffer) => {
+    const read = async (pos: number, len: number) =>
+      image.subarray(Math.min(pos, image.length), Math.min(pos + len, image.length));
+    try {
+      const table = await parsePartitionTable('garbage', 512, disk, read);
+      for (const p of table.partitions) {
+        assert.ok(
+          p.startBytes >= 512 && p.startBytes + p.sizeBytes <= disk,
+          `partition ${p.number} inside the disk`,
+        );
+      }
+    } catch (err) {
+      assert.ok(err instanceof DiskError, `unexpected ${String(err)}`);
+      assert.match(err.code, /^E_DISK_(NO_TABLE|TABLE_CORRUPT|IO)$/);
+    }
+  };
+  // Whole random sectors with the boot signature forced, so the MBR path is exercised.
+  await fc.assert(
+    fc.asyncProperty(fc.uint8Array({ minLength: 1024, maxLength: 1024 }), async (bytes) => {
+      const img = Buffer.from(bytes);
+      img[510] = 0x55;
+      img[511] = 0xaa;
+      await check(img);
+    }),
+    { numRuns: 300 },
+  );
+  // A protective MBR and a GPT header with a valid CRC over random fields: the header's numbers are hostile.
+  await fc.assert(
+    fc.asyncProperty(
+      fc.uint8Array({ minLength: 92, maxLength: 92 }),
+      fc.uint8Array({ minLength: 2048, maxLength: 2048 }),
+      async (hdr, tail) => {
+        const h = Buffer.from(hdr);
+        h.write('EFI PART', 0, 'latin1');
+        h.writeUInt32LE(92, 12);
+        h.writeBigUInt64LE(1n, 24);
+        h.writeUInt32LE(0, 16);
+        h.writeUInt32LE(crc32(h), 16);
+        const sector1 = Buffer.alloc(512);
+        h.copy(sector1);
+        await check(Buffer.concat([protectiveMbr(), sector1, Buffer.from(tail)]));
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
