@@ -1,0 +1,553 @@
+/**
+ * Restore of a file volume into a directory (usually the mount point of a freshly
+ * made filesystem). prepare() lays out the tree; chunks then arrive in any order
+ * (image order from a file, network order from multicast) and each is written to
+ * every file range that uses it; finish() adds hard links and metadata.
+ *
+ * Nothing here follows a symlink inside the target: files are opened with
+ * O_NOFOLLOW, parents are checked with lstat (a symlink where a directory should be
+ * is refused), and owner/xattr/time calls are the l-/-h variants.
+ */
+import { spawn } from 'node:child_process';
+import {
+  closeSync,
+  chmodSync,
+  constants,
+  ftruncateSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  symlinkSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
+import { join, resolve } from 'node:path';
+import type { RestoreProgress, RestoreSink } from '../../engine/types.ts';
+import { ImageError } from '../../image/errors.ts';
+import { checkFileset, isExcluded } from '../../image/fileset.ts';
+import type { FileEntry, FilesystemType } from '../../image/types.ts';
+import { FileVolumeError } from './errors.ts';
+import { checkEntryPath } from './paths.ts';
+import { applyXattrs } from './xattr.ts';
+
+export interface TreeRestoreOptions {
+  /** Entries excluded from this file set are skipped; parents of included entries are created even if excluded. */
+  fileset: number;
+  /** 'vfat' skips owners, modes, symlinks, device nodes, fifos and xattrs with warnings instead of failing. */
+  fsType: FilesystemType;
+  onWarning?: (msg: string) => void;
+}
+
+export type TreeRestore = RestoreSink & { readonly warnings: string[] };
+
+export function createTreeRestore(
+  entries: readonly FileEntry[],
+  targetDir: string,
+  opts: TreeRestoreOptions,
+): TreeRestore {
+  return new TreeRestoreImpl(entries, targetDir, opts);
+}
+
+/** Open write descriptors kept between chunks; big files receive many chunks, packs touch many small files. */
+const MAX_OPEN_FILES = 64;
+const MKNOD_BATCH_BYTES = 64 * 1024;
+
+interface Item {
+  entry: FileEntry;
+  rel: string;
+  abs: string;
+  depth: number;
+  /** Set when the item could not or should not be created (vfat limits, sockets); metadata is then skipped too. */
+  skipped?: boolean;
+}
+
+interface Range {
+  item: Item;
+  fileOffset: number;
+  chunkOffset: number;
+  length: number;
+}
+
+class TreeRestoreImpl implements RestoreSink {
+  readonly needed: ReadonlySet<string>;
+  readonly warnings: string[] = [];
+  readonly root: string;
+  readonly opts: TreeRestoreOptions;
+  readonly vfat: boolean;
+  readonly items: Item[];
+  /** Hard-link names created in finish(), pointing at the first included name of their group. */
+  readonly links: Array<{ item: Item; holder: Item }> = [];
+  readonly ranges = new Map<string, Range[]>();
+  readonly remaining = new Map<Item, number>();
+  readonly applied = new Set<string>();
+  readonly fds = new Map<Item, number>();
+  readonly checkedDirs = new Set<string>();
+  readonly skippedPaths = new Set<string>();
+  readonly vfatNames = new Set<string>();
+  bytesDone = 0;
+  bytesTotal = 0;
+  prepared = false;
+  closed = false;
+
+  constructor(entries: readonly FileEntry[], targetDir: string, opts: TreeRestoreOptions) {
+    checkFileset(opts.fileset);
+    this.opts = opts;
+    this.vfat = opts.fsType === 'vfat';
+    this.root = resolve(targetDir);
+
+    const byPath = new Map<string, FileEntry>();
+    for (const e of entries) {
+      checkEntryPath(e.path);
+      byPath.set(e.path, e);
+    }
+    const wanted = new Set<string>();
+    for (const e of entries) {
+      if (isExcluded(e, opts.fileset)) continue;
+      wanted.add(e.path);
+      // Parents an included entry needs, even if the file set excludes them.
+      for (let p = parentOf(e.path); p !== '.' && !wanted.has(p); p = parentOf(p)) {
+        if (byPath.has(p)) wanted.add(p);
+      }
+    }
+    this.items = [];
+    for (const path of wanted) {
+      const entry = byPath.get(path)!;
+      this.items.push({
+        entry,
+        rel: path,
+        abs: path === '.' ? this.root : join(this.root, path),
+        depth: path === '.' ? 0 : path.split('/').length,
+      });
+    }
+    // Parent-first whatever order the manifest has (appended entries may come late); stable within a depth.
+    this.items.sort((a, b) => a.depth - b.depth);
+
+    const holders = new Map<number, Item>();
+    const needed = new Set<string>();
+    for (const item of this.items) {
+      const e = item.entry;
+      if (e.type !== 'file') continue;
+      // vfat has no hard links: every name gets its own copy, which its own extents make possible.
+      if (e.hardlinkGroup !== undefined && !this.vfat) {
+        const holder = holders.get(e.hardlinkGroup);
+        if (holder) {
+          this.links.push({ item, holder });
+          continue;
+        }
+        holders.set(e.hardlinkGroup, item);
+      }
+      let total = 0;
+      for (const x of e.extents ?? []) {
+        if (x.offset + x.length > (e.size ?? 0) || x.length <= 0) {
+          throw new ImageError(
+            'E_IMAGE_CORRUPT',
+            `file ${e.path}: extent at ${x.offset}+${x.length} lies outside its size ${e.size}`,
+            {
+              path: e.path,
+              chunk: x.chunk,
+            },
+          );
+        }
+        let list = this.ranges.get(x.chunk);
+        if (!list) this.ranges.set(x.chunk, (list = []));
+        list.push({ item, fileOffset: x.offset, chunkOffset: x.chunkOffset, length: x.length });
+        needed.add(x.chunk);
+        total += x.length;
+      }
+      this.remaining.set(item, total);
+      this.bytesTotal += total;
+    }
+    this.needed = needed;
+  }
+
+  progress(): RestoreProgress {
+    return { bytesDone: this.bytesDone, bytesTotal: this.bytesTotal };
+  }
+
+  warn(msg: string): void {
+    this.warnings.push(msg);
+    this.opts.onWarning?.(msg);
+  }
+
+  async prepare(): Promise<void> {
+    mkdirSync(this.root, { recursive: true });
+    const nodes: Item[] = [];
+    for (const item of this.items) {
+      const e = item.entry;
+      if (item.rel === '.') continue;
+      if (this.skippedPaths.has(parentOf(item.rel))) {
+        this.skip(item, `${item.rel}: not restored because its directory ${parentOf(item.rel)} was not`);
+        continue;
+      }
+      if (e.type === 'socket') {
+        this.skip(
+          item,
+          `${item.rel}: sockets cannot be restored (a program recreates them when it runs); skipped`,
+        );
+        continue;
+      }
+      if (this.vfat && e.type !== 'file' && e.type !== 'dir') {
+        this.skip(item, `${item.rel}: vfat cannot hold a ${e.type}; skipped`);
+        continue;
+      }
+      if (this.vfat) {
+        // vfat names are case-insensitive: a second name differing only in case would overwrite the first.
+        const folded = item.rel.toLowerCase();
+        if (this.vfatNames.has(folded)) {
+          this.skip(item, `${item.rel}: vfat already holds a name differing only in letter case; skipped`);
+          continue;
+        }
+        this.vfatNames.add(folded);
+      }
+      this.checkParents(item);
+      try {
+        if (e.type === 'dir') this.makeDir(item);
+        else if (e.type === 'file') {
+          if (this.remaining.has(item)) this.makeFile(item);
+        } else if (e.type === 'symlink') {
+          this.clearSpot(item);
+          symlinkSync(e.linkTarget ?? '', item.abs);
+        } else if ((e.type === 'chardev' || e.type === 'blockdev') && !isRoot()) {
+          this.skip(item, `${item.rel}: only root can create a device node; skipped`);
+        } else {
+          this.clearSpot(item);
+          nodes.push(item);
+        }
+      } catch (err) {
+        if (err instanceof ImageError || err instanceof FileVolumeError) throw err;
+        const code = (err as NodeJS.ErrnoException).code;
+        if (this.vfat && (code === 'EINVAL' || code === 'ENAMETOOLONG')) {
+          this.skip(item, `${item.rel}: vfat does not accept this name (${code}); skipped`);
+          continue;
+        }
+        throw restoreError(item.abs, `cannot create ${e.type}`, err);
+      }
+    }
+    await this.makeNodes(nodes);
+    this.prepared = true;
+  }
+
+  skip(item: Item, msg: string): void {
+    item.skipped = true;
+    this.skippedPaths.add(item.rel);
+    this.remaining.delete(item);
+    this.warn(msg);
+  }
+
+  /** Every existing ancestor inside the target must be a real directory, never a symlink. */
+  checkParents(item: Item): void {
+    const parts = item.rel.split('/');
+    let rel = '';
+    for (let i = 0; i < parts.length - 1; i++) {
+      rel = rel === '' ? parts[i]! : `${rel}/${parts[i]}`;
+      if (this.checkedDirs.has(rel)) continue;
+      const abs = join(this.root, rel);
+      let st;
+      try {
+        st = lstatSync(abs);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+          throw restoreError(abs, 'cannot check directory', err);
+        // A parent the entries do not describe (partial extracts): a plain directory.
+        mkdirSync(abs, 0o755);
+        this.checkedDirs.add(rel);
+        continue;
+      }
+      if (!st.isDirectory()) {
+        throw new ImageError(
+          'E_PATH_ESCAPE',
+          `cannot restore ${item.rel}: ${abs} is a ${st.isSymbolicLink() ? 'symlink' : 'non-directory'} where a directory should be; refusing to write through it`,
+          { path: item.rel, target: abs },
+        );
+      }
+      this.checkedDirs.add(rel);
+    }
+  }
+
+  makeDir(item: Item): void {
+    try {
+      // Owner-only while we fill it; the real mode comes in finish().
+      mkdirSync(item.abs, 0o700);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      if (!lstatSync(item.abs).isDirectory()) {
+        throw new FileVolumeError(
+          'E_RESTORE_IO',
+          `cannot create directory ${item.abs}: something else is already there`,
+          {
+            path: item.abs,
+          },
+        );
+      }
+    }
+    this.checkedDirs.add(item.rel);
+  }
+
+  makeFile(item: Item): void {
+    this.clearSpot(item);
+    const fd = openSync(
+      item.abs,
+      constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+      0o600,
+    );
+    try {
+      // Setting the size first leaves every range no extent covers as a hole.
+      ftruncateSync(fd, item.entry.size ?? 0);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Removes a non-directory left by an earlier restore or extract at the item's place. */
+  clearSpot(item: Item): void {
+    let st;
+    try {
+      st = lstatSync(item.abs);
+    } catch {
+      return;
+    }
+    if (st.isDirectory()) {
+      throw new FileVolumeError(
+        'E_RESTORE_IO',
+        `cannot create ${item.entry.type} ${item.abs}: a directory is in the way`,
+        {
+          path: item.abs,
+        },
+      );
+    }
+    unlinkSync(item.abs);
+  }
+
+  /** Fifos and device nodes through `mknod`, a few hundred per shell rather than one process each. */
+  async makeNodes(nodes: Item[]): Promise<void> {
+    let batch: string[] = [];
+    let size = 0;
+    const flush = async (): Promise<void> => {
+      if (batch.length === 0) return;
+      const args = batch;
+      batch = [];
+      size = 0;
+      await runMknod(args);
+    };
+    for (const item of nodes) {
+      const e = item.entry;
+      const spec =
+        e.type === 'fifo'
+          ? [item.abs, 'p', '', '']
+          : [item.abs, e.type === 'chardev' ? 'c' : 'b', String(e.rdevMajor ?? 0), String(e.rdevMinor ?? 0)];
+      batch.push(...spec);
+      size += item.abs.length + 16;
+      if (size >= MKNOD_BATCH_BYTES) await flush();
+    }
+    await flush();
+  }
+
+  async applyChunk(id: string, raw: Buffer): Promise<void> {
+    if (!this.prepared)
+      throw new FileVolumeError('E_RESTORE_IO', 'applyChunk called before prepare()', { chunk: id });
+    if (this.applied.has(id)) return;
+    const ranges = this.ranges.get(id);
+    if (!ranges) return;
+    for (const r of ranges) {
+      if (r.item.skipped) continue;
+      if (r.chunkOffset + r.length > raw.length) {
+        throw new ImageError(
+          'E_IMAGE_CORRUPT',
+          `file ${r.item.rel}: extent wants bytes ${r.chunkOffset}..${r.chunkOffset + r.length} of chunk ${id}, which holds ${raw.length}`,
+          { path: r.item.rel, chunk: id },
+        );
+      }
+      const fd = this.fdFor(r.item);
+      try {
+        let done = 0;
+        while (done < r.length) {
+          done += writeSync(fd, raw, r.chunkOffset + done, r.length - done, r.fileOffset + done);
+        }
+      } catch (err) {
+        throw restoreError(r.item.abs, `cannot write (chunk ${id})`, err);
+      }
+      this.bytesDone += r.length;
+      const left = (this.remaining.get(r.item) ?? 0) - r.length;
+      this.remaining.set(r.item, left);
+      if (left <= 0) this.closeFd(r.item);
+    }
+    this.applied.add(id);
+  }
+
+  fdFor(item: Item): number {
+    const fd = this.fds.get(item);
+    if (fd !== undefined) {
+      // Refresh its place so the least recently used descriptor is the one closed.
+      this.fds.delete(item);
+      this.fds.set(item, fd);
+      return fd;
+    }
+    if (this.fds.size >= MAX_OPEN_FILES) {
+      const oldest = this.fds.keys().next().value!;
+      this.closeFd(oldest);
+    }
+    let opened: number;
+    try {
+      opened = openSync(item.abs, constants.O_WRONLY | constants.O_NOFOLLOW);
+    } catch (err) {
+      throw restoreError(item.abs, 'cannot open for writing', err);
+    }
+    this.fds.set(item, opened);
+    return opened;
+  }
+
+  closeFd(item: Item): void {
+    const fd = this.fds.get(item);
+    if (fd === undefined) return;
+    this.fds.delete(item);
+    closeSync(fd);
+  }
+
+  closeAll(): void {
+    for (const item of [...this.fds.keys()]) this.closeFd(item);
+  }
+
+  async finish(): Promise<void> {
+    if (!this.prepared) throw new FileVolumeError('E_RESTORE_IO', 'finish called before prepare()', {});
+    this.closeAll();
+    const missing = [...this.needed].filter((id) => !this.applied.has(id));
+    if (missing.length > 0) {
+      const files = new Set<string>();
+      for (const id of missing) for (const r of this.ranges.get(id) ?? []) files.add(r.item.rel);
+      const sample = [...files].slice(0, 5);
+      throw new FileVolumeError(
+        'E_RESTORE_INCOMPLETE',
+        `restore into ${this.root} is incomplete: ${missing.length} of ${this.needed.size} chunks never arrived ` +
+          `(first ${missing[0]}), so ${files.size} files lack data (${sample.join(', ')}${files.size > sample.length ? ', …' : ''})`,
+        { target: this.root, missingChunks: missing, files: files.size },
+      );
+    }
+
+    for (const { item, holder } of this.links) {
+      if (holder.skipped || item.skipped) continue;
+      try {
+        this.checkParents(item);
+        this.clearSpot(item);
+        linkSync(holder.abs, item.abs);
+      } catch (err) {
+        if (err instanceof ImageError || err instanceof FileVolumeError) throw err;
+        throw restoreError(item.abs, `cannot create hard link to ${holder.abs}`, err);
+      }
+    }
+    const live = this.items.filter((i) => !i.skipped);
+
+    if (this.vfat) {
+      const xattrCount = live.filter((i) => i.entry.xattrs && Object.keys(i.entry.xattrs).length > 0).length;
+      this.warn(`vfat keeps no owners or permission bits: not applied to ${live.length} entries`);
+      if (xattrCount > 0)
+        this.warn(`vfat keeps no extended attributes: skipped them on ${xattrCount} entries`);
+    } else {
+      this.applyOwners(live);
+      const withXattrs = live.filter((i) => i.entry.xattrs && Object.keys(i.entry.xattrs).length > 0);
+      // After chown, which would clear security.capability; before chmod, which could make files read-only to us.
+      await applyXattrs(
+        this.root,
+        withXattrs.map((i) => ({ path: i.rel, xattrs: i.entry.xattrs! })),
+      );
+      for (const i of live) {
+        if (i.entry.type === 'symlink') continue;
+        try {
+          chmodSync(i.abs, i.entry.mode & 0o7777);
+        } catch (err) {
+          throw restoreError(i.abs, 'cannot set mode', err);
+        }
+      }
+    }
+    this.applyTimes(live);
+  }
+
+  applyOwners(live: Item[]): void {
+    let denied = 0;
+    for (const i of live) {
+      try {
+        lchownSync(i.abs, i.entry.uid, i.entry.gid);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EPERM' && !isRoot()) denied++;
+        else throw restoreError(i.abs, `cannot set owner ${i.entry.uid}:${i.entry.gid}`, err);
+      }
+    }
+    if (denied > 0) this.warn(`not running as root: owners not restored on ${denied} entries`);
+  }
+
+  /** Directories last and deepest first, so creating and linking children no longer touches their times. */
+  applyTimes(live: Item[]): void {
+    const nonDirs = live.filter((i) => i.entry.type !== 'dir');
+    const dirs = live.filter((i) => i.entry.type === 'dir').sort((a, b) => b.depth - a.depth);
+    const linked = new Set(this.links.map((l) => l.item));
+    for (const i of [...nonDirs, ...dirs]) {
+      if (linked.has(i)) continue; // shares its inode with the holder, whose times are the same
+      try {
+        lutimesSync(i.abs, nsToSeconds(i.entry.atimeNs), nsToSeconds(i.entry.mtimeNs));
+      } catch (err) {
+        throw restoreError(i.abs, 'cannot set times', err);
+      }
+    }
+  }
+
+  async abort(_reason: unknown): Promise<void> {
+    this.closeAll();
+  }
+}
+
+function parentOf(path: string): string {
+  const i = path.lastIndexOf('/');
+  return i < 0 ? '.' : path.slice(0, i);
+}
+
+/**
+ * Node's utimes takes seconds as a double: about 0.24 µs resolution at today's dates,
+ * so restored times are exact to the microsecond, not the nanosecond.
+ */
+function nsToSeconds(ns: string): number {
+  const n = BigInt(ns);
+  const sec = n / 1_000_000_000n;
+  return Number(sec) + Number(n - sec * 1_000_000_000n) / 1e9;
+}
+
+function isRoot(): boolean {
+  return process.getuid?.() === 0;
+}
+
+function restoreError(path: string, what: string, err: unknown): FileVolumeError {
+  const e = err as NodeJS.ErrnoException;
+  return new FileVolumeError(
+    'E_RESTORE_IO',
+    `${what} ${path}: ${e.message ?? String(err)}`,
+    { path, errno: e.code },
+    { cause: err },
+  );
+}
+
+function runMknod(args: string[]): Promise<void> {
+  // Arguments come in fours (path, type, major, minor) and are passed as argv, so no name is ever parsed by the shell.
+  const script =
+    'while [ $# -gt 0 ]; do if [ "$2" = p ]; then mknod -- "$1" p || exit 1; ' +
+    'else mknod -- "$1" "$2" "$3" "$4" || exit 1; fi; shift 4; done';
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn('sh', ['-c', script, 'sh', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const err: Buffer[] = [];
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    child.on('error', (e) =>
+      reject(new FileVolumeError('E_RESTORE_IO', `cannot run mknod: ${e.message}`, {}, { cause: e })),
+    );
+    child.on('close', (code) => {
+      if (code === 0) return resolvePromise();
+      const msg = Buffer.concat(err).toString('utf8').trim();
+      reject(
+        new FileVolumeError(
+          'E_RESTORE_IO',
+          `cannot create device nodes/fifos: ${msg || `mknod exit ${code}`}`,
+          {},
+        ),
+      );
+    });
+  });
+}

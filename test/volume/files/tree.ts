@@ -1,0 +1,220 @@
+/**
+ * Test trees holding every kind of entry a file volume keeps, and a snapshot of a
+ * tree's content and metadata to compare a restore against its source.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createCipheriv, createHash } from 'node:crypto';
+import {
+  chmodSync,
+  closeSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  symlinkSync,
+  writeFileSync,
+  writeSync,
+  lutimesSync,
+  chownSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { CHUNK_SIZE } from '../../../src/image/types.ts';
+
+/** Deterministic incompressible-ish bytes, so packs and pieces hold real data. */
+export function bytes(seed: number, length: number): Buffer {
+  const key = createHash('sha256').update(String(seed)).digest();
+  return createCipheriv('aes-256-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(length));
+}
+
+export const SMALL_FILES = 400;
+export const NS_MTIME = '1600000000987654321';
+export const ODD_NAMES = ['with space', 'new\nline', 'ünïcödé ☃', '-leading-dash', 'back\\slash', 'eq=uals'];
+
+/** Builds the tree; returns what it could not create (e.g. xattr namespaces the kernel refuses). */
+export function buildTree(root: string, opts: { rootOnly: boolean }): string[] {
+  const notes: string[] = [];
+  const w = (rel: string, data: Buffer | string) => writeFileSync(join(root, rel), data);
+  w('plain.txt', 'hello imgcast\n');
+  w('empty', '');
+  w('big.bin', bytes(1, 2 * CHUNK_SIZE + 12345));
+  mkdirSync(join(root, 'small'));
+  for (let i = 0; i < SMALL_FILES; i++) {
+    w(`small/f${String(i).padStart(4, '0')}`, bytes(1000 + i, 3000 + ((i * 7919) % 30000)));
+  }
+  mkdirSync(join(root, 'dup'));
+  for (const n of ['a', 'b', 'c']) w(`dup/${n}`, bytes(7, 50000));
+  w('zeros', Buffer.alloc(20000)); // non-sparse zeros are data, kept as such
+
+  // Sparse: 64 MiB with data at two places.
+  const fd = openSync(join(root, 'sparse.img'), 'w');
+  writeSync(fd, Buffer.from('first'), 0, 5, 1024 * 1024);
+  writeSync(fd, bytes(3, 10000), 0, 10000, 40 * 1024 * 1024 + 100);
+  closeSync(fd);
+  execFileSync('truncate', ['-s', String(64 * 1024 * 1024), join(root, 'sparse.img')]);
+
+  mkdirSync(join(root, 'links'));
+  symlinkSync('/etc/passwd', join(root, 'links/abs'));
+  symlinkSync('../plain.txt', join(root, 'links/rel'));
+  symlinkSync('nowhere/x', join(root, 'links/dangling'));
+
+  mkdirSync(join(root, 'hard/sub'), { recursive: true });
+  w('hard/one', bytes(9, 70000));
+  linkSync(join(root, 'hard/one'), join(root, 'hard/two'));
+  linkSync(join(root, 'hard/one'), join(root, 'hard/sub/three'));
+
+  execFileSync('mkfifo', [join(root, 'fifo')]);
+
+  w('suid', '#!/bin/sh\n');
+  chmodSync(join(root, 'suid'), 0o4755);
+  w('sgid', 'x');
+  chmodSync(join(root, 'sgid'), 0o2711);
+  mkdirSync(join(root, 'sticky'));
+  chmodSync(join(root, 'sticky'), 0o1777);
+  w('readonly', 'ro');
+  chmodSync(join(root, 'readonly'), 0o400);
+
+  mkdirSync(join(root, 'odd'));
+  for (const n of ODD_NAMES) w(`odd/${n}`, n);
+
+  setXattr(root, 'plain.txt', 'user.test', 'value one', notes);
+  setXattr(root, 'plain.txt', 'user.empty', '', notes);
+  setXattr(root, 'odd/new\nline', 'user.bin', '0x00ff10', notes);
+  setXattr(root, 'small', 'user.dir', 'on a directory', notes);
+
+  if (opts.rootOnly) {
+    execFileSync('mknod', [join(root, 'null'), 'c', '1', '3']);
+    execFileSync('mknod', [join(root, 'blk'), 'b', '7', '200']);
+    chmodSync(join(root, 'null'), 0o666);
+    w('owned', 'by someone');
+    chownSync(join(root, 'owned'), 1234, 5678);
+    w('suid-owned', 'x');
+    chownSync(join(root, 'suid-owned'), 1001, 1002);
+    chmodSync(join(root, 'suid-owned'), 0o6755);
+    lchownSync(join(root, 'links/rel'), 4321, 8765);
+    mkdirSync(join(root, 'home'));
+    chownSync(join(root, 'home'), 2000, 2000);
+    chmodSync(join(root, 'home'), 0o700);
+    setXattr(root, 'owned', 'trusted.imgcast', 'trusted value', notes);
+    setXattr(root, 'owned', 'security.imgcast', 'security value', notes);
+    // A symlink's own xattr (only trusted/security are allowed on symlinks).
+    setXattr(root, 'links/abs', 'trusted.onlink', 'link value', notes, true);
+  }
+
+  setTimes(root);
+  execFileSync('touch', ['-h', '-m', '-d', '@1600000000.987654321', join(root, 'plain.txt')]);
+  return notes;
+}
+
+function setXattr(
+  root: string,
+  rel: string,
+  name: string,
+  value: string,
+  notes: string[],
+  noDeref = false,
+): void {
+  const args = [...(noDeref ? ['-h'] : []), '-n', name, '-v', value, '--', join(root, rel)];
+  const r = spawnSync('setfattr', args, { encoding: 'utf8' });
+  if (r.status !== 0) notes.push(`cannot set ${name} on ${rel}: ${r.stderr.trim()}`);
+}
+
+/**
+ * Gives every entry times the test can compare: mtime far in the past, atime within
+ * the last day and after mtime, so relatime leaves it alone when the tests read the
+ * tree again.
+ */
+function setTimes(root: string): void {
+  const all = walk(root).reverse(); // children before parents: setting a child's times touches no parent
+  const now = Date.now() / 1000;
+  all.forEach((rel, i) => {
+    lutimesSync(join(root, rel), now - 3600 + i / 1000 + 0.000123, 1577836800 + i + 0.654321);
+  });
+}
+
+function walk(root: string, rel = '.'): string[] {
+  const out = [rel];
+  const abs = join(root, rel);
+  if (!lstatSync(abs).isDirectory()) return out;
+  for (const n of readdirSync(abs).sort()) out.push(...walk(root, rel === '.' ? n : `${rel}/${n}`));
+  return out;
+}
+
+export interface Snap {
+  type: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  size?: number;
+  sha?: string;
+  blocks?: number;
+  mtimeUs: bigint;
+  atimeUs: bigint;
+  link?: string;
+  rdev?: number;
+  /** Other names of the same inode, so hard links compare by structure not inode number. */
+  linkedWith?: string;
+}
+
+/** Content and metadata of every entry, keyed by relative path. Times in µs (see restore.ts: utimes takes doubles). */
+export function snapshot(root: string): Map<string, Snap> {
+  const out = new Map<string, Snap>();
+  const byIno = new Map<bigint, string[]>();
+  for (const rel of walk(root)) {
+    if (rel === 'lost+found') continue;
+    const abs = join(root, rel);
+    const st = lstatSync(abs, { bigint: true });
+    const s: Snap = {
+      type: st.isFile()
+        ? 'file'
+        : st.isDirectory()
+          ? 'dir'
+          : st.isSymbolicLink()
+            ? 'symlink'
+            : st.isFIFO()
+              ? 'fifo'
+              : st.isCharacterDevice()
+                ? 'chardev'
+                : st.isBlockDevice()
+                  ? 'blockdev'
+                  : 'other',
+      mode: Number(st.mode & 0o7777n),
+      uid: Number(st.uid),
+      gid: Number(st.gid),
+      mtimeUs: st.mtimeNs / 1000n,
+      atimeUs: st.atimeNs / 1000n,
+    };
+    if (s.type === 'file') {
+      s.size = Number(st.size);
+      s.blocks = Number(st.blocks);
+      s.sha = createHash('sha256').update(readFileSync(abs)).digest('hex');
+      if (st.nlink > 1n) {
+        const list = byIno.get(st.ino) ?? [];
+        list.push(rel);
+        byIno.set(st.ino, list);
+      }
+    }
+    if (s.type === 'symlink') s.link = readlinkSync(abs);
+    if (s.type === 'chardev' || s.type === 'blockdev') s.rdev = Number(st.rdev);
+    out.set(rel, s);
+  }
+  for (const names of byIno.values()) for (const n of names) out.get(n)!.linkedWith = names.join('|');
+  return out;
+}
+
+/** The getfattr dump of a tree with relative names, for comparing xattrs independently of our parser. */
+export function xattrDump(root: string): string {
+  const r = spawnSync('getfattr', ['-R', '-P', '-h', '-d', '-m', '-', '-e', 'hex', '.'], {
+    cwd: root,
+    encoding: 'latin1',
+  });
+  return r.stdout
+    .split('\n\n')
+    .filter((s) => s.trim() !== '' && !s.includes('# file: ./lost+found'))
+    .map((s) => s.trim())
+    .sort()
+    .join('\n\n');
+}
