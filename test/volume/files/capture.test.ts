@@ -175,16 +175,16 @@ test('capture of a missing or non-directory source fails clearly', async (t) => 
 
 test('one-file-system: a mount below the root is recorded but not entered (root)', async (t) => {
   if (skipUnless(t, isRoot() ? undefined : 'needs root to mount a tmpfs')) return;
-  let mounted: string | undefined;
+  const mounted: string[] = [];
   // Registered before tempDir so it runs before the directory is removed.
   t.after(() => {
-    if (mounted) execFileSync('umount', [mounted]);
+    for (const m of mounted) execFileSync('umount', [m]);
   });
   const root = await tempDir(t);
   mkdirSync(join(root, 'mnt'));
   writeFileSync(join(root, 'top'), 'x');
   execFileSync('mount', ['-t', 'tmpfs', 'imgcast-test', join(root, 'mnt')]);
-  mounted = join(root, 'mnt');
+  mounted.push(join(root, 'mnt'));
   writeFileSync(join(root, 'mnt/inside'), 'y');
   const paths = (await captureTree(root, new MemChunkStore())).map((e) => e.path);
   assert.deepEqual(paths, ['.', 'mnt', 'top']);

@@ -123,15 +123,15 @@ function setXattr(
 }
 
 /**
- * Gives every entry times the test can compare: mtime far in the past, atime within
- * the last day and after mtime, so relatime leaves it alone when the tests read the
- * tree again.
+ * Gives every entry times the test can compare: mtime in the past, atime a day in the
+ * future. relatime bumps atime on a read when atime <= mtime or ctime (and utimes just
+ * set ctime to now), so only a future atime survives the tests' own reads.
  */
 function setTimes(root: string): void {
   const all = walk(root).reverse(); // children before parents: setting a child's times touches no parent
   const now = Date.now() / 1000;
   all.forEach((rel, i) => {
-    lutimesSync(join(root, rel), now - 3600 + i / 1000 + 0.000123, 1577836800 + i + 0.654321);
+    lutimesSync(join(root, rel), now + 2 * 86400 + i / 1000 + 0.000123, 1577836800 + i + 0.654321);
   });
 }
 

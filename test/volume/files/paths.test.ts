@@ -1,0 +1,56 @@
+import assert from 'node:assert/strict';
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { checkEntryPath, normalizeImagePath, safeJoin } from '../../../src/volume/files/paths.ts';
+import { tempDir } from '../../helpers/env.ts';
+
+test('normalizeImagePath gives the canonical image path', () => {
+  assert.equal(normalizeImagePath('/etc/./x/'), 'etc/x');
+  assert.equal(normalizeImagePath(''), '.');
+  assert.equal(normalizeImagePath('/'), '.');
+  assert.equal(normalizeImagePath('.'), '.');
+  assert.equal(normalizeImagePath('a//b///c'), 'a/b/c');
+  assert.equal(normalizeImagePath('a/b/../c'), 'a/c');
+  assert.equal(normalizeImagePath('a/..'), '.');
+  assert.equal(normalizeImagePath(' lead space/-dash'), ' lead space/-dash');
+  for (const bad of ['..', '../x', '/..', 'a/../../b', 'a\0b']) {
+    assert.throws(() => normalizeImagePath(bad), { code: 'E_PATH_ESCAPE' }, bad);
+  }
+});
+
+test('normalized paths are canonical and accepted as entry paths', () => {
+  const segment = fc.constantFrom('a', 'b', '.', '..', '', 'x y', 'ü');
+  fc.assert(
+    fc.property(fc.array(segment, { maxLength: 8 }), fc.boolean(), (parts, lead) => {
+      let out: string;
+      try {
+        out = normalizeImagePath((lead ? '/' : '') + parts.join('/'));
+      } catch {
+        return;
+      }
+      assert.equal(normalizeImagePath(out), out);
+      assert.ok(out === '.' || !out.split('/').some((p) => p === '' || p === '.' || p === '..'));
+      checkEntryPath(out);
+    }),
+  );
+});
+
+test('safeJoin keeps paths inside the target and refuses symlinked parents', async (t) => {
+  const dir = await tempDir(t);
+  const outside = await tempDir(t);
+  assert.equal(safeJoin(dir, '.'), dir);
+  assert.equal(safeJoin(dir, 'a/b'), join(dir, 'a/b'));
+  for (const bad of ['../x', '/etc/passwd', 'a/../b', 'a//b', '', 'a/./b', 'x\0y']) {
+    assert.throws(() => safeJoin(dir, bad), { code: 'E_PATH_ESCAPE' }, bad);
+  }
+  symlinkSync(outside, join(dir, 'link'));
+  assert.throws(() => safeJoin(dir, 'link/file'), { code: 'E_PATH_ESCAPE', message: /symlink/ });
+  // The last component may be a symlink: callers create it or open it with O_NOFOLLOW.
+  assert.equal(safeJoin(dir, 'link'), join(dir, 'link'));
+  writeFileSync(join(dir, 'plain'), 'x');
+  assert.throws(() => safeJoin(dir, 'plain/under'), { code: 'E_PATH_ESCAPE' });
+  mkdirSync(join(dir, 'real'));
+  assert.equal(safeJoin(dir, 'real/missing/deeper'), join(dir, 'real/missing/deeper'));
+});

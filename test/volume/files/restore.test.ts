@@ -1,0 +1,291 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  readlinkSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { test, type TestContext } from 'node:test';
+import type { FileEntry } from '../../../src/image/types.ts';
+import { captureTree } from '../../../src/volume/files/capture.ts';
+import { createTreeRestore, type TreeRestore } from '../../../src/volume/files/restore.ts';
+import { isRoot, loopUnavailable, skipUnless, tempDir } from '../../helpers/env.ts';
+import { MemChunkStore } from './memstore.ts';
+import { buildTree, snapshot, xattrDump, type Snap } from './tree.ts';
+
+function shuffled<T>(items: T[], seed: number): T[] {
+  const out = [...items];
+  let s = seed;
+  for (let i = out.length - 1; i > 0; i--) {
+    s = (s * 1103515245 + 12345) & 0x7fffffff;
+    const j = s % (i + 1);
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
+}
+
+async function runRestore(restore: TreeRestore, store: MemChunkStore, seed = 42): Promise<void> {
+  await restore.prepare();
+  for (const id of shuffled([...restore.needed], seed))
+    await restore.applyChunk(id, await store.readChunk(id));
+  await restore.finish();
+}
+
+async function captured(t: TestContext, rootOnly: boolean) {
+  const src = await tempDir(t);
+  const notes = buildTree(src, { rootOnly });
+  const store = new MemChunkStore();
+  const entries = await captureTree(src, store);
+  return { src, notes, store, entries };
+}
+
+/**
+ * Times compare to the microsecond: Node's utimes takes seconds as a double, which
+ * carries ~0.24 µs at today's dates, so the last nanosecond digits cannot survive.
+ * A double can also land just below a µs boundary, hence the 1 µs tolerance.
+ */
+function assertSameTree(got: Map<string, Snap>, want: Map<string, Snap>): void {
+  assert.deepEqual([...got.keys()].sort(), [...want.keys()].sort());
+  for (const [path, w] of want) {
+    const g = got.get(path)!;
+    const { mtimeUs: gm, atimeUs: ga, blocks: _gb, ...gRest } = g;
+    const { mtimeUs: wm, atimeUs: wa, blocks: _wb, ...wRest } = w;
+    assert.deepEqual(gRest, wRest, path);
+    assert.ok(gm - wm <= 1n && wm - gm <= 1n, `${path}: mtime ${gm} µs, source ${wm} µs`);
+    assert.ok(ga - wa <= 1n && wa - ga <= 1n, `${path}: atime ${ga} µs, source ${wa} µs`);
+  }
+}
+
+test('round trip of every kind of entry, chunks in shuffled order', async (t) => {
+  const { src, store, entries } = await captured(t, false);
+  const dst = await tempDir(t);
+  const restore = createTreeRestore(entries, dst, { fileset: 1, fsType: 'ext4' });
+  assert.ok(restore.progress().bytesTotal > 0);
+  await runRestore(restore, store);
+  assert.equal(restore.progress().bytesDone, restore.progress().bytesTotal);
+  const got = snapshot(dst);
+  assertSameTree(got, snapshot(src));
+  assert.equal(xattrDump(dst), xattrDump(src));
+  assert.ok(xattrDump(dst).includes('user.test'));
+  // Holes stay holes: 64 MiB logical, a few blocks allocated.
+  assert.ok(
+    got.get('sparse.img')!.blocks! * 512 < 1024 * 1024,
+    `sparse.img uses ${got.get('sparse.img')!.blocks} blocks`,
+  );
+  assert.equal(got.get('hard/one')!.linkedWith, 'hard/one|hard/sub/three|hard/two');
+  assert.equal(readFileSync(join(dst, 'odd/new\nline'), 'utf8'), 'new\nline');
+  assert.deepEqual(restore.warnings, []);
+});
+
+test('round trip as root: device nodes, owners, setuid on foreign owners, trusted/security xattrs', async (t) => {
+  if (skipUnless(t, isRoot() ? undefined : 'needs root for device nodes and owners')) return;
+  const { src, notes, store, entries } = await captured(t, true);
+  t.diagnostic(notes.length ? `not set up: ${notes.join('; ')}` : 'all xattr namespaces available');
+  const dst = await tempDir(t);
+  const restore = createTreeRestore(entries, dst, { fileset: 1, fsType: 'ext4' });
+  await runRestore(restore, store, 7);
+  const got = snapshot(dst);
+  assertSameTree(got, snapshot(src));
+  assert.equal(xattrDump(dst), xattrDump(src));
+  assert.equal(got.get('null')!.type, 'chardev');
+  assert.equal(got.get('blk')!.type, 'blockdev');
+  assert.deepEqual([got.get('owned')!.uid, got.get('owned')!.gid], [1234, 5678]);
+  assert.deepEqual([got.get('links/rel')!.uid, got.get('links/rel')!.gid], [4321, 8765]);
+  assert.equal(got.get('suid-owned')!.mode, 0o6755);
+  assert.ok(xattrDump(dst).includes('trusted.imgcast'));
+});
+
+test('finish() rejects naming the missing chunks and files', async (t) => {
+  const { store, entries } = await captured(t, false);
+  const dst = await tempDir(t);
+  const restore = createTreeRestore(entries, dst, { fileset: 1, fsType: 'ext4' });
+  await restore.prepare();
+  const ids = [...restore.needed];
+  const big = entries.find((e) => e.path === 'big.bin')!;
+  const skip = big.extents![1]!.chunk;
+  for (const id of ids) if (id !== skip) await restore.applyChunk(id, await store.readChunk(id));
+  await assert.rejects(restore.finish(), (err: Error & { code?: string }) => {
+    assert.equal(err.code, 'E_RESTORE_INCOMPLETE');
+    assert.match(err.message, new RegExp(`1 of ${ids.length} chunks never arrived`));
+    assert.match(err.message, /big\.bin/);
+    return true;
+  });
+  assert.ok(restore.progress().bytesDone < restore.progress().bytesTotal);
+});
+
+test('a chunk shorter than its extents is reported as a corrupt image, not written', async (t) => {
+  const { store, entries } = await captured(t, false);
+  const dst = await tempDir(t);
+  const restore = createTreeRestore(entries, dst, { fileset: 1, fsType: 'ext4' });
+  await restore.prepare();
+  const id = entries.find((e) => e.path === 'big.bin')!.extents![0]!.chunk;
+  await assert.rejects(restore.applyChunk(id, (await store.readChunk(id)).subarray(0, 100)), {
+    code: 'E_IMAGE_CORRUPT',
+  });
+  await restore.abort(new Error('test'));
+});
+
+test('file-set restore skips excluded entries, creates their needed parents, needs none of their chunks', async (t) => {
+  const { store, entries } = await captured(t, false);
+  const set2 = 1 << 1;
+  const mark = (p: string) => (entries.find((e) => e.path === p)!.excludedFrom = set2);
+  mark('small'); // excluded directory, but small/f0003 stays in: the directory must still be made
+  for (const e of entries) if (e.path.startsWith('small/') && e.path !== 'small/f0003') e.excludedFrom = set2;
+  mark('big.bin');
+  mark('hard/one'); // the data of the hard-link group moves to the next included name
+  const dst = await tempDir(t);
+  const restore = createTreeRestore(entries, dst, { fileset: 2, fsType: 'ext4' });
+  const bigChunks = entries.find((e) => e.path === 'big.bin')!.extents!.map((x) => x.chunk);
+  for (const id of bigChunks) assert.ok(!restore.needed.has(id));
+  await runRestore(restore, store);
+  assert.ok(!existsSync(join(dst, 'big.bin')));
+  assert.ok(!existsSync(join(dst, 'small/f0004')));
+  assert.ok(existsSync(join(dst, 'small/f0003')));
+  assert.ok(lstatSync(join(dst, 'small')).isDirectory());
+  assert.ok(!existsSync(join(dst, 'hard/one')));
+  assert.equal(lstatSync(join(dst, 'hard/two')).nlink, 2);
+  assert.equal(readFileSync(join(dst, 'hard/sub/three')).length, 70000);
+
+  // Set 1 still holds everything.
+  const dst1 = await tempDir(t);
+  const all = createTreeRestore(entries, dst1, { fileset: 1, fsType: 'ext4' });
+  for (const id of bigChunks) assert.ok(all.needed.has(id));
+});
+
+test('vfat mode skips what vfat cannot hold, with warnings, and writes the rest', async (t) => {
+  const { src, store, entries } = await captured(t, false);
+  const dst = await tempDir(t);
+  const warnings: string[] = [];
+  const restore = createTreeRestore(entries, dst, {
+    fileset: 1,
+    fsType: 'vfat',
+    onWarning: (w) => warnings.push(w),
+  });
+  await runRestore(restore, store);
+  assert.deepEqual(restore.warnings, warnings);
+  for (const p of ['links/abs', 'links/rel', 'links/dangling', 'fifo']) {
+    assert.ok(!existsSync(join(dst, p)) && !isSymlink(join(dst, p)), `${p} should be skipped`);
+    assert.ok(
+      warnings.some((w) => w.startsWith(`${p}:`)),
+      `a warning names ${p}`,
+    );
+  }
+  assert.ok(warnings.some((w) => /no owners or permission bits/.test(w)));
+  assert.ok(warnings.some((w) => /no extended attributes/.test(w)));
+  // Hard links become copies.
+  assert.equal(lstatSync(join(dst, 'hard/two')).nlink, 1);
+  assert.deepEqual(readFileSync(join(dst, 'hard/two')), readFileSync(join(src, 'hard/one')));
+  assert.deepEqual(readFileSync(join(dst, 'big.bin')), readFileSync(join(src, 'big.bin')));
+});
+
+function isSymlink(p: string): boolean {
+  try {
+    return lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
+
+test('restore onto a real vfat filesystem (loop device)', async (t) => {
+  if (skipUnless(t, loopUnavailable() ?? vfatUnavailable())) return;
+  const mounts: string[] = [];
+  t.after(() => {
+    for (const m of mounts) execFileSync('umount', [m]);
+  });
+  const work = await tempDir(t);
+  const img = join(work, 'fat.img');
+  execFileSync('truncate', ['-s', '64M', img]);
+  execFileSync('mkfs.vfat', ['-F', '32', img], { stdio: 'ignore' });
+  const mnt = join(work, 'mnt');
+  mkdirSync(mnt);
+  execFileSync('mount', ['-o', 'loop', img, mnt]);
+  mounts.push(mnt);
+
+  const src = await tempDir(t);
+  mkdirSync(join(src, 'EFI/BOOT'), { recursive: true });
+  writeFileSync(join(src, 'EFI/BOOT/BOOTX64.EFI'), Buffer.alloc(300000, 7));
+  writeFileSync(join(src, 'README'), 'readme');
+  writeFileSync(join(src, 'readme'), 'lower case twin');
+  writeFileSync(join(src, 'bad:name'), 'colon');
+  symlinkSync('README', join(src, 'link'));
+  execFileSync('mkfifo', [join(src, 'pipe')]);
+  const store = new MemChunkStore();
+  const entries = await captureTree(src, store);
+  const restore = createTreeRestore(entries, mnt, { fileset: 1, fsType: 'vfat' });
+  await runRestore(restore, store);
+  assert.deepEqual(readFileSync(join(mnt, 'EFI/BOOT/BOOTX64.EFI')), Buffer.alloc(300000, 7));
+  assert.equal(readFileSync(join(mnt, 'README'), 'utf8'), 'readme');
+  const w = restore.warnings.join('\n');
+  assert.match(w, /^link: vfat cannot hold a symlink/m);
+  assert.match(w, /^pipe: vfat cannot hold a fifo/m);
+  assert.match(w, /^readme: vfat already holds a name differing only in letter case/m);
+  assert.match(w, /^bad:name: vfat does not accept this name/m);
+  // vfat keeps mtime in 2 s steps.
+  const srcMtime = lstatSync(join(src, 'README')).mtimeMs;
+  assert.ok(Math.abs(lstatSync(join(mnt, 'README')).mtimeMs - srcMtime) <= 2000);
+});
+
+function vfatUnavailable(): string | undefined {
+  const known = readFileSync('/proc/filesystems', 'utf8');
+  return /\bvfat\b/.test(known) ? undefined : 'the kernel has no vfat driver (not in /proc/filesystems)';
+}
+
+function entry(path: string, type: FileEntry['type'], extra: Partial<FileEntry> = {}): FileEntry {
+  return { path, type, mode: 0o644, uid: 0, gid: 0, mtimeNs: '0', atimeNs: '0', ...extra };
+}
+
+test('paths leaving the target are refused before anything is written', async (t) => {
+  const dst = await tempDir(t);
+  for (const bad of ['../x', '/etc/passwd', 'a/../../x', 'a//b', './a', '']) {
+    assert.throws(
+      () =>
+        createTreeRestore([entry('.', 'dir'), entry(bad, 'file', { size: 0, extents: [] })], dst, {
+          fileset: 1,
+          fsType: 'ext4',
+        }),
+      { code: 'E_PATH_ESCAPE' },
+      bad,
+    );
+  }
+});
+
+test('a symlink in the image cannot be used to write outside the target', async (t) => {
+  const outside = await tempDir(t);
+  const dst = await tempDir(t);
+  const entries = [
+    entry('.', 'dir', { mode: 0o755 }),
+    entry('evil', 'symlink', { linkTarget: outside }),
+    entry('evil/payload', 'file', { size: 0, extents: [] }),
+  ];
+  const restore = createTreeRestore(entries, dst, { fileset: 1, fsType: 'ext4' });
+  await assert.rejects(restore.prepare(), { code: 'E_PATH_ESCAPE', message: /evil.*symlink/ });
+  assert.ok(!existsSync(join(outside, 'payload')));
+});
+
+test('symlinks already in the target are replaced, never written through', async (t) => {
+  const outside = await tempDir(t);
+  writeFileSync(join(outside, 'victim'), 'keep me');
+  const dst = await tempDir(t);
+  symlinkSync(join(outside, 'victim'), join(dst, 'file'));
+  symlinkSync(outside, join(dst, 'dir'));
+  const store = new MemChunkStore();
+  const ref = await store.putChunk(Buffer.from('new content'));
+  const x = { offset: 0, length: 11, chunk: ref.id, chunkOffset: 0 };
+  const fileOnly = [entry('.', 'dir', { mode: 0o755 }), entry('file', 'file', { size: 11, extents: [x] })];
+  await runRestore(createTreeRestore(fileOnly, dst, { fileset: 1, fsType: 'ext4' }), store);
+  assert.equal(readFileSync(join(outside, 'victim'), 'utf8'), 'keep me');
+  assert.equal(readFileSync(join(dst, 'file'), 'utf8'), 'new content');
+  assert.ok(!lstatSync(join(dst, 'file')).isSymbolicLink());
+
+  const through = [entry('dir', 'dir'), entry('dir/f', 'file', { size: 11, extents: [x] })];
+  await assert.rejects(createTreeRestore(through, dst, { fileset: 1, fsType: 'ext4' }).prepare(), {
+    code: 'E_RESTORE_IO',
+  });
+  assert.ok(!existsSync(join(outside, 'f')));
+  assert.equal(readlinkSync(join(dst, 'dir')), outside);
+});
