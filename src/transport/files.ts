@@ -1,0 +1,139 @@
+/**
+ * Plain-file endpoints of the transport: serve a file as chunks, write chunks back
+ * into a file. Used to benchmark raw transfers against udpcast/uftp and by tests;
+ * images go through the adapters in cli.ts instead.
+ */
+import { createHash } from 'node:crypto';
+import { open, readFile, type FileHandle } from 'node:fs/promises';
+import { CODEC_NONE } from './chunkwire.ts';
+import { TransportError } from './errors.ts';
+import type { ChunkConsumer, ChunkInfo, ChunkProvider, SessionInfo } from './types.ts';
+
+/** Layout a flat-file session carries in `meta`: the file's chunks in order, repeats included. */
+export interface FlatMeta {
+  kind: 'flat';
+  size: number;
+  order: string[];
+}
+
+function isFlatMeta(m: unknown): m is FlatMeta {
+  const x = m as FlatMeta;
+  return (
+    typeof x === 'object' &&
+    x !== null &&
+    x.kind === 'flat' &&
+    Number.isSafeInteger(x.size) &&
+    Array.isArray(x.order) &&
+    x.order.every((id) => typeof id === 'string')
+  );
+}
+
+export const FLAT_CHUNK_SIZE = 1024 * 1024;
+
+/** Serves a plain file as uncompressed chunks (codec 0); hashes the whole file once up front. */
+export async function flatFileProvider(path: string, chunkSize = FLAT_CHUNK_SIZE): Promise<ChunkProvider> {
+  if (!Number.isInteger(chunkSize) || chunkSize < 1 || chunkSize > 64 * 1024 * 1024) {
+    throw new TransportError('E_CONSUMER', `chunk size ${chunkSize} must be 1 byte to 64 MiB`);
+  }
+  let fh: FileHandle;
+  try {
+    fh = await open(path, 'r');
+  } catch (e) {
+    throw new TransportError('E_CONSUMER', `cannot open ${path}: ${(e as Error).message}`, { path });
+  }
+  const size = (await fh.stat()).size;
+  const chunks: ChunkInfo[] = [];
+  const offsets = new Map<string, { offset: number; length: number }>();
+  const buf = Buffer.allocUnsafe(chunkSize);
+  for (let off = 0; off < size; off += chunkSize) {
+    const len = Math.min(chunkSize, size - off);
+    const { bytesRead } = await fh.read(buf, 0, len, off);
+    if (bytesRead !== len)
+      throw new TransportError('E_CONSUMER', `${path} changed size while being read`, { path });
+    const id = createHash('sha256').update(buf.subarray(0, len)).digest('hex');
+    chunks.push({ id, codec: CODEC_NONE, storedLength: len, rawLength: len });
+    if (!offsets.has(id)) offsets.set(id, { offset: off, length: len });
+  }
+  await fh.close();
+  const meta: FlatMeta = { kind: 'flat', size, order: chunks.map((c) => c.id) };
+  let shared: FileHandle | null = null;
+  return {
+    chunks,
+    meta,
+    async readStored(id: string): Promise<Buffer> {
+      const where = offsets.get(id);
+      if (!where) throw new TransportError('E_CONSUMER', `chunk ${id} is not part of ${path}`, { path });
+      shared ??= await open(path, 'r');
+      const out = Buffer.allocUnsafe(where.length);
+      const { bytesRead } = await shared.read(out, 0, where.length, where.offset);
+      if (bytesRead !== where.length)
+        throw new TransportError('E_CONSUMER', `${path} shrank while being sent`, { path });
+      return out;
+    },
+    async close(): Promise<void> {
+      await shared?.close();
+      shared = null;
+    },
+  };
+}
+
+/**
+ * Writes a flat-file session into `path`: chunk i of the layout lands at the sum of
+ * the raw lengths before it. An existing file is kept (not truncated) so a resumed
+ * session only fills what is missing; `has` answers from the journal given here.
+ */
+export function fileConsumer(path: string, opts: { journalPath?: string } = {}): ChunkConsumer {
+  let fh: FileHandle | null = null;
+  const where = new Map<string, number[]>();
+  let have = new Set<string>();
+  return {
+    has: (id) => have.has(id),
+    async prepare(session: SessionInfo): Promise<void> {
+      const byId = new Map(session.chunks.map((c) => [c.id, c]));
+      const order = isFlatMeta(session.meta) ? session.meta.order : session.chunks.map((c) => c.id);
+      let off = 0;
+      for (const id of order) {
+        const c = byId.get(id);
+        if (!c)
+          throw new TransportError('E_CONSUMER', `layout names chunk ${id} that the session does not send`);
+        let list = where.get(id);
+        if (!list) where.set(id, (list = []));
+        list.push(off);
+        off += c.rawLength;
+      }
+      if (opts.journalPath) {
+        const text = await readFile(opts.journalPath, 'utf8').catch(() => '');
+        have = new Set(text.split('\n').filter((l) => /^[0-9a-f]{64}$/.test(l)));
+      }
+      try {
+        fh = await open(path, 'r+');
+      } catch {
+        fh = await open(path, 'w+');
+        have.clear();
+      }
+      if ((await fh.stat()).size !== off) await fh.truncate(off);
+    },
+    async apply(id: string, raw: Buffer): Promise<void> {
+      const offs = where.get(id);
+      if (!fh || !offs)
+        throw new TransportError('E_CONSUMER', `chunk ${id} does not belong in ${path}`, { path });
+      for (const o of offs) {
+        let done = 0;
+        while (done < raw.length) {
+          const { bytesWritten } = await fh.write(raw, done, raw.length - done, o + done);
+          done += bytesWritten;
+        }
+      }
+    },
+    async finish(): Promise<void> {
+      if (!fh) throw new TransportError('E_CONSUMER', `${path} was never prepared`);
+      await fh.sync();
+      await fh.close();
+      fh = null;
+    },
+    async abort(): Promise<void> {
+      await fh?.close().catch(() => {});
+      fh = null;
+    },
+  };
+}

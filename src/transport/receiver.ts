@@ -1,0 +1,585 @@
+/**
+ * Multicast receiver: joins over TCP, listens to the group, assembles fragments
+ * into chunks, checks each chunk (GCM tag when encrypted, then the hash via the
+ * decoder) and hands only verified bytes to the consumer. Datagrams of other
+ * protocols or sessions count as stray, malformed ones with our nonce as forged;
+ * chunks that fail their check count as rejected and are requested again.
+ *
+ * Every ~150 ms it sends STATUS: progress, loss over the interval (from packet
+ * serial gaps), and NAKs for chunks the sender has passed (per its TICK, once the
+ * receiver has processed the packets sent before that TICK): the missing
+ * fragments of partly received chunks, or the whole chunk.
+ *
+ * Memory is bounded: partly received chunks plus verified chunks waiting to be
+ * written may hold at most MAX_PENDING bytes; packets of further chunks are dropped
+ * (counted as overrun) and those chunks are requested again later.
+ */
+import { open, readFile, type FileHandle } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import dgram from 'node:dgram';
+import net from 'node:net';
+import { type DataKey, GCM_TAG, openChunk, rawDecoder } from './chunkwire.ts';
+import {
+  Channel,
+  hmacHex,
+  MAX_NAK_ENTRIES,
+  MAX_TO_RECEIVER,
+  parseToReceiver,
+  PROTOCOL_VERSION,
+  proofMatches,
+  type Ranges,
+  type ReceiverCounters,
+  type ToReceiver,
+  wrapDataKey,
+} from './control.ts';
+import { TransportError } from './errors.ts';
+import { checkHeader, FRAG_PAYLOAD, fragmentCount, fragmentLength, HEADER_SIZE } from './packet.ts';
+import { DEFAULT_PORT } from './sender.ts';
+import type { ChunkConsumer, ChunkInfo, ReceiverOptions, ReceiverResult, SessionInfo } from './types.ts';
+
+const STATUS_MS = 150;
+const MAX_PENDING = 64 * 1024 * 1024;
+const MAX_NAK_FRAGMENT_RANGES = 60_000;
+/** Without packets after a TICK (the sender idles), trust the TICK after this long. */
+const TICK_TRUST_MS = 300;
+
+interface Partial {
+  buf: Buffer;
+  got: Uint8Array;
+  count: number;
+  n: number;
+}
+
+export function parseFrom(from: string): { host: string; port: number } {
+  const m = /^([^:]+)(?::(\d{1,5}))?$/.exec(from.trim());
+  const port = m?.[2] ? Number(m[2]) : DEFAULT_PORT;
+  if (!m || !m[1] || port < 1 || port > 65535) {
+    throw new TransportError('E_CONNECT', `sender address "${from}" is not HOST or HOST:PORT`);
+  }
+  return { host: m[1], port };
+}
+
+async function readJournal(path: string): Promise<Set<string>> {
+  try {
+    const text = await readFile(path, 'utf8');
+    // A crash can leave a torn last line; only complete ids count.
+    return new Set(text.split('\n').filter((l) => /^[0-9a-f]{64}$/.test(l)));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return new Set();
+    throw new TransportError('E_CONSUMER', `cannot read journal ${path}: ${(e as Error).message}`, { path });
+  }
+}
+
+function toRanges(sorted: number[]): Ranges {
+  const out: Ranges = [];
+  for (const s of sorted) {
+    if (out.length && out[out.length - 1] === s) out[out.length - 1] = s + 1;
+    else out.push(s, s + 1);
+  }
+  return out;
+}
+
+/** Receivers may be started before the sender: retry refused connections until `limitMs`. */
+async function connectRetry(
+  host: string,
+  port: number,
+  limitMs: number,
+  signal?: AbortSignal,
+): Promise<net.Socket> {
+  const until = Date.now() + limitMs;
+  for (;;) {
+    if (signal?.aborted) throw new TransportError('E_ABORTED', 'receiver aborted by the caller');
+    try {
+      return await new Promise<net.Socket>((resolve, reject) => {
+        const s = net.connect({ host, port });
+        s.once('connect', () => {
+          s.off('error', reject);
+          resolve(s);
+        });
+        s.once('error', reject);
+      });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (
+        Date.now() > until ||
+        (code !== 'ECONNREFUSED' && code !== 'ECONNRESET' && code !== 'EHOSTUNREACH')
+      ) {
+        throw new TransportError('E_CONNECT', `cannot reach sender ${host}:${port}: ${(e as Error).message}`);
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}
+
+export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult> {
+  const log = opts.log ?? (() => {});
+  const { host, port } = parseFrom(opts.from);
+  const name = opts.name ?? `receiver-${process.pid}`;
+  const decode = opts.decode ?? rawDecoder;
+  const senderDeadAfterMs = opts.senderDeadAfterMs ?? 15_000;
+  const t0 = Date.now();
+  const c: ReceiverCounters = {
+    packets: 0,
+    duplicates: 0,
+    stray: 0,
+    forged: 0,
+    rejectedChunks: 0,
+    overrun: 0,
+    lost: 0,
+    simulatedDrops: 0,
+    nakFragments: 0,
+  };
+
+  let table: ChunkInfo[] = [];
+  let wireLen: number[] = [];
+  let counts: number[] = [];
+  let complete: Uint8Array = new Uint8Array(0);
+  let completeCount = 0;
+  let applied = 0;
+  let bytesApplied = 0;
+  let chunksHad = 0;
+  let nonceHi = 0;
+  let nonceLo = 0;
+  let dataKey: DataKey | null = null;
+  let consumer: ChunkConsumer | null = null;
+  let journal: FileHandle | null = null;
+  let udp: dgram.Socket | null = null;
+  let statusTimer: NodeJS.Timeout | null = null;
+  let joinedData = false;
+  let stalled = false;
+  const partials = new Map<number, Partial>();
+  let pendingBytes = 0;
+  let applyChain: Promise<void> = Promise.resolve();
+  let ended = false;
+  let sessionOver = false;
+  let sentDone = false;
+  let lastFromSender = Date.now();
+  // Loss accounting from packet serials.
+  let firstSerial = -1;
+  let maxSerial = 0;
+  let heardPackets = 0;
+  let intervalRx = 0;
+  let intervalBase = -1;
+  // TICKs not yet confirmed by data (serial, txPos, time), and the confirmed transmit position.
+  let ticks: Array<[number, number, number]> = [];
+  let nakPos = 0;
+  let lowWater = 0;
+  let rng = 0x9e3779b9;
+  const rand = () => {
+    rng ^= rng << 13;
+    rng ^= rng >>> 17;
+    rng ^= rng << 5;
+    return (rng >>> 0) / 4294967296;
+  };
+
+  let resolveResult: (r: ReceiverResult) => void = () => {};
+  const result = new Promise<ReceiverResult>((r) => (resolveResult = r));
+
+  let sock: net.Socket;
+  try {
+    sock = await connectRetry(host, port, senderDeadAfterMs, opts.signal);
+  } catch (e) {
+    const err = e as TransportError;
+    return {
+      ok: false,
+      code: err.code ?? 'E_CONNECT',
+      message: err.message,
+      name,
+      chunks: 0,
+      totalChunks: 0,
+      chunksHad: 0,
+      bytes: 0,
+      durationMs: Date.now() - t0,
+      counters: c,
+    };
+  }
+  const ch = new Channel<ToReceiver>(sock, MAX_TO_RECEIVER, parseToReceiver, false);
+  const rNonce = randomBytes(16).toString('hex');
+  let sNonce = '';
+  let gotSession = false;
+
+  const connectTimer = setTimeout(() => {
+    if (!gotSession)
+      fail('E_CONNECT', `no session from ${host}:${port} within ${senderDeadAfterMs / 1000} s`);
+  }, senderDeadAfterMs);
+
+  ch.onClose = (reason, err) => {
+    if (ended) return;
+    if (sessionOver && sentDone) return end(null, null);
+    if (err) return fail(err.code, `control connection to ${host}:${port}: ${err.message}`);
+    if (!gotSession) return fail('E_CONNECT', `cannot reach sender ${host}:${port}: ${reason}`);
+    fail('E_SENDER_LOST', `sender ${host}:${port} closed the control connection: ${reason}`);
+  };
+
+  ch.onMessage = (m) => {
+    lastFromSender = Date.now();
+    if (m.t === 'challenge') {
+      if (m.v !== PROTOCOL_VERSION) {
+        return fail('E_VERSION', `sender speaks protocol version ${m.v}, this receiver ${PROTOCOL_VERSION}`);
+      }
+      if (m.keyed && !opts.key)
+        return fail('E_AUTH', `sender ${host}:${port} requires a key (--key) and none was given`);
+      if (!m.keyed && opts.key) {
+        return fail(
+          'E_AUTH',
+          `a key was given but sender ${host}:${port} does not use one; refusing an unauthenticated session`,
+        );
+      }
+      sNonce = m.nonce;
+      ch.send({
+        t: 'hello',
+        v: PROTOCOL_VERSION,
+        name,
+        nonce: rNonce,
+        proof: opts.key ? hmacHex(opts.key, 'r', sNonce, rNonce) : null,
+      });
+      return;
+    }
+    if (m.t === 'session') {
+      if (gotSession || !sNonce) throw new TransportError('E_CONTROL_INVALID', 'unexpected SESSION');
+      if (opts.key) {
+        if (!proofMatches(hmacHex(opts.key, 's', rNonce, sNonce), m.proof)) {
+          return fail('E_AUTH', `sender ${host}:${port} failed to prove the key (wrong --key on one side)`);
+        }
+        ch.setMacKey(Buffer.from(hmacHex(opts.key, 'mac', sNonce, rNonce), 'hex'));
+      }
+      gotSession = true;
+      clearTimeout(connectTimer);
+      setup(m).catch((e: unknown) => {
+        if (e instanceof TransportError) fail(e.code, e.message);
+        else
+          fail('E_CONSUMER', `could not prepare the target: ${e instanceof Error ? e.message : String(e)}`);
+      });
+      return;
+    }
+    if (m.t === 'tick') {
+      if (stalled) return;
+      ticks.push([m.serial, Math.min(m.txPos, table.length), Date.now()]);
+      return;
+    }
+    if (m.t === 'drop') return fail('E_DROPPED', `dropped by the sender: ${m.reason}`);
+    if (m.t === 'end') {
+      sessionOver = true;
+      if (sentDone) end(null, null);
+      return;
+    }
+  };
+
+  async function setup(m: Extract<ToReceiver, { t: 'session' }>): Promise<void> {
+    table = m.chunks.map(([id, codec, storedLength, rawLength]) => ({ id, codec, storedLength, rawLength }));
+    const extra = m.encrypt ? GCM_TAG : 0;
+    wireLen = table.map((e) => e.storedLength + extra);
+    counts = wireLen.map(fragmentCount);
+    complete = new Uint8Array(table.length);
+    const nonce = Buffer.from(m.nonce, 'hex');
+    nonceHi = nonce.readUInt32BE(0);
+    nonceLo = nonce.readUInt32BE(4);
+    if (m.encrypt) {
+      dataKey = {
+        key: Buffer.from(wrapDataKey(m.encrypt.key, opts.key, sNonce, rNonce), 'hex'),
+        salt: Buffer.from(m.encrypt.salt, 'hex'),
+      };
+    }
+    const info: SessionInfo = {
+      nonce: m.nonce,
+      group: m.group,
+      port: m.port,
+      chunks: table,
+      meta: m.meta,
+      encrypted: Boolean(m.encrypt),
+      sender: `${host}:${port}`,
+    };
+    consumer = await opts.makeConsumer(info);
+    if (ended) return;
+    await consumer.prepare(info);
+    if (ended) return;
+    const journaled = opts.journalPath ? await readJournal(opts.journalPath) : new Set<string>();
+    const have: number[] = [];
+    table.forEach((e, seq) => {
+      if (journaled.has(e.id) || consumer?.has(e.id)) {
+        complete[seq] = 1;
+        have.push(seq);
+      }
+    });
+    completeCount = chunksHad = have.length;
+    applied = have.length;
+    bytesApplied = have.reduce((a, s) => a + (table[s]?.rawLength ?? 0), 0);
+    if (opts.journalPath) journal = await open(opts.journalPath, 'a');
+    if (ended) return;
+    await openData(m.group, m.port);
+    if (ended) return;
+    ch.send({ t: 'join', have: toRanges(have) });
+    log(`joined session ${m.nonce}: ${table.length} chunks, ${have.length} already here`);
+    statusTimer = setInterval(status, STATUS_MS);
+    maybeDone();
+  }
+
+  async function openData(group: string, dataPort: number): Promise<void> {
+    const s = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+    udp = s;
+    s.on('message', onPacket);
+    s.on('error', (e) => log(`data socket error: ${e.message}`));
+    await new Promise<void>((resolve, reject) => {
+      s.once('error', reject);
+      // Binding to the group address keeps other groups on the same port out (Linux).
+      s.bind(dataPort, process.platform === 'linux' ? group : undefined, () => {
+        s.off('error', reject);
+        resolve();
+      });
+    }).catch((e: Error) => {
+      throw new TransportError('E_CONNECT', `cannot listen for data on ${group}:${dataPort}: ${e.message}`);
+    });
+    try {
+      s.addMembership(group, opts.interface);
+    } catch (e) {
+      throw new TransportError(
+        'E_CONNECT',
+        `cannot join multicast group ${group} on ${opts.interface ?? 'the default interface'}: ${(e as Error).message}`,
+      );
+    }
+    // The kernel caps SO_RCVBUF at net.core.rmem_max (sysctl; 4 MiB here, 208 KiB on many distros).
+    for (const size of [32 << 20, 8 << 20, 4 << 20, 1 << 20]) {
+      try {
+        s.setRecvBufferSize(size);
+        break;
+      } catch {
+        /* try smaller */
+      }
+    }
+    joinedData = true;
+  }
+
+  function onPacket(b: Buffer): void {
+    if (stalled || ended) return;
+    if (checkHeader(b) !== 0 || b.readUInt32BE(4) !== nonceHi || b.readUInt32BE(8) !== nonceLo) {
+      c.stray++;
+      return;
+    }
+    const seq = b.readUInt32BE(12);
+    const frag = b.readUInt16BE(16);
+    const count = b.readUInt16BE(18);
+    const wl = wireLen[seq];
+    if (wl === undefined || count !== counts[seq] || b.length - HEADER_SIZE !== fragmentLength(wl, frag)) {
+      c.forged++;
+      return;
+    }
+    if (opts.simulateLoss && rand() < opts.simulateLoss) {
+      c.simulatedDrops++;
+      return;
+    }
+    const ser = b.readUInt32BE(24);
+    if (firstSerial < 0) firstSerial = intervalBase = ser - 1;
+    if (ser > maxSerial) maxSerial = ser;
+    heardPackets++;
+    intervalRx++;
+    c.packets++;
+    if (complete[seq]) {
+      c.duplicates++;
+      return;
+    }
+    let p = partials.get(seq);
+    if (!p) {
+      if (pendingBytes + wl > MAX_PENDING) {
+        c.overrun++;
+        return;
+      }
+      p = { buf: Buffer.allocUnsafe(wl), got: new Uint8Array(count), count, n: 0 };
+      pendingBytes += wl;
+      partials.set(seq, p);
+    }
+    if (p.got[frag]) {
+      c.duplicates++;
+      return;
+    }
+    p.got[frag] = 1;
+    b.copy(p.buf, frag * FRAG_PAYLOAD, HEADER_SIZE);
+    if (++p.n === p.count) {
+      partials.delete(seq);
+      chunkArrived(seq, p.buf);
+    }
+  }
+
+  function chunkArrived(seq: number, wire: Buffer): void {
+    const e = table[seq] as ChunkInfo;
+    let raw: Buffer;
+    try {
+      const stored = dataKey ? openChunk(dataKey, seq, e.id, wire) : wire;
+      raw = decode(e.id, e.codec, stored, e.rawLength);
+    } catch (err) {
+      pendingBytes -= wire.length;
+      if (err instanceof TransportError && err.code === 'E_CONSUMER') return fail(err.code, err.message);
+      // Forged or damaged fragments: discard the whole chunk and ask for it again.
+      c.rejectedChunks++;
+      log(`chunk ${e.id} (seq ${seq}) failed its check and will be requested again`);
+      return;
+    }
+    complete[seq] = 1;
+    completeCount++;
+    applyChain = applyChain.then(async () => {
+      if (ended) return;
+      try {
+        await (consumer as ChunkConsumer).apply(e.id, raw);
+        if (journal) await journal.write(`${e.id}\n`);
+      } catch (err) {
+        const msg = err instanceof Error ? err.message : String(err);
+        return fail('E_CONSUMER', `writing chunk ${e.id} failed: ${msg}`);
+      } finally {
+        pendingBytes -= wire.length;
+      }
+      applied++;
+      bytesApplied += e.rawLength;
+      if (opts.stallAfterChunks !== undefined && applied >= opts.stallAfterChunks) {
+        stalled = true;
+        log('test hook: stalled');
+      }
+      maybeDone();
+    });
+  }
+
+  function status(): void {
+    if (ended || stalled || !joinedData) return;
+    const now = Date.now();
+    if (now - lastFromSender > senderDeadAfterMs) {
+      return fail(
+        'E_SENDER_LOST',
+        `sender ${host}:${port} silent for ${Math.round((now - lastFromSender) / 1000)} s`,
+      );
+    }
+    // The transmit position counts once we processed the packets sent before the TICK that announced it.
+    while (ticks.length) {
+      const [ser, pos, at] = ticks[0] as [number, number, number];
+      if (maxSerial >= ser || now - at > TICK_TRUST_MS) {
+        nakPos = Math.max(nakPos, pos);
+        ticks.shift();
+      } else break;
+    }
+    if (ticks.length > 100) ticks = ticks.slice(-100);
+    const nak: Array<[number, Ranges | null]> = [];
+    let fragRanges = 0;
+    while (lowWater < table.length && complete[lowWater]) lowWater++;
+    for (
+      let s = lowWater;
+      s < nakPos && nak.length < MAX_NAK_ENTRIES && fragRanges < MAX_NAK_FRAGMENT_RANGES;
+      s++
+    ) {
+      if (complete[s]) continue;
+      const p = partials.get(s);
+      if (!p) {
+        nak.push([s, null]);
+        c.nakFragments += counts[s] as number;
+        fragRanges++;
+        continue;
+      }
+      const missing: number[] = [];
+      for (let f = 0; f < p.count; f++) if (!p.got[f]) missing.push(f);
+      const r = toRanges(missing);
+      c.nakFragments += missing.length;
+      fragRanges += r.length / 2;
+      nak.push([s, r]);
+    }
+    const exp = intervalBase >= 0 ? maxSerial - intervalBase : 0;
+    if (firstSerial >= 0) c.lost = Math.max(0, maxSerial - firstSerial - heardPackets);
+    ch.send({
+      t: 'status',
+      chunks: applied,
+      bytes: bytesApplied,
+      heard: maxSerial,
+      rx: Math.min(intervalRx, exp),
+      exp,
+      nak,
+      counters: { ...c },
+    });
+    intervalRx = 0;
+    if (intervalBase >= 0) intervalBase = maxSerial;
+    opts.onProgress?.({
+      chunks: applied,
+      totalChunks: table.length,
+      bytes: bytesApplied,
+      totalBytes: table.reduce((a, e) => a + e.rawLength, 0),
+    });
+  }
+
+  let finishing = false;
+  function maybeDone(): void {
+    if (finishing || ended || !joinedData || applied < table.length) return;
+    finishing = true;
+    leaveData();
+    (async () => {
+      await applyChain;
+      if (ended) return;
+      try {
+        await (consumer as ChunkConsumer).finish();
+      } catch (err) {
+        return fail(
+          'E_CONSUMER',
+          `finishing the target failed: ${err instanceof Error ? err.message : String(err)}`,
+        );
+      }
+      if (journal) await journal.close().catch(() => {});
+      journal = null;
+      if (c.lost === 0 && firstSerial >= 0) c.lost = Math.max(0, maxSerial - firstSerial - heardPackets);
+      ch.send({ t: 'done', ok: true, code: null, message: null, counters: { ...c } });
+      sentDone = true;
+      log(`done: ${table.length} chunks (${chunksHad} were already here)`);
+      if (sessionOver) return end(null, null);
+      // The sender answers DONE with END when the session is over; do not wait for the others.
+      setTimeout(() => end(null, null), 500).unref();
+    })().catch((e: unknown) => fail('E_CONSUMER', String(e)));
+  }
+
+  function leaveData(): void {
+    if (statusTimer) clearInterval(statusTimer);
+    statusTimer = null;
+    if (udp) {
+      try {
+        udp.close();
+      } catch {
+        /* already closed */
+      }
+      udp = null;
+    }
+  }
+
+  function fail(code: string, message: string): void {
+    if (ended) return;
+    log(`failed: ${code} ${message}`);
+    if (gotSession && !sentDone && code !== 'E_ABORTED' && code !== 'E_SENDER_LOST' && !ch.closed) {
+      ch.send({ t: 'done', ok: false, code, message, counters: { ...c } });
+    }
+    const cons = consumer;
+    end(code, message);
+    cons?.abort(new TransportError(code, message)).catch(() => {});
+  }
+
+  function end(code: string | null, message: string | null): void {
+    if (ended) return;
+    ended = true;
+    clearTimeout(connectTimer);
+    leaveData();
+    ch.close(code ? `receiver ended: ${code}` : 'receiver done');
+    if (journal) journal.close().catch(() => {});
+    opts.signal?.removeEventListener('abort', onAbort);
+    resolveResult({
+      ok: code === null,
+      code,
+      message,
+      name,
+      chunks: applied,
+      totalChunks: table.length,
+      chunksHad,
+      bytes: bytesApplied,
+      durationMs: Date.now() - t0,
+      counters: { ...c },
+    });
+  }
+
+  // Abort closes everything without a DONE: to the sender it looks like a vanished receiver.
+  const onAbort = () => {
+    if (ended) return;
+    sock.destroy();
+    fail('E_ABORTED', 'receiver aborted by the caller');
+  };
+  if (opts.signal?.aborted) onAbort();
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  return result;
+}

@@ -1,0 +1,759 @@
+/**
+ * Multicast sender.
+ *
+ * Data: the chunk table is sent once in order ("first pass"), each chunk's wire
+ * bytes cut into fragments (packet.ts). Receivers report over TCP every ~150 ms
+ * which fragments of already-passed chunks they miss (NAK). The sender merges all
+ * NAKs into one repair set, so a fragment twenty receivers miss is resent once, and
+ * interleaves repairs with new data (one repair per data packet while the first
+ * pass runs, everything after). A NAK for a chunk whose last repair the receiver
+ * cannot have heard yet (its highest packet serial is below the repair's serial) is
+ * ignored: that repair is still in flight. Nobody acknowledges packets; the sender
+ * never waits for a receiver to go on.
+ *
+ * Rate: token-bucket pacing in batches per event-loop turn. No cap by default;
+ * the rate starts at 500 Mbit/s and follows the loss the receivers report: the
+ * median loss of the receivers over each 200 ms tick above 5 % cuts the rate to
+ * 70 %, below 2 % raises it by 15 % (never above --rate, never above what the
+ * sender actually manages to push). The median keeps one lossy receiver from
+ * throttling everyone; that receiver is handled by the drop policy instead.
+ *
+ * Drop policy (each drop tells the receiver and the result the reason and figures):
+ * - "disconnected": its control connection closed before DONE;
+ * - "unresponsive": no message from it for deadAfterMs (default 10 s);
+ * - "too slow (loss)": it lost more than 50 % of the packets over the last 10 s;
+ * - "too slow (stalled)": the first pass is over and it completed no chunk for
+ *   stallAfterMs (default 20 s);
+ * - "too slow (lagging)": every other receiver finished and it still misses chunks
+ *   lagLimitMs (default 60 s) later.
+ * A dropped receiver keeps what it wrote (its journal) and can resume in a later session.
+ *
+ * Start: when `clients` receivers joined, or `waitSeconds` after the last join with
+ * at least one receiver. Receivers joining later get the session too; what they
+ * miss of the passed part reaches them as repairs. Chunks that every receiver
+ * joined at start already has are skipped in the first pass.
+ */
+import { randomBytes } from 'node:crypto';
+import dgram from 'node:dgram';
+import net from 'node:net';
+import { type DataKey, GCM_TAG, sealChunk } from './chunkwire.ts';
+import {
+  Channel,
+  hmacHex,
+  MAX_TO_SENDER,
+  parseToSender,
+  PROTOCOL_VERSION,
+  proofMatches,
+  type ReceiverCounters,
+  type ToSender,
+  wrapDataKey,
+} from './control.ts';
+import { TransportError } from './errors.ts';
+import {
+  encodeHeader,
+  FRAG_PAYLOAD,
+  fragmentCount,
+  HEADER_SIZE,
+  MAX_FRAGMENTS,
+  TYPE_DATA,
+  TYPE_REPAIR,
+} from './packet.ts';
+import type {
+  ChunkInfo,
+  ChunkProvider,
+  ReceiverReport,
+  ReceiverState,
+  SenderCounters,
+  SenderOptions,
+  SenderResult,
+} from './types.ts';
+
+export const DEFAULT_PORT = 7747;
+export const DEFAULT_GROUP = '239.255.42.1';
+const TICK_MS = 200;
+const START_RATE_MBIT = 500;
+const MIN_RATE_MBIT = 2;
+const LOSS_CUT = 0.05;
+const LOSS_RAISE = 0.02;
+const LOSS_DROP = 0.5;
+const LOSS_WINDOW_MS = 10_000;
+const CACHE_BYTES = 48 * 1024 * 1024;
+const SEND_QUEUE_LIMIT = 512;
+/** 2 ms of tokens at most, so a late event-loop turn does not become a burst the switch drops. */
+const BURST_MS = 2;
+
+interface Entry extends ChunkInfo {
+  seq: number;
+  wireLength: number;
+  count: number;
+}
+
+interface Peer {
+  name: string;
+  address: string;
+  ch: Channel<ToSender>;
+  nonce: string;
+  state: ReceiverState;
+  reason: string | null;
+  code: string | null;
+  have: Set<number>;
+  chunks: number;
+  bytes: number;
+  heard: number;
+  lastHeard: number;
+  lastProgress: number;
+  joinedAt: number;
+  lossSamples: Array<[number, number, number]>;
+  freshLoss: number | null;
+  repairsRequested: number;
+  counters: ReceiverCounters | null;
+  endedAt: number;
+}
+
+interface Repair {
+  all: boolean;
+  cursor: number;
+  frags: Set<number>;
+}
+
+function validateGroup(g: string): void {
+  const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(g);
+  const first = m ? Number(m[1]) : -1;
+  if (!m || first < 224 || first > 239 || m.slice(2).some((x) => Number(x) > 255)) {
+    throw new TransportError(
+      'E_CONTROL_INVALID',
+      `multicast group ${g} is not an IPv4 multicast address (224-239.x.x.x)`,
+    );
+  }
+}
+
+export async function runSender(provider: ChunkProvider, opts: SenderOptions): Promise<SenderResult> {
+  const log = opts.log ?? (() => {});
+  const group = opts.group ?? DEFAULT_GROUP;
+  validateGroup(group);
+  const port = opts.port ?? DEFAULT_PORT;
+  const dataPort = port + 1;
+  const wantClients = Math.max(1, opts.clients ?? 1);
+  const waitMs = (opts.waitSeconds ?? 300) * 1000;
+  const deadAfterMs = opts.deadAfterMs ?? 10_000;
+  const stallAfterMs = opts.stallAfterMs ?? Math.max(20_000, 2 * deadAfterMs);
+  const lagLimitMs = opts.lagLimitMs ?? 60_000;
+  const maxRate = opts.rateMbit && opts.rateMbit > 0 ? opts.rateMbit : Infinity;
+  const key = opts.key;
+
+  // Distinct ids only: a repeated chunk (zero blocks, dedup) travels once.
+  const table: Entry[] = [];
+  const bySeen = new Set<string>();
+  const extra = opts.encrypt ? GCM_TAG : 0;
+  for (const c of provider.chunks) {
+    if (bySeen.has(c.id)) continue;
+    bySeen.add(c.id);
+    const wireLength = c.storedLength + extra;
+    const count = fragmentCount(wireLength);
+    if (count > MAX_FRAGMENTS) {
+      throw new TransportError(
+        'E_CONTROL_INVALID',
+        `chunk ${c.id} is too large to send (${c.storedLength} bytes)`,
+      );
+    }
+    table.push({ ...c, seq: table.length, wireLength, count });
+  }
+  const totalWire = table.reduce((a, e) => a + e.wireLength, 0);
+  const totalRaw = table.reduce((a, e) => a + e.rawLength, 0);
+  const nonceBuf = randomBytes(8);
+  const nonce = nonceBuf.toString('hex');
+  const dataKey: DataKey | null = opts.encrypt ? { key: randomBytes(32), salt: randomBytes(4) } : null;
+  const sessionChunks = table.map(
+    (e) => [e.id, e.codec, e.storedLength, e.rawLength] as [string, number, number, number],
+  );
+
+  const counters: SenderCounters = {
+    packets: 0,
+    dataPackets: 0,
+    repairPackets: 0,
+    bytes: 0,
+    repairBytes: 0,
+    chunksSent: 0,
+    chunksSkipped: 0,
+    naksReceived: 0,
+    naksSuppressed: 0,
+    controlRejected: 0,
+    rateMbit: 0,
+  };
+  const peers: Peer[] = [];
+  const t0 = Date.now();
+  let started = false;
+  let startedAt = 0;
+  let lastJoin = 0;
+  let finished = false;
+  let fatal: unknown = null;
+  let rateMbit = Math.min(START_RATE_MBIT, maxRate);
+  let lastCut = 0;
+  let serial = 0;
+  let txPos = 0;
+  let firstPassDone = false;
+  let othersDoneAt = 0;
+
+  // --- sockets -------------------------------------------------------------
+  const udp = dgram.createSocket({ type: 'udp4' });
+  await new Promise<void>((resolve, reject) => {
+    udp.once('error', reject);
+    udp.bind(0, opts.interface, () => {
+      udp.off('error', reject);
+      resolve();
+    });
+  });
+  udp.on('error', (e) => log(`data socket error: ${e.message}`));
+  if (opts.interface) udp.setMulticastInterface(opts.interface);
+  udp.setMulticastTTL(opts.ttl ?? 1);
+  udp.setMulticastLoopback(true);
+  // The kernel caps SO_SNDBUF at net.core.wmem_max (often 208 KiB-4 MiB); try big, settle for what it allows.
+  for (const size of [16 << 20, 4 << 20, 1 << 20]) {
+    try {
+      udp.setSendBufferSize(size);
+      break;
+    } catch {
+      /* try smaller */
+    }
+  }
+  // A connected socket skips the per-send address lookup Node does otherwise.
+  await new Promise<void>((resolve) => udp.connect(dataPort, group, () => resolve()));
+
+  const server = net.createServer((sock) => onConnection(sock));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (e) =>
+      reject(
+        new TransportError('E_CONNECT', `cannot listen on control port ${port}: ${e.message}`, { port }),
+      ),
+    );
+    server.listen(port, opts.interface ?? '0.0.0.0', () => resolve());
+  });
+  log(
+    `session ${nonce}: ${table.length} chunks, ${totalWire} bytes, group ${group}:${dataPort}, control port ${port}`,
+  );
+
+  // --- control -------------------------------------------------------------
+  function onConnection(sock: net.Socket): void {
+    if (finished) {
+      sock.destroy();
+      return;
+    }
+    const ch = new Channel<ToSender>(sock, MAX_TO_SENDER, (b) => parseToSender(b, table.length), true);
+    const sNonce = randomBytes(16).toString('hex');
+    const address = `${sock.remoteAddress}:${sock.remotePort}`;
+    const p: Peer = {
+      name: address,
+      address,
+      ch,
+      nonce: '',
+      state: 'joining',
+      reason: null,
+      code: null,
+      have: new Set(),
+      chunks: 0,
+      bytes: 0,
+      heard: 0,
+      lastHeard: Date.now(),
+      lastProgress: Date.now(),
+      joinedAt: 0,
+      lossSamples: [],
+      freshLoss: null,
+      repairsRequested: 0,
+      counters: null,
+      endedAt: 0,
+    };
+    peers.push(p);
+    ch.onClose = (reason, err) => {
+      if (err) counters.controlRejected++;
+      if (p.state === 'ok' || p.state === 'failed' || p.state === 'dropped') return;
+      endPeer(p, 'dropped', `disconnected: ${reason}`, err?.code ?? null, false);
+    };
+    ch.onMessage = (m) => {
+      p.lastHeard = Date.now();
+      if (m.t === 'hello') {
+        if (p.state !== 'joining' || p.nonce) throw protocolError('HELLO twice');
+        if (m.v !== PROTOCOL_VERSION) {
+          endPeer(
+            p,
+            'dropped',
+            `speaks protocol version ${m.v}, this sender ${PROTOCOL_VERSION}`,
+            'E_VERSION',
+            true,
+          );
+          return;
+        }
+        p.name = m.name || address;
+        p.nonce = m.nonce;
+        if (key && !proofMatches(hmacHex(key, 'r', sNonce, m.nonce), m.proof)) {
+          log(`rejected ${p.name} (${address}): wrong or missing key proof`);
+          endPeer(p, 'dropped', 'authentication failed: wrong or missing key', 'E_AUTH', true);
+          return;
+        }
+        ch.send({
+          t: 'session',
+          nonce,
+          group,
+          port: dataPort,
+          chunks: sessionChunks,
+          meta: provider.meta ?? null,
+          encrypt: dataKey
+            ? {
+                key: wrapDataKey(dataKey.key.toString('hex'), key, sNonce, m.nonce),
+                salt: dataKey.salt.toString('hex'),
+              }
+            : null,
+          proof: key ? hmacHex(key, 's', m.nonce, sNonce) : null,
+        });
+        if (key) ch.setMacKey(Buffer.from(hmacHex(key, 'mac', sNonce, m.nonce), 'hex'));
+        return;
+      }
+      if (!p.nonce) throw protocolError(`${m.t.toUpperCase()} before HELLO`);
+      if (m.t === 'join') {
+        if (p.state !== 'joining') throw protocolError('JOIN twice');
+        for (let i = 0; i < m.have.length; i += 2) {
+          for (let s = m.have[i] as number; s < (m.have[i + 1] as number); s++) p.have.add(s);
+        }
+        p.chunks = p.have.size;
+        p.bytes = [...p.have].reduce((a, s) => a + (table[s]?.rawLength ?? 0), 0);
+        p.state = started ? 'receiving' : 'waiting';
+        p.joinedAt = Date.now();
+        p.lastProgress = p.joinedAt;
+        lastJoin = p.joinedAt;
+        log(`${p.name} joined${started ? ' late' : ''} (has ${p.have.size} of ${table.length} chunks)`);
+        maybeStart();
+        return;
+      }
+      if (m.t === 'status') {
+        if (p.state !== 'receiving' && p.state !== 'waiting') return;
+        if (m.chunks > p.chunks) p.lastProgress = Date.now();
+        p.chunks = m.chunks;
+        p.bytes = m.bytes;
+        p.heard = Math.max(p.heard, m.heard);
+        p.counters = m.counters;
+        if (m.exp >= 20) {
+          const loss = Math.max(0, 1 - m.rx / m.exp);
+          p.freshLoss = loss;
+          p.lossSamples.push([Date.now(), m.rx, m.exp]);
+        }
+        for (const [seq, frags] of m.nak) {
+          counters.naksReceived++;
+          const e = table[seq] as Entry;
+          if ((lastRepairSerial.get(seq) ?? -1) > p.heard || seq >= txPos) {
+            counters.naksSuppressed++;
+            continue;
+          }
+          let r = repairs.get(seq);
+          if (!r) repairs.set(seq, (r = { all: false, cursor: 0, frags: new Set() }));
+          if (frags === null) {
+            p.repairsRequested += e.count;
+            if (!r.all) {
+              r.all = true;
+              r.cursor = 0;
+              r.frags.clear();
+            }
+            continue;
+          }
+          for (let i = 0; i < frags.length; i += 2) {
+            for (let f = frags[i] as number; f < (frags[i + 1] as number) && f < e.count; f++) {
+              p.repairsRequested++;
+              if (!r.all) r.frags.add(f);
+            }
+          }
+          if (!r.all && r.frags.size === 0) repairs.delete(seq);
+        }
+        kick();
+        return;
+      }
+      if (m.t === 'done') {
+        p.counters = m.counters;
+        if (m.ok) {
+          p.chunks = table.length;
+          p.bytes = totalRaw;
+          endPeer(p, 'ok', null, null, false);
+          log(`${p.name} finished`);
+        } else {
+          endPeer(p, 'failed', m.message ?? 'receiver failed', m.code ?? 'E_CONSUMER', false);
+          log(`${p.name} failed: ${m.code ?? ''} ${m.message ?? ''}`);
+        }
+        return;
+      }
+    };
+    ch.send({ t: 'challenge', v: PROTOCOL_VERSION, nonce: sNonce, keyed: Boolean(key) });
+  }
+
+  function protocolError(what: string): TransportError {
+    return new TransportError('E_CONTROL_INVALID', `control message rejected: ${what}`);
+  }
+
+  function endPeer(
+    p: Peer,
+    state: ReceiverState,
+    reason: string | null,
+    code: string | null,
+    tell: boolean,
+  ): void {
+    const wasActive = p.state === 'receiving' || p.state === 'waiting';
+    p.state = state;
+    p.reason = reason;
+    p.code = code ?? (state === 'dropped' ? 'E_DROPPED' : null);
+    p.endedAt = Date.now();
+    if (state === 'dropped') log(`dropped ${p.name}: ${reason}`);
+    if (tell) p.ch.send({ t: 'drop', reason: reason ?? 'dropped' });
+    if (state !== 'ok') p.ch.close(reason ?? 'dropped');
+    else setTimeout(() => p.ch.close('finished'), 2000).unref();
+    if (wasActive || state === 'ok') checkFinished();
+  }
+
+  // --- start ----------------------------------------------------------------
+  const joined = () => peers.filter((p) => p.state === 'waiting' || p.state === 'receiving');
+
+  function maybeStart(): void {
+    if (started || finished) return;
+    const j = joined();
+    if (j.length === 0) return;
+    if (j.length >= wantClients || Date.now() - lastJoin >= waitMs) {
+      started = true;
+      startedAt = Date.now();
+      for (const p of j) p.state = 'receiving';
+      for (const e of table) if (j.every((p) => p.have.has(e.seq))) skip.add(e.seq);
+      counters.chunksSkipped = skip.size;
+      log(`starting with ${j.length} receiver(s); ${skip.size} chunk(s) every receiver already has`);
+      prefetch();
+      kick();
+    }
+  }
+
+  // --- chunk bytes -------------------------------------------------------------
+  const cache = new Map<number, Buffer>();
+  let cacheBytes = 0;
+  const loading = new Map<number, Promise<void>>();
+
+  function load(seq: number): void {
+    if (cache.has(seq) || loading.has(seq)) return;
+    const e = table[seq] as Entry;
+    const pr = provider
+      .readStored(e.id)
+      .then((stored) => {
+        if (stored.length !== e.storedLength) {
+          throw new TransportError(
+            'E_CONSUMER',
+            `chunk ${e.id} read ${stored.length} bytes from the source, expected ${e.storedLength}`,
+          );
+        }
+        const wire = dataKey ? sealChunk(dataKey, seq, e.id, stored) : stored;
+        cache.set(seq, wire);
+        cacheBytes += wire.length;
+        for (const [s, b] of cache) {
+          if (cacheBytes <= CACHE_BYTES) break;
+          if (s === cur || s === cur + 1) continue;
+          cache.delete(s);
+          cacheBytes -= b.length;
+        }
+      })
+      .catch((err: unknown) => {
+        fatal ??= err;
+        finish();
+      })
+      .finally(() => {
+        loading.delete(seq);
+        kick();
+      });
+    loading.set(seq, pr);
+  }
+
+  function get(seq: number): Buffer | undefined {
+    const b = cache.get(seq);
+    if (b) {
+      // Refresh recency so repairs of a hot chunk do not evict it.
+      cache.delete(seq);
+      cache.set(seq, b);
+    }
+    return b;
+  }
+
+  // --- transmission ------------------------------------------------------------
+  const skip = new Set<number>();
+  const repairs = new Map<number, Repair>();
+  const lastRepairSerial = new Map<number, number>();
+  let cur = 0;
+  let curFrag = 0;
+  let repairCredit = 0;
+
+  function advanceCursor(): void {
+    while (cur < table.length && skip.has(cur)) cur++;
+    txPos = cur;
+    if (cur >= table.length && !firstPassDone) {
+      firstPassDone = true;
+      log(`first pass done after ${Date.now() - startedAt} ms`);
+    }
+  }
+
+  function prefetch(): void {
+    advanceCursor();
+    for (let s = cur, n = 0; s < table.length && n < 2; s++) {
+      if (skip.has(s)) continue;
+      load(s);
+      n++;
+    }
+  }
+
+  function emit(type: number, e: Entry, frag: number, wire: Buffer): number {
+    const start = frag * FRAG_PAYLOAD;
+    const payload = wire.subarray(start, Math.min(start + FRAG_PAYLOAD, wire.length));
+    serial = (serial + 1) >>> 0;
+    const h = encodeHeader({ type, nonce: nonceBuf, seq: e.seq, frag, count: e.count, txPos, serial });
+    udp.send([h, payload]);
+    counters.packets++;
+    counters.bytes += payload.length;
+    if (type === TYPE_REPAIR) {
+      counters.repairPackets++;
+      counters.repairBytes += payload.length;
+      lastRepairSerial.set(e.seq, serial);
+    } else counters.dataPackets++;
+    return payload.length + HEADER_SIZE;
+  }
+
+  /** Sends one packet if one is ready; returns its size or 0. */
+  function sendOne(): number {
+    const wantRepair = repairs.size > 0 && (firstPassDone || repairCredit > 0);
+    if (wantRepair) {
+      for (const [seq, r] of repairs) {
+        const wire = get(seq);
+        if (!wire) {
+          load(seq);
+          continue;
+        }
+        const e = table[seq] as Entry;
+        let frag: number;
+        if (r.all) {
+          frag = r.cursor++;
+          if (r.cursor >= e.count) repairs.delete(seq);
+        } else {
+          frag = r.frags.values().next().value as number;
+          r.frags.delete(frag);
+          if (r.frags.size === 0) repairs.delete(seq);
+        }
+        repairCredit = Math.max(0, repairCredit - 1);
+        return emit(TYPE_REPAIR, e, frag, wire);
+      }
+    }
+    if (!firstPassDone && cur < table.length) {
+      const wire = get(cur);
+      if (!wire) {
+        prefetch();
+        return 0;
+      }
+      const e = table[cur] as Entry;
+      const n = emit(TYPE_DATA, e, curFrag++, wire);
+      repairCredit = Math.min(repairCredit + 1, 1024);
+      if (curFrag >= e.count) {
+        curFrag = 0;
+        counters.chunksSent++;
+        cur++;
+        prefetch();
+      }
+      return n;
+    }
+    return 0;
+  }
+
+  let tokens = 0;
+  let lastFill = 0;
+  let pumping = false;
+  let sentThisTick = 0;
+
+  function kick(): void {
+    if (pumping || !started || finished) return;
+    pumping = true;
+    lastFill = performance.now();
+    setImmediate(pump);
+  }
+
+  function pump(): void {
+    if (finished) {
+      pumping = false;
+      return;
+    }
+    const now = performance.now();
+    const bytesPerMs = (rateMbit * 1e6) / 8 / 1000;
+    tokens = Math.min(tokens + (now - lastFill) * bytesPerMs, Math.max(BURST_MS * bytesPerMs, 3000));
+    lastFill = now;
+    let idle = false;
+    let budget = 256;
+    while (tokens > 0 && budget-- > 0) {
+      if (udp.getSendQueueCount() > SEND_QUEUE_LIMIT) break;
+      const n = sendOne();
+      if (n === 0) {
+        idle = true;
+        break;
+      }
+      tokens -= n;
+      sentThisTick += n;
+    }
+    if (idle && repairs.size === 0 && (firstPassDone || loading.size === 0)) {
+      // Nothing to send until a NAK or a read arrives; kick() restarts the pump.
+      pumping = false;
+      tokens = 0;
+      return;
+    }
+    if (idle || tokens <= 0 || udp.getSendQueueCount() > SEND_QUEUE_LIMIT) setTimeout(pump, 1);
+    else setImmediate(pump);
+  }
+
+  // --- housekeeping --------------------------------------------------------------
+  let lastTick = performance.now();
+  const ticker = setInterval(() => {
+    const now = Date.now();
+    const pnow = performance.now();
+    const achievedMbit = (sentThisTick * 8) / 1e6 / ((pnow - lastTick) / 1000);
+    sentThisTick = 0;
+    lastTick = pnow;
+    if (!started) maybeStart();
+    for (const p of peers) {
+      if (p.state !== 'receiving' && p.state !== 'waiting') continue;
+      p.ch.send({ t: 'tick', txPos, serial, rate: rateMbit, started, firstPassDone });
+    }
+    for (const p of [...peers]) {
+      if (p.state === 'ok' || p.state === 'failed' || p.state === 'dropped') continue;
+      if (now - p.lastHeard > deadAfterMs) {
+        endPeer(
+          p,
+          'dropped',
+          `unresponsive: no message for ${Math.round((now - p.lastHeard) / 1000)} s`,
+          null,
+          true,
+        );
+        continue;
+      }
+      if (p.state !== 'receiving') continue;
+      p.lossSamples = p.lossSamples.filter(([t]) => now - t <= LOSS_WINDOW_MS);
+      const oldest = p.lossSamples[0];
+      if (oldest && now - p.joinedAt > LOSS_WINDOW_MS && now - startedAt > LOSS_WINDOW_MS) {
+        const rx = p.lossSamples.reduce((a, s) => a + s[1], 0);
+        const exp = p.lossSamples.reduce((a, s) => a + s[2], 0);
+        if (exp > 1000 && 1 - rx / exp > LOSS_DROP) {
+          const pct = Math.round((1 - rx / exp) * 100);
+          endPeer(p, 'dropped', `too slow (loss): lost ${pct}% of packets over the last 10 s`, null, true);
+          continue;
+        }
+      }
+      if (firstPassDone && repairs.size === 0 && now - p.lastProgress > stallAfterMs) {
+        endPeer(
+          p,
+          'dropped',
+          `too slow (stalled): no chunk completed for ${Math.round((now - p.lastProgress) / 1000)} s, ` +
+            `has ${p.chunks} of ${table.length}`,
+          null,
+          true,
+        );
+        continue;
+      }
+      if (othersDoneAt && now - othersDoneAt > lagLimitMs) {
+        endPeer(
+          p,
+          'dropped',
+          `too slow (lagging): still missing ${table.length - p.chunks} chunks ${Math.round(lagLimitMs / 1000)} s ` +
+            'after every other receiver finished',
+          null,
+          true,
+        );
+      }
+    }
+    // Congestion response on the median receiver loss of this tick.
+    const fresh = peers
+      .filter((p) => p.state === 'receiving' && p.freshLoss !== null)
+      .map((p) => p.freshLoss as number);
+    for (const p of peers) p.freshLoss = null;
+    if (started && fresh.length) {
+      fresh.sort((a, b) => a - b);
+      const loss = fresh[Math.floor((fresh.length - 1) / 2)] as number;
+      if (loss > LOSS_CUT && now - lastCut > 2 * TICK_MS) {
+        rateMbit = Math.max(MIN_RATE_MBIT, rateMbit * 0.7);
+        lastCut = now;
+      } else if (loss < LOSS_RAISE && achievedMbit > rateMbit * 0.7) {
+        rateMbit = Math.min(maxRate, rateMbit * 1.15);
+      }
+    }
+    counters.rateMbit = Math.round(rateMbit * 10) / 10;
+    opts.onProgress?.({
+      phase: !started ? 'waiting' : finished ? 'done' : firstPassDone ? 'repairing' : 'sending',
+      joined: joined().length,
+      active: peers.filter((p) => p.state === 'receiving').length,
+      chunksSent: counters.chunksSent,
+      totalChunks: table.length,
+      bytesSent: counters.bytes,
+      rateMbit: counters.rateMbit,
+      receivers: peers
+        .filter((p) => p.state !== 'joining')
+        .map((p) => ({ name: p.name, state: p.state, bytes: p.bytes, totalBytes: totalRaw })),
+    });
+  }, TICK_MS);
+
+  function checkFinished(): void {
+    if (finished) return;
+    const active = peers.filter((p) => p.state === 'receiving');
+    const done = peers.filter((p) => p.state === 'ok');
+    if (started && active.length === 1 && done.length > 0 && !othersDoneAt) othersDoneAt = Date.now();
+    if (started && active.length === 0 && joined().length === 0) finish();
+  }
+
+  let resolveDone: () => void = () => {};
+  const donePromise = new Promise<void>((r) => (resolveDone = r));
+
+  function finish(): void {
+    if (finished) return;
+    finished = true;
+    for (const p of peers) {
+      if (p.state === 'ok') p.ch.send({ t: 'end' });
+      else if (p.state === 'joining' || p.state === 'waiting' || p.state === 'receiving') {
+        const why = fatal
+          ? `sender failed: ${fatal instanceof Error ? fatal.message : String(fatal)}`
+          : 'session stopped by the sender';
+        endPeer(p, 'dropped', why, fatal ? 'E_SENDER_FAILED' : 'E_ABORTED', true);
+      }
+    }
+    resolveDone();
+  }
+
+  const onAbort = () => finish();
+  if (opts.signal?.aborted) finish();
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+
+  await donePromise;
+  clearInterval(ticker);
+  opts.signal?.removeEventListener('abort', onAbort);
+  await new Promise<void>((r) => server.close(() => r()));
+  for (const p of peers) p.ch.close('session over');
+  // Let queued datagrams leave before closing the socket.
+  for (let i = 0; i < 100 && udp.getSendQueueCount() > 0; i++) await new Promise((r) => setTimeout(r, 10));
+  udp.close();
+  await provider.close?.().catch(() => {});
+  if (fatal) throw fatal;
+
+  const end = Date.now();
+  const receivers: ReceiverReport[] = peers
+    .filter((p) => p.joinedAt > 0 || p.code === 'E_AUTH' || p.code === 'E_VERSION')
+    .map((p) => {
+      const secs = Math.max(
+        0.001,
+        ((p.endedAt || end) - Math.max(p.joinedAt, startedAt || p.joinedAt)) / 1000,
+      );
+      return {
+        name: p.name,
+        address: p.address,
+        state: p.state,
+        reason: p.reason,
+        code: p.code,
+        bytes: p.bytes,
+        totalBytes: totalRaw,
+        chunksHad: p.have.size,
+        rateMbit: Math.round(((p.bytes * 8) / 1e6 / secs) * 10) / 10,
+        repairsRequested: p.repairsRequested,
+        counters: p.counters,
+      };
+    });
+  const joinedReports = receivers.filter((r) => r.code !== 'E_AUTH' && r.code !== 'E_VERSION');
+  const ok =
+    joinedReports.length > 0 && joinedReports.every((r) => r.state === 'ok') && !opts.signal?.aborted;
+  return { ok, nonce, chunks: table.length, bytes: totalWire, durationMs: end - t0, receivers, counters };
+}

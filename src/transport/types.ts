@@ -1,0 +1,173 @@
+/** Public contract of the transport: what it sends from, what it delivers into, and what it reports. */
+import type { ChunkDecoder } from './chunkwire.ts';
+import type { ReceiverCounters } from './control.ts';
+
+export type { ReceiverCounters, ChunkDecoder };
+
+export interface ChunkInfo {
+  id: string;
+  codec: number;
+  storedLength: number;
+  rawLength: number;
+}
+
+/** The sender's source of chunks. `chunks` may repeat an id; each distinct id is sent once. */
+export interface ChunkProvider {
+  chunks: ChunkInfo[];
+  readStored(id: string): Promise<Buffer>;
+  /** Opaque JSON sent to every receiver with the session (the image manifest, the flat-file layout). */
+  meta?: unknown;
+  /** Called once when the session is over, to release files the provider opened. */
+  close?(): Promise<void>;
+}
+
+export interface SessionInfo {
+  /** Session nonce, 16 hex digits. */
+  nonce: string;
+  group: string;
+  port: number;
+  /** The session's chunk table, distinct ids, in transmission order (index = seq). */
+  chunks: ChunkInfo[];
+  meta: unknown;
+  encrypted: boolean;
+  /** The sender's control address as host:port. */
+  sender: string;
+}
+
+/** Where a receiver puts verified chunks. Never sees bytes that did not match their id. */
+export interface ChunkConsumer {
+  /** True when the target already holds this chunk (resume); it is then neither requested nor applied. */
+  has(id: string): boolean;
+  prepare(session: SessionInfo): Promise<void>;
+  apply(id: string, raw: Buffer): Promise<void>;
+  finish(): Promise<void>;
+  abort(reason: unknown): Promise<void>;
+}
+
+export type Log = (line: string) => void;
+
+export interface SenderProgress {
+  phase: 'waiting' | 'sending' | 'repairing' | 'done';
+  joined: number;
+  active: number;
+  chunksSent: number;
+  totalChunks: number;
+  bytesSent: number;
+  rateMbit: number;
+  receivers: Array<{ name: string; state: ReceiverState; bytes: number; totalBytes: number }>;
+}
+
+export interface SenderOptions {
+  /** Local IPv4 address of the interface to send on (and to listen on for control). */
+  interface?: string;
+  /** Multicast group, 239.0.0.0/8 recommended. Default 239.255.42.1. */
+  group?: string;
+  /** Control TCP port; data uses port + 1. Default 7747. */
+  port?: number;
+  ttl?: number;
+  /** Upper bound of the data rate in Mbit/s; default none (congestion control finds the rate). */
+  rateMbit?: number;
+  /** Start once this many receivers joined (default 1). */
+  clients?: number;
+  /** Start anyway this many seconds after the last join, if at least one receiver joined (default 300). */
+  waitSeconds?: number;
+  key?: string;
+  encrypt?: boolean;
+  /** Drop a receiver that sent nothing for this long (default 10 000). */
+  deadAfterMs?: number;
+  /** Drop a receiver that completed no chunk for this long once the first pass is over (default max(20 s, 2 × deadAfterMs)). */
+  stallAfterMs?: number;
+  /** Drop a receiver still missing chunks this long after every other receiver finished (default 60 000). */
+  lagLimitMs?: number;
+  log?: Log;
+  onProgress?: (s: SenderProgress) => void;
+  signal?: AbortSignal;
+}
+
+export type ReceiverState = 'joining' | 'waiting' | 'receiving' | 'ok' | 'dropped' | 'failed';
+
+export interface ReceiverReport {
+  name: string;
+  address: string;
+  state: ReceiverState;
+  /** Why it was dropped or failed. */
+  reason: string | null;
+  code: string | null;
+  /** Raw bytes it holds now (including what it already had). */
+  bytes: number;
+  totalBytes: number;
+  chunksHad: number;
+  rateMbit: number;
+  /** Fragments it asked to be repeated (before merging with other receivers' requests). */
+  repairsRequested: number;
+  counters: ReceiverCounters | null;
+}
+
+export interface SenderCounters {
+  packets: number;
+  dataPackets: number;
+  repairPackets: number;
+  bytes: number;
+  repairBytes: number;
+  chunksSent: number;
+  chunksSkipped: number;
+  naksReceived: number;
+  naksSuppressed: number;
+  controlRejected: number;
+  rateMbit: number;
+}
+
+export interface SenderResult {
+  ok: boolean;
+  nonce: string;
+  chunks: number;
+  /** Wire bytes of one full pass over the chunk table. */
+  bytes: number;
+  durationMs: number;
+  receivers: ReceiverReport[];
+  counters: SenderCounters;
+}
+
+export interface ReceiverProgress {
+  chunks: number;
+  totalChunks: number;
+  bytes: number;
+  totalBytes: number;
+}
+
+export interface ReceiverOptions {
+  /** Sender control address, host[:port] (default port 7747). */
+  from: string;
+  /** Local IPv4 address of the interface to join the group on. */
+  interface?: string;
+  key?: string;
+  name?: string;
+  /** Append-only list of chunk ids already written; read at start for resume, appended as chunks land. */
+  journalPath?: string;
+  /** Fail when the sender has been silent this long (default 15 000). */
+  senderDeadAfterMs?: number;
+  /** Checks and decodes stored bytes; default: codec 0 only, verified by SHA-256. */
+  decode?: ChunkDecoder;
+  log?: Log;
+  onProgress?: (p: ReceiverProgress) => void;
+  signal?: AbortSignal;
+  makeConsumer: (session: SessionInfo) => Promise<ChunkConsumer>;
+  /** Test hook: drop this fraction of valid incoming data packets (deterministic). */
+  simulateLoss?: number;
+  /** Test hook: after this many chunks, stop reading data and stop reporting, keeping TCP open. */
+  stallAfterChunks?: number;
+}
+
+export interface ReceiverResult {
+  ok: boolean;
+  code: string | null;
+  message: string | null;
+  name: string;
+  chunks: number;
+  totalChunks: number;
+  /** Chunks skipped because the target already had them. */
+  chunksHad: number;
+  bytes: number;
+  durationMs: number;
+  counters: ReceiverCounters;
+}
