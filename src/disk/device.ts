@@ -184,7 +184,9 @@ export async function detachLoop(dev: string): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     const r = await runTool('losetup', ['-d', dev]);
     if (r.status === 0) return;
-    if (attempt >= 10) {
+    // Already detached (e.g. cleanup after an earlier detach) is what the caller wants.
+    if (/No such device or address/i.test(r.stderr)) return;
+    if (!/busy/i.test(r.stderr) || attempt >= 10) {
       throw new DiskError('E_DISK_COMMAND', `cannot detach loop device ${dev}: ${r.stderr.trim()}`, {
         device: dev,
       });

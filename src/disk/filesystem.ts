@@ -4,8 +4,9 @@
  * UUID, block/inode size, features, FAT width) so that fstab entries, boot loader
  * configs and EFI boot entries that name the filesystem keep working after restore.
  */
-import { mkdtemp, open, rm, statfs } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { execFile } from 'node:child_process';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, statfs } from 'node:fs/promises';
+import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FilesystemInfo, FilesystemType } from '../image/types.ts';
 import { blkidProbe } from './device.ts';
@@ -60,12 +61,14 @@ export async function readFilesystemInfo(device: string): Promise<FilesystemInfo
     } finally {
       await fh.close();
     }
+    const used = await vfatUsedBytes(device);
     return {
       type: 'vfat',
       ...(probe.LABEL ? { label: probe.LABEL } : {}),
       ...(probe.UUID ? { uuid: probe.UUID } : {}),
       ...(bits ? { fatBits: bits } : {}),
       blockSize: sectorSize,
+      ...(used !== undefined ? { usedBytes: used } : {}),
     };
   }
   throw new DiskError(
@@ -73,6 +76,21 @@ export async function readFilesystemInfo(device: string): Promise<FilesystemInfo
     `${device} holds ${type ? `a ${type} filesystem` : 'no recognised filesystem'}; only ext2/3/4 and vfat are captured as files`,
     { device, type },
   );
+}
+
+/** "fsck.fat -n" ends with "N files, used/total clusters"; the cluster size is in the boot sector. */
+async function vfatUsedBytes(device: string): Promise<number | undefined> {
+  const r = await runTool('fsck.fat', ['-n', device]);
+  const m = /(\d+)\/(\d+) clusters/.exec(r.stdout);
+  if (!m) return undefined;
+  const fh = await open(device, 'r');
+  try {
+    const b = Buffer.alloc(512);
+    await fh.read(b, 0, 512, 0);
+    return Number(m[1]) * b.readUInt16LE(11) * b[13]!;
+  } finally {
+    await fh.close();
+  }
 }
 
 /** Makes a filesystem on `device` that reproduces `info` (type, label, UUID, geometry, features). */
@@ -166,4 +184,98 @@ export async function withMounted<T>(
 export async function usedBytes(dir: string): Promise<number> {
   const s = await statfs(dir);
   return (s.blocks - s.bfree) * s.bsize;
+}
+
+/**
+ * Whether the running kernel can mount `type`. Minimal kernels (VMs, containers, some
+ * imaging environments) often lack vfat; then vfat content goes through mtools instead.
+ */
+async function kernelCanMount(type: string): Promise<boolean> {
+  const list = await readFile('/proc/filesystems', 'utf8').catch(() => '');
+  if (list.split('\n').some((l) => l.split('\t')[1] === type)) return true;
+  // Not loaded yet, but a module may be: mount loads it on demand.
+  return stat(`/lib/modules/${release()}`).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** mtools refuses odd-but-valid geometries (tiny FAT32) without this. */
+const MTOOLS_ENV = { ...process.env, MTOOLS_SKIP_CHECK: '1' };
+
+async function mtools(cmd: string, args: string[], what: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    execFile(cmd, args, { env: MTOOLS_ENV, maxBuffer: 64 * 1024 * 1024 }, (err, _out, stderr) => {
+      if (!err) return resolve();
+      reject(
+        new DiskError(
+          'E_DISK_COMMAND',
+          `${what}: ${cmd} ${args.join(' ')} failed: ${String(stderr).trim() || err.message}`,
+          {
+            command: cmd,
+            args,
+          },
+        ),
+      );
+    }).stdin?.end();
+  });
+}
+
+export interface TreeAccess {
+  /** A directory holding (capture) or receiving (restore) the filesystem's tree. */
+  dir: string;
+  /**
+   * Ends access. For restore, `commit` true writes what was put in `dir` into the
+   * filesystem (mtools path) and false just drops it; capture ignores it.
+   */
+  close(commit: boolean): Promise<void>;
+}
+
+/** The filesystem on `device` as a directory tree to capture: mounted read-only, or copied out with mtools. */
+export async function openTreeForReading(device: string, fs: FilesystemInfo): Promise<TreeAccess> {
+  if (fs.type !== 'vfat' || (await kernelCanMount('vfat'))) {
+    const m = await mountFilesystem(device, fs.type, { readOnly: true });
+    return { dir: m.dir, close: () => m.unmount() };
+  }
+  const staging = await mkdtemp(join(tmpdir(), 'imgcast-vfat-'));
+  const dir = join(staging, 'root');
+  try {
+    await mtools(
+      'mcopy',
+      ['-s', '-m', '-n', '-i', device, '::', dir],
+      `copy the vfat files out of ${device}`,
+    );
+    // An empty filesystem yields no directory at all.
+    await mkdir(dir, { recursive: true });
+  } catch (err) {
+    await rm(staging, { recursive: true, force: true });
+    throw err;
+  }
+  return { dir, close: () => rm(staging, { recursive: true, force: true }) };
+}
+
+/** A writable directory for the tree of the (fresh) filesystem on `device`. */
+export async function openTreeForWriting(device: string, fs: FilesystemInfo): Promise<TreeAccess> {
+  if (fs.type !== 'vfat' || (await kernelCanMount('vfat'))) {
+    const m = await mountFilesystem(device, fs.type, { readOnly: false });
+    return { dir: m.dir, close: () => m.unmount() };
+  }
+  const staging = await mkdtemp(join(tmpdir(), 'imgcast-vfat-'));
+  return {
+    dir: staging,
+    async close(commit) {
+      try {
+        if (!commit) return;
+        const top = await readdir(staging);
+        if (top.length === 0) return;
+        await mtools(
+          'mcopy',
+          ['-s', '-m', '-Q', '-D', 'o', '-i', device, ...top.map((n) => join(staging, n)), '::/'],
+          `copy the restored files into the vfat filesystem on ${device}`,
+        );
+      } finally {
+        await rm(staging, { recursive: true, force: true });
+      }
+    },
+  };
 }

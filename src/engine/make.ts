@@ -15,7 +15,7 @@ import {
   mountedUses,
   type BlkidInfo,
 } from '../disk/device.ts';
-import { isFileVolumeType, readFilesystemInfo, usedBytes, withMounted } from '../disk/filesystem.ts';
+import { isFileVolumeType, openTreeForReading, readFilesystemInfo } from '../disk/filesystem.ts';
 import { probePartitionTable, type PartitionTable } from '../disk/partition-table.ts';
 import { captureRaw } from '../disk/raw.ts';
 import { ImageWriter } from '../image/index.ts';
@@ -137,13 +137,16 @@ async function captureRange(
     const loop = await attachLoop(path, { offset, size, readOnly: true });
     try {
       const fs = await readFilesystemInfo(loop);
-      const entries = await withMounted(loop, fs.type, { readOnly: true }, async (dir) => {
-        if (fs.usedBytes === undefined) fs.usedBytes = await usedBytes(dir);
-        return captureTree(dir, sink, {
+      const tree = await openTreeForReading(loop, fs);
+      let entries;
+      try {
+        entries = await captureTree(tree.dir, sink, {
           oneFileSystem: true,
           onProgress: (p) => progress(stage, p.bytes, fs.usedBytes, p.files),
         });
-      });
+      } finally {
+        await tree.close(false);
+      }
       const volume: FileVolume = { kind: 'files', index, sizeBytes: size, fs, entries };
       if (partition !== undefined) volume.partition = partition;
       return volume;

@@ -7,7 +7,7 @@ import { mkdir, open, readdir, stat } from 'node:fs/promises';
 import { DiskError } from '../disk/errors.ts';
 import { assertNotMounted, attachLoop, deviceSize, detachLoop, isBlockDevice } from '../disk/device.ts';
 import { runTool } from '../disk/exec.ts';
-import { makeFilesystem, mountFilesystem, type Mounted } from '../disk/filesystem.ts';
+import { makeFilesystem, openTreeForWriting, type TreeAccess } from '../disk/filesystem.ts';
 import { createRawRestore } from '../disk/raw.ts';
 import { ImageError } from '../image/errors.ts';
 import { checkFileset, includedEntries } from '../image/fileset.ts';
@@ -51,9 +51,15 @@ function fileVolumeNeeds(volume: FileVolume, fileset: number): { needed: Set<str
   return { needed, bytes };
 }
 
+interface Held {
+  dir: string;
+  /** `commit` false when the restore is being aborted. */
+  release(commit: boolean): Promise<void>;
+}
+
 interface Place {
   /** Where the filesystem goes; `release` undoes what `acquire` set up. */
-  acquire(): Promise<{ dir: string; release(): Promise<void> }>;
+  acquire(): Promise<Held>;
 }
 
 /** A directory that must exist (created if missing). */
@@ -71,20 +77,19 @@ function filesystemPlace(target: string, volume: FileVolume, offset: number, siz
   return {
     async acquire() {
       const loop = await attachLoop(target, { offset, size });
-      let mounted: Mounted | undefined;
+      let tree: TreeAccess;
       try {
         await makeFilesystem(loop, volume.fs);
-        mounted = await mountFilesystem(loop, volume.fs.type, { readOnly: false });
+        tree = await openTreeForWriting(loop, volume.fs);
       } catch (err) {
         await detachLoop(loop).catch(() => {});
         throw err;
       }
-      const m = mounted;
       return {
-        dir: m.dir,
-        async release() {
+        dir: tree.dir,
+        async release(commit) {
           try {
-            await m.unmount();
+            await tree.close(commit);
           } finally {
             await detachLoop(loop);
           }
@@ -98,7 +103,7 @@ function filesystemPlace(target: string, volume: FileVolume, offset: number, siz
 function fileVolumeSink(volume: FileVolume, place: Place, opts: RestoreOptions): RestoreSink {
   const { needed, bytes } = fileVolumeNeeds(volume, opts.fileset);
   let inner: RestoreSink | undefined;
-  let held: { dir: string; release(): Promise<void> } | undefined;
+  let held: Held | undefined;
   const fsType = volume.fs.type;
   return {
     needed,
@@ -131,13 +136,13 @@ function fileVolumeSink(volume: FileVolume, place: Place, opts: RestoreOptions):
       await inner.finish();
       const h = held;
       held = undefined;
-      await h.release();
+      await h.release(true);
     },
     async abort(reason) {
       await inner?.abort(reason).catch(() => {});
       const h = held;
       held = undefined;
-      await h?.release().catch(() => {});
+      await h?.release(false).catch(() => {});
     },
   };
 }

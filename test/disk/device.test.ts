@@ -1,0 +1,83 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, open, rm, truncate } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import {
+  assertNotMounted,
+  attachLoop,
+  blkidProbe,
+  detachLoop,
+  deviceSize,
+  mountedUses,
+  sectorSizeOf,
+} from '../../src/disk/device.ts';
+import { DiskError } from '../../src/disk/errors.ts';
+import {} from '../../src/disk/filesystem.ts';
+import { loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
+
+const MiB = 1024 * 1024;
+
+async function sparse(path: string, size: number): Promise<string> {
+  await (await open(path, 'w')).close();
+  await truncate(path, size);
+  return path;
+}
+
+test('loop device over a byte range: size, sector size, read-only, blkid of the range', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  const dir = await tempDir(t);
+  const file = await sparse(join(dir, 'disk.img'), 64 * MiB);
+  execFileSync('mkfs.ext4', [
+    '-q',
+    '-E',
+    'offset=' + 8 * MiB,
+    '-L',
+    'ranged',
+    file,
+    String((16 * MiB) / 1024),
+  ]);
+  const probe = await blkidProbe(file, { offset: 8 * MiB, size: 16 * MiB });
+  assert.equal(probe.TYPE, 'ext4');
+  assert.equal(probe.LABEL, 'ranged');
+  assert.deepEqual(await blkidProbe(file, { offset: 40 * MiB, size: 8 * MiB }), {});
+
+  const loop = await attachLoop(file, { offset: 8 * MiB, size: 16 * MiB, readOnly: true });
+  t.after(() => detachLoop(loop).catch(() => {}));
+  assert.match(loop, /^\/dev\/loop\d+$/);
+  assert.equal(await deviceSize(loop), 16 * MiB);
+  assert.equal(await sectorSizeOf(loop), 512);
+  assert.equal((await blkidProbe(loop)).TYPE, 'ext4');
+  assert.equal(
+    execFileSync('blockdev', ['--getro', loop], { encoding: 'utf8' }).trim(),
+    '1',
+    'read-only loop',
+  );
+  await detachLoop(loop);
+  assert.deepEqual(await mountedUses(file), []);
+});
+
+test('mounted detection follows loop devices over a file and refuses with the mount point', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  const dir = await tempDir(t);
+  const file = await sparse(join(dir, 'fs.img'), 32 * MiB);
+  execFileSync('mkfs.ext4', ['-q', file]);
+  const loop = await attachLoop(file);
+  t.after(() => detachLoop(loop).catch(() => {}));
+  const mnt = await mkdtemp(join(tmpdir(), 'imgcast-dev-test-'));
+  execFileSync('mount', ['-o', 'ro', loop, mnt]);
+  t.after(async () => {
+    execFileSync('umount', [mnt], { stdio: 'ignore' });
+    await rm(mnt, { recursive: true, force: true });
+  });
+  const uses = await mountedUses(file);
+  assert.deepEqual(uses, [{ device: loop, mountPoint: mnt, readOnly: true }]);
+  assert.deepEqual(await mountedUses(loop), uses);
+  await assert.rejects(assertNotMounted(file, 'restore target'), (e: unknown) => {
+    assert.ok(e instanceof DiskError);
+    assert.equal(e.code, 'E_DISK_MOUNTED');
+    assert.ok(e.message.includes(`${loop} on ${mnt} (ro)`), e.message);
+    return true;
+  });
+});

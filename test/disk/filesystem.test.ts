@@ -1,0 +1,90 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { open, readFile, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { attachLoop, detachLoop, mountedUses } from '../../src/disk/device.ts';
+import { DiskError } from '../../src/disk/errors.ts';
+import {
+  makeFilesystem,
+  openTreeForReading,
+  openTreeForWriting,
+  readFilesystemInfo,
+  withMounted,
+} from '../../src/disk/filesystem.ts';
+import { loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
+
+const MiB = 1024 * 1024;
+
+async function sparse(path: string, size: number): Promise<string> {
+  await (await open(path, 'w')).close();
+  await truncate(path, size);
+  return path;
+}
+
+test('ext4 and vfat are read and recreated with the same type, label, UUID and geometry', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  const dir = await tempDir(t);
+  const cases: Array<[string, string[]]> = [
+    [
+      'ext4',
+      ['mkfs.ext4', '-q', '-L', 'lab root', '-b', '2048', '-I', '512', '-O', '^metadata_csum,^huge_file'],
+    ],
+    ['ext2', ['mkfs.ext2', '-q', '-L', 'boot']],
+    ['vfat', ['mkfs.vfat', '-F', '16', '-n', 'ESP LAB', '-i', '1a2b3c4d']],
+  ];
+  for (const [name, mkfs] of cases) {
+    const a = await sparse(join(dir, `${name}-a.img`), 48 * MiB);
+    const b = await sparse(join(dir, `${name}-b.img`), 48 * MiB);
+    execFileSync(mkfs[0]!, [...mkfs.slice(1), a], { stdio: 'ignore' });
+    const la = await attachLoop(a, { readOnly: true });
+    t.after(() => detachLoop(la).catch(() => {}));
+    const info = await readFilesystemInfo(la);
+    assert.equal(info.type, name);
+    if (name === 'vfat') {
+      assert.equal(info.uuid, '1A2B-3C4D');
+      assert.equal(info.fatBits, 16);
+      assert.equal(info.label, 'ESP LAB');
+    } else if (name === 'ext4') {
+      assert.equal(info.label, 'lab root');
+      assert.equal(info.blockSize, 2048);
+      assert.equal(info.inodeSize, 512);
+      assert.ok(!info.features!.includes('metadata_csum'));
+      assert.ok(info.features!.includes('extent'));
+    }
+    const lb = await attachLoop(b);
+    t.after(() => detachLoop(lb).catch(() => {}));
+    await makeFilesystem(lb, info);
+    const again = await readFilesystemInfo(lb);
+    const strip = ({ usedBytes: _u, ...rest }: typeof info) => rest;
+    assert.deepEqual(strip(again), strip(info), `${name} recreated identically`);
+    const marker = randomBytes(16).toString('hex');
+    const w = await openTreeForWriting(lb, again);
+    await writeFile(join(w.dir, 'marker.txt'), marker);
+    await w.close(true);
+    const r = await openTreeForReading(lb, again);
+    const seen = await readFile(join(r.dir, 'marker.txt'), 'utf8');
+    await r.close(false);
+    assert.equal(seen.trim(), marker);
+    assert.deepEqual(await mountedUses(b), [], 'unmounted afterwards');
+    await detachLoop(la);
+    await detachLoop(lb);
+  }
+});
+
+test('mount failure leaves no mount point behind and says why', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  const dir = await tempDir(t);
+  const file = await sparse(join(dir, 'blank.img'), 8 * MiB);
+  const loop = await attachLoop(file);
+  t.after(() => detachLoop(loop).catch(() => {}));
+  await assert.rejects(
+    withMounted(loop, 'ext4', { readOnly: true }, async () => 1),
+    (e: unknown) => e instanceof DiskError && e.code === 'E_DISK_COMMAND' && e.message.includes(loop),
+  );
+  await assert.rejects(
+    readFilesystemInfo(loop),
+    (e: unknown) => e instanceof DiskError && e.code === 'E_FS_UNSUPPORTED',
+  );
+});
