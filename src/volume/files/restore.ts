@@ -20,6 +20,7 @@ import {
   lutimesSync,
   mkdirSync,
   openSync,
+  readdirSync,
   symlinkSync,
   unlinkSync,
   writeSync,
@@ -85,6 +86,8 @@ class TreeRestoreImpl implements RestoreSink {
   readonly applied = new Set<string>();
   readonly fds = new Map<Item, number>();
   readonly checkedDirs = new Set<string>();
+  /** Directories this restore made (or found empty): nothing can be in the way inside them, so no lstat per file. */
+  readonly freshDirs = new Set<string>();
   readonly skippedPaths = new Set<string>();
   readonly vfatNames = new Set<string>();
   bytesDone = 0;
@@ -174,6 +177,7 @@ class TreeRestoreImpl implements RestoreSink {
 
   async prepare(): Promise<void> {
     mkdirSync(this.root, { recursive: true });
+    if (readdirSync(this.root).every((n) => n === 'lost+found')) this.freshDirs.add('.');
     const nodes: Item[] = [];
     for (const item of this.items) {
       const e = item.entry;
@@ -233,6 +237,7 @@ class TreeRestoreImpl implements RestoreSink {
   skip(item: Item, msg: string): void {
     item.skipped = true;
     this.skippedPaths.add(item.rel);
+    this.bytesTotal -= this.remaining.get(item) ?? 0;
     this.remaining.delete(item);
     this.warn(msg);
   }
@@ -254,6 +259,7 @@ class TreeRestoreImpl implements RestoreSink {
         // A parent the entries do not describe (partial extracts): a plain directory.
         mkdirSync(abs, 0o755);
         this.checkedDirs.add(rel);
+        this.freshDirs.add(rel);
         continue;
       }
       if (!st.isDirectory()) {
@@ -271,6 +277,7 @@ class TreeRestoreImpl implements RestoreSink {
     try {
       // Owner-only while we fill it; the real mode comes in finish().
       mkdirSync(item.abs, 0o700);
+      this.freshDirs.add(item.rel);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       if (!lstatSync(item.abs).isDirectory()) {
@@ -303,6 +310,7 @@ class TreeRestoreImpl implements RestoreSink {
 
   /** Removes a non-directory left by an earlier restore or extract at the item's place. */
   clearSpot(item: Item): void {
+    if (this.freshDirs.has(parentOf(item.rel))) return;
     let st;
     try {
       st = lstatSync(item.abs);

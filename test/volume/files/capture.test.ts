@@ -34,6 +34,7 @@ test('capture keeps every kind of entry with its metadata, parents first', async
   assert.equal(m.get('links/rel')!.linkTarget, '../plain.txt');
   assert.equal(m.get('links/dangling')!.type, 'symlink');
   assert.equal(m.get('fifo')!.type, 'fifo');
+  assert.equal(m.get('sock')!.type, 'socket');
   assert.equal(m.get('suid')!.mode, 0o4755);
   assert.equal(m.get('sgid')!.mode, 0o2711);
   assert.equal(m.get('sticky')!.mode, 0o1777);

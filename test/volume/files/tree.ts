@@ -67,6 +67,12 @@ export function buildTree(root: string, opts: { rootOnly: boolean }): string[] {
   linkSync(join(root, 'hard/one'), join(root, 'hard/sub/three'));
 
   execFileSync('mkfifo', [join(root, 'fifo')]);
+  // A socket file left behind by a program; bound, never listened on.
+  execFileSync('python3', [
+    '-c',
+    'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])',
+    join(root, 'sock'),
+  ]);
 
   w('suid', '#!/bin/sh\n');
   chmodSync(join(root, 'suid'), 0o4755);
@@ -176,11 +182,13 @@ export function snapshot(root: string): Map<string, Snap> {
             ? 'symlink'
             : st.isFIFO()
               ? 'fifo'
-              : st.isCharacterDevice()
-                ? 'chardev'
-                : st.isBlockDevice()
-                  ? 'blockdev'
-                  : 'other',
+              : st.isSocket()
+                ? 'socket'
+                : st.isCharacterDevice()
+                  ? 'chardev'
+                  : st.isBlockDevice()
+                    ? 'blockdev'
+                    : 'other',
       mode: Number(st.mode & 0o7777n),
       uid: Number(st.uid),
       gid: Number(st.gid),
