@@ -1,0 +1,323 @@
+/**
+ * A throwaway multicast LAN made of network namespaces on one bridge, for lab tests
+ * and benchmarks (the programmatic twin of /work/shared/lab/netlab.sh).
+ *
+ * Every lab gets a random id `ic<4 hex>`; its bridge is `<id>br`, its hosts are
+ * namespaces `<id>n0` (the server) .. `<id>n<N>` and the host-side veth ends are
+ * `<id>v<i>`, so parallel runs, and the shared script's `ml*` hosts, never clash.
+ * Each host has eth0 = 198.18.0.<i+1>/24 with 224.0.0.0/4 routed on it; IGMP
+ * snooping is off on the bridge so every group reaches every port.
+ *
+ * A marker file /run/imgcast-netlab/<id> holds the creating process id: a new lab
+ * removes the leftovers of labs whose creator is dead (crashed runs), and never
+ * touches a live lab or anything outside the `ic<hex>` naming scheme.
+ *
+ * Socket buffer limits: on this kernel (6.18) net.core.rmem_max/wmem_max are NOT
+ * per namespace: inside a namespace they read as the host value and are read-only
+ * (writing gives EACCES/EINVAL). So the lab cannot raise them per host; it reports
+ * the effective value in `socketBufferMax` and leaves the host setting alone.
+ */
+import { execFileSync, spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+
+const MARKER_DIR = '/run/imgcast-netlab';
+const ID_RE = /^ic[0-9a-f]{4}$/;
+const NS_RE = /^(ic[0-9a-f]{4})n\d+$/;
+const BR_RE = /^(ic[0-9a-f]{4})br$/;
+
+export interface NetLabOptions {
+  /** Link MTU of the bridge and every veth (default 1500). */
+  mtu?: number;
+}
+
+export interface LossOptions {
+  /** Only drop UDP packets to this destination port (default: all UDP). */
+  port?: number;
+}
+
+export interface DropCounters {
+  packets: number;
+  bytes: number;
+}
+
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function ip(args: string[]): void {
+  execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+}
+
+function quietIp(args: string[]): void {
+  spawnSync('ip', args, { stdio: 'ignore' });
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function listNamespaces(): string[] {
+  const out = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout ?? '';
+  return out
+    .split('\n')
+    .map((l) => l.split(/\s+/)[0] ?? '')
+    .filter((n) => n.length > 0);
+}
+
+function listLinks(): string[] {
+  const out = spawnSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' }).stdout ?? '';
+  const names: string[] = [];
+  for (const line of out.split('\n')) {
+    const m = /^\d+:\s+([^:@\s]+)/.exec(line);
+    if (m?.[1]) names.push(m[1]);
+  }
+  return names;
+}
+
+function ownerAlive(id: string): boolean {
+  try {
+    const pid = Number(readFileSync(`${MARKER_DIR}/${id}`, 'utf8').trim());
+    return Number.isInteger(pid) && pid > 0 && pidAlive(pid);
+  } catch {
+    // No marker: created by a run that died before writing it, or by hand; treat as stale.
+    return false;
+  }
+}
+
+/** Removes every `ic<hex>` lab whose creating process is gone. Returns the ids removed. */
+export function removeStaleLabs(keep?: string): string[] {
+  const ids = new Set<string>();
+  for (const ns of listNamespaces()) {
+    const id = NS_RE.exec(ns)?.[1];
+    if (id) ids.add(id);
+  }
+  for (const link of listLinks()) {
+    const id = BR_RE.exec(link)?.[1];
+    if (id) ids.add(id);
+  }
+  try {
+    for (const f of readdirSync(MARKER_DIR)) if (ID_RE.test(f)) ids.add(f);
+  } catch {
+    // no marker dir yet
+  }
+  const removed: string[] = [];
+  for (const id of ids) {
+    if (id === keep || ownerAlive(id)) continue;
+    destroyById(id);
+    removed.push(id);
+  }
+  return removed;
+}
+
+function destroyById(id: string): void {
+  for (const ns of listNamespaces()) {
+    if (NS_RE.exec(ns)?.[1] !== id) continue;
+    // Killing what still runs inside first lets `ip netns del` free the namespace at once.
+    const pids = spawnSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' }).stdout ?? '';
+    for (const p of pids.split(/\s+/).filter(Boolean)) {
+      try {
+        process.kill(Number(p), 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    quietIp(['netns', 'del', ns]);
+  }
+  for (const link of listLinks()) {
+    if (link === `${id}br` || new RegExp(`^${id}v\\d+$`).test(link)) quietIp(['link', 'del', link]);
+  }
+  rmSync(`${MARKER_DIR}/${id}`, { force: true });
+}
+
+const liveLabs = new Set<NetLab>();
+let exitHookInstalled = false;
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  // Synchronous on purpose: 'exit' handlers cannot await, and a crashed test must not leave a lab behind.
+  process.on('exit', () => {
+    for (const lab of liveLabs) lab.destroy();
+  });
+}
+
+export class NetLab {
+  readonly id: string;
+  readonly bridge: string;
+  readonly mtu: number;
+  /** Number of hosts including the server (host 0). */
+  readonly size: number;
+  /** Effective net.core.rmem_max inside the hosts (global on this kernel, see the file comment). */
+  readonly socketBufferMax: number;
+  #children = new Set<ChildProcess>();
+  #destroyed = false;
+
+  private constructor(id: string, size: number, mtu: number, socketBufferMax: number) {
+    this.id = id;
+    this.bridge = `${id}br`;
+    this.size = size;
+    this.mtu = mtu;
+    this.socketBufferMax = socketBufferMax;
+  }
+
+  /** Builds a lab with one server (host 0) and `receivers` workstations (hosts 1..receivers). */
+  static create(receivers: number, opts: NetLabOptions = {}): NetLab {
+    if (!Number.isInteger(receivers) || receivers < 1 || receivers > 200) {
+      throw new RangeError(`netlab: receivers must be 1..200, got ${receivers}`);
+    }
+    const mtu = opts.mtu ?? 1500;
+    let id = '';
+    do id = `ic${randomBytes(2).toString('hex')}`;
+    while (listNamespaces().some((n) => n.startsWith(`${id}n`)));
+    removeStaleLabs(id);
+    mkdirSync(MARKER_DIR, { recursive: true });
+    writeFileSync(`${MARKER_DIR}/${id}`, `${process.pid}\n`);
+    const lab = new NetLab(id, receivers + 1, mtu, 0);
+    liveLabs.add(lab);
+    installExitHook();
+    try {
+      ip(['link', 'add', lab.bridge, 'type', 'bridge', 'mcast_snooping', '0']);
+      ip(['link', 'set', lab.bridge, 'mtu', String(mtu), 'up']);
+      for (let i = 0; i < lab.size; i++) {
+        const ns = lab.ns(i);
+        const veth = `${id}v${i}`;
+        ip(['netns', 'add', ns]);
+        ip([
+          'link',
+          'add',
+          veth,
+          'mtu',
+          String(mtu),
+          'type',
+          'veth',
+          'peer',
+          'name',
+          'eth0',
+          'mtu',
+          String(mtu),
+          'netns',
+          ns,
+        ]);
+        ip(['link', 'set', veth, 'master', lab.bridge, 'up']);
+        ip(['-n', ns, 'addr', 'add', `${lab.addr(i)}/24`, 'dev', 'eth0']);
+        ip(['-n', ns, 'link', 'set', 'eth0', 'up']);
+        ip(['-n', ns, 'link', 'set', 'lo', 'up']);
+        ip(['-n', ns, 'route', 'add', '224.0.0.0/4', 'dev', 'eth0']);
+      }
+      const rmem = Number(
+        execFileSync('ip', ['netns', 'exec', lab.ns(0), 'cat', '/proc/sys/net/core/rmem_max'], {
+          encoding: 'utf8',
+        }).trim(),
+      );
+      (lab as { socketBufferMax: number }).socketBufferMax = rmem;
+    } catch (err) {
+      lab.destroy();
+      throw err;
+    }
+    return lab;
+  }
+
+  /** Namespace name of host i (0 = server). */
+  ns(i: number): string {
+    this.#check(i);
+    return `${this.id}n${i}`;
+  }
+
+  /** IPv4 address of host i's eth0. */
+  addr(i: number): string {
+    this.#check(i);
+    return `198.18.0.${i + 1}`;
+  }
+
+  /** Starts `cmd args` inside host i as a real separate process; killed at destroy(). */
+  exec(host: number, cmd: string, args: string[] = [], opts: SpawnOptions = {}): ChildProcess {
+    const child = spawn('ip', ['netns', 'exec', this.ns(host), cmd, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...opts,
+    });
+    this.#children.add(child);
+    child.on('exit', () => this.#children.delete(child));
+    return child;
+  }
+
+  /** Runs `cmd args` inside host i to completion, collecting its output. */
+  run(host: number, cmd: string, args: string[] = [], opts: SpawnOptions = {}): Promise<RunResult> {
+    const child = this.exec(host, cmd, args, opts);
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    return new Promise((resolve, reject) => {
+      child.on('error', reject);
+      child.on('close', (code) => resolve({ code, stdout, stderr }));
+    });
+  }
+
+  /** Synchronous command inside host i; throws with its stderr on failure. */
+  runSync(host: number, cmd: string, args: string[] = []): string {
+    return execFileSync('ip', ['netns', 'exec', this.ns(host), cmd, ...args], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+  }
+
+  /**
+   * Drops `pct` % of the UDP packets arriving at host i, at random (iptables statistic
+   * match on INPUT). Replaces any earlier loss rule on that host; 0 clears it.
+   */
+  loss(host: number, pct: number, opts: LossOptions = {}): void {
+    if (!(pct >= 0 && pct <= 100)) throw new RangeError(`netlab: loss must be 0..100 %, got ${pct}`);
+    this.runSync(host, 'iptables', ['-w', '-F', 'INPUT']);
+    if (pct === 0) return;
+    const rule = ['-w', '-A', 'INPUT', '-p', 'udp'];
+    if (opts.port !== undefined) rule.push('--dport', String(opts.port));
+    rule.push('-m', 'statistic', '--mode', 'random', '--probability', (pct / 100).toFixed(6), '-j', 'DROP');
+    this.runSync(host, 'iptables', rule);
+  }
+
+  /** Packets and bytes dropped so far by host i's loss rule (0 when none is set). */
+  dropped(host: number): DropCounters {
+    const out = this.runSync(host, 'iptables', ['-w', '-L', 'INPUT', '-v', '-x', '-n']);
+    const total = { packets: 0, bytes: 0 };
+    for (const line of out.split('\n')) {
+      const f = line.trim().split(/\s+/);
+      if (f[2] === 'DROP' && /^\d+$/.test(f[0] ?? '') && /^\d+$/.test(f[1] ?? '')) {
+        total.packets += Number(f[0]);
+        total.bytes += Number(f[1]);
+      }
+    }
+    return total;
+  }
+
+  /** Resets host i's iptables counters (so a second run in the same lab counts from zero). */
+  resetDropped(host: number): void {
+    this.runSync(host, 'iptables', ['-w', '-Z', 'INPUT']);
+  }
+
+  /** SIGKILL: `ip netns exec` execs the command, so the child pid is the command itself. */
+  kill9(child: ChildProcess): void {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  }
+
+  /** Kills whatever still runs in the lab and removes it. Idempotent, synchronous, never throws. */
+  destroy(): void {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    liveLabs.delete(this);
+    for (const c of this.#children) this.kill9(c);
+    destroyById(this.id);
+  }
+
+  #check(i: number): void {
+    if (!Number.isInteger(i) || i < 0 || i >= this.size) {
+      throw new RangeError(`netlab ${this.id}: no host ${i} (hosts are 0..${this.size - 1})`);
+    }
+  }
+}
