@@ -105,6 +105,36 @@ async function devicesOf(path: string, out: Map<string, string>, depth = 0): Pro
   for (const loop of await loopDevicesBackedBy(path)) {
     if (![...out.values()].includes(loop)) await devicesOf(loop, out, depth + 1);
   }
+  if (st.isBlockDevice()) {
+    // A loop device shares its bytes with every other loop device over an overlapping
+    // range of the same backing file (e.g. a partition attached by offset and mounted).
+    const self = await loopRange(basename(await realpath(path)));
+    if (self) {
+      for (const other of await loopDevicesBackedBy(self.backingFile)) {
+        if ([...out.values()].includes(other)) continue;
+        const range = await loopRange(basename(other));
+        if (range && range.offset < self.end && self.offset < range.end)
+          await devicesOf(other, out, depth + 1);
+      }
+    }
+  }
+}
+
+/** Backing file and byte range of a loop device, from sysfs; undefined for other devices. */
+async function loopRange(
+  name: string,
+): Promise<{ backingFile: string; offset: number; end: number } | undefined> {
+  const dir = join('/sys/class/block', name, 'loop');
+  const read = (f: string) => readFile(join(dir, f), 'utf8').then((s) => s.trim());
+  try {
+    const backingFile = (await read('backing_file')).replace(/ \(deleted\)$/, '');
+    const offset = Number(await read('offset'));
+    const sizelimit = Number(await read('sizelimit'));
+    const end = sizelimit > 0 ? offset + sizelimit : Number.MAX_SAFE_INTEGER;
+    return { backingFile, offset, end };
+  } catch {
+    return undefined;
+  }
 }
 
 function unescapeMountinfo(s: string): string {

@@ -185,13 +185,29 @@ export function bootAreaRanges(table: PartitionTable): Array<{ offset: number; l
   return areas;
 }
 
-export async function makeImage(source: string, imagePath: string, opts: MakeOptions): Promise<MakeResult> {
+/**
+ * Captures `source` into any ChunkSink (an image file, or a live multicast stream) and
+ * returns the manifest describing it. Checks the source before the first chunk is put.
+ */
+export async function captureSource(
+  source: string,
+  sink: ChunkSink,
+  opts: { level: CompressionLevel; onProgress?: (p: MakeProgress) => void },
+): Promise<MakeResult> {
   const { kind, table } = await classify(source);
   if (kind !== 'directory') await refuseWritableMounts(source);
+  return captureClassified(source, kind, table, sink, opts);
+}
 
-  const writer = await ImageWriter.create(imagePath, { level: opts.level, overwrite: opts.overwrite });
+async function captureClassified(
+  source: string,
+  kind: SourceKind,
+  table: PartitionTable | null,
+  sink: ChunkSink,
+  opts: { level: CompressionLevel; onProgress?: (p: MakeProgress) => void },
+): Promise<MakeResult> {
   let storedBytes = 0;
-  const counted = countingSink(writer, () => {
+  const counted = countingSink(sink, () => {
     storedBytes = counted.counts.rawBytes;
   });
   const progress = (stage: string, bytesDone: number, bytesTotal?: number, files?: number) =>
@@ -202,38 +218,44 @@ export async function makeImage(source: string, imagePath: string, opts: MakeOpt
       ...(files !== undefined ? { files } : {}),
       storedBytes,
     });
+  const volumes: Volume[] = [];
+  let disk: DiskLayout | undefined;
+  if (kind === 'directory') {
+    const entries = await captureTree(source, counted.sink, {
+      onProgress: (p) => progress('directory', p.bytes, undefined, p.files),
+    });
+    volumes.push({ kind: 'files', index: 0, fs: { type: 'directory' }, entries });
+  } else if (kind === 'partition') {
+    volumes.push(
+      await captureRange(source, 0, await deviceSize(source), 0, undefined, counted.sink, progress),
+    );
+  } else {
+    disk = await captureDisk(source, table!, counted.sink, volumes, progress);
+  }
+  const manifest: Manifest = {
+    formatVersion: FORMAT_VERSION,
+    imageId: randomUUID(),
+    createdAt: new Date().toISOString(),
+    generation: 1,
+    level: opts.level,
+    source: { kind, path: source, hostname: hostname() },
+    ...(disk ? { disk } : {}),
+    volumes,
+    filesets: [],
+  };
+  return { manifest, stats: { ...counted.counts, uniqueChunks: counted.ids.size, volumes: volumes.length } };
+}
 
+/** `img make`: captures `source` (directory, partition/filesystem, or whole disk) into a new image file. */
+export async function makeImage(source: string, imagePath: string, opts: MakeOptions): Promise<MakeResult> {
+  // Refuse a bad source before creating (or overwriting) the image file.
+  const { kind, table } = await classify(source);
+  if (kind !== 'directory') await refuseWritableMounts(source);
+  const writer = await ImageWriter.create(imagePath, { level: opts.level, overwrite: opts.overwrite });
   try {
-    const volumes: Volume[] = [];
-    let disk: DiskLayout | undefined;
-    if (kind === 'directory') {
-      const entries = await captureTree(source, counted.sink, {
-        onProgress: (p) => progress('directory', p.bytes, undefined, p.files),
-      });
-      volumes.push({ kind: 'files', index: 0, fs: { type: 'directory' }, entries });
-    } else if (kind === 'partition') {
-      volumes.push(
-        await captureRange(source, 0, await deviceSize(source), 0, undefined, counted.sink, progress),
-      );
-    } else {
-      disk = await captureDisk(source, table!, counted.sink, volumes, progress);
-    }
-    const manifest: Manifest = {
-      formatVersion: FORMAT_VERSION,
-      imageId: randomUUID(),
-      createdAt: new Date().toISOString(),
-      generation: 1,
-      level: opts.level,
-      source: { kind, path: source, hostname: hostname() },
-      ...(disk ? { disk } : {}),
-      volumes,
-      filesets: [],
-    };
-    await writer.commit(manifest);
-    return {
-      manifest,
-      stats: { ...counted.counts, uniqueChunks: counted.ids.size, volumes: volumes.length },
-    };
+    const result = await captureClassified(source, kind, table, writer, opts);
+    await writer.commit(result.manifest);
+    return result;
   } catch (err) {
     await writer.abort().catch(() => {});
     throw err;

@@ -12,7 +12,7 @@ import { createRawRestore } from '../disk/raw.ts';
 import { ImageError } from '../image/errors.ts';
 import { checkFileset, includedEntries } from '../image/fileset.ts';
 import { ImageReader } from '../image/index.ts';
-import type { DiskLayout, FileVolume, Manifest, RawVolume, Volume } from '../image/types.ts';
+import type { ChunkSource, DiskLayout, FileVolume, Manifest, RawVolume, Volume } from '../image/types.ts';
 import { createTreeRestore } from '../volume/files/restore.ts';
 import type { RestoreProgress, RestoreSink } from './types.ts';
 
@@ -424,7 +424,55 @@ export interface RestoreResult {
 
 const READ_AHEAD = 3;
 
-/** Restores an image file onto `target`: checks, prepares, writes every needed chunk, finishes. */
+/**
+ * Restores `manifest` onto `target` pulling chunk bytes from `source` (an image file,
+ * or anything else that verifies chunks against their ids). Aborts the sink on any error.
+ */
+export async function restoreFromSource(
+  manifest: Manifest,
+  source: ChunkSource,
+  target: string,
+  opts: RestoreOptions & { onProgress?: (p: RestoreProgress) => void },
+): Promise<RestoreResult> {
+  const sink = await openRestore(manifest, target, opts);
+  return runRestore(sink, source, target, opts.onProgress);
+}
+
+async function runRestore(
+  sink: DescribedSink,
+  source: ChunkSource,
+  target: string,
+  onProgress?: (p: RestoreProgress) => void,
+): Promise<RestoreResult> {
+  const ids = [...sink.needed];
+  try {
+    await sink.prepare();
+    // Reads run ahead of writes so decompression and disk I/O overlap; writes stay in order.
+    const inflight: Array<Promise<Buffer>> = [];
+    let next = 0;
+    const fill = () => {
+      while (inflight.length < READ_AHEAD && next < ids.length) {
+        const p = source.readChunk(ids[next++]!);
+        p.catch(() => {});
+        inflight.push(p);
+      }
+    };
+    fill();
+    for (const id of ids) {
+      const raw = await inflight.shift()!;
+      fill();
+      await sink.applyChunk(id, raw);
+      onProgress?.(sink.progress());
+    }
+    await sink.finish();
+    return { target, description: sink.describe(), chunks: ids.length, bytes: sink.progress().bytesDone };
+  } catch (err) {
+    await sink.abort(err).catch(() => {});
+    throw err;
+  }
+}
+
+/** `img restore`: restores an image file onto `target` (directory, disk, or partition). */
 export async function restoreImage(
   imagePath: string,
   target: string,
@@ -433,8 +481,7 @@ export async function restoreImage(
   const reader = await ImageReader.open(imagePath);
   try {
     const sink = await openRestore(reader.manifest, target, opts);
-    const ids = [...sink.needed];
-    const absent = ids.find((id) => !reader.chunk(id));
+    const absent = [...sink.needed].find((id) => !reader.chunk(id));
     if (absent) {
       throw new ImageError(
         'E_CHUNK_MISSING',
@@ -442,31 +489,7 @@ export async function restoreImage(
         { chunk: absent },
       );
     }
-    try {
-      await sink.prepare();
-      const inflight: Array<Promise<Buffer>> = [];
-      let next = 0;
-      const fill = () => {
-        while (inflight.length < READ_AHEAD && next < ids.length) {
-          const p = reader.readChunk(ids[next++]!);
-          p.catch(() => {});
-          inflight.push(p);
-        }
-      };
-      fill();
-      for (const id of ids) {
-        const raw = await inflight.shift()!;
-        fill();
-        await sink.applyChunk(id, raw);
-        opts.onProgress?.(sink.progress());
-      }
-      await sink.finish();
-      const p = sink.progress();
-      return { target, description: sink.describe(), chunks: ids.length, bytes: p.bytesDone };
-    } catch (err) {
-      await sink.abort(err).catch(() => {});
-      throw err;
-    }
+    return await runRestore(sink, reader, target, opts.onProgress);
   } finally {
     await reader.close();
   }

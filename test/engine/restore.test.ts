@@ -1,0 +1,397 @@
+/**
+ * The real disk test: a GPT disk with a vfat ESP, an ext4 root full of real files and
+ * an unformatted partition, captured from a loop device into an image file and
+ * restored onto other loop devices and files, then checked with the system's own tools.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  mkdir,
+  mkdtemp,
+  open,
+  readFile,
+  rm,
+  symlink,
+  link,
+  truncate,
+  writeFile,
+  utimes,
+} from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { DiskError } from '../../src/disk/errors.ts';
+import { makeImage } from '../../src/engine/make.ts';
+import { restoreImage } from '../../src/engine/restore.ts';
+import { loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
+import { compareTrees, countTypes } from './tree-compare.ts';
+
+const MiB = 1024 * 1024;
+const DISK = 256 * MiB;
+const SECTOR = 512;
+const P1 = { start: 2048 * SECTOR, size: 32 * MiB };
+const P2 = { start: P1.start + P1.size, size: 160 * MiB };
+const MTOOLS_ENV = { ...process.env, MTOOLS_SKIP_CHECK: '1' };
+
+function sh(cmd: string, args: string[], input?: string): string {
+  return execFileSync(cmd, args, {
+    encoding: 'utf8',
+    env: MTOOLS_ENV,
+    stdio: 'pipe',
+    ...(input ? { input } : {}),
+  });
+}
+
+async function sparse(path: string, size: number): Promise<string> {
+  await (await open(path, 'w')).close();
+  await truncate(path, size);
+  return path;
+}
+
+async function readRange(path: string, position: number, length: number): Promise<Buffer> {
+  const fh = await open(path, 'r');
+  try {
+    const b = Buffer.alloc(length);
+    await fh.read(b, 0, length, position);
+    return b;
+  } finally {
+    await fh.close();
+  }
+}
+
+async function writeRange(path: string, position: number, data: Buffer): Promise<void> {
+  const fh = await open(path, 'r+');
+  await fh.write(data, 0, data.length, position);
+  await fh.close();
+}
+
+async function fileHash(path: string): Promise<string> {
+  return createHash('sha256')
+    .update(await readFile(path))
+    .digest('hex');
+}
+
+/** Loop devices and mounts made by a test, undone even when it fails. */
+function resources(t: TestContext) {
+  const loops: string[] = [];
+  const mounts: string[] = [];
+  t.after(async () => {
+    for (const m of mounts.reverse()) {
+      spawnSync('umount', [m]);
+      await rm(m, { recursive: true, force: true });
+    }
+    for (const l of loops.reverse()) spawnSync('losetup', ['-d', l]);
+  });
+  return {
+    loop(
+      file: string,
+      opts: { offset?: number; size?: number; readOnly?: boolean; partscan?: boolean } = {},
+    ) {
+      const args = ['--find', '--show'];
+      if (opts.offset) args.push('--offset', String(opts.offset));
+      if (opts.size) args.push('--sizelimit', String(opts.size));
+      if (opts.readOnly) args.push('-r');
+      if (opts.partscan) args.push('-P');
+      const dev = sh('losetup', [...args, file]).trim();
+      loops.push(dev);
+      return dev;
+    },
+    detach(dev: string) {
+      sh('losetup', ['-d', dev]);
+      loops.splice(loops.indexOf(dev), 1);
+    },
+    async mount(dev: string, ro: boolean) {
+      const dir = await mkdtemp(join(tmpdir(), 'imgcast-test-mnt-'));
+      sh('mount', ['-o', ro ? 'ro' : 'rw', dev, dir]);
+      mounts.push(dir);
+      return dir;
+    },
+    async umount(dir: string) {
+      sh('umount', [dir]);
+      mounts.splice(mounts.indexOf(dir), 1);
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A tree with every kind of entry a root filesystem has. */
+async function fillRoot(root: string): Promise<void> {
+  const docs = sh('sh', ['-c', 'ls -d /usr/share/doc/[a-f]*']).trim().split('\n');
+  sh('cp', ['-a', ...docs, root]);
+  await mkdir(join(root, 'etc/ssh'), { recursive: true });
+  await writeFile(join(root, 'etc/hostname'), 'lab-ref\n');
+  await writeFile(join(root, 'etc/ssh/key'), randomBytes(3000), { mode: 0o600 });
+  sh('chown', ['1234:5678', join(root, 'etc/ssh/key')]);
+  await writeFile(join(root, 'big.bin'), randomBytes(9 * MiB));
+  await link(join(root, 'big.bin'), join(root, 'etc/big-hardlink'));
+  await symlink('../big.bin', join(root, 'etc/big-link'));
+  await symlink('/nonexistent/target', join(root, 'dangling'));
+  sh('setfattr', ['-n', 'user.lab', '-v', 'room-101', join(root, 'etc/hostname')]);
+  sh('setfattr', ['-n', 'trusted.secret', '-v', '0x00ff10', join(root, 'big.bin')]);
+  sh('mkfifo', [join(root, 'fifo')]);
+  sh('mknod', [join(root, 'null'), 'c', '1', '3']);
+  await writeFile(join(root, 'suid'), '#!/bin/sh\n', { mode: 0o4755 });
+  // A sparse file: 1 MiB of data in the middle of 64 MiB.
+  const fh = await open(join(root, 'sparse.img'), 'w');
+  await fh.write(randomBytes(MiB), 0, MiB, 32 * MiB);
+  await fh.truncate(64 * MiB);
+  await fh.close();
+  await utimes(
+    join(root, 'etc/hostname'),
+    new Date('2001-02-03T04:05:06Z'),
+    new Date('2001-02-03T04:05:06.123Z'),
+  );
+}
+
+interface Source {
+  disk: string;
+  p3: { start: number; size: number };
+  image: string;
+}
+
+/** Builds the reference disk file and captures it from a partition-scanned loop device. */
+async function buildAndCapture(
+  t: TestContext,
+  dir: string,
+  r: ReturnType<typeof resources>,
+): Promise<Source> {
+  const disk = await sparse(join(dir, 'ref.img'), DISK);
+  sh('sgdisk', [
+    `-n1:${P1.start / SECTOR}:+32M`,
+    '-t1:ef00',
+    '-c1:EFI system',
+    '-n2:0:+160M',
+    '-t2:8300',
+    '-c2:root',
+    '-n3:0:0',
+    '-t3:8300',
+    '-c3:data',
+    disk,
+  ]);
+  const last = sh('sgdisk', ['-i', '3', disk]);
+  const first3 = Number(/First sector: (\d+)/.exec(last)![1]);
+  const last3 = Number(/Last sector: (\d+)/.exec(last)![1]);
+  const p3 = { start: first3 * SECTOR, size: (last3 - first3 + 1) * SECTOR };
+
+  // Boot code in the MBR (before the partition entries) and a boot loader in the gap after the GPT.
+  await writeRange(disk, 0, randomBytes(440));
+  await writeRange(disk, 40 * SECTOR, randomBytes(200 * 1024));
+
+  const esp = r.loop(disk, { offset: P1.start, size: P1.size });
+  sh('mkfs.vfat', ['-F', '16', '-n', 'LABESP', '-i', '5eed1234', esp]);
+  const espFiles = await mkdtemp(join(dir, 'esp-'));
+  await mkdir(join(espFiles, 'EFI/BOOT'), { recursive: true });
+  await writeFile(join(espFiles, 'EFI/BOOT/BOOTX64.EFI'), randomBytes(700 * 1024));
+  await writeFile(join(espFiles, 'EFI/BOOT/grub.cfg'), 'set root=(hd0,gpt2)\n');
+  await writeFile(join(espFiles, 'startup.nsh'), 'fs0:\\EFI\\BOOT\\BOOTX64.EFI\n');
+  sh('mcopy', ['-s', '-m', '-i', esp, join(espFiles, 'EFI'), join(espFiles, 'startup.nsh'), '::/']);
+  r.detach(esp);
+
+  const rootDev = r.loop(disk, { offset: P2.start, size: P2.size });
+  sh('mkfs.ext4', ['-q', '-L', 'labroot', rootDev]);
+  const mnt = await r.mount(rootDev, false);
+  await fillRoot(mnt);
+  await r.umount(mnt);
+  r.detach(rootDev);
+
+  // The unformatted partition: random runs, a zero run, a run of 0xff, and data in its last sector.
+  await writeRange(disk, p3.start + MiB, randomBytes(3 * MiB));
+  await writeRange(disk, p3.start + 20 * MiB, Buffer.alloc(2 * MiB, 0xff));
+  await writeRange(disk, p3.start + 30 * MiB + 4096, randomBytes(5000));
+  await writeRange(disk, p3.start + p3.size - SECTOR, randomBytes(SECTOR));
+
+  const dev = r.loop(disk, { partscan: true });
+  const image = join(dir, 'lab.imgc');
+  const { manifest, stats } = await makeImage(dev, image, { level: 'speed' });
+  r.detach(dev);
+
+  assert.equal(manifest.source.kind, 'disk');
+  assert.equal(manifest.disk?.table, 'gpt');
+  assert.deepEqual(
+    manifest.disk.partitions.map((p) => [p.number, p.startBytes, p.sizeBytes, p.name]),
+    [
+      [1, P1.start, P1.size, 'EFI system'],
+      [2, P2.start, P2.size, 'root'],
+      [3, p3.start, p3.size, 'data'],
+    ],
+  );
+  assert.deepEqual(
+    manifest.volumes.map((v) => (v.kind === 'raw' ? 'raw' : v.fs.type)),
+    ['vfat', 'ext4', 'raw'],
+  );
+  const raw = manifest.volumes[2]!;
+  assert.ok(raw.kind === 'raw');
+  const rawStored = raw.extents.reduce((n, x) => n + x.length, 0);
+  assert.ok(rawStored < 6 * MiB, `raw partition stores only its non-zero runs (${rawStored} bytes)`);
+  assert.ok(stats.rawBytes < 40 * MiB, `image holds ${stats.rawBytes} raw bytes, far less than the disk`);
+  return { disk, p3, image };
+}
+
+function sgdiskClean(path: string): void {
+  const v = spawnSync('sgdisk', ['-v', path], { encoding: 'utf8' });
+  assert.equal(v.status, 0, v.stderr);
+  assert.match(v.stdout, /No problems found/, v.stdout + v.stderr);
+}
+
+async function checkRestoredDisk(
+  t: TestContext,
+  src: Source,
+  target: string,
+  r: ReturnType<typeof resources>,
+  sameSize: boolean,
+) {
+  sgdiskClean(target);
+  if (sameSize) {
+    assert.ok(
+      (await readRange(target, 0, P1.start)).equals(await readRange(src.disk, 0, P1.start)),
+      'boot area byte-identical',
+    );
+    const backup = 33 * SECTOR;
+    assert.ok(
+      (await readRange(target, DISK - backup, backup)).equals(
+        await readRange(src.disk, DISK - backup, backup),
+      ),
+      'backup GPT byte-identical',
+    );
+  } else {
+    // sgdisk -e rewrites the protective MBR's size and the primary header (new backup LBA, CRC);
+    // boot code, the partition entries and the boot-loader gap stay exact.
+    const skip = (b: Buffer) => Buffer.concat([b.subarray(0, 440), b.subarray(2 * SECTOR)]);
+    assert.ok(
+      skip(await readRange(target, 0, P1.start)).equals(skip(await readRange(src.disk, 0, P1.start))),
+      'boot area',
+    );
+    const { size } = await import('node:fs/promises').then((f) => f.stat(target));
+    assert.equal(
+      (await readRange(target, size - SECTOR, 8)).toString('latin1'),
+      'EFI PART',
+      'backup GPT moved to the end',
+    );
+  }
+  assert.deepEqual(
+    sh('sgdisk', ['-p', target])
+      .split('\n')
+      .filter((l) => /^\s+\d/.test(l)),
+    sh('sgdisk', ['-p', src.disk])
+      .split('\n')
+      .filter((l) => /^\s+\d/.test(l)),
+    'same partitions',
+  );
+  assert.ok(
+    (await readRange(target, src.p3.start, src.p3.size)).equals(
+      await readRange(src.disk, src.p3.start, src.p3.size),
+    ),
+    'raw partition byte-identical',
+  );
+
+  // ESP: fsck, label, volume id, files.
+  for (const [p, fsck] of [
+    [P1, ['fsck.vfat', '-n']],
+    [P2, ['fsck.ext4', '-fn']],
+  ] as const) {
+    const blk = (file: string) =>
+      sh('blkid', ['-p', '-o', 'export', '-O', String(p.start), '-S', String(p.size), file])
+        .split('\n')
+        .filter((l) => /^(TYPE|LABEL|UUID|VERSION)=/.test(l));
+    assert.deepEqual(blk(target), blk(src.disk));
+    const dev = r.loop(target, { offset: p.start, size: p.size, readOnly: true });
+    const f = spawnSync(fsck[0], [...fsck.slice(1), dev], { encoding: 'utf8' });
+    assert.equal(f.status, 0, `${fsck[0]} on the restored partition: ${f.stdout}${f.stderr}`);
+    r.detach(dev);
+  }
+  const dirs: string[] = [];
+  for (const file of [src.disk, target]) {
+    const dev = r.loop(file, { offset: P1.start, size: P1.size, readOnly: true });
+    const out = await mkdtemp(join(tmpdir(), 'imgcast-test-esp-'));
+    t.after(() => rm(out, { recursive: true, force: true }));
+    sh('mcopy', ['-s', '-m', '-n', '-i', dev, '::/*', out]);
+    r.detach(dev);
+    dirs.push(out);
+  }
+  assert.deepEqual(
+    await compareTrees(dirs[0]!, dirs[1]!, { contentAndMtimeOnly: true, ignoreRoot: true }),
+    [],
+  );
+
+  // Root: every file with content and metadata.
+  const a = r.loop(src.disk, { offset: P2.start, size: P2.size, readOnly: true });
+  const b = r.loop(target, { offset: P2.start, size: P2.size, readOnly: true });
+  const ma = await r.mount(a, true);
+  const mb = await r.mount(b, true);
+  const counts = await countTypes(ma);
+  assert.ok(
+    (counts.file ?? 0) > 300 && (counts.symlink ?? 0) >= 3 && counts.fifo === 1 && counts.chardev === 1,
+  );
+  assert.deepEqual(await compareTrees(ma, mb, { ignoreRoot: true }), []);
+  await r.umount(ma);
+  await r.umount(mb);
+  r.detach(a);
+  r.detach(b);
+}
+
+test('whole GPT disk: make from a loop device, restore onto same-size and larger targets, refusals', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  for (const c of ['mcopy', 'setfattr', 'fsck.vfat', 'fsck.ext4']) {
+    if (spawnSync('sh', ['-c', `command -v ${c}`]).status !== 0) return void t.skip(`needs ${c}`);
+  }
+  const dir = await tempDir(t, 'imgcast-disk-test-');
+  const r = resources(t);
+  const src = await buildAndCapture(t, dir, r);
+
+  await t.test('restore onto a loop device of the same size', async (t2) => {
+    const file = await sparse(join(dir, 'same.img'), DISK);
+    // Old content everywhere the restore must overwrite: the boot area gaps and the raw partition's zero runs.
+    await writeRange(file, 0, Buffer.alloc(P1.start, 0xaa));
+    await writeRange(file, src.p3.start, Buffer.alloc(8 * MiB, 0x55));
+    const dev = r.loop(file);
+    const result = await restoreImage(src.image, dev, { fileset: 1 });
+    assert.match(result.description, /GPT disk of 3 partition/);
+    r.detach(dev);
+    await checkRestoredDisk(t2, src, file, r, true);
+  });
+
+  await t.test('restore onto a larger disk-image file moves the backup GPT to the end', async (t2) => {
+    const file = await sparse(join(dir, 'large.img'), DISK + 64 * MiB);
+    await restoreImage(src.image, file, { fileset: 1 });
+    await checkRestoredDisk(t2, src, file, r, false);
+  });
+
+  await t.test('a mounted target is refused and left untouched', async () => {
+    const file = await sparse(join(dir, 'busy.img'), DISK);
+    const part = r.loop(file, { offset: P2.start, size: P2.size });
+    sh('mkfs.ext4', ['-q', part]);
+    const mnt = await r.mount(part, false);
+    // The mounted filesystem itself changes on unmount; everything around it must not change at all.
+    const outside = async () => [
+      await readRange(file, 0, P2.start),
+      await readRange(file, P2.start + P2.size, DISK - P2.start - P2.size),
+    ];
+    const before = await outside();
+    const dev = r.loop(file);
+    await assert.rejects(restoreImage(src.image, dev, { fileset: 1 }), (e: unknown) => {
+      assert.ok(e instanceof DiskError);
+      assert.equal(e.code, 'E_DISK_MOUNTED');
+      assert.ok(e.message.includes(mnt), e.message);
+      return true;
+    });
+    await r.umount(mnt);
+    r.detach(part);
+    r.detach(dev);
+    const after = await outside();
+    assert.ok(after[0]!.equals(before[0]!) && after[1]!.equals(before[1]!), 'target untouched');
+  });
+
+  await t.test('a too-small target is refused with both sizes and left untouched', async () => {
+    const file = await sparse(join(dir, 'small.img'), 128 * MiB);
+    await writeRange(file, 0, randomBytes(MiB));
+    const before = await fileHash(file);
+    await assert.rejects(restoreImage(src.image, file, { fileset: 1 }), (e: unknown) => {
+      assert.ok(e instanceof DiskError);
+      assert.equal(e.code, 'E_DISK_TOO_SMALL');
+      assert.match(e.message, new RegExp(`holds ${128 * MiB} bytes .* needs \\d+ bytes`));
+      return true;
+    });
+    assert.equal(await fileHash(file), before);
+  });
+});
