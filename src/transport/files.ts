@@ -4,9 +4,10 @@
  * images go through the adapters in cli.ts instead.
  */
 import { createHash } from 'node:crypto';
-import { open, readFile, type FileHandle } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { CODEC_NONE } from './chunkwire.ts';
 import { TransportError } from './errors.ts';
+import { openJournal, readJournal, sessionFingerprint } from './journal.ts';
 import type { ChunkConsumer, ChunkInfo, ChunkProvider, SessionInfo } from './types.ts';
 
 /** Layout a flat-file session carries in `meta`: the file's chunks in order, repeats included. */
@@ -56,31 +57,34 @@ export async function flatFileProvider(path: string, chunkSize = FLAT_CHUNK_SIZE
   }
   await fh.close();
   const meta: FlatMeta = { kind: 'flat', size, order: chunks.map((c) => c.id) };
-  let shared: FileHandle | null = null;
+  let shared: Promise<FileHandle> | null = null;
   return {
     chunks,
     meta,
     async readStored(id: string): Promise<Buffer> {
       const where = offsets.get(id);
       if (!where) throw new TransportError('E_CONSUMER', `chunk ${id} is not part of ${path}`, { path });
-      shared ??= await open(path, 'r');
+      shared ??= open(path, 'r');
       const out = Buffer.allocUnsafe(where.length);
-      const { bytesRead } = await shared.read(out, 0, where.length, where.offset);
+      const { bytesRead } = await (await shared).read(out, 0, where.length, where.offset);
       if (bytesRead !== where.length)
         throw new TransportError('E_CONSUMER', `${path} shrank while being sent`, { path });
       return out;
     },
     async close(): Promise<void> {
-      await shared?.close();
+      const s = shared;
       shared = null;
+      await (await s)?.close();
     },
   };
 }
 
 /**
  * Writes a flat-file session into `path`: chunk i of the layout lands at the sum of
- * the raw lengths before it. An existing file is kept (not truncated) so a resumed
- * session only fills what is missing; `has` answers from the journal given here.
+ * the raw lengths before it. An existing file of the right size is kept so a resumed
+ * session only fills what is missing; `has` answers from the journal given here
+ * (pass the same path as the receiver's journalPath). A missing or resized file
+ * restarts the journal, so the receiver re-requests everything.
  */
 export function fileConsumer(path: string, opts: { journalPath?: string } = {}): ChunkConsumer {
   let fh: FileHandle | null = null;
@@ -101,17 +105,19 @@ export function fileConsumer(path: string, opts: { journalPath?: string } = {}):
         list.push(off);
         off += c.rawLength;
       }
-      if (opts.journalPath) {
-        const text = await readFile(opts.journalPath, 'utf8').catch(() => '');
-        have = new Set(text.split('\n').filter((l) => /^[0-9a-f]{64}$/.test(l)));
-      }
+      const fp = sessionFingerprint(session);
+      if (opts.journalPath) have = await readJournal(opts.journalPath, fp);
       try {
         fh = await open(path, 'r+');
       } catch {
         fh = await open(path, 'w+');
-        have.clear();
       }
-      if ((await fh.stat()).size !== off) await fh.truncate(off);
+      if ((await fh.stat()).size !== off) {
+        // A file of another size cannot hold what the journal says: start over, journal included.
+        await fh.truncate(off);
+        have.clear();
+        if (opts.journalPath) await (await openJournal(opts.journalPath, fp, true)).close();
+      }
     },
     async apply(id: string, raw: Buffer): Promise<void> {
       const offs = where.get(id);

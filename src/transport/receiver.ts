@@ -14,7 +14,7 @@
  * written may hold at most MAX_PENDING bytes; packets of further chunks are dropped
  * (counted as overrun) and those chunks are requested again later.
  */
-import { open, readFile, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import net from 'node:net';
@@ -33,6 +33,7 @@ import {
   wrapDataKey,
 } from './control.ts';
 import { TransportError } from './errors.ts';
+import { openJournal, readJournal, sessionFingerprint } from './journal.ts';
 import { checkHeader, FRAG_PAYLOAD, fragmentCount, fragmentLength, HEADER_SIZE } from './packet.ts';
 import { DEFAULT_PORT } from './sender.ts';
 import type { ChunkConsumer, ChunkInfo, ReceiverOptions, ReceiverResult, SessionInfo } from './types.ts';
@@ -57,17 +58,6 @@ export function parseFrom(from: string): { host: string; port: number } {
     throw new TransportError('E_CONNECT', `sender address "${from}" is not HOST or HOST:PORT`);
   }
   return { host: m[1], port };
-}
-
-async function readJournal(path: string): Promise<Set<string>> {
-  try {
-    const text = await readFile(path, 'utf8');
-    // A crash can leave a torn last line; only complete ids count.
-    return new Set(text.split('\n').filter((l) => /^[0-9a-f]{64}$/.test(l)));
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return new Set();
-    throw new TransportError('E_CONSUMER', `cannot read journal ${path}: ${(e as Error).message}`, { path });
-  }
 }
 
 function toRanges(sorted: number[]): Ranges {
@@ -134,7 +124,6 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   let wireLen: number[] = [];
   let counts: number[] = [];
   let complete: Uint8Array = new Uint8Array(0);
-  let completeCount = 0;
   let applied = 0;
   let bytesApplied = 0;
   let chunksHad = 0;
@@ -293,7 +282,8 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     if (ended) return;
     await consumer.prepare(info);
     if (ended) return;
-    const journaled = opts.journalPath ? await readJournal(opts.journalPath) : new Set<string>();
+    const fp = sessionFingerprint(info);
+    const journaled = opts.journalPath ? await readJournal(opts.journalPath, fp) : new Set<string>();
     const have: number[] = [];
     table.forEach((e, seq) => {
       if (journaled.has(e.id) || consumer?.has(e.id)) {
@@ -301,10 +291,10 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
         have.push(seq);
       }
     });
-    completeCount = chunksHad = have.length;
+    chunksHad = have.length;
     applied = have.length;
     bytesApplied = have.reduce((a, s) => a + (table[s]?.rawLength ?? 0), 0);
-    if (opts.journalPath) journal = await open(opts.journalPath, 'a');
+    if (opts.journalPath) journal = await openJournal(opts.journalPath, fp, false);
     if (ended) return;
     await openData(m.group, m.port);
     if (ended) return;
@@ -414,7 +404,6 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       return;
     }
     complete[seq] = 1;
-    completeCount++;
     applyChain = applyChain.then(async () => {
       if (ended) return;
       try {

@@ -79,8 +79,12 @@ const LOSS_DROP = 0.5;
 const LOSS_WINDOW_MS = 10_000;
 const CACHE_BYTES = 48 * 1024 * 1024;
 const SEND_QUEUE_LIMIT = 512;
-/** 2 ms of tokens at most, so a late event-loop turn does not become a burst the switch drops. */
-const BURST_MS = 2;
+/**
+ * Tokens saved up at most: enough to cover an event-loop turn plus a timer (sending a
+ * batch to several local receivers takes a few ms), small enough that a late turn does
+ * not become a burst that overflows switch or receiver buffers.
+ */
+const BURST_MS = 8;
 
 interface Entry extends ChunkInfo {
   seq: number;
