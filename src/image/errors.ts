@@ -14,5 +14,8 @@ import { ImgcastError } from '../errors.ts';
  * E_PATH_EXISTS      adding over an existing path
  * E_IMAGE_EXISTS     refusing to overwrite an existing image
  * E_IMAGE_IO         the image file could not be read or written
+ * E_CHUNK_SIZE       a chunk handed to the writer is larger than CHUNK_SIZE
+ * E_MANIFEST_INVALID a manifest handed to the writer is malformed
+ * E_EXTENT_RANGE     a manifest extent reaches past the end of its chunk
  */
 export class ImageError extends ImgcastError {}

@@ -43,7 +43,9 @@ export function chunksForFileset(manifest: Manifest, fileset: number): Set<strin
 }
 
 /** Which file sets exclude anything, and how much each would leave out. */
-export function filesetSummary(manifest: Manifest): Array<{ number: number; excludedEntries: number; bytes: number }> {
+export function filesetSummary(
+  manifest: Manifest,
+): Array<{ number: number; excludedEntries: number; bytes: number }> {
   const out = [];
   for (let n = 1; n <= MAX_FILESETS; n++) {
     let excludedEntries = 0;

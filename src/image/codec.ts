@@ -1,0 +1,93 @@
+/**
+ * Chunk naming, compression and verification. Everything here is synchronous and
+ * free of I/O so it runs unchanged in compression workers and in the multicast
+ * receiver, which verifies chunks with decodeChunk before anything touches a disk.
+ */
+import { createHash } from 'node:crypto';
+import zlib from 'node:zlib';
+
+import { ImageError } from './errors.ts';
+import type { CompressionLevel } from './types.ts';
+
+export const CODEC_NONE = 0;
+export const CODEC_ZSTD = 1;
+
+const P = zlib.constants;
+
+/**
+ * zstd parameters per level: the one place to tune. Measured on this project's
+ * 2-core build machine, 4 MiB chunks compressed one by one (ratio = stored/raw):
+ *
+ *   level      /usr/bin (164 MiB)      /usr/share (40 MiB)
+ *   zstd 1     0.419  149 MB/s         0.396  425 MB/s
+ *   zstd 3     0.366  123 MB/s         0.344  333 MB/s
+ *   zstd 9     0.330   36 MB/s         0.313  104 MB/s
+ *   zstd 12    0.328   19 MB/s         0.312   41 MB/s
+ *   zstd 15    0.325    5 MB/s         0.309   10 MB/s
+ *   zstd 19    0.294  2.6 MB/s         0.303    4 MB/s
+ *
+ * `size` is 12: 7–10x faster than 19 and within 3% of it on text-like data (11% on
+ * binaries, where only 19's two-pass parser wins). A 4 MiB window holds a whole
+ * chunk, so chunks never reference data outside themselves and decode alone.
+ */
+export const LEVEL_PARAMS: Readonly<Record<CompressionLevel, Readonly<Record<number, number>> | null>> = {
+  none: null,
+  speed: { [P.ZSTD_c_compressionLevel]: 1 },
+  balanced: { [P.ZSTD_c_compressionLevel]: 3 },
+  size: { [P.ZSTD_c_compressionLevel]: 12, [P.ZSTD_c_windowLog]: 22 },
+};
+
+/** Lowercase hex SHA-256 of the raw content: the chunk's name everywhere. */
+export function chunkId(raw: Buffer): string {
+  return createHash('sha256').update(raw).digest('hex');
+}
+
+/** Compresses one chunk; content that does not shrink is stored as is. */
+export function encodeChunk(raw: Buffer, level: CompressionLevel): { codec: number; stored: Buffer } {
+  const params = LEVEL_PARAMS[level];
+  if (params === undefined) throw new TypeError(`unknown compression level ${String(level)}`);
+  if (params === null || raw.length === 0) return { codec: CODEC_NONE, stored: raw };
+  const stored = zlib.zstdCompressSync(raw, { params: { ...params } });
+  if (stored.length >= raw.length) return { codec: CODEC_NONE, stored: raw };
+  return { codec: CODEC_ZSTD, stored };
+}
+
+const ID_RE = /^[0-9a-f]{64}$/;
+
+/**
+ * Turns stored bytes back into the raw chunk and proves it is the chunk `id` names.
+ * Decompression is capped at `rawLength`, so a forged length or a decompression bomb
+ * cannot make it allocate more than the chunk claims to be.
+ */
+export function decodeChunk(id: string, codec: number, stored: Buffer, rawLength: number): Buffer {
+  const fail = (why: string, cause?: unknown): never => {
+    throw new ImageError(
+      'E_CHUNK_CORRUPT',
+      `chunk ${id} is damaged: ${why}`,
+      { chunk: id, reason: why },
+      { cause },
+    );
+  };
+  if (typeof id !== 'string' || !ID_RE.test(id)) fail('its id is not a lowercase hex SHA-256');
+  if (!Buffer.isBuffer(stored)) fail('no stored bytes');
+  if (!Number.isSafeInteger(rawLength) || rawLength < 0) fail(`impossible raw length ${rawLength}`);
+  let raw: Buffer;
+  if (codec === CODEC_NONE) {
+    raw = stored;
+  } else if (codec === CODEC_ZSTD) {
+    try {
+      raw = zlib.zstdDecompressSync(stored, {
+        maxOutputLength: Math.max(1, rawLength),
+        // One spare byte lets zstd finish in a single output buffer (measured ~20% faster).
+        chunkSize: Math.min(Math.max(rawLength + 1, 64), 8 * 1024 * 1024 + 1),
+      });
+    } catch (err) {
+      return fail('its compressed data does not decompress', err);
+    }
+  } else {
+    return fail(`unknown codec ${codec}`);
+  }
+  if (raw.length !== rawLength) fail(`it holds ${raw.length} bytes instead of ${rawLength}`);
+  if (chunkId(raw) !== id) fail('its content does not match its SHA-256');
+  return raw;
+}

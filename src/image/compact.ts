@@ -1,0 +1,138 @@
+/**
+ * Reclaims the space of chunks no manifest reference uses any more (after rm,
+ * or older generations' data). Writes a new file beside the old one, copying
+ * stored bytes after verifying them, and renames it over the original only when
+ * complete: on any failure the original is untouched. The image keeps its id and
+ * generation; older generations are dropped (they are what compaction reclaims).
+ */
+import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+
+import { CODEC_NONE, chunkId, decodeChunk, encodeChunk } from './codec.ts';
+import {
+  HEADER_SIZE,
+  RECORD_CHUNK,
+  RECORD_HEADER_SIZE,
+  RECORD_INDEX,
+  RECORD_MANIFEST,
+  encodeHeader,
+  encodeIndex,
+  encodeRecordHeader,
+  encodeTrailer,
+  type IndexEntry,
+} from './format.ts';
+import { manifestReferences } from './manifest.ts';
+import { ImageReader, ioError } from './reader.ts';
+import { FORMAT_VERSION } from './types.ts';
+import { writeAll } from './writer.ts';
+
+export interface CompactResult {
+  bytesBefore: number;
+  bytesAfter: number;
+  chunksDropped: number;
+}
+
+export async function compactImage(
+  path: string,
+  opts: { onProgress?: (done: number, total: number) => void } = {},
+): Promise<CompactResult> {
+  const reader = await ImageReader.open(path);
+  const tmp = `${path}.compact.partial`;
+  let fh: FileHandle | undefined;
+  try {
+    const m = reader.manifest;
+    const keep = new Set<string>();
+    for (const ref of manifestReferences(m)) keep.add(ref.chunk);
+    const infos = [...reader.chunkInfos()].filter((i) => keep.has(i.id)).sort((a, b) => a.offset - b.offset);
+    const dropped = reader.chunkCount - infos.length;
+
+    try {
+      fh = await open(tmp, 'w');
+    } catch (err) {
+      throw ioError(tmp, 'create', err);
+    }
+    const entries: IndexEntry[] = [];
+    let end = HEADER_SIZE;
+    const write = async (bufs: Buffer[]): Promise<number> => {
+      const at = end;
+      end += bufs.reduce((n, b) => n + b.length, 0);
+      try {
+        await writeAll(fh!, bufs, at);
+      } catch (err) {
+        throw ioError(tmp, 'write', err);
+      }
+      return at;
+    };
+    await write([encodeHeader({ version: FORMAT_VERSION, flags: 0, imageId: m.imageId })]);
+    let done = 0;
+    for (const info of infos) {
+      // A chunk that fails here throws E_CHUNK_CORRUPT naming its files: compaction never launders damage.
+      const { stored } = await reader.readStored(info.id);
+      try {
+        decodeChunk(info.id, info.codec, stored, info.rawLength);
+      } catch {
+        await reader.readChunk(info.id);
+      }
+      const head = encodeRecordHeader({
+        type: RECORD_CHUNK,
+        codec: info.codec,
+        rawLength: info.rawLength,
+        storedLength: info.storedLength,
+        sha: Buffer.from(info.id, 'hex'),
+      });
+      const offset = await write([head, stored]);
+      entries.push({ ...info, offset });
+      opts.onProgress?.(++done, infos.length);
+    }
+
+    const json = Buffer.from(JSON.stringify(m), 'utf8');
+    const mEnc = encodeChunk(json, 'balanced');
+    const mSha = Buffer.from(chunkId(json), 'hex');
+    const mHead = encodeRecordHeader({
+      type: RECORD_MANIFEST,
+      codec: mEnc.codec,
+      rawLength: json.length,
+      storedLength: mEnc.stored.length,
+      sha: mSha,
+    });
+    const manifestOffset = await write([mHead, mEnc.stored]);
+    const idx = encodeIndex(entries);
+    const iSha = Buffer.from(chunkId(idx), 'hex');
+    const iHead = encodeRecordHeader({
+      type: RECORD_INDEX,
+      codec: CODEC_NONE,
+      rawLength: idx.length,
+      storedLength: idx.length,
+      sha: iSha,
+    });
+    const indexOffset = await write([iHead, idx]);
+    await write([
+      encodeTrailer({
+        version: FORMAT_VERSION,
+        generation: reader.generation,
+        manifestOffset,
+        manifestLength: RECORD_HEADER_SIZE + mEnc.stored.length,
+        indexOffset,
+        indexLength: RECORD_HEADER_SIZE + idx.length,
+        previousTrailer: 0,
+        chunkCount: entries.length,
+        manifestSha: mSha,
+        indexSha: iSha,
+      }),
+    ]);
+    try {
+      await fh.sync();
+      await fh.close();
+      fh = undefined;
+      await rename(tmp, path);
+    } catch (err) {
+      throw ioError(path, 'replace', err);
+    }
+    return { bytesBefore: reader.fileSize, bytesAfter: end, chunksDropped: dropped };
+  } catch (err) {
+    await fh?.close().catch(() => {});
+    await unlink(tmp).catch(() => {});
+    throw err;
+  } finally {
+    await reader.close();
+  }
+}

@@ -1,0 +1,125 @@
+/**
+ * Structural checks of a manifest and a walk over every chunk reference in it.
+ * A manifest read from disk passed its SHA-256, but a forged or buggy file can
+ * still hold nonsense; these checks make sure the rest of imgcast can walk it
+ * without crashing, and say where it is wrong.
+ */
+import { COMPRESSION_LEVELS, type Manifest } from './types.ts';
+
+/** One place where a manifest points into a chunk's raw bytes. */
+export interface ChunkReference {
+  chunk: string;
+  /** Range within the chunk's raw bytes. */
+  chunkOffset: number;
+  length: number;
+  use: ChunkUse;
+}
+
+export type ChunkUse =
+  | { kind: 'boot'; area: number; offset: number; length: number }
+  | { kind: 'raw'; volume: number; partition?: number; offset: number; length: number }
+  | { kind: 'file'; volume: number; partition?: number; path: string; offset: number; length: number };
+
+/** Every chunk reference in image order: boot areas, then volumes in order. */
+export function* manifestReferences(manifest: Manifest): Generator<ChunkReference> {
+  const areas = manifest.disk?.bootAreas ?? [];
+  for (let a = 0; a < areas.length; a++) {
+    for (const x of areas[a]!.extents) {
+      yield {
+        chunk: x.chunk,
+        chunkOffset: 0,
+        length: x.length,
+        use: { kind: 'boot', area: a, offset: x.offset, length: x.length },
+      };
+    }
+  }
+  for (const v of manifest.volumes) {
+    const part = v.partition === undefined ? {} : { partition: v.partition };
+    if (v.kind === 'raw') {
+      for (const x of v.extents) {
+        yield {
+          chunk: x.chunk,
+          chunkOffset: 0,
+          length: x.length,
+          use: { kind: 'raw', volume: v.index, ...part, offset: x.offset, length: x.length },
+        };
+      }
+      continue;
+    }
+    for (const e of v.entries) {
+      for (const x of e.extents ?? []) {
+        yield {
+          chunk: x.chunk,
+          chunkOffset: x.chunkOffset,
+          length: x.length,
+          use: { kind: 'file', volume: v.index, ...part, path: e.path, offset: x.offset, length: x.length },
+        };
+      }
+    }
+  }
+}
+
+const isObj = (x: unknown): x is Record<string, unknown> =>
+  typeof x === 'object' && x !== null && !Array.isArray(x);
+const isCount = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0;
+const isId = (x: unknown): boolean => typeof x === 'string' && /^[0-9a-f]{64}$/.test(x);
+
+/** Why `m` is not a usable manifest, or undefined when it is. */
+export function manifestProblem(m: unknown): string | undefined {
+  if (!isObj(m)) return 'the manifest is not a JSON object';
+  if (typeof m.formatVersion !== 'number') return 'formatVersion is missing';
+  if (typeof m.imageId !== 'string' || m.imageId === '') return 'imageId is missing';
+  if (!Number.isSafeInteger(m.generation) || (m.generation as number) < 1)
+    return 'generation is not a positive integer';
+  if (!(COMPRESSION_LEVELS as readonly unknown[]).includes(m.level))
+    return `unknown compression level ${String(m.level)}`;
+  if (!isObj(m.source)) return 'source is missing';
+  if (!Array.isArray(m.filesets)) return 'filesets is not a list';
+  if (!Array.isArray(m.volumes)) return 'volumes is not a list';
+  const extentProblem = (x: unknown, where: string, withChunkOffset: boolean): string | undefined => {
+    if (!isObj(x) || !isCount(x.offset) || !isCount(x.length) || !isId(x.chunk))
+      return `${where}: malformed extent`;
+    if (withChunkOffset && !isCount(x.chunkOffset)) return `${where}: malformed extent`;
+    return undefined;
+  };
+  if (m.disk !== undefined) {
+    const d = m.disk;
+    if (!isObj(d) || !Array.isArray(d.bootAreas) || !Array.isArray(d.partitions))
+      return 'disk layout is malformed';
+    for (const [i, a] of d.bootAreas.entries()) {
+      if (!isObj(a) || !isCount(a.offset) || !isCount(a.length) || !Array.isArray(a.extents)) {
+        return `boot area ${i} is malformed`;
+      }
+      for (const x of a.extents) {
+        const p = extentProblem(x, `boot area ${i}`, false);
+        if (p) return p;
+      }
+    }
+  }
+  for (const [i, v] of m.volumes.entries()) {
+    if (!isObj(v) || !Number.isSafeInteger(v.index)) return `volume ${i} is malformed`;
+    if (v.kind === 'raw') {
+      if (!isCount(v.sizeBytes) || !Array.isArray(v.extents)) return `raw volume ${i} is malformed`;
+      for (const x of v.extents) {
+        const p = extentProblem(x, `raw volume ${i}`, false);
+        if (p) return p;
+      }
+    } else if (v.kind === 'files') {
+      if (!isObj(v.fs) || !Array.isArray(v.entries)) return `file volume ${i} is malformed`;
+      for (const e of v.entries) {
+        if (!isObj(e) || typeof e.path !== 'string' || typeof e.type !== 'string') {
+          return `file volume ${i} has a malformed entry`;
+        }
+        if (e.extents === undefined) continue;
+        if (!Array.isArray(e.extents)) return `file volume ${i}, ${e.path}: extents is not a list`;
+        for (const x of e.extents) {
+          const p = extentProblem(x, `file volume ${i}, ${e.path}`, true);
+          if (p) return p;
+        }
+      }
+    } else {
+      return `volume ${i} has unknown kind ${String(v.kind)}`;
+    }
+  }
+  return undefined;
+}

@@ -1,0 +1,307 @@
+/**
+ * Reading an image: open validates the header, the last trailer, the index and the
+ * manifest (a few small reads at the start and end of the file); chunks are then
+ * read on demand with positional reads on one file descriptor.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+
+import { CODEC_NONE, CODEC_ZSTD, decodeChunk } from './codec.ts';
+import { ImageError } from './errors.ts';
+import {
+  HEADER_MAGIC,
+  HEADER_SIZE,
+  INDEX_ENTRY_SIZE,
+  MAX_MANIFEST_RAW,
+  RECORD_CHUNK,
+  RECORD_HEADER_SIZE,
+  RECORD_INDEX,
+  RECORD_MANIFEST,
+  TRAILER_SIZE,
+  decodeHeader,
+  decodeRecordHeader,
+  decodeTrailer,
+  indexEntryAt,
+  indexFind,
+  type Header,
+  type Trailer,
+} from './format.ts';
+import { manifestProblem } from './manifest.ts';
+import { CHUNK_SIZE, type ChunkSource, type Manifest } from './types.ts';
+import { chunkUsage, describeUsage } from './usage.ts';
+
+export interface ChunkInfo {
+  id: string;
+  offset: number;
+  codec: number;
+  storedLength: number;
+  rawLength: number;
+}
+
+/** What open learns; shared with the writer (append) and compaction. */
+export interface Container {
+  fh: FileHandle;
+  path: string;
+  fileSize: number;
+  header: Header;
+  trailer: Trailer;
+  trailerOffset: number;
+  /** Raw index: sorted INDEX_ENTRY_SIZE-byte entries. */
+  index: Buffer;
+  manifest: Manifest;
+}
+
+export function ioError(path: string, what: string, err: unknown): ImageError {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  const why =
+    code === 'ENOENT'
+      ? 'no such file'
+      : code === 'EACCES' || code === 'EPERM'
+        ? 'permission denied'
+        : code === 'EISDIR'
+          ? 'it is a directory'
+          : code === 'ENOSPC'
+            ? 'no space left on the device'
+            : (err as Error)?.message;
+  return new ImageError(
+    'E_IMAGE_IO',
+    `cannot ${what} ${path}: ${why}`,
+    { path, errno: code },
+    { cause: err },
+  );
+}
+
+/** Reads exactly `length` bytes at `position`, or fewer only at end of file. */
+export async function readAt(fh: FileHandle, position: number, length: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length);
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await fh.read(buf, done, length - done, position + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  return done === length ? buf : buf.subarray(0, done);
+}
+
+export async function openContainer(path: string, flags: 'r' | 'r+' = 'r'): Promise<Container> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, flags);
+  } catch (err) {
+    throw ioError(path, 'open image', err);
+  }
+  try {
+    return await readContainer(fh, path);
+  } catch (err) {
+    await fh.close().catch(() => {});
+    if (err instanceof ImageError) throw err;
+    throw ioError(path, 'read image', err);
+  }
+}
+
+async function readContainer(fh: FileHandle, path: string): Promise<Container> {
+  const st = await fh.stat();
+  if (!st.isFile()) throw new ImageError('E_IMAGE_MAGIC', `${path} is not a regular file`, { path });
+  const fileSize = st.size;
+  const truncated = (what: string): ImageError =>
+    new ImageError('E_IMAGE_TRUNCATED', `${path} is cut short: ${what}`, { path, fileSize });
+  const corrupt = (structure: string, what: string): ImageError =>
+    new ImageError('E_IMAGE_CORRUPT', `${path}: the image ${structure} is damaged: ${what}`, {
+      path,
+      structure,
+    });
+
+  const head = await readAt(fh, 0, HEADER_SIZE);
+  if (head.length < HEADER_SIZE) {
+    const n = Math.min(head.length, HEADER_MAGIC.length);
+    if (head.subarray(0, n).equals(HEADER_MAGIC.subarray(0, n))) {
+      throw truncated(`${fileSize} bytes, shorter than the ${HEADER_SIZE}-byte header`);
+    }
+  }
+  const header = decodeHeader(
+    head.length < HEADER_SIZE ? Buffer.concat([head, Buffer.alloc(HEADER_SIZE)]) : head,
+    path,
+  );
+  if (fileSize < HEADER_SIZE + TRAILER_SIZE) throw truncated('no room for a trailer');
+  const trailerOffset = fileSize - TRAILER_SIZE;
+  const trailer = decodeTrailer(await readAt(fh, trailerOffset, TRAILER_SIZE), path);
+
+  const readRecord = async (
+    structure: string,
+    type: number,
+    offset: number,
+    length: number,
+    sha: Buffer,
+    maxRaw: number,
+  ): Promise<Buffer> => {
+    if (offset < HEADER_SIZE || length < RECORD_HEADER_SIZE || offset + length > trailerOffset) {
+      throw corrupt(structure, `the trailer points outside the file (offset ${offset}, length ${length})`);
+    }
+    const rec = await readAt(fh, offset, length);
+    if (rec.length < length) throw truncated(`the ${structure} at offset ${offset} is incomplete`);
+    const rh = decodeRecordHeader(rec);
+    if (!rh || rh.type !== type || rh.storedLength !== length - RECORD_HEADER_SIZE || !rh.sha.equals(sha)) {
+      throw corrupt(structure, `its record header at offset ${offset} does not match the trailer`);
+    }
+    if (rh.rawLength > maxRaw) throw corrupt(structure, `it claims ${rh.rawLength} bytes`);
+    try {
+      return decodeChunk(sha.toString('hex'), rh.codec, rec.subarray(RECORD_HEADER_SIZE), rh.rawLength);
+    } catch (err) {
+      throw corrupt(structure, `its content fails its SHA-256 (${(err as Error).message})`);
+    }
+  };
+
+  const maxIndex = Math.min(fileSize, trailer.chunkCount * INDEX_ENTRY_SIZE);
+  const index = await readRecord(
+    'index',
+    RECORD_INDEX,
+    trailer.indexOffset,
+    trailer.indexLength,
+    trailer.indexSha,
+    maxIndex,
+  );
+  if (index.length !== trailer.chunkCount * INDEX_ENTRY_SIZE) {
+    throw corrupt('index', `it holds ${index.length} bytes for ${trailer.chunkCount} chunks`);
+  }
+  for (let i = 0; i < trailer.chunkCount; i++) {
+    const p = i * INDEX_ENTRY_SIZE;
+    if (i > 0 && index.compare(index, p - INDEX_ENTRY_SIZE, p - INDEX_ENTRY_SIZE + 32, p, p + 32) <= 0) {
+      throw corrupt('index', `entry ${i} is out of order or duplicated`);
+    }
+    const e = indexEntryAt(index, i);
+    const bad =
+      e.offset < HEADER_SIZE ||
+      e.offset + RECORD_HEADER_SIZE + e.storedLength > trailerOffset ||
+      e.rawLength > CHUNK_SIZE ||
+      (e.codec !== CODEC_NONE && e.codec !== CODEC_ZSTD) ||
+      (e.codec === CODEC_NONE && e.storedLength !== e.rawLength);
+    if (bad) throw corrupt('index', `entry ${i} (chunk ${e.id}) is impossible`);
+  }
+
+  const mraw = await readRecord(
+    'manifest',
+    RECORD_MANIFEST,
+    trailer.manifestOffset,
+    trailer.manifestLength,
+    trailer.manifestSha,
+    MAX_MANIFEST_RAW,
+  );
+  let manifest: Manifest;
+  try {
+    manifest = JSON.parse(mraw.toString('utf8')) as Manifest;
+  } catch (err) {
+    throw corrupt('manifest', `it is not valid JSON (${(err as Error).message})`);
+  }
+  const problem = manifestProblem(manifest);
+  if (problem) throw corrupt('manifest', problem);
+  if (manifest.generation !== trailer.generation) {
+    throw corrupt(
+      'manifest',
+      `its generation ${manifest.generation} differs from the trailer's ${trailer.generation}`,
+    );
+  }
+  if (header.imageId !== '' && header.imageId !== manifest.imageId.toLowerCase()) {
+    throw corrupt('manifest', `its image id ${manifest.imageId} differs from the header's ${header.imageId}`);
+  }
+  return { fh, path, fileSize, header, trailer, trailerOffset, index, manifest };
+}
+
+export class ImageReader implements ChunkSource {
+  readonly path: string;
+  readonly manifest: Manifest;
+  readonly generation: number;
+  readonly fileSize: number;
+  /** Every chunk read through readChunk or readStored. */
+  readonly stats: { chunksRead: number; idsRead: Set<string> } = { chunksRead: 0, idsRead: new Set() };
+  #c: Container;
+
+  private constructor(c: Container) {
+    this.#c = c;
+    this.path = c.path;
+    this.manifest = c.manifest;
+    this.generation = c.trailer.generation;
+    this.fileSize = c.fileSize;
+  }
+
+  static async open(path: string): Promise<ImageReader> {
+    return new ImageReader(await openContainer(path));
+  }
+
+  get chunkCount(): number {
+    return this.#c.trailer.chunkCount;
+  }
+
+  chunk(id: string): ChunkInfo | undefined {
+    if (typeof id !== 'string' || !/^[0-9a-f]{64}$/.test(id)) return undefined;
+    const i = indexFind(this.#c.index, Buffer.from(id, 'hex'));
+    return i < 0 ? undefined : indexEntryAt(this.#c.index, i);
+  }
+
+  *chunkIds(): IterableIterator<string> {
+    for (let i = 0; i < this.#c.trailer.chunkCount; i++) {
+      const p = i * INDEX_ENTRY_SIZE;
+      yield this.#c.index.toString('hex', p, p + 32);
+    }
+  }
+
+  /** All index entries, for callers that read many chunks in file order. */
+  *chunkInfos(): IterableIterator<ChunkInfo> {
+    for (let i = 0; i < this.#c.trailer.chunkCount; i++) yield indexEntryAt(this.#c.index, i);
+  }
+
+  async readChunk(id: string): Promise<Buffer> {
+    const { info, stored } = await this.readStored(id);
+    try {
+      return decodeChunk(id, info.codec, stored, info.rawLength);
+    } catch (err) {
+      const reason = err instanceof ImageError ? err.details.reason : undefined;
+      throw this.#damaged(info, typeof reason === 'string' ? reason : String(err), err);
+    }
+  }
+
+  async readStored(id: string): Promise<{ info: ChunkInfo; stored: Buffer }> {
+    const info = this.chunk(id);
+    if (!info) {
+      const where = describeUsage(chunkUsage(this.manifest, id));
+      throw new ImageError('E_CHUNK_MISSING', `${this.path} does not hold chunk ${id} (${where})`, {
+        path: this.path,
+        chunk: id,
+        usage: chunkUsage(this.manifest, id),
+      });
+    }
+    let rec: Buffer;
+    try {
+      rec = await readAt(this.#c.fh, info.offset, RECORD_HEADER_SIZE + info.storedLength);
+    } catch (err) {
+      throw ioError(this.path, `read chunk ${id} at offset ${info.offset} of`, err);
+    }
+    this.stats.chunksRead++;
+    this.stats.idsRead.add(id);
+    if (rec.length < RECORD_HEADER_SIZE + info.storedLength) {
+      throw this.#damaged(info, 'the file ends inside its record');
+    }
+    const rh = decodeRecordHeader(rec);
+    const ok =
+      rh &&
+      rh.type === RECORD_CHUNK &&
+      rh.codec === info.codec &&
+      rh.storedLength === info.storedLength &&
+      rh.rawLength === info.rawLength &&
+      rh.sha.toString('hex') === id;
+    if (!ok) throw this.#damaged(info, 'its record header is damaged');
+    return { info, stored: rec.subarray(RECORD_HEADER_SIZE) };
+  }
+
+  async close(): Promise<void> {
+    await this.#c.fh.close();
+  }
+
+  #damaged(info: ChunkInfo, reason: string, cause?: unknown): ImageError {
+    const usage = chunkUsage(this.manifest, info.id);
+    return new ImageError(
+      'E_CHUNK_CORRUPT',
+      `${this.path}: chunk ${info.id} at offset ${info.offset} is damaged (${reason}); it holds data of ${describeUsage(usage)}`,
+      { path: this.path, chunk: info.id, offset: info.offset, reason, usage },
+      { cause },
+    );
+  }
+}

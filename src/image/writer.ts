@@ -1,0 +1,419 @@
+/**
+ * Writing an image: create (a new file, under `<path>.partial` until commit) or
+ * append (the next generation after the current trailer). Chunks are hashed on the
+ * caller's thread, compressed on every core, and appended as they finish; the
+ * caller is held back only while too many bytes are in flight.
+ *
+ * Crash and failure rules: a created image appears under its name only after a
+ * complete, fsynced commit; an append never rewrites a byte of the old generation
+ * and, on failure, truncates the file back to its old length.
+ */
+import { link, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
+
+import { CODEC_NONE, chunkId, encodeChunk } from './codec.ts';
+import { ImageError } from './errors.ts';
+import {
+  HEADER_SIZE,
+  MAX_MANIFEST_RAW,
+  RECORD_CHUNK,
+  RECORD_HEADER_SIZE,
+  RECORD_INDEX,
+  RECORD_MANIFEST,
+  TRAILER_SIZE,
+  encodeHeader,
+  encodeIndex,
+  encodeRecordHeader,
+  encodeTrailer,
+  indexEntryAt,
+  type IndexEntry,
+} from './format.ts';
+import { manifestProblem, manifestReferences } from './manifest.ts';
+import { CompressPool } from './pool.ts';
+import { ioError, openContainer } from './reader.ts';
+import {
+  CHUNK_SIZE,
+  COMPRESSION_LEVELS,
+  FORMAT_VERSION,
+  type ChunkRef,
+  type ChunkSink,
+  type CompressionLevel,
+  type Manifest,
+} from './types.ts';
+import { describeUsage } from './usage.ts';
+
+/** Raw bytes accepted but not yet on disk before putChunk makes its caller wait. */
+export const MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
+
+interface WriterState {
+  path: string;
+  file: string;
+  fh: FileHandle;
+  mode: 'create' | 'append';
+  level: CompressionLevel;
+  overwrite: boolean;
+  baseLength: number;
+  generation: number;
+  previousTrailer: number;
+  imageId: string;
+  index: Map<string, IndexEntry>;
+}
+
+export class ImageWriter implements ChunkSink {
+  /** The image's final path. */
+  readonly path: string;
+  readonly level: CompressionLevel;
+  /** Chunks stored by this writer (unique) and their raw / on-disk payload sizes; deduplicated puts counted apart. */
+  readonly stats = { chunksStored: 0, chunksDeduplicated: 0, rawBytes: 0, storedBytes: 0 };
+  #s: WriterState;
+  #end: number;
+  #inflight = new Map<string, Promise<void>>();
+  #inflightBytes = 0;
+  #waiters: Array<() => void> = [];
+  #failure: Error | undefined;
+  #closed = false;
+
+  private constructor(s: WriterState) {
+    this.#s = s;
+    this.path = s.path;
+    this.level = s.level;
+    this.#end = s.baseLength;
+  }
+
+  static async create(
+    path: string,
+    opts: { level: CompressionLevel; overwrite?: boolean },
+  ): Promise<ImageWriter> {
+    if (!COMPRESSION_LEVELS.includes(opts.level)) {
+      throw new ImageError('E_MANIFEST_INVALID', `unknown compression level ${String(opts.level)}`, {
+        level: opts.level,
+      });
+    }
+    const overwrite = opts.overwrite === true;
+    if (!overwrite && (await exists(path))) {
+      throw new ImageError('E_IMAGE_EXISTS', `${path} already exists; refusing to overwrite it`, { path });
+    }
+    const file = `${path}.partial`;
+    let fh: FileHandle;
+    try {
+      // A leftover .partial is a capture that never committed: nothing refers to it.
+      fh = await open(file, 'w');
+      await writeAll(fh, [encodeHeader({ version: FORMAT_VERSION, flags: 0, imageId: '' })], 0);
+    } catch (err) {
+      throw ioError(file, 'create image', err);
+    }
+    return new ImageWriter({
+      path,
+      file,
+      fh,
+      mode: 'create',
+      level: opts.level,
+      overwrite,
+      baseLength: HEADER_SIZE,
+      generation: 0,
+      previousTrailer: 0,
+      imageId: '',
+      index: new Map(),
+    });
+  }
+
+  static async append(path: string): Promise<{ writer: ImageWriter; manifest: Manifest }> {
+    const c = await openContainer(path, 'r+');
+    const index = new Map<string, IndexEntry>();
+    for (let i = 0; i < c.trailer.chunkCount; i++) {
+      const e = indexEntryAt(c.index, i);
+      index.set(e.id, e);
+    }
+    const writer = new ImageWriter({
+      path,
+      file: path,
+      fh: c.fh,
+      mode: 'append',
+      level: c.manifest.level,
+      overwrite: false,
+      baseLength: c.fileSize,
+      generation: c.trailer.generation,
+      previousTrailer: c.trailerOffset,
+      imageId: c.manifest.imageId,
+      index,
+    });
+    return { writer, manifest: c.manifest };
+  }
+
+  hasChunk(id: string): boolean {
+    return this.#s.index.has(id) || this.#inflight.has(id);
+  }
+
+  async putChunk(raw: Buffer): Promise<ChunkRef> {
+    this.#check();
+    if (!Buffer.isBuffer(raw)) throw new TypeError('putChunk needs a Buffer');
+    if (raw.length > CHUNK_SIZE) {
+      throw new ImageError(
+        'E_CHUNK_SIZE',
+        `a chunk of ${raw.length} bytes exceeds the ${CHUNK_SIZE}-byte limit`,
+        {
+          rawLength: raw.length,
+        },
+      );
+    }
+    const id = chunkId(raw);
+    const ref = { id, rawLength: raw.length };
+    if (this.hasChunk(id)) {
+      this.stats.chunksDeduplicated++;
+      return ref;
+    }
+    const size = raw.length;
+    this.#inflightBytes += size;
+    const job = this.#store(id, raw)
+      .catch((err: unknown) => {
+        this.#failure ??= err instanceof ImageError ? err : ioError(this.#s.file, 'write chunk to', err);
+      })
+      .finally(() => {
+        this.#inflightBytes -= size;
+        this.#inflight.delete(id);
+        for (const w of this.#waiters.splice(0)) w();
+      });
+    this.#inflight.set(id, job);
+    while (this.#inflightBytes > MAX_IN_FLIGHT_BYTES && !this.#failure) {
+      await new Promise<void>((resolve) => this.#waiters.push(resolve));
+    }
+    this.#check();
+    return ref;
+  }
+
+  /**
+   * Waits for every pending chunk, checks the manifest against the stored chunks,
+   * writes manifest, index and trailer, fsyncs and (create) renames into place.
+   * The writer is closed afterwards. On any failure the image is left exactly as
+   * before (append) or not created (create), and the error is thrown.
+   */
+  async commit(manifest: Manifest): Promise<void> {
+    this.#check();
+    try {
+      await this.#settle();
+      if (this.#failure) throw this.#failure;
+      const generation = this.#s.generation + 1;
+      const m: Manifest = { ...manifest, formatVersion: FORMAT_VERSION, generation, level: this.level };
+      const problem = manifestProblem(m);
+      if (problem) {
+        throw new ImageError('E_MANIFEST_INVALID', `cannot commit ${this.path}: ${problem}`, {
+          path: this.path,
+        });
+      }
+      if (this.#s.mode === 'append' && m.imageId !== this.#s.imageId) {
+        throw new ImageError(
+          'E_MANIFEST_INVALID',
+          `cannot commit ${this.path}: the manifest's image id ${m.imageId} is not this image's ${this.#s.imageId}`,
+          { path: this.path },
+        );
+      }
+      this.#checkReferences(m);
+      const json = Buffer.from(JSON.stringify(m), 'utf8');
+      if (json.length > MAX_MANIFEST_RAW) {
+        throw new ImageError(
+          'E_MANIFEST_INVALID',
+          `the manifest of ${this.path} is too large (${json.length} bytes)`,
+          {
+            path: this.path,
+          },
+        );
+      }
+      await this.#writeCommit(json, generation, m.imageId);
+      this.#closed = true;
+    } catch (err) {
+      await this.abort().catch(() => {});
+      throw err;
+    }
+  }
+
+  /** Drops everything written since create/append; safe to call more than once. */
+  async abort(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#settle();
+    const { fh, file, mode, baseLength } = this.#s;
+    try {
+      if (mode === 'append') {
+        await fh.truncate(baseLength);
+        await fh.sync();
+      }
+    } finally {
+      await fh.close().catch(() => {});
+      if (mode === 'create') await unlink(file).catch(() => {});
+    }
+  }
+
+  #check(): void {
+    if (this.#failure) throw this.#failure;
+    if (this.#closed) {
+      throw new ImageError('E_IMAGE_IO', `the writer of ${this.path} is already committed or aborted`, {
+        path: this.path,
+      });
+    }
+  }
+
+  async #settle(): Promise<void> {
+    while (this.#inflight.size > 0) await Promise.all(this.#inflight.values());
+  }
+
+  async #store(id: string, raw: Buffer): Promise<void> {
+    // Both branches take their own copy before the first await: the caller may reuse `raw`.
+    const { codec, stored } =
+      this.level === 'none'
+        ? { codec: CODEC_NONE, stored: Buffer.from(raw) }
+        : await CompressPool.shared().compress(raw, this.level);
+    if (this.#closed) return;
+    const head = encodeRecordHeader({
+      type: RECORD_CHUNK,
+      codec,
+      rawLength: raw.length,
+      storedLength: stored.length,
+      sha: Buffer.from(id, 'hex'),
+    });
+    const offset = this.#end;
+    this.#end += head.length + stored.length;
+    await writeAll(this.#s.fh, [head, stored], offset);
+    this.#s.index.set(id, { id, offset, codec, storedLength: stored.length, rawLength: raw.length });
+    this.stats.chunksStored++;
+    this.stats.rawBytes += raw.length;
+    this.stats.storedBytes += stored.length;
+  }
+
+  #checkReferences(m: Manifest): void {
+    const missing = new Map<string, string[]>();
+    for (const ref of manifestReferences(m)) {
+      const e = this.#s.index.get(ref.chunk);
+      if (!e) {
+        let l = missing.get(ref.chunk);
+        if (!l) missing.set(ref.chunk, (l = []));
+        l.push(describeUsage([ref.use]));
+        continue;
+      }
+      if (ref.chunkOffset + ref.length > e.rawLength) {
+        throw new ImageError(
+          'E_EXTENT_RANGE',
+          `cannot commit ${this.path}: ${describeUsage([ref.use])} reads bytes ${ref.chunkOffset}..${ref.chunkOffset + ref.length} of chunk ${ref.chunk}, which holds only ${e.rawLength}`,
+          { path: this.path, chunk: ref.chunk, use: ref.use },
+        );
+      }
+    }
+    if (missing.size > 0) {
+      const [first, uses] = missing.entries().next().value as [string, string[]];
+      throw new ImageError(
+        'E_CHUNK_MISSING',
+        `cannot commit ${this.path}: ${missing.size} chunk(s) referenced by the manifest were never stored, e.g. ${first} (${uses[0]})`,
+        { path: this.path, chunks: [...missing.keys()].slice(0, 100), missingCount: missing.size },
+      );
+    }
+  }
+
+  async #writeCommit(json: Buffer, generation: number, imageId: string): Promise<void> {
+    const { fh, file } = this.#s;
+    try {
+      const mEnc = encodeChunk(json, 'balanced');
+      const mSha = Buffer.from(chunkId(json), 'hex');
+      const mHead = encodeRecordHeader({
+        type: RECORD_MANIFEST,
+        codec: mEnc.codec,
+        rawLength: json.length,
+        storedLength: mEnc.stored.length,
+        sha: mSha,
+      });
+      const manifestOffset = this.#end;
+      const manifestLength = mHead.length + mEnc.stored.length;
+      const idx = encodeIndex(this.#s.index.values());
+      const iSha = Buffer.from(chunkId(idx), 'hex');
+      const iHead = encodeRecordHeader({
+        type: RECORD_INDEX,
+        codec: CODEC_NONE,
+        rawLength: idx.length,
+        storedLength: idx.length,
+        sha: iSha,
+      });
+      const indexOffset = manifestOffset + manifestLength;
+      const indexLength = RECORD_HEADER_SIZE + idx.length;
+      const trailer = encodeTrailer({
+        version: FORMAT_VERSION,
+        generation,
+        manifestOffset,
+        manifestLength,
+        indexOffset,
+        indexLength,
+        previousTrailer: this.#s.previousTrailer,
+        chunkCount: this.#s.index.size,
+        manifestSha: mSha,
+        indexSha: iSha,
+      });
+      // Data first, then the trailer in its own synced write: a crash between them leaves no valid trailer at EOF
+      // rather than a trailer over unsynced records.
+      await writeAll(fh, [mHead, mEnc.stored, iHead, idx], manifestOffset);
+      if (this.#s.mode === 'create') {
+        await writeAll(fh, [encodeHeader({ version: FORMAT_VERSION, flags: 0, imageId })], 0);
+      }
+      await fh.sync();
+      const end = indexOffset + indexLength;
+      await writeAll(fh, [trailer], end);
+      await fh.truncate(end + TRAILER_SIZE);
+      await fh.sync();
+      await fh.close();
+    } catch (err) {
+      throw ioError(file, 'commit image', err);
+    }
+    if (this.#s.mode === 'create') await this.#publish();
+  }
+
+  async #publish(): Promise<void> {
+    const { file, path, overwrite } = this.#s;
+    try {
+      if (overwrite) {
+        await rename(file, path);
+      } else {
+        // link() fails if the name appeared meanwhile, where rename() would silently replace it.
+        await link(file, path);
+        await unlink(file);
+      }
+    } catch (err) {
+      await unlink(file).catch(() => {});
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+        throw new ImageError(
+          'E_IMAGE_EXISTS',
+          `${path} appeared while the image was written; refusing to overwrite it`,
+          {
+            path,
+          },
+        );
+      }
+      throw ioError(path, 'publish image', err);
+    }
+    await fsyncDir(dirname(path));
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r').catch(() => undefined);
+  if (!fh) return;
+  await fh.sync().catch(() => {});
+  await fh.close().catch(() => {});
+}
+
+/** writev may write less than asked; finish the rest. */
+export async function writeAll(fh: FileHandle, bufs: Buffer[], position: number): Promise<void> {
+  const total = bufs.reduce((n, b) => n + b.length, 0);
+  let done = (await fh.writev(bufs, position)).bytesWritten;
+  if (done === total) return;
+  const all = Buffer.concat(bufs);
+  while (done < total) {
+    const { bytesWritten } = await fh.write(all, done, total - done, position + done);
+    if (bytesWritten === 0) throw new Error('write made no progress');
+    done += bytesWritten;
+  }
+}
