@@ -460,16 +460,8 @@ class TreeRestoreImpl implements RestoreSink {
         this.root,
         withXattrs.map((i) => ({ path: i.rel, xattrs: i.entry.xattrs! })),
       );
-      for (const i of live) {
-        if (i.entry.type === 'symlink') continue;
-        try {
-          chmodSync(i.abs, i.entry.mode & 0o7777);
-        } catch (err) {
-          throw restoreError(i.abs, 'cannot set mode', err);
-        }
-      }
     }
-    this.applyTimes(live);
+    this.applyModesAndTimes(live);
   }
 
   applyOwners(live: Item[]): void {
@@ -485,12 +477,23 @@ class TreeRestoreImpl implements RestoreSink {
     if (denied > 0) this.warn(`not running as root: owners not restored on ${denied} entries`);
   }
 
-  /** Directories last and deepest first, so creating and linking children no longer touches their times. */
-  applyTimes(live: Item[]): void {
+  /**
+   * Modes after owners (chown clears setuid), then times. Directories come last and
+   * deepest first: nothing touches their times any more, and a directory made
+   * unsearchable (0o000 as a non-root user) no longer blocks its children.
+   */
+  applyModesAndTimes(live: Item[]): void {
     const nonDirs = live.filter((i) => i.entry.type !== 'dir');
     const dirs = live.filter((i) => i.entry.type === 'dir').sort((a, b) => b.depth - a.depth);
     const linked = new Set(this.links.map((l) => l.item));
     for (const i of [...nonDirs, ...dirs]) {
+      if (!this.vfat && i.entry.type !== 'symlink') {
+        try {
+          chmodSync(i.abs, i.entry.mode & 0o7777);
+        } catch (err) {
+          throw restoreError(i.abs, 'cannot set mode', err);
+        }
+      }
       if (linked.has(i)) continue; // shares its inode with the holder, whose times are the same
       try {
         lutimesSync(i.abs, nsToSeconds(i.entry.atimeNs), nsToSeconds(i.entry.mtimeNs));

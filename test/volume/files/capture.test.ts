@@ -5,16 +5,16 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { captureTree, type CaptureProgress } from '../../../src/volume/files/capture.ts';
 import { CHUNK_SIZE, type FileEntry } from '../../../src/image/types.ts';
-import { isRoot, skipUnless, tempDir } from '../../helpers/env.ts';
+import { isRoot, skipUnless } from '../../helpers/env.ts';
 import { MemChunkStore } from './memstore.ts';
-import { buildTree, NS_MTIME, SMALL_FILES, bytes } from './tree.ts';
+import { buildTree, scratchDir, NS_MTIME, SMALL_FILES, bytes } from './tree.ts';
 
 function byPath(entries: FileEntry[]): Map<string, FileEntry> {
   return new Map(entries.map((e) => [e.path, e]));
 }
 
 test('capture keeps every kind of entry with its metadata, parents first', async (t) => {
-  const root = await tempDir(t);
+  const root = await scratchDir(t);
   buildTree(root, { rootOnly: false });
   const store = new MemChunkStore();
   const progress: CaptureProgress[] = [];
@@ -54,7 +54,7 @@ test('capture keeps every kind of entry with its metadata, parents first', async
 });
 
 test('big files are cut into CHUNK_SIZE pieces aligned at the file start', async (t) => {
-  const root = await tempDir(t);
+  const root = await scratchDir(t);
   buildTree(root, { rootOnly: false });
   const store = new MemChunkStore();
   const big = byPath(await captureTree(root, store)).get('big.bin')!;
@@ -73,7 +73,7 @@ test('big files are cut into CHUNK_SIZE pieces aligned at the file start', async
 });
 
 test('small files are packed, duplicates stored once, a file may span two packs', async (t) => {
-  const root = await tempDir(t);
+  const root = await scratchDir(t);
   buildTree(root, { rootOnly: false });
   const store = new MemChunkStore();
   const entries = await captureTree(root, store);
@@ -117,7 +117,7 @@ test('small files are packed, duplicates stored once, a file may span two packs'
 });
 
 test('sparse files keep only their data blocks; zero-filled ordinary files keep their zeros', async (t) => {
-  const root = await tempDir(t);
+  const root = await scratchDir(t);
   buildTree(root, { rootOnly: false });
   const store = new MemChunkStore();
   const m = byPath(await captureTree(root, store));
@@ -136,7 +136,7 @@ test('sparse files keep only their data blocks; zero-filled ordinary files keep 
 });
 
 test('hard links share a group and each name carries the extents', async (t) => {
-  const root = await tempDir(t);
+  const root = await scratchDir(t);
   buildTree(root, { rootOnly: false });
   const m = byPath(await captureTree(root, new MemChunkStore()));
   const [one, two, three] = ['hard/one', 'hard/two', 'hard/sub/three'].map((p) => m.get(p)!);
@@ -149,7 +149,7 @@ test('hard links share a group and each name carries the extents', async (t) => 
 });
 
 test('--at places the tree under a path; abort stops the walk', async (t) => {
-  const root = await tempDir(t);
+  const root = await scratchDir(t);
   mkdirSync(join(root, 'd'));
   writeFileSync(join(root, 'd/f'), 'x');
   const entries = await captureTree(root, new MemChunkStore(), { at: '/opt/./drivers/' });
@@ -165,7 +165,7 @@ test('--at places the tree under a path; abort stops the walk', async (t) => {
 });
 
 test('capture of a missing or non-directory source fails clearly', async (t) => {
-  const root = await tempDir(t);
+  const root = await scratchDir(t);
   await assert.rejects(captureTree(join(root, 'nope'), new MemChunkStore()), { code: 'E_CAPTURE_IO' });
   writeFileSync(join(root, 'file'), 'x');
   await assert.rejects(captureTree(join(root, 'file'), new MemChunkStore()), {
@@ -181,7 +181,7 @@ test('one-file-system: a mount below the root is recorded but not entered (root)
   t.after(() => {
     for (const m of mounted) execFileSync('umount', [m]);
   });
-  const root = await tempDir(t);
+  const root = await scratchDir(t);
   mkdirSync(join(root, 'mnt'));
   writeFileSync(join(root, 'top'), 'x');
   execFileSync('mount', ['-t', 'tmpfs', 'imgcast-test', join(root, 'mnt')]);

@@ -14,9 +14,9 @@ import { test, type TestContext } from 'node:test';
 import type { FileEntry } from '../../../src/image/types.ts';
 import { captureTree } from '../../../src/volume/files/capture.ts';
 import { createTreeRestore, type TreeRestore } from '../../../src/volume/files/restore.ts';
-import { isRoot, loopUnavailable, skipUnless, tempDir } from '../../helpers/env.ts';
+import { isRoot, loopUnavailable, skipUnless } from '../../helpers/env.ts';
 import { MemChunkStore } from './memstore.ts';
-import { buildTree, snapshot, xattrDump, type Snap } from './tree.ts';
+import { buildTree, scratchDir, snapshot, xattrDump, type Snap } from './tree.ts';
 
 function shuffled<T>(items: T[], seed: number): T[] {
   const out = [...items];
@@ -37,7 +37,7 @@ async function runRestore(restore: TreeRestore, store: MemChunkStore, seed = 42)
 }
 
 async function captured(t: TestContext, rootOnly: boolean) {
-  const src = await tempDir(t);
+  const src = await scratchDir(t);
   const notes = buildTree(src, { rootOnly });
   const store = new MemChunkStore();
   const entries = await captureTree(src, store);
@@ -63,7 +63,7 @@ function assertSameTree(got: Map<string, Snap>, want: Map<string, Snap>): void {
 
 test('round trip of every kind of entry, chunks in shuffled order', async (t) => {
   const { src, store, entries } = await captured(t, false);
-  const dst = await tempDir(t);
+  const dst = await scratchDir(t);
   const restore = createTreeRestore(entries, dst, { fileset: 1, fsType: 'ext4' });
   assert.ok(restore.progress().bytesTotal > 0);
   await runRestore(restore, store);
@@ -91,7 +91,7 @@ test('round trip as root: device nodes, owners, setuid on foreign owners, truste
   if (skipUnless(t, isRoot() ? undefined : 'needs root for device nodes and owners')) return;
   const { src, notes, store, entries } = await captured(t, true);
   t.diagnostic(notes.length ? `not set up: ${notes.join('; ')}` : 'all xattr namespaces available');
-  const dst = await tempDir(t);
+  const dst = await scratchDir(t);
   const restore = createTreeRestore(entries, dst, { fileset: 1, fsType: 'ext4' });
   await runRestore(restore, store, 7);
   const got = snapshot(dst);
@@ -107,7 +107,7 @@ test('round trip as root: device nodes, owners, setuid on foreign owners, truste
 
 test('finish() rejects naming the missing chunks and files', async (t) => {
   const { store, entries } = await captured(t, false);
-  const dst = await tempDir(t);
+  const dst = await scratchDir(t);
   const restore = createTreeRestore(entries, dst, { fileset: 1, fsType: 'ext4' });
   await restore.prepare();
   const ids = [...restore.needed];
@@ -125,7 +125,7 @@ test('finish() rejects naming the missing chunks and files', async (t) => {
 
 test('a chunk shorter than its extents is reported as a corrupt image, not written', async (t) => {
   const { store, entries } = await captured(t, false);
-  const dst = await tempDir(t);
+  const dst = await scratchDir(t);
   const restore = createTreeRestore(entries, dst, { fileset: 1, fsType: 'ext4' });
   await restore.prepare();
   const id = entries.find((e) => e.path === 'big.bin')!.extents![0]!.chunk;
@@ -143,7 +143,7 @@ test('file-set restore skips excluded entries, creates their needed parents, nee
   for (const e of entries) if (e.path.startsWith('small/') && e.path !== 'small/f0003') e.excludedFrom = set2;
   mark('big.bin');
   mark('hard/one'); // the data of the hard-link group moves to the next included name
-  const dst = await tempDir(t);
+  const dst = await scratchDir(t);
   const restore = createTreeRestore(entries, dst, { fileset: 2, fsType: 'ext4' });
   const bigChunks = entries.find((e) => e.path === 'big.bin')!.extents!.map((x) => x.chunk);
   for (const id of bigChunks) assert.ok(!restore.needed.has(id));
@@ -157,14 +157,14 @@ test('file-set restore skips excluded entries, creates their needed parents, nee
   assert.equal(readFileSync(join(dst, 'hard/sub/three')).length, 70000);
 
   // Set 1 still holds everything.
-  const dst1 = await tempDir(t);
+  const dst1 = await scratchDir(t);
   const all = createTreeRestore(entries, dst1, { fileset: 1, fsType: 'ext4' });
   for (const id of bigChunks) assert.ok(all.needed.has(id));
 });
 
 test('vfat mode skips what vfat cannot hold, with warnings, and writes the rest', async (t) => {
   const { src, store, entries } = await captured(t, false);
-  const dst = await tempDir(t);
+  const dst = await scratchDir(t);
   const warnings: string[] = [];
   const restore = createTreeRestore(entries, dst, {
     fileset: 1,
@@ -207,7 +207,7 @@ test('restore onto a real vfat filesystem (loop device)', async (t) => {
   t.after(() => {
     for (const m of mounts) execFileSync('umount', [m]);
   });
-  const work = await tempDir(t);
+  const work = await scratchDir(t);
   const img = join(work, 'fat.img');
   execFileSync('truncate', ['-s', '64M', img]);
   execFileSync('mkfs.vfat', ['-F', '32', img], { stdio: 'ignore' });
@@ -216,7 +216,7 @@ test('restore onto a real vfat filesystem (loop device)', async (t) => {
   execFileSync('mount', ['-o', 'loop', img, mnt]);
   mounts.push(mnt);
 
-  const src = await tempDir(t);
+  const src = await scratchDir(t);
   mkdirSync(join(src, 'EFI/BOOT'), { recursive: true });
   writeFileSync(join(src, 'EFI/BOOT/BOOTX64.EFI'), Buffer.alloc(300000, 7));
   writeFileSync(join(src, 'README'), 'readme');
@@ -250,7 +250,7 @@ function entry(path: string, type: FileEntry['type'], extra: Partial<FileEntry> 
 }
 
 test('paths leaving the target are refused before anything is written', async (t) => {
-  const dst = await tempDir(t);
+  const dst = await scratchDir(t);
   for (const bad of ['../x', '/etc/passwd', 'a/../../x', 'a//b', './a', '']) {
     assert.throws(
       () =>
@@ -265,8 +265,8 @@ test('paths leaving the target are refused before anything is written', async (t
 });
 
 test('a symlink in the image cannot be used to write outside the target', async (t) => {
-  const outside = await tempDir(t);
-  const dst = await tempDir(t);
+  const outside = await scratchDir(t);
+  const dst = await scratchDir(t);
   const entries = [
     entry('.', 'dir', { mode: 0o755 }),
     entry('evil', 'symlink', { linkTarget: outside }),
@@ -278,9 +278,9 @@ test('a symlink in the image cannot be used to write outside the target', async 
 });
 
 test('symlinks already in the target are replaced, never written through', async (t) => {
-  const outside = await tempDir(t);
+  const outside = await scratchDir(t);
   writeFileSync(join(outside, 'victim'), 'keep me');
-  const dst = await tempDir(t);
+  const dst = await scratchDir(t);
   symlinkSync(join(outside, 'victim'), join(dst, 'file'));
   symlinkSync(outside, join(dst, 'dir'));
   const store = new MemChunkStore();
@@ -306,7 +306,7 @@ test('round trip onto a fresh ext4 filesystem (loop device), as the disk layer u
   t.after(() => {
     for (const m of mounts) execFileSync('umount', [m]);
   });
-  const work = await tempDir(t);
+  const work = await scratchDir(t);
   const img = join(work, 'ext4.img');
   execFileSync('truncate', ['-s', '128M', img]);
   execFileSync('mkfs.ext4', ['-q', '-F', img]);

@@ -21,8 +21,24 @@ import {
   lutimesSync,
   chownSync,
 } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { TestContext } from 'node:test';
 import { CHUNK_SIZE } from '../../../src/image/types.ts';
+
+/**
+ * Like tempDir from test/helpers, but also removable when the tree holds read-only
+ * directories and the tests run as an ordinary user.
+ */
+export async function scratchDir(t: TestContext): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'imgcast-files-'));
+  t.after(async () => {
+    spawnSync('chmod', ['-R', 'u+rwx', dir]);
+    await rm(dir, { recursive: true, force: true });
+  });
+  return dir;
+}
 
 /** Deterministic incompressible-ish bytes, so packs and pieces hold real data. */
 export function bytes(seed: number, length: number): Buffer {
@@ -82,6 +98,11 @@ export function buildTree(root: string, opts: { rootOnly: boolean }): string[] {
   chmodSync(join(root, 'sticky'), 0o1777);
   w('readonly', 'ro');
   chmodSync(join(root, 'readonly'), 0o400);
+
+  // Read-only directory: its children must still be restored and get their metadata.
+  mkdirSync(join(root, 'locked'));
+  w('locked/inside', 'in a read-only directory');
+  chmodSync(join(root, 'locked'), 0o500);
 
   mkdirSync(join(root, 'odd'));
   for (const n of ODD_NAMES) w(`odd/${n}`, n);
