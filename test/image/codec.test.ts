@@ -1,0 +1,76 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { test } from 'node:test';
+import zlib from 'node:zlib';
+
+import { CODEC_NONE, CODEC_ZSTD, chunkId, decodeChunk, encodeChunk } from '../../src/image/codec.ts';
+import { ImageError } from '../../src/image/errors.ts';
+import { COMPRESSION_LEVELS } from '../../src/image/types.ts';
+import { textData } from './fixtures.ts';
+
+test('chunkId is the lowercase hex SHA-256 of the content', () => {
+  assert.equal(
+    chunkId(Buffer.from('abc')),
+    'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad',
+  );
+});
+
+test('every level round-trips compressible, incompressible and empty data', () => {
+  const samples = [textData(200_000), randomBytes(50_000), Buffer.alloc(0), Buffer.alloc(1 << 20)];
+  for (const level of COMPRESSION_LEVELS) {
+    for (const raw of samples) {
+      const { codec, stored } = encodeChunk(raw, level);
+      assert.deepEqual(decodeChunk(chunkId(raw), codec, stored, raw.length), raw, `${level} ${raw.length}`);
+      if (level === 'none' || raw.length === 0) assert.equal(codec, CODEC_NONE);
+    }
+  }
+});
+
+test('compressible data is compressed, incompressible data is stored as is', () => {
+  const text = encodeChunk(textData(200_000), 'balanced');
+  assert.equal(text.codec, CODEC_ZSTD);
+  assert.ok(text.stored.length < 100_000);
+  const rnd = randomBytes(100_000);
+  const r = encodeChunk(rnd, 'size');
+  assert.equal(r.codec, CODEC_NONE);
+  assert.equal(r.stored.length, rnd.length);
+});
+
+test('higher levels do not compress worse on text', () => {
+  const raw = textData(1 << 20, 3);
+  const sizes = (['speed', 'balanced', 'size'] as const).map((l) => encodeChunk(raw, l).stored.length);
+  assert.ok(sizes[0]! >= sizes[1]! && sizes[1]! >= sizes[2]!, String(sizes));
+});
+
+function assertCorrupt(f: () => unknown, pattern?: RegExp): void {
+  assert.throws(f, (err: unknown) => {
+    assert.ok(err instanceof ImageError);
+    assert.equal(err.code, 'E_CHUNK_CORRUPT');
+    if (pattern) assert.match(err.message, pattern);
+    return true;
+  });
+}
+
+test('decodeChunk rejects wrong content, wrong length, bad codec and garbage', () => {
+  const raw = textData(100_000);
+  const id = chunkId(raw);
+  const { codec, stored } = encodeChunk(raw, 'balanced');
+  const flipped = Buffer.from(stored);
+  flipped[flipped.length >> 1]! ^= 0x10;
+  assertCorrupt(() => decodeChunk(id, codec, flipped, raw.length), new RegExp(id));
+  assertCorrupt(() => decodeChunk(id, codec, stored, raw.length - 1));
+  assertCorrupt(() => decodeChunk(id, codec, stored, raw.length + 1));
+  assertCorrupt(() => decodeChunk(id, 7, stored, raw.length), /codec/);
+  assertCorrupt(() => decodeChunk(id, CODEC_ZSTD, randomBytes(1000), raw.length));
+  assertCorrupt(() => decodeChunk('nothex', CODEC_NONE, raw, raw.length));
+  assertCorrupt(() => decodeChunk(chunkId(Buffer.from('x')), CODEC_NONE, raw, raw.length), /SHA-256/);
+  assertCorrupt(() => decodeChunk(id, CODEC_NONE, raw, -1));
+});
+
+test('a decompression bomb stops at the claimed raw length', () => {
+  // 64 MiB of zeros compresses to a few KiB; claiming 1000 bytes must not inflate it.
+  const bomb = zlib.zstdCompressSync(Buffer.alloc(64 << 20));
+  const before = process.memoryUsage().arrayBuffers;
+  assertCorrupt(() => decodeChunk(chunkId(Buffer.alloc(1000)), CODEC_ZSTD, bomb, 1000));
+  assert.ok(process.memoryUsage().arrayBuffers - before < 32 << 20);
+});
