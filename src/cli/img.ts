@@ -1,0 +1,330 @@
+/**
+ * `img`: the workstation engine. Captures and restores disks, folders and partitions,
+ * browses and edits images, and receives multicast sessions.
+ */
+import { Command, Option } from 'commander';
+import { UsageError } from '../errors.ts';
+import {
+  addToImage,
+  describeImage,
+  extractPaths,
+  listFilesets,
+  listPath,
+  removeFromImage,
+  setExcluded,
+  statPath,
+} from '../engine/explorer.ts';
+import { makeImage } from '../engine/make.ts';
+import { restoreImage } from '../engine/restore.ts';
+import { compactImage } from '../image/compact.ts';
+import { ImageReader } from '../image/reader.ts';
+import { COMPRESSION_LEVELS, DEFAULT_LEVEL, type CompressionLevel } from '../image/types.ts';
+import { verifyImage } from '../image/verify.ts';
+import { emit, formatBytes, runCommand, startProgress } from './output.ts';
+import { describeListing, describeInfo, describeVerify } from './render.ts';
+import { addReceiveCommand } from './receive.ts';
+
+export function parseFileset(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < 1 || n > 10)
+    throw new UsageError(`file set must be 1 to 10, not "${value}"`);
+  return n;
+}
+
+const json = () => new Option('--json', 'print the result as JSON for scripts');
+const fileset = () => new Option('-f, --fileset <n>', 'file set 1-10 (default 1)').argParser(parseFileset);
+
+export function buildImgProgram(): Command {
+  const program = new Command('img')
+    .description('imgcast workstation engine: capture, restore, explore and receive disk images')
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command('make')
+    .description('capture a folder, a whole disk (device or disk-image file) or a partition into an image')
+    .argument('<source>', 'folder, disk device (/dev/sda), disk-image file, or partition (/dev/sda2)')
+    .argument('<image>', 'image file to create (.imgc)')
+    .addOption(
+      new Option('-l, --level <level>', 'compression: none trades network for CPU, size the reverse')
+        .choices(COMPRESSION_LEVELS)
+        .default(DEFAULT_LEVEL),
+    )
+    .option('--force', 'overwrite an existing image file')
+    .addOption(json())
+    .action(
+      (source: string, image: string, o: { level: CompressionLevel; force?: boolean; json?: boolean }) =>
+        runCommand('img', !!o.json, async () => {
+          const bar = startProgress('capture', { json: !!o.json });
+          try {
+            const result = await makeImage(source, image, {
+              level: o.level,
+              overwrite: !!o.force,
+              onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
+            });
+            bar.stop();
+            const reader = await ImageReader.open(image);
+            try {
+              const info = describeImage(reader);
+              emit(!!o.json, { ...info, stats: result.stats }, () => describeInfo(info));
+            } finally {
+              await reader.close();
+            }
+          } finally {
+            bar.stop();
+          }
+        }),
+    );
+
+  program
+    .command('restore')
+    .description('write an image onto a disk (device or file), a partition or a folder, and verify it')
+    .argument('<image>', 'image file')
+    .argument('<target>', 'disk device, disk-image file, partition, or folder')
+    .addOption(fileset())
+    .option('--force', 'write into a folder that is not empty')
+    .addOption(json())
+    .action((image: string, target: string, o: { fileset?: number; force?: boolean; json?: boolean }) =>
+      runCommand('img', !!o.json, async () => {
+        const bar = startProgress('restore', { json: !!o.json });
+        try {
+          const result = await restoreImage(image, target, {
+            fileset: o.fileset ?? 1,
+            force: !!o.force,
+            onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
+          });
+          bar.stop();
+          emit(
+            !!o.json,
+            { ok: true, image, fileset: o.fileset ?? 1, ...result },
+            () =>
+              `restored ${image} (file set ${o.fileset ?? 1}) to ${result.description}: ${result.chunks} chunks, ${formatBytes(result.bytes)}, each verified against its hash`,
+          );
+        } finally {
+          bar.stop();
+        }
+      }),
+    );
+
+  program
+    .command('info')
+    .description('show what an image holds: source, disk layout, volumes, file sets, sizes')
+    .argument('<image>')
+    .addOption(json())
+    .action((image: string, o: { json?: boolean }) =>
+      runCommand('img', !!o.json, async () => {
+        const reader = await ImageReader.open(image);
+        try {
+          const info = describeImage(reader);
+          emit(!!o.json, info, () => describeInfo(info));
+        } finally {
+          await reader.close();
+        }
+      }),
+    );
+
+  program
+    .command('ls')
+    .description('list a folder of the image (disk images show partitions as p1, p2, …)')
+    .argument('<image>')
+    .argument('[path]', 'folder or file inside the image', '.')
+    .addOption(fileset())
+    .addOption(json())
+    .action((image: string, path: string, o: { fileset?: number; json?: boolean }) =>
+      runCommand('img', !!o.json, async () => {
+        const reader = await ImageReader.open(image);
+        try {
+          const rows = listPath(reader.manifest, path, o.fileset);
+          emit(!!o.json, rows, () => describeListing(rows));
+        } finally {
+          await reader.close();
+        }
+      }),
+    );
+
+  program
+    .command('stat')
+    .description("show one file's details: type, size, owner, mode, times, links, file sets, chunks")
+    .argument('<image>')
+    .argument('<path>')
+    .addOption(json())
+    .action((image: string, path: string, o: { json?: boolean }) =>
+      runCommand('img', !!o.json, async () => {
+        const reader = await ImageReader.open(image);
+        try {
+          const s = statPath(reader.manifest, path);
+          emit(!!o.json, s, () =>
+            [
+              `path:      ${s.path}`,
+              `type:      ${s.type}${s.linkTarget !== undefined ? ` -> ${s.linkTarget}` : ''}`,
+              `size:      ${s.size} (${formatBytes(s.size)})`,
+              `mode:      ${(s.mode ?? 0).toString(8).padStart(4, '0')}  owner ${s.uid}:${s.gid}`,
+              `modified:  ${s.mtime}`,
+              `excluded from file sets: ${s.excludedFrom.length ? s.excludedFrom.join(', ') : 'none'}`,
+              ...(s.hardlinks.length ? [`hard links: ${s.hardlinks.join(', ')}`] : []),
+              ...(s.entry.xattrs ? [`xattrs:    ${Object.keys(s.entry.xattrs).join(', ')}`] : []),
+              `chunks:    ${new Set((s.entry.extents ?? []).map((x) => x.chunk)).size}`,
+            ].join('\n'),
+          );
+        } finally {
+          await reader.close();
+        }
+      }),
+    );
+
+  program
+    .command('extract')
+    .description('copy files or folders out of the image into a local folder')
+    .argument('<image>')
+    .argument('<paths...>', 'paths inside the image')
+    .requiredOption('--to <dir>', 'folder to extract into (paths keep their image location below it)')
+    .addOption(fileset())
+    .addOption(json())
+    .action((image: string, paths: string[], o: { to: string; fileset?: number; json?: boolean }) =>
+      runCommand('img', !!o.json, async () => {
+        const bar = startProgress('extract', { json: !!o.json });
+        try {
+          const r = await extractPaths(image, paths, o.to, {
+            fileset: o.fileset ?? 1,
+            onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
+          });
+          bar.stop();
+          emit(!!o.json, r, () => `extracted ${r.entries} entries (${formatBytes(r.bytes)}) to ${o.to}`);
+        } finally {
+          bar.stop();
+        }
+      }),
+    );
+
+  program
+    .command('add')
+    .description('add a local file or folder to the image (it joins every file set)')
+    .argument('<image>')
+    .argument('<source>', 'local file or folder')
+    .option('--at <path>', 'folder inside the image to add it under', '.')
+    .option('--replace', 'replace what already exists at that path')
+    .addOption(json())
+    .action((image: string, source: string, o: { at: string; replace?: boolean; json?: boolean }) =>
+      runCommand('img', !!o.json, async () => {
+        const r = await addToImage(image, source, { at: o.at, replace: !!o.replace });
+        emit(!!o.json, r, () => `added ${r.path}: ${r.added} entries, ${formatBytes(r.bytes)}`);
+      }),
+    );
+
+  program
+    .command('rm')
+    .description('remove files or folders from the image (run compact to reclaim the space)')
+    .argument('<image>')
+    .argument('<paths...>')
+    .addOption(json())
+    .action((image: string, paths: string[], o: { json?: boolean }) =>
+      runCommand('img', !!o.json, async () => {
+        const r = await removeFromImage(image, paths);
+        emit(!!o.json, r, () => `removed ${r.removed} entries`);
+      }),
+    );
+
+  const fs = program
+    .command('fileset')
+    .description('file sets 1-10: variants of the image that leave things out');
+  fs.command('list')
+    .description('show every file set and what it excludes')
+    .argument('<image>')
+    .addOption(json())
+    .action((image: string, o: { json?: boolean }) =>
+      runCommand('img', !!o.json, async () => {
+        const reader = await ImageReader.open(image);
+        try {
+          const sets = listFilesets(reader.manifest);
+          emit(!!o.json, sets, () =>
+            sets
+              .map(
+                (s) =>
+                  `${String(s.number).padStart(2)}${s.isDefault ? ' (default)' : '          '}  ${
+                    s.excludedEntries === 0
+                      ? 'whole image'
+                      : `excludes ${s.excludedEntries} entries, ${formatBytes(s.bytes)}`
+                  }${s.description ? `  ${s.description}` : ''}`,
+              )
+              .join('\n'),
+          );
+        } finally {
+          await reader.close();
+        }
+      }),
+    );
+  for (const [verb, excluded] of [
+    ['exclude', true],
+    ['include', false],
+  ] as const) {
+    fs.command(verb)
+      .description(
+        excluded
+          ? 'leave paths (and everything below them) out of file set N'
+          : 'put excluded paths back into file set N',
+      )
+      .argument('<image>')
+      .argument('<n>', 'file set 1-10', parseFileset)
+      .argument('<paths...>')
+      .addOption(json())
+      .action((image: string, n: number, paths: string[], o: { json?: boolean }) =>
+        runCommand('img', !!o.json, async () => {
+          const r = await setExcluded(image, n, paths, excluded);
+          emit(
+            !!o.json,
+            r,
+            () => `file set ${n}: ${r.changed} entries ${excluded ? 'excluded' : 'included'}`,
+          );
+        }),
+      );
+  }
+
+  program
+    .command('verify')
+    .description(
+      'check every chunk and structure of an image; names the volume, file and chunk of any damage',
+    )
+    .argument('<image>')
+    .addOption(json())
+    .action((image: string, o: { json?: boolean }) =>
+      runCommand('img', !!o.json, async () => {
+        const bar = startProgress('verify', { json: !!o.json, bytes: false });
+        const report = await verifyImage(image, { onProgress: (done, total) => bar.update(done, total) });
+        bar.stop();
+        emit(!!o.json, report, () => describeVerify(image, report));
+        return report.ok ? 0 : 1;
+      }),
+    );
+
+  program
+    .command('compact')
+    .description('rewrite the image without data that removed files left behind')
+    .argument('<image>')
+    .addOption(json())
+    .action((image: string, o: { json?: boolean }) =>
+      runCommand('img', !!o.json, async () => {
+        const r = await compactImage(image);
+        emit(
+          !!o.json,
+          r,
+          () =>
+            `compacted ${image}: ${formatBytes(r.bytesBefore)} -> ${formatBytes(r.bytesAfter)}, ${r.chunksDropped} chunks dropped`,
+        );
+      }),
+    );
+
+  addReceiveCommand(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildImgProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    const { reportError } = await import('./output.ts');
+    process.exitCode = reportError('img', argv.includes('--json'), err);
+  }
+}
+
+if (import.meta.main) await main(process.argv);

@@ -1,0 +1,116 @@
+/**
+ * What every command shares: progress bars with rate and ETA on a terminal (silent
+ * when piped, so logs and scripts stay clean), --json output, and one way of turning
+ * errors into messages and exit codes:
+ *   0 success · 1 the operation failed (message names the cause) · 2 bad usage · 70 internal error
+ */
+import cliProgress from 'cli-progress';
+import { CommanderError } from 'commander';
+import { ImgcastError } from '../errors.ts';
+
+export const EXIT_FAILED = 1;
+export const EXIT_USAGE = 2;
+export const EXIT_INTERNAL = 70;
+
+export interface Progress {
+  update(done: number, total?: number): void;
+  stop(): void;
+}
+
+const KIB = 1024;
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (v >= KIB && u < units.length - 1) {
+    v /= KIB;
+    u++;
+  }
+  return `${u === 0 ? v : v.toFixed(1)} ${units[u]}`;
+}
+
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return '--:--';
+  const s = Math.round(seconds);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const pad = (x: number) => String(x).padStart(2, '0');
+  return h > 0 ? `${h}:${pad(m)}:${pad(s % 60)}` : `${pad(m)}:${pad(s % 60)}`;
+}
+
+/** A progress bar on stderr when it is a terminal and output is not JSON; otherwise a no-op. */
+export function startProgress(label: string, opts: { json: boolean; bytes?: boolean }): Progress {
+  if (opts.json || !process.stderr.isTTY) return { update() {}, stop() {} };
+  const started = Date.now();
+  const bytes = opts.bytes ?? true;
+  const bar = new cliProgress.SingleBar(
+    {
+      stream: process.stderr,
+      hideCursor: true,
+      clearOnComplete: false,
+      format: (options, params) => {
+        const width = options.barsize ?? 30;
+        const ratio = params.total > 0 ? Math.min(1, params.value / params.total) : 0;
+        const filled = Math.round(ratio * width);
+        const elapsed = (Date.now() - started) / 1000;
+        const rate = elapsed > 0 ? params.value / elapsed : 0;
+        const eta = rate > 0 ? (params.total - params.value) / rate : Number.NaN;
+        const amount = bytes
+          ? `${formatBytes(params.value)}/${formatBytes(params.total)} ${formatBytes(rate)}/s`
+          : `${params.value}/${params.total} ${rate.toFixed(0)}/s`;
+        return `${label} [${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${(ratio * 100).toFixed(0).padStart(3)}% ${amount} ETA ${formatDuration(eta)}`;
+      },
+    },
+    cliProgress.Presets.shades_classic,
+  );
+  bar.start(1, 0);
+  return {
+    update(done, total) {
+      if (total !== undefined) bar.setTotal(Math.max(total, 1));
+      bar.update(done);
+    },
+    stop() {
+      bar.stop();
+    },
+  };
+}
+
+/** Prints a result: JSON for scripts, or the human text. */
+export function emit(json: boolean, value: unknown, human: () => string): void {
+  if (json) process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  else {
+    const text = human();
+    if (text) process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+  }
+}
+
+/**
+ * Runs a command's body and maps what it throws to a message and exit code. Usage
+ * errors and operation failures are expected and get no stack trace.
+ */
+export async function runCommand(program: string, json: boolean, body: () => Promise<number | void>) {
+  try {
+    const code = await body();
+    process.exitCode = code ?? 0;
+  } catch (err) {
+    process.exitCode = reportError(program, json, err);
+  }
+}
+
+export function reportError(program: string, json: boolean, err: unknown): number {
+  if (err instanceof ImgcastError) {
+    if (json) process.stdout.write(`${JSON.stringify(err.toJSON(), null, 2)}\n`);
+    process.stderr.write(`${program}: ${err.message} [${err.code}]\n`);
+    return err.code === 'E_USAGE' ? EXIT_USAGE : EXIT_FAILED;
+  }
+  if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : EXIT_USAGE;
+  const e = err as NodeJS.ErrnoException;
+  if (e && typeof e.code === 'string' && typeof e.syscall === 'string') {
+    // An operating-system error that escaped a more specific message: still say which file and why.
+    process.stderr.write(`${program}: ${e.message} [${e.code}]\n`);
+    if (json) process.stdout.write(`${JSON.stringify({ error: e.code, message: e.message }, null, 2)}\n`);
+    return EXIT_FAILED;
+  }
+  process.stderr.write(`${program}: internal error: ${e?.stack ?? String(err)}\n`);
+  return EXIT_INTERNAL;
+}

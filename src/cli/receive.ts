@@ -1,0 +1,59 @@
+/** `img receive`: join a multicast send and write what it carries to a disk, partition or folder. */
+import type { Command } from 'commander';
+import { receiveCommand } from '../transport/cli.ts';
+import { emit, formatBytes, runCommand } from './output.ts';
+
+export function addReceiveCommand(program: Command): void {
+  program
+    .command('receive')
+    .description('join a multicast send (imgcast send) and restore the image it carries, verified')
+    .requiredOption('--from <host[:port]>', 'the sender (control port, default 7747)')
+    .requiredOption(
+      '--to <target>',
+      'disk device, disk-image file, partition or folder (a plain file with --raw)',
+    )
+    .option('--interface <addr>', 'local IPv4 address of the interface to receive on')
+    .option('--name <name>', 'how this workstation is reported (default: hostname)')
+    .option('--key <secret>', 'pre-shared key the sender requires (also env IMGCAST_KEY)')
+    .option(
+      '--journal <file>',
+      'resume journal (default: TARGET.journal for files, under /var/lib/imgcast for devices)',
+    )
+    .option('--raw', 'receive a plain file (the sender used --raw)')
+    .option('--json', 'print the result as JSON')
+    .option('-v, --verbose', 'log session events to stderr')
+    .action(
+      (o: {
+        from: string;
+        to: string;
+        interface?: string;
+        name?: string;
+        key?: string;
+        journal?: string;
+        raw?: boolean;
+        json?: boolean;
+        verbose?: boolean;
+      }) =>
+        runCommand('img', !!o.json, async () => {
+          {
+            const r = await receiveCommand({
+              from: o.from,
+              to: o.to,
+              raw: o.raw,
+              interface: o.interface,
+              name: o.name,
+              key: o.key ?? process.env.IMGCAST_KEY,
+              journal: o.journal,
+              log: o.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
+            });
+            emit(
+              !!o.json,
+              r,
+              () =>
+                `received ${r.chunks}/${r.totalChunks} chunks (${formatBytes(r.bytes)}) in ${(r.durationMs / 1000).toFixed(1)} s into ${o.to}, verified` +
+                (r.chunksHad ? `; ${r.chunksHad} chunks were already there (resumed)` : ''),
+            );
+          }
+        }),
+    );
+}

@@ -1,0 +1,82 @@
+/** Human-readable renderings of command results (the --json output is the structured form). */
+import type { ListedEntry, describeImage } from '../engine/explorer.ts';
+import type { VerifyReport } from '../image/verify.ts';
+import { formatBytes } from './output.ts';
+
+const TYPE_CHAR: Record<string, string> = {
+  dir: 'd',
+  file: '-',
+  symlink: 'l',
+  chardev: 'c',
+  blockdev: 'b',
+  fifo: 'p',
+  socket: 's',
+  volume: 'V',
+};
+
+function modeString(mode: number | undefined): string {
+  if (mode === undefined) return '---------';
+  const bits = 'rwxrwxrwx';
+  let out = '';
+  for (let i = 0; i < 9; i++) out += mode & (1 << (8 - i)) ? bits[i] : '-';
+  return out;
+}
+
+export function describeListing(rows: ListedEntry[]): string {
+  return rows
+    .map((r) => {
+      if (r.type === 'volume') {
+        return `V ${r.name.padEnd(6)} ${r.filesystem ?? ''}${r.label ? ` "${r.label}"` : ''}  ${formatBytes(r.size)}`;
+      }
+      const sets = r.excludedFrom.length ? `  [excluded from ${r.excludedFrom.join(',')}]` : '';
+      const link = r.linkTarget !== undefined ? ` -> ${r.linkTarget}` : '';
+      return `${TYPE_CHAR[r.type] ?? '?'}${modeString(r.mode)} ${String(r.uid).padStart(5)} ${String(r.gid).padStart(5)} ${String(r.size).padStart(12)} ${r.mtime?.slice(0, 19).replace('T', ' ')} ${r.name}${link}${sets}`;
+    })
+    .join('\n');
+}
+
+export function describeInfo(info: ReturnType<typeof describeImage>): string {
+  const lines = [
+    `image:       ${info.path}`,
+    `id:          ${info.imageId} (format ${info.formatVersion}, generation ${info.generation})`,
+    `created:     ${info.createdAt} from ${info.source.kind} ${info.source.path}${info.source.hostname ? ` on ${info.source.hostname}` : ''}`,
+    `compression: ${info.level}`,
+    `size:        ${formatBytes(info.fileBytes)} on disk; ${info.chunks} chunks, ${formatBytes(info.chunkRawBytes)} of data stored as ${formatBytes(info.chunkStoredBytes)}`,
+  ];
+  if (info.disk) {
+    lines.push(
+      `disk:        ${formatBytes(info.disk.sizeBytes)}, ${info.disk.table.toUpperCase()} partition table`,
+    );
+    for (const p of info.disk.partitions) {
+      lines.push(
+        `  partition ${p.number}: start ${p.startBytes}, ${formatBytes(p.sizeBytes)}, type ${p.type}${p.name ? ` "${p.name}"` : ''}`,
+      );
+    }
+  }
+  lines.push('volumes:');
+  for (const v of info.volumes) {
+    if (v.kind === 'files') {
+      lines.push(
+        `  ${v.name}: ${v.filesystem}${v.label ? ` "${v.label}"` : ''}${v.uuid ? ` ${v.uuid}` : ''}, ${v.entries} entries, ${formatBytes(v.bytes)}`,
+      );
+    } else {
+      lines.push(
+        `  ${v.name}: raw${v.detectedType ? ` (${v.detectedType})` : ''}, ${formatBytes(v.sizeBytes ?? 0)} partition, ${formatBytes(v.bytes)} non-zero data`,
+      );
+    }
+  }
+  const sets = info.filesets.filter((s) => s.excludedEntries > 0);
+  lines.push(
+    `file sets:   ${sets.length ? sets.map((s) => `${s.number} (excludes ${s.excludedEntries})`).join(', ') : 'all 10 are the whole image'}`,
+  );
+  return lines.join('\n');
+}
+
+export function describeVerify(image: string, report: VerifyReport): string {
+  if (report.ok) {
+    return `${image}: OK — ${report.chunksChecked} chunks (${formatBytes(report.bytesChecked)}) match their hashes; structure intact`;
+  }
+  const lines = [`${image}: DAMAGED — ${report.problems.length} problem(s):`];
+  for (const p of report.problems) lines.push(`  [${p.code}] ${p.message}`);
+  return lines.join('\n');
+}

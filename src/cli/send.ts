@@ -1,0 +1,109 @@
+/** `imgcast send`: the low-level multicast sender, like udp-sender but for images. */
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { sendCommand } from '../transport/cli.ts';
+import type { SenderProgress, SenderResult } from '../transport/types.ts';
+import { parseFileset } from './img.ts';
+import { emit, formatBytes, runCommand, startProgress } from './output.ts';
+
+export function positiveNumber(what: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${what} must be a positive number`);
+    return n;
+  };
+}
+
+export function port(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 65534) throw new InvalidArgumentError('a port from 1 to 65534');
+  return n;
+}
+
+function describeResult(r: SenderResult): string {
+  const lines = [
+    `${r.ok ? 'done' : 'FAILED'}: ${r.chunks} chunks, ${formatBytes(r.bytes)} per pass in ${(r.durationMs / 1000).toFixed(1)} s; ` +
+      `${r.counters.repairPackets} repair packets (${formatBytes(r.counters.repairBytes)})`,
+  ];
+  for (const c of r.receivers) {
+    lines.push(
+      `  ${c.name.padEnd(20)} ${c.address.padEnd(22)} ${c.state.padEnd(8)} ${formatBytes(c.bytes)}/${formatBytes(c.totalBytes)} ${c.rateMbit.toFixed(0)} Mbit/s${c.reason ? `  ${c.reason}` : ''}`,
+    );
+  }
+  return lines.join('\n');
+}
+
+export function addSendCommand(program: Command): void {
+  program
+    .command('send')
+    .description('multicast an image to the receivers that join (img receive), then report each one')
+    .argument('<image>', 'image file (.imgc), or any file with --raw')
+    .addOption(new Option('-f, --fileset <n>', 'file set 1-10 to send').argParser(parseFileset).default(1))
+    .addOption(
+      new Option('-c, --clients <n>', 'start once this many receivers joined')
+        .argParser(positiveNumber('--clients'))
+        .default(1),
+    )
+    .addOption(
+      new Option('-t, --wait <seconds>', 'start anyway this long after the last join')
+        .argParser(Number)
+        .default(300),
+    )
+    .option('--interface <addr>', 'local IPv4 address of the interface to use')
+    .option('--group <addr>', 'multicast group (239.0.0.0/8)', '239.255.42.1')
+    .addOption(new Option('--port <p>', 'control TCP port; data uses port+1').argParser(port).default(7747))
+    .addOption(new Option('--rate <mbit>', 'cap the data rate, Mbit/s').argParser(positiveNumber('--rate')))
+    .addOption(new Option('--ttl <n>', 'multicast TTL (1 = this subnet)').argParser(Number).default(1))
+    .option('--key <secret>', 'pre-shared key: receivers must prove it (also env IMGCAST_KEY)')
+    .option('--encrypt', 'encrypt the data stream (AES-256-GCM, key sent over the control connection)')
+    .option('--raw', 'send a plain file instead of an image (for tests and benchmarks)')
+    .option('--json', 'print the result as JSON')
+    .option('-v, --verbose', 'log session events to stderr')
+    .action(
+      (
+        image: string,
+        o: {
+          fileset: number;
+          clients: number;
+          wait: number;
+          interface?: string;
+          group: string;
+          port: number;
+          rate?: number;
+          ttl: number;
+          key?: string;
+          encrypt?: boolean;
+          raw?: boolean;
+          json?: boolean;
+          verbose?: boolean;
+        },
+      ) =>
+        runCommand('imgcast', !!o.json, async () => {
+          const bar = startProgress('send', { json: !!o.json });
+          try {
+            const result = await sendCommand(image, {
+              raw: o.raw,
+              fileset: o.fileset,
+              clients: o.clients,
+              wait: o.wait,
+              interface: o.interface,
+              group: o.group,
+              port: o.port,
+              rate: o.rate,
+              ttl: o.ttl,
+              key: o.key ?? process.env.IMGCAST_KEY,
+              encrypt: o.encrypt,
+              log: o.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
+              onProgress: (p: SenderProgress) => {
+                const total = p.receivers.reduce((n, r) => n + r.totalBytes, 0);
+                const done = p.receivers.reduce((n, r) => n + r.bytes, 0);
+                bar.update(done, total);
+              },
+            });
+            bar.stop();
+            emit(!!o.json, result, () => describeResult(result));
+          } finally {
+            bar.stop();
+          }
+        }),
+    );
+}

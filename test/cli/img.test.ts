@@ -1,0 +1,125 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { ImageReader } from '../../src/image/reader.ts';
+import type { FileVolume } from '../../src/image/types.ts';
+import { tempDir } from '../helpers/env.ts';
+
+const IMG = new URL('../../src/cli/img.ts', import.meta.url).pathname;
+
+function img(...args: string[]) {
+  const r = spawnSync(process.execPath, [IMG, ...args], { encoding: 'utf8' });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+test('every command has --help', () => {
+  for (const cmd of [
+    [],
+    ['make'],
+    ['restore'],
+    ['info'],
+    ['ls'],
+    ['stat'],
+    ['extract'],
+    ['add'],
+    ['rm'],
+    ['fileset'],
+    ['fileset', 'exclude'],
+    ['verify'],
+    ['compact'],
+    ['receive'],
+  ]) {
+    const r = img(...cmd, '--help');
+    assert.equal(r.code, 0, `img ${cmd.join(' ')} --help: ${r.err}`);
+    assert.match(r.out, /Usage: img/);
+  }
+});
+
+test('usage errors exit 2 with a message; operation failures exit 1 with a code', async (t) => {
+  const dir = await tempDir(t);
+  let r = img('make', dir, join(dir, 'x.imgc'), '--level', 'fastest');
+  assert.equal(r.code, 2);
+  assert.match(r.err, /fastest/);
+  r = img('frobnicate');
+  assert.equal(r.code, 2);
+  r = img('info', join(dir, 'missing.imgc'));
+  assert.equal(r.code, 1);
+  assert.match(r.err, /missing\.imgc/);
+  await writeFile(
+    join(dir, 'not-an-image.imgc'),
+    'hello, I am a text file, not an image at all\n'.repeat(20),
+  );
+  r = img('info', join(dir, 'not-an-image.imgc'), '--json');
+  assert.equal(r.code, 1);
+  assert.equal(JSON.parse(r.out).error, 'E_IMAGE_MAGIC');
+});
+
+test('make, info --json, ls, fileset, verify and restore through the CLI', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(join(src, 'docs'), { recursive: true });
+  await writeFile(join(src, 'docs/readme.txt'), 'lab image\n'.repeat(1000));
+  await writeFile(join(src, 'big.bin'), Buffer.alloc(3 * 1024 * 1024, 7));
+  const image = join(dir, 'lab.imgc');
+
+  let r = img('make', src, image, '--json');
+  assert.equal(r.code, 0, r.err);
+  const info = JSON.parse(r.out);
+  assert.equal(info.volumes.length, 1);
+  assert.equal(info.volumes[0].filesystem, 'directory');
+  assert.ok(info.fileBytes < 100_000, `a compressible tree should shrink, got ${info.fileBytes}`);
+
+  r = img('make', src, image);
+  assert.equal(r.code, 1, 'refuses to overwrite an existing image without --force');
+
+  r = img('ls', image, 'docs', '--json');
+  assert.equal(r.code, 0, r.err);
+  assert.deepEqual(
+    JSON.parse(r.out).map((e: { name: string }) => e.name),
+    ['readme.txt'],
+  );
+
+  r = img('fileset', 'exclude', image, '4', 'docs');
+  assert.equal(r.code, 0, r.err);
+  r = img('fileset', 'exclude', image, '11', 'docs');
+  assert.equal(r.code, 2);
+  r = img('fileset', 'list', image, '--json');
+  const sets = JSON.parse(r.out);
+  assert.equal(sets.length, 10);
+  assert.equal(sets[3].excludedEntries, 2);
+
+  r = img('verify', image, '--json');
+  assert.equal(r.code, 0, r.err);
+  assert.equal(JSON.parse(r.out).ok, true);
+
+  const out = join(dir, 'out');
+  r = img('restore', image, out, '--fileset', '4');
+  assert.equal(r.code, 0, r.err);
+  assert.equal((await stat(join(out, 'big.bin'))).size, 3 * 1024 * 1024);
+  await assert.rejects(stat(join(out, 'docs')), { code: 'ENOENT' });
+
+  // Damage one byte in the middle of big.bin's stored chunk: verify fails and restore refuses.
+  const reader = await ImageReader.open(image);
+  const volume = reader.manifest.volumes[0] as FileVolume;
+  const chunk = volume.entries.find((e) => e.path === 'big.bin')?.extents?.[0]?.chunk ?? '';
+  const info2 = reader.chunk(chunk);
+  await reader.close();
+  assert.ok(info2, 'big.bin has a stored chunk');
+  const at = info2.offset + info2.storedLength - Math.ceil(info2.storedLength / 2);
+  const fh = await open(image, 'r+');
+  const b = Buffer.alloc(1);
+  await fh.read(b, 0, 1, at);
+  b[0] = (b[0] ?? 0) ^ 0xff;
+  await fh.write(b, 0, 1, at);
+  await fh.close();
+  r = img('verify', image);
+  assert.equal(r.code, 1);
+  assert.match(r.out + r.err, /DAMAGED/);
+  assert.match(r.out + r.err, /big\.bin/, 'the report names the damaged file');
+  r = img('restore', image, join(dir, 'out-damaged'));
+  assert.equal(r.code, 1);
+  assert.doesNotMatch(r.out, /restored/);
+  assert.ok((await readFile(join(src, 'docs/readme.txt'))).length > 0);
+});
