@@ -18,7 +18,7 @@ import {
 import { isFileVolumeType, openTreeForReading, readFilesystemInfo } from '../disk/filesystem.ts';
 import { probePartitionTable, type PartitionTable } from '../disk/partition-table.ts';
 import { captureRaw } from '../disk/raw.ts';
-import { ImageWriter } from '../image/index.ts';
+import { ImageWriter } from '../image/writer.ts';
 import {
   FORMAT_VERSION,
   type ChunkRef,
@@ -57,6 +57,8 @@ export interface MakeStats {
   /** Distinct chunks after dedup. */
   uniqueChunks: number;
   volumes: number;
+  /** Bytes the chunks take in the image file after compression (image files only). */
+  storedBytes?: number;
 }
 
 export interface MakeResult {
@@ -255,6 +257,7 @@ export async function makeImage(source: string, imagePath: string, opts: MakeOpt
   try {
     const result = await captureClassified(source, kind, table, writer, opts);
     await writer.commit(result.manifest);
+    result.stats.storedBytes = writer.stats.storedBytes;
     return result;
   } catch (err) {
     await writer.abort().catch(() => {});

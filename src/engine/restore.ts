@@ -11,7 +11,7 @@ import { makeFilesystem, openTreeForWriting, type TreeAccess } from '../disk/fil
 import { createRawRestore } from '../disk/raw.ts';
 import { ImageError } from '../image/errors.ts';
 import { checkFileset, includedEntries } from '../image/fileset.ts';
-import { ImageReader } from '../image/index.ts';
+import { ImageReader } from '../image/reader.ts';
 import type { ChunkSource, DiskLayout, FileVolume, Manifest, RawVolume, Volume } from '../image/types.ts';
 import { createTreeRestore } from '../volume/files/restore.ts';
 import type { RestoreProgress, RestoreSink } from './types.ts';

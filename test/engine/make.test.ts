@@ -1,0 +1,190 @@
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import {
+  access,
+  link,
+  mkdir,
+  mkdtemp,
+  open,
+  readFile,
+  rm,
+  symlink,
+  truncate,
+  writeFile,
+} from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { DiskError } from '../../src/disk/errors.ts';
+import { makeImage } from '../../src/engine/make.ts';
+import { restoreImage } from '../../src/engine/restore.ts';
+import { ImageReader } from '../../src/image/reader.ts';
+import { hasCommand, loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
+import { compareTrees } from './tree-compare.ts';
+
+const MiB = 1024 * 1024;
+
+async function sparse(path: string, size: number): Promise<string> {
+  await (await open(path, 'w')).close();
+  await truncate(path, size);
+  return path;
+}
+
+async function writeRange(path: string, position: number, data: Buffer): Promise<void> {
+  const fh = await open(path, 'r+');
+  await fh.write(data, 0, data.length, position);
+  await fh.close();
+}
+
+test('directory → image file → directory keeps every file and its metadata', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(join(src, 'a/b/c'), { recursive: true });
+  await writeFile(join(src, 'a/b/c/deep.txt'), 'deep\n');
+  await writeFile(join(src, 'big.bin'), randomBytes(5 * MiB + 17));
+  await writeFile(join(src, 'empty'), '');
+  await writeFile(join(src, 'script.sh'), '#!/bin/sh\n', { mode: 0o750 });
+  await link(join(src, 'big.bin'), join(src, 'a/big-again'));
+  await symlink('a/b/c/deep.txt', join(src, 'shortcut'));
+  for (let i = 0; i < 50; i++) await writeFile(join(src, 'a', `small-${i}`), `small file ${i}\n`);
+  if (hasCommand('setfattr')) execFileSync('setfattr', ['-n', 'user.tag', '-v', 'kept', join(src, 'empty')]);
+
+  const image = join(dir, 'tree.imgc');
+  const made = await makeImage(src, image, { level: 'balanced' });
+  assert.equal(made.manifest.source.kind, 'directory');
+  assert.equal(made.manifest.disk, undefined);
+  assert.equal(made.manifest.volumes.length, 1);
+  assert.equal(made.manifest.generation, 1);
+  assert.match(made.manifest.imageId, /^[0-9a-f-]{36}$/);
+  assert.ok(made.stats.chunksWritten > 0 && made.stats.uniqueChunks <= made.stats.chunksWritten);
+
+  const reader = await ImageReader.open(image);
+  assert.deepEqual(reader.manifest.volumes, made.manifest.volumes);
+  await reader.close();
+
+  const out = join(dir, 'out');
+  const restored = await restoreImage(image, out, { fileset: 1 });
+  assert.match(restored.description, /^directory /);
+  assert.deepEqual(await compareTrees(src, out, { ignoreRoot: true }), []);
+
+  // A non-empty directory is refused unless forced, and nothing in it changes.
+  await writeFile(join(out, 'a/b/c/deep.txt'), 'changed\n');
+  await assert.rejects(restoreImage(image, out, { fileset: 1 }), (e: unknown) => {
+    assert.ok(e instanceof DiskError);
+    assert.equal(e.code, 'E_DISK_TARGET');
+    assert.match(e.message, /is not empty/);
+    return true;
+  });
+  assert.equal(await readFile(join(out, 'a/b/c/deep.txt'), 'utf8'), 'changed\n');
+
+  // An image of a directory cannot go onto a file as if it were a partition.
+  const asFile = await sparse(join(dir, 'file.img'), MiB);
+  await assert.rejects(restoreImage(image, asFile, { fileset: 1 }), (e: unknown) => {
+    return e instanceof DiskError && e.code === 'E_DISK_TARGET' && /directory tree/.test(e.message);
+  });
+});
+
+test('capture of something that is not there is refused before an image file is created', async (t) => {
+  const dir = await tempDir(t);
+  const image = join(dir, 'never.imgc');
+  await assert.rejects(makeImage(join(dir, 'missing'), image, { level: 'none' }), (e: unknown) => {
+    return e instanceof DiskError && e.code === 'E_DISK_SOURCE' && e.message.includes('missing');
+  });
+  await assert.rejects(access(image));
+  await assert.rejects(access(`${image}.partial`));
+});
+
+test('MBR disk-image file with an extended partition: raw partitions restore byte-exact onto a new file', async (t) => {
+  if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
+  const dir = await tempDir(t);
+  const disk = await sparse(join(dir, 'mbr.img'), 48 * MiB);
+  execFileSync('sfdisk', ['-q', disk], {
+    input:
+      'label: dos\nstart=63, size=10MiB, type=7, bootable\ntype=5\nsize=5MiB, type=83\nsize=6MiB, type=82\n',
+  });
+  await writeRange(disk, 0, randomBytes(440));
+  await writeRange(disk, 2 * 512, randomBytes(20 * 512));
+  await writeRange(disk, 63 * 512 + 4096, randomBytes(MiB));
+  // Data inside a logical partition and after the last partition's start.
+  await writeRange(disk, 63 * 512 + 10 * MiB + 2 * MiB, randomBytes(300 * 1024));
+
+  const image = join(dir, 'mbr.imgc');
+  const { manifest } = await makeImage(disk, image, { level: 'speed' });
+  assert.equal(manifest.disk?.table, 'mbr');
+  assert.deepEqual(
+    manifest.disk.partitions.map((p) => [p.number, p.type, p.bootable]),
+    [
+      [1, '07', true],
+      [2, '05', false],
+    ],
+  );
+  assert.deepEqual(
+    manifest.volumes.map((v) => v.kind),
+    ['raw', 'raw'],
+  );
+  assert.deepEqual(
+    manifest.disk.bootAreas.map((a) => [a.offset, a.length]),
+    [[0, 63 * 512]],
+  );
+
+  const target = join(dir, 'restored.img');
+  await restoreImage(image, target, { fileset: 1 });
+  const a = await readFile(disk);
+  const b = await readFile(target);
+  assert.equal(b.length, a.length);
+  // Table, boot code, gap, EBR chain, logical partitions' data: everything is identical.
+  assert.ok(b.equals(a));
+  const dump = (f: string) =>
+    execFileSync('sfdisk', ['-d', f], { encoding: 'utf8' })
+      .replace(/^(label-id|device):.*$/gm, '')
+      .replaceAll(f, 'X');
+  assert.equal(dump(target), dump(disk));
+});
+
+test('ext4 filesystem image without a table: partition image restored onto a new file', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  const dir = await tempDir(t);
+  const fsImg = await sparse(join(dir, 'root.ext4'), 64 * MiB);
+  execFileSync('mkfs.ext4', ['-q', '-L', 'partimg', fsImg]);
+  const mnt = await mkdtemp(join(tmpdir(), 'imgcast-test-mnt-'));
+  t.after(() => rm(mnt, { recursive: true, force: true }));
+  execFileSync('mount', [fsImg, mnt]);
+  try {
+    await mkdir(join(mnt, 'etc'));
+    await writeFile(join(mnt, 'etc/motd'), 'welcome\n');
+    await writeFile(join(mnt, 'data.bin'), randomBytes(2 * MiB));
+    // Refused while mounted read-write.
+    await assert.rejects(makeImage(fsImg, join(dir, 'live.imgc'), { level: 'speed' }), (e: unknown) => {
+      return e instanceof DiskError && e.code === 'E_DISK_MOUNTED' && e.message.includes(mnt);
+    });
+  } finally {
+    execFileSync('umount', [mnt]);
+  }
+  const image = join(dir, 'part.imgc');
+  const { manifest } = await makeImage(fsImg, image, { level: 'speed' });
+  assert.equal(manifest.source.kind, 'partition');
+  const v = manifest.volumes[0]!;
+  assert.ok(v.kind === 'files' && v.fs.type === 'ext4' && v.fs.label === 'partimg');
+
+  const target = join(dir, 'copy.ext4');
+  await restoreImage(image, target, { fileset: 1 });
+  const fsck = spawnSync('fsck.ext4', ['-fn', target], { encoding: 'utf8' });
+  assert.equal(fsck.status, 0, fsck.stdout + fsck.stderr);
+  const blk = (f: string) =>
+    execFileSync('blkid', ['-p', '-o', 'export', f], { encoding: 'utf8' })
+      .split('\n')
+      .filter((l) => /^(TYPE|LABEL|UUID)=/.test(l));
+  assert.deepEqual(blk(target), blk(fsImg));
+  const ma = await mkdtemp(join(tmpdir(), 'imgcast-test-mnt-'));
+  const mb = await mkdtemp(join(tmpdir(), 'imgcast-test-mnt-'));
+  t.after(() => Promise.all([rm(ma, { recursive: true }), rm(mb, { recursive: true })]));
+  execFileSync('mount', ['-o', 'ro', fsImg, ma]);
+  execFileSync('mount', ['-o', 'ro', target, mb]);
+  try {
+    assert.deepEqual(await compareTrees(ma, mb, { ignoreRoot: true }), []);
+  } finally {
+    execFileSync('umount', [ma]);
+    execFileSync('umount', [mb]);
+  }
+});
