@@ -9,7 +9,6 @@ import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 
 import { CODEC_NONE, chunkId, decodeChunk, encodeChunk } from './codec.ts';
 import {
-  HEADER_SIZE,
   RECORD_CHUNK,
   RECORD_HEADER_SIZE,
   RECORD_INDEX,
@@ -51,7 +50,7 @@ export async function compactImage(
       throw ioError(tmp, 'create', err);
     }
     const entries: IndexEntry[] = [];
-    let end = HEADER_SIZE;
+    let end = 0;
     const write = async (bufs: Buffer[]): Promise<number> => {
       const at = end;
       end += bufs.reduce((n, b) => n + b.length, 0);
