@@ -331,26 +331,20 @@ class TreeRestoreImpl implements RestoreSink {
 
   /** Fifos and device nodes through `mknod`, a few hundred per shell rather than one process each. */
   async makeNodes(nodes: Item[]): Promise<void> {
-    let batch: string[] = [];
-    let size = 0;
-    const flush = async (): Promise<void> => {
-      if (batch.length === 0) return;
-      const args = batch;
-      batch = [];
-      size = 0;
-      await runMknod(args);
-    };
-    for (const item of nodes) {
-      const e = item.entry;
-      const spec =
-        e.type === 'fifo'
-          ? [item.abs, 'p', '', '']
-          : [item.abs, e.type === 'chardev' ? 'c' : 'b', String(e.rdevMajor ?? 0), String(e.rdevMinor ?? 0)];
-      batch.push(...spec);
-      size += item.abs.length + 16;
-      if (size >= MKNOD_BATCH_BYTES) await flush();
-    }
-    await flush();
+    // Fifos: mkfifo takes many names per run. Device nodes: mknod takes one, so a shell loop
+    // runs them (one fork each, but no Node spawn each); real trees rarely hold many.
+    const fifos = nodes.filter((i) => i.entry.type === 'fifo').map((i) => i.abs);
+    const devices = nodes
+      .filter((i) => i.entry.type !== 'fifo')
+      .flatMap((i) => [
+        i.abs,
+        i.entry.type === 'chardev' ? 'c' : 'b',
+        String(i.entry.rdevMajor ?? 0),
+        String(i.entry.rdevMinor ?? 0),
+      ]);
+    for (const batch of batches(fifos)) await runTool('mkfifo', ['--', ...batch]);
+    const loop = 'while [ $# -gt 0 ]; do mknod -- "$1" "$2" "$3" "$4" || exit 1; shift 4; done';
+    for (const batch of batches(devices, 4)) await runTool('sh', ['-c', loop, 'sh', ...batch]);
   }
 
   async applyChunk(id: string, raw: Buffer): Promise<void> {
@@ -537,27 +531,42 @@ function restoreError(path: string, what: string, err: unknown): FileVolumeError
   );
 }
 
-function runMknod(args: string[]): Promise<void> {
-  // Arguments come in fours (path, type, major, minor) and are passed as argv, so no name is ever parsed by the shell.
-  const script =
-    'while [ $# -gt 0 ]; do if [ "$2" = p ]; then mknod -- "$1" p || exit 1; ' +
-    'else mknod -- "$1" "$2" "$3" "$4" || exit 1; fi; shift 4; done';
+/** Splits argv into runs of about MKNOD_BATCH_BYTES, keeping groups of `group` together. */
+function batches(args: string[], group = 1): string[][] {
+  const out: string[][] = [];
+  let cur: string[] = [];
+  let size = 0;
+  for (let i = 0; i < args.length; i += group) {
+    const g = args.slice(i, i + group);
+    cur.push(...g);
+    size += g.reduce((n, a) => n + a.length + 1, 0);
+    if (size >= MKNOD_BATCH_BYTES) {
+      out.push(cur);
+      cur = [];
+      size = 0;
+    }
+  }
+  if (cur.length > 0) out.push(cur);
+  return out;
+}
+
+/** Names travel as argv, never through a shell's parser. */
+function runTool(cmd: string, args: string[]): Promise<void> {
+  const what = cmd === 'mkfifo' ? 'fifos' : 'device nodes';
   return new Promise((resolvePromise, reject) => {
-    const child = spawn('sh', ['-c', script, 'sh', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     const err: Buffer[] = [];
     child.stderr.on('data', (b: Buffer) => err.push(b));
     child.on('error', (e) =>
-      reject(new FileVolumeError('E_RESTORE_IO', `cannot run mknod: ${e.message}`, {}, { cause: e })),
+      reject(
+        new FileVolumeError('E_RESTORE_IO', `cannot create ${what}: ${cmd}: ${e.message}`, {}, { cause: e }),
+      ),
     );
     child.on('close', (code) => {
       if (code === 0) return resolvePromise();
       const msg = Buffer.concat(err).toString('utf8').trim();
       reject(
-        new FileVolumeError(
-          'E_RESTORE_IO',
-          `cannot create device nodes/fifos: ${msg || `mknod exit ${code}`}`,
-          {},
-        ),
+        new FileVolumeError('E_RESTORE_IO', `cannot create ${what}: ${msg || `${cmd} exit ${code}`}`, {}),
       );
     });
   });

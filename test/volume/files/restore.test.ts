@@ -4,6 +4,7 @@ import {
   existsSync,
   lstatSync,
   mkdirSync,
+  readdirSync,
   readFileSync,
   readlinkSync,
   symlinkSync,
@@ -324,4 +325,31 @@ test('round trip onto a fresh ext4 filesystem (loop device), as the disk layer u
   assert.ok(got.get('sparse.img')!.blocks! * 512 < 1024 * 1024);
   // lost+found made by mkfs is left alone.
   assert.ok(lstatSync(join(mnt, 'lost+found')).isDirectory());
+});
+
+test('thousands of fifos are made in a few batched runs', async (t) => {
+  const dst = await scratchDir(t);
+  const entries = [entry('.', 'dir', { mode: 0o755 }), entry('p', 'dir', { mode: 0o755 })];
+  for (let i = 0; i < 3000; i++)
+    entries.push(entry(`p/fifo-with-a-longish-name-${i}`, 'fifo', { mode: 0o640 }));
+  const restore = createTreeRestore(entries, dst, { fileset: 1, fsType: 'ext4' });
+  await runRestore(restore, new MemChunkStore());
+  const names = readdirSync(join(dst, 'p'));
+  assert.equal(names.length, 3000);
+  const st = lstatSync(join(dst, 'p/fifo-with-a-longish-name-2999'));
+  assert.ok(st.isFIFO());
+  assert.equal(st.mode & 0o7777, 0o640);
+});
+
+test('abort closes what is open and leaves the partial tree', async (t) => {
+  const { store, entries } = await captured(t, false);
+  const dst = await scratchDir(t);
+  const restore = createTreeRestore(entries, dst, { fileset: 1, fsType: 'ext4' });
+  await restore.prepare();
+  const big = entries.find((e) => e.path === 'big.bin')!;
+  const first = big.extents![0]!.chunk;
+  await restore.applyChunk(first, await store.readChunk(first));
+  await restore.abort(new Error('operator stopped it'));
+  assert.equal(lstatSync(join(dst, 'big.bin')).size, big.size);
+  await assert.rejects(restore.finish(), { code: 'E_RESTORE_INCOMPLETE' });
 });
