@@ -1,0 +1,336 @@
+/**
+ * One multicast transfer of a file from lab host 0 to hosts 1..n with imgcast, udpcast
+ * or uftp, each process a real separate process in its namespace, every process
+ * wrapped in /usr/bin/time so peak RSS is measured the same way for all three tools
+ * (getrusage of the exited child, which `ip netns exec` does not hide because it execs).
+ *
+ * Wall time runs from starting the sender to the exit of the last process, so each
+ * tool's handshake is included the same way. Every copy is checked by SHA-256.
+ */
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream, readFileSync } from 'node:fs';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import type { NetLab } from '../../test/helpers/netlab.ts';
+
+export type Tool = 'imgcast' | 'udpcast' | 'uftp';
+
+export interface Outcome {
+  tool: Tool;
+  receivers: number;
+  lossPct: number;
+  bytes: number;
+  wallMs: number;
+  /** Per receiver: its copy matched the source. */
+  intact: boolean[];
+  senderRssKb: number;
+  receiverRssKb: number[];
+  /** Packets/bytes the iptables loss rules dropped, summed over receivers. */
+  lostPackets: number;
+  lostBytes: number;
+  /** imgcast only: repair traffic the sender put on the wire. */
+  repairBytes?: number;
+  repairPackets?: number;
+  wireBytes?: number;
+  note?: string;
+}
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const NODE = join(ROOT, 'node_modules/.bin/node');
+const RUNNER = join(ROOT, 'bench/lib/mcast-runner.ts');
+const GROUP_BASE = '239.18.7.';
+
+export async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const b of createReadStream(path, { highWaterMark: 4 << 20 })) h.update(b as Buffer);
+  return h.digest('hex');
+}
+
+interface Proc {
+  child: ChildProcess;
+  done: Promise<{ code: number | null; stdout: string; stderr: string; ms: number }>;
+  timeFile: string;
+}
+
+function start(lab: NetLab, host: number, timeFile: string, cmd: string, args: string[], t0: number): Proc {
+  const child = lab.exec(host, '/usr/bin/time', ['-f', 'MAXRSS %M', '-o', timeFile, cmd, ...args], {
+    cwd: ROOT,
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-20000)));
+  const done = new Promise<{ code: number | null; stdout: string; stderr: string; ms: number }>((res) =>
+    child.on('close', (code) => res({ code, stdout, stderr, ms: Date.now() - t0 })),
+  );
+  return { child, done, timeFile };
+}
+
+/** Signals the command under /usr/bin/time rather than time itself, so time still records its usage. */
+function signalWrapped(child: ChildProcess, sig: NodeJS.Signals): void {
+  if (child.pid === undefined) return;
+  let kids: string[] = [];
+  try {
+    kids = readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8')
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean);
+  } catch {
+    // already gone
+  }
+  for (const k of kids) {
+    try {
+      process.kill(Number(k), sig);
+    } catch {
+      // raced with its exit
+    }
+  }
+}
+
+async function rssOf(p: Proc): Promise<number> {
+  try {
+    const m = /MAXRSS (\d+)/.exec(await readFile(p.timeFile, 'utf8'));
+    return m?.[1] ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string, onTimeout: () => void): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<T>((_, rej) => {
+      timer = setTimeout(() => {
+        onTimeout();
+        rej(new Error(`${what} did not finish within ${ms / 1000} s`));
+      }, ms);
+    }),
+  ]);
+}
+
+export interface RunOptions {
+  /** Receivers are hosts 1..n of the lab. */
+  n: number;
+  lossPct: number;
+  file: string;
+  /** SHA-256 of `file`. */
+  sha: string;
+  /** Directory for received copies and logs (emptied first). */
+  work: string;
+  timeoutMs: number;
+  /** Index of the run, to pick distinct ports/groups. */
+  seq: number;
+}
+
+export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promise<Outcome> {
+  await rm(o.work, { recursive: true, force: true });
+  await mkdir(o.work, { recursive: true });
+  for (let i = 1; i <= o.n; i++) {
+    lab.loss(i, o.lossPct);
+    lab.resetDropped(i);
+  }
+  const bytes = Number(spawnSync('stat', ['-c', '%s', o.file], { encoding: 'utf8' }).stdout.trim());
+  const group = `${GROUP_BASE}${(o.seq % 100) + 1}`;
+  const port = 20000 + (o.seq % 500) * 4;
+  const outs = Array.from({ length: o.n }, (_, k) => join(o.work, `r${k + 1}`, 'copy.bin'));
+  for (let i = 1; i <= o.n; i++) await mkdir(join(o.work, `r${i}`), { recursive: true });
+  const procs: Proc[] = [];
+  const t0 = Date.now();
+  let sender: Proc;
+  let daemons: Proc[] = [];
+  const receivers: Proc[] = [];
+  let extra: Partial<Outcome> = {};
+
+  if (tool === 'imgcast') {
+    const sendArgs = {
+      file: o.file,
+      interface: lab.addr(0),
+      group,
+      port,
+      clients: o.n,
+      waitSeconds: 60,
+    };
+    sender = start(lab, 0, join(o.work, 'sender.time'), NODE, [RUNNER, 'send', JSON.stringify(sendArgs)], t0);
+    for (let i = 1; i <= o.n; i++) {
+      const args = { from: `${lab.addr(0)}:${port}`, interface: lab.addr(i), name: `r${i}`, to: outs[i - 1] };
+      receivers.push(
+        start(lab, i, join(o.work, `r${i}.time`), NODE, [RUNNER, 'receive', JSON.stringify(args)], t0),
+      );
+    }
+  } else if (tool === 'udpcast') {
+    const common = ['--interface', 'eth0', '--portbase', String(port), '--mcast-rdv-address', group];
+    for (let i = 1; i <= o.n; i++) {
+      receivers.push(
+        start(
+          lab,
+          i,
+          join(o.work, `r${i}.time`),
+          'udp-receiver',
+          [...common, '--nokbd', '--file', outs[i - 1]!],
+          t0,
+        ),
+      );
+    }
+    // Receivers must be listening for the sender's hello before it gives up waiting for them.
+    await new Promise((r) => setTimeout(r, 300));
+    sender = start(
+      lab,
+      0,
+      join(o.work, 'sender.time'),
+      'udp-sender',
+      [
+        ...common,
+        '--mcast-data-address',
+        `${GROUP_BASE}${(o.seq % 100) + 101}`,
+        '--nokbd',
+        '--min-receivers',
+        String(o.n),
+        '--full-duplex',
+        '--file',
+        o.file,
+      ],
+      t0,
+    );
+  } else {
+    // uftpd (client daemon, foreground with -d) listens on a public group; uftp announces to it.
+    const pub = group;
+    const priv = `${GROUP_BASE}${(o.seq % 100) + 101}`;
+    for (let i = 1; i <= o.n; i++) {
+      daemons.push(
+        start(
+          lab,
+          i,
+          join(o.work, `r${i}.time`),
+          'uftpd',
+          [
+            '-d',
+            '-x',
+            '1',
+            '-q',
+            '-p',
+            String(port),
+            '-M',
+            pub,
+            '-I',
+            'eth0',
+            '-B',
+            String(lab.socketBufferMax),
+            '-D',
+            join(o.work, `r${i}`),
+          ],
+          t0,
+        ),
+      );
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    const clientIds = Array.from({ length: o.n }, (_, k) => lab.addr(k + 1)).join(',');
+    sender = start(
+      lab,
+      0,
+      join(o.work, 'sender.time'),
+      'uftp',
+      [
+        '-x',
+        '1',
+        '-Y',
+        'none',
+        '-I',
+        'eth0',
+        '-p',
+        String(port),
+        '-M',
+        pub,
+        '-P',
+        priv,
+        '-H',
+        clientIds,
+        '-R',
+        String(UFTP_RATE_KBPS),
+        '-b',
+        '1400',
+        '-B',
+        String(lab.socketBufferMax),
+        '-D',
+        'copy.bin',
+        o.file,
+      ],
+      t0,
+    );
+  }
+  procs.push(sender, ...receivers, ...daemons);
+  const killAll = (): void => {
+    for (const p of procs) lab.kill9(p.child);
+  };
+  let note: string | undefined;
+  try {
+    const s = await withTimeout(sender.done, o.timeoutMs, `${tool} sender`, killAll);
+    const rs = await withTimeout(
+      Promise.all(receivers.map((r) => r.done)),
+      Math.max(30_000, o.timeoutMs / 4),
+      `${tool} receivers`,
+      killAll,
+    );
+    if (s.code !== 0) note = `sender exit ${s.code}: ${s.stderr.trim().split('\n').slice(-3).join(' | ')}`;
+    if (tool === 'imgcast') {
+      const line = s.stdout.split('\n').find((l) => l.startsWith('RESULT '));
+      if (line) {
+        const r = JSON.parse(line.slice(7)) as {
+          counters: { repairBytes: number; repairPackets: number; bytes: number };
+        };
+        extra = {
+          repairBytes: r.counters.repairBytes,
+          repairPackets: r.counters.repairPackets,
+          wireBytes: r.counters.bytes,
+        };
+      }
+    }
+    const bad = rs.findIndex((r) => r.code !== 0);
+    if (bad >= 0 && !note)
+      note = `receiver ${bad + 1} exit ${rs[bad]!.code}: ${rs[bad]!.stderr.trim().slice(-300)}`;
+  } finally {
+    // uftpd never exits on its own; stop it (and anything left after a timeout).
+    for (const d of daemons) signalWrapped(d.child, 'SIGTERM');
+    await Promise.all(daemons.map((d) => withTimeout(d.done, 5000, 'uftpd', killAll).catch(() => {})));
+  }
+  const wallMs = Math.max(...(await Promise.all([sender, ...receivers].map((p) => p.done))).map((r) => r.ms));
+  const intact: boolean[] = [];
+  for (const f of outs)
+    intact.push(
+      await sha256File(f).then(
+        (h) => h === o.sha,
+        () => false,
+      ),
+    );
+  let lostPackets = 0;
+  let lostBytes = 0;
+  for (let i = 1; i <= o.n; i++) {
+    const d = lab.dropped(i);
+    lostPackets += d.packets;
+    lostBytes += d.bytes;
+  }
+  const rx = tool === 'uftp' ? daemons : receivers;
+  const out: Outcome = {
+    tool,
+    receivers: o.n,
+    lossPct: o.lossPct,
+    bytes,
+    wallMs,
+    intact,
+    senderRssKb: await rssOf(sender),
+    receiverRssKb: await Promise.all(rx.map(rssOf)),
+    lostPackets,
+    lostBytes,
+    ...extra,
+  };
+  if (note) out.note = note;
+  daemons = [];
+  return out;
+}
+
+/** uftp has no rate discovery without TFMCC; -1 means "as fast as the interface takes". */
+export let UFTP_RATE_KBPS = -1;
+export function setUftpRate(kbps: number): void {
+  UFTP_RATE_KBPS = kbps;
+}

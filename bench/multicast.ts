@@ -1,0 +1,193 @@
+/**
+ * npm run bench:multicast [-- --size 1G --only imgcast,udpcast,uftp --no-scaling --keep-data]
+ *
+ * Builds a namespace lab (MTU 1500, one server, up to 8 workstations on a bridge),
+ * sends one file of incompressible data to 3 receivers with imgcast (raw mode, through
+ * its programmatic API), udpcast and uftp at 0 % and 1 % random loss, then 1 → 8
+ * receivers at 0 % for imgcast and udpcast, checks every copy by SHA-256 and writes
+ * the figures into BENCHMARKS.md between `<!-- bench:multicast -->` markers.
+ * Needs root (namespaces, iptables). The data file is made once from /dev/urandom.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { cpus, release } from 'node:os';
+import { join, resolve } from 'node:path';
+import { NetLab } from '../test/helpers/netlab.ts';
+import { runTransfer, sha256File, type Outcome, type Tool } from './lib/tools.ts';
+
+const ROOT = resolve(import.meta.dirname, '..');
+const DATA_DIR = '/var/tmp/imgcast-bench';
+const MARK_START = '<!-- bench:multicast -->';
+const MARK_END = '<!-- /bench:multicast -->';
+
+function parseSize(s: string): number {
+  const m = /^(\d+(?:\.\d+)?)([KMG]?)i?B?$/i.exec(s.trim());
+  if (!m?.[1]) throw new Error(`--size: cannot read "${s}" (examples: 256M, 1G)`);
+  const mult = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[(m[2] ?? '').toUpperCase()] ?? 1;
+  return Math.round(Number(m[1]) * mult);
+}
+
+function args(): { size: number; tools: Tool[]; scaling: boolean; maxScale: number } {
+  const a = process.argv.slice(2);
+  let size = 1024 ** 3;
+  let tools: Tool[] = ['imgcast', 'udpcast', 'uftp'];
+  let scaling = true;
+  let maxScale = 8;
+  for (let i = 0; i < a.length; i++) {
+    const k = a[i];
+    if (k === '--size') size = parseSize(a[++i] ?? '');
+    else if (k === '--only') {
+      tools = (a[++i] ?? '').split(',').filter(Boolean) as Tool[];
+      for (const t of tools) {
+        if (!['imgcast', 'udpcast', 'uftp'].includes(t)) throw new Error(`--only: unknown tool ${t}`);
+      }
+    } else if (k === '--no-scaling') scaling = false;
+    else if (k === '--max-receivers') maxScale = Number(a[++i]);
+    else
+      throw new Error(
+        `unknown option ${k} (options: --size N[M|G], --only a,b, --no-scaling, --max-receivers N)`,
+      );
+  }
+  return { size, tools, scaling, maxScale };
+}
+
+async function dataFile(size: number): Promise<string> {
+  await mkdir(DATA_DIR, { recursive: true });
+  const file = join(DATA_DIR, `random-${size}.bin`);
+  if (!existsSync(file) || statSync(file).size !== size) {
+    process.stderr.write(`creating ${file} (${size} bytes from /dev/urandom)\n`);
+    execFileSync('sh', ['-c', `head -c ${size} /dev/urandom > ${file}.tmp && mv ${file}.tmp ${file}`]);
+  }
+  return file;
+}
+
+const mib = (b: number): string => (b / 1024 ** 2).toFixed(0);
+const mbit = (o: Outcome): number => (o.bytes * 8) / (o.wallMs * 1000);
+const kbToMiB = (kb: number): string => (Number.isFinite(kb) ? (kb / 1024).toFixed(0) : '?');
+
+function row(o: Outcome): string {
+  const ok = o.intact.every(Boolean)
+    ? `${o.intact.length}/${o.intact.length}`
+    : `**${o.intact.filter(Boolean).length}/${o.intact.length}**`;
+  const repair =
+    o.repairBytes === undefined
+      ? '–'
+      : `${mib(o.repairBytes)} MiB / ${mib(o.lostBytes)} MiB` +
+        (o.lostBytes > 0 ? ` (${(o.repairBytes / o.lostBytes).toFixed(2)}×)` : '');
+  const rxRss = o.receiverRssKb.length ? Math.max(...o.receiverRssKb) : NaN;
+  return `| ${o.tool} | ${o.receivers} | ${o.lossPct} % | ${(o.wallMs / 1000).toFixed(1)} s | ${mbit(o).toFixed(0)} | ${ok} | ${o.lostPackets} | ${repair} | ${kbToMiB(o.senderRssKb)} | ${kbToMiB(rxRss)} |${o.note ? ` ${o.note.replace(/\|/g, '/')}` : ''}`;
+}
+
+function ratio(a: Outcome | undefined, b: Outcome | undefined): string {
+  if (!a || !b) return 'n/a';
+  return `${(b.wallMs / a.wallMs).toFixed(2)}× (imgcast ${mbit(a).toFixed(0)} vs ${mbit(b).toFixed(0)} Mbit/s)`;
+}
+
+function writeSection(md: string): void {
+  const path = join(ROOT, 'BENCHMARKS.md');
+  let text = existsSync(path) ? readFileSync(path, 'utf8') : '# Benchmarks\n';
+  const section = `${MARK_START}\n${md.trimEnd()}\n${MARK_END}`;
+  const s = text.indexOf(MARK_START);
+  const e = text.indexOf(MARK_END);
+  if (s >= 0 && e > s) text = text.slice(0, s) + section + text.slice(e + MARK_END.length);
+  else text = `${text.trimEnd()}\n\n${section}\n`;
+  writeFileSync(path, text);
+}
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('bench:multicast needs root (network namespaces, iptables)');
+  const opt = args();
+  const file = await dataFile(opt.size);
+  const sha = await sha256File(file);
+  const hosts = opt.scaling ? Math.max(3, opt.maxScale) : 3;
+  const lab = NetLab.create(hosts, { mtu: 1500 });
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(sig, () => {
+      lab.destroy();
+      process.exit(130);
+    });
+  }
+  const work = join(DATA_DIR, `work-${lab.id}`);
+  const results: Outcome[] = [];
+  let seq = 0;
+  const timeoutMs = Math.max(120_000, (opt.size / (5 * 1024 ** 2)) * 1000); // give up below ~40 Mbit/s
+  const once = async (tool: Tool, n: number, loss: number): Promise<Outcome> => {
+    process.stderr.write(`${tool}: ${n} receivers, ${loss} % loss … `);
+    let o: Outcome;
+    try {
+      o = await runTransfer(lab, tool, { n, lossPct: loss, file, sha, work, timeoutMs, seq: seq++ });
+    } catch (err) {
+      o = {
+        tool,
+        receivers: n,
+        lossPct: loss,
+        bytes: opt.size,
+        wallMs: NaN,
+        intact: Array.from({ length: n }, () => false),
+        senderRssKb: NaN,
+        receiverRssKb: [],
+        lostPackets: 0,
+        lostBytes: 0,
+        note: `failed: ${(err as Error).message}`,
+      };
+    }
+    process.stderr.write(
+      `${(o.wallMs / 1000).toFixed(1)} s, ${mbit(o).toFixed(0)} Mbit/s, intact ${o.intact.filter(Boolean).length}/${n}${o.note ? `, ${o.note}` : ''}\n`,
+    );
+    results.push(o);
+    return o;
+  };
+  const main3: Record<string, Outcome> = {};
+  const scale: Outcome[] = [];
+  try {
+    for (const loss of [0, 1])
+      for (const tool of opt.tools) main3[`${tool}@${loss}`] = await once(tool, 3, loss);
+    if (opt.scaling) {
+      for (const tool of opt.tools.filter((t) => t !== 'uftp')) {
+        for (let n = 1; n <= opt.maxScale; n *= 2) scale.push(await once(tool, n, 0));
+      }
+    }
+  } finally {
+    lab.destroy();
+    await rm(work, { recursive: true, force: true });
+  }
+
+  const cmd = `npm run bench:multicast${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
+  const head =
+    '| tool | receivers | loss | wall | Mbit/s | intact | packets lost (iptables) | repair sent / lost | sender RSS MiB | max receiver RSS MiB |\n' +
+    '|---|---|---|---|---|---|---|---|---|---|';
+  const lines: string[] = [
+    '## Multicast transfer (`bench/multicast.ts`)',
+    '',
+    `Command: \`${cmd}\`  `,
+    `Date: ${new Date().toISOString()}  `,
+    `Machine: ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), Linux ${release()}, Node ${process.version}  `,
+    `Lab: network namespaces on one bridge (veth, MTU 1500, no link rate limit — every process shares the same ${cpus().length} CPUs, so this measures CPU cost per byte as much as protocol efficiency); loss = iptables \`statistic --mode random\` DROP on each receiver's INPUT (UDP). net.core.rmem_max = ${lab.socketBufferMax} (global on this kernel).  `,
+    `Data: ${mib(opt.size)} MiB from /dev/urandom; every received copy checked by SHA-256. Wall time = sender start → last process exit (handshake included; imgcast's includes hashing the file up front).  `,
+    'Settings: imgcast raw (`flatFileProvider`, 1 MiB chunks, no rate cap); udpcast `udp-sender --full-duplex --min-receivers N --nokbd` (no --max-bitrate); uftp `-R -1 -b 1400 -Y none -H <clients> -B <rmem_max>`, uftpd `-d -q -B <rmem_max>`.',
+    '',
+    '### 3 receivers',
+    '',
+    head,
+    ...Object.values(main3).map(row),
+    '',
+    'imgcast vs others (their wall time ÷ imgcast wall time; > 1 means imgcast is faster, target ≥ 0.9 vs udpcast):',
+    '',
+  ];
+  for (const loss of [0, 1]) {
+    const a = main3[`imgcast@${loss}`];
+    lines.push(
+      `- ${loss} % loss: vs udpcast ${ratio(a, main3[`udpcast@${loss}`])}; vs uftp ${ratio(a, main3[`uftp@${loss}`])}`,
+    );
+  }
+  if (scale.length)
+    lines.push('', '### Scaling 1 → ' + opt.maxScale + ' receivers, 0 % loss', '', head, ...scale.map(row));
+  const md = lines.join('\n') + '\n';
+  writeSection(md);
+  process.stdout.write(md);
+  const bad = results.filter((o) => !o.intact.every(Boolean));
+  if (bad.length) process.exitCode = 1;
+}
+
+await main();
