@@ -227,6 +227,10 @@ class TreeRestoreImpl implements RestoreSink {
           this.skip(item, `${item.rel}: vfat does not accept this name (${code}); skipped`);
           continue;
         }
+        if (this.vfat && code === 'EFBIG') {
+          this.skip(item, `${item.rel}: ${item.entry.size} bytes is more than a vfat file can hold; skipped`);
+          continue;
+        }
         throw restoreError(item.abs, `cannot create ${e.type}`, err);
       }
     }
@@ -303,9 +307,12 @@ class TreeRestoreImpl implements RestoreSink {
     try {
       // Setting the size first leaves every range no extent covers as a hole.
       ftruncateSync(fd, item.entry.size ?? 0);
-    } finally {
+    } catch (err) {
       closeSync(fd);
+      unlinkSync(item.abs); // an empty file under the real name would pass for a restored one
+      throw err;
     }
+    closeSync(fd);
   }
 
   /** Removes a non-directory left by an earlier restore or extract at the item's place. */
@@ -492,7 +499,9 @@ class TreeRestoreImpl implements RestoreSink {
       try {
         lutimesSync(i.abs, nsToSeconds(i.entry.atimeNs), nsToSeconds(i.entry.mtimeNs));
       } catch (err) {
-        throw restoreError(i.abs, 'cannot set times', err);
+        // vfat's root directory has no entry to hold times, and vfat has no times before 1980.
+        if (this.vfat) this.warn(`${i.rel}: vfat refused its times (${(err as NodeJS.ErrnoException).code})`);
+        else throw restoreError(i.abs, 'cannot set times', err);
       }
     }
   }
