@@ -93,7 +93,6 @@ class TreeRestoreImpl implements RestoreSink {
   bytesDone = 0;
   bytesTotal = 0;
   prepared = false;
-  closed = false;
 
   constructor(entries: readonly FileEntry[], targetDir: string, opts: TreeRestoreOptions) {
     checkFileset(opts.fileset);
@@ -115,10 +114,11 @@ class TreeRestoreImpl implements RestoreSink {
         if (byPath.has(p)) wanted.add(p);
       }
     }
-    this.items = [];
+    // Image order: `needed` then lists chunks in the order an image file holds them.
+    const inImageOrder: Item[] = [];
     for (const path of wanted) {
       const entry = byPath.get(path)!;
-      this.items.push({
+      inImageOrder.push({
         entry,
         rel: path,
         abs: path === '.' ? this.root : join(this.root, path),
@@ -126,11 +126,11 @@ class TreeRestoreImpl implements RestoreSink {
       });
     }
     // Parent-first whatever order the manifest has (appended entries may come late); stable within a depth.
-    this.items.sort((a, b) => a.depth - b.depth);
+    this.items = [...inImageOrder].sort((a, b) => a.depth - b.depth);
 
     const holders = new Map<number, Item>();
     const needed = new Set<string>();
-    for (const item of this.items) {
+    for (const item of inImageOrder) {
       const e = item.entry;
       if (e.type !== 'file') continue;
       // vfat has no hard links: every name gets its own copy, which its own extents make possible.
