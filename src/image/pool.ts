@@ -3,9 +3,9 @@
  * the process (two captures at once still use each core once). Workers are unref'd
  * while idle so an idle pool never keeps the process alive.
  *
- * Measured against zlib's async zstd on the libuv threadpool (bench/…, 2 cores):
- * see the report; workers won because zlib's async path copies output in
- * chunkSize pieces and the threadpool is shared with fs I/O.
+ * Workers rather than zlib's async zstd on the libuv threadpool: that pool is shared
+ * with all fs I/O (a capture reads files through it), and workers can compress in
+ * place in shared memory, which keeps chunk-sized garbage off the writer's thread.
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -13,7 +13,7 @@ import { Worker } from 'node:worker_threads';
 import type { CompressionLevel } from './types.ts';
 
 interface Pending {
-  resolve: (r: { codec: number; stored: Buffer }) => void;
+  resolve: (r: { codec: number; storedLength: number }) => void;
   reject: (e: Error) => void;
 }
 
@@ -38,16 +38,22 @@ export class CompressPool {
     return shared;
   }
 
-  /** Compresses a private copy of `raw`, so the caller may reuse its buffer at once. */
-  compress(raw: Buffer, level: CompressionLevel): Promise<{ codec: number; stored: Buffer }> {
-    const copy = new Uint8Array(new ArrayBuffer(raw.length));
-    copy.set(raw);
+  /**
+   * Compresses `length` bytes at `offset` of `sab` in place: on return the slot holds
+   * the stored form (the raw bytes untouched when the codec is CODEC_NONE).
+   */
+  compress(
+    sab: SharedArrayBuffer,
+    offset: number,
+    length: number,
+    level: CompressionLevel,
+  ): Promise<{ codec: number; storedLength: number }> {
     const slot = this.#pick();
     const seq = ++this.#seq;
     return new Promise((resolve, reject) => {
       slot.jobs.set(seq, { resolve, reject });
       if (slot.jobs.size === 1) slot.worker.ref();
-      slot.worker.postMessage({ seq, level, raw: copy }, [copy.buffer]);
+      slot.worker.postMessage({ seq, level, sab, offset, length });
     });
   }
 
@@ -74,18 +80,15 @@ export class CompressPool {
       for (const p of slot.jobs.values()) p.reject(err);
       slot.jobs.clear();
     };
-    worker.on('message', (m: { seq: number; codec?: number; stored?: Uint8Array; error?: string }) => {
+    worker.on('message', (m: { seq: number; codec?: number; storedLength?: number; error?: string }) => {
       const p = slot.jobs.get(m.seq);
       if (!p) return;
       slot.jobs.delete(m.seq);
       if (slot.jobs.size === 0) worker.unref();
-      if (m.error !== undefined || m.stored === undefined || m.codec === undefined) {
+      if (m.error !== undefined || m.storedLength === undefined || m.codec === undefined) {
         p.reject(new Error(`compression worker failed: ${m.error ?? 'no result'}`));
       } else {
-        p.resolve({
-          codec: m.codec,
-          stored: Buffer.from(m.stored.buffer, m.stored.byteOffset, m.stored.byteLength),
-        });
+        p.resolve({ codec: m.codec, storedLength: m.storedLength });
       }
     });
     worker.on('error', (err) => failAll(err));

@@ -9,6 +9,7 @@
  * and, on failure, truncates the file back to its old length.
  */
 import { link, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 
 import { CODEC_NONE, chunkId, encodeChunk } from './codec.ts';
@@ -42,8 +43,13 @@ import {
 } from './types.ts';
 import { describeUsage } from './usage.ts';
 
-/** Raw bytes accepted but not yet on disk before putChunk makes its caller wait. */
-export const MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
+/**
+ * Chunks accepted but not yet on disk before putChunk makes its caller wait: enough
+ * to keep every core busy with one chunk queued behind the one it compresses, and
+ * few enough that memory stays bounded (8 x 4 MiB on a 2-core machine).
+ */
+export const IN_FLIGHT_SLOTS = Math.min(32, Math.max(8, 2 * availableParallelism() + 4));
+export const MAX_IN_FLIGHT_BYTES = IN_FLIGHT_SLOTS * CHUNK_SIZE;
 
 interface WriterState {
   path: string;
@@ -68,7 +74,10 @@ export class ImageWriter implements ChunkSink {
   #s: WriterState;
   #end: number;
   #inflight = new Map<string, Promise<void>>();
-  #inflightBytes = 0;
+  #pending = new Map<string, { slot: number; rawLength: number }>();
+  /** Shared memory holding in-flight chunks, one CHUNK_SIZE slot each; workers compress in place. */
+  #sab: SharedArrayBuffer | undefined;
+  #freeSlots: number[] = [];
   #waiters: Array<() => void> = [];
   #failure: Error | undefined;
   #closed = false;
@@ -162,21 +171,28 @@ export class ImageWriter implements ChunkSink {
       this.stats.chunksDeduplicated++;
       return ref;
     }
-    const size = raw.length;
-    this.#inflightBytes += size;
-    const job = this.#store(id, raw)
+    // Registered before waiting for a slot so a concurrent put of the same content dedups.
+    let started!: () => void;
+    const gate = new Promise<void>((resolve) => (started = resolve));
+    const job = gate
+      .then(() => this.#inflightJob(id))
       .catch((err: unknown) => {
         this.#failure ??= err instanceof ImageError ? err : ioError(this.#s.file, 'write chunk to', err);
+        this.#wakeAll();
       })
-      .finally(() => {
-        this.#inflightBytes -= size;
-        this.#inflight.delete(id);
-        for (const w of this.#waiters.splice(0)) w();
-      });
+      .finally(() => this.#inflight.delete(id));
     this.#inflight.set(id, job);
-    while (this.#inflightBytes > MAX_IN_FLIGHT_BYTES && !this.#failure) {
-      await new Promise<void>((resolve) => this.#waiters.push(resolve));
+    let slot: number;
+    try {
+      slot = await this.#acquireSlot();
+    } catch (err) {
+      started();
+      throw err;
     }
+    // The caller may reuse `raw` once we return: copy it into our slot now.
+    raw.copy(Buffer.from(this.#sab!, slot * CHUNK_SIZE, CHUNK_SIZE));
+    this.#pending.set(id, { slot, rawLength: raw.length });
+    started();
     this.#check();
     return ref;
   }
@@ -230,6 +246,7 @@ export class ImageWriter implements ChunkSink {
   async abort(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#wakeAll();
     await this.#settle();
     const { fh, file, mode, baseLength } = this.#s;
     try {
@@ -256,27 +273,62 @@ export class ImageWriter implements ChunkSink {
     while (this.#inflight.size > 0) await Promise.all(this.#inflight.values());
   }
 
-  async #store(id: string, raw: Buffer): Promise<void> {
-    // Both branches take their own copy before the first await: the caller may reuse `raw`.
-    const { codec, stored } =
-      this.level === 'none'
-        ? { codec: CODEC_NONE, stored: Buffer.from(raw) }
-        : await CompressPool.shared().compress(raw, this.level);
+  async #acquireSlot(): Promise<number> {
+    if (!this.#sab) {
+      this.#sab = new SharedArrayBuffer(IN_FLIGHT_SLOTS * CHUNK_SIZE);
+      this.#freeSlots = Array.from({ length: IN_FLIGHT_SLOTS }, (_, i) => i);
+    }
+    while (this.#freeSlots.length === 0) {
+      this.#check();
+      await new Promise<void>((resolve) => this.#waiters.push(resolve));
+    }
+    this.#check();
+    return this.#freeSlots.pop()!;
+  }
+
+  #releaseSlot(slot: number): void {
+    this.#freeSlots.push(slot);
+    this.#wakeAll();
+  }
+
+  /** Waiters re-check for a slot, a failure or closing; there are never more than a few. */
+  #wakeAll(): void {
+    for (const w of this.#waiters.splice(0)) w();
+  }
+
+  async #inflightJob(id: string): Promise<void> {
+    const p = this.#pending.get(id);
+    if (!p) return; // never got a slot: putChunk already threw
+    this.#pending.delete(id);
+    try {
+      await this.#store(id, p.slot, p.rawLength);
+    } finally {
+      this.#releaseSlot(p.slot);
+    }
+  }
+
+  async #store(id: string, slot: number, rawLength: number): Promise<void> {
+    const sab = this.#sab!;
+    const offset = slot * CHUNK_SIZE;
+    const { codec, storedLength } =
+      this.level === 'none' || rawLength === 0
+        ? { codec: CODEC_NONE, storedLength: rawLength }
+        : await CompressPool.shared().compress(sab, offset, rawLength, this.level);
     if (this.#closed) return;
     const head = encodeRecordHeader({
       type: RECORD_CHUNK,
       codec,
-      rawLength: raw.length,
-      storedLength: stored.length,
+      rawLength,
+      storedLength,
       sha: Buffer.from(id, 'hex'),
     });
-    const offset = this.#end;
-    this.#end += head.length + stored.length;
-    await writeAll(this.#s.fh, [head, stored], offset);
-    this.#s.index.set(id, { id, offset, codec, storedLength: stored.length, rawLength: raw.length });
+    const at = this.#end;
+    this.#end += head.length + storedLength;
+    await writeAll(this.#s.fh, [head, Buffer.from(sab, offset, storedLength)], at);
+    this.#s.index.set(id, { id, offset: at, codec, storedLength, rawLength });
     this.stats.chunksStored++;
-    this.stats.rawBytes += raw.length;
-    this.stats.storedBytes += stored.length;
+    this.stats.rawBytes += rawLength;
+    this.stats.storedBytes += storedLength;
   }
 
   #checkReferences(m: Manifest): void {
