@@ -457,10 +457,15 @@ class TreeRestoreImpl implements RestoreSink {
       this.applyOwners(live);
       const withXattrs = live.filter((i) => i.entry.xattrs && Object.keys(i.entry.xattrs).length > 0);
       // After chown, which would clear security.capability; before chmod, which could make files read-only to us.
-      await applyXattrs(
+      const unsupported = await applyXattrs(
         this.root,
         withXattrs.map((i) => ({ path: i.rel, xattrs: i.entry.xattrs! })),
       );
+      if (unsupported.length > 0) {
+        this.warn(
+          `the target filesystem does not support some extended attributes (${unsupported.length} refused), e.g. ${unsupported[0]}`,
+        );
+      }
     }
     this.applyModesAndTimes(live);
   }

@@ -115,12 +115,17 @@ function quote(s: string, alsoEquals: boolean): string {
   return out;
 }
 
-/** Sets the attributes with one `setfattr -h --restore` run; paths are relative to targetDir. */
+/**
+ * Sets the attributes with one `setfattr -h --restore` run; paths are relative to
+ * targetDir. Resolves to setfattr's complaints when the only trouble was a target
+ * that does not support some attributes (an extract onto such a filesystem should
+ * say so, not fail); any other failure rejects.
+ */
 export async function applyXattrs(
   targetDir: string,
   items: ReadonlyArray<{ path: string; xattrs: Record<string, string> }>,
-): Promise<void> {
-  if (items.length === 0) return;
+): Promise<string[]> {
+  if (items.length === 0) return [];
   let dump = '';
   for (const { path, xattrs } of items) {
     dump += `# file: ${quote(path, false)}\n`;
@@ -133,7 +138,7 @@ export async function applyXattrs(
   const file = join(dir, 'dump');
   try {
     writeFileSync(file, Buffer.from(dump, 'latin1'));
-    await new Promise<void>((resolvePromise, reject) => {
+    return await new Promise<string[]>((resolvePromise, reject) => {
       const child = spawn('setfattr', ['-h', `--restore=${file}`], {
         cwd: targetDir,
         stdio: ['ignore', 'ignore', 'pipe'],
@@ -153,11 +158,13 @@ export async function applyXattrs(
         ),
       );
       child.on('close', (code) => {
-        if (code === 0) return resolvePromise();
         const lines = Buffer.concat(err)
           .toString('utf8')
           .split('\n')
           .filter((l) => l.trim() !== '');
+        if (code === 0) return resolvePromise([]);
+        if (lines.length > 0 && lines.every((l) => /Operation not supported/.test(l)))
+          return resolvePromise(lines);
         reject(
           new FileVolumeError(
             'E_XATTR',

@@ -407,3 +407,24 @@ test('property: random files, sparse layouts and duplicates survive capture and 
     { numRuns: 15 },
   );
 });
+
+test('xattrs the target filesystem cannot hold are a warning, not a failure (ramfs, root)', async (t) => {
+  if (skipUnless(t, isRoot() ? undefined : 'needs root to mount a ramfs')) return;
+  const mounts: string[] = [];
+  t.after(() => {
+    for (const m of mounts) execFileSync('umount', [m]);
+  });
+  const src = await scratchDir(t);
+  writeFileSync(join(src, 'f'), 'data');
+  execFileSync('setfattr', ['-n', 'user.k', '-v', 'v', join(src, 'f')]);
+  const store = new MemChunkStore();
+  const entries = await captureTree(src, store);
+  const dst = await scratchDir(t);
+  execFileSync('mount', ['-t', 'ramfs', 'imgcast-test', dst]);
+  mounts.push(dst);
+  const restore = createTreeRestore(entries, dst, { fileset: 1, fsType: 'directory' });
+  await runRestore(restore, store);
+  assert.equal(readFileSync(join(dst, 'f'), 'utf8'), 'data');
+  assert.equal(restore.warnings.length, 1);
+  assert.match(restore.warnings[0]!, /does not support some extended attributes.*Operation not supported/);
+});
