@@ -67,6 +67,8 @@ export async function captureTree(
   sink: ChunkSink,
   opts: CaptureOptions = {},
 ): Promise<FileEntry[]> {
+  // Checked before any data goes to the sink.
+  const at = opts.at === undefined || opts.at === '' ? '.' : normalizeImagePath(opts.at);
   let absRoot: string;
   let rootSt: BigIntStats;
   try {
@@ -90,8 +92,6 @@ export async function captureTree(
     throw err;
   }
   attachXattrs(entries, await xattrScan.promise);
-
-  const at = opts.at === undefined || opts.at === '' ? '.' : normalizeImagePath(opts.at);
   if (at !== '.') for (const e of entries) e.path = e.path === '.' ? at : `${at}/${e.path}`;
   return entries;
 }
