@@ -209,6 +209,47 @@ export async function attachLoop(path: string, opts: LoopOptions = {}): Promise<
   return dev;
 }
 
+/** Processes whose mount namespace still has `dev` mounted (major:minor match), for messages. */
+async function holdersOf(dev: string): Promise<string[]> {
+  const num = await readDevNumber(join('/sys/class/block', basename(dev)));
+  if (!num) return [];
+  const out: string[] = [];
+  for (const pid of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(pid)) continue;
+    const info = await readFile(`/proc/${pid}/mountinfo`, 'utf8').catch(() => '');
+    if (info.split('\n').some((l) => l.split(' ')[2] === num)) {
+      const comm = await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '?');
+      out.push(`${pid} (${comm.trim()})`);
+      if (out.length >= 5) break;
+    }
+  }
+  return out;
+}
+
+/**
+ * Detaches a loop device and makes sure it is gone. The kernel only defers the detach
+ * when something still holds the device, such as a copy of a mount in another mount
+ * namespace; then the filesystem on it was not really unmounted, and saying "done"
+ * would be a lie.
+ */
+export async function detachLoopVerified(dev: string): Promise<void> {
+  await detachLoop(dev);
+  const attached = () =>
+    stat(join('/sys/class/block', basename(dev), 'loop')).then(
+      () => true,
+      () => false,
+    );
+  for (let i = 0; i < 20 && (await attached()); i++) await new Promise((r) => setTimeout(r, 50));
+  if (await attached()) {
+    const holders = await holdersOf(dev);
+    throw new DiskError(
+      'E_DISK_MOUNTED',
+      `${dev} is still in use after unmounting${holders.length ? `: mounted in the mount namespace of process ${holders.join(', ')}` : ''}; the filesystem on it was not cleanly unmounted`,
+      { device: dev, holders },
+    );
+  }
+}
+
 export async function detachLoop(dev: string): Promise<void> {
   // A just-unmounted filesystem can hold the device for a moment; losetup -d then fails with EBUSY.
   for (let attempt = 0; ; attempt++) {

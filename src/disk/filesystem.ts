@@ -123,6 +123,37 @@ export async function makeFilesystem(device: string, info: FilesystemInfo): Prom
   });
 }
 
+let baseReady: Promise<string> | undefined;
+
+/**
+ * Parent of imgcast's temporary mount points: a shared bind mount of itself. A process
+ * that enters a new mount namespace (`ip netns exec`, container tools) copies every
+ * mount that exists at that moment; under a private parent such a copy would keep the
+ * filesystem mounted after imgcast unmounts it, with its journal unflushed. Under a
+ * shared parent the unmount propagates into those copies.
+ */
+function mountBase(): Promise<string> {
+  baseReady ??= (async () => {
+    const base = join(
+      await stat('/run').then(
+        () => '/run',
+        () => tmpdir(),
+      ),
+      'imgcast-mounts',
+    );
+    await mkdir(base, { recursive: true });
+    const info = await readFile('/proc/self/mountinfo', 'utf8');
+    const mounted = info.split('\n').some((l) => l.split(' ')[4] === base);
+    if (!mounted) await run('mount', ['--bind', base, base], 'prepare the mount point directory');
+    await run('mount', ['--make-shared', base], 'prepare the mount point directory');
+    return base;
+  })().catch((err: unknown) => {
+    baseReady = undefined;
+    throw err;
+  });
+  return baseReady;
+}
+
 export interface Mounted {
   dir: string;
   /** Unmounts and removes the mount point; safe to call twice. */
@@ -135,7 +166,7 @@ export async function mountFilesystem(
   type: FilesystemType,
   opts: { readOnly: boolean },
 ): Promise<Mounted> {
-  const dir = await mkdtemp(join(tmpdir(), 'imgcast-mnt-'));
+  const dir = await mkdtemp(join(await mountBase(), 'mnt-'));
   const options = [opts.readOnly ? 'ro' : 'rw'];
   try {
     await run('mount', ['-t', type, '-o', options.join(','), device, dir], `mount ${device}`);

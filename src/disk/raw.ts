@@ -166,17 +166,17 @@ export function createRawRestore(
     }
     if (cur < offset + length) gaps.push([cur, offset + length]);
     const zeros = Buffer.alloc(Math.min(CHUNK_SIZE, length));
+    // Large gaps are zeroed without writing them: blkdiscard --zeroout on a device, a punched
+    // hole in a file. Small gaps, and targets that support neither, get written zeros.
+    const tool = isBlock ? 'blkdiscard' : 'fallocate';
+    let toolWorks = true;
     for (const [from, to] of gaps) {
-      if (isBlock && from % 512 === 0 && (to - from) % 512 === 0) {
-        const r = await runTool('blkdiscard', [
-          '--zeroout',
-          '--offset',
-          String(from),
-          '--length',
-          String(to - from),
-          target,
-        ]);
+      if (toolWorks && to - from >= 1024 * 1024 && from % 512 === 0 && (to - from) % 512 === 0) {
+        const args = isBlock ? ['--zeroout'] : ['--punch-hole'];
+        args.push('--offset', String(from), '--length', String(to - from), target);
+        const r = await runTool(tool, args).catch(() => ({ status: -1 }));
         if (r.status === 0) continue;
+        toolWorks = false;
       }
       for (let p = from; p < to; p += zeros.length) {
         await handle.write(zeros, 0, Math.min(zeros.length, to - p), p);

@@ -5,7 +5,14 @@
  */
 import { mkdir, open, readdir, stat } from 'node:fs/promises';
 import { DiskError } from '../disk/errors.ts';
-import { assertNotMounted, attachLoop, deviceSize, detachLoop, isBlockDevice } from '../disk/device.ts';
+import {
+  assertNotMounted,
+  attachLoop,
+  deviceSize,
+  detachLoop,
+  detachLoopVerified,
+  isBlockDevice,
+} from '../disk/device.ts';
 import { runTool } from '../disk/exec.ts';
 import { makeFilesystem, openTreeForWriting, type TreeAccess } from '../disk/filesystem.ts';
 import { createRawRestore } from '../disk/raw.ts';
@@ -90,9 +97,12 @@ function filesystemPlace(target: string, volume: FileVolume, offset: number, siz
         async release(commit) {
           try {
             await tree.close(commit);
-          } finally {
-            await detachLoop(loop);
+          } catch (err) {
+            await detachLoop(loop).catch(() => {});
+            throw err;
           }
+          if (commit) await detachLoopVerified(loop);
+          else await detachLoop(loop);
         },
       };
     },
@@ -330,7 +340,21 @@ export async function openRestore(
       if (fresh) await createFile(target, size);
       else await assertNotMounted(target, 'restore target');
     },
+    after: () => syncTarget(target),
   });
+}
+
+/**
+ * Flushes the target. Partitions were written through loop devices stacked on it, whose
+ * writes can sit in the target's own cache after they are detached.
+ */
+async function syncTarget(path: string): Promise<void> {
+  const fh = await open(path, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 async function createFile(path: string, size: number): Promise<void> {
@@ -409,6 +433,7 @@ function diskSink(
       },
     },
     after: async () => {
+      await syncTarget(target);
       // Let the kernel see the new table; loop devices without partition scanning refuse, which is fine.
       if (await isBlockDevice(target)) await runTool('blockdev', ['--rereadpt', target]);
     },

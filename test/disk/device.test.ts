@@ -6,9 +6,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import {
   assertNotMounted,
-  attachLoop,
   blkidProbe,
-  detachLoop,
   deviceSize,
   mountedUses,
   sectorSizeOf,
@@ -16,6 +14,7 @@ import {
 import { DiskError } from '../../src/disk/errors.ts';
 import {} from '../../src/disk/filesystem.ts';
 import { loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
+import { trackedLoops } from './loops.ts';
 
 const MiB = 1024 * 1024;
 
@@ -27,6 +26,7 @@ async function sparse(path: string, size: number): Promise<string> {
 
 test('loop device over a byte range: size, sector size, read-only, blkid of the range', async (t) => {
   if (skipUnless(t, loopUnavailable())) return;
+  const loops = trackedLoops(t);
   const dir = await tempDir(t);
   const file = await sparse(join(dir, 'disk.img'), 64 * MiB);
   execFileSync('mkfs.ext4', [
@@ -43,8 +43,7 @@ test('loop device over a byte range: size, sector size, read-only, blkid of the 
   assert.equal(probe.LABEL, 'ranged');
   assert.deepEqual(await blkidProbe(file, { offset: 40 * MiB, size: 8 * MiB }), {});
 
-  const loop = await attachLoop(file, { offset: 8 * MiB, size: 16 * MiB, readOnly: true });
-  t.after(() => detachLoop(loop).catch(() => {}));
+  const loop = await loops.attach(file, { offset: 8 * MiB, size: 16 * MiB, readOnly: true });
   assert.match(loop, /^\/dev\/loop\d+$/);
   assert.equal(await deviceSize(loop), 16 * MiB);
   assert.equal(await sectorSizeOf(loop), 512);
@@ -54,17 +53,17 @@ test('loop device over a byte range: size, sector size, read-only, blkid of the 
     '1',
     'read-only loop',
   );
-  await detachLoop(loop);
+  await loops.detach(loop);
   assert.deepEqual(await mountedUses(file), []);
 });
 
 test('mounted detection follows loop devices over a file and refuses with the mount point', async (t) => {
   if (skipUnless(t, loopUnavailable())) return;
+  const loops = trackedLoops(t);
   const dir = await tempDir(t);
   const file = await sparse(join(dir, 'fs.img'), 32 * MiB);
   execFileSync('mkfs.ext4', ['-q', file]);
-  const loop = await attachLoop(file);
-  t.after(() => detachLoop(loop).catch(() => {}));
+  const loop = await loops.attach(file);
   const mnt = await mkdtemp(join(tmpdir(), 'imgcast-dev-test-'));
   execFileSync('mount', ['-o', 'ro', loop, mnt]);
   t.after(async () => {

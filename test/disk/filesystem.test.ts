@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { open, readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { attachLoop, detachLoop, mountedUses } from '../../src/disk/device.ts';
+import { mountedUses } from '../../src/disk/device.ts';
 import { DiskError } from '../../src/disk/errors.ts';
 import {
   makeFilesystem,
@@ -14,6 +14,7 @@ import {
   withMounted,
 } from '../../src/disk/filesystem.ts';
 import { loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
+import { trackedLoops } from './loops.ts';
 
 const MiB = 1024 * 1024;
 
@@ -25,6 +26,7 @@ async function sparse(path: string, size: number): Promise<string> {
 
 test('ext4 and vfat are read and recreated with the same type, label, UUID and geometry', async (t) => {
   if (skipUnless(t, loopUnavailable())) return;
+  const loops = trackedLoops(t);
   const dir = await tempDir(t);
   const cases: Array<[string, string[]]> = [
     [
@@ -38,8 +40,7 @@ test('ext4 and vfat are read and recreated with the same type, label, UUID and g
     const a = await sparse(join(dir, `${name}-a.img`), 48 * MiB);
     const b = await sparse(join(dir, `${name}-b.img`), 48 * MiB);
     execFileSync(mkfs[0]!, [...mkfs.slice(1), a], { stdio: 'ignore' });
-    const la = await attachLoop(a, { readOnly: true });
-    t.after(() => detachLoop(la).catch(() => {}));
+    const la = await loops.attach(a, { readOnly: true });
     const info = await readFilesystemInfo(la);
     assert.equal(info.type, name);
     if (name === 'vfat') {
@@ -53,8 +54,7 @@ test('ext4 and vfat are read and recreated with the same type, label, UUID and g
       assert.ok(!info.features!.includes('metadata_csum'));
       assert.ok(info.features!.includes('extent'));
     }
-    const lb = await attachLoop(b);
-    t.after(() => detachLoop(lb).catch(() => {}));
+    const lb = await loops.attach(b);
     await makeFilesystem(lb, info);
     const again = await readFilesystemInfo(lb);
     const strip = ({ usedBytes: _u, ...rest }: typeof info) => rest;
@@ -68,17 +68,17 @@ test('ext4 and vfat are read and recreated with the same type, label, UUID and g
     await r.close(false);
     assert.equal(seen.trim(), marker);
     assert.deepEqual(await mountedUses(b), [], 'unmounted afterwards');
-    await detachLoop(la);
-    await detachLoop(lb);
+    await loops.detach(la);
+    await loops.detach(lb);
   }
 });
 
 test('mount failure leaves no mount point behind and says why', async (t) => {
   if (skipUnless(t, loopUnavailable())) return;
+  const loops = trackedLoops(t);
   const dir = await tempDir(t);
   const file = await sparse(join(dir, 'blank.img'), 8 * MiB);
-  const loop = await attachLoop(file);
-  t.after(() => detachLoop(loop).catch(() => {}));
+  const loop = await loops.attach(file);
   await assert.rejects(
     withMounted(loop, 'ext4', { readOnly: true }, async () => 1),
     (e: unknown) => e instanceof DiskError && e.code === 'E_DISK_COMMAND' && e.message.includes(loop),

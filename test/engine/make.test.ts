@@ -1,22 +1,11 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import {
-  access,
-  link,
-  mkdir,
-  mkdtemp,
-  open,
-  readFile,
-  rm,
-  symlink,
-  truncate,
-  writeFile,
-} from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { access, link, mkdir, open, readFile, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { DiskError } from '../../src/disk/errors.ts';
+import { mountFilesystem } from '../../src/disk/filesystem.ts';
 import { makeImage } from '../../src/engine/make.ts';
 import { restoreImage } from '../../src/engine/restore.ts';
 import { ImageReader } from '../../src/image/reader.ts';
@@ -147,9 +136,10 @@ test('ext4 filesystem image without a table: partition image restored onto a new
   const dir = await tempDir(t);
   const fsImg = await sparse(join(dir, 'root.ext4'), 64 * MiB);
   execFileSync('mkfs.ext4', ['-q', '-L', 'partimg', fsImg]);
-  const mnt = await mkdtemp(join(tmpdir(), 'imgcast-test-mnt-'));
-  t.after(() => rm(mnt, { recursive: true, force: true }));
-  execFileSync('mount', [fsImg, mnt]);
+  const loop = execFileSync('losetup', ['--find', '--show', fsImg], { encoding: 'utf8' }).trim();
+  t.after(() => void spawnSync('losetup', ['-d', loop]));
+  const m = await mountFilesystem(loop, 'ext4', { readOnly: false });
+  const mnt = m.dir;
   try {
     await mkdir(join(mnt, 'etc'));
     await writeFile(join(mnt, 'etc/motd'), 'welcome\n');
@@ -159,7 +149,8 @@ test('ext4 filesystem image without a table: partition image restored onto a new
       return e instanceof DiskError && e.code === 'E_DISK_MOUNTED' && e.message.includes(mnt);
     });
   } finally {
-    execFileSync('umount', [mnt]);
+    await m.unmount();
+    execFileSync('losetup', ['-d', loop]);
   }
   const image = join(dir, 'part.imgc');
   const { manifest } = await makeImage(fsImg, image, { level: 'speed' });
@@ -176,15 +167,16 @@ test('ext4 filesystem image without a table: partition image restored onto a new
       .split('\n')
       .filter((l) => /^(TYPE|LABEL|UUID)=/.test(l));
   assert.deepEqual(blk(target), blk(fsImg));
-  const ma = await mkdtemp(join(tmpdir(), 'imgcast-test-mnt-'));
-  const mb = await mkdtemp(join(tmpdir(), 'imgcast-test-mnt-'));
-  t.after(() => Promise.all([rm(ma, { recursive: true }), rm(mb, { recursive: true })]));
-  execFileSync('mount', ['-o', 'ro', fsImg, ma]);
-  execFileSync('mount', ['-o', 'ro', target, mb]);
+  const la = execFileSync('losetup', ['--find', '--show', '-r', fsImg], { encoding: 'utf8' }).trim();
+  t.after(() => void spawnSync('losetup', ['-d', la]));
+  const lb = execFileSync('losetup', ['--find', '--show', '-r', target], { encoding: 'utf8' }).trim();
+  t.after(() => void spawnSync('losetup', ['-d', lb]));
+  const ma = await mountFilesystem(la, 'ext4', { readOnly: true });
+  const mb = await mountFilesystem(lb, 'ext4', { readOnly: true });
   try {
-    assert.deepEqual(await compareTrees(ma, mb, { ignoreRoot: true }), []);
+    assert.deepEqual(await compareTrees(ma.dir, mb.dir, { ignoreRoot: true }), []);
   } finally {
-    execFileSync('umount', [ma]);
-    execFileSync('umount', [mb]);
+    await ma.unmount();
+    await mb.unmount();
   }
 });

@@ -22,6 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { DiskError } from '../../src/disk/errors.ts';
+import { mountFilesystem, type Mounted } from '../../src/disk/filesystem.ts';
 import { makeImage } from '../../src/engine/make.ts';
 import { restoreImage } from '../../src/engine/restore.ts';
 import { loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
@@ -75,12 +76,9 @@ async function fileHash(path: string): Promise<string> {
 /** Loop devices and mounts made by a test, undone even when it fails. */
 function resources(t: TestContext) {
   const loops: string[] = [];
-  const mounts: string[] = [];
+  const mounts = new Map<string, Mounted>();
   t.after(async () => {
-    for (const m of mounts.reverse()) {
-      spawnSync('umount', [m]);
-      await rm(m, { recursive: true, force: true });
-    }
+    for (const m of [...mounts.values()].reverse()) await m.unmount().catch(() => {});
     for (const l of loops.reverse()) spawnSync('losetup', ['-d', l]);
   });
   return {
@@ -102,15 +100,14 @@ function resources(t: TestContext) {
       loops.splice(loops.indexOf(dev), 1);
     },
     async mount(dev: string, ro: boolean) {
-      const dir = await mkdtemp(join(tmpdir(), 'imgcast-test-mnt-'));
-      sh('mount', ['-o', ro ? 'ro' : 'rw', dev, dir]);
-      mounts.push(dir);
-      return dir;
+      // imgcast's own mount helper: its mount points survive other tests entering namespaces.
+      const m = await mountFilesystem(dev, 'ext4', { readOnly: ro });
+      mounts.set(m.dir, m);
+      return m.dir;
     },
     async umount(dir: string) {
-      sh('umount', [dir]);
-      mounts.splice(mounts.indexOf(dir), 1);
-      await rm(dir, { recursive: true, force: true });
+      await mounts.get(dir)!.unmount();
+      mounts.delete(dir);
     },
   };
 }
