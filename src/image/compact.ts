@@ -6,6 +6,7 @@
  * generation; older generations are dropped (they are what compaction reclaims).
  */
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
 
 import { CODEC_NONE, chunkId, decodeChunk, encodeChunk } from './codec.ts';
 import {
@@ -126,6 +127,9 @@ export async function compactImage(
     } catch (err) {
       throw ioError(path, 'replace', err);
     }
+    const dirFh = await open(dirname(path), 'r').catch(() => undefined);
+    await dirFh?.sync().catch(() => {});
+    await dirFh?.close().catch(() => {});
     return { bytesBefore: reader.fileSize, bytesAfter: end, chunksDropped: dropped };
   } catch (err) {
     await fh?.close().catch(() => {});

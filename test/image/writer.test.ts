@@ -237,3 +237,17 @@ test('a failed or aborted append leaves the file exactly as before', async (t) =
   );
   assert.deepEqual(await readFile(path), before);
 });
+
+test('concurrent puts without awaiting each other store everything once', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'conc.imgc');
+  const w = await ImageWriter.create(path, { level: 'balanced' });
+  const data = Array.from({ length: 40 }, (_, i) => textData(200_000, (i % 20) + 1));
+  const refs = await Promise.all(data.map((d) => w.putChunk(d)));
+  await w.commit(manifestOf([fileEntry('c', refs)]));
+  assert.equal(w.stats.chunksStored, 20);
+  assert.equal(w.stats.chunksDeduplicated, 20);
+  const r = await ImageReader.open(path);
+  t.after(() => r.close());
+  for (const [i, ref] of refs.entries()) assert.deepEqual(await r.readChunk(ref.id), data[i]);
+});
