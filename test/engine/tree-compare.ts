@@ -29,16 +29,33 @@ async function walk(root: string, rel = ''): Promise<string[]> {
   return out;
 }
 
-function xattrs(path: string): string {
-  const r = spawnSync('getfattr', ['-d', '-m', '-', '-h', '--absolute-names', path], { encoding: 'utf8' });
-  return r.stdout
-    .split('\n')
-    .filter((l) => l && !l.startsWith('# file:'))
-    .sort()
-    .join('\n');
+/** Extended attributes of every entry under root, from one recursive getfattr run, keyed by absolute path. */
+function allXattrs(root: string): Map<string, string> {
+  const r = spawnSync('getfattr', ['-R', '-d', '-m', '-', '-h', '--absolute-names', root], {
+    encoding: 'utf8',
+    maxBuffer: 256 * 1024 * 1024,
+  });
+  const out = new Map<string, string>();
+  for (const block of r.stdout.split('\n\n')) {
+    const lines = block.split('\n').filter(Boolean);
+    const head = lines[0];
+    if (!head?.startsWith('# file: ')) continue;
+    // getfattr escapes unusual characters in names as octal.
+    const path = head
+      .slice(8)
+      .replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    out.set(path.replace(/\/$/, ''), lines.slice(1).sort().join('\n'));
+  }
+  return out;
 }
 
-async function describe(root: string, rel: string, opts: CompareOptions, links: Map<bigint, string>) {
+async function describe(
+  root: string,
+  rel: string,
+  opts: CompareOptions,
+  links: Map<bigint, string>,
+  xattrs: Map<string, string>,
+) {
   const p = join(root, rel);
   const st = await lstat(p, { bigint: true });
   const type = st.isFile()
@@ -73,7 +90,7 @@ async function describe(root: string, rel: string, opts: CompareOptions, links: 
   d.gid = st.gid;
   // Node sets times through a double of seconds (≈0.24 µs steps today), so compare to the microsecond.
   if (!(rel === '.' && opts.ignoreRoot)) d.mtimeUs = (st.mtimeNs + 500n) / 1000n;
-  d.xattrs = xattrs(p);
+  d.xattrs = xattrs.get(p) ?? '';
   if (type !== 'dir' && st.nlink > 1n) {
     // The first path seen for an inode stands for its hard-link group.
     if (!links.has(st.ino)) links.set(st.ino, rel);
@@ -93,9 +110,11 @@ export async function compareTrees(a: string, b: string, opts: CompareOptions = 
   if (onlyB.length) diffs.push(`only in ${b}: ${onlyB.slice(0, 10).join(', ')}`);
   const la = new Map<bigint, string>();
   const lb = new Map<bigint, string>();
+  const xa = opts.contentAndMtimeOnly ? new Map<string, string>() : allXattrs(a);
+  const xb = opts.contentAndMtimeOnly ? new Map<string, string>() : allXattrs(b);
   for (const rel of pa.filter((p) => pb.includes(p))) {
-    const da = await describe(a, rel, opts, la);
-    const db = await describe(b, rel, opts, lb);
+    const da = await describe(a, rel, opts, la, xa);
+    const db = await describe(b, rel, opts, lb, xb);
     for (const k of new Set([...Object.keys(da), ...Object.keys(db)])) {
       if (String(da[k]) !== String(db[k])) diffs.push(`${rel}: ${k} ${String(da[k])} != ${String(db[k])}`);
     }
@@ -107,7 +126,7 @@ export async function compareTrees(a: string, b: string, opts: CompareOptions = 
 export async function countTypes(root: string): Promise<Record<string, number>> {
   const counts: Record<string, number> = {};
   for (const rel of await walk(root)) {
-    const d = await describe(root, rel, { contentAndMtimeOnly: true }, new Map());
+    const d = await describe(root, rel, { contentAndMtimeOnly: true }, new Map(), new Map());
     const t = String(d.type);
     counts[t] = (counts[t] ?? 0) + 1;
   }
