@@ -172,6 +172,8 @@ interface Composite {
   /** Runs after the children at index < split finished and before the others finish. */
   between?: { split: number; run: () => Promise<void> };
   after?: () => Promise<void>;
+  /** Runs after the children aborted, only if `before` had succeeded (the target was being written). */
+  onAbort?: () => Promise<void>;
 }
 
 /** Routes each chunk to every child that needs it; finishes only when all needed chunks arrived. */
@@ -179,6 +181,7 @@ function compositeSink(c: Composite): DescribedSink {
   const needed = new Set<string>();
   for (const child of c.children) for (const id of child.needed) needed.add(id);
   const applied = new Set<string>();
+  let writing = false;
   return {
     needed,
     describe: () => c.describe,
@@ -194,6 +197,7 @@ function compositeSink(c: Composite): DescribedSink {
     },
     async prepare() {
       await c.before?.();
+      writing = true;
       for (const child of c.children) await child.prepare();
     },
     async applyChunk(id, raw) {
@@ -219,6 +223,7 @@ function compositeSink(c: Composite): DescribedSink {
     },
     async abort(reason) {
       for (const child of c.children) await child.abort(reason).catch(() => {});
+      if (writing) await c.onAbort?.().catch(() => {});
     },
   };
 }
@@ -357,6 +362,28 @@ async function syncTarget(path: string): Promise<void> {
   }
 }
 
+/**
+ * A half-restored disk must not look bootable or partitioned: the MBR signature, the
+ * primary GPT header and the backup GPT header are zeroed, so firmware, the kernel and
+ * partitioning tools all see an empty disk rather than a table over incomplete data.
+ */
+async function markIncomplete(target: string, disk: DiskLayout, size: number): Promise<void> {
+  const fh = await open(target, 'r+');
+  try {
+    const ss = disk.sectorSize;
+    await fh.write(Buffer.alloc(2 * ss), 0, 2 * ss, 0);
+    if (disk.table === 'gpt') {
+      // The backup header sits at the source disk's end until sgdisk -e moves it to the target's end.
+      for (const pos of new Set([size - ss, disk.sizeBytes - ss])) {
+        if (pos >= 2 * ss && pos + ss <= size) await fh.write(Buffer.alloc(ss), 0, ss, pos);
+      }
+    }
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
 async function createFile(path: string, size: number): Promise<void> {
   const fh = await open(path, 'wx').catch((err: unknown) => {
     throw new DiskError('E_DISK_IO', `cannot create ${path}: ${(err as Error).message}`, { target: path });
@@ -432,6 +459,7 @@ function diskSink(
         }
       },
     },
+    onAbort: () => markIncomplete(target, disk, size),
     after: async () => {
       await syncTarget(target);
       // Let the kernel see the new table; loop devices without partition scanning refuse, which is fine.

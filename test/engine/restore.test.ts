@@ -24,7 +24,10 @@ import { test, type TestContext } from 'node:test';
 import { DiskError } from '../../src/disk/errors.ts';
 import { mountFilesystem, type Mounted } from '../../src/disk/filesystem.ts';
 import { makeImage } from '../../src/engine/make.ts';
-import { restoreImage } from '../../src/engine/restore.ts';
+import { restoreFromSource, restoreImage } from '../../src/engine/restore.ts';
+import { ImageReader } from '../../src/image/reader.ts';
+import type { ChunkSource } from '../../src/image/types.ts';
+import { mountedUses } from '../../src/disk/device.ts';
 import { loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
 import { compareTrees, countTypes } from './tree-compare.ts';
 
@@ -354,6 +357,40 @@ test('whole GPT disk: make from a loop device, restore onto same-size and larger
     await checkRestoredDisk(t2, src, file, r, false);
   });
 
+  await t.test(
+    'a restore that fails midway unmounts, detaches and leaves the disk without a table',
+    async () => {
+      const file = await sparse(join(dir, 'broken.img'), DISK);
+      const reader = await ImageReader.open(src.image);
+      let served = 0;
+      const failing: ChunkSource = {
+        async readChunk(id) {
+          // Enough chunks for the boot areas and the start of the file volumes, then the source dies.
+          if (++served > 12) throw new Error('network gone');
+          return reader.readChunk(id);
+        },
+      };
+      try {
+        await assert.rejects(
+          restoreFromSource(reader.manifest, failing, file, { fileset: 1 }),
+          /network gone/,
+        );
+      } finally {
+        await reader.close();
+      }
+      assert.deepEqual(await mountedUses(file), []);
+      assert.equal(sh('losetup', ['-j', file]).trim(), '');
+      assert.ok(
+        (await readRange(file, 0, 2 * SECTOR)).equals(Buffer.alloc(2 * SECTOR)),
+        'MBR and GPT header wiped',
+      );
+      assert.ok(
+        (await readRange(file, DISK - SECTOR, SECTOR)).equals(Buffer.alloc(SECTOR)),
+        'backup GPT header wiped',
+      );
+    },
+  );
+
   await t.test('a mounted target is refused and left untouched', async () => {
     const file = await sparse(join(dir, 'busy.img'), DISK);
     const part = r.loop(file, { offset: P2.start, size: P2.size });
@@ -391,4 +428,46 @@ test('whole GPT disk: make from a loop device, restore onto same-size and larger
     });
     assert.equal(await fileHash(file), before);
   });
+});
+
+test('GPT disk onto a smaller target that still holds every partition: backup table rebuilt at the new end', async (t) => {
+  for (const c of ['sgdisk'])
+    if (spawnSync('sh', ['-c', `command -v ${c}`]).status !== 0) return void t.skip(`needs ${c}`);
+  const dir = await tempDir(t);
+  const disk = await sparse(join(dir, 'src.img'), 64 * MiB);
+  sh('sgdisk', ['-n1:2048:+8M', '-t1:0700', '-n2:0:+8M', '-t2:8200', disk]);
+  const p1 = randomBytes(3 * MiB);
+  const p2 = randomBytes(2 * MiB);
+  await writeRange(disk, MiB, p1);
+  await writeRange(disk, 9 * MiB + 4096, p2);
+  const image = join(dir, 'small.imgc');
+  const { manifest } = await makeImage(disk, image, { level: 'none' });
+  assert.deepEqual(
+    manifest.volumes.map((v) => v.kind),
+    ['raw', 'raw'],
+  );
+
+  const tooSmall = await sparse(join(dir, 'tiny.img'), 16 * MiB);
+  await assert.rejects(restoreImage(image, tooSmall, { fileset: 1 }), (e: unknown) => {
+    return (
+      e instanceof DiskError &&
+      e.code === 'E_DISK_TOO_SMALL' &&
+      e.message.includes(`needs ${17 * MiB + 33 * SECTOR} bytes`)
+    );
+  });
+
+  const target = await sparse(join(dir, 'target.img'), 20 * MiB);
+  await restoreImage(image, target, { fileset: 1 });
+  sgdiskClean(target);
+  assert.deepEqual(
+    sh('sgdisk', ['-p', target])
+      .split('\n')
+      .filter((l) => /^\s+\d/.test(l)),
+    sh('sgdisk', ['-p', disk])
+      .split('\n')
+      .filter((l) => /^\s+\d/.test(l)),
+  );
+  assert.ok((await readRange(target, MiB, 3 * MiB)).equals(p1));
+  assert.ok((await readRange(target, 9 * MiB + 4096, 2 * MiB)).equals(p2));
+  assert.equal((await readRange(target, 20 * MiB - SECTOR, 8)).toString('latin1'), 'EFI PART');
 });
