@@ -25,7 +25,7 @@ import {
   type ChunkSink,
   type CompressionLevel,
   type DiskLayout,
-  type FileVolume,
+  type FilesystemInfo,
   type ImageSource,
   type Manifest,
   type PartitionInfo,
@@ -36,7 +36,10 @@ import { captureTree } from '../volume/files/capture.ts';
 export interface MakeProgress {
   /** What is being captured: 'boot area', 'partition 2 (ext4)', 'directory', … */
   stage: string;
-  /** Bytes read for this stage so far, and its total when known (files: bytes of file content). */
+  /**
+   * Bytes read so far over the whole capture, and the expected total (raw ranges by size,
+   * filesystems by used space); no total for a directory, which is not measured first.
+   */
   bytesDone: number;
   bytesTotal?: number;
   files?: number;
@@ -120,54 +123,116 @@ async function safeProbe(path: string, range: { offset?: number; size?: number }
   return blkidProbe(path, range).catch(() => ({}));
 }
 
-/**
- * Captures one byte range: as files when it holds ext2/3/4 or vfat, otherwise raw.
- */
-async function captureRange(
-  path: string,
-  offset: number,
-  size: number,
-  index: number,
-  partition: number | undefined,
-  sink: ChunkSink,
-  progress: (stage: string, done: number, total?: number, files?: number) => void,
-): Promise<Volume> {
-  const probe = await safeProbe(path, { offset, size });
+/** One byte range to capture, with what it holds, planned before any data is read. */
+interface RangePlan {
+  offset: number;
+  size: number;
+  partition?: number;
+  /** Set when the range holds a filesystem captured as files. */
+  fs?: FilesystemInfo;
+  detectedType?: string;
+  /** Bytes this stage will read, for the overall progress total. */
+  estimate: number;
+  stage: string;
+}
+
+async function planRange(path: string, offset: number, size: number, partition?: number, extended = false) {
   const name = partition !== undefined ? `partition ${partition}` : path;
+  if (extended) {
+    return {
+      offset,
+      size,
+      partition,
+      detectedType: 'extended',
+      estimate: size,
+      stage: `${name} (extended, raw)`,
+    };
+  }
+  const probe = await safeProbe(path, { offset, size });
+  const plan: RangePlan = {
+    offset,
+    size,
+    estimate: size,
+    stage: `${name} (raw${probe.TYPE ? `, ${probe.TYPE}` : ''})`,
+  };
+  if (partition !== undefined) plan.partition = partition;
+  if (probe.TYPE) plan.detectedType = probe.TYPE;
   if (isFileVolumeType(probe.TYPE)) {
-    const stage = `${name} (${probe.TYPE})`;
     const loop = await attachLoop(path, { offset, size, readOnly: true });
     try {
-      const fs = await readFilesystemInfo(loop);
-      const tree = await openTreeForReading(loop, fs);
-      let entries;
-      try {
-        entries = await captureTree(tree.dir, sink, {
-          oneFileSystem: true,
-          onProgress: (p) => progress(stage, p.bytes, fs.usedBytes, p.files),
-        });
-      } finally {
-        await tree.close(false);
-      }
-      const volume: FileVolume = { kind: 'files', index, sizeBytes: size, fs, entries };
-      if (partition !== undefined) volume.partition = partition;
-      return volume;
+      plan.fs = await readFilesystemInfo(loop);
     } finally {
       await detachLoop(loop);
     }
+    plan.estimate = plan.fs.usedBytes ?? size;
+    plan.stage = `${name} (${plan.fs.type})`;
   }
-  const stage = `${name} (raw${probe.TYPE ? `, ${probe.TYPE}` : ''})`;
-  const extents = await captureRaw(path, offset, size, sink, {
-    onProgress: (done, total) => progress(stage, done, total),
-  });
+  return plan;
+}
+
+/** Overall progress over stages whose sizes are known up front. */
+function stagedProgress(
+  report: (stage: string, done: number, total: number | undefined, files?: number) => void,
+  total?: number,
+) {
+  let base = 0;
   return {
-    kind: 'raw',
-    index,
-    ...(partition !== undefined ? { partition } : {}),
-    sizeBytes: size,
-    ...(probe.TYPE ? { detectedType: probe.TYPE } : {}),
-    extents,
+    stage(name: string, estimate: number) {
+      return {
+        update: (done: number, files?: number) => report(name, base + Math.min(done, estimate), total, files),
+        end: () => {
+          base += estimate;
+          report(name, base, total);
+        },
+      };
+    },
   };
+}
+
+type Progress = ReturnType<typeof stagedProgress>;
+
+/** Captures one planned range: as files when it holds ext2/3/4 or vfat, otherwise raw. */
+async function captureRange(
+  path: string,
+  plan: RangePlan,
+  index: number,
+  sink: ChunkSink,
+  progress: Progress,
+): Promise<Volume> {
+  const stage = progress.stage(plan.stage, plan.estimate);
+  let volume: Volume;
+  if (plan.fs) {
+    const fs = plan.fs;
+    const loop = await attachLoop(path, { offset: plan.offset, size: plan.size, readOnly: true });
+    try {
+      const tree = await openTreeForReading(loop, fs);
+      try {
+        const entries = await captureTree(tree.dir, sink, {
+          oneFileSystem: true,
+          onProgress: (p) => stage.update(p.bytes, p.files),
+        });
+        volume = { kind: 'files', index, sizeBytes: plan.size, fs, entries };
+      } finally {
+        await tree.close(false);
+      }
+    } finally {
+      await detachLoop(loop);
+    }
+  } else {
+    const extents = await captureRaw(path, plan.offset, plan.size, sink, {
+      onProgress: (done) => stage.update(done),
+    });
+    volume = {
+      kind: 'raw',
+      index,
+      sizeBytes: plan.size,
+      ...(plan.detectedType ? { detectedType: plan.detectedType } : {}),
+      extents,
+    };
+  }
+  if (plan.partition !== undefined) volume.partition = plan.partition;
+  stage.end();
+  return volume;
 }
 
 /** Byte ranges outside the partitions that are copied exactly: the start of the disk and the backup GPT. */
@@ -212,7 +277,7 @@ async function captureClassified(
   const counted = countingSink(sink, () => {
     storedBytes = counted.counts.rawBytes;
   });
-  const progress = (stage: string, bytesDone: number, bytesTotal?: number, files?: number) =>
+  const report = (stage: string, bytesDone: number, bytesTotal: number | undefined, files?: number) =>
     opts.onProgress?.({
       stage,
       bytesDone,
@@ -224,15 +289,14 @@ async function captureClassified(
   let disk: DiskLayout | undefined;
   if (kind === 'directory') {
     const entries = await captureTree(source, counted.sink, {
-      onProgress: (p) => progress('directory', p.bytes, undefined, p.files),
+      onProgress: (p) => report('directory', p.bytes, undefined, p.files),
     });
     volumes.push({ kind: 'files', index: 0, fs: { type: 'directory' }, entries });
   } else if (kind === 'partition') {
-    volumes.push(
-      await captureRange(source, 0, await deviceSize(source), 0, undefined, counted.sink, progress),
-    );
+    const plan = await planRange(source, 0, await deviceSize(source));
+    volumes.push(await captureRange(source, plan, 0, counted.sink, stagedProgress(report, plan.estimate)));
   } else {
-    disk = await captureDisk(source, table!, counted.sink, volumes, progress);
+    disk = await captureDisk(source, table!, counted.sink, volumes, report);
   }
   const manifest: Manifest = {
     formatVersion: FORMAT_VERSION,
@@ -270,34 +334,31 @@ async function captureDisk(
   table: PartitionTable,
   sink: ChunkSink,
   volumes: Volume[],
-  progress: (stage: string, done: number, total?: number, files?: number) => void,
+  report: (stage: string, done: number, total: number | undefined, files?: number) => void,
 ): Promise<DiskLayout> {
+  // Logical MBR partitions travel inside their extended container, which is captured raw
+  // with its extended boot records, so the chain is restored byte for byte.
+  const parts = table.partitions.filter((x) => !x.logical);
+  const plans: RangePlan[] = [];
+  for (const p of parts) plans.push(await planRange(source, p.startBytes, p.sizeBytes, p.number, p.extended));
+  const areas = bootAreaRanges(table);
+  const total = areas.reduce((n, a) => n + a.length, 0) + plans.reduce((n, p) => n + p.estimate, 0);
+  const progress = stagedProgress(report, total);
+
   const bootAreas: DiskLayout['bootAreas'] = [];
-  for (const area of bootAreaRanges(table)) {
+  for (const area of areas) {
+    const stage = progress.stage('boot area', area.length);
     const extents = await captureRaw(source, area.offset, area.length, sink, {
       extentBase: area.offset,
-      onProgress: (done, total) => progress('boot area', done, total),
+      onProgress: (done) => stage.update(done),
     });
+    stage.end();
     bootAreas.push({ ...area, extents });
   }
   const partitions: PartitionInfo[] = [];
-  // Logical MBR partitions travel inside their extended container, which is captured raw
-  // with its extended boot records, so the chain is restored byte for byte.
-  for (const p of table.partitions.filter((x) => !x.logical)) {
+  for (const [i, p] of parts.entries()) {
     const index = volumes.length;
-    const volume = p.extended
-      ? {
-          kind: 'raw' as const,
-          index,
-          partition: p.number,
-          sizeBytes: p.sizeBytes,
-          detectedType: 'extended',
-          extents: await captureRaw(source, p.startBytes, p.sizeBytes, sink, {
-            onProgress: (done, total) => progress(`partition ${p.number} (extended, raw)`, done, total),
-          }),
-        }
-      : await captureRange(source, p.startBytes, p.sizeBytes, index, p.number, sink, progress);
-    volumes.push(volume);
+    volumes.push(await captureRange(source, plans[i]!, index, sink, progress));
     partitions.push({
       number: p.number,
       startBytes: p.startBytes,

@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { DiskError } from '../../src/disk/errors.ts';
 import { mountFilesystem, type Mounted } from '../../src/disk/filesystem.ts';
-import { makeImage } from '../../src/engine/make.ts';
+import { makeImage, type MakeProgress } from '../../src/engine/make.ts';
 import { restoreFromSource, restoreImage } from '../../src/engine/restore.ts';
 import { ImageReader } from '../../src/image/reader.ts';
 import type { ChunkSource } from '../../src/image/types.ts';
@@ -203,8 +203,23 @@ async function buildAndCapture(
 
   const dev = r.loop(disk, { partscan: true });
   const image = join(dir, 'lab.imgc');
-  const { manifest, stats } = await makeImage(dev, image, { level: 'speed' });
+  const events: MakeProgress[] = [];
+  const { manifest, stats } = await makeImage(dev, image, {
+    level: 'speed',
+    onProgress: (p) => events.push(p),
+  });
   r.detach(dev);
+
+  // One progress bar over the whole disk: never backwards, ending exactly at its total.
+  assert.ok(events.length > 3);
+  for (let i = 1; i < events.length; i++)
+    assert.ok(events[i]!.bytesDone >= events[i - 1]!.bytesDone, 'progress never goes back');
+  const lastEvent = events.at(-1)!;
+  assert.equal(lastEvent.bytesDone, lastEvent.bytesTotal);
+  assert.deepEqual(
+    [...new Set(events.map((e) => e.stage))],
+    ['boot area', 'partition 1 (vfat)', 'partition 2 (ext4)', 'partition 3 (raw)'],
+  );
 
   assert.equal(manifest.source.kind, 'disk');
   assert.equal(manifest.disk?.table, 'gpt');
