@@ -123,6 +123,9 @@ async function safeProbe(path: string, range: { offset?: number; size?: number }
   return blkidProbe(path, range).catch(() => ({}));
 }
 
+/** Largest page size Linux uses for swap; mkswap writes its header within the first page. */
+const SWAP_HEADER = 64 * 1024;
+
 /** One byte range to capture, with what it holds, planned before any data is read. */
 interface RangePlan {
   offset: number;
@@ -157,6 +160,7 @@ async function planRange(path: string, offset: number, size: number, partition?:
   };
   if (partition !== undefined) plan.partition = partition;
   if (probe.TYPE) plan.detectedType = probe.TYPE;
+  if (probe.TYPE === 'swap') plan.estimate = Math.min(size, SWAP_HEADER);
   if (isFileVolumeType(probe.TYPE)) {
     const loop = await attachLoop(path, { offset, size, readOnly: true });
     try {
@@ -219,7 +223,10 @@ async function captureRange(
       await detachLoop(loop);
     }
   } else {
-    const extents = await captureRaw(path, plan.offset, plan.size, sink, {
+    // Swap content is scratch data the next boot discards; only its header page (signature,
+    // UUID, label, bad-page list) matters, so the rest is restored as zeros.
+    const length = plan.detectedType === 'swap' ? Math.min(plan.size, SWAP_HEADER) : plan.size;
+    const extents = await captureRaw(path, plan.offset, length, sink, {
       onProgress: (done) => stage.update(done),
     });
     volume = {

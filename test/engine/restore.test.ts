@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { DiskError } from '../../src/disk/errors.ts';
-import { mountFilesystem, type Mounted } from '../../src/disk/filesystem.ts';
+import { mountFilesystem, readFilesystemInfo, type Mounted } from '../../src/disk/filesystem.ts';
 import { makeImage, type MakeProgress } from '../../src/engine/make.ts';
 import { restoreFromSource, restoreImage } from '../../src/engine/restore.ts';
 import { ImageReader } from '../../src/image/reader.ts';
@@ -313,6 +313,12 @@ async function checkRestoredDisk(
     const dev = r.loop(target, { offset: p.start, size: p.size, readOnly: true });
     const f = spawnSync(fsck[0], [...fsck.slice(1), dev], { encoding: 'utf8' });
     assert.equal(f.status, 0, `${fsck[0]} on the restored partition: ${f.stdout}${f.stderr}`);
+    // Same geometry and ext4 feature set, not just the same label and UUID.
+    const orig = r.loop(src.disk, { offset: p.start, size: p.size, readOnly: true });
+    const { usedBytes: _a, ...restored } = await readFilesystemInfo(dev);
+    const { usedBytes: _b, ...original } = await readFilesystemInfo(orig);
+    assert.deepEqual(restored, original);
+    r.detach(orig);
     r.detach(dev);
   }
   const dirs: string[] = [];
@@ -452,15 +458,21 @@ test('GPT disk onto a smaller target that still holds every partition: backup ta
   const disk = await sparse(join(dir, 'src.img'), 64 * MiB);
   sh('sgdisk', ['-n1:2048:+8M', '-t1:0700', '-n2:0:+8M', '-t2:8200', disk]);
   const p1 = randomBytes(3 * MiB);
-  const p2 = randomBytes(2 * MiB);
   await writeRange(disk, MiB, p1);
-  await writeRange(disk, 9 * MiB + 4096, p2);
+  // Partition 2 is swap with leftover pages in it: only its header is worth keeping.
+  const swap = await sparse(join(dir, 'swap.img'), 8 * MiB);
+  sh('mkswap', ['-q', '-U', '0e3f6c57-1f0e-4b4a-9d55-3c8a2a6f3b11', '-L', 'labswap', swap]);
+  const swapHeader = await readRange(swap, 0, 4096);
+  await writeRange(disk, 9 * MiB, swapHeader);
+  await writeRange(disk, 9 * MiB + MiB, randomBytes(2 * MiB));
   const image = join(dir, 'small.imgc');
   const { manifest } = await makeImage(disk, image, { level: 'none' });
   assert.deepEqual(
-    manifest.volumes.map((v) => v.kind),
-    ['raw', 'raw'],
+    manifest.volumes.map((v) => (v.kind === 'raw' ? (v.detectedType ?? 'raw') : v.fs.type)),
+    ['raw', 'swap'],
   );
+  const swapVolume = manifest.volumes[1]!;
+  assert.ok(swapVolume.kind === 'raw' && swapVolume.extents.reduce((n, x) => n + x.length, 0) <= 64 * 1024);
 
   const tooSmall = await sparse(join(dir, 'tiny.img'), 16 * MiB);
   await assert.rejects(restoreImage(image, tooSmall, { fileset: 1 }), (e: unknown) => {
@@ -483,6 +495,14 @@ test('GPT disk onto a smaller target that still holds every partition: backup ta
       .filter((l) => /^\s+\d/.test(l)),
   );
   assert.ok((await readRange(target, MiB, 3 * MiB)).equals(p1));
-  assert.ok((await readRange(target, 9 * MiB + 4096, 2 * MiB)).equals(p2));
+  assert.ok((await readRange(target, 9 * MiB, 4096)).equals(swapHeader));
+  assert.ok(
+    (await readRange(target, 9 * MiB + MiB, 2 * MiB)).equals(Buffer.alloc(2 * MiB)),
+    'stale swap pages not kept',
+  );
+  assert.match(
+    sh('blkid', ['-p', '-o', 'export', '-O', String(9 * MiB), '-S', String(8 * MiB), target]),
+    /UUID=0e3f6c57-1f0e-4b4a-9d55-3c8a2a6f3b11\nVERSION=1\nTYPE=swap|TYPE=swap/,
+  );
   assert.equal((await readRange(target, 20 * MiB - SECTOR, 8)).toString('latin1'), 'EFI PART');
 });
