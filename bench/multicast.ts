@@ -76,7 +76,22 @@ function row(o: Outcome): string {
       : `${mib(o.repairBytes)} MiB / ${mib(o.lostBytes)} MiB` +
         (o.lostBytes > 0 ? ` (${(o.repairBytes / o.lostBytes).toFixed(2)}×)` : '');
   const rxRss = o.receiverRssKb.length ? Math.max(...o.receiverRssKb) : NaN;
-  return `| ${o.tool} | ${o.receivers} | ${o.lossPct} % | ${(o.wallMs / 1000).toFixed(1)} s | ${mbit(o).toFixed(0)} | ${ok} | ${o.lostPackets} | ${repair} | ${kbToMiB(o.senderRssKb)} | ${kbToMiB(rxRss)} |${o.note ? ` ${o.note.replace(/\|/g, '/')}` : ''}`;
+  const rxCpu = o.receiverCpuS.length ? Math.max(...o.receiverCpuS) : NaN;
+  const cells = [
+    o.tool,
+    o.receivers,
+    `${o.lossPct} %`,
+    `${(o.wallMs / 1000).toFixed(1)} s`,
+    mbit(o).toFixed(0),
+    ok,
+    o.lostPackets,
+    repair,
+    `${o.senderCpuS.toFixed(1)} / ${rxCpu.toFixed(1)}`,
+    kbToMiB(o.senderRssKb),
+    kbToMiB(rxRss),
+    (o.note ?? '').replace(/\|/g, '/').replace(/\s+/g, ' '),
+  ];
+  return `| ${cells.join(' | ')} |`;
 }
 
 function ratio(a: Outcome | undefined, b: Outcome | undefined): string {
@@ -127,6 +142,8 @@ async function main(): Promise<void> {
         intact: Array.from({ length: n }, () => false),
         senderRssKb: NaN,
         receiverRssKb: [],
+        senderCpuS: NaN,
+        receiverCpuS: [],
         lostPackets: 0,
         lostBytes: 0,
         note: `failed: ${(err as Error).message}`,
@@ -155,8 +172,8 @@ async function main(): Promise<void> {
 
   const cmd = `npm run bench:multicast${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
   const head =
-    '| tool | receivers | loss | wall | Mbit/s | intact | packets lost (iptables) | repair sent / lost | sender RSS MiB | max receiver RSS MiB |\n' +
-    '|---|---|---|---|---|---|---|---|---|---|';
+    '| tool | receivers | loss | wall | Mbit/s | intact | packets lost (iptables) | repair sent / lost (iptables) | CPU s sender / max receiver | sender RSS MiB | max receiver RSS MiB | note |\n' +
+    '|---|---|---|---|---|---|---|---|---|---|---|---|';
   const lines: string[] = [
     '## Multicast transfer (`bench/multicast.ts`)',
     '',

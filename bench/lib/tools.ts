@@ -26,6 +26,9 @@ export interface Outcome {
   intact: boolean[];
   senderRssKb: number;
   receiverRssKb: number[];
+  /** CPU seconds (user + system) of the sender and of each receiver. */
+  senderCpuS: number;
+  receiverCpuS: number[];
   /** Packets/bytes the iptables loss rules dropped, summed over receivers. */
   lostPackets: number;
   lostBytes: number;
@@ -54,7 +57,7 @@ interface Proc {
 }
 
 function start(lab: NetLab, host: number, timeFile: string, cmd: string, args: string[], t0: number): Proc {
-  const child = lab.exec(host, '/usr/bin/time', ['-f', 'MAXRSS %M', '-o', timeFile, cmd, ...args], {
+  const child = lab.exec(host, '/usr/bin/time', ['-f', 'MAXRSS %M CPU %U %S', '-o', timeFile, cmd, ...args], {
     cwd: ROOT,
   });
   let stdout = '';
@@ -88,13 +91,15 @@ function signalWrapped(child: ChildProcess, sig: NodeJS.Signals): void {
   }
 }
 
-async function rssOf(p: Proc): Promise<number> {
+/** Peak RSS (kB) and CPU seconds (user + system) of a process run under /usr/bin/time. */
+async function usageOf(p: Proc): Promise<{ rssKb: number; cpuS: number }> {
   try {
-    const m = /MAXRSS (\d+)/.exec(await readFile(p.timeFile, 'utf8'));
-    return m?.[1] ? Number(m[1]) : NaN;
+    const m = /MAXRSS (\d+) CPU ([\d.]+) ([\d.]+)/.exec(await readFile(p.timeFile, 'utf8'));
+    if (m?.[1] && m[2] && m[3]) return { rssKb: Number(m[1]), cpuS: Number(m[2]) + Number(m[3]) };
   } catch {
-    return NaN;
+    // time was killed before it could write (after a timeout)
   }
+  return { rssKb: NaN, cpuS: NaN };
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string, onTimeout: () => void): Promise<T> {
@@ -311,6 +316,8 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
     lostBytes += d.bytes;
   }
   const rx = tool === 'uftp' ? daemons : receivers;
+  const su = await usageOf(sender);
+  const ru = await Promise.all(rx.map(usageOf));
   const out: Outcome = {
     tool,
     receivers: o.n,
@@ -318,8 +325,10 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
     bytes,
     wallMs,
     intact,
-    senderRssKb: await rssOf(sender),
-    receiverRssKb: await Promise.all(rx.map(rssOf)),
+    senderRssKb: su.rssKb,
+    receiverRssKb: ru.map((u) => u.rssKb),
+    senderCpuS: su.cpuS,
+    receiverCpuS: ru.map((u) => u.cpuS),
     lostPackets,
     lostBytes,
     ...extra,
