@@ -110,6 +110,15 @@ function looksLikeFilesystemBootSector(s0: Buffer): boolean {
   );
 }
 
+function plausibleEntries(entries: MbrEntry[], diskSectors: number): boolean {
+  const used = entries.filter((e) => e.type !== 0 && e.sectors !== 0);
+  return (
+    used.length > 0 &&
+    entries.every((e) => e.type >= 0) &&
+    used.every((e) => e.startLba >= 1 && e.startLba + e.sectors <= diskSectors)
+  );
+}
+
 interface MbrEntry {
   slot: number;
   bootable: boolean;
@@ -146,7 +155,13 @@ export async function readPartitionTable(path: string): Promise<PartitionTable> 
   });
   const sectorSize = await sectorSizeOf(path);
   const diskSizeBytes = st.isBlockDevice() ? await deviceSize(path) : st.size;
-  return parsePartitionTable(path, sectorSize, diskSizeBytes, (pos, len) => readAt(path, pos, len));
+  return parsePartitionTable(
+    path,
+    sectorSize,
+    diskSizeBytes,
+    (pos, len) => readAt(path, pos, len),
+    st.isBlockDevice(),
+  );
 }
 
 /** Like readPartitionTable, but null instead of E_DISK_NO_TABLE. */
@@ -167,6 +182,8 @@ export async function parsePartitionTable(
   sectorSize: number,
   diskSizeBytes: number,
   read: ReadFn,
+  /** True for block devices, whose logical sector size the kernel reported. */
+  sectorSizeKnown = false,
 ): Promise<PartitionTable> {
   const diskSectors = Math.floor(diskSizeBytes / sectorSize);
   const s0 = await read(0, sectorSize);
@@ -178,10 +195,18 @@ export async function parsePartitionTable(
   const entries = mbrEntries(s0);
   const protective = entries.some((e) => e.type === 0xee);
   if (protective) {
+    if (!sectorSizeKnown && (await read(512, 8)).toString('latin1') !== GPT_SIGNATURE) {
+      // An image file of a 4Kn disk: LBA 1 is at byte 4096.
+      if ((await read(4096, 8)).toString('latin1') === GPT_SIGNATURE) {
+        return parsePartitionTable(path, 4096, diskSizeBytes, read, true);
+      }
+    }
     const gpt = await parseGpt(path, sectorSize, diskSectors, read);
     return { table: 'gpt', sectorSize, diskSizeBytes, partitions: gpt.partitions, gpt: gpt.geometry };
   }
-  if (looksLikeFilesystemBootSector(s0)) {
+  // GRUB copies an old BPB into the MBR it installs, so a FAT-looking sector with sane
+  // partition entries is still a partition table.
+  if (looksLikeFilesystemBootSector(s0) && !plausibleEntries(entries, diskSectors)) {
     throw new DiskError(
       'E_DISK_NO_TABLE',
       `${path}: sector 0 is a filesystem boot sector, not a partition table`,

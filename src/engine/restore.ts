@@ -12,6 +12,7 @@ import {
   detachLoop,
   detachLoopVerified,
   isBlockDevice,
+  sectorSizeOf,
 } from '../disk/device.ts';
 import { runTool } from '../disk/exec.ts';
 import { makeFilesystem, openTreeForWriting, type TreeAccess } from '../disk/filesystem.ts';
@@ -306,8 +307,20 @@ export async function openRestore(
   const label = `${blockDev ? 'device' : 'file'} ${target}`;
   if (t.exists) await assertNotMounted(target, 'restore target');
 
-  if (manifest.disk)
+  if (manifest.disk) {
+    // Partition tables count in sectors: a table made for 512-byte sectors is wrong on a 4Kn disk.
+    if (blockDev) {
+      const ss = await sectorSizeOf(target);
+      if (ss !== manifest.disk.sectorSize) {
+        throw new DiskError(
+          'E_DISK_TARGET',
+          `${label} has ${ss}-byte sectors but the image's partition table was made for ${manifest.disk.sectorSize}-byte sectors`,
+          { target, sectorSize: ss, imageSectorSize: manifest.disk.sectorSize },
+        );
+      }
+    }
     return diskSink(manifest, manifest.disk, target, t.exists ? t.size : 0, fresh, label, opts);
+  }
 
   if (manifest.volumes.length !== 1) {
     throw new DiskError(

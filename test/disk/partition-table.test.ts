@@ -11,7 +11,7 @@ import {
   probePartitionTable,
   readPartitionTable,
 } from '../../src/disk/partition-table.ts';
-import { hasCommand, tempDir } from '../helpers/env.ts';
+import { hasCommand, loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
 
 const MiB = 1024 * 1024;
 const ESP = 'c12a7328-f81f-11d2-ba4b-00a0c93ec93b';
@@ -235,4 +235,51 @@ test('random bytes never crash the parser: a table within the disk, or a typed e
     ),
     { numRuns: 300 },
   );
+});
+
+test('an MBR whose boot code carries a copied FAT BPB (as GRUB installs it) is still a partition table', async (t) => {
+  if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
+  const dir = await tempDir(t);
+  const disk = await sparse(dir, 'grub.img', 16 * MiB);
+  execFileSync('sfdisk', ['-q', disk], { input: 'label: dos\nstart=2048, size=8MiB, type=c\n' });
+  const bpb = Buffer.alloc(0x5a);
+  bpb.set([0xeb, 0x58, 0x90]);
+  bpb.write('MSWIN4.1', 3, 'latin1');
+  bpb.writeUInt16LE(512, 11);
+  bpb[13] = 8;
+  bpb[16] = 2;
+  bpb.write('FAT32   ', 0x52, 'latin1');
+  await patch(disk, 0, bpb);
+  const table = await readPartitionTable(disk);
+  assert.equal(table.table, 'mbr');
+  assert.deepEqual(
+    table.partitions.map((p) => [p.number, p.startBytes, p.type]),
+    [[1, 2048 * 512, '0c']],
+  );
+});
+
+test('GPT with 4096-byte sectors: from the 4Kn loop device and from its image file', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  const dir = await tempDir(t);
+  const file = await sparse(dir, '4kn.img', 64 * MiB);
+  const dev = execFileSync('losetup', ['--find', '--show', '--sector-size', '4096', file], {
+    encoding: 'utf8',
+  }).trim();
+  let attached = true;
+  t.after(() => {
+    if (attached) execFileSync('losetup', ['-d', dev]);
+  });
+  execFileSync('sgdisk', ['-n1:256:+16M', '-t1:ef00', '-n2:0:0', dev], { stdio: 'pipe' });
+  const fromDevice = await readPartitionTable(dev);
+  execFileSync('losetup', ['-d', dev]);
+  attached = false;
+  const fromFile = await readPartitionTable(file);
+  for (const table of [fromDevice, fromFile]) {
+    assert.equal(table.table, 'gpt');
+    assert.equal(table.sectorSize, 4096);
+    assert.equal(table.partitions[0]!.startBytes, 256 * 4096);
+    assert.equal(table.partitions[0]!.sizeBytes, 16 * MiB);
+    assert.equal(table.gpt!.backupHeaderLba, (64 * MiB) / 4096 - 1);
+  }
+  assert.deepEqual(fromFile.partitions, fromDevice.partitions);
 });

@@ -484,6 +484,17 @@ test('GPT disk onto a smaller target that still holds every partition: backup ta
   });
 
   const target = await sparse(join(dir, 'target.img'), 20 * MiB);
+  if (!loopUnavailable()) {
+    // The same file seen as a 4Kn disk: a 512-byte-sector table cannot go there.
+    const dev = sh('losetup', ['--find', '--show', '--sector-size', '4096', target]).trim();
+    try {
+      await assert.rejects(restoreImage(image, dev, { fileset: 1 }), (e: unknown) => {
+        return e instanceof DiskError && e.code === 'E_DISK_TARGET' && /4096-byte sectors/.test(e.message);
+      });
+    } finally {
+      sh('losetup', ['-d', dev]);
+    }
+  }
   await restoreImage(image, target, { fileset: 1 });
   sgdiskClean(target);
   assert.deepEqual(
