@@ -78,6 +78,20 @@ export async function readFilesystemInfo(device: string): Promise<FilesystemInfo
   );
 }
 
+/**
+ * Why a filesystem cannot be captured consistently as it is, or undefined when it can:
+ * an ext3/4 journal that still needs replaying holds changes the files do not show yet.
+ */
+export async function captureBlocker(device: string, info: FilesystemInfo): Promise<string | undefined> {
+  if (!EXT_TYPES.has(info.type)) return undefined;
+  const out = await run('dumpe2fs', ['-h', device], `read the ext superblock of ${device}`);
+  const features = (field(out, 'Filesystem features') ?? '').split(/\s+/);
+  if (features.includes('needs_recovery')) {
+    return 'its journal needs recovery (it was not cleanly unmounted); mount it once read-write and unmount it, or run e2fsck, then capture again';
+  }
+  return undefined;
+}
+
 /** "fsck.fat -n" ends with "N files, used/total clusters"; the cluster size is in the boot sector. */
 async function vfatUsedBytes(device: string): Promise<number | undefined> {
   const r = await runTool('fsck.fat', ['-n', device]);

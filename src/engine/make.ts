@@ -15,7 +15,12 @@ import {
   mountedUses,
   type BlkidInfo,
 } from '../disk/device.ts';
-import { isFileVolumeType, openTreeForReading, readFilesystemInfo } from '../disk/filesystem.ts';
+import {
+  captureBlocker,
+  isFileVolumeType,
+  openTreeForReading,
+  readFilesystemInfo,
+} from '../disk/filesystem.ts';
 import { probePartitionTable, type PartitionTable } from '../disk/partition-table.ts';
 import { captureRaw } from '../disk/raw.ts';
 import { ImageWriter } from '../image/writer.ts';
@@ -165,6 +170,13 @@ async function planRange(path: string, offset: number, size: number, partition?:
     const loop = await attachLoop(path, { offset, size, readOnly: true });
     try {
       plan.fs = await readFilesystemInfo(loop);
+      const blocker = await captureBlocker(loop, plan.fs);
+      if (blocker) {
+        throw new DiskError('E_DISK_SOURCE', `cannot capture ${name} of ${path}: ${blocker}`, {
+          path,
+          partition,
+        });
+      }
     } finally {
       await detachLoop(loop);
     }

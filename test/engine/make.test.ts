@@ -158,6 +158,15 @@ test('ext4 filesystem image without a table: partition image restored onto a new
   const v = manifest.volumes[0]!;
   assert.ok(v.kind === 'files' && v.fs.type === 'ext4' && v.fs.label === 'partimg');
 
+  // A copy whose journal still needs replaying is refused with the reason, not captured half-consistent.
+  const dirty = join(dir, 'dirty.ext4');
+  execFileSync('cp', ['--sparse=always', fsImg, dirty]);
+  execFileSync('debugfs', ['-w', '-R', 'feature needs_recovery', dirty], { stdio: 'pipe' });
+  await assert.rejects(makeImage(dirty, join(dir, 'dirty.imgc'), { level: 'speed' }), (e: unknown) => {
+    return e instanceof DiskError && e.code === 'E_DISK_SOURCE' && /journal needs recovery/.test(e.message);
+  });
+  await assert.rejects(access(join(dir, 'dirty.imgc')));
+
   const target = join(dir, 'copy.ext4');
   await restoreImage(image, target, { fileset: 1 });
   const fsck = spawnSync('fsck.ext4', ['-fn', target], { encoding: 'utf8' });
