@@ -517,3 +517,44 @@ test('GPT disk onto a smaller target that still holds every partition: backup ta
   assert.match(swapProbe, /^LABEL=labswap$/m);
   assert.equal((await readRange(target, 20 * MiB - SECTOR, 8)).toString('latin1'), 'EFI PART');
 });
+
+test('restoring a file set reads none of the chunks only its excluded files use', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(join(src, 'drivers'), { recursive: true });
+  await writeFile(join(src, 'drivers/huge-driver.bin'), randomBytes(6 * MiB));
+  await writeFile(join(src, 'readme.txt'), 'lab image\n');
+  const image = join(dir, 'sets.imgc');
+  await makeImage(src, image, { level: 'speed' });
+  const reader = await ImageReader.open(image);
+  t.after(() => reader.close());
+  // File set 2 leaves the drivers folder out.
+  const manifest = structuredClone(reader.manifest);
+  const vol = manifest.volumes[0]!;
+  assert.ok(vol.kind === 'files');
+  const driverChunks = new Set<string>();
+  for (const e of vol.entries) {
+    if (e.path === 'drivers' || e.path.startsWith('drivers/')) {
+      e.excludedFrom = 0b10;
+      for (const x of e.extents ?? []) driverChunks.add(x.chunk);
+    }
+  }
+  assert.ok(driverChunks.size >= 2);
+  const read: string[] = [];
+  const source: ChunkSource = { readChunk: (id) => (read.push(id), reader.readChunk(id)) };
+
+  const out2 = join(dir, 'set2');
+  await restoreFromSource(manifest, source, out2, { fileset: 2 });
+  assert.equal(await readFile(join(out2, 'readme.txt'), 'utf8'), 'lab image\n');
+  await assert.rejects(readFile(join(out2, 'drivers/huge-driver.bin')));
+  assert.deepEqual(
+    read.filter((id) => driverChunks.has(id)),
+    [],
+  );
+
+  read.length = 0;
+  const out1 = join(dir, 'set1');
+  await restoreFromSource(manifest, source, out1, { fileset: 1 });
+  assert.deepEqual(await compareTrees(src, out1, { ignoreRoot: true }), []);
+  assert.ok([...driverChunks].every((id) => read.includes(id)));
+});
