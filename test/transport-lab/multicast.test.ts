@@ -179,11 +179,13 @@ test(
       receive(lab, h, s.from, join(dir, `r${h}.bin`), h === 2 ? { journal } : {}),
     );
     let killedAt = 0;
+    let killedChunks = 0;
     let droppedSeenAt = 0;
     const victim = rx[1]!;
     victim.onProgress((p) => {
       if (!killedAt && p.chunks !== undefined && p.totalChunks && p.chunks >= p.totalChunks * 0.3) {
         killedAt = Date.now();
+        killedChunks = p.chunks;
         lab.kill9(victim.child);
       }
     });
@@ -204,6 +206,9 @@ test(
     assert.ok(r2?.reason, 'a drop must carry a reason');
     // Bound from the policy: unresponsive after deadAfterMs; a closed TCP connection is noticed at once.
     // Slack covers the 100 ms progress throttle and a busy 2-CPU machine.
+    t.diagnostic(
+      `r2 killed after ${killedChunks} chunks; reported dropped ${droppedSeenAt - killedAt} ms later: ${r2?.reason}`,
+    );
     assert.ok(droppedSeenAt > 0, 'the sender never reported r2 dropped in its progress');
     assert.ok(
       droppedSeenAt - killedAt <= deadAfterMs + 3000,
@@ -220,6 +225,9 @@ test(
     const again = receive(lab, 2, s2.from, join(dir, 'r2.bin'), { journal });
     const sr2 = must(await sender2.result, 'second sender', sender2);
     const rr2 = must(await again.result, 'resumed receiver', again);
+    t.diagnostic(
+      `resume: journal ${journaled}, had ${rr2.chunksHad}, sender sent ${sr2.counters.chunksSent} of ${sr2.chunks} chunks`,
+    );
     assert.equal(rr2.ok, true, `${rr2.code} ${rr2.message}`);
     assert.equal(sha256(join(dir, 'r2.bin')), sum);
     // Chunks written before the kill may have missed the journal (they were in flight); never the reverse.
@@ -263,6 +271,9 @@ test(
     // bandwidth the lossy one's repairs take (≤ 2× with one repair per data packet) but no more.
     const goodBase = Math.max(base.rr[0]!.durationMs, base.rr[1]!.durationMs);
     const goodSlow = Math.max(slow.rr[0]!.durationMs, slow.rr[1]!.durationMs);
+    t.diagnostic(
+      `good receivers ${goodBase} ms baseline, ${goodSlow} ms with r3 at 20 %; sender ${slow.sr.durationMs} ms; r3 ${lossy?.state}: ${lossy?.reason}`,
+    );
     assert.ok(
       goodSlow <= goodBase * 2.5 + 2000,
       `good receivers took ${goodSlow} ms vs ${goodBase} ms baseline`,
@@ -319,6 +330,9 @@ test(
       );
     }
     const total = (f: string): number => rr.reduce((n, r) => n + (r.counters[f] ?? 0), 0);
+    t.diagnostic(
+      `sprayed ${JSON.stringify(sent)}; receivers counted stray ${total('stray')}, forged ${total('forged')}, rejected chunks ${total('rejectedChunks')}; sender controlRejected ${sr.counters.controlRejected}`,
+    );
     assert.ok(total('stray') > 0, `no stray packets counted: ${JSON.stringify(rr.map((r) => r.counters))}`);
     assert.ok(total('forged') > 0, `no forged packets counted: ${JSON.stringify(rr.map((r) => r.counters))}`);
     assert.ok(
