@@ -245,8 +245,11 @@ async function kernelCanMount(type: string): Promise<boolean> {
   );
 }
 
-/** mtools refuses odd-but-valid geometries (tiny FAT32) without this. */
-const MTOOLS_ENV = { ...process.env, MTOOLS_SKIP_CHECK: '1' };
+/**
+ * MTOOLS_SKIP_CHECK: mtools refuses odd-but-valid geometries (tiny FAT32) without it.
+ * LC_ALL: long names with non-ASCII characters survive only in a UTF-8 locale.
+ */
+const MTOOLS_ENV = { ...process.env, MTOOLS_SKIP_CHECK: '1', LC_ALL: 'C.UTF-8' };
 
 async function mtools(cmd: string, args: string[], what: string): Promise<void> {
   await new Promise<void>((resolve, reject) => {

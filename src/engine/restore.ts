@@ -183,6 +183,7 @@ function compositeSink(c: Composite): DescribedSink {
   for (const child of c.children) for (const id of child.needed) needed.add(id);
   const applied = new Set<string>();
   let writing = false;
+  let prepared = false;
   return {
     needed,
     describe: () => c.describe,
@@ -200,8 +201,18 @@ function compositeSink(c: Composite): DescribedSink {
       await c.before?.();
       writing = true;
       for (const child of c.children) await child.prepare();
+      prepared = true;
     },
     async applyChunk(id, raw) {
+      if (!prepared) {
+        throw new DiskError(
+          'E_DISK_TARGET',
+          `restore to ${c.describe}: chunk ${id} arrived before prepare()`,
+          {
+            chunk: id,
+          },
+        );
+      }
       if (applied.has(id) || !needed.has(id)) return;
       for (const child of c.children) if (child.needed.has(id)) await child.applyChunk(id, raw);
       applied.add(id);

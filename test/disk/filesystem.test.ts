@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { open, readFile, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { mountedUses } from '../../src/disk/device.ts';
@@ -62,11 +62,16 @@ test('ext4 and vfat are read and recreated with the same type, label, UUID and g
     const marker = randomBytes(16).toString('hex');
     const w = await openTreeForWriting(lb, again);
     await writeFile(join(w.dir, 'marker.txt'), marker);
+    // A long name with non-ASCII characters, as Windows and EFI tools write them.
+    await mkdir(join(w.dir, 'Treiber Übersicht'));
+    await writeFile(join(w.dir, 'Treiber Übersicht', 'Läbor 日本.txt'), 'ü');
     await w.close(true);
     const r = await openTreeForReading(lb, again);
     const seen = await readFile(join(r.dir, 'marker.txt'), 'utf8');
+    const unicode = await readFile(join(r.dir, 'Treiber Übersicht', 'Läbor 日本.txt'), 'utf8');
     await r.close(false);
     assert.equal(seen.trim(), marker);
+    assert.equal(unicode, 'ü');
     assert.deepEqual(await mountedUses(b), [], 'unmounted afterwards');
     await loops.detach(la);
     await loops.detach(lb);
