@@ -242,6 +242,51 @@ test(
 );
 
 test(
+  'a frozen receiver (SIGSTOP, connection still open) is dropped as unresponsive within deadAfter',
+  { timeout: 90_000 },
+  async (t) => {
+    if (skipUnless(t, netnsUnavailable())) return;
+    const { lab, dir, src, sum } = await setup(t, 3);
+    const deadAfterMs = 2000;
+    const s = session(lab, { deadAfterMs });
+    const sender = runner<SenderResult>(lab, 0, 'send', { file: src, clients: 3, ...s.send });
+    const rx = [1, 2, 3].map((h) => receive(lab, h, s.from, join(dir, `r${h}.bin`)));
+    let frozenAt = 0;
+    let droppedSeenAt = 0;
+    const victim = rx[2]!;
+    victim.onProgress((p) => {
+      if (!frozenAt && p.chunks !== undefined && p.totalChunks && p.chunks >= p.totalChunks * 0.2) {
+        frozenAt = Date.now();
+        victim.child.kill('SIGSTOP');
+      }
+    });
+    sender.onProgress((p) => {
+      if (frozenAt && !droppedSeenAt && p.receivers?.some((r) => r.name === 'r3' && r.state === 'dropped')) {
+        droppedSeenAt = Date.now();
+      }
+    });
+    const sr = must(await sender.result, 'sender', sender);
+    lab.kill9(victim.child);
+    assert.ok(frozenAt > 0, 'the victim never reached 20 % (nothing to freeze)');
+    for (const h of [1, 2]) {
+      const r = must(await rx[h - 1]!.result, `r${h}`, rx[h - 1]!);
+      assert.equal(r.ok, true, `r${h}: ${r.code} ${r.message}`);
+      assert.equal(sha256(join(dir, `r${h}.bin`)), sum);
+    }
+    const r3 = sr.receivers.find((r) => r.name === 'r3');
+    t.diagnostic(`r3 frozen; reported dropped ${droppedSeenAt - frozenAt} ms later: ${r3?.reason}`);
+    assert.equal(r3?.state, 'dropped', JSON.stringify(sr.receivers));
+    assert.match(r3?.reason ?? '', /unresponsive/);
+    assert.ok(droppedSeenAt > 0, 'the sender never reported r3 dropped in its progress');
+    // deadAfterMs plus one housekeeping tick, the progress throttle and a busy machine.
+    assert.ok(
+      droppedSeenAt - frozenAt <= deadAfterMs + 3000,
+      `dropped ${droppedSeenAt - frozenAt} ms after SIGSTOP`,
+    );
+  },
+);
+
+test(
   'a receiver at 20 % loss does not hold the others back beyond the drop policy',
   { timeout: 150_000 },
   async (t) => {
