@@ -3,7 +3,7 @@
  * file) or a single partition. The target is checked completely (kind, size, nothing
  * mounted) before anything is written, so a refused restore leaves it untouched.
  */
-import { mkdir, open, readdir, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, stat, unlink } from 'node:fs/promises';
 import { DiskError } from '../disk/errors.ts';
 import {
   assertNotMounted,
@@ -370,7 +370,20 @@ export async function openRestore(
       else await assertNotMounted(target, 'restore target');
     },
     after: () => syncTarget(target),
+    // A file this restore created goes away; an existing partition loses its first 64 KiB,
+    // where every filesystem keeps its signature, so nothing mounts the half-written volume.
+    onAbort: () => (fresh ? unlink(target) : wipeStart(target, Math.min(size, 64 * 1024))),
   });
+}
+
+async function wipeStart(path: string, length: number): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    await fh.write(Buffer.alloc(length), 0, length, 0);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 /**
@@ -483,7 +496,7 @@ function diskSink(
         }
       },
     },
-    onAbort: () => markIncomplete(target, disk, size),
+    onAbort: () => (fresh ? unlink(target) : markIncomplete(target, disk, size)),
     after: async () => {
       await syncTarget(target);
       // Let the kernel see the new table; loop devices without partition scanning refuse, which is fine.

@@ -7,8 +7,9 @@ import { test } from 'node:test';
 import { DiskError } from '../../src/disk/errors.ts';
 import { mountFilesystem } from '../../src/disk/filesystem.ts';
 import { makeImage } from '../../src/engine/make.ts';
-import { restoreImage } from '../../src/engine/restore.ts';
+import { restoreFromSource, restoreImage } from '../../src/engine/restore.ts';
 import { ImageReader } from '../../src/image/reader.ts';
+import type { ChunkSource } from '../../src/image/types.ts';
 import { hasCommand, loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
 import { compareTrees } from './tree-compare.ts';
 
@@ -129,6 +130,21 @@ test('MBR disk-image file with an extended partition: raw partitions restore byt
       .replace(/^(label-id|device):.*$/gm, '')
       .replaceAll(f, 'X');
   assert.equal(dump(target), dump(disk));
+
+  // A restore that fails onto a file it created leaves no file behind.
+  const reader = await ImageReader.open(image);
+  try {
+    const dying: ChunkSource = {
+      readChunk: async () => {
+        throw new Error('source lost');
+      },
+    };
+    const never = join(dir, 'never.img');
+    await assert.rejects(restoreFromSource(reader.manifest, dying, never, { fileset: 1 }), /source lost/);
+    await assert.rejects(access(never));
+  } finally {
+    await reader.close();
+  }
 });
 
 test('ext4 filesystem image without a table: partition image restored onto a new file', async (t) => {
