@@ -144,7 +144,13 @@ interface RangePlan {
   stage: string;
 }
 
-async function planRange(path: string, offset: number, size: number, partition?: number, extended = false) {
+async function planRange(
+  path: string,
+  offset: number,
+  size: number,
+  partition?: number,
+  extended = false,
+): Promise<RangePlan> {
   const name = partition !== undefined ? `partition ${partition}` : path;
   if (extended) {
     return {
