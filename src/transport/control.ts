@@ -39,7 +39,7 @@ export type ToReceiver =
       proof: string | null;
     }
   | { t: 'tick'; txPos: number; serial: number; rate: number; started: boolean; firstPassDone: boolean }
-  | { t: 'drop'; reason: string }
+  | { t: 'drop'; reason: string; code: string | null }
   | { t: 'end' };
 
 export interface ReceiverCounters {
@@ -237,7 +237,11 @@ export function parseToReceiver(body: Buffer): ToReceiver {
         firstPassDone: bool(m.firstPassDone, 'firstPassDone'),
       };
     case 'drop':
-      return { t: 'drop', reason: str(m.reason, 'reason', 4000) };
+      return {
+        t: 'drop',
+        reason: str(m.reason, 'reason', 4000),
+        code: optStr(m.code, 'code', 64, /^E_[A-Z_]+$/),
+      };
     case 'end':
       return { t: 'end' };
     default:

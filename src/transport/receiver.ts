@@ -246,7 +246,11 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       ticks.push([m.serial, Math.min(m.txPos, table.length), Date.now()]);
       return;
     }
-    if (m.t === 'drop') return fail('E_DROPPED', `dropped by the sender: ${m.reason}`);
+    if (m.t === 'drop') {
+      // Authentication and version refusals keep their own code; every other drop is E_DROPPED.
+      const code = m.code === 'E_AUTH' || m.code === 'E_VERSION' ? m.code : 'E_DROPPED';
+      return fail(code, `dropped by the sender: ${m.reason}`);
+    }
     if (m.t === 'end') {
       sessionOver = true;
       if (sentDone) end(null, null);
@@ -353,13 +357,13 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       c.forged++;
       return;
     }
+    const ser = b.readUInt32BE(24);
+    if (firstSerial < 0) firstSerial = intervalBase = ser - 1;
+    if (ser > maxSerial) maxSerial = ser;
     if (opts.simulateLoss && rand() < opts.simulateLoss) {
       c.simulatedDrops++;
       return;
     }
-    const ser = b.readUInt32BE(24);
-    if (firstSerial < 0) firstSerial = intervalBase = ser - 1;
-    if (ser > maxSerial) maxSerial = ser;
     heardPackets++;
     intervalRx++;
     c.packets++;
@@ -506,7 +510,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       }
       if (journal) await journal.close().catch(() => {});
       journal = null;
-      if (c.lost === 0 && firstSerial >= 0) c.lost = Math.max(0, maxSerial - firstSerial - heardPackets);
+      if (firstSerial >= 0) c.lost = Math.max(0, maxSerial - firstSerial - heardPackets);
       ch.send({ t: 'done', ok: true, code: null, message: null, counters: { ...c } });
       sentDone = true;
       log(`done: ${table.length} chunks (${chunksHad} were already here)`);

@@ -402,7 +402,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     p.code = code ?? (state === 'dropped' ? 'E_DROPPED' : null);
     p.endedAt = Date.now();
     if (state === 'dropped') log(`dropped ${p.name}: ${reason}`);
-    if (tell) p.ch.send({ t: 'drop', reason: reason ?? 'dropped' });
+    if (tell) p.ch.send({ t: 'drop', reason: reason ?? 'dropped', code: p.code });
     if (state !== 'ok') p.ch.close(reason ?? 'dropped');
     else setTimeout(() => p.ch.close('finished'), 2000).unref();
     if (wasActive || state === 'ok') checkFinished();
