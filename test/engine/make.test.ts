@@ -68,6 +68,20 @@ test('directory → image file → directory keeps every file and its metadata',
   });
   assert.equal(await readFile(join(out, 'a/b/c/deep.txt'), 'utf8'), 'changed\n');
 
+  // A damaged chunk fails the restore with the chunk named; it is never written as good data.
+  const damaged = join(dir, 'damaged.imgc');
+  const bytes = await readFile(image);
+  const at = bytes.indexOf(await readFile(join(src, 'big.bin')).then((b) => b.subarray(MiB, MiB + 64)));
+  // Random data never shrinks, so it is stored as is and can be found in the file.
+  assert.ok(at >= 0);
+  bytes[at + 10]! ^= 0xff;
+  await writeFile(damaged, bytes);
+  await assert.rejects(restoreImage(damaged, join(dir, 'from-damaged'), { fileset: 1 }), (e: unknown) => {
+    assert.equal((e as { code?: string }).code, 'E_CHUNK_CORRUPT');
+    assert.match((e as Error).message, /[0-9a-f]{64}/);
+    return true;
+  });
+
   // An image of a directory cannot go onto a file as if it were a partition.
   const asFile = await sparse(join(dir, 'file.img'), MiB);
   await assert.rejects(restoreImage(image, asFile, { fileset: 1 }), (e: unknown) => {
