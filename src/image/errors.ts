@@ -17,5 +17,6 @@ import { ImgcastError } from '../errors.ts';
  * E_CHUNK_SIZE       a chunk handed to the writer is larger than CHUNK_SIZE
  * E_MANIFEST_INVALID a manifest handed to the writer is malformed
  * E_EXTENT_RANGE     a manifest extent reaches past the end of its chunk
+ * E_IMAGE_BUSY       another process is appending to the image
  */
 export class ImageError extends ImgcastError {}

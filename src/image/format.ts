@@ -56,6 +56,8 @@ import { FORMAT_VERSION } from './types.ts';
 export const HEADER_MAGIC = Buffer.from('IMGCAST\0', 'latin1');
 export const TRAILER_MAGIC = Buffer.from('IMGCTRLR', 'latin1');
 export const RECORD_MAGIC = Buffer.from('IRC1', 'latin1');
+/** Sidecar that exists only while an append runs (journal.ts). */
+export const JOURNAL_SUFFIX = '.append-journal';
 export const HEADER_SIZE = 64;
 export const RECORD_HEADER_SIZE = 56;
 export const TRAILER_SIZE = 160;

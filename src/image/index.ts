@@ -8,3 +8,4 @@ export { verifyImage, type VerifyProblem, type VerifyReport } from './verify.ts'
 export { ImageWriter, MAX_IN_FLIGHT_BYTES } from './writer.ts';
 export * from './types.ts';
 export * from './fileset.ts';
+export { repairImage, type RepairResult } from './repair.ts';

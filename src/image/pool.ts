@@ -16,7 +16,8 @@ import type { CompressionLevel } from './types.ts';
 /**
  * The worker, as plain JavaScript: a TypeScript worker file costs ~0.5 s of start-up
  * per thread (the type-stripping loader initialises in every isolate); this starts in
- * ~80 ms. It compresses a slot of shared memory in place: on return the slot holds the
+ * ~80 ms. Built-ins come from process.getBuiltinModule because an eval'd worker is
+ * CommonJS or ESM depending on the parent's --input-type. It compresses a slot of shared memory in place: on return the slot holds the
  * stored form, so no chunk-sized buffer crosses threads. Content that does not shrink
  * is left as is (CODEC_NONE), as encodeChunk does.
  *
@@ -24,12 +25,12 @@ import type { CompressionLevel } from './types.ts';
  * collecting this tiny heap every other chunk keeps peak RSS down for ~1% CPU.
  */
 const WORKER_SOURCE = `
-const { parentPort } = require('node:worker_threads');
-const zlib = require('node:zlib');
+const { parentPort } = process.getBuiltinModule('node:worker_threads');
+const zlib = process.getBuiltinModule('node:zlib');
 let gc;
 try {
-  require('node:v8').setFlagsFromString('--expose-gc');
-  gc = require('node:vm').runInNewContext('gc');
+  process.getBuiltinModule('node:v8').setFlagsFromString('--expose-gc');
+  gc = process.getBuiltinModule('node:vm').runInNewContext('gc');
 } catch {}
 let jobs = 0;
 parentPort.on('message', (job) => {

@@ -3,7 +3,7 @@
  * manifest (a few small reads at the start and end of the file); chunks are then
  * read on demand with positional reads on one file descriptor.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import { access, open, type FileHandle } from 'node:fs/promises';
 
 import { CODEC_NONE, CODEC_ZSTD, decodeChunk } from './codec.ts';
 import { ImageError } from './errors.ts';
@@ -11,6 +11,7 @@ import {
   HEADER_MAGIC,
   HEADER_SIZE,
   INDEX_ENTRY_SIZE,
+  JOURNAL_SUFFIX,
   MAX_MANIFEST_RAW,
   RECORD_CHUNK,
   RECORD_HEADER_SIZE,
@@ -93,8 +94,22 @@ export async function openContainer(path: string, flags: 'r' | 'r+' = 'r'): Prom
     return await readContainer(fh, path);
   } catch (err) {
     await fh.close().catch(() => {});
-    if (err instanceof ImageError) throw err;
-    throw ioError(path, 'read image', err);
+    if (!(err instanceof ImageError)) throw ioError(path, 'read image', err);
+    if (err.code === 'E_IMAGE_TRUNCATED' || err.code === 'E_IMAGE_CORRUPT') {
+      const journal = await access(path + JOURNAL_SUFFIX).then(
+        () => true,
+        () => false,
+      );
+      if (journal) {
+        throw new ImageError(
+          err.code,
+          `${err.message}. An append to this image was interrupted; \`img repair\` restores the last committed generation`,
+          { ...err.details, interruptedAppend: true },
+          { cause: err },
+        );
+      }
+    }
+    throw err;
   }
 }
 

@@ -9,7 +9,7 @@
  * and, on failure, truncates the file back to its old length.
  */
 import { link, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, hostname } from 'node:os';
 import { dirname } from 'node:path';
 
 import { CODEC_NONE, chunkId, encodeChunk } from './codec.ts';
@@ -31,7 +31,8 @@ import {
 } from './format.ts';
 import { manifestProblem, manifestReferences } from './manifest.ts';
 import { CompressPool } from './pool.ts';
-import { ioError, openContainer } from './reader.ts';
+import { beginJournal, endJournal } from './journal.ts';
+import { ioError, openContainer, readAt } from './reader.ts';
 import {
   CHUNK_SIZE,
   COMPRESSION_LEVELS,
@@ -128,6 +129,17 @@ export class ImageWriter implements ChunkSink {
 
   static async append(path: string): Promise<{ writer: ImageWriter; manifest: Manifest }> {
     const c = await openContainer(path, 'r+');
+    try {
+      const trailer = await readAt(c.fh, c.trailerOffset, TRAILER_SIZE);
+      await beginJournal(
+        path,
+        { baseLength: c.fileSize, generation: c.trailer.generation, trailer: trailer.toString('hex') },
+        hostname(),
+      );
+    } catch (err) {
+      await c.fh.close().catch(() => {});
+      throw err;
+    }
     const index = new Map<string, IndexEntry>();
     for (let i = 0; i < c.trailer.chunkCount; i++) {
       const e = indexEntryAt(c.index, i);
@@ -236,6 +248,7 @@ export class ImageWriter implements ChunkSink {
       }
       await this.#writeCommit(json, generation, m.imageId);
       this.#closed = true;
+      if (this.#s.mode === 'append') await endJournal(this.path);
     } catch (err) {
       await this.abort().catch(() => {});
       throw err;
@@ -258,6 +271,7 @@ export class ImageWriter implements ChunkSink {
       await fh.close().catch(() => {});
       if (mode === 'create') await unlink(file).catch(() => {});
     }
+    if (mode === 'append') await endJournal(this.path);
   }
 
   #check(): void {
