@@ -144,7 +144,7 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
   const procs: Proc[] = [];
   const t0 = Date.now();
   let sender: Proc;
-  let daemons: Proc[] = [];
+  const daemons: Proc[] = [];
   const receivers: Proc[] = [];
   let extra: Partial<Outcome> = {};
 
@@ -334,7 +334,6 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
     ...extra,
   };
   if (note) out.note = note;
-  daemons = [];
   return out;
 }
 
