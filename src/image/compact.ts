@@ -21,7 +21,8 @@ import {
   type IndexEntry,
 } from './format.ts';
 import { manifestReferences } from './manifest.ts';
-import { ImageReader, ioError } from './reader.ts';
+import { ioError } from './io.ts';
+import { ImageReader } from './reader.ts';
 import { FORMAT_VERSION } from './types.ts';
 import { writeAll } from './writer.ts';
 

@@ -6,11 +6,12 @@
  * appending to one image at once.
  */
 import { open, readFile, unlink } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 
 import { ImageError } from './errors.ts';
 import { JOURNAL_SUFFIX } from './format.ts';
-import { ioError } from './reader.ts';
+import { ioError } from './io.ts';
 
 export interface Journal {
   pid: number;
@@ -51,22 +52,23 @@ function alive(pid: number): boolean {
   }
 }
 
-/** Creates the journal, refusing while another live process on this host appends to the image. */
-export async function beginJournal(
-  image: string,
-  j: Omit<Journal, 'pid' | 'hostname'>,
-  hostname: string,
-): Promise<void> {
-  const path = journalPath(image);
+/** Throws E_IMAGE_BUSY while another live process on this host appends to the image. */
+export async function checkNotBusy(image: string): Promise<void> {
   const old = await readJournal(image);
-  if (old && old.pid !== process.pid && old.hostname === hostname && alive(old.pid)) {
+  if (old && old.pid !== process.pid && old.hostname === hostname() && alive(old.pid)) {
     throw new ImageError(
       'E_IMAGE_BUSY',
       `${image} is being changed by another imgcast process (pid ${old.pid}); try again when it has finished`,
       { path: image, pid: old.pid },
     );
   }
-  const body = JSON.stringify({ pid: process.pid, hostname, ...j });
+}
+
+/** Creates the journal, refusing while another live process on this host appends to the image. */
+export async function beginJournal(image: string, j: Omit<Journal, 'pid' | 'hostname'>): Promise<void> {
+  const path = journalPath(image);
+  await checkNotBusy(image);
+  const body = JSON.stringify({ pid: process.pid, hostname: hostname(), ...j });
   try {
     const fh = await open(path, 'w');
     try {

@@ -26,6 +26,8 @@ import {
   type Header,
   type Trailer,
 } from './format.ts';
+import { ioError, readAt } from './io.ts';
+import { readJournal } from './journal.ts';
 import { manifestProblem } from './manifest.ts';
 import { CHUNK_SIZE, type ChunkSource, type Manifest } from './types.ts';
 import { chunkUsage, describeUsage } from './usage.ts';
@@ -51,38 +53,11 @@ export interface Container {
   manifest: Manifest;
 }
 
-export function ioError(path: string, what: string, err: unknown): ImageError {
-  const code = (err as NodeJS.ErrnoException)?.code;
-  const why =
-    code === 'ENOENT'
-      ? 'no such file'
-      : code === 'EACCES' || code === 'EPERM'
-        ? 'permission denied'
-        : code === 'EISDIR'
-          ? 'it is a directory'
-          : code === 'ENOSPC'
-            ? 'no space left on the device'
-            : (err as Error)?.message;
-  return new ImageError(
-    'E_IMAGE_IO',
-    `cannot ${what} ${path}: ${why}`,
-    { path, errno: code },
-    { cause: err },
-  );
-}
-
-/** Reads exactly `length` bytes at `position`, or fewer only at end of file. */
-export async function readAt(fh: FileHandle, position: number, length: number): Promise<Buffer> {
-  const buf = Buffer.allocUnsafe(length);
-  let done = 0;
-  while (done < length) {
-    const { bytesRead } = await fh.read(buf, done, length - done, position + done);
-    if (bytesRead === 0) break;
-    done += bytesRead;
-  }
-  return done === length ? buf : buf.subarray(0, done);
-}
-
+/**
+ * Opens an image. Readers ('r') that find an append in progress (or one that crashed)
+ * read the last committed generation, which the append journal locates; the writer
+ * ('r+') never does, so it cannot append after uncommitted bytes.
+ */
 export async function openContainer(path: string, flags: 'r' | 'r+' = 'r'): Promise<Container> {
   let fh: FileHandle;
   try {
@@ -90,12 +65,27 @@ export async function openContainer(path: string, flags: 'r' | 'r+' = 'r'): Prom
   } catch (err) {
     throw ioError(path, 'open image', err);
   }
+  let size = 0;
   try {
-    return await readContainer(fh, path);
+    size = (await fh.stat()).size;
+    return await readContainer(fh, path, size);
   } catch (err) {
-    await fh.close().catch(() => {});
-    if (!(err instanceof ImageError)) throw ioError(path, 'read image', err);
+    if (!(err instanceof ImageError)) {
+      await fh.close().catch(() => {});
+      throw ioError(path, 'read image', err);
+    }
     if (err.code === 'E_IMAGE_TRUNCATED' || err.code === 'E_IMAGE_CORRUPT') {
+      const j = flags === 'r' ? await readJournal(path) : undefined;
+      if (j && j.baseLength < size) {
+        try {
+          const c = await readContainer(fh, path, j.baseLength);
+          const t = await readAt(fh, c.trailerOffset, TRAILER_SIZE);
+          if (t.toString('hex') === j.trailer) return c;
+        } catch {
+          // Not the generation the journal recorded: report the original problem.
+        }
+      }
+      await fh.close().catch(() => {});
       const journal = await access(path + JOURNAL_SUFFIX).then(
         () => true,
         () => false,
@@ -108,15 +98,17 @@ export async function openContainer(path: string, flags: 'r' | 'r+' = 'r'): Prom
           { cause: err },
         );
       }
+    } else {
+      await fh.close().catch(() => {});
     }
     throw err;
   }
 }
 
-async function readContainer(fh: FileHandle, path: string): Promise<Container> {
+/** Reads the image as if it ended at `fileSize`. */
+async function readContainer(fh: FileHandle, path: string, fileSize: number): Promise<Container> {
   const st = await fh.stat();
   if (!st.isFile()) throw new ImageError('E_IMAGE_MAGIC', `${path} is not a regular file`, { path });
-  const fileSize = st.size;
   const truncated = (what: string): ImageError =>
     new ImageError('E_IMAGE_TRUNCATED', `${path} is cut short: ${what}`, { path, fileSize });
   const corrupt = (structure: string, what: string): ImageError =>

@@ -7,8 +7,9 @@ import { open, stat } from 'node:fs/promises';
 
 import { ImageError } from './errors.ts';
 import { TRAILER_SIZE } from './format.ts';
-import { endJournal, readJournal } from './journal.ts';
-import { ImageReader, ioError, readAt } from './reader.ts';
+import { checkNotBusy, endJournal, readJournal } from './journal.ts';
+import { ioError, readAt } from './io.ts';
+import { openContainer } from './reader.ts';
 
 export interface RepairResult {
   repaired: boolean;
@@ -18,13 +19,15 @@ export interface RepairResult {
 }
 
 export async function repairImage(path: string): Promise<RepairResult> {
+  await checkNotBusy(path);
   let openErr: unknown;
   try {
-    const r = await ImageReader.open(path);
-    await r.close();
+    // Strict open: a plain reader would fall back to the last committed generation and hide the damage.
+    const c = await openContainer(path, 'r+');
+    await c.fh.close();
     // Intact: a journal left beside it belongs to an append that crashed before writing, or after committing.
     await endJournal(path);
-    return { repaired: false, generation: r.generation, bytesDropped: 0 };
+    return { repaired: false, generation: c.trailer.generation, bytesDropped: 0 };
   } catch (err) {
     if (!(err instanceof ImageError) || err.code === 'E_IMAGE_IO') throw err;
     openErr = err;
@@ -52,8 +55,8 @@ export async function repairImage(path: string): Promise<RepairResult> {
   } finally {
     await fh.close();
   }
-  const r = await ImageReader.open(path);
-  await r.close();
+  const c = await openContainer(path, 'r+');
+  await c.fh.close();
   await endJournal(path);
-  return { repaired: true, generation: r.generation, bytesDropped: size - j.baseLength };
+  return { repaired: true, generation: c.trailer.generation, bytesDropped: size - j.baseLength };
 }

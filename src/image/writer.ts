@@ -9,7 +9,7 @@
  * and, on failure, truncates the file back to its old length.
  */
 import { link, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
-import { availableParallelism, hostname } from 'node:os';
+import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 
 import { CODEC_NONE, chunkId, encodeChunk } from './codec.ts';
@@ -31,8 +31,9 @@ import {
 } from './format.ts';
 import { manifestProblem, manifestReferences } from './manifest.ts';
 import { CompressPool } from './pool.ts';
-import { beginJournal, endJournal } from './journal.ts';
-import { ioError, openContainer, readAt } from './reader.ts';
+import { beginJournal, checkNotBusy, endJournal } from './journal.ts';
+import { ioError, readAt } from './io.ts';
+import { openContainer } from './reader.ts';
 import {
   CHUNK_SIZE,
   COMPRESSION_LEVELS,
@@ -128,14 +129,15 @@ export class ImageWriter implements ChunkSink {
   }
 
   static async append(path: string): Promise<{ writer: ImageWriter; manifest: Manifest }> {
+    await checkNotBusy(path);
     const c = await openContainer(path, 'r+');
     try {
       const trailer = await readAt(c.fh, c.trailerOffset, TRAILER_SIZE);
-      await beginJournal(
-        path,
-        { baseLength: c.fileSize, generation: c.trailer.generation, trailer: trailer.toString('hex') },
-        hostname(),
-      );
+      await beginJournal(path, {
+        baseLength: c.fileSize,
+        generation: c.trailer.generation,
+        trailer: trailer.toString('hex'),
+      });
     } catch (err) {
       await c.fh.close().catch(() => {});
       throw err;

@@ -11,7 +11,8 @@ import { ImageReader } from '../../src/image/reader.ts';
 import { repairImage } from '../../src/image/repair.ts';
 import { ImageWriter } from '../../src/image/writer.ts';
 import { tempDir } from '../helpers/env.ts';
-import { smallImage } from './fixtures.ts';
+import type { FileVolume } from '../../src/image/types.ts';
+import { fileEntry, smallImage, textData } from './fixtures.ts';
 
 const writerUrl = new URL('../../src/image/writer.ts', import.meta.url).href;
 
@@ -36,7 +37,13 @@ test('an append killed mid-way is detected and repaired back to the last generat
   assert.ok((await stat(path)).size > before.length, 'the killed append wrote data');
   assert.ok(existsSync(journalPath(path)));
 
-  await assert.rejects(ImageReader.open(path), (err: unknown) => {
+  // Readers still see the last committed generation; a new append is refused until repaired.
+  const reader = await ImageReader.open(path);
+  assert.equal(reader.generation, 1);
+  assert.equal(reader.fileSize, before.length);
+  for (const id of reader.chunkIds()) await reader.readChunk(id);
+  await reader.close();
+  await assert.rejects(ImageWriter.append(path), (err: unknown) => {
     assert.ok(err instanceof ImageError);
     assert.equal(err.code, 'E_IMAGE_TRUNCATED');
     assert.match(err.message, /img repair/);
@@ -70,4 +77,29 @@ test('a second append while one runs is refused; the journal goes away after com
   const r = await ImageReader.open(path);
   t.after(() => r.close());
   assert.equal(r.generation, 2);
+});
+
+test('readers opened during an append see the last committed generation, then the new one', async (t) => {
+  const dir = await tempDir(t);
+  const { path, files } = await smallImage(dir);
+  const { writer, manifest } = await ImageWriter.append(path);
+  const added = textData(100_000, 77);
+  const ref = await writer.putChunk(added);
+  await writer.putChunk(textData(90_000, 78));
+  while (writer.stats.chunksStored < 2) await new Promise((r) => setTimeout(r, 5));
+  const during = await ImageReader.open(path);
+  t.after(() => during.close());
+  assert.equal(during.generation, 1);
+  assert.equal(during.chunk(ref.id), undefined);
+  const passwd = (during.manifest.volumes[0] as FileVolume).entries.find((e) => e.path === 'etc/passwd')!;
+  assert.deepEqual(await during.readChunk(passwd.extents![0]!.chunk), files.get('etc/passwd'));
+
+  (manifest.volumes[0] as FileVolume).entries.push(fileEntry('new', [ref]));
+  await writer.commit(manifest);
+  const after = await ImageReader.open(path);
+  t.after(() => after.close());
+  assert.equal(after.generation, 2);
+  assert.deepEqual(await after.readChunk(ref.id), added);
+  // The reader opened earlier keeps working on its generation.
+  assert.deepEqual(await during.readChunk(passwd.extents![0]!.chunk), files.get('etc/passwd'));
 });

@@ -1,0 +1,36 @@
+/** File I/O helpers shared by the reader, writer, journal and compaction. */
+import type { FileHandle } from 'node:fs/promises';
+
+import { ImageError } from './errors.ts';
+
+export function ioError(path: string, what: string, err: unknown): ImageError {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  const why =
+    code === 'ENOENT'
+      ? 'no such file'
+      : code === 'EACCES' || code === 'EPERM'
+        ? 'permission denied'
+        : code === 'EISDIR'
+          ? 'it is a directory'
+          : code === 'ENOSPC'
+            ? 'no space left on the device'
+            : (err as Error)?.message;
+  return new ImageError(
+    'E_IMAGE_IO',
+    `cannot ${what} ${path}: ${why}`,
+    { path, errno: code },
+    { cause: err },
+  );
+}
+
+/** Reads exactly `length` bytes at `position`, or fewer only at end of file. */
+export async function readAt(fh: FileHandle, position: number, length: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length);
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await fh.read(buf, done, length - done, position + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  return done === length ? buf : buf.subarray(0, done);
+}
