@@ -2,8 +2,11 @@
  * Whole-image check. Damage is reported, never thrown: an admin needs the full list
  * of what is broken and which volumes and files it hits, not the first problem.
  */
+import { stat } from 'node:fs/promises';
+
 import { decodeChunk } from './codec.ts';
 import { ImageError } from './errors.ts';
+import { checkNotBusy } from './journal.ts';
 import { manifestReferences, type ChunkUse } from './manifest.ts';
 import { ImageReader, type ChunkInfo } from './reader.ts';
 import { chunkUsages, describeUsage } from './usage.ts';
@@ -123,9 +126,25 @@ export async function verifyImage(
       });
     }
     report.problems.push(...ranges);
+    const size = (await stat(path)).size;
+    if (size > reader.fileSize && !(await appendRunning(path))) {
+      report.problems.push({
+        code: 'E_IMAGE_TRUNCATED',
+        message: `${path}: an append was interrupted; ${size - reader.fileSize} bytes after generation ${reader.generation} were never committed (\`img repair\` removes them)`,
+      });
+    }
     report.ok = report.problems.length === 0;
     return report;
   } finally {
     await reader.close();
+  }
+}
+
+async function appendRunning(path: string): Promise<boolean> {
+  try {
+    await checkNotBusy(path);
+    return false;
+  } catch {
+    return true;
   }
 }

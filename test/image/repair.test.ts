@@ -9,6 +9,7 @@ import { ImageError } from '../../src/image/errors.ts';
 import { journalPath } from '../../src/image/journal.ts';
 import { ImageReader } from '../../src/image/reader.ts';
 import { repairImage } from '../../src/image/repair.ts';
+import { verifyImage } from '../../src/image/verify.ts';
 import { ImageWriter } from '../../src/image/writer.ts';
 import { tempDir } from '../helpers/env.ts';
 import type { FileVolume } from '../../src/image/types.ts';
@@ -43,6 +44,14 @@ test('an append killed mid-way is detected and repaired back to the last generat
   assert.equal(reader.fileSize, before.length);
   for (const id of reader.chunkIds()) await reader.readChunk(id);
   await reader.close();
+  const report = await verifyImage(path);
+  assert.equal(report.ok, false);
+  assert.equal(report.chunksTotal, 5);
+  assert.deepEqual(
+    report.problems.map((p) => p.code),
+    ['E_IMAGE_TRUNCATED'],
+  );
+  assert.match(report.problems[0]!.message, /img repair/);
   await assert.rejects(ImageWriter.append(path), (err: unknown) => {
     assert.ok(err instanceof ImageError);
     assert.equal(err.code, 'E_IMAGE_TRUNCATED');
