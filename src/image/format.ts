@@ -44,6 +44,11 @@
  * The index covers every chunk of every generation, so a reader needs only the
  * header, the last trailer, the last index and the last manifest.
  *
+ * Beside the file, `<image>.append-journal` exists only while an append runs: it
+ * holds the length and trailer of the last committed generation, so readers opened
+ * meanwhile (or after a crash) read that generation and `repairImage` can cut the
+ * uncommitted tail off (journal.ts). A create writes `<image>.partial` and renames.
+ *
  * Why: the trailer at EOF finds everything without scanning; records carry their
  * own hash so a chunk can be checked and sent alone; the previous-trailer link
  * and never-rewritten records let an older generation be found and kept intact.

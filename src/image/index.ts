@@ -3,9 +3,9 @@ export { CODEC_NONE, CODEC_ZSTD, LEVEL_PARAMS, chunkId, decodeChunk, encodeChunk
 export { compactImage, type CompactResult } from './compact.ts';
 export { ImageError } from './errors.ts';
 export { ImageReader, type ChunkInfo } from './reader.ts';
+export { repairImage, type RepairResult } from './repair.ts';
 export { chunkUsage, chunkUsages, describeUsage, type ChunkUse } from './usage.ts';
 export { verifyImage, type VerifyProblem, type VerifyReport } from './verify.ts';
 export { ImageWriter, MAX_IN_FLIGHT_BYTES } from './writer.ts';
 export * from './types.ts';
 export * from './fileset.ts';
-export { repairImage, type RepairResult } from './repair.ts';
