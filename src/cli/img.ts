@@ -18,6 +18,7 @@ import { makeImage } from '../engine/make.ts';
 import { restoreImage } from '../engine/restore.ts';
 import { compactImage } from '../image/compact.ts';
 import { ImageReader } from '../image/reader.ts';
+import { repairImage } from '../image/repair.ts';
 import { COMPRESSION_LEVELS, DEFAULT_LEVEL, type CompressionLevel } from '../image/types.ts';
 import { verifyImage } from '../image/verify.ts';
 import { emit, formatBytes, runCommand, startProgress } from './output.ts';
@@ -309,6 +310,22 @@ export function buildImgProgram(): Command {
           r,
           () =>
             `compacted ${image}: ${formatBytes(r.bytesBefore)} -> ${formatBytes(r.bytesAfter)}, ${r.chunksDropped} chunks dropped`,
+        );
+      }),
+    );
+
+  program
+    .command('repair')
+    .description('cut off the unfinished tail of an interrupted edit, back to the last committed generation')
+    .argument('<image>')
+    .addOption(json())
+    .action((image: string, o: { json?: boolean }) =>
+      runCommand('img', !!o.json, async () => {
+        const r = await repairImage(image);
+        emit(!!o.json, r, () =>
+          r.repaired
+            ? `repaired ${image}: dropped ${formatBytes(r.bytesDropped)} of an interrupted edit; generation ${r.generation} is intact`
+            : `${image} needed no repair (generation ${r.generation})`,
         );
       }),
     );

@@ -28,7 +28,11 @@ export interface ChunkRef {
 
 /** Where a chunk's bytes go: a piece of a file or of a disk/partition. */
 export interface ChunkSink {
-  /** Store raw bytes as one chunk (deduplicated by content). Resolves once the chunk is durable in the sink. */
+  /**
+   * Store raw bytes as one chunk (deduplicated by content). Resolves with the id once
+   * the sink has accepted the bytes (it may still be compressing them); durability
+   * comes with the sink's commit. The sink copies what it keeps: `raw` may be reused once this resolves.
+   */
   putChunk(raw: Buffer): Promise<ChunkRef>;
 }
 
