@@ -29,6 +29,7 @@ test('every command has --help', () => {
     ['fileset', 'exclude'],
     ['verify'],
     ['compact'],
+    ['repair'],
     ['receive'],
   ]) {
     const r = img(...cmd, '--help');
@@ -93,6 +94,9 @@ test('make, info --json, ls, fileset, verify and restore through the CLI', async
   r = img('verify', image, '--json');
   assert.equal(r.code, 0, r.err);
   assert.equal(JSON.parse(r.out).ok, true);
+  r = img('repair', image, '--json');
+  assert.equal(r.code, 0, r.err);
+  assert.deepEqual(JSON.parse(r.out), { repaired: false, generation: 2, bytesDropped: 0 });
 
   const out = join(dir, 'out');
   r = img('restore', image, out, '--fileset', '4');
