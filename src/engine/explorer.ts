@@ -203,7 +203,7 @@ async function editImage<T>(
   const { writer, manifest } = await ImageWriter.append(imagePath);
   try {
     const result = await edit(manifest, writer);
-    manifest.generation += 1;
+    // The writer stamps the next generation number itself.
     await writer.commit(manifest);
     return result;
   } catch (err) {
