@@ -2,16 +2,18 @@
  * Command handlers for `imgcast send` and `img receive`. The CLI registers them and
  * owns argument parsing; these wire a source and a target to the transport.
  *
- * Only the `raw` mode (a plain file sent as chunks and written back as a plain
- * file) is wired here: the image container (ImageReader, decodeChunk) was not in
- * the tree when this was written, so image mode refuses with a clear usage error.
+ * Image mode sends one file set of an image and restores it onto the receiver's
+ * target (directory, disk or partition); `raw` mode sends any file as chunks and
+ * writes it back as a plain file (benchmarks against udpcast/uftp), with resume
+ * through a journal next to the output.
  */
 import { UsageError } from '../errors.ts';
 import { TransportError } from './errors.ts';
 import { fileConsumer, flatFileProvider } from './files.ts';
 import { runReceiver } from './receiver.ts';
+import { imageDecoder, imageProvider, restoreConsumer } from './image.ts';
 import { runSender } from './sender.ts';
-import type { ReceiverResult, SenderProgress, SenderResult } from './types.ts';
+import type { ReceiverProgress, ReceiverResult, SenderProgress, SenderResult } from './types.ts';
 
 export interface SendCommandOptions {
   raw?: boolean;
@@ -40,7 +42,10 @@ export interface ReceiveCommandOptions {
   key?: string;
   name?: string;
   journal?: string;
+  /** Restore into a non-empty directory. */
+  force?: boolean;
   log?: (line: string) => void;
+  onProgress?: (p: ReceiverProgress) => void;
   signal?: AbortSignal;
 }
 
@@ -54,12 +59,9 @@ export async function sendCommand(imagePath: string, opts: SendCommandOptions): 
   positive(opts.clients, '--clients');
   positive(opts.rate, '--rate');
   if (opts.wait !== undefined && !(opts.wait >= 0)) throw new UsageError('--wait must be 0 or more seconds');
-  if (!opts.raw) {
-    throw new UsageError(
-      'sending images over multicast is not wired yet (the image reader is not available); use --raw to send a plain file',
-    );
-  }
-  const provider = await flatFileProvider(imagePath, opts.chunkSize);
+  const provider = opts.raw
+    ? await flatFileProvider(imagePath, opts.chunkSize)
+    : await imageProvider(imagePath, opts.fileset ?? 1);
   const result = await runSender(provider, {
     interface: opts.interface,
     group: opts.group,
@@ -90,22 +92,31 @@ export async function sendCommand(imagePath: string, opts: SendCommandOptions): 
 
 /** Receives into `to`; throws (non-zero exit) unless the whole session landed and verified. */
 export async function receiveCommand(opts: ReceiveCommandOptions): Promise<ReceiverResult> {
-  if (!opts.raw) {
-    throw new UsageError(
-      'receiving images is not wired yet (the image restore adapter is not available); use --raw to receive a plain file',
-    );
-  }
-  const journal = opts.journal ?? `${opts.to}.journal`;
-  const result = await runReceiver({
+  const common = {
     from: opts.from,
     interface: opts.interface,
     key: opts.key,
     name: opts.name,
-    journalPath: journal,
     log: opts.log,
+    onProgress: opts.onProgress,
     signal: opts.signal,
-    makeConsumer: async () => fileConsumer(opts.to, { journalPath: journal }),
-  });
+  };
+  let result: ReceiverResult;
+  if (opts.raw) {
+    const journal = opts.journal ?? `${opts.to}.journal`;
+    result = await runReceiver({
+      ...common,
+      journalPath: journal,
+      makeConsumer: async () => fileConsumer(opts.to, { journalPath: journal }),
+    });
+  } else {
+    result = await runReceiver({
+      ...common,
+      decode: imageDecoder,
+      makeConsumer: (session) =>
+        restoreConsumer(session, opts.to, { force: opts.force, onWarning: opts.log }),
+    });
+  }
   if (!result.ok) {
     throw new TransportError(result.code ?? 'E_CONSUMER', result.message ?? 'receive failed', { result });
   }

@@ -5,9 +5,9 @@
  * protocols or sessions count as stray, malformed ones with our nonce as forged;
  * chunks that fail their check count as rejected and are requested again.
  *
- * Every ~150 ms it sends STATUS: progress, loss over the interval (from packet
- * serial gaps), and NAKs for chunks the sender has passed (per its TICK, once the
- * receiver has processed the packets sent before that TICK): the missing
+ * Every ~100 ms it sends STATUS: progress, loss over the interval (from packet
+ * serial gaps), and NAKs for chunks the sender has passed (per the transmit position
+ * in data packets, or per its TICK once the packets sent before it were processed): the missing
  * fragments of partly received chunks, or the whole chunk.
  *
  * Memory is bounded: partly received chunks plus verified chunks waiting to be
@@ -38,8 +38,8 @@ import { checkHeader, FRAG_PAYLOAD, fragmentCount, fragmentLength, HEADER_SIZE }
 import { DEFAULT_PORT } from './sender.ts';
 import type { ChunkConsumer, ChunkInfo, ReceiverOptions, ReceiverResult, SessionInfo } from './types.ts';
 
-const STATUS_MS = 150;
-const MAX_PENDING = 64 * 1024 * 1024;
+const STATUS_MS = 100;
+const MAX_PENDING = 32 * 1024 * 1024;
 const MAX_NAK_FRAGMENT_RANGES = 60_000;
 /** Without packets after a TICK (the sender idles), trust the TICK after this long. */
 const TICK_TRUST_MS = 300;
@@ -152,6 +152,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   // TICKs not yet confirmed by data (serial, txPos, time), and the confirmed transmit position.
   let ticks: Array<[number, number, number]> = [];
   let nakPos = 0;
+  let dataPos = 0;
   let lowWater = 0;
   let rng = 0x9e3779b9;
   const rand = () => {
@@ -364,16 +365,21 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       c.simulatedDrops++;
       return;
     }
+    const tx = b.readUInt32BE(20);
+    // Chunks below the transmit position have had their first pass; a forged position only
+    // makes us ask early, and the sender ignores requests for chunks it has not sent yet.
+    if (tx > dataPos) dataPos = Math.min(tx, table.length);
     heardPackets++;
-    intervalRx++;
     c.packets++;
     if (complete[seq]) {
+      intervalRx++;
       c.duplicates++;
       return;
     }
     let p = partials.get(seq);
     if (!p) {
       if (pendingBytes + wl > MAX_PENDING) {
+        // Counted as lost for the congestion response: we could not keep this packet.
         c.overrun++;
         return;
       }
@@ -381,6 +387,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       pendingBytes += wl;
       partials.set(seq, p);
     }
+    intervalRx++;
     if (p.got[frag]) {
       c.duplicates++;
       return;
@@ -450,9 +457,10 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     const nak: Array<[number, Ranges | null]> = [];
     let fragRanges = 0;
     while (lowWater < table.length && complete[lowWater]) lowWater++;
+    const upTo = Math.max(nakPos, dataPos);
     for (
       let s = lowWater;
-      s < nakPos && nak.length < MAX_NAK_ENTRIES && fragRanges < MAX_NAK_FRAGMENT_RANGES;
+      s < upTo && nak.length < MAX_NAK_ENTRIES && fragRanges < MAX_NAK_FRAGMENT_RANGES;
       s++
     ) {
       if (complete[s]) continue;

@@ -2,7 +2,7 @@
  * Multicast sender.
  *
  * Data: the chunk table is sent once in order ("first pass"), each chunk's wire
- * bytes cut into fragments (packet.ts). Receivers report over TCP every ~150 ms
+ * bytes cut into fragments (packet.ts). Receivers report over TCP every ~100 ms
  * which fragments of already-passed chunks they miss (NAK). The sender merges all
  * NAKs into one repair set, so a fragment twenty receivers miss is resent once, and
  * interleaves repairs with new data (one repair per data packet while the first
@@ -77,8 +77,9 @@ const LOSS_CUT = 0.05;
 const LOSS_RAISE = 0.02;
 const LOSS_DROP = 0.5;
 const LOSS_WINDOW_MS = 10_000;
-const CACHE_BYTES = 48 * 1024 * 1024;
+const CACHE_BYTES = 16 * 1024 * 1024;
 const SEND_QUEUE_LIMIT = 512;
+const MAX_REPAIR_LOADS = 3;
 /**
  * Tokens saved up at most: enough to cover an event-loop turn plus a timer (sending a
  * batch to several local receivers takes a few ms), small enough that a late turn does
@@ -521,10 +522,14 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   function sendOne(): number {
     const wantRepair = repairs.size > 0 && (firstPassDone || repairCredit > 0);
     if (wantRepair) {
+      // Look at the oldest few entries only, and read at most MAX_REPAIR_LOADS chunks at once,
+      // so a long repair list neither costs a scan per packet nor pulls many chunks into memory.
+      let looked = 0;
       for (const [seq, r] of repairs) {
+        if (++looked > 16) break;
         const wire = get(seq);
         if (!wire) {
-          load(seq);
+          if (loading.size < MAX_REPAIR_LOADS) load(seq);
           continue;
         }
         const e = table[seq] as Entry;
@@ -736,7 +741,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
 
   const end = Date.now();
   const receivers: ReceiverReport[] = peers
-    .filter((p) => p.joinedAt > 0 || p.code === 'E_AUTH' || p.code === 'E_VERSION')
+    .filter((p) => p.joinedAt > 0 || p.state === 'failed' || p.code === 'E_AUTH' || p.code === 'E_VERSION')
     .map((p) => {
       const secs = Math.max(
         0.001,
