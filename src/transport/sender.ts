@@ -21,7 +21,7 @@
  * Drop policy (each drop tells the receiver and the result the reason and figures):
  * - "disconnected": its control connection closed before DONE;
  * - "unresponsive": no message from it for deadAfterMs (default 10 s);
- * - "too slow (loss)": it lost more than 50 % of the packets over the last 10 s;
+ * - "too slow (loss)": it lost more than 50 % of the packets over the last lossWindowMs (10 s);
  * - "too slow (stalled)": the first pass is over and it completed no chunk for
  *   stallAfterMs (default 20 s);
  * - "too slow (lagging)": every other receiver finished and it still misses chunks
@@ -76,7 +76,6 @@ const MIN_RATE_MBIT = 2;
 const LOSS_CUT = 0.05;
 const LOSS_RAISE = 0.02;
 const LOSS_DROP = 0.5;
-const LOSS_WINDOW_MS = 10_000;
 const CACHE_BYTES = 16 * 1024 * 1024;
 const SEND_QUEUE_LIMIT = 512;
 const MAX_REPAIR_LOADS = 3;
@@ -143,6 +142,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   const deadAfterMs = opts.deadAfterMs ?? 10_000;
   const stallAfterMs = opts.stallAfterMs ?? Math.max(20_000, 2 * deadAfterMs);
   const lagLimitMs = opts.lagLimitMs ?? 60_000;
+  const lossWindowMs = opts.lossWindowMs ?? 10_000;
   const maxRate = opts.rateMbit && opts.rateMbit > 0 ? opts.rateMbit : Infinity;
   const key = opts.key;
 
@@ -226,11 +226,12 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
 
   const server = net.createServer((sock) => onConnection(sock));
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (e) =>
+    server.once('error', (e) => {
+      udp.close();
       reject(
         new TransportError('E_CONNECT', `cannot listen on control port ${port}: ${e.message}`, { port }),
-      ),
-    );
+      );
+    });
     server.listen(port, opts.interface ?? '0.0.0.0', () => resolve());
   });
   log(
@@ -635,14 +636,20 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         continue;
       }
       if (p.state !== 'receiving') continue;
-      p.lossSamples = p.lossSamples.filter(([t]) => now - t <= LOSS_WINDOW_MS);
+      p.lossSamples = p.lossSamples.filter(([t]) => now - t <= lossWindowMs);
       const oldest = p.lossSamples[0];
-      if (oldest && now - p.joinedAt > LOSS_WINDOW_MS && now - startedAt > LOSS_WINDOW_MS) {
+      if (oldest && now - p.joinedAt > lossWindowMs && now - startedAt > lossWindowMs) {
         const rx = p.lossSamples.reduce((a, s) => a + s[1], 0);
         const exp = p.lossSamples.reduce((a, s) => a + s[2], 0);
         if (exp > 1000 && 1 - rx / exp > LOSS_DROP) {
           const pct = Math.round((1 - rx / exp) * 100);
-          endPeer(p, 'dropped', `too slow (loss): lost ${pct}% of packets over the last 10 s`, null, true);
+          endPeer(
+            p,
+            'dropped',
+            `too slow (loss): lost ${pct}% of packets over the last ${Math.round(lossWindowMs / 1000)} s`,
+            null,
+            true,
+          );
           continue;
         }
       }

@@ -79,6 +79,8 @@ export interface SenderOptions {
   stallAfterMs?: number;
   /** Drop a receiver still missing chunks this long after every other receiver finished (default 60 000). */
   lagLimitMs?: number;
+  /** Drop a receiver that lost more than half the packets over this long (default 10 000). */
+  lossWindowMs?: number;
   log?: Log;
   onProgress?: (s: SenderProgress) => void;
   signal?: AbortSignal;

@@ -162,6 +162,19 @@ test('a receiver killed mid-transfer is dropped as disconnected; the others fini
   for (const i of [0, 1]) await assertSame(src, r.outs[i] as string);
 });
 
+test('a receiver losing most packets is dropped as too slow without holding back the other', async (t) => {
+  const src = await source(await tempDir(t), 16);
+  const r = await session(t, src, 2, { rateMbit: 40, lossWindowMs: 1500 }, (i) =>
+    i === 0 ? { simulateLoss: 0.7 } : {},
+  );
+  const slow = r.sender.receivers.find((x) => x.name === 'r0');
+  assert.equal(slow?.state, 'dropped');
+  assert.match(slow?.reason ?? '', /^too slow \(loss\): lost \d+% of packets/);
+  assert.equal(r.receivers[0]?.code, 'E_DROPPED');
+  assert.equal(r.receivers[1]?.ok, true);
+  await assertSame(src, r.outs[1] as string);
+});
+
 test('resume: a receiver that comes back with its journal gets only the missing chunks', async (t) => {
   const dir = await tempDir(t);
   const src = await source(dir, 16);
