@@ -25,6 +25,16 @@ import { emit, formatBytes, runCommand, startProgress } from './output.ts';
 import { describeListing, describeInfo, describeVerify } from './render.ts';
 import { addReceiveCommand } from './receive.ts';
 
+/** Opens an image for reading for the length of `use`, closing it however `use` ends. */
+async function withReader<T>(image: string, use: (reader: ImageReader) => Promise<T>): Promise<T> {
+  const reader = await ImageReader.open(image);
+  try {
+    return await use(reader);
+  } finally {
+    await reader.close();
+  }
+}
+
 export function parseFileset(value: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n < 1 || n > 10)
@@ -64,13 +74,10 @@ export function buildImgProgram(): Command {
               onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
             });
             bar.stop();
-            const reader = await ImageReader.open(image);
-            try {
+            await withReader(image, async (reader) => {
               const info = describeImage(reader);
               emit(!!o.json, { ...info, stats: result.stats }, () => describeInfo(info));
-            } finally {
-              await reader.close();
-            }
+            });
           } finally {
             bar.stop();
           }
@@ -114,13 +121,10 @@ export function buildImgProgram(): Command {
     .addOption(json())
     .action((image: string, o: { json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
-        const reader = await ImageReader.open(image);
-        try {
+        await withReader(image, async (reader) => {
           const info = describeImage(reader);
           emit(!!o.json, info, () => describeInfo(info));
-        } finally {
-          await reader.close();
-        }
+        });
       }),
     );
 
@@ -133,13 +137,10 @@ export function buildImgProgram(): Command {
     .addOption(json())
     .action((image: string, path: string, o: { fileset?: number; json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
-        const reader = await ImageReader.open(image);
-        try {
+        await withReader(image, async (reader) => {
           const rows = listPath(reader.manifest, path, o.fileset);
           emit(!!o.json, rows, () => describeListing(rows));
-        } finally {
-          await reader.close();
-        }
+        });
       }),
     );
 
@@ -151,8 +152,7 @@ export function buildImgProgram(): Command {
     .addOption(json())
     .action((image: string, path: string, o: { json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
-        const reader = await ImageReader.open(image);
-        try {
+        await withReader(image, async (reader) => {
           const s = statPath(reader.manifest, path);
           emit(!!o.json, s, () =>
             [
@@ -167,9 +167,7 @@ export function buildImgProgram(): Command {
               `chunks:    ${new Set((s.entry.extents ?? []).map((x) => x.chunk)).size}`,
             ].join('\n'),
           );
-        } finally {
-          await reader.close();
-        }
+        });
       }),
     );
 
@@ -234,8 +232,7 @@ export function buildImgProgram(): Command {
     .addOption(json())
     .action((image: string, o: { json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
-        const reader = await ImageReader.open(image);
-        try {
+        await withReader(image, async (reader) => {
           const sets = listFilesets(reader.manifest);
           emit(!!o.json, sets, () =>
             sets
@@ -249,9 +246,7 @@ export function buildImgProgram(): Command {
               )
               .join('\n'),
           );
-        } finally {
-          await reader.close();
-        }
+        });
       }),
     );
   for (const [verb, excluded] of [

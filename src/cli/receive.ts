@@ -1,7 +1,7 @@
 /** `img receive`: join a multicast send and write what it carries to a disk, partition or folder. */
 import type { Command } from 'commander';
 import { receiveCommand } from '../transport/cli.ts';
-import { emit, formatBytes, runCommand } from './output.ts';
+import { emit, formatBytes, runCommand, startProgress } from './output.ts';
 
 export function addReceiveCommand(program: Command): void {
   program
@@ -17,8 +17,9 @@ export function addReceiveCommand(program: Command): void {
     .option('--key <secret>', 'pre-shared key the sender requires (also env IMGCAST_KEY)')
     .option(
       '--journal <file>',
-      'resume journal (default: TARGET.journal for files, under /var/lib/imgcast for devices)',
+      'resume journal for --raw (default TARGET.journal); an image restore that was cut off starts over',
     )
+    .option('--force', 'write into a folder that is not empty')
     .option('--raw', 'receive a plain file (the sender used --raw)')
     .option('--json', 'print the result as JSON')
     .option('-v, --verbose', 'log session events to stderr')
@@ -31,11 +32,13 @@ export function addReceiveCommand(program: Command): void {
         key?: string;
         journal?: string;
         raw?: boolean;
+        force?: boolean;
         json?: boolean;
         verbose?: boolean;
       }) =>
         runCommand('img', !!o.json, async () => {
-          {
+          const bar = startProgress('receive', { json: !!o.json });
+          try {
             const r = await receiveCommand({
               from: o.from,
               to: o.to,
@@ -44,8 +47,11 @@ export function addReceiveCommand(program: Command): void {
               name: o.name,
               key: o.key ?? process.env.IMGCAST_KEY,
               journal: o.journal,
+              force: !!o.force,
+              onProgress: (p) => bar.update(p.bytes, p.totalBytes),
               log: o.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
             });
+            bar.stop();
             emit(
               !!o.json,
               r,
@@ -53,6 +59,8 @@ export function addReceiveCommand(program: Command): void {
                 `received ${r.chunks}/${r.totalChunks} chunks (${formatBytes(r.bytes)}) in ${(r.durationMs / 1000).toFixed(1)} s into ${o.to}, verified` +
                 (r.chunksHad ? `; ${r.chunksHad} chunks were already there (resumed)` : ''),
             );
+          } finally {
+            bar.stop();
           }
         }),
     );

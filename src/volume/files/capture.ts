@@ -111,13 +111,18 @@ class Capturer {
   readonly rootSt: BigIntStats;
   readonly opts: CaptureOptions;
   readonly generation: number;
-  /** Current pack; a fresh buffer per pack because the sink may keep it until compressed. */
-  pack = Buffer.allocUnsafe(CHUNK_SIZE);
+  /**
+   * Current pack, reused for every pack: sinks copy what they keep (ChunkSink
+   * contract), and fresh 4 MiB buffers cost page faults and RSS on every chunk.
+   */
+  readonly pack = Buffer.allocUnsafe(CHUNK_SIZE);
   packPos = 0;
   /** Extents placed in the current pack, whose chunk id is known only once it is sealed. */
   pending: FileExtent[] = [];
   /** Read buffer for files that do not go straight into the pack; never handed to the sink. */
   readonly scratch = Buffer.allocUnsafe(CHUNK_SIZE);
+  /** Read buffer for pieces of big files, handed to the sink and reused once it returns. */
+  readonly piece = Buffer.allocUnsafe(CHUNK_SIZE);
   readonly dedup = new Map<string, FileExtent[]>();
   readonly links = new Map<string, FileEntry>();
   nextGroup = 1;
@@ -240,10 +245,10 @@ class Capturer {
     let off = 0;
     while (off < size) {
       const want = Math.min(CHUNK_SIZE, size - off);
-      const buf = Buffer.allocUnsafe(want);
+      const buf = this.piece;
       const n = readFull(fd, buf, 0, want, off);
       if (n === 0) break;
-      const ref = await this.sink.putChunk(n < want ? buf.subarray(0, n) : buf);
+      const ref = await this.sink.putChunk(buf.subarray(0, n));
       extents.push({ offset: off, length: n, chunk: ref.id, chunkOffset: 0 });
       off += n;
       this.bytes += n;
@@ -331,7 +336,6 @@ class Capturer {
     const ref = await this.sink.putChunk(this.pack.subarray(0, this.packPos));
     for (const x of this.pending) x.chunk = ref.id;
     this.pending = [];
-    this.pack = Buffer.allocUnsafe(CHUNK_SIZE);
     this.packPos = 0;
   }
 

@@ -1,0 +1,118 @@
+/**
+ * `imgcast send` and `img receive` as an administrator runs them: separate
+ * processes, real UDP multicast on loopback (so no root is needed), an image made
+ * by `img make`, and restored folders compared with the source.
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { tempDir } from '../helpers/env.ts';
+
+const IMG = new URL('../../src/cli/img.ts', import.meta.url).pathname;
+const IMGCAST = new URL('../../src/cli/imgcast.ts', import.meta.url).pathname;
+
+function run(script: string, args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('close', (code) => resolve({ code, out, err }));
+  });
+}
+
+async function listTree(root: string, rel = ''): Promise<string[]> {
+  const out: string[] = [];
+  for (const d of await readdir(join(root, rel), { withFileTypes: true })) {
+    const p = rel ? `${rel}/${d.name}` : d.name;
+    out.push(p);
+    if (d.isDirectory()) out.push(...(await listTree(root, p)));
+  }
+  return out.sort();
+}
+
+test('imgcast send multicasts an image to two img receive processes, file set 2 applied', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(join(src, 'etc'), { recursive: true });
+  await mkdir(join(src, 'home/guest'), { recursive: true });
+  await writeFile(join(src, 'etc/hostname'), 'reference\n');
+  await writeFile(join(src, 'big.bin'), randomBytes(9 * 1024 * 1024));
+  await writeFile(join(src, 'home/guest/private.bin'), randomBytes(1024 * 1024));
+  const image = join(dir, 'lab.imgc');
+  let r = spawnSync(process.execPath, [IMG, 'make', src, image, '--level', 'speed'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  r = spawnSync(process.execPath, [IMG, 'fileset', 'exclude', image, '2', 'home/guest'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+
+  const port = 20000 + 2 * Math.floor(Math.random() * 20000);
+  const group = `239.255.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
+  const sender = run(IMGCAST, [
+    'send',
+    image,
+    '--fileset',
+    '2',
+    '--clients',
+    '2',
+    '--interface',
+    '127.0.0.1',
+    '--group',
+    group,
+    '--port',
+    String(port),
+    '--key',
+    'lab-secret',
+    '--json',
+  ]);
+  // The sender needs a moment to listen; receivers retry nothing, so wait for the port.
+  await new Promise((res) => setTimeout(res, 1500));
+  const receivers = ['ws1', 'ws2'].map((name) =>
+    run(IMG, [
+      'receive',
+      '--from',
+      `127.0.0.1:${port}`,
+      '--interface',
+      '127.0.0.1',
+      '--to',
+      join(dir, name),
+      '--name',
+      name,
+      '--key',
+      'lab-secret',
+      '--json',
+    ]),
+  );
+  const [s, ...rs] = await Promise.all([sender, ...receivers]);
+  assert.equal(s.code, 0, `sender: ${s.err}`);
+  const result = JSON.parse(s.out);
+  assert.equal(result.ok, true);
+  assert.deepEqual(result.receivers.map((x: { name: string; state: string }) => [x.name, x.state]).sort(), [
+    ['ws1', 'ok'],
+    ['ws2', 'ok'],
+  ]);
+  for (const [i, rr] of rs.entries()) {
+    assert.equal(rr.code, 0, `receiver ${i + 1}: ${rr.err}`);
+    const target = join(dir, `ws${i + 1}`);
+    assert.deepEqual(await listTree(target), ['big.bin', 'etc', 'etc/hostname']);
+    assert.deepEqual(await readFile(join(target, 'big.bin')), await readFile(join(src, 'big.bin')));
+    assert.equal(await readFile(join(target, 'etc/hostname'), 'utf8'), 'reference\n');
+  }
+});
+
+test('imgcast send rejects bad arguments before it listens', async () => {
+  for (const args of [
+    ['send', 'x.imgc', '--clients', '0'],
+    ['send', 'x.imgc', '--port', '70000'],
+    ['send', 'x.imgc', '--fileset', '11'],
+  ]) {
+    const r = await run(IMGCAST, args);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);
+  }
+  const r = await run(IMGCAST, ['send', '/nonexistent/lab.imgc', '--clients', '1', '--wait', '1']);
+  assert.equal(r.code, 1);
+  assert.match(r.err, /nonexistent\/lab\.imgc/);
+});
