@@ -101,6 +101,26 @@ function ratio(a: Outcome | undefined, b: Outcome | undefined): string {
   return `${(b.wallMs / a.wallMs).toFixed(2)}× (imgcast ${mbit(a).toFixed(0)} vs ${mbit(b).toFixed(0)} Mbit/s)`;
 }
 
+const RMEM_MAX = '/proc/sys/net/core/rmem_max';
+const BENCH_RMEM_MAX = 16 * 1024 * 1024;
+
+function readSysctl(path: string): number | null {
+  try {
+    return Number(readFileSync(path, 'utf8').trim());
+  } catch {
+    return null;
+  }
+}
+
+function writeSysctl(path: string, value: number): boolean {
+  try {
+    writeFileSync(path, `${value}\n`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function writeSection(md: string): void {
   const path = join(ROOT, 'BENCHMARKS.md');
   let text = existsSync(path) ? readFileSync(path, 'utf8') : '# Benchmarks\n';
@@ -118,10 +138,18 @@ async function main(): Promise<void> {
   const file = await dataFile(opt.size);
   const sha = await sha256File(file);
   const hosts = opt.scaling ? Math.max(3, opt.maxScale) : 3;
+  // The limit is host-wide on this kernel (not per namespace): raise it for the run, for every tool
+  // alike (each is given the limit as its receive buffer), and put the old value back afterwards.
+  const rmemBefore = readSysctl(RMEM_MAX);
+  const raised = rmemBefore !== null && rmemBefore < BENCH_RMEM_MAX && writeSysctl(RMEM_MAX, BENCH_RMEM_MAX);
+  const restoreRmem = (): void => {
+    if (raised && rmemBefore !== null) writeSysctl(RMEM_MAX, rmemBefore);
+  };
   const lab = NetLab.create(hosts, { mtu: 1500 });
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.on(sig, () => {
       lab.destroy();
+      restoreRmem();
       process.exit(130);
     });
   }
@@ -198,6 +226,7 @@ async function main(): Promise<void> {
     }
   } finally {
     lab.destroy();
+    restoreRmem();
     await rm(work, { recursive: true, force: true });
   }
 
@@ -211,9 +240,9 @@ async function main(): Promise<void> {
     `Command: \`${cmd}\`  `,
     `Date: ${new Date().toISOString()}  `,
     `Machine: ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), Linux ${release()}, Node ${process.version}  `,
-    `Lab: network namespaces on one bridge (veth, MTU 1500, no link rate limit — every process shares the same ${cpus().length} CPUs, so this measures CPU cost per byte as much as protocol efficiency); loss = iptables \`statistic --mode random\` DROP on each receiver's INPUT (UDP). net.core.rmem_max = ${lab.socketBufferMax} (global on this kernel).  `,
+    `Lab: network namespaces on one bridge (veth, MTU 1500, no link rate limit — every process shares the same ${cpus().length} CPUs, so this measures CPU cost per byte as much as protocol efficiency); loss = iptables \`statistic --mode random\` DROP on each receiver's INPUT (UDP). net.core.rmem_max = ${lab.socketBufferMax} (global on this kernel${raised ? `; raised by the bench from ${rmemBefore} for the run, for all tools alike, and restored after` : ''}).  `,
     `Data: ${mib(opt.size)} MiB from /dev/urandom; every received copy checked by SHA-256. Wall time = sender start → last process exit (handshake included; imgcast's includes hashing the file up front).  `,
-    'Settings: imgcast raw (`flatFileProvider`, 1 MiB chunks, no rate cap); udpcast `udp-sender --full-duplex --min-receivers N --nokbd` (no --max-bitrate); uftp `-R -1 -b 1400 -Y none -H <clients> -B <rmem_max>`, uftpd `-d -q -B <rmem_max>`.',
+    'Settings: imgcast raw (`flatFileProvider`, 1 MiB chunks, no rate cap, asks for a 32 MiB receive buffer, capped by rmem_max); udpcast `udp-sender --full-duplex --min-receivers N --nokbd` (no --max-bitrate), `udp-receiver --rcvbuf <rmem_max>`; uftp `-R -1 -b 1400 -Y none -H <clients> -B <rmem_max>`, uftpd `-d -q -B <rmem_max>`.',
     '',
     '### 3 receivers',
     '',

@@ -9,7 +9,7 @@
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, readFileSync } from 'node:fs';
+import { createReadStream, readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { NetLab } from '../../test/helpers/netlab.ts';
@@ -173,7 +173,7 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
           i,
           join(o.work, `r${i}.time`),
           'udp-receiver',
-          [...common, '--nokbd', '--file', outs[i - 1]!],
+          [...common, '--nokbd', '--rcvbuf', String(lab.socketBufferMax), '--file', outs[i - 1]!],
           t0,
         ),
       );
@@ -279,6 +279,13 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
     );
     if (s.code !== 0) note = `sender exit ${s.code}: ${s.stderr.trim().split('\n').slice(-3).join(' | ')}`;
     if (tool === 'imgcast') {
+      // For looking into a run afterwards (the work directory is removed): IMGCAST_BENCH_LOG=dir.
+      const logDir = process.env.IMGCAST_BENCH_LOG;
+      if (logDir) {
+        const tag = `${o.n}r-${o.lossPct}pct-${o.seq}`;
+        writeFileSync(join(logDir, `sender-${tag}.log`), s.stderr + s.stdout);
+        rs.forEach((r, k) => writeFileSync(join(logDir, `r${k + 1}-${tag}.log`), r.stderr + r.stdout));
+      }
       const line = s.stdout.split('\n').find((l) => l.startsWith('RESULT '));
       if (line) {
         const r = JSON.parse(line.slice(7)) as {

@@ -3,7 +3,7 @@
  * into a file. Used to benchmark raw transfers against udpcast/uftp and by tests;
  * images go through the adapters in cli.ts instead.
  */
-import { createHash } from 'node:crypto';
+import { webcrypto } from 'node:crypto';
 import { open, type FileHandle } from 'node:fs/promises';
 import { CODEC_NONE } from './chunkwire.ts';
 import { TransportError } from './errors.ts';
@@ -30,8 +30,9 @@ function isFlatMeta(m: unknown): m is FlatMeta {
 }
 
 export const FLAT_CHUNK_SIZE = 1024 * 1024;
+const HASH_LANES = 4;
 
-/** Serves a plain file as uncompressed chunks (codec 0); hashes the whole file once up front. */
+/** Serves a plain file as uncompressed chunks (codec 0); hashes the whole file once up front, in parallel. */
 export async function flatFileProvider(path: string, chunkSize = FLAT_CHUNK_SIZE): Promise<ChunkProvider> {
   if (!Number.isInteger(chunkSize) || chunkSize < 1 || chunkSize > 64 * 1024 * 1024) {
     throw new TransportError('E_CONSUMER', `chunk size ${chunkSize} must be 1 byte to 64 MiB`);
@@ -43,29 +44,50 @@ export async function flatFileProvider(path: string, chunkSize = FLAT_CHUNK_SIZE
     throw new TransportError('E_CONSUMER', `cannot open ${path}: ${(e as Error).message}`, { path });
   }
   const size = (await fh.stat()).size;
+  const n = Math.ceil(size / chunkSize);
+  const ids: string[] = new Array<string>(n);
+  // Hashing is the whole start-up cost: WebCrypto digests run on the libuv thread pool, so
+  // several lanes (each reading and hashing every LANES-th chunk) use all cores.
+  const lanes = Math.min(HASH_LANES, n);
+  const file = fh;
+  async function lane(first: number): Promise<void> {
+    const buf = Buffer.allocUnsafe(chunkSize);
+    for (let i = first; i < n; i += lanes) {
+      const off = i * chunkSize;
+      const len = Math.min(chunkSize, size - off);
+      const { bytesRead } = await file.read(buf, 0, len, off);
+      if (bytesRead !== len)
+        throw new TransportError('E_CONSUMER', `${path} changed size while being read`, { path });
+      ids[i] = Buffer.from(await webcrypto.subtle.digest('SHA-256', buf.subarray(0, len))).toString('hex');
+    }
+  }
+  try {
+    await Promise.all(Array.from({ length: lanes }, (_, k) => lane(k)));
+  } finally {
+    await fh.close();
+  }
   const chunks: ChunkInfo[] = [];
   const offsets = new Map<string, { offset: number; length: number }>();
-  const buf = Buffer.allocUnsafe(chunkSize);
-  for (let off = 0; off < size; off += chunkSize) {
+  for (let i = 0; i < n; i++) {
+    const off = i * chunkSize;
     const len = Math.min(chunkSize, size - off);
-    const { bytesRead } = await fh.read(buf, 0, len, off);
-    if (bytesRead !== len)
-      throw new TransportError('E_CONSUMER', `${path} changed size while being read`, { path });
-    const id = createHash('sha256').update(buf.subarray(0, len)).digest('hex');
+    const id = ids[i] as string;
     chunks.push({ id, codec: CODEC_NONE, storedLength: len, rawLength: len });
     if (!offsets.has(id)) offsets.set(id, { offset: off, length: len });
   }
-  await fh.close();
   const meta: FlatMeta = { kind: 'flat', size, order: chunks.map((c) => c.id) };
   let shared: Promise<FileHandle> | null = null;
   return {
     chunks,
     meta,
-    async readStored(id: string): Promise<Buffer> {
+    async readStored(id: string, into?: Buffer): Promise<Buffer> {
       const where = offsets.get(id);
       if (!where) throw new TransportError('E_CONSUMER', `chunk ${id} is not part of ${path}`, { path });
       shared ??= open(path, 'r');
-      const out = Buffer.allocUnsafe(where.length);
+      const out =
+        into && into.length >= where.length
+          ? into.subarray(0, where.length)
+          : Buffer.allocUnsafe(where.length);
       const { bytesRead } = await (await shared).read(out, 0, where.length, where.offset);
       if (bytesRead !== where.length)
         throw new TransportError('E_CONSUMER', `${path} shrank while being sent`, { path });

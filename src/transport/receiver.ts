@@ -43,9 +43,15 @@ const MAX_PENDING = 32 * 1024 * 1024;
 const MAX_NAK_FRAGMENT_RANGES = 60_000;
 /** Without packets after a TICK (the sender idles), trust the TICK after this long. */
 const TICK_TRUST_MS = 300;
+/** Chunks up to this size get their assembly buffer from a pool (reused, never freed while running). */
+const MAX_POOLED = 8 * 1024 * 1024;
 
 interface Partial {
   buf: Buffer;
+  /** Bytes charged against MAX_PENDING: the pooled buffer's capacity, or the chunk's length. */
+  charge: number;
+  /** The whole pooled buffer `buf` is a view of; null when buf was allocated for this chunk alone. */
+  base: Buffer | null;
   got: Uint8Array;
   count: number;
   n: number;
@@ -138,6 +144,14 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   let stalled = false;
   const partials = new Map<number, Partial>();
   let pendingBytes = 0;
+  // Assembly buffers sized for the largest chunk, reused once the consumer wrote a chunk: fresh
+  // 1 MiB buffers per chunk cost page faults and GC work, and garbage ones inflate the RSS.
+  let poolCap = 0;
+  const pool: Buffer[] = [];
+  const release = (p: Partial): void => {
+    pendingBytes -= p.charge;
+    if (p.base && p.base.length === poolCap && pool.length * poolCap < MAX_PENDING) pool.push(p.base);
+  };
   let applyChain: Promise<void> = Promise.resolve();
   let ended = false;
   let sessionOver = false;
@@ -264,6 +278,8 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     const extra = m.encrypt ? GCM_TAG : 0;
     wireLen = table.map((e) => e.storedLength + extra);
     counts = wireLen.map(fragmentCount);
+    const largest = wireLen.reduce((a, b) => Math.max(a, b), 0);
+    poolCap = largest <= MAX_POOLED ? largest : 0;
     complete = new Uint8Array(table.length);
     const nonce = Buffer.from(m.nonce, 'hex');
     nonceHi = nonce.readUInt32BE(0);
@@ -378,13 +394,18 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     }
     let p = partials.get(seq);
     if (!p) {
-      if (pendingBytes + wl > MAX_PENDING) {
+      // Small chunks (compressed images) would waste most of a pooled buffer: they get their own.
+      const pooled = poolCap > 0 && wl * 2 >= poolCap;
+      const charge = pooled ? poolCap : wl;
+      if (pendingBytes + charge > MAX_PENDING) {
         // Counted as lost for the congestion response: we could not keep this packet.
         c.overrun++;
         return;
       }
-      p = { buf: Buffer.allocUnsafe(wl), got: new Uint8Array(count), count, n: 0 };
-      pendingBytes += wl;
+      const base = pooled ? (pool.pop() ?? Buffer.allocUnsafe(poolCap)) : null;
+      const buf = base ? base.subarray(0, wl) : Buffer.allocUnsafe(wl);
+      p = { buf, charge, base, got: new Uint8Array(count), count, n: 0 };
+      pendingBytes += charge;
       partials.set(seq, p);
     }
     intervalRx++;
@@ -396,18 +417,19 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     b.copy(p.buf, frag * FRAG_PAYLOAD, HEADER_SIZE);
     if (++p.n === p.count) {
       partials.delete(seq);
-      chunkArrived(seq, p.buf);
+      chunkArrived(seq, p);
     }
   }
 
-  function chunkArrived(seq: number, wire: Buffer): void {
+  function chunkArrived(seq: number, p: Partial): void {
     const e = table[seq] as ChunkInfo;
+    const wire = p.buf;
     let raw: Buffer;
     try {
       const stored = dataKey ? openChunk(dataKey, seq, e.id, wire) : wire;
       raw = decode(e.id, e.codec, stored, e.rawLength);
     } catch (err) {
-      pendingBytes -= wire.length;
+      release(p);
       if (err instanceof TransportError && err.code === 'E_CONSUMER') return fail(err.code, err.message);
       // Forged or damaged fragments: discard the whole chunk and ask for it again.
       c.rejectedChunks++;
@@ -424,7 +446,8 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
         const msg = err instanceof Error ? err.message : String(err);
         return fail('E_CONSUMER', `writing chunk ${e.id} failed: ${msg}`);
       } finally {
-        pendingBytes -= wire.length;
+        // The consumer is done with raw (which may be wire itself): the buffer can be reused.
+        release(p);
       }
       applied++;
       bytesApplied += e.rawLength;

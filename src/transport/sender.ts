@@ -81,12 +81,20 @@ const LOSS_DROP = 0.5;
 const CACHE_BYTES = 16 * 1024 * 1024;
 const SEND_QUEUE_LIMIT = 512;
 const MAX_REPAIR_LOADS = 3;
+/** Largest chunk read into recycled buffers; bigger ones get fresh memory per read. */
+const MAX_SPARE_READ = 8 * 1024 * 1024;
 /**
  * Tokens saved up at most: enough to cover an event-loop turn plus a timer (sending a
  * batch to several local receivers takes a few ms), small enough that a late turn does
  * not become a burst that overflows switch or receiver buffers.
  */
 const BURST_MS = 8;
+/**
+ * Header buffers reused round-robin. A datagram libuv could not send at once keeps a reference to
+ * its header until it leaves; pump() never lets more than SEND_QUEUE_LIMIT + 1 wait, so a ring
+ * this size never rewrites a header still queued.
+ */
+const HEADER_RING = 4 * SEND_QUEUE_LIMIT;
 
 interface Entry extends ChunkInfo {
   seq: number;
@@ -436,11 +444,23 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   let cacheBytes = 0;
   const loading = new Map<number, Promise<void>>();
 
+  // Read buffers handed back to the provider (readStored's `into`) so chunks are not read into
+  // fresh memory each time: garbage 1 MiB buffers wait for the GC and inflate the RSS.
+  const readCap = table.reduce((a, e) => Math.max(a, e.storedLength), 0);
+  const spare: Buffer[] = [];
+  const maxSpare = readCap > 0 ? Math.ceil(CACHE_BYTES / readCap) + MAX_REPAIR_LOADS + 2 : 0;
+  /** The read buffer each cached chunk is a view of, when it is one (not encrypted, provider used `into`). */
+  const cacheBase = new Map<number, Buffer>();
+  const recycle = (b: Buffer): void => {
+    if (b.length === readCap && spare.length < maxSpare) spare.push(b);
+  };
+
   function load(seq: number): void {
     if (cache.has(seq) || loading.has(seq)) return;
     const e = table[seq] as Entry;
+    const into = spare.pop() ?? (readCap <= MAX_SPARE_READ ? Buffer.allocUnsafe(readCap) : undefined);
     const pr = provider
-      .readStored(e.id)
+      .readStored(e.id, into)
       .then((stored) => {
         if (stored.length !== e.storedLength) {
           throw new TransportError(
@@ -448,7 +468,11 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
             `chunk ${e.id} read ${stored.length} bytes from the source, expected ${e.storedLength}`,
           );
         }
+        const inInto =
+          into !== undefined && stored.buffer === into.buffer && stored.byteOffset === into.byteOffset;
         const wire = dataKey ? sealChunk(dataKey, seq, e.id, stored) : stored;
+        if (into && (!inInto || dataKey)) recycle(into);
+        else if (into) cacheBase.set(seq, into);
         cache.set(seq, wire);
         cacheBytes += wire.length;
         for (const [s, b] of cache) {
@@ -456,6 +480,10 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
           if (s === cur || s === cur + 1) continue;
           cache.delete(s);
           cacheBytes -= b.length;
+          const base = cacheBase.get(s);
+          cacheBase.delete(s);
+          // Queued datagrams may still point into the buffer; reuse it only when none wait.
+          if (base && udp.getSendQueueCount() === 0) recycle(base);
         }
       })
       .catch((err: unknown) => {
@@ -505,12 +533,43 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     }
   }
 
+  // One slab for all headers; the constant fields are written once.
+  const headerSlab = Buffer.alloc(HEADER_RING * HEADER_SIZE);
+  const headers: Buffer[] = [];
+  const template = encodeHeader({
+    type: TYPE_DATA,
+    nonce: nonceBuf,
+    seq: 0,
+    frag: 0,
+    count: 1,
+    txPos: 0,
+    serial: 0,
+  });
+  for (let i = 0; i < HEADER_RING; i++) {
+    const h = headerSlab.subarray(i * HEADER_SIZE, (i + 1) * HEADER_SIZE);
+    template.copy(h);
+    headers.push(h);
+  }
+  let nextHeader = 0;
+  const sendList: Buffer[] = [headerSlab, headerSlab];
+
   function emit(type: number, e: Entry, frag: number, wire: Buffer): number {
     const start = frag * FRAG_PAYLOAD;
     const payload = wire.subarray(start, Math.min(start + FRAG_PAYLOAD, wire.length));
     serial = (serial + 1) >>> 0;
-    const h = encodeHeader({ type, nonce: nonceBuf, seq: e.seq, frag, count: e.count, txPos, serial });
-    udp.send([h, payload]);
+    const h = headers[nextHeader] as Buffer;
+    nextHeader = (nextHeader + 1) % HEADER_RING;
+    // Same layout as encodeHeader (packet.ts), without an object and a buffer per packet.
+    h[3] = type;
+    h.writeUInt32BE(e.seq, 12);
+    h.writeUInt16BE(frag, 16);
+    h.writeUInt16BE(e.count, 18);
+    h.writeUInt32BE(txPos, 20);
+    h.writeUInt32BE(serial, 24);
+    // dgram copies the list into its own array, so one list object serves every send.
+    sendList[0] = h;
+    sendList[1] = payload;
+    udp.send(sendList);
     counters.packets++;
     counters.bytes += payload.length;
     if (type === TYPE_REPAIR) {

@@ -14,7 +14,11 @@ export interface ChunkInfo {
 /** The sender's source of chunks. `chunks` may repeat an id; each distinct id is sent once. */
 export interface ChunkProvider {
   chunks: ChunkInfo[];
-  readStored(id: string): Promise<Buffer>;
+  /**
+   * The chunk's stored bytes. `into`, when given, is a buffer the caller no longer uses: a provider
+   * may read into it (when large enough) and return a view of it, sparing an allocation per chunk.
+   */
+  readStored(id: string, into?: Buffer): Promise<Buffer>;
   /** Opaque JSON sent to every receiver with the session (the image manifest, the flat-file layout). */
   meta?: unknown;
   /** Called once when the session is over, to release files the provider opened. */
@@ -39,6 +43,7 @@ export interface ChunkConsumer {
   /** True when the target already holds this chunk (resume); it is then neither requested nor applied. */
   has(id: string): boolean;
   prepare(session: SessionInfo): Promise<void>;
+  /** `raw` must not be used once the returned promise settles: the receiver reuses its memory. */
   apply(id: string, raw: Buffer): Promise<void>;
   finish(): Promise<void>;
   abort(reason: unknown): Promise<void>;
