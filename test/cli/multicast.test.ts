@@ -46,7 +46,9 @@ test('imgcast send multicasts an image to two img receive processes, file set 2 
   const image = join(dir, 'lab.imgc');
   let r = spawnSync(process.execPath, [IMG, 'make', src, image, '--level', 'speed'], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
-  r = spawnSync(process.execPath, [IMG, 'fileset', 'exclude', image, '2', 'home/guest'], { encoding: 'utf8' });
+  r = spawnSync(process.execPath, [IMG, 'fileset', 'exclude', image, '2', 'home/guest'], {
+    encoding: 'utf8',
+  });
   assert.equal(r.status, 0, r.stderr);
 
   const port = 20000 + 2 * Math.floor(Math.random() * 20000);
