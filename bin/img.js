@@ -1,3 +1,5 @@
 #!/usr/bin/env node
-// Thin launcher: the engine is TypeScript run through Node's type stripping.
-import '../src/cli/img.ts';
+// Thin launcher: the engine is TypeScript run through Node's type stripping (Node >= 24).
+import { main } from '../src/cli/img.ts';
+
+await main(process.argv);

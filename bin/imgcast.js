@@ -1,3 +1,5 @@
 #!/usr/bin/env node
-// Thin launcher: the server and admin CLI are TypeScript run through Node's type stripping.
-import '../src/cli/imgcast.ts';
+// Thin launcher: the server and admin CLI are TypeScript run through Node's type stripping (Node >= 24).
+import { main } from '../src/cli/imgcast.ts';
+
+await main(process.argv);

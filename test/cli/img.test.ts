@@ -127,3 +127,16 @@ test('make, info --json, ls, fileset, verify and restore through the CLI', async
   assert.doesNotMatch(r.out, /restored/);
   assert.ok((await readFile(join(src, 'docs/readme.txt'))).length > 0);
 });
+
+test('the bin launchers run the commands (npx img, npx imgcast)', () => {
+  for (const [bin, usage] of [
+    ['../../bin/img.js', /Usage: img/],
+    ['../../bin/imgcast.js', /Usage: imgcast/],
+  ] as const) {
+    const r = spawnSync(process.execPath, [new URL(bin, import.meta.url).pathname, '--help'], {
+      encoding: 'utf8',
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, usage);
+  }
+});
