@@ -8,16 +8,12 @@
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
-import { CODEC_NONE, chunkId, decodeChunk, encodeChunk } from './codec.ts';
+import { decodeChunk } from './codec.ts';
 import {
   RECORD_CHUNK,
-  RECORD_HEADER_SIZE,
-  RECORD_INDEX,
-  RECORD_MANIFEST,
+  encodeGenerationTail,
   encodeHeader,
-  encodeIndex,
   encodeRecordHeader,
-  encodeTrailer,
   type IndexEntry,
 } from './format.ts';
 import { manifestReferences } from './manifest.ts';
@@ -85,41 +81,16 @@ export async function compactImage(
       opts.onProgress?.(++done, infos.length);
     }
 
-    const json = Buffer.from(JSON.stringify(m), 'utf8');
-    const mEnc = encodeChunk(json, 'balanced');
-    const mSha = Buffer.from(chunkId(json), 'hex');
-    const mHead = encodeRecordHeader({
-      type: RECORD_MANIFEST,
-      codec: mEnc.codec,
-      rawLength: json.length,
-      storedLength: mEnc.stored.length,
-      sha: mSha,
+    const tail = encodeGenerationTail({
+      manifestJson: Buffer.from(JSON.stringify(m), 'utf8'),
+      index: entries,
+      chunkCount: entries.length,
+      generation: reader.generation,
+      previousTrailer: 0,
+      at: end,
     });
-    const manifestOffset = await write([mHead, mEnc.stored]);
-    const idx = encodeIndex(entries);
-    const iSha = Buffer.from(chunkId(idx), 'hex');
-    const iHead = encodeRecordHeader({
-      type: RECORD_INDEX,
-      codec: CODEC_NONE,
-      rawLength: idx.length,
-      storedLength: idx.length,
-      sha: iSha,
-    });
-    const indexOffset = await write([iHead, idx]);
-    await write([
-      encodeTrailer({
-        version: FORMAT_VERSION,
-        generation: reader.generation,
-        manifestOffset,
-        manifestLength: RECORD_HEADER_SIZE + mEnc.stored.length,
-        indexOffset,
-        indexLength: RECORD_HEADER_SIZE + idx.length,
-        previousTrailer: 0,
-        chunkCount: entries.length,
-        manifestSha: mSha,
-        indexSha: iSha,
-      }),
-    ]);
+    await write(tail.records);
+    await write([tail.trailer]);
     try {
       await fh.sync();
       await fh.close();

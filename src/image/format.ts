@@ -55,6 +55,7 @@
  */
 import { crc32 } from 'node:zlib';
 
+import { CODEC_NONE, chunkId, encodeChunk } from './codec.ts';
 import { ImageError } from './errors.ts';
 import { FORMAT_VERSION } from './types.ts';
 
@@ -293,4 +294,63 @@ function bytesToUuid(b: Buffer): string {
   if (b.every((x) => x === 0)) return '';
   const h = b.toString('hex');
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+/** The bytes that close a generation: manifest and index records, then the trailer that points at them. */
+export interface GenerationTail {
+  /** Manifest record then index record, written at `at`. */
+  records: Buffer[];
+  trailer: Buffer;
+  /** Offset right after the records, where the trailer goes. */
+  trailerOffset: number;
+}
+
+/**
+ * Encodes a generation's tail for a file whose records end at `at`. The manifest is
+ * stored like a chunk (zstd, or as is when that does not shrink it).
+ */
+export function encodeGenerationTail(opts: {
+  manifestJson: Buffer;
+  index: Iterable<IndexEntry>;
+  chunkCount: number;
+  generation: number;
+  previousTrailer: number;
+  at: number;
+}): GenerationTail {
+  const json = opts.manifestJson;
+  const mEnc = encodeChunk(json, 'balanced');
+  const manifestSha = Buffer.from(chunkId(json), 'hex');
+  const mHead = encodeRecordHeader({
+    type: RECORD_MANIFEST,
+    codec: mEnc.codec,
+    rawLength: json.length,
+    storedLength: mEnc.stored.length,
+    sha: manifestSha,
+  });
+  const idx = encodeIndex(opts.index);
+  const indexSha = Buffer.from(chunkId(idx), 'hex');
+  const iHead = encodeRecordHeader({
+    type: RECORD_INDEX,
+    codec: CODEC_NONE,
+    rawLength: idx.length,
+    storedLength: idx.length,
+    sha: indexSha,
+  });
+  const manifestOffset = opts.at;
+  const manifestLength = RECORD_HEADER_SIZE + mEnc.stored.length;
+  const indexOffset = manifestOffset + manifestLength;
+  const indexLength = RECORD_HEADER_SIZE + idx.length;
+  const trailer = encodeTrailer({
+    version: FORMAT_VERSION,
+    generation: opts.generation,
+    manifestOffset,
+    manifestLength,
+    indexOffset,
+    indexLength,
+    previousTrailer: opts.previousTrailer,
+    chunkCount: opts.chunkCount,
+    manifestSha,
+    indexSha,
+  });
+  return { records: [mHead, mEnc.stored, iHead, idx], trailer, trailerOffset: indexOffset + indexLength };
 }

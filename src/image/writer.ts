@@ -12,20 +12,16 @@ import { link, open, rename, stat, unlink, type FileHandle } from 'node:fs/promi
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 
-import { CODEC_NONE, chunkId, encodeChunk } from './codec.ts';
+import { CODEC_NONE, chunkId } from './codec.ts';
 import { ImageError } from './errors.ts';
 import {
   HEADER_SIZE,
   MAX_MANIFEST_RAW,
   RECORD_CHUNK,
-  RECORD_HEADER_SIZE,
-  RECORD_INDEX,
-  RECORD_MANIFEST,
   TRAILER_SIZE,
+  encodeGenerationTail,
   encodeHeader,
-  encodeIndex,
   encodeRecordHeader,
-  encodeTrailer,
   indexEntryAt,
   type IndexEntry,
 } from './format.ts';
@@ -378,50 +374,24 @@ export class ImageWriter implements ChunkSink {
   async #writeCommit(json: Buffer, generation: number, imageId: string): Promise<void> {
     const { fh, file } = this.#s;
     try {
-      const mEnc = encodeChunk(json, 'balanced');
-      const mSha = Buffer.from(chunkId(json), 'hex');
-      const mHead = encodeRecordHeader({
-        type: RECORD_MANIFEST,
-        codec: mEnc.codec,
-        rawLength: json.length,
-        storedLength: mEnc.stored.length,
-        sha: mSha,
-      });
       const manifestOffset = this.#end;
-      const manifestLength = mHead.length + mEnc.stored.length;
-      const idx = encodeIndex(this.#s.index.values());
-      const iSha = Buffer.from(chunkId(idx), 'hex');
-      const iHead = encodeRecordHeader({
-        type: RECORD_INDEX,
-        codec: CODEC_NONE,
-        rawLength: idx.length,
-        storedLength: idx.length,
-        sha: iSha,
-      });
-      const indexOffset = manifestOffset + manifestLength;
-      const indexLength = RECORD_HEADER_SIZE + idx.length;
-      const trailer = encodeTrailer({
-        version: FORMAT_VERSION,
-        generation,
-        manifestOffset,
-        manifestLength,
-        indexOffset,
-        indexLength,
-        previousTrailer: this.#s.previousTrailer,
+      const tail = encodeGenerationTail({
+        manifestJson: json,
+        index: this.#s.index.values(),
         chunkCount: this.#s.index.size,
-        manifestSha: mSha,
-        indexSha: iSha,
+        generation,
+        previousTrailer: this.#s.previousTrailer,
+        at: manifestOffset,
       });
       // Data first, then the trailer in its own synced write: a crash between them leaves no valid trailer at EOF
       // rather than a trailer over unsynced records.
-      await writeAll(fh, [mHead, mEnc.stored, iHead, idx], manifestOffset);
+      await writeAll(fh, tail.records, manifestOffset);
       if (this.#s.mode === 'create') {
         await writeAll(fh, [encodeHeader({ version: FORMAT_VERSION, flags: 0, imageId })], 0);
       }
       await fh.sync();
-      const end = indexOffset + indexLength;
-      await writeAll(fh, [trailer], end);
-      await fh.truncate(end + TRAILER_SIZE);
+      await writeAll(fh, [tail.trailer], tail.trailerOffset);
+      await fh.truncate(tail.trailerOffset + TRAILER_SIZE);
       await fh.sync();
       await fh.close();
     } catch (err) {
