@@ -299,7 +299,13 @@ export function buildImgProgram(): Command {
     .addOption(json())
     .action((image: string, o: { json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
-        const r = await compactImage(image);
+        const bar = startProgress('compact', { json: !!o.json, bytes: false });
+        let r;
+        try {
+          r = await compactImage(image, { onProgress: (done, total) => bar.update(done, total) });
+        } finally {
+          bar.stop();
+        }
         emit(
           !!o.json,
           r,
