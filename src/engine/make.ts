@@ -78,16 +78,25 @@ export interface MakeResult {
 function countingSink(inner: ChunkSink, onPut: () => void) {
   const ids = new Set<string>();
   const counts = { chunksWritten: 0, rawBytes: 0 };
+  const count = (ref: ChunkRef): ChunkRef => {
+    counts.chunksWritten++;
+    counts.rawBytes += ref.rawLength;
+    ids.add(ref.id);
+    onPut();
+    return ref;
+  };
   const sink: ChunkSink = {
     async putChunk(raw: Buffer): Promise<ChunkRef> {
-      const ref = await inner.putChunk(raw);
-      counts.chunksWritten++;
-      counts.rawBytes += ref.rawLength;
-      ids.add(ref.id);
-      onPut();
-      return ref;
+      return count(await inner.putChunk(raw));
     },
   };
+  const queue = inner.queueChunk?.bind(inner);
+  if (queue) {
+    sink.queueChunk = async (raw: Buffer) => {
+      const queued = await queue(raw);
+      return { ref: queued.ref.then(count) };
+    };
+  }
   return { sink, counts, ids };
 }
 

@@ -41,7 +41,7 @@ const P = zlib.constants;
 export const LEVEL_PARAMS: Readonly<Record<CompressionLevel, Readonly<Record<number, number>> | null>> = {
   none: null,
   speed: { [P.ZSTD_c_compressionLevel]: 1 },
-  balanced: { [P.ZSTD_c_compressionLevel]: 3 },
+  balanced: { [P.ZSTD_c_compressionLevel]: 2, [P.ZSTD_c_windowLog]: 22 },
   size: { [P.ZSTD_c_compressionLevel]: 18, [P.ZSTD_c_windowLog]: 22 },
 };
 

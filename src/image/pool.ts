@@ -1,11 +1,11 @@
 /**
- * Compression on every core. A pool of worker threads is shared by all writers in
- * the process (two captures at once still use each core once). Workers are unref'd
- * while idle so an idle pool never keeps the process alive.
+ * Compression and hashing on every core. A pool of worker threads is shared by all
+ * writers in the process (two captures at once still use each core once). Workers are
+ * unref'd while idle so an idle pool never keeps the process alive.
  *
  * Workers rather than zlib's async zstd on the libuv threadpool: that pool is shared
- * with all fs I/O (a capture reads files through it), and workers can compress in
- * place in shared memory, which keeps chunk-sized garbage off the writer's thread.
+ * with all fs I/O (a capture reads files through it), and workers can work in place
+ * in shared memory, which keeps chunk-sized garbage off the writer's thread.
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -17,51 +17,92 @@ import type { CompressionLevel } from './types.ts';
  * The worker, as plain JavaScript: a TypeScript worker file costs ~0.5 s of start-up
  * per thread (the type-stripping loader initialises in every isolate); this starts in
  * ~80 ms. Built-ins come from process.getBuiltinModule because an eval'd worker is
- * CommonJS or ESM depending on the parent's --input-type. It compresses a slot of shared memory in place: on return the slot holds the
- * stored form, so no chunk-sized buffer crosses threads. Content that does not shrink
- * is left as is (CODEC_NONE), as encodeChunk does.
+ * CommonJS or ESM depending on the parent's --input-type.
  *
- * zstd output buffers are external memory V8 collects lazily (tens of MiB per thread);
- * collecting this tiny heap every other chunk cut peak RSS of a capture from ~270 to
- * ~180 MiB for ~1% CPU. The flag that exposes gc is process-wide, so it is switched
- * back off at once: other code's new contexts must not find a global \`gc\`.
+ * A job is a slot of shared memory: the worker names it (SHA-256) unless the caller
+ * already did, and compresses it in place, so on return the slot holds the stored
+ * form and no chunk-sized buffer crosses threads. Content that does not shrink is
+ * left as is (CODEC_NONE), as encodeChunk does.
+ *
+ * zstdCompressSync allocates a fresh zstd context and fresh output buffers for every
+ * call: external memory that V8 collects lazily, which cost either ~100 MiB of RSS or
+ * a forced GC per chunk. Instead each worker keeps one zstd context per parameter set
+ * and one output buffer, and drives the context through the zlib handle (the same
+ * writeSync call zlib's own sync path makes, but without closing the context at the
+ * end of the frame: zstd starts the next frame on the same context). If that handle
+ * is not there (a future Node), the worker falls back to zstdCompressSync.
  */
 const WORKER_SOURCE = `{
 const { parentPort } = process.getBuiltinModule('node:worker_threads');
 const zlib = process.getBuiltinModule('node:zlib');
-const collect = (() => {
-  if (typeof globalThis.gc === 'function') return globalThis.gc;
-  const v8 = process.getBuiltinModule('node:v8');
-  try {
-    v8.setFlagsFromString('--expose-gc');
-    return process.getBuiltinModule('node:vm').runInNewContext('gc');
-  } catch {
-    return undefined;
-  } finally {
-    v8.setFlagsFromString('--no-expose-gc');
+const crypto = process.getBuiltinModule('node:crypto');
+const END = zlib.constants.ZSTD_e_end;
+const engines = new Map();
+let out = Buffer.alloc(0);
+
+function engineFor(params) {
+  const key = JSON.stringify(params);
+  let e = engines.get(key);
+  if (!e) {
+    const z = new zlib.ZstdCompress({ params });
+    z.on('error', () => engines.delete(key));
+    const direct = z._handle && typeof z._handle.writeSync === 'function' && z._writeState instanceof Uint32Array;
+    e = { z, direct };
+    engines.set(key, e);
   }
-})();
-let jobs = 0;
+  return e;
+}
+
+/** Compressed length in out, or -1 when it would not be smaller than the input. */
+function compress(slot, params) {
+  const e = engineFor(params);
+  if (!e.direct) {
+    const packed = zlib.zstdCompressSync(slot, { params });
+    if (packed.length >= slot.length) return -1;
+    if (out.length < packed.length) out = Buffer.allocUnsafe(packed.length);
+    packed.copy(out, 0);
+    return packed.length;
+  }
+  if (out.length < slot.length) out = Buffer.allocUnsafe(slot.length);
+  e.z._handle.writeSync(END, slot, 0, slot.length, out, 0, slot.length);
+  if (e.z.destroyed) throw new Error('zstd failed to compress a chunk');
+  const availOut = e.z._writeState[0];
+  const availIn = e.z._writeState[1];
+  if (availIn !== 0 || availOut === 0) {
+    // Output full before the frame ended: incompressible. Drop the half frame.
+    e.z._handle.reset();
+    return -1;
+  }
+  return slot.length - availOut;
+}
+
 parentPort.on('message', (job) => {
   try {
     const slot = Buffer.from(job.sab, job.offset, job.length);
-    const out = zlib.zstdCompressSync(slot, { params: job.params });
-    if (out.length < slot.length) {
-      out.copy(slot, 0);
-      parentPort.postMessage({ seq: job.seq, codec: job.zstd, storedLength: out.length });
+    const id = job.hash ? crypto.hash('sha256', slot, 'hex') : undefined;
+    const n = job.params && job.length > 0 ? compress(slot, job.params) : -1;
+    if (n >= 0) {
+      out.copy(slot, 0, 0, n);
+      parentPort.postMessage({ seq: job.seq, id, codec: job.zstd, storedLength: n });
     } else {
-      parentPort.postMessage({ seq: job.seq, codec: job.none, storedLength: job.length });
+      parentPort.postMessage({ seq: job.seq, id, codec: job.none, storedLength: job.length });
     }
   } catch (err) {
     parentPort.postMessage({ seq: job.seq, error: String((err && err.message) || err) });
   }
-  if (++jobs % 2 === 0 && typeof collect === 'function') collect();
 });
 }
 `;
 
+export interface PoolResult {
+  codec: number;
+  storedLength: number;
+  /** The slot's SHA-256 (hex), when the job asked for it. */
+  id?: string;
+}
+
 interface Pending {
-  resolve: (r: { codec: number; storedLength: number }) => void;
+  resolve: (r: PoolResult) => void;
   reject: (e: Error) => void;
 }
 
@@ -88,22 +129,34 @@ export class CompressPool {
 
   /**
    * Compresses `length` bytes at `offset` of `sab` in place: on return the slot holds
-   * the stored form (the raw bytes untouched when the codec is CODEC_NONE).
+   * the stored form (the raw bytes untouched when the codec is CODEC_NONE). With
+   * `hash`, the result also carries the raw bytes' SHA-256, taken before compressing.
+   * Level `none` only hashes.
    */
   compress(
     sab: SharedArrayBuffer,
     offset: number,
     length: number,
     level: CompressionLevel,
-  ): Promise<{ codec: number; storedLength: number }> {
+    opts: { hash?: boolean } = {},
+  ): Promise<PoolResult> {
     const params = LEVEL_PARAMS[level];
-    if (!params) return Promise.reject(new TypeError(`level ${level} does not compress`));
+    if (params === undefined) return Promise.reject(new TypeError(`unknown compression level ${level}`));
     const slot = this.#pick();
     const seq = ++this.#seq;
     return new Promise((resolve, reject) => {
       slot.jobs.set(seq, { resolve, reject });
       if (slot.jobs.size === 1) slot.worker.ref();
-      slot.worker.postMessage({ seq, params, sab, offset, length, zstd: CODEC_ZSTD, none: CODEC_NONE });
+      slot.worker.postMessage({
+        seq,
+        params,
+        hash: opts.hash === true,
+        sab,
+        offset,
+        length,
+        zstd: CODEC_ZSTD,
+        none: CODEC_NONE,
+      });
     });
   }
 
@@ -130,17 +183,24 @@ export class CompressPool {
       for (const p of slot.jobs.values()) p.reject(err);
       slot.jobs.clear();
     };
-    worker.on('message', (m: { seq: number; codec?: number; storedLength?: number; error?: string }) => {
-      const p = slot.jobs.get(m.seq);
-      if (!p) return;
-      slot.jobs.delete(m.seq);
-      if (slot.jobs.size === 0) worker.unref();
-      if (m.error !== undefined || m.storedLength === undefined || m.codec === undefined) {
-        p.reject(new Error(`compression worker failed: ${m.error ?? 'no result'}`));
-      } else {
-        p.resolve({ codec: m.codec, storedLength: m.storedLength });
-      }
-    });
+    worker.on(
+      'message',
+      (m: { seq: number; codec?: number; storedLength?: number; id?: string; error?: string }) => {
+        const p = slot.jobs.get(m.seq);
+        if (!p) return;
+        slot.jobs.delete(m.seq);
+        if (slot.jobs.size === 0) worker.unref();
+        if (m.error !== undefined || m.storedLength === undefined || m.codec === undefined) {
+          p.reject(new Error(`compression worker failed: ${m.error ?? 'no result'}`));
+        } else {
+          p.resolve(
+            m.id === undefined
+              ? { codec: m.codec, storedLength: m.storedLength }
+              : { codec: m.codec, storedLength: m.storedLength, id: m.id },
+          );
+        }
+      },
+    );
     worker.on('error', (err) => failAll(err));
     worker.on('exit', (code) => failAll(new Error(`compression worker exited with code ${code}`)));
     worker.unref();

@@ -34,6 +34,16 @@ export interface ChunkSink {
    * comes with the sink's commit. The sink copies what it keeps: `raw` may be reused once this resolves.
    */
   putChunk(raw: Buffer): Promise<ChunkRef>;
+  /**
+   * Optional pipelined form of putChunk, for sinks that can name chunks off the
+   * caller's thread: resolves once `raw` may be reused; `ref` settles later.
+   */
+  queueChunk?(raw: Buffer): Promise<QueuedChunk>;
+}
+
+/** A chunk accepted by queueChunk; wrapped so that awaiting the acceptance does not wait for the id. */
+export interface QueuedChunk {
+  readonly ref: Promise<ChunkRef>;
 }
 
 /** Where restore gets chunk bytes: an image file, or the network. Bytes are verified against the id. */

@@ -37,6 +37,7 @@ import {
   type ChunkRef,
   type ChunkSink,
   type CompressionLevel,
+  type QueuedChunk,
   type Manifest,
 } from './types.ts';
 import { describeUsage } from './usage.ts';
@@ -72,6 +73,8 @@ export class ImageWriter implements ChunkSink {
   #s: WriterState;
   #end: number;
   #inflight = new Map<string, Promise<void>>();
+  /** queueChunk jobs whose id is not known yet. */
+  #unnamed = new Set<Promise<void>>();
   #pending = new Map<string, { slot: number; rawLength: number }>();
   /** Shared memory holding in-flight chunks, one CHUNK_SIZE slot each; workers compress in place. */
   #sab: SharedArrayBuffer | undefined;
@@ -164,17 +167,7 @@ export class ImageWriter implements ChunkSink {
   }
 
   async putChunk(raw: Buffer): Promise<ChunkRef> {
-    this.#check();
-    if (!Buffer.isBuffer(raw)) throw new TypeError('putChunk needs a Buffer');
-    if (raw.length > CHUNK_SIZE) {
-      throw new ImageError(
-        'E_CHUNK_SIZE',
-        `a chunk of ${raw.length} bytes exceeds the ${CHUNK_SIZE}-byte limit`,
-        {
-          rawLength: raw.length,
-        },
-      );
-    }
+    this.#checkChunk(raw);
     const id = chunkId(raw);
     const ref = { id, rawLength: raw.length };
     if (this.hasChunk(id)) {
@@ -205,6 +198,58 @@ export class ImageWriter implements ChunkSink {
     started();
     this.#check();
     return ref;
+  }
+
+  /**
+   * The pipelined putChunk: resolves as soon as `raw` is copied (the caller may reuse
+   * it), while a worker names and compresses the chunk; `ref` settles with its id.
+   * The caller's thread does no hashing, which is what keeps a capture's walk ahead
+   * of the compressors. A chunk that turns out to be stored already is dropped after
+   * compression, so this suits data that rarely repeats in whole chunks (packs of
+   * files, pieces of files) better than raw disk blocks.
+   */
+  async queueChunk(raw: Buffer): Promise<QueuedChunk> {
+    this.#checkChunk(raw);
+    const slot = await this.#acquireSlot();
+    raw.copy(Buffer.from(this.#sab!, slot * CHUNK_SIZE, CHUNK_SIZE));
+    const rawLength = raw.length;
+    const named = this.#nameAndStore(slot, rawLength);
+    const job = named.then(
+      () => {},
+      (err: unknown) => {
+        this.#failure ??= err instanceof ImageError ? err : ioError(this.#s.file, 'write chunk to', err);
+        this.#wakeAll();
+      },
+    );
+    this.#unnamed.add(job);
+    void job.finally(() => this.#unnamed.delete(job));
+    // Failures also surface from commit; a caller that stops listening must not leave this unhandled.
+    named.catch(() => {});
+    return { ref: named.then((id) => ({ id, rawLength })) };
+  }
+
+  async #nameAndStore(slot: number, rawLength: number): Promise<string> {
+    let slotHeld = true;
+    try {
+      const r = await CompressPool.shared().compress(this.#sab!, slot * CHUNK_SIZE, rawLength, this.level, {
+        hash: true,
+      });
+      const id = r.id!;
+      if (this.hasChunk(id)) {
+        this.stats.chunksDeduplicated++;
+        return id;
+      }
+      const write = this.#write(id, slot, rawLength, r.codec, r.storedLength).finally(() => {
+        this.#inflight.delete(id);
+        this.#releaseSlot(slot);
+      });
+      slotHeld = false;
+      this.#inflight.set(id, write);
+      await write;
+      return id;
+    } finally {
+      if (slotHeld) this.#releaseSlot(slot);
+    }
   }
 
   /**
@@ -282,7 +327,23 @@ export class ImageWriter implements ChunkSink {
   }
 
   async #settle(): Promise<void> {
-    while (this.#inflight.size > 0) await Promise.all(this.#inflight.values());
+    while (this.#inflight.size > 0 || this.#unnamed.size > 0) {
+      await Promise.all([...this.#inflight.values(), ...this.#unnamed]);
+    }
+  }
+
+  #checkChunk(raw: Buffer): void {
+    this.#check();
+    if (!Buffer.isBuffer(raw)) throw new TypeError('a chunk must be a Buffer');
+    if (raw.length > CHUNK_SIZE) {
+      throw new ImageError(
+        'E_CHUNK_SIZE',
+        `a chunk of ${raw.length} bytes exceeds the ${CHUNK_SIZE}-byte limit`,
+        {
+          rawLength: raw.length,
+        },
+      );
+    }
   }
 
   async #acquireSlot(): Promise<number> {
@@ -320,13 +381,22 @@ export class ImageWriter implements ChunkSink {
   }
 
   async #store(id: string, slot: number, rawLength: number): Promise<void> {
-    const sab = this.#sab!;
-    const offset = slot * CHUNK_SIZE;
     const { codec, storedLength } =
       this.level === 'none' || rawLength === 0
         ? { codec: CODEC_NONE, storedLength: rawLength }
-        : await CompressPool.shared().compress(sab, offset, rawLength, this.level);
+        : await CompressPool.shared().compress(this.#sab!, slot * CHUNK_SIZE, rawLength, this.level);
+    await this.#write(id, slot, rawLength, codec, storedLength);
+  }
+
+  async #write(
+    id: string,
+    slot: number,
+    rawLength: number,
+    codec: number,
+    storedLength: number,
+  ): Promise<void> {
     if (this.#closed) return;
+    const offset = slot * CHUNK_SIZE;
     const head = encodeRecordHeader({
       type: RECORD_CHUNK,
       codec,
@@ -336,7 +406,7 @@ export class ImageWriter implements ChunkSink {
     });
     const at = this.#end;
     this.#end += head.length + storedLength;
-    await writeAll(this.#s.fh, [head, Buffer.from(sab, offset, storedLength)], at);
+    await writeAll(this.#s.fh, [head, Buffer.from(this.#sab!, offset, storedLength)], at);
     this.#s.index.set(id, { id, offset: at, codec, storedLength, rawLength });
     this.stats.chunksStored++;
     this.stats.rawBytes += rawLength;

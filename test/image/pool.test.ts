@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
-import { runInNewContext } from 'node:vm';
-import { Worker } from 'node:worker_threads';
 
 import { CODEC_NONE, CODEC_ZSTD, chunkId, decodeChunk } from '../../src/image/codec.ts';
 import { CompressPool } from '../../src/image/pool.ts';
@@ -26,19 +25,41 @@ test('the pool compresses slots of shared memory in place', async (t) => {
   }
 });
 
-test('the workers do not leave a global gc for other code', async (t) => {
-  const pool = new CompressPool(2);
+test('with hash, a job also names the raw bytes, before compressing them in place', async (t) => {
+  const pool = new CompressPool(1);
   t.after(() => pool.close());
-  const sab = new SharedArrayBuffer(2048);
-  await Promise.all([pool.compress(sab, 0, 1000, 'speed'), pool.compress(sab, 1024, 1000, 'speed')]);
-  assert.equal(runInNewContext('typeof gc'), 'undefined');
-  const w = new Worker(`let gc = 'mine'; require('node:worker_threads').parentPort.postMessage(gc);`, {
-    eval: true,
+  const raw = textData(200_000, 5);
+  const sab = new SharedArrayBuffer(raw.length);
+  raw.copy(Buffer.from(sab));
+  const r = await pool.compress(sab, 0, raw.length, 'speed', { hash: true });
+  assert.equal(r.id, chunkId(raw));
+  assert.equal(r.codec, CODEC_ZSTD);
+  assert.deepEqual(
+    decodeChunk(r.id!, r.codec, Buffer.from(Buffer.from(sab, 0, r.storedLength)), raw.length),
+    raw,
+  );
+  const none = await pool.compress(sab, 0, 1000, 'none', { hash: true });
+  assert.equal(none.codec, CODEC_NONE);
+  assert.equal(none.id, chunkId(Buffer.from(sab, 0, 1000)));
+});
+
+test('one worker keeps every frame intact across levels, sizes and incompressible jobs', async (t) => {
+  // The worker reuses its zstd contexts and output buffer from job to job: a frame must never carry state over.
+  const pool = new CompressPool(1);
+  t.after(() => pool.close());
+  const SLOT = 300_000;
+  const jobs = Array.from({ length: 24 }, (_, i) => {
+    const len = [1, 17, 4096, 299_999, 300_000][i % 5]!;
+    const raw = i % 3 === 2 ? randomBytes(len) : textData(len, i + 1);
+    return { raw, level: (['speed', 'balanced', 'size'] as const)[i % 3]! };
   });
-  const msg = await new Promise((resolve, reject) => {
-    w.once('message', resolve);
-    w.once('error', reject);
-  });
-  await w.terminate();
-  assert.equal(msg, 'mine');
+  const sab = new SharedArrayBuffer(jobs.length * SLOT);
+  jobs.forEach((j, i) => j.raw.copy(Buffer.from(sab, i * SLOT, SLOT)));
+  const res = await Promise.all(jobs.map((j, i) => pool.compress(sab, i * SLOT, j.raw.length, j.level)));
+  for (const [i, j] of jobs.entries()) {
+    const r = res[i]!;
+    if (i % 3 === 2 && j.raw.length > 100) assert.equal(r.codec, CODEC_NONE, `job ${i} is random`);
+    const stored = Buffer.from(Buffer.from(sab, i * SLOT, r.storedLength));
+    assert.deepEqual(decodeChunk(chunkId(j.raw), r.codec, stored, j.raw.length), j.raw, `job ${i}`);
+  }
 });

@@ -112,6 +112,47 @@ test('many chunks beyond the in-flight limit are all stored (backpressure)', asy
   assert.deepEqual(got.subarray(4), base.subarray(4));
 });
 
+test('queueChunk: the buffer is free at once, ids come later, duplicates (also with putChunk) are stored once', async (t) => {
+  const dir = await tempDir(t);
+  for (const level of ['none', 'balanced'] as const) {
+    const path = join(dir, `queue-${level}.imgc`);
+    const w = await ImageWriter.create(path, { level });
+    const buf = Buffer.alloc(1 << 20);
+    const expected: Buffer[] = [];
+    const pending: Array<Promise<ChunkRef>> = [];
+    // 40 chunks (beyond the in-flight limit), every fourth one a repeat of chunk 0.
+    for (let i = 0; i < 40; i++) {
+      buf.fill(i % 4 === 0 ? 1 : i + 1);
+      buf.write(`chunk ${i % 4 === 0 ? 0 : i}`, 0);
+      expected.push(Buffer.from(buf));
+      pending.push((await w.queueChunk(buf)).ref);
+    }
+    const put = await w.putChunk(expected[1]!);
+    const refs = await Promise.all(pending);
+    assert.equal(put.id, refs[1]!.id);
+    refs.forEach((r, i) => assert.equal(r.id, chunkId(expected[i]!), `chunk ${i}`));
+    await w.commit(manifestOf([fileEntry('x', refs)], level));
+    assert.equal(w.stats.chunksStored, 31);
+    assert.equal(w.stats.chunksDeduplicated, 10);
+    const r = await ImageReader.open(path);
+    t.after(() => r.close());
+    assert.equal([...r.chunkIds()].length, 31);
+    for (const [i, ref] of refs.entries()) assert.deepEqual(await r.readChunk(ref.id), expected[i]);
+  }
+});
+
+test('queueChunk after abort is refused, and an aborted create leaves no file', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'q-abort.imgc');
+  const w = await ImageWriter.create(path, { level: 'speed' });
+  const queued = await w.queueChunk(textData(50_000, 9));
+  await w.abort();
+  await queued.ref.catch(() => {});
+  await assert.rejects(w.queueChunk(Buffer.from('late')), isCode('E_IMAGE_IO'));
+  assert.equal(existsSync(path), false);
+  assert.equal(existsSync(`${path}.partial`), false);
+});
+
 test('a chunk larger than CHUNK_SIZE is refused', async (t) => {
   const dir = await tempDir(t);
   const w = await ImageWriter.create(join(dir, 'x.imgc'), { level: 'none' });

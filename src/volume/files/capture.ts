@@ -31,7 +31,9 @@ import { join } from 'node:path';
 import { isImgcastError } from '../../errors.ts';
 import {
   CHUNK_SIZE,
+  type ChunkRef,
   type ChunkSink,
+  type QueuedChunk,
   type FileEntry,
   type FileEntryType,
   type FileExtent,
@@ -117,8 +119,15 @@ class Capturer {
    */
   readonly pack = Buffer.allocUnsafe(CHUNK_SIZE);
   packPos = 0;
-  /** Extents placed in the current pack, whose chunk id is known only once it is sealed. */
-  pending: FileExtent[] = [];
+  /**
+   * Extents whose chunk id is not known yet, by the number of the chunk they lie in
+   * (chunk ids arrive from the sink later, when it has hashed them). A pack gets its
+   * number when its first byte is placed, since pieces of big files may be stored
+   * before it is sealed.
+   */
+  readonly unnamed = new Map<FileExtent, number>();
+  readonly chunkRefs: Array<Promise<ChunkRef>> = [];
+  openPack: { n: number; settle: (ref: Promise<ChunkRef>) => void } | undefined;
   /** Read buffer for files that do not go straight into the pack; never handed to the sink. */
   readonly scratch = Buffer.allocUnsafe(CHUNK_SIZE);
   /** Read buffer for pieces of big files, handed to the sink and reused once it returns. */
@@ -140,8 +149,15 @@ class Capturer {
   async run(): Promise<FileEntry[]> {
     const rootEntry = this.entryFor('.', this.rootSt);
     this.entries.push(rootEntry);
-    await this.walkDir(this.root, '');
-    await this.seal();
+    try {
+      await this.walkDir(this.root, '');
+      await this.seal();
+      const refs = await Promise.all(this.chunkRefs);
+      for (const [x, n] of this.unnamed) x.chunk = refs[n]!.id;
+    } finally {
+      // On failure, chunks still being named must not end as unhandled rejections.
+      for (const r of this.chunkRefs) r.catch(() => {});
+    }
     this.report();
     return this.entries;
   }
@@ -248,8 +264,10 @@ class Capturer {
       const buf = this.piece;
       const n = readFull(fd, buf, 0, want, off);
       if (n === 0) break;
-      const ref = await this.sink.putChunk(buf.subarray(0, n));
-      extents.push({ offset: off, length: n, chunk: ref.id, chunkOffset: 0 });
+      const x: FileExtent = { offset: off, length: n, chunk: '', chunkOffset: 0 };
+      this.unnamed.set(x, this.chunkRefs.length);
+      this.chunkRefs.push((await this.store(buf.subarray(0, n))).ref);
+      extents.push(x);
       off += n;
       this.bytes += n;
       this.report();
@@ -274,7 +292,7 @@ class Capturer {
     this.bytes += n;
     if (direct) {
       const x: FileExtent = { offset: 0, length: n, chunk: '', chunkOffset: at };
-      this.pending.push(x);
+      this.unnamed.set(x, this.packNumber());
       entry.extents!.push(x);
       this.packPos += n;
       if (this.packPos === CHUNK_SIZE) await this.seal();
@@ -314,7 +332,7 @@ class Capturer {
       const take = Math.min(data.length - done, CHUNK_SIZE - this.packPos);
       data.copy(this.pack, this.packPos, done, done + take);
       const x: FileExtent = { offset: fileOffset + done, length: take, chunk: '', chunkOffset: this.packPos };
-      this.pending.push(x);
+      this.unnamed.set(x, this.packNumber());
       extents.push(x);
       this.packPos += take;
       done += take;
@@ -326,17 +344,37 @@ class Capturer {
   copyExtents(src: readonly FileExtent[]): FileExtent[] {
     return src.map((x) => {
       const c = { ...x };
-      if (c.chunk === '') this.pending.push(c);
+      const n = this.unnamed.get(x);
+      if (n !== undefined) this.unnamed.set(c, n);
       return c;
     });
   }
 
+  packNumber(): number {
+    if (!this.openPack) {
+      const n = this.chunkRefs.length;
+      let settle!: (ref: Promise<ChunkRef>) => void;
+      this.chunkRefs.push(new Promise<ChunkRef>((resolve) => (settle = resolve)));
+      this.openPack = { n, settle };
+    }
+    return this.openPack.n;
+  }
+
   async seal(): Promise<void> {
     if (this.packPos === 0) return;
-    const ref = await this.sink.putChunk(this.pack.subarray(0, this.packPos));
-    for (const x of this.pending) x.chunk = ref.id;
-    this.pending = [];
+    const open = this.openPack!;
+    this.openPack = undefined;
+    const stored = this.store(this.pack.subarray(0, this.packPos));
+    open.settle(stored.then((q) => q.ref));
+    await stored;
     this.packPos = 0;
+  }
+
+  /** Hands one chunk to the sink: resolves when `raw` may be reused; its id comes later. */
+  async store(raw: Buffer): Promise<QueuedChunk> {
+    if (this.sink.queueChunk) return this.sink.queueChunk(raw);
+    const ref = await this.sink.putChunk(raw);
+    return { ref: Promise.resolve(ref) };
   }
 
   async breathe(currentPath: string): Promise<void> {
