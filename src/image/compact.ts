@@ -17,6 +17,7 @@ import {
   type IndexEntry,
 } from './format.ts';
 import { manifestReferences } from './manifest.ts';
+import { encodeManifest } from './manifest-encoding.ts';
 import { ioError } from './io.ts';
 import { ImageReader } from './reader.ts';
 import { FORMAT_VERSION } from './types.ts';
@@ -82,7 +83,7 @@ export async function compactImage(
     }
 
     const tail = encodeGenerationTail({
-      manifestJson: Buffer.from(JSON.stringify(m), 'utf8'),
+      manifest: await encodeManifest(m),
       index: entries,
       chunkCount: entries.length,
       generation: reader.generation,

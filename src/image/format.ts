@@ -55,8 +55,9 @@
  */
 import { crc32 } from 'node:zlib';
 
-import { CODEC_NONE, chunkId, encodeChunk } from './codec.ts';
+import { CODEC_NONE, chunkId } from './codec.ts';
 import { ImageError } from './errors.ts';
+import type { EncodedManifest } from './manifest-encoding.ts';
 import { FORMAT_VERSION } from './types.ts';
 
 export const HEADER_MAGIC = Buffer.from('IMGCAST\0', 'latin1');
@@ -306,25 +307,24 @@ export interface GenerationTail {
 }
 
 /**
- * Encodes a generation's tail for a file whose records end at `at`. The manifest is
- * stored like a chunk (zstd, or as is when that does not shrink it).
+ * Encodes a generation's tail for a file whose records end at `at`, around a
+ * manifest already encoded by encodeManifest.
  */
 export function encodeGenerationTail(opts: {
-  manifestJson: Buffer;
+  manifest: EncodedManifest;
   index: Iterable<IndexEntry>;
   chunkCount: number;
   generation: number;
   previousTrailer: number;
   at: number;
 }): GenerationTail {
-  const json = opts.manifestJson;
-  const mEnc = encodeChunk(json, 'balanced');
-  const manifestSha = Buffer.from(chunkId(json), 'hex');
+  const m = opts.manifest;
+  const manifestSha = m.sha;
   const mHead = encodeRecordHeader({
     type: RECORD_MANIFEST,
-    codec: mEnc.codec,
-    rawLength: json.length,
-    storedLength: mEnc.stored.length,
+    codec: m.codec,
+    rawLength: m.rawLength,
+    storedLength: m.storedLength,
     sha: manifestSha,
   });
   const idx = encodeIndex(opts.index);
@@ -337,7 +337,7 @@ export function encodeGenerationTail(opts: {
     sha: indexSha,
   });
   const manifestOffset = opts.at;
-  const manifestLength = RECORD_HEADER_SIZE + mEnc.stored.length;
+  const manifestLength = RECORD_HEADER_SIZE + m.storedLength;
   const indexOffset = manifestOffset + manifestLength;
   const indexLength = RECORD_HEADER_SIZE + idx.length;
   const trailer = encodeTrailer({
@@ -352,5 +352,5 @@ export function encodeGenerationTail(opts: {
     manifestSha,
     indexSha,
   });
-  return { records: [mHead, mEnc.stored, iHead, idx], trailer, trailerOffset: indexOffset + indexLength };
+  return { records: [mHead, ...m.stored, iHead, idx], trailer, trailerOffset: indexOffset + indexLength };
 }

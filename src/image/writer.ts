@@ -16,7 +16,6 @@ import { CODEC_NONE, chunkId } from './codec.ts';
 import { ImageError } from './errors.ts';
 import {
   HEADER_SIZE,
-  MAX_MANIFEST_RAW,
   RECORD_CHUNK,
   TRAILER_SIZE,
   encodeGenerationTail,
@@ -26,6 +25,7 @@ import {
   type IndexEntry,
 } from './format.ts';
 import { manifestProblem, manifestReferences } from './manifest.ts';
+import { encodeManifest, type EncodedManifest } from './manifest-encoding.ts';
 import { CompressPool } from './pool.ts';
 import { beginJournal, checkNotBusy, endJournal } from './journal.ts';
 import { ioError, readAt } from './io.ts';
@@ -279,17 +279,14 @@ export class ImageWriter implements ChunkSink {
         );
       }
       this.#checkReferences(m);
-      const json = Buffer.from(JSON.stringify(m), 'utf8');
-      if (json.length > MAX_MANIFEST_RAW) {
-        throw new ImageError(
-          'E_MANIFEST_INVALID',
-          `the manifest of ${this.path} is too large (${json.length} bytes)`,
-          {
-            path: this.path,
-          },
-        );
+      let encoded: EncodedManifest;
+      try {
+        encoded = await encodeManifest(m);
+      } catch (err) {
+        if (err instanceof ImageError) err.message = `cannot commit ${this.path}: ${err.message}`;
+        throw err;
       }
-      await this.#writeCommit(json, generation, m.imageId);
+      await this.#writeCommit(encoded, generation, m.imageId);
       this.#closed = true;
       if (this.#s.mode === 'append') await endJournal(this.path);
     } catch (err) {
@@ -441,12 +438,12 @@ export class ImageWriter implements ChunkSink {
     }
   }
 
-  async #writeCommit(json: Buffer, generation: number, imageId: string): Promise<void> {
+  async #writeCommit(manifest: EncodedManifest, generation: number, imageId: string): Promise<void> {
     const { fh, file } = this.#s;
     try {
       const manifestOffset = this.#end;
       const tail = encodeGenerationTail({
-        manifestJson: json,
+        manifest,
         index: this.#s.index.values(),
         chunkCount: this.#s.index.size,
         generation,

@@ -1,0 +1,60 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { test } from 'node:test';
+import zlib from 'node:zlib';
+
+import fc from 'fast-check';
+
+import { CODEC_ZSTD } from '../../src/image/codec.ts';
+import { encodeManifest, jsonPieces } from '../../src/image/manifest-encoding.ts';
+import type { FileEntry } from '../../src/image/types.ts';
+import { manifestOf } from './fixtures.ts';
+
+test('jsonPieces joins to exactly what JSON.stringify writes, for any plain data', () => {
+  // Long arrays are where the pieces differ in shape from the recursion; mix them in on purpose.
+  const data = fc.letrec((tie) => ({
+    node: fc.oneof(
+      { depthSize: 'small', withCrossShrink: true },
+      fc.jsonValue(),
+      fc.array(tie('node'), { maxLength: 100 }),
+      fc.dictionary(fc.string(), fc.oneof(tie('node'), fc.constant(undefined))),
+      fc.array(fc.oneof(fc.integer(), fc.constant(undefined), fc.string()), {
+        minLength: 60,
+        maxLength: 200,
+      }),
+    ),
+  })).node;
+  fc.assert(
+    fc.property(data, (v) => {
+      assert.equal([...jsonPieces(v)].join(''), JSON.stringify(v));
+    }),
+    { numRuns: 300 },
+  );
+});
+
+test('encodeManifest: the record is zstd of the JSON text, with its true length and SHA-256', async () => {
+  // Enough entries, with non-ASCII names, to cross several 1 MiB staging buffers.
+  const entries: FileEntry[] = Array.from({ length: 20_000 }, (_, i) => ({
+    path: `dir-${i % 97}/fïle-✓-${i}`,
+    type: 'file',
+    mode: 0o644,
+    uid: i % 7,
+    gid: 0,
+    mtimeNs: `${1_700_000_000_000_000_000n + BigInt(i)}`,
+    atimeNs: '0',
+    addedIn: 1,
+    size: 10,
+    extents: [{ offset: 0, length: 10, chunk: 'ab'.repeat(32), chunkOffset: i * 10 }],
+  }));
+  const m = manifestOf(entries);
+  const json = Buffer.from(JSON.stringify(m), 'utf8');
+  assert.ok(json.length > 3 << 20, `only ${json.length} bytes of JSON`);
+  const enc = await encodeManifest(m);
+  assert.equal(enc.codec, CODEC_ZSTD);
+  assert.equal(enc.rawLength, json.length);
+  assert.deepEqual(enc.sha, createHash('sha256').update(json).digest());
+  const stored = Buffer.concat(enc.stored);
+  assert.equal(stored.length, enc.storedLength);
+  assert.ok(stored.length < json.length / 4);
+  assert.deepEqual(zlib.zstdDecompressSync(stored), json);
+});
