@@ -6,7 +6,7 @@
  * its programmatic API), udpcast and uftp at 0 % and 1 % random loss, then 1 → 8
  * receivers at 0 % for imgcast and udpcast, checks every copy by SHA-256 and writes
  * the figures into BENCHMARKS.md between `<!-- bench:multicast -->` markers.
- * Needs root (namespaces, iptables). The data file is made once from /dev/urandom.
+ * Needs root (namespaces, nftables). The data file is made once from /dev/urandom.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -133,7 +133,7 @@ function writeSection(md: string): void {
 }
 
 async function main(): Promise<void> {
-  if (process.getuid?.() !== 0) throw new Error('bench:multicast needs root (network namespaces, iptables)');
+  if (process.getuid?.() !== 0) throw new Error('bench:multicast needs root (network namespaces, nftables)');
   const opt = args();
   const file = await dataFile(opt.size);
   const sha = await sha256File(file);
@@ -232,7 +232,7 @@ async function main(): Promise<void> {
 
   const cmd = `npm run bench:multicast${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
   const head =
-    '| tool | receivers | loss | wall | Mbit/s | intact | packets lost (iptables) | repair sent / lost (iptables) | CPU s sender / max receiver | sender RSS MiB | max receiver RSS MiB | note |\n' +
+    '| tool | receivers | loss | wall | Mbit/s | intact | frames lost (nft) | repair sent / lost (nft) | CPU s sender / max receiver | sender RSS MiB | max receiver RSS MiB | note |\n' +
     '|---|---|---|---|---|---|---|---|---|---|---|---|';
   const lines: string[] = [
     '## Multicast transfer (`bench/multicast.ts`)',
@@ -240,7 +240,7 @@ async function main(): Promise<void> {
     `Command: \`${cmd}\`  `,
     `Date: ${new Date().toISOString()}  `,
     `Machine: ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), Linux ${release()}, Node ${process.version}  `,
-    `Lab: network namespaces on one bridge (veth, MTU 1500, no link rate limit — every process shares the same ${cpus().length} CPUs, so this measures CPU cost per byte as much as protocol efficiency); loss = iptables \`statistic --mode random\` DROP on each receiver's INPUT (UDP). net.core.rmem_max = ${lab.socketBufferMax} (global on this kernel${raised ? `; raised by the bench from ${rmemBefore} for the run, for all tools alike, and restored after` : ''}).  `,
+    `Lab: network namespaces on one bridge (veth, MTU 1500, no link rate limit — every process shares the same ${cpus().length} CPUs, so this measures CPU cost per byte as much as protocol efficiency); loss = nftables \`numgen random\` drop of UDP wire frames in each receiver's prerouting, before IP reassembly (each fragment of a big datagram is dropped on its own, as on a lossy link). net.core.rmem_max = ${lab.socketBufferMax} (global on this kernel${raised ? `; raised by the bench from ${rmemBefore} for the run, for all tools alike, and restored after` : ''}).  `,
     `Data: ${mib(opt.size)} MiB from /dev/urandom; every received copy checked by SHA-256. Wall time = sender start → last process exit (handshake included; imgcast's includes hashing the file up front).  `,
     'Settings: imgcast raw (`flatFileProvider`, 1 MiB chunks, no rate cap, asks for a 32 MiB receive buffer, capped by rmem_max); udpcast `udp-sender --full-duplex --min-receivers N --nokbd` (no --max-bitrate), `udp-receiver --rcvbuf <rmem_max>`; uftp `-R -1 -b 1400 -Y none -H <clients> -B <rmem_max>`, uftpd `-d -q -B <rmem_max>`.',
     '',

@@ -29,7 +29,7 @@ export interface Outcome {
   /** CPU seconds (user + system) of the sender and of each receiver. */
   senderCpuS: number;
   receiverCpuS: number[];
-  /** Packets/bytes the iptables loss rules dropped, summed over receivers. */
+  /** Wire frames (IP fragments count one by one) and their bytes the nftables loss rules dropped, summed over receivers. */
   lostPackets: number;
   lostBytes: number;
   /** imgcast only: repair traffic the sender put on the wire. */

@@ -4,7 +4,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { test } from 'node:test';
 import { netnsUnavailable, skipUnless } from './env.ts';
-import { NetLab, removeStaleLabs } from './netlab.ts';
+import { lossUnavailable, NetLab, removeStaleLabs } from './netlab.ts';
 
 const NODE = join(resolve(import.meta.dirname, '../..'), 'node_modules/.bin/node');
 
@@ -16,18 +16,20 @@ const namespaces = (): string[] =>
 const linkExists = (name: string): boolean =>
   spawnSync('ip', ['link', 'show', name], { stdio: 'ignore' }).status === 0;
 
-/** Sends `count` datagrams from host 0 to host 1 on `port` and returns how many arrived. */
-async function delivered(lab: NetLab, port: number, count: number): Promise<number> {
+/** Sends `count` datagrams of `size` bytes from host 0 to host 1 on `port` and returns how many arrived. */
+async function delivered(lab: NetLab, port: number, count: number, size = 1): Promise<number> {
   const rx = lab.run(1, NODE, [
     '-e',
     `const s=require('dgram').createSocket('udp4');let n=0;s.on('message',()=>n++);` +
-      `s.bind(${port},'${lab.addr(1)}',()=>console.log('up'));setTimeout(()=>{console.log('got',n);s.close()},1500)`,
+      `s.bind(${port},'${lab.addr(1)}',()=>console.log('up'));setTimeout(()=>{console.log('got',n);s.close()},2500)`,
   ]);
   await new Promise((r) => setTimeout(r, 400));
   const tx = await lab.run(0, NODE, [
     '-e',
     `const s=require('dgram').createSocket('udp4');let k=0;` +
-      `const go=()=>{if(k++>=${count})return s.close();s.send('x',${port},'${lab.addr(1)}',go)};go()`,
+      `const b=Buffer.alloc(${size},120);` +
+      // Paced, so the receiver's socket buffer never overflows: every missing datagram is the loss rule's.
+      `const go=()=>{if(k++>=${count})return s.close();s.send(b,${port},'${lab.addr(1)}',()=>setTimeout(go,1))};go()`,
   ]);
   assert.equal(tx.code, 0, tx.stderr);
   const r = await rx;
@@ -35,7 +37,7 @@ async function delivered(lab: NetLab, port: number, count: number): Promise<numb
 }
 
 test('lab hosts reach each other; loss on one port drops only that port and is counted', async (t) => {
-  if (skipUnless(t, netnsUnavailable())) return;
+  if (skipUnless(t, netnsUnavailable() ?? lossUnavailable())) return;
   const lab = NetLab.create(1, { mtu: 1400 });
   t.after(() => lab.destroy());
   assert.match(lab.id, /^ic[0-9a-f]{4}$/);
@@ -46,6 +48,32 @@ test('lab hosts reach each other; loss on one port drops only that port and is c
   assert.equal(lab.dropped(1).packets, 20);
   assert.equal(await delivered(lab, 41003, 20), 20);
   lab.loss(1, 0);
+  assert.equal(lab.dropped(1).packets, 0);
+});
+
+test('loss drops IP fragments one by one, before reassembly', async (t) => {
+  if (skipUnless(t, netnsUnavailable() ?? lossUnavailable())) return;
+  const lab = NetLab.create(1);
+  t.after(() => lab.destroy());
+  // 4000 bytes at MTU 1500 = 3 fragments. Dropping frames at 20 % loses 1 - 0.8^3 = 48.8 % of the
+  // datagrams and counts ~20 % of the 3 x 600 frames; dropping whole datagrams would lose ~20 %.
+  const count = 600;
+  lab.loss(1, 20);
+  const got = await delivered(lab, 41005, count, 4000);
+  const d = lab.dropped(1);
+  const lostShare = (count - got) / count;
+  const frameShare = d.packets / (3 * count);
+  t.diagnostic(
+    `datagrams lost ${(lostShare * 100).toFixed(1)} %, frames dropped ${(frameShare * 100).toFixed(1)} %`,
+  );
+  // Bounds at > 4 standard deviations, and far from what the other model gives.
+  assert.ok(lostShare > 0.4 && lostShare < 0.58, `lost ${count - got} of ${count} datagrams`);
+  assert.ok(frameShare > 0.15 && frameShare < 0.25, `dropped ${d.packets} frames of ${3 * count}`);
+  // Every dropped frame kills its datagram; several may hit the same one.
+  assert.ok(d.packets >= count - got, `${d.packets} frames dropped but ${count - got} datagrams lost`);
+  // The counter sees wire frames (at most the MTU each), not 4028-byte reassembled datagrams.
+  assert.ok(d.bytes <= d.packets * 1500, `${d.bytes} bytes in ${d.packets} dropped frames`);
+  lab.resetDropped(1);
   assert.equal(lab.dropped(1).packets, 0);
 });
 

@@ -19,12 +19,21 @@
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 
 const MARKER_DIR = '/run/imgcast-netlab';
 const ID_RE = /^ic[0-9a-f]{4}$/;
 const NS_RE = /^(ic[0-9a-f]{4})n\d+$/;
 const BR_RE = /^(ic[0-9a-f]{4})br$/;
+/** /usr/sbin is not on every caller's PATH (sudo, CI shells); nft lives there on Debian. */
+const NFT = existsSync('/usr/sbin/nft') ? '/usr/sbin/nft' : 'nft';
+const LOSS_TABLE = 'imgcastloss';
+
+/** Why NetLab.loss cannot work here (no nft binary), or undefined when it can. */
+export function lossUnavailable(): string | undefined {
+  const r = spawnSync(NFT, ['--version'], { stdio: 'ignore' });
+  return r.status === 0 ? undefined : 'needs nftables (nft) for packet-loss rules';
+}
 
 export interface NetLabOptions {
   /** Link MTU of the bridge and every veth (default 1500). */
@@ -32,7 +41,10 @@ export interface NetLabOptions {
 }
 
 export interface LossOptions {
-  /** Only drop UDP packets to this destination port (default: all UDP). */
+  /**
+   * Only drop UDP frames to this destination port (default: all UDP). Non-first IP fragments
+   * carry no UDP header, so with a port only unfragmented datagrams and first fragments are dropped.
+   */
   port?: number;
 }
 
@@ -269,36 +281,55 @@ export class NetLab {
   }
 
   /**
-   * Drops `pct` % of the UDP packets arriving at host i, at random (iptables statistic
-   * match on INPUT). Replaces any earlier loss rule on that host; 0 clears it.
+   * Drops `pct` % of the UDP frames arriving at host i, each one independently at random.
+   * Replaces any earlier loss rule on that host; 0 clears it.
+   *
+   * nftables, not iptables: the rule sits in a prerouting chain at priority -450, before IP
+   * reassembly (defrag is -400), so it sees every wire frame, each fragment of a big datagram
+   * included. iptables' INPUT only ever sees reassembled datagrams, so there "1 % loss" of
+   * 6-fragment datagrams would lose 1 % of datagrams instead of the ~6 % a real lossy link
+   * causes. With `port`, only frames whose UDP header names that port are dropped: non-first
+   * fragments carry no UDP header, so a port filter reaches unfragmented datagrams and first
+   * fragments only.
    */
   loss(host: number, pct: number, opts: LossOptions = {}): void {
     if (!(pct >= 0 && pct <= 100)) throw new RangeError(`netlab: loss must be 0..100 %, got ${pct}`);
-    this.runSync(host, 'iptables', ['-w', '-F', 'INPUT']);
+    this.#nft(host, `table ip ${LOSS_TABLE}\ndelete table ip ${LOSS_TABLE}\n`);
     if (pct === 0) return;
-    const rule = ['-w', '-A', 'INPUT', '-p', 'udp'];
-    if (opts.port !== undefined) rule.push('--dport', String(opts.port));
-    rule.push('-m', 'statistic', '--mode', 'random', '--probability', (pct / 100).toFixed(6), '-j', 'DROP');
-    this.runSync(host, 'iptables', rule);
+    const match = opts.port !== undefined ? `udp dport ${opts.port}` : 'ip protocol udp';
+    const below = Math.round(pct * 10_000);
+    const chance = below >= 1_000_000 ? '' : ` numgen random mod 1000000 < ${below}`;
+    this.#nft(
+      host,
+      `table ip ${LOSS_TABLE} {\n` +
+        `  counter dropped {}\n` +
+        `  chain pre {\n` +
+        `    type filter hook prerouting priority -450; policy accept;\n` +
+        `    ${match}${chance} counter name "dropped" drop\n` +
+        `  }\n` +
+        `}\n`,
+    );
   }
 
-  /** Packets and bytes dropped so far by host i's loss rule (0 when none is set). */
+  /** Frames (fragments count one by one) and their IP bytes dropped so far by host i's loss rule (0 when none is set). */
   dropped(host: number): DropCounters {
-    const out = this.runSync(host, 'iptables', ['-w', '-L', 'INPUT', '-v', '-x', '-n']);
-    const total = { packets: 0, bytes: 0 };
-    for (const line of out.split('\n')) {
-      const f = line.trim().split(/\s+/);
-      if (f[2] === 'DROP' && /^\d+$/.test(f[0] ?? '') && /^\d+$/.test(f[1] ?? '')) {
-        total.packets += Number(f[0]);
-        total.bytes += Number(f[1]);
-      }
-    }
-    return total;
+    const r = spawnSync(
+      'ip',
+      ['netns', 'exec', this.ns(host), NFT, 'list', 'counter', 'ip', LOSS_TABLE, 'dropped'],
+      {
+        encoding: 'utf8',
+      },
+    );
+    if (r.status !== 0) return { packets: 0, bytes: 0 };
+    const m = /packets (\d+) bytes (\d+)/.exec(r.stdout);
+    return { packets: Number(m?.[1] ?? 0), bytes: Number(m?.[2] ?? 0) };
   }
 
-  /** Resets host i's iptables counters (so a second run in the same lab counts from zero). */
+  /** Resets host i's drop counter (so a second run in the same lab counts from zero). */
   resetDropped(host: number): void {
-    this.runSync(host, 'iptables', ['-w', '-Z', 'INPUT']);
+    spawnSync('ip', ['netns', 'exec', this.ns(host), NFT, 'reset', 'counter', 'ip', LOSS_TABLE, 'dropped'], {
+      stdio: 'ignore',
+    });
   }
 
   /** SIGKILL: `ip netns exec` execs the command, so the child pid is the command itself. */
@@ -313,6 +344,13 @@ export class NetLab {
     liveLabs.delete(this);
     for (const c of this.#children) this.kill9(c);
     destroyById(this.id);
+  }
+
+  #nft(host: number, script: string): void {
+    execFileSync('ip', ['netns', 'exec', this.ns(host), NFT, '-f', '-'], {
+      input: script,
+      stdio: ['pipe', 'ignore', 'pipe'],
+    });
   }
 
   #check(i: number): void {

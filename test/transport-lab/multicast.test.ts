@@ -1,7 +1,8 @@
 /**
  * The multicast transport end to end in a namespace lab: every sender and receiver
  * is a separate process in its own network namespace (bench/lib/mcast-runner.ts),
- * packets cross a real bridge, loss comes from iptables in the receivers' namespaces.
+ * packets cross a real bridge, loss comes from nftables rules in the receivers' namespaces that drop
+ * wire frames (IP fragments one by one) before reassembly.
  * One file on purpose: the scenarios share the 2 CPUs badly when run in parallel.
  */
 import assert from 'node:assert/strict';
@@ -11,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { netnsUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
-import { NetLab } from '../helpers/netlab.ts';
+import { lossUnavailable, NetLab } from '../helpers/netlab.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const NODE = join(ROOT, 'node_modules/.bin/node');
@@ -141,7 +142,7 @@ test(
   '3 receivers at 0 %, 1 % and 5 % random loss all get the exact bytes',
   { timeout: 120_000 },
   async (t) => {
-    if (skipUnless(t, netnsUnavailable())) return;
+    if (skipUnless(t, netnsUnavailable() ?? lossUnavailable())) return;
     const { lab, dir, src, sum } = await setup(t, 3);
     const loss = [0, 1, 5];
     loss.forEach((pct, k) => lab.loss(k + 1, pct));
@@ -160,7 +161,7 @@ test(
       );
     }
     // The loss was real, and it was repaired rather than ignored.
-    assert.ok(lab.dropped(3).packets > 0, 'iptables dropped nothing at 5 %');
+    assert.ok(lab.dropped(3).packets > 0, 'the loss rule dropped nothing at 5 %');
     assert.ok(sr.counters.repairPackets! >= lab.dropped(3).packets * 0.5, JSON.stringify(sr.counters));
   },
 );
@@ -169,7 +170,7 @@ test(
   'kill -9 of one receiver: others finish, it is dropped in time, and resumes from its journal',
   { timeout: 120_000 },
   async (t) => {
-    if (skipUnless(t, netnsUnavailable())) return;
+    if (skipUnless(t, netnsUnavailable() ?? lossUnavailable())) return;
     const { lab, dir, src, sum } = await setup(t, 3);
     const deadAfterMs = 2000;
     const s = session(lab, { deadAfterMs });
@@ -245,7 +246,7 @@ test(
   'a frozen receiver (SIGSTOP, connection still open) is dropped as unresponsive within deadAfter',
   { timeout: 90_000 },
   async (t) => {
-    if (skipUnless(t, netnsUnavailable())) return;
+    if (skipUnless(t, netnsUnavailable() ?? lossUnavailable())) return;
     const { lab, dir, src, sum } = await setup(t, 3);
     const deadAfterMs = 2000;
     const s = session(lab, { deadAfterMs });
@@ -290,7 +291,7 @@ test(
   'a receiver at 20 % loss does not hold the others back beyond the drop policy',
   { timeout: 150_000 },
   async (t) => {
-    if (skipUnless(t, netnsUnavailable())) return;
+    if (skipUnless(t, netnsUnavailable() ?? lossUnavailable())) return;
     const { lab, dir, src, sum } = await setup(t, 3);
     const lagLimitMs = 5000;
     const run = async (lossy: boolean): Promise<{ sr: SenderResult; rr: ReceiverResult[] }> => {
@@ -335,7 +336,7 @@ test(
   'garbage and forged packets at the data and control ports: no crash, exact bytes, counted',
   { timeout: 120_000 },
   async (t) => {
-    if (skipUnless(t, netnsUnavailable())) return;
+    if (skipUnless(t, netnsUnavailable() ?? lossUnavailable())) return;
     const { lab, dir, src, sum } = await setup(t, 4);
     const s = session(lab);
     const sender = runner<SenderResult>(lab, 0, 'send', { file: src, clients: 3, ...s.send });
