@@ -27,7 +27,8 @@ const { values } = parseArgs({
 const rounds = Number(values.rounds);
 const work = values.work as string;
 const node = process.execPath;
-const img = `${node} ${join(root, 'src/cli/img.ts')}`;
+// The installed entry point (what `npx img` runs), not src/cli/img.ts: it enables the compile cache.
+const img = `${node} ${join(root, 'bin/img.js')}`;
 
 function sh(cmd: string): string {
   return execFileSync('bash', ['-o', 'pipefail', '-c', cmd], { encoding: 'utf8', maxBuffer: 1 << 28 });

@@ -7,6 +7,7 @@ import { UsageError } from '../errors.ts';
 import {
   addToImage,
   describeImage,
+  describeManifest,
   extractPaths,
   listFilesets,
   listPath,
@@ -74,10 +75,8 @@ export function buildImgProgram(): Command {
               onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
             });
             bar.stop();
-            await withReader(image, async (reader) => {
-              const info = describeImage(reader);
-              emit(!!o.json, { ...info, stats: result.stats }, () => describeInfo(info));
-            });
+            const info = describeManifest(result.manifest, result.image!);
+            emit(!!o.json, { ...info, stats: result.stats }, () => describeInfo(info));
           } finally {
             bar.stop();
           }

@@ -340,7 +340,6 @@ export async function setExcluded(
 
 /** A summary of the image for `img info`. */
 export function describeImage(reader: ImageReader) {
-  const m = reader.manifest;
   let rawBytes = 0;
   let storedBytes = 0;
   let chunks = 0;
@@ -351,18 +350,38 @@ export function describeImage(reader: ImageReader) {
     rawBytes += c.rawLength;
     storedBytes += c.storedLength;
   }
-  return {
+  return describeManifest(reader.manifest, {
     path: reader.path,
+    fileBytes: reader.fileSize,
+    chunks,
+    chunkRawBytes: rawBytes,
+    chunkStoredBytes: storedBytes,
+  });
+}
+
+/** What the image file holds, besides its manifest. */
+export interface ImageFileFacts {
+  path: string;
+  fileBytes: number;
+  chunks: number;
+  chunkRawBytes: number;
+  chunkStoredBytes: number;
+}
+
+/** describeImage from a manifest in memory, e.g. the one a capture just committed (no second copy parsed). */
+export function describeManifest(m: Manifest, file: ImageFileFacts) {
+  return {
+    path: file.path,
     imageId: m.imageId,
     formatVersion: m.formatVersion,
     createdAt: m.createdAt,
     generation: m.generation,
     level: m.level,
     source: m.source,
-    fileBytes: reader.fileSize,
-    chunks,
-    chunkRawBytes: rawBytes,
-    chunkStoredBytes: storedBytes,
+    fileBytes: file.fileBytes,
+    chunks: file.chunks,
+    chunkRawBytes: file.chunkRawBytes,
+    chunkStoredBytes: file.chunkStoredBytes,
     disk: m.disk
       ? {
           sizeBytes: m.disk.sizeBytes,

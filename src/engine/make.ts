@@ -37,6 +37,7 @@ import {
   type Volume,
 } from '../image/types.ts';
 import { captureTree } from '../volume/files/capture.ts';
+import type { ImageFileFacts } from './explorer.ts';
 
 export interface MakeProgress {
   /** What is being captured: 'boot area', 'partition 2 (ext4)', 'directory', … */
@@ -72,6 +73,8 @@ export interface MakeStats {
 export interface MakeResult {
   manifest: Manifest;
   stats: MakeStats;
+  /** The new image file (makeImage only). */
+  image?: ImageFileFacts;
 }
 
 /** Counts what capture hands to the image, for stats and progress. */
@@ -354,8 +357,15 @@ export async function makeImage(source: string, imagePath: string, opts: MakeOpt
   const writer = await ImageWriter.create(imagePath, { level: opts.level, overwrite: opts.overwrite });
   try {
     const result = await captureClassified(source, kind, table, writer, opts);
-    await writer.commit(result.manifest);
+    result.manifest = await writer.commit(result.manifest);
     result.stats.storedBytes = writer.stats.storedBytes;
+    result.image = {
+      path: imagePath,
+      fileBytes: (await stat(imagePath)).size,
+      chunks: writer.stats.chunksStored,
+      chunkRawBytes: writer.stats.rawBytes,
+      chunkStoredBytes: writer.stats.storedBytes,
+    };
     return result;
   } catch (err) {
     await writer.abort().catch(() => {});

@@ -43,11 +43,11 @@ import {
 import { describeUsage } from './usage.ts';
 
 /**
- * Chunks accepted but not yet on disk before putChunk makes its caller wait: enough
- * to keep every core busy with one chunk queued behind the one it compresses, and
- * few enough that memory stays bounded (8 x 4 MiB on a 2-core machine).
+ * Chunks accepted but not yet on disk before putChunk makes its caller wait: one
+ * being compressed and one queued behind it per core, plus two being written, so
+ * every core stays busy while memory stays bounded (6 x 4 MiB on a 2-core machine).
  */
-export const IN_FLIGHT_SLOTS = Math.min(32, Math.max(8, 2 * availableParallelism() + 4));
+export const IN_FLIGHT_SLOTS = Math.min(32, 2 * availableParallelism() + 2);
 export const MAX_IN_FLIGHT_BYTES = IN_FLIGHT_SLOTS * CHUNK_SIZE;
 
 interface WriterState {
@@ -256,9 +256,10 @@ export class ImageWriter implements ChunkSink {
    * Waits for every pending chunk, checks the manifest against the stored chunks,
    * writes manifest, index and trailer, fsyncs and (create) renames into place.
    * The writer is closed afterwards. On any failure the image is left exactly as
-   * before (append) or not created (create), and the error is thrown.
+   * before (append) or not created (create), and the error is thrown. Resolves with
+   * the manifest as committed (generation, level and format version filled in).
    */
-  async commit(manifest: Manifest): Promise<void> {
+  async commit(manifest: Manifest): Promise<Manifest> {
     this.#check();
     try {
       await this.#settle();
@@ -289,6 +290,7 @@ export class ImageWriter implements ChunkSink {
       await this.#writeCommit(encoded, generation, m.imageId);
       this.#closed = true;
       if (this.#s.mode === 'append') await endJournal(this.path);
+      return m;
     } catch (err) {
       await this.abort().catch(() => {});
       throw err;

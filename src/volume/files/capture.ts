@@ -128,10 +128,12 @@ class Capturer {
   readonly unnamed = new Map<FileExtent, number>();
   readonly chunkRefs: Array<Promise<ChunkRef>> = [];
   openPack: { n: number; settle: (ref: Promise<ChunkRef>) => void } | undefined;
-  /** Read buffer for files that do not go straight into the pack; never handed to the sink. */
+  /**
+   * Read buffer for what does not go straight into the pack: pieces of big files
+   * (handed to the sink, which copies them), small files that do not fit the rest of
+   * the pack, and sparse files' blocks.
+   */
   readonly scratch = Buffer.allocUnsafe(CHUNK_SIZE);
-  /** Read buffer for pieces of big files, handed to the sink and reused once it returns. */
-  readonly piece = Buffer.allocUnsafe(CHUNK_SIZE);
   readonly dedup = new Map<string, FileExtent[]>();
   readonly links = new Map<string, FileEntry>();
   nextGroup = 1;
@@ -261,7 +263,7 @@ class Capturer {
     let off = 0;
     while (off < size) {
       const want = Math.min(CHUNK_SIZE, size - off);
-      const buf = this.piece;
+      const buf = this.scratch;
       const n = readFull(fd, buf, 0, want, off);
       if (n === 0) break;
       const x: FileExtent = { offset: off, length: n, chunk: '', chunkOffset: 0 };
