@@ -43,12 +43,14 @@ export type ToReceiver =
   | { t: 'end' };
 
 export interface ReceiverCounters {
+  /** Valid data datagrams of the session (each carries one or more units). */
   packets: number;
   duplicates: number;
   stray: number;
   forged: number;
   rejectedChunks: number;
   overrun: number;
+  /** Units that never arrived (serial gaps). */
   lost: number;
   simulatedDrops: number;
   nakFragments: number;
@@ -62,8 +64,17 @@ export type ToSender =
       chunks: number;
       bytes: number;
       heard: number;
+      /** Units received and expected (from serial gaps) since the last STATUS. */
       rx: number;
       exp: number;
+      /**
+       * Datagrams the receiver's host dropped for a full socket receive buffer since the last
+       * STATUS (Linux Udp RcvbufErrors, whole host), null when unknown: that loss is the
+       * receiver's CPU, not the wire, and must not shrink the datagrams.
+       */
+      ovf: number | null;
+      /** Share of the host's IP reassembly memory in use (0..1, Linux), null when unknown. */
+      frag: number | null;
       nak: Array<[number, Ranges | null]>;
       counters: ReceiverCounters;
     }
@@ -86,6 +97,12 @@ function isObj(x: unknown): x is Record<string, unknown> {
 function uint(x: unknown, what: string, max = Number.MAX_SAFE_INTEGER): number {
   if (typeof x !== 'number' || !Number.isInteger(x) || x < 0 || x > max)
     throw invalid(`${what} must be an integer 0..${max}`);
+  return x;
+}
+function share(x: unknown, what: string): number {
+  // Above 1 is possible: the kernel lets the memory run a little past its threshold.
+  if (typeof x !== 'number' || !Number.isFinite(x) || x < 0 || x > 100)
+    throw invalid(`${what} must be a number 0..100`);
   return x;
 }
 function str(x: unknown, what: string, max: number, re?: RegExp): string {
@@ -166,6 +183,8 @@ export function parseToSender(body: Buffer, chunkCount: number): ToSender {
         heard: uint(m.heard, 'heard', 0xffffffff),
         rx: uint(m.rx, 'rx'),
         exp: uint(m.exp, 'exp'),
+        ovf: m.ovf === null || m.ovf === undefined ? null : uint(m.ovf, 'ovf'),
+        frag: m.frag === null || m.frag === undefined ? null : share(m.frag, 'frag'),
         nak,
         counters: counters(m.counters),
       };

@@ -1,26 +1,40 @@
 /**
- * Data-plane packet format. One UDP datagram carries one fragment of one chunk's
- * wire bytes (the stored bytes, AES-GCM sealed when the session encrypts):
+ * Data-plane packet format. One UDP datagram carries `units` consecutive units of one
+ * chunk's wire bytes (the stored bytes, AES-GCM sealed when the session encrypts). A unit
+ * is FRAG_PAYLOAD bytes (the chunk's last one may be shorter); NAKs and repairs count units.
  *
  *   0  u16 magic 0x4943 ('IC')      12 u32 chunk seq (index in the session's chunk table)
- *   2  u8  version                   16 u16 fragment index
- *   3  u8  type (1 data, 2 repair)   18 u16 fragment count
- *   4  8 bytes session nonce         20 u32 transmit position (first-pass chunks < this were sent)
- *                                    24 u32 packet serial (sender-wide, for loss and repair suppression)
- *   28 payload: FRAG_PAYLOAD bytes, or the rest of the chunk in the last fragment
+ *   2  u8  version                   16 u16 first unit index (`frag`)
+ *   3  u8  kind: low 4 bits type     18 u16 unit count of the chunk (`count`)
+ *          (1 data, 2 repair),       20 u32 transmit position (first-pass chunks < this were sent)
+ *          high 4 bits units - 1     24 u32 serial of the first unit (sender-wide, one per unit,
+ *   4  8 bytes session nonce                so gaps count lost units, for loss and repair suppression)
+ *   28 payload: units x FRAG_PAYLOAD bytes, less when the datagram ends the chunk
  *
  * 28 + 1444 = 1472 = the UDP payload that fits an Ethernet MTU of 1500 without IP
- * fragmentation. Packets are not authenticated one by one (a Node crypto call per
- * packet costs more than the send itself); integrity comes from the chunk hash the
- * receiver got over the control channel, checked once the chunk is assembled.
+ * fragmentation, so one unit per datagram never fragments. k units make a datagram of
+ * 28 + k x 1444 bytes that IP cuts into exactly k frames of at most 1500: per-datagram costs
+ * (a Node dgram receive is ~4.5 us) are paid once per k units, but losing any frame loses
+ * all k units. The sender picks k from the loss the receivers report (sender.ts).
+ *
+ * The units count lives in the kind byte because the header cannot grow: 28 + 1444 must stay
+ * 1472. Packets are not authenticated one by one (a Node crypto call per packet costs more
+ * than the send itself); integrity comes from the chunk hash the receiver got over the
+ * control channel, checked once the chunk is assembled.
  */
 import { TransportError } from './errors.ts';
 
 export const MAGIC = 0x4943;
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const HEADER_SIZE = 28;
-export const MAX_DATAGRAM = 1472;
-export const FRAG_PAYLOAD = MAX_DATAGRAM - HEADER_SIZE;
+/** A one-unit datagram: the largest that crosses an MTU of 1500 unfragmented. */
+export const UNIT_DATAGRAM = 1472;
+export const FRAG_PAYLOAD = UNIT_DATAGRAM - HEADER_SIZE;
+/** Units one datagram may carry (4 bits in the header). */
+export const MAX_UNITS = 16;
+export const MAX_DATAGRAM = HEADER_SIZE + MAX_UNITS * FRAG_PAYLOAD;
+/** Default datagram size limit: 6 units, 8692 bytes, 6 frames at MTU 1500. */
+export const DEFAULT_DATAGRAM = HEADER_SIZE + 6 * FRAG_PAYLOAD;
 export const TYPE_DATA = 1;
 export const TYPE_REPAIR = 2;
 export const MAX_FRAGMENTS = 0xffff;
@@ -30,6 +44,8 @@ export interface PacketHeader {
   nonce: Buffer;
   seq: number;
   frag: number;
+  /** Units in this datagram, 1..MAX_UNITS (default 1). */
+  units?: number;
   count: number;
   txPos: number;
   serial: number;
@@ -44,13 +60,33 @@ export function fragmentLength(wireLength: number, frag: number): number {
   return Math.max(0, Math.min(FRAG_PAYLOAD, wireLength - start));
 }
 
+/** Bytes of units frag .. frag+units-1 of a chunk of `wireLength` wire bytes. */
+export function unitsLength(wireLength: number, frag: number, units: number): number {
+  const start = frag * FRAG_PAYLOAD;
+  return Math.max(0, Math.min(units * FRAG_PAYLOAD, wireLength - start));
+}
+
+/** Units per datagram a datagram size limit allows (at least 1, at most MAX_UNITS). */
+export function unitsFor(maxDatagram: number): number {
+  return Math.max(1, Math.min(MAX_UNITS, Math.floor((maxDatagram - HEADER_SIZE) / FRAG_PAYLOAD)));
+}
+
+/** The kind byte: type in the low nibble, units - 1 in the high one. */
+export function kindByte(type: number, units: number): number {
+  return (type & 0x0f) | ((units - 1) << 4);
+}
+
 /** Writes a header into a fresh buffer; the payload is sent alongside it (no copy). */
 export function encodeHeader(h: PacketHeader): Buffer {
   if (h.nonce.length !== 8) throw new TransportError('E_PACKET_INVALID', 'session nonce must be 8 bytes');
+  const units = h.units ?? 1;
+  if (!Number.isInteger(units) || units < 1 || units > MAX_UNITS) {
+    throw new TransportError('E_PACKET_INVALID', `a datagram carries 1..${MAX_UNITS} units, not ${units}`);
+  }
   const b = Buffer.allocUnsafe(HEADER_SIZE);
   b.writeUInt16BE(MAGIC, 0);
   b.writeUInt8(PROTOCOL_VERSION, 2);
-  b.writeUInt8(h.type, 3);
+  b.writeUInt8(kindByte(h.type, units), 3);
   h.nonce.copy(b, 4);
   b.writeUInt32BE(h.seq, 12);
   b.writeUInt16BE(h.frag, 16);
@@ -66,17 +102,28 @@ export const REJECT_MAGIC = 2;
 export const REJECT_VERSION = 3;
 export const REJECT_TYPE = 4;
 export const REJECT_FIELDS = 5;
+export const REJECT_LENGTH = 6;
 
-/** Allocation-free check used on the hot path: 0 when the header is well formed, else a REJECT_* code. */
+/**
+ * Allocation-free check used on the hot path: 0 when the header is well formed, else a REJECT_*
+ * code. Besides the ranges it checks that the payload length fits the units: every unit but the
+ * chunk's last is full, so a datagram that does not end the chunk is exactly units x FRAG_PAYLOAD,
+ * and one that does holds more than units - 1 of them (a chunk's only unit may be empty).
+ */
 export function checkHeader(b: Buffer): number {
   if (b.length < HEADER_SIZE) return REJECT_SHORT;
   if (b.readUInt16BE(0) !== MAGIC) return REJECT_MAGIC;
   if (b[2] !== PROTOCOL_VERSION) return REJECT_VERSION;
-  const type = b[3];
+  const kind = b[3] as number;
+  const type = kind & 0x0f;
   if (type !== TYPE_DATA && type !== TYPE_REPAIR) return REJECT_TYPE;
+  const units = (kind >> 4) + 1;
   const frag = b.readUInt16BE(16);
   const count = b.readUInt16BE(18);
-  if (count === 0 || frag >= count || b.length - HEADER_SIZE > FRAG_PAYLOAD) return REJECT_FIELDS;
+  if (count === 0 || frag + units > count) return REJECT_FIELDS;
+  const len = b.length - HEADER_SIZE;
+  if (frag + units < count) return len === units * FRAG_PAYLOAD ? 0 : REJECT_LENGTH;
+  if (len > units * FRAG_PAYLOAD || (units > 1 && len <= (units - 1) * FRAG_PAYLOAD)) return REJECT_LENGTH;
   return 0;
 }
 
@@ -85,11 +132,12 @@ const REASONS: Record<number, string> = {
   [REJECT_MAGIC]: 'not an imgcast data packet (bad magic)',
   [REJECT_VERSION]: 'unsupported protocol version',
   [REJECT_TYPE]: 'unknown packet type',
-  [REJECT_FIELDS]: 'fragment index/count or payload length out of range',
+  [REJECT_FIELDS]: 'unit index, units or unit count out of range',
+  [REJECT_LENGTH]: 'payload length does not match the units it claims',
 };
 
 /** Full decode for tools and tests; throws TransportError E_PACKET_INVALID with the reason. */
-export function decodePacket(b: Buffer): PacketHeader & { payload: Buffer } {
+export function decodePacket(b: Buffer): PacketHeader & { units: number; payload: Buffer } {
   const bad = checkHeader(b);
   if (bad !== 0) {
     throw new TransportError('E_PACKET_INVALID', `data packet rejected: ${REASONS[bad]}`, {
@@ -97,10 +145,11 @@ export function decodePacket(b: Buffer): PacketHeader & { payload: Buffer } {
     });
   }
   return {
-    type: b[3] as number,
+    type: (b[3] as number) & 0x0f,
     nonce: Buffer.from(b.subarray(4, 12)),
     seq: b.readUInt32BE(12),
     frag: b.readUInt16BE(16),
+    units: ((b[3] as number) >> 4) + 1,
     count: b.readUInt16BE(18),
     txPos: b.readUInt32BE(20),
     serial: b.readUInt32BE(24),

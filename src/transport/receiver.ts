@@ -5,8 +5,11 @@
  * protocols or sessions count as stray, malformed ones with our nonce as forged;
  * chunks that fail their check count as rejected and are requested again.
  *
- * Every ~100 ms it sends STATUS: progress, loss over the interval (from packet
- * serial gaps), and NAKs for chunks the sender has passed (per the transmit position
+ * A datagram carries one or more consecutive units (packet.ts); every unit in it counts as
+ * received. Every ~100 ms it sends STATUS: progress, loss over the interval in units (from
+ * serial gaps: the sender numbers units, not datagrams, so the figure means the same whatever
+ * the datagram size), what the host's kernel dropped for a full socket buffer and how full
+ * its IP reassembly memory is (the sender sizes its datagrams from these), and NAKs for chunks the sender has passed (per the transmit position
  * in data packets, or per its TICK once the packets sent before it were processed): the missing
  * fragments of partly received chunks, or the whole chunk.
  *
@@ -14,6 +17,7 @@
  * written may hold at most MAX_PENDING bytes; packets of further chunks are dropped
  * (counted as overrun) and those chunks are requested again later.
  */
+import { readFileSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
@@ -34,7 +38,7 @@ import {
 } from './control.ts';
 import { TransportError } from './errors.ts';
 import { openJournal, readJournal, sessionFingerprint } from './journal.ts';
-import { checkHeader, FRAG_PAYLOAD, fragmentCount, fragmentLength, HEADER_SIZE } from './packet.ts';
+import { checkHeader, FRAG_PAYLOAD, fragmentCount, HEADER_SIZE, unitsLength } from './packet.ts';
 import { DEFAULT_PORT } from './sender.ts';
 import type { ChunkConsumer, ChunkInfo, ReceiverOptions, ReceiverResult, SessionInfo } from './types.ts';
 
@@ -55,6 +59,51 @@ interface Partial {
   got: Uint8Array;
   count: number;
   n: number;
+}
+
+/**
+ * Host-wide kernel figures the sender needs to size datagrams (Linux /proc; this process's
+ * network namespace). Reading them costs a few tens of microseconds, once per STATUS.
+ */
+class KernelStats {
+  #fragLimit = 0;
+  #lastRcvbuf = -1;
+  constructor() {
+    try {
+      this.#fragLimit = Number(readFileSync('/proc/sys/net/ipv4/ipfrag_high_thresh', 'utf8').trim()) || 0;
+    } catch {
+      this.#fragLimit = 0;
+    }
+  }
+
+  /** Share of the reassembly memory in use: past 1 the kernel drops every new fragmented datagram. */
+  fragShare(): number | null {
+    if (this.#fragLimit <= 0) return null;
+    try {
+      const m = /FRAG: inuse \d+ memory (\d+)/.exec(readFileSync('/proc/net/sockstat', 'utf8'));
+      return m ? Math.round((Number(m[1]) / this.#fragLimit) * 1000) / 1000 : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Datagrams dropped for full receive buffers since the last call (null the first time or when unknown). */
+  rcvbufDelta(): number | null {
+    let now: number;
+    try {
+      const lines = readFileSync('/proc/net/snmp', 'utf8')
+        .split('\n')
+        .filter((l) => l.startsWith('Udp:'));
+      const names = (lines[0] ?? '').split(/\s+/);
+      now = Number((lines[1] ?? '').split(/\s+/)[names.indexOf('RcvbufErrors')]);
+    } catch {
+      return null;
+    }
+    if (!Number.isFinite(now)) return null;
+    const prev = this.#lastRcvbuf;
+    this.#lastRcvbuf = now;
+    return prev < 0 ? null : Math.max(0, now - prev);
+  }
 }
 
 export function parseFrom(from: string): { host: string; port: number } {
@@ -160,7 +209,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   // Loss accounting from packet serials.
   let firstSerial = -1;
   let maxSerial = 0;
-  let heardPackets = 0;
+  let heardUnits = 0;
   let intervalRx = 0;
   let intervalBase = -1;
   // TICKs not yet confirmed by data (serial, txPos, time), and the confirmed transmit position.
@@ -168,6 +217,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   let nakPos = 0;
   let dataPos = 0;
   let lowWater = 0;
+  const kernel = new KernelStats();
   let rng = 0x9e3779b9;
   const rand = () => {
     rng ^= rng << 13;
@@ -368,15 +418,21 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     }
     const seq = b.readUInt32BE(12);
     const frag = b.readUInt16BE(16);
+    const units = ((b[3] as number) >> 4) + 1;
     const count = b.readUInt16BE(18);
     const wl = wireLen[seq];
-    if (wl === undefined || count !== counts[seq] || b.length - HEADER_SIZE !== fragmentLength(wl, frag)) {
+    if (
+      wl === undefined ||
+      count !== counts[seq] ||
+      b.length - HEADER_SIZE !== unitsLength(wl, frag, units)
+    ) {
       c.forged++;
       return;
     }
     const ser = b.readUInt32BE(24);
     if (firstSerial < 0) firstSerial = intervalBase = ser - 1;
-    if (ser > maxSerial) maxSerial = ser;
+    const lastSer = ser + units - 1;
+    if (lastSer > maxSerial) maxSerial = lastSer;
     if (opts.simulateLoss && rand() < opts.simulateLoss) {
       c.simulatedDrops++;
       return;
@@ -385,10 +441,10 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     // Chunks below the transmit position have had their first pass; a forged position only
     // makes us ask early, and the sender ignores requests for chunks it has not sent yet.
     if (tx > dataPos) dataPos = Math.min(tx, table.length);
-    heardPackets++;
+    heardUnits += units;
     c.packets++;
     if (complete[seq]) {
-      intervalRx++;
+      intervalRx += units;
       c.duplicates++;
       return;
     }
@@ -408,14 +464,27 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       pendingBytes += charge;
       partials.set(seq, p);
     }
-    intervalRx++;
-    if (p.got[frag]) {
+    intervalRx += units;
+    let fresh = 0;
+    for (let u = frag; u < frag + units; u++) if (!p.got[u]) fresh++;
+    if (fresh === 0) {
       c.duplicates++;
       return;
     }
-    p.got[frag] = 1;
-    b.copy(p.buf, frag * FRAG_PAYLOAD, HEADER_SIZE);
-    if (++p.n === p.count) {
+    if (fresh === units) {
+      b.copy(p.buf, frag * FRAG_PAYLOAD, HEADER_SIZE);
+      p.got.fill(1, frag, frag + units);
+    } else {
+      // A repair overlapping units we hold: copy only the missing ones, never rewrite good bytes.
+      for (let u = frag; u < frag + units; u++) {
+        if (p.got[u]) continue;
+        p.got[u] = 1;
+        const from = HEADER_SIZE + (u - frag) * FRAG_PAYLOAD;
+        b.copy(p.buf, u * FRAG_PAYLOAD, from, Math.min(from + FRAG_PAYLOAD, b.length));
+      }
+    }
+    p.n += fresh;
+    if (p.n === p.count) {
       partials.delete(seq);
       chunkArrived(seq, p);
     }
@@ -502,7 +571,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       nak.push([s, r]);
     }
     const exp = intervalBase >= 0 ? maxSerial - intervalBase : 0;
-    if (firstSerial >= 0) c.lost = Math.max(0, maxSerial - firstSerial - heardPackets);
+    if (firstSerial >= 0) c.lost = Math.max(0, maxSerial - firstSerial - heardUnits);
     ch.send({
       t: 'status',
       chunks: applied,
@@ -510,6 +579,8 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       heard: maxSerial,
       rx: Math.min(intervalRx, exp),
       exp,
+      ovf: kernel.rcvbufDelta(),
+      frag: kernel.fragShare(),
       nak,
       counters: { ...c },
     });
@@ -541,7 +612,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       }
       if (journal) await journal.close().catch(() => {});
       journal = null;
-      if (firstSerial >= 0) c.lost = Math.max(0, maxSerial - firstSerial - heardPackets);
+      if (firstSerial >= 0) c.lost = Math.max(0, maxSerial - firstSerial - heardUnits);
       ch.send({ t: 'done', ok: true, code: null, message: null, counters: { ...c } });
       sentDone = true;
       log(`done: ${table.length} chunks (${chunksHad} were already here)`);

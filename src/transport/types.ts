@@ -86,6 +86,12 @@ export interface SenderOptions {
   lagLimitMs?: number;
   /** Drop a receiver that lost more than half the packets over this long (default 10 000). */
   lossWindowMs?: number;
+  /**
+   * Largest UDP datagram, bytes (default 8692: six 1444-byte units, IP-fragmented into 6 frames at
+   * MTU 1500). 1472 sends one unit per datagram and never fragments: for networks that drop IP
+   * fragments. The sender goes below the limit by itself when receivers report loss.
+   */
+  maxDatagram?: number;
   log?: Log;
   onProgress?: (s: SenderProgress) => void;
   signal?: AbortSignal;
@@ -105,7 +111,7 @@ export interface ReceiverReport {
   totalBytes: number;
   chunksHad: number;
   rateMbit: number;
-  /** Fragments it asked to be repeated (before merging with other receivers' requests). */
+  /** Units it asked to be repeated (before merging with other receivers' requests). */
   repairsRequested: number;
   counters: ReceiverCounters | null;
 }
@@ -122,6 +128,10 @@ export interface SenderCounters {
   naksSuppressed: number;
   controlRejected: number;
   rateMbit: number;
+  /** Datagrams sent (data and repair) by the units they carried: index k = k units. */
+  datagramsByUnits: number[];
+  /** Times a receiver's full IP reassembly memory made the sender stop fragmenting for a while. */
+  fragmentationPauses: number;
 }
 
 export interface SenderResult {

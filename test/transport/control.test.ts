@@ -35,6 +35,8 @@ const toSender: ToSender[] = [
     heard: 99,
     rx: 5,
     exp: 6,
+    ovf: 0,
+    frag: 0.25,
     nak: [
       [4, [0, 2, 9, 10]],
       [7, null],
@@ -75,6 +77,9 @@ test('schema violations are rejected with E_CONTROL_INVALID', () => {
     { t: 'hello', v: 1, name: 'x', nonce: 'XYZ', proof: null },
     { t: 'status', ...toSender[3], nak: [[10, null]] },
     { t: 'status', ...toSender[3], chunks: -1 },
+    { t: 'status', ...toSender[3], frag: 'full' },
+    { t: 'status', ...toSender[3], frag: -0.5 },
+    { t: 'status', ...toSender[3], ovf: 1.5 },
     { t: 'nope' },
     [1, 2],
     'text',

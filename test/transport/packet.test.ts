@@ -11,24 +11,49 @@ import {
   fragmentLength,
   HEADER_SIZE,
   MAX_DATAGRAM,
+  MAX_UNITS,
   TYPE_DATA,
   TYPE_REPAIR,
+  UNIT_DATAGRAM,
+  unitsFor,
+  unitsLength,
 } from '../../src/transport/packet.ts';
 
-const header = fc.record({
-  type: fc.constantFrom(TYPE_DATA, TYPE_REPAIR),
-  nonce: fc.uint8Array({ minLength: 8, maxLength: 8 }).map((a) => Buffer.from(a)),
-  seq: fc.nat({ max: 0xffffffff }),
-  count: fc.integer({ min: 1, max: 0xffff }),
-  fragSeed: fc.nat(),
-  txPos: fc.nat({ max: 0xffffffff }),
-  serial: fc.nat({ max: 0xffffffff }),
-  payloadLength: fc.nat({ max: FRAG_PAYLOAD }),
-});
+/**
+ * A consistent datagram: a chunk of `wireLength` bytes, a run of units inside it, and the
+ * payload length those units have (full units, the chunk's last one possibly short).
+ */
+const header = fc
+  .record({
+    type: fc.constantFrom(TYPE_DATA, TYPE_REPAIR),
+    nonce: fc.uint8Array({ minLength: 8, maxLength: 8 }).map((a) => Buffer.from(a)),
+    seq: fc.nat({ max: 0xffffffff }),
+    // Up to 64 MiB chunks (the largest a session accepts), biased to small ones.
+    wireLength: fc.oneof(fc.nat({ max: 40_000 }), fc.nat({ max: 64 * 1024 * 1024 })),
+    unitsWanted: fc.integer({ min: 1, max: MAX_UNITS }),
+    fragSeed: fc.nat(),
+    txPos: fc.nat({ max: 0xffffffff }),
+    serial: fc.nat({ max: 0xffffffff }),
+  })
+  .map((h) => {
+    const count = fragmentCount(h.wireLength);
+    const frag = h.fragSeed % count;
+    const units = Math.min(h.unitsWanted, count - frag);
+    return { ...h, count, frag, units, payloadLength: unitsLength(h.wireLength, frag, units) };
+  });
 
-test('a datagram fits an Ethernet MTU', () => {
-  assert.equal(HEADER_SIZE + FRAG_PAYLOAD, MAX_DATAGRAM);
-  assert.ok(MAX_DATAGRAM + 28 <= 1500);
+test('a one-unit datagram fits an Ethernet MTU; k units make k frames at MTU 1500', () => {
+  assert.equal(HEADER_SIZE + FRAG_PAYLOAD, UNIT_DATAGRAM);
+  assert.ok(UNIT_DATAGRAM + 28 <= 1500);
+  for (let k = 1; k <= MAX_UNITS; k++) {
+    // Each IP fragment carries at most 1480 bytes of the UDP datagram (8-byte header included).
+    assert.equal(Math.ceil((8 + HEADER_SIZE + k * FRAG_PAYLOAD) / 1480), k);
+  }
+  assert.ok(MAX_DATAGRAM + 8 <= 65_507 + 8);
+  assert.equal(unitsFor(1472), 1);
+  assert.equal(unitsFor(1), 1);
+  assert.equal(unitsFor(8700), 6);
+  assert.equal(unitsFor(1 << 20), MAX_UNITS);
 });
 
 test('fragment sizes cover a chunk exactly', () => {
@@ -43,12 +68,11 @@ test('fragment sizes cover a chunk exactly', () => {
   );
 });
 
-test('packets round trip through encode and decode', () => {
+test('packets with k units round trip through encode and decode', () => {
   fc.assert(
     fc.property(header, (h) => {
-      const frag = h.fragSeed % h.count;
       const payload = Buffer.alloc(h.payloadLength, 7);
-      const b = Buffer.concat([encodeHeader({ ...h, frag }), payload]);
+      const b = Buffer.concat([encodeHeader(h), payload]);
       const d = decodePacket(b);
       assert.deepEqual(
         { ...d, payload: Buffer.from(d.payload) },
@@ -56,7 +80,8 @@ test('packets round trip through encode and decode', () => {
           type: h.type,
           nonce: h.nonce,
           seq: h.seq,
-          frag,
+          frag: h.frag,
+          units: h.units,
           count: h.count,
           txPos: h.txPos,
           serial: h.serial,
@@ -69,7 +94,7 @@ test('packets round trip through encode and decode', () => {
 
 test('random bytes are rejected with a typed error, never a crash', () => {
   fc.assert(
-    fc.property(fc.uint8Array({ maxLength: 1600 }), (a) => {
+    fc.property(fc.uint8Array({ maxLength: 9000 }), (a) => {
       const b = Buffer.from(a);
       const code = checkHeader(b);
       if (code === 0) {
@@ -92,13 +117,19 @@ test('mutated valid packets are either valid or rejected with E_PACKET_INVALID',
       fc.array(fc.tuple(fc.nat(), fc.nat({ max: 255 })), { maxLength: 6 }),
       fc.nat(),
       (h, flips, cut) => {
-        const frag = h.fragSeed % h.count;
-        const b = Buffer.concat([encodeHeader({ ...h, frag }), Buffer.alloc(h.payloadLength)]);
-        for (const [at, v] of flips) b[at % b.length] = v;
+        const b = Buffer.concat([encodeHeader(h), Buffer.alloc(h.payloadLength)]);
+        // Flips land in the header most of the time: that is where the consistency rules live.
+        for (const [at, v] of flips) b[at % (at % 4 === 0 ? b.length : HEADER_SIZE)] = v;
         const m = cut % 3 === 0 ? b.subarray(0, cut % (b.length + 1)) : b;
         try {
           const d = decodePacket(m);
-          assert.ok(d.frag < d.count && d.payload.length <= FRAG_PAYLOAD);
+          // Whatever passes is self-consistent: its units lie inside the chunk and the payload
+          // is what those units hold in some chunk with that unit count.
+          assert.ok(d.units >= 1 && d.units <= MAX_UNITS && d.frag + d.units <= d.count);
+          const full = d.units * FRAG_PAYLOAD;
+          if (d.frag + d.units < d.count) assert.equal(d.payload.length, full);
+          else
+            assert.ok(d.payload.length <= full && (d.units === 1 || d.payload.length > full - FRAG_PAYLOAD));
         } catch (e) {
           assert.ok(e instanceof TransportError && e.code === 'E_PACKET_INVALID', String(e));
         }
@@ -127,6 +158,47 @@ test('specific malformed headers name what is wrong', () => {
   assert.throws(() => decodePacket(ver), /version/);
   const frag = Buffer.from(good);
   frag.writeUInt16BE(1, 16);
-  assert.throws(() => decodePacket(frag), /fragment index/);
+  assert.throws(() => decodePacket(frag), /unit index/);
   assert.throws(() => decodePacket(Buffer.concat([good, Buffer.alloc(FRAG_PAYLOAD + 1)])), /payload length/);
+  const type = Buffer.from(good);
+  type[3] = 0x13;
+  assert.throws(() => decodePacket(type), /unknown packet type/);
+});
+
+test('unit counts and lengths that do not agree are rejected', () => {
+  const h = (frag: number, units: number, count: number): Buffer =>
+    encodeHeader({
+      type: TYPE_DATA,
+      nonce: Buffer.alloc(8, 1),
+      seq: 1,
+      frag,
+      units,
+      count,
+      txPos: 0,
+      serial: 1,
+    });
+  const pay = (n: number): Buffer => Buffer.alloc(n);
+  // 3 full units in the middle of a 10-unit chunk: exactly 3 x 1444 bytes.
+  assert.equal(decodePacket(Buffer.concat([h(2, 3, 10), pay(3 * FRAG_PAYLOAD)])).units, 3);
+  assert.throws(
+    () => decodePacket(Buffer.concat([h(2, 3, 10), pay(3 * FRAG_PAYLOAD - 1)])),
+    /payload length/,
+  );
+  assert.throws(() => decodePacket(Buffer.concat([h(2, 3, 10), pay(2 * FRAG_PAYLOAD)])), /payload length/);
+  // Ending the chunk: the last unit may be short but not missing.
+  assert.equal(decodePacket(Buffer.concat([h(7, 3, 10), pay(2 * FRAG_PAYLOAD + 1)])).payload.length, 2889);
+  assert.throws(() => decodePacket(Buffer.concat([h(7, 3, 10), pay(2 * FRAG_PAYLOAD)])), /payload length/);
+  assert.throws(
+    () => decodePacket(Buffer.concat([h(7, 3, 10), pay(3 * FRAG_PAYLOAD + 1)])),
+    /payload length/,
+  );
+  // Units running past the chunk's end.
+  assert.throws(() => decodePacket(Buffer.concat([h(8, 3, 10), pay(3 * FRAG_PAYLOAD)])), /unit index/);
+  // An empty chunk is one empty unit.
+  assert.equal(decodePacket(h(0, 1, 1)).payload.length, 0);
+  assert.throws(
+    () => h(0, 0, 1),
+    (e: unknown) => e instanceof TransportError && e.code === 'E_PACKET_INVALID',
+  );
+  assert.throws(() => h(0, MAX_UNITS + 1, 40), /1\.\.16 units/);
 });
