@@ -20,7 +20,15 @@ import { createRawRestore } from '../disk/raw.ts';
 import { ImageError } from '../image/errors.ts';
 import { checkFileset, includedEntries } from '../image/fileset.ts';
 import { ImageReader } from '../image/reader.ts';
-import type { ChunkSource, DiskLayout, FileVolume, Manifest, RawVolume, Volume } from '../image/types.ts';
+import {
+  CHUNK_SIZE,
+  type ChunkSource,
+  type DiskLayout,
+  type FileVolume,
+  type Manifest,
+  type RawVolume,
+  type Volume,
+} from '../image/types.ts';
 import { createTreeRestore } from '../volume/files/restore.ts';
 import type { RestoreProgress, RestoreSink } from './types.ts';
 
@@ -538,20 +546,25 @@ async function runRestore(
   try {
     await sink.prepare();
     // Reads run ahead of writes so decompression and disk I/O overlap; writes stay in order.
-    const inflight: Array<Promise<Buffer>> = [];
+    // Chunks are decoded into a few recycled buffers: fresh 4 MiB ones per chunk pile up
+    // as external memory faster than the garbage collector returns them.
+    const spare: Buffer[] = Array.from({ length: READ_AHEAD + 1 }, () => Buffer.allocUnsafe(CHUNK_SIZE + 1));
+    const inflight: Array<{ buf: Buffer; raw: Promise<Buffer> }> = [];
     let next = 0;
     const fill = () => {
-      while (inflight.length < READ_AHEAD && next < ids.length) {
-        const p = source.readChunk(ids[next++]!);
-        p.catch(() => {});
-        inflight.push(p);
+      while (inflight.length < READ_AHEAD && next < ids.length && spare.length > 0) {
+        const buf = spare.pop()!;
+        const raw = source.readChunk(ids[next++]!, buf);
+        raw.catch(() => {});
+        inflight.push({ buf, raw });
       }
     };
     fill();
     for (const id of ids) {
-      const raw = await inflight.shift()!;
+      const { buf, raw } = inflight.shift()!;
+      await sink.applyChunk(id, await raw);
+      spare.push(buf);
       fill();
-      await sink.applyChunk(id, raw);
       onProgress?.(sink.progress());
     }
     await sink.finish();

@@ -17,7 +17,10 @@ export interface RestoreSink {
   progress(): RestoreProgress;
   /** Create the target's structure: partition table, filesystems, directories, empty files. */
   prepare(): Promise<void>;
-  /** Write every piece of the target that this chunk's bytes fill. Each id is applied at most once. */
+  /**
+   * Write every piece of the target that this chunk's bytes fill. Each id is applied
+   * at most once. `raw` is the caller's again once this settles: a sink must not keep it.
+   */
   applyChunk(id: string, raw: Buffer): Promise<void>;
   /** Apply metadata, hard links, unmount. Rejects if any needed chunk was never applied. */
   finish(): Promise<void>;

@@ -65,9 +65,18 @@ const ID_RE = /^[0-9a-f]{64}$/;
 /**
  * Turns stored bytes back into the raw chunk and proves it is the chunk `id` names.
  * Decompression is capped at `rawLength`, so a forged length or a decompression bomb
- * cannot make it allocate more than the chunk claims to be.
+ * cannot make it allocate more than the chunk claims to be. With `into` (more than
+ * rawLength bytes long), zstd output goes there and the result is a view of it: a
+ * restore recycles a few such buffers instead of leaving a fresh 4 MiB one per chunk
+ * for the garbage collector.
  */
-export function decodeChunk(id: string, codec: number, stored: Buffer, rawLength: number): Buffer {
+export function decodeChunk(
+  id: string,
+  codec: number,
+  stored: Buffer,
+  rawLength: number,
+  into?: Buffer,
+): Buffer {
   const fail = (why: string, cause?: unknown): never => {
     throw new ImageError(
       'E_CHUNK_CORRUPT',
@@ -81,7 +90,14 @@ export function decodeChunk(id: string, codec: number, stored: Buffer, rawLength
   if (!Number.isSafeInteger(rawLength) || rawLength < 0) fail(`impossible raw length ${rawLength}`);
   let raw: Buffer;
   if (codec === CODEC_NONE) {
-    raw = stored;
+    // Copied when there is room, so the result never aliases the caller's (possibly recycled) record buffer.
+    raw = into && into.length >= stored.length ? into.subarray(0, stored.copy(into)) : stored;
+  } else if (codec === CODEC_ZSTD && into && into.length > rawLength) {
+    try {
+      raw = decompressInto(stored, into, rawLength);
+    } catch (err) {
+      return fail('its compressed data does not decompress', err);
+    }
   } else if (codec === CODEC_ZSTD) {
     try {
       raw = zlib.zstdDecompressSync(stored, {
@@ -98,4 +114,56 @@ export function decodeChunk(id: string, codec: number, stored: Buffer, rawLength
   if (raw.length !== rawLength) fail(`it holds ${raw.length} bytes instead of ${rawLength}`);
   if (chunkId(raw) !== id) fail('its content does not match its SHA-256');
   return raw;
+}
+
+/**
+ * One zstd decompression context for the thread, driven through the zlib handle (the
+ * writeSync call zlib's own sync path makes) so it writes into the caller's buffer;
+ * zstdDecompressSync would allocate a new context and new output buffers every time.
+ * Falls back to zstdDecompressSync and a copy where that handle is not there.
+ */
+let decompressor: zlib.ZstdDecompress | undefined;
+
+interface ZlibInternals {
+  _handle?: {
+    writeSync?: (
+      flush: number,
+      input: Buffer,
+      inOff: number,
+      inLen: number,
+      out: Buffer,
+      outOff: number,
+      outLen: number,
+    ) => void;
+    reset?: () => void;
+  };
+  _writeState?: Uint32Array;
+}
+
+function decompressInto(stored: Buffer, into: Buffer, rawLength: number): Buffer {
+  // One spare byte: output that fills it means the chunk is longer than it claims.
+  const room = rawLength + 1;
+  if (!decompressor) {
+    decompressor = zlib.createZstdDecompress();
+    // Errors also show as `destroyed` right after writeSync; the event itself must not go unhandled.
+    decompressor.on('error', () => {});
+  }
+  const z = decompressor as unknown as ZlibInternals;
+  const handle = z._handle;
+  const state = z._writeState;
+  if (!handle?.writeSync || !handle.reset || !(state instanceof Uint32Array)) {
+    const raw = zlib.zstdDecompressSync(stored, { maxOutputLength: room });
+    raw.copy(into);
+    return into.subarray(0, raw.length);
+  }
+  // A damaged chunk before this one may have left the context inside a frame.
+  handle.reset();
+  handle.writeSync(P.ZSTD_e_end, stored, 0, stored.length, into, 0, room);
+  if (decompressor.destroyed) {
+    decompressor = undefined;
+    throw new Error('zstd rejected the data');
+  }
+  const produced = room - state[0]!;
+  if (state[1] !== 0) throw new Error(`${state[1]} bytes of input left over`);
+  return into.subarray(0, produced);
 }

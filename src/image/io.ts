@@ -24,13 +24,19 @@ export function ioError(path: string, what: string, err: unknown): ImageError {
 }
 
 /** Reads exactly `length` bytes at `position`, or fewer only at end of file. */
-export async function readAt(fh: FileHandle, position: number, length: number): Promise<Buffer> {
-  const buf = Buffer.allocUnsafe(length);
+/** Reads into `into` when it is big enough (the result is then a view of it), else into a new buffer. */
+export async function readAt(
+  fh: FileHandle,
+  position: number,
+  length: number,
+  into?: Buffer,
+): Promise<Buffer> {
+  const buf = into && into.length >= length ? into : Buffer.allocUnsafe(length);
   let done = 0;
   while (done < length) {
     const { bytesRead } = await fh.read(buf, done, length - done, position + done);
     if (bytesRead === 0) break;
     done += bytesRead;
   }
-  return done === length ? buf : buf.subarray(0, done);
+  return buf.subarray(0, done);
 }

@@ -212,6 +212,8 @@ async function readContainer(fh: FileHandle, path: string, fileSize: number): Pr
   return { fh, path, fileSize, header, trailer, trailerOffset, index, manifest };
 }
 
+const MAX_SPARE_RECORDS = 8;
+
 export class ImageReader implements ChunkSource {
   readonly path: string;
   readonly manifest: Manifest;
@@ -220,6 +222,8 @@ export class ImageReader implements ChunkSource {
   /** Every chunk read through readChunk or readStored. */
   readonly stats: { chunksRead: number; idsRead: Set<string> } = { chunksRead: 0, idsRead: new Set() };
   #c: Container;
+  /** Record buffers readChunk recycles, as many as it has had reads at once. */
+  #records: Buffer[] = [];
 
   private constructor(c: Container) {
     this.#c = c;
@@ -255,17 +259,27 @@ export class ImageReader implements ChunkSource {
     for (let i = 0; i < this.#c.trailer.chunkCount; i++) yield indexEntryAt(this.#c.index, i);
   }
 
-  async readChunk(id: string): Promise<Buffer> {
-    const { info, stored } = await this.readStored(id);
+  async readChunk(id: string, into?: Buffer): Promise<Buffer> {
+    // A caller that recycles output buffers gets its records read into recycled buffers too.
+    const recycle = into !== undefined && into.length > CHUNK_SIZE;
+    const record = recycle
+      ? (this.#records.pop() ?? Buffer.allocUnsafe(RECORD_HEADER_SIZE + CHUNK_SIZE))
+      : undefined;
     try {
-      return decodeChunk(id, info.codec, stored, info.rawLength);
-    } catch (err) {
-      const reason = err instanceof ImageError ? err.details.reason : undefined;
-      throw this.#damaged(info, typeof reason === 'string' ? reason : String(err), err);
+      const { info, stored } = await this.readStored(id, record);
+      try {
+        return decodeChunk(id, info.codec, stored, info.rawLength, into);
+      } catch (err) {
+        const reason = err instanceof ImageError ? err.details.reason : undefined;
+        throw this.#damaged(info, typeof reason === 'string' ? reason : String(err), err);
+      }
+    } finally {
+      if (record && this.#records.length < MAX_SPARE_RECORDS) this.#records.push(record);
     }
   }
 
-  async readStored(id: string): Promise<{ info: ChunkInfo; stored: Buffer }> {
+  /** The chunk's stored bytes, record header checked; read into `record` when given (the result is a view of it). */
+  async readStored(id: string, record?: Buffer): Promise<{ info: ChunkInfo; stored: Buffer }> {
     const info = this.chunk(id);
     if (!info) {
       const where = describeUsage(chunkUsage(this.manifest, id));
@@ -277,7 +291,7 @@ export class ImageReader implements ChunkSource {
     }
     let rec: Buffer;
     try {
-      rec = await readAt(this.#c.fh, info.offset, RECORD_HEADER_SIZE + info.storedLength);
+      rec = await readAt(this.#c.fh, info.offset, RECORD_HEADER_SIZE + info.storedLength, record);
     } catch (err) {
       throw ioError(this.path, `read chunk ${id} at offset ${info.offset} of`, err);
     }

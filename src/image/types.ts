@@ -48,7 +48,12 @@ export interface QueuedChunk {
 
 /** Where restore gets chunk bytes: an image file, or the network. Bytes are verified against the id. */
 export interface ChunkSource {
-  readChunk(id: string): Promise<Buffer>;
+  /**
+   * The chunk's raw bytes, verified. A source may decode into `into` (CHUNK_SIZE + 1
+   * bytes) and return a view of it; the caller then owns that buffer again once it is
+   * done with the result.
+   */
+  readChunk(id: string, into?: Buffer): Promise<Buffer>;
 }
 
 // ---------------------------------------------------------------------------

@@ -87,3 +87,27 @@ test('a decompression bomb stops at the claimed raw length', () => {
   assertCorrupt(() => decodeChunk(chunkId(Buffer.alloc(1000)), CODEC_ZSTD, bomb, 1000));
   assert.ok(process.memoryUsage().arrayBuffers - before < 32 << 20);
 });
+
+test('decodeChunk into a recycled buffer: same bytes, and damage in one chunk does not leak into the next', () => {
+  const into = Buffer.alloc((1 << 20) + 1);
+  const good = textData(500_000, 11);
+  const enc = encodeChunk(good, 'balanced');
+  const id = chunkId(good);
+  const plain = randomBytes(1000);
+  for (let round = 0; round < 3; round++) {
+    const out = decodeChunk(id, enc.codec, enc.stored, good.length, into);
+    assert.equal(out.buffer, into.buffer, 'decoded into the given buffer');
+    assert.deepEqual(out, good);
+    // A truncated frame leaves zstd mid-frame; the next decode must start clean.
+    assertCorrupt(() =>
+      decodeChunk(id, enc.codec, enc.stored.subarray(0, enc.stored.length >> 1), good.length, into),
+    );
+    assertCorrupt(
+      () => decodeChunk(id, enc.codec, enc.stored, good.length - 1, into),
+      /instead of|decompress/,
+    );
+    const none = decodeChunk(chunkId(plain), CODEC_NONE, plain, plain.length, into);
+    assert.equal(none.buffer, into.buffer, 'stored chunks are copied, never aliased');
+    assert.deepEqual(none, plain);
+  }
+});
