@@ -1,6 +1,7 @@
 /** `imgcast send`: the low-level multicast sender, like udp-sender but for images. */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { sendCommand } from '../transport/cli.ts';
+import { DEFAULT_DATAGRAM, FRAG_PAYLOAD, MAX_DATAGRAM, UNIT_DATAGRAM } from '../transport/packet.ts';
 import type { SenderProgress, SenderResult } from '../transport/types.ts';
 import { parseFileset } from './img.ts';
 import { emit, formatBytes, runCommand, startProgress } from './output.ts';
@@ -11,6 +12,16 @@ export function positiveNumber(what: string) {
     if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${what} must be a positive number`);
     return n;
   };
+}
+
+function datagramSize(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < UNIT_DATAGRAM || n > MAX_DATAGRAM) {
+    throw new InvalidArgumentError(
+      `a size in bytes from ${UNIT_DATAGRAM} (no IP fragmentation) to ${MAX_DATAGRAM}`,
+    );
+  }
+  return n;
 }
 
 export function port(value: string): number {
@@ -24,6 +35,15 @@ function describeResult(r: SenderResult): string {
     `${r.ok ? 'done' : 'FAILED'}: ${r.chunks} chunks, ${formatBytes(r.bytes)} per pass in ${(r.durationMs / 1000).toFixed(1)} s; ` +
       `${r.counters.repairPackets} repair packets (${formatBytes(r.counters.repairBytes)})`,
   ];
+  const sizes = r.counters.datagramsByUnits.map((n, k) => (n > 0 ? `${n} x ${k}` : '')).filter(Boolean);
+  if (sizes.length) {
+    lines.push(
+      `  datagrams (count x ${FRAG_PAYLOAD}-byte units): ${sizes.join(', ')}` +
+        (r.counters.fragmentationPauses
+          ? `; stopped fragmenting ${r.counters.fragmentationPauses} time(s) for a receiver's full IP reassembly memory`
+          : ''),
+    );
+  }
   for (const c of r.receivers) {
     lines.push(
       `  ${c.name.padEnd(20)} ${c.address.padEnd(22)} ${c.state.padEnd(8)} ${formatBytes(c.bytes)}/${formatBytes(c.totalBytes)} ${c.rateMbit.toFixed(0)} Mbit/s${c.reason ? `  ${c.reason}` : ''}`,
@@ -53,6 +73,16 @@ export function addSendCommand(program: Command): void {
     .addOption(new Option('--port <p>', 'control TCP port; data uses port+1').argParser(port).default(7747))
     .addOption(new Option('--rate <mbit>', 'cap the data rate, Mbit/s').argParser(positiveNumber('--rate')))
     .addOption(new Option('--ttl <n>', 'multicast TTL (1 = this subnet)').argParser(Number).default(1))
+    .addOption(
+      new Option(
+        '--datagram-size <bytes>',
+        `largest UDP datagram; above ${UNIT_DATAGRAM} datagrams are IP-fragmented (fewer packets to ` +
+          `process, fewer lost ones tolerated: the sender shrinks them itself when receivers report loss); ` +
+          `${UNIT_DATAGRAM} never fragments, for networks that drop IP fragments; at most ${MAX_DATAGRAM}`,
+      )
+        .argParser(datagramSize)
+        .default(DEFAULT_DATAGRAM),
+    )
     .option('--key <secret>', 'pre-shared key: receivers must prove it (also env IMGCAST_KEY)')
     .option('--encrypt', 'encrypt the data stream (AES-256-GCM, key sent over the control connection)')
     .option('--raw', 'send a plain file instead of an image (for tests and benchmarks)')
@@ -70,6 +100,7 @@ export function addSendCommand(program: Command): void {
           port: number;
           rate?: number;
           ttl: number;
+          datagramSize: number;
           key?: string;
           encrypt?: boolean;
           raw?: boolean;
@@ -90,6 +121,7 @@ export function addSendCommand(program: Command): void {
               port: o.port,
               rate: o.rate,
               ttl: o.ttl,
+              datagramSize: o.datagramSize,
               key: o.key ?? process.env.IMGCAST_KEY,
               encrypt: o.encrypt,
               log: o.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,

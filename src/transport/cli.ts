@@ -12,6 +12,7 @@ import { TransportError } from './errors.ts';
 import { fileConsumer, flatFileProvider } from './files.ts';
 import { runReceiver } from './receiver.ts';
 import { imageDecoder, imageProvider, restoreConsumer } from './image.ts';
+import { MAX_DATAGRAM, UNIT_DATAGRAM } from './packet.ts';
 import { runSender } from './sender.ts';
 import type { ReceiverProgress, ReceiverResult, SenderProgress, SenderResult } from './types.ts';
 
@@ -25,6 +26,8 @@ export interface SendCommandOptions {
   port?: number;
   rate?: number;
   ttl?: number;
+  /** Largest UDP datagram in bytes; 1472 turns IP fragmentation off. */
+  datagramSize?: number;
   key?: string;
   encrypt?: boolean;
   /** Chunk size for raw mode, bytes. */
@@ -59,6 +62,12 @@ export async function sendCommand(imagePath: string, opts: SendCommandOptions): 
   positive(opts.clients, '--clients');
   positive(opts.rate, '--rate');
   if (opts.wait !== undefined && !(opts.wait >= 0)) throw new UsageError('--wait must be 0 or more seconds');
+  const ds = opts.datagramSize;
+  if (ds !== undefined && !(Number.isInteger(ds) && ds >= UNIT_DATAGRAM && ds <= MAX_DATAGRAM)) {
+    throw new UsageError(
+      `--datagram-size must be ${UNIT_DATAGRAM} (no IP fragmentation) to ${MAX_DATAGRAM} bytes, got ${ds}`,
+    );
+  }
   const provider = opts.raw
     ? await flatFileProvider(imagePath, opts.chunkSize)
     : await imageProvider(imagePath, opts.fileset ?? 1);
@@ -68,6 +77,7 @@ export async function sendCommand(imagePath: string, opts: SendCommandOptions): 
     port: opts.port,
     ttl: opts.ttl,
     rateMbit: opts.rate,
+    maxDatagram: opts.datagramSize,
     clients: opts.clients,
     waitSeconds: opts.wait,
     key: opts.key,

@@ -412,8 +412,13 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
 
   function onPacket(b: Buffer): void {
     if (stalled || ended) return;
-    if (checkHeader(b) !== 0 || b.readUInt32BE(4) !== nonceHi || b.readUInt32BE(8) !== nonceLo) {
+    if (b.length < 12 || b.readUInt32BE(4) !== nonceHi || b.readUInt32BE(8) !== nonceLo) {
       c.stray++;
+      return;
+    }
+    if (checkHeader(b) !== 0) {
+      // Our session's nonce on a malformed datagram (units and length disagree, say): forged or damaged.
+      c.forged++;
       return;
     }
     const seq = b.readUInt32BE(12);

@@ -396,6 +396,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         if (m.exp >= 20) {
           p.freshLoss = congestionLoss(m.rx, m.exp, m.ovf ?? 0);
           p.lossSamples.push([Date.now(), m.rx, m.exp, m.ovf ?? -1]);
+          // The first decision comes with the first report that says enough, not a tick later.
+          if (!kDecided && started) chooseUnits(Date.now());
         }
         for (const [seq, frags] of m.nak) {
           counters.naksReceived++;
@@ -562,6 +564,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   let repairCredit = 0;
   // Units per datagram: one until the receivers' first loss reports say more is safe.
   let k = 1;
+  let kDecided = false;
   let fragHold = false;
   let unitsThisTick = 0;
   let datagramsThisTick = 0;
@@ -898,11 +901,18 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     }
     // No fresh reports: keep k (a quiet tick says nothing about the wire).
     if (losses.length === 0) return;
+    kDecided = true;
     losses.sort((a, b) => a - b);
     const n = losses.length;
     const loss = losses[n - 1 - Math.max(n >= 3 ? 1 : 0, Math.floor(n / 10))] as number;
     const kLoss = loss <= 0 ? kMax : Math.max(1, Math.min(kMax, Math.floor(K_LOSS / loss)));
-    k = fragHold ? 1 : kLoss;
+    const next = fragHold ? 1 : kLoss;
+    if (next !== k) {
+      log(
+        `datagrams of ${next} unit(s): frame loss ${(loss * 100).toFixed(2)} % (average ${kAvg.toFixed(1)} units sent)`,
+      );
+    }
+    k = next;
   }
 
   /** Loss over the window, 0 when the window saw too few packets to judge. */

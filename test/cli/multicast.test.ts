@@ -111,6 +111,8 @@ test('imgcast send rejects bad arguments before it listens', async () => {
     ['send', 'x.imgc', '--clients', '0'],
     ['send', 'x.imgc', '--port', '70000'],
     ['send', 'x.imgc', '--fileset', '11'],
+    ['send', 'x.imgc', '--datagram-size', '1400'],
+    ['send', 'x.imgc', '--datagram-size', '65000'],
   ]) {
     const r = await run(IMGCAST, args);
     assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);

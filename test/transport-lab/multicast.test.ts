@@ -37,6 +37,10 @@ interface SenderResult {
   receivers: ReceiverReport[];
   counters: Counters;
 }
+
+/** Datagrams the sender sent by units carried (index = units). */
+const byUnits = (sr: SenderResult): number[] =>
+  (sr.counters as unknown as { datagramsByUnits: number[] }).datagramsByUnits;
 interface ReceiverResult {
   ok: boolean;
   code: string | null;
@@ -84,6 +88,19 @@ function runner<R>(lab: NetLab, host: number, mode: 'send' | 'receive', args: ob
     stderr: () => err,
   };
 }
+
+/** IP reassembly counters of a lab host (its namespace's /proc/net/snmp). */
+function reassembly(lab: NetLab, host: number): { reqds: number; oks: number } {
+  const ip = lab
+    .runSync(host, 'cat', ['/proc/net/snmp'])
+    .split('\n')
+    .filter((l) => l.startsWith('Ip:'))
+    .map((l) => l.trim().split(/\s+/));
+  const v = (name: string): number => Number(ip[1]?.[ip[0]?.indexOf(name) ?? -1] ?? NaN);
+  return { reqds: v('ReasmReqds'), oks: v('ReasmOKs') };
+}
+
+const sumOf = (a: number[]): number => a.reduce((x, y) => x + y, 0);
 
 function sha256(path: string): string {
   return createHash('sha256').update(readFileSync(path)).digest('hex');
@@ -160,9 +177,48 @@ test(
         `r${k + 1} (${loss[k]} % loss) is not byte-exact`,
       );
     }
+    t.diagnostic(
+      `datagrams by units ${JSON.stringify(byUnits(sr))}, fragmentation pauses ${sr.counters.fragmentationPauses}, ` +
+        `repair ${sr.counters.repairBytes} bytes, dropped frames ${[1, 2, 3].map((h) => lab.dropped(h).packets).join('/')}, ${sr.durationMs} ms`,
+    );
     // The loss was real, and it was repaired rather than ignored.
     assert.ok(lab.dropped(3).packets > 0, 'the loss rule dropped nothing at 5 %');
     assert.ok(sr.counters.repairPackets! >= lab.dropped(3).packets * 0.5, JSON.stringify(sr.counters));
+    // With 1-5 % of the frames lost, big datagrams would lose 6-26 % of the units (and fill the
+    // receivers' reassembly memory): the sender must have sent smaller ones most of the time.
+    const units = byUnits(sr);
+    assert.ok(units[6]! < sumOf(units.slice(1, 6)), `datagrams by units ${JSON.stringify(units)}`);
+  },
+);
+
+test(
+  'maxDatagram 1472: one unit per datagram, nothing IP-fragmented, exact bytes at 1 % and 5 % loss',
+  { timeout: 120_000 },
+  async (t) => {
+    if (skipUnless(t, netnsUnavailable() ?? lossUnavailable())) return;
+    const { lab, dir, src, sum: digest } = await setup(t, 2);
+    lab.loss(1, 1);
+    lab.loss(2, 5);
+    const before = [1, 2].map((h) => reassembly(lab, h).reqds);
+    const s = session(lab, { maxDatagram: 1472 });
+    const sender = runner<SenderResult>(lab, 0, 'send', { file: src, clients: 2, ...s.send });
+    const rx = [1, 2].map((h) => receive(lab, h, s.from, join(dir, `r${h}.bin`)));
+    const sr = must(await sender.result, 'sender', sender);
+    const rr = await Promise.all(rx.map(async (p) => must(await p.result, 'receiver', p)));
+    assert.equal(sr.ok, true, JSON.stringify(sr.receivers));
+    for (const [k, r] of rr.entries()) {
+      assert.equal(r.ok, true, `r${k + 1}: ${r.code} ${r.message}`);
+      assert.equal(sha256(join(dir, `r${k + 1}.bin`)), digest, `r${k + 1} is not byte-exact`);
+    }
+    const units = byUnits(sr);
+    t.diagnostic(`datagrams by units ${JSON.stringify(units)}, ${sr.durationMs} ms`);
+    assert.deepEqual(units, [0, sr.counters.packets], 'a datagram carried more than one unit');
+    // And the receivers' kernels reassembled nothing: no fragment reached them.
+    assert.deepEqual(
+      [1, 2].map((h, i) => reassembly(lab, h).reqds - before[i]!),
+      [0, 0],
+    );
+    assert.ok(lab.dropped(2).packets > 0, 'the loss rule dropped nothing at 5 %');
   },
 );
 
@@ -303,8 +359,20 @@ test(
       const rr = await Promise.all(rx.map(async (p) => must(await p.result, 'receiver', p)));
       return { sr, rr };
     };
+    const reasmBefore = reassembly(lab, 1).oks;
     const base = await run(false);
     const slow = await run(true);
+    const baseUnits = byUnits(base.sr);
+    const slowUnits = byUnits(slow.sr);
+    t.diagnostic(
+      `datagrams by units: no loss ${JSON.stringify(baseUnits)}, r3 at 20 % ${JSON.stringify(slowUnits)}`,
+    );
+    // Without loss the sender uses the biggest datagrams (6 units = 8692 bytes, IP-fragmented on
+    // the wire: the receivers' kernels reassembled them) for most of the data...
+    assert.ok(baseUnits[6]! > sumOf(baseUnits) * 0.6, `no loss: ${JSON.stringify(baseUnits)}`);
+    assert.ok(reassembly(lab, 1).oks - reasmBefore >= baseUnits[6]! * 0.5, 'r1 reassembled few datagrams');
+    // ...and with one receiver losing 20 % of the frames it uses smaller ones most of the time.
+    assert.ok(slowUnits[6]! < sumOf(slowUnits) * 0.5, `r3 at 20 %: ${JSON.stringify(slowUnits)}`);
     for (const h of [1, 2]) {
       assert.equal(slow.rr[h - 1]!.ok, true, `r${h}: ${slow.rr[h - 1]!.message}`);
       assert.equal(sha256(join(dir, `r${h}-true.bin`)), sum);
