@@ -309,7 +309,10 @@ export function buildImgProgram(): Command {
           !!o.json,
           r,
           () =>
-            `compacted ${image}: ${formatBytes(r.bytesBefore)} -> ${formatBytes(r.bytesAfter)}, ${r.chunksDropped} chunks dropped`,
+            `compacted ${image}: ${formatBytes(r.bytesBefore)} -> ${formatBytes(r.bytesAfter)}, ${r.chunksDropped} chunks dropped` +
+            (r.chunksRepacked > 0
+              ? `, ${r.chunksRepacked} mostly-unused packs re-packed into ${r.packsWritten}`
+              : ''),
         );
       }),
     );

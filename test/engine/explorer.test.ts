@@ -19,6 +19,7 @@ import { compactImage } from '../../src/image/compact.ts';
 import { chunksForFileset } from '../../src/image/fileset.ts';
 import { ImageReader } from '../../src/image/reader.ts';
 import type { FileVolume } from '../../src/image/types.ts';
+import { verifyImage } from '../../src/image/verify.ts';
 import { tempDir } from '../helpers/env.ts';
 
 async function digest(path: string): Promise<string> {
@@ -181,4 +182,41 @@ test('rm then compact reclaims the removed data; extract copies a subtree', asyn
   assert.ok(e.entries >= 3);
   assert.equal(await readFile(join(to, 'etc/motd'), 'utf8'), 'welcome to the lab\n');
   await assert.rejects(stat(join(to, 'home')), { code: 'ENOENT' });
+});
+
+test('rm of most small files, then compact: their bytes leave the shared packs; the rest restores exactly', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  // 600 incompressible 10 KiB files share two packs; keep every sixth.
+  await mkdir(join(src, 'logs'), { recursive: true });
+  const kept = new Map<string, Buffer>();
+  for (let i = 0; i < 600; i++) {
+    const data = randomBytes(10 * 1024);
+    const name = `logs/f${String(i).padStart(3, '0')}.bin`;
+    await writeFile(join(src, name), data);
+    if (i % 6 === 0) kept.set(name, data);
+  }
+  const image = join(dir, 'logs.imgc');
+  await makeImage(src, image, { level: 'speed' });
+  const gone = [...Array(600).keys()]
+    .filter((i) => i % 6 !== 0)
+    .map((i) => `logs/f${String(i).padStart(3, '0')}.bin`);
+  await removeFromImage(image, gone);
+  const before = (await stat(image)).size;
+
+  const res = await compactImage(image);
+  assert.ok(res.chunksRepacked >= 1, JSON.stringify(res));
+  const after = (await stat(image)).size;
+  assert.equal(res.bytesAfter, after);
+  // 100 files of 10 KiB stay (~1 MiB); before, the packs held all 600 (~6 MiB).
+  assert.ok(before > 5.5 * 1024 * 1024, `before ${before}`);
+  assert.ok(after < 1.3 * 1024 * 1024, `after ${after}`);
+
+  assert.equal((await verifyImage(image)).ok, true);
+  const out = join(dir, 'out');
+  await restoreImage(image, out, { fileset: 1 });
+  for (const [name, data] of kept) assert.deepEqual(await readFile(join(out, name)), data, name);
+  const r = await ImageReader.open(image);
+  t.after(() => r.close());
+  assert.equal((r.manifest.volumes[0] as FileVolume).entries.filter((e) => e.type === 'file').length, 100);
 });
