@@ -24,6 +24,12 @@ export interface TablePartition {
   extended?: boolean;
   /** MBR: a logical partition inside the extended container. */
   logical?: boolean;
+  /**
+   * MBR, on the extended container: every extended boot record of its chain (byte
+   * offset), with the start of the logical partition it describes (absent for an EBR
+   * that only links on).
+   */
+  ebrs?: Array<{ offset: number; logicalStart?: number }>;
 }
 
 export interface GptGeometry {
@@ -263,6 +269,8 @@ async function parseEbrChain(
   const base = container.startBytes / sectorSize;
   const end = base + container.sizeBytes / sectorSize;
   const out: TablePartition[] = [];
+  const ebrs: NonNullable<TablePartition['ebrs']> = [];
+  container.ebrs = ebrs;
   const seen = new Set<number>();
   let ebr = base;
   let number = 5;
@@ -275,6 +283,8 @@ async function parseEbrChain(
       throw corrupt(path, `extended boot record at sector ${ebr} has no 55 AA signature`, { sector: ebr });
     }
     const [logical, link] = mbrEntries(s);
+    const record: { offset: number; logicalStart?: number } = { offset: ebr * sectorSize };
+    ebrs.push(record);
     if (logical && logical.type > 0 && logical.sectors > 0) {
       const start = ebr + logical.startLba;
       if (logical.startLba === 0 || start + logical.sectors > end) {
@@ -282,6 +292,7 @@ async function parseEbrChain(
           partition: number,
         });
       }
+      record.logicalStart = start * sectorSize;
       out.push({
         number: number++,
         startBytes: start * sectorSize,

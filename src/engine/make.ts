@@ -281,6 +281,13 @@ export function bootAreaRanges(table: PartitionTable): Array<{ offset: number; l
   else if (table.gpt) first = table.gpt.firstUsableLba * ss;
   else first = Math.min(1024 * 1024, table.diskSizeBytes);
   const areas = [{ offset: 0, length: first }];
+  for (const container of table.partitions) {
+    for (const ebr of container.ebrs ?? []) {
+      // The record and the gap up to its logical partition (boot loaders use it like the gap after the MBR).
+      const length = ebr.logicalStart !== undefined ? ebr.logicalStart - ebr.offset : ss;
+      areas.push({ offset: ebr.offset, length });
+    }
+  }
   if (table.gpt) {
     const from = Math.min(table.gpt.backupEntriesLba, table.gpt.backupHeaderLba) * ss;
     const to = (Math.max(table.gpt.backupEntriesLba, table.gpt.backupHeaderLba) + 1) * ss;
@@ -380,9 +387,12 @@ async function captureDisk(
   volumes: Volume[],
   report: (stage: string, done: number, total: number | undefined, files?: number) => void,
 ): Promise<DiskLayout> {
-  // Logical MBR partitions travel inside their extended container, which is captured raw
-  // with its extended boot records, so the chain is restored byte for byte.
-  const parts = table.partitions.filter((x) => !x.logical);
+  // The extended container is no volume: its boot records are boot areas (restored byte
+  // for byte, so the chain is too) and its logical partitions are captured like primaries.
+  const parts = table.partitions.filter((x) => !x.extended);
+  const containers = table.partitions
+    .filter((x) => x.extended)
+    .map((x) => ({ number: x.number, startBytes: x.startBytes, sizeBytes: x.sizeBytes, type: x.type }));
   const plans: RangePlan[] = [];
   for (const p of parts) plans.push(await planRange(source, p.startBytes, p.sizeBytes, p.number, p.extended));
   const areas = bootAreaRanges(table);
@@ -420,5 +430,6 @@ async function captureDisk(
     table: table.table,
     partitions,
     bootAreas,
+    ...(containers.length > 0 ? { containers } : {}),
   };
 }

@@ -251,7 +251,8 @@ function compositeSink(c: Composite): DescribedSink {
 /** The smallest target a disk layout fits on: every partition, and for GPT room for the backup table. */
 export function layoutNeeds(disk: DiskLayout): number {
   let end = 0;
-  for (const p of disk.partitions) end = Math.max(end, p.startBytes + p.sizeBytes);
+  for (const p of [...disk.partitions, ...(disk.containers ?? [])])
+    end = Math.max(end, p.startBytes + p.sizeBytes);
   const first = disk.bootAreas[0];
   if (first) end = Math.max(end, first.offset + first.length);
   if (disk.table === 'gpt') {

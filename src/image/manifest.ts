@@ -86,6 +86,13 @@ export function manifestProblem(m: unknown): string | undefined {
     const d = m.disk;
     if (!isObj(d) || !Array.isArray(d.bootAreas) || !Array.isArray(d.partitions))
       return 'disk layout is malformed';
+    if (d.containers !== undefined) {
+      if (!Array.isArray(d.containers)) return 'disk containers are malformed';
+      for (const c of d.containers as unknown[]) {
+        if (!isObj(c) || !isCount(c.number) || !isCount(c.startBytes) || !isCount(c.sizeBytes))
+          return 'a disk container is malformed';
+      }
+    }
     for (const [i, a] of d.bootAreas.entries()) {
       if (!isObj(a) || !isCount(a.offset) || !isCount(a.length) || !Array.isArray(a.extents)) {
         return `boot area ${i} is malformed`;

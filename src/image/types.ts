@@ -186,6 +186,11 @@ export interface DiskLayout {
    * table at the disk's end. Zero runs are not stored; restore writes them as zero.
    */
   bootAreas: Array<{ offset: number; length: number; extents: RawExtent[] }>;
+  /**
+   * MBR: the extended partition, which holds no volume of its own: its boot records
+   * are boot areas and its logical partitions are partitions with volumes.
+   */
+  containers?: Array<{ number: number; startBytes: number; sizeBytes: number; type: string }>;
 }
 
 // ---------------------------------------------------------------------------

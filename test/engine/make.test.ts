@@ -99,7 +99,7 @@ test('capture of something that is not there is refused before an image file is 
   await assert.rejects(access(`${image}.partial`));
 });
 
-test('MBR disk-image file with an extended partition: raw partitions restore byte-exact onto a new file', async (t) => {
+test('MBR disk-image file with logical partitions: raw partitions and the EBR chain restore byte-exact onto a new file', async (t) => {
   if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
   const dir = await tempDir(t);
   const disk = await sparse(join(dir, 'mbr.img'), 48 * MiB);
@@ -116,21 +116,34 @@ test('MBR disk-image file with an extended partition: raw partitions restore byt
   const image = join(dir, 'mbr.imgc');
   const { manifest } = await makeImage(disk, image, { level: 'speed' });
   assert.equal(manifest.disk?.table, 'mbr');
+  // The extended container is no volume; its logical partitions are volumes of their own.
   assert.deepEqual(
     manifest.disk.partitions.map((p) => [p.number, p.type, p.bootable]),
     [
       [1, '07', true],
-      [2, '05', false],
+      [5, '83', false],
+      [6, '82', false],
     ],
   );
   assert.deepEqual(
-    manifest.volumes.map((v) => v.kind),
-    ['raw', 'raw'],
+    manifest.disk.containers?.map((c) => [c.number, c.type]),
+    [[2, '05']],
   );
   assert.deepEqual(
-    manifest.disk.bootAreas.map((a) => [a.offset, a.length]),
-    [[0, 63 * 512]],
+    manifest.volumes.map((v) => v.kind),
+    ['raw', 'raw', 'raw'],
   );
+  // Sector 0 up to partition 1, then each extended boot record up to its logical partition.
+  const [p5, p6] = [manifest.disk.partitions[1]!, manifest.disk.partitions[2]!];
+  const ebrs = manifest.disk.bootAreas.slice(1);
+  assert.deepEqual(
+    manifest.disk.bootAreas[0] && [manifest.disk.bootAreas[0].offset, manifest.disk.bootAreas[0].length],
+    [0, 63 * 512],
+  );
+  assert.equal(ebrs.length, 2);
+  assert.equal(ebrs[0]!.offset, manifest.disk.containers![0]!.startBytes);
+  assert.equal(ebrs[0]!.offset + ebrs[0]!.length, p5.startBytes);
+  assert.equal(ebrs[1]!.offset + ebrs[1]!.length, p6.startBytes);
 
   const target = join(dir, 'restored.img');
   await restoreImage(image, target, { fileset: 1 });
@@ -158,6 +171,80 @@ test('MBR disk-image file with an extended partition: raw partitions restore byt
     await assert.rejects(access(never));
   } finally {
     await reader.close();
+  }
+});
+
+test('MBR disk with ext4 in a logical partition: captured as files, restored with the same chain, fsck clean', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
+  const dir = await tempDir(t);
+  const disk = await sparse(join(dir, 'logical.img'), 80 * MiB);
+  execFileSync('sfdisk', ['-q', disk], {
+    input: 'label: dos\nsize=8MiB, type=83\ntype=5\nsize=40MiB, type=83\nsize=8MiB, type=83\n',
+  });
+  // This kernel may not scan loop partitions: attach partition 5 by offset, as the engine does.
+  const part5 = (f: string): string => {
+    const table = JSON.parse(execFileSync('sfdisk', ['-J', f], { encoding: 'utf8' })) as {
+      partitiontable: { partitions: Array<{ node: string; start: number; size: number }> };
+    };
+    const p = table.partitiontable.partitions.find((x) => x.node.endsWith('5'))!;
+    const dev = execFileSync(
+      'losetup',
+      ['--find', '--show', '-o', String(p.start * 512), '--sizelimit', String(p.size * 512), f],
+      { encoding: 'utf8' },
+    ).trim();
+    t.after(() => void spawnSync('losetup', ['-d', dev]));
+    return dev;
+  };
+  const files = new Map<string, Buffer>([
+    ['etc/hostname', Buffer.from('lab-pc-01\n')],
+    ['home/demo/notes.txt', Buffer.from('logical partitions hold files too\n'.repeat(100))],
+    ['srv/blob.bin', randomBytes(3 * MiB)],
+  ]);
+  const loop = part5(disk);
+  execFileSync('mkfs.ext4', ['-q', '-L', 'logicalroot', loop]);
+  const m = await mountFilesystem(loop, 'ext4', { readOnly: false });
+  try {
+    for (const [name, data] of files) {
+      await mkdir(join(m.dir, name, '..'), { recursive: true });
+      await writeFile(join(m.dir, name), data);
+    }
+  } finally {
+    await m.unmount();
+  }
+  execFileSync('losetup', ['-d', loop]);
+
+  const image = join(dir, 'logical.imgc');
+  const { manifest } = await makeImage(disk, image, { level: 'speed' });
+  const p5 = manifest.disk!.partitions.find((p) => p.number === 5)!;
+  const v5 = manifest.volumes[p5.volume]!;
+  assert.ok(
+    v5.kind === 'files' && v5.fs.type === 'ext4' && v5.fs.label === 'logicalroot',
+    JSON.stringify(v5.kind),
+  );
+  assert.deepEqual(
+    v5.entries
+      .filter((e) => e.type === 'file')
+      .map((e) => e.path)
+      .sort(),
+    [...files.keys()].sort(),
+  );
+
+  const target = join(dir, 'restored.img');
+  await restoreImage(image, target, { fileset: 1 });
+  const dump = (f: string) =>
+    execFileSync('sfdisk', ['-d', f], { encoding: 'utf8' })
+      .replace(/^(label-id|device):.*$/gm, '')
+      .replaceAll(f, 'X');
+  assert.equal(dump(target), dump(disk));
+  const back = part5(target);
+  const fsck = spawnSync('fsck.ext4', ['-fn', back], { encoding: 'utf8' });
+  assert.equal(fsck.status, 0, fsck.stdout + fsck.stderr);
+  const mb = await mountFilesystem(back, 'ext4', { readOnly: true });
+  try {
+    for (const [name, data] of files) assert.deepEqual(await readFile(join(mb.dir, name)), data, name);
+  } finally {
+    await mb.unmount();
   }
 });
 
