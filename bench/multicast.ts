@@ -14,7 +14,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { cpus, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { NetLab } from '../test/helpers/netlab.ts';
-import { runTransfer, sha256File, type Outcome, type Tool } from './lib/tools.ts';
+import { runTransfer, sha256File, TUNE_REASSEMBLY, type Outcome, type Tool } from './lib/tools.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const DATA_DIR = '/var/tmp/imgcast-bench';
@@ -242,7 +242,11 @@ async function main(): Promise<void> {
     `Machine: ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), Linux ${release()}, Node ${process.version}  `,
     `Lab: network namespaces on one bridge (veth, MTU 1500, no link rate limit — every process shares the same ${cpus().length} CPUs, so this measures CPU cost per byte as much as protocol efficiency); loss = nftables \`numgen random\` drop of UDP wire frames in each receiver's prerouting, before IP reassembly (each fragment of a big datagram is dropped on its own, as on a lossy link). net.core.rmem_max = ${lab.socketBufferMax} (global on this kernel${raised ? `; raised by the bench from ${rmemBefore} for the run, for all tools alike, and restored after` : ''}).  `,
     `Data: ${mib(opt.size)} MiB from /dev/urandom; every received copy checked by SHA-256. Wall time = sender start → last process exit (handshake included; imgcast's includes hashing the file up front).  `,
-    'Settings: imgcast raw (`flatFileProvider`, 1 MiB chunks, no rate cap, asks for a 32 MiB receive buffer, capped by rmem_max); udpcast `udp-sender --full-duplex --min-receivers N --nokbd` (no --max-bitrate), `udp-receiver --rcvbuf <rmem_max>`; uftp `-R -1 -b 1400 -Y none -H <clients> -B <rmem_max>`, uftpd `-d -q -B <rmem_max>`.',
+    'Settings: imgcast raw (`flatFileProvider`, 1 MiB chunks, no rate cap, datagrams up to 8692 bytes (6 units, IP-fragmented) shrunk by the sender under loss, asks for a 32 MiB receive buffer, capped by rmem_max' +
+      (TUNE_REASSEMBLY
+        ? '; receivers tune IP reassembly: 1 s timeout, 32 MiB (IMGCAST_BENCH_TUNE_REASSEMBLY=1)'
+        : '') +
+      '); udpcast `udp-sender --full-duplex --min-receivers N --nokbd` (no --max-bitrate), `udp-receiver --rcvbuf <rmem_max>`; uftp `-R -1 -b 1400 -Y none -H <clients> -B <rmem_max>`, uftpd `-d -q -B <rmem_max>`.',
     '',
     '### 3 receivers',
     '',

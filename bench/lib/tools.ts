@@ -115,6 +115,13 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string, onTimeout: () =
   ]);
 }
 
+/**
+ * IMGCAST_BENCH_TUNE_REASSEMBLY=1: imgcast receivers shorten their namespace's IP reassembly
+ * timeout (ReceiverOptions.tuneReassembly). Off by default: it changes a kernel setting, which
+ * `img receive` only does when asked (--tune-reassembly). The other tools never fragment.
+ */
+export const TUNE_REASSEMBLY = process.env.IMGCAST_BENCH_TUNE_REASSEMBLY === '1';
+
 export interface RunOptions {
   /** Receivers are hosts 1..n of the lab. */
   n: number;
@@ -159,7 +166,13 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
     };
     sender = start(lab, 0, join(o.work, 'sender.time'), NODE, [RUNNER, 'send', JSON.stringify(sendArgs)], t0);
     for (let i = 1; i <= o.n; i++) {
-      const args = { from: `${lab.addr(0)}:${port}`, interface: lab.addr(i), name: `r${i}`, to: outs[i - 1] };
+      const args = {
+        from: `${lab.addr(0)}:${port}`,
+        interface: lab.addr(i),
+        name: `r${i}`,
+        to: outs[i - 1],
+        tuneReassembly: TUNE_REASSEMBLY,
+      };
       receivers.push(
         start(lab, i, join(o.work, `r${i}.time`), NODE, [RUNNER, 'receive', JSON.stringify(args)], t0),
       );

@@ -20,6 +20,12 @@ export function addReceiveCommand(program: Command): void {
       'resume journal for --raw (default TARGET.journal); an image restore that was cut off starts over',
     )
     .option('--force', 'write into a folder that is not empty')
+    .option(
+      '--tune-reassembly',
+      'root, Linux: while receiving, drop incomplete fragmented datagrams after 1 s instead of 30 s and ' +
+        'allow 32 MiB of IP reassembly memory (restored at the end), so lost fragments do not force the ' +
+        'sender back to small datagrams',
+    )
     .option('--raw', 'receive a plain file (the sender used --raw)')
     .option('--json', 'print the result as JSON')
     .option('-v, --verbose', 'log session events to stderr')
@@ -33,6 +39,7 @@ export function addReceiveCommand(program: Command): void {
         journal?: string;
         raw?: boolean;
         force?: boolean;
+        tuneReassembly?: boolean;
         json?: boolean;
         verbose?: boolean;
       }) =>
@@ -48,6 +55,7 @@ export function addReceiveCommand(program: Command): void {
               key: o.key ?? process.env.IMGCAST_KEY,
               journal: o.journal,
               force: !!o.force,
+              tuneReassembly: !!o.tuneReassembly,
               onProgress: (p) => bar.update(p.bytes, p.totalBytes),
               log: o.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
             });

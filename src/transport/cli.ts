@@ -47,6 +47,8 @@ export interface ReceiveCommandOptions {
   journal?: string;
   /** Restore into a non-empty directory. */
   force?: boolean;
+  /** See ReceiverOptions.tuneReassembly. */
+  tuneReassembly?: boolean;
   log?: (line: string) => void;
   onProgress?: (p: ReceiverProgress) => void;
   signal?: AbortSignal;
@@ -107,6 +109,7 @@ export async function receiveCommand(opts: ReceiveCommandOptions): Promise<Recei
     interface: opts.interface,
     key: opts.key,
     name: opts.name,
+    tuneReassembly: opts.tuneReassembly,
     log: opts.log,
     onProgress: opts.onProgress,
     signal: opts.signal,

@@ -169,6 +169,15 @@ export interface ReceiverOptions {
   onProgress?: (p: ReceiverProgress) => void;
   signal?: AbortSignal;
   makeConsumer: (session: SessionInfo) => Promise<ChunkConsumer>;
+  /**
+   * Linux, root: while receiving, keep a datagram that lost a fragment for 1 s instead of
+   * net.ipv4.ipfrag_time (30 s) and allow 32 MiB of reassembly memory instead of 4 MiB (this
+   * network namespace; restored at the end). Under wire loss the kernel otherwise fills its
+   * reassembly memory with those datagrams within seconds and then drops every fragmented one,
+   * and the sender has to fall back to unfragmented datagrams. Not for hosts running several
+   * receivers at once (each restores what it found).
+   */
+  tuneReassembly?: boolean;
   /** Test hook: drop this fraction of valid incoming data packets (deterministic). */
   simulateLoss?: number;
   /** Test hook: after this many chunks, stop reading data and stop reporting, keeping TCP open. */

@@ -223,6 +223,48 @@ test(
 );
 
 test(
+  'tuneReassembly at 1 % loss: multi-unit datagrams without a fragmentation pause, kernel settings restored after',
+  { timeout: 120_000 },
+  async (t) => {
+    if (skipUnless(t, netnsUnavailable() ?? lossUnavailable())) return;
+    const { lab, dir, src, sum: digest } = await setup(t, 2);
+    const ipfrag = (h: number): string =>
+      lab.runSync(h, 'cat', ['/proc/sys/net/ipv4/ipfrag_time', '/proc/sys/net/ipv4/ipfrag_high_thresh']);
+    const before = [1, 2].map(ipfrag);
+    [1, 2].forEach((h) => lab.loss(h, 1));
+    const s = session(lab);
+    const sender = runner<SenderResult>(lab, 0, 'send', { file: src, clients: 2, ...s.send });
+    const rx = [1, 2].map((h) => receive(lab, h, s.from, join(dir, `r${h}.bin`), { tuneReassembly: true }));
+    let during = '';
+    rx[0]!.onProgress((p) => {
+      if (!during && (p.chunks ?? 0) > 0) during = ipfrag(1);
+    });
+    const sr = must(await sender.result, 'sender', sender);
+    const rr = await Promise.all(rx.map(async (p) => must(await p.result, 'receiver', p)));
+    assert.equal(sr.ok, true, JSON.stringify(sr.receivers));
+    for (const [k, r] of rr.entries()) {
+      assert.equal(r.ok, true, `r${k + 1}: ${r.code} ${r.message}`);
+      assert.equal(sha256(join(dir, `r${k + 1}.bin`)), digest, `r${k + 1} is not byte-exact`);
+    }
+    assert.match(during, /^1\n33554432\n$/, 'reassembly settings while receiving');
+    const units = byUnits(sr);
+    t.diagnostic(
+      `datagrams by units ${JSON.stringify(units)}, pauses ${sr.counters.fragmentationPauses}, ${sr.durationMs} ms`,
+    );
+    // A 1 s reassembly timeout keeps the datagrams that lost a fragment from filling the
+    // kernel's reassembly memory: no pause, and multi-unit datagrams (k = 2 by the 1 % rule, 1
+    // when the measured loss runs above 1.25 %) carry a good share of the units.
+    assert.equal(sr.counters.fragmentationPauses, 0);
+    const inBig = units.reduce((a, n, k) => a + (k >= 2 ? n * k : 0), 0);
+    assert.ok(
+      inBig > 0.25 * units.reduce((a, n, k) => a + n * k, 0),
+      `datagrams by units ${JSON.stringify(units)}`,
+    );
+    assert.deepEqual([1, 2].map(ipfrag), before, 'the receivers did not restore the reassembly settings');
+  },
+);
+
+test(
   'kill -9 of one receiver: others finish, it is dropped in time, and resumes from its journal',
   { timeout: 120_000 },
   async (t) => {
