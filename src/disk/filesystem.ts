@@ -5,11 +5,11 @@
  * configs and EFI boot entries that name the filesystem keep working after restore.
  */
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, statfs } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, realpath, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FilesystemInfo, FilesystemType } from '../image/types.ts';
-import { blkidProbe } from './device.ts';
+import { blkidProbe, detachLoop, mountedUses } from './device.ts';
 import { DiskError } from './errors.ts';
 import { run, runTool } from './exec.ts';
 
@@ -168,6 +168,40 @@ function mountBase(): Promise<string> {
   return baseReady;
 }
 
+/**
+ * What an interrupted imgcast run (killed, crashed) left behind on `path`: mounts of it
+ * under imgcast's own mount directory, and the loop devices under them. Unmounts and
+ * detaches those, so a resumed restore can mount the filesystem again without two
+ * mounts of it; any other mount stays (and restore refuses it). Returns what it released.
+ */
+export async function releaseLeftovers(path: string): Promise<string[]> {
+  const bases = [join('/run', 'imgcast-mounts'), join(tmpdir(), 'imgcast-mounts')].map((b) => `${b}/`);
+  const released: string[] = [];
+  for (const use of await mountedUses(path)) {
+    if (!bases.some((b) => use.mountPoint.startsWith(b))) continue;
+    await run('umount', [use.mountPoint], `unmount ${use.mountPoint}, left by an interrupted restore`);
+    await rmdir(use.mountPoint).catch(() => {});
+    if (use.device.startsWith('/dev/loop')) await detachLoop(use.device);
+    released.push(`${use.device} on ${use.mountPoint}`);
+  }
+  // Loop devices imgcast attached over a partition (never at offset 0) and left unmounted, e.g. mkfs'd for vfat.
+  const real = await realpath(path).catch(() => path);
+  const listing = await run(
+    'losetup',
+    ['--json', '--list', '--output', 'NAME,BACK-FILE,OFFSET'],
+    'list loop devices',
+  ).catch(() => '');
+  const loops = (JSON.parse(listing || '{}') as { loopdevices?: Array<Record<string, unknown>> }).loopdevices;
+  for (const l of loops ?? []) {
+    const name = String(l.name ?? '');
+    if (String(l['back-file'] ?? '') !== real || !(Number(l.offset) > 0)) continue;
+    if ((await mountedUses(name)).length > 0) continue;
+    await detachLoop(name);
+    released.push(name);
+  }
+  return released;
+}
+
 export interface Mounted {
   dir: string;
   /** Unmounts and removes the mount point; safe to call twice. */
@@ -235,6 +269,15 @@ export async function usedBytes(dir: string): Promise<number> {
  * Whether the running kernel can mount `type`. Minimal kernels (VMs, containers, some
  * imaging environments) often lack vfat; then vfat content goes through mtools instead.
  */
+/**
+ * Whether openTreeForWriting writes this filesystem in place (a kernel mount) rather than
+ * through a staging folder copied in at the end (vfat without a kernel driver), which an
+ * interrupted restore loses: such a volume cannot be resumed, only restored again.
+ */
+export async function writesInPlace(type: FilesystemType): Promise<boolean> {
+  return type !== 'vfat' || (await kernelCanMount('vfat'));
+}
+
 async function kernelCanMount(type: string): Promise<boolean> {
   const list = await readFile('/proc/filesystems', 'utf8').catch(() => '');
   if (list.split('\n').some((l) => l.split('\t')[1] === type)) return true;

@@ -121,6 +121,8 @@ export interface RawRestoreOptions {
   fresh?: boolean;
   /** Used in messages: "partition 3", "boot area at 0". */
   label?: string;
+  /** Chunks an interrupted run of this same restore already wrote (its gaps were zeroed before the first). */
+  resume?: ReadonlySet<string>;
 }
 
 /**
@@ -153,6 +155,12 @@ export function createRawRestore(
   const needed = new Set(byChunk.keys());
   const applied = new Set<string>();
   let bytesDone = 0;
+  for (const id of opts.resume ?? []) {
+    const list = byChunk.get(id);
+    if (!list) continue;
+    applied.add(id);
+    for (const x of list) bytesDone += x.length;
+  }
   let fh: FileHandle | undefined;
 
   async function zeroGaps(handle: FileHandle, isBlock: boolean): Promise<void> {
@@ -196,7 +204,7 @@ export function createRawRestore(
           path: target,
         });
       });
-      if (!opts.fresh) await zeroGaps(fh, st.isBlockDevice());
+      if (!opts.fresh && !opts.resume) await zeroGaps(fh, st.isBlockDevice());
     },
     async applyChunk(id, raw) {
       const list = byChunk.get(id);

@@ -15,7 +15,13 @@ import {
   sectorSizeOf,
 } from '../disk/device.ts';
 import { runTool } from '../disk/exec.ts';
-import { makeFilesystem, openTreeForWriting, type TreeAccess } from '../disk/filesystem.ts';
+import {
+  makeFilesystem,
+  openTreeForWriting,
+  releaseLeftovers,
+  writesInPlace,
+  type TreeAccess,
+} from '../disk/filesystem.ts';
 import { createRawRestore } from '../disk/raw.ts';
 import { ImageError } from '../image/errors.ts';
 import { checkFileset, includedEntries } from '../image/fileset.ts';
@@ -38,9 +44,23 @@ export interface RestoreOptions {
   force?: boolean;
   /** Non-fatal problems (e.g. owners a vfat target cannot keep). */
   onWarning?: (message: string) => void;
+  /**
+   * The target holds an interrupted restore of this same manifest and file set, whose
+   * prepare() completed and which wrote these chunks: no filesystem is made again, the
+   * files found are kept, and these chunks count as written (see DescribedSink.resumed).
+   */
+  resume?: ReadonlySet<string>;
 }
 
-export type DescribedSink = RestoreSink & { describe(): string };
+export type DescribedSink = RestoreSink & {
+  describe(): string;
+  /**
+   * The chunks this restore takes as already written, when resuming: the resume set
+   * less what must be written again (boot areas, which an interrupted run may have
+   * marked incomplete).
+   */
+  readonly resumed: ReadonlySet<string>;
+};
 
 function mib(n: number): string {
   return `${(n / (1024 * 1024)).toFixed(1)} MiB`;
@@ -88,14 +108,20 @@ function directoryPlace(dir: string): Place {
   };
 }
 
-/** A fresh filesystem on a byte range of a device or file, mounted read-write. */
-function filesystemPlace(target: string, volume: FileVolume, offset: number, size: number): Place {
+/** A fresh filesystem on a byte range of a device or file (or, resuming, the one made before), mounted read-write. */
+function filesystemPlace(
+  target: string,
+  volume: FileVolume,
+  offset: number,
+  size: number,
+  resuming: boolean,
+): Place {
   return {
     async acquire() {
       const loop = await attachLoop(target, { offset, size });
       let tree: TreeAccess;
       try {
-        await makeFilesystem(loop, volume.fs);
+        if (!resuming) await makeFilesystem(loop, volume.fs);
         tree = await openTreeForWriting(loop, volume.fs);
       } catch (err) {
         await detachLoop(loop).catch(() => {});
@@ -135,6 +161,7 @@ function fileVolumeSink(volume: FileVolume, place: Place, opts: RestoreOptions):
         fileset: opts.fileset,
         fsType,
         ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
+        ...(opts.resume ? { resume: opts.resume } : {}),
       });
       const unknown = [...inner.needed].find((id) => !needed.has(id));
       if (unknown) {
@@ -166,10 +193,17 @@ function fileVolumeSink(volume: FileVolume, place: Place, opts: RestoreOptions):
   };
 }
 
-function rawVolumeSink(target: string, volume: RawVolume, offset: number, fresh: boolean): RestoreSink {
+function rawVolumeSink(
+  target: string,
+  volume: RawVolume,
+  offset: number,
+  fresh: boolean,
+  resume: ReadonlySet<string> | undefined,
+): RestoreSink {
   return createRawRestore(target, offset, volume.sizeBytes, volume.extents, offset, {
     fresh,
     label: volume.partition !== undefined ? `partition ${volume.partition}` : `volume ${volume.index}`,
+    ...(resume ? { resume } : {}),
   });
 }
 
@@ -183,17 +217,21 @@ interface Composite {
   after?: () => Promise<void>;
   /** Runs after the children aborted, only if `before` had succeeded (the target was being written). */
   onAbort?: () => Promise<void>;
+  /** Chunks taken as written by an interrupted run (the children were built with the same set). */
+  resume?: ReadonlySet<string>;
 }
 
 /** Routes each chunk to every child that needs it; finishes only when all needed chunks arrived. */
 function compositeSink(c: Composite): DescribedSink {
   const needed = new Set<string>();
   for (const child of c.children) for (const id of child.needed) needed.add(id);
-  const applied = new Set<string>();
+  const applied = new Set<string>([...(c.resume ?? [])].filter((id) => needed.has(id)));
+  const resumed: ReadonlySet<string> = new Set(applied);
   let writing = false;
   let prepared = false;
   return {
     needed,
+    resumed,
     describe: () => c.describe,
     progress() {
       let bytesDone = 0;
@@ -309,7 +347,7 @@ export async function openRestore(
 
   if (t.kind === 'directory' || (!t.exists && dirImage)) {
     const volume = singleFileVolume(manifest, target);
-    if (t.exists && !opts.force && (await readdir(target)).length > 0) {
+    if (t.exists && !opts.force && !opts.resume && (await readdir(target)).length > 0) {
       throw new DiskError(
         'E_DISK_TARGET',
         `target directory ${target} is not empty (use force to restore into it anyway)`,
@@ -319,12 +357,33 @@ export async function openRestore(
     return compositeSink({
       children: [fileVolumeSink(volume, directoryPlace(target), opts)],
       describe: `directory ${target}`,
+      ...(opts.resume ? { resume: opts.resume } : {}),
     });
   }
 
   const fresh = !t.exists;
   const blockDev = t.kind === 'device';
   const label = `${blockDev ? 'device' : 'file'} ${target}`;
+  if (fresh && opts.resume) {
+    throw new DiskError('E_DISK_RESUME', `cannot resume a restore onto ${target}: it does not exist`, {
+      target,
+    });
+  }
+  if (opts.resume) {
+    // A volume written through a staging folder lost it with the interrupted run: it is restored again in full.
+    const again = new Set<string>();
+    for (const v of manifest.volumes) {
+      if (v.kind === 'files' && v.fs.type !== 'directory' && !(await writesInPlace(v.fs.type))) {
+        for (const id of fileVolumeNeeds(v, opts.fileset).needed) again.add(id);
+      }
+    }
+    if (again.size > 0) opts = { ...opts, resume: new Set([...opts.resume].filter((id) => !again.has(id))) };
+  }
+  if (t.exists && opts.resume) {
+    for (const what of await releaseLeftovers(target)) {
+      opts.onWarning?.(`released ${what}, left mounted by the interrupted restore`);
+    }
+  }
   if (t.exists) await assertNotMounted(target, 'restore target');
 
   if (manifest.disk) {
@@ -369,9 +428,10 @@ export async function openRestore(
   const size = t.exists ? t.size : createSize;
   const child =
     volume.kind === 'raw'
-      ? rawVolumeSink(target, volume, 0, fresh)
-      : fileVolumeSink(volume, filesystemPlace(target, volume, 0, size), opts);
+      ? rawVolumeSink(target, volume, 0, fresh, opts.resume)
+      : fileVolumeSink(volume, filesystemPlace(target, volume, 0, size, !!opts.resume), opts);
   return compositeSink({
+    ...(opts.resume ? { resume: opts.resume } : {}),
     children: [child],
     describe: `${label} (${mib(size)}) as one ${volume.kind === 'raw' ? 'raw volume' : volume.fs.type + ' filesystem'}`,
     before: async () => {
@@ -456,6 +516,10 @@ function diskSink(
 ): DescribedSink {
   const need = layoutNeeds(disk);
   const size = fresh ? disk.sizeBytes : existingSize;
+  // Boot areas are always written again: an interrupted run may have blanked the table to mark the disk incomplete.
+  const bootChunks = new Set(disk.bootAreas.flatMap((a) => a.extents.map((x) => x.chunk)));
+  const resume = opts.resume ? new Set([...opts.resume].filter((id) => !bootChunks.has(id))) : undefined;
+  const volumeOpts = resume ? { ...opts, resume } : opts;
   if (size < need) throw tooSmall(target, size, need, `the image's ${disk.table.toUpperCase()} disk layout`);
   const gptMoves = disk.table === 'gpt' && size !== disk.sizeBytes;
 
@@ -478,14 +542,18 @@ function diskSink(
         'E_IMAGE_CORRUPT',
         `partition ${p.number} refers to volume ${p.volume}, which the image does not hold`,
       );
-    if (v.kind === 'raw') children.push(rawVolumeSink(target, v, p.startBytes, fresh));
-    else children.push(fileVolumeSink(v, filesystemPlace(target, v, p.startBytes, p.sizeBytes), opts));
+    if (v.kind === 'raw') children.push(rawVolumeSink(target, v, p.startBytes, fresh, resume));
+    else {
+      const place = filesystemPlace(target, v, p.startBytes, p.sizeBytes, !!resume);
+      children.push(fileVolumeSink(v, place, volumeOpts));
+    }
   }
   const parts = disk.partitions
     .map((p) => `${p.number}: ${volumeSummary(manifest.volumes[p.volume]!)}`)
     .join(', ');
   return compositeSink({
     children,
+    ...(resume ? { resume } : {}),
     describe: `${label} (${mib(size)}) as a ${disk.table.toUpperCase()} disk of ${disk.partitions.length} partition(s) — ${parts}`,
     before: async () => {
       if (fresh) await createFile(target, size);

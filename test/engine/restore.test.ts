@@ -4,7 +4,7 @@
  * restored onto other loop devices and files, then checked with the system's own tools.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import {
   mkdir,
@@ -24,7 +24,7 @@ import { test, type TestContext } from 'node:test';
 import { DiskError } from '../../src/disk/errors.ts';
 import { mountFilesystem, readFilesystemInfo, type Mounted } from '../../src/disk/filesystem.ts';
 import { makeImage, type MakeProgress } from '../../src/engine/make.ts';
-import { restoreFromSource, restoreImage } from '../../src/engine/restore.ts';
+import { openRestore, restoreFromSource, restoreImage } from '../../src/engine/restore.ts';
 import { ImageReader } from '../../src/image/reader.ts';
 import type { ChunkSource } from '../../src/image/types.ts';
 import { mountedUses } from '../../src/disk/device.ts';
@@ -451,6 +451,86 @@ test('whole GPT disk: make from a loop device, restore onto same-size and larger
   });
 });
 
+test('an interrupted whole-disk restore (process killed mid-way) resumes with only the chunks it lacked', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  for (const c of ['mcopy', 'setfattr', 'fsck.vfat', 'fsck.ext4']) {
+    if (spawnSync('sh', ['-c', `command -v ${c}`]).status !== 0) return void t.skip(`needs ${c}`);
+  }
+  const dir = await tempDir(t, 'imgcast-disk-test-');
+  const r = resources(t);
+  const src = await buildAndCapture(t, dir, r);
+  const target = join(dir, 'resumed.img');
+  const reader = await ImageReader.open(src.image);
+  t.after(() => reader.close());
+  const manifest = reader.manifest;
+
+  // First run, in a process of its own: prepared, half the chunks written, then killed with SIGKILL,
+  // so nothing finishes or cleans up: its filesystem stays mounted and its loop devices attached.
+  const journal = join(dir, 'written.txt');
+  const child = spawn(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `
+      import { appendFileSync } from 'node:fs';
+      import { openRestore } from ${JSON.stringify(new URL('../../src/engine/restore.ts', import.meta.url).href)};
+      import { ImageReader } from ${JSON.stringify(new URL('../../src/image/reader.ts', import.meta.url).href)};
+      const [image, target, journal] = process.argv.slice(1);
+      const reader = await ImageReader.open(image);
+      const sink = await openRestore(reader.manifest, target, { fileset: 1 });
+      await sink.prepare();
+      const order = [...sink.needed];
+      for (const id of order.slice(0, Math.ceil(order.length / 2))) {
+        await sink.applyChunk(id, await reader.readChunk(id));
+        appendFileSync(journal, id + '\\n');
+      }
+      process.stdout.write('half\\n');
+      setInterval(() => {}, 1000);
+      `,
+      src.image,
+      target,
+      journal,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (b: Buffer) => b.toString().includes('half') && resolve());
+    child.on('exit', (code) => reject(new Error(`first run exited early (${code})`)));
+  });
+  child.kill('SIGKILL');
+  await new Promise((resolve) => child.once('exit', resolve));
+  const written = new Set((await readFile(journal, 'utf8')).trim().split('\n'));
+  const order = [...(await openRestore(manifest, join(dir, 'plan.img'), { fileset: 1 })).needed];
+  assert.ok((await mountedUses(target)).length > 0, 'the killed run left its filesystem mounted');
+
+  const warnings: string[] = [];
+  const second = await openRestore(manifest, target, {
+    fileset: 1,
+    resume: written,
+    onWarning: (m) => warnings.push(m),
+  });
+  assert.ok(
+    warnings.some((w) => /released .* left mounted by the interrupted restore/.test(w)),
+    warnings.join('\n'),
+  );
+  // Boot areas are written again, and so is the vfat volume, which goes through a staging folder on this kernel.
+  const boot = new Set(manifest.disk!.bootAreas.flatMap((a) => a.extents.map((x) => x.chunk)));
+  for (const id of second.resumed) assert.ok(written.has(id) && !boot.has(id));
+  assert.ok(second.resumed.size > 0 && second.resumed.size < written.size + 1);
+  await second.prepare();
+  let sent = 0;
+  for (const id of second.needed) {
+    if (second.resumed.has(id)) continue;
+    await second.applyChunk(id, await reader.readChunk(id));
+    sent++;
+  }
+  assert.ok(sent < order.length, `${sent} of ${order.length} chunks needed again`);
+  await second.finish();
+  assert.deepEqual(await mountedUses(target), []);
+  await checkRestoredDisk(t, src, target, r, true);
+});
+
 test('GPT disk onto a smaller target that still holds every partition: backup table rebuilt at the new end', async (t) => {
   for (const c of ['sgdisk'])
     if (spawnSync('sh', ['-c', `command -v ${c}`]).status !== 0) return void t.skip(`needs ${c}`);
@@ -557,4 +637,36 @@ test('restoring a file set reads none of the chunks only its excluded files use'
   await restoreFromSource(manifest, source, out1, { fileset: 1 });
   assert.deepEqual(await compareTrees(src, out1, { ignoreRoot: true }), []);
   assert.ok([...driverChunks].every((id) => read.includes(id)));
+});
+
+test('an interrupted restore into a directory resumes: files already written are kept, the rest arrive', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(join(src, 'a/b'), { recursive: true });
+  for (let i = 0; i < 40; i++) await writeFile(join(src, 'a', `small-${i}.txt`), `file ${i}\n`.repeat(i + 1));
+  await writeFile(join(src, 'a/b/big.bin'), randomBytes(9 * MiB));
+  await writeFile(join(src, 'top.bin'), randomBytes(5 * MiB));
+  const image = join(dir, 'tree.imgc');
+  await makeImage(src, image, { level: 'speed' });
+  const reader = await ImageReader.open(image);
+  t.after(() => reader.close());
+  const target = join(dir, 'out');
+
+  const first = await openRestore(reader.manifest, target, { fileset: 1 });
+  await first.prepare();
+  const order = [...first.needed];
+  assert.ok(order.length >= 4, `${order.length} chunks`);
+  const written = new Set(order.slice(0, 2));
+  for (const id of written) await first.applyChunk(id, await reader.readChunk(id));
+
+  // Without resume the half-written directory is refused as not empty.
+  await assert.rejects(openRestore(reader.manifest, target, { fileset: 1 }), /not empty/);
+  const second = await openRestore(reader.manifest, target, { fileset: 1, resume: written });
+  assert.deepEqual([...second.resumed].sort(), [...written].sort());
+  await second.prepare();
+  for (const id of second.needed) {
+    if (!second.resumed.has(id)) await second.applyChunk(id, await reader.readChunk(id));
+  }
+  await second.finish();
+  assert.deepEqual(await compareTrees(src, target, { ignoreRoot: true }), []);
 });

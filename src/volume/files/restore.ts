@@ -13,6 +13,7 @@ import {
   closeSync,
   chmodSync,
   constants,
+  fstatSync,
   ftruncateSync,
   lchownSync,
   linkSync,
@@ -40,6 +41,12 @@ export interface TreeRestoreOptions {
   /** 'vfat' skips owners, modes, symlinks, device nodes, fifos and xattrs with warnings instead of failing. */
   fsType: FilesystemType;
   onWarning?: (msg: string) => void;
+  /**
+   * Chunks an interrupted run of this same restore already wrote into this target:
+   * they count as applied, and prepare() keeps the files it finds instead of
+   * recreating them.
+   */
+  resume?: ReadonlySet<string>;
 }
 
 export type TreeRestore = RestoreSink & { readonly warnings: string[] };
@@ -164,6 +171,15 @@ class TreeRestoreImpl implements RestoreSink {
       this.bytesTotal += total;
     }
     this.needed = needed;
+    for (const id of opts.resume ?? []) {
+      const ranges = this.ranges.get(id);
+      if (!ranges) continue;
+      this.applied.add(id);
+      for (const r of ranges) {
+        this.remaining.set(r.item, (this.remaining.get(r.item) ?? 0) - r.length);
+        this.bytesDone += r.length;
+      }
+    }
   }
 
   progress(): RestoreProgress {
@@ -298,6 +314,7 @@ class TreeRestoreImpl implements RestoreSink {
   }
 
   makeFile(item: Item): void {
+    if (this.opts.resume && this.reopen(item)) return;
     this.clearSpot(item);
     const fd = openSync(
       item.abs,
@@ -313,6 +330,23 @@ class TreeRestoreImpl implements RestoreSink {
       throw err;
     }
     closeSync(fd);
+  }
+
+  /** Resuming: keeps a regular file the interrupted run made, with the bytes it already holds. */
+  reopen(item: Item): boolean {
+    let fd: number;
+    try {
+      fd = openSync(item.abs, constants.O_WRONLY | constants.O_NOFOLLOW);
+    } catch {
+      return false; // missing, or a symlink where the file belongs: made afresh
+    }
+    try {
+      if (!fstatSync(fd).isFile()) return false;
+      ftruncateSync(fd, item.entry.size ?? 0);
+      return true;
+    } finally {
+      closeSync(fd);
+    }
   }
 
   /** Removes a non-directory left by an earlier restore or extract at the item's place. */
