@@ -7,8 +7,8 @@
  * NAKs into one repair set, so a fragment twenty receivers miss is resent once, and
  * interleaves repairs with new data (one repair per data packet while the first
  * pass runs, everything after). A NAK for a chunk whose last repair the receiver
- * cannot have heard yet (its highest packet serial is below the repair's serial) is
- * ignored: that repair is still in flight. Nobody acknowledges packets; the sender
+ * cannot have heard yet (its highest packet serial, or the serial of a TICK it has had time
+ * to see the data of, is below the repair's serial) is ignored: that repair is still in flight. Nobody acknowledges packets; the sender
  * never waits for a receiver to go on.
  *
  * Datagram size: a datagram carries k consecutive units of a chunk (packet.ts), k from 1 up to
@@ -27,7 +27,9 @@
  * ipfrag_high_thresh (4 MiB) the kernel drops every new fragmented datagram until some expire.
  * Measured in the lab at 1 % frame loss: full after 1 s at k = 6, and then 0 datagrams got
  * through for the rest of the 30 s. Receivers report how full it is; above FRAG_HIGH on any
- * receiver the sender sends unfragmented (k = 1) until all are below FRAG_LOW again.
+ * receiver the sender sends unfragmented (k = 1) until all are below FRAG_LOW again (after
+ * ipfrag_time, 30 s by default). Receivers run with tuneReassembly shorten that timeout to 1 s,
+ * which keeps the memory low enough for k > 1 under loss of a few percent.
  *
  * Rate: token-bucket pacing in batches per event-loop turn. No cap by default;
  * the rate starts at 500 Mbit/s and follows the loss the receivers report: the
