@@ -1,27 +1,41 @@
 /**
- * One end of an imgcast raw transfer as its own process, so the lab tests and the
+ * One end of an imgcast transfer as its own process, so the lab tests and the
  * benchmark can run the sender and each receiver in separate network namespaces
- * through the programmatic API (no dependency on the CLI).
+ * (or kill one with SIGKILL) through the programmatic API (no dependency on the CLI).
  *
- *   node bench/lib/mcast-runner.ts send '<json SenderOptions + file, chunkSize?>'
- *   node bench/lib/mcast-runner.ts receive '<json ReceiverOptions + to, journal?>'
+ *   node bench/lib/mcast-runner.ts send '<json SenderOptions + file, chunkSize? | image, fileset?>'
+ *   node bench/lib/mcast-runner.ts receive '<json ReceiverOptions + to, journal?, image?>'
+ *
+ * `file` sends a flat file (raw mode); `image` sends one file set of an image, and a
+ * receiver with `image: true` restores it onto `to` (resuming from `journal`).
  *
  * stdout carries machine-readable lines: `PROGRESS {json}` (at most every 100 ms) and
  * one final `RESULT {json}` with the API result plus this process's peak RSS (kB,
  * from getrusage, which covers the whole process and is what /usr/bin/time reports).
  * SIGTERM/SIGINT abort the run through its AbortSignal.
  */
-import { fileConsumer, flatFileProvider, runReceiver, runSender } from '../../src/transport/index.ts';
+import {
+  fileConsumer,
+  flatFileProvider,
+  imageDecoder,
+  imageProvider,
+  restoreConsumer,
+  runReceiver,
+  runSender,
+} from '../../src/transport/index.ts';
 
 interface SendArgs {
-  file: string;
+  file?: string;
   chunkSize?: number;
+  image?: string;
+  fileset?: number;
   [k: string]: unknown;
 }
 interface ReceiveArgs {
   from: string;
   to: string;
   journal?: string;
+  image?: boolean;
   [k: string]: unknown;
 }
 
@@ -45,15 +59,17 @@ function finish(result: unknown): void {
 
 if (mode === 'send' && json) {
   const a = JSON.parse(json) as SendArgs;
-  const { file, chunkSize, ...opts } = a;
-  const provider = await flatFileProvider(file, chunkSize);
+  const { file, chunkSize, image, fileset, ...opts } = a;
+  const provider = image
+    ? await imageProvider(image, fileset ?? 1)
+    : await flatFileProvider(file!, chunkSize);
   const r = await runSender(provider, { ...opts, log, onProgress: progress, signal: abort.signal });
   await provider.close?.();
   finish(r);
   process.exitCode = r.ok ? 0 : 1;
 } else if (mode === 'receive' && json) {
   const a = JSON.parse(json) as ReceiveArgs;
-  const { to, journal, ...opts } = a;
+  const { to, journal, image, ...opts } = a;
   const r = await runReceiver({
     ...opts,
     from: a.from,
@@ -61,7 +77,12 @@ if (mode === 'send' && json) {
     log,
     onProgress: progress,
     signal: abort.signal,
-    makeConsumer: async () => fileConsumer(to, { journalPath: journal }),
+    ...(image
+      ? {
+          decode: imageDecoder,
+          makeConsumer: (session) => restoreConsumer(session, to, { journalPath: journal, onWarning: log }),
+        }
+      : { makeConsumer: async () => fileConsumer(to, { journalPath: journal }) }),
   });
   finish(r);
   process.exitCode = r.ok ? 0 : 1;

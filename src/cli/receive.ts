@@ -17,8 +17,11 @@ export function addReceiveCommand(program: Command): void {
     .option('--key <secret>', 'pre-shared key the sender requires (also env IMGCAST_KEY)')
     .option(
       '--journal <file>',
-      'resume journal for --raw (default TARGET.journal); an image restore that was cut off starts over',
+      'resume journal: a receive that was killed or lost its sender resumes from it and gets only the ' +
+        'missing chunks (default: TARGET.imgcast-journal beside a file or folder, ' +
+        '/var/lib/imgcast/journals/ for a device; TARGET.journal with --raw)',
     )
+    .option('--restart', 'ignore the resume journal and restore everything (e.g. after a power cut)')
     .option('--force', 'write into a folder that is not empty')
     .option(
       '--tune-reassembly',
@@ -37,6 +40,7 @@ export function addReceiveCommand(program: Command): void {
         name?: string;
         key?: string;
         journal?: string;
+        restart?: boolean;
         raw?: boolean;
         force?: boolean;
         tuneReassembly?: boolean;
@@ -54,6 +58,7 @@ export function addReceiveCommand(program: Command): void {
               name: o.name,
               key: o.key ?? process.env.IMGCAST_KEY,
               journal: o.journal,
+              restart: !!o.restart,
               force: !!o.force,
               tuneReassembly: !!o.tuneReassembly,
               onProgress: (p) => bar.update(p.bytes, p.totalBytes),

@@ -7,6 +7,9 @@
  * writes it back as a plain file (benchmarks against udpcast/uftp), with resume
  * through a journal next to the output.
  */
+import { mkdir, rm } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+
 import { UsageError } from '../errors.ts';
 import { TransportError } from './errors.ts';
 import { fileConsumer, flatFileProvider } from './files.ts';
@@ -47,6 +50,8 @@ export interface ReceiveCommandOptions {
   journal?: string;
   /** Restore into a non-empty directory. */
   force?: boolean;
+  /** Ignore the resume journal: restore everything again. */
+  restart?: boolean;
   /** See ReceiverOptions.tuneReassembly. */
   tuneReassembly?: boolean;
   log?: (line: string) => void;
@@ -117,21 +122,41 @@ export async function receiveCommand(opts: ReceiveCommandOptions): Promise<Recei
   let result: ReceiverResult;
   if (opts.raw) {
     const journal = opts.journal ?? `${opts.to}.journal`;
+    if (opts.restart) await rm(journal, { force: true });
     result = await runReceiver({
       ...common,
       journalPath: journal,
       makeConsumer: async () => fileConsumer(opts.to, { journalPath: journal }),
     });
   } else {
+    const journal = opts.journal ?? (await defaultJournal(opts.to));
     result = await runReceiver({
       ...common,
       decode: imageDecoder,
+      journalPath: journal,
       makeConsumer: (session) =>
-        restoreConsumer(session, opts.to, { force: opts.force, onWarning: opts.log }),
+        restoreConsumer(session, opts.to, {
+          force: opts.force,
+          onWarning: opts.log,
+          journalPath: journal,
+          restart: opts.restart,
+        }),
     });
   }
   if (!result.ok) {
     throw new TransportError(result.code ?? 'E_CONSUMER', result.message ?? 'receive failed', { result });
   }
   return result;
+}
+
+/**
+ * Where an image receive keeps its resume journal unless told: beside a file or folder
+ * target, and for a device (whose folder is /dev) under /var/lib/imgcast.
+ */
+export async function defaultJournal(target: string): Promise<string> {
+  const abs = resolve(target);
+  if (!abs.startsWith('/dev/')) return `${abs}.imgcast-journal`;
+  const dir = '/var/lib/imgcast/journals';
+  await mkdir(dir, { recursive: true });
+  return join(dir, `${abs.slice(1).replaceAll('/', '_')}.journal`);
 }

@@ -4,7 +4,7 @@
  * images go through the adapters in cli.ts instead.
  */
 import { webcrypto } from 'node:crypto';
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, rm, type FileHandle } from 'node:fs/promises';
 import { CODEC_NONE } from './chunkwire.ts';
 import { TransportError } from './errors.ts';
 import { openJournal, readJournal, sessionFingerprint } from './journal.ts';
@@ -158,6 +158,8 @@ export function fileConsumer(path: string, opts: { journalPath?: string } = {}):
       await fh.sync();
       await fh.close();
       fh = null;
+      // Done: a later receive into this file must not take its chunks as already there.
+      if (opts.journalPath) await rm(opts.journalPath, { force: true });
     },
     async abort(): Promise<void> {
       await fh?.close().catch(() => {});

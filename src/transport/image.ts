@@ -4,12 +4,15 @@
  * carries the manifest and the file set; it arrives over the control channel, which
  * is authenticated when a key is used, and is checked before anything is written.
  */
-import { openRestore } from '../engine/restore.ts';
-import type { RestoreSink } from '../engine/types.ts';
+import { rm } from 'node:fs/promises';
+
+import { DiskError } from '../disk/errors.ts';
+import { openRestore, type DescribedSink } from '../engine/restore.ts';
 import { chunksForFileset, decodeChunk, ImageReader } from '../image/index.ts';
 import { manifestProblem } from '../image/manifest.ts';
 import type { Manifest } from '../image/types.ts';
 import { TransportError } from './errors.ts';
+import { openJournal, readJournal, sessionFingerprint } from './journal.ts';
 import type { ChunkConsumer, ChunkDecoder, ChunkInfo, ChunkProvider, SessionInfo } from './types.ts';
 
 export interface ImageMeta {
@@ -63,11 +66,19 @@ export async function imageProvider(imagePath: string, fileset: number): Promise
 /** The image codec's decoder: decompresses and checks the hash. */
 export const imageDecoder: ChunkDecoder = decodeChunk;
 
-/** Restores the session's image onto `target`. No resume: prepare recreates the target, so `has` is always false. */
+/**
+ * Restores the session's image onto `target`. With a journal (the receiver's
+ * journalPath) that lists chunks of this same session layout, it resumes: the target is
+ * taken as holding an interrupted restore of it (openRestore's `resume`), and `has`
+ * claims what that restore keeps, so only the rest is requested. The journal covers a
+ * killed or crashed receiver; after a power cut, pass `restart`, since written data and
+ * journal lines may not both have reached the disk. An abort blanks the target's start
+ * (it must not look complete), so it also clears the journal.
+ */
 export async function restoreConsumer(
   session: SessionInfo,
   target: string,
-  opts: { force?: boolean; onWarning?: (m: string) => void } = {},
+  opts: { force?: boolean; onWarning?: (m: string) => void; journalPath?: string; restart?: boolean } = {},
 ): Promise<ChunkConsumer> {
   const meta = session.meta as Partial<ImageMeta> | null;
   if (!meta || meta.kind !== 'image' || !Number.isInteger(meta.fileset)) {
@@ -79,11 +90,28 @@ export async function restoreConsumer(
   const problem = manifestProblem(meta.manifest);
   if (problem)
     throw new TransportError('E_CONSUMER', `session from ${session.sender} sent a bad manifest: ${problem}`);
-  const sink: RestoreSink = await openRestore(meta.manifest as Manifest, target, {
-    fileset: meta.fileset as number,
-    force: opts.force,
-    onWarning: opts.onWarning,
-  });
+  const manifest = meta.manifest as Manifest;
+  const fingerprint = sessionFingerprint(session);
+  const journal = opts.journalPath;
+  const written = journal && !opts.restart ? await readJournal(journal, fingerprint) : new Set<string>();
+  const base = { fileset: meta.fileset as number, force: opts.force, onWarning: opts.onWarning };
+  let sink: DescribedSink;
+  if (written.size > 0) {
+    try {
+      sink = await openRestore(manifest, target, { ...base, resume: written });
+      opts.onWarning?.(
+        `resuming an interrupted restore onto ${target}: ${sink.resumed.size} chunks are there`,
+      );
+    } catch (err) {
+      if (!(err instanceof DiskError && err.code === 'E_DISK_RESUME')) throw err;
+      opts.onWarning?.(`${err.message}; restoring in full`);
+      sink = await openRestore(manifest, target, base);
+    }
+  } else {
+    sink = await openRestore(manifest, target, base);
+  }
+  // From here the journal describes this run only: start it afresh unless resuming.
+  if (journal && sink.resumed.size === 0) await (await openJournal(journal, fingerprint, true)).close();
   const sent = new Set(session.chunks.map((c) => c.id));
   const absent = [...sink.needed].find((id) => !sent.has(id));
   if (absent) {
@@ -93,12 +121,19 @@ export async function restoreConsumer(
     );
   }
   return {
-    has: () => false,
+    has: (id) => sink.resumed.has(id),
     prepare: () => sink.prepare(),
     async apply(id: string, raw: Buffer): Promise<void> {
       if (sink.needed.has(id)) await sink.applyChunk(id, raw);
     },
-    finish: () => sink.finish(),
-    abort: (reason: unknown) => sink.abort(reason),
+    async finish() {
+      await sink.finish();
+      // Done: a later receive onto this target must not take its chunks as already there.
+      if (journal) await rm(journal, { force: true });
+    },
+    async abort(reason: unknown) {
+      await sink.abort(reason);
+      if (journal) await rm(journal, { force: true });
+    },
   };
 }

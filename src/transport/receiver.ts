@@ -37,7 +37,7 @@ import {
   wrapDataKey,
 } from './control.ts';
 import { TransportError } from './errors.ts';
-import { openJournal, readJournal, sessionFingerprint } from './journal.ts';
+import { openJournal, sessionFingerprint } from './journal.ts';
 import { checkHeader, FRAG_PAYLOAD, fragmentCount, HEADER_SIZE, unitsLength } from './packet.ts';
 import { DEFAULT_PORT } from './sender.ts';
 import type { ChunkConsumer, ChunkInfo, ReceiverOptions, ReceiverResult, SessionInfo } from './types.ts';
@@ -392,10 +392,11 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     await consumer.prepare(info);
     if (ended) return;
     const fp = sessionFingerprint(info);
-    const journaled = opts.journalPath ? await readJournal(opts.journalPath, fp) : new Set<string>();
     const have: number[] = [];
+    // The consumer decides what it holds (from this journal, which it reads itself): only it knows
+    // what an interrupted run may have undone, e.g. a restore that blanked its partition table.
     table.forEach((e, seq) => {
-      if (journaled.has(e.id) || consumer?.has(e.id)) {
+      if (consumer?.has(e.id)) {
         complete[seq] = 1;
         have.push(seq);
       }

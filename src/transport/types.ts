@@ -159,7 +159,11 @@ export interface ReceiverOptions {
   interface?: string;
   key?: string;
   name?: string;
-  /** Append-only list of chunk ids already written; read at start for resume, appended as chunks land. */
+  /**
+   * Append-only list of chunk ids written, appended as chunks land. Resume reads it
+   * through the consumer (give fileConsumer / restoreConsumer the same path): the
+   * receiver asks for every chunk the consumer's `has` does not claim.
+   */
   journalPath?: string;
   /** Fail when the sender has been silent this long (default 15 000). */
   senderDeadAfterMs?: number;

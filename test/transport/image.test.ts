@@ -1,5 +1,6 @@
 /** Multicasting a real image (captured from a directory) and restoring it on two receivers. */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -7,6 +8,8 @@ import { test } from 'node:test';
 import { makeImage } from '../../src/engine/make.ts';
 import { receiveCommand, sendCommand } from '../../src/transport/cli.ts';
 import { tempDir } from '../helpers/env.ts';
+
+const RUNNER = join(import.meta.dirname, '../../bench/lib/mcast-runner.ts');
 
 test('an image sent with sendCommand is restored byte-exact by two receiveCommand receivers', async (t) => {
   const dir = await tempDir(t);
@@ -69,4 +72,68 @@ test('receiving a raw session as an image is refused before anything is written'
     send,
     (e: unknown) => e instanceof Error && /did not finish|no receiver/.test(e.message),
   );
+});
+
+test('a receiver killed with SIGKILL mid-restore resumes from its journal and gets only the missing chunks', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(join(src, 'data'), { recursive: true });
+  const files = new Map<string, Buffer>();
+  for (let i = 0; i < 12; i++) files.set(`data/part-${i}.bin`, randomBytes(4 * 1024 * 1024));
+  files.set('readme.txt', Buffer.from('lab image\n'.repeat(1000)));
+  for (const [name, data] of files) await writeFile(join(src, name), data);
+  const image = join(dir, 'lab.imgc');
+  await makeImage(src, image, { level: 'speed' });
+  const target = join(dir, 'restored');
+  const journal = join(dir, 'restored.journal');
+  const port = 20000 + 2 * Math.floor(Math.random() * 20000);
+  const group = `239.255.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
+  const common = { interface: '127.0.0.1', group, clients: 1 };
+
+  // First session: slow enough to kill the receiver (its own process) part-way.
+  const first = sendCommand(image, { ...common, port, rate: 60 }).catch((e: unknown) => e);
+  const child = spawn(
+    process.execPath,
+    [
+      RUNNER,
+      'receive',
+      JSON.stringify({ from: `127.0.0.1:${port}`, interface: '127.0.0.1', to: target, journal, image: true }),
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
+  const killedAfter = await new Promise<number>((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      for (const line of out.split('\n')) {
+        if (!line.startsWith('PROGRESS ')) continue;
+        const p = JSON.parse(line.slice(9)) as { chunks?: number };
+        if ((p.chunks ?? 0) >= 4) {
+          child.kill('SIGKILL');
+          resolve(p.chunks!);
+        }
+      }
+      out = out.slice(out.lastIndexOf('\n') + 1);
+    });
+    child.on('exit', () => reject(new Error(`receiver exited before it was killed:\n${err}`)));
+  });
+  const firstResult = await first;
+  assert.ok(firstResult instanceof Error, 'the first session cannot succeed: its only receiver was killed');
+  const journaled = (await readFile(journal, 'utf8')).split('\n').filter((l) => /^[0-9a-f]{64}$/.test(l));
+  assert.ok(journaled.length >= 4, `${journaled.length} chunks journaled after ${killedAfter} received`);
+
+  // Second session, same image: the restarted receiver resumes into the half-restored folder.
+  const port2 = port + 1;
+  const [sent, got] = await Promise.all([
+    sendCommand(image, { ...common, port: port2 }),
+    receiveCommand({ from: `127.0.0.1:${port2}`, to: target, interface: '127.0.0.1', journal }),
+  ]);
+  assert.equal(got.ok, true);
+  assert.ok(got.chunksHad >= journaled.length, `had ${got.chunksHad}, journal listed ${journaled.length}`);
+  assert.equal(sent.counters.chunksSent, sent.chunks - got.chunksHad, 'only the missing chunks were sent');
+  for (const [name, data] of files) assert.ok((await readFile(join(target, name))).equals(data), name);
+  // Finished: the journal is gone, so a later receive onto this folder starts afresh.
+  await assert.rejects(readFile(journal));
 });
