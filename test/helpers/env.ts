@@ -38,7 +38,7 @@ let netnsCache: string | undefined | null = null;
 export function netnsUnavailable(): string | undefined {
   if (netnsCache !== null) return netnsCache;
   if (!isRoot()) return (netnsCache = 'needs root for network namespaces');
-  if (!hasCommand('ip') || !hasCommand('iptables')) return (netnsCache = 'needs iproute2 and iptables');
+  if (!hasCommand('ip')) return (netnsCache = 'needs iproute2');
   const probe = `imgcast-probe-${process.pid}`;
   const add = spawnSync('ip', ['netns', 'add', probe], { stdio: 'ignore' });
   if (add.status !== 0) return (netnsCache = 'cannot create network namespaces here');
