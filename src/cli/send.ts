@@ -84,7 +84,10 @@ export function addSendCommand(program: Command): void {
         .default(DEFAULT_DATAGRAM),
     )
     .option('--key <secret>', 'pre-shared key: receivers must prove it (also env IMGCAST_KEY)')
-    .option('--encrypt', 'encrypt the data stream (AES-256-GCM, key sent over the control connection)')
+    .option(
+      '--encrypt',
+      'encrypt the data stream (AES-256-GCM; needs --key, which protects the data key on the control connection)',
+    )
     .option('--raw', 'send a plain file instead of an image (for tests and benchmarks)')
     .option('--json', 'print the result as JSON')
     .option('-v, --verbose', 'log session events to stderr')

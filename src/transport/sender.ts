@@ -71,6 +71,7 @@ import {
   type ToSender,
   wrapDataKey,
 } from './control.ts';
+import { UsageError } from '../errors.ts';
 import { TransportError } from './errors.ts';
 import {
   DEFAULT_DATAGRAM,
@@ -182,6 +183,12 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   const log = opts.log ?? (() => {});
   const group = opts.group ?? DEFAULT_GROUP;
   validateGroup(group);
+  if (opts.encrypt && !opts.key) {
+    // The data key travels over the control connection, which only the pre-shared key protects.
+    throw new UsageError(
+      'encrypting the data stream needs a pre-shared key (--key), which protects its data key',
+    );
+  }
   const port = opts.port ?? DEFAULT_PORT;
   const dataPort = port + 1;
   const wantClients = Math.max(1, opts.clients ?? 1);

@@ -26,6 +26,7 @@ import {
   fragmentCount,
   TYPE_DATA,
 } from '../../src/transport/packet.ts';
+import { UsageError } from '../../src/errors.ts';
 import { tempDir } from '../helpers/env.ts';
 
 const MiB = 1024 * 1024;
@@ -347,6 +348,14 @@ test('a receiver with a key refuses a sender without one', async (t) => {
   const s = await sender;
   assert.equal(r.code, 'E_AUTH');
   assert.equal(s.ok, false);
+});
+
+test('encryption without a pre-shared key is refused before anything is sent', async (t) => {
+  const src = await source(await tempDir(t), 1);
+  await assert.rejects(
+    runSender(await flatFileProvider(src), { interface: '127.0.0.1', ...endpoint(), encrypt: true }),
+    (err: unknown) => err instanceof UsageError && /needs a pre-shared key/.test(err.message),
+  );
 });
 
 test('encrypted session with a key delivers byte-exact data; the wire does not carry plaintext', async (t) => {
