@@ -61,7 +61,10 @@ export function describeInfo(info: ReturnType<typeof describeImage>): string {
       );
     } else {
       lines.push(
-        `  ${v.name}: raw${v.detectedType ? ` (${v.detectedType})` : ''}, ${formatBytes(v.sizeBytes ?? 0)} partition, ${formatBytes(v.bytes)} non-zero data`,
+        `  ${v.name}: raw${v.detectedType ? ` (${v.detectedType})` : ''}, ${formatBytes(v.sizeBytes ?? 0)} partition, ${formatBytes(v.bytes)} non-zero data` +
+          (v.unused
+            ? `; ${formatBytes(v.unused.bytes)} unused by the filesystem left out (${v.unused.tool})`
+            : ''),
       );
     }
   }

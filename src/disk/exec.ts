@@ -1,4 +1,7 @@
 import { execFile } from 'node:child_process';
+import { constants } from 'node:fs';
+import { access } from 'node:fs/promises';
+import { join } from 'node:path';
 import { DiskError } from './errors.ts';
 
 export interface RunResult {
@@ -38,4 +41,18 @@ export async function run(cmd: string, args: readonly string[], what?: string): 
     );
   }
   return r.stdout;
+}
+
+/** Whether `cmd` is on PATH (or in /usr/sbin and /sbin, where root tools live). */
+export async function hasTool(cmd: string): Promise<boolean> {
+  const dirs = [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/sbin'].filter(Boolean);
+  for (const d of dirs) {
+    try {
+      await access(join(d, cmd), constants.X_OK);
+      return true;
+    } catch {
+      // not here
+    }
+  }
+  return false;
 }

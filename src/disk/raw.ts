@@ -66,6 +66,11 @@ export interface RawCaptureOptions {
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
   /** Added to every extent offset (0 keeps them relative to `offset`). */
   extentBase?: number;
+  /**
+   * [start, end) ranges relative to `offset` that hold nothing worth keeping (a
+   * filesystem's unused blocks): not read, and treated as zero.
+   */
+  skip?: ReadonlyArray<readonly [number, number]>;
 }
 
 /**
@@ -90,11 +95,25 @@ export async function captureRaw(
     let pos = 0;
     let pending: Promise<void> | undefined;
     let which = 0;
+    const skip = opts.skip ?? [];
+    let k = 0;
     while (pos < length) {
       const n = Math.min(CHUNK_SIZE, length - pos);
+      // Skipped ranges in this window are zeroed instead of read; a window wholly inside one is not read at all.
+      while (k < skip.length && skip[k]![1] <= pos) k++;
+      const holes: Array<[number, number]> = [];
+      for (let j = k; j < skip.length && skip[j]![0] < pos + n; j++) {
+        holes.push([Math.max(skip[j]![0], pos) - pos, Math.min(skip[j]![1], pos + n) - pos]);
+      }
+      if (holes.length === 1 && holes[0]![0] === 0 && holes[0]![1] === n) {
+        pos += n;
+        opts.onProgress?.(pos, length);
+        continue;
+      }
       const buf = bufs[which]!;
       which ^= 1;
       await readFully(fh, buf, n, offset + pos, path);
+      for (const [a, b] of holes) buf.fill(0, a, b);
       await pending;
       const windowStart = pos;
       pending = (async () => {

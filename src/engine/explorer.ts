@@ -413,6 +413,7 @@ export function describeManifest(m: Manifest, file: ImageFileFacts) {
             sizeBytes: v.sizeBytes,
             storedExtents: v.extents.length,
             bytes: v.extents.reduce((n, x) => n + x.length, 0),
+            unused: v.unused,
           },
     ),
     filesets: listFilesets(m),

@@ -23,6 +23,7 @@ import {
 } from '../disk/filesystem.ts';
 import { probePartitionTable, type PartitionTable } from '../disk/partition-table.ts';
 import { captureRaw } from '../disk/raw.ts';
+import { findUnused, type UnusedMap } from '../disk/unused.ts';
 import { ImageWriter } from '../image/writer.ts';
 import {
   FORMAT_VERSION,
@@ -151,6 +152,8 @@ interface RangePlan {
   /** Set when the range holds a filesystem captured as files. */
   fs?: FilesystemInfo;
   detectedType?: string;
+  /** Raw ranges only: the filesystem's unused blocks, not captured. */
+  unused?: UnusedMap;
   /** Bytes this stage will read, for the overall progress total. */
   estimate: number;
   stage: string;
@@ -184,6 +187,19 @@ async function planRange(
   if (partition !== undefined) plan.partition = partition;
   if (probe.TYPE) plan.detectedType = probe.TYPE;
   if (probe.TYPE === 'swap') plan.estimate = Math.min(size, SWAP_HEADER);
+  if (probe.TYPE && !isFileVolumeType(probe.TYPE) && probe.TYPE !== 'swap') {
+    const loop = await attachLoop(path, { offset, size, readOnly: true });
+    try {
+      const unused = await findUnused(loop, probe.TYPE);
+      if ('ranges' in unused) {
+        plan.unused = unused;
+        plan.estimate = size - unused.bytes;
+        plan.stage = `${name} (${probe.TYPE}, used blocks)`;
+      }
+    } finally {
+      await detachLoop(loop);
+    }
+  }
   if (isFileVolumeType(probe.TYPE)) {
     const loop = await attachLoop(path, { offset, size, readOnly: true });
     try {
@@ -256,8 +272,18 @@ async function captureRange(
     // Swap content is scratch data the next boot discards; only its header page (signature,
     // UUID, label, bad-page list) matters, so the rest is restored as zeros.
     const length = plan.detectedType === 'swap' ? Math.min(plan.size, SWAP_HEADER) : plan.size;
+    const unused = plan.unused;
+    let passed = 0;
+    let passedBytes = 0;
     const extents = await captureRaw(path, plan.offset, length, sink, {
-      onProgress: (done) => stage.update(done),
+      ...(unused ? { skip: unused.ranges } : {}),
+      // Progress counts the bytes actually read, against an estimate without the unused blocks.
+      onProgress: (done) => {
+        for (; unused && passed < unused.ranges.length && unused.ranges[passed]![1] <= done; passed++) {
+          passedBytes += unused.ranges[passed]![1] - unused.ranges[passed]![0];
+        }
+        stage.update(Math.max(0, done - passedBytes));
+      },
     });
     volume = {
       kind: 'raw',
@@ -265,6 +291,7 @@ async function captureRange(
       sizeBytes: plan.size,
       ...(plan.detectedType ? { detectedType: plan.detectedType } : {}),
       extents,
+      ...(unused ? { unused: { bytes: unused.bytes, tool: unused.tool } } : {}),
     };
   }
   if (plan.partition !== undefined) volume.partition = plan.partition;

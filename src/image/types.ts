@@ -153,6 +153,8 @@ export interface RawVolume {
   detectedType?: string;
   /** Non-zero runs; everything between them is zero and is written as zero on restore. */
   extents: RawExtent[];
+  /** Bytes left out because the filesystem does not use them (mapped by `tool`), restored as zeros. */
+  unused?: { bytes: number; tool: string };
 }
 
 export type Volume = FileVolume | RawVolume;

@@ -248,6 +248,55 @@ test('MBR disk with ext4 in a logical partition: captured as files, restored wit
   }
 });
 
+test('NTFS partition: only the blocks NTFS uses are stored (partclone map), and the restore reads back', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  for (const c of ['sfdisk', 'mkntfs', 'ntfscp', 'ntfscat', 'partclone.ntfs']) {
+    if (!hasCommand(c)) return void t.skip(`needs ${c} (packages fdisk, ntfs-3g, partclone)`);
+  }
+  const dir = await tempDir(t);
+  const disk = await sparse(join(dir, 'win.img'), 72 * MiB);
+  execFileSync('sfdisk', ['-q', disk], { input: 'label: dos\nstart=2048, size=64MiB, type=7\n' });
+  // A used disk: the partition is full of old data before NTFS is made on it (mkntfs -Q keeps it).
+  const start = 2048 * 512;
+  await writeRange(disk, start, randomBytes(64 * MiB));
+  const part = execFileSync(
+    'losetup',
+    ['--find', '--show', '-o', String(start), '--sizelimit', String(64 * MiB), disk],
+    { encoding: 'utf8' },
+  ).trim();
+  t.after(() => void spawnSync('losetup', ['-d', part]));
+  execFileSync('mkntfs', ['-Q', '-F', '-q', '-L', 'labwin', part], { stdio: 'ignore' });
+  const doc = randomBytes(3 * MiB);
+  await writeFile(join(dir, 'report.bin'), doc);
+  execFileSync('ntfscp', ['-q', part, join(dir, 'report.bin'), 'report.bin']);
+  execFileSync('losetup', ['-d', part]);
+
+  const image = join(dir, 'win.imgc');
+  const { manifest } = await makeImage(disk, image, { level: 'speed' });
+  const v = manifest.volumes[0]!;
+  assert.ok(v.kind === 'raw' && v.detectedType === 'ntfs', JSON.stringify(v.kind));
+  assert.equal(v.unused?.tool, 'partclone.ntfs');
+  const stored = v.extents.reduce((n, x) => n + x.length, 0);
+  // The file and NTFS's metadata, not the 64 MiB of old data around them.
+  assert.ok(stored > 3 * MiB && stored < 24 * MiB, `stored ${stored} bytes`);
+  assert.ok(v.unused!.bytes > 40 * MiB, `unused ${v.unused!.bytes}`);
+
+  const target = join(dir, 'restored.img');
+  await restoreImage(image, target, { fileset: 1 });
+  const back = execFileSync(
+    'losetup',
+    ['--find', '--show', '-r', '-o', String(start), '--sizelimit', String(64 * MiB), target],
+    { encoding: 'utf8' },
+  ).trim();
+  t.after(() => void spawnSync('losetup', ['-d', back]));
+  const got = execFileSync('ntfscat', [back, 'report.bin'], { maxBuffer: 16 * MiB });
+  assert.ok(got.equals(doc), 'the file reads back from the restored NTFS');
+  const label = execFileSync('blkid', ['-p', '-o', 'value', '-s', 'LABEL', back], {
+    encoding: 'utf8',
+  }).trim();
+  assert.equal(label, 'labwin');
+});
+
 test('ext4 filesystem image without a table: partition image restored onto a new file', async (t) => {
   if (skipUnless(t, loopUnavailable())) return;
   const dir = await tempDir(t);
