@@ -26,9 +26,10 @@ const { values } = parseArgs({
 });
 const rounds = Number(values.rounds);
 const work = values.work as string;
-const node = process.execPath;
-// The installed entry point (what `npx img` runs), not src/cli/img.ts: it enables the compile cache.
-const img = `${node} ${join(root, 'bin/img.js')}`;
+// The installed entry point, run the way `npx img` runs it (as an executable, with the project's
+// Node first on PATH), so its shebang's V8 flags and the compile cache apply as they do for users.
+process.env.PATH = `${join(root, 'node_modules/.bin')}:${process.env.PATH ?? ''}`;
+const img = join(root, 'bin/img.js');
 
 function sh(cmd: string): string {
   return execFileSync('bash', ['-o', 'pipefail', '-c', cmd], { encoding: 'utf8', maxBuffer: 1 << 28 });

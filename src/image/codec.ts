@@ -26,13 +26,17 @@ const P = zlib.constants;
  *   zstd 15    0.325    5 MB/s         0.309   10 MB/s
  *   zstd 19    0.294  2.6 MB/s         0.303    4 MB/s
  *
- * `balanced` is level 2 with a 4 MiB window. On the 0.87 GB bench tree (/usr/share +
- * /usr/bin as one tar, cut into 4 MiB chunks, CPU seconds on one core):
- *   level 1: 2.3-2.5 s, 369 MB     level 2 (window 4 MiB): 2.7-2.8 s, 344 MB
- *   level 3: 3.5-3.9 s, 331 MB     (whole stream, zstd -3: 331 MB)
- * Level 2 costs ~25 % less CPU than 3 for ~4 % more bytes, which the image's dedup
- * more than wins back (its image is ~0.98x tar | zstd -3); level 1 would land right
- * at the +5 % the capture target allows.
+ * `balanced` is level 2 with a 4 MiB window and smaller match tables (hashLog 15,
+ * chainLog 14). On the 0.87 GB bench tree (/usr/share + /usr/bin as one tar, cut into
+ * 4 MiB chunks; CPU seconds on one core, 3 runs, one zstd context reused):
+ *   level 1:                      1.8 s, 367 MB
+ *   level 2, hashLog 15/chain 14: 2.0 s, 351 MB   <- balanced
+ *   level 2 (defaults):           2.2-2.4 s, 344 MB
+ *   level 3:                      3.5-3.9 s, 331 MB (whole stream, zstd -3: 331 MB)
+ * Compression is a capture's largest CPU cost; this setting spends ~45 % less than
+ * level 3 for ~6 % more bytes, which the image's dedup wins back (its image is about
+ * the size of tar | zstd -3); level 1 would land right at the +5 % the capture target
+ * allows.
  *
  * `size` is 18. The target is `zstd -19` over a whole tar stream, at no more than 2
  * points of ratio. On 32 MiB sampled from /usr/share + /usr/bin, each 4 MiB chunk on
@@ -49,7 +53,12 @@ const P = zlib.constants;
 export const LEVEL_PARAMS: Readonly<Record<CompressionLevel, Readonly<Record<number, number>> | null>> = {
   none: null,
   speed: { [P.ZSTD_c_compressionLevel]: 1 },
-  balanced: { [P.ZSTD_c_compressionLevel]: 2, [P.ZSTD_c_windowLog]: 22 },
+  balanced: {
+    [P.ZSTD_c_compressionLevel]: 2,
+    [P.ZSTD_c_windowLog]: 22,
+    [P.ZSTD_c_hashLog]: 15,
+    [P.ZSTD_c_chainLog]: 14,
+  },
   size: { [P.ZSTD_c_compressionLevel]: 18, [P.ZSTD_c_windowLog]: 22 },
 };
 

@@ -78,8 +78,6 @@ export async function encodeManifest(m: Manifest): Promise<EncodedManifest> {
     storedLength += b.length;
   });
   let rawLength = 0;
-  let staging = Buffer.allocUnsafe(STAGING);
-  let pos = 0;
   const push = async (b: Buffer): Promise<void> => {
     rawLength += b.length;
     if (rawLength > MAX_MANIFEST_RAW) {
@@ -94,28 +92,18 @@ export async function encodeManifest(m: Manifest): Promise<EncodedManifest> {
     sha.update(b);
     if (!z.write(b)) await once(z, 'drain');
   };
-  const flush = async (): Promise<void> => {
-    if (pos === 0) return;
-    // zstd may still hold the buffer after write returns: hand it over and start a new one.
-    const full = staging.subarray(0, pos);
-    staging = Buffer.allocUnsafe(STAGING);
-    pos = 0;
-    await push(full);
-  };
   try {
+    // Pieces are joined into strings of about STAGING characters: one UTF-8 conversion
+    // per batch rather than per piece.
+    let batch = '';
     for (const piece of jsonPieces(m)) {
-      // Pieces are mostly ASCII: length is a cheap lower bound that is exact for them.
-      if (pos + piece.length * 3 > STAGING) {
-        const n = Buffer.byteLength(piece);
-        if (pos + n > STAGING) await flush();
-        if (n > STAGING) {
-          await push(Buffer.from(piece, 'utf8'));
-          continue;
-        }
+      batch += piece;
+      if (batch.length >= STAGING) {
+        await push(Buffer.from(batch, 'utf8'));
+        batch = '';
       }
-      pos += staging.write(piece, pos, 'utf8');
     }
-    await flush();
+    if (batch.length > 0) await push(Buffer.from(batch, 'utf8'));
     const ended = once(z, 'end');
     z.end();
     await ended;

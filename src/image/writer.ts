@@ -49,6 +49,8 @@ import { describeUsage } from './usage.ts';
  */
 export const IN_FLIGHT_SLOTS = Math.min(32, 2 * availableParallelism() + 2);
 export const MAX_IN_FLIGHT_BYTES = IN_FLIGHT_SLOTS * CHUNK_SIZE;
+/** Bytes written between background flushes (fdatasync) of the image file. */
+const SYNC_EVERY = 64 * 1024 * 1024;
 
 interface WriterState {
   path: string;
@@ -82,6 +84,8 @@ export class ImageWriter implements ChunkSink {
   #waiters: Array<() => void> = [];
   #failure: Error | undefined;
   #closed = false;
+  #unsynced = 0;
+  #syncing: Promise<void> | undefined;
 
   private constructor(s: WriterState) {
     this.#s = s;
@@ -326,8 +330,8 @@ export class ImageWriter implements ChunkSink {
   }
 
   async #settle(): Promise<void> {
-    while (this.#inflight.size > 0 || this.#unnamed.size > 0) {
-      await Promise.all([...this.#inflight.values(), ...this.#unnamed]);
+    while (this.#inflight.size > 0 || this.#unnamed.size > 0 || this.#syncing) {
+      await Promise.all([...this.#inflight.values(), ...this.#unnamed, this.#syncing]);
     }
   }
 
@@ -410,6 +414,17 @@ export class ImageWriter implements ChunkSink {
     this.stats.chunksStored++;
     this.stats.rawBytes += rawLength;
     this.stats.storedBytes += storedLength;
+    this.#unsynced += head.length + storedLength;
+    if (this.#unsynced >= SYNC_EVERY && !this.#syncing) {
+      // Flushed while capturing, so commit's fsync finds little left to write.
+      this.#unsynced = 0;
+      this.#syncing = this.#s.fh
+        .datasync()
+        .catch((err: unknown) => {
+          this.#failure ??= ioError(this.#s.file, 'flush', err);
+        })
+        .finally(() => (this.#syncing = undefined));
+    }
   }
 
   #checkReferences(m: Manifest): void {

@@ -7,15 +7,14 @@
  * one) dedups in the sink. Smaller files are packed back to back into pack chunks of
  * CHUNK_SIZE, in walk order (sorted, so neighbours in a directory compress together);
  * a file that does not fit the rest of a pack continues in the next one (two
- * extents). Identical small files are caught by a SHA-256 of their content before
- * packing, and a duplicate reuses the first copy's extents. Sparse files keep only
+ * extents). A small file identical to one still in memory (the open pack or the one
+ * before it) reuses that copy's extents (see captureSmall). Sparse files keep only
  * their non-zero 4 KiB blocks, packed like small files.
  *
  * The walk uses synchronous fs calls: for page-cached metadata and small files they
  * cost a fraction of the promise versions, and the only waiting that matters is the
  * sink's backpressure, which putChunk gives us.
  */
-import { hash } from 'node:crypto';
 import {
   closeSync,
   constants,
@@ -28,6 +27,7 @@ import {
 } from 'node:fs';
 import type { BigIntStats } from 'node:fs';
 import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
 import { isImgcastError } from '../../errors.ts';
 import {
   CHUNK_SIZE,
@@ -114,11 +114,21 @@ class Capturer {
   readonly opts: CaptureOptions;
   readonly generation: number;
   /**
-   * Current pack, reused for every pack: sinks copy what they keep (ChunkSink
-   * contract), and fresh 4 MiB buffers cost page faults and RSS on every chunk.
+   * Two pack buffers used in turn, reused for every pack: sinks copy what they keep
+   * (ChunkSink contract), and fresh 4 MiB buffers cost page faults and RSS on every
+   * chunk. The one not being filled still holds the previous pack, so a small file
+   * can be compared byte for byte with copies placed in either (see captureSmall).
    */
-  readonly pack = Buffer.allocUnsafe(CHUNK_SIZE);
+  readonly packs = [Buffer.allocUnsafe(CHUNK_SIZE), Buffer.allocUnsafe(CHUNK_SIZE)] as const;
+  current = 0;
+  /** Packs sealed so far: the open pack is number `sealed`, the one before it `sealed - 1`. */
+  sealed = 0;
   packPos = 0;
+  /** Small files placed whole in the open or the previous pack, by size and CRC-32 of their content. */
+  recent = new Map<string, { pack: number; at: number; extents: FileExtent[] }>();
+  /** Keys of `recent` placed in the previous pack, dropped when it leaves memory. */
+  recentPrev: string[] = [];
+  recentOpen: string[] = [];
   /**
    * Extents whose chunk id is not known yet, by the number of the chunk they lie in
    * (chunk ids arrive from the sink later, when it has hashed them). A pack gets its
@@ -134,7 +144,6 @@ class Capturer {
    * the pack, and sparse files' blocks.
    */
   readonly scratch = Buffer.allocUnsafe(CHUNK_SIZE);
-  readonly dedup = new Map<string, FileExtent[]>();
   readonly links = new Map<string, FileEntry>();
   nextGroup = 1;
   bytes = 0;
@@ -278,6 +287,17 @@ class Capturer {
     return off;
   }
 
+  get pack(): Buffer {
+    return this.packs[this.current]!;
+  }
+
+  /**
+   * Identical small files are stored once when the first copy is still in memory (in
+   * the open pack or the one before): found by size and CRC-32, confirmed byte for
+   * byte, so no hash of every file is needed. Copies farther apart (a minority: most
+   * duplicates sit in the same package folder) are stored again; big files and whole
+   * packs are deduplicated by chunk hash in the sink anyway.
+   */
   async captureSmall(fd: number, size: number, entry: FileEntry): Promise<number> {
     const direct = size <= CHUNK_SIZE - this.packPos;
     const buf = direct ? this.pack : this.scratch;
@@ -285,23 +305,27 @@ class Capturer {
     const n = readFull(fd, buf, at, size, 0);
     if (n === 0) return 0;
     const data = buf.subarray(at, at + n);
-    const key = hash('sha256', data, 'base64');
-    const seen = this.dedup.get(key);
-    if (seen) {
-      entry.extents = this.copyExtents(seen);
-      return n;
+    const key = `${n}:${crc32(data)}`;
+    const seen = this.recent.get(key);
+    if (seen && seen.pack >= this.sealed - 1) {
+      const holder = seen.pack === this.sealed ? this.pack : this.packs[this.current ^ 1]!;
+      if (holder.compare(data, 0, n, seen.at, seen.at + n) === 0) {
+        entry.extents = this.copyExtents(seen.extents);
+        return n;
+      }
     }
     this.bytes += n;
     if (direct) {
       const x: FileExtent = { offset: 0, length: n, chunk: '', chunkOffset: at };
       this.unnamed.set(x, this.packNumber());
       entry.extents!.push(x);
+      this.recent.set(key, { pack: this.sealed, at, extents: entry.extents! });
+      this.recentOpen.push(key);
       this.packPos += n;
       if (this.packPos === CHUNK_SIZE) await this.seal();
     } else {
       await this.append(data, 0, entry.extents!);
     }
-    this.dedup.set(key, entry.extents!);
     return n;
   }
 
@@ -369,6 +393,14 @@ class Capturer {
     const stored = this.store(this.pack.subarray(0, this.packPos));
     open.settle(stored.then((q) => q.ref));
     await stored;
+    // The sealed pack stays in its buffer as "previous"; the one before it leaves memory.
+    for (const key of this.recentPrev) {
+      if (this.recent.get(key)?.pack === this.sealed - 1) this.recent.delete(key);
+    }
+    this.recentPrev = this.recentOpen;
+    this.recentOpen = [];
+    this.sealed++;
+    this.current ^= 1;
     this.packPos = 0;
   }
 
