@@ -244,8 +244,9 @@ async function main(): Promise<void> {
     `Data: ${mib(opt.size)} MiB from /dev/urandom; every received copy checked by SHA-256. Wall time = sender start → last process exit (handshake included; imgcast's includes hashing the file up front).  `,
     'Settings: imgcast raw (`flatFileProvider`, 1 MiB chunks, no rate cap, datagrams up to 8692 bytes (6 units, IP-fragmented) shrunk by the sender under loss, asks for a 32 MiB receive buffer, capped by rmem_max' +
       (TUNE_REASSEMBLY
-        ? '; receivers tune IP reassembly: 1 s timeout, 32 MiB (IMGCAST_BENCH_TUNE_REASSEMBLY=1)'
-        : '') +
+        ? '; receivers tune IP reassembly while receiving (1 s timeout, 32 MiB), as `img receive` does by default as root'
+        : '; receivers leave IP reassembly at the kernel defaults (IMGCAST_BENCH_TUNE_REASSEMBLY=0)') +
+      "; processes run with the launchers' `--max-semi-space-size=8` and Node's compile cache" +
       '); udpcast `udp-sender --full-duplex --min-receivers N --nokbd` (no --max-bitrate), `udp-receiver --rcvbuf <rmem_max>`; uftp `-R -1 -b 1400 -Y none -H <clients> -B <rmem_max>`, uftpd `-d -q -B <rmem_max>`.',
     '',
     '### 3 receivers',

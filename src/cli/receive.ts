@@ -24,10 +24,11 @@ export function addReceiveCommand(program: Command): void {
     .option('--restart', 'ignore the resume journal and restore everything (e.g. after a power cut)')
     .option('--force', 'write into a folder that is not empty')
     .option(
-      '--tune-reassembly',
-      'root, Linux: while receiving, drop incomplete fragmented datagrams after 1 s instead of 30 s and ' +
-        'allow 32 MiB of IP reassembly memory (restored at the end), so lost fragments do not force the ' +
-        'sender back to small datagrams',
+      '--no-tune-reassembly',
+      "leave the kernel's IP reassembly settings alone. By default (as root, Linux) the receive drops " +
+        'incomplete fragmented datagrams after 1 s instead of 30 s and allows 32 MiB of reassembly memory ' +
+        'while it runs (restored at the end), so lost fragments do not force the sender back to small ' +
+        'datagrams; run several receivers on one host only with this option',
     )
     .option('--raw', 'receive a plain file (the sender used --raw)')
     .option('--json', 'print the result as JSON')
@@ -60,7 +61,7 @@ export function addReceiveCommand(program: Command): void {
               journal: o.journal,
               restart: !!o.restart,
               force: !!o.force,
-              tuneReassembly: !!o.tuneReassembly,
+              tuneReassembly: o.tuneReassembly !== false,
               onProgress: (p) => bar.update(p.bytes, p.totalBytes),
               log: o.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
             });
