@@ -28,7 +28,7 @@ export function addReceiveCommand(program: Command): void {
       "leave the kernel's IP reassembly settings alone. By default (as root, Linux) the receive drops " +
         'incomplete fragmented datagrams after 1 s instead of 30 s and allows 32 MiB of reassembly memory ' +
         'while it runs (restored at the end), so lost fragments do not force the sender back to small ' +
-        'datagrams; run several receivers on one host only with this option',
+        'datagrams',
     )
     .option('--raw', 'receive a plain file (the sender used --raw)')
     .option('--json', 'print the result as JSON')

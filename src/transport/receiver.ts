@@ -123,6 +123,12 @@ function tuneReassembly(log: (line: string) => void): () => void {
   try {
     oldTime = readFileSync(IPFRAG_TIME, 'utf8').trim();
     oldHigh = readFileSync(IPFRAG_HIGH, 'utf8').trim();
+    if (oldTime === String(TUNED_IPFRAG_TIME)) {
+      // Another receiver on this host tuned it (or one was killed before restoring): leave
+      // it, and leave the restoring to whoever saved the original values.
+      log('IP reassembly is already tuned on this host; leaving it as it is');
+      return () => {};
+    }
     writeFileSync(IPFRAG_TIME, `${TUNED_IPFRAG_TIME}\n`);
     if (Number(oldHigh) < TUNED_IPFRAG_HIGH) writeFileSync(IPFRAG_HIGH, `${TUNED_IPFRAG_HIGH}\n`);
   } catch (e) {

@@ -178,8 +178,8 @@ export interface ReceiverOptions {
    * net.ipv4.ipfrag_time (30 s) and allow 32 MiB of reassembly memory instead of 4 MiB (this
    * network namespace; restored at the end). Under wire loss the kernel otherwise fills its
    * reassembly memory with those datagrams within seconds and then drops every fragmented one,
-   * and the sender has to fall back to unfragmented datagrams. Not for hosts running several
-   * receivers at once (each restores what it found).
+   * and the sender has to fall back to unfragmented datagrams. With several receivers on one
+   * host, the first tunes and restores; the others find it tuned and leave it alone.
    */
   tuneReassembly?: boolean;
   /** Test hook: drop this fraction of valid incoming data packets (deterministic). */
