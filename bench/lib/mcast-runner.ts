@@ -52,9 +52,16 @@ function progress(p: unknown): void {
 }
 const log = (line: string): void => void process.stderr.write(`${line}\n`);
 
+// Peak of each part of memoryUsage(), sampled, for looking into where a peak RSS comes from.
+const peakMem: Record<string, number> = {};
+setInterval(() => {
+  for (const [k, v] of Object.entries(process.memoryUsage())) peakMem[k] = Math.max(peakMem[k] ?? 0, v);
+}, 50).unref();
+
 function finish(result: unknown): void {
   const rss = process.resourceUsage().maxRSS;
-  process.stdout.write(`RESULT ${JSON.stringify({ ...(result as object), maxRssKb: rss })}\n`);
+  const memMiB = Object.fromEntries(Object.entries(peakMem).map(([k, v]) => [k, Math.round(v / 1048576)]));
+  process.stdout.write(`RESULT ${JSON.stringify({ ...(result as object), maxRssKb: rss, memMiB })}\n`);
 }
 
 if (mode === 'send' && json) {

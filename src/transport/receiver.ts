@@ -37,13 +37,16 @@ import {
   wrapDataKey,
 } from './control.ts';
 import { TransportError } from './errors.ts';
+import { collectYoung } from './gc.ts';
 import { openJournal, sessionFingerprint } from './journal.ts';
 import { checkHeader, FRAG_PAYLOAD, fragmentCount, HEADER_SIZE, unitsLength } from './packet.ts';
 import { DEFAULT_PORT } from './sender.ts';
 import type { ChunkConsumer, ChunkInfo, ReceiverOptions, ReceiverResult, SessionInfo } from './types.ts';
 
 const STATUS_MS = 100;
-const MAX_PENDING = 32 * 1024 * 1024;
+const MAX_PENDING = 24 * 1024 * 1024;
+/** Datagram bytes received between minor collections (see gc.ts). */
+const GC_EVERY_BYTES = 8 * 1024 * 1024;
 const MAX_NAK_FRAGMENT_RANGES = 60_000;
 /** Without packets after a TICK (the sender idles), trust the TICK after this long. */
 const TICK_TRUST_MS = 300;
@@ -238,6 +241,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   // Assembly buffers sized for the largest chunk, reused once the consumer wrote a chunk: fresh
   // 1 MiB buffers per chunk cost page faults and GC work, and garbage ones inflate the RSS.
   let poolCap = 0;
+  let bytesSinceGc = 0;
   const pool: Buffer[] = [];
   const release = (p: Partial): void => {
     pendingBytes -= p.charge;
@@ -494,6 +498,11 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     if (tx > dataPos) dataPos = Math.min(tx, table.length);
     heardUnits += units;
     c.packets++;
+    bytesSinceGc += b.length;
+    if (bytesSinceGc >= GC_EVERY_BYTES) {
+      bytesSinceGc = 0;
+      collectYoung();
+    }
     if (complete[seq]) {
       intervalRx += units;
       c.duplicates++;
