@@ -81,15 +81,19 @@ async function main() {
 
   for (let i = 0; i < rounds; i++) {
     const order = i % 2 === 0 ? ['img', 'tar'] : ['tar', 'img'];
-    // The restores of the previous round wrote ~2 GB; bring the source back into the page cache
-    // (this machine reclaims cache in the background) so neither tool pays for disk reads.
+    // The restores of the previous round left ~2 GB to write back, and this machine reclaims
+    // page cache in the background: flush, then bring the source back into the cache, so
+    // neither capture pays for the other steps' disk traffic.
+    sh('sync');
     sh(`tar -cf - -C ${src} . > /dev/null`);
     for (const tool of order) {
       if (tool === 'img') capImg.runs.push(await measure(`${img} make ${src} ${image} --force`));
       else capTar.runs.push(await measure(`tar -cf - -C ${src} . | zstd -q -3 -T0 -f -o ${tarZst}`));
     }
+    sh('sync');
     for (const tool of order) {
       rmSync(out, { recursive: true, force: true });
+      sh('sync');
       if (tool === 'img') resImg.runs.push(await measure(`${img} restore ${image} ${out}`));
       else {
         mkdirSync(out, { recursive: true });
