@@ -351,14 +351,23 @@ async function checkRestoredDisk(
   r.detach(b);
 }
 
-test('whole GPT disk: make from a loop device, restore onto same-size and larger targets, refusals', async (t) => {
-  if (skipUnless(t, loopUnavailable())) return;
+/** The reference GPT disk, captured; undefined (the test skipped, with the reason) where it cannot be built. */
+async function referenceDisk(
+  t: TestContext,
+): Promise<{ dir: string; r: ReturnType<typeof resources>; src: Source } | undefined> {
+  if (skipUnless(t, loopUnavailable())) return undefined;
   for (const c of ['mcopy', 'setfattr', 'fsck.vfat', 'fsck.ext4']) {
     if (spawnSync('sh', ['-c', `command -v ${c}`]).status !== 0) return void t.skip(`needs ${c}`);
   }
   const dir = await tempDir(t, 'imgcast-disk-test-');
   const r = resources(t);
-  const src = await buildAndCapture(t, dir, r);
+  return { dir, r, src: await buildAndCapture(t, dir, r) };
+}
+
+test('whole GPT disk: make from a loop device, restore onto same-size and larger targets, refusals', async (t) => {
+  const setup = await referenceDisk(t);
+  if (!setup) return;
+  const { dir, r, src } = setup;
 
   await t.test('restore onto a loop device of the same size', async (t2) => {
     const file = await sparse(join(dir, 'same.img'), DISK);
@@ -452,13 +461,9 @@ test('whole GPT disk: make from a loop device, restore onto same-size and larger
 });
 
 test('an interrupted whole-disk restore (process killed mid-way) resumes with only the chunks it lacked', async (t) => {
-  if (skipUnless(t, loopUnavailable())) return;
-  for (const c of ['mcopy', 'setfattr', 'fsck.vfat', 'fsck.ext4']) {
-    if (spawnSync('sh', ['-c', `command -v ${c}`]).status !== 0) return void t.skip(`needs ${c}`);
-  }
-  const dir = await tempDir(t, 'imgcast-disk-test-');
-  const r = resources(t);
-  const src = await buildAndCapture(t, dir, r);
+  const setup = await referenceDisk(t);
+  if (!setup) return;
+  const { dir, r, src } = setup;
   const target = join(dir, 'resumed.img');
   const reader = await ImageReader.open(src.image);
   t.after(() => reader.close());
