@@ -17,7 +17,7 @@ export function addReceiveCommand(program: Command): void {
     .option('--key <secret>', 'pre-shared key the sender requires (also env IMGCAST_KEY)')
     .option(
       '--journal <file>',
-      'resume journal: a receive that was killed (or whose machine crashed) resumes from it and gets only the ' +
+      'resume journal: a receive that was killed, crashed or failed resumes from it and gets only the ' +
         'missing chunks (default: TARGET.imgcast-journal beside a file or folder, ' +
         '/var/lib/imgcast/journals/ for a device; TARGET.journal with --raw)',
     )

@@ -60,6 +60,12 @@ export type DescribedSink = RestoreSink & {
    * marked incomplete).
    */
   readonly resumed: ReadonlySet<string>;
+  /**
+   * Whether an aborted run leaves its written chunks in place for a resume: true for a
+   * folder and a whole disk (abort blanks only the partition table, which a resume
+   * writes again), false for a single filesystem, whose start abort wipes.
+   */
+  readonly resumableAfterAbort: boolean;
 };
 
 function mib(n: number): string {
@@ -210,6 +216,8 @@ function rawVolumeSink(
 interface Composite {
   children: RestoreSink[];
   describe: string;
+  /** See DescribedSink.resumableAfterAbort. */
+  resumableAfterAbort: boolean;
   /** Runs before anything is written; last chance to refuse. */
   before?: () => Promise<void>;
   /** Runs after the children at index < split finished and before the others finish. */
@@ -232,6 +240,7 @@ function compositeSink(c: Composite): DescribedSink {
   return {
     needed,
     resumed,
+    resumableAfterAbort: c.resumableAfterAbort,
     describe: () => c.describe,
     progress() {
       let bytesDone = 0;
@@ -357,6 +366,7 @@ export async function openRestore(
     return compositeSink({
       children: [fileVolumeSink(volume, directoryPlace(target), opts)],
       describe: `directory ${target}`,
+      resumableAfterAbort: true,
       ...(opts.resume ? { resume: opts.resume } : {}),
     });
   }
@@ -433,6 +443,7 @@ export async function openRestore(
   return compositeSink({
     ...(opts.resume ? { resume: opts.resume } : {}),
     children: [child],
+    resumableAfterAbort: false,
     describe: `${label} (${mib(size)}) as one ${volume.kind === 'raw' ? 'raw volume' : volume.fs.type + ' filesystem'}`,
     before: async () => {
       if (fresh) await createFile(target, size);
@@ -553,6 +564,7 @@ function diskSink(
     .join(', ');
   return compositeSink({
     children,
+    resumableAfterAbort: true,
     ...(resume ? { resume } : {}),
     describe: `${label} (${mib(size)}) as a ${disk.table.toUpperCase()} disk of ${disk.partitions.length} partition(s) — ${parts}`,
     before: async () => {

@@ -71,9 +71,10 @@ export const imageDecoder: ChunkDecoder = decodeChunk;
  * journalPath) that lists chunks of this same session layout, it resumes: the target is
  * taken as holding an interrupted restore of it (openRestore's `resume`), and `has`
  * claims what that restore keeps, so only the rest is requested. The journal covers a
- * killed or crashed receiver; after a power cut, pass `restart`, since written data and
- * journal lines may not both have reached the disk. An abort blanks the target's start
- * (it must not look complete), so it also clears the journal.
+ * killed or crashed receiver, and one that failed (dropped, sender lost) onto a folder or
+ * a whole disk; after a power cut, pass `restart`, since written data and journal lines
+ * may not both have reached the disk. An aborted single-filesystem restore wipes the
+ * filesystem's start (it must not look complete), so that journal is cleared.
  */
 export async function restoreConsumer(
   session: SessionInfo,
@@ -133,7 +134,9 @@ export async function restoreConsumer(
     },
     async abort(reason: unknown) {
       await sink.abort(reason);
-      if (journal) await rm(journal, { force: true });
+      // A folder or disk keeps what was written (a disk's table is blanked, and a resume writes it
+      // again); a single filesystem loses its start, so its journal would lie.
+      if (journal && !sink.resumableAfterAbort) await rm(journal, { force: true });
     },
   };
 }

@@ -644,7 +644,7 @@ test('restoring a file set reads none of the chunks only its excluded files use'
   assert.ok([...driverChunks].every((id) => read.includes(id)));
 });
 
-test('an interrupted restore into a directory resumes: files already written are kept, the rest arrive', async (t) => {
+test('a failed restore into a directory resumes: files already written are kept, the rest arrive', async (t) => {
   const dir = await tempDir(t);
   const src = join(dir, 'src');
   await mkdir(join(src, 'a/b'), { recursive: true });
@@ -663,6 +663,9 @@ test('an interrupted restore into a directory resumes: files already written are
   assert.ok(order.length >= 4, `${order.length} chunks`);
   const written = new Set(order.slice(0, 2));
   for (const id of written) await first.applyChunk(id, await reader.readChunk(id));
+  // The run fails cleanly (say its sender was lost): a folder keeps what was written.
+  assert.equal(first.resumableAfterAbort, true);
+  await first.abort(new Error('sender lost'));
 
   // Without resume the half-written directory is refused as not empty.
   await assert.rejects(openRestore(reader.manifest, target, { fileset: 1 }), /not empty/);
