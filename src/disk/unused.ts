@@ -13,6 +13,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+import { attachLoop, detachLoop } from './device.ts';
 import { hasTool, runTool } from './exec.ts';
 
 /** blkid TYPE → partclone tool that can map its used blocks. */
@@ -34,14 +35,21 @@ export interface UnusedMap {
 }
 
 /**
- * The unused ranges of the filesystem on `device` (a whole device, or a loop device
- * over a partition), or why they are not known: no partclone tool for this type, the
- * tool is not installed, or it failed (a damaged filesystem is then captured whole).
+ * The unused ranges of the filesystem in bytes [offset, offset+size) of `path` (a device
+ * or disk-image file; ranges are relative to `offset`), or why they are not known: no
+ * partclone tool for this type, the tool is not installed, or it failed (a damaged
+ * filesystem is then captured whole). A loop device is attached only when there is a
+ * tool to run on it.
  */
-export async function findUnused(device: string, type: string): Promise<UnusedMap | { reason: string }> {
+export async function findUnused(
+  path: string,
+  range: { offset: number; size: number },
+  type: string,
+): Promise<UnusedMap | { reason: string }> {
   const tool = PARTCLONE_TOOL[type];
   if (!tool) return { reason: `no block map for ${type}` };
   if (!(await hasTool(tool))) return { reason: `${tool} is not installed (package partclone)` };
+  const device = await attachLoop(path, { ...range, readOnly: true });
   const dir = await mkdtemp(join(tmpdir(), 'imgcast-domain-'));
   try {
     const log = join(dir, 'domain.log');
@@ -52,6 +60,7 @@ export async function findUnused(device: string, type: string): Promise<UnusedMa
     return { ranges, bytes: ranges.reduce((n, [s, e]) => n + (e - s), 0), tool };
   } finally {
     await rm(dir, { recursive: true, force: true });
+    await detachLoop(device);
   }
 }
 

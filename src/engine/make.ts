@@ -188,16 +188,11 @@ async function planRange(
   if (probe.TYPE) plan.detectedType = probe.TYPE;
   if (probe.TYPE === 'swap') plan.estimate = Math.min(size, SWAP_HEADER);
   if (probe.TYPE && !isFileVolumeType(probe.TYPE) && probe.TYPE !== 'swap') {
-    const loop = await attachLoop(path, { offset, size, readOnly: true });
-    try {
-      const unused = await findUnused(loop, probe.TYPE);
-      if ('ranges' in unused) {
-        plan.unused = unused;
-        plan.estimate = size - unused.bytes;
-        plan.stage = `${name} (${probe.TYPE}, used blocks)`;
-      }
-    } finally {
-      await detachLoop(loop);
+    const unused = await findUnused(path, { offset, size }, probe.TYPE);
+    if ('ranges' in unused) {
+      plan.unused = unused;
+      plan.estimate = size - unused.bytes;
+      plan.stage = `${name} (${probe.TYPE}, used blocks)`;
     }
   }
   if (isFileVolumeType(probe.TYPE)) {

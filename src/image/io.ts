@@ -23,8 +23,10 @@ export function ioError(path: string, what: string, err: unknown): ImageError {
   );
 }
 
-/** Reads exactly `length` bytes at `position`, or fewer only at end of file. */
-/** Reads into `into` when it is big enough (the result is then a view of it), else into a new buffer. */
+/**
+ * Reads exactly `length` bytes at `position`, or fewer only at end of file: into `into`
+ * when it is big enough (the result is then a view of it), else into a new buffer.
+ */
 export async function readAt(
   fh: FileHandle,
   position: number,

@@ -27,6 +27,6 @@ test('parseDomainLog keeps only the blocks marked unused, merged, and skips the 
 });
 
 test('findUnused says why when it cannot map a filesystem', async () => {
-  const r = await findUnused('/dev/null', 'ext4');
+  const r = await findUnused('/dev/null', { offset: 0, size: 0 }, 'ext4');
   assert.ok('reason' in r && /no block map for ext4/.test(r.reason));
 });
