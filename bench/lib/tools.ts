@@ -47,7 +47,12 @@ const RUNNER = join(ROOT, 'bench/lib/mcast-runner.ts');
  * them: the same V8 flag as their shebang, and Node's compile cache (which the
  * launchers enable) so the type stripper is not loaded on every start.
  */
-const NODE_FLAGS = ['--max-semi-space-size=8'];
+const NODE_FLAGS = [
+  '--max-semi-space-size=8',
+  ...(process.env.IMGCAST_BENCH_PROF
+    ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.IMGCAST_BENCH_PROF]
+    : []),
+];
 process.env.NODE_COMPILE_CACHE ??= '/var/tmp/imgcast-bench/node-compile-cache';
 const GROUP_BASE = '239.18.7.';
 
@@ -170,6 +175,7 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
       port,
       clients: o.n,
       waitSeconds: 60,
+      ...(JSON.parse(process.env.IMGCAST_BENCH_SEND_EXTRA ?? '{}') as object),
     };
     sender = start(
       lab,
@@ -301,6 +307,16 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
   procs.push(sender, ...receivers, ...daemons);
   const killAll = (): void => {
     for (const p of procs) lab.kill9(p.child);
+    // For looking into a run that hung (IMGCAST_BENCH_LOG=dir): what each process said.
+    const logDir = process.env.IMGCAST_BENCH_LOG;
+    if (logDir) {
+      procs.forEach(
+        (p, i) =>
+          void p.done.then((d) =>
+            writeFileSync(join(logDir, `timeout-${tool}-${o.seq}-${i}.log`), d.stderr + d.stdout),
+          ),
+      );
+    }
   };
   let note: string | undefined;
   try {

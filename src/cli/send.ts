@@ -33,7 +33,10 @@ export function port(value: string): number {
 function describeResult(r: SenderResult): string {
   const lines = [
     `${r.ok ? 'done' : 'FAILED'}: ${r.chunks} chunks, ${formatBytes(r.bytes)} per pass in ${(r.durationMs / 1000).toFixed(1)} s; ` +
-      `${r.counters.repairPackets} repair packets (${formatBytes(r.counters.repairBytes)})`,
+      `${r.counters.repairPackets} repair packets (${formatBytes(r.counters.repairBytes)})` +
+      (r.counters.codedRepairs
+        ? `, ${r.counters.codedRepairs} of them coded (${r.counters.codedRuns} runs for different receivers)`
+        : ''),
   ];
   const sizes = r.counters.datagramsByUnits.map((n, k) => (n > 0 ? `${n} x ${k}` : '')).filter(Boolean);
   if (sizes.length) {

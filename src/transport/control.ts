@@ -54,6 +54,9 @@ export interface ReceiverCounters {
   lost: number;
   simulatedDrops: number;
   nakFragments: number;
+  /** Coded repairs that gave this receiver a run it missed, and those it could not use (two runs missing, or one no longer in memory). */
+  decoded: number;
+  undecodable: number;
 }
 
 export type ToSender =
@@ -76,6 +79,8 @@ export type ToSender =
       /** Share of the host's IP reassembly memory in use (0..1, Linux), null when unknown. */
       frag: number | null;
       nak: Array<[number, Ranges | null]>;
+      /** Complete chunks whose bytes it still keeps, to XOR out of coded repairs. */
+      kept: Ranges;
       counters: ReceiverCounters;
     }
   | { t: 'done'; ok: boolean; code: string | null; message: string | null; counters: ReceiverCounters };
@@ -147,6 +152,8 @@ function counters(x: unknown): ReceiverCounters {
     'lost',
     'simulatedDrops',
     'nakFragments',
+    'decoded',
+    'undecodable',
   ];
   const out = {} as ReceiverCounters;
   for (const k of keys) out[k] = uint(x[k], `counters.${k}`);
@@ -186,6 +193,7 @@ export function parseToSender(body: Buffer, chunkCount: number): ToSender {
         ovf: m.ovf === null || m.ovf === undefined ? null : uint(m.ovf, 'ovf'),
         frag: m.frag === null || m.frag === undefined ? null : share(m.frag, 'frag'),
         nak,
+        kept: ranges(m.kept, 'kept', chunkCount),
         counters: counters(m.counters),
       };
     }

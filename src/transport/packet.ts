@@ -18,14 +18,27 @@
  * all k units. The sender picks k from the loss the receivers report (sender.ts).
  *
  * The units count lives in the kind byte because the header cannot grow: 28 + 1444 must stay
- * 1472. Packets are not authenticated one by one (a Node crypto call per packet costs more
+ * 1472.
+ *
+ * Coded repairs (type 3): when several receivers each miss different runs of units, one
+ * datagram carrying the XOR of those runs repairs all of them: a receiver that holds every run
+ * but one XORs the others out and gets the one it misses. After the header:
+ *
+ *   28 u8  number of runs m (2..MAX_COMPONENTS)
+ *   29 m x (u32 chunk seq, u16 first unit, u8 units)  -- the header's seq/frag/count are run 0's
+ *   29 + 7m payload: the XOR of the runs' bytes, each zero-padded to the longest; `units` in
+ *          the kind byte is the longest run's units
+ *
+ * The longest run's length is the payload length, which the receiver checks against its chunk
+ * table. Coded repairs are the only datagrams that may exceed 28 + units x 1444 bytes, by the
+ * run list (the sender keeps them within the datagram size limit). Packets are not authenticated one by one (a Node crypto call per packet costs more
  * than the send itself); integrity comes from the chunk hash the receiver got over the
  * control channel, checked once the chunk is assembled.
  */
 import { TransportError } from './errors.ts';
 
 export const MAGIC = 0x4943;
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 export const HEADER_SIZE = 28;
 /** A one-unit datagram: the largest that crosses an MTU of 1500 unfragmented. */
 export const UNIT_DATAGRAM = 1472;
@@ -33,10 +46,16 @@ export const FRAG_PAYLOAD = UNIT_DATAGRAM - HEADER_SIZE;
 /** Units one datagram may carry (4 bits in the header). */
 export const MAX_UNITS = 16;
 export const MAX_DATAGRAM = HEADER_SIZE + MAX_UNITS * FRAG_PAYLOAD;
-/** Default datagram size limit: 6 units, 8692 bytes, 6 frames at MTU 1500. */
-export const DEFAULT_DATAGRAM = HEADER_SIZE + 6 * FRAG_PAYLOAD;
+/** Default datagram size limit: 16 units, 23132 bytes, 16 frames at MTU 1500 (the sender shrinks them under loss). */
+export const DEFAULT_DATAGRAM = HEADER_SIZE + MAX_UNITS * FRAG_PAYLOAD;
 export const TYPE_DATA = 1;
 export const TYPE_REPAIR = 2;
+/** A repair that is the XOR of runs of units from several chunks (see "Coded repairs" above). */
+export const TYPE_CODED = 3;
+/** Runs one coded repair may combine (one byte in the datagram). */
+export const MAX_COMPONENTS = 32;
+/** Bytes per run in a coded repair's list: u32 seq, u16 first unit, u8 units. */
+export const COMPONENT_SIZE = 7;
 export const MAX_FRAGMENTS = 0xffff;
 
 export interface PacketHeader {
@@ -116,15 +135,88 @@ export function checkHeader(b: Buffer): number {
   if (b[2] !== PROTOCOL_VERSION) return REJECT_VERSION;
   const kind = b[3] as number;
   const type = kind & 0x0f;
-  if (type !== TYPE_DATA && type !== TYPE_REPAIR) return REJECT_TYPE;
+  if (type !== TYPE_DATA && type !== TYPE_REPAIR && type !== TYPE_CODED) return REJECT_TYPE;
   const units = (kind >> 4) + 1;
   const frag = b.readUInt16BE(16);
   const count = b.readUInt16BE(18);
-  if (count === 0 || frag + units > count) return REJECT_FIELDS;
+  if (count === 0) return REJECT_FIELDS;
+  if (type === TYPE_CODED) return checkCoded(b, units);
+  if (frag + units > count) return REJECT_FIELDS;
   const len = b.length - HEADER_SIZE;
   if (frag + units < count) return len === units * FRAG_PAYLOAD ? 0 : REJECT_LENGTH;
   if (len > units * FRAG_PAYLOAD || (units > 1 && len <= (units - 1) * FRAG_PAYLOAD)) return REJECT_LENGTH;
   return 0;
+}
+
+/** The run list and payload bound of a coded repair; the chunk table checks the rest. */
+function checkCoded(b: Buffer, units: number): number {
+  if (b.length < HEADER_SIZE + 1) return REJECT_SHORT;
+  const m = b[HEADER_SIZE] as number;
+  if (m < 2 || m > MAX_COMPONENTS) return REJECT_FIELDS;
+  const payloadAt = codedPayloadOffset(m);
+  if (b.length < payloadAt) return REJECT_SHORT;
+  if (b.readUInt32BE(HEADER_SIZE + 1) !== b.readUInt32BE(12)) return REJECT_FIELDS;
+  if (b.readUInt16BE(HEADER_SIZE + 5) !== b.readUInt16BE(16)) return REJECT_FIELDS;
+  let longest = 0;
+  for (let i = 0; i < m; i++) {
+    const u = b[HEADER_SIZE + 1 + i * COMPONENT_SIZE + 6] as number;
+    if (u < 1 || u > units) return REJECT_FIELDS;
+    longest = Math.max(longest, u);
+  }
+  if (longest !== units) return REJECT_FIELDS;
+  const len = b.length - payloadAt;
+  if (len > units * FRAG_PAYLOAD || len <= (units - 1) * FRAG_PAYLOAD) return REJECT_LENGTH;
+  return 0;
+}
+
+/** Where a coded repair's payload starts, after its list of `runs` runs. */
+export function codedPayloadOffset(runs: number): number {
+  return HEADER_SIZE + 1 + runs * COMPONENT_SIZE;
+}
+
+export interface CodedRun {
+  seq: number;
+  frag: number;
+  units: number;
+}
+
+/** The runs a coded repair (already passed by checkHeader) combines. */
+export function codedRuns(b: Buffer): CodedRun[] {
+  const m = b[HEADER_SIZE] as number;
+  const out: CodedRun[] = [];
+  for (let i = 0; i < m; i++) {
+    const at = HEADER_SIZE + 1 + i * COMPONENT_SIZE;
+    out.push({ seq: b.readUInt32BE(at), frag: b.readUInt16BE(at + 4), units: b[at + 6] as number });
+  }
+  return out;
+}
+
+/** Writes a coded repair's run list after its header (`into` holds at least codedPayloadOffset bytes). */
+export function writeCodedRuns(into: Buffer, runs: readonly CodedRun[]): void {
+  if (runs.length < 2 || runs.length > MAX_COMPONENTS) {
+    throw new TransportError('E_PACKET_INVALID', `a coded repair combines 2..${MAX_COMPONENTS} runs`);
+  }
+  into[HEADER_SIZE] = runs.length;
+  runs.forEach((r, i) => {
+    const at = HEADER_SIZE + 1 + i * COMPONENT_SIZE;
+    into.writeUInt32BE(r.seq, at);
+    into.writeUInt16BE(r.frag, at + 4);
+    into[at + 6] = r.units;
+  });
+}
+
+/** dst[0..src.length) ^= src. Word-wise when both are 4-byte aligned (units are 1444 = 4 x 361 bytes). */
+export function xorInto(dst: Uint8Array, src: Uint8Array): void {
+  const n = src.length;
+  let i = 0;
+  if ((dst.byteOffset & 3) === 0 && (src.byteOffset & 3) === 0) {
+    const words = n >>> 2;
+    const d = new Uint32Array(dst.buffer, dst.byteOffset, words);
+    const s = new Uint32Array(src.buffer, src.byteOffset, words);
+    for (let w = 0; w < words; w++) d[w] = (d[w] as number) ^ (s[w] as number);
+    i = words << 2;
+  }
+  for (; i < n; i++) dst[i] = (dst[i] as number) ^ (src[i] as number);
 }
 
 const REASONS: Record<number, string> = {
@@ -132,18 +224,21 @@ const REASONS: Record<number, string> = {
   [REJECT_MAGIC]: 'not an imgcast data packet (bad magic)',
   [REJECT_VERSION]: 'unsupported protocol version',
   [REJECT_TYPE]: 'unknown packet type',
-  [REJECT_FIELDS]: 'unit index, units or unit count out of range',
+  [REJECT_FIELDS]: 'unit index, units, unit count or coded run list out of range',
   [REJECT_LENGTH]: 'payload length does not match the units it claims',
 };
 
 /** Full decode for tools and tests; throws TransportError E_PACKET_INVALID with the reason. */
-export function decodePacket(b: Buffer): PacketHeader & { units: number; payload: Buffer } {
+export function decodePacket(
+  b: Buffer,
+): PacketHeader & { units: number; payload: Buffer; runs: CodedRun[] | null } {
   const bad = checkHeader(b);
   if (bad !== 0) {
     throw new TransportError('E_PACKET_INVALID', `data packet rejected: ${REASONS[bad]}`, {
       length: b.length,
     });
   }
+  const coded = ((b[3] as number) & 0x0f) === TYPE_CODED;
   return {
     type: (b[3] as number) & 0x0f,
     nonce: Buffer.from(b.subarray(4, 12)),
@@ -153,6 +248,7 @@ export function decodePacket(b: Buffer): PacketHeader & { units: number; payload
     count: b.readUInt16BE(18),
     txPos: b.readUInt32BE(20),
     serial: b.readUInt32BE(24),
-    payload: b.subarray(HEADER_SIZE),
+    payload: coded ? b.subarray(codedPayloadOffset(b[HEADER_SIZE] as number)) : b.subarray(HEADER_SIZE),
+    runs: coded ? codedRuns(b) : null,
   };
 }

@@ -39,12 +39,33 @@ import {
 import { TransportError } from './errors.ts';
 import { collectYoung } from './gc.ts';
 import { openJournal, sessionFingerprint } from './journal.ts';
-import { checkHeader, FRAG_PAYLOAD, fragmentCount, HEADER_SIZE, unitsLength } from './packet.ts';
+import {
+  checkHeader,
+  codedPayloadOffset,
+  codedRuns,
+  FRAG_PAYLOAD,
+  fragmentCount,
+  HEADER_SIZE,
+  MAX_UNITS,
+  TYPE_CODED,
+  unitsLength,
+  xorInto,
+} from './packet.ts';
 import { DEFAULT_PORT } from './sender.ts';
 import type { ChunkConsumer, ChunkInfo, ReceiverOptions, ReceiverResult, SessionInfo } from './types.ts';
 
 const STATUS_MS = 100;
-const MAX_PENDING = 24 * 1024 * 1024;
+const MAX_PENDING = 32 * 1024 * 1024;
+/**
+ * Complete chunks stay in memory this long (and within this many bytes) after they were handed
+ * on: a coded repair pairs a run this receiver misses with runs of chunks it already has, maybe
+ * just completed. The sender pairs from the STATUS this receiver sent, so the margin covers one
+ * STATUS interval plus the sender's wait for other receivers' reports.
+ */
+const RECENT_MS = 500;
+const RECENT_MAX_BYTES = 16 * 1024 * 1024;
+/** Chunks are kept only while this receiver lost packets this recently (it has nothing to decode otherwise). */
+const KEEP_AFTER_LOSS_MS = 2000;
 /** Datagram bytes received between minor collections (see gc.ts). */
 const GC_EVERY_BYTES = 8 * 1024 * 1024;
 const MAX_NAK_FRAGMENT_RANGES = 60_000;
@@ -69,22 +90,18 @@ interface Partial {
  * network namespace). Reading them costs a few tens of microseconds, once per STATUS.
  */
 class KernelStats {
-  #fragLimit = 0;
   #lastRcvbuf = -1;
-  constructor() {
-    try {
-      this.#fragLimit = Number(readFileSync('/proc/sys/net/ipv4/ipfrag_high_thresh', 'utf8').trim()) || 0;
-    } catch {
-      this.#fragLimit = 0;
-    }
-  }
 
-  /** Share of the reassembly memory in use: past 1 the kernel drops every new fragmented datagram. */
+  /**
+   * Share of the reassembly memory in use: past 1 the kernel drops every new fragmented datagram.
+   * The limit is read each time: tuneReassembly raises it after this object exists.
+   */
   fragShare(): number | null {
-    if (this.#fragLimit <= 0) return null;
     try {
+      const limit = Number(readFileSync('/proc/sys/net/ipv4/ipfrag_high_thresh', 'utf8').trim()) || 0;
+      if (limit <= 0) return null;
       const m = /FRAG: inuse \d+ memory (\d+)/.exec(readFileSync('/proc/net/sockstat', 'utf8'));
-      return m ? Math.round((Number(m[1]) / this.#fragLimit) * 1000) / 1000 : null;
+      return m ? Math.round((Number(m[1]) / limit) * 1000) / 1000 : null;
     } catch {
       return null;
     }
@@ -218,6 +235,8 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     lost: 0,
     simulatedDrops: 0,
     nakFragments: 0,
+    decoded: 0,
+    undecodable: 0,
   };
 
   let table: ChunkInfo[] = [];
@@ -243,9 +262,43 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   let poolCap = 0;
   let bytesSinceGc = 0;
   const pool: Buffer[] = [];
+  /** Where a coded repair is decoded (accept() copies out of it at once). */
+  const decodeScratch = Buffer.allocUnsafe(MAX_UNITS * FRAG_PAYLOAD);
   const release = (p: Partial): void => {
     pendingBytes -= p.charge;
-    if (p.base && p.base.length === poolCap && pool.length * poolCap < MAX_PENDING) pool.push(p.base);
+    recycle(p);
+  };
+  const recycle = (p: Partial): void => {
+    // Never dropped: a dropped 1 MiB buffer lives in the old generation until a major GC. New ones
+    // are only allocated while the pool is empty and MAX_PENDING allows, so it stays within that.
+    if (p.base && p.base.length === poolCap) pool.push(p.base);
+  };
+  /**
+   * Complete chunks kept for decoding coded repairs, in the order they completed (the order the
+   * consumer gets them). A chunk is here from completion on; once the consumer is done with it
+   * (`applied`) it no longer counts against MAX_PENDING but against RECENT_MAX_BYTES.
+   */
+  const recent = new Map<number, { p: Partial; at: number; applied: boolean }>();
+  let recentBytes = 0;
+  let lastLossAt = -Infinity;
+  const doneWith = (seq: number, p: Partial): void => {
+    const r = recent.get(seq);
+    if (!r) return release(p);
+    r.applied = true;
+    recentBytes += p.charge;
+    trimRecent(0);
+  };
+  /** Lets kept chunks go: those past their time, and more until `need` more bytes fit in MAX_PENDING. */
+  const trimRecent = (need: number): void => {
+    const now = Date.now();
+    for (const [seq, r] of recent) {
+      const keep = now - lastLossAt <= KEEP_AFTER_LOSS_MS && now - r.at <= RECENT_MS;
+      const fits = pendingBytes + need <= MAX_PENDING && recentBytes <= RECENT_MAX_BYTES;
+      if (!r.applied || (fits && keep)) break;
+      recent.delete(seq);
+      recentBytes -= r.p.charge;
+      release(r.p);
+    }
   };
   let applyChain: Promise<void> = Promise.resolve();
   let ended = false;
@@ -475,11 +528,12 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     const frag = b.readUInt16BE(16);
     const units = ((b[3] as number) >> 4) + 1;
     const count = b.readUInt16BE(18);
+    const coded = ((b[3] as number) & 0x0f) === TYPE_CODED;
     const wl = wireLen[seq];
     if (
       wl === undefined ||
       count !== counts[seq] ||
-      b.length - HEADER_SIZE !== unitsLength(wl, frag, units)
+      (coded ? !codedFits(b) : b.length - HEADER_SIZE !== unitsLength(wl, frag, units))
     ) {
       c.forged++;
       return;
@@ -497,14 +551,93 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     // makes us ask early, and the sender ignores requests for chunks it has not sent yet.
     if (tx > dataPos) dataPos = Math.min(tx, table.length);
     heardUnits += units;
+    intervalRx += units;
     c.packets++;
     bytesSinceGc += b.length;
     if (bytesSinceGc >= GC_EVERY_BYTES) {
       bytesSinceGc = 0;
       collectYoung();
     }
+    if (coded) decodeCoded(b);
+    else accept(seq, frag, units, b, HEADER_SIZE);
+  }
+
+  /** Whether a coded repair's runs exist in the chunk table and its payload is as long as the longest. */
+  function codedFits(b: Buffer): boolean {
+    let longest = 0;
+    for (const r of codedRuns(b)) {
+      const wl = wireLen[r.seq];
+      if (wl === undefined || r.frag + r.units > (counts[r.seq] as number)) return false;
+      longest = Math.max(longest, unitsLength(wl, r.frag, r.units));
+    }
+    return b.length - codedPayloadOffset(b[HEADER_SIZE] as number) === longest;
+  }
+
+  /** Whether units frag..frag+units-1 of seq are held in memory (its chunk is still being assembled). */
+  function inMemory(seq: number, frag: number, units: number): boolean {
+    const p = partials.get(seq);
+    if (!p) return false;
+    for (let u = frag; u < frag + units; u++) if (!p.got[u]) return false;
+    return true;
+  }
+
+  /**
+   * A coded repair helps when exactly one of its runs is missing here and every other one is in
+   * memory: XORing those out of the payload leaves the missing run's bytes.
+   */
+  function decodeCoded(b: Buffer): void {
+    const runs = codedRuns(b);
+    let missing = -1;
+    let unusable = false;
+    for (let i = 0; i < runs.length; i++) {
+      const r = runs[i] as (typeof runs)[number];
+      if (complete[r.seq]) {
+        // Verified and handed on: usable while its bytes are kept.
+        if (!recent.has(r.seq)) unusable = true;
+      } else if (!inMemory(r.seq, r.frag, r.units)) {
+        if (missing >= 0) {
+          c.undecodable++;
+          return;
+        }
+        missing = i;
+      }
+    }
+    if (missing < 0) {
+      c.duplicates++;
+      return;
+    }
+    if (unusable) {
+      c.undecodable++;
+      return;
+    }
+    const payload = b.subarray(codedPayloadOffset(runs.length));
+    decodeScratch.set(payload);
+    for (let i = 0; i < runs.length; i++) {
+      if (i === missing) continue;
+      const r = runs[i] as (typeof runs)[number];
+      const p = (partials.get(r.seq) ?? recent.get(r.seq)?.p) as Partial;
+      const start = r.frag * FRAG_PAYLOAD;
+      xorInto(
+        decodeScratch,
+        p.buf.subarray(start, start + unitsLength(wireLen[r.seq] as number, r.frag, r.units)),
+      );
+    }
+    const want = runs[missing] as (typeof runs)[number];
+    c.decoded++;
+    accept(
+      want.seq,
+      want.frag,
+      want.units,
+      decodeScratch.subarray(0, unitsLength(wireLen[want.seq] as number, want.frag, want.units)),
+      0,
+    );
+  }
+
+  /** Stores units frag..frag+units-1 of chunk seq, which are src[from..]; only units not held yet are written. */
+  function accept(seq: number, frag: number, units: number, src: Buffer, from: number): void {
+    const wl = wireLen[seq] as number;
+    const count = counts[seq] as number;
     if (complete[seq]) {
-      intervalRx += units;
       c.duplicates++;
       return;
     }
@@ -513,9 +646,12 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       // Small chunks (compressed images) would waste most of a pooled buffer: they get their own.
       const pooled = poolCap > 0 && wl * 2 >= poolCap;
       const charge = pooled ? poolCap : wl;
+      // Kept chunks are the first to go when memory runs short.
+      if (pendingBytes + charge > MAX_PENDING) trimRecent(charge);
       if (pendingBytes + charge > MAX_PENDING) {
         // Counted as lost for the congestion response: we could not keep this packet.
         c.overrun++;
+        intervalRx -= units;
         return;
       }
       const base = pooled ? (pool.pop() ?? Buffer.allocUnsafe(poolCap)) : null;
@@ -524,7 +660,6 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       pendingBytes += charge;
       partials.set(seq, p);
     }
-    intervalRx += units;
     let fresh = 0;
     for (let u = frag; u < frag + units; u++) if (!p.got[u]) fresh++;
     if (fresh === 0) {
@@ -532,15 +667,15 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       return;
     }
     if (fresh === units) {
-      b.copy(p.buf, frag * FRAG_PAYLOAD, HEADER_SIZE);
+      src.copy(p.buf, frag * FRAG_PAYLOAD, from);
       p.got.fill(1, frag, frag + units);
     } else {
       // A repair overlapping units we hold: copy only the missing ones, never rewrite good bytes.
       for (let u = frag; u < frag + units; u++) {
         if (p.got[u]) continue;
         p.got[u] = 1;
-        const from = HEADER_SIZE + (u - frag) * FRAG_PAYLOAD;
-        b.copy(p.buf, u * FRAG_PAYLOAD, from, Math.min(from + FRAG_PAYLOAD, b.length));
+        const at = from + (u - frag) * FRAG_PAYLOAD;
+        src.copy(p.buf, u * FRAG_PAYLOAD, at, Math.min(at + FRAG_PAYLOAD, src.length));
       }
     }
     p.n += fresh;
@@ -566,6 +701,8 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       return;
     }
     complete[seq] = 1;
+    // Only a receiver that loses packets gets coded repairs to decode.
+    if (Date.now() - lastLossAt <= KEEP_AFTER_LOSS_MS) recent.set(seq, { p, at: Date.now(), applied: false });
     applyChain = applyChain.then(async () => {
       if (ended) return;
       try {
@@ -575,8 +712,9 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
         const msg = err instanceof Error ? err.message : String(err);
         return fail('E_CONSUMER', `writing chunk ${e.id} failed: ${msg}`);
       } finally {
-        // The consumer is done with raw (which may be wire itself): the buffer can be reused.
-        release(p);
+        // The consumer is done with raw (which may be wire itself): the buffer can be reused once
+        // coded repairs no longer need its bytes.
+        doneWith(seq, p);
       }
       applied++;
       bytesApplied += e.rawLength;
@@ -591,6 +729,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   function status(): void {
     if (ended || stalled || !joinedData) return;
     const now = Date.now();
+    trimRecent(0);
     if (now - lastFromSender > senderDeadAfterMs) {
       return fail(
         'E_SENDER_LOST',
@@ -633,7 +772,11 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       nak.push([s, r]);
     }
     const exp = intervalBase >= 0 ? maxSerial - intervalBase : 0;
-    if (firstSerial >= 0) c.lost = Math.max(0, maxSerial - firstSerial - heardUnits);
+    if (firstSerial >= 0) {
+      const lost = Math.max(0, maxSerial - firstSerial - heardUnits);
+      if (lost > c.lost) lastLossAt = now;
+      c.lost = lost;
+    }
     ch.send({
       t: 'status',
       chunks: applied,
@@ -647,6 +790,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       ovf: kernel.rcvbufDelta(),
       frag: kernel.fragShare(),
       nak,
+      kept: toRanges([...recent.keys()].sort((a, b) => a - b)),
       counters: { ...c },
     });
     intervalRx = 0;

@@ -87,9 +87,10 @@ export interface SenderOptions {
   /** Drop a receiver that lost more than half the packets over this long (default 10 000). */
   lossWindowMs?: number;
   /**
-   * Largest UDP datagram, bytes (default 8692: six 1444-byte units, IP-fragmented into 6 frames at
-   * MTU 1500). 1472 sends one unit per datagram and never fragments: for networks that drop IP
-   * fragments. The sender goes below the limit by itself when receivers report loss.
+   * Largest UDP datagram, bytes (default 23132: sixteen 1444-byte units, IP-fragmented into 16
+   * frames at MTU 1500). 1472 sends one unit per datagram and never fragments: for networks that
+   * drop IP fragments (and leaves no room for coded repairs). The sender goes below the limit by
+   * itself when receivers report loss.
    */
   maxDatagram?: number;
   log?: Log;
@@ -132,6 +133,9 @@ export interface SenderCounters {
   datagramsByUnits: number[];
   /** Times a receiver's full IP reassembly memory made the sender stop fragmenting for a while. */
   fragmentationPauses: number;
+  /** Coded repairs sent (one datagram that repairs different runs for different receivers), and the runs they carried. */
+  codedRepairs: number;
+  codedRuns: number;
 }
 
 export interface SenderResult {

@@ -13,6 +13,7 @@ import { join, resolve } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { netnsUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
 import { lossUnavailable, NetLab } from '../helpers/netlab.ts';
+import { MAX_UNITS } from '../../src/transport/packet.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const NODE = join(ROOT, 'node_modules/.bin/node');
@@ -184,10 +185,55 @@ test(
     // The loss was real, and it was repaired rather than ignored.
     assert.ok(lab.dropped(3).packets > 0, 'the loss rule dropped nothing at 5 %');
     assert.ok(sr.counters.repairPackets! >= lab.dropped(3).packets * 0.5, JSON.stringify(sr.counters));
-    // With 1-5 % of the frames lost, big datagrams would lose 6-26 % of the units (and fill the
-    // receivers' reassembly memory): the sender must have sent smaller ones most of the time.
+    // With 1-5 % of the frames lost, big datagrams would lose 15-56 % of their units (and fill the
+    // receivers' reassembly memory): most units must have gone in datagrams of 6 units or fewer.
     const units = byUnits(sr);
-    assert.ok(units[6]! < sumOf(units.slice(1, 6)), `datagrams by units ${JSON.stringify(units)}`);
+    const carried = (from: number, to: number): number =>
+      units.reduce((a, n, k) => (k >= from && k <= to ? a + n * k : a), 0);
+    assert.ok(carried(7, MAX_UNITS) < carried(1, 6), `datagrams by units ${JSON.stringify(units)}`);
+  },
+);
+
+test(
+  'coded repairs: 3 receivers at 2 % loss each decode their runs from shared datagrams; repair stays under 3x the loss',
+  { timeout: 120_000 },
+  async (t) => {
+    if (skipUnless(t, netnsUnavailable() ?? lossUnavailable())) return;
+    const { lab, dir, src, sum } = await setup(t, 3);
+    [1, 2, 3].forEach((h) => lab.loss(h, 2));
+    const s = session(lab);
+    const sender = runner<SenderResult>(lab, 0, 'send', { file: src, clients: 3, ...s.send });
+    const rx = [1, 2, 3].map((h) =>
+      receive(lab, h, s.from, join(dir, `r${h}.bin`), { tuneReassembly: true }),
+    );
+    const sr = must(await sender.result, 'sender', sender);
+    const rr = await Promise.all(rx.map(async (p) => must(await p.result, 'receiver', p)));
+    assert.equal(sr.ok, true, JSON.stringify(sr.receivers));
+    for (const [k, r] of rr.entries()) {
+      assert.equal(r.ok, true, `r${k + 1}: ${r.code} ${r.message}`);
+      assert.equal(sha256(join(dir, `r${k + 1}.bin`)), sum, `r${k + 1} is not byte-exact`);
+    }
+    const c = {
+      repairPackets: sr.counters.repairPackets ?? 0,
+      repairBytes: sr.counters.repairBytes ?? 0,
+      codedRepairs: sr.counters.codedRepairs ?? 0,
+      codedRuns: sr.counters.codedRuns ?? 0,
+    };
+    const lostBytes = [1, 2, 3].reduce((a, h) => a + lab.dropped(h).bytes, 0);
+    const decoded = rr.map((r) => r.counters.decoded ?? 0);
+    const undecodable = rr.map((r) => r.counters.undecodable ?? 0);
+    t.diagnostic(
+      `coded ${c.codedRepairs} datagrams carrying ${c.codedRuns} runs, plain repairs ${c.repairPackets - c.codedRepairs}; ` +
+        `decoded ${decoded.join('/')}, undecodable ${undecodable.join('/')}; repair ${c.repairBytes} bytes for ` +
+        `${lostBytes} bytes dropped (${(c.repairBytes / lostBytes).toFixed(2)}x); by units ${JSON.stringify(byUnits(sr))}`,
+    );
+    // Most repairs served more than one receiver, and each receiver used its share of them.
+    assert.ok(c.codedRepairs > c.repairPackets - c.codedRepairs, JSON.stringify(c));
+    assert.ok(c.codedRuns >= 2 * c.codedRepairs);
+    assert.ok(sumOf(decoded) >= c.codedRuns * 0.8, `decoded ${decoded.join('/')} of ${c.codedRuns} runs`);
+    assert.ok(sumOf(undecodable) <= sumOf(decoded) * 0.1, `undecodable ${undecodable.join('/')}`);
+    // Union repairs (every lost datagram resent for whoever lost it) would be ~3 x k x the loss.
+    assert.ok(c.repairBytes <= 3 * lostBytes, `repair ${c.repairBytes} bytes for ${lostBytes} dropped`);
   },
 );
 
@@ -409,12 +455,15 @@ test(
     t.diagnostic(
       `datagrams by units: no loss ${JSON.stringify(baseUnits)}, r3 at 20 % ${JSON.stringify(slowUnits)}`,
     );
-    // Without loss the sender uses the biggest datagrams (6 units = 8692 bytes, IP-fragmented on
+    // Without loss the sender uses the biggest datagrams (16 units = 23132 bytes, IP-fragmented on
     // the wire: the receivers' kernels reassembled them) for most of the data...
-    assert.ok(baseUnits[6]! > sumOf(baseUnits) * 0.6, `no loss: ${JSON.stringify(baseUnits)}`);
-    assert.ok(reassembly(lab, 1).oks - reasmBefore >= baseUnits[6]! * 0.5, 'r1 reassembled few datagrams');
+    // (by units carried: the sender starts at one unit and doubles k per loss report).
+    const big = MAX_UNITS;
+    const unitsIn = (a: number[]): number => a.reduce((x, n, k) => x + n * k, 0);
+    assert.ok(baseUnits[big]! * big > unitsIn(baseUnits) * 0.6, `no loss: ${JSON.stringify(baseUnits)}`);
+    assert.ok(reassembly(lab, 1).oks - reasmBefore >= baseUnits[big]! * 0.5, 'r1 reassembled few datagrams');
     // ...and with one receiver losing 20 % of the frames it uses smaller ones most of the time.
-    assert.ok(slowUnits[6]! < sumOf(slowUnits) * 0.5, `r3 at 20 %: ${JSON.stringify(slowUnits)}`);
+    assert.ok(slowUnits[big]! * big < unitsIn(slowUnits) * 0.5, `r3 at 20 %: ${JSON.stringify(slowUnits)}`);
     for (const h of [1, 2]) {
       assert.equal(slow.rr[h - 1]!.ok, true, `r${h}: ${slow.rr[h - 1]!.message}`);
       assert.equal(sha256(join(dir, `r${h}-true.bin`)), sum);

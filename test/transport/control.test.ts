@@ -23,6 +23,8 @@ const counters = {
   lost: 4,
   simulatedDrops: 0,
   nakFragments: 7,
+  decoded: 8,
+  undecodable: 9,
 };
 const toSender: ToSender[] = [
   { t: 'hello', v: 1, name: 'pc-17', nonce: 'a'.repeat(32), proof: 'b'.repeat(64) },
@@ -41,6 +43,7 @@ const toSender: ToSender[] = [
       [4, [0, 2, 9, 10]],
       [7, null],
     ],
+    kept: [1, 3],
     counters,
   },
   { t: 'done', ok: false, code: 'E_CONSUMER', message: 'disk full', counters },

@@ -12,11 +12,17 @@ import {
   HEADER_SIZE,
   MAX_DATAGRAM,
   MAX_UNITS,
+  TYPE_CODED,
   TYPE_DATA,
   TYPE_REPAIR,
   UNIT_DATAGRAM,
+  codedPayloadOffset,
+  type CodedRun,
+  MAX_COMPONENTS,
   unitsFor,
   unitsLength,
+  writeCodedRuns,
+  xorInto,
 } from '../../src/transport/packet.ts';
 
 /**
@@ -86,6 +92,7 @@ test('packets with k units round trip through encode and decode', () => {
           txPos: h.txPos,
           serial: h.serial,
           payload,
+          runs: null,
         },
       );
     }),
@@ -161,7 +168,7 @@ test('specific malformed headers name what is wrong', () => {
   assert.throws(() => decodePacket(frag), /unit index/);
   assert.throws(() => decodePacket(Buffer.concat([good, Buffer.alloc(FRAG_PAYLOAD + 1)])), /payload length/);
   const type = Buffer.from(good);
-  type[3] = 0x13;
+  type[3] = 0x1f;
   assert.throws(() => decodePacket(type), /unknown packet type/);
 });
 
@@ -201,4 +208,128 @@ test('unit counts and lengths that do not agree are rejected', () => {
     (e: unknown) => e instanceof TransportError && e.code === 'E_PACKET_INVALID',
   );
   assert.throws(() => h(0, MAX_UNITS + 1, 40), /1\.\.16 units/);
+});
+
+/** A coded repair of `runs` (run 0 in the header too) over chunks whose wire bytes are `chunks[seq]`. */
+function codedPacket(runs: CodedRun[], chunks: Buffer[]): Buffer {
+  const units = Math.max(...runs.map((r) => r.units));
+  const parts = runs.map((r) => {
+    const wire = chunks[r.seq] as Buffer;
+    const start = r.frag * FRAG_PAYLOAD;
+    return wire.subarray(start, start + unitsLength(wire.length, r.frag, r.units));
+  });
+  const payload = Buffer.alloc(Math.max(...parts.map((x) => x.length)));
+  for (const x of parts) xorInto(payload, x);
+  const head = Buffer.alloc(codedPayloadOffset(runs.length));
+  const r0 = runs[0] as CodedRun;
+  encodeHeader({
+    type: TYPE_CODED,
+    nonce: Buffer.alloc(8, 1),
+    seq: r0.seq,
+    frag: r0.frag,
+    units,
+    count: fragmentCount((chunks[r0.seq] as Buffer).length),
+    txPos: 0,
+    serial: 1,
+  }).copy(head);
+  writeCodedRuns(head, runs);
+  return Buffer.concat([head, payload]);
+}
+
+test('xorInto matches a byte-wise XOR, aligned or not', () => {
+  fc.assert(
+    fc.property(
+      fc.uint8Array({ maxLength: 3000 }),
+      fc.uint8Array({ maxLength: 3000 }),
+      fc.nat({ max: 3 }),
+      fc.nat({ max: 3 }),
+      (a, b, da, db) => {
+        const n = Math.min(a.length, b.length);
+        const dst = Buffer.alloc(n + da);
+        Buffer.from(a.subarray(0, n)).copy(dst, da);
+        const src = Buffer.alloc(n + db);
+        Buffer.from(b.subarray(0, n)).copy(src, db);
+        xorInto(dst.subarray(da), src.subarray(db));
+        for (let i = 0; i < n; i++) assert.equal(dst[da + i], (a[i] as number) ^ (b[i] as number));
+      },
+    ),
+  );
+});
+
+test('a coded repair gives back any one of its runs from the others', () => {
+  const chunkArb = fc.uint8Array({ minLength: 1, maxLength: 30_000 }).map((a) => Buffer.from(a));
+  fc.assert(
+    fc.property(
+      fc.array(chunkArb, { minLength: 2, maxLength: 5 }),
+      fc.array(fc.tuple(fc.nat(), fc.nat(), fc.integer({ min: 1, max: MAX_UNITS })), {
+        minLength: 2,
+        maxLength: 5,
+      }),
+      fc.nat(),
+      (chunks, picks, missingSeed) => {
+        // One run per chunk (as the sender does), each inside its chunk.
+        const runs: CodedRun[] = picks.slice(0, chunks.length).map(([, f, u], seq) => {
+          const count = fragmentCount((chunks[seq] as Buffer).length);
+          const frag = f % count;
+          return { seq, frag, units: Math.min(u, count - frag) };
+        });
+        if (runs.length < 2) return;
+        const b = codedPacket(runs, chunks);
+        assert.equal(checkHeader(b), 0);
+        const d = decodePacket(b);
+        assert.equal(d.type, TYPE_CODED);
+        assert.deepEqual(d.runs, runs);
+        // The receiver's side: XOR out every run but one.
+        const missing = missingSeed % runs.length;
+        const out = Buffer.from(d.payload);
+        runs.forEach((r, i) => {
+          if (i === missing) return;
+          const wire = chunks[r.seq] as Buffer;
+          const start = r.frag * FRAG_PAYLOAD;
+          xorInto(out, wire.subarray(start, start + unitsLength(wire.length, r.frag, r.units)));
+        });
+        const want = runs[missing] as CodedRun;
+        const wire = chunks[want.seq] as Buffer;
+        const start = want.frag * FRAG_PAYLOAD;
+        const len = unitsLength(wire.length, want.frag, want.units);
+        assert.deepEqual(out.subarray(0, len), wire.subarray(start, start + len));
+      },
+    ),
+  );
+});
+
+test('malformed coded repairs are rejected with the reason', () => {
+  const chunks = [Buffer.alloc(5 * FRAG_PAYLOAD, 1), Buffer.alloc(3 * FRAG_PAYLOAD, 2)];
+  const good = codedPacket(
+    [
+      { seq: 0, frag: 1, units: 2 },
+      { seq: 1, frag: 0, units: 1 },
+    ],
+    chunks,
+  );
+  assert.equal(checkHeader(good), 0);
+  const one = Buffer.from(good);
+  one[HEADER_SIZE] = 1;
+  assert.throws(() => decodePacket(one), /coded run list/);
+  const many = Buffer.from(good);
+  many[HEADER_SIZE] = MAX_COMPONENTS + 1;
+  assert.throws(() => decodePacket(many), /coded run list/);
+  // Run 0 must be the run the header names.
+  const other = Buffer.from(good);
+  other.writeUInt16BE(0, 16);
+  assert.throws(() => decodePacket(other), /coded run list/);
+  // A run longer than the datagram's units, or none as long.
+  const long = Buffer.from(good);
+  long[HEADER_SIZE + 1 + 7 + 6] = 3;
+  assert.throws(() => decodePacket(long), /coded run list/);
+  const zero = Buffer.from(good);
+  zero[HEADER_SIZE + 1 + 7 + 6] = 0;
+  assert.throws(() => decodePacket(zero), /coded run list/);
+  assert.throws(() => decodePacket(good.subarray(0, codedPayloadOffset(2) - 1)), /shorter than/);
+  assert.throws(() => decodePacket(Buffer.concat([good, Buffer.alloc(1)])), /payload length/);
+  assert.throws(() => decodePacket(good.subarray(0, good.length - FRAG_PAYLOAD)), /payload length/);
+  assert.throws(
+    () => writeCodedRuns(Buffer.alloc(100), [{ seq: 0, frag: 0, units: 1 }]),
+    (e: unknown) => e instanceof TransportError && e.code === 'E_PACKET_INVALID',
+  );
 });
