@@ -50,7 +50,9 @@ function progress(p: unknown): void {
   lastProgress = now;
   process.stdout.write(`PROGRESS ${JSON.stringify(p)}\n`);
 }
-const log = (line: string): void => void process.stderr.write(`${line}\n`);
+const started = performance.now();
+const log = (line: string): void =>
+  void process.stderr.write(`[+${Math.round(performance.now() - started)} ms] ${line}\n`);
 
 // Peak of each part of memoryUsage(), sampled, for looking into where a peak RSS comes from.
 const peakMem: Record<string, number> = {};

@@ -213,7 +213,8 @@ async function connectRetry(
       ) {
         throw new TransportError('E_CONNECT', `cannot reach sender ${host}:${port}: ${(e as Error).message}`);
       }
-      await new Promise((r) => setTimeout(r, 200));
+      // Short: the sender may just be starting (hashing a file first), and every receiver waits.
+      await new Promise((r) => setTimeout(r, 50));
     }
   }
 }

@@ -195,6 +195,8 @@ interface Peer {
   miss: Map<number, Missing | null>;
   /** Complete chunks it said it still keeps the bytes of (its latest STATUS). */
   kept: Set<number>;
+  /** Scratch for the search for coded-repair runs (sender.ts partners()). */
+  mark: number;
   counters: ReceiverCounters | null;
   endedAt: number;
 }
@@ -397,6 +399,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       repairsRequested: 0,
       miss: new Map(),
       kept: new Set(),
+      mark: 0,
       counters: null,
       endedAt: 0,
     };
@@ -811,6 +814,9 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   function partners(first: Run, needFirst: Peer[], maxUnits: number, maxRuns: number): Run[] {
     const runs = [first];
     const needers = [...needFirst];
+    // Receivers that miss one of the chosen runs carry this search's mark (no set per candidate).
+    const mark = ++searchMark;
+    for (const p of needFirst) p.mark = mark;
     let looked = 0;
     for (const [seq, entry] of repairs) {
       if (runs.length >= maxRuns || looked > CODE_LOOK) break;
@@ -822,12 +828,23 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         ) {
           continue;
         }
-        const need = active.filter((p) => misses(p, cand));
-        if (need.length === 0 || need.some((p) => needers.includes(p))) continue;
-        if (!needers.every((p) => holds(p, cand))) continue;
-        if (!need.every((p) => runs.every((r) => holds(p, r)))) continue;
+        let need = 0;
+        let fits = true;
+        for (const p of active) {
+          if (!misses(p, cand)) continue;
+          if (p.mark === mark || !runs.every((r) => holds(p, r))) {
+            fits = false;
+            break;
+          }
+          needBuf[need++] = p;
+        }
+        if (!fits || need === 0 || !needers.every((p) => holds(p, cand))) continue;
         runs.push(cand);
-        needers.push(...need);
+        for (let i = 0; i < need; i++) {
+          const p = needBuf[i] as Peer;
+          p.mark = mark;
+          needers.push(p);
+        }
       }
     }
     return runs;
@@ -849,6 +866,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   }
 
   let codedScratch: Buffer | null = null;
+  let searchMark = 0;
+  const needBuf: Peer[] = [];
 
   function emitCoded(runs: Run[]): number {
     const units = runs.reduce((a, r) => Math.max(a, r.units), 0);
