@@ -7,6 +7,11 @@
  * receivers at 0 % for imgcast and udpcast, checks every copy by SHA-256 and writes
  * the figures into BENCHMARKS.md between `<!-- bench:multicast -->` markers.
  * Needs root (namespaces, nftables). The data file is made once from /dev/urandom.
+ *
+ * For looking into imgcast's runs (none of these change what is written to BENCHMARKS.md
+ * unless the settings they pass do): IMGCAST_BENCH_LOG=dir keeps every process's log,
+ * IMGCAST_BENCH_PROF=dir writes CPU profiles, IMGCAST_BENCH_SEND_EXTRA='{"maxDatagram":8692}'
+ * adds sender options, IMGCAST_BENCH_TUNE_REASSEMBLY=0 leaves IP reassembly untuned.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
