@@ -84,9 +84,12 @@ async function main() {
     // The restores of the previous round left ~2 GB to write back, and this machine reclaims
     // page cache in the background: flush, then bring the source back into the cache, so
     // neither capture pays for the other steps' disk traffic.
-    sh('sync');
-    sh(`tar -cf - -C ${src} . > /dev/null`);
     for (const tool of order) {
+      // Before each capture: the other tool's output may still be waiting to be written back,
+      // and imgcast makes its image durable (fsync) before it reports success, so it would wait
+      // for that writeback too. tar | zstd never syncs; its writeback is not counted either way.
+      sh('sync');
+      sh(`tar -cf - -C ${src} . > /dev/null`);
       if (tool === 'img') capImg.runs.push(await measure(`${img} make ${src} ${image} --force`));
       else capTar.runs.push(await measure(`tar -cf - -C ${src} . | zstd -q -3 -T0 -f -o ${tarZst}`));
     }

@@ -27,7 +27,6 @@ import {
 } from 'node:fs';
 import type { BigIntStats } from 'node:fs';
 import { join } from 'node:path';
-import { crc32 } from 'node:zlib';
 import { isImgcastError } from '../../errors.ts';
 import {
   CHUNK_SIZE,
@@ -62,6 +61,8 @@ export interface CaptureOptions {
 const HOLE_BLOCK = 4096;
 const ZERO_BLOCK = Buffer.alloc(HOLE_BLOCK);
 const YIELD_EVERY = 256;
+/** Earlier small files of the same size compared with a new one (the newest first). */
+const SAME_SIZE_COMPARED = 8;
 
 /** Entries sorted so parents precede children, '.' (the root itself) first. */
 export async function captureTree(
@@ -125,10 +126,11 @@ class Capturer {
   sealed = 0;
   packPos = 0;
   /** Small files placed whole in the open or the previous pack, by size and CRC-32 of their content. */
-  recent = new Map<string, { pack: number; at: number; extents: FileExtent[] }>();
-  /** Keys of `recent` placed in the previous pack, dropped when it leaves memory. */
-  recentPrev: string[] = [];
-  recentOpen: string[] = [];
+  /** Small files still in memory (open or previous pack) by size, newest last. */
+  recent = new Map<number, Array<{ pack: number; at: number; extents: FileExtent[] }>>();
+  /** Sizes in `recent` placed in the previous pack, looked at when it leaves memory. */
+  recentPrev: number[] = [];
+  recentOpen: number[] = [];
   /**
    * Extents whose chunk id is not known yet, by the number of the chunk they lie in
    * (chunk ids arrive from the sink later, when it has hashed them). A pack gets its
@@ -293,8 +295,8 @@ class Capturer {
 
   /**
    * Identical small files are stored once when the first copy is still in memory (in
-   * the open pack or the one before): found by size and CRC-32, confirmed byte for
-   * byte, so no hash of every file is needed. Copies farther apart (a minority: most
+   * the open pack or the one before): the last few of the same size are compared byte for
+   * byte (a comparison stops at the first difference), so no file is hashed or checksummed. Copies farther apart (a minority: most
    * duplicates sit in the same package folder) are stored again; big files and whole
    * packs are deduplicated by chunk hash in the sink anyway.
    */
@@ -305,13 +307,16 @@ class Capturer {
     const n = readFull(fd, buf, at, size, 0);
     if (n === 0) return 0;
     const data = buf.subarray(at, at + n);
-    const key = `${n}:${crc32(data)}`;
-    const seen = this.recent.get(key);
-    if (seen && seen.pack >= this.sealed - 1) {
-      const holder = seen.pack === this.sealed ? this.pack : this.packs[this.current ^ 1]!;
-      if (holder.compare(data, 0, n, seen.at, seen.at + n) === 0) {
-        entry.extents = this.copyExtents(seen.extents);
-        return n;
+    const sameSize = this.recent.get(n);
+    if (sameSize) {
+      for (let i = sameSize.length - 1; i >= 0; i--) {
+        const seen = sameSize[i]!;
+        if (seen.pack < this.sealed - 1) continue;
+        const holder = seen.pack === this.sealed ? this.pack : this.packs[this.current ^ 1]!;
+        if (holder.compare(data, 0, n, seen.at, seen.at + n) === 0) {
+          entry.extents = this.copyExtents(seen.extents);
+          return n;
+        }
       }
     }
     this.bytes += n;
@@ -319,8 +324,13 @@ class Capturer {
       const x: FileExtent = { offset: 0, length: n, chunk: '', chunkOffset: at };
       this.unnamed.set(x, this.packNumber());
       entry.extents!.push(x);
-      this.recent.set(key, { pack: this.sealed, at, extents: entry.extents! });
-      this.recentOpen.push(key);
+      const seen = { pack: this.sealed, at, extents: entry.extents! };
+      if (!sameSize) this.recent.set(n, [seen]);
+      else {
+        sameSize.push(seen);
+        if (sameSize.length > SAME_SIZE_COMPARED) sameSize.shift();
+      }
+      this.recentOpen.push(n);
       this.packPos += n;
       if (this.packPos === CHUNK_SIZE) await this.seal();
     } else {
@@ -394,8 +404,12 @@ class Capturer {
     open.settle(stored.then((q) => q.ref));
     await stored;
     // The sealed pack stays in its buffer as "previous"; the one before it leaves memory.
-    for (const key of this.recentPrev) {
-      if (this.recent.get(key)?.pack === this.sealed - 1) this.recent.delete(key);
+    for (const size of this.recentPrev) {
+      const list = this.recent.get(size);
+      if (!list) continue;
+      const kept = list.filter((x) => x.pack >= this.sealed);
+      if (kept.length) this.recent.set(size, kept);
+      else this.recent.delete(size);
     }
     this.recentPrev = this.recentOpen;
     this.recentOpen = [];

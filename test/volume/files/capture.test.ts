@@ -116,6 +116,35 @@ test('small files are packed, duplicates stored once, a file may span two packs'
   assert.equal(stored, unique);
 });
 
+test('small files of the same size are stored once only when their bytes are equal', async (t) => {
+  const root = await scratchDir(t);
+  mkdirSync(join(root, 'same'));
+  const base = bytes(7, 4096);
+  const differentEnd = Buffer.from(base);
+  differentEnd[4095] = differentEnd[4095]! ^ 1;
+  const differentStart = Buffer.from(base);
+  differentStart[0] = differentStart[0]! ^ 1;
+  writeFileSync(join(root, 'same/a'), base);
+  writeFileSync(join(root, 'same/b'), differentEnd);
+  writeFileSync(join(root, 'same/c'), differentStart);
+  writeFileSync(join(root, 'same/d'), base);
+  const store = new MemChunkStore();
+  const m = byPath(await captureTree(root, store));
+  const read = (p: string): Buffer =>
+    Buffer.concat(
+      m
+        .get(p)!
+        .extents!.map((x) => store.chunks.get(x.chunk)!.subarray(x.chunkOffset, x.chunkOffset + x.length)),
+    );
+  assert.ok(read('same/a').equals(base));
+  assert.ok(read('same/b').equals(differentEnd));
+  assert.ok(read('same/c').equals(differentStart));
+  assert.ok(read('same/d').equals(base));
+  assert.deepEqual(m.get('same/d')!.extents, m.get('same/a')!.extents);
+  assert.notDeepEqual(m.get('same/b')!.extents, m.get('same/a')!.extents);
+  assert.notDeepEqual(m.get('same/c')!.extents, m.get('same/a')!.extents);
+});
+
 test('sparse files keep only their data blocks; zero-filled ordinary files keep their zeros', async (t) => {
   const root = await scratchDir(t);
   buildTree(root, { rootOnly: false });
