@@ -21,7 +21,7 @@ export function addReceiveCommand(program: Command): void {
         'missing chunks (default: TARGET.imgcast-journal beside a file or folder, ' +
         '/var/lib/imgcast/journals/ for a device; TARGET.journal with --raw)',
     )
-    .option('--restart', 'ignore the resume journal and restore everything (e.g. after a power cut)')
+    .option('--restart', 'ignore the resume journal and restore everything')
     .option('--force', 'write into a folder that is not empty')
     .option(
       '--no-tune-reassembly',

@@ -141,6 +141,9 @@ export function fileConsumer(path: string, opts: { journalPath?: string } = {}):
         if (opts.journalPath) await (await openJournal(opts.journalPath, fp, true)).close();
       }
     },
+    async sync(): Promise<void> {
+      await fh?.datasync();
+    },
     async apply(id: string, raw: Buffer): Promise<void> {
       const offs = where.get(id);
       if (!fh || !offs)

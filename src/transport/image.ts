@@ -4,7 +4,9 @@
  * carries the manifest and the file set; it arrives over the control channel, which
  * is authenticated when a key is used, and is checked before anything is written.
  */
-import { rm } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { rm, stat } from 'node:fs/promises';
+import { promisify } from 'node:util';
 
 import { DiskError } from '../disk/errors.ts';
 import { openRestore, type DescribedSink } from '../engine/restore.ts';
@@ -14,6 +16,8 @@ import type { Manifest } from '../image/types.ts';
 import { TransportError } from './errors.ts';
 import { openJournal, readJournal, sessionFingerprint } from './journal.ts';
 import type { ChunkConsumer, ChunkDecoder, ChunkInfo, ChunkProvider, SessionInfo } from './types.ts';
+
+const execFileAsync = promisify(execFile);
 
 export interface ImageMeta {
   kind: 'image';
@@ -71,9 +75,9 @@ export const imageDecoder: ChunkDecoder = decodeChunk;
  * journalPath) that lists chunks of this same session layout, it resumes: the target is
  * taken as holding an interrupted restore of it (openRestore's `resume`), and `has`
  * claims what that restore keeps, so only the rest is requested. The journal covers a
- * killed or crashed receiver, and one that failed (dropped, sender lost) onto a folder or
- * a whole disk; after a power cut, pass `restart`, since written data and journal lines
- * may not both have reached the disk. An aborted single-filesystem restore wipes the
+ * killed or crashed receiver (power cuts included: `sync` flushes what was written before the
+ * receiver journals it), and one that failed (dropped, sender lost) onto a folder or a whole
+ * disk. An aborted single-filesystem restore wipes the
  * filesystem's start (it must not look complete), so that journal is cleared.
  */
 export async function restoreConsumer(
@@ -126,6 +130,15 @@ export async function restoreConsumer(
     prepare: () => sink.prepare(),
     async apply(id: string, raw: Buffer): Promise<void> {
       if (sink.needed.has(id)) await sink.applyChunk(id, raw);
+    },
+    async sync(): Promise<void> {
+      // A folder is one filesystem (syncfs); a disk's partitions are written through loop
+      // devices and mounts of their own, which only a whole-system sync reaches.
+      const isDir = await stat(target).then(
+        (s) => s.isDirectory(),
+        () => false,
+      );
+      await execFileAsync('sync', isDir ? ['-f', target] : []);
     },
     async finish() {
       await sink.finish();

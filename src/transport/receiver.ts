@@ -56,6 +56,9 @@ import type { ChunkConsumer, ChunkInfo, ReceiverOptions, ReceiverResult, Session
 
 const STATUS_MS = 100;
 const MAX_PENDING = 32 * 1024 * 1024;
+/** A journal checkpoint (sync the target, then record what it made durable) after this much or this long. */
+const JOURNAL_SYNC_BYTES = 64 * 1024 * 1024;
+const JOURNAL_SYNC_MS = 2000;
 /**
  * Complete chunks stay in memory this long (and within this many bytes) after they were handed
  * on: a coded repair pairs a run this receiver misses with runs of chunks it already has, maybe
@@ -708,7 +711,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       if (ended) return;
       try {
         await (consumer as ChunkConsumer).apply(e.id, raw);
-        if (journal) await journal.write(`${e.id}\n`);
+        if (journal) await noteWritten(e.id, e.rawLength);
       } catch (err) {
         const msg = err instanceof Error ? err.message : String(err);
         return fail('E_CONSUMER', `writing chunk ${e.id} failed: ${msg}`);
@@ -804,6 +807,48 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     });
   }
 
+  // Journal checkpoints: ids of chunks applied but not yet known to be on disk wait here until
+  // a consumer sync covers them, so the journal never runs ahead of the data (power cuts).
+  let unsynced: string[] = [];
+  let unsyncedBytes = 0;
+  let lastCheckpoint = Date.now();
+  let checkpointing: Promise<void> = Promise.resolve();
+  async function noteWritten(id: string, bytes: number): Promise<void> {
+    const target = consumer as ChunkConsumer;
+    if (!target.sync) {
+      await journal?.write(`${id}\n`);
+      return;
+    }
+    unsynced.push(id);
+    unsyncedBytes += bytes;
+    const every = opts.journalCheckpointBytes ?? JOURNAL_SYNC_BYTES;
+    if (unsyncedBytes < every && Date.now() - lastCheckpoint < JOURNAL_SYNC_MS) return;
+    // In the background: chunks keep being applied while the disk catches up; one at a time.
+    void checkpoint();
+  }
+
+  function checkpoint(): Promise<void> {
+    const target = consumer as ChunkConsumer;
+    const ids = unsynced;
+    unsynced = [];
+    unsyncedBytes = 0;
+    lastCheckpoint = Date.now();
+    checkpointing = checkpointing.then(async () => {
+      if (!journal || ids.length === 0) return;
+      try {
+        await target.sync!();
+        await journal.write(ids.map((x) => `${x}\n`).join(''));
+        await journal.datasync();
+      } catch (err) {
+        fail(
+          'E_CONSUMER',
+          `making written chunks durable failed: ${err instanceof Error ? err.message : String(err)}`,
+        );
+      }
+    });
+    return checkpointing;
+  }
+
   let finishing = false;
   function maybeDone(): void {
     if (finishing || ended || !joinedData || applied < table.length) return;
@@ -811,6 +856,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     leaveData();
     (async () => {
       await applyChain;
+      await checkpointing;
       if (ended) return;
       try {
         await (consumer as ChunkConsumer).finish();
@@ -851,22 +897,30 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     if (gotSession && !sentDone && code !== 'E_ABORTED' && code !== 'E_SENDER_LOST' && !ch.closed) {
       ch.send({ t: 'done', ok: false, code, message, counters: { ...c } });
     }
-    const cons = consumer;
-    end(code, message);
-    cons?.abort(new TransportError(code, message)).catch(() => {});
+    void end(code, message, consumer);
   }
 
-  function end(code: string | null, message: string | null): void {
-    if (ended) return;
+  /** Ends the run; `abort` (on failure) is aborted after what it wrote is journaled, before the result is out. */
+  function end(code: string | null, message: string | null, abort?: ChunkConsumer | null): Promise<void> {
+    if (ended) return Promise.resolve();
     ended = true;
     clearTimeout(connectTimer);
     leaveData();
     untune?.();
     untune = null;
     ch.close(code ? `receiver ended: ${code}` : 'receiver done');
-    if (journal) journal.close().catch(() => {});
     opts.signal?.removeEventListener('abort', onAbort);
-    resolveResult({
+    // Stopping on purpose (dropped, failed, aborted): what was written goes into the journal,
+    // after a last sync, so a later run resumes from there.
+    const closing = (async () => {
+      if (!journal) return;
+      await applyChain.catch(() => {});
+      if (unsynced.length) await checkpoint();
+      await checkpointing;
+      await journal?.close().catch(() => {});
+      journal = null;
+    })();
+    const result: ReceiverResult = {
       ok: code === null,
       code,
       message,
@@ -877,7 +931,11 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       bytes: bytesApplied,
       durationMs: Date.now() - t0,
       counters: { ...c },
-    });
+    };
+    return closing
+      .then(() => abort?.abort(new TransportError(code ?? 'E_ABORTED', message ?? 'aborted')))
+      .catch(() => {})
+      .finally(() => resolveResult(result));
   }
 
   // Abort closes everything without a DONE: to the sender it looks like a vanished receiver.

@@ -45,6 +45,12 @@ export interface ChunkConsumer {
   prepare(session: SessionInfo): Promise<void>;
   /** `raw` must not be used once the returned promise settles: the receiver reuses its memory. */
   apply(id: string, raw: Buffer): Promise<void>;
+  /**
+   * Makes every chunk applied so far durable (on disk, not only in the page cache). With it,
+   * the receiver journals a chunk only after a sync that covers it, so a journal that
+   * survives a power cut never names a chunk that did not.
+   */
+  sync?(): Promise<void>;
   finish(): Promise<void>;
   abort(reason: unknown): Promise<void>;
 }
@@ -164,11 +170,14 @@ export interface ReceiverOptions {
   key?: string;
   name?: string;
   /**
-   * Append-only list of chunk ids written, appended as chunks land. Resume reads it
-   * through the consumer (give fileConsumer / restoreConsumer the same path): the
-   * receiver asks for every chunk the consumer's `has` does not claim.
+   * Append-only list of chunk ids written. Resume reads it through the consumer (give
+   * fileConsumer / restoreConsumer the same path): the receiver asks for every chunk the
+   * consumer's `has` does not claim. With a consumer that can `sync`, ids are appended at
+   * checkpoints, after a sync that made those chunks durable, and when the receiver stops.
    */
   journalPath?: string;
+  /** Bytes written between journal checkpoints (default 64 MiB; and at least every 2 s). */
+  journalCheckpointBytes?: number;
   /** Fail when the sender has been silent this long (default 15 000). */
   senderDeadAfterMs?: number;
   /** Checks and decodes stored bytes; default: codec 0 only, verified by SHA-256. */

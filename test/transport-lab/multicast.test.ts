@@ -321,7 +321,14 @@ test(
     const sender = runner<SenderResult>(lab, 0, 'send', { file: src, clients: 3, ...s.send });
     const journal = join(dir, 'r2.journal');
     const rx = [1, 2, 3].map((h) =>
-      receive(lab, h, s.from, join(dir, `r${h}.bin`), h === 2 ? { journal } : {}),
+      // Checkpoints every 4 MiB (64 MiB by default) so the kill at 30 % finds some journaled.
+      receive(
+        lab,
+        h,
+        s.from,
+        join(dir, `r${h}.bin`),
+        h === 2 ? { journal, journalCheckpointBytes: 4 << 20 } : {},
+      ),
     );
     let killedAt = 0;
     let killedChunks = 0;

@@ -176,6 +176,67 @@ test('a receiver losing most packets is dropped as too slow without holding back
   await assertSame(src, r.outs[1] as string);
 });
 
+test('the journal names a chunk only after a consumer sync that covered it, and everything written when the receiver stops', async (t) => {
+  const dir = await tempDir(t);
+  const src = await source(dir, 16);
+  const out = join(dir, 'synced.bin');
+  const journalPath = join(dir, 'synced.journal');
+  const applied: string[] = [];
+  const durable = new Set<string>();
+  let syncs = 0;
+  const early: string[] = [];
+  const ep = endpoint();
+  const [, r] = await Promise.all([
+    runSender(await flatFileProvider(src), {
+      interface: '127.0.0.1',
+      ...ep,
+      clients: 1,
+      deadAfterMs: 1000,
+      rateMbit: 100,
+    }),
+    runReceiver({
+      from: `127.0.0.1:${ep.port}`,
+      interface: '127.0.0.1',
+      journalPath,
+      journalCheckpointBytes: 3 << 20,
+      stallAfterChunks: 9,
+      makeConsumer: async () => {
+        const inner = await fileConsumer(out, { journalPath });
+        return {
+          ...inner,
+          has: (id: string) => inner.has(id),
+          prepare: (s) => inner.prepare(s),
+          finish: () => inner.finish(),
+          abort: (why) => inner.abort(why),
+          async apply(id: string, raw: Buffer) {
+            await inner.apply(id, raw);
+            applied.push(id);
+          },
+          async sync() {
+            // Whatever the journal names by now must have been made durable by an earlier sync.
+            const listed = (await readFile(journalPath, 'utf8'))
+              .split('\n')
+              .filter((l) => /^[0-9a-f]{64}$/.test(l));
+            for (const id of listed) if (!durable.has(id)) early.push(id);
+            const covered = [...applied];
+            await inner.sync!();
+            syncs++;
+            for (const id of covered) durable.add(id);
+          },
+        };
+      },
+    }),
+  ]);
+  assert.equal(r.ok, false);
+  const journaled = (await readFile(journalPath, 'utf8')).split('\n').filter((l) => /^[0-9a-f]{64}$/.test(l));
+  // Checkpoints every 3 chunks of 1 MiB, and a last one when the receiver was dropped.
+  assert.ok(syncs >= 3, `${syncs} syncs`);
+  assert.equal(journaled.length, applied.length);
+  for (const id of journaled)
+    assert.ok(durable.has(id), `journaled ${id.slice(0, 12)} before a sync covered it`);
+  assert.deepEqual(early, [], 'the journal named chunks no sync had covered yet');
+});
+
 test('resume: a receiver that comes back with its journal gets only the missing chunks', async (t) => {
   const dir = await tempDir(t);
   const src = await source(dir, 16);
