@@ -323,7 +323,10 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   let lowWater = 0;
   const kernel = new KernelStats();
   let untune: (() => void) | null = null;
+  // Seeded by the receiver's name: repeatable, yet receivers of one test lose different packets,
+  // as on a real network (coded repairs depend on that).
   let rng = 0x9e3779b9;
+  for (let i = 0; i < name.length; i++) rng = Math.imul(rng ^ name.charCodeAt(i), 16777619) | 1;
   const rand = () => {
     rng ^= rng << 13;
     rng ^= rng >>> 17;

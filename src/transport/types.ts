@@ -195,7 +195,7 @@ export interface ReceiverOptions {
    * host, the first tunes and restores; the others find it tuned and leave it alone.
    */
   tuneReassembly?: boolean;
-  /** Test hook: drop this fraction of valid incoming data packets (deterministic). */
+  /** Test hook: drop this fraction of valid incoming data packets (repeatable for a given receiver name). */
   simulateLoss?: number;
   /** Test hook: after this many chunks, stop reading data and stop reporting, keeping TCP open. */
   stallAfterChunks?: number;

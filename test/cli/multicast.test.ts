@@ -51,7 +51,7 @@ test('imgcast send multicasts an image to two img receive processes, file set 2 
   });
   assert.equal(r.status, 0, r.stderr);
 
-  const port = 20000 + 2 * Math.floor(Math.random() * 20000);
+  const port = 20000 + 2 * Math.floor(Math.random() * 6000);
   const group = `239.255.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
   const sender = run(IMGCAST, [
     'send',

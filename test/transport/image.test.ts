@@ -8,6 +8,13 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { makeImage } from '../../src/engine/make.ts';
 import { receiveCommand, sendCommand } from '../../src/transport/cli.ts';
+import {
+  imageDecoder,
+  imageProvider,
+  restoreConsumer,
+  runReceiver,
+  runSender,
+} from '../../src/transport/index.ts';
 import { tempDir } from '../helpers/env.ts';
 
 const RUNNER = join(import.meta.dirname, '../../bench/lib/mcast-runner.ts');
@@ -24,7 +31,7 @@ test('an image sent with sendCommand is restored byte-exact by two receiveComman
   const image = join(dir, 'lab.imgc');
   await makeImage(src, image, { level: 'speed' });
 
-  const port = 20000 + 2 * Math.floor(Math.random() * 20000);
+  const port = 20000 + 2 * Math.floor(Math.random() * 6000);
   const group = `239.255.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
   const targets = [join(dir, 'a'), join(dir, 'b')];
   const [sent, ...got] = await Promise.all([
@@ -48,11 +55,64 @@ test('an image sent with sendCommand is restored byte-exact by two receiveComman
   }
 });
 
+test('coded repairs with compressed image chunks of every size: 3 lossy receivers restore exact trees', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(join(src, 'sub'), { recursive: true });
+  // Compressible and incompressible content, small files packed together and a big one cut in
+  // chunks: stored chunks of many lengths, so coded repairs XOR runs of unequal length.
+  const big = randomBytes(9 * 1024 * 1024 + 12345);
+  await writeFile(join(src, 'big.bin'), big);
+  for (let i = 0; i < 300; i++) {
+    await writeFile(join(src, 'sub', `f${i}.txt`), `file ${i}\n`.repeat(1 + ((i * 37) % 900)));
+  }
+  const image = join(dir, 'coded.imgc');
+  await makeImage(src, image, { level: 'balanced' });
+  const port = 20000 + 2 * Math.floor(Math.random() * 6000);
+  const group = `239.255.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
+  const provider = await imageProvider(image, 1);
+  t.after(() => provider.close?.());
+  const targets = [0, 1, 2].map((i) => join(dir, `t${i}`));
+  const [sent, ...got] = await Promise.all([
+    runSender(provider, { clients: 3, interface: '127.0.0.1', group, port, rateMbit: 200 }),
+    ...targets.map((to, i) =>
+      runReceiver({
+        from: `127.0.0.1:${port}`,
+        interface: '127.0.0.1',
+        name: `pc${i}`,
+        simulateLoss: 0.04,
+        decode: imageDecoder,
+        makeConsumer: (session) => restoreConsumer(session, to),
+      }),
+    ),
+  ]);
+  assert.equal(sent.ok, true, JSON.stringify(sent.receivers));
+  for (const r of got) assert.equal(r.ok, true, `${r.name}: ${r.code} ${r.message}`);
+  const decoded = got.map((r) => r.counters.decoded);
+  t.diagnostic(
+    `${sent.counters.codedRepairs} coded repairs (${sent.counters.codedRuns} runs), ${sent.counters.repairPackets} repairs in all; decoded ${decoded.join('/')}`,
+  );
+  assert.ok(sent.counters.codedRepairs > 0, 'no coded repair was sent');
+  assert.ok(
+    decoded.every((n) => n > 0),
+    `every receiver decoded some: ${decoded.join('/')}`,
+  );
+  for (const to of targets) {
+    assert.ok((await readFile(join(to, 'big.bin'))).equals(big));
+    for (const i of [0, 1, 150, 299]) {
+      assert.equal(
+        await readFile(join(to, 'sub', `f${i}.txt`), 'utf8'),
+        `file ${i}\n`.repeat(1 + ((i * 37) % 900)),
+      );
+    }
+  }
+});
+
 test('receiving a raw session as an image is refused before anything is written', async (t) => {
   const dir = await tempDir(t);
   const file = join(dir, 'plain.bin');
   await writeFile(file, randomBytes(100_000));
-  const port = 20000 + 2 * Math.floor(Math.random() * 20000);
+  const port = 20000 + 2 * Math.floor(Math.random() * 6000);
   const ac = new AbortController();
   const send = sendCommand(file, {
     raw: true,
@@ -87,7 +147,7 @@ test('a receiver killed with SIGKILL mid-restore resumes from its journal and ge
   await makeImage(src, image, { level: 'speed' });
   const target = join(dir, 'restored');
   const journal = join(dir, 'restored.journal');
-  const port = 20000 + 2 * Math.floor(Math.random() * 20000);
+  const port = 20000 + 2 * Math.floor(Math.random() * 6000);
   const group = `239.255.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
   const common = { interface: '127.0.0.1', group, clients: 1 };
 

@@ -31,9 +31,10 @@ import { tempDir } from '../helpers/env.ts';
 
 const MiB = 1024 * 1024;
 
+/** Control port p and data port p + 1 below 32768, out of the kernel's range for outgoing connections' ports. */
 function endpoint(): { port: number; group: string } {
   return {
-    port: 20000 + 2 * Math.floor(Math.random() * 20000),
+    port: 20000 + 2 * Math.floor(Math.random() * 6000),
     group: `239.255.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`,
   };
 }
