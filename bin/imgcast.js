@@ -5,9 +5,18 @@
 // A smaller young generation than V8's default (which grows to 3 x 16 MiB): a capture's
 // or restore's heap is mostly long-lived file entries, so the larger nursery only added
 // ~40-90 MiB of peak memory, for no measurable speed (see BENCHMARKS.md).
-import { enableCompileCache } from 'node:module';
+import * as nodeModule from 'node:module';
 import process from 'node:process';
 
-enableCompileCache?.();
+// Started with an older system Node (./bin/... instead of npx or npm start): say so plainly
+// rather than fail on TypeScript syntax.
+if (Number(process.versions.node.split('.')[0]) < 24) {
+  process.stderr.write(
+    `imgcast needs Node.js 24 or newer; this is ${process.version}. Run it through npm ` +
+      '(npx img ..., npx imgcast ..., npm start), which uses the Node that npm ci installed.\n',
+  );
+  process.exit(2);
+}
+nodeModule.enableCompileCache?.();
 const { main } = await import('../src/cli/imgcast.ts');
 await main(process.argv);
