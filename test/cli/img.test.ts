@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -138,5 +138,23 @@ test('the bin launchers run the commands (npx img, npx imgcast)', () => {
     });
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, usage);
+  }
+});
+
+test('the launchers refuse a Node older than 24 with a message saying how to run them', (t) => {
+  const old = ['/usr/bin/node', '/usr/local/bin/node'].find((p) => {
+    const v = spawnSync(p, ['--version'], { encoding: 'utf8' });
+    return v.status === 0 && Number(v.stdout.trim().slice(1).split('.')[0]) < 24;
+  });
+  if (!old) {
+    t.skip('no Node older than 24 installed at /usr/bin or /usr/local/bin to start the launchers with');
+    return;
+  }
+  for (const bin of ['../../bin/img.js', '../../bin/imgcast.js']) {
+    const r: SpawnSyncReturns<string> = spawnSync(old, [new URL(bin, import.meta.url).pathname, '--help'], {
+      encoding: 'utf8',
+    });
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /needs Node\.js 24 or newer; this is v\d+.*npx img/);
   }
 });
