@@ -722,17 +722,23 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     sendList[0] = h;
     sendList[1] = payload;
     udp.send(sendList);
+    countSent(type, units, payload.length);
+    if (type === TYPE_REPAIR) noteRepaired(e.seq, frag, units, serial);
+    return payload.length + HEADER_SIZE;
+  }
+
+  /** Counters and the per-tick figures k is chosen from, for one datagram sent. */
+  function countSent(type: number, units: number, payloadBytes: number): void {
     counters.packets++;
-    counters.bytes += payload.length;
+    counters.bytes += payloadBytes;
     byUnits[units] = (byUnits[units] ?? 0) + 1;
     unitsThisTick += units;
     datagramsThisTick++;
-    if (type === TYPE_REPAIR) {
+    if (type === TYPE_DATA) counters.dataPackets++;
+    else {
       counters.repairPackets++;
-      counters.repairBytes += payload.length;
-      noteRepaired(e.seq, frag, units, serial);
-    } else counters.dataPackets++;
-    return payload.length + HEADER_SIZE;
+      counters.repairBytes += payloadBytes;
+    }
   }
 
   /** The next run of `entry` (seq's repair), at most `max` units; nothing is taken from it yet. */
@@ -906,15 +912,9 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       noteRepaired(r.seq, r.frag, r.units, serial);
     }
     udp.send(b);
-    counters.packets++;
-    counters.bytes += payload.length;
-    counters.repairPackets++;
-    counters.repairBytes += payload.length;
+    countSent(TYPE_CODED, units, payload.length);
     counters.codedRepairs++;
     counters.codedRuns += runs.length;
-    byUnits[units] = (byUnits[units] ?? 0) + 1;
-    unitsThisTick += units;
-    datagramsThisTick++;
     repairCredit = Math.max(0, repairCredit - units);
     return b.length;
   }

@@ -1,0 +1,21 @@
+// Shared by the launchers (bin/img.js, bin/imgcast.js). Plain JavaScript on purpose: it must
+// run on any Node, to tell a user on an older one what to do instead of failing on TypeScript.
+// The compile cache keeps the stripped sources on disk, so later runs skip loading the type
+// stripper: about 30 MiB less memory and 0.15 s less start-up per command.
+import * as nodeModule from 'node:module';
+import process from 'node:process';
+
+/** Runs `main(argv)` of the TypeScript CLI module at `entry` (a URL) as command `name`. */
+export async function launch(name, entry) {
+  // Started with an older system Node (./bin/... instead of npx or npm start): say so plainly.
+  if (Number(process.versions.node.split('.')[0]) < 24) {
+    process.stderr.write(
+      `${name} needs Node.js 24 or newer; this is ${process.version}. Run it through npm ` +
+        '(npx img ..., npx imgcast ..., npm start), which uses the Node that npm ci installed.\n',
+    );
+    process.exit(2);
+  }
+  nodeModule.enableCompileCache?.();
+  const { main } = await import(entry);
+  await main(process.argv);
+}
