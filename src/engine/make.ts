@@ -101,6 +101,17 @@ function countingSink(inner: ChunkSink, onPut: () => void) {
       return { ref: queued.ref.then(count) };
     };
   }
+  const lease = inner.leaseChunk?.bind(inner);
+  if (lease) {
+    sink.leaseChunk = async () => {
+      const lent = await lease();
+      return {
+        buf: lent.buf,
+        queue: (length: number) => ({ ref: lent.queue(length).ref.then(count) }),
+        release: () => lent.release(),
+      };
+    };
+  }
   return { sink, counts, ids };
 }
 

@@ -28,6 +28,11 @@ export interface EncodedManifest {
 /** Arrays longer than this are written element by element; shorter ones are walked into. */
 const BIG_ARRAY = 64;
 const STAGING = 1 << 20;
+/**
+ * Text handed to zstd (which runs on the libuv threadpool) but not yet compressed:
+ * a few batches, so making the next batch overlaps compressing the last.
+ */
+const COMPRESS_AHEAD = 4 * STAGING;
 
 /**
  * JSON text of `value` in pieces whose concatenation is exactly JSON.stringify(value),
@@ -90,7 +95,8 @@ export async function encodeManifest(m: Manifest): Promise<EncodedManifest> {
       );
     }
     sha.update(b);
-    if (!z.write(b)) await once(z, 'drain');
+    z.write(b);
+    if (z.writableLength > COMPRESS_AHEAD) await once(z, 'drain');
   };
   try {
     // Pieces are joined into strings of about STAGING characters: one UTF-8 conversion

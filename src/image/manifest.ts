@@ -4,7 +4,7 @@
  * still hold nonsense; these checks make sure the rest of imgcast can walk it
  * without crashing, and say where it is wrong.
  */
-import { COMPRESSION_LEVELS, type Manifest } from './types.ts';
+import { COMPRESSION_LEVELS, type FileExtent, type Manifest } from './types.ts';
 
 /** One place where a manifest points into a chunk's raw bytes. */
 export interface ChunkReference {
@@ -20,6 +20,42 @@ export type ChunkUse =
   | { kind: 'raw'; volume: number; partition?: number; offset: number; length: number }
   | { kind: 'file'; volume: number; partition?: number; path: string; offset: number; length: number };
 
+/**
+ * A file extent's reference. Its `use` is built only when asked for: a commit or a
+ * verify walks every extent of every file (55k on a system tree), and almost never
+ * needs to describe one.
+ */
+class FileReference implements ChunkReference {
+  readonly chunk: string;
+  readonly chunkOffset: number;
+  readonly length: number;
+  readonly #volume: number;
+  readonly #partition: number | undefined;
+  readonly #path: string;
+  readonly #offset: number;
+
+  constructor(volume: number, partition: number | undefined, path: string, x: FileExtent) {
+    this.chunk = x.chunk;
+    this.chunkOffset = x.chunkOffset;
+    this.length = x.length;
+    this.#volume = volume;
+    this.#partition = partition;
+    this.#path = path;
+    this.#offset = x.offset;
+  }
+
+  get use(): ChunkUse {
+    return {
+      kind: 'file',
+      volume: this.#volume,
+      ...(this.#partition === undefined ? {} : { partition: this.#partition }),
+      path: this.#path,
+      offset: this.#offset,
+      length: this.length,
+    };
+  }
+}
+
 /** Every chunk reference in image order: boot areas, then volumes in order. */
 export function* manifestReferences(manifest: Manifest): Generator<ChunkReference> {
   const areas = manifest.disk?.bootAreas ?? [];
@@ -34,8 +70,8 @@ export function* manifestReferences(manifest: Manifest): Generator<ChunkReferenc
     }
   }
   for (const v of manifest.volumes) {
-    const part = v.partition === undefined ? {} : { partition: v.partition };
     if (v.kind === 'raw') {
+      const part = v.partition === undefined ? {} : { partition: v.partition };
       for (const x of v.extents) {
         yield {
           chunk: x.chunk,
@@ -47,14 +83,9 @@ export function* manifestReferences(manifest: Manifest): Generator<ChunkReferenc
       continue;
     }
     for (const e of v.entries) {
-      for (const x of e.extents ?? []) {
-        yield {
-          chunk: x.chunk,
-          chunkOffset: x.chunkOffset,
-          length: x.length,
-          use: { kind: 'file', volume: v.index, ...part, path: e.path, offset: x.offset, length: x.length },
-        };
-      }
+      const extents = e.extents;
+      if (extents === undefined) continue;
+      for (const x of extents) yield new FileReference(v.index, v.partition, e.path, x);
     }
   }
 }
@@ -62,7 +93,7 @@ export function* manifestReferences(manifest: Manifest): Generator<ChunkReferenc
 const isObj = (x: unknown): x is Record<string, unknown> =>
   typeof x === 'object' && x !== null && !Array.isArray(x);
 const isCount = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0;
-const isId = (x: unknown): boolean => typeof x === 'string' && /^[0-9a-f]{64}$/.test(x);
+const ID = /^[0-9a-f]{64}$/;
 
 /** Why `m` is not a usable manifest, or undefined when it is. */
 export function manifestProblem(m: unknown): string | undefined {
@@ -76,6 +107,15 @@ export function manifestProblem(m: unknown): string | undefined {
   if (!isObj(m.source)) return 'source is missing';
   if (!Array.isArray(m.filesets)) return 'filesets is not a list';
   if (!Array.isArray(m.volumes)) return 'volumes is not a list';
+  // An image has a few hundred chunks and tens of thousands of extents naming them.
+  const goodIds = new Set<string>();
+  const isId = (x: unknown): boolean => {
+    if (typeof x !== 'string') return false;
+    if (goodIds.has(x)) return true;
+    if (!ID.test(x)) return false;
+    goodIds.add(x);
+    return true;
+  };
   const extentProblem = (x: unknown, where: string, withChunkOffset: boolean): string | undefined => {
     if (!isObj(x) || !isCount(x.offset) || !isCount(x.length) || !isId(x.chunk))
       return `${where}: malformed extent`;

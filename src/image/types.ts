@@ -39,6 +39,21 @@ export interface ChunkSink {
    * caller's thread: resolves once `raw` may be reused; `ref` settles later.
    */
   queueChunk?(raw: Buffer): Promise<QueuedChunk>;
+  /**
+   * Optional: lends one CHUNK_SIZE buffer of the sink's own memory, for a caller that
+   * can read its data straight into it (queueChunk without the copy). Resolves when
+   * the sink has room, which is the same backpressure queueChunk gives.
+   */
+  leaseChunk?(): Promise<ChunkLease>;
+}
+
+/** A buffer lent by ChunkSink.leaseChunk: filled in place, then queued or given back, once. */
+export interface ChunkLease {
+  readonly buf: Buffer;
+  /** Hands over the first `length` bytes of `buf` as one chunk; `buf` is the sink's again. */
+  queue(length: number): QueuedChunk;
+  /** Gives `buf` back unused. */
+  release(): void;
 }
 
 /** A chunk accepted by queueChunk; wrapped so that awaiting the acceptance does not wait for the id. */

@@ -34,6 +34,7 @@ import {
   CHUNK_SIZE,
   COMPRESSION_LEVELS,
   FORMAT_VERSION,
+  type ChunkLease,
   type ChunkRef,
   type ChunkSink,
   type CompressionLevel,
@@ -197,7 +198,7 @@ export class ImageWriter implements ChunkSink {
       throw err;
     }
     // The caller may reuse `raw` once we return: copy it into our slot now.
-    raw.copy(Buffer.from(this.#sab!, slot * CHUNK_SIZE, CHUNK_SIZE));
+    raw.copy(this.#slotBuffer(slot));
     this.#pending.set(id, { slot, rawLength: raw.length });
     started();
     this.#check();
@@ -215,8 +216,45 @@ export class ImageWriter implements ChunkSink {
   async queueChunk(raw: Buffer): Promise<QueuedChunk> {
     this.#checkChunk(raw);
     const slot = await this.#acquireSlot();
-    raw.copy(Buffer.from(this.#sab!, slot * CHUNK_SIZE, CHUNK_SIZE));
-    const rawLength = raw.length;
+    raw.copy(this.#slotBuffer(slot));
+    return this.#queueSlot(slot, raw.length);
+  }
+
+  /** queueChunk for callers that fill the slot themselves: a capture reads files straight into it. */
+  async leaseChunk(): Promise<ChunkLease> {
+    this.#check();
+    const slot = await this.#acquireSlot();
+    let held = true;
+    const giveBack = (): void => {
+      if (!held) throw new Error('a chunk lease was already queued or released');
+      held = false;
+    };
+    return {
+      buf: this.#slotBuffer(slot),
+      queue: (length: number) => {
+        giveBack();
+        if (!Number.isSafeInteger(length) || length < 0 || length > CHUNK_SIZE) {
+          this.#releaseSlot(slot);
+          throw new RangeError(`a chunk of ${length} bytes is outside 0..${CHUNK_SIZE}`);
+        }
+        if (this.#closed || this.#failure) {
+          this.#releaseSlot(slot);
+          this.#check();
+        }
+        return this.#queueSlot(slot, length);
+      },
+      release: () => {
+        giveBack();
+        this.#releaseSlot(slot);
+      },
+    };
+  }
+
+  #slotBuffer(slot: number): Buffer {
+    return Buffer.from(this.#sab!, slot * CHUNK_SIZE, CHUNK_SIZE);
+  }
+
+  #queueSlot(slot: number, rawLength: number): QueuedChunk {
     const named = this.#nameAndStore(slot, rawLength);
     const job = named.then(
       () => {},

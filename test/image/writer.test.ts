@@ -8,8 +8,8 @@ import { test } from 'node:test';
 import { chunkId } from '../../src/image/codec.ts';
 import { ImageError } from '../../src/image/errors.ts';
 import { ImageReader } from '../../src/image/reader.ts';
-import { COMPRESSION_LEVELS, type ChunkRef, type FileVolume } from '../../src/image/types.ts';
-import { ImageWriter } from '../../src/image/writer.ts';
+import { CHUNK_SIZE, COMPRESSION_LEVELS, type ChunkRef, type FileVolume } from '../../src/image/types.ts';
+import { IN_FLIGHT_SLOTS, ImageWriter } from '../../src/image/writer.ts';
 import { tempDir } from '../helpers/env.ts';
 import { fileEntry, manifestOf, smallImage, textData } from './fixtures.ts';
 
@@ -150,6 +150,54 @@ test('queueChunk after abort is refused, and an aborted create leaves no file', 
   await queued.ref.catch(() => {});
   await assert.rejects(w.queueChunk(Buffer.from('late')), isCode('E_IMAGE_IO'));
   assert.equal(existsSync(path), false);
+  assert.equal(existsSync(`${path}.partial`), false);
+});
+
+test(
+  'leaseChunk: data written into the lent buffer is stored as is; every slot comes back, once',
+  { timeout: 60_000 },
+  async (t) => {
+    const dir = await tempDir(t);
+    const path = join(dir, 'lease.imgc');
+    const w = await ImageWriter.create(path, { level: 'balanced' });
+    const expected: Buffer[] = [];
+    const pending: Array<Promise<ChunkRef>> = [];
+    // Released and queued leases alike must return their slot: 3 rounds over every slot would hang otherwise.
+    for (let i = 0; i < 3 * IN_FLIGHT_SLOTS; i++) {
+      const lease = await w.leaseChunk();
+      assert.equal(lease.buf.length, CHUNK_SIZE);
+      if (i % 3 === 2) {
+        lease.release();
+        assert.throws(() => lease.queue(10), /already queued or released/);
+        continue;
+      }
+      const data = textData(100_000 + i, i);
+      data.copy(lease.buf);
+      expected.push(data);
+      pending.push(lease.queue(data.length).ref);
+      assert.throws(() => lease.release(), /already queued or released/);
+    }
+    const bad = await w.leaseChunk();
+    assert.throws(() => bad.queue(CHUNK_SIZE + 1), RangeError);
+    const refs = await Promise.all(pending);
+    refs.forEach((r, i) =>
+      assert.deepEqual(r, { id: chunkId(expected[i]!), rawLength: expected[i]!.length }),
+    );
+    await w.commit(manifestOf([fileEntry('x', refs)], 'balanced'));
+    const r = await ImageReader.open(path);
+    t.after(() => r.close());
+    for (const [i, ref] of refs.entries()) assert.deepEqual(await r.readChunk(ref.id), expected[i]);
+  },
+);
+
+test('a lease taken before abort cannot be queued after it', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'lease-abort.imgc');
+  const w = await ImageWriter.create(path, { level: 'speed' });
+  const lease = await w.leaseChunk();
+  await w.abort();
+  assert.throws(() => lease.queue(100), isCode('E_IMAGE_IO'));
+  await assert.rejects(w.leaseChunk(), isCode('E_IMAGE_IO'));
   assert.equal(existsSync(`${path}.partial`), false);
 });
 

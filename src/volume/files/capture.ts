@@ -7,9 +7,13 @@
  * one) dedups in the sink. Smaller files are packed back to back into pack chunks of
  * CHUNK_SIZE, in walk order (sorted, so neighbours in a directory compress together);
  * a file that does not fit the rest of a pack continues in the next one (two
- * extents). A small file identical to one still in memory (the open pack or the one
- * before it) reuses that copy's extents (see captureSmall). Sparse files keep only
- * their non-zero 4 KiB blocks, packed like small files.
+ * extents). A small file identical to one already in the open pack reuses that
+ * copy's extents (see captureSmall). Sparse files keep only their non-zero 4 KiB
+ * blocks, packed like small files.
+ *
+ * Where the sink lends its own buffers (ChunkSink.leaseChunk: the image writer's
+ * shared memory, which workers compress in place), packs and pieces of big files are
+ * read straight into them: 0.84 GB of capture then costs no copy on this thread.
  *
  * The walk uses synchronous fs calls: for page-cached metadata and small files they
  * cost a fraction of the promise versions, and the only waiting that matters is the
@@ -30,6 +34,7 @@ import { join } from 'node:path';
 import { isImgcastError } from '../../errors.ts';
 import {
   CHUNK_SIZE,
+  type ChunkLease,
   type ChunkRef,
   type ChunkSink,
   type QueuedChunk,
@@ -115,22 +120,16 @@ class Capturer {
   readonly opts: CaptureOptions;
   readonly generation: number;
   /**
-   * Two pack buffers used in turn, reused for every pack: sinks copy what they keep
-   * (ChunkSink contract), and fresh 4 MiB buffers cost page faults and RSS on every
-   * chunk. The one not being filled still holds the previous pack, so a small file
-   * can be compared byte for byte with copies placed in either (see captureSmall).
+   * The open pack's buffer: lent by the sink, or (for sinks that copy what they get)
+   * one buffer of our own reused for every pack, since fresh 4 MiB buffers cost page
+   * faults and RSS on every chunk. Undefined until the pack's first byte is placed.
    */
-  readonly packs = [Buffer.allocUnsafe(CHUNK_SIZE), Buffer.allocUnsafe(CHUNK_SIZE)] as const;
-  current = 0;
-  /** Packs sealed so far: the open pack is number `sealed`, the one before it `sealed - 1`. */
-  sealed = 0;
+  pack: Buffer | undefined;
+  packLease: ChunkLease | undefined;
+  ownPack: Buffer | undefined;
   packPos = 0;
-  /** Small files placed whole in the open or the previous pack, by size and CRC-32 of their content. */
-  /** Small files still in memory (open or previous pack) by size, newest last. */
-  recent = new Map<number, Array<{ pack: number; at: number; extents: FileExtent[] }>>();
-  /** Sizes in `recent` placed in the previous pack, looked at when it leaves memory. */
-  recentPrev: number[] = [];
-  recentOpen: number[] = [];
+  /** Small files placed whole in the open pack, by size, newest last. */
+  readonly recent = new Map<number, Array<{ at: number; extents: FileExtent[] }>>();
   /**
    * Extents whose chunk id is not known yet, by the number of the chunk they lie in
    * (chunk ids arrive from the sink later, when it has hashed them). A pack gets its
@@ -168,6 +167,9 @@ class Capturer {
       const refs = await Promise.all(this.chunkRefs);
       for (const [x, n] of this.unnamed) x.chunk = refs[n]!.id;
     } finally {
+      // A pack buffer leased but never filled (the last file shrank to nothing), or the walk failed.
+      this.packLease?.release();
+      this.packLease = undefined;
       // On failure, chunks still being named must not end as unhandled rejections.
       for (const r of this.chunkRefs) r.catch(() => {});
     }
@@ -274,12 +276,22 @@ class Capturer {
     let off = 0;
     while (off < size) {
       const want = Math.min(CHUNK_SIZE, size - off);
-      const buf = this.scratch;
-      const n = readFull(fd, buf, 0, want, off);
-      if (n === 0) break;
+      const lease = await this.sink.leaseChunk?.();
+      const buf = lease?.buf ?? this.scratch;
+      let n: number;
+      try {
+        n = readFull(fd, buf, 0, want, off);
+      } catch (err) {
+        lease?.release();
+        throw err;
+      }
+      if (n === 0) {
+        lease?.release();
+        break;
+      }
       const x: FileExtent = { offset: off, length: n, chunk: '', chunkOffset: 0 };
       this.unnamed.set(x, this.chunkRefs.length);
-      this.chunkRefs.push((await this.store(buf.subarray(0, n))).ref);
+      this.chunkRefs.push((lease ? lease.queue(n) : await this.store(buf.subarray(0, n))).ref);
       extents.push(x);
       off += n;
       this.bytes += n;
@@ -289,20 +301,30 @@ class Capturer {
     return off;
   }
 
-  get pack(): Buffer {
-    return this.packs[this.current]!;
+  /** The open pack's buffer, leased from the sink when the pack gets its first byte. */
+  async packBuffer(): Promise<Buffer> {
+    if (this.pack) return this.pack;
+    if (this.sink.leaseChunk) {
+      this.packLease = await this.sink.leaseChunk();
+      this.pack = this.packLease.buf;
+    } else {
+      this.pack = this.ownPack ??= Buffer.allocUnsafe(CHUNK_SIZE);
+    }
+    return this.pack;
   }
 
   /**
-   * Identical small files are stored once when the first copy is still in memory (in
-   * the open pack or the one before): the last few of the same size are compared byte for
-   * byte (a comparison stops at the first difference), so no file is hashed or checksummed. Copies farther apart (a minority: most
-   * duplicates sit in the same package folder) are stored again; big files and whole
-   * packs are deduplicated by chunk hash in the sink anyway.
+   * Identical small files are stored once when the first copy is in the open pack: the
+   * last few of the same size are compared byte for byte (a comparison stops at the
+   * first difference), so no file is hashed or checksummed. Copies farther apart (a
+   * minority: most duplicates sit in the same package folder; on the bench tree the
+   * pack before held 57 of 1,488 duplicates, 0.4 of 21 MB) are stored again; big files
+   * and whole packs are deduplicated by chunk hash in the sink anyway.
    */
   async captureSmall(fd: number, size: number, entry: FileEntry): Promise<number> {
     const direct = size <= CHUNK_SIZE - this.packPos;
-    const buf = direct ? this.pack : this.scratch;
+    const pack = await this.packBuffer();
+    const buf = direct ? pack : this.scratch;
     const at = direct ? this.packPos : 0;
     const n = readFull(fd, buf, at, size, 0);
     if (n === 0) return 0;
@@ -311,9 +333,7 @@ class Capturer {
     if (sameSize) {
       for (let i = sameSize.length - 1; i >= 0; i--) {
         const seen = sameSize[i]!;
-        if (seen.pack < this.sealed - 1) continue;
-        const holder = seen.pack === this.sealed ? this.pack : this.packs[this.current ^ 1]!;
-        if (holder.compare(data, 0, n, seen.at, seen.at + n) === 0) {
+        if (pack.compare(data, 0, n, seen.at, seen.at + n) === 0) {
           entry.extents = this.copyExtents(seen.extents);
           return n;
         }
@@ -324,13 +344,12 @@ class Capturer {
       const x: FileExtent = { offset: 0, length: n, chunk: '', chunkOffset: at };
       this.unnamed.set(x, this.packNumber());
       entry.extents!.push(x);
-      const seen = { pack: this.sealed, at, extents: entry.extents! };
+      const seen = { at, extents: entry.extents! };
       if (!sameSize) this.recent.set(n, [seen]);
       else {
         sameSize.push(seen);
         if (sameSize.length > SAME_SIZE_COMPARED) sameSize.shift();
       }
-      this.recentOpen.push(n);
       this.packPos += n;
       if (this.packPos === CHUNK_SIZE) await this.seal();
     } else {
@@ -366,7 +385,7 @@ class Capturer {
     let done = 0;
     while (done < data.length) {
       const take = Math.min(data.length - done, CHUNK_SIZE - this.packPos);
-      data.copy(this.pack, this.packPos, done, done + take);
+      data.copy(await this.packBuffer(), this.packPos, done, done + take);
       const x: FileExtent = { offset: fileOffset + done, length: take, chunk: '', chunkOffset: this.packPos };
       this.unnamed.set(x, this.packNumber());
       extents.push(x);
@@ -400,22 +419,20 @@ class Capturer {
     if (this.packPos === 0) return;
     const open = this.openPack!;
     this.openPack = undefined;
-    const stored = this.store(this.pack.subarray(0, this.packPos));
-    open.settle(stored.then((q) => q.ref));
-    await stored;
-    // The sealed pack stays in its buffer as "previous"; the one before it leaves memory.
-    for (const size of this.recentPrev) {
-      const list = this.recent.get(size);
-      if (!list) continue;
-      const kept = list.filter((x) => x.pack >= this.sealed);
-      if (kept.length) this.recent.set(size, kept);
-      else this.recent.delete(size);
-    }
-    this.recentPrev = this.recentOpen;
-    this.recentOpen = [];
-    this.sealed++;
-    this.current ^= 1;
+    const lease = this.packLease;
+    const length = this.packPos;
+    this.packLease = undefined;
     this.packPos = 0;
+    this.recent.clear();
+    const pack = this.pack!;
+    this.pack = undefined;
+    if (lease) {
+      open.settle(lease.queue(length).ref);
+    } else {
+      const stored = this.store(pack.subarray(0, length));
+      open.settle(stored.then((q) => q.ref));
+      await stored;
+    }
   }
 
   /** Hands one chunk to the sink: resolves when `raw` may be reused; its id comes later. */
