@@ -68,8 +68,8 @@
  * joined at start already has are skipped in the first pass.
  */
 import { randomBytes } from 'node:crypto';
-import dgram from 'node:dgram';
 import net from 'node:net';
+import { availableParallelism } from 'node:os';
 import { type DataKey, GCM_TAG, sealChunk } from './chunkwire.ts';
 import {
   Channel,
@@ -83,6 +83,7 @@ import {
   wrapDataKey,
 } from './control.ts';
 import { UsageError } from '../errors.ts';
+import { defaultSendThreads, openDatagramOut } from './datagram-out.ts';
 import { TransportError } from './errors.ts';
 import {
   DEFAULT_DATAGRAM,
@@ -133,7 +134,6 @@ const K_MIN_UNITS = 200;
 const FRAG_HIGH = 0.5;
 const FRAG_LOW = 0.2;
 const CACHE_BYTES = 16 * 1024 * 1024;
-const SEND_QUEUE_LIMIT = 512;
 const MAX_REPAIR_LOADS = 3;
 /** Chunks read ahead of the first pass, so a slow read does not leave the sender idle. */
 const PREFETCH_CHUNKS = 4;
@@ -155,10 +155,10 @@ const MAX_SPARE_READ = 8 * 1024 * 1024;
 const BURST_MS = 8;
 /**
  * Header buffers reused round-robin. A datagram libuv could not send at once keeps a reference to
- * its header until it leaves; pump() never lets more than SEND_QUEUE_LIMIT + 1 wait, so a ring
+ * its header until it leaves; pump() never lets more than the direct socket's backlogLimit (512) wait, so a ring
  * this size never rewrites a header still queued.
  */
-const HEADER_RING = 4 * SEND_QUEUE_LIMIT;
+const HEADER_RING = 2048;
 
 interface Entry extends ChunkInfo {
   seq: number;
@@ -331,34 +331,15 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   let othersDoneAt = 0;
 
   // --- sockets -------------------------------------------------------------
-  const udp = dgram.createSocket({ type: 'udp4' });
-  await new Promise<void>((resolve, reject) => {
-    udp.once('error', reject);
-    udp.bind(0, opts.interface, () => {
-      udp.off('error', reject);
-      resolve();
-    });
-  });
-  udp.on('error', (e) => log(`data socket error: ${e.message}`));
-  if (opts.interface) udp.setMulticastInterface(opts.interface);
-  udp.setMulticastTTL(opts.ttl ?? 1);
-  udp.setMulticastLoopback(true);
-  // The kernel caps SO_SNDBUF at net.core.wmem_max (often 208 KiB-4 MiB); try big, settle for what it allows.
-  for (const size of [16 << 20, 4 << 20, 1 << 20]) {
-    try {
-      udp.setSendBufferSize(size);
-      break;
-    } catch {
-      /* try smaller */
-    }
-  }
-  // A connected socket skips the per-send address lookup Node does otherwise.
-  await new Promise<void>((resolve) => udp.connect(dataPort, group, () => resolve()));
+  const out = await openDatagramOut(
+    { interface: opts.interface, ttl: opts.ttl ?? 1, group, port: dataPort, maxDatagram },
+    opts.sendThreads ?? defaultSendThreads(availableParallelism()),
+  );
 
   const server = net.createServer((sock) => onConnection(sock));
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e) => {
-      udp.close();
+      void out.close();
       reject(
         new TransportError('E_CONNECT', `cannot listen on control port ${port}: ${e.message}`, { port }),
       );
@@ -470,6 +451,9 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         p.chunks = m.chunks;
         p.bytes = m.bytes;
         p.heard = Math.max(p.heard, m.heard);
+        // With several sending threads, a packet it heard may have overtaken a repair still on its way.
+        const heard =
+          out.reorderWindow > 0 && out.backlog() > 0 ? p.heard - out.reorderWindow * kMax : p.heard;
         p.counters = m.counters;
         p.frag = m.frag;
         if (m.exp >= 20) {
@@ -489,7 +473,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
           const e = table[seq] as Entry;
           if (frags === null) {
             p.miss.set(seq, null);
-            if ((lastRepairSerial.get(seq) ?? -1) > p.heard || seq >= txPos) {
+            if ((lastRepairSerial.get(seq) ?? -1) > heard || seq >= txPos) {
               counters.naksSuppressed++;
               continue;
             }
@@ -503,7 +487,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
             continue;
           }
           // Units repaired after the last packet it had heard are on their way: not asked again.
-          const m = missing(e.count, frags, repairedAt.get(seq), p.heard);
+          const m = missing(e.count, frags, repairedAt.get(seq), heard);
           p.miss.set(seq, m);
           if (m.left === 0 || seq >= txPos) {
             counters.naksSuppressed++;
@@ -620,7 +604,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
           const base = cacheBase.get(s);
           cacheBase.delete(s);
           // Queued datagrams may still point into the buffer; reuse it only when none wait.
-          if (base && udp.getSendQueueCount() === 0) recycle(base);
+          if (base && !out.holdsBuffers()) recycle(base);
         }
       })
       .catch((err: unknown) => {
@@ -700,6 +684,12 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     headers.push(h);
   }
   let nextHeader = 0;
+  // stampPosition(): positions and serials of the last reorderWindow datagrams, and the newest ones that left.
+  const lagPos = new Uint32Array(out.reorderWindow);
+  const lagSerial = new Uint32Array(out.reorderWindow);
+  let stamped = 0;
+  let safePos = 0;
+  let safeSerial = 0;
   const byUnits = counters.datagramsByUnits;
   const sendList: Buffer[] = [headerSlab, headerSlab];
 
@@ -716,15 +706,36 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     h.writeUInt32BE(e.seq, 12);
     h.writeUInt16BE(frag, 16);
     h.writeUInt16BE(e.count, 18);
-    h.writeUInt32BE(txPos, 20);
+    h.writeUInt32BE(stampPosition(), 20);
     h.writeUInt32BE(first, 24);
-    // dgram copies the list into its own array, so one list object serves every send.
+    // Both forms copy the list (dgram into its own array, the thread into its ring), so one list serves every send.
     sendList[0] = h;
     sendList[1] = payload;
-    udp.send(sendList);
+    out.send(sendList);
     countSent(type, units, payload.length);
     if (type === TYPE_REPAIR) noteRepaired(e.seq, frag, units, serial);
     return payload.length + HEADER_SIZE;
+  }
+
+  /**
+   * The transmit position a datagram may carry. Receivers ask for every unit below it that they
+   * miss, so with several sending threads (datagrams arriving out of order, out.reorderWindow)
+   * it is the position as of reorderWindow datagrams ago, when everything it vouches for had
+   * surely left. With one thread it is the position itself.
+   */
+  function stampPosition(): number {
+    const window = out.reorderWindow;
+    if (window === 0) return txPos;
+    const i = stamped % window;
+    const pos = stamped >= window ? (lagPos[i] as number) : 0;
+    if (stamped >= window) {
+      safePos = pos;
+      safeSerial = lagSerial[i] as number;
+    }
+    lagPos[i] = txPos;
+    lagSerial[i] = serial;
+    stamped++;
+    return pos;
   }
 
   /** Counters and the per-tick figures k is chosen from, for one datagram sent. */
@@ -872,6 +883,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   }
 
   let codedScratch: Buffer | null = null;
+  const codedList: Buffer[] = [];
   let searchMark = 0;
   const needBuf: Peer[] = [];
 
@@ -886,10 +898,9 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     // A datagram libuv could not send at once keeps a reference to its buffer: while any wait,
     // the scratch buffer may be one of them, so take fresh memory.
     codedScratch ??= Buffer.allocUnsafe(MAX_DATAGRAM);
-    const b =
-      udp.getSendQueueCount() === 0
-        ? codedScratch.subarray(0, at + payloadLength)
-        : Buffer.allocUnsafe(at + payloadLength);
+    const b = out.holdsBuffers()
+      ? Buffer.allocUnsafe(at + payloadLength)
+      : codedScratch.subarray(0, at + payloadLength);
     const first = runs[0] as Run;
     const e0 = table[first.seq] as Entry;
     template.copy(b, 0, 0, HEADER_SIZE);
@@ -897,7 +908,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     b.writeUInt32BE(first.seq, 12);
     b.writeUInt16BE(first.frag, 16);
     b.writeUInt16BE(e0.count, 18);
-    b.writeUInt32BE(txPos, 20);
+    b.writeUInt32BE(stampPosition(), 20);
     b.writeUInt32BE((serial + 1) >>> 0, 24);
     serial = (serial + units) >>> 0;
     writeCodedRuns(b, runs);
@@ -911,7 +922,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       takeRun(r);
       noteRepaired(r.seq, r.frag, r.units, serial);
     }
-    udp.send(b);
+    codedList[0] = b;
+    out.send(codedList);
     countSent(TYPE_CODED, units, payload.length);
     counters.codedRepairs++;
     counters.codedRuns += runs.length;
@@ -988,6 +1000,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   let tokens = 0;
   let lastFill = 0;
   let pumping = false;
+  let passAnnounced = false;
   let sentThisTick = 0;
 
   function kick(): void {
@@ -1003,6 +1016,12 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       return;
     }
     active = peers.filter((p) => p.state === 'receiving');
+    // The last chunks have passed once their datagrams left: say so now, not at the next tick, so
+    // receivers ask for what they miss of them 0-200 ms sooner.
+    if (firstPassDone && !passAnnounced && out.backlog() === 0) {
+      passAnnounced = true;
+      sendTicks();
+    }
     const now = performance.now();
     const bytesPerMs = (rateMbit * 1e6) / 8 / 1000;
     tokens = Math.min(tokens + (now - lastFill) * bytesPerMs, Math.max(BURST_MS * bytesPerMs, 3000));
@@ -1010,7 +1029,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     let idle = false;
     let budget = 256;
     while (tokens > 0 && budget-- > 0) {
-      if (udp.getSendQueueCount() > SEND_QUEUE_LIMIT) break;
+      if (out.backlog() >= out.backlogLimit) break;
       const n = sendOne();
       if (n === 0) {
         idle = true;
@@ -1019,17 +1038,39 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       tokens -= n;
       sentThisTick += n;
     }
-    if (idle && repairs.size === 0 && (firstPassDone || loading.size === 0)) {
+    if (
+      idle &&
+      repairs.size === 0 &&
+      (firstPassDone || loading.size === 0) &&
+      (passAnnounced || !firstPassDone)
+    ) {
       // Nothing to send until a NAK or a read arrives; kick() restarts the pump.
       pumping = false;
       tokens = 0;
       return;
     }
-    if (idle || tokens <= 0 || udp.getSendQueueCount() > SEND_QUEUE_LIMIT) setTimeout(pump, 1);
+    if (idle || tokens <= 0 || out.backlog() >= out.backlogLimit) setTimeout(pump, 1);
     else setImmediate(pump);
   }
 
   // --- housekeeping --------------------------------------------------------------
+  /** TICK: where the first pass is (receivers ask for what they miss below it), the rate, the phase. */
+  function sendTicks(): void {
+    // Out of order sending threads: vouch only for what surely left, unless nothing waits to.
+    const settled = out.reorderWindow === 0 || out.backlog() === 0;
+    for (const p of peers) {
+      if (p.state !== 'receiving' && p.state !== 'waiting') continue;
+      p.ch.send({
+        t: 'tick',
+        txPos: settled ? txPos : safePos,
+        serial: settled ? serial : safeSerial,
+        rate: rateMbit,
+        started,
+        firstPassDone,
+      });
+    }
+  }
+
   let lastTick = performance.now();
   const ticker = setInterval(() => {
     const now = Date.now();
@@ -1042,10 +1083,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     datagramsThisTick = 0;
     kHistory = kHistory.filter(([t]) => now - t <= K_WINDOW_MS);
     if (!started) maybeStart();
-    for (const p of peers) {
-      if (p.state !== 'receiving' && p.state !== 'waiting') continue;
-      p.ch.send({ t: 'tick', txPos, serial, rate: rateMbit, started, firstPassDone });
-    }
+    sendTicks();
     for (const p of [...peers]) {
       if (p.state === 'ok' || p.state === 'failed' || p.state === 'dropped') continue;
       if (now - p.lastHeard > deadAfterMs) {
@@ -1156,7 +1194,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   /** Loss figure for the rate response: wire loss per frame plus overflow per unit. */
   function congestionLoss(rx: number, exp: number, ovf: number): number {
     const kAvg = recentK();
-    const ovfUnits = Math.min(exp - rx, ovf * kAvg);
+    const ovfUnits = Math.max(0, Math.min(exp - rx, ovf * kAvg));
     return frameLoss(exp - rx - ovfUnits, exp, kAvg) + ovfUnits / exp;
   }
 
@@ -1188,7 +1226,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         ovf += Math.max(0, o);
       }
       if (exp < K_MIN_UNITS) continue;
-      const ovfUnits = Math.min(exp - rx, ovf * kAvg);
+      // A report with rx above exp (a forged one) must not make the overflow negative.
+      const ovfUnits = Math.max(0, Math.min(exp - rx, ovf * kAvg));
       // One more lost unit than seen: a short clean sample does not pass for a loss-free wire.
       losses.push(frameLoss(exp - rx - ovfUnits + 1, exp, kAvg));
     }
@@ -1213,6 +1252,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       );
     }
     k = next;
+    // Small datagrams cost mostly per datagram, which spreads well over sending threads (datagram-out.ts).
+    out.spread(2 * k <= kMax);
   }
 
   /** Loss over the window, 0 when the window saw too few packets to judge. */
@@ -1257,9 +1298,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   opts.signal?.removeEventListener('abort', onAbort);
   await new Promise<void>((r) => server.close(() => r()));
   for (const p of peers) p.ch.close('session over');
-  // Let queued datagrams leave before closing the socket.
-  for (let i = 0; i < 100 && udp.getSendQueueCount() > 0; i++) await new Promise((r) => setTimeout(r, 10));
-  udp.close();
+  // Queued datagrams leave before the socket closes.
+  await out.close();
   await provider.close?.().catch(() => {});
   if (fatal) throw fatal;
 

@@ -99,6 +99,11 @@ export interface SenderOptions {
    * itself when receivers report loss.
    */
   maxDatagram?: number;
+  /**
+   * Sending threads: 0 sends from the sender's own thread; default 2 where there are 2 or more
+   * cores, so the kernel's per-frame work spreads over cores (datagram-out.ts).
+   */
+  sendThreads?: number;
   log?: Log;
   onProgress?: (s: SenderProgress) => void;
   signal?: AbortSignal;

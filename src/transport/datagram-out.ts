@@ -1,0 +1,340 @@
+/**
+ * Where the sender's datagrams leave: its own socket, or a socket on a thread of its own.
+ *
+ * Sending is the sender's largest cost, and most of it is the kernel's: fragmenting each
+ * datagram and, on a host whose receivers are local (the lab's network namespaces, a VM
+ * host), delivering every frame to them too, all on the thread that called send. On the
+ * sender's own thread that work queues behind its JavaScript (NAKs, repair planning, XOR,
+ * reads). The threaded form copies each datagram into a ring of shared memory that a
+ * worker thread drains into its own socket, so the kernel's work runs on another core
+ * while the sender plans the next datagrams. Order is kept (one ring, one socket), so
+ * receivers see exactly the stream they would from the direct form.
+ */
+import dgram from 'node:dgram';
+import { Worker } from 'node:worker_threads';
+
+import { TransportError } from './errors.ts';
+
+export interface DatagramOutOptions {
+  /** Local address to send from (the multicast interface), or undefined for the default. */
+  interface: string | undefined;
+  ttl: number;
+  group: string;
+  port: number;
+  /** Largest datagram that will be sent. */
+  maxDatagram: number;
+}
+
+export interface DatagramOut {
+  /** Sends one datagram made of `parts`, in order after every earlier one. */
+  send(parts: readonly Buffer[]): void;
+  /** Datagrams accepted but not yet handed to the kernel. */
+  backlog(): number;
+  /** The backlog a sender should stop at until it shrinks. */
+  readonly backlogLimit: number;
+  /**
+   * 0 when datagrams arrive in the order sent; else how many later datagrams may be sent
+   * before an earlier one has surely left.
+   */
+  readonly reorderWindow: number;
+  /** Whether `send` may still read buffers it was given after it returned (they must not be reused yet). */
+  holdsBuffers(): boolean;
+  /**
+   * Whether to deal datagrams over every sending thread, or keep to one. Measured in the lab
+   * (2 cores, 3 receivers): two threads took 7-12 % off a transfer of small datagrams (k = 6, as
+   * at 1 % loss), whose cost is mostly per datagram, but added 5 % to one of full-size datagrams
+   * (k = 16), whose per-frame work only contends across cores. The order limit (reorderWindow)
+   * holds either way.
+   */
+  spread(on: boolean): void;
+  /** Sends what is queued, then closes the socket. */
+  close(): Promise<void>;
+}
+
+/** Sending threads by default: none on one core (they would only add copies), else one per core, up to 2. */
+export function defaultSendThreads(cores: number): number {
+  return cores >= 2 ? Math.min(2, cores) : 0;
+}
+
+/** `threads` 0: the caller's own socket; else that many sending threads (datagram-out.ts header). */
+export async function openDatagramOut(o: DatagramOutOptions, threads: number): Promise<DatagramOut> {
+  return threads > 0 ? ThreadedOut.open(o, threads) : DirectOut.open(o);
+}
+
+/**
+ * The multicast socket as the sender configures it. The worker runs this very function: its
+ * source (types stripped) is part of the worker's, where `dgram` is the same built-in.
+ */
+async function openSocket(o: DatagramOutOptions, onError: (e: Error) => void): Promise<dgram.Socket> {
+  const udp = dgram.createSocket({ type: 'udp4' });
+  await new Promise<void>((resolve, reject) => {
+    udp.once('error', reject);
+    udp.bind(0, o.interface, () => {
+      udp.off('error', reject);
+      resolve();
+    });
+  });
+  udp.on('error', onError);
+  if (o.interface) udp.setMulticastInterface(o.interface);
+  udp.setMulticastTTL(o.ttl);
+  udp.setMulticastLoopback(true);
+  // The kernel caps SO_SNDBUF at net.core.wmem_max (often 208 KiB-4 MiB); try big, settle for what it allows.
+  for (const size of [16 << 20, 4 << 20, 1 << 20]) {
+    try {
+      udp.setSendBufferSize(size);
+      break;
+    } catch {
+      /* try smaller */
+    }
+  }
+  // A connected socket skips the per-send address lookup Node does otherwise.
+  await new Promise<void>((resolve) => udp.connect(o.port, o.group, () => resolve()));
+  return udp;
+}
+
+function socketError(o: DatagramOutOptions, err: unknown): TransportError {
+  return new TransportError(
+    'E_CONNECT',
+    `cannot open the multicast socket (${o.interface ?? 'default interface'} -> ${o.group}:${o.port}): ${(err as Error).message ?? String(err)}`,
+    { group: o.group, port: o.port },
+  );
+}
+
+class DirectOut implements DatagramOut {
+  readonly backlogLimit = DIRECT_BACKLOG;
+  readonly reorderWindow = 0;
+  readonly #udp: dgram.Socket;
+
+  private constructor(udp: dgram.Socket) {
+    this.#udp = udp;
+  }
+
+  static async open(o: DatagramOutOptions): Promise<DirectOut> {
+    try {
+      return new DirectOut(await openSocket(o, () => {}));
+    } catch (err) {
+      throw socketError(o, err);
+    }
+  }
+
+  send(parts: readonly Buffer[]): void {
+    // dgram copies the list into its own array, so callers may pass one reused list.
+    this.#udp.send(parts as Buffer[]);
+  }
+
+  backlog(): number {
+    return this.#udp.getSendQueueCount();
+  }
+
+  holdsBuffers(): boolean {
+    return this.#udp.getSendQueueCount() > 0;
+  }
+
+  spread(): void {}
+
+  async close(): Promise<void> {
+    for (let i = 0; i < 100 && this.#udp.getSendQueueCount() > 0; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    this.#udp.close();
+  }
+}
+
+/** Datagrams libuv may hold for a full socket buffer before the sender waits (each keeps its buffers). */
+const DIRECT_BACKLOG = 512;
+
+// Ring layout: CTRL_INTS int32 counters, then SLOTS slots of [u32 length][datagram]. WRITTEN and
+// SENT count datagrams (wrapping int32): slot i holds datagram number i % SLOTS.
+const WRITTEN = 0;
+const SENT = 1;
+const CLOSING = 2;
+const CTRL_BYTES = 16;
+/** About 2 MiB of datagrams in flight to the threads: enough to cover a pump turn, little enough to keep pacing close. */
+const RING_BYTES = 2 << 20;
+/**
+ * Datagrams per thread at most, whatever their size: receivers judge a unit lost only after
+ * 2048 later ones (receiver.ts, LOSS_HORIZON), which must cover 2 threads x this x 16 units.
+ */
+const MAX_LANE_SLOTS = 64;
+
+const WORKER_SOURCE = `
+const { parentPort, workerData } = process.getBuiltinModule('node:worker_threads');
+const dgram = process.getBuiltinModule('node:dgram');
+${openSocket.toString()}
+const { sab, slots, slotBytes, options } = workerData;
+const ctrl = new Int32Array(sab, 0, 4);
+const views = [];
+for (let i = 0; i < slots; i++) views.push(Buffer.from(sab, ${CTRL_BYTES} + i * slotBytes, slotBytes));
+const tick = () => new Promise((r) => setImmediate(r));
+(async () => {
+  let udp;
+  try {
+    udp = await openSocket(options, (e) => parentPort.postMessage({ t: 'error', message: e.message }));
+  } catch (e) {
+    parentPort.postMessage({ t: 'failed', message: String((e && e.message) || e) });
+    return;
+  }
+  parentPort.postMessage({ t: 'ready' });
+  let done = 0;
+  for (;;) {
+    const written = Atomics.load(ctrl, ${WRITTEN});
+    if (written === done) {
+      if (Atomics.load(ctrl, ${CLOSING}) === 1) break;
+      const w = Atomics.waitAsync(ctrl, ${WRITTEN}, written, 1000);
+      if (w.async) await w.value;
+      continue;
+    }
+    while (done !== written) {
+      const v = views[done % slots];
+      udp.send(v.subarray(4, 4 + v.readUInt32LE(0)));
+      done = (done + 1) | 0;
+    }
+    // A slot is free once libuv holds no datagram from it (sends that hit a full socket buffer wait in its queue).
+    while (udp.getSendQueueCount() > 0) await tick();
+    Atomics.store(ctrl, ${SENT}, done);
+  }
+  udp.close(() => parentPort.postMessage({ t: 'closed' }));
+})();
+`;
+
+/** One sending thread and its ring. */
+class Lane {
+  readonly ctrl: Int32Array;
+  readonly slots: Buffer[];
+  readonly worker: Worker;
+  readonly closed: Promise<void>;
+  written = 0;
+  failure: Error | null = null;
+
+  private constructor(sab: SharedArrayBuffer, slots: Buffer[], worker: Worker, closed: Promise<void>) {
+    this.ctrl = new Int32Array(sab, 0, 4);
+    this.slots = slots;
+    this.worker = worker;
+    this.closed = closed;
+  }
+
+  static async open(o: DatagramOutOptions, ringBytes: number): Promise<Lane> {
+    const slotBytes = 4 + o.maxDatagram;
+    const count = Math.max(8, Math.min(MAX_LANE_SLOTS, Math.floor(ringBytes / slotBytes)));
+    const sab = new SharedArrayBuffer(CTRL_BYTES + count * slotBytes);
+    const slots: Buffer[] = [];
+    for (let i = 0; i < count; i++) slots.push(Buffer.from(sab, CTRL_BYTES + i * slotBytes, slotBytes));
+    const worker = new Worker(WORKER_SOURCE, {
+      eval: true,
+      workerData: { sab, slots: count, slotBytes, options: { ...o } },
+    });
+    let closedResolve!: () => void;
+    const closed = new Promise<void>((r) => (closedResolve = r));
+    const lane = new Lane(sab, slots, worker, closed);
+    const fail = (e: Error): void => {
+      lane.failure ??= e;
+    };
+    try {
+      await new Promise<void>((resolve, reject) => {
+        worker.on('message', (m: { t: string; message?: string }) => {
+          if (m.t === 'ready') resolve();
+          else if (m.t === 'failed') reject(socketError(o, new Error(m.message)));
+          else if (m.t === 'closed') closedResolve();
+          else if (m.t === 'error') fail(new Error(`data socket error: ${m.message}`));
+        });
+        worker.once('error', (e) => {
+          reject(socketError(o, e));
+          fail(e);
+          closedResolve();
+        });
+        worker.once('exit', () => {
+          reject(socketError(o, new Error('the sending thread exited')));
+          fail(new Error('the sending thread exited'));
+          closedResolve();
+        });
+      });
+    } catch (err) {
+      await worker.terminate();
+      throw err;
+    }
+    return lane;
+  }
+
+  backlog(): number {
+    return (this.written - Atomics.load(this.ctrl, SENT)) | 0;
+  }
+
+  send(parts: readonly Buffer[]): void {
+    if (this.failure) throw this.failure;
+    // The caller keeps backlog() below the ring size; a full ring here is a bug, not backpressure.
+    if (this.backlog() >= this.slots.length) throw new Error('datagram ring overrun');
+    const slot = this.slots[this.written % this.slots.length] as Buffer;
+    let at = 4;
+    for (const p of parts) at += p.copy(slot, at);
+    slot.writeUInt32LE(at - 4, 0);
+    this.written = (this.written + 1) | 0;
+    Atomics.store(this.ctrl, WRITTEN, this.written);
+    Atomics.notify(this.ctrl, WRITTEN);
+  }
+
+  async close(): Promise<void> {
+    Atomics.store(this.ctrl, CLOSING, 1);
+    Atomics.notify(this.ctrl, WRITTEN);
+    const timeout = new Promise<void>((r) => setTimeout(r, 2000).unref());
+    await Promise.race([this.closed, timeout]);
+    await this.worker.terminate();
+  }
+}
+
+/**
+ * Datagrams dealt round-robin to `lanes` sending threads. With more than one lane, datagrams
+ * may arrive out of order, but never by more than reorderWindow: a lane's ring holds at most
+ * its slot count, so a datagram has left once every lane got that many more after it.
+ */
+class ThreadedOut implements DatagramOut {
+  readonly #lanes: Lane[];
+  readonly backlogLimit: number;
+  readonly reorderWindow: number;
+  #next = 0;
+  #dealt: number;
+
+  private constructor(lanes: Lane[]) {
+    this.#lanes = lanes;
+    const slots = Math.min(...lanes.map((l) => l.slots.length));
+    this.backlogLimit = slots - 1;
+    this.reorderWindow = lanes.length > 1 ? lanes.length * slots : 0;
+    this.#dealt = lanes.length;
+  }
+
+  static async open(o: DatagramOutOptions, lanes: number): Promise<ThreadedOut> {
+    const opened = await Promise.allSettled(
+      Array.from({ length: lanes }, () => Lane.open(o, RING_BYTES / lanes)),
+    );
+    const ok = opened.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const bad = opened.find((r) => r.status === 'rejected');
+    if (bad) {
+      await Promise.all(ok.map((l) => l.close()));
+      throw bad.reason;
+    }
+    return new ThreadedOut(ok);
+  }
+
+  send(parts: readonly Buffer[]): void {
+    const lane = this.#lanes[this.#next % this.#dealt] as Lane;
+    this.#next = (this.#next + 1) % this.#lanes.length;
+    lane.send(parts);
+  }
+
+  backlog(): number {
+    let most = 0;
+    for (const l of this.#lanes) most = Math.max(most, l.backlog());
+    return most;
+  }
+
+  holdsBuffers(): boolean {
+    return false; // send() copied them
+  }
+
+  spread(on: boolean): void {
+    this.#dealt = on ? this.#lanes.length : 1;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.#lanes.map((l) => l.close()));
+  }
+}
