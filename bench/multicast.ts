@@ -247,7 +247,7 @@ async function main(): Promise<void> {
     `Machine: ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), Linux ${release()}, Node ${process.version}  `,
     `Lab: network namespaces on one bridge (veth, MTU 1500, no link rate limit — every process shares the same ${cpus().length} CPUs, so this measures CPU cost per byte as much as protocol efficiency); loss = nftables \`numgen random\` drop of UDP wire frames in each receiver's prerouting, before IP reassembly (each fragment of a big datagram is dropped on its own, as on a lossy link). net.core.rmem_max = ${lab.socketBufferMax} (global on this kernel${raised ? `; raised by the bench from ${rmemBefore} for the run, for all tools alike, and restored after` : ''}).  `,
     `Data: ${mib(opt.size)} MiB from /dev/urandom; every received copy checked by SHA-256. Wall time = sender start → last process exit (handshake included; imgcast's includes hashing the file up front).  `,
-    'Settings: imgcast raw (`flatFileProvider`, 1 MiB chunks, no rate cap, datagrams up to 8692 bytes (6 units, IP-fragmented) shrunk by the sender under loss, asks for a 32 MiB receive buffer, capped by rmem_max' +
+    'Settings: imgcast raw (`flatFileProvider`, 1 MiB chunks, no rate cap, datagrams up to 23132 bytes (16 units, IP-fragmented) shrunk by the sender under loss, the default 2 sending threads (dealt over both while datagrams are at most 8 units), asks for a 32 MiB receive buffer, capped by rmem_max' +
       (TUNE_REASSEMBLY
         ? '; receivers tune IP reassembly while receiving (1 s timeout, 32 MiB), as `img receive` does by default as root'
         : '; receivers leave IP reassembly at the kernel defaults (IMGCAST_BENCH_TUNE_REASSEMBLY=0)') +
