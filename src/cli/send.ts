@@ -1,6 +1,7 @@
 /** `imgcast send`: the low-level multicast sender, like udp-sender but for images. */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { sendCommand } from '../transport/cli.ts';
+import { MAX_SEND_THREADS } from '../transport/datagram-out.ts';
 import { DEFAULT_DATAGRAM, FRAG_PAYLOAD, MAX_DATAGRAM, UNIT_DATAGRAM } from '../transport/packet.ts';
 import type { SenderProgress, SenderResult } from '../transport/types.ts';
 import { parseFileset } from './img.ts';
@@ -19,6 +20,16 @@ function datagramSize(value: string): number {
   if (!Number.isInteger(n) || n < UNIT_DATAGRAM || n > MAX_DATAGRAM) {
     throw new InvalidArgumentError(
       `a size in bytes from ${UNIT_DATAGRAM} (no IP fragmentation) to ${MAX_DATAGRAM}`,
+    );
+  }
+  return n;
+}
+
+function sendThreads(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > MAX_SEND_THREADS) {
+    throw new InvalidArgumentError(
+      `a whole number from 0 (send from the main thread) to ${MAX_SEND_THREADS}`,
     );
   }
   return n;
@@ -86,6 +97,13 @@ export function addSendCommand(program: Command): void {
         .argParser(datagramSize)
         .default(DEFAULT_DATAGRAM),
     )
+    .addOption(
+      new Option(
+        '--send-threads <n>',
+        'threads that hand datagrams to the kernel beside the main one (default: 1 with 2 or more cores, ' +
+          'else 0); while loss keeps datagrams small they are dealt over all of them',
+      ).argParser(sendThreads),
+    )
     .option('--key <secret>', 'pre-shared key: receivers must prove it (also env IMGCAST_KEY)')
     .option(
       '--encrypt',
@@ -107,6 +125,7 @@ export function addSendCommand(program: Command): void {
           rate?: number;
           ttl: number;
           datagramSize: number;
+          sendThreads?: number;
           key?: string;
           encrypt?: boolean;
           raw?: boolean;
@@ -128,6 +147,7 @@ export function addSendCommand(program: Command): void {
               rate: o.rate,
               ttl: o.ttl,
               datagramSize: o.datagramSize,
+              sendThreads: o.sendThreads,
               key: o.key ?? process.env.IMGCAST_KEY,
               encrypt: o.encrypt,
               log: o.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,

@@ -31,6 +31,8 @@ export interface SendCommandOptions {
   ttl?: number;
   /** Largest UDP datagram in bytes; 1472 turns IP fragmentation off. */
   datagramSize?: number;
+  /** Sending threads (SenderOptions.sendThreads). */
+  sendThreads?: number;
   key?: string;
   encrypt?: boolean;
   /** Chunk size for raw mode, bytes. */
@@ -85,6 +87,7 @@ export async function sendCommand(imagePath: string, opts: SendCommandOptions): 
     ttl: opts.ttl,
     rateMbit: opts.rate,
     maxDatagram: opts.datagramSize,
+    sendThreads: opts.sendThreads,
     clients: opts.clients,
     waitSeconds: opts.wait,
     key: opts.key,

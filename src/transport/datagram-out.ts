@@ -3,17 +3,18 @@
  *
  * Sending is the sender's largest cost, and most of it is the kernel's: fragmenting each
  * datagram and, on a host whose receivers are local (the lab's network namespaces, a VM
- * host), delivering every frame to them too, all on the thread that called send. On the
- * sender's own thread that work queues behind its JavaScript (NAKs, repair planning, XOR,
- * reads). The threaded form copies each datagram into a ring of shared memory that a
- * worker thread drains into its own socket, so the kernel's work runs on another core
- * while the sender plans the next datagrams. Order is kept (one ring, one socket), so
- * receivers see exactly the stream they would from the direct form.
+ * host), delivering every frame to them too, all on the thread that called send. One thread
+ * doing all of it is the limit of a transfer of small datagrams. The threaded form adds
+ * sending threads, each draining a ring of shared memory (datagrams copied in) into its own
+ * socket, and deals datagrams over the caller's socket and the threads while spread is on, so
+ * that work runs on several cores. Datagrams may then arrive out of order, within a bound
+ * (reorderWindow) the sender and receivers allow for.
  */
 import dgram from 'node:dgram';
 import { Worker } from 'node:worker_threads';
 
 import { TransportError } from './errors.ts';
+import { LOSS_HORIZON, MAX_UNITS } from './packet.ts';
 
 export interface DatagramOutOptions {
   /** Local address to send from (the multicast interface), or undefined for the default. */
@@ -33,30 +34,36 @@ export interface DatagramOut {
   /** The backlog a sender should stop at until it shrinks. */
   readonly backlogLimit: number;
   /**
-   * 0 when datagrams arrive in the order sent; else how many later datagrams may be sent
-   * before an earlier one has surely left.
+   * 0 when datagrams leave in the order sent; else how many later datagrams may be sent
+   * before an earlier one has surely left the sender.
    */
   readonly reorderWindow: number;
   /** Whether `send` may still read buffers it was given after it returned (they must not be reused yet). */
   holdsBuffers(): boolean;
   /**
-   * Whether to deal datagrams over every sending thread, or keep to one. Measured in the lab
-   * (2 cores, 3 receivers): two threads took 7-12 % off a transfer of small datagrams (k = 6, as
-   * at 1 % loss), whose cost is mostly per datagram, but added 5 % to one of full-size datagrams
-   * (k = 16), whose per-frame work only contends across cores. The order limit (reorderWindow)
-   * holds either way.
+   * Whether to deal datagrams over the own socket and every sending thread, or keep to the own
+   * socket. Measured in the lab (2 cores, 3 receivers, 512 MiB): dealing took 7-12 % off a
+   * transfer of small datagrams (k = 6, as at 1 % loss), whose cost is mostly per datagram, and
+   * gained nothing on full-size ones (k = 16). The order limit (reorderWindow) holds either way.
    */
   spread(on: boolean): void;
   /** Sends what is queued, then closes the socket. */
   close(): Promise<void>;
 }
 
-/** Sending threads by default: none on one core (they would only add copies), else one per core, up to 2. */
+/** The most sending threads a sender may be given (each holds a ring and a socket). */
+export const MAX_SEND_THREADS = 8;
+
+/**
+ * Sending threads beside the caller's own socket, by default: none on one core (it would only
+ * add copies), else one. Each thread costs ~20 MiB (its own V8 isolate), and on the 2-core lab a
+ * second one bought no more speed than the sender's memory target allowed.
+ */
 export function defaultSendThreads(cores: number): number {
-  return cores >= 2 ? Math.min(2, cores) : 0;
+  return cores >= 2 ? 1 : 0;
 }
 
-/** `threads` 0: the caller's own socket; else that many sending threads (datagram-out.ts header). */
+/** `threads` 0: the caller's own socket only; else that plus that many sending threads (see ThreadedOut). */
 export async function openDatagramOut(o: DatagramOutOptions, threads: number): Promise<DatagramOut> {
   return threads > 0 ? ThreadedOut.open(o, threads) : DirectOut.open(o);
 }
@@ -151,11 +158,6 @@ const CLOSING = 2;
 const CTRL_BYTES = 16;
 /** About 2 MiB of datagrams in flight to the threads: enough to cover a pump turn, little enough to keep pacing close. */
 const RING_BYTES = 2 << 20;
-/**
- * Datagrams per thread at most, whatever their size: receivers judge a unit lost only after
- * 2048 later ones (receiver.ts, LOSS_HORIZON), which must cover 2 threads x this x 16 units.
- */
-const MAX_LANE_SLOTS = 64;
 
 const WORKER_SOURCE = `
 const { parentPort, workerData } = process.getBuiltinModule('node:worker_threads');
@@ -213,15 +215,18 @@ class Lane {
     this.closed = closed;
   }
 
-  static async open(o: DatagramOutOptions, ringBytes: number): Promise<Lane> {
+  static async open(o: DatagramOutOptions, ringBytes: number, maxSlots: number): Promise<Lane> {
     const slotBytes = 4 + o.maxDatagram;
-    const count = Math.max(8, Math.min(MAX_LANE_SLOTS, Math.floor(ringBytes / slotBytes)));
+    const count = Math.max(4, Math.min(maxSlots, Math.floor(ringBytes / slotBytes)));
     const sab = new SharedArrayBuffer(CTRL_BYTES + count * slotBytes);
     const slots: Buffer[] = [];
     for (let i = 0; i < count; i++) slots.push(Buffer.from(sab, CTRL_BYTES + i * slotBytes, slotBytes));
     const worker = new Worker(WORKER_SOURCE, {
       eval: true,
       workerData: { sab, slots: count, slotBytes, options: { ...o } },
+      // The thread only copies views of shared memory into its socket: a small heap keeps its
+      // isolate from adding tens of MiB to the sender's memory.
+      resourceLimits: { maxYoungGenerationSizeMb: 1, maxOldGenerationSizeMb: 16 },
     });
     let closedResolve!: () => void;
     const closed = new Promise<void>((r) => (closedResolve = r));
@@ -282,40 +287,52 @@ class Lane {
 }
 
 /**
- * Datagrams dealt round-robin to `lanes` sending threads. With more than one lane, datagrams
- * may arrive out of order, but never by more than reorderWindow: a lane's ring holds at most
- * its slot count, so a datagram has left once every lane got that many more after it.
+ * Datagrams dealt round-robin over the caller's own socket (lane 0) and `threads` sending
+ * threads. With more than one lane in use, datagrams may arrive out of order. No lane holds
+ * more than `slots` datagrams (a thread's ring, or the socket's own libuv queue, which pump()
+ * keeps as short), so a datagram has left the sender once every lane got that many more after
+ * it: reorderWindow. The kernel can still hold one longer in a busy CPU's queue; past the
+ * window, such a straggler costs at most a repair that was not needed (the receiver asked for
+ * it, or counted it lost). Lane 0 alone (spread off) keeps the order.
  */
 class ThreadedOut implements DatagramOut {
-  readonly #lanes: Lane[];
+  readonly #direct: DirectOut;
+  readonly #lanes: Array<DirectOut | Lane>;
   readonly backlogLimit: number;
   readonly reorderWindow: number;
   #next = 0;
   #dealt: number;
 
-  private constructor(lanes: Lane[]) {
-    this.#lanes = lanes;
-    const slots = Math.min(...lanes.map((l) => l.slots.length));
+  private constructor(direct: DirectOut, threads: Lane[]) {
+    this.#direct = direct;
+    this.#lanes = [direct, ...threads];
+    const slots = Math.min(...threads.map((l) => l.slots.length));
     this.backlogLimit = slots - 1;
-    this.reorderWindow = lanes.length > 1 ? lanes.length * slots : 0;
-    this.#dealt = lanes.length;
+    this.reorderWindow = this.#lanes.length * slots;
+    this.#dealt = this.#lanes.length;
   }
 
-  static async open(o: DatagramOutOptions, lanes: number): Promise<ThreadedOut> {
-    const opened = await Promise.allSettled(
-      Array.from({ length: lanes }, () => Lane.open(o, RING_BYTES / lanes)),
-    );
+  static async open(o: DatagramOutOptions, threads: number): Promise<ThreadedOut> {
+    const opened = await Promise.allSettled([
+      DirectOut.open(o),
+      // Receivers judge a unit lost only LOSS_HORIZON units after it: every lane's share of
+      // that, in datagrams of up to MAX_UNITS, bounds its ring.
+      ...Array.from({ length: threads }, () =>
+        Lane.open(o, RING_BYTES / threads, Math.floor(LOSS_HORIZON / MAX_UNITS / (threads + 1))),
+      ),
+    ]);
     const ok = opened.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
     const bad = opened.find((r) => r.status === 'rejected');
     if (bad) {
       await Promise.all(ok.map((l) => l.close()));
       throw bad.reason;
     }
-    return new ThreadedOut(ok);
+    const [direct, ...lanes] = ok as [DirectOut, ...Lane[]];
+    return new ThreadedOut(direct, lanes);
   }
 
   send(parts: readonly Buffer[]): void {
-    const lane = this.#lanes[this.#next % this.#dealt] as Lane;
+    const lane = this.#lanes[this.#next % this.#dealt] as DirectOut | Lane;
     this.#next = (this.#next + 1) % this.#lanes.length;
     lane.send(parts);
   }
@@ -327,7 +344,8 @@ class ThreadedOut implements DatagramOut {
   }
 
   holdsBuffers(): boolean {
-    return false; // send() copied them
+    // The threads copied what they got; the own socket's queue still points at its buffers.
+    return this.#direct.holdsBuffers();
   }
 
   spread(on: boolean): void {

@@ -47,6 +47,12 @@ export const FRAG_PAYLOAD = UNIT_DATAGRAM - HEADER_SIZE;
 export const MAX_UNITS = 16;
 export const MAX_DATAGRAM = HEADER_SIZE + MAX_UNITS * FRAG_PAYLOAD;
 /** Default datagram size limit: 16 units, 23132 bytes, 16 frames at MTU 1500 (the sender shrinks them under loss). */
+/**
+ * Later serials a receiver sees before it judges a unit lost (receiver.ts ArrivalCounter). A
+ * sender whose datagrams may arrive out of order keeps them within this many units of their
+ * place (datagram-out.ts).
+ */
+export const LOSS_HORIZON = 2048;
 export const DEFAULT_DATAGRAM = HEADER_SIZE + MAX_UNITS * FRAG_PAYLOAD;
 export const TYPE_DATA = 1;
 export const TYPE_REPAIR = 2;

@@ -48,6 +48,7 @@ import {
   HEADER_SIZE,
   MAX_UNITS,
   TYPE_CODED,
+  LOSS_HORIZON,
   unitsLength,
   xorInto,
 } from './packet.ts';
@@ -952,15 +953,13 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   return result;
 }
 
-/** Later serials seen before a serial's unit counts as lost (see ArrivalCounter). */
-export const LOSS_HORIZON = 2048;
 const ARRIVAL_RING = 1 << 16;
 
 /**
  * Units the sender numbered against units that arrived, for the loss figures in STATUS (rx of
  * exp). A serial is judged only once LOSS_HORIZON later ones have been seen: with several
  * sending threads datagrams arrive out of order, by at most the sender's reorder window
- * (datagram-out.ts: 2 threads x 64 datagrams of up to 16 units), and a unit overtaken by later
+ * (datagram-out.ts keeps that within LOSS_HORIZON units), and a unit overtaken by later
  * ones is late, not lost. Counted that way, reordering neither shrinks the sender's datagrams
  * nor slows it down.
  */

@@ -83,7 +83,7 @@ import {
   wrapDataKey,
 } from './control.ts';
 import { UsageError } from '../errors.ts';
-import { defaultSendThreads, openDatagramOut } from './datagram-out.ts';
+import { defaultSendThreads, MAX_SEND_THREADS, openDatagramOut } from './datagram-out.ts';
 import { TransportError } from './errors.ts';
 import {
   DEFAULT_DATAGRAM,
@@ -133,7 +133,11 @@ const K_WINDOW_MS = 1000;
 const K_MIN_UNITS = 200;
 const FRAG_HIGH = 0.5;
 const FRAG_LOW = 0.2;
-const CACHE_BYTES = 16 * 1024 * 1024;
+/**
+ * Chunks kept for repairs (older ones are read again): 10 MiB covers the ~0.1-0.3 s a NAK takes
+ * at lab speeds, and leaves room in the sender's 150 MiB for its sending thread (~20 MiB).
+ */
+const CACHE_BYTES = 10 * 1024 * 1024;
 const MAX_REPAIR_LOADS = 3;
 /** Chunks read ahead of the first pass, so a slow read does not leave the sender idle. */
 const PREFETCH_CHUNKS = 4;
@@ -267,6 +271,13 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       `datagram size ${maxDatagram} is out of range: ${UNIT_DATAGRAM} (no IP fragmentation) to ${MAX_DATAGRAM} bytes`,
     );
   }
+  const sendThreads = opts.sendThreads ?? defaultSendThreads(availableParallelism());
+  if (!Number.isInteger(sendThreads) || sendThreads < 0 || sendThreads > MAX_SEND_THREADS) {
+    throw new TransportError(
+      'E_CONTROL_INVALID',
+      `sending threads must be a whole number from 0 to ${MAX_SEND_THREADS}, got ${sendThreads}`,
+    );
+  }
   const kMax = unitsFor(maxDatagram);
   /** Whether a coded repair of `runs` runs of at least one unit fits the datagram size limit. */
   const codingFits = (runs: number): boolean =>
@@ -333,7 +344,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   // --- sockets -------------------------------------------------------------
   const out = await openDatagramOut(
     { interface: opts.interface, ttl: opts.ttl ?? 1, group, port: dataPort, maxDatagram },
-    opts.sendThreads ?? defaultSendThreads(availableParallelism()),
+    sendThreads,
   );
 
   const server = net.createServer((sock) => onConnection(sock));

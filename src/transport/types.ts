@@ -100,8 +100,9 @@ export interface SenderOptions {
    */
   maxDatagram?: number;
   /**
-   * Sending threads: 0 sends from the sender's own thread; default 2 where there are 2 or more
-   * cores, so the kernel's per-frame work spreads over cores (datagram-out.ts).
+   * Sending threads beside the sender's own socket: 0 sends from its own thread only; default 1
+   * where there are 2 or more cores. While datagrams are small (under loss) they are dealt over
+   * the socket and the threads, so the kernel's per-frame work spreads over cores (datagram-out.ts).
    */
   sendThreads?: number;
   log?: Log;

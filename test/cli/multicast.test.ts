@@ -113,6 +113,9 @@ test('imgcast send rejects bad arguments before it listens', async () => {
     ['send', 'x.imgc', '--fileset', '11'],
     ['send', 'x.imgc', '--datagram-size', '1400'],
     ['send', 'x.imgc', '--datagram-size', '65000'],
+    ['send', 'x.imgc', '--send-threads', '-1'],
+    ['send', 'x.imgc', '--send-threads', '1.5'],
+    ['send', 'x.imgc', '--send-threads', '9'],
   ]) {
     const r = await run(IMGCAST, args);
     assert.equal(r.code, 2, `${args.join(' ')}: ${r.err}`);

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
 
-import { ArrivalCounter, LOSS_HORIZON } from '../../src/transport/receiver.ts';
+import { LOSS_HORIZON } from '../../src/transport/packet.ts';
+import { ArrivalCounter } from '../../src/transport/receiver.ts';
 
 test('units overtaken by later ones within the horizon count as arrived; real gaps as lost', () => {
   fc.assert(
