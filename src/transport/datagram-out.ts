@@ -63,9 +63,17 @@ export function defaultSendThreads(cores: number): number {
   return cores >= 2 ? 1 : 0;
 }
 
-/** `threads` 0: the caller's own socket only; else that plus that many sending threads (see ThreadedOut). */
-export async function openDatagramOut(o: DatagramOutOptions, threads: number): Promise<DatagramOut> {
-  return threads > 0 ? ThreadedOut.open(o, threads) : DirectOut.open(o);
+/**
+ * `threads` 0: the caller's own socket only; else that plus that many sending threads (see
+ * ThreadedOut). `onError` hears socket errors after the open (a send the kernel refused): they
+ * are reported, not fatal, as one lost datagram is a repair away.
+ */
+export async function openDatagramOut(
+  o: DatagramOutOptions,
+  threads: number,
+  onError: (e: Error) => void,
+): Promise<DatagramOut> {
+  return threads > 0 ? ThreadedOut.open(o, threads, onError) : DirectOut.open(o, onError);
 }
 
 /**
@@ -116,9 +124,9 @@ class DirectOut implements DatagramOut {
     this.#udp = udp;
   }
 
-  static async open(o: DatagramOutOptions): Promise<DirectOut> {
+  static async open(o: DatagramOutOptions, onError: (e: Error) => void): Promise<DirectOut> {
     try {
-      return new DirectOut(await openSocket(o, () => {}));
+      return new DirectOut(await openSocket(o, onError));
     } catch (err) {
       throw socketError(o, err);
     }
@@ -215,7 +223,12 @@ class Lane {
     this.closed = closed;
   }
 
-  static async open(o: DatagramOutOptions, ringBytes: number, maxSlots: number): Promise<Lane> {
+  static async open(
+    o: DatagramOutOptions,
+    ringBytes: number,
+    maxSlots: number,
+    onError: (e: Error) => void,
+  ): Promise<Lane> {
     const slotBytes = 4 + o.maxDatagram;
     const count = Math.max(4, Math.min(maxSlots, Math.floor(ringBytes / slotBytes)));
     const sab = new SharedArrayBuffer(CTRL_BYTES + count * slotBytes);
@@ -240,7 +253,7 @@ class Lane {
           if (m.t === 'ready') resolve();
           else if (m.t === 'failed') reject(socketError(o, new Error(m.message)));
           else if (m.t === 'closed') closedResolve();
-          else if (m.t === 'error') fail(new Error(`data socket error: ${m.message}`));
+          else if (m.t === 'error') onError(new Error(m.message));
         });
         worker.once('error', (e) => {
           reject(socketError(o, e));
@@ -312,13 +325,17 @@ class ThreadedOut implements DatagramOut {
     this.#dealt = this.#lanes.length;
   }
 
-  static async open(o: DatagramOutOptions, threads: number): Promise<ThreadedOut> {
+  static async open(
+    o: DatagramOutOptions,
+    threads: number,
+    onError: (e: Error) => void,
+  ): Promise<ThreadedOut> {
     const opened = await Promise.allSettled([
-      DirectOut.open(o),
+      DirectOut.open(o, onError),
       // Receivers judge a unit lost only LOSS_HORIZON units after it: every lane's share of
       // that, in datagrams of up to MAX_UNITS, bounds its ring.
       ...Array.from({ length: threads }, () =>
-        Lane.open(o, RING_BYTES / threads, Math.floor(LOSS_HORIZON / MAX_UNITS / (threads + 1))),
+        Lane.open(o, RING_BYTES / threads, Math.floor(LOSS_HORIZON / MAX_UNITS / (threads + 1)), onError),
       ),
     ]);
     const ok = opened.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));

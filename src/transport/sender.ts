@@ -345,6 +345,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   const out = await openDatagramOut(
     { interface: opts.interface, ttl: opts.ttl ?? 1, group, port: dataPort, maxDatagram },
     sendThreads,
+    (e) => log(`data socket error: ${e.message}`),
   );
 
   const server = net.createServer((sock) => onConnection(sock));
@@ -1041,7 +1042,16 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     let budget = 256;
     while (tokens > 0 && budget-- > 0) {
       if (out.backlog() >= out.backlogLimit) break;
-      const n = sendOne();
+      let n: number;
+      try {
+        n = sendOne();
+      } catch (err) {
+        // A sending thread that died: end the session with its error rather than crash the process.
+        fatal ??= err;
+        finish();
+        pumping = false;
+        return;
+      }
       if (n === 0) {
         idle = true;
         break;

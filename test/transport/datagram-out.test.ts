@@ -46,7 +46,8 @@ for (const threads of [0, 1, 2]) {
       port: ep.port,
       maxDatagram: 8192,
     };
-    const out = await openDatagramOut(o, threads);
+    const errors: Error[] = [];
+    const out = await openDatagramOut(o, threads, (e) => errors.push(e));
     try {
       assert.equal(
         out.reorderWindow === 0,
@@ -70,6 +71,7 @@ for (const threads of [0, 1, 2]) {
       await until(() => out.backlog() === 0, 5000);
       assert.equal(out.backlog(), 0);
       assert.equal(rx.got.length, sent.length, 'loopback lost datagrams');
+      assert.deepEqual(errors, [], 'socket errors while sending');
       const position = new Map<number, number>();
       rx.got.forEach((d, at) => position.set(d.readUInt32BE(0), at));
       // The bound is on what the sender holds back. Once handed to the kernel on different CPUs,
@@ -99,6 +101,7 @@ test('a sending socket that cannot be opened is a clear E_CONNECT error, threade
       openDatagramOut(
         { interface: '198.18.0.250', ttl: 1, group: '239.254.0.1', port: 21000, maxDatagram: 1472 },
         threads,
+        () => {},
       ),
       (err: unknown) => {
         assert.ok(err instanceof TransportError, String(err));

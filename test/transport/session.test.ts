@@ -186,48 +186,37 @@ test('the journal names a chunk only after a consumer sync that covered it, and 
   const durable = new Set<string>();
   let syncs = 0;
   const early: string[] = [];
-  const ep = endpoint();
-  const [, r] = await Promise.all([
-    runSender(await flatFileProvider(src), {
-      interface: '127.0.0.1',
-      ...ep,
-      clients: 1,
-      deadAfterMs: 1000,
-      rateMbit: 100,
-    }),
-    runReceiver({
-      from: `127.0.0.1:${ep.port}`,
-      interface: '127.0.0.1',
-      journalPath,
-      journalCheckpointBytes: 3 << 20,
-      stallAfterChunks: 9,
-      makeConsumer: async () => {
-        const inner = await fileConsumer(out, { journalPath });
-        return {
-          ...inner,
-          has: (id: string) => inner.has(id),
-          prepare: (s) => inner.prepare(s),
-          finish: () => inner.finish(),
-          abort: (why) => inner.abort(why),
-          async apply(id: string, raw: Buffer) {
-            await inner.apply(id, raw);
-            applied.push(id);
-          },
-          async sync() {
-            // Whatever the journal names by now must have been made durable by an earlier sync.
-            const listed = (await readFile(journalPath, 'utf8'))
-              .split('\n')
-              .filter((l) => /^[0-9a-f]{64}$/.test(l));
-            for (const id of listed) if (!durable.has(id)) early.push(id);
-            const covered = [...applied];
-            await inner.sync!();
-            syncs++;
-            for (const id of covered) durable.add(id);
-          },
-        };
-      },
-    }),
-  ]);
+  const run = await session(t, src, 1, { deadAfterMs: 1000, rateMbit: 100 }, () => ({
+    journalPath,
+    journalCheckpointBytes: 3 << 20,
+    stallAfterChunks: 9,
+    makeConsumer: async () => {
+      const inner = await fileConsumer(out, { journalPath });
+      return {
+        ...inner,
+        has: (id: string) => inner.has(id),
+        prepare: (s) => inner.prepare(s),
+        finish: () => inner.finish(),
+        abort: (why) => inner.abort(why),
+        async apply(id: string, raw: Buffer) {
+          await inner.apply(id, raw);
+          applied.push(id);
+        },
+        async sync() {
+          // Whatever the journal names by now must have been made durable by an earlier sync.
+          const listed = (await readFile(journalPath, 'utf8'))
+            .split('\n')
+            .filter((l) => /^[0-9a-f]{64}$/.test(l));
+          for (const id of listed) if (!durable.has(id)) early.push(id);
+          const covered = [...applied];
+          await inner.sync!();
+          syncs++;
+          for (const id of covered) durable.add(id);
+        },
+      };
+    },
+  }));
+  const r = run.receivers[0]!;
   assert.equal(r.ok, false);
   const journaled = (await readFile(journalPath, 'utf8')).split('\n').filter((l) => /^[0-9a-f]{64}$/.test(l));
   // Checkpoints every 3 chunks of 1 MiB, and a last one when the receiver was dropped.
