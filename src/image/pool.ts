@@ -30,7 +30,9 @@ import type { CompressionLevel } from './types.ts';
  * and one output buffer, and drives the context through the zlib handle (the same
  * writeSync call zlib's own sync path makes, but without closing the context at the
  * end of the frame: zstd starts the next frame on the same context). If that handle
- * is not there (a future Node), the worker falls back to zstdCompressSync.
+ * is not there (a future Node), the worker falls back to zstdCompressSync. The output
+ * buffer has room for zstd's worst case, so a frame always ends and the context always
+ * keeps its parameters; content that did not shrink is then stored as it is.
  */
 const WORKER_SOURCE = `{
 const { parentPort } = process.getBuiltinModule('node:worker_threads');
@@ -53,6 +55,11 @@ function engineFor(params) {
   return e;
 }
 
+/** ZSTD_COMPRESSBOUND: the most a frame of n input bytes can take. */
+function bound(n) {
+  return n + (n >>> 8) + (n < 131072 ? (131072 - n) >>> 11 : 0);
+}
+
 /** Compressed length in out, or -1 when it would not be smaller than the input. */
 function compress(slot, params) {
   const e = engineFor(params);
@@ -63,17 +70,20 @@ function compress(slot, params) {
     packed.copy(out, 0);
     return packed.length;
   }
-  if (out.length < slot.length) out = Buffer.allocUnsafe(slot.length);
-  e.z._handle.writeSync(END, slot, 0, slot.length, out, 0, slot.length);
+  // Room for the whole frame, so every frame ends in one call and the context is never
+  // reset: a reset zstd context forgets its parameters and goes on at zstd's default
+  // level, which made every chunk after the first incompressible one slower and its
+  // size depend on which worker had seen what.
+  const room = bound(slot.length);
+  if (out.length < room) out = Buffer.allocUnsafe(room);
+  e.z._handle.writeSync(END, slot, 0, slot.length, out, 0, room);
   if (e.z.destroyed) throw new Error('zstd failed to compress a chunk');
-  const availOut = e.z._writeState[0];
-  const availIn = e.z._writeState[1];
-  if (availIn !== 0 || availOut === 0) {
-    // Output full before the frame ended: incompressible. Drop the half frame.
-    e.z._handle.reset();
-    return -1;
+  if (e.z._writeState[1] !== 0) {
+    engines.delete(JSON.stringify(params));
+    throw new Error('zstd left part of a chunk unread');
   }
-  return slot.length - availOut;
+  const n = room - e.z._writeState[0];
+  return n < slot.length ? n : -1;
 }
 
 parentPort.on('message', (job) => {

@@ -63,3 +63,32 @@ test('one worker keeps every frame intact across levels, sizes and incompressibl
     assert.deepEqual(decodeChunk(chunkId(j.raw), r.codec, stored, j.raw.length), j.raw, `job ${i}`);
   }
 });
+
+test('a chunk is stored the same whatever its worker compressed before, incompressible chunks included', async (t) => {
+  // An incompressible chunk once reset the worker's zstd context, which then forgot its
+  // parameters and compressed everything after it at zstd's default level.
+  const raw = textData(1 << 20, 7);
+  const SLOT = raw.length;
+  const storedAfter = async (before: Buffer[], level: 'speed' | 'balanced' | 'size'): Promise<Buffer> => {
+    const pool = new CompressPool(1);
+    t.after(() => pool.close());
+    const sab = new SharedArrayBuffer(SLOT);
+    for (const b of before) {
+      b.copy(Buffer.from(sab));
+      await pool.compress(sab, 0, b.length, level);
+    }
+    raw.copy(Buffer.from(sab));
+    const r = await pool.compress(sab, 0, raw.length, level);
+    assert.equal(r.codec, CODEC_ZSTD);
+    return Buffer.from(Buffer.from(sab, 0, r.storedLength));
+  };
+  for (const level of ['speed', 'balanced', 'size'] as const) {
+    const fresh = await storedAfter([], level);
+    const afterRandom = await storedAfter([randomBytes(SLOT), textData(5000, 3), randomBytes(70_000)], level);
+    // equals(), not deepEqual: a diff of two large buffers takes minutes to print.
+    assert.ok(
+      afterRandom.equals(fresh),
+      `${level}: ${afterRandom.length} stored bytes after incompressible chunks, ${fresh.length} on a fresh worker`,
+    );
+  }
+});

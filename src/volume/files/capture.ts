@@ -30,7 +30,6 @@ import {
   realpathSync,
 } from 'node:fs';
 import type { BigIntStats } from 'node:fs';
-import { join } from 'node:path';
 import { isImgcastError } from '../../errors.ts';
 import {
   CHUNK_SIZE,
@@ -186,8 +185,11 @@ class Capturer {
     }
     names.sort();
     const oneFs = this.opts.oneFileSystem ?? true;
+    // readdir names never hold '/' and abs is already canonical, so plain concatenation
+    // gives what join() would, without normalising 55k paths.
+    const prefix = abs.endsWith('/') ? abs : `${abs}/`;
     for (const name of names) {
-      const childAbs = join(abs, name);
+      const childAbs = prefix + name;
       const childRel = rel === '' ? name : `${rel}/${name}`;
       if (++this.sinceYield >= YIELD_EVERY) await this.breathe(childRel);
       let st: BigIntStats;
@@ -208,7 +210,8 @@ class Capturer {
         } else if (entry.type === 'symlink') {
           entry.linkTarget = readlinkSync(childAbs);
         } else if (entry.type === 'file') {
-          await this.captureFile(childAbs, st, entry);
+          const pending = this.captureFile(childAbs, st, entry);
+          if (pending) await pending;
         }
       } catch (err) {
         if (isImgcastError(err) || this.opts.signal?.aborted) throw err;
@@ -237,7 +240,13 @@ class Capturer {
     return e;
   }
 
-  async captureFile(abs: string, st: BigIntStats, entry: FileEntry): Promise<void> {
+  /**
+   * Most files are small and land in the open pack without waiting for anything, so
+   * this returns a promise only when the sink has to be waited for (a new pack, a
+   * sealed one, a big or sparse file): a promise per file was a third of the walk's
+   * garbage.
+   */
+  captureFile(abs: string, st: BigIntStats, entry: FileEntry): Promise<void> | undefined {
     if (st.nlink > 1n) {
       const key = `${st.dev}:${st.ino}`;
       const first = this.links.get(key);
@@ -247,7 +256,7 @@ class Capturer {
         entry.size = first.size!;
         entry.extents = this.copyExtents(first.extents ?? []);
         if (first.sparse) entry.sparse = true;
-        return;
+        return undefined;
       }
       entry.hardlinkGroup = this.nextGroup++;
       this.links.set(key, entry);
@@ -255,21 +264,38 @@ class Capturer {
     const size = Number(st.size);
     entry.size = size;
     entry.extents = [];
-    if (size === 0) return;
+    if (size === 0) return undefined;
     const fd = openForRead(abs);
+    let captured: number | Promise<number>;
     try {
       // Inline-data files report 0 blocks, so only files of a block or more can have holes worth keeping.
       if (size >= HOLE_BLOCK && st.blocks * 512n < st.size) {
         entry.sparse = true;
-        entry.size = await this.captureSparse(fd, size, entry.extents);
+        captured = this.captureSparse(fd, size, entry.extents);
       } else if (size >= CHUNK_SIZE) {
-        entry.size = await this.captureBig(fd, size, entry.extents);
+        captured = this.captureBig(fd, size, entry.extents);
       } else {
-        entry.size = await this.captureSmall(fd, size, entry);
+        captured = this.captureSmall(fd, size, entry);
       }
-    } finally {
+    } catch (err) {
       closeSync(fd);
+      throw err;
     }
+    if (typeof captured === 'number') {
+      closeSync(fd);
+      entry.size = captured;
+      return undefined;
+    }
+    return captured.then(
+      (n) => {
+        closeSync(fd);
+        entry.size = n;
+      },
+      (err: unknown) => {
+        closeSync(fd);
+        throw err;
+      },
+    );
   }
 
   async captureBig(fd: number, size: number, extents: FileExtent[]): Promise<number> {
@@ -321,40 +347,37 @@ class Capturer {
    * pack before held 57 of 1,488 duplicates, 0.4 of 21 MB) are stored again; big files
    * and whole packs are deduplicated by chunk hash in the sink anyway.
    */
-  async captureSmall(fd: number, size: number, entry: FileEntry): Promise<number> {
+  captureSmall(fd: number, size: number, entry: FileEntry): number | Promise<number> {
+    if (!this.pack) return this.packBuffer().then(() => this.captureSmall(fd, size, entry));
+    const pack = this.pack;
     const direct = size <= CHUNK_SIZE - this.packPos;
-    const pack = await this.packBuffer();
     const buf = direct ? pack : this.scratch;
     const at = direct ? this.packPos : 0;
     const n = readFull(fd, buf, at, size, 0);
     if (n === 0) return 0;
-    const data = buf.subarray(at, at + n);
     const sameSize = this.recent.get(n);
     if (sameSize) {
       for (let i = sameSize.length - 1; i >= 0; i--) {
         const seen = sameSize[i]!;
-        if (pack.compare(data, 0, n, seen.at, seen.at + n) === 0) {
+        if (pack.compare(buf, at, at + n, seen.at, seen.at + n) === 0) {
           entry.extents = this.copyExtents(seen.extents);
           return n;
         }
       }
     }
     this.bytes += n;
-    if (direct) {
-      const x: FileExtent = { offset: 0, length: n, chunk: '', chunkOffset: at };
-      this.unnamed.set(x, this.packNumber());
-      entry.extents!.push(x);
-      const seen = { at, extents: entry.extents! };
-      if (!sameSize) this.recent.set(n, [seen]);
-      else {
-        sameSize.push(seen);
-        if (sameSize.length > SAME_SIZE_COMPARED) sameSize.shift();
-      }
-      this.packPos += n;
-      if (this.packPos === CHUNK_SIZE) await this.seal();
-    } else {
-      await this.append(data, 0, entry.extents!);
+    if (!direct) return this.append(buf.subarray(0, n), 0, entry.extents!).then(() => n);
+    const x: FileExtent = { offset: 0, length: n, chunk: '', chunkOffset: at };
+    this.unnamed.set(x, this.packNumber());
+    entry.extents!.push(x);
+    const seen = { at, extents: entry.extents! };
+    if (!sameSize) this.recent.set(n, [seen]);
+    else {
+      sameSize.push(seen);
+      if (sameSize.length > SAME_SIZE_COMPARED) sameSize.shift();
     }
+    this.packPos += n;
+    if (this.packPos === CHUNK_SIZE) return this.seal().then(() => n);
     return n;
   }
 
