@@ -4,7 +4,8 @@
  * errors into messages and exit codes:
  *   0 success · 1 the operation failed (message names the cause) · 2 bad usage · 70 internal error
  */
-import cliProgress from 'cli-progress';
+import type cliProgressModule from 'cli-progress';
+import { createRequire } from 'node:module';
 import { CommanderError } from 'commander';
 import { ImgcastError } from '../errors.ts';
 
@@ -41,8 +42,14 @@ export function formatDuration(seconds: number): string {
 /** A progress bar on stderr when it is a terminal and output is not JSON; otherwise a no-op. */
 export function startProgress(label: string, opts: { json: boolean; bytes?: boolean }): Progress {
   if (opts.json || !process.stderr.isTTY) return { update() {}, stop() {} };
+  // Loaded only for a terminal: scripts and pipes never draw a bar, so they skip its start-up.
+  const cliProgress = createRequire(import.meta.url)('cli-progress') as typeof cliProgressModule;
   const started = Date.now();
   const bytes = opts.bytes ?? true;
+  // A folder's size is not measured before its capture: until a total arrives the bar
+  // shows what is done and how fast, without a percentage or ETA it cannot know.
+  let totalKnown = false;
+  const amount = (n: number) => (bytes ? formatBytes(n) : String(n));
   const bar = new cliProgress.SingleBar(
     {
       stream: process.stderr,
@@ -50,15 +57,16 @@ export function startProgress(label: string, opts: { json: boolean; bytes?: bool
       clearOnComplete: false,
       format: (options, params) => {
         const width = options.barsize ?? 30;
-        const ratio = params.total > 0 ? Math.min(1, params.value / params.total) : 0;
-        const filled = Math.round(ratio * width);
         const elapsed = (Date.now() - started) / 1000;
         const rate = elapsed > 0 ? params.value / elapsed : 0;
+        const perSecond = bytes ? `${formatBytes(rate)}/s` : `${rate.toFixed(0)}/s`;
+        if (!totalKnown) {
+          return `${label} ${amount(params.value)} ${perSecond} elapsed ${formatDuration(elapsed)}`;
+        }
+        const ratio = params.total > 0 ? Math.min(1, params.value / params.total) : 0;
+        const filled = Math.round(ratio * width);
         const eta = rate > 0 ? (params.total - params.value) / rate : Number.NaN;
-        const amount = bytes
-          ? `${formatBytes(params.value)}/${formatBytes(params.total)} ${formatBytes(rate)}/s`
-          : `${params.value}/${params.total} ${rate.toFixed(0)}/s`;
-        return `${label} [${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${(ratio * 100).toFixed(0).padStart(3)}% ${amount} ETA ${formatDuration(eta)}`;
+        return `${label} [${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${(ratio * 100).toFixed(0).padStart(3)}% ${amount(params.value)}/${amount(params.total)} ${perSecond} ETA ${formatDuration(eta)}`;
       },
     },
     cliProgress.Presets.shades_classic,
@@ -66,7 +74,10 @@ export function startProgress(label: string, opts: { json: boolean; bytes?: bool
   bar.start(1, 0);
   return {
     update(done, total) {
-      if (total !== undefined) bar.setTotal(Math.max(total, 1));
+      if (total !== undefined) {
+        totalKnown = true;
+        bar.setTotal(Math.max(total, 1));
+      }
       bar.update(done);
     },
     stop() {

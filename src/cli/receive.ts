@@ -1,6 +1,5 @@
 /** `img receive`: join a multicast send and write what it carries to a disk, partition or folder. */
 import type { Command } from 'commander';
-import { receiveCommand } from '../transport/cli.ts';
 import { emit, formatBytes, runCommand, startProgress } from './output.ts';
 
 export function addReceiveCommand(program: Command): void {
@@ -49,6 +48,8 @@ export function addReceiveCommand(program: Command): void {
         verbose?: boolean;
       }) =>
         runCommand('img', !!o.json, async () => {
+          // Loaded here: the transport is a quarter of img's start-up, which every other command skips.
+          const { receiveCommand } = await import('../transport/cli.ts');
           const bar = startProgress('receive', { json: !!o.json });
           try {
             const r = await receiveCommand({
