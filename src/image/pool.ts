@@ -86,7 +86,58 @@ function compress(slot, params) {
   return n < slot.length ? n : -1;
 }
 
+/** Text streams (textStream): each one SHA-256'd and zstd-compressed as a single frame. */
+const texts = new Map();
+
+function textJob(job) {
+  if (job.open) {
+    const z = zlib.createZstdCompress({ params: job.params });
+    const t = { hash: crypto.createHash('sha256'), z, stored: [], storedLength: 0, rawLength: 0, error: undefined };
+    z.on('data', (b) => {
+      t.stored.push(b);
+      t.storedLength += b.length;
+    });
+    z.on('error', (e) => (t.error ??= e));
+    texts.set(job.stream, t);
+    return;
+  }
+  const t = texts.get(job.stream);
+  if (!t) throw new Error('unknown text stream');
+  if (job.text !== undefined) {
+    const b = Buffer.from(job.text, 'utf8');
+    t.rawLength += b.length;
+    t.hash.update(b);
+    t.z.write(b);
+    return;
+  }
+  texts.delete(job.stream);
+  let reported = false;
+  const done = () => {
+    if (reported) return;
+    reported = true;
+    if (t.error) parentPort.postMessage({ seq: job.seq, error: String(t.error.message || t.error) });
+    else {
+      const stored = Buffer.concat(t.stored, t.storedLength);
+      parentPort.postMessage({
+        seq: job.seq,
+        text: { sha: t.hash.digest(), stored, rawLength: t.rawLength },
+      });
+    }
+  };
+  t.z.on('end', done);
+  t.z.on('error', done);
+  t.z.end();
+}
+
 parentPort.on('message', (job) => {
+  if (job.stream !== undefined) {
+    try {
+      textJob(job);
+    } catch (err) {
+      if (job.seq !== undefined) parentPort.postMessage({ seq: job.seq, error: String((err && err.message) || err) });
+    }
+    return;
+  }
   try {
     const slot = Buffer.from(job.sab, job.offset, job.length);
     const id = job.hash ? crypto.hash('sha256', slot, 'hex') : undefined;
@@ -104,6 +155,22 @@ parentPort.on('message', (job) => {
 }
 `;
 
+/** What a text stream (textStream) amounts to: its UTF-8 length and SHA-256, and its zstd frame. */
+export interface HashedText {
+  rawLength: number;
+  sha: Buffer;
+  stored: Buffer;
+}
+
+export interface TextStream {
+  /** Queues text; nothing is awaited, the worker takes it as it comes. */
+  write(text: string): void;
+  /** Resolves once the worker has hashed and compressed everything written. */
+  end(): Promise<HashedText>;
+  /** Drops the stream (after a failure on the writing side). */
+  abort(): void;
+}
+
 export interface PoolResult {
   codec: number;
   storedLength: number;
@@ -114,11 +181,15 @@ export interface PoolResult {
 interface Pending {
   resolve: (r: PoolResult) => void;
   reject: (e: Error) => void;
+  /** Text stream ends resolve with the text's digest instead. */
+  resolveText?: (r: HashedText) => void;
 }
 
 interface Slot {
   worker: Worker;
   jobs: Map<number, Pending>;
+  /** Set once the worker is gone: a text stream pinned to it fails at end(). */
+  failure?: Error;
 }
 
 let shared: CompressPool | undefined;
@@ -170,6 +241,48 @@ export class CompressPool {
     });
   }
 
+  /**
+   * A text hashed and compressed by a worker while the caller produces the rest of it:
+   * the manifest of a capture (17 MB of JSON for 55k files) was hashed on the main thread
+   * and compressed by zlib's async stream, which only advances when the main thread's
+   * event loop turns, so the two waited on each other at the end of every capture.
+   */
+  textStream(level: CompressionLevel): TextStream {
+    const params = LEVEL_PARAMS[level];
+    if (!params) throw new TypeError(`text streams need a compressing level, not ${level}`);
+    const slot = this.#pick();
+    const stream = ++this.#seq;
+    slot.worker.postMessage({ stream, open: true, params });
+    let open = true;
+    return {
+      write: (text: string) => {
+        if (!open) throw new Error('the text stream is already ended');
+        slot.worker.postMessage({ stream, text });
+      },
+      end: () => {
+        if (!open) return Promise.reject(new Error('the text stream is already ended'));
+        open = false;
+        if (slot.failure) return Promise.reject(slot.failure);
+        const seq = ++this.#seq;
+        return new Promise<HashedText>((resolveText, reject) => {
+          slot.jobs.set(seq, { resolve: () => {}, resolveText, reject });
+          if (slot.jobs.size === 1) slot.worker.ref();
+          slot.worker.postMessage({ stream, seq });
+        });
+      },
+      abort: () => {
+        if (!open) return;
+        open = false;
+        // Ending it is the only way to free the worker's side; nobody waits for the result.
+        if (slot.failure) return;
+        const seq = ++this.#seq;
+        slot.jobs.set(seq, { resolve: () => {}, reject: () => {}, resolveText: () => {} });
+        if (slot.jobs.size === 1) slot.worker.ref();
+        slot.worker.postMessage({ stream, seq });
+      },
+    };
+  }
+
   /** Stops the workers; pending jobs fail. */
   async close(): Promise<void> {
     const slots = this.#slots;
@@ -189,18 +302,33 @@ export class CompressPool {
     const worker = new Worker(WORKER_SOURCE, { eval: true });
     const slot: Slot = { worker, jobs: new Map() };
     const failAll = (err: Error): void => {
+      slot.failure ??= err;
       this.#slots = this.#slots.filter((s) => s !== slot);
       for (const p of slot.jobs.values()) p.reject(err);
       slot.jobs.clear();
     };
     worker.on(
       'message',
-      (m: { seq: number; codec?: number; storedLength?: number; id?: string; error?: string }) => {
+      (m: {
+        seq: number;
+        codec?: number;
+        storedLength?: number;
+        id?: string;
+        error?: string;
+        text?: { sha: Uint8Array; stored: Uint8Array; rawLength: number };
+      }) => {
         const p = slot.jobs.get(m.seq);
         if (!p) return;
         slot.jobs.delete(m.seq);
         if (slot.jobs.size === 0) worker.unref();
-        if (m.error !== undefined || m.storedLength === undefined || m.codec === undefined) {
+        if (m.error === undefined && m.text && p.resolveText) {
+          const t = m.text;
+          p.resolveText({
+            rawLength: t.rawLength,
+            sha: Buffer.from(t.sha.buffer, t.sha.byteOffset, t.sha.byteLength),
+            stored: Buffer.from(t.stored.buffer, t.stored.byteOffset, t.stored.byteLength),
+          });
+        } else if (m.error !== undefined || m.storedLength === undefined || m.codec === undefined) {
           p.reject(new Error(`compression worker failed: ${m.error ?? 'no result'}`));
         } else {
           p.resolve(

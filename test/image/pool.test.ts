@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { test } from 'node:test';
+import { zstdDecompressSync } from 'node:zlib';
 
 import { CODEC_NONE, CODEC_ZSTD, chunkId, decodeChunk } from '../../src/image/codec.ts';
 import { CompressPool } from '../../src/image/pool.ts';
@@ -91,4 +92,41 @@ test('a chunk is stored the same whatever its worker compressed before, incompre
       `${level}: ${afterRandom.length} stored bytes after incompressible chunks, ${fresh.length} on a fresh worker`,
     );
   }
+});
+
+test('a text stream is hashed and compressed as one zstd frame while it is written', async (t) => {
+  const pool = new CompressPool(1);
+  t.after(() => pool.close());
+  const parts = [
+    '{"a":',
+    JSON.stringify('ünïcödé ✓'.repeat(5000)),
+    ',"b":[',
+    textData(300_000, 9).toString('latin1'),
+    ']}',
+  ];
+  const stream = pool.textStream('balanced');
+  for (const p of parts) stream.write(p);
+  const r = await stream.end();
+  const raw = Buffer.from(parts.join(''), 'utf8');
+  assert.equal(r.rawLength, raw.length);
+  assert.deepEqual(r.sha, createHash('sha256').update(raw).digest());
+  assert.ok(r.stored.length < raw.length / 2);
+  assert.ok(zstdDecompressSync(r.stored).equals(raw));
+  await assert.rejects(stream.end(), /already ended/);
+  assert.throws(() => stream.write('more'), /already ended/);
+});
+
+test('a text stream whose worker is gone fails at end instead of waiting forever', async () => {
+  const pool = new CompressPool(1);
+  const stream = pool.textStream('speed');
+  stream.write('some text');
+  await pool.close();
+  await assert.rejects(stream.end(), /worker exited/);
+  // An aborted stream is dropped quietly, whether or not its worker is alive.
+  const pool2 = new CompressPool(1);
+  const s2 = pool2.textStream('balanced');
+  s2.write('x');
+  s2.abort();
+  s2.abort();
+  await pool2.close();
 });
