@@ -46,20 +46,24 @@ export function chunksForFileset(manifest: Manifest, fileset: number): Set<strin
 export function filesetSummary(
   manifest: Manifest,
 ): Array<{ number: number; excludedEntries: number; bytes: number }> {
-  const out = [];
-  for (let n = 1; n <= MAX_FILESETS; n++) {
-    let excludedEntries = 0;
-    let bytes = 0;
-    for (const volume of manifest.volumes) {
-      if (volume.kind !== 'files') continue;
-      for (const e of volume.entries) {
-        if (isExcluded(e, n)) {
-          excludedEntries++;
-          bytes += e.size ?? 0;
+  const out = Array.from({ length: MAX_FILESETS }, (_, i) => ({
+    number: i + 1,
+    excludedEntries: 0,
+    bytes: 0,
+  }));
+  // One pass over the entries for all ten sets: most entries are excluded from none.
+  for (const volume of manifest.volumes) {
+    if (volume.kind !== 'files') continue;
+    for (const e of volume.entries) {
+      const mask = e.excludedFrom ?? 0;
+      if (mask === 0) continue;
+      for (const s of out) {
+        if ((mask & (1 << (s.number - 1))) !== 0) {
+          s.excludedEntries++;
+          s.bytes += e.size ?? 0;
         }
       }
     }
-    out.push({ number: n, excludedEntries, bytes });
   }
   return out;
 }
