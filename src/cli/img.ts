@@ -22,6 +22,7 @@ import { ImageReader } from '../image/reader.ts';
 import { repairImage } from '../image/repair.ts';
 import { COMPRESSION_LEVELS, DEFAULT_LEVEL, type CompressionLevel } from '../image/types.ts';
 import { verifyImage } from '../image/verify.ts';
+import { displayName } from '../volume/files/names.ts';
 import { emit, formatBytes, runCommand, startProgress } from './output.ts';
 import { describeListing, describeInfo, describeVerify } from './render.ts';
 import { addReceiveCommand } from './receive.ts';
@@ -155,14 +156,16 @@ export function buildImgProgram(): Command {
           const s = statPath(reader.manifest, path);
           emit(!!o.json, s, () =>
             [
-              `path:      ${s.path}`,
-              `type:      ${s.type}${s.linkTarget !== undefined ? ` -> ${s.linkTarget}` : ''}`,
+              `path:      ${displayName(s.path)}`,
+              `type:      ${s.type}${s.linkTarget !== undefined ? ` -> ${displayName(s.linkTarget)}` : ''}`,
               `size:      ${s.size} (${formatBytes(s.size)})`,
               `mode:      ${(s.mode ?? 0).toString(8).padStart(4, '0')}  owner ${s.uid}:${s.gid}`,
               `modified:  ${s.mtime}`,
               `excluded from file sets: ${s.excludedFrom.length ? s.excludedFrom.join(', ') : 'none'}`,
-              ...(s.hardlinks.length ? [`hard links: ${s.hardlinks.join(', ')}`] : []),
-              ...(s.entry.xattrs ? [`xattrs:    ${Object.keys(s.entry.xattrs).join(', ')}`] : []),
+              ...(s.hardlinks.length ? [`hard links: ${s.hardlinks.map(displayName).join(', ')}`] : []),
+              ...(s.entry.xattrs
+                ? [`xattrs:    ${Object.keys(s.entry.xattrs).map(displayName).join(', ')}`]
+                : []),
               `chunks:    ${new Set((s.entry.extents ?? []).map((x) => x.chunk)).size}`,
             ].join('\n'),
           );

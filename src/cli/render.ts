@@ -1,6 +1,7 @@
 /** Human-readable renderings of command results (the --json output is the structured form). */
 import type { ListedEntry, describeImage } from '../engine/explorer.ts';
 import type { VerifyReport } from '../image/verify.ts';
+import { displayName } from '../volume/files/names.ts';
 import { formatBytes } from './output.ts';
 
 const TYPE_CHAR: Record<string, string> = {
@@ -29,8 +30,8 @@ export function describeListing(rows: ListedEntry[]): string {
         return `V ${r.name.padEnd(6)} ${r.filesystem ?? ''}${r.label ? ` "${r.label}"` : ''}  ${formatBytes(r.size)}`;
       }
       const sets = r.excludedFrom.length ? `  [excluded from ${r.excludedFrom.join(',')}]` : '';
-      const link = r.linkTarget !== undefined ? ` -> ${r.linkTarget}` : '';
-      return `${TYPE_CHAR[r.type] ?? '?'}${modeString(r.mode)} ${String(r.uid).padStart(5)} ${String(r.gid).padStart(5)} ${String(r.size).padStart(12)} ${r.mtime?.slice(0, 19).replace('T', ' ')} ${r.name}${link}${sets}`;
+      const link = r.linkTarget !== undefined ? ` -> ${displayName(r.linkTarget)}` : '';
+      return `${TYPE_CHAR[r.type] ?? '?'}${modeString(r.mode)} ${String(r.uid).padStart(5)} ${String(r.gid).padStart(5)} ${String(r.size).padStart(12)} ${r.mtime?.slice(0, 19).replace('T', ' ')} ${displayName(r.name)}${link}${sets}`;
     })
     .join('\n');
 }

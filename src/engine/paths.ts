@@ -1,5 +1,6 @@
 import { ImageError } from '../image/errors.ts';
 import type { FileVolume, Manifest, Volume } from '../image/types.ts';
+import { parseDisplayName } from '../volume/files/names.ts';
 import { normalizeImagePath } from '../volume/files/paths.ts';
 
 /**
@@ -26,6 +27,17 @@ export function isSingleVolume(manifest: Manifest): boolean {
 
 /** Resolves a user's path to a file volume and an inner path; '.' on a disk image means the volume list itself. */
 export function resolveVolumePath(manifest: Manifest, userPath: string): VolumePath | { volume: undefined } {
+  const resolved = resolveLiteral(manifest, userPath);
+  if (resolved.volume === undefined || !userPath.includes('\\')) return resolved;
+  // Names that are not UTF-8 (or hold control characters) are shown escaped, as \xE9; a
+  // path typed that way names them when the literal path names nothing.
+  const { volume, path } = resolved;
+  if (volume.entries.some((e) => e.path === path)) return resolved;
+  const unescaped = parseDisplayName(path);
+  return volume.entries.some((e) => e.path === unescaped) ? { volume, path: unescaped } : resolved;
+}
+
+function resolveLiteral(manifest: Manifest, userPath: string): VolumePath | { volume: undefined } {
   const normalized = normalizeImagePath(userPath);
   if (isSingleVolume(manifest)) return { volume: manifest.volumes[0] as FileVolume, path: normalized };
   if (normalized === '.') return { volume: undefined };

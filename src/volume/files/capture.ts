@@ -42,6 +42,7 @@ import {
   type FileExtent,
 } from '../../image/types.ts';
 import { FileVolumeError } from './errors.ts';
+import { displayName, fsPath, nameFromBytes } from './names.ts';
 import { normalizeImagePath } from './paths.ts';
 import { startXattrScan, type XattrMap } from './xattr.ts';
 
@@ -79,8 +80,8 @@ export async function captureTree(
   let absRoot: string;
   let rootSt: BigIntStats;
   try {
-    absRoot = realpathSync(root);
-    rootSt = lstatSync(absRoot, { bigint: true });
+    absRoot = nameFromBytes(realpathSync(root, { encoding: 'buffer' }));
+    rootSt = lstatSync(fsPath(absRoot), { bigint: true });
   } catch (err) {
     throw ioError(root, 'cannot open the capture source', err);
   }
@@ -176,10 +177,20 @@ class Capturer {
     return this.entries;
   }
 
-  async walkDir(abs: string, rel: string): Promise<void> {
+  /**
+   * `abs` is the directory as an image string (see names.ts); `clean` says it is also
+   * its own filesystem path, which holds for every directory whose path is valid UTF-8.
+   */
+  async walkDir(abs: string, rel: string, clean = abs.isWellFormed()): Promise<void> {
     let names: string[];
     try {
-      names = readdirSync(abs);
+      names = readdirSync(clean ? abs : fsPath(abs));
+      // readdir shows a name that is not valid UTF-8 with U+FFFD in it: read this
+      // directory's names again as bytes, so such a name is kept exactly.
+      if (names.some((n) => n.includes('\ufffd'))) {
+        names = readdirSync(clean ? abs : fsPath(abs), { encoding: 'buffer' }).map(nameFromBytes);
+        clean = clean && names.every((n) => n.isWellFormed());
+      }
     } catch (err) {
       throw ioError(abs, 'cannot list directory', err);
     }
@@ -192,25 +203,22 @@ class Capturer {
       const childAbs = prefix + name;
       const childRel = rel === '' ? name : `${rel}/${name}`;
       if (++this.sinceYield >= YIELD_EVERY) await this.breathe(childRel);
+      const childFs = clean ? childAbs : fsPath(childAbs);
       let st: BigIntStats;
       try {
-        st = lstatSync(childAbs, { bigint: true });
+        st = lstatSync(childFs, { bigint: true });
       } catch (err) {
-        throw ioError(
-          childAbs,
-          'cannot stat (removed during capture, or a name that is not valid UTF-8?)',
-          err,
-        );
+        throw ioError(childAbs, 'cannot stat (removed during capture?)', err);
       }
       const entry = this.entryFor(childRel, st);
       this.entries.push(entry);
       try {
         if (entry.type === 'dir') {
-          if (!oneFs || st.dev === this.rootSt.dev) await this.walkDir(childAbs, childRel);
+          if (!oneFs || st.dev === this.rootSt.dev) await this.walkDir(childAbs, childRel, clean);
         } else if (entry.type === 'symlink') {
-          entry.linkTarget = readlinkSync(childAbs);
+          entry.linkTarget = nameFromBytes(readlinkSync(childFs, { encoding: 'buffer' }));
         } else if (entry.type === 'file') {
-          const pending = this.captureFile(childAbs, st, entry);
+          const pending = this.captureFile(childFs, st, entry);
           if (pending) await pending;
         }
       } catch (err) {
@@ -246,7 +254,7 @@ class Capturer {
    * sealed one, a big or sparse file): a promise per file was a third of the walk's
    * garbage.
    */
-  captureFile(abs: string, st: BigIntStats, entry: FileEntry): Promise<void> | undefined {
+  captureFile(abs: string | Buffer, st: BigIntStats, entry: FileEntry): Promise<void> | undefined {
     if (st.nlink > 1n) {
       const key = `${st.dev}:${st.ino}`;
       const first = this.links.get(key);
@@ -491,7 +499,7 @@ function typeOf(st: BigIntStats): FileEntryType {
   return 'socket';
 }
 
-function openForRead(abs: string): number {
+function openForRead(abs: string | Buffer): number {
   // O_NOATIME keeps the source's access times as they were; only the owner or root may use it.
   try {
     return openSync(abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NOATIME);
@@ -515,7 +523,7 @@ function ioError(path: string, what: string, err: unknown): FileVolumeError {
   const e = err as NodeJS.ErrnoException;
   return new FileVolumeError(
     'E_CAPTURE_IO',
-    `${what} ${path}: ${e.code ?? ''} ${e.message ?? String(err)}`.trim(),
+    `${what} ${displayName(path)}: ${e.code ?? ''} ${e.message ?? String(err)}`.trim(),
     {
       path,
       errno: e.code,

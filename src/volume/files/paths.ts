@@ -1,6 +1,7 @@
 import { lstatSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { ImageError } from '../../image/errors.ts';
+import { fsPath, nameBytes } from './names.ts';
 
 /**
  * Canonical form of a path an administrator typed for an image ('/etc/./x/' → 'etc/x',
@@ -45,6 +46,8 @@ export function checkEntryPath(imagePath: string): string[] {
   if (imagePath === '.') return [];
   if (imagePath === '' || isAbsolute(imagePath)) throw escape(imagePath, 'is not a relative path');
   if (imagePath.includes('\0')) throw escape(imagePath, 'contains a NUL byte');
+  // A lone surrogate must stand for a byte (names.ts); nameBytes throws E_NAME_INVALID otherwise.
+  if (!imagePath.isWellFormed()) nameBytes(imagePath);
   const parts = imagePath.split('/');
   for (const part of parts) {
     if (part === '' || part === '.' || part === '..') {
@@ -56,7 +59,7 @@ export function checkEntryPath(imagePath: string): string[] {
 
 function isRealDirOrMissing(p: string): boolean {
   try {
-    return lstatSync(p).isDirectory();
+    return lstatSync(fsPath(p)).isDirectory();
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
     throw err;

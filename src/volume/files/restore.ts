@@ -22,6 +22,8 @@ import {
   mkdirSync,
   openSync,
   readdirSync,
+  renameSync,
+  rmSync,
   symlinkSync,
   unlinkSync,
   writeSync,
@@ -32,6 +34,7 @@ import { ImageError } from '../../image/errors.ts';
 import { checkFileset, isExcluded } from '../../image/fileset.ts';
 import type { FileEntry, FilesystemType } from '../../image/types.ts';
 import { FileVolumeError } from './errors.ts';
+import { displayName, fsPath, nameFromBytes } from './names.ts';
 import { checkEntryPath } from './paths.ts';
 import { applyXattrs } from './xattr.ts';
 
@@ -66,7 +69,10 @@ const MKNOD_BATCH_BYTES = 64 * 1024;
 interface Item {
   entry: FileEntry;
   rel: string;
+  /** Where the entry lands, as an image string (see names.ts): for messages. */
   abs: string;
+  /** The same path for the filesystem: `abs`, or its exact bytes when a name is not UTF-8. */
+  fs: string | Buffer;
   depth: number;
   /** Set when the item could not or should not be created (vfat limits, sockets); metadata is then skipped too. */
   skipped?: boolean;
@@ -125,10 +131,12 @@ class TreeRestoreImpl implements RestoreSink {
     const inImageOrder: Item[] = [];
     for (const path of wanted) {
       const entry = byPath.get(path)!;
+      const abs = path === '.' ? this.root : join(this.root, path);
       inImageOrder.push({
         entry,
         rel: path,
-        abs: path === '.' ? this.root : join(this.root, path),
+        abs,
+        fs: fsPath(abs),
         depth: path === '.' ? 0 : path.split('/').length,
       });
     }
@@ -229,7 +237,7 @@ class TreeRestoreImpl implements RestoreSink {
           if (this.remaining.has(item)) this.makeFile(item);
         } else if (e.type === 'symlink') {
           this.clearSpot(item);
-          symlinkSync(e.linkTarget ?? '', item.abs);
+          symlinkSync(fsPath(e.linkTarget ?? ''), item.fs);
         } else if ((e.type === 'chardev' || e.type === 'blockdev') && !isRoot()) {
           this.skip(item, `${item.rel}: only root can create a device node; skipped`);
         } else {
@@ -272,12 +280,12 @@ class TreeRestoreImpl implements RestoreSink {
       const abs = join(this.root, rel);
       let st;
       try {
-        st = lstatSync(abs);
+        st = lstatSync(fsPath(abs));
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
           throw restoreError(abs, 'cannot check directory', err);
         // A parent the entries do not describe (partial extracts): a plain directory.
-        mkdirSync(abs, 0o755);
+        mkdirSync(fsPath(abs), 0o755);
         this.checkedDirs.add(rel);
         this.freshDirs.add(rel);
         continue;
@@ -285,7 +293,7 @@ class TreeRestoreImpl implements RestoreSink {
       if (!st.isDirectory()) {
         throw new ImageError(
           'E_PATH_ESCAPE',
-          `cannot restore ${item.rel}: ${abs} is a ${st.isSymbolicLink() ? 'symlink' : 'non-directory'} where a directory should be; refusing to write through it`,
+          `cannot restore ${displayName(item.rel)}: ${displayName(abs)} is a ${st.isSymbolicLink() ? 'symlink' : 'non-directory'} where a directory should be; refusing to write through it`,
           { path: item.rel, target: abs },
         );
       }
@@ -296,14 +304,14 @@ class TreeRestoreImpl implements RestoreSink {
   makeDir(item: Item): void {
     try {
       // Owner-only while we fill it; the real mode comes in finish().
-      mkdirSync(item.abs, 0o700);
+      mkdirSync(item.fs, 0o700);
       this.freshDirs.add(item.rel);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      if (!lstatSync(item.abs).isDirectory()) {
+      if (!lstatSync(item.fs).isDirectory()) {
         throw new FileVolumeError(
           'E_RESTORE_IO',
-          `cannot create directory ${item.abs}: something else is already there`,
+          `cannot create directory ${displayName(item.abs)}: something else is already there`,
           {
             path: item.abs,
           },
@@ -317,7 +325,7 @@ class TreeRestoreImpl implements RestoreSink {
     if (this.opts.resume && this.reopen(item)) return;
     this.clearSpot(item);
     const fd = openSync(
-      item.abs,
+      item.fs,
       constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
       0o600,
     );
@@ -326,7 +334,7 @@ class TreeRestoreImpl implements RestoreSink {
       ftruncateSync(fd, item.entry.size ?? 0);
     } catch (err) {
       closeSync(fd);
-      unlinkSync(item.abs); // an empty file under the real name would pass for a restored one
+      unlinkSync(item.fs); // an empty file under the real name would pass for a restored one
       throw err;
     }
     closeSync(fd);
@@ -336,7 +344,7 @@ class TreeRestoreImpl implements RestoreSink {
   reopen(item: Item): boolean {
     let fd: number;
     try {
-      fd = openSync(item.abs, constants.O_WRONLY | constants.O_NOFOLLOW);
+      fd = openSync(item.fs, constants.O_WRONLY | constants.O_NOFOLLOW);
     } catch {
       return false; // missing, or a symlink where the file belongs: made afresh
     }
@@ -354,38 +362,58 @@ class TreeRestoreImpl implements RestoreSink {
     if (this.freshDirs.has(parentOf(item.rel))) return;
     let st;
     try {
-      st = lstatSync(item.abs);
+      st = lstatSync(item.fs);
     } catch {
       return;
     }
     if (st.isDirectory()) {
       throw new FileVolumeError(
         'E_RESTORE_IO',
-        `cannot create ${item.entry.type} ${item.abs}: a directory is in the way`,
+        `cannot create ${item.entry.type} ${displayName(item.abs)}: a directory is in the way`,
         {
           path: item.abs,
         },
       );
     }
-    unlinkSync(item.abs);
+    unlinkSync(item.fs);
   }
 
   /** Fifos and device nodes through `mknod`, a few hundred per shell rather than one process each. */
   async makeNodes(nodes: Item[]): Promise<void> {
     // Fifos: mkfifo takes many names per run. Device nodes: mknod takes one, so a shell loop
     // runs them (one fork each, but no Node spawn each); real trees rarely hold many.
-    const fifos = nodes.filter((i) => i.entry.type === 'fifo').map((i) => i.abs);
+    // argv is text: a name that is not UTF-8 is made under a stand-in name in the target's
+    // root and renamed into place by its bytes.
+    const renames: Array<{ from: string; to: Buffer }> = [];
+    const arg = (i: Item): string => {
+      if (typeof i.fs === 'string') return i.fs;
+      const from = join(this.root, `.imgcast-node-${process.pid}-${renames.length}`);
+      renames.push({ from, to: i.fs });
+      return from;
+    };
+    const fifos = nodes.filter((i) => i.entry.type === 'fifo').map(arg);
     const devices = nodes
       .filter((i) => i.entry.type !== 'fifo')
       .flatMap((i) => [
-        i.abs,
+        arg(i),
         i.entry.type === 'chardev' ? 'c' : 'b',
         String(i.entry.rdevMajor ?? 0),
         String(i.entry.rdevMinor ?? 0),
       ]);
-    for (const batch of batches(fifos)) await runTool('mkfifo', ['--', ...batch]);
-    const loop = 'while [ $# -gt 0 ]; do mknod -- "$1" "$2" "$3" "$4" || exit 1; shift 4; done';
-    for (const batch of batches(devices, 4)) await runTool('sh', ['-c', loop, 'sh', ...batch]);
+    try {
+      for (const batch of batches(fifos)) await runTool('mkfifo', ['--', ...batch]);
+      const loop = 'while [ $# -gt 0 ]; do mknod -- "$1" "$2" "$3" "$4" || exit 1; shift 4; done';
+      for (const batch of batches(devices, 4)) await runTool('sh', ['-c', loop, 'sh', ...batch]);
+      for (const { from, to } of renames) renameSync(from, to);
+    } catch (err) {
+      for (const { from } of renames) rmSync(from, { force: true });
+      if (err instanceof FileVolumeError) throw err;
+      throw restoreError(
+        displayName(nameFromBytes(renames[0]?.to ?? Buffer.alloc(0))),
+        'cannot create node',
+        err,
+      );
+    }
   }
 
   async applyChunk(id: string, raw: Buffer): Promise<void> {
@@ -434,7 +462,7 @@ class TreeRestoreImpl implements RestoreSink {
     }
     let opened: number;
     try {
-      opened = openSync(item.abs, constants.O_WRONLY | constants.O_NOFOLLOW);
+      opened = openSync(item.fs, constants.O_WRONLY | constants.O_NOFOLLOW);
     } catch (err) {
       throw restoreError(item.abs, 'cannot open for writing', err);
     }
@@ -474,10 +502,10 @@ class TreeRestoreImpl implements RestoreSink {
       try {
         this.checkParents(item);
         this.clearSpot(item);
-        linkSync(holder.abs, item.abs);
+        linkSync(holder.fs, item.fs);
       } catch (err) {
         if (err instanceof ImageError || err instanceof FileVolumeError) throw err;
-        throw restoreError(item.abs, `cannot create hard link to ${holder.abs}`, err);
+        throw restoreError(item.abs, `cannot create hard link to ${displayName(holder.abs)}`, err);
       }
     }
     const live = this.items.filter((i) => !i.skipped);
@@ -508,7 +536,7 @@ class TreeRestoreImpl implements RestoreSink {
     let denied = 0;
     for (const i of live) {
       try {
-        lchownSync(i.abs, i.entry.uid, i.entry.gid);
+        lchownSync(i.fs, i.entry.uid, i.entry.gid);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'EPERM' && !isRoot()) denied++;
         else throw restoreError(i.abs, `cannot set owner ${i.entry.uid}:${i.entry.gid}`, err);
@@ -529,14 +557,14 @@ class TreeRestoreImpl implements RestoreSink {
     for (const i of [...nonDirs, ...dirs]) {
       if (!this.vfat && i.entry.type !== 'symlink') {
         try {
-          chmodSync(i.abs, i.entry.mode & 0o7777);
+          chmodSync(i.fs, i.entry.mode & 0o7777);
         } catch (err) {
           throw restoreError(i.abs, 'cannot set mode', err);
         }
       }
       if (linked.has(i)) continue; // shares its inode with the holder, whose times are the same
       try {
-        lutimesSync(i.abs, nsToSeconds(i.entry.atimeNs), nsToSeconds(i.entry.mtimeNs));
+        lutimesSync(i.fs, nsToSeconds(i.entry.atimeNs), nsToSeconds(i.entry.mtimeNs));
       } catch (err) {
         // vfat's root directory has no entry to hold times, and vfat has no times before 1980.
         if (this.vfat) this.warn(`${i.rel}: vfat refused its times (${(err as NodeJS.ErrnoException).code})`);
@@ -573,7 +601,7 @@ function restoreError(path: string, what: string, err: unknown): FileVolumeError
   const e = err as NodeJS.ErrnoException;
   return new FileVolumeError(
     'E_RESTORE_IO',
-    `${what} ${path}: ${e.message ?? String(err)}`,
+    `${what} ${displayName(path)}: ${e.message ?? String(err)}`,
     { path, errno: e.code },
     { cause: err },
   );

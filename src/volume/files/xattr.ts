@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileVolumeError } from './errors.ts';
+import { nameBytes, nameFromBytes } from './names.ts';
 
 export type XattrMap = Map<string, Record<string, string>>;
 
@@ -98,16 +99,18 @@ export function parseGetfattr(output: Buffer, root: string): XattrMap {
 }
 
 function unquote(s: string): string {
-  return Buffer.from(
-    s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))),
-    'latin1',
-  ).toString('utf8');
+  return nameFromBytes(
+    Buffer.from(
+      s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))),
+      'latin1',
+    ),
+  );
 }
 
 /** Octal-escapes what would break setfattr's line format (backslash, control bytes, and '=' in names). */
 function quote(s: string, alsoEquals: boolean): string {
   let out = '';
-  for (const byte of Buffer.from(s, 'utf8')) {
+  for (const byte of nameBytes(s)) {
     if (byte === 0x5c || byte < 0x20 || byte === 0x7f || (alsoEquals && byte === 0x3d)) {
       out += '\\' + byte.toString(8).padStart(3, '0');
     } else out += String.fromCharCode(byte);

@@ -53,4 +53,7 @@ test('safeJoin keeps paths inside the target and refuses symlinked parents', asy
   assert.throws(() => safeJoin(dir, 'plain/under'), { code: 'E_PATH_ESCAPE' });
   mkdirSync(join(dir, 'real'));
   assert.equal(safeJoin(dir, 'real/missing/deeper'), join(dir, 'real/missing/deeper'));
+  // A name that is not UTF-8 is an escaped byte (names.ts); a surrogate standing for no byte is a forged path.
+  assert.equal(safeJoin(dir, 'real/caf\udce9'), join(dir, 'real/caf\udce9'));
+  assert.throws(() => checkEntryPath('real/x\ud800'), { code: 'E_NAME_INVALID' });
 });

@@ -2,6 +2,7 @@
  * Test trees holding every kind of entry a file volume keeps, and a snapshot of a
  * tree's content and metadata to compare a restore against its source.
  */
+import { isUtf8 } from 'node:buffer';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
 import {
@@ -15,6 +16,7 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
+  renameSync,
   symlinkSync,
   writeFileSync,
   writeSync,
@@ -49,6 +51,22 @@ export function bytes(seed: number, length: number): Buffer {
 export const SMALL_FILES = 400;
 export const NS_MTIME = '1600000000987654321';
 export const ODD_NAMES = ['with space', 'new\nline', 'ünïcödé ☃', '-leading-dash', 'back\\slash', 'eq=uals'];
+/** 'café.txt' in Latin-1: not valid UTF-8. */
+export const LATIN1_NAME = Buffer.from('caf\xe9.txt', 'latin1');
+/** 'dir-Çü' as CP437 bytes, plus a byte no encoding would produce on its own. */
+export const CP437_DIR = Buffer.from([0x64, 0x69, 0x72, 0x2d, 0x80, 0x81, 0xff]);
+
+/** A path of byte names, for names that are not UTF-8. */
+export function bpath(root: string, ...names: Array<string | Buffer>): Buffer {
+  const parts: Buffer[] = [Buffer.from(root)];
+  for (const n of names) parts.push(Buffer.from('/'), typeof n === 'string' ? Buffer.from(n) : n);
+  return Buffer.concat(parts);
+}
+
+/** A snapshot key for a name: the name itself, or <hex> when it is not UTF-8. */
+function keyOf(name: Buffer): string {
+  return isUtf8(name) ? name.toString('utf8') : `<${name.toString('hex')}>`;
+}
 
 /** Builds the tree; returns what it could not create (e.g. xattr namespaces the kernel refuses). */
 export function buildTree(root: string, opts: { rootOnly: boolean }): string[] {
@@ -106,11 +124,26 @@ export function buildTree(root: string, opts: { rootOnly: boolean }): string[] {
 
   mkdirSync(join(root, 'odd'));
   for (const n of ODD_NAMES) w(`odd/${n}`, n);
+  // Names that are not UTF-8: a Latin-1 file name, a directory as a CP437 zip leaves it,
+  // a fifo, and a symlink whose target is such a name.
+  writeFileSync(bpath(root, 'odd', LATIN1_NAME), 'a Latin-1 name');
+  mkdirSync(bpath(root, 'odd', CP437_DIR));
+  writeFileSync(bpath(root, 'odd', CP437_DIR, 'inside'), 'in a CP437 directory');
+  execFileSync('mkfifo', [join(root, 'odd/fifo-tmp')]);
+  renameSync(join(root, 'odd/fifo-tmp'), bpath(root, 'odd', Buffer.from('fifo-\xe9', 'latin1')));
+  symlinkSync(Buffer.concat([Buffer.from('../odd/'), LATIN1_NAME]), bpath(root, 'links', 'latin1'));
 
   setXattr(root, 'plain.txt', 'user.test', 'value one', notes);
   setXattr(root, 'plain.txt', 'user.empty', '', notes);
   setXattr(root, 'odd/new\nline', 'user.bin', '0x00ff10', notes);
   setXattr(root, 'small', 'user.dir', 'on a directory', notes);
+  // setfattr takes its path as text; python's os.setxattr takes the name's bytes.
+  const r = spawnSync('python3', [
+    '-c',
+    'import os,sys; os.setxattr(bytes.fromhex(sys.argv[1]), "user.latin", b"on a Latin-1 name")',
+    bpath(root, 'odd', LATIN1_NAME).toString('hex'),
+  ]);
+  if (r.status !== 0) notes.push(`cannot set user.latin on the Latin-1 name: ${r.stderr.toString().trim()}`);
 
   if (opts.rootOnly) {
     execFileSync('mknod', [join(root, 'null'), 'c', '1', '3']);
@@ -157,16 +190,21 @@ function setXattr(
 function setTimes(root: string): void {
   const all = walk(root).reverse(); // children before parents: setting a child's times touches no parent
   const now = Date.now() / 1000;
-  all.forEach((rel, i) => {
-    lutimesSync(join(root, rel), now + 2 * 86400 + i / 1000 + 0.000123, 1577836800 + i + 0.654321);
+  all.forEach(({ abs }, i) => {
+    lutimesSync(abs, now + 2 * 86400 + i / 1000 + 0.000123, 1577836800 + i + 0.654321);
   });
 }
 
-function walk(root: string, rel = '.'): string[] {
-  const out = [rel];
-  const abs = join(root, rel);
+/** Every entry under root, by bytes: `rel` is its snapshot key, `abs` its exact path. */
+function walk(root: string, rel = '.', abs: Buffer = Buffer.from(root)): Array<{ rel: string; abs: Buffer }> {
+  const out = [{ rel, abs }];
   if (!lstatSync(abs).isDirectory()) return out;
-  for (const n of readdirSync(abs).sort()) out.push(...walk(root, rel === '.' ? n : `${rel}/${n}`));
+  const names = readdirSync(abs, { encoding: 'buffer' }).sort(Buffer.compare);
+  for (const n of names) {
+    out.push(
+      ...walk(root, rel === '.' ? keyOf(n) : `${rel}/${keyOf(n)}`, Buffer.concat([abs, Buffer.from('/'), n])),
+    );
+  }
   return out;
 }
 
@@ -190,9 +228,8 @@ export interface Snap {
 export function snapshot(root: string): Map<string, Snap> {
   const out = new Map<string, Snap>();
   const byIno = new Map<bigint, string[]>();
-  for (const rel of walk(root)) {
+  for (const { rel, abs } of walk(root)) {
     if (rel === 'lost+found') continue;
-    const abs = join(root, rel);
     const st = lstatSync(abs, { bigint: true });
     const s: Snap = {
       type: st.isFile()
@@ -226,7 +263,7 @@ export function snapshot(root: string): Map<string, Snap> {
         byIno.set(st.ino, list);
       }
     }
-    if (s.type === 'symlink') s.link = readlinkSync(abs);
+    if (s.type === 'symlink') s.link = keyOf(readlinkSync(abs, { encoding: 'buffer' }));
     if (s.type === 'chardev' || s.type === 'blockdev') s.rdev = Number(st.rdev);
     out.set(rel, s);
   }
