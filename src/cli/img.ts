@@ -23,7 +23,7 @@ import { repairImage } from '../image/repair.ts';
 import { COMPRESSION_LEVELS, DEFAULT_LEVEL, type CompressionLevel } from '../image/types.ts';
 import { verifyImage } from '../image/verify.ts';
 import { displayName } from '../volume/files/names.ts';
-import { emit, formatBytes, runCommand, startProgress } from './output.ts';
+import { VERSION, emit, formatBytes, runCommand, startProgress } from './output.ts';
 import { describeListing, describeInfo, describeVerify } from './render.ts';
 import { addReceiveCommand } from './receive.ts';
 
@@ -50,6 +50,7 @@ const fileset = () => new Option('-f, --fileset <n>', 'file set 1-10 (default 1)
 export function buildImgProgram(): Command {
   const program = new Command('img')
     .description('imgcast workstation engine: capture, restore, explore and receive disk images')
+    .version(VERSION, '-V, --version', 'print the version')
     .showHelpAfterError()
     .exitOverride();
 

@@ -3,12 +3,13 @@
  * (`send`); the session scheduler, HTTP API and console build on the same transport.
  */
 import { Command } from 'commander';
-import { reportError } from './output.ts';
+import { VERSION, reportError } from './output.ts';
 import { addSendCommand } from './send.ts';
 
 export function buildImgcastProgram(): Command {
   const program = new Command('imgcast')
     .description('imgcast server and administration: multicast disk images to whole labs')
+    .version(VERSION, '-V, --version', 'print the version')
     .showHelpAfterError()
     .exitOverride();
   addSendCommand(program);

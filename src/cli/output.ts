@@ -9,6 +9,9 @@ import { createRequire } from 'node:module';
 import { CommanderError } from 'commander';
 import { ImgcastError } from '../errors.ts';
 
+/** The package's version, for --version. */
+export const VERSION = (createRequire(import.meta.url)('../../package.json') as { version: string }).version;
+
 export const EXIT_FAILED = 1;
 export const EXIT_USAGE = 2;
 export const EXIT_INTERNAL = 70;

@@ -38,6 +38,17 @@ test('every command has --help', () => {
   }
 });
 
+test('img --version prints the package version', async () => {
+  const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  for (const flag of ['--version', '-V']) {
+    const r = img(flag);
+    assert.equal(r.code, 0, r.err);
+    assert.equal(r.out.trim(), pkg.version);
+  }
+});
+
 test('usage errors exit 2 with a message; operation failures exit 1 with a code', async (t) => {
   const dir = await tempDir(t);
   let r = img('make', dir, join(dir, 'x.imgc'), '--level', 'fastest');
