@@ -1,6 +1,8 @@
 /** Human-readable renderings of command results (the --json output is the structured form). */
 import type { ListedEntry, describeImage } from '../engine/explorer.ts';
 import type { VerifyReport } from '../image/verify.ts';
+import { partitionTypeName } from '../disk/partition-table.ts';
+import type { PartitionTableType } from '../image/types.ts';
 import { displayName } from '../volume/files/names.ts';
 import { formatBytes } from './output.ts';
 
@@ -50,7 +52,7 @@ export function describeInfo(info: ReturnType<typeof describeImage>): string {
     );
     for (const p of info.disk.partitions) {
       lines.push(
-        `  partition ${p.number}: start ${p.startBytes}, ${formatBytes(p.sizeBytes)}, type ${p.type}${p.name ? ` "${p.name}"` : ''}`,
+        `  partition ${p.number}: start ${p.startBytes}, ${formatBytes(p.sizeBytes)}, type ${describeType(info.disk.table, p.type)}${p.name ? ` "${p.name}"` : ''}`,
       );
     }
   }
@@ -74,6 +76,11 @@ export function describeInfo(info: ReturnType<typeof describeImage>): string {
     `file sets:   ${sets.length ? sets.map((s) => `${s.number} (excludes ${s.excludedEntries})`).join(', ') : 'all 10 are the whole image'}`,
   );
   return lines.join('\n');
+}
+
+function describeType(table: PartitionTableType, type: string): string {
+  const name = partitionTypeName(table, type);
+  return name ? `${name} (${table === 'mbr' ? `0x${type}` : type})` : table === 'mbr' ? `0x${type}` : type;
 }
 
 export function describeVerify(image: string, report: VerifyReport): string {

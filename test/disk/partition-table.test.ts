@@ -10,6 +10,7 @@ import {
   parsePartitionTable,
   probePartitionTable,
   readPartitionTable,
+  partitionTypeName,
 } from '../../src/disk/partition-table.ts';
 import { hasCommand, loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
 
@@ -282,4 +283,14 @@ test('GPT with 4096-byte sectors: from the 4Kn loop device and from its image fi
     assert.equal(table.gpt!.backupHeaderLba, (64 * MiB) / 4096 - 1);
   }
   assert.deepEqual(fromFile.partitions, fromDevice.partitions);
+});
+
+test('common partition types have names for display, others none', () => {
+  assert.equal(partitionTypeName('gpt', 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B'), 'EFI System');
+  assert.equal(partitionTypeName('gpt', '0657fd6d-a4ab-43c4-84e5-0933c84b4f4f'), 'Linux swap');
+  assert.equal(partitionTypeName('mbr', '07'), 'NTFS/exFAT');
+  assert.equal(partitionTypeName('mbr', '83'), 'Linux');
+  assert.equal(partitionTypeName('mbr', 'ee'), 'GPT protective');
+  assert.equal(partitionTypeName('mbr', '99'), undefined);
+  assert.equal(partitionTypeName('gpt', '00000000-0000-0000-0000-000000000001'), undefined);
 });
