@@ -4,6 +4,7 @@
  * mounted) before anything is written, so a refused restore leaves it untouched.
  */
 import { mkdir, open, readdir, stat, unlink } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { DiskError } from '../disk/errors.ts';
 import {
   assertNotMounted,
@@ -29,6 +30,7 @@ import { ImageReader } from '../image/reader.ts';
 import {
   CHUNK_SIZE,
   type ChunkSource,
+  type ChunkWriteOutcome,
   type DiskLayout,
   type FileVolume,
   type Manifest,
@@ -182,6 +184,12 @@ function fileVolumeSink(volume: FileVolume, place: Place, opts: RestoreOptions):
     async applyChunk(id, raw) {
       if (inner?.needed.has(id)) await inner.applyChunk(id, raw);
     },
+    planChunk(id) {
+      return inner?.needed.has(id) ? inner.planChunk?.(id) : undefined;
+    },
+    planDone(id, outcome) {
+      inner!.planDone!(id, outcome);
+    },
     async finish() {
       if (!inner || !held)
         throw new DiskError('E_DISK_INCOMPLETE', `volume ${volume.index} was never prepared`);
@@ -270,6 +278,16 @@ function compositeSink(c: Composite): DescribedSink {
       }
       if (applied.has(id) || !needed.has(id)) return;
       for (const child of c.children) if (child.needed.has(id)) await child.applyChunk(id, raw);
+      applied.add(id);
+    },
+    // A chunk one child alone needs can be written by the worker that decodes it.
+    planChunk(id) {
+      if (!prepared || applied.has(id) || !needed.has(id)) return undefined;
+      const takers = c.children.filter((child) => child.needed.has(id));
+      return takers.length === 1 ? takers[0]!.planChunk?.(id) : undefined;
+    },
+    planDone(id, outcome) {
+      c.children.find((child) => child.needed.has(id))!.planDone!(id, outcome);
       applied.add(id);
     },
     async finish() {
@@ -601,7 +619,11 @@ export interface RestoreResult {
   bytes: number;
 }
 
-const READ_AHEAD = 3;
+/**
+ * Chunks read and decoding while the current one is written: two per core, so the pool's
+ * workers decompress and check the next chunks while this thread writes files.
+ */
+const READ_AHEAD = Math.max(3, 2 * availableParallelism());
 
 /**
  * Restores `manifest` onto `target` pulling chunk bytes from `source` (an image file,
@@ -624,26 +646,39 @@ async function runRestore(
   onProgress?: (p: RestoreProgress) => void,
 ): Promise<RestoreResult> {
   const ids = [...sink.needed];
+  const inflight: Array<{ buf: Buffer; raw?: Promise<Buffer>; plan?: Promise<ChunkWriteOutcome> }> = [];
   try {
     await sink.prepare();
     // Reads run ahead of writes so decompression and disk I/O overlap; writes stay in order.
     // Chunks are decoded into a few recycled buffers: fresh 4 MiB ones per chunk pile up
-    // as external memory faster than the garbage collector returns them.
-    const spare: Buffer[] = Array.from({ length: READ_AHEAD + 1 }, () => Buffer.allocUnsafe(CHUNK_SIZE + 1));
-    const inflight: Array<{ buf: Buffer; raw: Promise<Buffer> }> = [];
+    // as external memory faster than the garbage collector returns them. The buffers are
+    // shared memory, so an image file's chunks are decoded by the pool's workers.
+    const spare: Buffer[] = Array.from({ length: READ_AHEAD + 1 }, () =>
+      Buffer.from(new SharedArrayBuffer(CHUNK_SIZE + 1)),
+    );
     let next = 0;
     const fill = () => {
       while (inflight.length < READ_AHEAD && next < ids.length && spare.length > 0) {
         const buf = spare.pop()!;
-        const raw = source.readChunk(ids[next++]!, buf);
-        raw.catch(() => {});
-        inflight.push({ buf, raw });
+        const id = ids[next++]!;
+        // Where the sink lets it, the worker that decodes the chunk also writes its files.
+        const plan = source.readChunkAndWrite ? sink.planChunk?.(id) : undefined;
+        if (plan) {
+          const written = source.readChunkAndWrite!(id, buf, plan);
+          written.catch(() => {});
+          inflight.push({ buf, plan: written });
+        } else {
+          const raw = source.readChunk(id, buf);
+          raw.catch(() => {});
+          inflight.push({ buf, raw });
+        }
       }
     };
     fill();
     for (const id of ids) {
-      const { buf, raw } = inflight.shift()!;
-      await sink.applyChunk(id, await raw);
+      const { buf, raw, plan } = inflight.shift()!;
+      if (plan) sink.planDone!(id, await plan);
+      else await sink.applyChunk(id, await raw!);
       spare.push(buf);
       fill();
       onProgress?.(sink.progress());
@@ -651,6 +686,8 @@ async function runRestore(
     await sink.finish();
     return { target, description: sink.describe(), chunks: ids.length, bytes: sink.progress().bytesDone };
   } catch (err) {
+    // Workers may still be writing chunks read ahead: the target must be quiet before it is unmounted.
+    await Promise.allSettled(inflight.map((i) => i.plan ?? i.raw));
     await sink.abort(err).catch(() => {});
     throw err;
   }

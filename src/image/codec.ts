@@ -86,6 +86,14 @@ export function encodeChunk(raw: Buffer, level: CompressionLevel): { codec: numb
 
 const ID_RE = /^[0-9a-f]{64}$/;
 
+/** Why decodeChunk could not even start on these arguments (checked before a worker decodes them too). */
+export function decodeArgumentProblem(id: string, codec: number, rawLength: number): string | undefined {
+  if (typeof id !== 'string' || !ID_RE.test(id)) return 'its id is not a lowercase hex SHA-256';
+  if (!Number.isSafeInteger(rawLength) || rawLength < 0) return `impossible raw length ${rawLength}`;
+  if (codec !== CODEC_NONE && codec !== CODEC_ZSTD) return `unknown codec ${codec}`;
+  return undefined;
+}
+
 /**
  * Turns stored bytes back into the raw chunk and proves it is the chunk `id` names.
  * Decompression is capped at `rawLength`, so a forged length or a decompression bomb
@@ -109,9 +117,9 @@ export function decodeChunk(
       { cause },
     );
   };
-  if (typeof id !== 'string' || !ID_RE.test(id)) fail('its id is not a lowercase hex SHA-256');
   if (!Buffer.isBuffer(stored)) fail('no stored bytes');
-  if (!Number.isSafeInteger(rawLength) || rawLength < 0) fail(`impossible raw length ${rawLength}`);
+  const problem = decodeArgumentProblem(id, codec, rawLength);
+  if (problem) fail(problem);
   let raw: Buffer;
   if (codec === CODEC_NONE) {
     // Copied when there is room, so the result never aliases the caller's (possibly recycled) record buffer.

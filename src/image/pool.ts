@@ -11,7 +11,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 
 import { CODEC_NONE, CODEC_ZSTD, LEVEL_PARAMS } from './codec.ts';
-import type { CompressionLevel } from './types.ts';
+import type { ChunkWriteOutcome, ChunkWritePlan, CompressionLevel } from './types.ts';
 
 /**
  * The worker, as plain JavaScript: a TypeScript worker file costs ~0.5 s of start-up
@@ -86,6 +86,107 @@ function compress(slot, params) {
   return n < slot.length ? n : -1;
 }
 
+/**
+ * Decode jobs (decode): stored bytes in one slot of shared memory, decompressed into
+ * another and proved against the chunk's id, as codec.ts's decodeChunk does. Returns
+ * why the chunk is damaged, or undefined.
+ */
+let dz;
+function decodeJob(job) {
+  const stored = Buffer.from(job.sab, job.offset, job.length);
+  // One spare byte: output that fills it means the chunk is longer than it claims.
+  const room = job.rawLength + 1;
+  const out = Buffer.from(job.outSab, job.outOffset, room);
+  let n;
+  if (job.codec === job.none) {
+    if (job.length > room) return 'it holds ' + job.length + ' bytes instead of ' + job.rawLength;
+    n = stored.copy(out);
+  } else {
+    if (!dz) {
+      dz = new zlib.ZstdDecompress();
+      // Errors also show as destroyed right after writeSync; the event itself must not go unhandled.
+      dz.on('error', () => {});
+    }
+    const direct = dz._handle && typeof dz._handle.writeSync === 'function' && dz._writeState instanceof Uint32Array;
+    try {
+      if (direct) {
+        // A damaged chunk before this one may have left the context inside a frame.
+        dz._handle.reset();
+        dz._handle.writeSync(END, stored, 0, stored.length, out, 0, room);
+        if (dz.destroyed || dz._writeState[1] !== 0) throw new Error('zstd rejected the data');
+        n = room - dz._writeState[0];
+      } else {
+        n = zlib.zstdDecompressSync(stored, { maxOutputLength: room }).copy(out);
+      }
+    } catch {
+      if (dz.destroyed) dz = undefined;
+      return 'its compressed data does not decompress';
+    }
+  }
+  if (n !== job.rawLength) return 'it holds ' + n + ' bytes instead of ' + job.rawLength;
+  if (crypto.hash('sha256', out.subarray(0, n), 'hex') !== job.id) return 'its content does not match its SHA-256';
+  return undefined;
+}
+
+/**
+ * A decoded chunk's writes (ChunkWritePlan): each file created or opened, its ranges
+ * written, its owner, mode and times set through the descriptor. Returns the outcome.
+ */
+const fs = process.getBuiltinModule('node:fs');
+function writeJob(raw, plan) {
+  const C = fs.constants;
+  let ownersDenied = 0;
+  for (const w of plan.writes) {
+    let fd;
+    try {
+      for (let i = 0; i < w.ranges.length; i += 3) {
+        if (w.ranges[i + 1] + w.ranges[i + 2] > raw.length) {
+          return { ok: false, rel: w.rel, reason: 'extent', extent: { chunkOffset: w.ranges[i + 1], length: w.ranges[i + 2] } };
+        }
+      }
+      if (w.clear) {
+        let st;
+        try {
+          st = fs.lstatSync(w.path);
+        } catch {}
+        if (st && st.isDirectory()) return { ok: false, rel: w.rel, reason: 'a directory is in the way' };
+        if (st) fs.unlinkSync(w.path);
+      }
+      if (w.symlink !== undefined) {
+        fs.symlinkSync(w.symlink, w.path);
+        continue;
+      }
+      fd = w.create
+        ? fs.openSync(w.path, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600)
+        : fs.openSync(w.path, C.O_WRONLY | C.O_NOFOLLOW);
+      if (w.truncate !== undefined) fs.ftruncateSync(fd, w.truncate);
+      for (let i = 0; i < w.ranges.length; i += 3) {
+        const fileOffset = w.ranges[i];
+        const chunkOffset = w.ranges[i + 1];
+        const length = w.ranges[i + 2];
+        let done = 0;
+        while (done < length) done += fs.writeSync(fd, raw, chunkOffset + done, length - done, fileOffset + done);
+      }
+      const m = w.meta;
+      if (m) {
+        try {
+          fs.fchownSync(fd, m.uid, m.gid);
+        } catch (err) {
+          if (err.code !== 'EPERM' || plan.root) throw err;
+          ownersDenied++;
+        }
+        fs.fchmodSync(fd, m.mode);
+        fs.futimesSync(fd, m.atime, m.mtime);
+      }
+    } catch (err) {
+      return { ok: false, rel: w.rel, reason: String(err.message || err), code: err.code };
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd);
+    }
+  }
+  return { ok: true, ownersDenied };
+}
+
 /** Text streams (textStream): each one SHA-256'd and zstd-compressed as a single frame. */
 const texts = new Map();
 
@@ -130,6 +231,16 @@ function textJob(job) {
 }
 
 parentPort.on('message', (job) => {
+  if (job.decode) {
+    try {
+      const damage = decodeJob(job);
+      const written = damage === undefined && job.plan ? writeJob(Buffer.from(job.outSab, job.outOffset, job.rawLength), job.plan) : undefined;
+      parentPort.postMessage({ seq: job.seq, decoded: true, damage, written });
+    } catch (err) {
+      parentPort.postMessage({ seq: job.seq, error: String((err && err.message) || err) });
+    }
+    return;
+  }
   if (job.stream !== undefined) {
     try {
       textJob(job);
@@ -183,6 +294,8 @@ interface Pending {
   reject: (e: Error) => void;
   /** Text stream ends resolve with the text's digest instead. */
   resolveText?: (r: HashedText) => void;
+  /** Decode jobs resolve with why the chunk is damaged (undefined: intact) and what their writes met. */
+  resolveDecoded?: (r: { damage?: string; written?: ChunkWriteOutcome }) => void;
 }
 
 interface Slot {
@@ -237,6 +350,61 @@ export class CompressPool {
         length,
         zstd: CODEC_ZSTD,
         none: CODEC_NONE,
+      });
+    });
+  }
+
+  /**
+   * Decodes a stored chunk (`stored`, a view of shared memory) into `into` (shared too,
+   * more than rawLength bytes) and checks it against `id`, on a worker: a restore's
+   * decompression and hashing then run beside its file writes. Resolves with why the
+   * chunk is damaged, undefined when it is intact; `into` then holds its raw bytes.
+   */
+  decode(
+    id: string,
+    codec: number,
+    stored: Buffer,
+    into: Buffer,
+    rawLength: number,
+  ): Promise<string | undefined> {
+    return this.decodeAndWrite(id, codec, stored, into, rawLength).then((r) => r.damage);
+  }
+
+  /**
+   * decode, and when the chunk is intact and a plan is given, the same worker writes the
+   * plan's files from the decoded bytes (a restore's writes then run on every core too).
+   */
+  decodeAndWrite(
+    id: string,
+    codec: number,
+    stored: Buffer,
+    into: Buffer,
+    rawLength: number,
+    plan?: ChunkWritePlan,
+  ): Promise<{ damage?: string; written?: ChunkWriteOutcome }> {
+    if (!(stored.buffer instanceof SharedArrayBuffer) || !(into.buffer instanceof SharedArrayBuffer)) {
+      return Promise.reject(new TypeError('decode needs views of shared memory'));
+    }
+    if (into.length <= rawLength)
+      return Promise.reject(new RangeError('decode needs room for rawLength + 1 bytes'));
+    const slot = this.#pick();
+    const seq = ++this.#seq;
+    return new Promise((resolveDecoded, reject) => {
+      slot.jobs.set(seq, { resolve: () => {}, resolveDecoded, reject });
+      if (slot.jobs.size === 1) slot.worker.ref();
+      slot.worker.postMessage({
+        seq,
+        decode: true,
+        id,
+        codec,
+        none: CODEC_NONE,
+        sab: stored.buffer,
+        offset: stored.byteOffset,
+        length: stored.length,
+        outSab: into.buffer,
+        outOffset: into.byteOffset,
+        rawLength,
+        plan,
       });
     });
   }
@@ -316,12 +484,20 @@ export class CompressPool {
         id?: string;
         error?: string;
         text?: { sha: Uint8Array; stored: Uint8Array; rawLength: number };
+        decoded?: boolean;
+        damage?: string;
+        written?: ChunkWriteOutcome;
       }) => {
         const p = slot.jobs.get(m.seq);
         if (!p) return;
         slot.jobs.delete(m.seq);
         if (slot.jobs.size === 0) worker.unref();
-        if (m.error === undefined && m.text && p.resolveText) {
+        if (m.error === undefined && m.decoded && p.resolveDecoded) {
+          p.resolveDecoded({
+            ...(m.damage !== undefined ? { damage: m.damage } : {}),
+            ...(m.written !== undefined ? { written: m.written } : {}),
+          });
+        } else if (m.error === undefined && m.text && p.resolveText) {
           const t = m.text;
           p.resolveText({
             rawLength: t.rawLength,

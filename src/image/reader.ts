@@ -5,7 +5,7 @@
  */
 import { access, open, type FileHandle } from 'node:fs/promises';
 
-import { CODEC_NONE, CODEC_ZSTD, decodeChunk } from './codec.ts';
+import { CODEC_NONE, CODEC_ZSTD, decodeArgumentProblem, decodeChunk } from './codec.ts';
 import { ImageError } from './errors.ts';
 import {
   HEADER_MAGIC,
@@ -29,7 +29,14 @@ import {
 import { ioError, readAt } from './io.ts';
 import { readJournal } from './journal.ts';
 import { manifestProblem } from './manifest.ts';
-import { CHUNK_SIZE, type ChunkSource, type Manifest } from './types.ts';
+import { CompressPool } from './pool.ts';
+import {
+  CHUNK_SIZE,
+  type ChunkSource,
+  type ChunkWriteOutcome,
+  type ChunkWritePlan,
+  type Manifest,
+} from './types.ts';
 import { chunkUsage, describeUsage } from './usage.ts';
 
 export interface ChunkInfo {
@@ -214,6 +221,11 @@ async function readContainer(fh: FileHandle, path: string, fileSize: number): Pr
 
 const MAX_SPARE_RECORDS = 8;
 
+function newRecord(shared: boolean): Buffer {
+  const size = RECORD_HEADER_SIZE + CHUNK_SIZE;
+  return shared ? Buffer.from(new SharedArrayBuffer(size)) : Buffer.allocUnsafe(size);
+}
+
 export class ImageReader implements ChunkSource {
   readonly path: string;
   readonly manifest: Manifest;
@@ -224,6 +236,8 @@ export class ImageReader implements ChunkSource {
   #c: Container;
   /** Record buffers readChunk recycles, as many as it has had reads at once. */
   #records: Buffer[] = [];
+  /** The same in shared memory, for reads whose chunks a pool worker decodes. */
+  #sharedRecords: Buffer[] = [];
 
   private constructor(c: Container) {
     this.#c = c;
@@ -259,14 +273,27 @@ export class ImageReader implements ChunkSource {
     for (let i = 0; i < this.#c.trailer.chunkCount; i++) yield indexEntryAt(this.#c.index, i);
   }
 
+  /**
+   * A chunk's raw bytes, checked against its id. With `into` (a recycled buffer of more
+   * than CHUNK_SIZE bytes) the result is a view of it; when `into` is shared memory the
+   * decompression and hashing run on a pool worker, so a caller that keeps several
+   * reads going (a restore) decodes on every core while it writes.
+   */
   async readChunk(id: string, into?: Buffer): Promise<Buffer> {
     // A caller that recycles output buffers gets its records read into recycled buffers too.
     const recycle = into !== undefined && into.length > CHUNK_SIZE;
-    const record = recycle
-      ? (this.#records.pop() ?? Buffer.allocUnsafe(RECORD_HEADER_SIZE + CHUNK_SIZE))
-      : undefined;
+    const shared = recycle && into.buffer instanceof SharedArrayBuffer;
+    const spares = shared ? this.#sharedRecords : this.#records;
+    const record = recycle ? (spares.pop() ?? newRecord(shared)) : undefined;
     try {
       const { info, stored } = await this.readStored(id, record);
+      if (shared) {
+        const problem = decodeArgumentProblem(id, info.codec, info.rawLength);
+        const damage =
+          problem ?? (await CompressPool.shared().decode(id, info.codec, stored, into, info.rawLength));
+        if (damage !== undefined) throw this.#damaged(info, damage);
+        return into.subarray(0, info.rawLength);
+      }
       try {
         return decodeChunk(id, info.codec, stored, info.rawLength, into);
       } catch (err) {
@@ -274,7 +301,32 @@ export class ImageReader implements ChunkSource {
         throw this.#damaged(info, typeof reason === 'string' ? reason : String(err), err);
       }
     } finally {
-      if (record && this.#records.length < MAX_SPARE_RECORDS) this.#records.push(record);
+      if (record && spares.length < MAX_SPARE_RECORDS) spares.push(record);
+    }
+  }
+
+  /** ChunkSource.readChunkAndWrite: readChunk into shared memory, and the decoding worker writes `plan`. */
+  async readChunkAndWrite(id: string, into: Buffer, plan: ChunkWritePlan): Promise<ChunkWriteOutcome> {
+    if (!(into.buffer instanceof SharedArrayBuffer) || into.length <= CHUNK_SIZE) {
+      throw new TypeError('readChunkAndWrite needs CHUNK_SIZE + 1 bytes of shared memory');
+    }
+    const record = this.#sharedRecords.pop() ?? newRecord(true);
+    try {
+      const { info, stored } = await this.readStored(id, record);
+      const problem = decodeArgumentProblem(id, info.codec, info.rawLength);
+      if (problem) throw this.#damaged(info, problem);
+      const r = await CompressPool.shared().decodeAndWrite(
+        id,
+        info.codec,
+        stored,
+        into,
+        info.rawLength,
+        plan,
+      );
+      if (r.damage !== undefined) throw this.#damaged(info, r.damage);
+      return r.written ?? { ok: true, ownersDenied: 0 };
+    } finally {
+      if (this.#sharedRecords.length < MAX_SPARE_RECORDS) this.#sharedRecords.push(record);
     }
   }
 

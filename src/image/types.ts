@@ -69,7 +69,49 @@ export interface ChunkSource {
    * done with the result.
    */
   readChunk(id: string, into?: Buffer): Promise<Buffer>;
+  /**
+   * Optional: reads and verifies the chunk like readChunk (into shared memory `into`)
+   * and has the worker that decoded it carry out `plan`, so a restore decodes and
+   * writes on every core. Rejects only for the chunk itself (missing, damaged); what
+   * the writes met is in the outcome.
+   */
+  readChunkAndWrite?(id: string, into: Buffer, plan: ChunkWritePlan): Promise<ChunkWriteOutcome>;
 }
+
+/** Files a worker writes from a chunk it has just decoded (RestoreSink.planChunk). */
+export interface ChunkWritePlan {
+  writes: FileWrite[];
+  /** Whether the writer runs as root: only then is a refused chown an error rather than a count. */
+  root: boolean;
+}
+
+export interface FileWrite {
+  /** The entry's image path, for messages. */
+  rel: string;
+  /** Its place in the target: a string, or the exact bytes of a name that is not UTF-8. */
+  path: string | Buffer;
+  /** Create the file (O_EXCL), first removing a non-directory at its place when `clear`. */
+  create: boolean;
+  /** Instead of a file: create a symlink to this target (no ranges). */
+  symlink?: string | Buffer;
+  clear: boolean;
+  /** Size to set after creating: the file ends in a hole. */
+  truncate?: number;
+  /** Triples of file offset, chunk offset and length. */
+  ranges: number[];
+  /** Owner, mode and times (seconds) to set through the descriptor after the last write. */
+  meta?: { uid: number; gid: number; mode: number; atime: number; mtime: number };
+}
+
+export type ChunkWriteOutcome =
+  | { ok: true; ownersDenied: number }
+  | {
+      ok: false;
+      rel: string;
+      reason: string;
+      code?: string;
+      extent?: { chunkOffset: number; length: number };
+    };
 
 // ---------------------------------------------------------------------------
 // File volumes

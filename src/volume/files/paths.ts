@@ -41,6 +41,23 @@ export function safeJoin(targetDir: string, imagePath: string): string {
   return parts.length === 0 ? root : join(root, ...parts);
 }
 
+/** An empty, '.' or '..' component anywhere in a path. */
+const BAD_COMPONENT = /(?:^|\/)\.{0,2}(?:\/|$)/;
+
+/** Throws what checkEntryPath throws for a path that is not canonical; splits nothing when it is. */
+export function assertEntryPath(imagePath: string): void {
+  if (imagePath === '.') return;
+  if (
+    imagePath === '' ||
+    imagePath.charCodeAt(0) === 0x2f ||
+    BAD_COMPONENT.test(imagePath) ||
+    imagePath.includes('\0') ||
+    !imagePath.isWellFormed()
+  ) {
+    checkEntryPath(imagePath);
+  }
+}
+
 /** Components of a canonical relative entry path ('.' → none); throws E_PATH_ESCAPE otherwise. */
 export function checkEntryPath(imagePath: string): string[] {
   if (imagePath === '.') return [];

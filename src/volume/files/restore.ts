@@ -12,6 +12,9 @@ import { spawn } from 'node:child_process';
 import {
   closeSync,
   chmodSync,
+  fchmodSync,
+  fchownSync,
+  futimesSync,
   constants,
   fstatSync,
   ftruncateSync,
@@ -32,10 +35,16 @@ import { join, resolve } from 'node:path';
 import type { RestoreProgress, RestoreSink } from '../../engine/types.ts';
 import { ImageError } from '../../image/errors.ts';
 import { checkFileset, isExcluded } from '../../image/fileset.ts';
-import type { FileEntry, FilesystemType } from '../../image/types.ts';
+import type {
+  ChunkWriteOutcome,
+  ChunkWritePlan,
+  FileEntry,
+  FileWrite,
+  FilesystemType,
+} from '../../image/types.ts';
 import { FileVolumeError } from './errors.ts';
 import { displayName, fsPath, nameFromBytes } from './names.ts';
-import { checkEntryPath } from './paths.ts';
+import { assertEntryPath } from './paths.ts';
 import { applyXattrs } from './xattr.ts';
 
 export interface TreeRestoreOptions {
@@ -65,6 +74,8 @@ export function createTreeRestore(
 /** Open write descriptors kept between chunks; big files receive many chunks, packs touch many small files. */
 const MAX_OPEN_FILES = 64;
 const MKNOD_BATCH_BYTES = 64 * 1024;
+/** Symlinks a chunk plan carries at most (4.4k of them in /usr/share + /usr/bin). */
+const SYMLINKS_PER_PLAN = 500;
 
 interface Item {
   entry: FileEntry;
@@ -76,6 +87,14 @@ interface Item {
   depth: number;
   /** Set when the item could not or should not be created (vfat limits, sockets); metadata is then skipped too. */
   skipped?: boolean;
+  /** Where a regular file's last extent ends. */
+  dataEnd?: number;
+  /** A regular file whose data all lies in this one chunk (undefined: several, or none). */
+  onlyChunk?: string;
+  /** A regular file created when its first bytes arrive rather than in prepare(). */
+  lazy?: boolean;
+  /** Owner, mode and times already set through its descriptor when its last bytes were written. */
+  metaDone?: boolean;
 }
 
 interface Range {
@@ -103,45 +122,67 @@ class TreeRestoreImpl implements RestoreSink {
   readonly freshDirs = new Set<string>();
   readonly skippedPaths = new Set<string>();
   readonly vfatNames = new Set<string>();
+  /** Every entry by path, excluded ones too: parents are checked against what the image says they are. */
+  readonly byPath = new Map<string, FileEntry>();
   bytesDone = 0;
   bytesTotal = 0;
   prepared = false;
+  /** Owners a non-root restore could not set (counted, then one warning). */
+  ownersDenied = 0;
+  /** Symlinks not made yet (lazyFiles): chunk plans take them along, finish() makes the rest. */
+  readonly pendingSymlinks: Item[] = [];
+  /**
+   * Regular files are created when their first chunk arrives, and get owner, mode and
+   * times through the descriptor their last bytes went through: one open and no path
+   * lookups per file instead of two opens and four lookups (a restore of 55k files spent
+   * most of its time there). vfat (its name and size limits are met in prepare()) and a
+   * resume (which reopens what the interrupted run made) keep the two-pass way.
+   */
+  readonly lazyFiles: boolean;
 
   constructor(entries: readonly FileEntry[], targetDir: string, opts: TreeRestoreOptions) {
     checkFileset(opts.fileset);
     this.opts = opts;
     this.vfat = opts.fsType === 'vfat';
+    this.lazyFiles = !this.vfat && !opts.resume;
     this.root = resolve(targetDir);
 
-    const byPath = new Map<string, FileEntry>();
+    const byPath = this.byPath;
+    let excludes = false;
     for (const e of entries) {
-      checkEntryPath(e.path);
+      assertEntryPath(e.path);
       byPath.set(e.path, e);
+      if (!excludes && isExcluded(e, opts.fileset)) excludes = true;
     }
-    const wanted = new Set<string>();
-    for (const e of entries) {
-      if (isExcluded(e, opts.fileset)) continue;
-      wanted.add(e.path);
-      // Parents an included entry needs, even if the file set excludes them.
-      for (let p = parentOf(e.path); p !== '.' && !wanted.has(p); p = parentOf(p)) {
-        if (byPath.has(p)) wanted.add(p);
+    let wanted: Iterable<string> = byPath.keys();
+    if (excludes) {
+      const some = new Set<string>();
+      for (const e of entries) {
+        if (isExcluded(e, opts.fileset)) continue;
+        some.add(e.path);
+        // Parents an included entry needs, even if the file set excludes them.
+        for (let p = parentOf(e.path); p !== '.' && !some.has(p); p = parentOf(p)) {
+          if (byPath.has(p)) some.add(p);
+        }
       }
+      wanted = some;
     }
     // Image order: `needed` then lists chunks in the order an image file holds them.
     const inImageOrder: Item[] = [];
+    // Paths are canonical (checked above), so joining them is concatenation.
+    const prefix = this.root.endsWith('/') ? this.root : `${this.root}/`;
+    const byDepth: Item[][] = [];
     for (const path of wanted) {
       const entry = byPath.get(path)!;
-      const abs = path === '.' ? this.root : join(this.root, path);
-      inImageOrder.push({
-        entry,
-        rel: path,
-        abs,
-        fs: fsPath(abs),
-        depth: path === '.' ? 0 : path.split('/').length,
-      });
+      const abs = path === '.' ? this.root : prefix + path;
+      const depth = depthOf(path);
+      const item: Item = { entry, rel: path, abs, fs: fsPath(abs), depth };
+      inImageOrder.push(item);
+      (byDepth[depth] ??= []).push(item);
     }
     // Parent-first whatever order the manifest has (appended entries may come late); stable within a depth.
-    this.items = [...inImageOrder].sort((a, b) => a.depth - b.depth);
+    this.items = [];
+    for (const level of byDepth) for (const item of level ?? []) this.items.push(item);
 
     const holders = new Map<number, Item>();
     const needed = new Set<string>();
@@ -158,6 +199,8 @@ class TreeRestoreImpl implements RestoreSink {
         holders.set(e.hardlinkGroup, item);
       }
       let total = 0;
+      let only: string | undefined;
+      let several = false;
       for (const x of e.extents ?? []) {
         if (x.offset + x.length > (e.size ?? 0) || x.length <= 0) {
           throw new ImageError(
@@ -174,7 +217,11 @@ class TreeRestoreImpl implements RestoreSink {
         list.push({ item, fileOffset: x.offset, chunkOffset: x.chunkOffset, length: x.length });
         needed.add(x.chunk);
         total += x.length;
+        item.dataEnd = Math.max(item.dataEnd ?? 0, x.offset + x.length);
+        if (only === undefined) only = x.chunk;
+        else if (only !== x.chunk) several = true;
       }
+      if (only !== undefined && !several) item.onlyChunk = only;
       this.remaining.set(item, total);
       this.bytesTotal += total;
     }
@@ -234,10 +281,13 @@ class TreeRestoreImpl implements RestoreSink {
       try {
         if (e.type === 'dir') this.makeDir(item);
         else if (e.type === 'file') {
-          if (this.remaining.has(item)) this.makeFile(item);
+          // A file spread over several chunks is made here: their writers may run at once.
+          if (this.lazyFiles && item.onlyChunk !== undefined) item.lazy = true;
+          else if (this.remaining.has(item)) this.makeFile(item);
         } else if (e.type === 'symlink') {
-          this.clearSpot(item);
-          symlinkSync(fsPath(e.linkTarget ?? ''), item.fs);
+          // Made by the workers beside the chunk writes when they can (planChunk), else below.
+          if (this.lazyFiles) this.pendingSymlinks.push(item);
+          else this.makeSymlink(item);
         } else if ((e.type === 'chardev' || e.type === 'blockdev') && !isRoot()) {
           this.skip(item, `${item.rel}: only root can create a device node; skipped`);
         } else {
@@ -277,6 +327,16 @@ class TreeRestoreImpl implements RestoreSink {
     for (let i = 0; i < parts.length - 1; i++) {
       rel = rel === '' ? parts[i]! : `${rel}/${parts[i]}`;
       if (this.checkedDirs.has(rel)) continue;
+      // The image itself says a parent is a symlink (or a file): refused before anything is
+      // made there, whether or not that symlink exists yet (symlinks may be made late).
+      const parentType = this.byPath.get(rel)?.type;
+      if (parentType !== undefined && parentType !== 'dir') {
+        throw new ImageError(
+          'E_PATH_ESCAPE',
+          `cannot restore ${displayName(item.rel)}: its parent ${displayName(rel)} is a ${parentType} in the image; refusing to write through it`,
+          { path: item.rel, parent: rel },
+        );
+      }
       const abs = join(this.root, rel);
       let st;
       try {
@@ -298,6 +358,23 @@ class TreeRestoreImpl implements RestoreSink {
         );
       }
       this.checkedDirs.add(rel);
+    }
+  }
+
+  makeSymlink(item: Item): void {
+    this.clearSpot(item);
+    symlinkSync(fsPath(item.entry.linkTarget ?? ''), item.fs);
+  }
+
+  /** Symlinks prepare() left to the workers; finish() makes those no plan took. */
+  makePendingSymlinks(): void {
+    for (const item of this.pendingSymlinks.splice(0)) {
+      try {
+        this.makeSymlink(item);
+      } catch (err) {
+        if (err instanceof ImageError || err instanceof FileVolumeError) throw err;
+        throw restoreError(item.abs, 'cannot create symlink', err);
+      }
     }
   }
 
@@ -323,6 +400,11 @@ class TreeRestoreImpl implements RestoreSink {
 
   makeFile(item: Item): void {
     if (this.opts.resume && this.reopen(item)) return;
+    closeSync(this.createFile(item));
+  }
+
+  /** Creates the regular file at the item's place, at its full size, and returns its descriptor. */
+  createFile(item: Item): number {
     this.clearSpot(item);
     const fd = openSync(
       item.fs,
@@ -330,14 +412,15 @@ class TreeRestoreImpl implements RestoreSink {
       0o600,
     );
     try {
-      // Setting the size first leaves every range no extent covers as a hole.
-      ftruncateSync(fd, item.entry.size ?? 0);
+      // Every range no extent covers stays a hole; only a hole at the end needs the size set
+      // (the last extent's write sets it otherwise).
+      if (item.dataEnd !== item.entry.size) ftruncateSync(fd, item.entry.size ?? 0);
     } catch (err) {
       closeSync(fd);
       unlinkSync(item.fs); // an empty file under the real name would pass for a restored one
       throw err;
     }
-    closeSync(fd);
+    return fd;
   }
 
   /** Resuming: keeps a regular file the interrupted run made, with the bytes it already holds. */
@@ -345,8 +428,17 @@ class TreeRestoreImpl implements RestoreSink {
     let fd: number;
     try {
       fd = openSync(item.fs, constants.O_WRONLY | constants.O_NOFOLLOW);
-    } catch {
-      return false; // missing, or a symlink where the file belongs: made afresh
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EACCES') return false; // missing, or a symlink: made afresh
+      // Completed and made read-only before the interruption: its bytes count as written,
+      // so it must be kept, not made afresh. finish() sets its mode again.
+      try {
+        if (!lstatSync(item.fs).isFile()) return false;
+        chmodSync(item.fs, 0o600);
+        fd = openSync(item.fs, constants.O_WRONLY | constants.O_NOFOLLOW);
+      } catch {
+        return false;
+      }
     }
     try {
       if (!fstatSync(fd).isFile()) return false;
@@ -443,9 +535,118 @@ class TreeRestoreImpl implements RestoreSink {
       this.bytesDone += r.length;
       const left = (this.remaining.get(r.item) ?? 0) - r.length;
       this.remaining.set(r.item, left);
-      if (left <= 0) this.closeFd(r.item);
+      if (left <= 0) this.completeFile(r.item);
     }
     this.applied.add(id);
+  }
+
+  /**
+   * What a worker can write from this chunk (RestoreSink.planChunk): every range of it,
+   * grouped by file. A file whose data is all in this chunk is created by that worker,
+   * and gets its owner, mode and times there too when nothing has to follow by name.
+   */
+  planChunk(id: string): ChunkWritePlan | undefined {
+    if (!this.prepared || !this.lazyFiles || this.applied.has(id)) return undefined;
+    const ranges = this.ranges.get(id);
+    if (!ranges) return undefined;
+    const byItem = new Map<Item, FileWrite>();
+    for (const r of ranges) {
+      const item = r.item;
+      if (item.skipped) continue;
+      let w = byItem.get(item);
+      if (!w) {
+        const whole = item.onlyChunk === id && item.lazy === true;
+        w = { rel: item.rel, path: item.fs, create: whole, clear: false, ranges: [] };
+        if (whole) {
+          w.clear = !this.freshDirs.has(parentOf(item.rel));
+          if (item.dataEnd !== item.entry.size) w.truncate = item.entry.size ?? 0;
+          const meta = this.earlyMeta(item);
+          if (meta) w.meta = meta;
+        }
+        byItem.set(item, w);
+      }
+      w.ranges.push(r.fileOffset, r.chunkOffset, r.length);
+    }
+    const writes = [...byItem.values()];
+    // A share of the symlinks rides along, so they are made while other chunks decode.
+    for (const item of this.pendingSymlinks.splice(0, SYMLINKS_PER_PLAN)) {
+      writes.push({
+        rel: item.rel,
+        path: item.fs,
+        create: true,
+        clear: !this.freshDirs.has(parentOf(item.rel)),
+        symlink: fsPath(item.entry.linkTarget ?? ''),
+        ranges: [],
+      });
+    }
+    return { writes, root: isRoot() };
+  }
+
+  planDone(id: string, outcome: ChunkWriteOutcome): void {
+    if (!outcome.ok) {
+      if (outcome.extent) {
+        throw new ImageError(
+          'E_IMAGE_CORRUPT',
+          `file ${displayName(outcome.rel)}: extent wants bytes ${outcome.extent.chunkOffset}..${outcome.extent.chunkOffset + outcome.extent.length} of chunk ${id}, which is shorter`,
+          { path: outcome.rel, chunk: id },
+        );
+      }
+      const err = Object.assign(new Error(outcome.reason), outcome.code ? { code: outcome.code } : {});
+      throw restoreError(join(this.root, outcome.rel), `cannot write (chunk ${id})`, err);
+    }
+    this.ownersDenied += outcome.ownersDenied;
+    for (const r of this.ranges.get(id) ?? []) {
+      const item = r.item;
+      if (item.skipped) continue;
+      this.bytesDone += r.length;
+      this.remaining.set(item, (this.remaining.get(item) ?? 0) - r.length);
+      if (item.onlyChunk === id && item.lazy) {
+        item.lazy = false;
+        if (this.earlyMeta(item)) item.metaDone = true;
+      }
+    }
+    this.applied.add(id);
+  }
+
+  /** Owner, mode and times for a file nothing has to touch by name afterwards (no xattrs; not vfat). */
+  earlyMeta(item: Item): FileWrite['meta'] {
+    const e = item.entry;
+    if (!this.lazyFiles || (e.xattrs && Object.keys(e.xattrs).length > 0)) return undefined;
+    return {
+      uid: e.uid,
+      gid: e.gid,
+      mode: e.mode & 0o7777,
+      atime: nsToSeconds(e.atimeNs),
+      mtime: nsToSeconds(e.mtimeNs),
+    };
+  }
+
+  /**
+   * The file's last bytes are written. Unless something still has to happen to it by
+   * name (extended attributes, which must follow chown and precede a chmod that could
+   * lock us out; vfat's limits), its owner, mode and times are set now, through the
+   * descriptor: chown first (it clears setuid), then the mode, then the times, which
+   * nothing touches afterwards.
+   */
+  completeFile(item: Item): void {
+    const fd = this.fds.get(item);
+    const meta = this.earlyMeta(item);
+    if (fd !== undefined && meta) {
+      try {
+        fchownSync(fd, meta.uid, meta.gid);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EPERM' && !isRoot()) this.ownersDenied++;
+        else throw restoreError(item.abs, `cannot set owner ${meta.uid}:${meta.gid}`, err);
+      }
+      try {
+        fchmodSync(fd, meta.mode);
+        futimesSync(fd, meta.atime, meta.mtime);
+      } catch (err) {
+        throw restoreError(item.abs, 'cannot set mode and times', err);
+      }
+      item.metaDone = true;
+    }
+    this.closeFd(item);
   }
 
   fdFor(item: Item): number {
@@ -462,8 +663,14 @@ class TreeRestoreImpl implements RestoreSink {
     }
     let opened: number;
     try {
-      opened = openSync(item.fs, constants.O_WRONLY | constants.O_NOFOLLOW);
+      if (item.lazy) {
+        opened = this.createFile(item);
+        item.lazy = false;
+      } else {
+        opened = openSync(item.fs, constants.O_WRONLY | constants.O_NOFOLLOW);
+      }
     } catch (err) {
+      if (err instanceof ImageError || err instanceof FileVolumeError) throw err;
       throw restoreError(item.abs, 'cannot open for writing', err);
     }
     this.fds.set(item, opened);
@@ -497,6 +704,7 @@ class TreeRestoreImpl implements RestoreSink {
       );
     }
 
+    this.makePendingSymlinks();
     for (const { item, holder } of this.links) {
       if (holder.skipped || item.skipped) continue;
       try {
@@ -508,7 +716,7 @@ class TreeRestoreImpl implements RestoreSink {
         throw restoreError(item.abs, `cannot create hard link to ${displayName(holder.abs)}`, err);
       }
     }
-    const live = this.items.filter((i) => !i.skipped);
+    const live = this.items.filter((i) => !i.skipped && !i.metaDone);
 
     if (this.vfat) {
       const xattrCount = live.filter((i) => i.entry.xattrs && Object.keys(i.entry.xattrs).length > 0).length;
@@ -533,16 +741,16 @@ class TreeRestoreImpl implements RestoreSink {
   }
 
   applyOwners(live: Item[]): void {
-    let denied = 0;
     for (const i of live) {
       try {
         lchownSync(i.fs, i.entry.uid, i.entry.gid);
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'EPERM' && !isRoot()) denied++;
+        if ((err as NodeJS.ErrnoException).code === 'EPERM' && !isRoot()) this.ownersDenied++;
         else throw restoreError(i.abs, `cannot set owner ${i.entry.uid}:${i.entry.gid}`, err);
       }
     }
-    if (denied > 0) this.warn(`not running as root: owners not restored on ${denied} entries`);
+    if (this.ownersDenied > 0)
+      this.warn(`not running as root: owners not restored on ${this.ownersDenied} entries`);
   }
 
   /**
@@ -576,6 +784,14 @@ class TreeRestoreImpl implements RestoreSink {
   async abort(_reason: unknown): Promise<void> {
     this.closeAll();
   }
+}
+
+/** Components in a canonical entry path: 0 for '.', 1 for 'a', 2 for 'a/b'. */
+function depthOf(path: string): number {
+  if (path === '.') return 0;
+  let depth = 1;
+  for (let i = path.indexOf('/'); i >= 0; i = path.indexOf('/', i + 1)) depth++;
+  return depth;
 }
 
 function parentOf(path: string): string {

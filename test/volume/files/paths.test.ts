@@ -3,7 +3,12 @@ import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { checkEntryPath, normalizeImagePath, safeJoin } from '../../../src/volume/files/paths.ts';
+import {
+  assertEntryPath,
+  checkEntryPath,
+  normalizeImagePath,
+  safeJoin,
+} from '../../../src/volume/files/paths.ts';
 import { tempDir } from '../../helpers/env.ts';
 
 test('normalizeImagePath gives the canonical image path', () => {
@@ -56,4 +61,45 @@ test('safeJoin keeps paths inside the target and refuses symlinked parents', asy
   // A name that is not UTF-8 is an escaped byte (names.ts); a surrogate standing for no byte is a forged path.
   assert.equal(safeJoin(dir, 'real/caf\udce9'), join(dir, 'real/caf\udce9'));
   assert.throws(() => checkEntryPath('real/x\ud800'), { code: 'E_NAME_INVALID' });
+});
+
+test('assertEntryPath refuses exactly what checkEntryPath refuses, with the same error', () => {
+  const piece = fc.constantFrom(
+    'a',
+    'bc',
+    '.',
+    '..',
+    '...',
+    '',
+    '/',
+    '\0',
+    'ü',
+    '\udce9',
+    '\ud800',
+    '.x',
+    'x.',
+  );
+  fc.assert(
+    fc.property(fc.array(piece, { maxLength: 7 }), (pieces) => {
+      const p = pieces.join('');
+      let want: unknown;
+      try {
+        checkEntryPath(p);
+      } catch (err) {
+        want = err;
+      }
+      let got: unknown;
+      try {
+        assertEntryPath(p);
+      } catch (err) {
+        got = err;
+      }
+      assert.equal(
+        (got as { code?: string } | undefined)?.code,
+        (want as { code?: string } | undefined)?.code,
+        p,
+      );
+    }),
+    { numRuns: 3000 },
+  );
 });
