@@ -190,12 +190,24 @@ function decompressInto(stored: Buffer, into: Buffer, rawLength: number): Buffer
   }
   // A damaged chunk before this one may have left the context inside a frame.
   handle.reset();
-  handle.writeSync(P.ZSTD_e_end, stored, 0, stored.length, into, 0, room);
-  if (decompressor.destroyed) {
-    decompressor = undefined;
-    throw new Error('zstd rejected the data');
+  // One call decodes a frame that states its size (every chunk); a frame written as a
+  // stream (the manifest) can leave its last empty block for another call.
+  let inOff = 0;
+  let outOff = 0;
+  for (;;) {
+    const inLen = stored.length - inOff;
+    const outLen = room - outOff;
+    handle.writeSync(P.ZSTD_e_end, stored, inOff, inLen, into, outOff, outLen);
+    if (decompressor.destroyed) {
+      decompressor = undefined;
+      throw new Error('zstd rejected the data');
+    }
+    const consumed = inLen - state[1]!;
+    const produced = outLen - state[0]!;
+    inOff += consumed;
+    outOff += produced;
+    if (state[1] === 0) break;
+    if (consumed === 0 && produced === 0) throw new Error(`${state[1]} bytes of input left over`);
   }
-  const produced = room - state[0]!;
-  if (state[1] !== 0) throw new Error(`${state[1]} bytes of input left over`);
-  return into.subarray(0, produced);
+  return into.subarray(0, outOff);
 }

@@ -112,9 +112,21 @@ function decodeJob(job) {
       if (direct) {
         // A damaged chunk before this one may have left the context inside a frame.
         dz._handle.reset();
-        dz._handle.writeSync(END, stored, 0, stored.length, out, 0, room);
-        if (dz.destroyed || dz._writeState[1] !== 0) throw new Error('zstd rejected the data');
-        n = room - dz._writeState[0];
+        // As codec.ts's decompressInto: a frame written as a stream may need another call.
+        let inOff = 0;
+        n = 0;
+        for (;;) {
+          const inLen = stored.length - inOff;
+          const outLen = room - n;
+          dz._handle.writeSync(END, stored, inOff, inLen, out, n, outLen);
+          if (dz.destroyed) throw new Error('zstd rejected the data');
+          const consumed = inLen - dz._writeState[1];
+          const produced = outLen - dz._writeState[0];
+          inOff += consumed;
+          n += produced;
+          if (dz._writeState[1] === 0) break;
+          if (consumed === 0 && produced === 0) throw new Error('zstd left input over');
+        }
       } else {
         n = zlib.zstdDecompressSync(stored, { maxOutputLength: room }).copy(out);
       }

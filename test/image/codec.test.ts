@@ -111,3 +111,33 @@ test('decodeChunk into a recycled buffer: same bytes, and damage in one chunk do
     assert.deepEqual(none, plain);
   }
 });
+
+test('decodeChunk into a buffer decodes a frame written as a stream, which states no size', async () => {
+  // The manifest is compressed as a stream (its length is unknown until it ends); its
+  // frame may leave a last empty block that one decoding call does not consume.
+  const raw = textData(12 << 20, 11);
+  const z = zlib.createZstdCompress();
+  const parts: Buffer[] = [];
+  z.on('data', (b: Buffer) => parts.push(b));
+  const ended = new Promise((resolve) => z.on('end', resolve));
+  for (let i = 0; i < raw.length; i += 1 << 20) z.write(raw.subarray(i, i + (1 << 20)));
+  z.end();
+  await ended;
+  const stored = Buffer.concat(parts);
+  const into = Buffer.allocUnsafe(raw.length + 1);
+  const out = decodeChunk(chunkId(raw), CODEC_ZSTD, stored, raw.length, into);
+  assert.ok(out.equals(raw));
+  // And in a pool worker, which decodes the same way.
+  const { CompressPool } = await import('../../src/image/pool.ts');
+  const pool = new CompressPool(1);
+  try {
+    const sab = new SharedArrayBuffer(stored.length + raw.length + 1);
+    const s = Buffer.from(sab, 0, stored.length);
+    stored.copy(s);
+    const o = Buffer.from(sab, stored.length, raw.length + 1);
+    assert.equal(await pool.decode(chunkId(raw), CODEC_ZSTD, s, o, raw.length), undefined);
+    assert.ok(o.subarray(0, raw.length).equals(raw));
+  } finally {
+    await pool.close();
+  }
+});

@@ -16,6 +16,8 @@ import {
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { test, type TestContext } from 'node:test';
+import { makeImage } from '../../../src/engine/make.ts';
+import { restoreImage } from '../../../src/engine/restore.ts';
 import type { FileEntry } from '../../../src/image/types.ts';
 import { captureTree } from '../../../src/volume/files/capture.ts';
 import { createTreeRestore, type TreeRestore } from '../../../src/volume/files/restore.ts';
@@ -108,6 +110,51 @@ test('round trip as root: device nodes, owners, setuid on foreign owners, truste
   assert.deepEqual([got.get('links/rel')!.uid, got.get('links/rel')!.gid], [4321, 8765]);
   assert.equal(got.get('suid-owned')!.mode, 0o6755);
   assert.ok(xattrDump(dst).includes('trusted.imgcast'));
+});
+
+test('from an image file the pool workers decode, write and finish files themselves: same tree', async (t) => {
+  // restoreImage hands each chunk's files to the worker that decodes it (ChunkWritePlan):
+  // creation, data, owner, mode and times through one descriptor, symlinks alongside.
+  const src = await scratchDir(t);
+  const notes = buildTree(src, { rootOnly: isRoot() });
+  t.diagnostic(notes.length ? `not set up: ${notes.join('; ')}` : 'all xattr namespaces available');
+  const image = join(await scratchDir(t), 'tree.imgc');
+  await makeImage(src, image, { level: 'speed' });
+  const dst = join(await scratchDir(t), 'out');
+  const warnings: string[] = [];
+  await restoreImage(image, dst, { fileset: 1, onWarning: (w) => warnings.push(w) });
+  const got = snapshot(dst);
+  assertSameTree(got, withoutSocket(snapshot(src)));
+  assert.equal(xattrDump(dst), xattrDump(src));
+  assert.equal(got.get('hard/one')!.linkedWith, 'hard/one|hard/sub/three|hard/two');
+  assert.ok(got.get('sparse.img')!.blocks! * 512 < 1024 * 1024);
+  if (isRoot()) assert.equal(got.get('suid-owned')!.mode, 0o6755);
+  assert.deepEqual(warnings, [
+    'sock: sockets cannot be restored (a program recreates them when it runs); skipped',
+  ]);
+});
+
+test('from an image file with --force, what is in the way is replaced by the workers, never written through', async (t) => {
+  const src = await scratchDir(t);
+  writeFileSync(join(src, 'file'), 'new content');
+  mkdirSync(join(src, 'sub'));
+  writeFileSync(join(src, 'sub/inner'), 'inner content');
+  symlinkSync('file', join(src, 'link'));
+  const image = join(await scratchDir(t), 'small.imgc');
+  await makeImage(src, image, { level: 'balanced' });
+  const outside = await scratchDir(t);
+  writeFileSync(join(outside, 'victim'), 'keep me');
+  const dst = await scratchDir(t);
+  symlinkSync(join(outside, 'victim'), join(dst, 'file'));
+  mkdirSync(join(dst, 'sub'));
+  writeFileSync(join(dst, 'sub/inner'), 'old');
+  writeFileSync(join(dst, 'link'), 'a plain file where the image has a symlink');
+  await restoreImage(image, dst, { fileset: 1, force: true });
+  assert.equal(readFileSync(join(outside, 'victim'), 'utf8'), 'keep me');
+  assert.equal(readFileSync(join(dst, 'file'), 'utf8'), 'new content');
+  assert.ok(!lstatSync(join(dst, 'file')).isSymbolicLink());
+  assert.equal(readFileSync(join(dst, 'sub/inner'), 'utf8'), 'inner content');
+  assert.ok(lstatSync(join(dst, 'link')).isSymbolicLink());
 });
 
 test('finish() rejects naming the missing chunks and files', async (t) => {
