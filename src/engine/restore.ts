@@ -26,6 +26,7 @@ import {
 import { createRawRestore } from '../disk/raw.ts';
 import { ImageError } from '../image/errors.ts';
 import { checkFileset, includedEntries } from '../image/fileset.ts';
+import { CompressPool } from '../image/pool.ts';
 import { ImageReader } from '../image/reader.ts';
 import {
   CHUNK_SIZE,
@@ -699,6 +700,8 @@ export async function restoreImage(
   target: string,
   opts: RestoreOptions & { onProgress?: (p: RestoreProgress) => void },
 ): Promise<RestoreResult> {
+  // The workers boot while the manifest is read and the target is prepared.
+  CompressPool.shared().warm();
   const reader = await ImageReader.open(imagePath);
   try {
     const sink = await openRestore(reader.manifest, target, opts);
