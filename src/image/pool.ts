@@ -168,8 +168,12 @@ function writeJob(raw, plan) {
         fs.symlinkSync(w.symlink, w.path);
         continue;
       }
+      // A file made with its metadata here gets its permission bits at creation (as tar does);
+      // the mode is set again after chown only if the umask took bits or there are special ones.
+      const m = w.meta;
+      const bits = m ? m.mode & 0o777 : 0o600;
       fd = w.create
-        ? fs.openSync(w.path, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600)
+        ? fs.openSync(w.path, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, bits)
         : fs.openSync(w.path, C.O_WRONLY | C.O_NOFOLLOW);
       if (w.truncate !== undefined) fs.ftruncateSync(fd, w.truncate);
       for (let i = 0; i < w.ranges.length; i += 3) {
@@ -179,15 +183,14 @@ function writeJob(raw, plan) {
         let done = 0;
         while (done < length) done += fs.writeSync(fd, raw, chunkOffset + done, length - done, fileOffset + done);
       }
-      const m = w.meta;
       if (m) {
         try {
-          fs.fchownSync(fd, m.uid, m.gid);
+          if (m.chown) fs.fchownSync(fd, m.uid, m.gid);
         } catch (err) {
           if (err.code !== 'EPERM' || plan.root) throw err;
           ownersDenied++;
         }
-        fs.fchmodSync(fd, m.mode);
+        if (!w.create || m.mode !== bits || (bits & plan.umask) !== 0) fs.fchmodSync(fd, m.mode);
         fs.futimesSync(fd, m.atime, m.mtime);
       }
     } catch (err) {

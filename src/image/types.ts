@@ -83,6 +83,8 @@ export interface ChunkWritePlan {
   writes: FileWrite[];
   /** Whether the writer runs as root: only then is a refused chown an error rather than a count. */
   root: boolean;
+  /** The process's umask: permission bits it takes from files at creation. */
+  umask: number;
 }
 
 export interface FileWrite {
@@ -100,7 +102,15 @@ export interface FileWrite {
   /** Triples of file offset, chunk offset and length. */
   ranges: number[];
   /** Owner, mode and times (seconds) to set through the descriptor after the last write. */
-  meta?: { uid: number; gid: number; mode: number; atime: number; mtime: number };
+  meta?: {
+    uid: number;
+    gid: number;
+    /** False when the file already has this owner (made by the restoring user in a directory it made). */
+    chown: boolean;
+    mode: number;
+    atime: number;
+    mtime: number;
+  };
 }
 
 export type ChunkWriteOutcome =

@@ -120,6 +120,10 @@ class TreeRestoreImpl implements RestoreSink {
   readonly checkedDirs = new Set<string>();
   /** Directories this restore made (or found empty): nothing can be in the way inside them, so no lstat per file. */
   readonly freshDirs = new Set<string>();
+  /** Directories this restore created with this process's group and no setgid bit: what is made in them is this process's. */
+  readonly madeDirs = new Set<string>();
+  /** The target passes its group on to what is made in it. */
+  rootSetgid = false;
   readonly skippedPaths = new Set<string>();
   readonly vfatNames = new Set<string>();
   /** Every entry by path, excluded ones too: parents are checked against what the image says they are. */
@@ -249,6 +253,7 @@ class TreeRestoreImpl implements RestoreSink {
   async prepare(): Promise<void> {
     mkdirSync(this.root, { recursive: true });
     if (readdirSync(this.root).every((n) => n === 'lost+found')) this.freshDirs.add('.');
+    this.rootSetgid = (lstatSync(this.root).mode & 0o2000) !== 0;
     const nodes: Item[] = [];
     for (const item of this.items) {
       const e = item.entry;
@@ -348,6 +353,7 @@ class TreeRestoreImpl implements RestoreSink {
         mkdirSync(fsPath(abs), 0o755);
         this.checkedDirs.add(rel);
         this.freshDirs.add(rel);
+        this.noteMade(rel);
         continue;
       }
       if (!st.isDirectory()) {
@@ -383,6 +389,7 @@ class TreeRestoreImpl implements RestoreSink {
       // Owner-only while we fill it; the real mode comes in finish().
       mkdirSync(item.fs, 0o700);
       this.freshDirs.add(item.rel);
+      this.noteMade(item.rel);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       if (!lstatSync(item.fs).isDirectory()) {
@@ -579,7 +586,7 @@ class TreeRestoreImpl implements RestoreSink {
         ranges: [],
       });
     }
-    return { writes, root: isRoot() };
+    return { writes, root: isRoot(), umask: UMASK };
   }
 
   planDone(id: string, outcome: ChunkWriteOutcome): void {
@@ -615,10 +622,31 @@ class TreeRestoreImpl implements RestoreSink {
     return {
       uid: e.uid,
       gid: e.gid,
+      chown: !this.ownedAsIs(item),
       mode: e.mode & 0o7777,
       atime: nsToSeconds(e.atimeNs),
       mtime: nsToSeconds(e.mtimeNs),
     };
+  }
+
+  /**
+   * Whether the entry, made by this restore, already has the owner it should: what this
+   * process creates belongs to its user and group, unless the directory it is made in
+   * passes its group on (setgid; see noteMade). Most entries of a system tree are
+   * root's, so this saves a chown for nearly every one when restoring as root.
+   */
+  /**
+   * A directory this restore made is plain (this process's group, no setgid) only if
+   * its parent is: a setgid directory hands both its group and its setgid bit to the
+   * directories made in it.
+   */
+  noteMade(rel: string): void {
+    const parent = parentOf(rel);
+    if (parent === '.' ? !this.rootSetgid : this.madeDirs.has(parent)) this.madeDirs.add(rel);
+  }
+
+  ownedAsIs(item: Item): boolean {
+    return item.entry.uid === EUID && item.entry.gid === EGID && this.madeDirs.has(parentOf(item.rel));
   }
 
   /**
@@ -633,7 +661,7 @@ class TreeRestoreImpl implements RestoreSink {
     const meta = this.earlyMeta(item);
     if (fd !== undefined && meta) {
       try {
-        fchownSync(fd, meta.uid, meta.gid);
+        if (meta.chown) fchownSync(fd, meta.uid, meta.gid);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'EPERM' && !isRoot()) this.ownersDenied++;
         else throw restoreError(item.abs, `cannot set owner ${meta.uid}:${meta.gid}`, err);
@@ -742,6 +770,7 @@ class TreeRestoreImpl implements RestoreSink {
 
   applyOwners(live: Item[]): void {
     for (const i of live) {
+      if (this.ownedAsIs(i)) continue;
       try {
         lchownSync(i.fs, i.entry.uid, i.entry.gid);
       } catch (err) {
@@ -808,6 +837,11 @@ function nsToSeconds(ns: string): number {
   const sec = n / 1_000_000_000n;
   return Number(sec) + Number(n - sec * 1_000_000_000n) / 1e9;
 }
+
+/** Read once (reading it means setting it back); a restore does not change it. */
+const UMASK = process.umask();
+const EUID = process.geteuid?.() ?? -1;
+const EGID = process.getegid?.() ?? -1;
 
 function isRoot(): boolean {
   return process.getuid?.() === 0;
