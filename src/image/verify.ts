@@ -3,12 +3,16 @@
  * of what is broken and which volumes and files it hits, not the first problem.
  */
 import { stat } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 
-import { decodeChunk } from './codec.ts';
+import { decodeArgumentProblem } from './codec.ts';
 import { ImageError } from './errors.ts';
+import { RECORD_HEADER_SIZE } from './format.ts';
 import { checkNotBusy } from './journal.ts';
 import { manifestReferences, type ChunkUse } from './manifest.ts';
+import { CompressPool } from './pool.ts';
 import { ImageReader, type ChunkInfo } from './reader.ts';
+import { CHUNK_SIZE } from './types.ts';
 import { chunkUsages, describeUsage } from './usage.ts';
 
 export interface VerifyProblem {
@@ -34,8 +38,8 @@ export interface VerifyReport {
   problems: VerifyProblem[];
 }
 
-/** Chunks read concurrently: enough to overlap I/O with hashing on the main thread. */
-const READ_AHEAD = 4;
+/** Chunks read and checked at once: two per core, so the pool's workers decompress and hash while the next are read. */
+const READ_AHEAD = Math.max(4, 2 * availableParallelism());
 
 export async function verifyImage(
   path: string,
@@ -69,13 +73,20 @@ export async function verifyImage(
     const infos: ChunkInfo[] = [...reader.chunkInfos()].sort((a, b) => a.offset - b.offset);
     report.chunksTotal = infos.length;
     let next = 0;
+    const pool = CompressPool.shared();
     const work = async (): Promise<void> => {
+      // Each reader has its record and output in shared memory: a pool worker decodes and hashes.
+      const record = Buffer.from(new SharedArrayBuffer(RECORD_HEADER_SIZE + CHUNK_SIZE));
+      const into = Buffer.from(new SharedArrayBuffer(CHUNK_SIZE + 1));
       while (next < infos.length) {
         const info = infos[next++]!;
         try {
-          const { stored } = await reader.readStored(info.id);
-          decodeChunk(info.id, info.codec, stored, info.rawLength);
-          report.bytesChecked += info.rawLength;
+          const { stored } = await reader.readStored(info.id, record);
+          const damage =
+            decodeArgumentProblem(info.id, info.codec, info.rawLength) ??
+            (await pool.decode(info.id, info.codec, stored, into, info.rawLength));
+          if (damage === undefined) report.bytesChecked += info.rawLength;
+          else bad.set(info.id, { code: 'E_CHUNK_CORRUPT', reason: damage });
         } catch (err) {
           if (!(err instanceof ImageError)) throw err;
           const reason = typeof err.details.reason === 'string' ? err.details.reason : err.message;
