@@ -4,24 +4,8 @@
  */
 import { Command, Option } from 'commander';
 import { UsageError } from '../errors.ts';
-import {
-  addToImage,
-  describeImage,
-  describeManifest,
-  extractPaths,
-  listFilesets,
-  listPath,
-  removeFromImage,
-  setExcluded,
-  statPath,
-} from '../engine/explorer.ts';
-import { makeImage } from '../engine/make.ts';
-import { restoreImage } from '../engine/restore.ts';
-import { compactImage } from '../image/compact.ts';
-import { ImageReader } from '../image/reader.ts';
-import { repairImage } from '../image/repair.ts';
+import type { ImageReader } from '../image/reader.ts';
 import { COMPRESSION_LEVELS, DEFAULT_LEVEL, type CompressionLevel } from '../image/types.ts';
-import { verifyImage } from '../image/verify.ts';
 import { displayName } from '../volume/files/names.ts';
 import { VERSION, emit, formatBytes, runCommand, startProgress } from './output.ts';
 import { describeListing, describeInfo, describeVerify } from './render.ts';
@@ -29,6 +13,7 @@ import { addReceiveCommand } from './receive.ts';
 
 /** Opens an image for reading for the length of `use`, closing it however `use` ends. */
 async function withReader<T>(image: string, use: (reader: ImageReader) => Promise<T>): Promise<T> {
+  const { ImageReader } = await import('../image/reader.ts');
   const reader = await ImageReader.open(image);
   try {
     return await use(reader);
@@ -71,6 +56,8 @@ export function buildImgProgram(): Command {
         runCommand('img', !!o.json, async () => {
           const bar = startProgress('capture', { json: !!o.json });
           try {
+            const { makeImage } = await import('../engine/make.ts');
+            const { describeManifest } = await import('../engine/explorer.ts');
             const result = await makeImage(source, image, {
               level: o.level,
               overwrite: !!o.force,
@@ -97,6 +84,7 @@ export function buildImgProgram(): Command {
       runCommand('img', !!o.json, async () => {
         const bar = startProgress('restore', { json: !!o.json });
         try {
+          const { restoreImage } = await import('../engine/restore.ts');
           const result = await restoreImage(image, target, {
             fileset: o.fileset ?? 1,
             force: !!o.force,
@@ -123,6 +111,7 @@ export function buildImgProgram(): Command {
     .action((image: string, o: { json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
         await withReader(image, async (reader) => {
+          const { describeImage } = await import('../engine/explorer.ts');
           const info = describeImage(reader);
           emit(!!o.json, info, () => describeInfo(info));
         });
@@ -139,6 +128,7 @@ export function buildImgProgram(): Command {
     .action((image: string, path: string, o: { fileset?: number; json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
         await withReader(image, async (reader) => {
+          const { listPath } = await import('../engine/explorer.ts');
           const rows = listPath(reader.manifest, path, o.fileset);
           emit(!!o.json, rows, () => describeListing(rows));
         });
@@ -154,6 +144,7 @@ export function buildImgProgram(): Command {
     .action((image: string, path: string, o: { json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
         await withReader(image, async (reader) => {
+          const { statPath } = await import('../engine/explorer.ts');
           const s = statPath(reader.manifest, path);
           emit(!!o.json, s, () =>
             [
@@ -186,6 +177,7 @@ export function buildImgProgram(): Command {
       runCommand('img', !!o.json, async () => {
         const bar = startProgress('extract', { json: !!o.json });
         try {
+          const { extractPaths } = await import('../engine/explorer.ts');
           const r = await extractPaths(image, paths, o.to, {
             fileset: o.fileset ?? 1,
             onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
@@ -208,6 +200,7 @@ export function buildImgProgram(): Command {
     .addOption(json())
     .action((image: string, source: string, o: { at: string; replace?: boolean; json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
+        const { addToImage } = await import('../engine/explorer.ts');
         const r = await addToImage(image, source, { at: o.at, replace: !!o.replace });
         emit(!!o.json, r, () => `added ${r.path}: ${r.added} entries, ${formatBytes(r.bytes)}`);
       }),
@@ -221,6 +214,7 @@ export function buildImgProgram(): Command {
     .addOption(json())
     .action((image: string, paths: string[], o: { json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
+        const { removeFromImage } = await import('../engine/explorer.ts');
         const r = await removeFromImage(image, paths);
         emit(!!o.json, r, () => `removed ${r.removed} entries`);
       }),
@@ -236,6 +230,7 @@ export function buildImgProgram(): Command {
     .action((image: string, o: { json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
         await withReader(image, async (reader) => {
+          const { listFilesets } = await import('../engine/explorer.ts');
           const sets = listFilesets(reader.manifest);
           emit(!!o.json, sets, () =>
             sets
@@ -268,6 +263,7 @@ export function buildImgProgram(): Command {
       .addOption(json())
       .action((image: string, n: number, paths: string[], o: { json?: boolean }) =>
         runCommand('img', !!o.json, async () => {
+          const { setExcluded } = await import('../engine/explorer.ts');
           const r = await setExcluded(image, n, paths, excluded);
           emit(
             !!o.json,
@@ -288,6 +284,7 @@ export function buildImgProgram(): Command {
     .action((image: string, o: { json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
         const bar = startProgress('verify', { json: !!o.json, bytes: false });
+        const { verifyImage } = await import('../image/verify.ts');
         const report = await verifyImage(image, { onProgress: (done, total) => bar.update(done, total) });
         bar.stop();
         emit(!!o.json, report, () => describeVerify(image, report));
@@ -305,6 +302,7 @@ export function buildImgProgram(): Command {
         const bar = startProgress('compact', { json: !!o.json, bytes: false });
         let r;
         try {
+          const { compactImage } = await import('../image/compact.ts');
           r = await compactImage(image, { onProgress: (done, total) => bar.update(done, total) });
         } finally {
           bar.stop();
@@ -328,6 +326,7 @@ export function buildImgProgram(): Command {
     .addOption(json())
     .action((image: string, o: { json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
+        const { repairImage } = await import('../image/repair.ts');
         const r = await repairImage(image);
         emit(!!o.json, r, () =>
           r.repaired

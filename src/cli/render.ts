@@ -1,7 +1,7 @@
 /** Human-readable renderings of command results (the --json output is the structured form). */
 import type { ListedEntry, describeImage } from '../engine/explorer.ts';
 import type { VerifyReport } from '../image/verify.ts';
-import { partitionTypeName } from '../disk/partition-table.ts';
+import { partitionTypeName } from '../disk/partition-types.ts';
 import type { PartitionTableType } from '../image/types.ts';
 import { displayName } from '../volume/files/names.ts';
 import { formatBytes } from './output.ts';
