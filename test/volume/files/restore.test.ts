@@ -174,6 +174,25 @@ test('a target that passes its group on (setgid) still ends with the owners the 
   for (const p of ['top', 'sub', 'sub/deep']) assert.equal(lstatSync(join(dst, p)).gid, 0, p);
 });
 
+test('from an image file, a write a worker cannot make fails the restore and names the file', async (t) => {
+  const src = await scratchDir(t);
+  mkdirSync(join(src, 'sub'));
+  writeFileSync(join(src, 'sub/file'), 'content');
+  const image = join(await scratchDir(t), 'small.imgc');
+  await makeImage(src, image, { level: 'speed' });
+  const dst = await scratchDir(t);
+  mkdirSync(join(dst, 'sub/file/inside'), { recursive: true });
+  await assert.rejects(
+    restoreImage(image, dst, { fileset: 1, force: true }),
+    (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'E_RESTORE_IO');
+      assert.match(err.message, /sub\/file.*a directory is in the way/);
+      return true;
+    },
+  );
+  assert.ok(lstatSync(join(dst, 'sub/file/inside')).isDirectory());
+});
+
 test('finish() rejects naming the missing chunks and files', async (t) => {
   const { store, entries } = await captured(t, false);
   const dst = await scratchDir(t);
