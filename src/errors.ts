@@ -28,6 +28,13 @@ export class UsageError extends ImgcastError {
   }
 }
 
+/** The operator stopped the command (Ctrl-C, SIGTERM): what it had begun was undone. */
+export class InterruptedError extends ImgcastError {
+  constructor(signal: string, details: Record<string, unknown> = {}) {
+    super('E_INTERRUPTED', `interrupted by ${signal}`, { signal, ...details });
+  }
+}
+
 export function isImgcastError(err: unknown): err is ImgcastError {
   return err instanceof ImgcastError;
 }

@@ -53,23 +53,29 @@ export function buildImgProgram(): Command {
     .addOption(json())
     .action(
       (source: string, image: string, o: { level: CompressionLevel; force?: boolean; json?: boolean }) =>
-        runCommand('img', !!o.json, async () => {
-          const bar = startProgress('capture', { json: !!o.json });
-          try {
-            const { makeImage } = await import('../engine/make.ts');
-            const { describeManifest } = await import('../engine/explorer.ts');
-            const result = await makeImage(source, image, {
-              level: o.level,
-              overwrite: !!o.force,
-              onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
-            });
-            bar.stop();
-            const info = describeManifest(result.manifest, result.image!);
-            emit(!!o.json, { ...info, stats: result.stats }, () => describeInfo(info));
-          } finally {
-            bar.stop();
-          }
-        }),
+        runCommand(
+          'img',
+          !!o.json,
+          async (signal) => {
+            const bar = startProgress('capture', { json: !!o.json });
+            try {
+              const { makeImage } = await import('../engine/make.ts');
+              const { describeManifest } = await import('../engine/explorer.ts');
+              const result = await makeImage(source, image, {
+                level: o.level,
+                overwrite: !!o.force,
+                onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
+                signal,
+              });
+              bar.stop();
+              const info = describeManifest(result.manifest, result.image!);
+              emit(!!o.json, { ...info, stats: result.stats }, () => describeInfo(info));
+            } finally {
+              bar.stop();
+            }
+          },
+          { interruptible: true },
+        ),
     );
 
   program
@@ -81,26 +87,32 @@ export function buildImgProgram(): Command {
     .option('--force', 'write into a folder that is not empty')
     .addOption(json())
     .action((image: string, target: string, o: { fileset?: number; force?: boolean; json?: boolean }) =>
-      runCommand('img', !!o.json, async () => {
-        const bar = startProgress('restore', { json: !!o.json });
-        try {
-          const { restoreImage } = await import('../engine/restore.ts');
-          const result = await restoreImage(image, target, {
-            fileset: o.fileset ?? 1,
-            force: !!o.force,
-            onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
-          });
-          bar.stop();
-          emit(
-            !!o.json,
-            { ok: true, image, fileset: o.fileset ?? 1, ...result },
-            () =>
-              `restored ${image} (file set ${o.fileset ?? 1}) to ${result.description}: ${result.chunks} chunks, ${formatBytes(result.bytes)}, each verified against its hash`,
-          );
-        } finally {
-          bar.stop();
-        }
-      }),
+      runCommand(
+        'img',
+        !!o.json,
+        async (signal) => {
+          const bar = startProgress('restore', { json: !!o.json });
+          try {
+            const { restoreImage } = await import('../engine/restore.ts');
+            const result = await restoreImage(image, target, {
+              fileset: o.fileset ?? 1,
+              force: !!o.force,
+              onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
+              signal,
+            });
+            bar.stop();
+            emit(
+              !!o.json,
+              { ok: true, image, fileset: o.fileset ?? 1, ...result },
+              () =>
+                `restored ${image} (file set ${o.fileset ?? 1}) to ${result.description}: ${result.chunks} chunks, ${formatBytes(result.bytes)}, each verified against its hash`,
+            );
+          } finally {
+            bar.stop();
+          }
+        },
+        { interruptible: true },
+      ),
     );
 
   program

@@ -7,7 +7,7 @@
 import type cliProgressModule from 'cli-progress';
 import { createRequire } from 'node:module';
 import { CommanderError } from 'commander';
-import { ImgcastError } from '../errors.ts';
+import { ImgcastError, InterruptedError } from '../errors.ts';
 
 /** The package's version, for --version. */
 export const VERSION = (createRequire(import.meta.url)('../../package.json') as { version: string }).version;
@@ -102,19 +102,50 @@ export function emit(json: boolean, value: unknown, human: () => string): void {
  * Runs a command's body and maps what it throws to a message and exit code. Usage
  * errors and operation failures are expected and get no stack trace.
  */
-export async function runCommand(program: string, json: boolean, body: () => Promise<number | void>) {
+export async function runCommand(
+  program: string,
+  json: boolean,
+  body: (signal: AbortSignal) => Promise<number | void>,
+  opts: { interruptible?: boolean } = {},
+) {
+  // An interruptible command gets Ctrl-C / SIGTERM as an abort: it stops and undoes what it
+  // began (a half-made image file, a half-restored disk marked incomplete) before exiting.
+  // A second signal quits at once. Other commands keep Node's default: exit right away.
+  const stop = new AbortController();
+  let stopping = false;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (stopping) {
+      process.stderr.write(`${program}: ${sig} again: quitting without cleaning up\n`);
+      process.exit(SIGNAL_EXIT[sig] ?? EXIT_FAILED);
+    }
+    stopping = true;
+    process.stderr.write(`${program}: ${sig}: stopping and undoing what was begun (again to quit at once)\n`);
+    stop.abort(new InterruptedError(sig));
+  };
+  if (opts.interruptible) {
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  }
   try {
-    const code = await body();
+    const code = await body(stop.signal);
     process.exitCode = code ?? 0;
   } catch (err) {
     process.exitCode = reportError(program, json, err);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
 }
+
+/** The shell's convention for a command a signal stopped: 128 + the signal's number. */
+const SIGNAL_EXIT: Partial<Record<NodeJS.Signals, number>> = { SIGINT: 130, SIGTERM: 143 };
 
 export function reportError(program: string, json: boolean, err: unknown): number {
   if (err instanceof ImgcastError) {
     if (json) process.stdout.write(`${JSON.stringify(err.toJSON(), null, 2)}\n`);
     process.stderr.write(`${program}: ${err.message} [${err.code}]\n`);
+    if (err instanceof InterruptedError)
+      return SIGNAL_EXIT[err.details.signal as NodeJS.Signals] ?? EXIT_FAILED;
     return err.code === 'E_USAGE' ? EXIT_USAGE : EXIT_FAILED;
   }
   if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : EXIT_USAGE;

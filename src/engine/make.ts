@@ -58,6 +58,8 @@ export interface MakeOptions {
   level: CompressionLevel;
   overwrite?: boolean;
   onProgress?: (p: MakeProgress) => void;
+  /** Stops the capture: the new image file is not created (its .partial is removed). */
+  signal?: AbortSignal;
 }
 
 export interface MakeStats {
@@ -348,7 +350,7 @@ async function captureClassified(
   kind: SourceKind,
   table: PartitionTable | null,
   sink: ChunkSink,
-  opts: { level: CompressionLevel; onProgress?: (p: MakeProgress) => void },
+  opts: { level: CompressionLevel; onProgress?: (p: MakeProgress) => void; signal?: AbortSignal },
 ): Promise<MakeResult> {
   let storedBytes = 0;
   const counted = countingSink(sink, () => {
@@ -367,6 +369,7 @@ async function captureClassified(
   if (kind === 'directory') {
     const entries = await captureTree(source, counted.sink, {
       onProgress: (p) => report('directory', p.bytes, undefined, p.files),
+      ...(opts.signal ? { signal: opts.signal } : {}),
     });
     volumes.push({ kind: 'files', index: 0, fs: { type: 'directory' }, entries });
   } else if (kind === 'partition') {
@@ -395,8 +398,13 @@ export async function makeImage(source: string, imagePath: string, opts: MakeOpt
   const { kind, table } = await classify(source);
   if (kind !== 'directory') await refuseWritableMounts(source);
   const writer = await ImageWriter.create(imagePath, { level: opts.level, overwrite: opts.overwrite });
+  // Aborting the writer makes every later chunk fail, which unwinds whatever is capturing.
+  const stop = () => void writer.abort().catch(() => {});
+  opts.signal?.addEventListener('abort', stop, { once: true });
   try {
+    opts.signal?.throwIfAborted();
     const result = await captureClassified(source, kind, table, writer, opts);
+    opts.signal?.throwIfAborted();
     result.manifest = await writer.commit(result.manifest);
     result.stats.storedBytes = writer.stats.storedBytes;
     result.image = {
@@ -409,7 +417,11 @@ export async function makeImage(source: string, imagePath: string, opts: MakeOpt
     return result;
   } catch (err) {
     await writer.abort().catch(() => {});
+    // The writer's own complaint (closed, aborted) is not the reason when the operator stopped it.
+    if (opts.signal?.aborted) throw opts.signal.reason;
     throw err;
+  } finally {
+    opts.signal?.removeEventListener('abort', stop);
   }
 }
 

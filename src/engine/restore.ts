@@ -53,6 +53,8 @@ export interface RestoreOptions {
    * files found are kept, and these chunks count as written (see DescribedSink.resumed).
    */
   resume?: ReadonlySet<string>;
+  /** Stops the restore between chunks: the target is left as an aborted restore leaves it. */
+  signal?: AbortSignal;
 }
 
 export type DescribedSink = RestoreSink & {
@@ -236,12 +238,18 @@ interface Composite {
   onAbort?: () => Promise<void>;
   /** Chunks taken as written by an interrupted run (the children were built with the same set). */
   resume?: ReadonlySet<string>;
+  /** How many leading children get their chunks after all the others'. */
+  writeLast?: number;
 }
 
 /** Routes each chunk to every child that needs it; finishes only when all needed chunks arrived. */
 function compositeSink(c: Composite): DescribedSink {
+  // Chunk order: the children from writeFirst on, then the first ones (a disk's boot areas,
+  // so its partition table appears only once everything it describes is written).
   const needed = new Set<string>();
-  for (const child of c.children) for (const id of child.needed) needed.add(id);
+  const first = c.writeLast ?? 0;
+  for (const child of [...c.children.slice(first), ...c.children.slice(0, first)])
+    for (const id of child.needed) needed.add(id);
   const applied = new Set<string>([...(c.resume ?? [])].filter((id) => needed.has(id)));
   const resumed: ReadonlySet<string> = new Set(applied);
   let writing = false;
@@ -586,9 +594,17 @@ function diskSink(
     resumableAfterAbort: true,
     ...(resume ? { resume } : {}),
     describe: `${label} (${mib(size)}) as a ${disk.table.toUpperCase()} disk of ${disk.partitions.length} partition(s) — ${parts}`,
+    // Until the restore is complete the disk shows no partition table, neither its old one
+    // over new data nor the new one over half of it: the table is blanked first and the boot
+    // areas are written last, so a restore killed on the way (Ctrl-C twice, a power cut)
+    // leaves a disk that firmware and the kernel see as empty, not as a broken system.
+    writeLast: bootCount,
     before: async () => {
       if (fresh) await createFile(target, size);
-      else await assertNotMounted(target, 'restore target');
+      else {
+        await assertNotMounted(target, 'restore target');
+        await markIncomplete(target, disk, size);
+      }
     },
     between: {
       split: bootCount,
@@ -637,7 +653,7 @@ export async function restoreFromSource(
   opts: RestoreOptions & { onProgress?: (p: RestoreProgress) => void },
 ): Promise<RestoreResult> {
   const sink = await openRestore(manifest, target, opts);
-  return runRestore(sink, source, target, opts.onProgress);
+  return runRestore(sink, source, target, opts.onProgress, opts.signal);
 }
 
 async function runRestore(
@@ -645,6 +661,7 @@ async function runRestore(
   source: ChunkSource,
   target: string,
   onProgress?: (p: RestoreProgress) => void,
+  signal?: AbortSignal,
 ): Promise<RestoreResult> {
   const ids = [...sink.needed];
   const inflight: Array<{ buf: Buffer; raw?: Promise<Buffer>; plan?: Promise<ChunkWriteOutcome> }> = [];
@@ -677,6 +694,7 @@ async function runRestore(
     };
     fill();
     for (const id of ids) {
+      signal?.throwIfAborted();
       const { buf, raw, plan } = inflight.shift()!;
       if (plan) sink.planDone!(id, await plan);
       else await sink.applyChunk(id, await raw!);
@@ -684,6 +702,7 @@ async function runRestore(
       fill();
       onProgress?.(sink.progress());
     }
+    signal?.throwIfAborted();
     await sink.finish();
     return { target, description: sink.describe(), chunks: ids.length, bytes: sink.progress().bytesDone };
   } catch (err) {
@@ -713,7 +732,8 @@ export async function restoreImage(
         { chunk: absent },
       );
     }
-    return await runRestore(sink, reader, target, opts.onProgress);
+    opts.signal?.throwIfAborted();
+    return await runRestore(sink, reader, target, opts.onProgress, opts.signal);
   } finally {
     await reader.close();
   }

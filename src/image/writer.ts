@@ -87,6 +87,7 @@ export class ImageWriter implements ChunkSink {
   #closed = false;
   #unsynced = 0;
   #syncing: Promise<void> | undefined;
+  #aborting: Promise<void> | undefined;
 
   private constructor(s: WriterState) {
     this.#s = s;
@@ -340,8 +341,15 @@ export class ImageWriter implements ChunkSink {
   }
 
   /** Drops everything written since create/append; safe to call more than once. */
-  async abort(): Promise<void> {
-    if (this.#closed) return;
+  abort(): Promise<void> {
+    // A second caller (the capture unwinding after a signal aborted us) waits for the same cleanup.
+    if (this.#aborting) return this.#aborting;
+    if (this.#closed) return Promise.resolve();
+    this.#aborting = this.#abort();
+    return this.#aborting;
+  }
+
+  async #abort(): Promise<void> {
     this.#closed = true;
     this.#wakeAll();
     await this.#settle();

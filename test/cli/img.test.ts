@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -168,4 +169,26 @@ test('the launchers refuse a Node older than 24 with a message saying how to run
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, /needs Node\.js 24 or newer; this is v\d+.*npx img/);
   }
+});
+
+test('Ctrl-C during img make: the half-made image is removed, exit 130 with the reason', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(src);
+  // Incompressible data, enough that the capture is still running when the signal comes.
+  execFileSync('sh', ['-c', `head -c ${256 << 20} /dev/urandom > ${join(src, 'big')}`]);
+  const image = join(dir, 'x.imgc');
+  const child = spawn(process.execPath, [IMG, 'make', src, image], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  // Signalled once the image file is begun, that is while the capture runs.
+  for (let i = 0; i < 500 && !existsSync(`${image}.partial`); i++)
+    await new Promise((r) => setTimeout(r, 10));
+  assert.ok(existsSync(`${image}.partial`), 'the capture never began');
+  child.kill('SIGINT');
+  const code = await exited;
+  assert.equal(code, 130, err);
+  assert.match(err, /interrupted by SIGINT \[E_INTERRUPTED\]/);
+  assert.ok(!existsSync(image) && !existsSync(`${image}.partial`));
 });

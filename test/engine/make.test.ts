@@ -5,6 +5,7 @@ import { access, link, mkdir, open, readFile, symlink, truncate, writeFile } fro
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { DiskError } from '../../src/disk/errors.ts';
+import { InterruptedError } from '../../src/errors.ts';
 import { mountFilesystem } from '../../src/disk/filesystem.ts';
 import { makeImage } from '../../src/engine/make.ts';
 import { restoreFromSource, restoreImage } from '../../src/engine/restore.ts';
@@ -354,4 +355,26 @@ test('ext4 filesystem image without a table: partition image restored onto a new
     await ma.unmount();
     await mb.unmount();
   }
+});
+
+test('a capture stopped by its signal leaves no image and no .partial behind, and says so', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(src);
+  for (let i = 0; i < 6; i++) await writeFile(join(src, `f${i}`), randomBytes(6 << 20));
+  const image = join(dir, 'stopped.imgc');
+  const stop = new AbortController();
+  await assert.rejects(
+    makeImage(src, image, {
+      level: 'balanced',
+      signal: stop.signal,
+      // Stopped as soon as data flows, the way a Ctrl-C handler would.
+      onProgress: (p) => {
+        if (p.bytesDone > 0 && !stop.signal.aborted) stop.abort(new InterruptedError('SIGINT'));
+      },
+    }),
+    { code: 'E_INTERRUPTED' },
+  );
+  await assert.rejects(access(image), { code: 'ENOENT' });
+  await assert.rejects(access(`${image}.partial`), { code: 'ENOENT' });
 });

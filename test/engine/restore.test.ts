@@ -22,12 +22,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { DiskError } from '../../src/disk/errors.ts';
+import { InterruptedError } from '../../src/errors.ts';
 import { mountFilesystem, readFilesystemInfo, type Mounted } from '../../src/disk/filesystem.ts';
 import { makeImage, type MakeProgress } from '../../src/engine/make.ts';
 import { openRestore, restoreFromSource, restoreImage } from '../../src/engine/restore.ts';
 import { ImageReader } from '../../src/image/reader.ts';
 import type { ChunkSource } from '../../src/image/types.ts';
 import { mountedUses } from '../../src/disk/device.ts';
+import { probePartitionTable } from '../../src/disk/partition-table.ts';
 import { loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
 import { compareTrees, countTypes } from './tree-compare.ts';
 
@@ -460,6 +462,31 @@ test('whole GPT disk: make from a loop device, restore onto same-size and larger
   });
 });
 
+test('a whole-disk restore stopped by its signal unmounts, detaches and leaves a disk with no partition table', async (t) => {
+  const setup = await referenceDisk(t);
+  if (!setup) return;
+  const { dir, src } = setup;
+  // An existing disk with a valid table of its own: a stopped restore must not leave it (or the new one) showing.
+  const target = await sparse(join(dir, 'stopped.img'), DISK);
+  sh('sgdisk', ['-n1:2048:+4M', target]);
+  assert.ok(await probePartitionTable(target));
+  const stop = new AbortController();
+  await assert.rejects(
+    restoreImage(src.image, target, {
+      fileset: 1,
+      signal: stop.signal,
+      onProgress: (p) => {
+        if (p.bytesDone > 0 && !stop.signal.aborted) stop.abort(new InterruptedError('SIGINT'));
+      },
+    }),
+    { code: 'E_INTERRUPTED' },
+  );
+  assert.equal(await probePartitionTable(target), null);
+  assert.deepEqual(await mountedUses(target), []);
+  const loops = spawnSync('losetup', ['-j', target], { encoding: 'utf8' }).stdout.trim();
+  assert.equal(loops, '', `loop devices left on the target: ${loops}`);
+});
+
 test('an interrupted whole-disk restore (process killed mid-way) resumes with only the chunks it lacked', async (t) => {
   const setup = await referenceDisk(t);
   if (!setup) return;
@@ -508,6 +535,8 @@ test('an interrupted whole-disk restore (process killed mid-way) resumes with on
   const written = new Set((await readFile(journal, 'utf8')).trim().split('\n'));
   const order = [...(await openRestore(manifest, join(dir, 'plan.img'), { fileset: 1 })).needed];
   assert.ok((await mountedUses(target)).length > 0, 'the killed run left its filesystem mounted');
+  // Boot areas come last, so the half-restored disk shows no partition table at all.
+  assert.equal(await probePartitionTable(target), null, 'a half-restored disk shows no partition table');
 
   const warnings: string[] = [];
   const second = await openRestore(manifest, target, {
