@@ -242,10 +242,13 @@ interface Composite {
   writeLast?: number;
 }
 
+/** Bytes of boot-area chunks a composite holds back until the rest of the disk is written. */
+const MAX_DEFERRED = 64 * 1024 * 1024;
+
 /** Routes each chunk to every child that needs it; finishes only when all needed chunks arrived. */
 function compositeSink(c: Composite): DescribedSink {
-  // Chunk order: the children from writeFirst on, then the first ones (a disk's boot areas,
-  // so its partition table appears only once everything it describes is written).
+  // Chunk order: the children from index writeLast on, then the first ones (a disk's boot
+  // areas, so its partition table appears only once everything it describes is written).
   const needed = new Set<string>();
   const first = c.writeLast ?? 0;
   for (const child of [...c.children.slice(first), ...c.children.slice(0, first)])
@@ -254,6 +257,16 @@ function compositeSink(c: Composite): DescribedSink {
   const resumed: ReadonlySet<string> = new Set(applied);
   let writing = false;
   let prepared = false;
+  const deferred = new Map<string, Buffer>();
+  let deferredBytes = 0;
+  const writeDeferred = async (): Promise<void> => {
+    for (const [id, raw] of deferred) {
+      for (const child of c.children) if (child.needed.has(id)) await child.applyChunk(id, raw);
+      applied.add(id);
+    }
+    deferred.clear();
+    deferredBytes = 0;
+  };
   return {
     needed,
     resumed,
@@ -286,8 +299,23 @@ function compositeSink(c: Composite): DescribedSink {
         );
       }
       if (applied.has(id) || !needed.has(id)) return;
+      // Chunks for the write-last children alone (a disk's boot areas) that arrive early (a
+      // multicast sends in image order) wait here, within a bound, until everything else is written.
+      const early = c.children.findIndex((child) => child.needed.has(id)) < first;
+      const onlyEarly = early && c.children.slice(first).every((child) => !child.needed.has(id));
+      if (
+        onlyEarly &&
+        applied.size + deferred.size < needed.size - 1 &&
+        deferredBytes + raw.length <= MAX_DEFERRED
+      ) {
+        deferred.set(id, Buffer.from(raw));
+        deferredBytes += raw.length;
+        return;
+      }
       for (const child of c.children) if (child.needed.has(id)) await child.applyChunk(id, raw);
       applied.add(id);
+      // The last of the others is written: what waited goes now.
+      if (deferred.size > 0 && applied.size + deferred.size === needed.size) await writeDeferred();
     },
     // A chunk one child alone needs can be written by the worker that decodes it.
     planChunk(id) {
@@ -300,7 +328,8 @@ function compositeSink(c: Composite): DescribedSink {
       applied.add(id);
     },
     async finish() {
-      const missing = [...needed].filter((id) => !applied.has(id));
+      if (deferred.size > 0 && applied.size + deferred.size === needed.size) await writeDeferred();
+      const missing = [...needed].filter((id) => !applied.has(id) && !deferred.has(id));
       if (missing.length > 0) {
         throw new DiskError(
           'E_DISK_INCOMPLETE',

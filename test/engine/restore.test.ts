@@ -487,6 +487,28 @@ test('a whole-disk restore stopped by its signal unmounts, detaches and leaves a
   assert.equal(loops, '', `loop devices left on the target: ${loops}`);
 });
 
+test('chunks in image order (as a multicast sends them): the partition table appears only when the rest is written', async (t) => {
+  const setup = await referenceDisk(t);
+  if (!setup) return;
+  const { dir, r, src } = setup;
+  const reader = await ImageReader.open(src.image);
+  t.after(() => reader.close());
+  const manifest = reader.manifest;
+  const target = join(dir, 'multicast-order.img');
+  const sink = await openRestore(manifest, target, { fileset: 1 });
+  await sink.prepare();
+  const boot = manifest.disk!.bootAreas.flatMap((a) => a.extents.map((x) => x.chunk));
+  const rest = [...sink.needed].filter((id) => !boot.includes(id));
+  for (const id of [...new Set(boot), ...rest.slice(0, Math.ceil(rest.length / 2))]) {
+    await sink.applyChunk(id, await reader.readChunk(id));
+  }
+  assert.equal(await probePartitionTable(target), null, 'the boot areas wait for the rest of the disk');
+  for (const id of rest.slice(Math.ceil(rest.length / 2)))
+    await sink.applyChunk(id, await reader.readChunk(id));
+  await sink.finish();
+  await checkRestoredDisk(t, src, target, r, true);
+});
+
 test('an interrupted whole-disk restore (process killed mid-way) resumes with only the chunks it lacked', async (t) => {
   const setup = await referenceDisk(t);
   if (!setup) return;
