@@ -30,8 +30,12 @@ export class UsageError extends ImgcastError {
 
 /** The operator stopped the command (Ctrl-C, SIGTERM): what it had begun was undone. */
 export class InterruptedError extends ImgcastError {
-  constructor(signal: string, details: Record<string, unknown> = {}) {
-    super('E_INTERRUPTED', `interrupted by ${signal}`, { signal, ...details });
+  /** `left`: what the stopped operation leaves behind, for the message. */
+  constructor(signal: string, left?: string) {
+    super('E_INTERRUPTED', `interrupted by ${signal}${left ? `; ${left}` : ''}`, {
+      signal,
+      ...(left ? { left } : {}),
+    });
   }
 }
 

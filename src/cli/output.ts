@@ -119,7 +119,7 @@ export async function runCommand(
       process.exit(SIGNAL_EXIT[sig] ?? EXIT_FAILED);
     }
     stopping = true;
-    process.stderr.write(`${program}: ${sig}: stopping and undoing what was begun (again to quit at once)\n`);
+    process.stderr.write(`${program}: ${sig}: stopping and cleaning up (${sig} again to quit at once)\n`);
     stop.abort(new InterruptedError(sig));
   };
   if (opts.interruptible) {

@@ -24,6 +24,7 @@ import {
   type TreeAccess,
 } from '../disk/filesystem.ts';
 import { createRawRestore } from '../disk/raw.ts';
+import { InterruptedError } from '../errors.ts';
 import { ImageError } from '../image/errors.ts';
 import { checkFileset, includedEntries } from '../image/fileset.ts';
 import { CompressPool } from '../image/pool.ts';
@@ -738,6 +739,16 @@ async function runRestore(
     // Workers may still be writing chunks read ahead: the target must be quiet before it is unmounted.
     await Promise.allSettled(inflight.map((i) => i.plan ?? i.raw));
     await sink.abort(err).catch(() => {});
+    if (err instanceof InterruptedError && typeof err.details.signal === 'string' && !err.details.left) {
+      throw new InterruptedError(
+        err.details.signal,
+        !sink.resumableAfterAbort
+          ? `the start of ${target} was wiped so that nothing mounts the incomplete filesystem; restore again`
+          : / disk of /.test(sink.describe())
+            ? `${target} holds an incomplete restore and no partition table until one completes; restore again`
+            : `${target} holds an incomplete restore; restore again to complete it`,
+      );
+    }
     throw err;
   }
 }
