@@ -72,6 +72,8 @@ export type DescribedSink = RestoreSink & {
    * writes again), false for a single filesystem, whose start abort wipes.
    */
   readonly resumableAfterAbort: boolean;
+  /** What an aborted run leaves on the target, for the message of a stopped restore. */
+  readonly leftAfterAbort: string;
 };
 
 function mib(n: number): string {
@@ -228,8 +230,9 @@ function rawVolumeSink(
 interface Composite {
   children: RestoreSink[];
   describe: string;
-  /** See DescribedSink.resumableAfterAbort. */
+  /** See DescribedSink.resumableAfterAbort and leftAfterAbort. */
   resumableAfterAbort: boolean;
+  leftAfterAbort: string;
   /** Runs before anything is written; last chance to refuse. */
   before?: () => Promise<void>;
   /** Runs after the children at index < split finished and before the others finish. */
@@ -272,6 +275,7 @@ function compositeSink(c: Composite): DescribedSink {
     needed,
     resumed,
     resumableAfterAbort: c.resumableAfterAbort,
+    leftAfterAbort: c.leftAfterAbort,
     describe: () => c.describe,
     progress() {
       let bytesDone = 0;
@@ -424,6 +428,7 @@ export async function openRestore(
       children: [fileVolumeSink(volume, directoryPlace(target), opts)],
       describe: `directory ${target}`,
       resumableAfterAbort: true,
+      leftAfterAbort: `${target} holds an incomplete restore; restore again to complete it`,
       ...(opts.resume ? { resume: opts.resume } : {}),
     });
   }
@@ -501,6 +506,7 @@ export async function openRestore(
     ...(opts.resume ? { resume: opts.resume } : {}),
     children: [child],
     resumableAfterAbort: false,
+    leftAfterAbort: `the start of ${target} was wiped so that nothing mounts the incomplete filesystem; restore again`,
     describe: `${label} (${mib(size)}) as one ${volume.kind === 'raw' ? 'raw volume' : volume.fs.type + ' filesystem'}`,
     before: async () => {
       if (fresh) await createFile(target, size);
@@ -622,6 +628,7 @@ function diskSink(
   return compositeSink({
     children,
     resumableAfterAbort: true,
+    leftAfterAbort: `${target} holds an incomplete restore and no partition table until one completes; restore again`,
     ...(resume ? { resume } : {}),
     describe: `${label} (${mib(size)}) as a ${disk.table.toUpperCase()} disk of ${disk.partitions.length} partition(s) — ${parts}`,
     // Until the restore is complete the disk shows no partition table, neither its old one
@@ -667,8 +674,8 @@ export interface RestoreResult {
 }
 
 /**
- * Chunks read and decoding while the current one is written: two per core, so the pool's
- * workers decompress and check the next chunks while this thread writes files.
+ * Chunks being read, decoded (and, from an image file, written) at once: two per core,
+ * so every pool worker always has its next chunk.
  */
 const READ_AHEAD = Math.max(3, 2 * availableParallelism());
 
@@ -697,7 +704,7 @@ async function runRestore(
   const inflight: Array<{ buf: Buffer; raw?: Promise<Buffer>; plan?: Promise<ChunkWriteOutcome> }> = [];
   try {
     await sink.prepare();
-    // Reads run ahead of writes so decompression and disk I/O overlap; writes stay in order.
+    // Reads run ahead so decompression and disk I/O overlap; results are taken in order.
     // Chunks are decoded into a few recycled buffers: fresh 4 MiB ones per chunk pile up
     // as external memory faster than the garbage collector returns them. The buffers are
     // shared memory, so an image file's chunks are decoded by the pool's workers.
@@ -740,14 +747,7 @@ async function runRestore(
     await Promise.allSettled(inflight.map((i) => i.plan ?? i.raw));
     await sink.abort(err).catch(() => {});
     if (err instanceof InterruptedError && typeof err.details.signal === 'string' && !err.details.left) {
-      throw new InterruptedError(
-        err.details.signal,
-        !sink.resumableAfterAbort
-          ? `the start of ${target} was wiped so that nothing mounts the incomplete filesystem; restore again`
-          : / disk of /.test(sink.describe())
-            ? `${target} holds an incomplete restore and no partition table until one completes; restore again`
-            : `${target} holds an incomplete restore; restore again to complete it`,
-      );
+      throw new InterruptedError(err.details.signal, sink.leftAfterAbort);
     }
     throw err;
   }

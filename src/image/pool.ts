@@ -247,10 +247,9 @@ function textJob(job) {
 
 parentPort.on('message', (job) => {
   if (job.warm) {
-    // Loads what jobs use (zstd, the hash, fs), so the first real job does not wait for it.
+    // Loads what jobs use (zstd, the hash), so the first real job does not wait for it.
     crypto.hash('sha256', Buffer.alloc(0));
     zlib.zstdCompressSync(Buffer.alloc(1));
-    fs.constants;
     return;
   }
   if (job.decode) {
@@ -359,20 +358,20 @@ export class CompressPool {
     const params = LEVEL_PARAMS[level];
     if (params === undefined) return Promise.reject(new TypeError(`unknown compression level ${level}`));
     const slot = this.#pick();
-    const seq = ++this.#seq;
     return new Promise((resolve, reject) => {
-      slot.jobs.set(seq, { resolve, reject });
-      if (slot.jobs.size === 1) slot.worker.ref();
-      slot.worker.postMessage({
-        seq,
-        params,
-        hash: opts.hash === true,
-        sab,
-        offset,
-        length,
-        zstd: CODEC_ZSTD,
-        none: CODEC_NONE,
-      });
+      this.#post(
+        slot,
+        { resolve, reject },
+        {
+          params,
+          hash: opts.hash === true,
+          sab,
+          offset,
+          length,
+          zstd: CODEC_ZSTD,
+          none: CODEC_NONE,
+        },
+      );
     });
   }
 
@@ -410,24 +409,24 @@ export class CompressPool {
     if (into.length <= rawLength)
       return Promise.reject(new RangeError('decode needs room for rawLength + 1 bytes'));
     const slot = this.#pick();
-    const seq = ++this.#seq;
     return new Promise((resolveDecoded, reject) => {
-      slot.jobs.set(seq, { resolve: () => {}, resolveDecoded, reject });
-      if (slot.jobs.size === 1) slot.worker.ref();
-      slot.worker.postMessage({
-        seq,
-        decode: true,
-        id,
-        codec,
-        none: CODEC_NONE,
-        sab: stored.buffer,
-        offset: stored.byteOffset,
-        length: stored.length,
-        outSab: into.buffer,
-        outOffset: into.byteOffset,
-        rawLength,
-        plan,
-      });
+      this.#post(
+        slot,
+        { resolve: () => {}, resolveDecoded, reject },
+        {
+          decode: true,
+          id,
+          codec,
+          none: CODEC_NONE,
+          sab: stored.buffer,
+          offset: stored.byteOffset,
+          length: stored.length,
+          outSab: into.buffer,
+          outOffset: into.byteOffset,
+          rawLength,
+          plan,
+        },
+      );
     });
   }
 
@@ -453,11 +452,8 @@ export class CompressPool {
         if (!open) return Promise.reject(new Error('the text stream is already ended'));
         open = false;
         if (slot.failure) return Promise.reject(slot.failure);
-        const seq = ++this.#seq;
         return new Promise<HashedText>((resolveText, reject) => {
-          slot.jobs.set(seq, { resolve: () => {}, resolveText, reject });
-          if (slot.jobs.size === 1) slot.worker.ref();
-          slot.worker.postMessage({ stream, seq });
+          this.#post(slot, { resolve: () => {}, resolveText, reject }, { stream });
         });
       },
       abort: () => {
@@ -465,10 +461,7 @@ export class CompressPool {
         open = false;
         // Ending it is the only way to free the worker's side; nobody waits for the result.
         if (slot.failure) return;
-        const seq = ++this.#seq;
-        slot.jobs.set(seq, { resolve: () => {}, reject: () => {}, resolveText: () => {} });
-        if (slot.jobs.size === 1) slot.worker.ref();
-        slot.worker.postMessage({ stream, seq });
+        this.#post(slot, { resolve: () => {}, reject: () => {}, resolveText: () => {} }, { stream });
       },
     };
   }
@@ -487,6 +480,14 @@ export class CompressPool {
    */
   warm(): void {
     while (this.#slots.length < this.size) this.#spawn().worker.postMessage({ warm: true });
+  }
+
+  /** Sends a job whose reply settles `pending`; the worker keeps the process alive while replies are due. */
+  #post(slot: Slot, pending: Pending, message: Record<string, unknown>): void {
+    const seq = ++this.#seq;
+    slot.jobs.set(seq, pending);
+    if (slot.jobs.size === 1) slot.worker.ref();
+    slot.worker.postMessage({ seq, ...message });
   }
 
   #pick(): Slot {

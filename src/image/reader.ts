@@ -285,18 +285,13 @@ export class ImageReader implements ChunkSource {
   async readChunk(id: string, into?: Buffer): Promise<Buffer> {
     // A caller that recycles output buffers gets its records read into recycled buffers too.
     const recycle = into !== undefined && into.length > CHUNK_SIZE;
-    const shared = recycle && into.buffer instanceof SharedArrayBuffer;
-    const spares = shared ? this.#sharedRecords : this.#records;
-    const record = recycle ? (spares.pop() ?? newRecord(shared)) : undefined;
+    if (recycle && into.buffer instanceof SharedArrayBuffer) {
+      const { info } = await this.#decodeOnWorker(id, into);
+      return into.subarray(0, info.rawLength);
+    }
+    const record = recycle ? (this.#records.pop() ?? newRecord(false)) : undefined;
     try {
       const { info, stored } = await this.readStored(id, record);
-      if (shared) {
-        const problem = decodeArgumentProblem(id, info.codec, info.rawLength);
-        const damage =
-          problem ?? (await CompressPool.shared().decode(id, info.codec, stored, into, info.rawLength));
-        if (damage !== undefined) throw this.#damaged(info, damage);
-        return into.subarray(0, info.rawLength);
-      }
       try {
         return decodeChunk(id, info.codec, stored, info.rawLength, into);
       } catch (err) {
@@ -304,7 +299,7 @@ export class ImageReader implements ChunkSource {
         throw this.#damaged(info, typeof reason === 'string' ? reason : String(err), err);
       }
     } finally {
-      if (record && spares.length < MAX_SPARE_RECORDS) spares.push(record);
+      if (record && this.#records.length < MAX_SPARE_RECORDS) this.#records.push(record);
     }
   }
 
@@ -313,6 +308,15 @@ export class ImageReader implements ChunkSource {
     if (!(into.buffer instanceof SharedArrayBuffer) || into.length <= CHUNK_SIZE) {
       throw new TypeError('readChunkAndWrite needs CHUNK_SIZE + 1 bytes of shared memory');
     }
+    return (await this.#decodeOnWorker(id, into, plan)).written ?? { ok: true, ownersDenied: 0 };
+  }
+
+  /** Reads the record into shared memory and has a pool worker decode and check it (and write `plan`). */
+  async #decodeOnWorker(
+    id: string,
+    into: Buffer,
+    plan?: ChunkWritePlan,
+  ): Promise<{ info: ChunkInfo; written?: ChunkWriteOutcome }> {
     const record = this.#sharedRecords.pop() ?? newRecord(true);
     try {
       const { info, stored } = await this.readStored(id, record);
@@ -327,7 +331,7 @@ export class ImageReader implements ChunkSource {
         plan,
       );
       if (r.damage !== undefined) throw this.#damaged(info, r.damage);
-      return r.written ?? { ok: true, ownersDenied: 0 };
+      return r.written ? { info, written: r.written } : { info };
     } finally {
       if (this.#sharedRecords.length < MAX_SPARE_RECORDS) this.#sharedRecords.push(record);
     }

@@ -43,7 +43,7 @@ import type {
   FilesystemType,
 } from '../../image/types.ts';
 import { FileVolumeError } from './errors.ts';
-import { displayName, fsPath, nameFromBytes } from './names.ts';
+import { displayName, fsPath } from './names.ts';
 import { assertEntryPath } from './paths.ts';
 import { applyXattrs } from './xattr.ts';
 
@@ -507,11 +507,7 @@ class TreeRestoreImpl implements RestoreSink {
     } catch (err) {
       for (const { from } of renames) rmSync(from, { force: true });
       if (err instanceof FileVolumeError) throw err;
-      throw restoreError(
-        displayName(nameFromBytes(renames[0]?.to ?? Buffer.alloc(0))),
-        'cannot create node',
-        err,
-      );
+      throw restoreError(this.root, 'cannot put fifos and device nodes in place under', err);
     }
   }
 
