@@ -3,6 +3,7 @@
  * manifest (a few small reads at the start and end of the file); chunks are then
  * read on demand with positional reads on one file descriptor.
  */
+import { isAscii } from 'node:buffer';
 import { access, open, type FileHandle } from 'node:fs/promises';
 
 import { CODEC_NONE, CODEC_ZSTD, decodeArgumentProblem, decodeChunk } from './codec.ts';
@@ -204,7 +205,8 @@ async function readContainer(fh: FileHandle, path: string, fileSize: number): Pr
   );
   let manifest: Manifest;
   try {
-    manifest = JSON.parse(mraw.toString('utf8')) as Manifest;
+    // ASCII (as encodeManifest writes it, see asciiJson) decodes straight to a one-byte string.
+    manifest = JSON.parse(mraw.toString(isAscii(mraw) ? 'latin1' : 'utf8')) as Manifest;
   } catch (err) {
     throw corrupt('manifest', `it is not valid JSON (${(err as Error).message})`);
   }

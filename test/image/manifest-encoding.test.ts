@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { isAscii } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { test } from 'node:test';
 import zlib from 'node:zlib';
@@ -6,7 +7,7 @@ import zlib from 'node:zlib';
 import fc from 'fast-check';
 
 import { CODEC_ZSTD } from '../../src/image/codec.ts';
-import { encodeManifest, jsonPieces } from '../../src/image/manifest-encoding.ts';
+import { asciiJson, encodeManifest, jsonPieces } from '../../src/image/manifest-encoding.ts';
 import type { FileEntry } from '../../src/image/types.ts';
 import { manifestOf } from './fixtures.ts';
 
@@ -32,7 +33,24 @@ test('jsonPieces joins to exactly what JSON.stringify writes, for any plain data
   );
 });
 
-test('encodeManifest: the record is zstd of the JSON text, with its true length and SHA-256', async () => {
+test('asciiJson writes only ASCII and parses back to the same value, lone surrogates included', () => {
+  const text = fc.string({
+    unit: fc.oneof(
+      fc.constantFrom('a', '"', '\\', '\n', 'é', '✓', '\u{1F600}'),
+      fc.integer({ min: 0xd800, max: 0xdfff }).map((n) => String.fromCharCode(n)),
+    ),
+  });
+  fc.assert(
+    fc.property(fc.dictionary(text, fc.oneof(text, fc.integer())), (v) => {
+      const json = asciiJson(JSON.stringify(v));
+      assert.ok(isAscii(Buffer.from(json)), json);
+      assert.deepEqual(JSON.parse(json), JSON.parse(JSON.stringify(v)));
+    }),
+    { numRuns: 300 },
+  );
+});
+
+test('encodeManifest: the record is zstd of the manifest as ASCII JSON, with its true length and SHA-256', async () => {
   // Enough entries, with non-ASCII names, to cross several 1 MiB staging buffers.
   const entries: FileEntry[] = Array.from({ length: 20_000 }, (_, i) => ({
     path: `dir-${i % 97}/fïle-✓-${i}`,
@@ -47,7 +65,8 @@ test('encodeManifest: the record is zstd of the JSON text, with its true length 
     extents: [{ offset: 0, length: 10, chunk: 'ab'.repeat(32), chunkOffset: i * 10 }],
   }));
   const m = manifestOf(entries);
-  const json = Buffer.from(JSON.stringify(m), 'utf8');
+  const json = Buffer.from(asciiJson(JSON.stringify(m)), 'ascii');
+  assert.ok(json.includes('f\\u00efle-\\u2713-'), 'non-ASCII names are escaped');
   assert.ok(json.length > 3 << 20, `only ${json.length} bytes of JSON`);
   const enc = await encodeManifest(m);
   assert.equal(enc.codec, CODEC_ZSTD);
@@ -57,4 +76,5 @@ test('encodeManifest: the record is zstd of the JSON text, with its true length 
   assert.equal(stored.length, enc.storedLength);
   assert.ok(stored.length < json.length / 4);
   assert.deepEqual(zlib.zstdDecompressSync(stored), json);
+  assert.deepEqual(JSON.parse(json.toString('latin1')), JSON.parse(JSON.stringify(m)));
 });
