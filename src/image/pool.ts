@@ -166,6 +166,16 @@ function writeJob(raw, plan) {
       }
       if (w.symlink !== undefined) {
         fs.symlinkSync(w.symlink, w.path);
+        const m = w.meta;
+        if (m) {
+          try {
+            if (m.chown) fs.lchownSync(w.path, m.uid, m.gid);
+          } catch (err) {
+            if (err.code !== 'EPERM' || plan.root) throw err;
+            ownersDenied++;
+          }
+          fs.lutimesSync(w.path, m.atime, m.mtime);
+        }
         continue;
       }
       // A file made with its metadata here gets its permission bits at creation (as tar does);

@@ -101,7 +101,7 @@ export interface FileWrite {
   truncate?: number;
   /** Triples of file offset, chunk offset and length. */
   ranges: number[];
-  /** Owner, mode and times (seconds) to set through the descriptor after the last write. */
+  /** Owner, mode and times (seconds) to set through the descriptor after the last write; a symlink's owner and times by its path (no mode). */
   meta?: {
     uid: number;
     gid: number;

@@ -95,6 +95,8 @@ interface Item {
   lazy?: boolean;
   /** Owner, mode and times already set through its descriptor when its last bytes were written. */
   metaDone?: boolean;
+  /** A regular file's bytes not written yet (undefined: not a file with data to write). */
+  remaining?: number;
 }
 
 interface Range {
@@ -114,7 +116,6 @@ class TreeRestoreImpl implements RestoreSink {
   /** Hard-link names created in finish(), pointing at the first included name of their group. */
   readonly links: Array<{ item: Item; holder: Item }> = [];
   readonly ranges = new Map<string, Range[]>();
-  readonly remaining = new Map<Item, number>();
   readonly applied = new Set<string>();
   readonly fds = new Map<Item, number>();
   readonly checkedDirs = new Set<string>();
@@ -135,6 +136,8 @@ class TreeRestoreImpl implements RestoreSink {
   ownersDenied = 0;
   /** Symlinks not made yet (lazyFiles): chunk plans take them along, finish() makes the rest. */
   readonly pendingSymlinks: Item[] = [];
+  /** The symlinks each chunk's plan carries, until its worker reports. */
+  readonly plannedSymlinks = new Map<string, Item[]>();
   /**
    * Regular files are created when their first chunk arrives, and get owner, mode and
    * times through the descriptor their last bytes went through: one open and no path
@@ -226,7 +229,7 @@ class TreeRestoreImpl implements RestoreSink {
         else if (only !== x.chunk) several = true;
       }
       if (only !== undefined && !several) item.onlyChunk = only;
-      this.remaining.set(item, total);
+      item.remaining = total;
       this.bytesTotal += total;
     }
     this.needed = needed;
@@ -235,7 +238,7 @@ class TreeRestoreImpl implements RestoreSink {
       if (!ranges) continue;
       this.applied.add(id);
       for (const r of ranges) {
-        this.remaining.set(r.item, (this.remaining.get(r.item) ?? 0) - r.length);
+        r.item.remaining = (r.item.remaining ?? 0) - r.length;
         this.bytesDone += r.length;
       }
     }
@@ -288,7 +291,7 @@ class TreeRestoreImpl implements RestoreSink {
         else if (e.type === 'file') {
           // A file spread over several chunks is made here: their writers may run at once.
           if (this.lazyFiles && item.onlyChunk !== undefined) item.lazy = true;
-          else if (this.remaining.has(item)) this.makeFile(item);
+          else if (item.remaining !== undefined) this.makeFile(item);
         } else if (e.type === 'symlink') {
           // Made by the workers beside the chunk writes when they can (planChunk), else below.
           if (this.lazyFiles) this.pendingSymlinks.push(item);
@@ -320,8 +323,8 @@ class TreeRestoreImpl implements RestoreSink {
   skip(item: Item, msg: string): void {
     item.skipped = true;
     this.skippedPaths.add(item.rel);
-    this.bytesTotal -= this.remaining.get(item) ?? 0;
-    this.remaining.delete(item);
+    this.bytesTotal -= item.remaining ?? 0;
+    item.remaining = undefined;
     this.warn(msg);
   }
 
@@ -539,8 +542,8 @@ class TreeRestoreImpl implements RestoreSink {
         throw restoreError(r.item.abs, `cannot write (chunk ${id})`, err);
       }
       this.bytesDone += r.length;
-      const left = (this.remaining.get(r.item) ?? 0) - r.length;
-      this.remaining.set(r.item, left);
+      const left = (r.item.remaining ?? 0) - r.length;
+      r.item.remaining = left;
       if (left <= 0) this.completeFile(r.item);
     }
     this.applied.add(id);
@@ -574,17 +577,23 @@ class TreeRestoreImpl implements RestoreSink {
       w.ranges.push(r.fileOffset, r.chunkOffset, r.length);
     }
     const writes = [...byItem.values()];
-    // A share of the symlinks rides along, so they are made while other chunks decode.
-    for (const item of this.pendingSymlinks.splice(0, SYMLINKS_PER_PLAN)) {
-      writes.push({
+    // A share of the symlinks rides along, so they are made while other chunks decode,
+    // with their owner and times when nothing has to follow by name.
+    const symlinks = this.pendingSymlinks.splice(0, SYMLINKS_PER_PLAN);
+    for (const item of symlinks) {
+      const w: FileWrite = {
         rel: item.rel,
         path: item.fs,
         create: true,
         clear: !this.freshDirs.has(parentOf(item.rel)),
         symlink: fsPath(item.entry.linkTarget ?? ''),
         ranges: [],
-      });
+      };
+      const meta = this.earlyMeta(item);
+      if (meta) w.meta = meta;
+      writes.push(w);
     }
+    if (symlinks.length > 0) this.plannedSymlinks.set(id, symlinks);
     return { writes, root: isRoot(), umask: UMASK };
   }
 
@@ -601,11 +610,13 @@ class TreeRestoreImpl implements RestoreSink {
       throw restoreError(join(this.root, outcome.rel), `cannot write (chunk ${id})`, err);
     }
     this.ownersDenied += outcome.ownersDenied;
+    for (const item of this.plannedSymlinks.get(id) ?? []) if (this.earlyMeta(item)) item.metaDone = true;
+    this.plannedSymlinks.delete(id);
     for (const r of this.ranges.get(id) ?? []) {
       const item = r.item;
       if (item.skipped) continue;
       this.bytesDone += r.length;
-      this.remaining.set(item, (this.remaining.get(item) ?? 0) - r.length);
+      item.remaining = (item.remaining ?? 0) - r.length;
       if (item.onlyChunk === id && item.lazy) {
         item.lazy = false;
         if (this.earlyMeta(item)) item.metaDone = true;
