@@ -610,7 +610,7 @@ class TreeRestoreImpl implements RestoreSink {
       throw restoreError(join(this.root, outcome.rel), `cannot write (chunk ${id})`, err);
     }
     this.ownersDenied += outcome.ownersDenied;
-    for (const item of this.plannedSymlinks.get(id) ?? []) if (this.earlyMeta(item)) item.metaDone = true;
+    for (const item of this.plannedSymlinks.get(id) ?? []) if (this.metaEarly(item)) item.metaDone = true;
     this.plannedSymlinks.delete(id);
     for (const r of this.ranges.get(id) ?? []) {
       const item = r.item;
@@ -619,16 +619,24 @@ class TreeRestoreImpl implements RestoreSink {
       item.remaining = (item.remaining ?? 0) - r.length;
       if (item.onlyChunk === id && item.lazy) {
         item.lazy = false;
-        if (this.earlyMeta(item)) item.metaDone = true;
+        if (this.metaEarly(item)) item.metaDone = true;
       }
     }
     this.applied.add(id);
   }
 
+  /** Whether an entry gets its owner, mode and times where it is made (earlyMeta). */
+  metaEarly(item: Item): boolean {
+    const x = item.entry.xattrs;
+    if (!this.lazyFiles) return false;
+    for (const _ in x) return false;
+    return true;
+  }
+
   /** Owner, mode and times for a file nothing has to touch by name afterwards (no xattrs; not vfat). */
   earlyMeta(item: Item): FileWrite['meta'] {
+    if (!this.metaEarly(item)) return undefined;
     const e = item.entry;
-    if (!this.lazyFiles || (e.xattrs && Object.keys(e.xattrs).length > 0)) return undefined;
     return {
       uid: e.uid,
       gid: e.gid,
@@ -842,11 +850,18 @@ function parentOf(path: string): string {
  * Node's utimes takes seconds as a double: about 0.24 µs resolution at today's dates,
  * so restored times are exact to the microsecond, not the nanosecond.
  */
-function nsToSeconds(ns: string): number {
+export function nsToSeconds(ns: string): number {
+  // Plain digits (every time after 1970) split as text: the same two numbers as below
+  // without two BigInts per time, 110k times in a restore of 55k files.
+  if (ns.length > 9 && ns.length <= 24 && DIGITS.test(ns)) {
+    return Number(ns.slice(0, -9)) + Number(ns.slice(-9)) / 1e9;
+  }
   const n = BigInt(ns);
   const sec = n / 1_000_000_000n;
   return Number(sec) + Number(n - sec * 1_000_000_000n) / 1e9;
 }
+
+const DIGITS = /^[0-9]+$/;
 
 /** Read once (reading it means setting it back); a restore does not change it. */
 const UMASK = process.umask();

@@ -20,7 +20,7 @@ import { makeImage } from '../../../src/engine/make.ts';
 import { restoreImage } from '../../../src/engine/restore.ts';
 import type { FileEntry } from '../../../src/image/types.ts';
 import { captureTree } from '../../../src/volume/files/capture.ts';
-import { createTreeRestore, type TreeRestore } from '../../../src/volume/files/restore.ts';
+import { createTreeRestore, nsToSeconds, type TreeRestore } from '../../../src/volume/files/restore.ts';
 import { isRoot, loopUnavailable, skipUnless } from '../../helpers/env.ts';
 import { MemChunkStore } from './memstore.ts';
 import { buildTree, bytes, scratchDir, snapshot, xattrDump, type Snap } from './tree.ts';
@@ -513,4 +513,22 @@ test('xattrs the target filesystem cannot hold are a warning, not a failure (ram
   assert.equal(readFileSync(join(dst, 'f'), 'utf8'), 'data');
   assert.equal(restore.warnings.length, 1);
   assert.match(restore.warnings[0]!, /does not support some extended attributes.*Operation not supported/);
+});
+
+test('nsToSeconds gives the same double as exact BigInt arithmetic, for any time', () => {
+  const exact = (ns: bigint): number => {
+    const sec = ns / 1_000_000_000n;
+    return Number(sec) + Number(ns - sec * 1_000_000_000n) / 1e9;
+  };
+  const times = fc.oneof(
+    fc.bigInt({ min: -(10n ** 19n), max: 10n ** 20n }),
+    fc.bigInt({ min: 0n, max: 10n ** 10n }),
+    fc.constantFrom(0n, 999_999_999n, 1_000_000_000n, 1_700_000_000_123_456_789n, -1n),
+  );
+  fc.assert(
+    fc.property(times, (ns) => {
+      assert.equal(nsToSeconds(String(ns)), exact(ns));
+    }),
+    { numRuns: 2000 },
+  );
 });
