@@ -701,41 +701,52 @@ async function runRestore(
   signal?: AbortSignal,
 ): Promise<RestoreResult> {
   const ids = [...sink.needed];
-  const inflight: Array<{ buf: Buffer; raw?: Promise<Buffer>; plan?: Promise<ChunkWriteOutcome> }> = [];
+  interface Job {
+    id: string;
+    buf: Buffer;
+    raw?: Promise<Buffer>;
+    plan?: Promise<ChunkWriteOutcome>;
+    /** Settles (never rejects) when the job has, with the job itself. */
+    settled: Promise<Job>;
+  }
+  const running = new Set<Job>();
   try {
     await sink.prepare();
-    // Reads run ahead so decompression and disk I/O overlap; results are taken in order.
-    // Chunks are decoded into a few recycled buffers: fresh 4 MiB ones per chunk pile up
-    // as external memory faster than the garbage collector returns them. The buffers are
-    // shared memory, so an image file's chunks are decoded by the pool's workers.
+    // Reads run ahead so decompression and disk I/O overlap. Chunks are decoded into a few
+    // recycled buffers: fresh 4 MiB ones per chunk pile up as external memory faster than
+    // the garbage collector returns them. The buffers are shared memory, so an image
+    // file's chunks are decoded by the pool's workers.
     const spare: Buffer[] = Array.from({ length: READ_AHEAD + 1 }, () =>
       Buffer.from(new SharedArrayBuffer(CHUNK_SIZE + 1)),
     );
     let next = 0;
     const fill = () => {
-      while (inflight.length < READ_AHEAD && next < ids.length && spare.length > 0) {
+      while (running.size < READ_AHEAD && next < ids.length && spare.length > 0) {
         const buf = spare.pop()!;
         const id = ids[next++]!;
         // Where the sink lets it, the worker that decodes the chunk also writes its files.
         const plan = source.readChunkAndWrite ? sink.planChunk?.(id) : undefined;
-        if (plan) {
-          const written = source.readChunkAndWrite!(id, buf, plan);
-          written.catch(() => {});
-          inflight.push({ buf, plan: written });
-        } else {
-          const raw = source.readChunk(id, buf);
-          raw.catch(() => {});
-          inflight.push({ buf, raw });
-        }
+        const job = { id, buf } as Job;
+        if (plan) job.plan = source.readChunkAndWrite!(id, buf, plan);
+        else job.raw = source.readChunk(id, buf);
+        job.settled = (job.plan ?? job.raw!).then(
+          () => job,
+          () => job,
+        );
+        running.add(job);
       }
     };
     fill();
-    for (const id of ids) {
+    // Taken as they finish, not in the order sent: a chunk of many small files takes a worker
+    // several times as long as one of a big file, and waiting for it in order left the other
+    // worker without work once its own queue ran dry.
+    while (running.size > 0) {
       signal?.throwIfAborted();
-      const { buf, raw, plan } = inflight.shift()!;
-      if (plan) sink.planDone!(id, await plan);
-      else await sink.applyChunk(id, await raw!);
-      spare.push(buf);
+      const job = await Promise.race(Array.from(running, (j) => j.settled));
+      running.delete(job);
+      if (job.plan) sink.planDone!(job.id, await job.plan);
+      else await sink.applyChunk(job.id, await job.raw!);
+      spare.push(job.buf);
       fill();
       onProgress?.(sink.progress());
     }
@@ -744,7 +755,7 @@ async function runRestore(
     return { target, description: sink.describe(), chunks: ids.length, bytes: sink.progress().bytesDone };
   } catch (err) {
     // Workers may still be writing chunks read ahead: the target must be quiet before it is unmounted.
-    await Promise.allSettled(inflight.map((i) => i.plan ?? i.raw));
+    await Promise.allSettled(Array.from(running, (j) => j.settled));
     await sink.abort(err).catch(() => {});
     if (err instanceof InterruptedError && typeof err.details.signal === 'string' && !err.details.left) {
       throw new InterruptedError(err.details.signal, sink.leftAfterAbort);
