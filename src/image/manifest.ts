@@ -95,7 +95,7 @@ const isObj = (x: unknown): x is Record<string, unknown> =>
 const isCount = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0;
 const ID = /^[0-9a-f]{64}$/;
 
-/** Why `m` is not a usable manifest, or undefined when it is. */
+/** Why `m` is not a usable manifest, or undefined when it is; shares one string per chunk id among its extents. */
 export function manifestProblem(m: unknown): string | undefined {
   if (!isObj(m)) return 'the manifest is not a JSON object';
   if (typeof m.formatVersion !== 'number') return 'formatVersion is missing';
@@ -107,18 +107,18 @@ export function manifestProblem(m: unknown): string | undefined {
   if (!isObj(m.source)) return 'source is missing';
   if (!Array.isArray(m.filesets)) return 'filesets is not a list';
   if (!Array.isArray(m.volumes)) return 'volumes is not a list';
-  // An image has a few hundred chunks and tens of thousands of extents naming them.
-  const goodIds = new Set<string>();
-  const isId = (x: unknown): boolean => {
-    if (typeof x !== 'string') return false;
-    if (goodIds.has(x)) return true;
-    if (!ID.test(x)) return false;
-    goodIds.add(x);
-    return true;
-  };
+  // An image has a few hundred chunks and tens of thousands of extents naming them. Every
+  // extent is given the one string of its id: JSON.parse makes a string per extent, and
+  // each would otherwise be hashed again by every map a restore keys by chunk (and held
+  // apart: ~5 MB for 55k files).
+  const goodIds = new Map<string, string>();
   const extentProblem = (x: unknown, where: string, withChunkOffset: boolean): string | undefined => {
-    if (!isObj(x) || !isCount(x.offset) || !isCount(x.length) || !isId(x.chunk))
+    if (!isObj(x) || !isCount(x.offset) || !isCount(x.length) || typeof x.chunk !== 'string')
       return `${where}: malformed extent`;
+    const id = goodIds.get(x.chunk);
+    if (id !== undefined) x.chunk = id;
+    else if (ID.test(x.chunk)) goodIds.set(x.chunk, x.chunk);
+    else return `${where}: malformed extent`;
     if (withChunkOffset && !isCount(x.chunkOffset)) return `${where}: malformed extent`;
     return undefined;
   };

@@ -489,7 +489,12 @@ export class CompressPool {
    * would otherwise wait for at its first chunks, after the manifest is read.
    */
   warm(): void {
-    while (this.#slots.length < this.size) this.#spawn().worker.postMessage({ warm: true });
+    if (this.#slots.length >= this.size) return;
+    // One at a time: workers booting together took CPU from the thread reading the manifest
+    // on a 2-core machine, the one thing a restore waits for at its start.
+    const { worker } = this.#spawn();
+    worker.postMessage({ warm: true });
+    worker.once('online', () => this.warm());
   }
 
   /** Sends a job whose reply settles `pending`; the worker keeps the process alive while replies are due. */

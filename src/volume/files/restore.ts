@@ -127,8 +127,8 @@ class TreeRestoreImpl implements RestoreSink {
   rootSetgid = false;
   readonly skippedPaths = new Set<string>();
   readonly vfatNames = new Set<string>();
-  /** Every entry by path, excluded ones too: parents are checked against what the image says they are. */
-  readonly byPath = new Map<string, FileEntry>();
+  readonly entries: readonly FileEntry[];
+  #byPath: Map<string, FileEntry> | undefined;
   bytesDone = 0;
   bytesTotal = 0;
   prepared = false;
@@ -154,15 +154,15 @@ class TreeRestoreImpl implements RestoreSink {
     this.lazyFiles = !this.vfat && !opts.resume;
     this.root = resolve(targetDir);
 
-    const byPath = this.byPath;
+    this.entries = entries;
     let excludes = false;
     for (const e of entries) {
       assertEntryPath(e.path);
-      byPath.set(e.path, e);
       if (!excludes && isExcluded(e, opts.fileset)) excludes = true;
     }
-    let wanted: Iterable<string> = byPath.keys();
+    let wanted: Iterable<string> | undefined;
     if (excludes) {
+      const byPath = this.byPath();
       const some = new Set<string>();
       for (const e of entries) {
         if (isExcluded(e, opts.fileset)) continue;
@@ -178,14 +178,25 @@ class TreeRestoreImpl implements RestoreSink {
     const inImageOrder: Item[] = [];
     // Paths are canonical (checked above), so joining them is concatenation.
     const prefix = this.root.endsWith('/') ? this.root : `${this.root}/`;
+    const rootWellFormed = this.root.isWellFormed();
     const byDepth: Item[][] = [];
-    for (const path of wanted) {
-      const entry = byPath.get(path)!;
+    const add = (path: string, entry: FileEntry): void => {
       const abs = path === '.' ? this.root : prefix + path;
       const depth = depthOf(path);
-      const item: Item = { entry, rel: path, abs, fs: fsPath(abs), depth };
+      // Left as a concatenation unless a name is not UTF-8: flattening 55k paths here is time
+      // before the first write, which the system calls that use them spend anyway.
+      const fs = rootWellFormed && path.isWellFormed() ? abs : fsPath(abs);
+      const item: Item = { entry, rel: path, abs, fs, depth };
       inImageOrder.push(item);
       (byDepth[depth] ??= []).push(item);
+    };
+    if (wanted) {
+      const byPath = this.byPath();
+      for (const path of wanted) add(path, byPath.get(path)!);
+    } else {
+      // The whole image: entry order, without a map of 55k paths (~17 ms) that only a
+      // file set's exclusions or an unusual target (checkParents) need.
+      for (const e of entries) add(e.path, e);
     }
     // Parent-first whatever order the manifest has (appended entries may come late); stable within a depth.
     this.items = [];
@@ -242,6 +253,15 @@ class TreeRestoreImpl implements RestoreSink {
         this.bytesDone += r.length;
       }
     }
+  }
+
+  /** Every entry by path, excluded ones too: parents are checked against what the image says they are. */
+  byPath(): Map<string, FileEntry> {
+    if (!this.#byPath) {
+      this.#byPath = new Map();
+      for (const e of this.entries) this.#byPath.set(e.path, e);
+    }
+    return this.#byPath;
   }
 
   progress(): RestoreProgress {
@@ -340,7 +360,7 @@ class TreeRestoreImpl implements RestoreSink {
       if (this.checkedDirs.has(rel)) continue;
       // The image itself says a parent is a symlink (or a file): refused before anything is
       // made there, whether or not that symlink exists yet (symlinks may be made late).
-      const parentType = this.byPath.get(rel)?.type;
+      const parentType = this.byPath().get(rel)?.type;
       if (parentType !== undefined && parentType !== 'dir') {
         throw new ImageError(
           'E_PATH_ESCAPE',
