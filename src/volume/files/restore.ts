@@ -80,6 +80,12 @@ const SYMLINKS_PER_PLAN = 500;
 interface Item {
   entry: FileEntry;
   rel: string;
+  /**
+   * Its folder's image path, made once: the sets of folders are asked about it several
+   * times per entry, and a string kept keeps its hash (a new slice each time was hashed
+   * each time).
+   */
+  parent: string;
   /** Where the entry lands, as an image string (see names.ts): for messages. */
   abs: string;
   /** The same path for the filesystem: `abs`, or its exact bytes when a name is not UTF-8. */
@@ -186,7 +192,7 @@ class TreeRestoreImpl implements RestoreSink {
       // Left as a concatenation unless a name is not UTF-8: flattening 55k paths here is time
       // before the first write, which the system calls that use them spend anyway.
       const fs = rootWellFormed && path.isWellFormed() ? abs : fsPath(abs);
-      const item: Item = { entry, rel: path, abs, fs, depth };
+      const item: Item = { entry, rel: path, parent: parentOf(path), abs, fs, depth };
       inImageOrder.push(item);
       (byDepth[depth] ??= []).push(item);
     };
@@ -281,8 +287,8 @@ class TreeRestoreImpl implements RestoreSink {
     for (const item of this.items) {
       const e = item.entry;
       if (item.rel === '.') continue;
-      if (this.skippedPaths.size > 0 && this.skippedPaths.has(parentOf(item.rel))) {
-        this.skip(item, `${item.rel}: not restored because its directory ${parentOf(item.rel)} was not`);
+      if (this.skippedPaths.size > 0 && this.skippedPaths.has(item.parent)) {
+        this.skip(item, `${item.rel}: not restored because its directory ${item.parent} was not`);
         continue;
       }
       if (e.type === 'socket') {
@@ -351,7 +357,7 @@ class TreeRestoreImpl implements RestoreSink {
   /** Every existing ancestor inside the target must be a real directory, never a symlink. */
   checkParents(item: Item): void {
     // A checked directory's own parents were checked before it: one lookup for nearly every entry.
-    const parent = parentOf(item.rel);
+    const parent = item.parent;
     if (parent === '.' || this.checkedDirs.has(parent)) return;
     const parts = item.rel.split('/');
     let rel = '';
@@ -484,7 +490,7 @@ class TreeRestoreImpl implements RestoreSink {
 
   /** Removes a non-directory left by an earlier restore or extract at the item's place. */
   clearSpot(item: Item): void {
-    if (this.freshDirs.has(parentOf(item.rel))) return;
+    if (this.freshDirs.has(item.parent)) return;
     let st;
     try {
       st = lstatSync(item.fs);
@@ -587,7 +593,7 @@ class TreeRestoreImpl implements RestoreSink {
         const whole = item.onlyChunk === id && item.lazy === true;
         w = { rel: item.rel, path: item.fs, create: whole, clear: false, ranges: [] };
         if (whole) {
-          w.clear = !this.freshDirs.has(parentOf(item.rel));
+          w.clear = !this.freshDirs.has(item.parent);
           if (item.dataEnd !== item.entry.size) w.truncate = item.entry.size ?? 0;
           const meta = this.earlyMeta(item);
           if (meta) w.meta = meta;
@@ -605,7 +611,7 @@ class TreeRestoreImpl implements RestoreSink {
         rel: item.rel,
         path: item.fs,
         create: true,
-        clear: !this.freshDirs.has(parentOf(item.rel)),
+        clear: !this.freshDirs.has(item.parent),
         symlink: fsPath(item.entry.linkTarget ?? ''),
         ranges: [],
       };
@@ -668,12 +674,6 @@ class TreeRestoreImpl implements RestoreSink {
   }
 
   /**
-   * Whether the entry, made by this restore, already has the owner it should: what this
-   * process creates belongs to its user and group, unless the directory it is made in
-   * passes its group on (setgid; see noteMade). Most entries of a system tree are
-   * root's, so this saves a chown for nearly every one when restoring as root.
-   */
-  /**
    * A directory this restore made is plain (this process's group, no setgid) only if
    * its parent is: a setgid directory hands both its group and its setgid bit to the
    * directories made in it.
@@ -683,8 +683,14 @@ class TreeRestoreImpl implements RestoreSink {
     if (parent === '.' ? !this.rootSetgid : this.madeDirs.has(parent)) this.madeDirs.add(rel);
   }
 
+  /**
+   * Whether the entry, made by this restore, already has the owner it should: what this
+   * process creates belongs to its user and group, unless the directory it is made in
+   * passes its group on (setgid; see noteMade). Most entries of a system tree are
+   * root's, so this saves a chown for nearly every one when restoring as root.
+   */
   ownedAsIs(item: Item): boolean {
-    return item.entry.uid === EUID && item.entry.gid === EGID && this.madeDirs.has(parentOf(item.rel));
+    return item.entry.uid === EUID && item.entry.gid === EGID && this.madeDirs.has(item.parent);
   }
 
   /**
