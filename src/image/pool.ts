@@ -256,6 +256,17 @@ function textJob(job) {
 }
 
 parentPort.on('message', (job) => {
+  if (job.mkdirs) {
+    // Folders, parents first, for a restore that fills them next (makeDirs).
+    let i = 0;
+    try {
+      for (; i < job.mkdirs.length; i++) fs.mkdirSync(job.mkdirs[i], job.mode);
+      parentPort.postMessage({ seq: job.seq, made: { ok: true } });
+    } catch (err) {
+      parentPort.postMessage({ seq: job.seq, made: { ok: false, index: i, reason: String(err.message || err), code: err.code } });
+    }
+    return;
+  }
   if (job.warm) {
     // Loads what jobs use (zstd, the hash), so the first real job does not wait for it.
     crypto.hash('sha256', Buffer.alloc(0));
@@ -327,7 +338,11 @@ interface Pending {
   resolveText?: (r: HashedText) => void;
   /** Decode jobs resolve with why the chunk is damaged (undefined: intact) and what their writes met. */
   resolveDecoded?: (r: { damage?: string; written?: ChunkWriteOutcome }) => void;
+  resolveMade?: (r: DirsOutcome) => void;
 }
+
+/** What a makeDirs job met: all made, or the first folder that could not be. */
+export type DirsOutcome = { ok: true } | { ok: false; index: number; reason: string; code?: string };
 
 interface Slot {
   worker: Worker;
@@ -441,6 +456,17 @@ export class CompressPool {
   }
 
   /**
+   * Creates folders, in the order given (parents first), with `mode`, on a worker: a
+   * restore's 3k folders then appear while its own thread is busy with the entries.
+   */
+  makeDirs(paths: ReadonlyArray<string | Buffer>, mode: number): Promise<DirsOutcome> {
+    const slot = this.#pick();
+    return new Promise((resolveMade, reject) => {
+      this.#post(slot, { resolve: () => {}, resolveMade, reject }, { mkdirs: paths, mode });
+    });
+  }
+
+  /**
    * A text hashed and compressed by a worker while the caller produces the rest of it:
    * the manifest of a capture (17 MB of JSON for 55k files) was hashed on the main thread
    * and compressed by zlib's async stream, which only advances when the main thread's
@@ -533,12 +559,15 @@ export class CompressPool {
         decoded?: boolean;
         damage?: string;
         written?: ChunkWriteOutcome;
+        made?: DirsOutcome;
       }) => {
         const p = slot.jobs.get(m.seq);
         if (!p) return;
         slot.jobs.delete(m.seq);
         if (slot.jobs.size === 0) worker.unref();
-        if (m.error === undefined && m.decoded && p.resolveDecoded) {
+        if (m.error === undefined && m.made && p.resolveMade) {
+          p.resolveMade(m.made);
+        } else if (m.error === undefined && m.decoded && p.resolveDecoded) {
           p.resolveDecoded({
             ...(m.damage !== undefined ? { damage: m.damage } : {}),
             ...(m.written !== undefined ? { written: m.written } : {}),

@@ -42,6 +42,7 @@ import type {
   FileWrite,
   FilesystemType,
 } from '../../image/types.ts';
+import { CompressPool, type DirsOutcome } from '../../image/pool.ts';
 import { FileVolumeError } from './errors.ts';
 import { displayName, fsPath } from './names.ts';
 import { assertEntryPath } from './paths.ts';
@@ -281,8 +282,12 @@ class TreeRestoreImpl implements RestoreSink {
 
   async prepare(): Promise<void> {
     mkdirSync(this.root, { recursive: true });
-    if (readdirSync(this.root).every((n) => n === 'lost+found')) this.freshDirs.add('.');
+    const present = readdirSync(this.root);
+    if (present.every((n) => n === 'lost+found')) this.freshDirs.add('.');
     this.rootSetgid = (lstatSync(this.root).mode & 0o2000) !== 0;
+    const dirsMade = this.makeDirsAside(present);
+    /** Files spread over several chunks, made once their folders exist. */
+    const later: Item[] = [];
     const nodes: Item[] = [];
     for (const item of this.items) {
       const e = item.entry;
@@ -313,11 +318,15 @@ class TreeRestoreImpl implements RestoreSink {
       }
       this.checkParents(item);
       try {
-        if (e.type === 'dir') this.makeDir(item);
-        else if (e.type === 'file') {
+        if (e.type === 'dir') {
+          if (!dirsMade?.made.has(item)) this.makeDir(item);
+        } else if (e.type === 'file') {
           // A file spread over several chunks is made here: their writers may run at once.
           if (this.lazyFiles && item.onlyChunk !== undefined) item.lazy = true;
-          else if (item.remaining !== undefined) this.makeFile(item);
+          else if (item.remaining !== undefined) {
+            if (dirsMade) later.push(item);
+            else this.makeFile(item);
+          }
         } else if (e.type === 'symlink') {
           // Made by the workers beside the chunk writes when they can (planChunk), else below.
           if (this.lazyFiles) this.pendingSymlinks.push(item);
@@ -342,8 +351,61 @@ class TreeRestoreImpl implements RestoreSink {
         throw restoreError(item.abs, `cannot create ${e.type}`, err);
       }
     }
+    if (dirsMade) {
+      const made = await dirsMade.promise;
+      if (!made.ok) {
+        const err = Object.assign(new Error(made.reason), made.code ? { code: made.code } : {});
+        throw restoreError(dirsMade.dirs[made.index]!.abs, 'cannot create directory', err);
+      }
+      for (const item of later) {
+        try {
+          this.makeFile(item);
+        } catch (err) {
+          if (err instanceof ImageError || err instanceof FileVolumeError) throw err;
+          throw restoreError(item.abs, 'cannot create file', err);
+        }
+      }
+    }
     await this.makeNodes(nodes);
     this.prepared = true;
+  }
+
+  /**
+   * Into a fresh target (nothing there yet, no file set leaving folders out, not vfat, not
+   * a resume) a pool worker makes every folder while this thread goes through the entries:
+   * 3.2k mkdirs (~45 ms) had the restore's start to themselves. Undefined where the folders
+   * need the checks of makeDir and checkParents: a target with things in it, or an entry
+   * whose folder is not a folder of the image.
+   */
+  makeDirsAside(
+    present: string[],
+  ): { promise: Promise<DirsOutcome>; dirs: Item[]; made: Set<Item> } | undefined {
+    if (!this.lazyFiles || !this.freshDirs.has('.')) return undefined;
+    const dirs: Item[] = [];
+    const dirPaths = new Set<string>();
+    for (const item of this.items) {
+      if (item.entry.type === 'dir' && item.rel !== '.') {
+        dirPaths.add(item.rel);
+        // A new filesystem's lost+found is already there: makeDir takes it as it is.
+        if (!present.includes(item.rel)) dirs.push(item);
+      }
+    }
+    for (const item of this.items) {
+      if (item.rel !== '.' && item.parent !== '.' && !dirPaths.has(item.parent)) return undefined;
+    }
+    // As makeDir would note them; items come parents first, so noteMade sees each parent first.
+    for (const item of dirs) {
+      this.freshDirs.add(item.rel);
+      this.noteMade(item.rel);
+      this.checkedDirs.add(item.rel);
+    }
+    // Owner-only while they are filled; their modes come in finish(), as makeDir does.
+    const promise = CompressPool.shared().makeDirs(
+      dirs.map((i) => i.fs),
+      0o700,
+    );
+    promise.catch(() => {});
+    return { promise, dirs, made: new Set(dirs) };
   }
 
   skip(item: Item, msg: string): void {

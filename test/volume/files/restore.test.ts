@@ -193,6 +193,38 @@ test('from an image file, a write a worker cannot make fails the restore and nam
   assert.ok(lstatSync(join(dst, 'sub/file/inside')).isDirectory());
 });
 
+test('into an empty target a pool worker makes the folders; one it cannot make fails prepare() and is named', async (t) => {
+  const dir = (path: string): FileEntry => ({
+    path,
+    type: 'dir',
+    mode: 0o755,
+    uid: 0,
+    gid: 0,
+    mtimeNs: '1700000000000000000',
+    atimeNs: '1700000000000000000',
+    addedIn: 1,
+  });
+  const tooLong = `a/b/${'x'.repeat(300)}`;
+  const dst = await scratchDir(t);
+  const restore = createTreeRestore([dir('.'), dir('a'), dir('a/b'), dir(tooLong), dir('c')], dst, {
+    fileset: 1,
+    fsType: 'ext4',
+  });
+  await assert.rejects(restore.prepare(), (err: Error & { code?: string; details?: { errno?: string } }) => {
+    assert.equal(err.code, 'E_RESTORE_IO');
+    assert.equal(err.details?.errno, 'ENAMETOOLONG');
+    assert.ok(err.message.includes(`cannot create directory ${join(dst, tooLong)}`), err.message);
+    return true;
+  });
+  // Made before it, parents first, with the owner-only mode a restore fills folders under.
+  assert.equal(lstatSync(join(dst, 'a/b')).mode & 0o777, 0o700);
+  // A folder that already exists where the target was not empty goes through the checks instead.
+  const busy = await scratchDir(t);
+  writeFileSync(join(busy, 'c'), 'a file where the image has a folder');
+  const second = createTreeRestore([dir('.'), dir('a'), dir('c')], busy, { fileset: 1, fsType: 'ext4' });
+  await assert.rejects(second.prepare(), /cannot create directory .*\/c: something else is already there/);
+});
+
 test('finish() rejects naming the missing chunks and files', async (t) => {
   const { store, entries } = await captured(t, false);
   const dst = await scratchDir(t);
