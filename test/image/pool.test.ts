@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { zstdDecompressSync } from 'node:zlib';
 
@@ -129,4 +132,23 @@ test('a text stream whose worker is gone fails at end instead of waiting forever
   s2.abort();
   s2.abort();
   await pool2.close();
+});
+
+test('makeDirs makes folders in order with the mode given, and names the first it cannot make', async (t) => {
+  const pool = new CompressPool(1);
+  t.after(() => pool.close());
+  const root = mkdtempSync(join(tmpdir(), 'imgcast-pool-'));
+  t.after(() => rmSync(root, { recursive: true, force: true }));
+  const made = await pool.makeDirs(
+    [join(root, 'a'), join(root, 'a/b'), Buffer.from(join(root, 'a/b/\xff'), 'latin1')],
+    0o700,
+  );
+  assert.deepEqual(made, { ok: true });
+  assert.equal(statSync(join(root, 'a/b')).mode & 0o777, 0o700 & ~process.umask());
+  assert.ok(readdirSync(join(root, 'a/b'), { encoding: 'buffer' })[0]!.equals(Buffer.from([0xff])));
+  const failed = await pool.makeDirs([join(root, 'c'), join(root, 'missing/d'), join(root, 'e')], 0o755);
+  assert.equal(failed.ok, false);
+  assert.ok(!failed.ok && failed.index === 1 && failed.code === 'ENOENT', JSON.stringify(failed));
+  assert.ok(statSync(join(root, 'c')).isDirectory());
+  assert.throws(() => statSync(join(root, 'e')), /ENOENT/);
 });

@@ -371,7 +371,7 @@ class TreeRestoreImpl implements RestoreSink {
   }
 
   /**
-   * Into a fresh target (nothing there yet, no file set leaving folders out, not vfat, not
+   * Into a fresh target (nothing there yet but a new filesystem's lost+found; not vfat, not
    * a resume) a pool worker makes every folder while this thread goes through the entries:
    * 3.2k mkdirs (~45 ms) had the restore's start to themselves. Undefined where the folders
    * need the checks of makeDir and checkParents: a target with things in it, or an entry
