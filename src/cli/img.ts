@@ -7,7 +7,7 @@ import { UsageError } from '../errors.ts';
 import type { ImageReader } from '../image/reader.ts';
 import { COMPRESSION_LEVELS, DEFAULT_LEVEL, type CompressionLevel } from '../image/types.ts';
 import { displayName } from '../volume/files/names.ts';
-import { VERSION, emit, formatBytes, runCommand, startProgress } from './output.ts';
+import { VERSION, emit, formatBytes, runCommand, withProgress } from './output.ts';
 import { describeListing, describeInfo, describeVerify } from './render.ts';
 import { addReceiveCommand } from './receive.ts';
 
@@ -57,22 +57,18 @@ export function buildImgProgram(): Command {
           'img',
           !!o.json,
           async (signal) => {
-            const bar = startProgress('capture', { json: !!o.json });
-            try {
-              const { makeImage } = await import('../engine/make.ts');
-              const { describeManifest } = await import('../engine/explorer.ts');
-              const result = await makeImage(source, image, {
+            const { makeImage } = await import('../engine/make.ts');
+            const { describeManifest } = await import('../engine/explorer.ts');
+            const result = await withProgress('capture', { json: !!o.json }, (update) =>
+              makeImage(source, image, {
                 level: o.level,
                 overwrite: !!o.force,
-                onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
+                onProgress: (p) => update(p.bytesDone, p.bytesTotal),
                 signal,
-              });
-              bar.stop();
-              const info = describeManifest(result.manifest, result.image!);
-              emit(!!o.json, { ...info, stats: result.stats }, () => describeInfo(info));
-            } finally {
-              bar.stop();
-            }
+              }),
+            );
+            const info = describeManifest(result.manifest, result.image!);
+            emit(!!o.json, { ...info, stats: result.stats }, () => describeInfo(info));
           },
           { interruptible: true },
         ),
@@ -91,25 +87,21 @@ export function buildImgProgram(): Command {
         'img',
         !!o.json,
         async (signal) => {
-          const bar = startProgress('restore', { json: !!o.json });
-          try {
-            const { restoreImage } = await import('../engine/restore.ts');
-            const result = await restoreImage(image, target, {
+          const { restoreImage } = await import('../engine/restore.ts');
+          const result = await withProgress('restore', { json: !!o.json }, (update) =>
+            restoreImage(image, target, {
               fileset: o.fileset ?? 1,
               force: !!o.force,
-              onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
+              onProgress: (p) => update(p.bytesDone, p.bytesTotal),
               signal,
-            });
-            bar.stop();
-            emit(
-              !!o.json,
-              { ok: true, image, fileset: o.fileset ?? 1, ...result },
-              () =>
-                `restored ${image} (file set ${o.fileset ?? 1}) to ${result.description}: ${result.chunks} chunks, ${formatBytes(result.bytes)}, each verified against its hash`,
-            );
-          } finally {
-            bar.stop();
-          }
+            }),
+          );
+          emit(
+            !!o.json,
+            { ok: true, image, fileset: o.fileset ?? 1, ...result },
+            () =>
+              `restored ${image} (file set ${o.fileset ?? 1}) to ${result.description}: ${result.chunks} chunks, ${formatBytes(result.bytes)}, each verified against its hash`,
+          );
         },
         { interruptible: true },
       ),
@@ -187,18 +179,14 @@ export function buildImgProgram(): Command {
     .addOption(json())
     .action((image: string, paths: string[], o: { to: string; fileset?: number; json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
-        const bar = startProgress('extract', { json: !!o.json });
-        try {
-          const { extractPaths } = await import('../engine/explorer.ts');
-          const r = await extractPaths(image, paths, o.to, {
+        const { extractPaths } = await import('../engine/explorer.ts');
+        const r = await withProgress('extract', { json: !!o.json }, (update) =>
+          extractPaths(image, paths, o.to, {
             fileset: o.fileset ?? 1,
-            onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
-          });
-          bar.stop();
-          emit(!!o.json, r, () => `extracted ${r.entries} entries (${formatBytes(r.bytes)}) to ${o.to}`);
-        } finally {
-          bar.stop();
-        }
+            onProgress: (p) => update(p.bytesDone, p.bytesTotal),
+          }),
+        );
+        emit(!!o.json, r, () => `extracted ${r.entries} entries (${formatBytes(r.bytes)}) to ${o.to}`);
       }),
     );
 
@@ -295,10 +283,10 @@ export function buildImgProgram(): Command {
     .addOption(json())
     .action((image: string, o: { json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
-        const bar = startProgress('verify', { json: !!o.json, bytes: false });
         const { verifyImage } = await import('../image/verify.ts');
-        const report = await verifyImage(image, { onProgress: (done, total) => bar.update(done, total) });
-        bar.stop();
+        const report = await withProgress('verify', { json: !!o.json, bytes: false }, (update) =>
+          verifyImage(image, { onProgress: update }),
+        );
         emit(!!o.json, report, () => describeVerify(image, report));
         return report.ok ? 0 : 1;
       }),
@@ -311,14 +299,10 @@ export function buildImgProgram(): Command {
     .addOption(json())
     .action((image: string, o: { json?: boolean }) =>
       runCommand('img', !!o.json, async () => {
-        const bar = startProgress('compact', { json: !!o.json, bytes: false });
-        let r;
-        try {
-          const { compactImage } = await import('../image/compact.ts');
-          r = await compactImage(image, { onProgress: (done, total) => bar.update(done, total) });
-        } finally {
-          bar.stop();
-        }
+        const { compactImage } = await import('../image/compact.ts');
+        const r = await withProgress('compact', { json: !!o.json, bytes: false }, (update) =>
+          compactImage(image, { onProgress: update }),
+        );
         emit(
           !!o.json,
           r,

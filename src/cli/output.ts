@@ -43,7 +43,24 @@ export function formatDuration(seconds: number): string {
 }
 
 /** A progress bar on stderr when it is a terminal and output is not JSON; otherwise a no-op. */
-export function startProgress(label: string, opts: { json: boolean; bytes?: boolean }): Progress {
+/**
+ * Runs `work` with a progress bar (startProgress) that is stopped however `work` ends,
+ * so whatever is printed next starts on a clean line.
+ */
+export async function withProgress<T>(
+  label: string,
+  opts: { json: boolean; bytes?: boolean },
+  work: (update: Progress['update']) => Promise<T>,
+): Promise<T> {
+  const bar = startProgress(label, opts);
+  try {
+    return await work((done, total) => bar.update(done, total));
+  } finally {
+    bar.stop();
+  }
+}
+
+function startProgress(label: string, opts: { json: boolean; bytes?: boolean }): Progress {
   if (opts.json || !process.stderr.isTTY) return { update() {}, stop() {} };
   // Loaded only for a terminal: scripts and pipes never draw a bar, so they skip its start-up.
   const cliProgress = createRequire(import.meta.url)('cli-progress') as typeof cliProgressModule;

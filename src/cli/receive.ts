@@ -1,6 +1,6 @@
 /** `img receive`: join a multicast send and write what it carries to a disk, partition or folder. */
 import type { Command } from 'commander';
-import { emit, formatBytes, runCommand, startProgress } from './output.ts';
+import { emit, formatBytes, runCommand, withProgress } from './output.ts';
 
 export function addReceiveCommand(program: Command): void {
   program
@@ -50,9 +50,8 @@ export function addReceiveCommand(program: Command): void {
         runCommand('img', !!o.json, async () => {
           // Loaded here: the transport is a quarter of img's start-up, which every other command skips.
           const { receiveCommand } = await import('../transport/cli.ts');
-          const bar = startProgress('receive', { json: !!o.json });
-          try {
-            const r = await receiveCommand({
+          const r = await withProgress('receive', { json: !!o.json }, (update) =>
+            receiveCommand({
               from: o.from,
               to: o.to,
               raw: o.raw,
@@ -63,20 +62,17 @@ export function addReceiveCommand(program: Command): void {
               restart: !!o.restart,
               force: !!o.force,
               tuneReassembly: o.tuneReassembly !== false,
-              onProgress: (p) => bar.update(p.bytes, p.totalBytes),
+              onProgress: (p) => update(p.bytes, p.totalBytes),
               log: o.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
-            });
-            bar.stop();
-            emit(
-              !!o.json,
-              r,
-              () =>
-                `received ${r.chunks}/${r.totalChunks} chunks (${formatBytes(r.bytes)}) in ${(r.durationMs / 1000).toFixed(1)} s into ${o.to}, verified` +
-                (r.chunksHad ? `; ${r.chunksHad} chunks were already there (resumed)` : ''),
-            );
-          } finally {
-            bar.stop();
-          }
+            }),
+          );
+          emit(
+            !!o.json,
+            r,
+            () =>
+              `received ${r.chunks}/${r.totalChunks} chunks (${formatBytes(r.bytes)}) in ${(r.durationMs / 1000).toFixed(1)} s into ${o.to}, verified` +
+              (r.chunksHad ? `; ${r.chunksHad} chunks were already there (resumed)` : ''),
+          );
         }),
     );
 }

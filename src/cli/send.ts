@@ -5,7 +5,7 @@ import { MAX_SEND_THREADS } from '../transport/datagram-out.ts';
 import { DEFAULT_DATAGRAM, FRAG_PAYLOAD, MAX_DATAGRAM, UNIT_DATAGRAM } from '../transport/packet.ts';
 import type { SenderProgress, SenderResult } from '../transport/types.ts';
 import { parseFileset } from './img.ts';
-import { emit, formatBytes, runCommand, startProgress } from './output.ts';
+import { emit, formatBytes, runCommand, withProgress } from './output.ts';
 
 export function positiveNumber(what: string) {
   return (value: string): number => {
@@ -134,9 +134,8 @@ export function addSendCommand(program: Command): void {
         },
       ) =>
         runCommand('imgcast', !!o.json, async () => {
-          const bar = startProgress('send', { json: !!o.json });
-          try {
-            const result = await sendCommand(image, {
+          const result = await withProgress('send', { json: !!o.json }, (update) =>
+            sendCommand(image, {
               raw: o.raw,
               fileset: o.fileset,
               clients: o.clients,
@@ -154,14 +153,11 @@ export function addSendCommand(program: Command): void {
               onProgress: (p: SenderProgress) => {
                 const total = p.receivers.reduce((n, r) => n + r.totalBytes, 0);
                 const done = p.receivers.reduce((n, r) => n + r.bytes, 0);
-                bar.update(done, total);
+                update(done, total);
               },
-            });
-            bar.stop();
-            emit(!!o.json, result, () => describeResult(result));
-          } finally {
-            bar.stop();
-          }
+            }),
+          );
+          emit(!!o.json, result, () => describeResult(result));
         }),
     );
 }

@@ -698,7 +698,7 @@ class TreeRestoreImpl implements RestoreSink {
       throw restoreError(join(this.root, outcome.rel), `cannot write (chunk ${id})`, err);
     }
     this.ownersDenied += outcome.ownersDenied;
-    for (const item of this.plannedSymlinks.get(id) ?? []) if (this.metaEarly(item)) item.metaDone = true;
+    for (const item of this.plannedSymlinks.get(id) ?? []) if (this.metaWhereMade(item)) item.metaDone = true;
     this.plannedSymlinks.delete(id);
     for (const r of this.ranges.get(id) ?? []) {
       const item = r.item;
@@ -707,14 +707,14 @@ class TreeRestoreImpl implements RestoreSink {
       item.remaining = (item.remaining ?? 0) - r.length;
       if (item.onlyChunk === id && item.lazy) {
         item.lazy = false;
-        if (this.metaEarly(item)) item.metaDone = true;
+        if (this.metaWhereMade(item)) item.metaDone = true;
       }
     }
     this.applied.add(id);
   }
 
-  /** Whether an entry gets its owner, mode and times where it is made (earlyMeta). */
-  metaEarly(item: Item): boolean {
+  /** Whether an entry gets its owner, mode and times where it is made, by the worker or completeFile (see earlyMeta). */
+  metaWhereMade(item: Item): boolean {
     const x = item.entry.xattrs;
     if (!this.lazyFiles) return false;
     for (const _ in x) return false;
@@ -723,7 +723,7 @@ class TreeRestoreImpl implements RestoreSink {
 
   /** Owner, mode and times for a file nothing has to touch by name afterwards (no xattrs; not vfat). */
   earlyMeta(item: Item): FileWrite['meta'] {
-    if (!this.metaEarly(item)) return undefined;
+    if (!this.metaWhereMade(item)) return undefined;
     const e = item.entry;
     return {
       uid: e.uid,
