@@ -462,15 +462,24 @@ test(
     t.diagnostic(
       `datagrams by units: no loss ${JSON.stringify(baseUnits)}, r3 at 20 % ${JSON.stringify(slowUnits)}`,
     );
-    // Without loss the sender uses the biggest datagrams (16 units = 23132 bytes, IP-fragmented on
-    // the wire: the receivers' kernels reassembled them) for most of the data...
-    // (by units carried: the sender starts at one unit and doubles k per loss report).
+    // Without loss the sender moves to big datagrams (up to 16 units = 23132 bytes, IP-fragmented
+    // on the wire: the receivers' kernels reassembled them) for most of the data...
+    // (by units carried; the sender starts at one unit and at most doubles k per decision, and on a
+    // busy machine a stray drop or a short sample holds it at 6 or 12 for a while: CI once saw
+    // 56 % of the units at 16 and 70 % at 8 or more, against 73 % and 84 % on a quiet one).
     const big = MAX_UNITS;
-    const unitsIn = (a: number[]): number => a.reduce((x, n, k) => x + n * k, 0);
-    assert.ok(baseUnits[big]! * big > unitsIn(baseUnits) * 0.6, `no loss: ${JSON.stringify(baseUnits)}`);
+    const unitsIn = (a: number[], from = 0): number => a.reduce((x, n, k) => (k >= from ? x + n * k : x), 0);
+    assert.ok(
+      unitsIn(baseUnits, big / 2) > unitsIn(baseUnits) * 0.6,
+      `no loss: ${JSON.stringify(baseUnits)}`,
+    );
+    assert.ok(baseUnits[big]! > 0, `no loss, never at ${big} units: ${JSON.stringify(baseUnits)}`);
     assert.ok(reassembly(lab, 1).oks - reasmBefore >= baseUnits[big]! * 0.5, 'r1 reassembled few datagrams');
     // ...and with one receiver losing 20 % of the frames it uses smaller ones most of the time.
-    assert.ok(slowUnits[big]! * big < unitsIn(slowUnits) * 0.5, `r3 at 20 %: ${JSON.stringify(slowUnits)}`);
+    assert.ok(
+      unitsIn(slowUnits, big / 2) < unitsIn(slowUnits) * 0.5,
+      `r3 at 20 %: ${JSON.stringify(slowUnits)}`,
+    );
     for (const h of [1, 2]) {
       assert.equal(slow.rr[h - 1]!.ok, true, `r${h}: ${slow.rr[h - 1]!.message}`);
       assert.equal(sha256(join(dir, `r${h}-true.bin`)), sum);
