@@ -4,6 +4,7 @@
  */
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import type { RestoreProgress, RestoreSink } from '../engine/types.ts';
+import { writeFull } from '../file-write.ts';
 import { CHUNK_SIZE, type ChunkSink, type RawExtent } from '../image/types.ts';
 import { DiskError } from './errors.ts';
 import { runTool } from './exec.ts';
@@ -206,7 +207,7 @@ export function createRawRestore(
         toolWorks = false;
       }
       for (let p = from; p < to; p += zeros.length) {
-        await handle.write(zeros, 0, Math.min(zeros.length, to - p), p);
+        await writeFull(handle, zeros, 0, Math.min(zeros.length, to - p), p);
       }
     }
   }
@@ -238,11 +239,7 @@ export function createRawRestore(
           );
         }
         try {
-          let done = 0;
-          while (done < x.length) {
-            const { bytesWritten } = await fh.write(raw, done, x.length - done, extentBase + x.offset + done);
-            done += bytesWritten;
-          }
+          await writeFull(fh, raw, 0, x.length, extentBase + x.offset);
         } catch (err) {
           throw new DiskError(
             'E_DISK_IO',

@@ -13,6 +13,7 @@
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
+import { writeAll } from '../file-write.ts';
 import { chunkId, decodeChunk, encodeChunk } from './codec.ts';
 import {
   RECORD_CHUNK,
@@ -26,7 +27,6 @@ import { encodeManifest } from './manifest-encoding.ts';
 import { ioError } from './io.ts';
 import { ImageReader } from './reader.ts';
 import { CHUNK_SIZE, FORMAT_VERSION, type FileExtent, type Manifest } from './types.ts';
-import { writeAll } from './writer.ts';
 
 export interface CompactResult {
   bytesBefore: number;

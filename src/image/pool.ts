@@ -10,6 +10,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 
+import { WRITE_PIECE } from '../file-write.ts';
 import { CODEC_NONE, CODEC_ZSTD, LEVEL_PARAMS } from './codec.ts';
 import type { ChunkWriteOutcome, ChunkWritePlan, CompressionLevel } from './types.ts';
 
@@ -145,6 +146,8 @@ function decodeJob(job) {
  * written, its owner, mode and times set through the descriptor. Returns the outcome.
  */
 const fs = process.getBuiltinModule('node:fs');
+// Writes in pieces for the reason file-write.ts gives.
+const WRITE_PIECE = ${WRITE_PIECE};
 function writeJob(raw, plan) {
   const C = fs.constants;
   let ownersDenied = 0;
@@ -191,7 +194,10 @@ function writeJob(raw, plan) {
         const chunkOffset = w.ranges[i + 1];
         const length = w.ranges[i + 2];
         let done = 0;
-        while (done < length) done += fs.writeSync(fd, raw, chunkOffset + done, length - done, fileOffset + done);
+        while (done < length) {
+          const n = Math.min(length - done, WRITE_PIECE);
+          done += fs.writeSync(fd, raw, chunkOffset + done, n, fileOffset + done);
+        }
       }
       if (m) {
         try {

@@ -12,6 +12,7 @@ import { link, open, rename, stat, unlink, type FileHandle } from 'node:fs/promi
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 
+import { writeAll } from '../file-write.ts';
 import { CODEC_NONE, chunkId } from './codec.ts';
 import { ImageError } from './errors.ts';
 import {
@@ -571,17 +572,4 @@ async function fsyncDir(dir: string): Promise<void> {
   if (!fh) return;
   await fh.sync().catch(() => {});
   await fh.close().catch(() => {});
-}
-
-/** writev may write less than asked; finish the rest. */
-export async function writeAll(fh: FileHandle, bufs: Buffer[], position: number): Promise<void> {
-  const total = bufs.reduce((n, b) => n + b.length, 0);
-  let done = (await fh.writev(bufs, position)).bytesWritten;
-  if (done === total) return;
-  const all = Buffer.concat(bufs);
-  while (done < total) {
-    const { bytesWritten } = await fh.write(all, done, total - done, position + done);
-    if (bytesWritten === 0) throw new Error('write made no progress');
-    done += bytesWritten;
-  }
 }

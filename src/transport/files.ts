@@ -5,6 +5,7 @@
  */
 import { webcrypto } from 'node:crypto';
 import { open, rm, type FileHandle } from 'node:fs/promises';
+import { writeFull } from '../file-write.ts';
 import { CODEC_NONE } from './chunkwire.ts';
 import { TransportError } from './errors.ts';
 import { openJournal, readJournal, sessionFingerprint } from './journal.ts';
@@ -149,11 +150,7 @@ export function fileConsumer(path: string, opts: { journalPath?: string } = {}):
       if (!fh || !offs)
         throw new TransportError('E_CONSUMER', `chunk ${id} does not belong in ${path}`, { path });
       for (const o of offs) {
-        let done = 0;
-        while (done < raw.length) {
-          const { bytesWritten } = await fh.write(raw, done, raw.length - done, o + done);
-          done += bytesWritten;
-        }
+        await writeFull(fh, raw, 0, raw.length, o);
       }
     },
     async finish(): Promise<void> {

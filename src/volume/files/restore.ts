@@ -29,10 +29,10 @@ import {
   rmSync,
   symlinkSync,
   unlinkSync,
-  writeSync,
 } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { RestoreProgress, RestoreSink } from '../../engine/types.ts';
+import { writeFullSync } from '../../file-write.ts';
 import { ImageError } from '../../image/errors.ts';
 import { checkFileset, isExcluded } from '../../image/fileset.ts';
 import type {
@@ -622,10 +622,7 @@ class TreeRestoreImpl implements RestoreSink {
       }
       const fd = this.fdFor(r.item);
       try {
-        let done = 0;
-        while (done < r.length) {
-          done += writeSync(fd, raw, r.chunkOffset + done, r.length - done, r.fileOffset + done);
-        }
+        writeFullSync(fd, raw, r.chunkOffset, r.length, r.fileOffset);
       } catch (err) {
         throw restoreError(r.item.abs, `cannot write (chunk ${id})`, err);
       }
