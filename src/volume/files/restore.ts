@@ -42,7 +42,7 @@ import type {
   FileWrite,
   FilesystemType,
 } from '../../image/types.ts';
-import { CompressPool, type DirsOutcome } from '../../image/pool.ts';
+import { CompressPool } from '../../image/pool.ts';
 import { FileVolumeError } from './errors.ts';
 import { displayName, fsPath } from './names.ts';
 import { assertEntryPath } from './paths.ts';
@@ -105,6 +105,9 @@ interface Item {
   /** A regular file's bytes not written yet (undefined: not a file with data to write). */
   remaining?: number;
 }
+
+/** What the workers making a fresh target's folders met: all made, or the first they could not make. */
+type DirsMade = { ok: true } | { ok: false; item: Item; reason: string; code?: string };
 
 interface Range {
   item: Item;
@@ -355,7 +358,7 @@ class TreeRestoreImpl implements RestoreSink {
       const made = await dirsMade.promise;
       if (!made.ok) {
         const err = Object.assign(new Error(made.reason), made.code ? { code: made.code } : {});
-        throw restoreError(dirsMade.dirs[made.index]!.abs, 'cannot create directory', err);
+        throw restoreError(made.item.abs, 'cannot create directory', err);
       }
       for (const item of later) {
         try {
@@ -372,14 +375,14 @@ class TreeRestoreImpl implements RestoreSink {
 
   /**
    * Into a fresh target (nothing there yet but a new filesystem's lost+found; not vfat, not
-   * a resume) a pool worker makes every folder while this thread goes through the entries:
-   * 3.2k mkdirs (~45 ms) had the restore's start to themselves. Undefined where the folders
-   * need the checks of makeDir and checkParents: a target with things in it, or an entry
-   * whose folder is not a folder of the image.
+   * a resume) the pool's workers make every folder while this thread goes through the
+   * entries: 3.2k mkdirs (~55 ms on one worker) had the restore's start to themselves. The
+   * top-level folders are made here first; below them each second-level subtree goes whole
+   * to one worker, so every worker's list is parents first and the lists need no order
+   * between them. Undefined where the folders need the checks of makeDir and checkParents:
+   * a target with things in it, or an entry whose folder is not a folder of the image.
    */
-  makeDirsAside(
-    present: string[],
-  ): { promise: Promise<DirsOutcome>; dirs: Item[]; made: Set<Item> } | undefined {
+  makeDirsAside(present: string[]): { promise: Promise<DirsMade>; made: Set<Item> } | undefined {
     if (!this.lazyFiles || !this.freshDirs.has('.')) return undefined;
     const dirs: Item[] = [];
     const dirPaths = new Set<string>();
@@ -400,12 +403,53 @@ class TreeRestoreImpl implements RestoreSink {
       this.checkedDirs.add(item.rel);
     }
     // Owner-only while they are filled; their modes come in finish(), as makeDir does.
-    const promise = CompressPool.shared().makeDirs(
-      dirs.map((i) => i.fs),
-      0o700,
-    );
+    const mode = 0o700;
+    const subtrees = new Map<string, Item[]>();
+    for (const item of dirs) {
+      if (item.depth === 1) {
+        try {
+          mkdirSync(item.fs, mode);
+        } catch (err) {
+          throw restoreError(item.abs, 'cannot create directory', err);
+        }
+        continue;
+      }
+      // Its second-level ancestor (or itself, at the second level).
+      const second = item.rel.indexOf('/', item.rel.indexOf('/') + 1);
+      const top = second < 0 ? item.rel : item.rel.slice(0, second);
+      let list = subtrees.get(top);
+      if (!list) subtrees.set(top, (list = []));
+      list.push(item);
+    }
+    // Biggest subtrees first, each to the worker with the fewest folders so far.
+    const pool = CompressPool.shared();
+    const shares: Item[][] = Array.from({ length: Math.max(1, pool.size) }, () => []);
+    for (const list of [...subtrees.values()].sort((a, b) => b.length - a.length)) {
+      const share = shares.reduce((a, b) => (b.length < a.length ? b : a));
+      for (const item of list) share.push(item);
+    }
+    const jobs = shares
+      .filter((share) => share.length > 0)
+      .map((share) =>
+        pool
+          .makeDirs(
+            share.map((i) => i.fs),
+            mode,
+          )
+          .then((made): DirsMade =>
+            made.ok
+              ? made
+              : {
+                  ok: false,
+                  item: share[made.index]!,
+                  reason: made.reason,
+                  ...(made.code ? { code: made.code } : {}),
+                },
+          ),
+      );
+    const promise = Promise.all(jobs).then((all) => all.find((m) => !m.ok) ?? { ok: true as const });
     promise.catch(() => {});
-    return { promise, dirs, made: new Set(dirs) };
+    return { promise, made: new Set(dirs) };
   }
 
   skip(item: Item, msg: string): void {

@@ -193,7 +193,7 @@ test('from an image file, a write a worker cannot make fails the restore and nam
   assert.ok(lstatSync(join(dst, 'sub/file/inside')).isDirectory());
 });
 
-test('into an empty target a pool worker makes the folders; one it cannot make fails prepare() and is named', async (t) => {
+test('into an empty target the pool workers make the folders, a subtree each; one they cannot make fails prepare() and is named', async (t) => {
   const dir = (path: string): FileEntry => ({
     path,
     type: 'dir',
@@ -218,6 +218,27 @@ test('into an empty target a pool worker makes the folders; one it cannot make f
   });
   // Made before it, parents first, with the owner-only mode a restore fills folders under.
   assert.equal(lstatSync(join(dst, 'a/b')).mode & 0o777, 0o700);
+  // Many second-level subtrees, deep ones among them, in the image's order (parents first
+  // overall, interleaved between subtrees): every folder is made, whichever worker made it.
+  const many = [dir('.'), dir('top'), dir('other')];
+  for (let i = 0; i < 12; i++) many.push(dir(`top/s${i}`), dir(`other/o${i}`));
+  for (let i = 0; i < 12; i++) many.push(dir(`top/s${i}/x`), dir(`other/o${i}/x`));
+  for (let i = 0; i < 12; i++) many.push(dir(`top/s${i}/x/y`));
+  const fine = await scratchDir(t);
+  await createTreeRestore(many, fine, { fileset: 1, fsType: 'ext4' }).prepare();
+  for (const e of many) assert.ok(lstatSync(join(fine, e.path)).isDirectory(), e.path);
+  // A top-level folder (made by this thread before the workers start) fails the same way.
+  const topLevel = await scratchDir(t);
+  await assert.rejects(
+    createTreeRestore([dir('.'), dir('x'.repeat(300)), dir('y')], topLevel, {
+      fileset: 1,
+      fsType: 'ext4',
+    }).prepare(),
+    (err: Error & { code?: string; details?: { errno?: string } }) =>
+      err.code === 'E_RESTORE_IO' &&
+      err.details?.errno === 'ENAMETOOLONG' &&
+      /cannot create directory/.test(err.message),
+  );
   // A folder that already exists where the target was not empty goes through the checks instead.
   const busy = await scratchDir(t);
   writeFileSync(join(busy, 'c'), 'a file where the image has a folder');
