@@ -153,6 +153,9 @@ function writeJob(raw, plan) {
   let ownersDenied = 0;
   for (const w of plan.writes) {
     let fd;
+    const path = w.path !== undefined ? w.path : plan.prefix + w.rel;
+    // Owner, mode and times come with the write when w.mode is there (types.ts: FileWrite).
+    const m = w.mode !== undefined ? w : undefined;
     try {
       for (let i = 0; i < w.ranges.length; i += 3) {
         if (w.ranges[i + 1] + w.ranges[i + 2] > raw.length) {
@@ -162,32 +165,30 @@ function writeJob(raw, plan) {
       if (w.clear) {
         let st;
         try {
-          st = fs.lstatSync(w.path);
+          st = fs.lstatSync(path);
         } catch {}
         if (st && st.isDirectory()) return { ok: false, rel: w.rel, reason: 'a directory is in the way' };
-        if (st) fs.unlinkSync(w.path);
+        if (st) fs.unlinkSync(path);
       }
       if (w.symlink !== undefined) {
-        fs.symlinkSync(w.symlink, w.path);
-        const m = w.meta;
+        fs.symlinkSync(w.symlink, path);
         if (m) {
           try {
-            if (m.chown) fs.lchownSync(w.path, m.uid, m.gid);
+            if (m.chown) fs.lchownSync(path, m.uid, m.gid);
           } catch (err) {
             if (err.code !== 'EPERM' || plan.root) throw err;
             ownersDenied++;
           }
-          fs.lutimesSync(w.path, m.atime, m.mtime);
+          fs.lutimesSync(path, m.atime, m.mtime);
         }
         continue;
       }
       // A file made with its metadata here gets its permission bits at creation (as tar does);
       // the mode is set again after chown only if the umask took bits or there are special ones.
-      const m = w.meta;
       const bits = m ? m.mode & 0o777 : 0o600;
       fd = w.create
-        ? fs.openSync(w.path, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, bits)
-        : fs.openSync(w.path, C.O_WRONLY | C.O_NOFOLLOW);
+        ? fs.openSync(path, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, bits)
+        : fs.openSync(path, C.O_WRONLY | C.O_NOFOLLOW);
       if (w.truncate !== undefined) fs.ftruncateSync(fd, w.truncate);
       for (let i = 0; i < w.ranges.length; i += 3) {
         const fileOffset = w.ranges[i];

@@ -39,6 +39,7 @@ import type {
   ChunkWriteOutcome,
   ChunkWritePlan,
   FileEntry,
+  EntryMeta,
   FileWrite,
   FilesystemType,
 } from '../../image/types.ts';
@@ -120,6 +121,8 @@ class TreeRestoreImpl implements RestoreSink {
   readonly needed: ReadonlySet<string>;
   readonly warnings: string[] = [];
   readonly root: string;
+  /** The root and a slash: an item's `fs` path is this followed by its image path when that is a string. */
+  readonly prefix: string;
   readonly opts: TreeRestoreOptions;
   readonly vfat: boolean;
   readonly items: Item[];
@@ -187,7 +190,7 @@ class TreeRestoreImpl implements RestoreSink {
     // Image order: `needed` then lists chunks in the order an image file holds them.
     const inImageOrder: Item[] = [];
     // Paths are canonical (checked above), so joining them is concatenation.
-    const prefix = this.root.endsWith('/') ? this.root : `${this.root}/`;
+    const prefix = (this.prefix = this.root.endsWith('/') ? this.root : `${this.root}/`);
     const rootWellFormed = this.root.isWellFormed();
     const byDepth: Item[][] = [];
     const add = (path: string, entry: FileEntry): void => {
@@ -694,12 +697,13 @@ class TreeRestoreImpl implements RestoreSink {
       let w = byItem.get(item);
       if (!w) {
         const whole = item.onlyChunk === id && item.lazy === true;
-        w = { rel: item.rel, path: item.fs, create: whole, clear: false, ranges: [] };
+        w = { rel: item.rel, create: whole, clear: false, ranges: [] };
+        if (typeof item.fs !== 'string') w.path = item.fs;
         if (whole) {
           w.clear = !this.freshDirs.has(item.parent);
           if (item.dataEnd !== item.entry.size) w.truncate = item.entry.size ?? 0;
           const meta = this.earlyMeta(item);
-          if (meta) w.meta = meta;
+          if (meta) Object.assign(w, meta);
         }
         byItem.set(item, w);
       }
@@ -712,18 +716,18 @@ class TreeRestoreImpl implements RestoreSink {
     for (const item of symlinks) {
       const w: FileWrite = {
         rel: item.rel,
-        path: item.fs,
         create: true,
         clear: !this.freshDirs.has(item.parent),
         symlink: fsPath(item.entry.linkTarget ?? ''),
         ranges: [],
       };
+      if (typeof item.fs !== 'string') w.path = item.fs;
       const meta = this.earlyMeta(item);
-      if (meta) w.meta = meta;
+      if (meta) Object.assign(w, meta);
       writes.push(w);
     }
     if (symlinks.length > 0) this.plannedSymlinks.set(id, symlinks);
-    return { writes, root: isRoot(), umask: UMASK };
+    return { writes, prefix: this.prefix, root: isRoot(), umask: UMASK };
   }
 
   planDone(id: string, outcome: ChunkWriteOutcome): void {
@@ -763,7 +767,7 @@ class TreeRestoreImpl implements RestoreSink {
   }
 
   /** Owner, mode and times for a file nothing has to touch by name afterwards (no xattrs; not vfat). */
-  earlyMeta(item: Item): FileWrite['meta'] {
+  earlyMeta(item: Item): EntryMeta | undefined {
     if (!this.metaWhereMade(item)) return undefined;
     const e = item.entry;
     return {
