@@ -12,6 +12,15 @@ import { Worker } from 'node:worker_threads';
 
 import { WRITE_PIECE } from '../file-write.ts';
 import { CODEC_NONE, CODEC_ZSTD, LEVEL_PARAMS } from './codec.ts';
+import {
+  PLAN_CHOWN,
+  PLAN_CLEAR,
+  PLAN_CREATE,
+  PLAN_FIELDS,
+  PLAN_META,
+  PLAN_SYMLINK,
+  PLAN_TRUNCATE,
+} from './plan.ts';
 import type { ChunkWriteOutcome, ChunkWritePlan, CompressionLevel } from './types.ts';
 
 /**
@@ -142,78 +151,103 @@ function decodeJob(job) {
 }
 
 /**
- * A decoded chunk's writes (ChunkWritePlan): each file created or opened, its ranges
- * written, its owner, mode and times set through the descriptor. Returns the outcome.
+ * A decoded chunk's writes (ChunkWritePlan, laid out as plan.ts describes): each file
+ * created or opened, its ranges written, its owner, mode and times set through the
+ * descriptor. Returns the outcome.
  */
 const fs = process.getBuiltinModule('node:fs');
 // Writes in pieces for the reason file-write.ts gives.
 const WRITE_PIECE = ${WRITE_PIECE};
+const PLAN_FIELDS = ${PLAN_FIELDS};
 function writeJob(raw, plan) {
   const C = fs.constants;
   let ownersDenied = 0;
-  for (const w of plan.writes) {
+  const names = plan.count > 0 ? plan.names.split('\\0') : [];
+  const nums = plan.nums;
+  const extra = plan.extra;
+  let x = 0;
+  let p = 0;
+  for (let i = 0; i < plan.count; i++) {
+    const rel = names[i];
+    const flags = nums[p];
+    const r0 = p + PLAN_FIELDS;
+    const r1 = r0 + 3 * nums[p + 7];
+    let path = plan.prefix + rel;
+    let symlink;
+    if (extra !== undefined && x < extra.length && extra[x].index === i) {
+      if (extra[x].path !== undefined) path = extra[x].path;
+      symlink = extra[x].symlink;
+      x++;
+    }
+    // Owner, mode and times come with the write when PLAN_META is set.
+    const meta = (flags & ${PLAN_META}) !== 0;
+    const chown = (flags & ${PLAN_CHOWN}) !== 0;
+    const uid = nums[p + 1];
+    const gid = nums[p + 2];
+    const mode = nums[p + 3];
+    const atime = nums[p + 4];
+    const mtime = nums[p + 5];
+    const create = (flags & ${PLAN_CREATE}) !== 0;
     let fd;
-    const path = w.path !== undefined ? w.path : plan.prefix + w.rel;
-    // Owner, mode and times come with the write when w.mode is there (types.ts: FileWrite).
-    const m = w.mode !== undefined ? w : undefined;
     try {
-      for (let i = 0; i < w.ranges.length; i += 3) {
-        if (w.ranges[i + 1] + w.ranges[i + 2] > raw.length) {
-          return { ok: false, rel: w.rel, reason: 'extent', extent: { chunkOffset: w.ranges[i + 1], length: w.ranges[i + 2] } };
+      for (let r = r0; r < r1; r += 3) {
+        if (nums[r + 1] + nums[r + 2] > raw.length) {
+          return { ok: false, rel, reason: 'extent', extent: { chunkOffset: nums[r + 1], length: nums[r + 2] } };
         }
       }
-      if (w.clear) {
+      if ((flags & ${PLAN_CLEAR}) !== 0) {
         let st;
         try {
           st = fs.lstatSync(path);
         } catch {}
-        if (st && st.isDirectory()) return { ok: false, rel: w.rel, reason: 'a directory is in the way' };
+        if (st && st.isDirectory()) return { ok: false, rel, reason: 'a directory is in the way' };
         if (st) fs.unlinkSync(path);
       }
-      if (w.symlink !== undefined) {
-        fs.symlinkSync(w.symlink, path);
-        if (m) {
+      if ((flags & ${PLAN_SYMLINK}) !== 0) {
+        fs.symlinkSync(symlink, path);
+        if (meta) {
           try {
-            if (m.chown) fs.lchownSync(path, m.uid, m.gid);
+            if (chown) fs.lchownSync(path, uid, gid);
           } catch (err) {
             if (err.code !== 'EPERM' || plan.root) throw err;
             ownersDenied++;
           }
-          fs.lutimesSync(path, m.atime, m.mtime);
+          fs.lutimesSync(path, atime, mtime);
         }
         continue;
       }
       // A file made with its metadata here gets its permission bits at creation (as tar does);
       // the mode is set again after chown only if the umask took bits or there are special ones.
-      const bits = m ? m.mode & 0o777 : 0o600;
-      fd = w.create
+      const bits = meta ? mode & 0o777 : 0o600;
+      fd = create
         ? fs.openSync(path, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, bits)
         : fs.openSync(path, C.O_WRONLY | C.O_NOFOLLOW);
-      if (w.truncate !== undefined) fs.ftruncateSync(fd, w.truncate);
-      for (let i = 0; i < w.ranges.length; i += 3) {
-        const fileOffset = w.ranges[i];
-        const chunkOffset = w.ranges[i + 1];
-        const length = w.ranges[i + 2];
+      if ((flags & ${PLAN_TRUNCATE}) !== 0) fs.ftruncateSync(fd, nums[p + 6]);
+      for (let r = r0; r < r1; r += 3) {
+        const fileOffset = nums[r];
+        const chunkOffset = nums[r + 1];
+        const length = nums[r + 2];
         let done = 0;
         while (done < length) {
           const n = Math.min(length - done, WRITE_PIECE);
           done += fs.writeSync(fd, raw, chunkOffset + done, n, fileOffset + done);
         }
       }
-      if (m) {
+      if (meta) {
         try {
-          if (m.chown) fs.fchownSync(fd, m.uid, m.gid);
+          if (chown) fs.fchownSync(fd, uid, gid);
         } catch (err) {
           if (err.code !== 'EPERM' || plan.root) throw err;
           ownersDenied++;
         }
-        if (!w.create || m.mode !== bits || (bits & plan.umask) !== 0) fs.fchmodSync(fd, m.mode);
-        fs.futimesSync(fd, m.atime, m.mtime);
+        if (!create || mode !== bits || (bits & plan.umask) !== 0) fs.fchmodSync(fd, mode);
+        fs.futimesSync(fd, atime, mtime);
       }
     } catch (err) {
-      return { ok: false, rel: w.rel, reason: String(err.message || err), code: err.code };
+      return { ok: false, rel, reason: String(err.message || err), code: err.code };
     } finally {
       if (fd !== undefined) fs.closeSync(fd);
+      p = r1;
     }
   }
   return { ok: true, ownersDenied };

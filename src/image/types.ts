@@ -79,20 +79,35 @@ export interface ChunkSource {
 }
 
 /**
- * Files a worker writes from a chunk it has just decoded (RestoreSink.planChunk). Plans are
- * copied to the worker for every chunk, 55k files' worth in a restore of /usr: each write is
- * kept to one flat object, and its path is the prefix and its image path joined by the worker
- * (sent whole only for names that are not UTF-8), which cut the copying (serialize and
- * deserialize) by about a third.
+ * Files a worker writes from a chunk it has just decoded (RestoreSink.planChunk), in the
+ * flat form plan.ts builds (PlanBuilder) and describes: plans cross to a worker for every
+ * chunk, 55k files' worth in a restore of /usr. A write's place is the prefix and its
+ * image path joined by the worker, or its exact bytes for a name that is not UTF-8.
  */
 export interface ChunkWritePlan {
-  writes: FileWrite[];
-  /** The target folder and a slash: a write's place is this followed by its `rel`, unless it has a `path`. */
+  /** How many writes (files and symlinks) the plan holds. */
+  count: number;
+  /** Each write's image path, joined by NUL (no entry path holds one: assertEntryPath). */
+  names: string;
+  /** Per write: PLAN_FIELDS numbers (plan.ts), then its ranges as triples of file offset, chunk offset, length. */
+  nums: Float64Array;
+  /** The few writes that carry more than numbers, in write order. */
+  extra?: PlanExtra[];
+  /** The target folder and a slash: a write's place is this followed by its image path, unless it has a `path`. */
   prefix: string;
   /** Whether the writer runs as root: only then is a refused chown an error rather than a count. */
   root: boolean;
   /** The process's umask: permission bits it takes from files at creation. */
   umask: number;
+}
+
+export interface PlanExtra {
+  /** Which write. */
+  index: number;
+  /** Its exact place: the bytes of a name that is not UTF-8. */
+  path?: Buffer;
+  /** A symlink's target. */
+  symlink?: string | Buffer;
 }
 
 /** Owner, mode and times (seconds) of an entry. */
@@ -104,26 +119,6 @@ export interface EntryMeta {
   mode: number;
   atime: number;
   mtime: number;
-}
-
-/**
- * One file (or symlink) to write. With `mode` set, the EntryMeta fields are set through the
- * descriptor after the last write (a symlink's owner and times by its path, no mode).
- */
-export interface FileWrite extends Partial<EntryMeta> {
-  /** The entry's image path: its place under the plan's prefix, and its name in messages. */
-  rel: string;
-  /** Its exact place when that is not prefix + rel: the bytes of a name that is not UTF-8. */
-  path?: Buffer;
-  /** Create the file (O_EXCL), first removing a non-directory at its place when `clear`. */
-  create: boolean;
-  /** Instead of a file: create a symlink to this target (no ranges). */
-  symlink?: string | Buffer;
-  clear: boolean;
-  /** Size to set after creating: the file ends in a hole. */
-  truncate?: number;
-  /** Triples of file offset, chunk offset and length. */
-  ranges: number[];
 }
 
 export type ChunkWriteOutcome =

@@ -40,9 +40,9 @@ import type {
   ChunkWritePlan,
   FileEntry,
   EntryMeta,
-  FileWrite,
   FilesystemType,
 } from '../../image/types.ts';
+import { PlanBuilder } from '../../image/plan.ts';
 import { CompressPool } from '../../image/pool.ts';
 import { FileVolumeError } from './errors.ts';
 import { displayName, fsPath } from './names.ts';
@@ -690,44 +690,45 @@ class TreeRestoreImpl implements RestoreSink {
     if (!this.prepared || !this.lazyFiles || this.applied.has(id)) return undefined;
     const ranges = this.ranges.get(id);
     if (!ranges) return undefined;
-    const byItem = new Map<Item, FileWrite>();
+    const plan = new PlanBuilder();
+    // A file's ranges in a chunk follow one another: the constructor lists each file's extents together.
+    let last: Item | undefined;
+    const planned = new Set<Item>();
     for (const r of ranges) {
       const item = r.item;
       if (item.skipped) continue;
-      let w = byItem.get(item);
-      if (!w) {
+      if (item !== last) {
+        if (planned.has(item))
+          throw new Error(`internal: the ranges of ${item.rel} in chunk ${id} are not together`);
+        planned.add(item);
+        last = item;
         const whole = item.onlyChunk === id && item.lazy === true;
-        w = { rel: item.rel, create: whole, clear: false, ranges: [] };
-        if (typeof item.fs !== 'string') w.path = item.fs;
-        if (whole) {
-          w.clear = !this.freshDirs.has(item.parent);
-          if (item.dataEnd !== item.entry.size) w.truncate = item.entry.size ?? 0;
-          const meta = this.earlyMeta(item);
-          if (meta) Object.assign(w, meta);
-        }
-        byItem.set(item, w);
+        plan.write({
+          rel: item.rel,
+          path: typeof item.fs !== 'string' ? item.fs : undefined,
+          create: whole,
+          clear: whole && !this.freshDirs.has(item.parent),
+          truncate: whole && item.dataEnd !== item.entry.size ? (item.entry.size ?? 0) : undefined,
+          meta: whole ? this.earlyMeta(item) : undefined,
+        });
       }
-      w.ranges.push(r.fileOffset, r.chunkOffset, r.length);
+      plan.range(r.fileOffset, r.chunkOffset, r.length);
     }
-    const writes = [...byItem.values()];
     // A share of the symlinks rides along, so they are made while other chunks decode,
     // with their owner and times when nothing has to follow by name.
     const symlinks = this.pendingSymlinks.splice(0, SYMLINKS_PER_PLAN);
     for (const item of symlinks) {
-      const w: FileWrite = {
+      plan.write({
         rel: item.rel,
+        path: typeof item.fs !== 'string' ? item.fs : undefined,
         create: true,
         clear: !this.freshDirs.has(item.parent),
         symlink: fsPath(item.entry.linkTarget ?? ''),
-        ranges: [],
-      };
-      if (typeof item.fs !== 'string') w.path = item.fs;
-      const meta = this.earlyMeta(item);
-      if (meta) Object.assign(w, meta);
-      writes.push(w);
+        meta: this.earlyMeta(item),
+      });
     }
     if (symlinks.length > 0) this.plannedSymlinks.set(id, symlinks);
-    return { writes, prefix: this.prefix, root: isRoot(), umask: UMASK };
+    return plan.done(this.prefix, isRoot(), UMASK);
   }
 
   planDone(id: string, outcome: ChunkWriteOutcome): void {
