@@ -12,6 +12,7 @@ import { Worker } from 'node:worker_threads';
 
 import { WRITE_PIECE } from '../file-write.ts';
 import { CODEC_NONE, CODEC_ZSTD, LEVEL_PARAMS } from './codec.ts';
+import { RECORD_CHUNK, RECORD_HEADER_SIZE, RECORD_MAGIC } from './format.ts';
 import {
   PLAN_CHOWN,
   PLAN_CLEAR,
@@ -94,6 +95,37 @@ function compress(slot, params) {
   }
   const n = room - e.z._writeState[0];
   return n < slot.length ? n : -1;
+}
+
+/**
+ * A decode job's record read from the image by the worker itself (job.read: the image's
+ * descriptor and the record's place), its header checked as reader.ts's readStored
+ * checks it. The record goes into the header's room before job.sab/offset, where the
+ * stored bytes then are. Returns why the record is damaged, or undefined; an I/O error
+ * is thrown.
+ */
+const RECORD_MAGIC = '${RECORD_MAGIC.toString('latin1')}';
+const RECORD_HEADER_SIZE = ${RECORD_HEADER_SIZE};
+const RECORD_CHUNK = ${RECORD_CHUNK};
+function readRecord(job) {
+  const size = RECORD_HEADER_SIZE + job.length;
+  const rec = Buffer.from(job.sab, job.offset - RECORD_HEADER_SIZE, size);
+  let done = 0;
+  while (done < size) {
+    const n = fs.readSync(job.read.fd, rec, done, size - done, job.read.position + done);
+    if (n === 0) break;
+    done += n;
+  }
+  if (done < size) return 'the file ends inside its record';
+  const ok =
+    rec.latin1Slice(0, 4) === RECORD_MAGIC &&
+    zlib.crc32(rec.subarray(0, 52)) === rec.readUInt32LE(52) &&
+    rec[4] === RECORD_CHUNK &&
+    rec[5] === job.codec &&
+    rec.readUInt32LE(8) === job.rawLength &&
+    rec.readUInt32LE(12) === job.length &&
+    rec.hexSlice(16, 48) === job.id;
+  return ok ? undefined : 'its record header is damaged';
 }
 
 /**
@@ -315,6 +347,19 @@ parentPort.on('message', (job) => {
     return;
   }
   if (job.decode) {
+    if (job.read) {
+      let damage;
+      try {
+        damage = readRecord(job);
+      } catch (err) {
+        parentPort.postMessage({ seq: job.seq, decoded: true, readError: { message: String(err.message || err), code: err.code } });
+        return;
+      }
+      if (damage !== undefined) {
+        parentPort.postMessage({ seq: job.seq, decoded: true, damage });
+        return;
+      }
+    }
     try {
       const damage = decodeJob(job);
       const written = damage === undefined && job.plan ? writeJob(Buffer.from(job.outSab, job.outOffset, job.rawLength), job.plan) : undefined;
@@ -365,6 +410,13 @@ export interface TextStream {
   abort(): void;
 }
 
+/** What a decode job met: why the chunk is damaged (nothing: intact), the error reading its record, what its writes met. */
+export interface DecodeOutcome {
+  damage?: string;
+  readError?: { message: string; code?: string };
+  written?: ChunkWriteOutcome;
+}
+
 export interface PoolResult {
   codec: number;
   storedLength: number;
@@ -378,7 +430,7 @@ interface Pending {
   /** Text stream ends resolve with the text's digest instead. */
   resolveText?: (r: HashedText) => void;
   /** Decode jobs resolve with why the chunk is damaged (undefined: intact) and what their writes met. */
-  resolveDecoded?: (r: { damage?: string; written?: ChunkWriteOutcome }) => void;
+  resolveDecoded?: (r: DecodeOutcome) => void;
   resolveMade?: (r: DirsOutcome) => void;
 }
 
@@ -460,6 +512,9 @@ export class CompressPool {
   /**
    * decode, and when the chunk is intact and a plan is given, the same worker writes the
    * plan's files from the decoded bytes (a restore's writes then run on every core too).
+   * With `read`, the worker first reads the chunk's record itself, from the image file's
+   * descriptor at `position` into the header's room before `stored`, and checks the header
+   * against the other arguments: the asking thread does no I/O for the chunk.
    */
   decodeAndWrite(
     id: string,
@@ -468,12 +523,17 @@ export class CompressPool {
     into: Buffer,
     rawLength: number,
     plan?: ChunkWritePlan,
-  ): Promise<{ damage?: string; written?: ChunkWriteOutcome }> {
+    read?: { fd: number; position: number },
+  ): Promise<DecodeOutcome> {
     if (!(stored.buffer instanceof SharedArrayBuffer) || !(into.buffer instanceof SharedArrayBuffer)) {
       return Promise.reject(new TypeError('decode needs views of shared memory'));
     }
     if (into.length <= rawLength)
       return Promise.reject(new RangeError('decode needs room for rawLength + 1 bytes'));
+    if (read && stored.byteOffset < RECORD_HEADER_SIZE)
+      return Promise.reject(
+        new RangeError('reading a record needs room for its header before the stored bytes'),
+      );
     const slot = this.#pick();
     return new Promise((resolveDecoded, reject) => {
       this.#post(
@@ -491,6 +551,7 @@ export class CompressPool {
           outOffset: into.byteOffset,
           rawLength,
           plan,
+          read,
         },
       );
     });
@@ -599,6 +660,7 @@ export class CompressPool {
         text?: { sha: Uint8Array; stored: Uint8Array; rawLength: number };
         decoded?: boolean;
         damage?: string;
+        readError?: { message: string; code?: string };
         written?: ChunkWriteOutcome;
         made?: DirsOutcome;
       }) => {
@@ -611,6 +673,7 @@ export class CompressPool {
         } else if (m.error === undefined && m.decoded && p.resolveDecoded) {
           p.resolveDecoded({
             ...(m.damage !== undefined ? { damage: m.damage } : {}),
+            ...(m.readError !== undefined ? { readError: m.readError } : {}),
             ...(m.written !== undefined ? { written: m.written } : {}),
           });
         } else if (m.error === undefined && m.text && p.resolveText) {

@@ -313,43 +313,52 @@ export class ImageReader implements ChunkSource {
     return (await this.#decodeOnWorker(id, into, plan)).written ?? { ok: true, ownersDenied: 0 };
   }
 
-  /** Reads the record into shared memory and has a pool worker decode and check it (and write `plan`). */
+  /**
+   * Has a pool worker read the chunk's record into shared memory, check it and decode it
+   * (and write `plan`): this thread only looks the chunk up, and has no read to start and
+   * finish per chunk while the workers are busy writing.
+   */
   async #decodeOnWorker(
     id: string,
     into: Buffer,
     plan?: ChunkWritePlan,
   ): Promise<{ info: ChunkInfo; written?: ChunkWriteOutcome }> {
-    const record = this.#sharedRecords.pop() ?? newRecord(true);
+    const info = this.#info(id);
+    const problem = decodeArgumentProblem(id, info.codec, info.rawLength);
+    if (problem) throw this.#damaged(info, problem);
+    const size = RECORD_HEADER_SIZE + info.storedLength;
+    // A stored form longer than any chunk (which only a damaged index can claim) gets a record of its own.
+    const spare = size <= RECORD_HEADER_SIZE + CHUNK_SIZE;
+    const record = spare
+      ? (this.#sharedRecords.pop() ?? newRecord(true))
+      : Buffer.from(new SharedArrayBuffer(size));
+    this.stats.chunksRead++;
+    this.stats.idsRead.add(id);
     try {
-      const { info, stored } = await this.readStored(id, record);
-      const problem = decodeArgumentProblem(id, info.codec, info.rawLength);
-      if (problem) throw this.#damaged(info, problem);
       const r = await CompressPool.shared().decodeAndWrite(
         id,
         info.codec,
-        stored,
+        record.subarray(RECORD_HEADER_SIZE, size),
         into,
         info.rawLength,
         plan,
+        { fd: this.#c.fh.fd, position: info.offset },
       );
+      if (r.readError !== undefined) {
+        const { message, code } = r.readError;
+        const err = Object.assign(new Error(message), code ? { code } : {});
+        throw ioError(this.path, `read chunk ${id} at offset ${info.offset} of`, err);
+      }
       if (r.damage !== undefined) throw this.#damaged(info, r.damage);
       return r.written ? { info, written: r.written } : { info };
     } finally {
-      if (this.#sharedRecords.length < MAX_SPARE_RECORDS) this.#sharedRecords.push(record);
+      if (spare && this.#sharedRecords.length < MAX_SPARE_RECORDS) this.#sharedRecords.push(record);
     }
   }
 
   /** The chunk's stored bytes, record header checked; read into `record` when given (the result is a view of it). */
   async readStored(id: string, record?: Buffer): Promise<{ info: ChunkInfo; stored: Buffer }> {
-    const info = this.chunk(id);
-    if (!info) {
-      const where = describeUsage(chunkUsage(this.manifest, id));
-      throw new ImageError('E_CHUNK_MISSING', `${this.path} does not hold chunk ${id} (${where})`, {
-        path: this.path,
-        chunk: id,
-        usage: chunkUsage(this.manifest, id),
-      });
-    }
+    const info = this.#info(id);
     let rec: Buffer;
     try {
       rec = await readAt(this.#c.fh, info.offset, RECORD_HEADER_SIZE + info.storedLength, record);
@@ -375,6 +384,18 @@ export class ImageReader implements ChunkSource {
 
   async close(): Promise<void> {
     await this.#c.fh.close();
+  }
+
+  /** The chunk's index entry; E_CHUNK_MISSING when the image does not hold it. */
+  #info(id: string): ChunkInfo {
+    const info = this.chunk(id);
+    if (info) return info;
+    const where = describeUsage(chunkUsage(this.manifest, id));
+    throw new ImageError('E_CHUNK_MISSING', `${this.path} does not hold chunk ${id} (${where})`, {
+      path: this.path,
+      chunk: id,
+      usage: chunkUsage(this.manifest, id),
+    });
   }
 
   #damaged(info: ChunkInfo, reason: string, cause?: unknown): ImageError {

@@ -7,6 +7,7 @@ import { crc32 } from 'node:zlib';
 import { ImageError } from '../../src/image/errors.ts';
 import { HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE } from '../../src/image/format.ts';
 import { ImageReader } from '../../src/image/reader.ts';
+import { CHUNK_SIZE } from '../../src/image/types.ts';
 import { chunkUsage } from '../../src/image/usage.ts';
 import { type FileVolume } from '../../src/image/types.ts';
 import { ImageWriter } from '../../src/image/writer.ts';
@@ -166,4 +167,48 @@ test('an image written with a UUID keeps it in the header, a mismatch is corrupt
   data.writeUInt32LE(crc32(data.subarray(0, 60)), 60);
   await writeFile(path, data);
   await assert.rejects(ImageReader.open(path), isCode('E_IMAGE_CORRUPT'));
+});
+
+test('a chunk read and decoded by a pool worker reports damage like one read here', async (t) => {
+  const dir = await tempDir(t);
+  const { path, manifest, files } = await smallImage(dir);
+  const doc = (manifest.volumes[0] as FileVolume).entries.find((e) => e.path === 'usr/share/doc.txt')!;
+  const [first, second, third] = doc.extents!.map((x) => x.chunk);
+  const shared = () => Buffer.from(new SharedArrayBuffer(CHUNK_SIZE + 1));
+  let r = await ImageReader.open(path);
+  const infos = [first, second, third].map((id) => r.chunk(id!)!);
+  // Intact: the worker's read gives the same bytes.
+  const raw = await r.readChunk(first!, shared());
+  assert.deepEqual(raw, files.get('usr/share/doc.txt')!.subarray(0, raw.length));
+  await r.close();
+
+  const flip = async (at: number) => {
+    const fh = await open(path, 'r+');
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, at);
+    b[0]! ^= 0x10;
+    await fh.write(b, 0, 1, at);
+    await fh.close();
+  };
+  // A bit of the first record's header (its id), and one of the second record's stored bytes.
+  await flip(infos[0]!.offset + 20);
+  await flip(infos[1]!.offset + RECORD_HEADER_SIZE + Math.floor(infos[1]!.storedLength / 2));
+  r = await ImageReader.open(path);
+  t.after(() => r.close());
+  const damaged = (id: string, reason: RegExp) => (err: unknown) => {
+    isCode('E_CHUNK_CORRUPT')(err);
+    const e = err as ImageError;
+    assert.equal(e.details.chunk, id);
+    assert.match(String(e.details.reason), reason);
+    assert.match(e.message, /usr\/share\/doc\.txt/);
+    return true;
+  };
+  await assert.rejects(r.readChunk(first!, shared()), damaged(first!, /record header is damaged/));
+  await assert.rejects(
+    r.readChunk(second!, shared()),
+    damaged(second!, /does not decompress|does not match its SHA-256/),
+  );
+  // The file cut short under an open reader: the record ends early.
+  await truncate(path, infos[2]!.offset + RECORD_HEADER_SIZE + 10);
+  await assert.rejects(r.readChunk(third!, shared()), damaged(third!, /file ends inside its record/));
 });
