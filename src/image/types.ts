@@ -93,7 +93,7 @@ export interface ChunkWritePlan {
   nums: Float64Array;
   /** The few writes that carry more than numbers, in write order. */
   extra?: PlanExtra[];
-  /** The target folder and a slash: a write's place is this followed by its image path, unless it has a `path`. */
+  /** The target folder and a slash: a write's place is this followed by its image path, unless PlanExtra gives its bytes. */
   prefix: string;
   /** Whether the writer runs as root: only then is a refused chown an error rather than a count. */
   root: boolean;
