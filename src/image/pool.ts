@@ -191,6 +191,8 @@ const fs = process.getBuiltinModule('node:fs');
 // Writes in pieces for the reason file-write.ts gives.
 const WRITE_PIECE = ${WRITE_PIECE};
 const PLAN_FIELDS = ${PLAN_FIELDS};
+// As restore.ts's utimeArg: Node takes a negative number of seconds for "now".
+const utimeArg = (seconds) => (seconds < 0 ? String(seconds) : seconds);
 function writeJob(raw, plan) {
   const C = fs.constants;
   let ownersDenied = 0;
@@ -244,7 +246,7 @@ function writeJob(raw, plan) {
             if (err.code !== 'EPERM' || plan.root) throw err;
             ownersDenied++;
           }
-          fs.lutimesSync(path, atime, mtime);
+          fs.lutimesSync(path, utimeArg(atime), utimeArg(mtime));
         }
         continue;
       }
@@ -273,7 +275,7 @@ function writeJob(raw, plan) {
           ownersDenied++;
         }
         if (!create || mode !== bits || (bits & plan.umask) !== 0) fs.fchmodSync(fd, mode);
-        fs.futimesSync(fd, atime, mtime);
+        fs.futimesSync(fd, utimeArg(atime), utimeArg(mtime));
       }
     } catch (err) {
       return { ok: false, rel, reason: String(err.message || err), code: err.code };

@@ -820,7 +820,7 @@ class TreeRestoreImpl implements RestoreSink {
       }
       try {
         fchmodSync(fd, meta.mode);
-        futimesSync(fd, meta.atime, meta.mtime);
+        futimesSync(fd, utimeArg(meta.atime), utimeArg(meta.mtime));
       } catch (err) {
         throw restoreError(item.abs, 'cannot set mode and times', err);
       }
@@ -953,7 +953,7 @@ class TreeRestoreImpl implements RestoreSink {
       }
       if (linked.has(i)) continue; // shares its inode with the holder, whose times are the same
       try {
-        lutimesSync(i.fs, nsToSeconds(i.entry.atimeNs), nsToSeconds(i.entry.mtimeNs));
+        lutimesSync(i.fs, utimeArg(nsToSeconds(i.entry.atimeNs)), utimeArg(nsToSeconds(i.entry.mtimeNs)));
       } catch (err) {
         // vfat's root directory has no entry to hold times, and vfat has no times before 1980.
         if (this.vfat) this.warn(`${i.rel}: vfat refused its times (${(err as NodeJS.ErrnoException).code})`);
@@ -996,6 +996,14 @@ export function nsToSeconds(ns: string): number {
 }
 
 const DIGITS = /^[0-9]+$/;
+
+/**
+ * A time for Node's utimes family, which takes a negative number of seconds for "now":
+ * a time before 1970 goes as a numeric string, which it converts without that check.
+ */
+export function utimeArg(seconds: number): number | string {
+  return seconds < 0 ? String(seconds) : seconds;
+}
 
 /** Read once (reading it means setting it back); a restore does not change it. */
 const UMASK = process.umask();

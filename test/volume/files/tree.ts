@@ -183,15 +183,18 @@ function setXattr(
 }
 
 /**
- * Gives every entry times the test can compare: mtime in the past, atime a day in the
- * future. relatime bumps atime on a read when atime <= mtime or ctime (and utimes just
- * set ctime to now), so only a future atime survives the tests' own reads.
+ * Gives every entry times the test can compare: mtime in the past (before 1970 for every
+ * fifth entry), atime a day in the future. relatime bumps atime on a read when atime <=
+ * mtime or ctime (and utimes just set ctime to now), so only a future atime survives the
+ * tests' own reads. Times before 1970 go to Node as strings: it reads a negative number
+ * as "now".
  */
 function setTimes(root: string): void {
   const all = walk(root).reverse(); // children before parents: setting a child's times touches no parent
   const now = Date.now() / 1000;
   all.forEach(({ abs }, i) => {
-    lutimesSync(abs, now + 2 * 86400 + i / 1000 + 0.000123, 1577836800 + i + 0.654321);
+    const mtime = i % 5 === 0 ? String(-157766400 - i - 0.654321) : 1577836800 + i + 0.654321;
+    lutimesSync(abs, now + 2 * 86400 + i / 1000 + 0.000123, mtime);
   });
 }
 
