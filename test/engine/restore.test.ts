@@ -25,7 +25,7 @@ import { DiskError } from '../../src/disk/errors.ts';
 import { InterruptedError } from '../../src/errors.ts';
 import { mountFilesystem, readFilesystemInfo, type Mounted } from '../../src/disk/filesystem.ts';
 import { makeImage, type MakeProgress } from '../../src/engine/make.ts';
-import { fromTwoEnds, openRestore, restoreFromSource, restoreImage } from '../../src/engine/restore.ts';
+import { openRestore, restoreFromSource, restoreImage } from '../../src/engine/restore.ts';
 import { ImageReader } from '../../src/image/reader.ts';
 import type { ChunkSource } from '../../src/image/types.ts';
 import { mountedUses } from '../../src/disk/device.ts';
@@ -728,25 +728,4 @@ test('a failed restore into a directory resumes: files already written are kept,
   }
   await second.finish();
   assert.deepEqual(await compareTrees(src, target, { ignoreRoot: true }), []);
-});
-
-test('an image file is restored from two places at once: every chunk once, start and middle in turn', () => {
-  assert.deepEqual(fromTwoEnds([]), []);
-  assert.deepEqual(fromTwoEnds(['a']), ['a']);
-  assert.deepEqual(fromTwoEnds(['a', 'b', 'c', 'd', 'e']), ['a', 'd', 'b', 'e', 'c']);
-  for (let n = 0; n < 40; n++) {
-    const ids = Array.from({ length: n }, (_, i) => `c${i}`);
-    const order = fromTwoEnds(ids);
-    assert.deepEqual([...order].sort(), [...ids].sort(), `n=${n}: a permutation`);
-    // Each half keeps its own order, so the file is read as two forward runs.
-    const half = Math.ceil(n / 2);
-    assert.deepEqual(
-      order.filter((id) => ids.indexOf(id) < half),
-      ids.slice(0, half),
-    );
-    assert.deepEqual(
-      order.filter((id) => ids.indexOf(id) >= half),
-      ids.slice(half),
-    );
-  }
 });
