@@ -97,7 +97,7 @@ export class PlanBuilder {
   }
 }
 
-/** The writes of a plan, as PlanBuilder was given them: for tests and messages. */
+/** The writes of a plan, as PlanBuilder was given them: the layout read back on this side, for the tests. */
 export function planWrites(plan: ChunkWritePlan): Array<PlanWrite & { ranges: number[] }> {
   const names = plan.count === 0 ? [] : plan.names.split('\0');
   const out: Array<PlanWrite & { ranges: number[] }> = [];
