@@ -70,6 +70,15 @@ export type ToSender =
       /** Units received and expected (from serial gaps) since the last STATUS. */
       rx: number;
       exp: number;
+      /** Units that arrived since the last STATUS, and the milliseconds since it: the delivery rate. */
+      got: number;
+      ms: number;
+      /**
+       * The first chunk it has no memory for: it can take new chunks below this one only (its
+       * partly received chunks, and those waiting to be written, hold the rest). The sender's
+       * first pass stays below the lowest window of the receivers.
+       */
+      win: number;
       /**
        * Datagrams the receiver's host dropped for a full socket receive buffer since the last
        * STATUS (Linux Udp RcvbufErrors, whole host), null when unknown: that loss is the
@@ -190,6 +199,9 @@ export function parseToSender(body: Buffer, chunkCount: number): ToSender {
         heard: uint(m.heard, 'heard', 0xffffffff),
         rx: uint(m.rx, 'rx'),
         exp: uint(m.exp, 'exp'),
+        got: uint(m.got, 'got'),
+        ms: uint(m.ms, 'ms', 3_600_000),
+        win: uint(m.win, 'win', chunkCount),
         ovf: m.ovf === null || m.ovf === undefined ? null : uint(m.ovf, 'ovf'),
         frag: m.frag === null || m.frag === undefined ? null : share(m.frag, 'frag'),
         nak,

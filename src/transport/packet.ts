@@ -38,7 +38,7 @@
 import { TransportError } from './errors.ts';
 
 export const MAGIC = 0x4943;
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 export const HEADER_SIZE = 28;
 /** A one-unit datagram: the largest that crosses an MTU of 1500 unfragmented. */
 export const UNIT_DATAGRAM = 1472;

@@ -285,8 +285,11 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
    */
   const recent = new Map<number, { p: Partial; at: number; applied: boolean }>();
   let recentBytes = 0;
+  /** Bytes of verified chunks waiting for the consumer: memory the window cannot give out. */
+  let queuedBytes = 0;
   let lastLossAt = -Infinity;
   const doneWith = (seq: number, p: Partial): void => {
+    queuedBytes -= p.charge;
     const r = recent.get(seq);
     if (!r) return release(p);
     r.applied = true;
@@ -314,6 +317,8 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   let firstSerial = -1;
   let maxSerial = 0;
   let heardUnits = 0;
+  let gotAtStatus = 0;
+  let lastStatusAt = Date.now();
   const arrivals = new ArrivalCounter();
   // TICKs not yet confirmed by data (serial, txPos, time), and the confirmed transmit position.
   let ticks: Array<[number, number, number]> = [];
@@ -643,6 +648,29 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     );
   }
 
+  /** Memory a chunk takes while assembled: small chunks (compressed images) would waste most of a pooled buffer and get their own. */
+  function chargeFor(seq: number): number {
+    const wl = wireLen[seq] as number;
+    return poolCap > 0 && wl * 2 >= poolCap ? poolCap : wl;
+  }
+
+  /**
+   * The first chunk this receiver has no memory for, walking up from the lowest incomplete one:
+   * chunks waiting to be written come first, then each incomplete chunk in order (partly received
+   * ones as charged, the others as they would be). Kept chunks do not count: they give way.
+   */
+  function windowEnd(): number {
+    let budget = MAX_PENDING - queuedBytes;
+    let s = lowWater;
+    for (; s < table.length; s++) {
+      if (complete[s]) continue;
+      const cost = partials.get(s)?.charge ?? chargeFor(s);
+      if (cost > budget) break;
+      budget -= cost;
+    }
+    return s;
+  }
+
   /** Stores units frag..frag+units-1 of chunk seq, which are src[from..]; only units not held yet are written. */
   function accept(seq: number, frag: number, units: number, src: Buffer, from: number): void {
     const wl = wireLen[seq] as number;
@@ -653,15 +681,13 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     }
     let p = partials.get(seq);
     if (!p) {
-      // Small chunks (compressed images) would waste most of a pooled buffer: they get their own.
-      const pooled = poolCap > 0 && wl * 2 >= poolCap;
-      const charge = pooled ? poolCap : wl;
+      const charge = chargeFor(seq);
+      const pooled = charge === poolCap && poolCap > 0;
       // Kept chunks are the first to go when memory runs short.
       if (pendingBytes + charge > MAX_PENDING) trimRecent(charge);
       if (pendingBytes + charge > MAX_PENDING) {
-        // Counted as lost for the congestion response: we could not keep this packet.
+        // Past our window (the sender had not heard of it yet): asked for again once there is room.
         c.overrun++;
-        arrivals.discount(units);
         return;
       }
       const base = pooled ? (pool.pop() ?? Buffer.allocUnsafe(poolCap)) : null;
@@ -711,6 +737,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       return;
     }
     complete[seq] = 1;
+    queuedBytes += p.charge;
     // Only a receiver that loses packets gets coded repairs to decode.
     if (Date.now() - lastLossAt <= KEEP_AFTER_LOSS_MS) recent.set(seq, { p, at: Date.now(), applied: false });
     applyChain = applyChain.then(async () => {
@@ -782,6 +809,10 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       nak.push([s, r]);
     }
     const { rx, exp } = arrivals.take(maxSerial);
+    const got = heardUnits - gotAtStatus;
+    gotAtStatus = heardUnits;
+    const ms = Math.max(0, Math.round(now - lastStatusAt));
+    lastStatusAt = now;
     if (firstSerial >= 0) {
       const lost = Math.max(0, maxSerial - firstSerial - heardUnits);
       if (lost > c.lost) lastLossAt = now;
@@ -797,6 +828,9 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       heard: Math.max(maxSerial, heardByTick),
       rx,
       exp,
+      got,
+      ms,
+      win: windowEnd(),
       ovf: kernel.rcvbufDelta(),
       frag: kernel.fragShare(),
       nak,
@@ -980,11 +1014,6 @@ export class ArrivalCounter {
     // A jump past the ring (a long stall, or a forged serial) judges the oldest serials early.
     if (last - this.#judgedTo >= ARRIVAL_RING) this.#judge(last - ARRIVAL_RING + 1);
     for (let s = Math.max(serial, this.#judgedTo + 1); s <= last; s++) this.#seen[s & (ARRIVAL_RING - 1)] = 1;
-  }
-
-  /** Units that arrived but could not be kept (receiver memory full): lost all the same, for the sender's rate. */
-  discount(units: number): void {
-    this.#rx -= units;
   }
 
   /** Arrived and expected units judged since the last call. */

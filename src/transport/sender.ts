@@ -20,47 +20,22 @@
  * the worst receiver lost, not the sum. Measured in the lab, 3 receivers at 1 % frame loss:
  * about 2 x the dropped bytes at k = 5-6, against 4.9 x for plain repairs at k = 6.
  *
- * Datagram size: a datagram carries k consecutive units of a chunk (packet.ts), k from 1 up to
- * maxDatagram's worth (default 16: 23132-byte datagrams, 16 frames at MTU 1500, IP-fragmented).
- * Bigger datagrams cut the per-datagram CPU cost at both ends, but one lost frame loses all k
- * units. Receivers report loss in units; with wire loss p per frame a k-unit datagram is lost
- * with probability 1-(1-p)^k, so the sender turns each report back into p (one unit more than
- * seen as lost, so a short clean sample is no proof of a clean wire) using the recent average
- * k, and leaves out loss the receiver's kernel reports as socket-buffer overflow (that is CPU,
- * not wire). It then picks the largest k whose expected repairs stay within REPAIR_BUDGET x the
- * bytes the receivers lose (unitsForLoss; coded repairs make that about k / receivers, plain
- * ones about k), ignoring the worst receiver when there are 3 or more (one lossy receiver is
- * the drop policy's business, not a reason to slow everyone; and no more than a tenth of
- * them). k grows at most by doubling per decision. At 1 % loss: k = 5-6 for 3 receivers, 2 for one.
-
- * IP reassembly memory: a datagram that lost a fragment stays in the receiving kernel's
- * reassembly queue for net.ipv4.ipfrag_time (30 s); once those queues hold
- * ipfrag_high_thresh (4 MiB) the kernel drops every new fragmented datagram until some expire.
- * Measured in the lab at 1 % frame loss: full after 1 s at k = 6, and then 0 datagrams got
- * through for the rest of the 30 s. Receivers report how full it is; above FRAG_HIGH on any
- * receiver the sender sends unfragmented (k = 1) until all are below FRAG_LOW again (after
- * ipfrag_time, 30 s by default). Receivers run with tuneReassembly shorten that timeout to 1 s,
- * which keeps the memory low enough for k > 1 under loss of a few percent.
+ * Flow control: each receiver holds partly received chunks and verified ones waiting to be
+ * written in bounded memory, and says in every STATUS the first chunk it has no room for (its
+ * window). The first pass never starts a chunk at or past the lowest window of the receivers
+ * that reported lately, and repairs go before new data. Without this, a receiver whose memory
+ * was full of chunks awaiting repairs threw away every new packet, that looked like loss, the
+ * rate fell to its floor, and the repairs that would have freed the memory crawled behind new
+ * data: the session stood still (issue #12).
  *
- * Rate: token-bucket pacing in batches per event-loop turn. No cap by default;
- * the rate starts at 500 Mbit/s and follows the loss the receivers report: the
- * median loss of the receivers over each 200 ms tick (wire loss per frame plus socket-buffer
- * overflow per unit, so the figure does not grow with k) above 5 % cuts the rate to
- * 70 % of what was actually sent in that tick, below 2 % raises it by 15 % (never above --rate, never above what the
- * sender actually manages to push). The median keeps one lossy receiver from
- * throttling everyone; that receiver is handled by the drop policy instead.
+ * Policies live in their own pure modules: the rate (rate-control.ts: follows the delivery
+ * rate, probes for more, never below a floor), the datagram size (datagram-size.ts: only frame
+ * loss shrinks datagrams) and the drop rules (drop-policy.ts: unresponsive, held back, lossy
+ * outlier, stalled, lagging; each with its reason). A dropped receiver keeps what it wrote
+ * (its journal) and can resume in a later session.
  *
- * Drop policy (each drop tells the receiver and the result the reason and figures):
- * - "disconnected": its control connection closed before DONE;
- * - "unresponsive": no message from it for deadAfterMs (default 10 s);
- * - "too slow (loss)": it lost more than 50 % of the packets over the last lossWindowMs (10 s)
- *   while the median of the other receivers lost less than half that (a lone receiver, or
- *   everyone losing alike, is congestion: the rate goes down and nobody is dropped);
- * - "too slow (stalled)": the first pass is over and it completed no chunk for
- *   stallAfterMs (default 20 s);
- * - "too slow (lagging)": every other receiver finished and it still misses chunks
- *   lagLimitMs (default 60 s) later.
- * A dropped receiver keeps what it wrote (its journal) and can resume in a later session.
+ * A sender that was itself stopped (SIGSTOP, a VM paused) for longer than a few ticks does not
+ * hold its receivers' silence during that time against them.
  *
  * Start: when `clients` receivers joined, or `waitSeconds` after the last join with
  * at least one receiver. Receivers joining later get the session too; what they
@@ -105,6 +80,9 @@ import {
   writeCodedRuns,
   xorInto,
 } from './packet.ts';
+import { DatagramSizer, type SizeSample } from './datagram-size.ts';
+import { DEFAULT_DROP_LIMITS, judgeReceivers, type ReceiverView } from './drop-policy.ts';
+import { RateControl, type RateSample } from './rate-control.ts';
 import type {
   ChunkInfo,
   ChunkProvider,
@@ -118,21 +96,16 @@ import type {
 export const DEFAULT_PORT = 7747;
 export const DEFAULT_GROUP = '239.255.42.1';
 const TICK_MS = 200;
-const START_RATE_MBIT = 500;
-const MIN_RATE_MBIT = 2;
-const LOSS_CUT = 0.05;
-const LOSS_RAISE = 0.02;
-const LOSS_DROP = 0.5;
-/** Repair bytes per byte the receivers lose that the datagram size aims at (see unitsForLoss). */
-const REPAIR_BUDGET = 2.2;
-/** Repairs this small a share of the data are not worth smaller datagrams, whatever their ratio to the loss. */
-const REPAIR_FLOOR = 0.002;
+/** The first tick's rate, before any receiver said what arrived. */
+const START_RATE_MBIT = 200;
+/** The rate never falls below this, so a session always moves. */
+export const MIN_RATE_MBIT = 5;
 /** Loss reports this recent decide k. */
 const K_WINDOW_MS = 1000;
-/** Units expected in that window before a receiver's loss counts (fewer say little). */
-const K_MIN_UNITS = 200;
-const FRAG_HIGH = 0.5;
-const FRAG_LOW = 0.2;
+/** A receiver silent this long no longer holds the window: the drop policy will deal with it. */
+const WINDOW_TRUST_MS = 1500;
+/** A gap between ticks this long means the sender itself was stopped. */
+const PAUSE_GAP_MS = 2000;
 /**
  * Chunks kept for repairs (older ones are read again): 10 MiB covers the ~0.1-0.3 s a NAK takes
  * at lab speeds, and leaves room in the sender's 150 MiB for its sending thread (~20 MiB).
@@ -187,7 +160,15 @@ interface Peer {
   joinedAt: number;
   /** [time, units received, units expected, datagrams the host dropped for a full buffer or -1]. */
   lossSamples: Array<[number, number, number, number]>;
-  freshLoss: number | null;
+  /** What its reports since the last tick say: units arrived over ms, and received/expected. */
+  tickGot: number;
+  tickMs: number;
+  tickRx: number;
+  tickExp: number;
+  /** Its window: the first chunk it has no memory for (Infinity before its first STATUS). */
+  win: number;
+  /** Ticks in which it alone kept the window closed while others waited: [time, ms]. */
+  held: Array<[number, number]>;
   /** Latest share of its host's IP reassembly memory in use, when it reports it. */
   frag: number | null;
   repairsRequested: number;
@@ -260,9 +241,10 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   const wantClients = Math.max(1, opts.clients ?? 1);
   const waitMs = (opts.waitSeconds ?? 300) * 1000;
   const deadAfterMs = opts.deadAfterMs ?? 10_000;
-  const stallAfterMs = opts.stallAfterMs ?? Math.max(20_000, 2 * deadAfterMs);
+  const stallAfterMs = opts.stallAfterMs ?? Math.max(DEFAULT_DROP_LIMITS.stallAfterMs, deadAfterMs + 5000);
   const lagLimitMs = opts.lagLimitMs ?? 60_000;
   const lossWindowMs = opts.lossWindowMs ?? 10_000;
+  const debugRate = process.env.IMGCAST_DEBUG_RATE === '1';
   const maxRate = opts.rateMbit && opts.rateMbit > 0 ? opts.rateMbit : Infinity;
   const maxDatagram = opts.maxDatagram ?? DEFAULT_DATAGRAM;
   if (!Number.isInteger(maxDatagram) || maxDatagram < UNIT_DATAGRAM || maxDatagram > MAX_DATAGRAM) {
@@ -334,8 +316,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   let lastJoin = 0;
   let finished = false;
   let fatal: unknown = null;
-  let rateMbit = Math.min(START_RATE_MBIT, maxRate);
-  let lastCut = 0;
+  const rate = new RateControl({ startMbit: START_RATE_MBIT, minMbit: MIN_RATE_MBIT, maxMbit: maxRate });
+  let rateMbit = rate.rateMbit;
   let serial = 0;
   let txPos = 0;
   let firstPassDone = false;
@@ -387,7 +369,12 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       lastProgress: Date.now(),
       joinedAt: 0,
       lossSamples: [],
-      freshLoss: null,
+      tickGot: 0,
+      tickMs: 0,
+      tickRx: 0,
+      tickExp: 0,
+      win: Infinity,
+      held: [],
       frag: null,
       repairsRequested: 0,
       miss: new Map(),
@@ -468,11 +455,15 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
           out.reorderWindow > 0 && out.backlog() > 0 ? p.heard - out.reorderWindow * kMax : p.heard;
         p.counters = m.counters;
         p.frag = m.frag;
-        if (m.exp >= 20) {
-          p.freshLoss = congestionLoss(m.rx, m.exp, m.ovf ?? 0);
+        p.win = m.win;
+        p.tickGot += m.got;
+        p.tickMs += m.ms;
+        p.tickRx += m.rx;
+        p.tickExp += m.exp;
+        if (m.exp > 0) {
           p.lossSamples.push([Date.now(), m.rx, m.exp, m.ovf ?? -1]);
           // The first decision comes with the first report that says enough, not a tick later.
-          if (!kDecided && started) chooseUnits(Date.now());
+          if (!sizer.decided && started) chooseUnits(Date.now());
         }
         p.miss = new Map();
         p.kept = new Set();
@@ -581,7 +572,11 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   // fresh memory each time: garbage 1 MiB buffers wait for the GC and inflate the RSS.
   const readCap = table.reduce((a, e) => Math.max(a, e.storedLength), 0);
   const spare: Buffer[] = [];
-  const maxSpare = readCap > 0 ? Math.ceil(CACHE_BYTES / readCap) + MAX_REPAIR_LOADS + 2 : 0;
+  // Room for the prefetched chunks and the repairs being read besides them, however big the chunks:
+  // with 4 MiB chunks 10 MiB held fewer chunks than the prefetch protects, so every chunk read for
+  // a repair was evicted before it could be sent, and read again, forever (issue #12).
+  const cacheLimit = Math.max(CACHE_BYTES, (PREFETCH_CHUNKS + MAX_REPAIR_LOADS + 1) * readCap);
+  const maxSpare = readCap > 0 ? Math.ceil(cacheLimit / readCap) + MAX_REPAIR_LOADS + 2 : 0;
   /** The read buffer each cached chunk is a view of, when it is one (not encrypted, provider used `into`). */
   const cacheBase = new Map<number, Buffer>();
   const recycle = (b: Buffer): void => {
@@ -609,8 +604,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         cache.set(seq, wire);
         cacheBytes += wire.length;
         for (const [s, b] of cache) {
-          if (cacheBytes <= CACHE_BYTES) break;
-          if (s >= cur && s < cur + PREFETCH_CHUNKS) continue;
+          if (cacheBytes <= cacheLimit) break;
+          if (s === seq || (s >= cur && s < cur + PREFETCH_CHUNKS)) continue;
           cache.delete(s);
           cacheBytes -= b.length;
           const base = cacheBase.get(s);
@@ -650,11 +645,13 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   const repairedAt = new Map<number, Float64Array>();
   let cur = 0;
   let curFrag = 0;
-  let repairCredit = 0;
   // Units per datagram: one until the receivers' first loss reports say more is safe.
-  let k = 1;
-  let kDecided = false;
-  let fragHold = false;
+  const sizer = new DatagramSizer(kMax, codingFits);
+  let k = sizer.k;
+  /** The first pass may not start this chunk: the lowest window of the receivers heard from lately. */
+  let windowLimit = Infinity;
+  /** Whether the first pass waited at the window since the last tick. */
+  let windowBlocked = false;
   let unitsThisTick = 0;
   let datagramsThisTick = 0;
   /** [time, units, datagrams] sent per housekeeping tick, for the recent average k. */
@@ -939,14 +936,14 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     countSent(TYPE_CODED, units, payload.length);
     counters.codedRepairs++;
     counters.codedRuns += runs.length;
-    repairCredit = Math.max(0, repairCredit - units);
     return b.length;
   }
 
   /** Sends one datagram if one is ready; returns its size or 0. */
   function sendOne(): number {
-    const wantRepair = repairs.size > 0 && (firstPassDone || repairCredit > 0);
-    if (wantRepair) {
+    // Repairs before new data: they complete chunks, which frees the receivers' memory and opens
+    // their windows; new data past a full window would only be thrown away.
+    if (repairs.size > 0) {
       // Look at the oldest few entries only, and read at most MAX_REPAIR_LOADS chunks at once,
       // so a long repair list neither costs a scan per packet nor pulls many chunks into memory.
       const now = performance.now();
@@ -981,11 +978,14 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         }
         const run = peekRun(seq, r, k);
         takeRun(run);
-        repairCredit = Math.max(0, repairCredit - run.units);
         return emit(TYPE_REPAIR, e, run.frag, run.units, wire);
       }
     }
     if (!firstPassDone && cur < table.length) {
+      if (curFrag === 0 && cur >= windowLimit) {
+        windowBlocked = true;
+        return 0;
+      }
       const wire = get(cur);
       if (!wire) {
         prefetch();
@@ -995,7 +995,6 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       const units = Math.min(k, e.count - curFrag);
       const n = emit(TYPE_DATA, e, curFrag, units, wire);
       curFrag += units;
-      repairCredit = Math.min(repairCredit + units, 1024);
       if (curFrag >= e.count) {
         curFrag = 0;
         counters.chunksSent++;
@@ -1028,6 +1027,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       return;
     }
     active = peers.filter((p) => p.state === 'receiving');
+    windowLimit = currentWindow(Date.now());
     // The last chunks have passed once their datagrams left: say so now, not at the next tick, so
     // receivers ask for what they miss of them 0-200 ms sooner.
     if (firstPassDone && !passAnnounced && out.backlog() === 0) {
@@ -1092,22 +1092,44 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     }
   }
 
+  /** The lowest window of the receivers heard from lately (a silent one is the drop policy's). */
+  function currentWindow(now: number): number {
+    let w = Infinity;
+    for (const p of active) if (now - p.lastHeard <= WINDOW_TRUST_MS && p.win < w) w = p.win;
+    return w;
+  }
+
   let lastTick = performance.now();
   const ticker = setInterval(() => {
     const now = Date.now();
     const pnow = performance.now();
-    const achievedMbit = (sentThisTick * 8) / 1e6 / ((pnow - lastTick) / 1000);
+    const tickMs = pnow - lastTick;
+    const achievedMbit = (sentThisTick * 8) / 1e6 / (tickMs / 1000);
     sentThisTick = 0;
     lastTick = pnow;
+    if (tickMs > PAUSE_GAP_MS) {
+      // This process was stopped (or starved): the receivers' silence over that time is ours.
+      const gap = tickMs - TICK_MS;
+      log(`the sender did not run for ${(gap / 1000).toFixed(1)} s (stopped or starved); resuming`);
+      for (const p of peers) {
+        p.lastHeard += gap;
+        p.lastProgress += gap;
+        p.held = [];
+      }
+      if (startedAt) startedAt += gap;
+      if (othersDoneAt) othersDoneAt += gap;
+    }
     kHistory.push([now, unitsThisTick, datagramsThisTick]);
     unitsThisTick = 0;
     datagramsThisTick = 0;
     kHistory = kHistory.filter(([t]) => now - t <= K_WINDOW_MS);
     if (!started) maybeStart();
     sendTicks();
-    for (const p of [...peers]) {
-      if (p.state === 'ok' || p.state === 'failed' || p.state === 'dropped') continue;
-      if (now - p.lastHeard > deadAfterMs) {
+    const receiving = peers.filter((p) => p.state === 'receiving');
+    noteHolders(now, receiving, Math.min(tickMs, 2 * TICK_MS));
+    for (const p of peers) {
+      if (p.state !== 'waiting') continue;
+      if (now - p.lastHeard > DEFAULT_DROP_LIMITS.deadAfterMs) {
         endPeer(
           p,
           'dropped',
@@ -1115,79 +1137,72 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
           null,
           true,
         );
-        continue;
       }
-      if (p.state !== 'receiving') continue;
-      p.lossSamples = p.lossSamples.filter(([t]) => now - t <= lossWindowMs);
-      const oldest = p.lossSamples[0];
-      if (oldest && now - p.joinedAt > lossWindowMs && now - startedAt > lossWindowMs) {
-        const loss = windowLoss(p);
-        // Only an outlier is dropped: when most receivers lose this much, the network (or the
-        // shared CPU) is congested, which the rate response handles, and nobody is dropped.
-        const others = peers
-          .filter((o) => o !== p && o.state === 'receiving' && o.lossSamples.length)
-          .map(windowLoss)
-          .sort((a, b) => a - b);
-        const typical = others.length ? (others[Math.floor((others.length - 1) / 2)] as number) : 1;
-        if (loss > LOSS_DROP && typical < loss / 2) {
-          const pct = Math.round(loss * 100);
-          endPeer(
-            p,
-            'dropped',
-            `too slow (loss): lost ${pct}% of packets over the last ${Math.round(lossWindowMs / 1000)} s`,
-            null,
-            true,
-          );
-          continue;
+    }
+    if (started) {
+      const limits = { ...DEFAULT_DROP_LIMITS, deadAfterMs, stallAfterMs, lagLimitMs, lossWindowMs };
+      const views: ReceiverView[] = receiving.map((p) => {
+        p.lossSamples = p.lossSamples.filter(([t]) => now - t <= lossWindowMs);
+        p.held = p.held.filter(([t]) => now - t <= limits.holdWindowMs);
+        return {
+          name: p.name,
+          joinedAt: p.joinedAt,
+          lastHeard: p.lastHeard,
+          lastProgress: p.lastProgress,
+          chunks: p.chunks,
+          rx: p.lossSamples.reduce((a, x) => a + x[1], 0),
+          exp: p.lossSamples.reduce((a, x) => a + x[2], 0),
+          heldMs: p.held.reduce((a, x) => a + x[1], 0),
+        };
+      });
+      const verdicts = judgeReceivers(
+        now,
+        views,
+        { startedAt, totalChunks: table.length, othersDoneAt },
+        limits,
+      );
+      for (const v of verdicts) {
+        const p = receiving.find((x) => x.name === v.name);
+        if (p && p.state === 'receiving') endPeer(p, 'dropped', v.reason, null, true);
+      }
+      chooseUnits(now);
+      const samples: RateSample[] = [];
+      for (const p of receiving) {
+        if (p.state === 'receiving' && p.tickMs > 0) {
+          samples.push({
+            deliveredMbit: (p.tickGot * FRAG_PAYLOAD * 8) / (p.tickMs * 1000),
+            loss: p.tickExp >= 20 ? Math.max(0, 1 - p.tickRx / p.tickExp) : 0,
+          });
         }
       }
-      if (firstPassDone && repairs.size === 0 && now - p.lastProgress > stallAfterMs) {
-        endPeer(
-          p,
-          'dropped',
-          `too slow (stalled): no chunk completed for ${Math.round((now - p.lastProgress) / 1000)} s, ` +
-            `has ${p.chunks} of ${table.length}`,
-          null,
-          true,
-        );
-        continue;
-      }
-      if (othersDoneAt && now - othersDoneAt > lagLimitMs) {
-        endPeer(
-          p,
-          'dropped',
-          `too slow (lagging): still missing ${table.length - p.chunks} chunks ${Math.round(lagLimitMs / 1000)} s ` +
-            'after every other receiver finished',
-          null,
-          true,
+      const before = rateMbit;
+      rateMbit = rate.tick(now, achievedMbit, samples);
+      if (debugRate) {
+        log(
+          `rate ${before.toFixed(0)} -> ${rateMbit.toFixed(0)} Mbit/s (${rate.phase}), sent ${achievedMbit.toFixed(0)}, ` +
+            `delivered ${samples.map((x) => `${x.deliveredMbit.toFixed(0)}/${(x.loss * 100).toFixed(1)}%`).join(' ')}, ` +
+            `k ${k}, window ${windowLimit} at ${cur}, repairs ${repairs.size}`,
         );
       }
     }
-    if (started) chooseUnits(now);
+    for (const p of peers) {
+      p.tickGot = 0;
+      p.tickMs = 0;
+      p.tickRx = 0;
+      p.tickExp = 0;
+    }
     // Repair history matters only for chunks some receiver still misses.
     for (const seq of repairedAt.keys()) {
       if (!peers.some((p) => p.state === 'receiving' && p.miss.has(seq))) repairedAt.delete(seq);
     }
-    // Congestion response on the median receiver loss of this tick.
-    const fresh = peers
-      .filter((p) => p.state === 'receiving' && p.freshLoss !== null)
-      .map((p) => p.freshLoss as number);
-    for (const p of peers) p.freshLoss = null;
-    if (started && fresh.length) {
-      fresh.sort((a, b) => a - b);
-      const loss = fresh[Math.floor((fresh.length - 1) / 2)] as number;
-      if (loss > LOSS_CUT && now - lastCut > 2 * TICK_MS) {
-        // Cut from what actually left, not from a target the sender (CPU-bound) never reached.
-        rateMbit = Math.max(MIN_RATE_MBIT, Math.min(rateMbit, Math.max(achievedMbit, rateMbit / 2)) * 0.7);
-        lastCut = now;
-      } else if (loss < LOSS_RAISE && achievedMbit > rateMbit * 0.7) {
-        rateMbit = Math.min(maxRate, rateMbit * 1.15);
-      }
-    }
     counters.rateMbit = Math.round(rateMbit * 10) / 10;
+    // A window that opened for want of news (a silent receiver no longer counts) restarts the pump.
+    kick();
     opts.onProgress?.({
       phase: !started ? 'waiting' : finished ? 'done' : firstPassDone ? 'repairing' : 'sending',
       joined: joined().length,
+      wanted: wantClients,
+      startsInMs: started ? 0 : Math.max(0, lastJoin + waitMs - now),
       active: peers.filter((p) => p.state === 'receiving').length,
       chunksSent: counters.chunksSent,
       totalChunks: table.length,
@@ -1199,6 +1214,18 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     });
   }, TICK_MS);
 
+  /**
+   * When the first pass waited at the window during the last tick and a single receiver closed
+   * it while others had room, that receiver held the others back for the tick.
+   */
+  function noteHolders(now: number, receiving: Peer[], ms: number): void {
+    const blocked = windowBlocked;
+    windowBlocked = false;
+    if (!blocked || receiving.length < 2 || firstPassDone) return;
+    const holders = receiving.filter((p) => now - p.lastHeard <= WINDOW_TRUST_MS && p.win <= cur);
+    if (holders.length === 1) (holders[0] as Peer).held.push([now, ms]);
+  }
+
   /** Units per datagram over the last K_WINDOW_MS (1 when nothing was sent). */
   function recentK(): number {
     const units = kHistory.reduce((a, x) => a + x[1], 0) + unitsThisTick;
@@ -1206,82 +1233,27 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     return datagrams > 0 ? Math.max(1, units / datagrams) : k;
   }
 
-  /** Per-frame wire loss behind `lost` of `exp` units in datagrams of kAvg units on average. */
-  function frameLoss(lost: number, exp: number, kAvg: number): number {
-    const unitLoss = Math.min(1, Math.max(0, lost / exp));
-    return 1 - Math.pow(1 - unitLoss, 1 / kAvg);
-  }
-
-  /** Loss figure for the rate response: wire loss per frame plus overflow per unit. */
-  function congestionLoss(rx: number, exp: number, ovf: number): number {
-    const kAvg = recentK();
-    const ovfUnits = Math.max(0, Math.min(exp - rx, ovf * kAvg));
-    return frameLoss(exp - rx - ovfUnits, exp, kAvg) + ovfUnits / exp;
-  }
-
   function chooseUnits(now: number): void {
-    const active = peers.filter((p) => p.state === 'receiving');
-    const fragHigh = active.some((p) => (p.frag ?? 0) > FRAG_HIGH);
-    if (fragHigh && !fragHold) {
-      fragHold = true;
-      counters.fragmentationPauses++;
-      const worst = active.reduce((a, p) => Math.max(a, p.frag ?? 0), 0);
-      log(
-        `a receiver's IP reassembly memory is ${Math.round(worst * 100)} % full (fragments lost on the way): ` +
-          'sending unfragmented datagrams until it drains',
-      );
-    } else if (fragHold && active.every((p) => (p.frag ?? 0) <= FRAG_LOW)) {
-      fragHold = false;
-      log('reassembly memory drained: datagrams may be fragmented again');
-    }
-    const kAvg = recentK();
-    const losses: number[] = [];
-    for (const p of active) {
+    const samples: SizeSample[] = [];
+    for (const p of peers) {
+      if (p.state !== 'receiving') continue;
       let rx = 0;
       let exp = 0;
-      let ovf = 0;
+      let overflow = 0;
       for (const [t, r, e, o] of p.lossSamples) {
         if (now - t > K_WINDOW_MS) continue;
         rx += r;
         exp += e;
-        ovf += Math.max(0, o);
+        overflow += Math.max(0, o);
       }
-      if (exp < K_MIN_UNITS) continue;
-      // A report with rx above exp (a forged one) must not make the overflow negative.
-      const ovfUnits = Math.max(0, Math.min(exp - rx, ovf * kAvg));
-      // One more lost unit than seen: a short clean sample does not pass for a loss-free wire.
-      losses.push(frameLoss(exp - rx - ovfUnits + 1, exp, kAvg));
+      samples.push({ rx, exp, overflow, frag: p.frag });
     }
-    // No fresh reports: keep k (a quiet tick says nothing about the wire).
-    if (losses.length === 0) return;
-    kDecided = true;
-    losses.sort((a, b) => a - b);
-    const n = losses.length;
-    const considered = losses.slice(0, n - Math.max(n >= 3 ? 1 : 0, Math.floor(n / 10)));
-    // What the ignored ones lose counts up to the worst of the rest: an outlier's loss must not
-    // buy everyone bigger datagrams either.
-    const cap = considered[considered.length - 1] as number;
-    const lostByAll = losses.reduce((a, p) => a + Math.min(p, cap), 0);
-    const kLoss = unitsForLoss(considered, lostByAll, kMax, n >= 2 && codingFits(n));
-    // Up by doubling at most per decision: a wrong guess at k = 16 fills the receivers' reassembly memory.
-    const next = fragHold ? 1 : Math.min(kLoss, 2 * k);
-    if (next !== k) {
-      const worst = considered[considered.length - 1] as number;
-      log(
-        `datagrams of ${next} unit(s): frame loss up to ${(worst * 100).toFixed(2)} % ` +
-          `over ${considered.length} receiver(s) (average ${kAvg.toFixed(1)} units sent)`,
-      );
-    }
+    const { k: next, note } = sizer.decide(samples, recentK());
+    counters.fragmentationPauses = sizer.fragmentationPauses;
+    if (note) log(note);
     k = next;
     // Small datagrams cost mostly per datagram, which spreads well over sending threads (datagram-out.ts).
     out.spread(2 * k <= kMax);
-  }
-
-  /** Loss over the window, 0 when the window saw too few packets to judge. */
-  function windowLoss(p: Peer): number {
-    const rx = p.lossSamples.reduce((a, x) => a + x[1], 0);
-    const exp = p.lossSamples.reduce((a, x) => a + x[2], 0);
-    return exp > 1000 ? Math.max(0, 1 - rx / exp) : 0;
   }
 
   function checkFinished(): void {
@@ -1373,26 +1345,6 @@ function missing(
     }
   }
   return { bits, left };
-}
-
-/**
- * Units per datagram for receivers losing `losses` of their frames, `lost` frames per frame sent
- * over all of them: the most, up to kMax, whose expected repair bytes stay within
- * REPAIR_BUDGET x the bytes lost, or within REPAIR_FLOOR of the data when loss is that rare. A k-unit
- * datagram is lost with probability D = 1 - (1 - p)^k, and repairs are lost alike (1 / (1 - D)).
- * With coded repairs one datagram repairs a different run for each receiver, so repairs cost
- * about what the worst receiver misses; without them, what any receiver misses.
- */
-export function unitsForLoss(losses: readonly number[], lost: number, kMax: number, coded: boolean): number {
-  const budget = Math.max(REPAIR_BUDGET * lost, REPAIR_FLOOR);
-  let best = 1;
-  for (let k = 2; k <= kMax; k++) {
-    const d = losses.map((p) => 1 - Math.pow(1 - p, k));
-    const miss = coded ? Math.max(0, ...d) : 1 - d.reduce((a, x) => a * (1 - x), 1);
-    if (miss >= 1 || miss / (1 - miss) > budget) break;
-    best = k;
-  }
-  return best;
 }
 
 /** The first unit of the run of consecutive members of `set` that `f` belongs to. */

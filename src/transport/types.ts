@@ -60,6 +60,9 @@ export type Log = (line: string) => void;
 export interface SenderProgress {
   phase: 'waiting' | 'sending' | 'repairing' | 'done';
   joined: number;
+  /** Receivers the session waits for (--clients), and the time left before it starts anyway. */
+  wanted: number;
+  startsInMs: number;
   active: number;
   chunksSent: number;
   totalChunks: number;

@@ -37,6 +37,9 @@ const toSender: ToSender[] = [
     heard: 99,
     rx: 5,
     exp: 6,
+    got: 5,
+    ms: 101,
+    win: 9,
     ovf: 0,
     frag: 0.25,
     nak: [

@@ -1,0 +1,123 @@
+/**
+ * Which receivers the sender stops serving, and why. Every session ends in bounded time: a
+ * receiver either completes chunks or is dropped within seconds, with a reason that names the
+ * cause and its figures, and keeps what it wrote (its journal) to resume in a later session.
+ *
+ * - unresponsive: no message for `deadAfterMs` (a crashed, paused or cut-off workstation).
+ * - too slow (held back): while others wait, it alone kept the sender's window closed (it has
+ *   no room for new chunks: its disk writes slower than the session, or it misses too much to
+ *   complete chunks) for more than `holdLimitMs` of the last `holdWindowMs`. A lone receiver is
+ *   never dropped for this: the session simply follows it.
+ * - too slow (loss): it lost more than half of what was sent over `lossWindowMs` while the
+ *   typical other receiver lost less than half that (a slower link, a failing NIC). When all
+ *   lose alike that is congestion, which the rate control handles, and nobody is dropped.
+ * - stalled: it completed no chunk for `stallAfterMs` while the sender had something for it.
+ * - lagging: every other receiver finished `lagLimitMs` ago and it still misses chunks.
+ *
+ * Pure: views of the receivers in, verdicts out; time comes in with each call.
+ */
+import { median } from './rate-control.ts';
+
+export interface DropLimits {
+  deadAfterMs: number;
+  stallAfterMs: number;
+  lagLimitMs: number;
+  lossWindowMs: number;
+  holdLimitMs: number;
+  holdWindowMs: number;
+}
+
+export const DEFAULT_DROP_LIMITS: DropLimits = {
+  deadAfterMs: 10_000,
+  stallAfterMs: 15_000,
+  lagLimitMs: 60_000,
+  lossWindowMs: 10_000,
+  holdLimitMs: 8_000,
+  holdWindowMs: 10_000,
+};
+
+/** Loss over the window above which an outlier is dropped. */
+const LOSS_DROP = 0.5;
+/** Units expected over the window before its loss is judged. */
+const LOSS_MIN_UNITS = 1000;
+
+export interface ReceiverView {
+  name: string;
+  /** When it joined, last sent anything, last completed a chunk (ms). */
+  joinedAt: number;
+  lastHeard: number;
+  lastProgress: number;
+  chunks: number;
+  /** Units received and expected over the loss window. */
+  rx: number;
+  exp: number;
+  /** How long it alone held the window closed within the hold window (ms). */
+  heldMs: number;
+}
+
+export interface SessionView {
+  startedAt: number;
+  totalChunks: number;
+  /** When every other receiver had finished, 0 while some still receive. */
+  othersDoneAt: number;
+}
+
+export interface Verdict {
+  name: string;
+  reason: string;
+}
+
+export function judgeReceivers(
+  now: number,
+  receivers: readonly ReceiverView[],
+  session: SessionView,
+  limits: DropLimits = DEFAULT_DROP_LIMITS,
+): Verdict[] {
+  const out: Verdict[] = [];
+  const secs = (ms: number): number => Math.round(ms / 1000);
+  const loss = (r: ReceiverView): number => (r.exp >= LOSS_MIN_UNITS ? Math.max(0, 1 - r.rx / r.exp) : 0);
+  for (const r of receivers) {
+    if (now - r.lastHeard > limits.deadAfterMs) {
+      out.push({ name: r.name, reason: `unresponsive: no message for ${secs(now - r.lastHeard)} s` });
+      continue;
+    }
+    const others = receivers.filter((o) => o !== r);
+    if (others.length > 0 && r.heldMs > limits.holdLimitMs) {
+      out.push({
+        name: r.name,
+        reason:
+          `too slow (held back): it had no room for new chunks, holding the other receivers back, for ` +
+          `${secs(r.heldMs)} of the last ${secs(limits.holdWindowMs)} s (it has ${r.chunks} of ${session.totalChunks} chunks)`,
+      });
+      continue;
+    }
+    const mine = loss(r);
+    const typical = others.length ? median(others.map(loss)) : 1;
+    const judged = now - r.joinedAt > limits.lossWindowMs && now - session.startedAt > limits.lossWindowMs;
+    if (judged && mine > LOSS_DROP && typical < mine / 2) {
+      out.push({
+        name: r.name,
+        reason:
+          `too slow (loss): lost ${Math.round(mine * 100)} % of the packets over the last ` +
+          `${secs(limits.lossWindowMs)} s while the others lost ${Math.round(typical * 100)} % (a slower link or port?)`,
+      });
+      continue;
+    }
+    if (now - Math.max(r.lastProgress, session.startedAt) > limits.stallAfterMs) {
+      out.push({
+        name: r.name,
+        reason: `stalled: no chunk completed for ${secs(now - Math.max(r.lastProgress, session.startedAt))} s (has ${r.chunks} of ${session.totalChunks})`,
+      });
+      continue;
+    }
+    if (session.othersDoneAt && now - session.othersDoneAt > limits.lagLimitMs) {
+      out.push({
+        name: r.name,
+        reason:
+          `too slow (lagging): still missing ${session.totalChunks - r.chunks} chunks ` +
+          `${secs(limits.lagLimitMs)} s after every other receiver finished`,
+      });
+    }
+  }
+  return out;
+}

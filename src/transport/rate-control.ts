@@ -1,0 +1,175 @@
+/**
+ * The session's sending rate, decided once per tick from what the receivers say arrived.
+ *
+ * Loss alone is a poor guide on a LAN: a lossy wire loses 1 % at any rate, a receiver whose
+ * socket buffer overflows loses more the faster it is fed, and cutting the rate on every loss
+ * report drives a session down to its floor and keeps it there (the hang of issue #12: the
+ * sender sat at 2 Mbit/s because the figure it cut on never fell). So the rate follows the
+ * delivery rate instead, the way BBR does: what arrived at the typical receiver per second is
+ * what the path (link, switch, receiver CPU) carries, whatever was lost on the way. The
+ * sender paces at that rate, probes 10 % above it one tick in eight to find more, and after
+ * two probes that got through whole goes back to doubling (startup), so a rate that fell
+ * recovers in seconds once loss stops. Heavy loss (above LOSS_HIGH of the units sent) means
+ * the sender is well past what the path carries: the estimate is reset to what arrived, and
+ * the next tick drains the queue at 85 %.
+ *
+ * The typical receiver is the median one (the lower of the two middle ones): one slow
+ * receiver neither slows everyone nor is followed; the drop policy deals with it. Ticks
+ * where the sender sent less than it was allowed to (nothing to send, waiting for receivers'
+ * windows) say little about the path: their samples may raise the estimate but not lower it.
+ *
+ * Pure: state and reports in, rate out; time comes in with each call.
+ */
+
+export interface RateSample {
+  /** Payload megabits per second that arrived at one receiver over its reports of the tick. */
+  deliveredMbit: number;
+  /** Units lost / units expected in those reports, 0..1. */
+  loss: number;
+}
+
+export interface RateOptions {
+  /** Rate of the first tick, before anything arrived. */
+  startMbit: number;
+  /** Never below this: a session always makes progress, and a quiet spell cannot silence it. */
+  minMbit: number;
+  /** --rate; Infinity for no cap. */
+  maxMbit: number;
+}
+
+export type RatePhase = 'startup' | 'cruise';
+
+/** Loss of the typical receiver above which the sender is past what the path carries. */
+export const LOSS_HIGH = 0.1;
+/** Loss above which startup ends: doubling further would only overflow something. */
+const LOSS_STARTUP_END = 0.03;
+/** Delivery samples this recent make the estimate (its maximum). */
+const BW_WINDOW_MS = 2000;
+const STARTUP_GAIN = 2;
+/** One tick of probing, one of draining what the probe queued, then six at the estimate. */
+const CYCLE = [1.1, 0.9, 1, 1, 1, 1, 1, 1];
+const DRAIN_GAIN = 0.85;
+/** A probe whose delivery reached this share of its gain found room. */
+const PROBE_FOUND = 0.8;
+/** Startup ends after this many ticks without the delivery growing by a quarter. */
+const PLATEAU_TICKS = 3;
+/** A tick where the sender used less than this share of its allowance is limited by the sender. */
+const APP_LIMITED = 0.8;
+
+export class RateControl {
+  #rate: number;
+  #phase: RatePhase = 'startup';
+  readonly #opts: RateOptions;
+  #samples: Array<[number, number]> = [];
+  #cycle = 0;
+  #foundRoom = 0;
+  #plateauBw = 0;
+  #plateauTicks = 0;
+  #drain = false;
+  #lastTick: number | null = null;
+
+  constructor(opts: RateOptions) {
+    this.#opts = opts;
+    this.#rate = this.#clamp(opts.startMbit);
+  }
+
+  get rateMbit(): number {
+    return this.#rate;
+  }
+
+  get phase(): RatePhase {
+    return this.#phase;
+  }
+
+  /** The delivery-rate estimate: the most that arrived at the typical receiver per tick lately. */
+  bandwidth(now: number): number {
+    let best = 0;
+    for (const [t, bw] of this.#samples) if (now - t <= BW_WINDOW_MS && bw > best) best = bw;
+    return best;
+  }
+
+  /**
+   * One decision. `sentMbit` is what the sender put on the wire over the tick; `samples` has one
+   * entry per receiver that reported during it (none: nothing is learned, the rate stays).
+   */
+  tick(now: number, sentMbit: number, samples: readonly RateSample[]): number {
+    const appLimited = sentMbit < APP_LIMITED * this.#rate;
+    // Idle or held-back ticks measure nothing: the estimate they would let expire still holds.
+    if (appLimited) this.#shift(now);
+    this.#samples = this.#samples.filter(([t]) => now - t <= BW_WINDOW_MS);
+    this.#lastTick = now;
+    if (samples.length === 0) return this.#rate;
+    const delivered = median(samples.map((s) => s.deliveredMbit));
+    const loss = median(samples.map((s) => s.loss));
+    const before = this.bandwidth(now);
+
+    if (loss > LOSS_HIGH && !appLimited) {
+      // Past what the path carries: what did arrive is the best measure of it.
+      this.#samples = [[now, delivered]];
+      this.#phase = 'cruise';
+      this.#drain = true;
+      this.#foundRoom = 0;
+      this.#cycle = 0;
+      this.#rate = this.#clamp(delivered * DRAIN_GAIN);
+      return this.#rate;
+    }
+    if (!appLimited || delivered > before) this.#samples.push([now, delivered]);
+    const bw = Math.max(this.bandwidth(now), this.#opts.minMbit);
+
+    if (this.#phase === 'startup') {
+      if (delivered >= this.#plateauBw * 1.25) {
+        this.#plateauBw = delivered;
+        this.#plateauTicks = 0;
+      } else if (!appLimited) {
+        this.#plateauTicks++;
+      }
+      if (loss > LOSS_STARTUP_END || this.#plateauTicks >= PLATEAU_TICKS) {
+        this.#phase = 'cruise';
+        this.#cycle = 1;
+        this.#rate = this.#clamp(bw * (CYCLE[1] as number));
+        return this.#rate;
+      }
+      this.#rate = this.#clamp(Math.max(this.#rate, bw * STARTUP_GAIN));
+      return this.#rate;
+    }
+
+    // Cruise. The tick that just ended ran at gain CYCLE[cycle]: did a probe find room?
+    const gain = this.#drain ? DRAIN_GAIN : (CYCLE[this.#cycle] as number);
+    if (gain > 1 && loss <= LOSS_STARTUP_END) {
+      this.#foundRoom = delivered >= before * (1 + (gain - 1) * PROBE_FOUND) ? this.#foundRoom + 1 : 0;
+      if (this.#foundRoom >= 2) {
+        // Two probes in a row got through whole: the path has much more room (loss stopped,
+        // another session ended); find it by doubling rather than 10 % per cycle.
+        this.#phase = 'startup';
+        this.#plateauBw = delivered;
+        this.#plateauTicks = 0;
+        this.#foundRoom = 0;
+        this.#rate = this.#clamp(bw * STARTUP_GAIN);
+        return this.#rate;
+      }
+    }
+    this.#drain = false;
+    this.#cycle = (this.#cycle + 1) % CYCLE.length;
+    // Moderate loss (a lossy wire, or a receiver near its limit): no probing until it eases.
+    const next = CYCLE[this.#cycle] as number;
+    this.#rate = this.#clamp(bw * (loss > LOSS_STARTUP_END ? Math.min(1, next) : next));
+    return this.#rate;
+  }
+
+  /** Moves the samples' times forward by the time since the last tick, keeping their age. */
+  #shift(now: number): void {
+    if (this.#lastTick === null) return;
+    const by = now - this.#lastTick;
+    this.#samples = this.#samples.map(([t, bw]) => [t + by, bw]);
+  }
+
+  #clamp(mbit: number): number {
+    return Math.min(this.#opts.maxMbit, Math.max(this.#opts.minMbit, mbit));
+  }
+}
+
+/** The median, the lower of the two middle values for an even count. */
+export function median(values: readonly number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.floor((s.length - 1) / 2)] ?? 0;
+}

@@ -1,0 +1,147 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { LOSS_HIGH, median, RateControl, type RateSample } from '../../src/transport/rate-control.ts';
+
+const TICK = 200;
+const opts = { startMbit: 200, minMbit: 5, maxMbit: Infinity };
+
+/**
+ * A path that carries at most `capacity` Mbit/s: what is sent above it is lost. Runs `ticks`
+ * ticks from `from` and returns the rates chosen.
+ */
+function drive(
+  rc: RateControl,
+  capacity: (i: number) => number,
+  ticks: number,
+  from = 0,
+  extraLoss = 0,
+): number[] {
+  const rates: number[] = [];
+  for (let i = 0; i < ticks; i++) {
+    const sent = rc.rateMbit;
+    const cap = capacity(i);
+    const delivered = Math.min(sent, cap) * (1 - extraLoss);
+    const loss = sent > 0 ? 1 - delivered / sent : 0;
+    rates.push(rc.tick(from + (i + 1) * TICK, sent, [{ deliveredMbit: delivered, loss }]));
+  }
+  return rates;
+}
+
+test('finds a link slower than the sender and settles at 95 % or more of it, with little overshoot', () => {
+  for (const link of [100, 400, 900]) {
+    const rc = new RateControl(opts);
+    const rates = drive(rc, () => link, 150);
+    const settled = rates.slice(50);
+    const mean = settled.reduce((a, r) => a + Math.min(r, link), 0) / settled.length;
+    assert.ok(mean >= 0.95 * link, `link ${link}: delivered on average ${mean.toFixed(1)}`);
+    // Above the link only while probing: 10 % one tick in eight.
+    const over = settled.reduce((a, r) => a + Math.max(0, r - link), 0) / settled.reduce((a, r) => a + r, 0);
+    assert.ok(over <= 0.015, `link ${link}: ${(over * 100).toFixed(2)} % sent above it`);
+  }
+});
+
+test('random loss of 1 % (a lossy wire) does not hold the rate below the link', () => {
+  const rc = new RateControl(opts);
+  const rates = drive(rc, () => 400, 150, 0, 0.01);
+  const settled = rates.slice(50);
+  const mean = settled.reduce((a, r) => a + Math.min(r, 400), 0) / settled.length;
+  assert.ok(mean >= 0.93 * 400, `mean ${mean.toFixed(1)}`);
+});
+
+test('every receiver losing everything: the rate falls to the floor, never below, and recovers once loss stops', () => {
+  const rc = new RateControl(opts);
+  drive(rc, () => 500, 30);
+  let t = 31 * TICK;
+  for (let i = 0; i < 40; i++) {
+    t += TICK;
+    const r = rc.tick(t, rc.rateMbit, [
+      { deliveredMbit: 0, loss: 1 },
+      { deliveredMbit: 0, loss: 1 },
+    ]);
+    assert.ok(r >= opts.minMbit, `rate ${r}`);
+  }
+  assert.equal(rc.rateMbit, opts.minMbit);
+  // The path is back, with room for 500 Mbit/s: within 5 s the rate is near it again.
+  const back = drive(rc, () => 500, 25, t);
+  assert.ok((back.at(-1) as number) >= 450, `after 5 s: ${back.at(-1)}`);
+});
+
+test('no reports at all (every receiver silent): the rate stays where it was', () => {
+  const rc = new RateControl(opts);
+  drive(rc, () => 300, 40);
+  const before = rc.rateMbit;
+  for (let i = 0; i < 50; i++) rc.tick(41 * TICK + i * TICK, 0, []);
+  assert.equal(rc.rateMbit, before);
+});
+
+test('one silent or slow receiver among three does not set the rate: the median one does', () => {
+  const rc = new RateControl(opts);
+  for (let i = 0; i < 100; i++) {
+    const sent = rc.rateMbit;
+    const fast = Math.min(sent, 600);
+    const samples: RateSample[] = [
+      { deliveredMbit: fast, loss: 1 - fast / sent },
+      { deliveredMbit: fast, loss: 1 - fast / sent },
+      { deliveredMbit: Math.min(sent, 50), loss: 1 - Math.min(sent, 50) / sent },
+    ];
+    rc.tick((i + 1) * TICK, sent, samples);
+  }
+  assert.ok(rc.rateMbit >= 0.9 * 600, `rate ${rc.rateMbit}`);
+});
+
+test('overflow only (a receiver whose socket buffer overflows above 250 Mbit/s) settles near what it takes', () => {
+  const rc = new RateControl(opts);
+  const rates = drive(rc, () => 250, 100);
+  const settled = rates.slice(40);
+  assert.ok(Math.min(...settled) >= 200 && Math.max(...settled) <= 290, settled.join(' '));
+});
+
+test('idle ticks (nothing to send, waiting for windows) keep the estimate instead of letting it expire', () => {
+  const rc = new RateControl(opts);
+  drive(rc, () => 400, 60);
+  const before = rc.rateMbit;
+  for (let i = 0; i < 30; i++) rc.tick(61 * TICK + i * TICK, 0, [{ deliveredMbit: 0, loss: 0 }]);
+  assert.ok(rc.rateMbit >= 0.85 * before, `${before} -> ${rc.rateMbit}`);
+});
+
+test('a cap (--rate) is never exceeded and the floor never undercut, whatever the reports say', () => {
+  fc.assert(
+    fc.property(
+      fc.array(
+        fc.record({
+          sent: fc.double({ min: 0, max: 5000, noNaN: true }),
+          samples: fc.array(
+            fc.record({
+              deliveredMbit: fc.double({ min: 0, max: 5000, noNaN: true }),
+              loss: fc.double({ min: 0, max: 1, noNaN: true }),
+            }),
+            { maxLength: 5 },
+          ),
+        }),
+        { maxLength: 200 },
+      ),
+      (ticks) => {
+        const rc = new RateControl({ startMbit: 200, minMbit: 5, maxMbit: 700 });
+        ticks.forEach((x, i) => {
+          const r = rc.tick((i + 1) * TICK, x.sent, x.samples);
+          assert.ok(r >= 5 && r <= 700, String(r));
+        });
+      },
+    ),
+  );
+});
+
+test('heavy loss resets the estimate to what arrived and drains below it', () => {
+  const rc = new RateControl(opts);
+  drive(rc, () => 800, 40);
+  const r = rc.tick(41 * TICK, rc.rateMbit, [{ deliveredMbit: 300, loss: LOSS_HIGH + 0.2 }]);
+  assert.ok(r < 300 && r >= 0.8 * 300, String(r));
+  assert.equal(rc.phase, 'cruise');
+});
+
+test('median takes the lower middle value', () => {
+  assert.equal(median([3, 1, 2]), 2);
+  assert.equal(median([4, 1, 3, 2]), 2);
+  assert.equal(median([]), 0);
+});
