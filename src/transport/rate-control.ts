@@ -14,7 +14,13 @@
  * the next tick drains the queue at 85 %.
  *
  * The typical receiver is the median one (the lower of the two middle ones): one slow
- * receiver neither slows everyone nor is followed; the drop policy deals with it. Ticks
+ * receiver neither slows everyone nor is followed; the drop policy deals with it.
+ *
+ * A lossy wire loses the same share at any rate, so what arrives is always short of what was
+ * sent, and a rate set to what arrived would shrink by that share every cycle, down to the floor.
+ * Congestion loss comes and goes with the probes while a wire's loss never stops, so the least
+ * loss of the typical receiver over the last few cycles is taken as the wire's share: delivery
+ * samples are scaled back up by it, and only loss above it counts as congestion. Ticks
  * where the sender sent less than it was allowed to (nothing to send, waiting for receivers'
  * windows) say little about the path: their samples may raise the estimate but not lower it.
  *
@@ -43,6 +49,11 @@ export type RatePhase = 'startup' | 'cruise';
 export const LOSS_HIGH = 0.1;
 /** Loss above which startup ends: doubling further would only overflow something. */
 const LOSS_STARTUP_END = 0.03;
+/** Loss above this is never taken for the wire's own: it is congestion, or a receiver to drop. */
+const MAX_WIRE_LOSS = 0.3;
+/** The wire's loss is the least over this long (two and a half cycles), once that many ticks were busy. */
+const WIRE_WINDOW_MS = 4000;
+const WIRE_MIN_TICKS = 8;
 /** Delivery samples this recent make the estimate (its maximum). */
 const BW_WINDOW_MS = 2000;
 const STARTUP_GAIN = 2;
@@ -67,6 +78,9 @@ export class RateControl {
   #plateauTicks = 0;
   #drain = false;
   #lastTick: number | null = null;
+  /** The typical receiver's loss that never goes away (a lossy wire), 0..MAX_WIRE_LOSS. */
+  #wireLoss = 0;
+  #losses: Array<[number, number]> = [];
 
   constructor(opts: RateOptions) {
     this.#opts = opts;
@@ -81,7 +95,12 @@ export class RateControl {
     return this.#phase;
   }
 
-  /** The delivery-rate estimate: the most that arrived at the typical receiver per tick lately. */
+  /** The share of units the typical receiver loses even when nothing queues. */
+  get wireLoss(): number {
+    return this.#wireLoss;
+  }
+
+  /** The delivery-rate estimate: the most that arrived at the typical receiver per tick lately (wire loss added back). */
   bandwidth(now: number): number {
     let best = 0;
     for (const [t, bw] of this.#samples) if (now - t <= BW_WINDOW_MS && bw > best) best = bw;
@@ -99,8 +118,13 @@ export class RateControl {
     this.#samples = this.#samples.filter(([t]) => now - t <= BW_WINDOW_MS);
     this.#lastTick = now;
     if (samples.length === 0) return this.#rate;
-    const delivered = median(samples.map((s) => s.deliveredMbit));
-    const loss = median(samples.map((s) => s.loss));
+    const rawLoss = median(samples.map((s) => s.loss));
+    if (!appLimited) this.#losses.push([now, rawLoss]);
+    this.#losses = this.#losses.filter(([t]) => now - t <= WIRE_WINDOW_MS);
+    this.#wireLoss =
+      this.#losses.length >= WIRE_MIN_TICKS ? Math.min(MAX_WIRE_LOSS, ...this.#losses.map(([, l]) => l)) : 0;
+    const delivered = median(samples.map((s) => s.deliveredMbit)) / (1 - this.#wireLoss);
+    const loss = Math.max(0, rawLoss - this.#wireLoss);
     const before = this.bandwidth(now);
 
     if (loss > LOSS_HIGH && !appLimited) {
