@@ -13,5 +13,7 @@ import { ImgcastError } from '../errors.ts';
  * E_CONSUMER           the consumer (restore target / output file) failed to prepare, write or finish
  * E_ABORTED            the caller aborted the session (AbortSignal)
  * E_NO_RECEIVERS       the sender ended because no receiver joined or every receiver was dropped
+ * E_TUNING             kernel-tuning state could not be kept (state directory unusable, its lock held too
+ *                      long, a malformed want); a setting that may not be changed here is a refusal, not this
  */
 export class TransportError extends ImgcastError {}
