@@ -47,32 +47,39 @@ export function addReceiveCommand(program: Command): void {
         json?: boolean;
         verbose?: boolean;
       }) =>
-        runCommand('img', !!o.json, async () => {
-          // Loaded here: the transport is a quarter of img's start-up, which every other command skips.
-          const { receiveCommand } = await import('../transport/cli.ts');
-          const r = await withProgress('receive', { json: !!o.json }, (update) =>
-            receiveCommand({
-              from: o.from,
-              to: o.to,
-              raw: o.raw,
-              interface: o.interface,
-              name: o.name,
-              key: o.key ?? process.env.IMGCAST_KEY,
-              journal: o.journal,
-              restart: !!o.restart,
-              force: !!o.force,
-              tuneReassembly: o.tuneReassembly !== false,
-              onProgress: (p) => update(p.bytes, p.totalBytes),
-              log: o.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
-            }),
-          );
-          emit(
-            !!o.json,
-            r,
-            () =>
-              `received ${r.chunks}/${r.totalChunks} chunks (${formatBytes(r.bytes)}) in ${(r.durationMs / 1000).toFixed(1)} s into ${o.to}, verified` +
-              (r.chunksHad ? `; ${r.chunksHad} chunks were already there (resumed)` : ''),
-          );
-        }),
+        runCommand(
+          'img',
+          !!o.json,
+          async (signal) => {
+            // Loaded here: the transport is a quarter of img's start-up, which every other command skips.
+            const { receiveCommand } = await import('../transport/cli.ts');
+            const r = await withProgress('receive', { json: !!o.json }, (update) =>
+              receiveCommand({
+                from: o.from,
+                to: o.to,
+                raw: o.raw,
+                interface: o.interface,
+                name: o.name,
+                key: o.key ?? process.env.IMGCAST_KEY,
+                journal: o.journal,
+                restart: !!o.restart,
+                force: !!o.force,
+                tuneReassembly: o.tuneReassembly !== false,
+                onProgress: (p) => update(p.bytes, p.totalBytes),
+                signal,
+                log: o.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
+                warn: (line) => process.stderr.write(`img: ${line}\n`),
+              }),
+            );
+            emit(
+              !!o.json,
+              r,
+              () =>
+                `received ${r.chunks}/${r.totalChunks} chunks (${formatBytes(r.bytes)}) in ${(r.durationMs / 1000).toFixed(1)} s into ${o.to}, verified` +
+                (r.chunksHad ? `; ${r.chunksHad} chunks were already there (resumed)` : ''),
+            );
+          },
+          { interruptible: true },
+        ),
     );
 }

@@ -56,6 +56,8 @@ export interface ReceiveCommandOptions {
   restart?: boolean;
   /** See ReceiverOptions.tuneReassembly. */
   tuneReassembly?: boolean;
+  /** See ReceiverOptions.warn. */
+  warn?: (line: string) => void;
   log?: (line: string) => void;
   onProgress?: (p: ReceiverProgress) => void;
   signal?: AbortSignal;
@@ -117,8 +119,10 @@ export async function receiveCommand(opts: ReceiveCommandOptions): Promise<Recei
     interface: opts.interface,
     key: opts.key,
     name: opts.name,
+    tuneKernel: true,
     tuneReassembly: opts.tuneReassembly,
     log: opts.log,
+    warn: opts.warn,
     onProgress: opts.onProgress,
     signal: opts.signal,
   };
@@ -147,6 +151,8 @@ export async function receiveCommand(opts: ReceiveCommandOptions): Promise<Recei
     });
   }
   if (!result.ok) {
+    // Stopped by Ctrl-C / SIGTERM: say so (exit 130/143), not "aborted by the caller".
+    if (opts.signal?.aborted && opts.signal.reason instanceof Error) throw opts.signal.reason;
     throw new TransportError(result.code ?? 'E_CONSUMER', result.message ?? 'receive failed', { result });
   }
   return result;

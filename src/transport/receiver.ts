@@ -17,7 +17,7 @@
  * written may hold at most MAX_PENDING bytes; packets of further chunks are dropped
  * (counted as overrun) and those chunks are requested again later.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
@@ -39,6 +39,7 @@ import {
 import { TransportError } from './errors.ts';
 import { collectYoung } from './gc.ts';
 import { openJournal, sessionFingerprint } from './journal.ts';
+import { type SysctlWant, type Tuning, tuneKernel } from './kernel-tuning.ts';
 import {
   checkHeader,
   codedPayloadOffset,
@@ -98,7 +99,7 @@ class KernelStats {
 
   /**
    * Share of the reassembly memory in use: past 1 the kernel drops every new fragmented datagram.
-   * The limit is read each time: tuneReassembly raises it after this object exists.
+   * The limit is read each time: the receive's kernel tuning raises it after this object exists.
    */
   fragShare(): number | null {
     try {
@@ -130,46 +131,27 @@ class KernelStats {
   }
 }
 
-const IPFRAG_TIME = '/proc/sys/net/ipv4/ipfrag_time';
-const IPFRAG_HIGH = '/proc/sys/net/ipv4/ipfrag_high_thresh';
-/** Reassembly settings for tuneReassembly: fragments of one datagram arrive within microseconds on a LAN. */
-const TUNED_IPFRAG_TIME = 1;
-const TUNED_IPFRAG_HIGH = 32 * 1024 * 1024;
+/** The receive buffer asked for: several hundred milliseconds of data at LAN rates. */
+const WANT_RCVBUF = 32 * 1024 * 1024;
 
 /**
- * Shortens how long the kernel keeps a datagram that lost a fragment (30 s by default) and
- * gives reassembly 32 MiB instead of 4 MiB, for this network namespace, until the returned
- * function puts the old values back. Needs root (Linux); otherwise logs why and does nothing.
+ * The kernel settings a receive changes for its run (kernel-tuning.ts undoes them afterwards, or
+ * the next run does after a crash): net.core.rmem_max, which caps SO_RCVBUF (212992 on most
+ * distributions, about 4 ms of data at 500 Mbit/s), and with `reassembly` the IP reassembly
+ * timeout and memory of this network namespace: a datagram that lost a fragment waits 1 s instead
+ * of 30 s, and 32 MiB instead of 4 MiB hold the waiting ones, so lost fragments do not fill the
+ * reassembly memory and force the sender down to unfragmented datagrams.
  */
-function tuneReassembly(log: (line: string) => void): () => void {
-  let oldTime: string;
-  let oldHigh: string;
-  try {
-    oldTime = readFileSync(IPFRAG_TIME, 'utf8').trim();
-    oldHigh = readFileSync(IPFRAG_HIGH, 'utf8').trim();
-    if (oldTime === String(TUNED_IPFRAG_TIME)) {
-      // Another receiver on this host tuned it (or one was killed before restoring): leave
-      // it, and leave the restoring to whoever saved the original values.
-      log('IP reassembly is already tuned on this host; leaving it as it is');
-      return () => {};
-    }
-    writeFileSync(IPFRAG_TIME, `${TUNED_IPFRAG_TIME}\n`);
-    if (Number(oldHigh) < TUNED_IPFRAG_HIGH) writeFileSync(IPFRAG_HIGH, `${TUNED_IPFRAG_HIGH}\n`);
-  } catch (e) {
-    log(`cannot tune IP reassembly (${(e as Error).message}); keeping the system settings`);
-    return () => {};
+function receiveTuning(buffer: boolean, reassembly: boolean): SysctlWant[] {
+  const wants: SysctlWant[] = [];
+  if (buffer) wants.push({ name: 'net.core.rmem_max', atLeast: WANT_RCVBUF, perNamespace: false });
+  if (reassembly) {
+    wants.push(
+      { name: 'net.ipv4.ipfrag_time', value: 1, perNamespace: true },
+      { name: 'net.ipv4.ipfrag_high_thresh', atLeast: 32 * 1024 * 1024, perNamespace: true },
+    );
   }
-  log(
-    `IP reassembly: timeout ${oldTime} -> ${TUNED_IPFRAG_TIME} s, memory >= ${TUNED_IPFRAG_HIGH} bytes while receiving`,
-  );
-  return () => {
-    try {
-      writeFileSync(IPFRAG_HIGH, `${oldHigh}\n`);
-      writeFileSync(IPFRAG_TIME, `${oldTime}\n`);
-    } catch {
-      /* best effort: the values only tune performance */
-    }
-  };
+  return wants;
 }
 
 export function parseFrom(from: string): { host: string; port: number } {
@@ -327,7 +309,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   let dataPos = 0;
   let lowWater = 0;
   const kernel = new KernelStats();
-  let untune: (() => void) | null = null;
+  let tuning: Tuning | null = null;
   // Seeded by the receiver's name: repeatable, yet receivers of one test lose different packets,
   // as on a real network (coded repairs depend on that).
   let rng = 0x9e3779b9;
@@ -512,16 +494,24 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
         `cannot join multicast group ${group} on ${opts.interface ?? 'the default interface'}: ${(e as Error).message}`,
       );
     }
-    // The kernel caps SO_RCVBUF at net.core.rmem_max (sysctl; 4 MiB here, 208 KiB on many distros).
-    for (const size of [32 << 20, 8 << 20, 4 << 20, 1 << 20]) {
-      try {
-        s.setRecvBufferSize(size);
-        break;
-      } catch {
-        /* try smaller */
-      }
+    if ((opts.tuneKernel || opts.tuneReassembly) && !tuning) {
+      tuning = tuneKernel(receiveTuning(opts.tuneKernel ?? false, opts.tuneReassembly ?? false), { log });
     }
-    if (opts.tuneReassembly && !untune) untune = tuneReassembly(log);
+    // The kernel caps SO_RCVBUF at net.core.rmem_max; ask for the most and see what was granted.
+    try {
+      s.setRecvBufferSize(WANT_RCVBUF);
+    } catch {
+      /* capped below; read back what we have */
+    }
+    const granted = s.getRecvBufferSize();
+    if (granted < WANT_RCVBUF && opts.tuneKernel) {
+      const why = tuning?.refused.find((r) => r.name === 'net.core.rmem_max')?.reason;
+      (opts.warn ?? log)(
+        `receive buffer is ${Math.round(granted / 1024)} KiB (capped by net.core.rmem_max` +
+          `${why ? `: ${why}` : ''}); receiving works but slower while this host is busy. ` +
+          `Raise net.core.rmem_max to ${WANT_RCVBUF} (or run as root, which does it for the receive) for full speed`,
+      );
+    }
     joinedData = true;
   }
 
@@ -944,8 +934,8 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     ended = true;
     clearTimeout(connectTimer);
     leaveData();
-    untune?.();
-    untune = null;
+    tuning?.release();
+    tuning = null;
     ch.close(code ? `receiver ended: ${code}` : 'receiver done');
     opts.signal?.removeEventListener('abort', onAbort);
     // Stopping on purpose (dropped, failed, aborted): what was written goes into the journal,

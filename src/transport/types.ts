@@ -196,12 +196,19 @@ export interface ReceiverOptions {
   signal?: AbortSignal;
   makeConsumer: (session: SessionInfo) => Promise<ChunkConsumer>;
   /**
-   * Linux, root: while receiving, keep a datagram that lost a fragment for 1 s instead of
+   * Linux, root: raise net.core.rmem_max for a 32 MiB receive buffer while receiving, and undo it
+   * afterwards (kernel-tuning.ts; after a crash the next receive undoes it). Without it, or
+   * where it is refused (not root, inside a network namespace), the receive says once why and
+   * runs with the buffer it gets.
+   */
+  tuneKernel?: boolean;
+  /** What the operator should know even without a log (a setting that slows the receive); defaults to log. */
+  warn?: (line: string) => void;
+  /**
+   * With tuneKernel: also keep a datagram that lost a fragment for 1 s instead of
    * net.ipv4.ipfrag_time (30 s) and allow 32 MiB of reassembly memory instead of 4 MiB (this
-   * network namespace; restored at the end). Under wire loss the kernel otherwise fills its
-   * reassembly memory with those datagrams within seconds and then drops every fragmented one,
-   * and the sender has to fall back to unfragmented datagrams. With several receivers on one
-   * host, the first tunes and restores; the others find it tuned and leave it alone.
+   * network namespace). Under wire loss the kernel otherwise fills its reassembly memory with
+   * those datagrams within seconds and then drops every fragmented one.
    */
   tuneReassembly?: boolean;
   /** Test hook: drop this fraction of valid incoming data packets (repeatable for a given receiver name). */
