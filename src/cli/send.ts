@@ -133,31 +133,75 @@ export function addSendCommand(program: Command): void {
           verbose?: boolean;
         },
       ) =>
-        runCommand('imgcast', !!o.json, async () => {
-          const result = await withProgress('send', { json: !!o.json }, (update) =>
-            sendCommand(image, {
-              raw: o.raw,
-              fileset: o.fileset,
-              clients: o.clients,
-              wait: o.wait,
-              interface: o.interface,
-              group: o.group,
-              port: o.port,
-              rate: o.rate,
-              ttl: o.ttl,
-              datagramSize: o.datagramSize,
-              sendThreads: o.sendThreads,
-              key: o.key ?? process.env.IMGCAST_KEY,
-              encrypt: o.encrypt,
-              log: o.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
-              onProgress: (p: SenderProgress) => {
-                const total = p.receivers.reduce((n, r) => n + r.totalBytes, 0);
-                const done = p.receivers.reduce((n, r) => n + r.bytes, 0);
-                update(done, total);
-              },
-            }),
-          );
-          emit(!!o.json, result, () => describeResult(result));
-        }),
+        runCommand(
+          'imgcast',
+          !!o.json,
+          async (signal) => {
+            const waiting = waitingReporter(!!o.json);
+            const result = await withProgress('send', { json: !!o.json }, (update) =>
+              sendCommand(image, {
+                raw: o.raw,
+                fileset: o.fileset,
+                clients: o.clients,
+                wait: o.wait,
+                interface: o.interface,
+                group: o.group,
+                port: o.port,
+                rate: o.rate,
+                ttl: o.ttl,
+                datagramSize: o.datagramSize,
+                sendThreads: o.sendThreads,
+                key: o.key ?? process.env.IMGCAST_KEY,
+                encrypt: o.encrypt,
+                log: o.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
+                signal,
+                onProgress: (p: SenderProgress) => {
+                  waiting(p);
+                  if (p.phase === 'waiting') return;
+                  const total = p.receivers.reduce((n, r) => n + r.totalBytes, 0);
+                  const done = p.receivers.reduce((n, r) => n + r.bytes, 0);
+                  update(done, total);
+                },
+              }),
+            );
+            emit(!!o.json, result, () => describeResult(result));
+          },
+          { interruptible: true },
+        ),
     );
+}
+
+/**
+ * Until the session starts, says on stderr who joined and when it starts (a line per change off
+ * a terminal, one line kept up to date on one), so an administrator never watches a silent wait.
+ */
+function waitingReporter(json: boolean): (p: SenderProgress) => void {
+  let last = '';
+  let shown = false;
+  return (p) => {
+    if (json) return;
+    if (p.phase !== 'waiting') {
+      if (shown && process.stderr.isTTY) process.stderr.write('\n');
+      shown = false;
+      return;
+    }
+    const joined = `${p.joined} of ${p.wanted} receiver${p.wanted === 1 ? '' : 's'} joined`;
+    const when =
+      p.joined === 0
+        ? 'waiting for the first (--wait counts from the last join)'
+        : `starts when ${p.wanted} have joined or in ${formatClock(p.startsInMs)}`;
+    const line = `waiting: ${joined}; ${when}`;
+    if (process.stderr.isTTY) {
+      process.stderr.write(`\r${line}\x1b[K`);
+      shown = true;
+    } else if (line.replace(/in \d+:\d+$/, '') !== last.replace(/in \d+:\d+$/, '')) {
+      process.stderr.write(`${line}\n`);
+    }
+    last = line;
+  };
+}
+
+function formatClock(ms: number): string {
+  const s = Math.ceil(ms / 1000);
+  return `${String(Math.floor(s / 60)).padStart(2, '0')}:${String(s % 60).padStart(2, '0')}`;
 }

@@ -99,6 +99,7 @@ export async function sendCommand(imagePath: string, opts: SendCommandOptions): 
     signal: opts.signal,
   });
   if (!result.ok) {
+    if (opts.signal?.aborted && opts.signal.reason instanceof Error) throw opts.signal.reason;
     const bad = result.receivers.filter((r) => r.state !== 'ok');
     throw new TransportError(
       bad.length || result.receivers.length ? 'E_DROPPED' : 'E_NO_RECEIVERS',
