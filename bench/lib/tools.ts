@@ -4,8 +4,15 @@
  * wrapped in /usr/bin/time so peak RSS is measured the same way for all three tools
  * (getrusage of the exited child, which `ip netns exec` does not hide because it execs).
  *
- * Wall time runs from starting the sender to the exit of the last process, so each
- * tool's handshake is included the same way. Every copy is checked by SHA-256.
+ * Wall time runs from starting the sender to the exit of the last of the sender and the
+ * receivers (uftp's client daemons never exit: for uftp, the sender's exit, which waits for
+ * every client's confirmation), so each tool's start-up and handshake are included the same
+ * way; receivers started before the sender (udpcast, uftp: 300 ms, so they hear its first
+ * announcement) do not count. Every copy is checked by SHA-256.
+ *
+ * A transfer still running `timeoutMs` after its sender started is stopped (SIGKILL to each
+ * tool process, so /usr/bin/time still reports its usage) and returned with `timedOutS`;
+ * only a receiver that exited by itself before that can have an intact copy.
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -36,6 +43,8 @@ export interface Outcome {
   repairBytes?: number;
   repairPackets?: number;
   wireBytes?: number;
+  /** Set when the transfer was stopped after this many seconds (wallMs is then NaN). */
+  timedOutS?: number;
   note?: string;
 }
 
@@ -64,11 +73,12 @@ export async function sha256File(path: string): Promise<string> {
 
 interface Proc {
   child: ChildProcess;
-  done: Promise<{ code: number | null; stdout: string; stderr: string; ms: number }>;
+  /** `end` is Date.now() at the process's exit. */
+  done: Promise<{ code: number | null; stdout: string; stderr: string; end: number }>;
   timeFile: string;
 }
 
-function start(lab: NetLab, host: number, timeFile: string, cmd: string, args: string[], t0: number): Proc {
+function start(lab: NetLab, host: number, timeFile: string, cmd: string, args: string[]): Proc {
   const child = lab.exec(host, '/usr/bin/time', ['-f', 'MAXRSS %M CPU %U %S', '-o', timeFile, cmd, ...args], {
     cwd: ROOT,
   });
@@ -76,8 +86,8 @@ function start(lab: NetLab, host: number, timeFile: string, cmd: string, args: s
   let stderr = '';
   child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
   child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-20000)));
-  const done = new Promise<{ code: number | null; stdout: string; stderr: string; ms: number }>((res) =>
-    child.on('close', (code) => res({ code, stdout, stderr, ms: Date.now() - t0 })),
+  const done = new Promise<{ code: number | null; stdout: string; stderr: string; end: number }>((res) =>
+    child.on('close', (code) => res({ code, stdout, stderr, end: Date.now() })),
   );
   return { child, done, timeFile };
 }
@@ -114,17 +124,19 @@ async function usageOf(p: Proc): Promise<{ rssKb: number; cpuS: number }> {
   return { rssKb: NaN, cpuS: NaN };
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number, what: string, onTimeout: () => void): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<T>((_, rej) => {
-      timer = setTimeout(() => {
-        onTimeout();
-        rej(new Error(`${what} did not finish within ${ms / 1000} s`));
-      }, ms);
-    }),
-  ]);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());
+
+/**
+ * SIGKILL to the tool under each /usr/bin/time (so time still writes its usage), then, after
+ * up to 3 s, to whatever is left of the wrappers. Returns once every one has closed.
+ */
+async function stopProcs(lab: NetLab, ps: Proc[]): Promise<void> {
+  const live = ps.filter((p) => p.child.exitCode === null && p.child.signalCode === null);
+  if (!live.length) return;
+  for (const p of live) signalWrapped(p.child, 'SIGKILL');
+  await Promise.race([Promise.all(live.map((p) => p.done)), sleep(3000)]);
+  for (const p of live) lab.kill9(p.child);
+  await Promise.all(live.map((p) => p.done));
 }
 
 /**
@@ -143,9 +155,12 @@ export interface RunOptions {
   sha: string;
   /** Directory for received copies and logs (emptied first). */
   work: string;
+  /** Counted from the sender's start; see the file comment. */
   timeoutMs: number;
   /** Index of the run, to pick distinct ports/groups. */
   seq: number;
+  /** Receive (and uftp's send) buffer asked of udp-receiver (--rcvbuf) and uftp/uftpd (-B); default lab.socketBufferMax. */
+  socketBuffer?: number;
 }
 
 export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promise<Outcome> {
@@ -161,7 +176,8 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
   const outs = Array.from({ length: o.n }, (_, k) => join(o.work, `r${k + 1}`, 'copy.bin'));
   for (let i = 1; i <= o.n; i++) await mkdir(join(o.work, `r${i}`), { recursive: true });
   const procs: Proc[] = [];
-  const t0 = Date.now();
+  const sockBuf = String(o.socketBuffer ?? lab.socketBufferMax);
+  let tSender = Date.now();
   let sender: Proc;
   const daemons: Proc[] = [];
   const receivers: Proc[] = [];
@@ -177,14 +193,12 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
       waitSeconds: 60,
       ...(JSON.parse(process.env.IMGCAST_BENCH_SEND_EXTRA ?? '{}') as object),
     };
-    sender = start(
-      lab,
-      0,
-      join(o.work, 'sender.time'),
-      NODE,
-      [...NODE_FLAGS, RUNNER, 'send', JSON.stringify(sendArgs)],
-      t0,
-    );
+    sender = start(lab, 0, join(o.work, 'sender.time'), NODE, [
+      ...NODE_FLAGS,
+      RUNNER,
+      'send',
+      JSON.stringify(sendArgs),
+    ]);
     for (let i = 1; i <= o.n; i++) {
       const args = {
         from: `${lab.addr(0)}:${port}`,
@@ -194,148 +208,130 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
         tuneReassembly: TUNE_REASSEMBLY,
       };
       receivers.push(
-        start(
-          lab,
-          i,
-          join(o.work, `r${i}.time`),
-          NODE,
-          [...NODE_FLAGS, RUNNER, 'receive', JSON.stringify(args)],
-          t0,
-        ),
+        start(lab, i, join(o.work, `r${i}.time`), NODE, [
+          ...NODE_FLAGS,
+          RUNNER,
+          'receive',
+          JSON.stringify(args),
+        ]),
       );
     }
   } else if (tool === 'udpcast') {
     const common = ['--interface', 'eth0', '--portbase', String(port), '--mcast-rdv-address', group];
     for (let i = 1; i <= o.n; i++) {
       receivers.push(
-        start(
-          lab,
-          i,
-          join(o.work, `r${i}.time`),
-          'udp-receiver',
-          [...common, '--nokbd', '--rcvbuf', String(lab.socketBufferMax), '--file', outs[i - 1]!],
-          t0,
-        ),
+        start(lab, i, join(o.work, `r${i}.time`), 'udp-receiver', [
+          ...common,
+          '--nokbd',
+          '--rcvbuf',
+          sockBuf,
+          '--file',
+          outs[i - 1]!,
+        ]),
       );
     }
     // Receivers must be listening for the sender's hello before it gives up waiting for them.
     await new Promise((r) => setTimeout(r, 300));
-    sender = start(
-      lab,
-      0,
-      join(o.work, 'sender.time'),
-      'udp-sender',
-      [
-        ...common,
-        '--mcast-data-address',
-        `${GROUP_BASE}${(o.seq % 100) + 101}`,
-        '--nokbd',
-        '--min-receivers',
-        String(o.n),
-        '--full-duplex',
-        '--file',
-        o.file,
-      ],
-      t0,
-    );
+    tSender = Date.now();
+    sender = start(lab, 0, join(o.work, 'sender.time'), 'udp-sender', [
+      ...common,
+      '--mcast-data-address',
+      `${GROUP_BASE}${(o.seq % 100) + 101}`,
+      '--nokbd',
+      '--min-receivers',
+      String(o.n),
+      '--full-duplex',
+      '--file',
+      o.file,
+    ]);
   } else {
     // uftpd (client daemon, foreground with -d) listens on a public group; uftp announces to it.
     const pub = group;
     const priv = `${GROUP_BASE}${(o.seq % 100) + 101}`;
     for (let i = 1; i <= o.n; i++) {
       daemons.push(
-        start(
-          lab,
-          i,
-          join(o.work, `r${i}.time`),
-          'uftpd',
-          [
-            '-d',
-            '-x',
-            '1',
-            '-q',
-            '-p',
-            String(port),
-            '-M',
-            pub,
-            '-I',
-            'eth0',
-            '-B',
-            String(lab.socketBufferMax),
-            '-D',
-            join(o.work, `r${i}`),
-          ],
-          t0,
-        ),
+        start(lab, i, join(o.work, `r${i}.time`), 'uftpd', [
+          '-d',
+          '-x',
+          '1',
+          '-q',
+          '-p',
+          String(port),
+          '-M',
+          pub,
+          '-I',
+          'eth0',
+          '-B',
+          sockBuf,
+          '-D',
+          join(o.work, `r${i}`),
+        ]),
       );
     }
     await new Promise((r) => setTimeout(r, 300));
     const clientIds = Array.from({ length: o.n }, (_, k) => lab.addr(k + 1)).join(',');
-    sender = start(
-      lab,
-      0,
-      join(o.work, 'sender.time'),
-      'uftp',
-      [
-        '-x',
-        '1',
-        '-Y',
-        'none',
-        '-I',
-        'eth0',
-        '-p',
-        String(port),
-        '-M',
-        pub,
-        '-P',
-        priv,
-        '-H',
-        clientIds,
-        '-R',
-        String(UFTP_RATE_KBPS),
-        '-b',
-        '1400',
-        '-B',
-        String(lab.socketBufferMax),
-        '-D',
-        'copy.bin',
-        o.file,
-      ],
-      t0,
-    );
+    tSender = Date.now();
+    sender = start(lab, 0, join(o.work, 'sender.time'), 'uftp', [
+      '-x',
+      '1',
+      '-Y',
+      'none',
+      '-I',
+      'eth0',
+      '-p',
+      String(port),
+      '-M',
+      pub,
+      '-P',
+      priv,
+      '-H',
+      clientIds,
+      '-R',
+      String(UFTP_RATE_KBPS),
+      '-b',
+      '1400',
+      '-B',
+      sockBuf,
+      '-D',
+      'copy.bin',
+      o.file,
+    ]);
   }
   procs.push(sender, ...receivers, ...daemons);
-  const killAll = (): void => {
-    for (const p of procs) lab.kill9(p.child);
-    // For looking into a run that hung (IMGCAST_BENCH_LOG=dir): what each process said.
-    const logDir = process.env.IMGCAST_BENCH_LOG;
-    if (logDir) {
-      procs.forEach(
-        (p, i) =>
-          void p.done.then((d) =>
-            writeFileSync(join(logDir, `timeout-${tool}-${o.seq}-${i}.log`), d.stderr + d.stdout),
-          ),
-      );
-    }
-  };
+  const waited = [sender, ...receivers];
+  const logDir = process.env.IMGCAST_BENCH_LOG;
   let note: string | undefined;
+  let timedOut = false;
+  /** Processes that had not exited by themselves when the deadline passed. */
+  const hung = new Set<Proc>();
+  let results: Awaited<Proc['done']>[];
   try {
-    const s = await withTimeout(sender.done, o.timeoutMs, `${tool} sender`, killAll);
-    const rs = await withTimeout(
-      Promise.all(receivers.map((r) => r.done)),
-      Math.max(30_000, o.timeoutMs / 4),
-      `${tool} receivers`,
-      killAll,
-    );
-    if (s.code !== 0) note = `sender exit ${s.code}: ${s.stderr.trim().split('\n').slice(-3).join(' | ')}`;
-    if (tool === 'imgcast') {
+    let timer: NodeJS.Timeout | undefined;
+    const finished = Promise.all(waited.map((p) => p.done));
+    const expired = new Promise<'timeout'>((res) => {
+      timer = setTimeout(() => res('timeout'), Math.max(0, tSender + o.timeoutMs - Date.now()));
+    });
+    timedOut = (await Promise.race([finished, expired])) === 'timeout';
+    clearTimeout(timer);
+    if (timedOut) {
+      for (const p of waited) if (p.child.exitCode === null && p.child.signalCode === null) hung.add(p);
+      await stopProcs(lab, waited);
+    }
+    results = await finished;
+    const [s, ...rs] = results as [Awaited<Proc['done']>, ...Awaited<Proc['done']>[]];
+    if (logDir && (timedOut || tool === 'imgcast')) {
       // For looking into a run afterwards (the work directory is removed): IMGCAST_BENCH_LOG=dir.
-      const logDir = process.env.IMGCAST_BENCH_LOG;
-      if (logDir) {
-        const tag = `${o.n}r-${o.lossPct}pct-${o.seq}`;
-        writeFileSync(join(logDir, `sender-${tag}.log`), s.stderr + s.stdout);
-        rs.forEach((r, k) => writeFileSync(join(logDir, `r${k + 1}-${tag}.log`), r.stderr + r.stdout));
-      }
+      const tag = `${tool}-${o.n}r-${o.lossPct}pct-${o.seq}${timedOut ? '-timeout' : ''}`;
+      writeFileSync(join(logDir, `sender-${tag}.log`), s.stderr + s.stdout);
+      rs.forEach((r, k) => writeFileSync(join(logDir, `r${k + 1}-${tag}.log`), r.stderr + r.stdout));
+    }
+    if (timedOut) {
+      const names = waited.flatMap((p, k) => (hung.has(p) ? [k === 0 ? 'sender' : `receiver ${k}`] : []));
+      note = `timed out after ${o.timeoutMs / 1000} s (still running: ${names.join(', ') || 'none'})`;
+    } else if (s.code !== 0) {
+      note = `sender exit ${s.code}: ${s.stderr.trim().split('\n').slice(-3).join(' | ')}`;
+    }
+    if (tool === 'imgcast') {
       const line = s.stdout.split('\n').find((l) => l.startsWith('RESULT '));
       if (line) {
         const r = JSON.parse(line.slice(7)) as {
@@ -348,23 +344,28 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
         };
       }
     }
-    const bad = rs.findIndex((r) => r.code !== 0);
+    const bad = rs.findIndex((r, k) => r.code !== 0 && !hung.has(receivers[k]!));
     if (bad >= 0 && !note)
       note = `receiver ${bad + 1} exit ${rs[bad]!.code}: ${rs[bad]!.stderr.trim().slice(-300)}`;
   } finally {
-    // uftpd never exits on its own; stop it (and anything left after a timeout).
+    // uftpd never exits on its own: SIGTERM, then SIGKILL after 5 s (and anything left after an error).
     for (const d of daemons) signalWrapped(d.child, 'SIGTERM');
-    await Promise.all(daemons.map((d) => withTimeout(d.done, 5000, 'uftpd', killAll).catch(() => {})));
+    await Promise.race([Promise.all(daemons.map((d) => d.done)), sleep(5000)]);
+    await stopProcs(lab, procs);
   }
-  const wallMs = Math.max(...(await Promise.all([sender, ...receivers].map((p) => p.done))).map((r) => r.ms));
+  const wallMs = timedOut ? NaN : Math.max(...results.map((r) => r.end)) - tSender;
   const intact: boolean[] = [];
-  for (const f of outs)
+  for (const [k, f] of outs.entries()) {
+    // A receiver stopped at the deadline never counts, whatever its file holds.
+    const r = receivers[k];
     intact.push(
-      await sha256File(f).then(
-        (h) => h === o.sha,
-        () => false,
-      ),
+      !(r && hung.has(r)) &&
+        (await sha256File(f).then(
+          (h) => h === o.sha,
+          () => false,
+        )),
     );
+  }
   let lostPackets = 0;
   let lostBytes = 0;
   for (let i = 1; i <= o.n; i++) {
@@ -390,6 +391,7 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
     lostBytes,
     ...extra,
   };
+  if (timedOut) out.timedOutS = o.timeoutMs / 1000;
   if (note) out.note = note;
   return out;
 }
