@@ -295,6 +295,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   let sessionOver = false;
   let sentDone = false;
   let lastFromSender = Date.now();
+  let silenceCheck: NodeJS.Timeout | null = null;
   // Loss accounting from packet serials.
   let firstSerial = -1;
   let maxSerial = 0;
@@ -758,10 +759,18 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     const now = Date.now();
     trimRecent(0);
     if (now - lastFromSender > senderDeadAfterMs) {
-      return fail(
-        'E_SENDER_LOST',
-        `sender ${host}:${port} silent for ${Math.round((now - lastFromSender) / 1000)} s`,
-      );
+      // After this process was itself stopped (SIGSTOP, a suspended VM) timers run before the
+      // socket is read: let what the sender said meanwhile (a DROP, say) arrive before judging.
+      if (!silenceCheck) {
+        silenceCheck = setTimeout(() => {
+          silenceCheck = null;
+          const silent = Date.now() - lastFromSender;
+          if (silent > senderDeadAfterMs) {
+            fail('E_SENDER_LOST', `sender ${host}:${port} silent for ${Math.round(silent / 1000)} s`);
+          }
+        }, 200);
+      }
+      return;
     }
     // The transmit position counts once we processed the packets sent before the TICK that announced it.
     while (ticks.length) {
