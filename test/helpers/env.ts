@@ -4,6 +4,7 @@
  * still runs everything else and says plainly what it skipped.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -60,4 +61,37 @@ export async function tempDir(t: TestContext, prefix = 'imgcast-test-'): Promise
   const dir = await mkdtemp(join(tmpdir(), prefix));
   t.after(() => rm(dir, { recursive: true, force: true }));
   return dir;
+}
+
+/**
+ * Sets a kernel setting (`net.core.rmem_max` style name, written under /proc/sys) for the
+ * rest of the test, and puts the previous value back when the test ends, failed or not (and
+ * at process exit, should the test runner never get there) — unless something else changed
+ * it meanwhile, whose value is then left alone. Needs root. Returns the previous value. Such
+ * settings are global (namespaces read net.core.rmem_max from the host): tests that set one
+ * must not run beside each other, and `sysctlNow` tells whether it still holds.
+ */
+export function setSysctl(t: TestContext, name: string, value: string | number): string {
+  const previous = sysctlNow(name);
+  const mine = String(value);
+  let restored = false;
+  const restore = (): void => {
+    if (restored) return;
+    restored = true;
+    process.off('exit', restore);
+    if (sysctlNow(name) === mine) writeFileSync(sysctlPath(name), `${previous}\n`);
+  };
+  process.on('exit', restore);
+  writeFileSync(sysctlPath(name), `${mine}\n`);
+  t.after(restore);
+  return previous;
+}
+
+/** The current value of a kernel setting such as `net.core.rmem_max`. */
+export function sysctlNow(name: string): string {
+  return readFileSync(sysctlPath(name), 'utf8').trim();
+}
+
+function sysctlPath(name: string): string {
+  return `/proc/sys/${name.replaceAll('.', '/')}`;
 }

@@ -8,6 +8,15 @@
  * Each host has eth0 = 198.18.0.<i+1>/24 with 224.0.0.0/4 routed on it; IGMP
  * snooping is off on the bridge so every group reaches every port.
  *
+ * The loss and rate models are netlab.sh's, one method each, each replacing the host's earlier
+ * rule of its kind (kinds add up) and going with the lab at destroy():
+ *   frameLoss(h, pct)    nft, prerouting priority -450: frames dropped before IP reassembly
+ *                        (`loss()` is its older name)
+ *   datagramLoss(h, pct) nft, input priority 0: whole datagrams dropped after reassembly
+ *   burstLoss(h, k, n)   nft, input priority 0: `numgen inc mod n < k`, k of every n datagrams
+ *   rate(h, rate)        tc tbf on the host's eth0: what the host sends
+ *   portRate(h, rate)    tc tbf on the bridge-side veth end: what the host receives
+ *
  * A marker file /run/imgcast-netlab/<id> holds the creating process id: a new lab
  * removes the leftovers of labs whose creator is dead (crashed runs), and never
  * touches a live lab or anything outside the `ic<hex>` naming scheme.
@@ -27,12 +36,65 @@ const NS_RE = /^(ic[0-9a-f]{4})n\d+$/;
 const BR_RE = /^(ic[0-9a-f]{4})br$/;
 /** /usr/sbin is not on every caller's PATH (sudo, CI shells); nft lives there on Debian. */
 const NFT = existsSync('/usr/sbin/nft') ? '/usr/sbin/nft' : 'nft';
-const LOSS_TABLE = 'imgcastloss';
+/** tc (tbf rate limits) lives in /usr/sbin too. */
+const TC = existsSync('/usr/sbin/tc') ? '/usr/sbin/tc' : 'tc';
 
-/** Why NetLab.loss cannot work here (no nft binary), or undefined when it can. */
+/** The loss models of netlab.sh; each has its own nft table per host, so they add up. */
+export type LossKind = 'frame' | 'datagram' | 'burst';
+const LOSS_KINDS: readonly LossKind[] = ['frame', 'datagram', 'burst'];
+const LOSS_TABLES: Record<LossKind, string> = {
+  frame: 'imgcastloss',
+  datagram: 'imgcastdgloss',
+  burst: 'imgcastburst',
+};
+
+/** Why NetLab's loss rules cannot work here (no nft binary), or undefined when they can. */
 export function lossUnavailable(): string | undefined {
   const r = spawnSync(NFT, ['--version'], { stdio: 'ignore' });
   return r.status === 0 ? undefined : 'needs nftables (nft) for packet-loss rules';
+}
+
+let shapingCache: string | undefined | null = null;
+/**
+ * Why NetLab.rate/portRate cannot work here (no tc, or no tbf qdisc), or undefined when they can.
+ * Probes by putting a tbf on the loopback of a throwaway namespace (needs root, like the lab).
+ */
+export function shapingUnavailable(): string | undefined {
+  if (shapingCache !== null) return shapingCache;
+  const probe = `imgcast-tbf-${process.pid}`;
+  if (spawnSync('ip', ['netns', 'add', probe], { stdio: 'ignore' }).status !== 0) {
+    return (shapingCache = 'cannot create a network namespace to probe tc tbf');
+  }
+  try {
+    const r = spawnSync(
+      'ip',
+      [
+        'netns',
+        'exec',
+        probe,
+        TC,
+        'qdisc',
+        'add',
+        'dev',
+        'lo',
+        'root',
+        'tbf',
+        'rate',
+        '1mbit',
+        'burst',
+        '256k',
+        'latency',
+        '20ms',
+      ],
+      { encoding: 'utf8' },
+    );
+    return (shapingCache =
+      r.status === 0
+        ? undefined
+        : `needs tc with the tbf qdisc for rate limits (${(r.stderr ?? '').trim() || 'tc failed'})`);
+  } finally {
+    spawnSync('ip', ['netns', 'del', probe], { stdio: 'ignore' });
+  }
 }
 
 export interface NetLabOptions {
@@ -51,6 +113,15 @@ export interface LossOptions {
 export interface DropCounters {
   packets: number;
   bytes: number;
+}
+
+export interface ShapingCounters {
+  /** What went through the tbf qdisc. */
+  bytes: number;
+  packets: number;
+  /** Packets it dropped (its queue was full) and times it had to hold packets back. */
+  dropped: number;
+  overlimits: number;
 }
 
 export interface RunResult {
@@ -281,8 +352,16 @@ export class NetLab {
   }
 
   /**
-   * Drops `pct` % of the UDP frames arriving at host i, each one independently at random.
-   * Replaces any earlier loss rule on that host; 0 clears it.
+   * Same as frameLoss (its older name; existing callers keep it): drops `pct` % of the UDP
+   * frames arriving at host i, before IP reassembly.
+   */
+  loss(host: number, pct: number, opts: LossOptions = {}): void {
+    this.frameLoss(host, pct, opts);
+  }
+
+  /**
+   * Drops `pct` % of the UDP frames arriving at host i, each one independently at random
+   * (`netlab.sh frameloss`). Replaces any earlier frame-loss rule on that host; 0 clears it.
    *
    * nftables, not iptables: the rule sits in a prerouting chain at priority -450, before IP
    * reassembly (defrag is -400), so it sees every wire frame, each fragment of a big datagram
@@ -292,44 +371,107 @@ export class NetLab {
    * fragments carry no UDP header, so a port filter reaches unfragmented datagrams and first
    * fragments only.
    */
-  loss(host: number, pct: number, opts: LossOptions = {}): void {
-    if (!(pct >= 0 && pct <= 100)) throw new RangeError(`netlab: loss must be 0..100 %, got ${pct}`);
-    this.#nft(host, `table ip ${LOSS_TABLE}\ndelete table ip ${LOSS_TABLE}\n`);
-    if (pct === 0) return;
-    const match = opts.port !== undefined ? `udp dport ${opts.port}` : 'ip protocol udp';
-    const below = Math.round(pct * 10_000);
-    const chance = below >= 1_000_000 ? '' : ` numgen random mod 1000000 < ${below}`;
-    this.#nft(
-      host,
-      `table ip ${LOSS_TABLE} {\n` +
-        `  counter dropped {}\n` +
-        `  chain pre {\n` +
-        `    type filter hook prerouting priority -450; policy accept;\n` +
-        `    ${match}${chance} counter name "dropped" drop\n` +
-        `  }\n` +
-        `}\n`,
-    );
+  frameLoss(host: number, pct: number, opts: LossOptions = {}): void {
+    this.#lossRule(host, 'frame', pct === 0 ? undefined : this.#randomRule(pct, opts));
   }
 
-  /** Frames (fragments count one by one) and their IP bytes dropped so far by host i's loss rule (0 when none is set). */
-  dropped(host: number): DropCounters {
-    const r = spawnSync(
-      'ip',
-      ['netns', 'exec', this.ns(host), NFT, 'list', 'counter', 'ip', LOSS_TABLE, 'dropped'],
-      {
-        encoding: 'utf8',
-      },
-    );
-    if (r.status !== 0) return { packets: 0, bytes: 0 };
-    const m = /packets (\d+) bytes (\d+)/.exec(r.stdout);
-    return { packets: Number(m?.[1] ?? 0), bytes: Number(m?.[2] ?? 0) };
+  /**
+   * Drops `pct` % of the whole UDP datagrams arriving at host i, each one independently at
+   * random, after IP reassembly (`netlab.sh loss`): what a full socket buffer or a middlebox
+   * does. The rule sits at `hook input priority 0`, so a fragmented datagram is one packet
+   * there and its counter counts datagrams (and their reassembled bytes), not frames.
+   * Replaces any earlier datagram-loss rule on that host; 0 clears it.
+   */
+  datagramLoss(host: number, pct: number, opts: LossOptions = {}): void {
+    this.#lossRule(host, 'datagram', pct === 0 ? undefined : this.#randomRule(pct, opts));
   }
 
-  /** Resets host i's drop counter (so a second run in the same lab counts from zero). */
-  resetDropped(host: number): void {
-    spawnSync('ip', ['netns', 'exec', this.ns(host), NFT, 'reset', 'counter', 'ip', LOSS_TABLE, 'dropped'], {
-      stdio: 'ignore',
-    });
+  /**
+   * Drops `k` consecutive UDP datagrams out of every `n` arriving at host i (`netlab.sh burst`):
+   * `numgen inc mod n < k` at `hook input priority 0`, after reassembly, so the first k of
+   * every n datagrams matched are dropped, deterministically. Replaces any earlier burst rule
+   * on that host; k = 0 clears it.
+   */
+  burstLoss(host: number, k: number, n: number, opts: LossOptions = {}): void {
+    if (!Number.isInteger(n) || n < 1 || !Number.isInteger(k) || k < 0 || k > n) {
+      throw new RangeError(`netlab: burst loss needs whole numbers 0 <= k <= n, n >= 1; got ${k} of ${n}`);
+    }
+    this.#lossRule(host, 'burst', k === 0 ? undefined : `${this.#udpMatch(opts)} numgen inc mod ${n} < ${k}`);
+  }
+
+  /**
+   * Limits what host i sends to `rate` (tc tbf on its eth0, `netlab.sh rate`): a tc rate such
+   * as '400mbit'. Replaces any earlier limit on that host; 0 clears it.
+   */
+  rate(host: number, rate: string | 0): void {
+    this.#tbf(this.ns(host), 'eth0', rate);
+  }
+
+  /**
+   * Limits what the bridge sends to host i to `rate` (tc tbf on the bridge-side veth end
+   * `<id>v<i>`, `netlab.sh portrate`): a slow switch port. Replaces any earlier limit on that
+   * port; 0 clears it.
+   */
+  portRate(host: number, rate: string | 0): void {
+    this.#tbf(undefined, this.port(host), rate);
+  }
+
+  /** Name of the bridge-side veth end of host i (in the root namespace). */
+  port(host: number): string {
+    this.#check(host);
+    return `${this.id}v${host}`;
+  }
+
+  /** Counters of host i's rate limit (rate()) or its port's (portRate()); zeros when none is set. */
+  shaped(host: number, where: 'host' | 'port' = 'host'): ShapingCounters {
+    const args = ['-s', 'qdisc', 'show', 'dev', where === 'host' ? 'eth0' : this.port(host), 'root'];
+    const r =
+      where === 'host'
+        ? spawnSync('ip', ['netns', 'exec', this.ns(host), TC, ...args], { encoding: 'utf8' })
+        : spawnSync(TC, args, { encoding: 'utf8' });
+    const out = r.status === 0 ? r.stdout : '';
+    if (!/qdisc tbf /.test(out)) return { bytes: 0, packets: 0, dropped: 0, overlimits: 0 };
+    const m = /Sent (\d+) bytes (\d+) pkt \(dropped (\d+), overlimits (\d+)/.exec(out);
+    return {
+      bytes: Number(m?.[1] ?? 0),
+      packets: Number(m?.[2] ?? 0),
+      dropped: Number(m?.[3] ?? 0),
+      overlimits: Number(m?.[4] ?? 0),
+    };
+  }
+
+  /**
+   * What host i's loss rules dropped so far: packets and their IP bytes. A frame-loss rule
+   * counts wire frames (fragments one by one), datagram and burst rules count whole
+   * (reassembled) datagrams. Without `kind`, the sum over the rules set (0 when none is).
+   */
+  dropped(host: number, kind?: LossKind): DropCounters {
+    const total = { packets: 0, bytes: 0 };
+    for (const k of kind ? [kind] : LOSS_KINDS) {
+      const r = spawnSync(
+        'ip',
+        ['netns', 'exec', this.ns(host), NFT, 'list', 'counter', 'ip', LOSS_TABLES[k], 'dropped'],
+        { encoding: 'utf8' },
+      );
+      if (r.status !== 0) continue;
+      const m = /packets (\d+) bytes (\d+)/.exec(r.stdout);
+      total.packets += Number(m?.[1] ?? 0);
+      total.bytes += Number(m?.[2] ?? 0);
+    }
+    return total;
+  }
+
+  /** Resets host i's drop counters (of one kind, or all) so a second run in the same lab counts from zero. */
+  resetDropped(host: number, kind?: LossKind): void {
+    for (const k of kind ? [kind] : LOSS_KINDS) {
+      spawnSync(
+        'ip',
+        ['netns', 'exec', this.ns(host), NFT, 'reset', 'counter', 'ip', LOSS_TABLES[k], 'dropped'],
+        {
+          stdio: 'ignore',
+        },
+      );
+    }
   }
 
   /** SIGKILL: `ip netns exec` execs the command, so the child pid is the command itself. */
@@ -344,6 +486,56 @@ export class NetLab {
     liveLabs.delete(this);
     for (const c of this.#children) this.kill9(c);
     destroyById(this.id);
+  }
+
+  #udpMatch(opts: LossOptions): string {
+    return opts.port !== undefined ? `udp dport ${opts.port}` : 'ip protocol udp';
+  }
+
+  #randomRule(pct: number, opts: LossOptions): string {
+    if (!(pct >= 0 && pct <= 100)) throw new RangeError(`netlab: loss must be 0..100 %, got ${pct}`);
+    const below = Math.round(pct * 10_000);
+    const chance = below >= 1_000_000 ? '' : ` numgen random mod 1000000 < ${below}`;
+    return `${this.#udpMatch(opts)}${chance}`;
+  }
+
+  /** Sets host i's one loss rule of `kind` (its own table, so kinds add up), or clears it. */
+  #lossRule(host: number, kind: LossKind, rule: string | undefined): void {
+    const table = LOSS_TABLES[kind];
+    this.#nft(host, `table ip ${table}\ndelete table ip ${table}\n`);
+    if (rule === undefined) return;
+    const hook = kind === 'frame' ? 'prerouting priority -450' : 'input priority 0';
+    this.#nft(
+      host,
+      `table ip ${table} {\n` +
+        `  counter dropped {}\n` +
+        `  chain c {\n` +
+        `    type filter hook ${hook}; policy accept;\n` +
+        `    ${rule} counter name "dropped" drop\n` +
+        `  }\n` +
+        `}\n`,
+    );
+  }
+
+  /** tbf as netlab.sh sets it (burst 256k, latency 20ms) on `dev` in namespace `ns` (undefined = root); 0 clears. */
+  #tbf(ns: string | undefined, dev: string, rate: string | 0): void {
+    if (rate !== 0 && rate !== '0' && !/^\d+(\.\d+)?(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)$/i.test(rate)) {
+      throw new RangeError(`netlab: rate must be a tc rate such as '400mbit', or 0; got '${rate}'`);
+    }
+    const run = (args: string[], check: boolean): void => {
+      const cmd = ns ? 'ip' : TC;
+      const all = ns ? ['netns', 'exec', ns, TC, ...args] : args;
+      if (check) execFileSync(cmd, all, { stdio: ['ignore', 'ignore', 'pipe'] });
+      else spawnSync(cmd, all, { stdio: 'ignore' });
+    };
+    if (rate === 0 || rate === '0') {
+      run(['qdisc', 'del', 'dev', dev, 'root'], false);
+      return;
+    }
+    run(
+      ['qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', rate, 'burst', '256k', 'latency', '20ms'],
+      true,
+    );
   }
 
   #nft(host: number, script: string): void {
