@@ -1,6 +1,29 @@
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
+/**
+ * Layers: a lower part never imports an upper one. The transport knows nothing of images,
+ * disks, the engine or the CLI (the glue that turns an image into a send and a receive into a
+ * restore lives in src/engine/multicast.ts and src/cli/transfer.ts); the image format knows
+ * nothing above it; disks and volumes may name the engine's types but not call it; only the
+ * CLI sits above the engine.
+ */
+const layer = (files, groups, typesFrom = []) => ({
+  files,
+  rules: {
+    '@typescript-eslint/no-restricted-imports': [
+      'error',
+      {
+        patterns: [
+          ...groups.map((group) => ({ group: [group], message: LAYER_MESSAGE })),
+          ...typesFrom.map((group) => ({ group: [group], allowTypeImports: true, message: LAYER_MESSAGE })),
+        ],
+      },
+    ],
+  },
+});
+const LAYER_MESSAGE = 'a lower layer must not import an upper one (see eslint.config.js)';
+
 export default tseslint.config(
   { ignores: ['node_modules/**', 'coverage/**'] },
   js.configs.recommended,
@@ -11,4 +34,8 @@ export default tseslint.config(
       'no-constant-condition': ['error', { checkLoops: false }],
     },
   },
+  layer(['src/transport/**'], ['**/engine/*', '**/cli/*', '**/image/*', '**/disk/*', '**/volume/**']),
+  layer(['src/image/**'], ['**/engine/*', '**/cli/*', '**/transport/*', '**/disk/*', '**/volume/**']),
+  layer(['src/disk/**', 'src/volume/**'], ['**/cli/*', '**/transport/*'], ['**/engine/*']),
+  layer(['src/engine/**'], ['**/cli/*']),
 );

@@ -14,15 +14,8 @@
  * from getrusage, which covers the whole process and is what /usr/bin/time reports).
  * SIGTERM/SIGINT abort the run through its AbortSignal.
  */
-import {
-  fileConsumer,
-  flatFileProvider,
-  imageDecoder,
-  imageProvider,
-  restoreConsumer,
-  runReceiver,
-  runSender,
-} from '../../src/transport/index.ts';
+import { fileConsumer, flatFileProvider, runReceiver, runSender } from '../../src/transport/index.ts';
+import { imageDecoder, imageProvider, restoreConsumer } from '../../src/engine/multicast.ts';
 
 interface SendArgs {
   file?: string;

@@ -52,7 +52,7 @@ export function addReceiveCommand(program: Command): void {
           !!o.json,
           async (signal) => {
             // Loaded here: the transport is a quarter of img's start-up, which every other command skips.
-            const { receiveCommand } = await import('../transport/cli.ts');
+            const { receiveCommand } = await import('./transfer.ts');
             const r = await withProgress('receive', { json: !!o.json }, (update) =>
               receiveCommand({
                 from: o.from,

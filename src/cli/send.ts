@@ -1,6 +1,6 @@
 /** `imgcast send`: the low-level multicast sender, like udp-sender but for images. */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { sendCommand } from '../transport/cli.ts';
+import { sendCommand } from './transfer.ts';
 import { MAX_SEND_THREADS } from '../transport/datagram-out.ts';
 import { DEFAULT_DATAGRAM, FRAG_PAYLOAD, MAX_DATAGRAM, UNIT_DATAGRAM } from '../transport/packet.ts';
 import type { SenderProgress, SenderResult } from '../transport/types.ts';

@@ -2,7 +2,6 @@
 export { runSender, DEFAULT_PORT, DEFAULT_GROUP } from './sender.ts';
 export { runReceiver } from './receiver.ts';
 export { fileConsumer, flatFileProvider, FLAT_CHUNK_SIZE, type FlatMeta } from './files.ts';
-export { imageDecoder, imageProvider, restoreConsumer, type ImageMeta } from './image.ts';
 export { TransportError } from './errors.ts';
 export { rawDecoder, CODEC_NONE } from './chunkwire.ts';
 export type * from './types.ts';

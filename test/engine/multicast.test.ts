@@ -7,14 +7,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { makeImage } from '../../src/engine/make.ts';
-import { receiveCommand, sendCommand } from '../../src/transport/cli.ts';
-import {
-  imageDecoder,
-  imageProvider,
-  restoreConsumer,
-  runReceiver,
-  runSender,
-} from '../../src/transport/index.ts';
+import { receiveCommand, sendCommand } from '../../src/cli/transfer.ts';
+import { runReceiver, runSender } from '../../src/transport/index.ts';
+import { imageDecoder, imageProvider, restoreConsumer } from '../../src/engine/multicast.ts';
 import { tempDir } from '../helpers/env.ts';
 
 const RUNNER = join(import.meta.dirname, '../../bench/lib/mcast-runner.ts');

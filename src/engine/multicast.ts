@@ -9,13 +9,19 @@ import { rm, stat } from 'node:fs/promises';
 import { promisify } from 'node:util';
 
 import { DiskError } from '../disk/errors.ts';
-import { openRestore, type DescribedSink } from '../engine/restore.ts';
+import { openRestore, type DescribedSink } from './restore.ts';
 import { chunksForFileset, decodeChunk, ImageReader } from '../image/index.ts';
 import { manifestProblem } from '../image/manifest.ts';
 import type { Manifest } from '../image/types.ts';
-import { TransportError } from './errors.ts';
-import { openJournal, readJournal, sessionFingerprint } from './journal.ts';
-import type { ChunkConsumer, ChunkDecoder, ChunkInfo, ChunkProvider, SessionInfo } from './types.ts';
+import { TransportError } from '../transport/errors.ts';
+import { openJournal, readJournal, sessionFingerprint } from '../transport/journal.ts';
+import type {
+  ChunkConsumer,
+  ChunkDecoder,
+  ChunkInfo,
+  ChunkProvider,
+  SessionInfo,
+} from '../transport/types.ts';
 
 const execFileAsync = promisify(execFile);
 

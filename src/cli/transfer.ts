@@ -10,14 +10,14 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
-import { UsageError } from '../errors.ts';
-import { TransportError } from './errors.ts';
-import { fileConsumer, flatFileProvider } from './files.ts';
-import { runReceiver } from './receiver.ts';
-import { imageDecoder, imageProvider, restoreConsumer } from './image.ts';
-import { MAX_DATAGRAM, UNIT_DATAGRAM } from './packet.ts';
-import { runSender } from './sender.ts';
-import type { ReceiverProgress, ReceiverResult, SenderProgress, SenderResult } from './types.ts';
+import { InterruptedError, UsageError } from '../errors.ts';
+import { TransportError } from '../transport/errors.ts';
+import { fileConsumer, flatFileProvider } from '../transport/files.ts';
+import { runReceiver } from '../transport/receiver.ts';
+import { imageDecoder, imageProvider, restoreConsumer } from '../engine/multicast.ts';
+import { MAX_DATAGRAM, UNIT_DATAGRAM } from '../transport/packet.ts';
+import { runSender } from '../transport/sender.ts';
+import type { ReceiverProgress, ReceiverResult, SenderProgress, SenderResult } from '../transport/types.ts';
 
 export interface SendCommandOptions {
   raw?: boolean;
@@ -99,7 +99,7 @@ export async function sendCommand(imagePath: string, opts: SendCommandOptions): 
     signal: opts.signal,
   });
   if (!result.ok) {
-    if (opts.signal?.aborted && opts.signal.reason instanceof Error) throw opts.signal.reason;
+    if (opts.signal?.aborted && opts.signal.reason instanceof InterruptedError) throw opts.signal.reason;
     const bad = result.receivers.filter((r) => r.state !== 'ok');
     throw new TransportError(
       bad.length || result.receivers.length ? 'E_DROPPED' : 'E_NO_RECEIVERS',
@@ -153,7 +153,7 @@ export async function receiveCommand(opts: ReceiveCommandOptions): Promise<Recei
   }
   if (!result.ok) {
     // Stopped by Ctrl-C / SIGTERM: say so (exit 130/143), not "aborted by the caller".
-    if (opts.signal?.aborted && opts.signal.reason instanceof Error) throw opts.signal.reason;
+    if (opts.signal?.aborted && opts.signal.reason instanceof InterruptedError) throw opts.signal.reason;
     throw new TransportError(result.code ?? 'E_CONSUMER', result.message ?? 'receive failed', { result });
   }
   return result;
