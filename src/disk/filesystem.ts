@@ -180,7 +180,7 @@ export async function releaseLeftovers(path: string): Promise<string[]> {
   for (const use of await mountedUses(path)) {
     if (!bases.some((b) => use.mountPoint.startsWith(b))) continue;
     await run('umount', [use.mountPoint], `unmount ${use.mountPoint}, left by an interrupted restore`);
-    await rmdir(use.mountPoint).catch(() => {});
+    await removeMountPoint(use.mountPoint);
     if (use.device.startsWith('/dev/loop')) await detachLoop(use.device);
     released.push(`${use.device} on ${use.mountPoint}`);
   }
@@ -202,6 +202,22 @@ export async function releaseLeftovers(path: string): Promise<string[]> {
   return released;
 }
 
+/**
+ * Removes an (unmounted) mount point. rmdir, not rm: an rm without `recursive` refuses
+ * every folder, which left one behind per mount; and rmdir never deletes what a mount
+ * point holds when the unmount did not really happen.
+ */
+async function removeMountPoint(dir: string): Promise<void> {
+  try {
+    await rmdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw new DiskError('E_DISK_IO', `cannot remove the mount point ${dir}: ${(err as Error).message}`, {
+      dir,
+    });
+  }
+}
+
 export interface Mounted {
   dir: string;
   /** Unmounts and removes the mount point; safe to call twice. */
@@ -219,7 +235,17 @@ export async function mountFilesystem(
   try {
     await run('mount', ['-t', type, '-o', options.join(','), device, dir], `mount ${device}`);
   } catch (err) {
-    await rm(dir, { recursive: false, force: true }).catch(() => {});
+    try {
+      await removeMountPoint(dir);
+    } catch (rmErr) {
+      // The mount's failure stays the reason; the folder it could not remove is named beside it.
+      throw new DiskError(
+        'E_DISK_COMMAND',
+        `${(err as Error).message}; and ${(rmErr as Error).message}`,
+        { device, dir },
+        { cause: err },
+      );
+    }
     throw err;
   }
   let mounted = true;
@@ -239,7 +265,7 @@ export async function mountFilesystem(
         await new Promise((res) => setTimeout(res, 100 * (attempt + 1)));
       }
       mounted = false;
-      await rm(dir, { recursive: false, force: true }).catch(() => {});
+      await removeMountPoint(dir);
     },
   };
 }

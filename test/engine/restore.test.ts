@@ -10,6 +10,7 @@ import {
   mkdir,
   mkdtemp,
   open,
+  readdir,
   readFile,
   rm,
   symlink,
@@ -30,7 +31,8 @@ import { ImageReader } from '../../src/image/reader.ts';
 import type { ChunkSource } from '../../src/image/types.ts';
 import { mountedUses } from '../../src/disk/device.ts';
 import { probePartitionTable } from '../../src/disk/partition-table.ts';
-import { loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
+import { hasCommand, loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
+import { mbrExtDisk } from './disk-fixtures.ts';
 import { compareTrees, countTypes } from './tree-compare.ts';
 
 const MiB = 1024 * 1024;
@@ -728,4 +730,18 @@ test('a failed restore into a directory resumes: files already written are kept,
   }
   await second.finish();
   assert.deepEqual(await compareTrees(src, target, { ignoreRoot: true }), []);
+});
+
+test('make and restore of a disk image leave no mount folders behind', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
+  const dir = await tempDir(t);
+  const base = '/run/imgcast-mounts';
+  const entries = async () => new Set(await readdir(base).catch(() => [] as string[]));
+  const before = await entries();
+  const { image } = await mbrExtDisk(dir);
+  const target = await sparse(join(dir, 'target.img'), 64 * MiB);
+  await restoreImage(image, target, { fileset: 1 });
+  const left = [...(await entries())].filter((n) => !before.has(n));
+  assert.deepEqual(left, [], `mount folders left in ${base}`);
 });
