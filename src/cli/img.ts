@@ -29,6 +29,11 @@ export function parseFileset(value: string): number {
   return n;
 }
 
+/** Non-fatal news on stderr, so --json output on stdout stays one document. */
+function warn(message: string): void {
+  process.stderr.write(`img: ${message}\n`);
+}
+
 const json = () => new Option('--json', 'print the result as JSON for scripts');
 const fileset = () => new Option('-f, --fileset <n>', 'file set 1-10 (default 1)').argParser(parseFileset);
 
@@ -64,6 +69,7 @@ export function buildImgProgram(): Command {
                 level: o.level,
                 overwrite: !!o.force,
                 onProgress: (p) => update(p.bytesDone, p.bytesTotal),
+                onWarning: warn,
                 signal,
               }),
             );
@@ -93,6 +99,7 @@ export function buildImgProgram(): Command {
               fileset: o.fileset ?? 1,
               force: !!o.force,
               onProgress: (p) => update(p.bytesDone, p.bytesTotal),
+              onWarning: warn,
               signal,
             }),
           );

@@ -19,7 +19,7 @@ import { runTool } from '../disk/exec.ts';
 import {
   makeFilesystem,
   openTreeForWriting,
-  releaseLeftovers,
+  releaseDeadRuns,
   writesInPlace,
   type TreeAccess,
 } from '../disk/filesystem.ts';
@@ -408,6 +408,7 @@ export async function openRestore(
   opts: RestoreOptions,
 ): Promise<DescribedSink> {
   checkFileset(opts.fileset);
+  await releaseDeadRuns(opts.onWarning);
   const t = await inspectTarget(target);
   const dirImage =
     !manifest.disk &&
@@ -450,11 +451,6 @@ export async function openRestore(
       }
     }
     if (again.size > 0) opts = { ...opts, resume: new Set([...opts.resume].filter((id) => !again.has(id))) };
-  }
-  if (t.exists && opts.resume) {
-    for (const what of await releaseLeftovers(target)) {
-      opts.onWarning?.(`released ${what}, left mounted by the interrupted restore`);
-    }
   }
   if (t.exists) await assertNotMounted(target, 'restore target');
 

@@ -1,14 +1,17 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { ImageReader } from '../../src/image/reader.ts';
 import type { FileVolume } from '../../src/image/types.ts';
-import { tempDir } from '../helpers/env.ts';
+import { mountedUses } from '../../src/disk/device.ts';
+import { hasCommand, loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
+import { MiB, mbrExtDisk, sparse } from '../engine/disk-fixtures.ts';
 
 const IMG = new URL('../../src/cli/img.ts', import.meta.url).pathname;
+const BIN = new URL('../../bin/img.js', import.meta.url).pathname;
 
 function img(...args: string[]) {
   const r = spawnSync(process.execPath, [IMG, ...args], { encoding: 'utf8' });
@@ -191,4 +194,72 @@ test('Ctrl-C during img make: the half-made image is removed, exit 130 with the 
   assert.equal(code, 130, err);
   assert.match(err, /interrupted by SIGINT \[E_INTERRUPTED\]/);
   assert.ok(!existsSync(image) && !existsSync(`${image}.partial`));
+});
+
+/** Mount points under imgcast's mount folder, as the kernel lists them. */
+async function imgcastMounts(): Promise<string[]> {
+  const info = await readFile('/proc/self/mountinfo', 'utf8');
+  return info
+    .split('\n')
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((m) => m.startsWith('/run/imgcast-mounts/'));
+}
+
+/** Starts `img ARGS` and kills it with SIGKILL once it has mounted a filesystem; returns its stderr. */
+async function killOnceMounted(args: string[]): Promise<string> {
+  const before = new Set(await imgcastMounts());
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+  let exited = false;
+  const done = new Promise<void>((resolve) =>
+    child.on('exit', () => {
+      exited = true;
+      resolve();
+    }),
+  );
+  let mounted = false;
+  for (let i = 0; i < 3000 && !exited && !mounted; i++) {
+    mounted = (await imgcastMounts()).some((m) => !before.has(m));
+    if (!mounted) await new Promise((r) => setTimeout(r, 5));
+  }
+  child.kill('SIGKILL');
+  await done;
+  assert.ok(mounted, `img ${args[0]} ended before it mounted anything: ${err}`);
+  return err;
+}
+
+test('after img restore and img make are killed with SIGKILL, the next run releases their mounts, loop devices and folders', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
+  const dir = await tempDir(t);
+  const { image, disk } = await mbrExtDisk(dir, { dataBytes: 30 * MiB });
+  const target = await sparse(join(dir, 'target.img'), 64 * MiB);
+  const folders = async () => new Set(await readdir('/run/imgcast-mounts').catch(() => [] as string[]));
+  const foldersBefore = await folders();
+  const loopsOf = (path: string) => spawnSync('losetup', ['-j', path], { encoding: 'utf8' }).stdout.trim();
+
+  await killOnceMounted(['restore', image, target]);
+  assert.ok((await mountedUses(target)).length > 0, 'the killed restore left its filesystem mounted');
+  let r = spawnSync(process.execPath, [BIN, 'restore', image, target], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /released \/dev\/loop\d+ on \/run\/imgcast-mounts\/mnt-.*killed/);
+  assert.deepEqual(await mountedUses(target), []);
+  assert.equal(loopsOf(target), '');
+  const fsck = spawnSync('e2fsck', ['-fn', `${target}?offset=${MiB}`], { encoding: 'utf8' });
+  assert.equal(fsck.status, 0, fsck.stdout + fsck.stderr);
+
+  // A capture holds its source mounted read-only; the next capture releases that too.
+  await killOnceMounted(['make', disk, join(dir, 'killed.imgc')]);
+  assert.ok((await mountedUses(disk)).length > 0, 'the killed capture left its source mounted');
+  r = spawnSync(process.execPath, [BIN, 'make', disk, join(dir, 'again.imgc')], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /released .*killed/);
+  assert.deepEqual(await mountedUses(disk), []);
+  assert.equal(loopsOf(disk), '');
+  assert.deepEqual(
+    [...(await folders())].filter((n) => !foldersBefore.has(n)),
+    [],
+    'mount folders left behind',
+  );
 });
