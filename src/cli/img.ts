@@ -87,31 +87,39 @@ export function buildImgProgram(): Command {
     .argument('<target>', 'disk device, disk-image file, partition, or folder')
     .addOption(fileset())
     .option('--force', 'write into a folder that is not empty')
+    .option('--create', 'create TARGET as a new disk-image file if it does not exist (never under /dev)')
     .addOption(json())
-    .action((image: string, target: string, o: { fileset?: number; force?: boolean; json?: boolean }) =>
-      runCommand(
-        'img',
-        !!o.json,
-        async (signal) => {
-          const { restoreImage } = await import('../engine/restore.ts');
-          const result = await withProgress('restore', { json: !!o.json }, (update) =>
-            restoreImage(image, target, {
-              fileset: o.fileset ?? 1,
-              force: !!o.force,
-              onProgress: (p) => update(p.bytesDone, p.bytesTotal),
-              onWarning: warn,
-              signal,
-            }),
-          );
-          emit(
-            !!o.json,
-            { ok: true, image, fileset: o.fileset ?? 1, ...result },
-            () =>
-              `restored ${image} (file set ${o.fileset ?? 1}) to ${result.description}: ${result.chunks} chunks, ${formatBytes(result.bytes)}, each verified against its hash`,
-          );
-        },
-        { interruptible: true },
-      ),
+    .action(
+      (
+        image: string,
+        target: string,
+        o: { fileset?: number; force?: boolean; create?: boolean; json?: boolean },
+      ) =>
+        runCommand(
+          'img',
+          !!o.json,
+          async (signal) => {
+            const { restoreImage } = await import('../engine/restore.ts');
+            const result = await withProgress('restore', { json: !!o.json }, (update) =>
+              restoreImage(image, target, {
+                fileset: o.fileset ?? 1,
+                force: !!o.force,
+                create: !!o.create,
+                onProgress: (p) => update(p.bytesDone, p.bytesTotal),
+                onWarning: warn,
+                signal,
+              }),
+            );
+            emit(
+              !!o.json,
+              { ok: true, image, fileset: o.fileset ?? 1, ...result },
+              () =>
+                `restored ${image} (file set ${o.fileset ?? 1}) to ${result.description}: ${result.chunks} chunks, ${formatBytes(result.bytes)}, each verified against its hash` +
+                (result.created ? `\ncreated ${target}: a new disk-image file` : ''),
+            );
+          },
+          { interruptible: true },
+        ),
     );
 
   program

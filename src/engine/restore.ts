@@ -3,8 +3,9 @@
  * file) or a single partition. The target is checked completely (kind, size, nothing
  * mounted) before anything is written, so a refused restore leaves it untouched.
  */
-import { mkdir, open, readdir, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, realpath, stat, unlink } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
+import { basename, dirname, join, resolve } from 'node:path';
 import { DiskError } from '../disk/errors.ts';
 import {
   assertNotMounted,
@@ -56,6 +57,12 @@ export interface RestoreOptions {
   resume?: ReadonlySet<string>;
   /** Stops the restore between chunks: the target is left as an aborted restore leaves it. */
   signal?: AbortSignal;
+  /**
+   * A disk or partition target that does not exist may be created as a new disk-image
+   * file (in an existing folder, never under /dev). Without it a missing target, most
+   * often a mistyped device name, is refused.
+   */
+  create?: boolean;
 }
 
 export type DescribedSink = RestoreSink & {
@@ -74,6 +81,8 @@ export type DescribedSink = RestoreSink & {
   readonly resumableAfterAbort: boolean;
   /** What an aborted run leaves on the target, for the message of a stopped restore. */
   readonly leftAfterAbort: string;
+  /** Whether the restore creates the target as a new disk-image file (RestoreOptions.create). */
+  readonly createsFile: boolean;
 };
 
 function mib(n: number): string {
@@ -244,6 +253,8 @@ interface Composite {
   resume?: ReadonlySet<string>;
   /** How many leading children get their chunks after all the others'. */
   writeLast?: number;
+  /** See DescribedSink.createsFile. */
+  createsFile?: boolean;
 }
 
 /** Bytes of boot-area chunks a composite holds back until the rest of the disk is written. */
@@ -276,6 +287,7 @@ function compositeSink(c: Composite): DescribedSink {
     resumed,
     resumableAfterAbort: c.resumableAfterAbort,
     leftAfterAbort: c.leftAfterAbort,
+    createsFile: !!c.createsFile,
     describe: () => c.describe,
     progress() {
       let bytesDone = 0;
@@ -417,6 +429,7 @@ export async function openRestore(
     manifest.volumes[0].fs.type === 'directory';
 
   if (t.kind === 'directory' || (!t.exists && dirImage)) {
+    if (!t.exists) refuseUnderDev(target, 'a folder');
     const volume = singleFileVolume(manifest, target);
     if (t.exists && !opts.force && !opts.resume && (await readdir(target)).length > 0) {
       throw new DiskError(
@@ -442,6 +455,7 @@ export async function openRestore(
       target,
     });
   }
+  if (fresh) await checkNewFile(target, !!opts.create);
   if (opts.resume) {
     // A volume written through a staging folder lost it with the interrupted run: it is restored again in full.
     const again = new Set<string>();
@@ -500,6 +514,7 @@ export async function openRestore(
       : fileVolumeSink(volume, filesystemPlace(target, volume, 0, size, !!opts.resume), opts);
   return compositeSink({
     ...(opts.resume ? { resume: opts.resume } : {}),
+    createsFile: fresh,
     children: [child],
     resumableAfterAbort: false,
     leftAfterAbort: `the start of ${target} was wiped so that nothing mounts the incomplete filesystem; restore again`,
@@ -557,6 +572,44 @@ async function markIncomplete(target: string, disk: DiskLayout, size: number): P
     await fh.sync();
   } finally {
     await fh.close();
+  }
+}
+
+function underDev(path: string): boolean {
+  return path === '/dev' || path.startsWith('/dev/');
+}
+
+/** A missing target under /dev is a mistyped device name: nothing is ever created there. */
+function refuseUnderDev(target: string, what: string): void {
+  if (underDev(resolve(target))) {
+    throw new DiskError(
+      'E_DISK_NO_TARGET',
+      `restore target ${target} does not exist, and it is under /dev, where imgcast never creates ${what}: name an existing disk or partition (lsblk lists them)`,
+      { target },
+    );
+  }
+}
+
+/** Refuses a missing disk or partition target unless it may become a new disk-image file. */
+async function checkNewFile(target: string, create: boolean): Promise<void> {
+  refuseUnderDev(target, 'a file');
+  const parent = dirname(resolve(target));
+  const realParent = await realpath(parent).catch(() => undefined);
+  // A symlinked folder that leads into /dev is /dev too.
+  if (realParent && underDev(realParent)) refuseUnderDev(join(realParent, basename(target)), 'a file');
+  if (!create) {
+    throw new DiskError(
+      'E_DISK_NO_TARGET',
+      `restore target ${target} does not exist; to restore into a new disk-image file there, add --create (a device must be named exactly as lsblk lists it)`,
+      { target },
+    );
+  }
+  if (!realParent || !(await stat(realParent)).isDirectory()) {
+    throw new DiskError(
+      'E_DISK_NO_TARGET',
+      `the folder ${parent} for the new disk-image file ${target} does not exist`,
+      { target, folder: parent },
+    );
   }
 }
 
@@ -623,6 +676,7 @@ function diskSink(
     .join(', ');
   return compositeSink({
     children,
+    createsFile: fresh,
     resumableAfterAbort: true,
     leftAfterAbort: `${target} holds an incomplete restore and no partition table until one completes; restore again`,
     ...(resume ? { resume } : {}),
@@ -667,6 +721,8 @@ export interface RestoreResult {
   description: string;
   chunks: number;
   bytes: number;
+  /** The target was created as a new disk-image file. */
+  created: boolean;
 }
 
 /**
@@ -748,7 +804,13 @@ async function runRestore(
     }
     signal?.throwIfAborted();
     await sink.finish();
-    return { target, description: sink.describe(), chunks: ids.length, bytes: sink.progress().bytesDone };
+    return {
+      target,
+      description: sink.describe(),
+      chunks: ids.length,
+      bytes: sink.progress().bytesDone,
+      created: sink.createsFile,
+    };
   } catch (err) {
     // Workers may still be writing chunks read ahead: the target must be quiet before it is unmounted.
     await Promise.allSettled(Array.from(running, (j) => j.settled));

@@ -263,3 +263,44 @@ test('after img restore and img make are killed with SIGKILL, the next run relea
     'mount folders left behind',
   );
 });
+
+test('a target that does not exist becomes a disk-image file only with --create, never under /dev, and says so', async (t) => {
+  if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
+  const dir = await tempDir(t);
+  // Raw partitions only: capture and restore need no loop devices, so this runs without root too.
+  const disk = await sparse(join(dir, 'raw-disk.img'), 8 * MiB);
+  execFileSync('sfdisk', ['-q', disk], { input: 'label: dos\nstart=2048, size=4MiB, type=83\n' });
+  const fh = await open(disk, 'r+');
+  await fh.write(Buffer.alloc(64 * 1024, 0x5a), 0, 64 * 1024, 2 * MiB);
+  await fh.close();
+  const image = join(dir, 'raw.imgc');
+  let r = img('make', disk, image);
+  assert.equal(r.code, 0, r.err);
+
+  const typo = '/dev/imgcast-test-no-such-disk';
+  for (const args of [[typo], [typo, '--create']]) {
+    r = img('restore', image, ...args);
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.err, /\/dev\/imgcast-test-no-such-disk/);
+    assert.match(r.err, args.length === 1 ? /does not exist/ : /under \/dev/);
+    assert.ok(!existsSync(typo), `${typo} was created`);
+  }
+  const fresh = join(dir, 'new.img');
+  r = img('restore', image, fresh);
+  assert.equal(r.code, 1, r.err);
+  assert.match(r.err, /new\.img does not exist.*--create/);
+  assert.ok(!existsSync(fresh));
+  r = img('restore', image, join(dir, 'no-such-folder', 'new.img'), '--create');
+  assert.equal(r.code, 1, r.err);
+  assert.match(r.err, /no-such-folder.* does not exist/);
+  assert.ok(!existsSync(join(dir, 'no-such-folder')));
+
+  r = img('restore', image, fresh, '--create');
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /created .*new\.img.*disk-image file/);
+  assert.equal((await stat(fresh)).size, 8 * MiB);
+  assert.ok((await readFile(fresh)).equals(await readFile(disk)));
+  r = img('restore', image, join(dir, 'json.img'), '--create', '--json');
+  assert.equal(r.code, 0, r.err);
+  assert.equal(JSON.parse(r.out).created, true);
+});

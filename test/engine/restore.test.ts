@@ -497,7 +497,7 @@ test('chunks in image order (as a multicast sends them): the partition table app
   t.after(() => reader.close());
   const manifest = reader.manifest;
   const target = join(dir, 'multicast-order.img');
-  const sink = await openRestore(manifest, target, { fileset: 1 });
+  const sink = await openRestore(manifest, target, { fileset: 1, create: true });
   await sink.prepare();
   const boot = manifest.disk!.bootAreas.flatMap((a) => a.extents.map((x) => x.chunk));
   const rest = [...sink.needed].filter((id) => !boot.includes(id));
@@ -534,7 +534,7 @@ test('an interrupted whole-disk restore (process killed mid-way) resumes with on
       import { ImageReader } from ${JSON.stringify(new URL('../../src/image/reader.ts', import.meta.url).href)};
       const [image, target, journal] = process.argv.slice(1);
       const reader = await ImageReader.open(image);
-      const sink = await openRestore(reader.manifest, target, { fileset: 1 });
+      const sink = await openRestore(reader.manifest, target, { fileset: 1, create: true });
       await sink.prepare();
       const order = [...sink.needed];
       for (const id of order.slice(0, Math.ceil(order.length / 2))) {
@@ -573,7 +573,9 @@ test('an interrupted whole-disk restore (process killed mid-way) resumes with on
     ),
     warnings.join('\n'),
   );
-  const order = [...(await openRestore(manifest, join(dir, 'plan.img'), { fileset: 1 })).needed];
+  const order = [
+    ...(await openRestore(manifest, join(dir, 'plan.img'), { fileset: 1, create: true })).needed,
+  ];
   // Boot areas are written again, and so is the vfat volume, which goes through a staging folder on this kernel.
   const boot = new Set(manifest.disk!.bootAreas.flatMap((a) => a.extents.map((x) => x.chunk)));
   for (const id of second.resumed) assert.ok(written.has(id) && !boot.has(id));
