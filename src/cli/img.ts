@@ -86,7 +86,10 @@ export function buildImgProgram(): Command {
     .argument('<image>', 'image file')
     .argument('<target>', 'disk device, disk-image file, partition, or folder')
     .addOption(fileset())
-    .option('--force', 'write into a folder that is not empty')
+    .option(
+      '--force',
+      'overwrite what TARGET holds: a partition table, filesystems, a folder that is not empty',
+    )
     .option('--create', 'create TARGET as a new disk-image file if it does not exist (never under /dev)')
     .addOption(json())
     .action(
@@ -104,6 +107,7 @@ export function buildImgProgram(): Command {
               restoreImage(image, target, {
                 fileset: o.fileset ?? 1,
                 force: !!o.force,
+                overwrite: !!o.force,
                 create: !!o.create,
                 onProgress: (p) => update(p.bytesDone, p.bytesTotal),
                 onWarning: warn,

@@ -11,6 +11,7 @@ import { ImgcastError } from '../errors.ts';
  * E_DISK_TOO_SMALL      the target is smaller than the image needs
  * E_DISK_SOURCE         the capture source is not something imgcast can image
  * E_DISK_TARGET         the restore target does not fit the image (kind, volume count, not empty)
+ * E_DISK_NOT_EMPTY      the restore target holds a partition table, filesystems or other signatures, and no consent (--force) was given
  * E_DISK_NO_TARGET      the restore target does not exist and is not to be created (no --create, under /dev, no parent folder)
  * E_DISK_INCOMPLETE     a restore was finished before every needed chunk arrived
  * E_DISK_RESUME         an interrupted restore cannot be resumed on this target (it is gone)

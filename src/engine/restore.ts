@@ -24,6 +24,7 @@ import {
   writesInPlace,
   type TreeAccess,
 } from '../disk/filesystem.ts';
+import { describeTargetContents } from '../disk/contents.ts';
 import { createRawRestore } from '../disk/raw.ts';
 import { InterruptedError } from '../errors.ts';
 import { ImageError } from '../image/errors.ts';
@@ -43,10 +44,21 @@ import {
 import { createTreeRestore } from '../volume/files/restore.ts';
 import type { RestoreProgress, RestoreSink } from './types.ts';
 
+/** What a target holds now; the receive path prints it before overwriting a disk it consented to by joining. */
+export { describeTargetContents, type TargetContents } from '../disk/contents.ts';
+
 export interface RestoreOptions {
   fileset: number;
   /** Restore into a non-empty directory. */
   force?: boolean;
+  /**
+   * Consent to destroy what a disk or partition target holds (a partition table,
+   * filesystems, other signatures; describeTargetContents says what): without it such
+   * a target is refused with E_DISK_NOT_EMPTY, naming its contents. `img restore` gives
+   * it with --force; a multicast receiver consents by joining and prints the contents.
+   * Not needed when resuming, nor for a target with nothing on it.
+   */
+  overwrite?: boolean;
   /** Non-fatal problems (e.g. owners a vfat target cannot keep). */
   onWarning?: (message: string) => void;
   /**
@@ -434,7 +446,7 @@ export async function openRestore(
     if (t.exists && !opts.force && !opts.resume && (await readdir(target)).length > 0) {
       throw new DiskError(
         'E_DISK_TARGET',
-        `target directory ${target} is not empty (use force to restore into it anyway)`,
+        `target directory ${target} is not empty (restore with --force to write into it anyway)`,
         { target },
       );
     }
@@ -447,6 +459,27 @@ export async function openRestore(
     });
   }
 
+  const sink = await openDiskTarget(manifest, target, t, opts);
+  if (t.exists && !opts.resume && !opts.overwrite) {
+    const contents = await describeTargetContents(target);
+    if (!contents.empty) {
+      throw new DiskError(
+        'E_DISK_NOT_EMPTY',
+        `${contents.summary}; restoring ${sink.describe()} would destroy it: restore with --force to overwrite it`,
+        { target, contents },
+      );
+    }
+  }
+  return sink;
+}
+
+/** openRestore for a disk or partition target (device or disk-image file). */
+async function openDiskTarget(
+  manifest: Manifest,
+  target: string,
+  t: Extract<TargetKind, { kind: 'device' | 'file' }>,
+  opts: RestoreOptions,
+): Promise<DescribedSink> {
   const fresh = !t.exists;
   const blockDev = t.kind === 'device';
   const label = `${blockDev ? 'device' : 'file'} ${target}`;
@@ -680,7 +713,7 @@ function diskSink(
     resumableAfterAbort: true,
     leftAfterAbort: `${target} holds an incomplete restore and no partition table until one completes; restore again`,
     ...(resume ? { resume } : {}),
-    describe: `${label} (${mib(size)}) as a ${disk.table.toUpperCase()} disk of ${disk.partitions.length} partition(s) — ${parts}`,
+    describe: `${label} (${mib(size)}) as ${disk.table === 'mbr' ? 'an MBR' : 'a GPT'} disk of ${disk.partitions.length} partition(s) — ${parts}`,
     // Until the restore is complete the disk shows no partition table, neither its old one
     // over new data nor the new one over half of it: the table is blanked first and the boot
     // areas are written last, so a restore killed on the way (Ctrl-C twice, a power cut)

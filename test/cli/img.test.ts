@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -241,7 +242,8 @@ test('after img restore and img make are killed with SIGKILL, the next run relea
 
   await killOnceMounted(['restore', image, target]);
   assert.ok((await mountedUses(target)).length > 0, 'the killed restore left its filesystem mounted');
-  let r = spawnSync(process.execPath, [BIN, 'restore', image, target], { encoding: 'utf8' });
+  // The killed run left its half-written ext4 where partition 1 starts: overwriting it takes --force.
+  let r = spawnSync(process.execPath, [BIN, 'restore', image, target, '--force'], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stderr, /released \/dev\/loop\d+ on \/run\/imgcast-mounts\/mnt-.*killed/);
   assert.deepEqual(await mountedUses(target), []);
@@ -267,15 +269,8 @@ test('after img restore and img make are killed with SIGKILL, the next run relea
 test('a target that does not exist becomes a disk-image file only with --create, never under /dev, and says so', async (t) => {
   if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
   const dir = await tempDir(t);
-  // Raw partitions only: capture and restore need no loop devices, so this runs without root too.
-  const disk = await sparse(join(dir, 'raw-disk.img'), 8 * MiB);
-  execFileSync('sfdisk', ['-q', disk], { input: 'label: dos\nstart=2048, size=4MiB, type=83\n' });
-  const fh = await open(disk, 'r+');
-  await fh.write(Buffer.alloc(64 * 1024, 0x5a), 0, 64 * 1024, 2 * MiB);
-  await fh.close();
-  const image = join(dir, 'raw.imgc');
-  let r = img('make', disk, image);
-  assert.equal(r.code, 0, r.err);
+  const { disk, image } = await rawDiskImage(dir);
+  let r;
 
   const typo = '/dev/imgcast-test-no-such-disk';
   for (const args of [[typo], [typo, '--create']]) {
@@ -303,4 +298,75 @@ test('a target that does not exist becomes a disk-image file only with --create,
   r = img('restore', image, join(dir, 'json.img'), '--create', '--json');
   assert.equal(r.code, 0, r.err);
   assert.equal(JSON.parse(r.out).created, true);
+});
+
+/** An 8 MiB MBR disk with one raw partition, captured by img make: restoring it needs no loop devices. */
+async function rawDiskImage(dir: string): Promise<{ disk: string; image: string }> {
+  const disk = await sparse(join(dir, 'raw-disk.img'), 8 * MiB);
+  execFileSync('sfdisk', ['-q', disk], { input: 'label: dos\nstart=2048, size=4MiB, type=83\n' });
+  const fh = await open(disk, 'r+');
+  await fh.write(Buffer.alloc(64 * 1024, 0x5a), 0, 64 * 1024, 2 * MiB);
+  await fh.close();
+  const image = join(dir, 'raw.imgc');
+  const r = img('make', disk, image);
+  assert.equal(r.code, 0, r.err);
+  return { disk, image };
+}
+
+test('img restore overwrites a disk holding partitions or filesystems only with --force, and names what it holds', async (t) => {
+  for (const c of ['sfdisk', 'sgdisk', 'mkfs.ext4', 'wipefs'])
+    if (!hasCommand(c)) return void t.skip(`needs ${c}`);
+  const dir = await tempDir(t);
+  const { image } = await rawDiskImage(dir);
+  const hash = async (f: string) =>
+    createHash('sha256')
+      .update(await readFile(f))
+      .digest('hex');
+
+  const used = await sparse(join(dir, 'used.img'), 16 * MiB);
+  execFileSync('sgdisk', [
+    '-n1:2048:+4M',
+    '-t1:ef00',
+    '-c1:EFI system',
+    '-n2:0:+6M',
+    '-t2:8300',
+    '-c2:home',
+    used,
+  ]);
+  execFileSync('mkfs.ext4', ['-q', '-F', '-L', 'labhome', '-E', `offset=${5 * MiB}`, used, '6M'], {
+    stdio: 'pipe',
+  });
+  const before = await hash(used);
+  let r = img('restore', image, used);
+  assert.equal(r.code, 1, r.err);
+  assert.match(r.err, /holds a GPT partition table with 2 partitions/);
+  assert.match(r.err, /1: 4\.0 MiB, EFI System, named "EFI system", no filesystem found/);
+  assert.match(r.err, /2: 6\.0 MiB, Linux filesystem, named "home", ext4 "labhome"/);
+  assert.match(r.err, /--force/);
+  assert.match(r.err, /\[E_DISK_NOT_EMPTY\]/);
+  assert.equal(await hash(used), before, 'the refused target is untouched');
+  r = img('restore', image, used, '--json');
+  assert.equal(r.code, 1);
+  const refusal = JSON.parse(r.out);
+  assert.equal(refusal.error, 'E_DISK_NOT_EMPTY');
+  assert.deepEqual(
+    refusal.contents.partitions.map((p: { number: number; name?: string }) => [p.number, p.name]),
+    [
+      [1, 'EFI system'],
+      [2, 'home'],
+    ],
+  );
+
+  // A filesystem on the whole target, without any table.
+  const bare = await sparse(join(dir, 'bare.img'), 16 * MiB);
+  execFileSync('mkfs.ext4', ['-q', '-F', '-L', 'whole', bare], { stdio: 'pipe' });
+  r = img('restore', image, bare);
+  assert.equal(r.code, 1, r.err);
+  assert.match(r.err, /signature: ext4 "whole" at byte \d+/);
+
+  r = img('restore', image, used, '--force');
+  assert.equal(r.code, 0, r.err);
+  // A target with nothing on it asks for nothing.
+  r = img('restore', image, await sparse(join(dir, 'blank.img'), 16 * MiB));
+  assert.equal(r.code, 0, r.err);
 });

@@ -476,6 +476,7 @@ test('a whole-disk restore stopped by its signal unmounts, detaches and leaves a
   await assert.rejects(
     restoreImage(src.image, target, {
       fileset: 1,
+      overwrite: true,
       signal: stop.signal,
       onProgress: (p) => {
         if (p.bytesDone > 0 && !stop.signal.aborted) stop.abort(new InterruptedError('SIGINT'));
