@@ -26,6 +26,7 @@ import {
 } from '../disk/filesystem.ts';
 import { describeTargetContents } from '../disk/contents.ts';
 import { createRawRestore } from '../disk/raw.ts';
+import { mergeRanges, newLayoutZones, oldLayoutZones, zeroRanges, type Range } from '../disk/stale.ts';
 import { InterruptedError } from '../errors.ts';
 import { ImageError } from '../image/errors.ts';
 import { checkFileset, includedEntries } from '../image/fileset.ts';
@@ -96,6 +97,8 @@ export type DescribedSink = RestoreSink & {
   /** Whether the restore creates the target as a new disk-image file (RestoreOptions.create). */
   readonly createsFile: boolean;
 };
+
+const MiB = 1024 * 1024;
 
 function mib(n: number): string {
   return `${(n / (1024 * 1024)).toFixed(1)} MiB`;
@@ -554,7 +557,15 @@ async function openDiskTarget(
     describe: `${label} (${mib(size)}) as one ${volume.kind === 'raw' ? 'raw volume' : volume.fs.type + ' filesystem'}`,
     before: async () => {
       if (fresh) await createFile(target, size);
-      else await assertNotMounted(target, 'restore target');
+      else {
+        await assertNotMounted(target, 'restore target');
+        // A raw volume writes every byte (its gaps as zeros); mkfs rewrites only the start, so
+        // what an old table or filesystem left elsewhere is cleared first.
+        if (volume.kind === 'files' && !opts.resume) {
+          const old = await oldLayoutZones(target, size, 512);
+          await zeroRanges(target, mergeRanges([...old, { start: size - MiB, end: size }], size));
+        }
+      }
     },
     after: () => syncTarget(target),
     // A file this restore created goes away; an existing partition loses its first 64 KiB,
@@ -680,9 +691,14 @@ function diskSink(
   const gptMoves = disk.table === 'gpt' && size !== disk.sizeBytes;
 
   const children: RestoreSink[] = [];
+  const writtenAreas: Range[] = [];
   disk.bootAreas.forEach((area, i) => {
     // A smaller target cannot hold the backup GPT where it was; sgdisk -e rebuilds it from the primary.
     if (area.offset + area.length > size) return;
+    // On a larger one sgdisk -e writes it at the end, and a copy where the source disk ended
+    // would stay behind as a stale GPT header: it is left out (and its place zeroed).
+    if (gptMoves && i > 0 && i === disk.bootAreas.length - 1) return;
+    writtenAreas.push({ start: area.offset, end: area.offset + area.length });
     children.push(
       createRawRestore(target, area.offset, area.length, area.extents, 0, {
         fresh,
@@ -723,7 +739,16 @@ function diskSink(
       if (fresh) await createFile(target, size);
       else {
         await assertNotMounted(target, 'restore target');
+        // The old layout is read before markIncomplete blanks its headers. A resumed run's
+        // target holds the interrupted run's own writes, cleared of old signatures then.
+        const stale = resume
+          ? []
+          : [
+              ...(await oldLayoutZones(target, size, disk.sectorSize)),
+              ...newLayoutZones(disk, manifest, size, writtenAreas),
+            ];
         await markIncomplete(target, disk, size);
+        if (stale.length > 0) await zeroRanges(target, mergeRanges(stale, size));
       }
     },
     between: {

@@ -32,10 +32,9 @@ import type { ChunkSource } from '../../src/image/types.ts';
 import { mountedUses } from '../../src/disk/device.ts';
 import { probePartitionTable } from '../../src/disk/partition-table.ts';
 import { hasCommand, loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
-import { mbrExtDisk } from './disk-fixtures.ts';
+import { MiB, mbrExtDisk } from './disk-fixtures.ts';
 import { compareTrees, countTypes } from './tree-compare.ts';
 
-const MiB = 1024 * 1024;
 const DISK = 256 * MiB;
 const SECTOR = 512;
 const P1 = { start: 2048 * SECTOR, size: 32 * MiB };
@@ -287,6 +286,16 @@ async function checkRestoredDisk(
       'EFI PART',
       'backup GPT moved to the end',
     );
+    assert.notEqual(
+      (await readRange(target, DISK - SECTOR, 8)).toString('latin1'),
+      'EFI PART',
+      'no backup GPT header left where the source disk ended',
+    );
+    assert.deepEqual(wipefsTypes(target), [
+      'gpt@0x200',
+      `gpt@0x${(size - SECTOR).toString(16)}`,
+      'PMBR@0x1fe',
+    ]);
   }
   assert.deepEqual(
     sh('sgdisk', ['-p', target])
@@ -749,4 +758,60 @@ test('make and restore of a disk image leave no mount folders behind', async (t)
   await restoreImage(image, target, { fileset: 1 });
   const left = [...(await entries())].filter((n) => !before.has(n));
   assert.deepEqual(left, [], `mount folders left in ${base}`);
+});
+
+/** wipefs's view of a target: every signature type with its offset. */
+function wipefsTypes(target: string): string[] {
+  const out = sh('wipefs', ['--no-act', '--json', target]).trim();
+  if (!out) return [];
+  return (JSON.parse(out) as { signatures: Array<{ type: string; offset: string }> }).signatures.map(
+    (s) => `${s.type}@${s.offset}`,
+  );
+}
+
+function blkidAt(target: string, offset: number, size: number): string {
+  const r = spawnSync('blkid', ['-p', '-o', 'export', '-O', String(offset), '-S', String(size), target], {
+    encoding: 'utf8',
+  });
+  return r.status === 0 ? r.stdout : '';
+}
+
+test('an MBR image over a GPT disk leaves no GPT header and no old filesystem signature anywhere', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  for (const c of ['sfdisk', 'wipefs', 'mkswap']) if (!hasCommand(c)) return void t.skip(`needs ${c}`);
+  const dir = await tempDir(t);
+  const { image, parts } = await mbrExtDisk(dir);
+  // The old disk: GPT, partition 2 (swap) where the new partition 1 will be, partition 3 (ext4)
+  // where the new layout has a gap after its last partition.
+  const target = await sparse(join(dir, 'was-gpt.img'), 64 * MiB);
+  sh('sgdisk', ['-n1:2048:+20M', '-n2:0:+20M', '-t2:8200', `-n3:${(58 * MiB) / SECTOR}:+4M`, target]);
+  const swap = await sparse(join(dir, 'swap.img'), 20 * MiB);
+  sh('mkswap', ['-q', '-L', 'oldswap', swap]);
+  await writeRange(target, 21 * MiB, await readRange(swap, 0, 64 * 1024));
+  sh('mkfs.ext4', ['-q', '-F', '-L', 'oldgap', '-E', `offset=${58 * MiB}`, target, '4M']);
+  assert.match(blkidAt(target, 58 * MiB, 4 * MiB), /LABEL=oldgap/);
+  assert.match(blkidAt(target, 21 * MiB, 20 * MiB), /TYPE=swap/);
+
+  await restoreImage(image, target, { fileset: 1, overwrite: true });
+  assert.deepEqual(wipefsTypes(target), ['dos@0x1fe'], 'only the new MBR');
+  const v = spawnSync('sgdisk', ['-v', target], { encoding: 'utf8' });
+  assert.equal(v.status, 0, v.stdout + v.stderr);
+  assert.match(v.stdout, /No problems found/);
+  assert.doesNotMatch(v.stdout + v.stderr, /backup|regenerat/i);
+  assert.equal(blkidAt(target, 58 * MiB, 4 * MiB), '', 'old ext4 in the gap after the last partition');
+  assert.equal(blkidAt(target, 21 * MiB, 20 * MiB), '', 'old swap inside the new partition 1');
+  for (const p of parts) {
+    const f = spawnSync('e2fsck', ['-fn', `${target}?offset=${p.start}`], { encoding: 'utf8' });
+    assert.equal(f.status, 0, f.stdout + f.stderr);
+  }
+
+  // A single filesystem over a file that was a GPT disk: mkfs rewrites the start, not the backup GPT at the end.
+  const fsFile = await sparse(join(dir, 'fs.img'), 16 * MiB);
+  sh('mkfs.ext4', ['-q', '-F', '-L', 'single', fsFile]);
+  const fsImage = join(dir, 'fs.imgc');
+  await makeImage(fsFile, fsImage, { level: 'speed' });
+  const wasDisk = await sparse(join(dir, 'was-disk.img'), 16 * MiB);
+  sh('sgdisk', ['-n1:2048:+4M', wasDisk]);
+  await restoreImage(fsImage, wasDisk, { fileset: 1, overwrite: true });
+  assert.deepEqual(wipefsTypes(wasDisk), ['ext4@0x438']);
 });
