@@ -4,6 +4,7 @@
  */
 import { Command, Option } from 'commander';
 import { UsageError } from '../errors.ts';
+import type { VerifyAfterReport } from '../engine/verify-target.ts';
 import type { ImageReader } from '../image/reader.ts';
 import { COMPRESSION_LEVELS, DEFAULT_LEVEL, type CompressionLevel } from '../image/types.ts';
 import { displayName } from '../volume/files/names.ts';
@@ -27,6 +28,11 @@ export function parseFileset(value: string): number {
   if (!/^\d+$/.test(value) || n < 1 || n > 10)
     throw new UsageError(`file set must be 1 to 10, not "${value}"`);
   return n;
+}
+
+/** Non-fatal news on stderr, so --json output on stdout stays one document. */
+function warn(message: string): void {
+  process.stderr.write(`img: ${message}\n`);
 }
 
 const json = () => new Option('--json', 'print the result as JSON for scripts');
@@ -64,6 +70,7 @@ export function buildImgProgram(): Command {
                 level: o.level,
                 overwrite: !!o.force,
                 onProgress: (p) => update(p.bytesDone, p.bytesTotal),
+                onWarning: warn,
                 signal,
               }),
             );
@@ -80,31 +87,61 @@ export function buildImgProgram(): Command {
     .argument('<image>', 'image file')
     .argument('<target>', 'disk device, disk-image file, partition, or folder')
     .addOption(fileset())
-    .option('--force', 'write into a folder that is not empty')
+    .option(
+      '--force',
+      'overwrite what TARGET holds: a partition table, filesystems, a folder that is not empty',
+    )
+    .option('--create', 'create TARGET as a new disk-image file if it does not exist (never under /dev)')
+    .option(
+      '--verify-after',
+      'then read TARGET back (from the disk, through fresh mounts) and compare it with the image',
+    )
     .addOption(json())
-    .action((image: string, target: string, o: { fileset?: number; force?: boolean; json?: boolean }) =>
-      runCommand(
-        'img',
-        !!o.json,
-        async (signal) => {
-          const { restoreImage } = await import('../engine/restore.ts');
-          const result = await withProgress('restore', { json: !!o.json }, (update) =>
-            restoreImage(image, target, {
-              fileset: o.fileset ?? 1,
-              force: !!o.force,
-              onProgress: (p) => update(p.bytesDone, p.bytesTotal),
-              signal,
-            }),
-          );
-          emit(
-            !!o.json,
-            { ok: true, image, fileset: o.fileset ?? 1, ...result },
-            () =>
-              `restored ${image} (file set ${o.fileset ?? 1}) to ${result.description}: ${result.chunks} chunks, ${formatBytes(result.bytes)}, each verified against its hash`,
-          );
-        },
-        { interruptible: true },
-      ),
+    .action(
+      (
+        image: string,
+        target: string,
+        o: { fileset?: number; force?: boolean; create?: boolean; verifyAfter?: boolean; json?: boolean },
+      ) =>
+        runCommand(
+          'img',
+          !!o.json,
+          async (signal) => {
+            const { restoreImage } = await import('../engine/restore.ts');
+            const fileset = o.fileset ?? 1;
+            const result = await withProgress('restore', { json: !!o.json }, (update) =>
+              restoreImage(image, target, {
+                fileset,
+                force: !!o.force,
+                overwrite: !!o.force,
+                create: !!o.create,
+                onProgress: (p) => update(p.bytesDone, p.bytesTotal),
+                onWarning: warn,
+                signal,
+              }),
+            );
+            let readBack: VerifyAfterReport | undefined;
+            if (o.verifyAfter) {
+              const { verifyRestoredImage } = await import('../engine/verify-target.ts');
+              readBack = await withProgress('verify', { json: !!o.json }, (update) =>
+                verifyRestoredImage(image, target, { fileset, onProgress: update, signal }),
+              );
+            }
+            emit(!!o.json, { ok: true, image, fileset, ...result, ...(readBack ? { readBack } : {}) }, () =>
+              [
+                `restored ${image} (file set ${fileset}) to ${result.description}: ${result.chunks} chunks, ${formatBytes(result.bytes)}, each verified against its hash before it was written, and every write flushed to the target without error`,
+                ...(result.created ? [`created ${target}: a new disk-image file`] : []),
+                ...(readBack
+                  ? [
+                      `read back from ${target} and compared with the image: ${readBack.entries} entries, ${formatBytes(readBack.fileBytes)} of file content, ${formatBytes(readBack.rawBytes)} of boot areas and raw volumes, all as the image says`,
+                      ...readBack.notChecked.map((n) => `not compared: ${n}`),
+                    ]
+                  : []),
+              ].join('\n'),
+            );
+          },
+          { interruptible: true },
+        ),
     );
 
   program

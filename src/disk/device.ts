@@ -9,6 +9,7 @@ import { readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { DiskError } from './errors.ts';
 import { run, runTool } from './exec.ts';
+import { forgetLoop, recordLoop, type RunTag } from './owner.ts';
 
 async function statOrThrow(path: string) {
   try {
@@ -121,7 +122,7 @@ async function devicesOf(path: string, out: Map<string, string>, depth = 0): Pro
 }
 
 /** Backing file and byte range of a loop device, from sysfs; undefined for other devices. */
-async function loopRange(
+export async function loopRange(
   name: string,
 ): Promise<{ backingFile: string; offset: number; end: number } | undefined> {
   const dir = join('/sys/class/block', name, 'loop');
@@ -137,7 +138,7 @@ async function loopRange(
   }
 }
 
-function unescapeMountinfo(s: string): string {
+export function unescapeMountinfo(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
 
@@ -173,6 +174,18 @@ export async function mountedUses(path: string): Promise<MountUse[]> {
   return uses;
 }
 
+/** Where exactly the block device `dev` (not its partitions or loop devices over it) is mounted. */
+export async function mountPointsOf(dev: string): Promise<string[]> {
+  const num = await readDevNumber(join('/sys/class/block', basename(dev)));
+  if (!num) return [];
+  const info = await readFile('/proc/self/mountinfo', 'utf8');
+  return info
+    .split('\n')
+    .map((l) => l.split(' '))
+    .filter((f) => f[2] === num)
+    .map((f) => unescapeMountinfo(f[4] ?? '?'));
+}
+
 export function describeUses(uses: MountUse[]): string {
   return uses.map((u) => `${u.device} on ${u.mountPoint} (${u.readOnly ? 'ro' : 'rw'})`).join(', ');
 }
@@ -195,18 +208,45 @@ export interface LoopOptions {
   readOnly?: boolean;
 }
 
-/** Attaches a free loop device over a byte range of a file or device; returns /dev/loopN. */
+/**
+ * Attaches a free loop device over a byte range of a file or device; returns /dev/loopN.
+ * The device is picked first and recorded as this run's before it is attached (owner.ts),
+ * so a run killed at any moment, even while losetup runs, leaves nothing the next run
+ * cannot find and detach.
+ */
 export async function attachLoop(path: string, opts: LoopOptions = {}): Promise<string> {
-  const args = ['--find', '--show'];
+  const args: string[] = [];
   if (opts.offset) args.push('--offset', String(opts.offset));
   if (opts.size !== undefined) args.push('--sizelimit', String(opts.size));
   if (opts.readOnly) args.push('--read-only');
-  args.push(path);
-  const dev = (await run('losetup', args, `attach a loop device to ${path}`)).trim();
-  if (!dev.startsWith('/dev/')) {
-    throw new DiskError('E_DISK_COMMAND', `losetup gave no device for ${path}: "${dev}"`, { path });
+  const backing = await realpath(path).catch(() => path);
+  for (let attempt = 0; ; attempt++) {
+    const dev = (await run('losetup', ['--find'], `find a free loop device for ${path}`)).trim();
+    if (!dev.startsWith('/dev/')) {
+      throw new DiskError('E_DISK_COMMAND', `losetup gave no free loop device for ${path}: "${dev}"`, {
+        path,
+      });
+    }
+    try {
+      await recordLoop(dev, backing, opts.offset ?? 0);
+    } catch (err) {
+      throw new DiskError(
+        'E_DISK_IO',
+        `cannot record loop device ${dev} in imgcast's run state, so a killed run could not release it: ${(err as Error).message}`,
+        { device: dev },
+      );
+    }
+    const r = await runTool('losetup', [...args, dev, path]);
+    if (r.status === 0) return dev;
+    await forgetLoop(dev);
+    // Another process took the device between the two steps: pick again.
+    if (/busy/i.test(r.stderr) && attempt < 10) continue;
+    throw new DiskError(
+      'E_DISK_COMMAND',
+      `attach a loop device to ${path}: losetup ${[...args, dev, path].join(' ')} failed: ${(r.stderr || r.stdout).trim() || `exit status ${r.status}`}`,
+      { command: 'losetup', path, status: r.status, stderr: r.stderr },
+    );
   }
-  return dev;
 }
 
 /** Processes whose mount namespace still has `dev` mounted (major:minor match), for messages. */
@@ -250,13 +290,16 @@ export async function detachLoopVerified(dev: string): Promise<void> {
   }
 }
 
-export async function detachLoop(dev: string): Promise<void> {
+/** Detaches a loop device and drops its run record (this run's, or that of the run `tag`). */
+export async function detachLoop(dev: string, tag?: RunTag): Promise<void> {
   // A just-unmounted filesystem can hold the device for a moment; losetup -d then fails with EBUSY.
   for (let attempt = 0; ; attempt++) {
     const r = await runTool('losetup', ['-d', dev]);
-    if (r.status === 0) return;
     // Already detached (e.g. cleanup after an earlier detach) is what the caller wants.
-    if (/No such device or address/i.test(r.stderr)) return;
+    if (r.status === 0 || /No such device or address/i.test(r.stderr)) {
+      await forgetLoop(dev, tag);
+      return;
+    }
     if (!/busy/i.test(r.stderr) || attempt >= 10) {
       throw new DiskError('E_DISK_COMMAND', `cannot detach loop device ${dev}: ${r.stderr.trim()}`, {
         device: dev,

@@ -5,13 +5,15 @@
  * configs and EFI boot entries that name the filesystem keep working after restore.
  */
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, open, readdir, readFile, realpath, rm, rmdir, stat, statfs } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, realpath, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import { release, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type { FilesystemInfo, FilesystemType } from '../image/types.ts';
-import { blkidProbe, detachLoop, mountedUses } from './device.ts';
+import { blkidProbe, detachLoop, loopRange, mountPointsOf, unescapeMountinfo } from './device.ts';
 import { DiskError } from './errors.ts';
 import { run, runTool } from './exec.ts';
+import { forgetLoop, loopRecords, ownedTempDir, runAlive, STAGING_PREFIXES, tagOf } from './owner.ts';
+import { syncFilesystemChecked, writeFailure } from './write-errors.ts';
 
 const EXT_TYPES = new Set(['ext2', 'ext3', 'ext4']);
 /** Features that describe a state, not a choice, and that mke2fs refuses. */
@@ -168,38 +170,117 @@ function mountBase(): Promise<string> {
   return baseReady;
 }
 
+/** The folders imgcast mounts filesystems under: mountBase() uses the first that exists. */
+function mountBases(): string[] {
+  return [...new Set([join('/run', 'imgcast-mounts'), join(tmpdir(), 'imgcast-mounts')])];
+}
+
+export interface Leftovers {
+  /** What was unmounted, detached or removed. */
+  released: string[];
+  /** What could not be, with the reason (a restore onto it is then refused as mounted). */
+  failed: string[];
+}
+
 /**
- * What an interrupted imgcast run (killed, crashed) left behind on `path`: mounts of it
- * under imgcast's own mount directory, and the loop devices under them. Unmounts and
- * detaches those, so a resumed restore can mount the filesystem again without two
- * mounts of it; any other mount stays (and restore refuses it). Returns what it released.
+ * Undoes what imgcast runs that are no longer running (killed, crashed) left behind:
+ * their mounts under imgcast's mount folders, their loop devices, their mount points
+ * and staging folders. Everything is told apart by the run that made it (owner.ts), so
+ * what a live run uses, another process's mounts and loop devices, and folders made
+ * before runs were tagged are never touched. Every restore and capture calls it first.
  */
-export async function releaseLeftovers(path: string): Promise<string[]> {
-  const bases = [join('/run', 'imgcast-mounts'), join(tmpdir(), 'imgcast-mounts')].map((b) => `${b}/`);
-  const released: string[] = [];
-  for (const use of await mountedUses(path)) {
-    if (!bases.some((b) => use.mountPoint.startsWith(b))) continue;
-    await run('umount', [use.mountPoint], `unmount ${use.mountPoint}, left by an interrupted restore`);
-    await rmdir(use.mountPoint).catch(() => {});
-    if (use.device.startsWith('/dev/loop')) await detachLoop(use.device);
-    released.push(`${use.device} on ${use.mountPoint}`);
+export async function releaseLeftovers(): Promise<Leftovers> {
+  const out: Leftovers = { released: [], failed: [] };
+  const attempt = async (what: string, undo: () => Promise<void>) => {
+    try {
+      await undo();
+      out.released.push(what);
+    } catch (err) {
+      out.failed.push(`${what}: ${(err as Error).message}`);
+    }
+  };
+  for (const base of mountBases()) {
+    for (const name of await readdir(base).catch(() => [] as string[])) {
+      const tag = tagOf(name, 'mnt-');
+      if (!tag || (await runAlive(tag))) continue;
+      const dir = join(base, name);
+      const sources = await mountSourcesAt(dir);
+      await attempt(sources.length ? `${sources.join(', ')} on ${dir}` : `mount point ${dir}`, async () => {
+        for (let i = 0; i < sources.length; i++) {
+          await run('umount', [dir], `unmount ${dir}`);
+        }
+        await removeMountPoint(dir);
+      });
+    }
   }
-  // Loop devices imgcast attached over a partition (never at offset 0) and left unmounted, e.g. mkfs'd for vfat.
-  const real = await realpath(path).catch(() => path);
-  const listing = await run(
-    'losetup',
-    ['--json', '--list', '--output', 'NAME,BACK-FILE,OFFSET'],
-    'list loop devices',
-  ).catch(() => '');
-  const loops = (JSON.parse(listing || '{}') as { loopdevices?: Array<Record<string, unknown>> }).loopdevices;
-  for (const l of loops ?? []) {
-    const name = String(l.name ?? '');
-    if (String(l['back-file'] ?? '') !== real || !(Number(l.offset) > 0)) continue;
-    if ((await mountedUses(name)).length > 0) continue;
-    await detachLoop(name);
-    released.push(name);
+  const records = await loopRecords();
+  const live = new Set<string>();
+  for (const r of records) if (await runAlive(r.tag)) live.add(r.device);
+  for (const r of records) {
+    if (await runAlive(r.tag)) continue;
+    // The device went on to a live run after the dead one detached it: only the stale record goes.
+    if (live.has(r.device)) {
+      await forgetLoop(r.device, r.tag);
+      continue;
+    }
+    const now = await loopRange(basename(r.device));
+    if (!now || now.backingFile !== r.backingFile || now.offset !== r.offset) {
+      await forgetLoop(r.device, r.tag);
+      continue;
+    }
+    const mounts = await mountPointsOf(r.device);
+    if (mounts.length > 0) {
+      out.failed.push(`${r.device} (over ${r.backingFile}): still mounted on ${mounts.join(', ')}`);
+      continue;
+    }
+    await attempt(`${r.device} (over ${r.backingFile})`, () => detachLoop(r.device, r.tag));
   }
-  return released;
+  for (const name of await readdir(tmpdir()).catch(() => [] as string[])) {
+    const prefix = STAGING_PREFIXES.find((p) => name.startsWith(p));
+    const tag = prefix && tagOf(name, prefix);
+    if (!tag || (await runAlive(tag))) continue;
+    const dir = join(tmpdir(), name);
+    await attempt(`staging folder ${dir}`, () => rm(dir, { recursive: true, force: true }));
+  }
+  return out;
+}
+
+/**
+ * Undoes what killed imgcast runs left mounted or attached (releaseLeftovers), saying so:
+ * without it a target a killed restore had mounted would be refused as in use for good.
+ */
+export async function releaseDeadRuns(onWarning?: (message: string) => void): Promise<void> {
+  const { released, failed } = await releaseLeftovers();
+  for (const what of released) onWarning?.(`released ${what}, left behind by an imgcast run that was killed`);
+  for (const what of failed) onWarning?.(`could not release what a killed imgcast run left: ${what}`);
+}
+
+/** What is mounted at exactly `dir`, newest last (a folder can be mounted over more than once). */
+async function mountSourcesAt(dir: string): Promise<string[]> {
+  const info = await readFile('/proc/self/mountinfo', 'utf8');
+  const out: string[] = [];
+  for (const line of info.split('\n')) {
+    const [pre, post] = line.split(' - ');
+    if (!pre || !post || unescapeMountinfo(pre.split(' ')[4] ?? '') !== dir) continue;
+    out.push(post.split(' ')[1] ?? '?');
+  }
+  return out;
+}
+
+/**
+ * Removes an (unmounted) mount point. rmdir, not rm: an rm without `recursive` refuses
+ * every folder, which left one behind per mount; and rmdir never deletes what a mount
+ * point holds when the unmount did not really happen.
+ */
+async function removeMountPoint(dir: string): Promise<void> {
+  try {
+    await rmdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw new DiskError('E_DISK_IO', `cannot remove the mount point ${dir}: ${(err as Error).message}`, {
+      dir,
+    });
+  }
 }
 
 export interface Mounted {
@@ -214,12 +295,22 @@ export async function mountFilesystem(
   type: FilesystemType,
   opts: { readOnly: boolean },
 ): Promise<Mounted> {
-  const dir = await mkdtemp(join(await mountBase(), 'mnt-'));
+  const dir = await ownedTempDir(await mountBase(), 'mnt-');
   const options = [opts.readOnly ? 'ro' : 'rw'];
   try {
     await run('mount', ['-t', type, '-o', options.join(','), device, dir], `mount ${device}`);
   } catch (err) {
-    await rm(dir, { recursive: false, force: true }).catch(() => {});
+    try {
+      await removeMountPoint(dir);
+    } catch (rmErr) {
+      // The mount's failure stays the reason; the folder it could not remove is named beside it.
+      throw new DiskError(
+        'E_DISK_COMMAND',
+        `${(err as Error).message}; and ${(rmErr as Error).message}`,
+        { device, dir },
+        { cause: err },
+      );
+    }
     throw err;
   }
   let mounted = true;
@@ -239,7 +330,7 @@ export async function mountFilesystem(
         await new Promise((res) => setTimeout(res, 100 * (attempt + 1)));
       }
       mounted = false;
-      await rm(dir, { recursive: false, force: true }).catch(() => {});
+      await removeMountPoint(dir);
     },
   };
 }
@@ -256,6 +347,37 @@ export async function withMounted<T>(
     return await fn(m.dir);
   } finally {
     await m.unmount();
+  }
+}
+
+/** Errors the ext4 driver counted on the mounted `device` (a failed journal or metadata write, for instance). */
+async function extErrorsWhileMounted(device: string, naming: WriteNaming): Promise<void> {
+  const name = basename(await realpath(device).catch(() => device));
+  const count = Number((await readFile(`/sys/fs/ext4/${name}/errors_count`, 'utf8').catch(() => '0')).trim());
+  if (count > 0) {
+    throw await writeFailure(
+      naming.target,
+      naming.what,
+      new Error(`the kernel recorded ${count} error(s) on it while it was written (see dmesg)`),
+    );
+  }
+}
+
+/** An ext filesystem just unmounted must say "clean": "with errors" or "not clean" means lost writes. */
+async function extCleanAfterUnmount(device: string, fs: FilesystemInfo, naming: WriteNaming): Promise<void> {
+  if (!EXT_TYPES.has(fs.type)) return;
+  const r = await runTool('dumpe2fs', ['-h', device]);
+  const state = field(r.stdout, 'Filesystem state');
+  if (r.status !== 0 || state !== 'clean') {
+    throw await writeFailure(
+      naming.target,
+      naming.what,
+      new Error(
+        state
+          ? `after unmounting, its superblock says "${state}", not "clean"`
+          : `its superblock cannot be read back: ${(r.stderr || r.stdout).trim()}`,
+      ),
+    );
   }
 }
 
@@ -328,7 +450,7 @@ export async function openTreeForReading(device: string, fs: FilesystemInfo): Pr
     const m = await mountFilesystem(device, fs.type, { readOnly: true });
     return { dir: m.dir, close: () => m.unmount() };
   }
-  const staging = await mkdtemp(join(tmpdir(), 'imgcast-vfat-'));
+  const staging = await ownedTempDir(tmpdir(), 'imgcast-vfat-');
   const dir = join(staging, 'root');
   try {
     await mtools(
@@ -345,13 +467,46 @@ export async function openTreeForReading(device: string, fs: FilesystemInfo): Pr
   return { dir, close: () => rm(staging, { recursive: true, force: true }) };
 }
 
-/** A writable directory for the tree of the (fresh) filesystem on `device`. */
-export async function openTreeForWriting(device: string, fs: FilesystemInfo): Promise<TreeAccess> {
+/** How write errors on a filesystem are reported: the restore target and what on it was written. */
+export interface WriteNaming {
+  target: string;
+  what: string;
+}
+
+/**
+ * A writable directory for the tree of the (fresh) filesystem on `device`. Closing with
+ * `commit` checks that everything written reached the device (write-errors.ts): the
+ * filesystem is flushed and checked for write-back errors before it is unmounted (they
+ * are lost with the mount), and an ext filesystem must be clean, without recorded
+ * errors, afterwards. A failure is E_DISK_WRITE named by `naming`; the filesystem is
+ * unmounted either way.
+ */
+export async function openTreeForWriting(
+  device: string,
+  fs: FilesystemInfo,
+  naming: WriteNaming = { target: device, what: `the ${fs.type} filesystem on ${device}` },
+): Promise<TreeAccess> {
   if (fs.type !== 'vfat' || (await kernelCanMount('vfat'))) {
     const m = await mountFilesystem(device, fs.type, { readOnly: false });
-    return { dir: m.dir, close: () => m.unmount() };
+    return {
+      dir: m.dir,
+      async close(commit) {
+        let failure: unknown;
+        if (commit) {
+          try {
+            await syncFilesystemChecked(m.dir, naming.target, naming.what);
+            await extErrorsWhileMounted(device, naming);
+          } catch (err) {
+            failure = err;
+          }
+        }
+        await m.unmount();
+        if (failure) throw failure;
+        if (commit) await extCleanAfterUnmount(device, fs, naming);
+      },
+    };
   }
-  const staging = await mkdtemp(join(tmpdir(), 'imgcast-vfat-'));
+  const staging = await ownedTempDir(tmpdir(), 'imgcast-vfat-');
   return {
     dir: staging,
     async close(commit) {

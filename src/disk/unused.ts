@@ -9,12 +9,13 @@
  * describe (NTFS's backup boot sector lies after the last cluster, for instance) is
  * captured like any raw data.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { attachLoop, detachLoop } from './device.ts';
 import { hasTool, runTool } from './exec.ts';
+import { ownedTempDir } from './owner.ts';
 
 /** blkid TYPE → partclone tool that can map its used blocks. */
 const PARTCLONE_TOOL: Readonly<Record<string, string>> = {
@@ -50,7 +51,7 @@ export async function findUnused(
   if (!tool) return { reason: `no block map for ${type}` };
   if (!(await hasTool(tool))) return { reason: `${tool} is not installed (package partclone)` };
   const device = await attachLoop(path, { ...range, readOnly: true });
-  const dir = await mkdtemp(join(tmpdir(), 'imgcast-domain-'));
+  const dir = await ownedTempDir(tmpdir(), 'imgcast-domain-');
   try {
     const log = join(dir, 'domain.log');
     const r = await runTool(tool, ['-D', '-s', device, '-o', log, '-q', '-L', join(dir, 'partclone.log')]);

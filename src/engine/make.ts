@@ -20,6 +20,7 @@ import {
   isFileVolumeType,
   openTreeForReading,
   readFilesystemInfo,
+  releaseDeadRuns,
 } from '../disk/filesystem.ts';
 import { probePartitionTable, type PartitionTable } from '../disk/partition-table.ts';
 import { captureRaw } from '../disk/raw.ts';
@@ -60,6 +61,8 @@ export interface MakeOptions {
   onProgress?: (p: MakeProgress) => void;
   /** Stops the capture: the new image file is not created (its .partial is removed). */
   signal?: AbortSignal;
+  /** Non-fatal news, such as what a killed earlier run left mounted and was released. */
+  onWarning?: (message: string) => void;
 }
 
 export interface MakeStats {
@@ -338,8 +341,13 @@ export function bootAreaRanges(table: PartitionTable): Array<{ offset: number; l
 export async function captureSource(
   source: string,
   sink: ChunkSink,
-  opts: { level: CompressionLevel; onProgress?: (p: MakeProgress) => void },
+  opts: {
+    level: CompressionLevel;
+    onProgress?: (p: MakeProgress) => void;
+    onWarning?: (message: string) => void;
+  },
 ): Promise<MakeResult> {
+  await releaseDeadRuns(opts.onWarning);
   const { kind, table } = await classify(source);
   if (kind !== 'directory') await refuseWritableMounts(source);
   return captureClassified(source, kind, table, sink, opts);
@@ -394,6 +402,7 @@ async function captureClassified(
 
 /** `img make`: captures `source` (directory, partition/filesystem, or whole disk) into a new image file. */
 export async function makeImage(source: string, imagePath: string, opts: MakeOptions): Promise<MakeResult> {
+  await releaseDeadRuns(opts.onWarning);
   // Refuse a bad source before creating (or overwriting) the image file.
   const { kind, table } = await classify(source);
   if (kind !== 'directory') await refuseWritableMounts(source);

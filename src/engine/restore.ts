@@ -3,8 +3,9 @@
  * file) or a single partition. The target is checked completely (kind, size, nothing
  * mounted) before anything is written, so a refused restore leaves it untouched.
  */
-import { mkdir, open, readdir, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, realpath, stat, unlink } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
+import { basename, dirname, join, resolve } from 'node:path';
 import { DiskError } from '../disk/errors.ts';
 import {
   assertNotMounted,
@@ -19,11 +20,14 @@ import { runTool } from '../disk/exec.ts';
 import {
   makeFilesystem,
   openTreeForWriting,
-  releaseLeftovers,
+  releaseDeadRuns,
   writesInPlace,
   type TreeAccess,
 } from '../disk/filesystem.ts';
+import { describeTargetContents } from '../disk/contents.ts';
 import { createRawRestore } from '../disk/raw.ts';
+import { spaceProblem, syncChecked, syncFilesystemChecked, writeFailure } from '../disk/write-errors.ts';
+import { mergeRanges, newLayoutZones, oldLayoutZones, zeroRanges, type Range } from '../disk/stale.ts';
 import { InterruptedError } from '../errors.ts';
 import { ImageError } from '../image/errors.ts';
 import { checkFileset, includedEntries } from '../image/fileset.ts';
@@ -42,10 +46,21 @@ import {
 import { createTreeRestore } from '../volume/files/restore.ts';
 import type { RestoreProgress, RestoreSink } from './types.ts';
 
+/** What a target holds now; the receive path prints it before overwriting a disk it consented to by joining. */
+export { describeTargetContents, type TargetContents } from '../disk/contents.ts';
+
 export interface RestoreOptions {
   fileset: number;
   /** Restore into a non-empty directory. */
   force?: boolean;
+  /**
+   * Consent to destroy what a disk or partition target holds (a partition table,
+   * filesystems, other signatures; describeTargetContents says what): without it such
+   * a target is refused with E_DISK_NOT_EMPTY, naming its contents. `img restore` gives
+   * it with --force; a multicast receiver consents by joining and prints the contents.
+   * Not needed when resuming, nor for a target with nothing on it.
+   */
+  overwrite?: boolean;
   /** Non-fatal problems (e.g. owners a vfat target cannot keep). */
   onWarning?: (message: string) => void;
   /**
@@ -56,6 +71,12 @@ export interface RestoreOptions {
   resume?: ReadonlySet<string>;
   /** Stops the restore between chunks: the target is left as an aborted restore leaves it. */
   signal?: AbortSignal;
+  /**
+   * A disk or partition target that does not exist may be created as a new disk-image
+   * file (in an existing folder, never under /dev). Without it a missing target, most
+   * often a mistyped device name, is refused.
+   */
+  create?: boolean;
 }
 
 export type DescribedSink = RestoreSink & {
@@ -74,7 +95,11 @@ export type DescribedSink = RestoreSink & {
   readonly resumableAfterAbort: boolean;
   /** What an aborted run leaves on the target, for the message of a stopped restore. */
   readonly leftAfterAbort: string;
+  /** Whether the restore creates the target as a new disk-image file (RestoreOptions.create). */
+  readonly createsFile: boolean;
 };
+
+const MiB = 1024 * 1024;
 
 function mib(n: number): string {
   return `${(n / (1024 * 1024)).toFixed(1)} MiB`;
@@ -117,7 +142,13 @@ function directoryPlace(dir: string): Place {
   return {
     async acquire() {
       await mkdir(dir, { recursive: true });
-      return { dir, release: async () => {} };
+      return {
+        dir,
+        // Files written into a folder are only in the page cache until its filesystem is flushed.
+        release: async (commit) => {
+          if (commit) await syncFilesystemChecked(dir, dir, 'the restored files');
+        },
+      };
     },
   };
 }
@@ -130,13 +161,22 @@ function filesystemPlace(
   size: number,
   resuming: boolean,
 ): Place {
+  const what =
+    volume.partition !== undefined
+      ? `partition ${volume.partition} (${volume.fs.type})`
+      : `the ${volume.fs.type} filesystem`;
   return {
     async acquire() {
       const loop = await attachLoop(target, { offset, size });
       let tree: TreeAccess;
       try {
-        if (!resuming) await makeFilesystem(loop, volume.fs);
-        tree = await openTreeForWriting(loop, volume.fs);
+        if (!resuming) {
+          await makeFilesystem(loop, volume.fs).catch(async (err: unknown) => {
+            // mkfs says only "Input/output error"; a full filesystem under the target is the likely why.
+            throw (await spaceProblem(loop)) ? await writeFailure(target, what, err) : err;
+          });
+        }
+        tree = await openTreeForWriting(loop, volume.fs, { target, what });
       } catch (err) {
         await detachLoop(loop).catch(() => {});
         throw err;
@@ -146,6 +186,8 @@ function filesystemPlace(
         async release(commit) {
           try {
             await tree.close(commit);
+            // Also what reached the loop device without the filesystem (mkfs, mtools) must be written back.
+            if (commit) await syncChecked(loop, target, what);
           } catch (err) {
             await detachLoop(loop).catch(() => {});
             throw err;
@@ -244,6 +286,8 @@ interface Composite {
   resume?: ReadonlySet<string>;
   /** How many leading children get their chunks after all the others'. */
   writeLast?: number;
+  /** See DescribedSink.createsFile. */
+  createsFile?: boolean;
 }
 
 /** Bytes of boot-area chunks a composite holds back until the rest of the disk is written. */
@@ -276,6 +320,7 @@ function compositeSink(c: Composite): DescribedSink {
     resumed,
     resumableAfterAbort: c.resumableAfterAbort,
     leftAfterAbort: c.leftAfterAbort,
+    createsFile: !!c.createsFile,
     describe: () => c.describe,
     progress() {
       let bytesDone = 0;
@@ -408,6 +453,7 @@ export async function openRestore(
   opts: RestoreOptions,
 ): Promise<DescribedSink> {
   checkFileset(opts.fileset);
+  await releaseDeadRuns(opts.onWarning);
   const t = await inspectTarget(target);
   const dirImage =
     !manifest.disk &&
@@ -416,11 +462,12 @@ export async function openRestore(
     manifest.volumes[0].fs.type === 'directory';
 
   if (t.kind === 'directory' || (!t.exists && dirImage)) {
+    if (!t.exists) refuseUnderDev(target, 'a folder');
     const volume = singleFileVolume(manifest, target);
     if (t.exists && !opts.force && !opts.resume && (await readdir(target)).length > 0) {
       throw new DiskError(
         'E_DISK_TARGET',
-        `target directory ${target} is not empty (use force to restore into it anyway)`,
+        `target directory ${target} is not empty (restore with --force to write into it anyway)`,
         { target },
       );
     }
@@ -433,6 +480,27 @@ export async function openRestore(
     });
   }
 
+  const sink = await openDiskTarget(manifest, target, t, opts);
+  if (t.exists && !opts.resume && !opts.overwrite) {
+    const contents = await describeTargetContents(target);
+    if (!contents.empty) {
+      throw new DiskError(
+        'E_DISK_NOT_EMPTY',
+        `${contents.summary}; restoring ${sink.describe()} would destroy it: restore with --force to overwrite it`,
+        { target, contents },
+      );
+    }
+  }
+  return sink;
+}
+
+/** openRestore for a disk or partition target (device or disk-image file). */
+async function openDiskTarget(
+  manifest: Manifest,
+  target: string,
+  t: Extract<TargetKind, { kind: 'device' | 'file' }>,
+  opts: RestoreOptions,
+): Promise<DescribedSink> {
   const fresh = !t.exists;
   const blockDev = t.kind === 'device';
   const label = `${blockDev ? 'device' : 'file'} ${target}`;
@@ -441,6 +509,7 @@ export async function openRestore(
       target,
     });
   }
+  if (fresh) await checkNewFile(target, !!opts.create);
   if (opts.resume) {
     // A volume written through a staging folder lost it with the interrupted run: it is restored again in full.
     const again = new Set<string>();
@@ -450,11 +519,6 @@ export async function openRestore(
       }
     }
     if (again.size > 0) opts = { ...opts, resume: new Set([...opts.resume].filter((id) => !again.has(id))) };
-  }
-  if (t.exists && opts.resume) {
-    for (const what of await releaseLeftovers(target)) {
-      opts.onWarning?.(`released ${what}, left mounted by the interrupted restore`);
-    }
   }
   if (t.exists) await assertNotMounted(target, 'restore target');
 
@@ -504,13 +568,22 @@ export async function openRestore(
       : fileVolumeSink(volume, filesystemPlace(target, volume, 0, size, !!opts.resume), opts);
   return compositeSink({
     ...(opts.resume ? { resume: opts.resume } : {}),
+    createsFile: fresh,
     children: [child],
     resumableAfterAbort: false,
     leftAfterAbort: `the start of ${target} was wiped so that nothing mounts the incomplete filesystem; restore again`,
     describe: `${label} (${mib(size)}) as one ${volume.kind === 'raw' ? 'raw volume' : volume.fs.type + ' filesystem'}`,
     before: async () => {
       if (fresh) await createFile(target, size);
-      else await assertNotMounted(target, 'restore target');
+      else {
+        await assertNotMounted(target, 'restore target');
+        // A raw volume writes every byte (its gaps as zeros); mkfs rewrites only the start, so
+        // what an old table or filesystem left elsewhere is cleared first.
+        if (volume.kind === 'files' && !opts.resume) {
+          const old = await oldLayoutZones(target, size, 512);
+          await zeroRanges(target, mergeRanges([...old, { start: size - MiB, end: size }], size));
+        }
+      }
     },
     after: () => syncTarget(target),
     // A file this restore created goes away; an existing partition loses its first 64 KiB,
@@ -534,12 +607,7 @@ async function wipeStart(path: string, length: number): Promise<void> {
  * writes can sit in the target's own cache after they are detached.
  */
 async function syncTarget(path: string): Promise<void> {
-  const fh = await open(path, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+  await syncChecked(path, path, 'flushing it');
 }
 
 /**
@@ -561,6 +629,44 @@ async function markIncomplete(target: string, disk: DiskLayout, size: number): P
     await fh.sync();
   } finally {
     await fh.close();
+  }
+}
+
+function underDev(path: string): boolean {
+  return path === '/dev' || path.startsWith('/dev/');
+}
+
+/** A missing target under /dev is a mistyped device name: nothing is ever created there. */
+function refuseUnderDev(target: string, what: string): void {
+  if (underDev(resolve(target))) {
+    throw new DiskError(
+      'E_DISK_NO_TARGET',
+      `restore target ${target} does not exist, and it is under /dev, where imgcast never creates ${what}: name an existing disk or partition (lsblk lists them)`,
+      { target },
+    );
+  }
+}
+
+/** Refuses a missing disk or partition target unless it may become a new disk-image file. */
+async function checkNewFile(target: string, create: boolean): Promise<void> {
+  refuseUnderDev(target, 'a file');
+  const parent = dirname(resolve(target));
+  const realParent = await realpath(parent).catch(() => undefined);
+  // A symlinked folder that leads into /dev is /dev too.
+  if (realParent && underDev(realParent)) refuseUnderDev(join(realParent, basename(target)), 'a file');
+  if (!create) {
+    throw new DiskError(
+      'E_DISK_NO_TARGET',
+      `restore target ${target} does not exist; to restore into a new disk-image file there, add --create (a device must be named exactly as lsblk lists it)`,
+      { target },
+    );
+  }
+  if (!realParent || !(await stat(realParent)).isDirectory()) {
+    throw new DiskError(
+      'E_DISK_NO_TARGET',
+      `the folder ${parent} for the new disk-image file ${target} does not exist`,
+      { target, folder: parent },
+    );
   }
 }
 
@@ -598,9 +704,14 @@ function diskSink(
   const gptMoves = disk.table === 'gpt' && size !== disk.sizeBytes;
 
   const children: RestoreSink[] = [];
+  const writtenAreas: Range[] = [];
   disk.bootAreas.forEach((area, i) => {
     // A smaller target cannot hold the backup GPT where it was; sgdisk -e rebuilds it from the primary.
     if (area.offset + area.length > size) return;
+    // On a larger one sgdisk -e writes it at the end, and a copy where the source disk ended
+    // would stay behind as a stale GPT header: it is left out (and its place zeroed).
+    if (gptMoves && i > 0 && i === disk.bootAreas.length - 1) return;
+    writtenAreas.push({ start: area.offset, end: area.offset + area.length });
     children.push(
       createRawRestore(target, area.offset, area.length, area.extents, 0, {
         fresh,
@@ -627,10 +738,11 @@ function diskSink(
     .join(', ');
   return compositeSink({
     children,
+    createsFile: fresh,
     resumableAfterAbort: true,
     leftAfterAbort: `${target} holds an incomplete restore and no partition table until one completes; restore again`,
     ...(resume ? { resume } : {}),
-    describe: `${label} (${mib(size)}) as a ${disk.table.toUpperCase()} disk of ${disk.partitions.length} partition(s) — ${parts}`,
+    describe: `${label} (${mib(size)}) as ${disk.table === 'mbr' ? 'an MBR' : 'a GPT'} disk of ${disk.partitions.length} partition(s) — ${parts}`,
     // Until the restore is complete the disk shows no partition table, neither its old one
     // over new data nor the new one over half of it: the table is blanked first and the boot
     // areas are written last, so a restore killed on the way (Ctrl-C twice, a power cut)
@@ -640,7 +752,16 @@ function diskSink(
       if (fresh) await createFile(target, size);
       else {
         await assertNotMounted(target, 'restore target');
+        // The old layout is read before markIncomplete blanks its headers. A resumed run's
+        // target holds the interrupted run's own writes, cleared of old signatures then.
+        const stale = resume
+          ? []
+          : [
+              ...(await oldLayoutZones(target, size, disk.sectorSize)),
+              ...newLayoutZones(disk, manifest, size, writtenAreas),
+            ];
         await markIncomplete(target, disk, size);
+        if (stale.length > 0) await zeroRanges(target, mergeRanges(stale, size));
       }
     },
     between: {
@@ -671,6 +792,8 @@ export interface RestoreResult {
   description: string;
   chunks: number;
   bytes: number;
+  /** The target was created as a new disk-image file. */
+  created: boolean;
 }
 
 /**
@@ -752,7 +875,13 @@ async function runRestore(
     }
     signal?.throwIfAborted();
     await sink.finish();
-    return { target, description: sink.describe(), chunks: ids.length, bytes: sink.progress().bytesDone };
+    return {
+      target,
+      description: sink.describe(),
+      chunks: ids.length,
+      bytes: sink.progress().bytesDone,
+      created: sink.createsFile,
+    };
   } catch (err) {
     // Workers may still be writing chunks read ahead: the target must be quiet before it is unmounted.
     await Promise.allSettled(Array.from(running, (j) => j.settled));

@@ -1,14 +1,18 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { ImageReader } from '../../src/image/reader.ts';
 import type { FileVolume } from '../../src/image/types.ts';
-import { tempDir } from '../helpers/env.ts';
+import { mountedUses } from '../../src/disk/device.ts';
+import { hasCommand, loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
+import { MiB, mbrExtDisk, sparse } from '../engine/disk-fixtures.ts';
 
 const IMG = new URL('../../src/cli/img.ts', import.meta.url).pathname;
+const BIN = new URL('../../bin/img.js', import.meta.url).pathname;
 
 function img(...args: string[]) {
   const r = spawnSync(process.execPath, [IMG, ...args], { encoding: 'utf8' });
@@ -191,4 +195,178 @@ test('Ctrl-C during img make: the half-made image is removed, exit 130 with the 
   assert.equal(code, 130, err);
   assert.match(err, /interrupted by SIGINT \[E_INTERRUPTED\]/);
   assert.ok(!existsSync(image) && !existsSync(`${image}.partial`));
+});
+
+/** Mount points under imgcast's mount folder, as the kernel lists them. */
+async function imgcastMounts(): Promise<string[]> {
+  const info = await readFile('/proc/self/mountinfo', 'utf8');
+  return info
+    .split('\n')
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((m) => m.startsWith('/run/imgcast-mounts/'));
+}
+
+/** Starts `img ARGS` and kills it with SIGKILL once it has mounted a filesystem; returns its stderr. */
+async function killOnceMounted(args: string[]): Promise<string> {
+  const before = new Set(await imgcastMounts());
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+  let exited = false;
+  const done = new Promise<void>((resolve) =>
+    child.on('exit', () => {
+      exited = true;
+      resolve();
+    }),
+  );
+  let mounted = false;
+  for (let i = 0; i < 3000 && !exited && !mounted; i++) {
+    mounted = (await imgcastMounts()).some((m) => !before.has(m));
+    if (!mounted) await new Promise((r) => setTimeout(r, 5));
+  }
+  child.kill('SIGKILL');
+  await done;
+  assert.ok(mounted, `img ${args[0]} ended before it mounted anything: ${err}`);
+  return err;
+}
+
+test('after img restore and img make are killed with SIGKILL, the next run releases their mounts, loop devices and folders', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
+  const dir = await tempDir(t);
+  const { image, disk } = await mbrExtDisk(dir, { dataBytes: 30 * MiB });
+  const target = await sparse(join(dir, 'target.img'), 64 * MiB);
+  const folders = async () => new Set(await readdir('/run/imgcast-mounts').catch(() => [] as string[]));
+  const foldersBefore = await folders();
+  const loopsOf = (path: string) => spawnSync('losetup', ['-j', path], { encoding: 'utf8' }).stdout.trim();
+
+  await killOnceMounted(['restore', image, target]);
+  assert.ok((await mountedUses(target)).length > 0, 'the killed restore left its filesystem mounted');
+  // The killed run left its half-written ext4 where partition 1 starts: overwriting it takes --force.
+  let r = spawnSync(process.execPath, [BIN, 'restore', image, target, '--force'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /released \/dev\/loop\d+ on \/run\/imgcast-mounts\/mnt-.*killed/);
+  assert.deepEqual(await mountedUses(target), []);
+  assert.equal(loopsOf(target), '');
+  const fsck = spawnSync('e2fsck', ['-fn', `${target}?offset=${MiB}`], { encoding: 'utf8' });
+  assert.equal(fsck.status, 0, fsck.stdout + fsck.stderr);
+
+  // A capture holds its source mounted read-only; the next capture releases that too.
+  await killOnceMounted(['make', disk, join(dir, 'killed.imgc')]);
+  assert.ok((await mountedUses(disk)).length > 0, 'the killed capture left its source mounted');
+  r = spawnSync(process.execPath, [BIN, 'make', disk, join(dir, 'again.imgc')], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /released .*killed/);
+  assert.deepEqual(await mountedUses(disk), []);
+  assert.equal(loopsOf(disk), '');
+  assert.deepEqual(
+    [...(await folders())].filter((n) => !foldersBefore.has(n)),
+    [],
+    'mount folders left behind',
+  );
+});
+
+test('a target that does not exist becomes a disk-image file only with --create, never under /dev, and says so', async (t) => {
+  if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
+  const dir = await tempDir(t);
+  const { disk, image } = await rawDiskImage(dir);
+  let r;
+
+  const typo = '/dev/imgcast-test-no-such-disk';
+  for (const args of [[typo], [typo, '--create']]) {
+    r = img('restore', image, ...args);
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.err, /\/dev\/imgcast-test-no-such-disk/);
+    assert.match(r.err, args.length === 1 ? /does not exist/ : /under \/dev/);
+    assert.ok(!existsSync(typo), `${typo} was created`);
+  }
+  const fresh = join(dir, 'new.img');
+  r = img('restore', image, fresh);
+  assert.equal(r.code, 1, r.err);
+  assert.match(r.err, /new\.img does not exist.*--create/);
+  assert.ok(!existsSync(fresh));
+  r = img('restore', image, join(dir, 'no-such-folder', 'new.img'), '--create');
+  assert.equal(r.code, 1, r.err);
+  assert.match(r.err, /no-such-folder.* does not exist/);
+  assert.ok(!existsSync(join(dir, 'no-such-folder')));
+
+  r = img('restore', image, fresh, '--create');
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /created .*new\.img.*disk-image file/);
+  assert.equal((await stat(fresh)).size, 8 * MiB);
+  assert.ok((await readFile(fresh)).equals(await readFile(disk)));
+  r = img('restore', image, join(dir, 'json.img'), '--create', '--json');
+  assert.equal(r.code, 0, r.err);
+  assert.equal(JSON.parse(r.out).created, true);
+});
+
+/** An 8 MiB MBR disk with one raw partition, captured by img make: restoring it needs no loop devices. */
+async function rawDiskImage(dir: string): Promise<{ disk: string; image: string }> {
+  const disk = await sparse(join(dir, 'raw-disk.img'), 8 * MiB);
+  execFileSync('sfdisk', ['-q', disk], { input: 'label: dos\nstart=2048, size=4MiB, type=83\n' });
+  const fh = await open(disk, 'r+');
+  await fh.write(Buffer.alloc(64 * 1024, 0x5a), 0, 64 * 1024, 2 * MiB);
+  await fh.close();
+  const image = join(dir, 'raw.imgc');
+  const r = img('make', disk, image);
+  assert.equal(r.code, 0, r.err);
+  return { disk, image };
+}
+
+test('img restore overwrites a disk holding partitions or filesystems only with --force, and names what it holds', async (t) => {
+  for (const c of ['sfdisk', 'sgdisk', 'mkfs.ext4', 'wipefs'])
+    if (!hasCommand(c)) return void t.skip(`needs ${c}`);
+  const dir = await tempDir(t);
+  const { image } = await rawDiskImage(dir);
+  const hash = async (f: string) =>
+    createHash('sha256')
+      .update(await readFile(f))
+      .digest('hex');
+
+  const used = await sparse(join(dir, 'used.img'), 16 * MiB);
+  execFileSync('sgdisk', [
+    '-n1:2048:+4M',
+    '-t1:ef00',
+    '-c1:EFI system',
+    '-n2:0:+6M',
+    '-t2:8300',
+    '-c2:home',
+    used,
+  ]);
+  execFileSync('mkfs.ext4', ['-q', '-F', '-L', 'labhome', '-E', `offset=${5 * MiB}`, used, '6M'], {
+    stdio: 'pipe',
+  });
+  const before = await hash(used);
+  let r = img('restore', image, used);
+  assert.equal(r.code, 1, r.err);
+  assert.match(r.err, /holds a GPT partition table with 2 partitions/);
+  assert.match(r.err, /1: 4\.0 MiB, EFI System, named "EFI system", no filesystem found/);
+  assert.match(r.err, /2: 6\.0 MiB, Linux filesystem, named "home", ext4 "labhome"/);
+  assert.match(r.err, /--force/);
+  assert.match(r.err, /\[E_DISK_NOT_EMPTY\]/);
+  assert.equal(await hash(used), before, 'the refused target is untouched');
+  r = img('restore', image, used, '--json');
+  assert.equal(r.code, 1);
+  const refusal = JSON.parse(r.out);
+  assert.equal(refusal.error, 'E_DISK_NOT_EMPTY');
+  assert.deepEqual(
+    refusal.contents.partitions.map((p: { number: number; name?: string }) => [p.number, p.name]),
+    [
+      [1, 'EFI system'],
+      [2, 'home'],
+    ],
+  );
+
+  // A filesystem on the whole target, without any table.
+  const bare = await sparse(join(dir, 'bare.img'), 16 * MiB);
+  execFileSync('mkfs.ext4', ['-q', '-F', '-L', 'whole', bare], { stdio: 'pipe' });
+  r = img('restore', image, bare);
+  assert.equal(r.code, 1, r.err);
+  assert.match(r.err, /signature: ext4 "whole" at byte \d+/);
+
+  r = img('restore', image, used, '--force');
+  assert.equal(r.code, 0, r.err);
+  // A target with nothing on it asks for nothing.
+  r = img('restore', image, await sparse(join(dir, 'blank.img'), 16 * MiB));
+  assert.equal(r.code, 0, r.err);
 });

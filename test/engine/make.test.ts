@@ -147,7 +147,7 @@ test('MBR disk-image file with logical partitions: raw partitions and the EBR ch
   assert.equal(ebrs[1]!.offset + ebrs[1]!.length, p6.startBytes);
 
   const target = join(dir, 'restored.img');
-  await restoreImage(image, target, { fileset: 1 });
+  await restoreImage(image, target, { fileset: 1, create: true });
   const a = await readFile(disk);
   const b = await readFile(target);
   assert.equal(b.length, a.length);
@@ -168,7 +168,10 @@ test('MBR disk-image file with logical partitions: raw partitions and the EBR ch
       },
     };
     const never = join(dir, 'never.img');
-    await assert.rejects(restoreFromSource(reader.manifest, dying, never, { fileset: 1 }), /source lost/);
+    await assert.rejects(
+      restoreFromSource(reader.manifest, dying, never, { fileset: 1, create: true }),
+      /source lost/,
+    );
     await assert.rejects(access(never));
   } finally {
     await reader.close();
@@ -232,7 +235,7 @@ test('MBR disk with ext4 in a logical partition: captured as files, restored wit
   );
 
   const target = join(dir, 'restored.img');
-  await restoreImage(image, target, { fileset: 1 });
+  await restoreImage(image, target, { fileset: 1, create: true });
   const dump = (f: string) =>
     execFileSync('sfdisk', ['-d', f], { encoding: 'utf8' })
       .replace(/^(label-id|device):.*$/gm, '')
@@ -283,7 +286,7 @@ test('NTFS partition: only the blocks NTFS uses are stored (partclone map), and 
   assert.ok(v.unused!.bytes > 40 * MiB, `unused ${v.unused!.bytes}`);
 
   const target = join(dir, 'restored.img');
-  await restoreImage(image, target, { fileset: 1 });
+  await restoreImage(image, target, { fileset: 1, create: true });
   const back = execFileSync(
     'losetup',
     ['--find', '--show', '-r', '-o', String(start), '--sizelimit', String(64 * MiB), target],
@@ -335,7 +338,7 @@ test('ext4 filesystem image without a table: partition image restored onto a new
   await assert.rejects(access(join(dir, 'dirty.imgc')));
 
   const target = join(dir, 'copy.ext4');
-  await restoreImage(image, target, { fileset: 1 });
+  await restoreImage(image, target, { fileset: 1, create: true });
   const fsck = spawnSync('fsck.ext4', ['-fn', target], { encoding: 'utf8' });
   assert.equal(fsck.status, 0, fsck.stdout + fsck.stderr);
   const blk = (f: string) =>

@@ -10,6 +10,7 @@ import {
   mkdir,
   mkdtemp,
   open,
+  readdir,
   readFile,
   rm,
   symlink,
@@ -26,14 +27,15 @@ import { InterruptedError } from '../../src/errors.ts';
 import { mountFilesystem, readFilesystemInfo, type Mounted } from '../../src/disk/filesystem.ts';
 import { makeImage, type MakeProgress } from '../../src/engine/make.ts';
 import { openRestore, restoreFromSource, restoreImage } from '../../src/engine/restore.ts';
+import { verifyRestoredImage } from '../../src/engine/verify-target.ts';
 import { ImageReader } from '../../src/image/reader.ts';
 import type { ChunkSource } from '../../src/image/types.ts';
 import { mountedUses } from '../../src/disk/device.ts';
 import { probePartitionTable } from '../../src/disk/partition-table.ts';
-import { loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
+import { hasCommand, loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
+import { MiB, mbrExtDisk } from './disk-fixtures.ts';
 import { compareTrees, countTypes } from './tree-compare.ts';
 
-const MiB = 1024 * 1024;
 const DISK = 256 * MiB;
 const SECTOR = 512;
 const P1 = { start: 2048 * SECTOR, size: 32 * MiB };
@@ -285,6 +287,16 @@ async function checkRestoredDisk(
       'EFI PART',
       'backup GPT moved to the end',
     );
+    assert.notEqual(
+      (await readRange(target, DISK - SECTOR, 8)).toString('latin1'),
+      'EFI PART',
+      'no backup GPT header left where the source disk ended',
+    );
+    assert.deepEqual(wipefsTypes(target), [
+      'gpt@0x200',
+      `gpt@0x${(size - SECTOR).toString(16)}`,
+      'PMBR@0x1fe',
+    ]);
   }
   assert.deepEqual(
     sh('sgdisk', ['-p', target])
@@ -381,12 +393,15 @@ test('whole GPT disk: make from a loop device, restore onto same-size and larger
     assert.match(result.description, /GPT disk of 3 partition/);
     r.detach(dev);
     await checkRestoredDisk(t2, src, file, r, true);
+    const readBack = await verifyRestoredImage(src.image, file, { fileset: 1 });
+    assert.ok(readBack.entries > 300 && readBack.rawBytes > 60 * MiB, JSON.stringify(readBack));
   });
 
   await t.test('restore onto a larger disk-image file moves the backup GPT to the end', async (t2) => {
     const file = await sparse(join(dir, 'large.img'), DISK + 64 * MiB);
     await restoreImage(src.image, file, { fileset: 1 });
     await checkRestoredDisk(t2, src, file, r, false);
+    await verifyRestoredImage(src.image, file, { fileset: 1 });
   });
 
   await t.test(
@@ -474,6 +489,7 @@ test('a whole-disk restore stopped by its signal unmounts, detaches and leaves a
   await assert.rejects(
     restoreImage(src.image, target, {
       fileset: 1,
+      overwrite: true,
       signal: stop.signal,
       onProgress: (p) => {
         if (p.bytesDone > 0 && !stop.signal.aborted) stop.abort(new InterruptedError('SIGINT'));
@@ -495,7 +511,7 @@ test('chunks in image order (as a multicast sends them): the partition table app
   t.after(() => reader.close());
   const manifest = reader.manifest;
   const target = join(dir, 'multicast-order.img');
-  const sink = await openRestore(manifest, target, { fileset: 1 });
+  const sink = await openRestore(manifest, target, { fileset: 1, create: true });
   await sink.prepare();
   const boot = manifest.disk!.bootAreas.flatMap((a) => a.extents.map((x) => x.chunk));
   const rest = [...sink.needed].filter((id) => !boot.includes(id));
@@ -532,7 +548,7 @@ test('an interrupted whole-disk restore (process killed mid-way) resumes with on
       import { ImageReader } from ${JSON.stringify(new URL('../../src/image/reader.ts', import.meta.url).href)};
       const [image, target, journal] = process.argv.slice(1);
       const reader = await ImageReader.open(image);
-      const sink = await openRestore(reader.manifest, target, { fileset: 1 });
+      const sink = await openRestore(reader.manifest, target, { fileset: 1, create: true });
       await sink.prepare();
       const order = [...sink.needed];
       for (const id of order.slice(0, Math.ceil(order.length / 2))) {
@@ -555,7 +571,6 @@ test('an interrupted whole-disk restore (process killed mid-way) resumes with on
   child.kill('SIGKILL');
   await new Promise((resolve) => child.once('exit', resolve));
   const written = new Set((await readFile(journal, 'utf8')).trim().split('\n'));
-  const order = [...(await openRestore(manifest, join(dir, 'plan.img'), { fileset: 1 })).needed];
   assert.ok((await mountedUses(target)).length > 0, 'the killed run left its filesystem mounted');
   // Boot areas come last, so the half-restored disk shows no partition table at all.
   assert.equal(await probePartitionTable(target), null, 'a half-restored disk shows no partition table');
@@ -567,9 +582,14 @@ test('an interrupted whole-disk restore (process killed mid-way) resumes with on
     onWarning: (m) => warnings.push(m),
   });
   assert.ok(
-    warnings.some((w) => /released .* left mounted by the interrupted restore/.test(w)),
+    warnings.some((w) =>
+      /released .* on \/run\/imgcast-mounts\/mnt-.*, left behind by an imgcast run that was killed/.test(w),
+    ),
     warnings.join('\n'),
   );
+  const order = [
+    ...(await openRestore(manifest, join(dir, 'plan.img'), { fileset: 1, create: true })).needed,
+  ];
   // Boot areas are written again, and so is the vfat volume, which goes through a staging folder on this kernel.
   const boot = new Set(manifest.disk!.bootAreas.flatMap((a) => a.extents.map((x) => x.chunk)));
   for (const id of second.resumed) assert.ok(written.has(id) && !boot.has(id));
@@ -728,4 +748,113 @@ test('a failed restore into a directory resumes: files already written are kept,
   }
   await second.finish();
   assert.deepEqual(await compareTrees(src, target, { ignoreRoot: true }), []);
+});
+
+test('make and restore of a disk image leave no mount folders behind', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
+  const dir = await tempDir(t);
+  const base = '/run/imgcast-mounts';
+  const entries = async () => new Set(await readdir(base).catch(() => [] as string[]));
+  const before = await entries();
+  const { image } = await mbrExtDisk(dir);
+  const target = await sparse(join(dir, 'target.img'), 64 * MiB);
+  await restoreImage(image, target, { fileset: 1 });
+  const left = [...(await entries())].filter((n) => !before.has(n));
+  assert.deepEqual(left, [], `mount folders left in ${base}`);
+});
+
+/** wipefs's view of a target: every signature type with its offset. */
+function wipefsTypes(target: string): string[] {
+  const out = sh('wipefs', ['--no-act', '--json', target]).trim();
+  if (!out) return [];
+  return (JSON.parse(out) as { signatures: Array<{ type: string; offset: string }> }).signatures.map(
+    (s) => `${s.type}@${s.offset}`,
+  );
+}
+
+function blkidAt(target: string, offset: number, size: number): string {
+  const r = spawnSync('blkid', ['-p', '-o', 'export', '-O', String(offset), '-S', String(size), target], {
+    encoding: 'utf8',
+  });
+  return r.status === 0 ? r.stdout : '';
+}
+
+test('an MBR image over a GPT disk leaves no GPT header and no old filesystem signature anywhere', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  for (const c of ['sfdisk', 'wipefs', 'mkswap']) if (!hasCommand(c)) return void t.skip(`needs ${c}`);
+  const dir = await tempDir(t);
+  const { image, parts } = await mbrExtDisk(dir);
+  // The old disk: GPT, partition 2 (swap) where the new partition 1 will be, partition 3 (ext4)
+  // where the new layout has a gap after its last partition.
+  const target = await sparse(join(dir, 'was-gpt.img'), 64 * MiB);
+  sh('sgdisk', ['-n1:2048:+20M', '-n2:0:+20M', '-t2:8200', `-n3:${(58 * MiB) / SECTOR}:+4M`, target]);
+  const swap = await sparse(join(dir, 'swap.img'), 20 * MiB);
+  sh('mkswap', ['-q', '-L', 'oldswap', swap]);
+  await writeRange(target, 21 * MiB, await readRange(swap, 0, 64 * 1024));
+  sh('mkfs.ext4', ['-q', '-F', '-L', 'oldgap', '-E', `offset=${58 * MiB}`, target, '4M']);
+  assert.match(blkidAt(target, 58 * MiB, 4 * MiB), /LABEL=oldgap/);
+  assert.match(blkidAt(target, 21 * MiB, 20 * MiB), /TYPE=swap/);
+
+  await restoreImage(image, target, { fileset: 1, overwrite: true });
+  assert.deepEqual(wipefsTypes(target), ['dos@0x1fe'], 'only the new MBR');
+  const v = spawnSync('sgdisk', ['-v', target], { encoding: 'utf8' });
+  assert.equal(v.status, 0, v.stdout + v.stderr);
+  assert.match(v.stdout, /No problems found/);
+  assert.doesNotMatch(v.stdout + v.stderr, /backup|regenerat/i);
+  assert.equal(blkidAt(target, 58 * MiB, 4 * MiB), '', 'old ext4 in the gap after the last partition');
+  assert.equal(blkidAt(target, 21 * MiB, 20 * MiB), '', 'old swap inside the new partition 1');
+  for (const p of parts) {
+    const f = spawnSync('e2fsck', ['-fn', `${target}?offset=${p.start}`], { encoding: 'utf8' });
+    assert.equal(f.status, 0, f.stdout + f.stderr);
+  }
+
+  // A single filesystem over a file that was a GPT disk: mkfs rewrites the start, not the backup GPT at the end.
+  const fsFile = await sparse(join(dir, 'fs.img'), 16 * MiB);
+  sh('mkfs.ext4', ['-q', '-F', '-L', 'single', fsFile]);
+  const fsImage = join(dir, 'fs.imgc');
+  await makeImage(fsFile, fsImage, { level: 'speed' });
+  const wasDisk = await sparse(join(dir, 'was-disk.img'), 16 * MiB);
+  sh('sgdisk', ['-n1:2048:+4M', wasDisk]);
+  await restoreImage(fsImage, wasDisk, { fileset: 1, overwrite: true });
+  assert.deepEqual(wipefsTypes(wasDisk), ['ext4@0x438']);
+});
+
+/** A tmpfs of `size` mounted on a fresh folder; unmounted when the test ends (or by the caller). */
+async function smallTmpfs(t: TestContext, size: string): Promise<string> {
+  const mnt = await mkdtemp(join(tmpdir(), 'imgcast-test-tmpfs-'));
+  sh('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
+  t.after(async () => {
+    spawnSync('umount', [mnt]);
+    await rm(mnt, { recursive: true, force: true });
+  });
+  return mnt;
+}
+
+test('a restore whose writes the backing filesystem cannot hold fails, naming the target and that its filesystem is full', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
+  const dir = await tempDir(t);
+  const r = resources(t);
+  const { image } = await mbrExtDisk(dir, { dataBytes: 30 * MiB });
+  const small = await smallTmpfs(t, '20m');
+  const backing = await sparse(join(small, 'disk.img'), 64 * MiB);
+  const dev = r.loop(backing);
+  await assert.rejects(restoreImage(image, dev, { fileset: 1 }), (e: unknown) => {
+    assert.ok(e instanceof DiskError, String(e));
+    assert.equal(e.code, 'E_DISK_WRITE', e.message);
+    assert.ok(e.message.includes(dev), e.message);
+    assert.match(e.message, new RegExp(`${backing.replaceAll('/', '\\/')}.*is full`));
+    return true;
+  });
+  assert.deepEqual(await mountedUses(dev), [], 'nothing left mounted');
+  assert.deepEqual(
+    sh('losetup', ['-j', backing])
+      .trim()
+      .split('\n')
+      .map((l) => l.split(':')[0]),
+    [dev],
+    'no loop device left over the target but the test’s own',
+  );
+  assert.equal(await probePartitionTable(dev), null, 'the failed disk shows no partition table');
 });
