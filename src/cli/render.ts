@@ -17,12 +17,23 @@ const TYPE_CHAR: Record<string, string> = {
   volume: 'V',
 };
 
+/**
+ * The permission column as `ls -l` writes it: setuid, setgid and sticky take the place of
+ * the owner's, group's and others' x, lower case (s, t) where that x is set as well and
+ * upper case (S, T) where it is not, so a special bit is never hidden behind a plain x.
+ */
 function modeString(mode: number | undefined): string {
   if (mode === undefined) return '---------';
-  const bits = 'rwxrwxrwx';
-  let out = '';
-  for (let i = 0; i < 9; i++) out += mode & (1 << (8 - i)) ? bits[i] : '-';
-  return out;
+  const out: string[] = [];
+  for (let i = 0; i < 9; i++) out.push(mode & (1 << (8 - i)) ? 'rwxrwxrwx'[i]! : '-');
+  for (const [bit, at, letter] of [
+    [0o4000, 2, 's'],
+    [0o2000, 5, 's'],
+    [0o1000, 8, 't'],
+  ] as const) {
+    if (mode & bit) out[at] = out[at] === 'x' ? letter : letter.toUpperCase();
+  }
+  return out.join('');
 }
 
 export function describeListing(rows: ListedEntry[]): string {

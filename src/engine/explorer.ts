@@ -13,6 +13,7 @@ import { ImageWriter } from '../image/writer.ts';
 import { MAX_FILESETS, type FileEntry, type FileVolume, type Manifest } from '../image/types.ts';
 import { captureTree, type CaptureProgress } from '../volume/files/capture.ts';
 import { selectEntries } from '../volume/files/extract.ts';
+import { nameBytes } from '../volume/files/names.ts';
 import { normalizeImagePath } from '../volume/files/paths.ts';
 import { createTreeRestore } from '../volume/files/restore.ts';
 import {
@@ -58,7 +59,8 @@ function toListed(entry: FileEntry, prefix: string): ListedEntry {
     name,
     path: prefix ? (entry.path === '.' ? prefix : `${prefix}/${entry.path}`) : entry.path,
     type: entry.type,
-    size: entry.size ?? 0,
+    // A symlink's size is its target's length in bytes, as lstat and ls -l give it.
+    size: entry.type === 'symlink' ? nameBytes(entry.linkTarget ?? '').length : (entry.size ?? 0),
     mode: entry.mode,
     uid: entry.uid,
     gid: entry.gid,
