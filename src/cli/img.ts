@@ -5,6 +5,7 @@
 import { Command, Option } from 'commander';
 import { UsageError } from '../errors.ts';
 import type { ImageReader } from '../image/reader.ts';
+import { count } from '../wording.ts';
 import { COMPRESSION_LEVELS, DEFAULT_LEVEL, type CompressionLevel } from '../image/types.ts';
 import { displayName } from '../volume/files/names.ts';
 import { VERSION, emit, formatBytes, runCommand, withProgress } from './output.ts';
@@ -100,7 +101,7 @@ export function buildImgProgram(): Command {
             !!o.json,
             { ok: true, image, fileset: o.fileset ?? 1, ...result },
             () =>
-              `restored ${image} (file set ${o.fileset ?? 1}) to ${result.description}: ${result.chunks} chunks, ${formatBytes(result.bytes)}, each verified against its hash`,
+              `restored ${image} (file set ${o.fileset ?? 1}) to ${result.description}: ${count(result.chunks, 'chunk')}, ${formatBytes(result.bytes)}, each verified against its hash`,
           );
         },
         { interruptible: true },
@@ -186,7 +187,11 @@ export function buildImgProgram(): Command {
             onProgress: (p) => update(p.bytesDone, p.bytesTotal),
           }),
         );
-        emit(!!o.json, r, () => `extracted ${r.entries} entries (${formatBytes(r.bytes)}) to ${o.to}`);
+        emit(
+          !!o.json,
+          r,
+          () => `extracted ${count(r.entries, 'entry', 'entries')} (${formatBytes(r.bytes)}) to ${o.to}`,
+        );
       }),
     );
 
@@ -202,7 +207,11 @@ export function buildImgProgram(): Command {
       runCommand('img', !!o.json, async () => {
         const { addToImage } = await import('../engine/explorer.ts');
         const r = await addToImage(image, source, { at: o.at, replace: !!o.replace });
-        emit(!!o.json, r, () => `added ${r.path}: ${r.added} entries, ${formatBytes(r.bytes)}`);
+        emit(
+          !!o.json,
+          r,
+          () => `added ${r.path}: ${count(r.added, 'entry', 'entries')}, ${formatBytes(r.bytes)}`,
+        );
       }),
     );
 
@@ -216,7 +225,7 @@ export function buildImgProgram(): Command {
       runCommand('img', !!o.json, async () => {
         const { removeFromImage } = await import('../engine/explorer.ts');
         const r = await removeFromImage(image, paths);
-        emit(!!o.json, r, () => `removed ${r.removed} entries`);
+        emit(!!o.json, r, () => `removed ${count(r.removed, 'entry', 'entries')}`);
       }),
     );
 
@@ -239,7 +248,7 @@ export function buildImgProgram(): Command {
                   `${String(s.number).padStart(2)}${s.isDefault ? ' (default)' : '          '}  ${
                     s.excludedEntries === 0
                       ? 'whole image'
-                      : `excludes ${s.excludedEntries} entries, ${formatBytes(s.bytes)}`
+                      : `excludes ${count(s.excludedEntries, 'entry', 'entries')}, ${formatBytes(s.bytes)}`
                   }${s.description ? `  ${s.description}` : ''}`,
               )
               .join('\n'),
@@ -268,7 +277,8 @@ export function buildImgProgram(): Command {
           emit(
             !!o.json,
             r,
-            () => `file set ${n}: ${r.changed} entries ${excluded ? 'excluded' : 'included'}`,
+            () =>
+              `file set ${n}: ${count(r.changed, 'entry', 'entries')} ${excluded ? 'excluded' : 'included'}`,
           );
         }),
       );
@@ -307,9 +317,9 @@ export function buildImgProgram(): Command {
           !!o.json,
           r,
           () =>
-            `compacted ${image}: ${formatBytes(r.bytesBefore)} -> ${formatBytes(r.bytesAfter)}, ${r.chunksDropped} chunks dropped` +
+            `compacted ${image}: ${formatBytes(r.bytesBefore)} -> ${formatBytes(r.bytesAfter)}, ${count(r.chunksDropped, 'chunk')} dropped` +
             (r.chunksRepacked > 0
-              ? `, ${r.chunksRepacked} mostly-unused packs re-packed into ${r.packsWritten}`
+              ? `, ${count(r.chunksRepacked, 'mostly-unused pack')} re-packed into ${r.packsWritten}`
               : ''),
         );
       }),

@@ -16,6 +16,7 @@ import { selectEntries } from '../volume/files/extract.ts';
 import { nameBytes } from '../volume/files/names.ts';
 import { normalizeImagePath } from '../volume/files/paths.ts';
 import { createTreeRestore } from '../volume/files/restore.ts';
+import { systemReason } from '../wording.ts';
 import {
   isSameOrBelow,
   isSingleVolume,
@@ -224,7 +225,7 @@ export async function addToImage(
   opts: { at?: string; replace?: boolean; onProgress?: (p: CaptureProgress) => void } = {},
 ): Promise<{ added: number; bytes: number; path: string }> {
   const info = await lstat(source).catch((err: NodeJS.ErrnoException) => {
-    throw new ImageError('E_PATH_NOT_FOUND', `cannot add ${source}: ${err.code ?? err.message}`, { source });
+    throw new ImageError('E_PATH_NOT_FOUND', `cannot add ${source}: ${systemReason(err)}`, { source });
   });
   return editImage(imagePath, async (manifest, writer) => {
     const { volume, path: at } = requireVolumePath(manifest, opts.at ?? '.');

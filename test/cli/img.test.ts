@@ -209,6 +209,43 @@ test("img ls shows setuid, setgid and sticky bits as ls -l does, and a symlink's
   assert.equal(JSON.parse(r.out)[0].size, 15);
 });
 
+test('messages say "1 chunk" and "1 entry", and system errors as sentences, not Node\'s raw text', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(src);
+  await writeFile(join(src, 'only.txt'), 'one small file\n');
+  const image = join(dir, 'one.imgc');
+  let r = img('make', src, image);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /; 1 chunk, /);
+  assert.match(r.out, /, 2 entries, /);
+  r = img('verify', image);
+  assert.match(r.out, /OK — 1 chunk \(/);
+  r = img('restore', image, join(dir, 'out'));
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /: 1 chunk, /);
+  await writeFile(join(dir, 'extra.txt'), 'added later\n');
+  r = img('add', image, join(dir, 'extra.txt'));
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /: 1 entry, /);
+  r = img('rm', image, 'extra.txt');
+  assert.match(r.out, /removed 1 entry$/m);
+  r = img('fileset', 'exclude', image, '3', 'only.txt');
+  assert.match(r.out, /file set 3: 1 entry excluded/);
+  r = img('extract', image, 'only.txt', '--to', join(dir, 'x'));
+  assert.match(r.out, /extracted 1 entry /);
+
+  for (const args of [
+    ['make', join(dir, 'missing'), join(dir, 'm.imgc')],
+    ['add', image, join(dir, 'missing')],
+  ]) {
+    r = img(...args);
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.err, /missing: no such file or directory \(ENOENT\)/, r.err);
+    assert.doesNotMatch(r.err, /ENOENT: no such file or directory, /, r.err);
+  }
+});
+
 test('the bin launchers run the commands (npx img, npx imgcast)', () => {
   for (const [bin, usage] of [
     ['../../bin/img.js', /Usage: img/],

@@ -48,6 +48,7 @@ import { FileVolumeError } from './errors.ts';
 import { displayName, fsPath } from './names.ts';
 import { assertEntryPath } from './paths.ts';
 import { applyXattrs } from './xattr.ts';
+import { count, systemReason } from '../../wording.ts';
 
 export interface TreeRestoreOptions {
   /** Entries excluded from this file set are skipped; parents of included entries are created even if excluded. */
@@ -878,8 +879,8 @@ class TreeRestoreImpl implements RestoreSink {
       const sample = [...files].slice(0, 5);
       throw new FileVolumeError(
         'E_RESTORE_INCOMPLETE',
-        `restore into ${this.root} is incomplete: ${missing.length} of ${this.needed.size} chunks never arrived ` +
-          `(first ${missing[0]}), so ${files.size} files lack data (${sample.join(', ')}${files.size > sample.length ? ', …' : ''})`,
+        `restore into ${this.root} is incomplete: ${missing.length} of ${count(this.needed.size, 'chunk')} never arrived ` +
+          `(first ${missing[0]}), so ${count(files.size, 'file')} lack data (${sample.join(', ')}${files.size > sample.length ? ', …' : ''})`,
         { target: this.root, missingChunks: missing, files: files.size },
       );
     }
@@ -900,9 +901,13 @@ class TreeRestoreImpl implements RestoreSink {
 
     if (this.vfat) {
       const xattrCount = live.filter((i) => i.entry.xattrs && Object.keys(i.entry.xattrs).length > 0).length;
-      this.warn(`vfat keeps no owners or permission bits: not applied to ${live.length} entries`);
+      this.warn(
+        `vfat keeps no owners or permission bits: not applied to ${count(live.length, 'entry', 'entries')}`,
+      );
       if (xattrCount > 0)
-        this.warn(`vfat keeps no extended attributes: skipped them on ${xattrCount} entries`);
+        this.warn(
+          `vfat keeps no extended attributes: skipped them on ${count(xattrCount, 'entry', 'entries')}`,
+        );
     } else {
       this.applyOwners(live);
       const withXattrs = live.filter((i) => i.entry.xattrs && Object.keys(i.entry.xattrs).length > 0);
@@ -913,7 +918,7 @@ class TreeRestoreImpl implements RestoreSink {
       );
       if (unsupported.length > 0) {
         this.warn(
-          `the target filesystem does not support some extended attributes (${unsupported.length} refused), e.g. ${unsupported[0]}`,
+          `the target filesystem does not support some extended attributes (${count(unsupported.length, 'refusal')}), e.g. ${unsupported[0]}`,
         );
       }
     }
@@ -931,7 +936,9 @@ class TreeRestoreImpl implements RestoreSink {
       }
     }
     if (this.ownersDenied > 0)
-      this.warn(`not running as root: owners not restored on ${this.ownersDenied} entries`);
+      this.warn(
+        `not running as root: owners not restored on ${count(this.ownersDenied, 'entry', 'entries')}`,
+      );
   }
 
   /**
@@ -1018,7 +1025,7 @@ function restoreError(path: string, what: string, err: unknown): FileVolumeError
   const e = err as NodeJS.ErrnoException;
   return new FileVolumeError(
     'E_RESTORE_IO',
-    `${what} ${displayName(path)}: ${e.message ?? String(err)}`,
+    `${what} ${displayName(path)}: ${systemReason(err)}`,
     { path, errno: e.code },
     { cause: err },
   );
