@@ -6,6 +6,7 @@ import { Command, Option } from 'commander';
 import { UsageError } from '../errors.ts';
 import type { VerifyAfterReport } from '../engine/verify-target.ts';
 import type { ImageReader } from '../image/reader.ts';
+import { count } from '../wording.ts';
 import { COMPRESSION_LEVELS, DEFAULT_LEVEL, type CompressionLevel } from '../image/types.ts';
 import { displayName } from '../volume/files/names.ts';
 import { VERSION, emit, formatBytes, runCommand, withProgress } from './output.ts';
@@ -129,7 +130,7 @@ export function buildImgProgram(): Command {
             }
             emit(!!o.json, { ok: true, image, fileset, ...result, ...(readBack ? { readBack } : {}) }, () =>
               [
-                `restored ${image} (file set ${fileset}) to ${result.description}: ${result.chunks} chunks, ${formatBytes(result.bytes)}, each verified against its hash before it was written, and every write flushed to the target without error`,
+                `restored ${image} (file set ${fileset}) to ${result.description}: ${count(result.chunks, 'chunk')}, ${formatBytes(result.bytes)}, each verified against its hash before it was written, and every write flushed to the target without error`,
                 ...(result.created ? [`created ${target}: a new disk-image file`] : []),
                 ...(readBack
                   ? [
@@ -223,7 +224,11 @@ export function buildImgProgram(): Command {
             onProgress: (p) => update(p.bytesDone, p.bytesTotal),
           }),
         );
-        emit(!!o.json, r, () => `extracted ${r.entries} entries (${formatBytes(r.bytes)}) to ${o.to}`);
+        emit(
+          !!o.json,
+          r,
+          () => `extracted ${count(r.entries, 'entry', 'entries')} (${formatBytes(r.bytes)}) to ${o.to}`,
+        );
       }),
     );
 
@@ -239,7 +244,11 @@ export function buildImgProgram(): Command {
       runCommand('img', !!o.json, async () => {
         const { addToImage } = await import('../engine/explorer.ts');
         const r = await addToImage(image, source, { at: o.at, replace: !!o.replace });
-        emit(!!o.json, r, () => `added ${r.path}: ${r.added} entries, ${formatBytes(r.bytes)}`);
+        emit(
+          !!o.json,
+          r,
+          () => `added ${r.path}: ${count(r.added, 'entry', 'entries')}, ${formatBytes(r.bytes)}`,
+        );
       }),
     );
 
@@ -253,7 +262,7 @@ export function buildImgProgram(): Command {
       runCommand('img', !!o.json, async () => {
         const { removeFromImage } = await import('../engine/explorer.ts');
         const r = await removeFromImage(image, paths);
-        emit(!!o.json, r, () => `removed ${r.removed} entries`);
+        emit(!!o.json, r, () => `removed ${count(r.removed, 'entry', 'entries')}`);
       }),
     );
 
@@ -276,7 +285,7 @@ export function buildImgProgram(): Command {
                   `${String(s.number).padStart(2)}${s.isDefault ? ' (default)' : '          '}  ${
                     s.excludedEntries === 0
                       ? 'whole image'
-                      : `excludes ${s.excludedEntries} entries, ${formatBytes(s.bytes)}`
+                      : `excludes ${count(s.excludedEntries, 'entry', 'entries')}, ${formatBytes(s.bytes)}`
                   }${s.description ? `  ${s.description}` : ''}`,
               )
               .join('\n'),
@@ -305,7 +314,8 @@ export function buildImgProgram(): Command {
           emit(
             !!o.json,
             r,
-            () => `file set ${n}: ${r.changed} entries ${excluded ? 'excluded' : 'included'}`,
+            () =>
+              `file set ${n}: ${count(r.changed, 'entry', 'entries')} ${excluded ? 'excluded' : 'included'}`,
           );
         }),
       );
@@ -344,9 +354,9 @@ export function buildImgProgram(): Command {
           !!o.json,
           r,
           () =>
-            `compacted ${image}: ${formatBytes(r.bytesBefore)} -> ${formatBytes(r.bytesAfter)}, ${r.chunksDropped} chunks dropped` +
+            `compacted ${image}: ${formatBytes(r.bytesBefore)} -> ${formatBytes(r.bytesAfter)}, ${count(r.chunksDropped, 'chunk')} dropped` +
             (r.chunksRepacked > 0
-              ? `, ${r.chunksRepacked} mostly-unused packs re-packed into ${r.packsWritten}`
+              ? `, ${count(r.chunksRepacked, 'mostly-unused pack')} re-packed into ${r.packsWritten}`
               : ''),
         );
       }),

@@ -8,6 +8,7 @@ import type cliProgressModule from 'cli-progress';
 import { createRequire } from 'node:module';
 import { CommanderError } from 'commander';
 import { ImgcastError, InterruptedError } from '../errors.ts';
+import { systemReason } from '../wording.ts';
 
 /** The package's version, for --version. */
 export const VERSION = (createRequire(import.meta.url)('../../package.json') as { version: string }).version;
@@ -169,8 +170,9 @@ export function reportError(program: string, json: boolean, err: unknown): numbe
   const e = err as NodeJS.ErrnoException;
   if (e && typeof e.code === 'string' && typeof e.syscall === 'string') {
     // An operating-system error that escaped a more specific message: still say which file and why.
-    process.stderr.write(`${program}: ${e.message} [${e.code}]\n`);
-    if (json) process.stdout.write(`${JSON.stringify({ error: e.code, message: e.message }, null, 2)}\n`);
+    const message = `${typeof e.path === 'string' ? `${e.path}: ` : ''}${systemReason(e)}`;
+    process.stderr.write(`${program}: ${message} [${e.code}]\n`);
+    if (json) process.stdout.write(`${JSON.stringify({ error: e.code, message }, null, 2)}\n`);
     return EXIT_FAILED;
   }
   process.stderr.write(`${program}: internal error: ${e?.stack ?? String(err)}\n`);

@@ -1,17 +1,26 @@
 /** `img receive`: join a multicast send and write what it carries to a disk, partition or folder. */
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
+import { localIPv4, senderAddress } from './options.ts';
 import { emit, formatBytes, runCommand, withProgress } from './output.ts';
 
 export function addReceiveCommand(program: Command): void {
   program
     .command('receive')
     .description('join a multicast send (imgcast send) and restore the image it carries, verified')
-    .requiredOption('--from <host[:port]>', 'the sender (control port, default 7747)')
+    .addOption(
+      new Option('--from <host[:port]>', 'the sender (control port, default 7747)')
+        .argParser(senderAddress)
+        .makeOptionMandatory(),
+    )
     .requiredOption(
       '--to <target>',
       'disk device, disk-image file, partition or folder (a plain file with --raw)',
     )
-    .option('--interface <addr>', 'local IPv4 address of the interface to receive on')
+    .addOption(
+      new Option('--interface <addr>', 'local IPv4 address of the interface to receive on').argParser(
+        localIPv4,
+      ),
+    )
     .option('--name <name>', 'how this workstation is reported (default: hostname)')
     .option('--key <secret>', 'pre-shared key the sender requires (also env IMGCAST_KEY)')
     .option(

@@ -4,6 +4,7 @@ import type { VerifyReport } from '../image/verify.ts';
 import { partitionTypeName } from '../disk/partition-types.ts';
 import type { PartitionTableType } from '../image/types.ts';
 import { displayName } from '../volume/files/names.ts';
+import { count } from '../wording.ts';
 import { formatBytes } from './output.ts';
 
 const TYPE_CHAR: Record<string, string> = {
@@ -17,12 +18,23 @@ const TYPE_CHAR: Record<string, string> = {
   volume: 'V',
 };
 
+/**
+ * The permission column as `ls -l` writes it: setuid, setgid and sticky take the place of
+ * the owner's, group's and others' x, lower case (s, t) where that x is set as well and
+ * upper case (S, T) where it is not, so a special bit is never hidden behind a plain x.
+ */
 function modeString(mode: number | undefined): string {
   if (mode === undefined) return '---------';
-  const bits = 'rwxrwxrwx';
-  let out = '';
-  for (let i = 0; i < 9; i++) out += mode & (1 << (8 - i)) ? bits[i] : '-';
-  return out;
+  const out: string[] = [];
+  for (let i = 0; i < 9; i++) out.push(mode & (1 << (8 - i)) ? 'rwxrwxrwx'[i]! : '-');
+  for (const [bit, at, letter] of [
+    [0o4000, 2, 's'],
+    [0o2000, 5, 's'],
+    [0o1000, 8, 't'],
+  ] as const) {
+    if (mode & bit) out[at] = out[at] === 'x' ? letter : letter.toUpperCase();
+  }
+  return out.join('');
 }
 
 export function describeListing(rows: ListedEntry[]): string {
@@ -44,7 +56,7 @@ export function describeInfo(info: ReturnType<typeof describeImage>): string {
     `id:          ${info.imageId} (format ${info.formatVersion}, generation ${info.generation})`,
     `created:     ${info.createdAt} from ${info.source.kind} ${info.source.path}${info.source.hostname ? ` on ${info.source.hostname}` : ''}`,
     `compression: ${info.level}`,
-    `size:        ${formatBytes(info.fileBytes)} on disk; ${info.chunks} chunks, ${formatBytes(info.chunkRawBytes)} of data stored as ${formatBytes(info.chunkStoredBytes)}`,
+    `size:        ${formatBytes(info.fileBytes)} on disk; ${count(info.chunks, 'chunk')}, ${formatBytes(info.chunkRawBytes)} of data stored as ${formatBytes(info.chunkStoredBytes)}`,
   ];
   if (info.disk) {
     lines.push(
@@ -60,7 +72,7 @@ export function describeInfo(info: ReturnType<typeof describeImage>): string {
   for (const v of info.volumes) {
     if (v.kind === 'files') {
       lines.push(
-        `  ${v.name}: ${v.filesystem}${v.label ? ` "${v.label}"` : ''}${v.uuid ? ` ${v.uuid}` : ''}, ${v.entries} entries, ${formatBytes(v.bytes)}`,
+        `  ${v.name}: ${v.filesystem}${v.label ? ` "${v.label}"` : ''}${v.uuid ? ` ${v.uuid}` : ''}, ${count(v.entries, 'entry', 'entries')}, ${formatBytes(v.bytes)}`,
       );
     } else {
       lines.push(
@@ -73,7 +85,7 @@ export function describeInfo(info: ReturnType<typeof describeImage>): string {
   }
   const sets = info.filesets.filter((s) => s.excludedEntries > 0);
   lines.push(
-    `file sets:   ${sets.length ? sets.map((s) => `${s.number} (excludes ${s.excludedEntries})`).join(', ') : 'all 10 are the whole image'}`,
+    `file sets:   ${sets.length ? sets.map((s) => `${s.number} (excludes ${count(s.excludedEntries, 'entry', 'entries')})`).join(', ') : 'all 10 are the whole image'}`,
   );
   return lines.join('\n');
 }
@@ -85,9 +97,9 @@ function describeType(table: PartitionTableType, type: string): string {
 
 export function describeVerify(image: string, report: VerifyReport): string {
   if (report.ok) {
-    return `${image}: OK — ${report.chunksChecked} chunks (${formatBytes(report.bytesChecked)}) match their hashes; structure intact`;
+    return `${image}: OK — ${count(report.chunksChecked, 'chunk')} (${formatBytes(report.bytesChecked)}) match their hashes; structure intact`;
   }
-  const lines = [`${image}: DAMAGED — ${report.problems.length} problem(s):`];
+  const lines = [`${image}: DAMAGED — ${count(report.problems.length, 'problem')}:`];
   for (const p of report.problems) lines.push(`  [${p.code}] ${p.message}`);
   return lines.join('\n');
 }

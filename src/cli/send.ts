@@ -5,6 +5,7 @@ import { MAX_SEND_THREADS } from '../transport/datagram-out.ts';
 import { DEFAULT_DATAGRAM, FRAG_PAYLOAD, MAX_DATAGRAM, UNIT_DATAGRAM } from '../transport/packet.ts';
 import type { SenderProgress, SenderResult } from '../transport/types.ts';
 import { parseFileset } from './img.ts';
+import { localIPv4, multicastGroup, multicastTtl, positiveInteger, seconds } from './options.ts';
 import { emit, formatBytes, runCommand, withProgress } from './output.ts';
 
 export function positiveNumber(what: string) {
@@ -74,19 +75,27 @@ export function addSendCommand(program: Command): void {
     .addOption(new Option('-f, --fileset <n>', 'file set 1-10 to send').argParser(parseFileset).default(1))
     .addOption(
       new Option('-c, --clients <n>', 'start once this many receivers joined')
-        .argParser(positiveNumber('--clients'))
+        .argParser(positiveInteger)
         .default(1),
     )
     .addOption(
       new Option('-t, --wait <seconds>', 'start anyway this long after the last join')
-        .argParser(Number)
+        .argParser(seconds)
         .default(300),
     )
-    .option('--interface <addr>', 'local IPv4 address of the interface to use')
-    .option('--group <addr>', 'multicast group (239.0.0.0/8)', '239.255.42.1')
+    .addOption(
+      new Option('--interface <addr>', 'local IPv4 address of the interface to use').argParser(localIPv4),
+    )
+    .addOption(
+      new Option('--group <addr>', 'multicast group (239.0.0.0/8; not 224.0.0.x)')
+        .argParser(multicastGroup)
+        .default('239.255.42.1'),
+    )
     .addOption(new Option('--port <p>', 'control TCP port; data uses port+1').argParser(port).default(7747))
     .addOption(new Option('--rate <mbit>', 'cap the data rate, Mbit/s').argParser(positiveNumber('--rate')))
-    .addOption(new Option('--ttl <n>', 'multicast TTL (1 = this subnet)').argParser(Number).default(1))
+    .addOption(
+      new Option('--ttl <n>', 'multicast TTL, 1-255 (1 = this subnet)').argParser(multicastTtl).default(1),
+    )
     .addOption(
       new Option(
         '--datagram-size <bytes>',

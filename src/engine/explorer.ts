@@ -13,8 +13,10 @@ import { ImageWriter } from '../image/writer.ts';
 import { MAX_FILESETS, type FileEntry, type FileVolume, type Manifest } from '../image/types.ts';
 import { captureTree, type CaptureProgress } from '../volume/files/capture.ts';
 import { selectEntries } from '../volume/files/extract.ts';
+import { nameBytes } from '../volume/files/names.ts';
 import { normalizeImagePath } from '../volume/files/paths.ts';
 import { createTreeRestore } from '../volume/files/restore.ts';
+import { systemReason } from '../wording.ts';
 import {
   isSameOrBelow,
   isSingleVolume,
@@ -58,7 +60,8 @@ function toListed(entry: FileEntry, prefix: string): ListedEntry {
     name,
     path: prefix ? (entry.path === '.' ? prefix : `${prefix}/${entry.path}`) : entry.path,
     type: entry.type,
-    size: entry.size ?? 0,
+    // A symlink's size is its target's length in bytes, as lstat and ls -l give it.
+    size: entry.type === 'symlink' ? nameBytes(entry.linkTarget ?? '').length : (entry.size ?? 0),
     mode: entry.mode,
     uid: entry.uid,
     gid: entry.gid,
@@ -222,7 +225,7 @@ export async function addToImage(
   opts: { at?: string; replace?: boolean; onProgress?: (p: CaptureProgress) => void } = {},
 ): Promise<{ added: number; bytes: number; path: string }> {
   const info = await lstat(source).catch((err: NodeJS.ErrnoException) => {
-    throw new ImageError('E_PATH_NOT_FOUND', `cannot add ${source}: ${err.code ?? err.message}`, { source });
+    throw new ImageError('E_PATH_NOT_FOUND', `cannot add ${source}: ${systemReason(err)}`, { source });
   });
   return editImage(imagePath, async (manifest, writer) => {
     const { volume, path: at } = requireVolumePath(manifest, opts.at ?? '.');

@@ -39,6 +39,7 @@ import {
   type Volume,
 } from '../image/types.ts';
 import { captureTree } from '../volume/files/capture.ts';
+import { systemReason } from '../wording.ts';
 import type { ImageFileFacts } from './explorer.ts';
 
 export interface MakeProgress {
@@ -127,7 +128,7 @@ async function classify(source: string): Promise<{ kind: SourceKind; table: Part
   try {
     st = await stat(source);
   } catch (err) {
-    throw new DiskError('E_DISK_SOURCE', `cannot capture ${source}: ${(err as Error).message}`, {
+    throw new DiskError('E_DISK_SOURCE', `cannot capture ${source}: ${systemReason(err)}`, {
       path: source,
     });
   }

@@ -2,6 +2,7 @@
 import type { FileHandle } from 'node:fs/promises';
 
 import { ImageError } from './errors.ts';
+import { systemReason } from '../wording.ts';
 
 export function ioError(path: string, what: string, err: unknown): ImageError {
   const code = (err as NodeJS.ErrnoException)?.code;
@@ -14,7 +15,7 @@ export function ioError(path: string, what: string, err: unknown): ImageError {
           ? 'it is a directory'
           : code === 'ENOSPC'
             ? 'no space left on the device'
-            : (err as Error)?.message;
+            : systemReason(err);
   return new ImageError(
     'E_IMAGE_IO',
     `cannot ${what} ${path}: ${why}`,

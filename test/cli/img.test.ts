@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, readdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { ImageReader } from '../../src/image/reader.ts';
@@ -142,6 +142,112 @@ test('make, info --json, ls, fileset, verify and restore through the CLI', async
   assert.equal(r.code, 1);
   assert.doesNotMatch(r.out, /restored/);
   assert.ok((await readFile(join(src, 'docs/readme.txt'))).length > 0);
+});
+
+test("img ls shows setuid, setgid and sticky bits as ls -l does, and a symlink's size as its target's length", async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(src);
+  for (const [name, mode] of [
+    ['suid', 0o4755],
+    ['suid-noexec', 0o4644],
+    ['sgid', 0o2755],
+    ['sgid-noexec', 0o2644],
+    ['every-bit', 0o7777],
+    ['plain', 0o640],
+  ] as const) {
+    await writeFile(join(src, name), 'x');
+    await chmod(join(src, name), mode);
+  }
+  for (const [name, mode] of [
+    ['tmp', 0o1777],
+    ['sticky-closed', 0o1770],
+  ] as const) {
+    await mkdir(join(src, name));
+    await chmod(join(src, name), mode);
+  }
+  await symlink('some/where/else', join(src, 'link'));
+  // Four bytes, not valid UTF-8: the size counts bytes, not the characters shown.
+  await symlink(Buffer.from('caf\xe9', 'latin1'), join(src, 'latin1-link'));
+  const image = join(dir, 'modes.imgc');
+  let r = img('make', src, image);
+  assert.equal(r.code, 0, r.err);
+
+  r = img('ls', image);
+  assert.equal(r.code, 0, r.err);
+  const shown = new Map(
+    r.out
+      .trim()
+      .split('\n')
+      .map((line) => {
+        const [mode, , , size, , , name] = line.split(/ +/);
+        return [name!, `${mode} ${size}`];
+      }),
+  );
+  const names = [
+    'suid',
+    'suid-noexec',
+    'sgid',
+    'sgid-noexec',
+    'every-bit',
+    'plain',
+    'tmp',
+    'sticky-closed',
+    'link',
+    'latin1-link',
+  ];
+  assert.deepEqual([...shown.keys()].sort(), [...names].sort());
+  for (const name of names) {
+    // stat's %A is ls -l's mode column; %s a symlink's size as ls -l shows it.
+    const want = execFileSync('stat', ['-c', '%A', join(src, name)], { encoding: 'utf8' }).trim();
+    const size = (await lstat(join(src, name))).size;
+    assert.equal(shown.get(name), `${want} ${name === 'tmp' || name === 'sticky-closed' ? 0 : size}`, name);
+  }
+  assert.equal(shown.get('suid'), '-rwsr-xr-x 1');
+  assert.equal(shown.get('tmp'), 'drwxrwxrwt 0');
+  assert.equal(shown.get('link'), 'lrwxrwxrwx 15');
+  assert.equal(shown.get('latin1-link'), 'lrwxrwxrwx 4');
+
+  r = img('ls', image, 'link', '--json');
+  assert.equal(r.code, 0, r.err);
+  assert.equal(JSON.parse(r.out)[0].size, 15);
+});
+
+test('messages say "1 chunk" and "1 entry", and system errors as sentences, not Node\'s raw text', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(src);
+  await writeFile(join(src, 'only.txt'), 'one small file\n');
+  const image = join(dir, 'one.imgc');
+  let r = img('make', src, image);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /; 1 chunk, /);
+  assert.match(r.out, /, 2 entries, /);
+  r = img('verify', image);
+  assert.match(r.out, /OK — 1 chunk \(/);
+  r = img('restore', image, join(dir, 'out'));
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /: 1 chunk, /);
+  await writeFile(join(dir, 'extra.txt'), 'added later\n');
+  r = img('add', image, join(dir, 'extra.txt'));
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /: 1 entry, /);
+  r = img('rm', image, 'extra.txt');
+  assert.match(r.out, /removed 1 entry$/m);
+  r = img('fileset', 'exclude', image, '3', 'only.txt');
+  assert.match(r.out, /file set 3: 1 entry excluded/);
+  r = img('extract', image, 'only.txt', '--to', join(dir, 'x'));
+  assert.match(r.out, /extracted 1 entry /);
+
+  for (const args of [
+    ['make', join(dir, 'missing'), join(dir, 'm.imgc')],
+    ['add', image, join(dir, 'missing')],
+  ]) {
+    r = img(...args);
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.err, /missing: no such file or directory \(ENOENT\)/, r.err);
+    assert.doesNotMatch(r.err, /ENOENT: no such file or directory, /, r.err);
+  }
 });
 
 test('the bin launchers run the commands (npx img, npx imgcast)', () => {

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { tempDir } from '../helpers/env.ts';
@@ -123,4 +124,57 @@ test('imgcast send rejects bad arguments before it listens', async () => {
   const r = await run(IMGCAST, ['send', '/nonexistent/lab.imgc', '--clients', '1', '--wait', '1']);
   assert.equal(r.code, 1);
   assert.match(r.err, /nonexistent\/lab\.imgc/);
+});
+
+test('send and receive refuse bad addresses, TTLs and waits as usage errors (exit 2) naming the option', async () => {
+  // The image does not exist: a value that passed would fail later, with exit 1.
+  const image = '/nonexistent/lab.imgc';
+  const own = new Set(
+    Object.values(networkInterfaces())
+      .flatMap((l) => l ?? [])
+      .map((a) => a.address),
+  );
+  const notOwn = ['203.0.113.77', '198.51.100.77', '192.0.2.77'].find((a) => !own.has(a))!;
+  for (const [args, option] of [
+    [['send', image, '--group', '10.0.0.1'], '--group'],
+    [['send', image, '--group', '224.0.0.1'], '--group'],
+    [['send', image, '--group', '224.0.0.251'], '--group'],
+    [['send', image, '--group', '239.255.42'], '--group'],
+    [['send', image, '--group', '239.256.0.1'], '--group'],
+    [['send', image, '--ttl', '0'], '--ttl'],
+    [['send', image, '--ttl', '256'], '--ttl'],
+    [['send', image, '--ttl', '1.5'], '--ttl'],
+    [['send', image, '--interface', 'eth0'], '--interface'],
+    [['send', image, '--interface', notOwn], '--interface'],
+    [['send', image, '--wait', '-1'], '--wait'],
+    [['send', image, '--wait', 'soon'], '--wait'],
+    [['send', image, '--clients', '2.5'], '--clients'],
+  ] as const) {
+    const r = await run(IMGCAST, [...args]);
+    assert.equal(r.code, 2, `imgcast ${args.join(' ')}: exit ${r.code}: ${r.err}`);
+    assert.ok(r.err.includes(option), `imgcast ${args.join(' ')} names ${option}: ${r.err}`);
+  }
+  for (const [args, option] of [
+    [['receive', '--from', 'host:abc', '--to', '/nonexistent/out'], '--from'],
+    [['receive', '--from', 'host:0', '--to', '/nonexistent/out'], '--from'],
+    [['receive', '--from', 'host:70000', '--to', '/nonexistent/out'], '--from'],
+    [['receive', '--from', ':7747', '--to', '/nonexistent/out'], '--from'],
+    [['receive', '--from', '127.0.0.1', '--to', '/nonexistent/out', '--interface', 'eth0'], '--interface'],
+  ] as const) {
+    const r = await run(IMG, [...args]);
+    assert.equal(r.code, 2, `img ${args.join(' ')}: exit ${r.code}: ${r.err}`);
+    assert.ok(r.err.includes(option), `img ${args.join(' ')} names ${option}: ${r.err}`);
+  }
+  // Good values pass the CLI and meet the missing image instead.
+  for (const args of [
+    ['--group', '239.1.2.3'],
+    ['--group', '224.0.1.1'],
+    ['--ttl', '32'],
+    ['--interface', '127.0.0.1'],
+    ['--wait', '0'],
+  ]) {
+    const r = await run(IMGCAST, ['send', image, ...args]);
+    assert.equal(r.code, 1, `imgcast send ${args.join(' ')}: ${r.err}`);
+    assert.match(r.err, /nonexistent\/lab\.imgc/);
+  }
 });

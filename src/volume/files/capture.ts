@@ -31,6 +31,7 @@ import {
 } from 'node:fs';
 import type { BigIntStats } from 'node:fs';
 import { isImgcastError } from '../../errors.ts';
+import { systemReason } from '../../wording.ts';
 import {
   CHUNK_SIZE,
   type ChunkLease,
@@ -523,7 +524,7 @@ function ioError(path: string, what: string, err: unknown): FileVolumeError {
   const e = err as NodeJS.ErrnoException;
   return new FileVolumeError(
     'E_CAPTURE_IO',
-    `${what} ${displayName(path)}: ${e.code ?? ''} ${e.message ?? String(err)}`.trim(),
+    `${what} ${displayName(path)}: ${systemReason(err)}`,
     {
       path,
       errno: e.code,

@@ -33,6 +33,7 @@ import {
 import { join, resolve } from 'node:path';
 import type { RestoreProgress, RestoreSink } from '../../engine/types.ts';
 import { writeFullSync } from '../../file-write.ts';
+import { ImgcastError } from '../../errors.ts';
 import { ImageError } from '../../image/errors.ts';
 import { checkFileset, isExcluded } from '../../image/fileset.ts';
 import type {
@@ -48,6 +49,7 @@ import { FileVolumeError } from './errors.ts';
 import { displayName, fsPath } from './names.ts';
 import { assertEntryPath } from './paths.ts';
 import { applyXattrs } from './xattr.ts';
+import { count, systemReason } from '../../wording.ts';
 
 export interface TreeRestoreOptions {
   /** Entries excluded from this file set are skipped; parents of included entries are created even if excluded. */
@@ -145,6 +147,8 @@ class TreeRestoreImpl implements RestoreSink {
   bytesDone = 0;
   bytesTotal = 0;
   prepared = false;
+  /** The failure that stopped this restore (see failure()). */
+  failed: ImgcastError | undefined;
   /** Owners a non-root restore could not set (counted, then one warning). */
   ownersDenied = 0;
   /** Symlinks not made yet (lazyFiles): chunk plans take them along, finish() makes the rest. */
@@ -288,6 +292,14 @@ class TreeRestoreImpl implements RestoreSink {
 
   async prepare(): Promise<void> {
     mkdirSync(this.root, { recursive: true });
+    try {
+      await this.prepareTree();
+    } catch (err) {
+      throw this.failure(err);
+    }
+  }
+
+  async prepareTree(): Promise<void> {
     const present = readdirSync(this.root);
     if (present.every((n) => n === 'lost+found')) this.freshDirs.add('.');
     this.rootSetgid = (lstatSync(this.root).mode & 0o2000) !== 0;
@@ -655,6 +667,16 @@ class TreeRestoreImpl implements RestoreSink {
   async applyChunk(id: string, raw: Buffer): Promise<void> {
     if (!this.prepared)
       throw new FileVolumeError('E_RESTORE_IO', 'applyChunk called before prepare()', { chunk: id });
+    // After a failure nothing more is written: what the failure's message says is left stays so.
+    if (this.failed) throw this.failed;
+    try {
+      this.writeChunk(id, raw);
+    } catch (err) {
+      throw this.failure(err);
+    }
+  }
+
+  writeChunk(id: string, raw: Buffer): void {
     if (this.applied.has(id)) return;
     const ranges = this.ranges.get(id);
     if (!ranges) return;
@@ -671,7 +693,7 @@ class TreeRestoreImpl implements RestoreSink {
       try {
         writeFullSync(fd, raw, r.chunkOffset, r.length, r.fileOffset);
       } catch (err) {
-        throw restoreError(r.item.abs, `cannot write (chunk ${id})`, err);
+        throw restoreError(r.item.abs, 'cannot write', err, ` (chunk ${id})`);
       }
       this.bytesDone += r.length;
       const left = (r.item.remaining ?? 0) - r.length;
@@ -687,7 +709,7 @@ class TreeRestoreImpl implements RestoreSink {
    * and gets its owner, mode and times there too when nothing has to follow by name.
    */
   planChunk(id: string): ChunkWritePlan | undefined {
-    if (!this.prepared || !this.lazyFiles || this.applied.has(id)) return undefined;
+    if (!this.prepared || !this.lazyFiles || this.failed || this.applied.has(id)) return undefined;
     const ranges = this.ranges.get(id);
     if (!ranges) return undefined;
     const plan = new PlanBuilder();
@@ -732,6 +754,15 @@ class TreeRestoreImpl implements RestoreSink {
   }
 
   planDone(id: string, outcome: ChunkWriteOutcome): void {
+    if (this.failed) throw this.failed;
+    try {
+      this.planDoneTree(id, outcome);
+    } catch (err) {
+      throw this.failure(err);
+    }
+  }
+
+  planDoneTree(id: string, outcome: ChunkWriteOutcome): void {
     if (!outcome.ok) {
       if (outcome.extent) {
         throw new ImageError(
@@ -741,7 +772,7 @@ class TreeRestoreImpl implements RestoreSink {
         );
       }
       const err = Object.assign(new Error(outcome.reason), outcome.code ? { code: outcome.code } : {});
-      throw restoreError(join(this.root, outcome.rel), `cannot write (chunk ${id})`, err);
+      throw restoreError(join(this.root, outcome.rel), 'cannot write', err, ` (chunk ${id})`);
     }
     this.ownersDenied += outcome.ownersDenied;
     for (const item of this.plannedSymlinks.get(id) ?? []) if (this.metaWhereMade(item)) item.metaDone = true;
@@ -870,6 +901,15 @@ class TreeRestoreImpl implements RestoreSink {
 
   async finish(): Promise<void> {
     if (!this.prepared) throw new FileVolumeError('E_RESTORE_IO', 'finish called before prepare()', {});
+    if (this.failed) throw this.failed;
+    try {
+      await this.finishTree();
+    } catch (err) {
+      throw this.failure(err);
+    }
+  }
+
+  async finishTree(): Promise<void> {
     this.closeAll();
     const missing = [...this.needed].filter((id) => !this.applied.has(id));
     if (missing.length > 0) {
@@ -878,8 +918,8 @@ class TreeRestoreImpl implements RestoreSink {
       const sample = [...files].slice(0, 5);
       throw new FileVolumeError(
         'E_RESTORE_INCOMPLETE',
-        `restore into ${this.root} is incomplete: ${missing.length} of ${this.needed.size} chunks never arrived ` +
-          `(first ${missing[0]}), so ${files.size} files lack data (${sample.join(', ')}${files.size > sample.length ? ', …' : ''})`,
+        `${missing.length} of ${count(this.needed.size, 'chunk')} never arrived ` +
+          `(first ${missing[0]}), so ${count(files.size, 'file')} lack data (${sample.join(', ')}${files.size > sample.length ? ', …' : ''})`,
         { target: this.root, missingChunks: missing, files: files.size },
       );
     }
@@ -900,9 +940,13 @@ class TreeRestoreImpl implements RestoreSink {
 
     if (this.vfat) {
       const xattrCount = live.filter((i) => i.entry.xattrs && Object.keys(i.entry.xattrs).length > 0).length;
-      this.warn(`vfat keeps no owners or permission bits: not applied to ${live.length} entries`);
+      this.warn(
+        `vfat keeps no owners or permission bits: not applied to ${count(live.length, 'entry', 'entries')}`,
+      );
       if (xattrCount > 0)
-        this.warn(`vfat keeps no extended attributes: skipped them on ${xattrCount} entries`);
+        this.warn(
+          `vfat keeps no extended attributes: skipped them on ${count(xattrCount, 'entry', 'entries')}`,
+        );
     } else {
       this.applyOwners(live);
       const withXattrs = live.filter((i) => i.entry.xattrs && Object.keys(i.entry.xattrs).length > 0);
@@ -913,7 +957,7 @@ class TreeRestoreImpl implements RestoreSink {
       );
       if (unsupported.length > 0) {
         this.warn(
-          `the target filesystem does not support some extended attributes (${unsupported.length} refused), e.g. ${unsupported[0]}`,
+          `the target filesystem does not support some extended attributes (${count(unsupported.length, 'refusal')}), e.g. ${unsupported[0]}`,
         );
       }
     }
@@ -931,7 +975,9 @@ class TreeRestoreImpl implements RestoreSink {
       }
     }
     if (this.ownersDenied > 0)
-      this.warn(`not running as root: owners not restored on ${this.ownersDenied} entries`);
+      this.warn(
+        `not running as root: owners not restored on ${count(this.ownersDenied, 'entry', 'entries')}`,
+      );
   }
 
   /**
@@ -964,6 +1010,63 @@ class TreeRestoreImpl implements RestoreSink {
 
   async abort(_reason: unknown): Promise<void> {
     this.closeAll();
+    for (const item of this.unfinished().removed) {
+      try {
+        unlinkSync(item.fs);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+          throw restoreError(item.abs, 'cannot remove', err);
+      }
+    }
+  }
+
+  /**
+   * The regular files whose bytes are not all written, split by what an abort does with
+   * them. One that holds bytes of a chunk this restore counts as applied stays (a resumed
+   * restore is told that chunk is there and completes the file; removing it would lose
+   * those bytes for good). Every other one is removed: nothing counts on its bytes, and a
+   * file left with part of its data (and the 0600 mode files have until finish) must not
+   * pass for a restored one.
+   */
+  unfinished(): { removed: Item[]; kept: Item[] } {
+    const holdsApplied = new Set<Item>();
+    for (const id of this.applied) for (const r of this.ranges.get(id) ?? []) holdsApplied.add(r.item);
+    const removed: Item[] = [];
+    const kept: Item[] = [];
+    for (const item of this.items) {
+      if (item.skipped || item.remaining === undefined || item.remaining <= 0) continue;
+      (holdsApplied.has(item) ? kept : removed).push(item);
+    }
+    return { removed, kept };
+  }
+
+  /**
+   * The first failure once the target is being written, worded for what it leaves: the
+   * folder is incomplete, files not completely written are removed by abort() (which
+   * every caller runs on failure), and the partly written ones kept are named. Later
+   * calls get the same error, so what it says stays true.
+   */
+  failure(err: unknown): unknown {
+    if (this.failed) return this.failed;
+    if (!(err instanceof ImgcastError)) return err;
+    const { removed, kept } = this.unfinished();
+    const names = (list: Item[]) =>
+      list
+        .slice(0, 5)
+        .map((i) => displayName(i.rel))
+        .join(', ') + (list.length > 5 ? ', …' : '');
+    let left = '';
+    if (removed.length > 0) left += '; files not completely written are removed';
+    if (kept.length > 0) {
+      left += `${removed.length > 0 ? ', except' : ';'} ${count(kept.length, 'file')} left partly written (${names(kept)})`;
+    }
+    err.message = `restore into ${displayName(this.root)} is incomplete: ${err.message}${left}`;
+    Object.assign(err.details, {
+      target: this.root,
+      partlyWrittenKept: kept.slice(0, 100).map((i) => i.rel),
+    });
+    this.failed = err;
+    return err;
   }
 }
 
@@ -1014,11 +1117,12 @@ function isRoot(): boolean {
   return process.getuid?.() === 0;
 }
 
-function restoreError(path: string, what: string, err: unknown): FileVolumeError {
+/** `what` the path, then `note` (which chunk), then why: "cannot write /t/a (chunk …): no space left on the device (ENOSPC)". */
+function restoreError(path: string, what: string, err: unknown, note = ''): FileVolumeError {
   const e = err as NodeJS.ErrnoException;
   return new FileVolumeError(
     'E_RESTORE_IO',
-    `${what} ${displayName(path)}: ${e.message ?? String(err)}`,
+    `${what} ${displayName(path)}${note}: ${systemReason(err)}`,
     { path, errno: e.code },
     { cause: err },
   );

@@ -5,14 +5,17 @@ import {
   existsSync,
   lstatSync,
   mkdirSync,
+  mkdtempSync,
   openSync,
   readdirSync,
   readFileSync,
   readlinkSync,
+  rmSync,
   symlinkSync,
   writeFileSync,
   writeSync,
 } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { test, type TestContext } from 'node:test';
@@ -584,4 +587,92 @@ test('nsToSeconds gives the same double as exact BigInt arithmetic, for any time
     }),
     { numRuns: 2000 },
   );
+});
+
+/** Every regular file under root, by path relative to it. */
+function filesUnder(root: string, rel = ''): string[] {
+  const out: string[] = [];
+  for (const d of readdirSync(join(root, rel), { withFileTypes: true })) {
+    const p = rel ? `${rel}/${d.name}` : d.name;
+    if (d.isDirectory()) out.push(...filesUnder(root, p));
+    else if (d.isFile()) out.push(p);
+  }
+  return out;
+}
+
+/** A small tmpfs on a folder of its own, unmounted and removed when the test ends. */
+function smallTmpfs(t: TestContext, size: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'imgcast-tmpfs-'));
+  execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'imgcast-test', dir]);
+  t.after(() => {
+    execFileSync('umount', [dir]);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return dir;
+}
+
+/**
+ * What a folder restore that ran out of space must leave: an error that says the folder is
+ * incomplete and why, and no file with part of its data unless the error names it.
+ */
+function assertFullRestoreReported(err: unknown, src: string, dst: string): void {
+  const e = err as Error & { code?: string; details?: { partlyWrittenKept?: string[] } };
+  assert.equal(e.code, 'E_RESTORE_IO', e.message);
+  assert.match(
+    e.message,
+    /^restore into .* is incomplete: cannot write .* \(chunk [0-9a-f]{64}\): no space left on the device \(ENOSPC\)/,
+  );
+  const kept = new Set(e.details?.partlyWrittenKept ?? []);
+  for (const k of kept) assert.ok(e.message.includes(k), `${k} is named in: ${e.message}`);
+  for (const rel of filesUnder(dst)) {
+    if (kept.has(rel)) continue;
+    assert.ok(
+      readFileSync(join(dst, rel)).equals(readFileSync(join(src, rel))),
+      `${rel} is complete or named`,
+    );
+  }
+}
+
+/** Two big files and a pack of small ones: more than 6 MiB, which the target cannot hold. */
+function spaceTree(src: string): void {
+  mkdirSync(join(src, 'a'));
+  writeFileSync(join(src, 'a/first.bin'), bytes(1, 5 * 1024 * 1024));
+  writeFileSync(join(src, 'b.bin'), bytes(2, 3 * 1024 * 1024));
+  mkdirSync(join(src, 'small'));
+  for (let i = 0; i < 20; i++) writeFileSync(join(src, `small/s${i}`), bytes(100 + i, 10_000));
+}
+
+test('a folder restore from an image file that runs out of space says the folder is incomplete and leaves no unnamed partial file (tmpfs)', async (t) => {
+  if (skipUnless(t, isRoot() ? undefined : 'needs root to mount a tmpfs')) return;
+  const src = await scratchDir(t);
+  spaceTree(src);
+  const image = join(await scratchDir(t), 'space.imgc');
+  await makeImage(src, image, { level: 'speed' });
+  const dst = join(smallTmpfs(t, '6m'), 'out');
+  let failure: unknown;
+  await restoreImage(image, dst, { fileset: 1 }).catch((err: unknown) => (failure = err));
+  assert.ok(failure, 'the restore fails');
+  assertFullRestoreReported(failure, src, dst);
+});
+
+test('a folder restore fed chunk by chunk (as from the network) that runs out of space says so and leaves no unnamed partial file (tmpfs)', async (t) => {
+  if (skipUnless(t, isRoot() ? undefined : 'needs root to mount a tmpfs')) return;
+  const src = await scratchDir(t);
+  spaceTree(src);
+  const store = new MemChunkStore();
+  const entries = await captureTree(src, store);
+  const dst = smallTmpfs(t, '6m');
+  const restore = createTreeRestore(entries, dst, { fileset: 1, fsType: 'directory' });
+  let failure: unknown;
+  try {
+    await runRestore(restore, store, 3);
+  } catch (err) {
+    failure = err;
+    await restore.abort(err);
+  }
+  assert.ok(failure, 'the restore fails');
+  assertFullRestoreReported(failure, src, dst);
+  // Later chunks are refused with the same error: nothing more is written after it.
+  const another = [...restore.needed][0]!;
+  await assert.rejects(restore.applyChunk(another, await store.readChunk(another)), (err) => err === failure);
 });
