@@ -4,6 +4,7 @@
  */
 import { Command, Option } from 'commander';
 import { UsageError } from '../errors.ts';
+import type { VerifyAfterReport } from '../engine/verify-target.ts';
 import type { ImageReader } from '../image/reader.ts';
 import { COMPRESSION_LEVELS, DEFAULT_LEVEL, type CompressionLevel } from '../image/types.ts';
 import { displayName } from '../volume/files/names.ts';
@@ -91,21 +92,26 @@ export function buildImgProgram(): Command {
       'overwrite what TARGET holds: a partition table, filesystems, a folder that is not empty',
     )
     .option('--create', 'create TARGET as a new disk-image file if it does not exist (never under /dev)')
+    .option(
+      '--verify-after',
+      'then read TARGET back (from the disk, through fresh mounts) and compare it with the image',
+    )
     .addOption(json())
     .action(
       (
         image: string,
         target: string,
-        o: { fileset?: number; force?: boolean; create?: boolean; json?: boolean },
+        o: { fileset?: number; force?: boolean; create?: boolean; verifyAfter?: boolean; json?: boolean },
       ) =>
         runCommand(
           'img',
           !!o.json,
           async (signal) => {
             const { restoreImage } = await import('../engine/restore.ts');
+            const fileset = o.fileset ?? 1;
             const result = await withProgress('restore', { json: !!o.json }, (update) =>
               restoreImage(image, target, {
-                fileset: o.fileset ?? 1,
+                fileset,
                 force: !!o.force,
                 overwrite: !!o.force,
                 create: !!o.create,
@@ -114,12 +120,24 @@ export function buildImgProgram(): Command {
                 signal,
               }),
             );
-            emit(
-              !!o.json,
-              { ok: true, image, fileset: o.fileset ?? 1, ...result },
-              () =>
-                `restored ${image} (file set ${o.fileset ?? 1}) to ${result.description}: ${result.chunks} chunks, ${formatBytes(result.bytes)}, each verified against its hash` +
-                (result.created ? `\ncreated ${target}: a new disk-image file` : ''),
+            let readBack: VerifyAfterReport | undefined;
+            if (o.verifyAfter) {
+              const { verifyRestoredImage } = await import('../engine/verify-target.ts');
+              readBack = await withProgress('verify', { json: !!o.json }, (update) =>
+                verifyRestoredImage(image, target, { fileset, onProgress: update, signal }),
+              );
+            }
+            emit(!!o.json, { ok: true, image, fileset, ...result, ...(readBack ? { readBack } : {}) }, () =>
+              [
+                `restored ${image} (file set ${fileset}) to ${result.description}: ${result.chunks} chunks, ${formatBytes(result.bytes)}, each verified against its hash before it was written, and every write flushed to the target without error`,
+                ...(result.created ? [`created ${target}: a new disk-image file`] : []),
+                ...(readBack
+                  ? [
+                      `read back from ${target} and compared with the image: ${readBack.entries} entries, ${formatBytes(readBack.fileBytes)} of file content, ${formatBytes(readBack.rawBytes)} of boot areas and raw volumes, all as the image says`,
+                      ...readBack.notChecked.map((n) => `not compared: ${n}`),
+                    ]
+                  : []),
+              ].join('\n'),
             );
           },
           { interruptible: true },

@@ -5,7 +5,7 @@
  * configs and EFI boot entries that name the filesystem keep working after restore.
  */
 import { execFile } from 'node:child_process';
-import { mkdir, open, readdir, readFile, rm, rmdir, stat, statfs } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, realpath, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import { release, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import type { FilesystemInfo, FilesystemType } from '../image/types.ts';
@@ -13,6 +13,7 @@ import { blkidProbe, detachLoop, loopRange, mountPointsOf, unescapeMountinfo } f
 import { DiskError } from './errors.ts';
 import { run, runTool } from './exec.ts';
 import { forgetLoop, loopRecords, ownedTempDir, runAlive, STAGING_PREFIXES, tagOf } from './owner.ts';
+import { syncFilesystemChecked, writeFailure } from './write-errors.ts';
 
 const EXT_TYPES = new Set(['ext2', 'ext3', 'ext4']);
 /** Features that describe a state, not a choice, and that mke2fs refuses. */
@@ -349,6 +350,37 @@ export async function withMounted<T>(
   }
 }
 
+/** Errors the ext4 driver counted on the mounted `device` (a failed journal or metadata write, for instance). */
+async function extErrorsWhileMounted(device: string, naming: WriteNaming): Promise<void> {
+  const name = basename(await realpath(device).catch(() => device));
+  const count = Number((await readFile(`/sys/fs/ext4/${name}/errors_count`, 'utf8').catch(() => '0')).trim());
+  if (count > 0) {
+    throw await writeFailure(
+      naming.target,
+      naming.what,
+      new Error(`the kernel recorded ${count} error(s) on it while it was written (see dmesg)`),
+    );
+  }
+}
+
+/** An ext filesystem just unmounted must say "clean": "with errors" or "not clean" means lost writes. */
+async function extCleanAfterUnmount(device: string, fs: FilesystemInfo, naming: WriteNaming): Promise<void> {
+  if (!EXT_TYPES.has(fs.type)) return;
+  const r = await runTool('dumpe2fs', ['-h', device]);
+  const state = field(r.stdout, 'Filesystem state');
+  if (r.status !== 0 || state !== 'clean') {
+    throw await writeFailure(
+      naming.target,
+      naming.what,
+      new Error(
+        state
+          ? `after unmounting, its superblock says "${state}", not "clean"`
+          : `its superblock cannot be read back: ${(r.stderr || r.stdout).trim()}`,
+      ),
+    );
+  }
+}
+
 /** Bytes in use on a mounted filesystem. */
 export async function usedBytes(dir: string): Promise<number> {
   const s = await statfs(dir);
@@ -435,11 +467,44 @@ export async function openTreeForReading(device: string, fs: FilesystemInfo): Pr
   return { dir, close: () => rm(staging, { recursive: true, force: true }) };
 }
 
-/** A writable directory for the tree of the (fresh) filesystem on `device`. */
-export async function openTreeForWriting(device: string, fs: FilesystemInfo): Promise<TreeAccess> {
+/** How write errors on a filesystem are reported: the restore target and what on it was written. */
+export interface WriteNaming {
+  target: string;
+  what: string;
+}
+
+/**
+ * A writable directory for the tree of the (fresh) filesystem on `device`. Closing with
+ * `commit` checks that everything written reached the device (write-errors.ts): the
+ * filesystem is flushed and checked for write-back errors before it is unmounted (they
+ * are lost with the mount), and an ext filesystem must be clean, without recorded
+ * errors, afterwards. A failure is E_DISK_WRITE named by `naming`; the filesystem is
+ * unmounted either way.
+ */
+export async function openTreeForWriting(
+  device: string,
+  fs: FilesystemInfo,
+  naming: WriteNaming = { target: device, what: `the ${fs.type} filesystem on ${device}` },
+): Promise<TreeAccess> {
   if (fs.type !== 'vfat' || (await kernelCanMount('vfat'))) {
     const m = await mountFilesystem(device, fs.type, { readOnly: false });
-    return { dir: m.dir, close: () => m.unmount() };
+    return {
+      dir: m.dir,
+      async close(commit) {
+        let failure: unknown;
+        if (commit) {
+          try {
+            await syncFilesystemChecked(m.dir, naming.target, naming.what);
+            await extErrorsWhileMounted(device, naming);
+          } catch (err) {
+            failure = err;
+          }
+        }
+        await m.unmount();
+        if (failure) throw failure;
+        if (commit) await extCleanAfterUnmount(device, fs, naming);
+      },
+    };
   }
   const staging = await ownedTempDir(tmpdir(), 'imgcast-vfat-');
   return {

@@ -8,6 +8,7 @@ import { writeFull } from '../file-write.ts';
 import { CHUNK_SIZE, type ChunkSink, type RawExtent } from '../image/types.ts';
 import { DiskError } from './errors.ts';
 import { runTool } from './exec.ts';
+import { writeFailure } from './write-errors.ts';
 
 /** Zero detection granularity: a 4 KiB block is either stored or known to be zero. */
 export const ZERO_BLOCK = 4096;
@@ -207,7 +208,9 @@ export function createRawRestore(
         toolWorks = false;
       }
       for (let p = from; p < to; p += zeros.length) {
-        await writeFull(handle, zeros, 0, Math.min(zeros.length, to - p), p);
+        await writeFull(handle, zeros, 0, Math.min(zeros.length, to - p), p).catch(async (err: unknown) => {
+          throw await writeFailure(target, `${label}: zeroing byte ${p}`, err);
+        });
       }
     }
   }
@@ -241,14 +244,7 @@ export function createRawRestore(
         try {
           await writeFull(fh, raw, 0, x.length, extentBase + x.offset);
         } catch (err) {
-          throw new DiskError(
-            'E_DISK_IO',
-            `${label}: cannot write ${target} at byte ${extentBase + x.offset}: ${(err as Error).message}`,
-            {
-              path: target,
-              chunk: id,
-            },
-          );
+          throw await writeFailure(target, `${label}: writing byte ${extentBase + x.offset}`, err);
         }
         bytesDone += x.length;
       }
@@ -266,7 +262,10 @@ export function createRawRestore(
         );
       }
       if (fh) {
-        await fh.sync();
+        // This descriptor was opened before the first write: its fsync reports any of them that failed on write-back.
+        await fh.sync().catch(async (err: unknown) => {
+          throw await writeFailure(target, `${label}: flushing it`, err);
+        });
         await fh.close();
         fh = undefined;
       }

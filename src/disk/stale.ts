@@ -12,8 +12,8 @@
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import type { DiskLayout, Manifest } from '../image/types.ts';
 import { writeFull } from '../file-write.ts';
-import { DiskError } from './errors.ts';
 import { runTool } from './exec.ts';
+import { writeFailure } from './write-errors.ts';
 
 export interface Range {
   start: number;
@@ -203,16 +203,14 @@ export async function zeroRanges(target: string, ranges: Range[]): Promise<void>
           try {
             await writeFull(fh, zeros, 0, Math.min(zeros.length, part.end - p), p);
           } catch (err) {
-            throw new DiskError(
-              'E_DISK_IO',
-              `cannot clear what the old layout left on ${target} at byte ${p}: ${(err as Error).message}`,
-              { target, position: p },
-            );
+            throw await writeFailure(target, `clearing what the old layout left at byte ${p}`, err);
           }
         }
       }
     }
-    await fh.sync();
+    await fh.sync().catch(async (err: unknown) => {
+      throw await writeFailure(target, 'clearing what the old layout left', err);
+    });
   } finally {
     await fh.close();
   }

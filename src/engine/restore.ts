@@ -26,6 +26,7 @@ import {
 } from '../disk/filesystem.ts';
 import { describeTargetContents } from '../disk/contents.ts';
 import { createRawRestore } from '../disk/raw.ts';
+import { spaceProblem, syncChecked, syncFilesystemChecked, writeFailure } from '../disk/write-errors.ts';
 import { mergeRanges, newLayoutZones, oldLayoutZones, zeroRanges, type Range } from '../disk/stale.ts';
 import { InterruptedError } from '../errors.ts';
 import { ImageError } from '../image/errors.ts';
@@ -141,7 +142,13 @@ function directoryPlace(dir: string): Place {
   return {
     async acquire() {
       await mkdir(dir, { recursive: true });
-      return { dir, release: async () => {} };
+      return {
+        dir,
+        // Files written into a folder are only in the page cache until its filesystem is flushed.
+        release: async (commit) => {
+          if (commit) await syncFilesystemChecked(dir, dir, 'the restored files');
+        },
+      };
     },
   };
 }
@@ -154,13 +161,22 @@ function filesystemPlace(
   size: number,
   resuming: boolean,
 ): Place {
+  const what =
+    volume.partition !== undefined
+      ? `partition ${volume.partition} (${volume.fs.type})`
+      : `the ${volume.fs.type} filesystem`;
   return {
     async acquire() {
       const loop = await attachLoop(target, { offset, size });
       let tree: TreeAccess;
       try {
-        if (!resuming) await makeFilesystem(loop, volume.fs);
-        tree = await openTreeForWriting(loop, volume.fs);
+        if (!resuming) {
+          await makeFilesystem(loop, volume.fs).catch(async (err: unknown) => {
+            // mkfs says only "Input/output error"; a full filesystem under the target is the likely why.
+            throw (await spaceProblem(loop)) ? await writeFailure(target, what, err) : err;
+          });
+        }
+        tree = await openTreeForWriting(loop, volume.fs, { target, what });
       } catch (err) {
         await detachLoop(loop).catch(() => {});
         throw err;
@@ -170,6 +186,8 @@ function filesystemPlace(
         async release(commit) {
           try {
             await tree.close(commit);
+            // Also what reached the loop device without the filesystem (mkfs, mtools) must be written back.
+            if (commit) await syncChecked(loop, target, what);
           } catch (err) {
             await detachLoop(loop).catch(() => {});
             throw err;
@@ -589,12 +607,7 @@ async function wipeStart(path: string, length: number): Promise<void> {
  * writes can sit in the target's own cache after they are detached.
  */
 async function syncTarget(path: string): Promise<void> {
-  const fh = await open(path, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+  await syncChecked(path, path, 'flushing it');
 }
 
 /**

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { mountedUses } from '../../src/disk/device.ts';
@@ -13,6 +14,7 @@ import {
   readFilesystemInfo,
   withMounted,
 } from '../../src/disk/filesystem.ts';
+import type { FilesystemInfo } from '../../src/image/types.ts';
 import { loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
 import { trackedLoops } from './loops.ts';
 
@@ -92,4 +94,34 @@ test('mount failure leaves no mount point behind and says why', async (t) => {
     readFilesystemInfo(loop),
     (e: unknown) => e instanceof DiskError && e.code === 'E_FS_UNSUPPORTED',
   );
+});
+
+test('write-back errors of a restored filesystem fail its close, naming the full filesystem under it', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  const loops = trackedLoops(t);
+  const small = await mkdtemp(join(tmpdir(), 'imgcast-test-tmpfs-'));
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', small]);
+  t.after(async () => {
+    execFileSync('umount', [small]);
+    await rm(small, { recursive: true, force: true });
+  });
+  const backing = await sparse(join(small, 'fs.img'), 32 * MiB);
+  const loop = await loops.attach(backing);
+  const info: FilesystemInfo = { type: 'ext4', label: 'full' };
+  await makeFilesystem(loop, info);
+  // The writes below land in the page cache and succeed; only their write-back to the
+  // loop device, whose file cannot grow past 8 MiB, fails.
+  const w = await openTreeForWriting(loop, info, { target: loop, what: 'the test filesystem' });
+  await writeFile(join(w.dir, 'big.bin'), randomBytes(12 * MiB));
+  await assert.rejects(w.close(true), (e: unknown) => {
+    assert.ok(e instanceof DiskError, String(e));
+    assert.equal(e.code, 'E_DISK_WRITE', e.message);
+    assert.match(
+      e.message,
+      new RegExp(`${loop}: the test filesystem: .*${backing.replaceAll('/', '\\/')}.* is full`),
+    );
+    return true;
+  });
+  assert.deepEqual(await mountedUses(loop), [], 'unmounted all the same');
+  await assert.rejects(stat(w.dir), { code: 'ENOENT' });
 });

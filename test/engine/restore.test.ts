@@ -27,6 +27,7 @@ import { InterruptedError } from '../../src/errors.ts';
 import { mountFilesystem, readFilesystemInfo, type Mounted } from '../../src/disk/filesystem.ts';
 import { makeImage, type MakeProgress } from '../../src/engine/make.ts';
 import { openRestore, restoreFromSource, restoreImage } from '../../src/engine/restore.ts';
+import { verifyRestoredImage } from '../../src/engine/verify-target.ts';
 import { ImageReader } from '../../src/image/reader.ts';
 import type { ChunkSource } from '../../src/image/types.ts';
 import { mountedUses } from '../../src/disk/device.ts';
@@ -392,12 +393,15 @@ test('whole GPT disk: make from a loop device, restore onto same-size and larger
     assert.match(result.description, /GPT disk of 3 partition/);
     r.detach(dev);
     await checkRestoredDisk(t2, src, file, r, true);
+    const readBack = await verifyRestoredImage(src.image, file, { fileset: 1 });
+    assert.ok(readBack.entries > 300 && readBack.rawBytes > 60 * MiB, JSON.stringify(readBack));
   });
 
   await t.test('restore onto a larger disk-image file moves the backup GPT to the end', async (t2) => {
     const file = await sparse(join(dir, 'large.img'), DISK + 64 * MiB);
     await restoreImage(src.image, file, { fileset: 1 });
     await checkRestoredDisk(t2, src, file, r, false);
+    await verifyRestoredImage(src.image, file, { fileset: 1 });
   });
 
   await t.test(
@@ -814,4 +818,43 @@ test('an MBR image over a GPT disk leaves no GPT header and no old filesystem si
   sh('sgdisk', ['-n1:2048:+4M', wasDisk]);
   await restoreImage(fsImage, wasDisk, { fileset: 1, overwrite: true });
   assert.deepEqual(wipefsTypes(wasDisk), ['ext4@0x438']);
+});
+
+/** A tmpfs of `size` mounted on a fresh folder; unmounted when the test ends (or by the caller). */
+async function smallTmpfs(t: TestContext, size: string): Promise<string> {
+  const mnt = await mkdtemp(join(tmpdir(), 'imgcast-test-tmpfs-'));
+  sh('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
+  t.after(async () => {
+    spawnSync('umount', [mnt]);
+    await rm(mnt, { recursive: true, force: true });
+  });
+  return mnt;
+}
+
+test('a restore whose writes the backing filesystem cannot hold fails, naming the target and that its filesystem is full', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
+  const dir = await tempDir(t);
+  const r = resources(t);
+  const { image } = await mbrExtDisk(dir, { dataBytes: 30 * MiB });
+  const small = await smallTmpfs(t, '20m');
+  const backing = await sparse(join(small, 'disk.img'), 64 * MiB);
+  const dev = r.loop(backing);
+  await assert.rejects(restoreImage(image, dev, { fileset: 1 }), (e: unknown) => {
+    assert.ok(e instanceof DiskError, String(e));
+    assert.equal(e.code, 'E_DISK_WRITE', e.message);
+    assert.ok(e.message.includes(dev), e.message);
+    assert.match(e.message, new RegExp(`${backing.replaceAll('/', '\\/')}.*is full`));
+    return true;
+  });
+  assert.deepEqual(await mountedUses(dev), [], 'nothing left mounted');
+  assert.deepEqual(
+    sh('losetup', ['-j', backing])
+      .trim()
+      .split('\n')
+      .map((l) => l.split(':')[0]),
+    [dev],
+    'no loop device left over the target but the test’s own',
+  );
+  assert.equal(await probePartitionTable(dev), null, 'the failed disk shows no partition table');
 });
