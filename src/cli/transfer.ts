@@ -145,7 +145,7 @@ export async function receiveCommand(opts: ReceiveCommandOptions): Promise<Recei
       makeConsumer: (session) =>
         restoreConsumer(session, opts.to, {
           force: opts.force,
-          onWarning: opts.log,
+          onWarning: opts.warn ?? opts.log,
           journalPath: journal,
           restart: opts.restart,
         }),

@@ -9,7 +9,7 @@ import { rm, stat } from 'node:fs/promises';
 import { promisify } from 'node:util';
 
 import { DiskError } from '../disk/errors.ts';
-import { openRestore, type DescribedSink } from './restore.ts';
+import { describeTargetContents, openRestore, type DescribedSink } from './restore.ts';
 import { chunksForFileset, decodeChunk, ImageReader } from '../image/index.ts';
 import { manifestProblem } from '../image/manifest.ts';
 import type { Manifest } from '../image/types.ts';
@@ -105,7 +105,17 @@ export async function restoreConsumer(
   const fingerprint = sessionFingerprint(session);
   const journal = opts.journalPath;
   const written = journal && !opts.restart ? await readJournal(journal, fingerprint) : new Set<string>();
-  const base = { fileset: meta.fileset as number, force: opts.force, onWarning: opts.onWarning };
+  // A workstation consents by joining (an unattended lab cannot answer a prompt), but it says what
+  // it is about to overwrite before anything is written.
+  const before = await describeTargetContents(target);
+  if (!before.empty && written.size === 0) opts.onWarning?.(`overwriting ${before.summary}`);
+  const base = {
+    fileset: meta.fileset as number,
+    force: opts.force,
+    overwrite: true,
+    create: before.kind === 'missing',
+    onWarning: opts.onWarning,
+  };
   let sink: DescribedSink;
   if (written.size > 0) {
     try {

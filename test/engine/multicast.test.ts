@@ -1,8 +1,9 @@
 /** Multicasting a real image (captured from a directory) and restoring it on two receivers. */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -10,7 +11,9 @@ import { makeImage } from '../../src/engine/make.ts';
 import { receiveCommand, sendCommand } from '../../src/cli/transfer.ts';
 import { runReceiver, runSender } from '../../src/transport/index.ts';
 import { imageDecoder, imageProvider, restoreConsumer } from '../../src/engine/multicast.ts';
-import { tempDir } from '../helpers/env.ts';
+import { hasCommand, loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
+import { trackedLoops } from '../disk/loops.ts';
+import { MiB, mbrExtDisk, sparse } from './disk-fixtures.ts';
 
 const RUNNER = join(import.meta.dirname, '../../bench/lib/mcast-runner.ts');
 
@@ -210,4 +213,37 @@ test('a receiver killed with SIGKILL mid-restore resumes from its journal and ge
   for (const [name, data] of files) assert.ok((await readFile(join(target, name))).equals(data), name);
   // Finished: the journal is gone, so a later receive onto this folder starts afresh.
   await assert.rejects(readFile(journal));
+});
+
+test('a receive whose writes the backing filesystem cannot hold fails with the cause, and the sender hears it', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
+  const dir = await tempDir(t);
+  const { image } = await mbrExtDisk(dir, { dataBytes: 30 * MiB });
+  const small = await mkdtemp(join(tmpdir(), 'imgcast-test-tmpfs-'));
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=20m', 'tmpfs', small]);
+  const loops = trackedLoops(t);
+  t.after(async () => {
+    spawnSync('umount', [small]);
+    await rm(small, { recursive: true, force: true });
+  });
+  const backing = await sparse(join(small, 'disk.img'), 64 * MiB);
+  const dev = await loops.attach(backing);
+  const port = 20000 + 2 * Math.floor(Math.random() * 6000);
+  const group = `239.255.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
+  const [sent, got] = await Promise.allSettled([
+    sendCommand(image, { clients: 1, interface: '127.0.0.1', group, port }),
+    receiveCommand({ from: `127.0.0.1:${port}`, to: dev, interface: '127.0.0.1', journal: join(dir, 'j') }),
+  ]);
+  assert.equal(got.status, 'rejected');
+  const reason = (got as PromiseRejectedResult).reason as Error & { code?: string };
+  // The transport reports a consumer's failure as E_CONSUMER with the restore's message.
+  assert.match(
+    reason.message,
+    new RegExp(`restoring onto ${dev}: .*the filesystem holding ${backing}.* is full`),
+  );
+  assert.ok(
+    sent.status === 'rejected' || !sent.value.ok,
+    `the sender reported ${sent.status === 'fulfilled' ? JSON.stringify(sent.value.receivers) : ''}`,
+  );
 });
