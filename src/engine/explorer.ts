@@ -275,11 +275,17 @@ export async function addToImage(
         addedIn: generation,
       });
     }
+    // Every capture numbers its hard-link groups from 1: the added ones take numbers the
+    // volume does not use yet, or a restore would link them with unrelated files already in it.
+    let lastGroup = 0;
+    for (const e of volume.entries)
+      if (e.hardlinkGroup !== undefined) lastGroup = Math.max(lastGroup, e.hardlinkGroup);
     const placed = captured.map((e) => ({
       ...e,
       path: e.path === '.' ? dest : `${dest}/${e.path}`,
       excludedFrom: 0,
       addedIn: generation,
+      ...(e.hardlinkGroup !== undefined ? { hardlinkGroup: lastGroup + e.hardlinkGroup } : {}),
     }));
     volume.entries = sortEntries([...volume.entries, ...missing, ...placed]);
     const bytes = placed.reduce((n, e) => n + (e.size ?? 0), 0);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { link, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -151,6 +151,37 @@ test('files added later belong to every file set, including ones with exclusions
   await restoreImage(image, out, { fileset: 3 });
   assert.equal(await readFile(join(out, 'etc/drivers/nic.ko'), 'utf8'), 'driver bytes');
   await assert.rejects(stat(join(out, 'opt')), { code: 'ENOENT' });
+});
+
+test('hard links added later stay apart from the ones already in the image', async (t) => {
+  const dir = await tempDir(t);
+  await mkdir(join(dir, 'a'));
+  await writeFile(join(dir, 'a/x'), 'one');
+  await link(join(dir, 'a/x'), join(dir, 'a/y'));
+  await mkdir(join(dir, 'b'));
+  await writeFile(join(dir, 'b/p'), 'two');
+  await link(join(dir, 'b/p'), join(dir, 'b/q'));
+  const image = join(dir, 'links.imgc');
+  await makeImage(join(dir, 'a'), image, { level: 'speed' });
+  await addToImage(image, join(dir, 'b'));
+  await addToImage(image, join(dir, 'b'), { at: 'again' });
+  const out = join(dir, 'out');
+  await restoreImage(image, out, { fileset: 1 });
+  // Each capture numbers its groups from 1: without new numbers, b/p joined a/x's inode.
+  for (const [path, content] of [
+    ['x', 'one'],
+    ['y', 'one'],
+    ['b/p', 'two'],
+    ['b/q', 'two'],
+    ['again/b/p', 'two'],
+  ]) {
+    assert.equal(await readFile(join(out, path!), 'utf8'), content, path);
+  }
+  const ino = async (p: string) => (await stat(join(out, p))).ino;
+  assert.equal(await ino('x'), await ino('y'));
+  assert.equal(await ino('b/p'), await ino('b/q'));
+  assert.equal(await ino('again/b/p'), await ino('again/b/q'));
+  assert.equal(new Set([await ino('x'), await ino('b/p'), await ino('again/b/p')]).size, 3);
 });
 
 test('bad input leaves the image byte-for-byte unchanged', async (t) => {
