@@ -63,6 +63,11 @@ export interface CaptureOptions {
   at?: string;
   /** Stamped into addedIn (default 1). */
   generation?: number;
+  /**
+   * Only this name of the root (and what is below it), for `img add` of a single file:
+   * it is read where it is, with all it has, where a copy would lose some of that.
+   */
+  only?: string;
 }
 
 const HOLE_BLOCK = 4096;
@@ -91,7 +96,10 @@ export async function captureTree(
     throw new FileVolumeError('E_CAPTURE_IO', `capture source ${root} is not a directory`, { path: root });
   }
   const flagScan = startFlagScan(absRoot);
-  const xattrScan = startXattrScan(absRoot);
+  const xattrScan = startXattrScan(
+    absRoot,
+    opts.only === undefined ? absRoot : `${absRoot.endsWith('/') ? absRoot : `${absRoot}/`}${opts.only}`,
+  );
   // The walk may fail first; the scan's own failure then must not surface as unhandled.
   xattrScan.promise.catch(() => {});
   const capturer = new Capturer(sink, absRoot, rootSt, opts, flagScan);
@@ -211,6 +219,7 @@ class Capturer {
     } catch (err) {
       throw ioError(abs, 'cannot list directory', err);
     }
+    if (rel === '' && this.opts.only !== undefined) names = names.filter((n) => n === this.opts.only);
     names.sort();
     const oneFs = this.opts.oneFileSystem ?? true;
     // readdir names never hold '/' and abs is already canonical, so plain concatenation
