@@ -200,6 +200,7 @@ export function buildImgProgram(): Command {
               ...(s.entry.xattrs
                 ? [`xattrs:    ${Object.keys(s.entry.xattrs).map(displayName).join(', ')}`]
                 : []),
+              ...(s.entry.flags ? [`flags:     ${s.entry.flags} (as lsattr letters them)`] : []),
               `chunks:    ${new Set((s.entry.extents ?? []).map((x) => x.chunk)).size}`,
             ].join('\n'),
           );

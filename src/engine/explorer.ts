@@ -3,9 +3,8 @@
  * include) append a new generation to the image file and never rewrite stored data;
  * `compact` reclaims what no generation needs any more.
  */
-import { cp, lstat, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { basename, join } from 'node:path';
+import { lstat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import { ImageError } from '../image/errors.ts';
 import { checkFileset, filesetSummary, isExcluded } from '../image/fileset.ts';
 import { ImageReader } from '../image/reader.ts';
@@ -250,14 +249,17 @@ export async function addToImage(
     if (info.isDirectory()) {
       captured = await captureTree(source, writer, { generation, onProgress: opts.onProgress });
     } else {
-      // captureTree walks folders; a lone file travels through a private folder holding a copy.
-      const staging = await mkdtemp(join(tmpdir(), 'imgcast-add-'));
-      try {
-        await cp(source, join(staging, name), { preserveTimestamps: true, verbatimSymlinks: true });
-        const inner = await captureTree(staging, writer, { generation, onProgress: opts.onProgress });
-        captured = inner.filter((e) => e.path === name).map((e) => ({ ...e, path: '.' }));
-      } finally {
-        await rm(staging, { recursive: true, force: true });
+      // A lone file is captured where it is, its folder walked for that one name: a copy made
+      // for the walk (fs.cp) kept its times only to the millisecond, and no xattrs or flags.
+      const abs = resolve(source);
+      const inner = await captureTree(dirname(abs), writer, {
+        generation,
+        onProgress: opts.onProgress,
+        only: basename(abs),
+      });
+      captured = inner.filter((e) => e.path === basename(abs)).map((e) => ({ ...e, path: '.' }));
+      if (captured.length !== 1) {
+        throw new ImageError('E_PATH_NOT_FOUND', `cannot add ${source}: it is gone`, { source });
       }
     }
     const now = `${BigInt(Date.now()) * 1_000_000n}`;
@@ -275,11 +277,17 @@ export async function addToImage(
         addedIn: generation,
       });
     }
+    // Every capture numbers its hard-link groups from 1: the added ones take numbers the
+    // volume does not use yet, or a restore would link them with unrelated files already in it.
+    let lastGroup = 0;
+    for (const e of volume.entries)
+      if (e.hardlinkGroup !== undefined) lastGroup = Math.max(lastGroup, e.hardlinkGroup);
     const placed = captured.map((e) => ({
       ...e,
       path: e.path === '.' ? dest : `${dest}/${e.path}`,
       excludedFrom: 0,
       addedIn: generation,
+      ...(e.hardlinkGroup !== undefined ? { hardlinkGroup: lastGroup + e.hardlinkGroup } : {}),
     }));
     volume.entries = sortEntries([...volume.entries, ...missing, ...placed]);
     const bytes = placed.reduce((n, e) => n + (e.size ?? 0), 0);

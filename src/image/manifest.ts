@@ -157,6 +157,9 @@ export function manifestProblem(m: unknown): string | undefined {
         if (!isObj(e) || typeof e.path !== 'string' || typeof e.type !== 'string') {
           return `file volume ${i} has a malformed entry`;
         }
+        if (e.flags !== undefined && (typeof e.flags !== 'string' || !/^[A-Za-z]*$/.test(e.flags))) {
+          return `file volume ${i}, ${e.path}: flags is not a string of letters`;
+        }
         if (e.extents === undefined) continue;
         if (!Array.isArray(e.extents)) return `file volume ${i}, ${e.path}: extents is not a list`;
         for (const x of e.extents) {

@@ -172,6 +172,12 @@ export interface FileEntry {
   /** Extended attributes, values base64-encoded. */
   xattrs?: Record<string, string>;
   /**
+   * Inode flags as lsattr and chattr letter them ('i' immutable, 'a' append-only, 'd'
+   * nodump, …; see volume/files/flags.ts), for regular files and directories that have
+   * some. Absent in images made before imgcast kept them, which restore as before.
+   */
+  flags?: string;
+  /**
    * File-set exclusions as a bit mask: bit (n - 1) set means excluded from file set n.
    * Absent or 0 means the entry belongs to every file set.
    */

@@ -250,6 +250,47 @@ test('messages say "1 chunk" and "1 entry", and system errors as sentences, not 
   }
 });
 
+test("the README's CLI reference lists every command and every option their --help shows", async () => {
+  const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8');
+  // The first cell of each row of the reference tables: the command as typed, with its options.
+  const rows = [...readme.matchAll(/^\| `((?:img|imgcast) [^`]*)`/gm)].map((m) =>
+    m[1]!.replace(/\\\|/g, '|'),
+  );
+  const IMGCAST = new URL('../../src/cli/imgcast.ts', import.meta.url).pathname;
+  const commands: Array<[string, string[]]> = [
+    ...[
+      'make',
+      'restore',
+      'info',
+      'ls',
+      'stat',
+      'extract',
+      'add',
+      'rm',
+      'fileset list',
+      'fileset exclude',
+      'fileset include',
+      'verify',
+      'compact',
+      'repair',
+      'receive',
+    ].map((c): [string, string[]] => [`img ${c}`, [IMG, ...c.split(' ')]]),
+    ['imgcast send', [IMGCAST, 'send']],
+  ];
+  for (const [command, argv] of commands) {
+    const row = rows.find((r) => r === command || r.startsWith(`${command} `));
+    assert.ok(row, `README has no row for ${command}`);
+    const help = spawnSync(process.execPath, [...argv, '--help'], { encoding: 'utf8' }).stdout;
+    const options = [...help.matchAll(/^ +(?:(-[a-zA-Z]), )?(--[a-z-]+)/gm)].filter((m) => m[2] !== '--help');
+    assert.ok(options.length > 0 || command.endsWith('info'), `${command}: no options in --help`);
+    for (const [, short, long] of options) {
+      assert.ok(row.includes(long!), `README's ${command} row lacks ${long}: ${row}`);
+      if (short)
+        assert.ok(row.includes(`${short}, ${long}`), `README's ${command} row lacks ${short}: ${row}`);
+    }
+  }
+});
+
 test('the bin launchers run the commands (npx img, npx imgcast)', () => {
   for (const [bin, usage] of [
     ['../../bin/img.js', /Usage: img/],

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { link, lstat, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -151,6 +152,68 @@ test('files added later belong to every file set, including ones with exclusions
   await restoreImage(image, out, { fileset: 3 });
   assert.equal(await readFile(join(out, 'etc/drivers/nic.ko'), 'utf8'), 'driver bytes');
   await assert.rejects(stat(join(out, 'opt')), { code: 'ENOENT' });
+});
+
+test('hard links added later stay apart from the ones already in the image', async (t) => {
+  const dir = await tempDir(t);
+  await mkdir(join(dir, 'a'));
+  await writeFile(join(dir, 'a/x'), 'one');
+  await link(join(dir, 'a/x'), join(dir, 'a/y'));
+  await mkdir(join(dir, 'b'));
+  await writeFile(join(dir, 'b/p'), 'two');
+  await link(join(dir, 'b/p'), join(dir, 'b/q'));
+  const image = join(dir, 'links.imgc');
+  await makeImage(join(dir, 'a'), image, { level: 'speed' });
+  await addToImage(image, join(dir, 'b'));
+  await addToImage(image, join(dir, 'b'), { at: 'again' });
+  const out = join(dir, 'out');
+  await restoreImage(image, out, { fileset: 1 });
+  // Each capture numbers its groups from 1: without new numbers, b/p joined a/x's inode.
+  for (const [path, content] of [
+    ['x', 'one'],
+    ['y', 'one'],
+    ['b/p', 'two'],
+    ['b/q', 'two'],
+    ['again/b/p', 'two'],
+  ]) {
+    assert.equal(await readFile(join(out, path!), 'utf8'), content, path);
+  }
+  const ino = async (p: string) => (await stat(join(out, p))).ino;
+  assert.equal(await ino('x'), await ino('y'));
+  assert.equal(await ino('b/p'), await ino('b/q'));
+  assert.equal(await ino('again/b/p'), await ino('again/b/q'));
+  assert.equal(new Set([await ino('x'), await ino('b/p'), await ino('again/b/p')]).size, 3);
+});
+
+test('a lone file added keeps its times to the nanosecond, its owner, xattrs and inode flags', async (t) => {
+  const { dir, image } = await setup(t);
+  const file = join(dir, 'lone.cfg');
+  await writeFile(file, 'setting=1\n');
+  execFileSync('chmod', ['640', file]);
+  execFileSync('setfattr', ['-n', 'user.origin', '-v', 'lab', file]);
+  execFileSync('touch', ['-d', '@1600000000.123456789', file]);
+  // nodump: one flag every filesystem with flags lets its owner set.
+  const flags = spawnSync('chattr', ['+d', file]).status === 0;
+  if (!flags) t.diagnostic('chattr +d refused here: flags not checked');
+  if (process.getuid?.() === 0) execFileSync('chown', ['1234:5678', file]);
+  const want = await lstat(file, { bigint: true });
+  await addToImage(image, file, { at: 'etc' });
+  const reader = await ImageReader.open(image);
+  try {
+    const e = (reader.manifest.volumes[0] as FileVolume).entries.find((x) => x.path === 'etc/lone.cfg')!;
+    assert.equal(e.mtimeNs, '1600000000123456789');
+    assert.equal(e.atimeNs, String(want.atimeNs));
+    assert.deepEqual([e.uid, e.gid, e.mode], [Number(want.uid), Number(want.gid), 0o640]);
+    assert.deepEqual(e.xattrs, { 'user.origin': Buffer.from('lab').toString('base64') });
+    if (flags) assert.equal(e.flags, 'd');
+  } finally {
+    await reader.close();
+  }
+  assert.equal(
+    (await lstat(file, { bigint: true })).atimeNs,
+    want.atimeNs,
+    'the source was read without touching its atime',
+  );
 });
 
 test('bad input leaves the image byte-for-byte unchanged', async (t) => {

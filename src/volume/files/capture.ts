@@ -45,6 +45,7 @@ import {
 import { FileVolumeError } from './errors.ts';
 import { displayName, fsPath, nameFromBytes } from './names.ts';
 import { normalizeImagePath } from './paths.ts';
+import { startFlagScan, type FlagScan } from './flags.ts';
 import { startXattrScan, type XattrMap } from './xattr.ts';
 
 export interface CaptureProgress {
@@ -62,6 +63,11 @@ export interface CaptureOptions {
   at?: string;
   /** Stamped into addedIn (default 1). */
   generation?: number;
+  /**
+   * Only this name of the root (and what is below it), for `img add` of a single file:
+   * it is read where it is, with all it has, where a copy would lose some of that.
+   */
+  only?: string;
 }
 
 const HOLE_BLOCK = 4096;
@@ -89,18 +95,31 @@ export async function captureTree(
   if (!rootSt.isDirectory()) {
     throw new FileVolumeError('E_CAPTURE_IO', `capture source ${root} is not a directory`, { path: root });
   }
-  const xattrScan = startXattrScan(absRoot);
+  const flagScan = startFlagScan(absRoot);
+  const xattrScan = startXattrScan(
+    absRoot,
+    opts.only === undefined ? absRoot : `${absRoot.endsWith('/') ? absRoot : `${absRoot}/`}${opts.only}`,
+  );
   // The walk may fail first; the scan's own failure then must not surface as unhandled.
   xattrScan.promise.catch(() => {});
-  const capturer = new Capturer(sink, absRoot, rootSt, opts);
+  const capturer = new Capturer(sink, absRoot, rootSt, opts, flagScan);
   let entries: FileEntry[];
+  let flags: Map<string, string>;
   try {
     entries = await capturer.run();
+    flags = await flagScan.finish();
   } catch (err) {
     xattrScan.kill();
+    flagScan.kill();
     throw err;
   }
   attachXattrs(entries, await xattrScan.promise);
+  if (flags.size > 0) {
+    for (const e of entries) {
+      const f = flags.get(e.path);
+      if (f !== undefined) e.flags = f;
+    }
+  }
   if (at !== '.') for (const e of entries) e.path = e.path === '.' ? at : `${at}/${e.path}`;
   return entries;
 }
@@ -151,7 +170,11 @@ class Capturer {
   bytes = 0;
   sinceYield = 0;
 
-  constructor(sink: ChunkSink, root: string, rootSt: BigIntStats, opts: CaptureOptions) {
+  /** lsattr, fed each file and directory as the walk meets it. */
+  readonly flags: FlagScan;
+
+  constructor(sink: ChunkSink, root: string, rootSt: BigIntStats, opts: CaptureOptions, flags: FlagScan) {
+    this.flags = flags;
     this.sink = sink;
     this.root = root;
     this.rootSt = rootSt;
@@ -162,6 +185,7 @@ class Capturer {
   async run(): Promise<FileEntry[]> {
     const rootEntry = this.entryFor('.', this.rootSt);
     this.entries.push(rootEntry);
+    this.flags.add('.');
     try {
       await this.walkDir(this.root, '');
       await this.seal();
@@ -195,6 +219,7 @@ class Capturer {
     } catch (err) {
       throw ioError(abs, 'cannot list directory', err);
     }
+    if (rel === '' && this.opts.only !== undefined) names = names.filter((n) => n === this.opts.only);
     names.sort();
     const oneFs = this.opts.oneFileSystem ?? true;
     // readdir names never hold '/' and abs is already canonical, so plain concatenation
@@ -213,6 +238,8 @@ class Capturer {
       }
       const entry = this.entryFor(childRel, st);
       this.entries.push(entry);
+      // Only regular files and directories have flags (lsattr refuses the rest).
+      if (entry.type === 'file' || entry.type === 'dir') this.flags.add(childRel);
       try {
         if (entry.type === 'dir') {
           if (!oneFs || st.dev === this.rootSt.dev) await this.walkDir(childAbs, childRel, clean);

@@ -48,6 +48,8 @@ import { CompressPool } from '../../image/pool.ts';
 import { FileVolumeError } from './errors.ts';
 import { displayName, fsPath } from './names.ts';
 import { assertEntryPath } from './paths.ts';
+import { applyFlags, KEPT_FLAGS } from './flags.ts';
+import { exactDouble, ExactTimes, type ExactTimesTool } from './times.ts';
 import { applyXattrs } from './xattr.ts';
 import { count, systemReason } from '../../wording.ts';
 
@@ -63,6 +65,8 @@ export interface TreeRestoreOptions {
    * recreating them.
    */
   resume?: ReadonlySet<string>;
+  /** How times Node cannot set exactly are set (times.ts: setExactTimes); for tests. */
+  timesTool?: ExactTimesTool;
 }
 
 export type TreeRestore = RestoreSink & { readonly warnings: string[] };
@@ -147,6 +151,8 @@ class TreeRestoreImpl implements RestoreSink {
   bytesDone = 0;
   bytesTotal = 0;
   prepared = false;
+  /** Sets the times Node's utimes cannot set to the nanosecond; none on vfat, which keeps 2 s or 10 ms. */
+  readonly exactTimes: ExactTimes | undefined;
   /** The failure that stopped this restore (see failure()). */
   failed: ImgcastError | undefined;
   /** Owners a non-root restore could not set (counted, then one warning). */
@@ -169,6 +175,7 @@ class TreeRestoreImpl implements RestoreSink {
     this.opts = opts;
     this.vfat = opts.fsType === 'vfat';
     this.lazyFiles = !this.vfat && !opts.resume;
+    this.exactTimes = this.vfat ? undefined : new ExactTimes(opts.timesTool);
     this.root = resolve(targetDir);
 
     this.entries = entries;
@@ -775,7 +782,8 @@ class TreeRestoreImpl implements RestoreSink {
       throw restoreError(join(this.root, outcome.rel), 'cannot write', err, ` (chunk ${id})`);
     }
     this.ownersDenied += outcome.ownersDenied;
-    for (const item of this.plannedSymlinks.get(id) ?? []) if (this.metaWhereMade(item)) item.metaDone = true;
+    for (const item of this.plannedSymlinks.get(id) ?? [])
+      if (this.metaWhereMade(item)) this.metaDoneAt(item);
     this.plannedSymlinks.delete(id);
     for (const r of this.ranges.get(id) ?? []) {
       const item = r.item;
@@ -784,10 +792,27 @@ class TreeRestoreImpl implements RestoreSink {
       item.remaining = (item.remaining ?? 0) - r.length;
       if (item.onlyChunk === id && item.lazy) {
         item.lazy = false;
-        if (this.metaWhereMade(item)) item.metaDone = true;
+        if (this.metaWhereMade(item)) this.metaDoneAt(item);
       }
     }
     this.applied.add(id);
+  }
+
+  /**
+   * The entry's owner, mode and times are set and nothing touches it again before the
+   * flags: times Node could not set to the nanosecond go to the helper now (see times.ts),
+   * beside the rest of the restore.
+   */
+  metaDoneAt(item: Item): void {
+    item.metaDone = true;
+    this.timesFinal(item);
+  }
+
+  timesFinal(item: Item): void {
+    if (!this.exactTimes) return;
+    const { atimeNs, mtimeNs } = item.entry;
+    if (exactDouble(atimeNs, nsToSeconds(atimeNs)) && exactDouble(mtimeNs, nsToSeconds(mtimeNs))) return;
+    this.exactTimes.add({ path: item.fs, atimeNs, mtimeNs });
   }
 
   /** Whether an entry gets its owner, mode and times where it is made, by the worker or completeFile (see earlyMeta). */
@@ -855,7 +880,7 @@ class TreeRestoreImpl implements RestoreSink {
       } catch (err) {
         throw restoreError(item.abs, 'cannot set mode and times', err);
       }
-      item.metaDone = true;
+      this.metaDoneAt(item);
     }
     this.closeFd(item);
   }
@@ -962,6 +987,53 @@ class TreeRestoreImpl implements RestoreSink {
       }
     }
     this.applyModesAndTimes(live);
+    const linked = this.linkedItems();
+    for (const i of live) if (!linked.has(i)) this.timesFinal(i);
+    await this.exactTimes?.finish();
+    // Last: an immutable or append-only inode takes no more times, xattrs, modes or links.
+    await this.applyInodeFlags();
+  }
+
+  /** Names that share an inode with an earlier one (hard links): that inode's times and flags are set through the earlier name. */
+  linkedItems(): Set<Item> {
+    return new Set(this.links.map((l) => l.item));
+  }
+
+  async applyInodeFlags(): Promise<void> {
+    const linked = this.linkedItems();
+    const withFlags = this.items.filter(
+      (i) =>
+        !i.skipped && !linked.has(i) && i.entry.flags && (i.entry.type === 'file' || i.entry.type === 'dir'),
+    );
+    if (withFlags.length === 0) return;
+    if (this.vfat) {
+      this.warn(`vfat keeps no inode flags: not applied to ${count(withFlags.length, 'entry', 'entries')}`);
+      return;
+    }
+    const unknown = new Set<string>();
+    const list: Array<{ path: string | Buffer; flags: string }> = [];
+    for (const i of withFlags) {
+      let flags = '';
+      for (const f of i.entry.flags!) {
+        if (KEPT_FLAGS.includes(f)) flags += f;
+        else unknown.add(f);
+      }
+      if (flags !== '') list.push({ path: i.fs, flags });
+    }
+    if (unknown.size > 0) {
+      this.warn(`inode flags this imgcast does not restore were left out: ${[...unknown].join('')}`);
+    }
+    const r = await applyFlags(list, isRoot());
+    if (r.unsupported.length > 0) {
+      this.warn(
+        `the target filesystem does not support some inode flags (${count(r.unsupported.length, 'refusal')}), e.g. ${r.unsupported[0]}`,
+      );
+    }
+    if (r.denied > 0) {
+      this.warn(
+        `not running as root: inode flags not restored on ${count(r.denied, 'entry', 'entries')} (immutable, append-only and data journalling need root)`,
+      );
+    }
   }
 
   applyOwners(live: Item[]): void {
@@ -1010,6 +1082,7 @@ class TreeRestoreImpl implements RestoreSink {
 
   async abort(_reason: unknown): Promise<void> {
     this.closeAll();
+    this.exactTimes?.kill();
     for (const item of this.unfinished().removed) {
       try {
         unlinkSync(item.fs);
@@ -1048,6 +1121,7 @@ class TreeRestoreImpl implements RestoreSink {
    */
   failure(err: unknown): unknown {
     if (this.failed) return this.failed;
+    this.exactTimes?.kill();
     if (!(err instanceof ImgcastError)) return err;
     const { removed, kept } = this.unfinished();
     const names = (list: Item[]) =>
@@ -1084,8 +1158,8 @@ function parentOf(path: string): string {
 }
 
 /**
- * Node's utimes takes seconds as a double: about 0.24 µs resolution at today's dates,
- * so restored times are exact to the microsecond, not the nanosecond.
+ * A time for Node's utimes, which takes seconds as a double: the nearest one, which at
+ * today's dates may be up to 0.24 µs off (timesFinal has those times set again, exactly).
  */
 export function nsToSeconds(ns: string): number {
   // Plain digits (every time after 1970) split as text: the same two numbers as below

@@ -15,14 +15,15 @@ export type XattrMap = Map<string, Record<string, string>>;
  * Starts `getfattr` over the whole tree at once (so it runs on the other core while
  * the walk reads data) and resolves to attributes keyed by path relative to root
  * ('.' for root). -h: a symlink's own attributes, never its target's; -P: do not
- * descend through symlinked directories.
+ * descend through symlinked directories. `start`, a path below root, limits the scan
+ * to it (and what is below it).
  */
-export function startXattrScan(root: string): { promise: Promise<XattrMap>; kill(): void } {
+export function startXattrScan(root: string, start = root): { promise: Promise<XattrMap>; kill(): void } {
   let kill = (): void => {};
   const promise = new Promise<XattrMap>((resolvePromise, reject) => {
     const child = spawn(
       'getfattr',
-      ['-R', '-P', '-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--', root],
+      ['-R', '-P', '-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--', start],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     const out: Buffer[] = [];

@@ -40,7 +40,7 @@ test('capture keeps every kind of entry with its metadata, parents first', async
   assert.equal(m.get('sticky')!.mode, 0o1777);
   assert.equal(m.get('empty')!.size, 0);
   assert.deepEqual(m.get('empty')!.extents, []);
-  // Times are captured to the nanosecond even though restore only sets them to the microsecond.
+  // Times are captured to the nanosecond.
   assert.equal(m.get('plain.txt')!.mtimeNs, NS_MTIME);
   assert.equal(m.get('plain.txt')!.xattrs?.['user.test'], Buffer.from('value one').toString('base64'));
   assert.equal(m.get('plain.txt')!.xattrs?.['user.empty'], '');

@@ -187,15 +187,25 @@ function setXattr(
  * fifth entry), atime a day in the future. relatime bumps atime on a read when atime <=
  * mtime or ctime (and utimes just set ctime to now), so only a future atime survives the
  * tests' own reads. Times before 1970 go to Node as strings: it reads a negative number
- * as "now".
+ * as "now". Every third entry gets nanoseconds a double cannot carry (Node's utimes
+ * would set .123456716 for .123456789), through touch, which parses them exactly.
  */
 function setTimes(root: string): void {
   const all = walk(root).reverse(); // children before parents: setting a child's times touches no parent
   const now = Date.now() / 1000;
+  const exact: string[] = [];
   all.forEach(({ abs }, i) => {
     const mtime = i % 5 === 0 ? String(-157766400 - i - 0.654321) : 1577836800 + i + 0.654321;
     lutimesSync(abs, now + 2 * 86400 + i / 1000 + 0.000123, mtime);
+    if (i % 3 === 1 && isUtf8(abs)) {
+      const ns = String((123456789 + i * 7919) % 1e9).padStart(9, '0');
+      const sec = i % 5 === 0 ? -157766400 - i : 1577836800 + i;
+      exact.push(abs.toString(), `@${Math.trunc(now) + 2 * 86400 + i}.${ns}`, `@${sec}.${ns}`);
+    }
   });
+  const loop =
+    'while [ $# -gt 0 ]; do touch -h -a -d "$2" -- "$1" && touch -h -m -d "$3" -- "$1" || exit 1; shift 3; done';
+  execFileSync('sh', ['-c', loop, 'sh', ...exact]);
 }
 
 /** Every entry under root, by bytes: `rel` is its snapshot key, `abs` its exact path. */
@@ -219,15 +229,15 @@ export interface Snap {
   size?: number;
   sha?: string;
   blocks?: number;
-  mtimeUs: bigint;
-  atimeUs: bigint;
+  mtimeNs: bigint;
+  atimeNs: bigint;
   link?: string;
   rdev?: number;
   /** Other names of the same inode, so hard links compare by structure not inode number. */
   linkedWith?: string;
 }
 
-/** Content and metadata of every entry, keyed by relative path. Times in µs (see restore.ts: utimes takes doubles). */
+/** Content and metadata of every entry, keyed by relative path; times in nanoseconds. */
 export function snapshot(root: string): Map<string, Snap> {
   const out = new Map<string, Snap>();
   const byIno = new Map<bigint, string[]>();
@@ -253,8 +263,8 @@ export function snapshot(root: string): Map<string, Snap> {
       mode: Number(st.mode & 0o7777n),
       uid: Number(st.uid),
       gid: Number(st.gid),
-      mtimeUs: st.mtimeNs / 1000n,
-      atimeUs: st.atimeNs / 1000n,
+      mtimeNs: st.mtimeNs,
+      atimeNs: st.atimeNs,
     };
     if (s.type === 'file') {
       s.size = Number(st.size);
