@@ -61,7 +61,7 @@ const STARTUP_GAIN = 2;
 const CYCLE = [1.1, 0.9, 1, 1, 1, 1, 1, 1];
 const DRAIN_GAIN = 0.85;
 /** A probe whose delivery reached this share of its gain found room. */
-const PROBE_FOUND = 0.8;
+const PROBE_FOUND = 0.4;
 /** Startup ends after this many ticks without the delivery growing by a quarter. */
 const PLATEAU_TICKS = 3;
 /** A tick where the sender used less than this share of its allowance is limited by the sender. */
@@ -77,6 +77,9 @@ export class RateControl {
   #plateauBw = 0;
   #plateauTicks = 0;
   #drain = false;
+  #lossyTicks = 0;
+  #prevDelivered = 0;
+  #probeBase = 0;
   #lastTick: number | null = null;
   /** The typical receiver's loss that never goes away (a lossy wire), 0..MAX_WIRE_LOSS. */
   #wireLoss = 0;
@@ -119,7 +122,8 @@ export class RateControl {
     this.#lastTick = now;
     if (samples.length === 0) return this.#rate;
     const rawLoss = median(samples.map((s) => s.loss));
-    if (!appLimited) this.#losses.push([now, rawLoss]);
+    // An outage or heavy congestion says nothing about the wire's own share.
+    if (!appLimited && rawLoss <= LOSS_HIGH) this.#losses.push([now, rawLoss]);
     this.#losses = this.#losses.filter(([t]) => now - t <= WIRE_WINDOW_MS);
     this.#wireLoss =
       this.#losses.length >= WIRE_MIN_TICKS ? Math.min(MAX_WIRE_LOSS, ...this.#losses.map(([, l]) => l)) : 0;
@@ -127,13 +131,21 @@ export class RateControl {
     const loss = Math.max(0, rawLoss - this.#wireLoss);
     const before = this.bandwidth(now);
 
+    if (loss > LOSS_HIGH && !appLimited && this.#phase === 'startup' && this.#lossyTicks === 0) {
+      // One bad tick in startup is often the datagrams still growing from one unit (costly per
+      // byte for the receivers): hold the rate and look again before believing it.
+      this.#lossyTicks = 1;
+      return this.#rate;
+    }
     if (loss > LOSS_HIGH && !appLimited) {
+      this.#lossyTicks = 0;
       // Past what the path carries: what did arrive is the best measure of it.
       this.#samples = [[now, delivered]];
       this.#phase = 'cruise';
       this.#drain = true;
       this.#foundRoom = 0;
-      this.#cycle = 0;
+      // Probe right after the drain: if the loss was a passing spell, the rate comes back soon.
+      this.#cycle = CYCLE.length - 1;
       this.#rate = this.#clamp(delivered * DRAIN_GAIN);
       return this.#rate;
     }
@@ -147,7 +159,9 @@ export class RateControl {
       } else if (!appLimited) {
         this.#plateauTicks++;
       }
-      if (loss > LOSS_STARTUP_END || this.#plateauTicks >= PLATEAU_TICKS) {
+      this.#lossyTicks = loss > LOSS_STARTUP_END ? this.#lossyTicks + 1 : 0;
+      // Two lossy ticks, not one: the first ticks' figures are few and the datagram size still moving.
+      if (this.#lossyTicks >= 2 || this.#plateauTicks >= PLATEAU_TICKS) {
         this.#phase = 'cruise';
         this.#cycle = 1;
         this.#rate = this.#clamp(bw * (CYCLE[1] as number));
@@ -157,10 +171,18 @@ export class RateControl {
       return this.#rate;
     }
 
-    // Cruise. The tick that just ended ran at gain CYCLE[cycle]: did a probe find room?
+    // Cruise. The tick that just ended ran at gain CYCLE[cycle]. A probe is judged one tick
+    // later, on the better of the two ticks: receivers report every 100 ms, so what a probe
+    // delivered arrives partly in the tick after it.
     const gain = this.#drain ? DRAIN_GAIN : (CYCLE[this.#cycle] as number);
-    if (gain > 1 && loss <= LOSS_STARTUP_END) {
-      this.#foundRoom = delivered >= before * (1 + (gain - 1) * PROBE_FOUND) ? this.#foundRoom + 1 : 0;
+    const probed = !this.#drain && this.#cycle === 1;
+    const probeDelivered = Math.max(delivered, this.#prevDelivered);
+    this.#prevDelivered = delivered;
+    if (gain > 1) this.#probeBase = before;
+    if (probed && loss <= LOSS_STARTUP_END && this.#probeBase > 0) {
+      const probeGain = CYCLE[0] as number;
+      this.#foundRoom =
+        probeDelivered >= this.#probeBase * (1 + (probeGain - 1) * PROBE_FOUND) ? this.#foundRoom + 1 : 0;
       if (this.#foundRoom >= 2) {
         // Two probes in a row got through whole: the path has much more room (loss stopped,
         // another session ended); find it by doubling rather than 10 % per cycle.
