@@ -21,7 +21,10 @@ export function addReceiveCommand(program: Command): void {
         localIPv4,
       ),
     )
-    .option('--name <name>', 'how this workstation is reported (default: hostname)')
+    .option(
+      '--name <name>',
+      'how this workstation is reported (default: HOSTNAME/MAC of the receiving interface, the same after a crash, so a rejoin counts as the same receiver)',
+    )
     .option('--key <secret>', 'pre-shared key the sender requires (also env IMGCAST_KEY)')
     .option(
       '--journal <file>',

@@ -8,6 +8,7 @@
  * through a journal next to the output.
  */
 import { mkdir, rm } from 'node:fs/promises';
+import { hostname, networkInterfaces } from 'node:os';
 import { join, resolve } from 'node:path';
 
 import { InterruptedError, UsageError } from '../errors.ts';
@@ -119,7 +120,7 @@ export async function receiveCommand(opts: ReceiveCommandOptions): Promise<Recei
     from: opts.from,
     interface: opts.interface,
     key: opts.key,
-    name: opts.name,
+    name: opts.name ?? workstationName(opts.interface),
     tuneKernel: true,
     tuneReassembly: opts.tuneReassembly,
     log: opts.log,
@@ -169,4 +170,16 @@ export async function defaultJournal(target: string): Promise<string> {
   const dir = '/var/lib/imgcast/journals';
   await mkdir(dir, { recursive: true });
   return join(dir, `${abs.slice(1).replaceAll('/', '_')}.journal`);
+}
+
+/**
+ * How a workstation is named to the sender unless --name says otherwise: its hostname and the
+ * MAC address of the interface it receives on (or of its first wired one), so the name is the
+ * same after a crash or a reboot, and two machines cloned with one hostname stay apart.
+ */
+export function workstationName(address?: string): string {
+  const all = Object.values(networkInterfaces()).flatMap((list) => list ?? []);
+  const ipv4 = all.filter((i) => i.family === 'IPv4' && !i.internal && i.mac !== '00:00:00:00:00:00');
+  const mac = (address ? ipv4.find((i) => i.address === address) : undefined)?.mac ?? ipv4[0]?.mac;
+  return mac ? `${hostname()}/${mac}` : hostname();
 }

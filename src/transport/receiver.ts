@@ -14,10 +14,11 @@
  * fragments of partly received chunks, or the whole chunk.
  *
  * Memory is bounded: partly received chunks plus verified chunks waiting to be
- * written may hold at most MAX_PENDING bytes; packets of further chunks are dropped
- * (counted as overrun) and those chunks are requested again later.
+ * written may hold at most MAX_PENDING bytes. Every STATUS says up to which chunk that memory
+ * reaches (its window), and the sender's first pass stays below it; packets of chunks past it
+ * (sent before the sender heard) are dropped, counted as overrun, not as loss, and asked for
+ * again later.
  */
-import { readFileSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
@@ -39,7 +40,9 @@ import {
 import { TransportError } from './errors.ts';
 import { collectYoung } from './gc.ts';
 import { openJournal, sessionFingerprint } from './journal.ts';
-import { type SysctlWant, type Tuning, tuneKernel } from './kernel-tuning.ts';
+import { type Tuning, tuneKernel } from './kernel-tuning.ts';
+import { ArrivalCounter } from './arrivals.ts';
+import { KernelStats, receiveTuning, WANT_RCVBUF } from './receiver-kernel.ts';
 import {
   checkHeader,
   codedPayloadOffset,
@@ -49,7 +52,6 @@ import {
   HEADER_SIZE,
   MAX_UNITS,
   TYPE_CODED,
-  LOSS_HORIZON,
   unitsLength,
   xorInto,
 } from './packet.ts';
@@ -88,70 +90,6 @@ interface Partial {
   got: Uint8Array;
   count: number;
   n: number;
-}
-
-/**
- * Host-wide kernel figures the sender needs to size datagrams (Linux /proc; this process's
- * network namespace). Reading them costs a few tens of microseconds, once per STATUS.
- */
-class KernelStats {
-  #lastRcvbuf = -1;
-
-  /**
-   * Share of the reassembly memory in use: past 1 the kernel drops every new fragmented datagram.
-   * The limit is read each time: the receive's kernel tuning raises it after this object exists.
-   */
-  fragShare(): number | null {
-    try {
-      const limit = Number(readFileSync('/proc/sys/net/ipv4/ipfrag_high_thresh', 'utf8').trim()) || 0;
-      if (limit <= 0) return null;
-      const m = /FRAG: inuse \d+ memory (\d+)/.exec(readFileSync('/proc/net/sockstat', 'utf8'));
-      return m ? Math.round((Number(m[1]) / limit) * 1000) / 1000 : null;
-    } catch {
-      return null;
-    }
-  }
-
-  /** Datagrams dropped for full receive buffers since the last call (null the first time or when unknown). */
-  rcvbufDelta(): number | null {
-    let now: number;
-    try {
-      const lines = readFileSync('/proc/net/snmp', 'utf8')
-        .split('\n')
-        .filter((l) => l.startsWith('Udp:'));
-      const names = (lines[0] ?? '').split(/\s+/);
-      now = Number((lines[1] ?? '').split(/\s+/)[names.indexOf('RcvbufErrors')]);
-    } catch {
-      return null;
-    }
-    if (!Number.isFinite(now)) return null;
-    const prev = this.#lastRcvbuf;
-    this.#lastRcvbuf = now;
-    return prev < 0 ? null : Math.max(0, now - prev);
-  }
-}
-
-/** The receive buffer asked for: several hundred milliseconds of data at LAN rates. */
-const WANT_RCVBUF = 32 * 1024 * 1024;
-
-/**
- * The kernel settings a receive changes for its run (kernel-tuning.ts undoes them afterwards, or
- * the next run does after a crash): net.core.rmem_max, which caps SO_RCVBUF (212992 on most
- * distributions, about 4 ms of data at 500 Mbit/s), and with `reassembly` the IP reassembly
- * timeout and memory of this network namespace: a datagram that lost a fragment waits 1 s instead
- * of 30 s, and 32 MiB instead of 4 MiB hold the waiting ones, so lost fragments do not fill the
- * reassembly memory and force the sender down to unfragmented datagrams.
- */
-function receiveTuning(buffer: boolean, reassembly: boolean): SysctlWant[] {
-  const wants: SysctlWant[] = [];
-  if (buffer) wants.push({ name: 'net.core.rmem_max', atLeast: WANT_RCVBUF, perNamespace: false });
-  if (reassembly) {
-    wants.push(
-      { name: 'net.ipv4.ipfrag_time', value: 1, perNamespace: true },
-      { name: 'net.ipv4.ipfrag_high_thresh', atLeast: 32 * 1024 * 1024, perNamespace: true },
-    );
-  }
-  return wants;
 }
 
 export function parseFrom(from: string): { host: string; port: number } {
@@ -984,57 +922,4 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   if (opts.signal?.aborted) onAbort();
   opts.signal?.addEventListener('abort', onAbort, { once: true });
   return result;
-}
-
-const ARRIVAL_RING = 1 << 16;
-
-/**
- * Units the sender numbered against units that arrived, for the loss figures in STATUS (rx of
- * exp). A serial is judged only once LOSS_HORIZON later ones have been seen: with several
- * sending threads datagrams arrive out of order, by at most the sender's reorder window
- * (datagram-out.ts keeps that within LOSS_HORIZON units), and a unit overtaken by later
- * ones is late, not lost. Counted that way, reordering neither shrinks the sender's datagrams
- * nor slows it down.
- */
-export class ArrivalCounter {
-  readonly #seen = new Uint8Array(ARRIVAL_RING);
-  /** The last serial judged, -1 before the first packet. */
-  #judgedTo = -1;
-  #rx = 0;
-  #exp = 0;
-
-  start(firstSerial: number): void {
-    this.#judgedTo = firstSerial - 1;
-  }
-
-  arrived(serial: number, units: number): void {
-    if (this.#judgedTo < 0) return;
-    const last = serial + units - 1;
-    // A jump past the ring (a long stall, or a forged serial) judges the oldest serials early.
-    if (last - this.#judgedTo >= ARRIVAL_RING) this.#judge(last - ARRIVAL_RING + 1);
-    for (let s = Math.max(serial, this.#judgedTo + 1); s <= last; s++) this.#seen[s & (ARRIVAL_RING - 1)] = 1;
-  }
-
-  /** Arrived and expected units judged since the last call. */
-  take(maxSerial: number): { rx: number; exp: number } {
-    const to = maxSerial - LOSS_HORIZON;
-    if (this.#judgedTo >= 0 && to > this.#judgedTo) this.#judge(to);
-    const r = { rx: Math.max(0, Math.min(this.#rx, this.#exp)), exp: this.#exp };
-    this.#rx = 0;
-    this.#exp = 0;
-    return r;
-  }
-
-  #judge(to: number): void {
-    const seen = this.#seen;
-    for (let s = this.#judgedTo + 1; s <= to; s++) {
-      const i = s & (ARRIVAL_RING - 1);
-      if (seen[i]) {
-        this.#rx++;
-        seen[i] = 0;
-      }
-    }
-    this.#exp += to - this.#judgedTo;
-    this.#judgedTo = to;
-  }
 }

@@ -45,7 +45,8 @@
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { availableParallelism } from 'node:os';
-import { type DataKey, GCM_TAG, sealChunk } from './chunkwire.ts';
+import { type DataKey, GCM_TAG } from './chunkwire.ts';
+import { ChunkCache, MAX_REPAIR_LOADS, PREFETCH_CHUNKS } from './chunk-cache.ts';
 import {
   Channel,
   hmacHex,
@@ -107,14 +108,6 @@ const WINDOW_TRUST_MS = 1500;
 /** A gap between ticks this long means the sender itself was stopped. */
 const PAUSE_GAP_MS = 2000;
 /**
- * Chunks kept for repairs (older ones are read again): 10 MiB covers the ~0.1-0.3 s a NAK takes
- * at lab speeds, and leaves room in the sender's 150 MiB for its sending thread (~20 MiB).
- */
-const CACHE_BYTES = 10 * 1024 * 1024;
-const MAX_REPAIR_LOADS = 3;
-/** Chunks read ahead of the first pass, so a slow read does not leave the sender idle. */
-const PREFETCH_CHUNKS = 4;
-/**
  * How long a repair nobody else's could be paired with yet waits before it goes alone (while
  * the first pass runs): receivers report every 100 ms, so by then every receiver that lost
  * packets of that stretch has said which.
@@ -122,8 +115,6 @@ const PREFETCH_CHUNKS = 4;
 const CODE_HOLD_MS = 120;
 /** Repair entries looked at for runs to pair with one. */
 const CODE_LOOK = 64;
-/** Largest chunk read into recycled buffers; bigger ones get fresh memory per read. */
-const MAX_SPARE_READ = 8 * 1024 * 1024;
 /**
  * Tokens saved up at most: enough to cover an event-loop turn plus a timer (sending a
  * batch to several local receivers takes a few ms), small enough that a late turn does
@@ -440,6 +431,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         p.joinedAt = Date.now();
         p.lastProgress = p.joinedAt;
         lastJoin = p.joinedAt;
+        replaceEarlier(p);
         log(`${p.name} joined${started ? ' late' : ''} (has ${p.have.size} of ${table.length} chunks)`);
         maybeStart();
         return;
@@ -521,6 +513,22 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     ch.send({ t: 'challenge', v: PROTOCOL_VERSION, nonce: sNonce, keyed: Boolean(key) });
   }
 
+  /**
+   * A workstation that joins again under the same name (it crashed, was dropped, or its
+   * connection broke and it resumed) is the same receiver: its earlier connection is ended if
+   * still open and leaves the session's list, so the result counts the workstation once, by how
+   * its latest connection ended.
+   */
+  function replaceEarlier(p: Peer): void {
+    for (const old of peers.filter((o) => o !== p && o.name === p.name)) {
+      if (old.state === 'joining' || old.state === 'waiting' || old.state === 'receiving') {
+        endPeer(old, 'dropped', 'replaced: the same workstation joined again', null, true);
+      }
+      peers.splice(peers.indexOf(old), 1);
+      log(`${p.name} rejoined; its earlier connection (${old.address}) no longer counts`);
+    }
+  }
+
   function protocolError(what: string): TransportError {
     return new TransportError('E_CONTROL_INVALID', `control message rejected: ${what}`);
   }
@@ -564,76 +572,15 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   }
 
   // --- chunk bytes -------------------------------------------------------------
-  const cache = new Map<number, Buffer>();
-  let cacheBytes = 0;
-  const loading = new Map<number, Promise<void>>();
-
-  // Read buffers handed back to the provider (readStored's `into`) so chunks are not read into
-  // fresh memory each time: garbage 1 MiB buffers wait for the GC and inflate the RSS.
-  const readCap = table.reduce((a, e) => Math.max(a, e.storedLength), 0);
-  const spare: Buffer[] = [];
-  // Room for the prefetched chunks and the repairs being read besides them, however big the chunks:
-  // with 4 MiB chunks 10 MiB held fewer chunks than the prefetch protects, so every chunk read for
-  // a repair was evicted before it could be sent, and read again, forever (issue #12).
-  const cacheLimit = Math.max(CACHE_BYTES, (PREFETCH_CHUNKS + MAX_REPAIR_LOADS + 1) * readCap);
-  const maxSpare = readCap > 0 ? Math.ceil(cacheLimit / readCap) + MAX_REPAIR_LOADS + 2 : 0;
-  /** The read buffer each cached chunk is a view of, when it is one (not encrypted, provider used `into`). */
-  const cacheBase = new Map<number, Buffer>();
-  const recycle = (b: Buffer): void => {
-    if (b.length === readCap && spare.length < maxSpare) spare.push(b);
-  };
-
-  function load(seq: number): void {
-    if (cache.has(seq) || loading.has(seq)) return;
-    const e = table[seq] as Entry;
-    const into = spare.pop() ?? (readCap <= MAX_SPARE_READ ? Buffer.allocUnsafe(readCap) : undefined);
-    const pr = provider
-      .readStored(e.id, into)
-      .then((stored) => {
-        if (stored.length !== e.storedLength) {
-          throw new TransportError(
-            'E_CONSUMER',
-            `chunk ${e.id} read ${stored.length} bytes from the source, expected ${e.storedLength}`,
-          );
-        }
-        const inInto =
-          into !== undefined && stored.buffer === into.buffer && stored.byteOffset === into.byteOffset;
-        const wire = dataKey ? sealChunk(dataKey, seq, e.id, stored) : stored;
-        if (into && (!inInto || dataKey)) recycle(into);
-        else if (into) cacheBase.set(seq, into);
-        cache.set(seq, wire);
-        cacheBytes += wire.length;
-        for (const [s, b] of cache) {
-          if (cacheBytes <= cacheLimit) break;
-          if (s === seq || (s >= cur && s < cur + PREFETCH_CHUNKS)) continue;
-          cache.delete(s);
-          cacheBytes -= b.length;
-          const base = cacheBase.get(s);
-          cacheBase.delete(s);
-          // Queued datagrams may still point into the buffer; reuse it only when none wait.
-          if (base && !out.holdsBuffers()) recycle(base);
-        }
-      })
-      .catch((err: unknown) => {
-        fatal ??= err;
-        finish();
-      })
-      .finally(() => {
-        loading.delete(seq);
-        kick();
-      });
-    loading.set(seq, pr);
-  }
-
-  function get(seq: number): Buffer | undefined {
-    const b = cache.get(seq);
-    if (b) {
-      // Refresh recency so repairs of a hot chunk do not evict it.
-      cache.delete(seq);
-      cache.set(seq, b);
-    }
-    return b;
-  }
+  const cache = new ChunkCache(provider, table, dataKey, {
+    firstPass: () => cur,
+    holdsBuffers: () => out.holdsBuffers(),
+    settled: () => kick(),
+    failed: (err) => {
+      fatal ??= err;
+      finish();
+    },
+  });
 
   // --- transmission ------------------------------------------------------------
   const skip = new Set<number>();
@@ -670,7 +617,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     advanceCursor();
     for (let s = cur, n = 0; s < table.length && n < PREFETCH_CHUNKS; s++) {
       if (skip.has(s)) continue;
-      load(s);
+      cache.load(s);
       n++;
     }
   }
@@ -925,7 +872,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     payload.fill(0);
     for (const r of runs) {
       const e = table[r.seq] as Entry;
-      const wire = cache.get(r.seq) as Buffer;
+      const wire = cache.peek(r.seq) as Buffer;
       const start = r.frag * FRAG_PAYLOAD;
       xorInto(payload, wire.subarray(start, start + unitsLength(e.wireLength, r.frag, r.units)));
       takeRun(r);
@@ -955,9 +902,9 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       let looked = 0;
       for (const [seq, r] of repairs) {
         if (++looked > 16) break;
-        const wire = get(seq);
+        const wire = cache.get(seq);
         if (!wire) {
-          if (loading.size < MAX_REPAIR_LOADS) load(seq);
+          if (cache.loading < MAX_REPAIR_LOADS) cache.load(seq);
           continue;
         }
         const e = table[seq] as Entry;
@@ -986,7 +933,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         windowBlocked = true;
         return 0;
       }
-      const wire = get(cur);
+      const wire = cache.get(cur);
       if (!wire) {
         prefetch();
         return 0;
@@ -1062,7 +1009,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     if (
       idle &&
       repairs.size === 0 &&
-      (firstPassDone || loading.size === 0) &&
+      (firstPassDone || cache.loading === 0) &&
       (passAnnounced || !firstPassDone)
     ) {
       // Nothing to send until a NAK or a read arrives; kick() restarts the pump.

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 
 import { LOSS_HORIZON } from '../../src/transport/packet.ts';
-import { ArrivalCounter } from '../../src/transport/receiver.ts';
+import { ArrivalCounter } from '../../src/transport/arrivals.ts';
 
 test('units overtaken by later ones within the horizon count as arrived; real gaps as lost', () => {
   fc.assert(

@@ -494,3 +494,46 @@ test('ids in the session table are content hashes of what receivers write', asyn
   }
   await p.close?.();
 });
+
+test('a workstation that rejoins under the same name counts once: the session succeeds when its new connection finishes', async (t) => {
+  const dir = await tempDir(t);
+  const src = await source(dir, 24);
+  const ep = endpoint();
+  const sender = runSender(await flatFileProvider(src), {
+    interface: '127.0.0.1',
+    ...ep,
+    clients: 2,
+    waitSeconds: 30,
+    rateMbit: 40,
+  });
+  const receive = (
+    name: string,
+    out: string,
+    signal?: AbortSignal,
+    onProgress?: ReceiverOptions['onProgress'],
+  ) =>
+    runReceiver({
+      from: `127.0.0.1:${ep.port}`,
+      interface: '127.0.0.1',
+      name,
+      makeConsumer: async () => fileConsumer(out),
+      signal,
+      onProgress,
+    });
+  const first = new AbortController();
+  const crashed = receive('pc-1', join(dir, 'first.bin'), first.signal, (p) => {
+    if (p.chunks >= 2) first.abort();
+  });
+  const other = receive('pc-2', join(dir, 'other.bin'));
+  assert.equal((await crashed).code, 'E_ABORTED');
+  const again = await receive('pc-1', join(dir, 'again.bin'));
+  const result = await sender;
+  assert.equal(again.ok, true, `${again.code} ${again.message}`);
+  assert.equal((await other).ok, true);
+  assert.deepEqual(result.receivers.map((r) => [r.name, r.state]).sort(), [
+    ['pc-1', 'ok'],
+    ['pc-2', 'ok'],
+  ]);
+  assert.equal(result.ok, true);
+  await assertSame(src, join(dir, 'again.bin'));
+});
