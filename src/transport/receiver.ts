@@ -21,7 +21,6 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import dgram from 'node:dgram';
 import net from 'node:net';
 import { type DataKey, GCM_TAG, openChunk, rawDecoder } from './chunkwire.ts';
 import {
@@ -39,6 +38,7 @@ import {
 } from './control.ts';
 import { TransportError } from './errors.ts';
 import { collectYoung } from './gc.ts';
+import { DatagramIn } from './datagram-in.ts';
 import { openJournal, sessionFingerprint } from './journal.ts';
 import { type Tuning, tuneKernel } from './kernel-tuning.ts';
 import { ArrivalCounter } from './arrivals.ts';
@@ -176,7 +176,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   let dataKey: DataKey | null = null;
   let consumer: ChunkConsumer | null = null;
   let journal: FileHandle | null = null;
-  let udp: dgram.Socket | null = null;
+  let udp: DatagramIn | null = null;
   let statusTimer: NodeJS.Timeout | null = null;
   let joinedData = false;
   let stalled = false;
@@ -411,44 +411,27 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   }
 
   async function openData(group: string, dataPort: number): Promise<void> {
-    const s = dgram.createSocket({ type: 'udp4', reuseAddr: true });
-    udp = s;
-    s.on('message', onPacket);
-    s.on('error', (e) => log(`data socket error: ${e.message}`));
-    await new Promise<void>((resolve, reject) => {
-      s.once('error', reject);
-      // Binding to the group address keeps other groups on the same port out (Linux).
-      s.bind(dataPort, process.platform === 'linux' ? group : undefined, () => {
-        s.off('error', reject);
-        resolve();
-      });
-    }).catch((e: Error) => {
-      throw new TransportError('E_CONNECT', `cannot listen for data on ${group}:${dataPort}: ${e.message}`);
-    });
-    try {
-      s.addMembership(group, opts.interface);
-    } catch (e) {
-      throw new TransportError(
-        'E_CONNECT',
-        `cannot join multicast group ${group} on ${opts.interface ?? 'the default interface'}: ${(e as Error).message}`,
-      );
-    }
     if ((opts.tuneKernel || opts.tuneReassembly) && !tuning) {
       tuning = tuneKernel(receiveTuning(opts.tuneKernel ?? false, opts.tuneReassembly ?? false), { log });
     }
-    // The kernel caps SO_RCVBUF at net.core.rmem_max; ask for the most and see what was granted.
-    try {
-      s.setRecvBufferSize(WANT_RCVBUF);
-    } catch {
-      /* capped below; read back what we have */
+    // After the tuning: the kernel caps SO_RCVBUF at net.core.rmem_max when it is set.
+    const input = await DatagramIn.open(
+      { group, port: dataPort, interface: opts.interface, rcvbuf: WANT_RCVBUF },
+      onPacket,
+      (e) => log(`data socket error: ${e.message}`),
+    );
+    udp = input;
+    if (ended) {
+      leaveData();
+      return;
     }
-    const granted = s.getRecvBufferSize();
-    if (granted < WANT_RCVBUF && opts.tuneKernel) {
+    if (input.rcvbuf < WANT_RCVBUF && opts.tuneKernel) {
       const why = tuning?.refused.find((r) => r.name === 'net.core.rmem_max')?.reason;
       (opts.warn ?? log)(
-        `receive buffer is ${Math.round(granted / 1024)} KiB (capped by net.core.rmem_max` +
-          `${why ? `: ${why}` : ''}); receiving works but slower while this host is busy. ` +
-          `Raise net.core.rmem_max to ${WANT_RCVBUF} (or run as root, which does it for the receive) for full speed`,
+        `receive buffer is ${Math.round(input.rcvbuf / 1024)} KiB (capped by net.core.rmem_max` +
+          `${why ? `: ${why}` : ''}); a receiving thread with an 8 MiB ring makes up for most of it, but a ` +
+          `busy host may still lose datagrams. Raise net.core.rmem_max to ${WANT_RCVBUF} (or run as root, ` +
+          'which does it for the receive) for full speed',
       );
     }
     joinedData = true;
@@ -692,6 +675,13 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     });
   }
 
+  /** Datagrams lost for want of room since the last STATUS: the kernel's full socket buffers and our full ring. */
+  function overflow(): number | null {
+    const kernelDrops = kernel.rcvbufDelta();
+    const ringDrops = udp?.droppedDelta() ?? 0;
+    return kernelDrops === null ? ringDrops || null : kernelDrops + ringDrops;
+  }
+
   function status(): void {
     if (ended || stalled || !joinedData) return;
     const now = Date.now();
@@ -768,7 +758,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       got,
       ms,
       win: windowEnd(),
-      ovf: kernel.rcvbufDelta(),
+      ovf: overflow(),
       frag: kernel.fragShare(),
       nak,
       kept: toRanges([...recent.keys()].sort((a, b) => a - b)),
@@ -857,11 +847,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     if (statusTimer) clearInterval(statusTimer);
     statusTimer = null;
     if (udp) {
-      try {
-        udp.close();
-      } catch {
-        /* already closed */
-      }
+      void udp.close();
       udp = null;
     }
   }

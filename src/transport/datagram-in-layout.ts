@@ -1,0 +1,32 @@
+/**
+ * The shared ring between datagram-in.ts and its thread (datagram-in-worker.ts): CTRL.INTS
+ * int32 fields, then the ring. Each datagram is a record [u32 length][bytes], padded to 4
+ * bytes; a length of 0xffffffff (or no room for one) at the end means "continue at 0". The
+ * thread advances WRITE, the main thread READ; equal means empty.
+ */
+export const CTRL = {
+  WRITE: 0,
+  READ: 1,
+  /** Datagrams the thread dropped for a full ring. */
+  DROPPED: 2,
+  /** 1 while the thread has told the main thread there is data and it has not started to drain. */
+  NOTIFIED: 3,
+  INTS: 4,
+} as const;
+export const RING_OFFSET = 16;
+
+export interface InWorkerData {
+  sab: SharedArrayBuffer;
+  ringBytes: number;
+  group: string;
+  port: number;
+  /** Address the socket binds to (the group on Linux keeps other groups on the port out). */
+  bindAddress: string | undefined;
+  interface: string | undefined;
+  rcvbuf: number;
+}
+
+/** Bytes a datagram of `length` bytes takes in the ring. */
+export function recordSize(length: number): number {
+  return (4 + length + 3) & ~3;
+}

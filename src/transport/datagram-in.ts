@@ -1,0 +1,159 @@
+/**
+ * The receiver's data socket, read on a thread of its own into a ring of shared memory.
+ *
+ * At the stock net.core.rmem_max (212992 bytes on most distributions) the kernel holds about
+ * 4 ms of a 500 Mbit/s stream for a socket; a main thread that hashes a 4 MiB chunk, writes one
+ * or collects garbage for longer than that loses datagrams, and the session slows to what the
+ * receiver's worst pauses allow. The thread here does nothing but copy datagrams into the
+ * ring (DEFAULT_RING_BYTES, over 100 ms of such a stream), so the kernel's buffer only has to
+ * cover that thread's latency, and the ring covers the main thread's. A full ring drops
+ * datagrams like a full socket buffer does, counted for the sender as overflow.
+ */
+import { Worker } from 'node:worker_threads';
+import { CTRL, RING_OFFSET, recordSize, type InWorkerData } from './datagram-in-layout.ts';
+import { TransportError } from './errors.ts';
+
+export const DEFAULT_RING_BYTES = 8 * 1024 * 1024;
+/** Datagrams handled per turn of the main thread before it lets timers and sockets run. */
+const BATCH = 4096;
+
+export interface DatagramInOptions {
+  group: string;
+  port: number;
+  interface?: string;
+  /** Receive buffer asked of the kernel (capped by net.core.rmem_max). */
+  rcvbuf: number;
+  ringBytes?: number;
+}
+
+export class DatagramIn {
+  readonly #ctrl: Int32Array;
+  readonly #ring: Buffer;
+  readonly #worker: Worker;
+  readonly #onDatagram: (b: Buffer) => void;
+  #closed = false;
+  #draining = false;
+  #droppedSeen = 0;
+  /** The receive buffer the kernel granted the thread's socket. */
+  readonly rcvbuf: number;
+
+  private constructor(
+    sab: SharedArrayBuffer,
+    ringBytes: number,
+    worker: Worker,
+    rcvbuf: number,
+    onDatagram: (b: Buffer) => void,
+  ) {
+    this.#ctrl = new Int32Array(sab, 0, CTRL.INTS);
+    this.#ring = Buffer.from(sab, RING_OFFSET, ringBytes);
+    this.#worker = worker;
+    this.rcvbuf = rcvbuf;
+    this.#onDatagram = onDatagram;
+  }
+
+  /**
+   * Binds, joins the group and starts the thread. `onDatagram` gets each datagram as a view of
+   * the ring, valid only during the call (copy what must be kept). `onError` gets socket errors
+   * after the start.
+   */
+  static async open(
+    o: DatagramInOptions,
+    onDatagram: (b: Buffer) => void,
+    onError: (e: Error) => void,
+  ): Promise<DatagramIn> {
+    const ringBytes = o.ringBytes ?? DEFAULT_RING_BYTES;
+    const sab = new SharedArrayBuffer(RING_OFFSET + ringBytes);
+    const data: InWorkerData = {
+      sab,
+      ringBytes,
+      group: o.group,
+      port: o.port,
+      bindAddress: process.platform === 'linux' ? o.group : undefined,
+      interface: o.interface,
+      rcvbuf: o.rcvbuf,
+    };
+    const worker = new Worker(new URL('./datagram-in-worker.ts', import.meta.url), {
+      workerData: data,
+      // The thread only copies datagrams: a small heap keeps its isolate from adding tens of MiB.
+      resourceLimits: { maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 16 },
+    });
+    let self: DatagramIn | null = null;
+    const granted = await new Promise<number>((resolve, reject) => {
+      worker.on('message', (m: { t: string; rcvbuf?: number; stage?: string; message?: string }) => {
+        if (m.t === 'ready') resolve(m.rcvbuf ?? 0);
+        else if (m.t === 'failed') {
+          const what =
+            m.stage === 'membership'
+              ? `cannot join multicast group ${o.group} on ${o.interface ?? 'the default interface'}`
+              : `cannot listen for data on ${o.group}:${o.port}`;
+          reject(new TransportError('E_CONNECT', `${what}: ${m.message}`));
+        } else if (m.t === 'data') self?.drain();
+        else if (m.t === 'error' && self) onError(new Error(m.message));
+      });
+      worker.once('error', (e) =>
+        reject(new TransportError('E_CONNECT', `the receiving thread failed: ${e.message}`)),
+      );
+    }).catch(async (e: unknown) => {
+      await worker.terminate();
+      throw e;
+    });
+    self = new DatagramIn(sab, ringBytes, worker, granted, onDatagram);
+    worker.on('error', (e) => onError(e));
+    self.drain();
+    return self;
+  }
+
+  /** Datagrams the thread dropped for a full ring since the last call. */
+  droppedDelta(): number {
+    const now = Atomics.load(this.#ctrl, CTRL.DROPPED);
+    const d = (now - this.#droppedSeen) | 0;
+    this.#droppedSeen = now;
+    return Math.max(0, d);
+  }
+
+  /** Hands every datagram in the ring to onDatagram, in batches. */
+  drain(): void {
+    if (this.#closed || this.#draining) return;
+    this.#draining = true;
+    // Cleared before reading: a datagram written from here on sends a new notice.
+    Atomics.store(this.#ctrl, CTRL.NOTIFIED, 0);
+    const ring = this.#ring;
+    const size = ring.length;
+    let r = Atomics.load(this.#ctrl, CTRL.READ);
+    let handled = 0;
+    try {
+      while (!this.#closed && handled < BATCH) {
+        const w = Atomics.load(this.#ctrl, CTRL.WRITE);
+        if (r === w) break;
+        if (r + 4 > size || ring.readUInt32LE(r) === 0xffffffff) {
+          r = 0;
+          continue;
+        }
+        const len = ring.readUInt32LE(r);
+        this.#onDatagram(ring.subarray(r + 4, r + 4 + len));
+        r += recordSize(len);
+        if (r === size) r = 0;
+        Atomics.store(this.#ctrl, CTRL.READ, r);
+        handled++;
+      }
+    } finally {
+      this.#draining = false;
+    }
+    // A long backlog: let timers (STATUS) and the control socket run, then go on.
+    if (handled >= BATCH) setImmediate(() => this.drain());
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const closed = new Promise<void>((resolve) => {
+      this.#worker.on('message', (m: { t: string }) => {
+        if (m.t === 'closed') resolve();
+      });
+      setTimeout(resolve, 500).unref();
+    });
+    this.#worker.postMessage({ t: 'close' });
+    await closed;
+    await this.#worker.terminate();
+  }
+}

@@ -1,0 +1,115 @@
+/**
+ * The receiving thread and its ring (datagram-in.ts) over real loopback multicast: datagrams
+ * arrive whole and in order across many wraps of a small ring, a main thread that stops reading
+ * loses datagrams to a full ring (counted) but never gets a damaged one, and a group that
+ * cannot be joined is a clear error.
+ */
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import dgram from 'node:dgram';
+import { test } from 'node:test';
+import { DatagramIn } from '../../src/transport/datagram-in.ts';
+import { TransportError } from '../../src/transport/errors.ts';
+
+function endpoint(): { port: number; group: string } {
+  return {
+    port: 20000 + 2 * Math.floor(Math.random() * 6000),
+    group: `239.253.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`,
+  };
+}
+
+/** A datagram numbered `i` that carries its own digest, so any damage shows. */
+function datagram(i: number): Buffer {
+  const body = randomBytes(1 + ((i * 7919) % 9000));
+  const head = Buffer.alloc(4);
+  head.writeUInt32BE(i);
+  const digest = createHash('sha256').update(head).update(body).digest().subarray(0, 8);
+  return Buffer.concat([head, digest, body]);
+}
+
+function check(d: Buffer): number {
+  const digest = createHash('sha256').update(d.subarray(0, 4)).update(d.subarray(12)).digest().subarray(0, 8);
+  assert.ok(digest.equals(d.subarray(4, 12)), 'a datagram came out of the ring damaged');
+  return d.readUInt32BE(0);
+}
+
+async function sender(): Promise<dgram.Socket> {
+  const s = dgram.createSocket('udp4');
+  await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
+  s.setMulticastInterface('127.0.0.1');
+  s.setMulticastLoopback(true);
+  return s;
+}
+
+const until = async (cond: () => boolean, ms: number): Promise<void> => {
+  const end = Date.now() + ms;
+  while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+};
+
+test('datagrams arrive whole and in order through many wraps of a small ring', async () => {
+  const ep = endpoint();
+  const got: number[] = [];
+  const input = await DatagramIn.open(
+    { ...ep, interface: '127.0.0.1', rcvbuf: 1 << 20, ringBytes: 128 * 1024 },
+    (b) => got.push(check(b)),
+    (e) => assert.fail(e),
+  );
+  const s = await sender();
+  try {
+    for (let i = 0; i < 3000; i++) {
+      s.send(datagram(i), ep.port, ep.group);
+      // Paced so neither the kernel nor the ring overflows: this test is about order and content.
+      if (i % 8 === 7) await until(() => got.length >= i - 7, 2000);
+    }
+    await until(() => got.length >= 3000, 5000);
+    assert.deepEqual(
+      got,
+      Array.from({ length: 3000 }, (_, i) => i),
+    );
+    assert.equal(input.droppedDelta(), 0);
+  } finally {
+    s.close();
+    await input.close();
+  }
+});
+
+test('a main thread that stops reading loses datagrams to the full ring, counted, never damaged ones', async () => {
+  const ep = endpoint();
+  const got: number[] = [];
+  const input = await DatagramIn.open(
+    { ...ep, interface: '127.0.0.1', rcvbuf: 1 << 20, ringBytes: 64 * 1024 },
+    (b) => got.push(check(b)),
+    (e) => assert.fail(e),
+  );
+  const s = await sender();
+  try {
+    const blocked = Date.now() + 300;
+    // The sends queue in this thread's socket; they leave while the main thread is held below.
+    for (let i = 0; i < 200; i++) s.send(datagram(i), ep.port, ep.group);
+    await new Promise((r) => setImmediate(r));
+    while (Date.now() < blocked) {
+      /* the main thread is busy: only the receiving thread runs */
+    }
+    await until(() => false, 300);
+    const dropped = input.droppedDelta();
+    assert.ok(dropped > 0, 'a 64 KiB ring took 200 datagrams of up to 9 KB without dropping any');
+    assert.ok(got.length > 0 && got.length + dropped <= 200, `${got.length} got, ${dropped} dropped`);
+    for (let i = 1; i < got.length; i++) assert.ok((got[i] as number) > (got[i - 1] as number));
+  } finally {
+    s.close();
+    await input.close();
+  }
+});
+
+test('a group that cannot be joined on the interface is a clear E_CONNECT', async () => {
+  const ep = endpoint();
+  await assert.rejects(
+    DatagramIn.open(
+      { ...ep, interface: '198.18.255.254', rcvbuf: 1 << 20 },
+      () => {},
+      () => {},
+    ),
+    (e: unknown) =>
+      e instanceof TransportError && e.code === 'E_CONNECT' && /cannot join multicast group/.test(e.message),
+  );
+});
