@@ -57,6 +57,15 @@ const WIRE_MIN_TICKS = 8;
 /** Delivery samples this recent make the estimate (its maximum). */
 const BW_WINDOW_MS = 2000;
 const STARTUP_GAIN = 2;
+/**
+ * Growth per tick when probes found room after a spell at a known rate: a quarter, not double,
+ * since a path that carried one rate a moment ago is seldom twice as wide now, and doubling on
+ * a 100 Mbit/s link queues a whole tick's worth of excess.
+ */
+const REGROW_GAIN = 1.25;
+const PEAK_DECAY = Math.pow(0.5, 200 / 30_000);
+/** Loss above the wire's in either tick of a probe means it found no room. */
+const PROBE_CLEAN = 0.01;
 /** One tick of probing, one of draining what the probe queued, then six at the estimate. */
 const CYCLE = [1.1, 0.9, 1, 1, 1, 1, 1, 1];
 const DRAIN_GAIN = 0.85;
@@ -79,6 +88,11 @@ export class RateControl {
   #drain = false;
   #lossyTicks = 0;
   #prevDelivered = 0;
+  #prevLoss = 0;
+  /** The estimate when probes sent the rate growing again (0 in the first startup). */
+  #regrowFrom = 0;
+  /** The highest estimate lately, halving every 30 s. */
+  #peak = 0;
   #probeBase = 0;
   #lastTick: number | null = null;
   /** The typical receiver's loss that never goes away (a lossy wire), 0..MAX_WIRE_LOSS. */
@@ -139,18 +153,23 @@ export class RateControl {
     }
     if (loss > LOSS_HIGH && !appLimited) {
       this.#lossyTicks = 0;
-      // Past what the path carries: what did arrive is the best measure of it.
-      this.#samples = [[now, delivered]];
+      // Past what the path carries: what did arrive is the best measure of it, except that a
+      // regrowth that overshot falls back no lower than where it started (what arrived in the
+      // tick of the overshoot is an underestimate: reports of a flooded path come late).
+      const base = Math.max(delivered, this.#regrowFrom * 0.95);
+      this.#regrowFrom = 0;
+      this.#samples = [[now, base]];
       this.#phase = 'cruise';
       this.#drain = true;
       this.#foundRoom = 0;
       // Probe right after the drain: if the loss was a passing spell, the rate comes back soon.
       this.#cycle = CYCLE.length - 1;
-      this.#rate = this.#clamp(delivered * DRAIN_GAIN);
+      this.#rate = this.#clamp(base * DRAIN_GAIN);
       return this.#rate;
     }
     if (!appLimited || delivered > before) this.#samples.push([now, delivered]);
     const bw = Math.max(this.bandwidth(now), this.#opts.minMbit);
+    this.#peak = Math.max(this.#peak * PEAK_DECAY, bw);
 
     if (this.#phase === 'startup') {
       if (delivered >= this.#plateauBw * 1.25) {
@@ -163,11 +182,15 @@ export class RateControl {
       // Two lossy ticks, not one: the first ticks' figures are few and the datagram size still moving.
       if (this.#lossyTicks >= 2 || this.#plateauTicks >= PLATEAU_TICKS) {
         this.#phase = 'cruise';
+        this.#regrowFrom = 0;
         this.#cycle = 1;
         this.#rate = this.#clamp(bw * (CYCLE[1] as number));
         return this.#rate;
       }
-      this.#rate = this.#clamp(Math.max(this.#rate, bw * STARTUP_GAIN));
+      // Far below what the path carried lately (an outage, a burst of loss that passed): double
+      // back up; near it, creep.
+      const grow = this.#regrowFrom > 0 && bw >= this.#peak / 2 ? REGROW_GAIN : STARTUP_GAIN;
+      this.#rate = this.#clamp(Math.max(this.#rate, bw * grow));
       return this.#rate;
     }
 
@@ -177,9 +200,11 @@ export class RateControl {
     const gain = this.#drain ? DRAIN_GAIN : (CYCLE[this.#cycle] as number);
     const probed = !this.#drain && this.#cycle === 1;
     const probeDelivered = Math.max(delivered, this.#prevDelivered);
+    const probeLoss = Math.max(loss, this.#prevLoss);
     this.#prevDelivered = delivered;
+    this.#prevLoss = loss;
     if (gain > 1) this.#probeBase = before;
-    if (probed && loss <= LOSS_STARTUP_END && this.#probeBase > 0) {
+    if (probed && probeLoss <= PROBE_CLEAN && this.#probeBase > 0) {
       const probeGain = CYCLE[0] as number;
       this.#foundRoom =
         probeDelivered >= this.#probeBase * (1 + (probeGain - 1) * PROBE_FOUND) ? this.#foundRoom + 1 : 0;
@@ -190,7 +215,8 @@ export class RateControl {
         this.#plateauBw = delivered;
         this.#plateauTicks = 0;
         this.#foundRoom = 0;
-        this.#rate = this.#clamp(bw * STARTUP_GAIN);
+        this.#regrowFrom = bw;
+        this.#rate = this.#clamp(bw * (bw >= this.#peak / 2 ? REGROW_GAIN : STARTUP_GAIN));
         return this.#rate;
       }
     }

@@ -145,3 +145,29 @@ test('median takes the lower middle value', () => {
   assert.equal(median([4, 1, 3, 2]), 2);
   assert.equal(median([]), 0);
 });
+
+test('on a link at capacity, delivery figures off by up to 5 % either way never send the rate far past the link', () => {
+  // A repeatable noise source: receivers' reports cover slightly different stretches each tick.
+  let seed = 12345;
+  const noise = (): number => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return 0.95 + (seed / 0x7fffffff) * 0.1;
+  };
+  for (const link of [100, 400]) {
+    const rc = new RateControl(opts);
+    let worst = 0;
+    let sum = 0;
+    for (let i = 0; i < 300; i++) {
+      const sent = rc.rateMbit;
+      const delivered = Math.min(sent, link);
+      const loss = sent > 0 ? 1 - delivered / sent : 0;
+      const r = rc.tick((i + 1) * TICK, sent, [{ deliveredMbit: delivered * noise(), loss }]);
+      if (i >= 50) {
+        worst = Math.max(worst, r);
+        sum += Math.min(r, link);
+      }
+    }
+    assert.ok(worst <= 1.3 * link, `link ${link}: rate went to ${worst.toFixed(0)}`);
+    assert.ok(sum / 250 >= 0.9 * link, `link ${link}: delivered ${(sum / 250).toFixed(0)} on average`);
+  }
+});
