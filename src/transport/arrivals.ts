@@ -8,7 +8,9 @@ const ARRIVAL_RING = 1 << 16;
  * sending threads datagrams arrive out of order, by at most the sender's reorder window
  * (datagram-out.ts keeps that within LOSS_HORIZON units), and a unit overtaken by later
  * ones is late, not lost. Counted that way, reordering neither shrinks the sender's datagrams
- * nor slows it down.
+ * nor slows it down. While one socket sends alone, in order, the sender says so (TICK's
+ * horizon) and a gap is judged after LOSS_HORIZON_ORDERED units: at 100 Mbit/s the wide horizon
+ * delayed every loss figure by a third of a second, and the rate control by as much.
  */
 export class ArrivalCounter {
   readonly #seen = new Uint8Array(ARRIVAL_RING);
@@ -30,8 +32,8 @@ export class ArrivalCounter {
   }
 
   /** Arrived and expected units judged since the last call. */
-  take(maxSerial: number): { rx: number; exp: number } {
-    const to = maxSerial - LOSS_HORIZON;
+  take(maxSerial: number, horizon: number = LOSS_HORIZON): { rx: number; exp: number } {
+    const to = maxSerial - horizon;
     if (this.#judgedTo >= 0 && to > this.#judgedTo) this.#judge(to);
     const r = { rx: Math.max(0, Math.min(this.#rx, this.#exp)), exp: this.#exp };
     this.#rx = 0;

@@ -14,7 +14,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { TransportError } from './errors.ts';
-import { PROTOCOL_VERSION } from './packet.ts';
+import { LOSS_HORIZON, PROTOCOL_VERSION } from './packet.ts';
 
 /** Ranges of integers, flattened: [a, b, c, d] means a..b-1 and c..d-1, ascending, non-overlapping. */
 export type Ranges = number[];
@@ -38,7 +38,20 @@ export type ToReceiver =
       encrypt: { key: string; salt: string } | null;
       proof: string | null;
     }
-  | { t: 'tick'; txPos: number; serial: number; rate: number; started: boolean; firstPassDone: boolean }
+  | {
+      t: 'tick';
+      txPos: number;
+      serial: number;
+      rate: number;
+      started: boolean;
+      firstPassDone: boolean;
+      /**
+       * How far (in units) the sender's datagrams may now arrive out of order: a unit is judged
+       * lost only this many units later. Small while one socket sends alone, so loss is seen
+       * within milliseconds; large while datagrams are dealt over sending threads.
+       */
+      horizon: number;
+    }
   | { t: 'drop'; reason: string; code: string | null }
   | { t: 'end' };
 
@@ -274,6 +287,7 @@ export function parseToReceiver(body: Buffer): ToReceiver {
         rate: typeof m.rate === 'number' && m.rate >= 0 ? m.rate : 0,
         started: bool(m.started, 'started'),
         firstPassDone: bool(m.firstPassDone, 'firstPassDone'),
+        horizon: uint(m.horizon, 'horizon', LOSS_HORIZON),
       };
     case 'drop':
       return {

@@ -53,6 +53,8 @@ export const MAX_DATAGRAM = HEADER_SIZE + MAX_UNITS * FRAG_PAYLOAD;
  * place (datagram-out.ts).
  */
 export const LOSS_HORIZON = 2048;
+/** The horizon while datagrams leave one socket in order: the kernel may still swap a few. */
+export const LOSS_HORIZON_ORDERED = 64;
 export const DEFAULT_DATAGRAM = HEADER_SIZE + MAX_UNITS * FRAG_PAYLOAD;
 export const TYPE_DATA = 1;
 export const TYPE_REPAIR = 2;

@@ -50,6 +50,7 @@ import {
   FRAG_PAYLOAD,
   fragmentCount,
   HEADER_SIZE,
+  LOSS_HORIZON,
   MAX_UNITS,
   TYPE_CODED,
   unitsLength,
@@ -241,6 +242,8 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   let gotAtStatus = 0;
   let lastStatusAt = Date.now();
   const arrivals = new ArrivalCounter();
+  /** Units after which a missing one counts as lost (the sender's TICK says; the widest until then). */
+  let horizon = LOSS_HORIZON;
   // TICKs not yet confirmed by data (serial, txPos, time), and the confirmed transmit position.
   let ticks: Array<[number, number, number]> = [];
   let nakPos = 0;
@@ -343,6 +346,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     if (m.t === 'tick') {
       if (stalled) return;
       ticks.push([m.serial, Math.min(m.txPos, table.length), Date.now()]);
+      horizon = m.horizon;
       return;
     }
     if (m.t === 'drop') {
@@ -735,7 +739,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       fragRanges += r.length / 2;
       nak.push([s, r]);
     }
-    const { rx, exp } = arrivals.take(maxSerial);
+    const { rx, exp } = arrivals.take(maxSerial, horizon);
     const got = heardUnits - gotAtStatus;
     gotAtStatus = heardUnits;
     const ms = Math.max(0, Math.round(now - lastStatusAt));

@@ -67,6 +67,8 @@ import {
   FRAG_PAYLOAD,
   fragmentCount,
   HEADER_SIZE,
+  LOSS_HORIZON,
+  LOSS_HORIZON_ORDERED,
   kindByte,
   MAX_DATAGRAM,
   MAX_COMPONENTS,
@@ -599,6 +601,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   let windowLimit = Infinity;
   /** Whether the first pass waited at the window since the last tick. */
   let windowBlocked = false;
+  /** Whether datagrams are dealt over the sending threads (and may arrive out of order). */
+  let spreading = false;
   let unitsThisTick = 0;
   let datagramsThisTick = 0;
   /** [time, units, datagrams] sent per housekeeping tick, for the recent average k. */
@@ -1035,6 +1039,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         rate: rateMbit,
         started,
         firstPassDone,
+        horizon: spreading && out.reorderWindow > 0 ? LOSS_HORIZON : LOSS_HORIZON_ORDERED,
       });
     }
   }
@@ -1200,7 +1205,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     if (note) log(note);
     k = next;
     // Small datagrams cost mostly per datagram, which spreads well over sending threads (datagram-out.ts).
-    out.spread(2 * k <= kMax);
+    spreading = 2 * k <= kMax;
+    out.spread(spreading);
   }
 
   function checkFinished(): void {

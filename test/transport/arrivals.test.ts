@@ -60,3 +60,17 @@ test('a jump past the ring is judged, not lost track of', () => {
   assert.equal(r.exp, 1_000_000 - 100);
   assert.equal(r.rx, 1);
 });
+
+test('with a short horizon (one socket sending in order) a gap is judged lost as soon as that many later units arrived', () => {
+  const c = new ArrivalCounter();
+  c.start(1);
+  c.arrived(1, 10);
+  c.arrived(12, 100); // unit 11 missing
+  assert.deepEqual(c.take(111, 64), { rx: 46, exp: 47 });
+  // The wide horizon would not have judged it yet.
+  const wide = new ArrivalCounter();
+  wide.start(1);
+  wide.arrived(1, 10);
+  wide.arrived(12, 100);
+  assert.deepEqual(wide.take(111), { rx: 0, exp: 0 });
+});

@@ -63,7 +63,7 @@ const toReceiver: ToReceiver[] = [
     encrypt: { key: 'e'.repeat(64), salt: '01020304' },
     proof: null,
   },
-  { t: 'tick', txPos: 3, serial: 44, rate: 500, started: true, firstPassDone: false },
+  { t: 'tick', txPos: 3, serial: 44, rate: 500, started: true, firstPassDone: false, horizon: 64 },
   { t: 'drop', reason: 'too slow', code: 'E_DROPPED' },
   { t: 'end' },
 ];
