@@ -1230,7 +1230,12 @@ function runTool(cmd: string, args: string[]): Promise<void> {
     child.stderr.on('data', (b: Buffer) => err.push(b));
     child.on('error', (e) =>
       reject(
-        new FileVolumeError('E_RESTORE_IO', `cannot create ${what}: ${cmd}: ${e.message}`, {}, { cause: e }),
+        new FileVolumeError(
+          'E_RESTORE_IO',
+          `cannot create ${what}: ${cmd}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'it is not installed (not found on PATH) (ENOENT)' : systemReason(e)}`,
+          {},
+          { cause: e },
+        ),
       ),
     );
     child.on('close', (code) => {
