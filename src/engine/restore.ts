@@ -3,7 +3,7 @@
  * file) or a single partition. The target is checked completely (kind, size, nothing
  * mounted) before anything is written, so a refused restore leaves it untouched.
  */
-import { mkdir, open, readdir, realpath, stat, unlink } from 'node:fs/promises';
+import { open, readdir, realpath, stat, unlink } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { DiskError } from '../disk/errors.ts';
@@ -43,6 +43,7 @@ import {
   type RawVolume,
   type Volume,
 } from '../image/types.ts';
+import { makeFolder } from '../volume/files/paths.ts';
 import { createTreeRestore } from '../volume/files/restore.ts';
 import { count, systemReason } from '../wording.ts';
 import type { RestoreProgress, RestoreSink } from './types.ts';
@@ -142,7 +143,7 @@ interface Place {
 function directoryPlace(dir: string): Place {
   return {
     async acquire() {
-      await mkdir(dir, { recursive: true });
+      makeFolder(dir);
       return {
         dir,
         // Files written into a folder are only in the page cache until its filesystem is flushed.

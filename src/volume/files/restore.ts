@@ -47,7 +47,7 @@ import { PlanBuilder } from '../../image/plan.ts';
 import { CompressPool } from '../../image/pool.ts';
 import { FileVolumeError } from './errors.ts';
 import { displayName, fsPath } from './names.ts';
-import { assertEntryPath } from './paths.ts';
+import { assertEntryPath, makeFolder } from './paths.ts';
 import { applyFlags, KEPT_FLAGS } from './flags.ts';
 import { exactDouble, ExactTimes, type ExactTimesTool } from './times.ts';
 import { applyXattrs } from './xattr.ts';
@@ -298,7 +298,7 @@ class TreeRestoreImpl implements RestoreSink {
   }
 
   async prepare(): Promise<void> {
-    mkdirSync(this.root, { recursive: true });
+    makeFolder(this.root);
     try {
       await this.prepareTree();
     } catch (err) {
