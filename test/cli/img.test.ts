@@ -558,3 +558,13 @@ test('extract and restore into a folder that cannot be made (/proc/x) fail at on
     `img: cannot create the folder ${join(image, 'x')}: ${image}: it is not a folder [E_RESTORE_IO]\n`,
   );
 });
+
+test('restore --verify-after of an image of an empty folder says "1 entry"', async (t) => {
+  const dir = await tempDir(t);
+  await mkdir(join(dir, 'src'));
+  const image = join(dir, 'empty.imgc');
+  assert.equal(img('make', join(dir, 'src'), image).code, 0);
+  const r = img('restore', image, join(dir, 'out'), '--verify-after');
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /compared with the image: 1 entry, /);
+});
