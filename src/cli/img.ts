@@ -134,7 +134,7 @@ export function buildImgProgram(): Command {
                 ...(result.created ? [`created ${target}: a new disk-image file`] : []),
                 ...(readBack
                   ? [
-                      `read back from ${target} and compared with the image: ${readBack.entries} entries, ${formatBytes(readBack.fileBytes)} of file content, ${formatBytes(readBack.rawBytes)} of boot areas and raw volumes, all as the image says`,
+                      `read back from ${target} and compared with the image: ${count(readBack.entries, 'entry', 'entries')}, ${formatBytes(readBack.fileBytes)} of file content, ${formatBytes(readBack.rawBytes)} of boot areas and raw volumes, all as the image says`,
                       ...readBack.notChecked.map((n) => `not compared: ${n}`),
                     ]
                   : []),

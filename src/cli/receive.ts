@@ -2,6 +2,7 @@
 import { Option, type Command } from 'commander';
 import { localIPv4, senderAddress } from './options.ts';
 import { emit, formatBytes, runCommand, withProgress } from './output.ts';
+import { count } from '../wording.ts';
 
 export function addReceiveCommand(program: Command): void {
   program
@@ -88,7 +89,9 @@ export function addReceiveCommand(program: Command): void {
               r,
               () =>
                 `received ${r.chunks}/${r.totalChunks} chunks (${formatBytes(r.bytes)}) in ${(r.durationMs / 1000).toFixed(1)} s into ${o.to}, verified` +
-                (r.chunksHad ? `; ${r.chunksHad} chunks were already there (resumed)` : ''),
+                (r.chunksHad
+                  ? `; ${count(r.chunksHad, 'chunk')} ${r.chunksHad === 1 ? 'was' : 'were'} already there (resumed)`
+                  : ''),
             );
           },
           { interruptible: true },

@@ -7,6 +7,7 @@ import type { SenderProgress, SenderResult } from '../transport/types.ts';
 import { parseFileset } from './img.ts';
 import { localIPv4, multicastGroup, multicastTtl, positiveInteger, seconds } from './options.ts';
 import { emit, formatBytes, runCommand, withProgress } from './output.ts';
+import { count } from '../wording.ts';
 
 export function positiveNumber(what: string) {
   return (value: string): number => {
@@ -44,10 +45,10 @@ export function port(value: string): number {
 
 function describeResult(r: SenderResult): string {
   const lines = [
-    `${r.ok ? 'done' : 'FAILED'}: ${r.chunks} chunks, ${formatBytes(r.bytes)} per pass in ${(r.durationMs / 1000).toFixed(1)} s; ` +
-      `${r.counters.repairPackets} repair packets (${formatBytes(r.counters.repairBytes)})` +
+    `${r.ok ? 'done' : 'FAILED'}: ${count(r.chunks, 'chunk')}, ${formatBytes(r.bytes)} per pass in ${(r.durationMs / 1000).toFixed(1)} s; ` +
+      `${count(r.counters.repairPackets, 'repair packet')} (${formatBytes(r.counters.repairBytes)})` +
       (r.counters.codedRepairs
-        ? `, ${r.counters.codedRepairs} of them coded (${r.counters.codedRuns} runs for different receivers)`
+        ? `, ${r.counters.codedRepairs} of them coded (${count(r.counters.codedRuns, 'run')} for different receivers)`
         : ''),
   ];
   const sizes = r.counters.datagramsByUnits.map((n, k) => (n > 0 ? `${n} x ${k}` : '')).filter(Boolean);
@@ -55,7 +56,7 @@ function describeResult(r: SenderResult): string {
     lines.push(
       `  datagrams (count x ${FRAG_PAYLOAD}-byte units): ${sizes.join(', ')}` +
         (r.counters.fragmentationPauses
-          ? `; stopped fragmenting ${r.counters.fragmentationPauses} time(s) for a receiver's full IP reassembly memory`
+          ? `; stopped fragmenting ${count(r.counters.fragmentationPauses, 'time')} for a receiver's full IP reassembly memory`
           : ''),
     );
   }
@@ -194,7 +195,7 @@ function waitingReporter(json: boolean): (p: SenderProgress) => void {
       shown = false;
       return;
     }
-    const joined = `${p.joined} of ${p.wanted} receiver${p.wanted === 1 ? '' : 's'} joined`;
+    const joined = `${p.joined} of ${count(p.wanted, 'receiver')} joined`;
     const when =
       p.joined === 0
         ? 'waiting for the first (--wait counts from the last join)'

@@ -7,6 +7,7 @@
  */
 import { readdir, stat } from 'node:fs/promises';
 import type { PartitionTableType } from '../image/types.ts';
+import { count, systemReason } from '../wording.ts';
 import { blkidProbe, deviceSize } from './device.ts';
 import { DiskError } from './errors.ts';
 import { runTool } from './exec.ts';
@@ -110,7 +111,12 @@ async function wholeSignatures(target: string): Promise<ContentSignature[]> {
 export async function describeTargetContents(target: string): Promise<TargetContents> {
   const st = await stat(target).catch((err: unknown) => {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new DiskError('E_DISK_IO', `cannot access ${target}: ${(err as Error).message}`, { target });
+    throw new DiskError(
+      'E_DISK_IO',
+      `cannot access ${target}: ${systemReason(err)}`,
+      { target },
+      { cause: err },
+    );
   });
   if (!st) return finish({ target, kind: 'missing', partitions: [], signatures: [] });
   if (st.isDirectory()) {
@@ -178,7 +184,9 @@ function describeFs(fs: ContentFilesystem): string {
 function summarize(c: Omit<TargetContents, 'empty' | 'summary'>, empty: boolean): string {
   if (c.kind === 'missing') return `${c.target} does not exist`;
   if (c.kind === 'directory') {
-    return empty ? `folder ${c.target} is empty` : `folder ${c.target} holds ${c.entries} entries`;
+    return empty
+      ? `folder ${c.target} is empty`
+      : `folder ${c.target} holds ${count(c.entries ?? 0, 'entry', 'entries')}`;
   }
   const what = `${c.kind === 'device' ? 'device' : 'file'} ${c.target} (${mib(c.sizeBytes ?? 0)})`;
   if (empty) return `${what} holds no partition table and no filesystem signature`;
@@ -194,8 +202,9 @@ function summarize(c: Omit<TargetContents, 'empty' | 'summary'>, empty: boolean)
         bits.push(p.filesystem ? describeFs(p.filesystem) : 'no filesystem found');
         return `${p.number}: ${bits.join(', ')}`;
       });
-      const count = `${c.partitions.length} partition${c.partitions.length === 1 ? '' : 's'}`;
-      parts.push(`${name} partition table with ${count} (${list.join('; ')})`);
+      parts.push(
+        `${name} partition table with ${count(c.partitions.length, 'partition')} (${list.join('; ')})`,
+      );
     }
   }
   // The table's own signatures are the table above; anything else (a GPT left under an MBR, say) is named with where it is.

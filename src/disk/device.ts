@@ -10,17 +10,13 @@ import { basename, join } from 'node:path';
 import { DiskError } from './errors.ts';
 import { run, runTool } from './exec.ts';
 import { forgetLoop, recordLoop, type RunTag } from './owner.ts';
+import { systemReason } from '../wording.ts';
 
 async function statOrThrow(path: string) {
   try {
     return await stat(path);
   } catch (err) {
-    throw new DiskError(
-      'E_DISK_IO',
-      `cannot access ${path}: ${(err as Error).message}`,
-      { path },
-      { cause: err },
-    );
+    throw new DiskError('E_DISK_IO', `cannot access ${path}: ${systemReason(err)}`, { path }, { cause: err });
   }
 }
 
@@ -232,7 +228,7 @@ export async function attachLoop(path: string, opts: LoopOptions = {}): Promise<
     } catch (err) {
       throw new DiskError(
         'E_DISK_IO',
-        `cannot record loop device ${dev} in imgcast's run state, so a killed run could not release it: ${(err as Error).message}`,
+        `cannot record loop device ${dev} in imgcast's run state, so a killed run could not release it: ${systemReason(err)}`,
         { device: dev },
       );
     }

@@ -3,11 +3,17 @@ import { constants } from 'node:fs';
 import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DiskError } from './errors.ts';
+import { systemReason } from '../wording.ts';
 
 export interface RunResult {
   stdout: string;
   stderr: string;
   status: number;
+}
+
+/** Why a tool could not be started: a missing one is named as such, not as spawn's "ENOENT". */
+function cannotRun(err: Error & { code?: unknown }): string {
+  return err.code === 'ENOENT' ? 'it is not installed (not found on PATH) (ENOENT)' : systemReason(err);
 }
 
 /** Runs a tool without a shell; resolves with its exit status instead of throwing, for probes. */
@@ -16,7 +22,7 @@ export function runTool(cmd: string, args: readonly string[]): Promise<RunResult
     execFile(cmd, args, { maxBuffer: 64 * 1024 * 1024, encoding: 'utf8' }, (err, stdout, stderr) => {
       if (err && typeof (err as NodeJS.ErrnoException).code === 'string') {
         reject(
-          new DiskError('E_DISK_COMMAND', `cannot run ${cmd}: ${err.message}`, {
+          new DiskError('E_DISK_COMMAND', `cannot run ${cmd}: ${cannotRun(err)}`, {
             command: cmd,
             args: [...args],
           }),

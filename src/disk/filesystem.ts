@@ -14,6 +14,7 @@ import { DiskError } from './errors.ts';
 import { run, runTool } from './exec.ts';
 import { forgetLoop, loopRecords, ownedTempDir, runAlive, STAGING_PREFIXES, tagOf } from './owner.ts';
 import { syncFilesystemChecked, writeFailure } from './write-errors.ts';
+import { count, systemReason, withArticle } from '../wording.ts';
 
 const EXT_TYPES = new Set(['ext2', 'ext3', 'ext4']);
 /** Features that describe a state, not a choice, and that mke2fs refuses. */
@@ -75,7 +76,7 @@ export async function readFilesystemInfo(device: string): Promise<FilesystemInfo
   }
   throw new DiskError(
     'E_FS_UNSUPPORTED',
-    `${device} holds ${type ? `a ${type} filesystem` : 'no recognised filesystem'}; only ext2/3/4 and vfat are captured as files`,
+    `${device} holds ${type ? `${withArticle(type)} filesystem` : 'no recognised filesystem'}; only ext2/3/4 and vfat are captured as files`,
     { device, type },
   );
 }
@@ -133,7 +134,7 @@ export async function makeFilesystem(device: string, info: FilesystemInfo): Prom
     await run('mkfs.vfat', args, `recreate the vfat filesystem on ${device}`);
     return;
   }
-  throw new DiskError('E_FS_UNSUPPORTED', `cannot create a ${info.type} filesystem on ${device}`, {
+  throw new DiskError('E_FS_UNSUPPORTED', `cannot create ${withArticle(info.type)} filesystem on ${device}`, {
     device,
     type: info.type,
   });
@@ -196,7 +197,7 @@ export async function releaseLeftovers(): Promise<Leftovers> {
       await undo();
       out.released.push(what);
     } catch (err) {
-      out.failed.push(`${what}: ${(err as Error).message}`);
+      out.failed.push(`${what}: ${systemReason(err)}`);
     }
   };
   for (const base of mountBases()) {
@@ -277,7 +278,7 @@ async function removeMountPoint(dir: string): Promise<void> {
     await rmdir(dir);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw new DiskError('E_DISK_IO', `cannot remove the mount point ${dir}: ${(err as Error).message}`, {
+    throw new DiskError('E_DISK_IO', `cannot remove the mount point ${dir}: ${systemReason(err)}`, {
       dir,
     });
   }
@@ -353,12 +354,14 @@ export async function withMounted<T>(
 /** Errors the ext4 driver counted on the mounted `device` (a failed journal or metadata write, for instance). */
 async function extErrorsWhileMounted(device: string, naming: WriteNaming): Promise<void> {
   const name = basename(await realpath(device).catch(() => device));
-  const count = Number((await readFile(`/sys/fs/ext4/${name}/errors_count`, 'utf8').catch(() => '0')).trim());
-  if (count > 0) {
+  const errors = Number(
+    (await readFile(`/sys/fs/ext4/${name}/errors_count`, 'utf8').catch(() => '0')).trim(),
+  );
+  if (errors > 0) {
     throw await writeFailure(
       naming.target,
       naming.what,
-      new Error(`the kernel recorded ${count} error(s) on it while it was written (see dmesg)`),
+      new Error(`the kernel recorded ${count(errors, 'error')} on it while it was written (see dmesg)`),
     );
   }
 }

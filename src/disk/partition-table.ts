@@ -9,6 +9,7 @@ import { crc32 } from 'node:zlib';
 import type { PartitionTableType } from '../image/types.ts';
 import { DiskError } from './errors.ts';
 import { deviceSize, sectorSizeOf } from './device.ts';
+import { systemReason } from '../wording.ts';
 
 export interface TablePartition {
   /** 1-based number as the kernel names it; logical MBR partitions start at 5. */
@@ -58,12 +59,7 @@ const GPT_SIGNATURE = 'EFI PART';
 /** Reads exactly `length` bytes at `position`; shorter means the disk ended. */
 async function readAt(path: string, position: number, length: number): Promise<Buffer> {
   const fh = await open(path, 'r').catch((err: unknown) => {
-    throw new DiskError(
-      'E_DISK_IO',
-      `cannot open ${path}: ${(err as Error).message}`,
-      { path },
-      { cause: err },
-    );
+    throw new DiskError('E_DISK_IO', `cannot open ${path}: ${systemReason(err)}`, { path }, { cause: err });
   });
   try {
     const buf = Buffer.alloc(length);
@@ -75,7 +71,7 @@ async function readAt(path: string, position: number, length: number): Promise<B
     }
     return buf.subarray(0, done);
   } catch (err) {
-    throw new DiskError('E_DISK_IO', `cannot read ${path} at byte ${position}: ${(err as Error).message}`, {
+    throw new DiskError('E_DISK_IO', `cannot read ${path} at byte ${position}: ${systemReason(err)}`, {
       path,
       position,
     });
@@ -157,7 +153,7 @@ function mbrEntries(s0: Buffer): MbrEntry[] {
  */
 export async function readPartitionTable(path: string): Promise<PartitionTable> {
   const st = await stat(path).catch((err: unknown) => {
-    throw new DiskError('E_DISK_IO', `cannot access ${path}: ${(err as Error).message}`, { path });
+    throw new DiskError('E_DISK_IO', `cannot access ${path}: ${systemReason(err)}`, { path }, { cause: err });
   });
   const sectorSize = await sectorSizeOf(path);
   const diskSizeBytes = st.isBlockDevice() ? await deviceSize(path) : st.size;

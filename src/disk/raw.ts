@@ -6,6 +6,7 @@ import { open, stat, type FileHandle } from 'node:fs/promises';
 import type { RestoreProgress, RestoreSink } from '../engine/types.ts';
 import { writeFull } from '../file-write.ts';
 import { CHUNK_SIZE, type ChunkSink, type RawExtent } from '../image/types.ts';
+import { count, systemReason } from '../wording.ts';
 import { DiskError } from './errors.ts';
 import { runTool } from './exec.ts';
 import { writeFailure } from './write-errors.ts';
@@ -23,7 +24,7 @@ async function readFully(fh: FileHandle, buf: Buffer, length: number, position: 
     } catch (err) {
       throw new DiskError(
         'E_DISK_IO',
-        `cannot read ${path} at byte ${position + done}: ${(err as Error).message}`,
+        `cannot read ${path} at byte ${position + done}: ${systemReason(err)}`,
         {
           path,
           position: position + done,
@@ -87,7 +88,7 @@ export async function captureRaw(
   opts: RawCaptureOptions = {},
 ): Promise<RawExtent[]> {
   const fh = await open(path, 'r').catch((err: unknown) => {
-    throw new DiskError('E_DISK_IO', `cannot open ${path}: ${(err as Error).message}`, { path });
+    throw new DiskError('E_DISK_IO', `cannot open ${path}: ${systemReason(err)}`, { path }, { cause: err });
   });
   const extents: RawExtent[] = [];
   const base = opts.extentBase ?? 0;
@@ -221,11 +222,18 @@ export function createRawRestore(
       return { bytesDone, bytesTotal };
     },
     async prepare() {
-      const st = await stat(target);
+      const cannot = (err: unknown) =>
+        new DiskError(
+          'E_DISK_IO',
+          `cannot open ${target} for writing: ${systemReason(err)}`,
+          { path: target },
+          { cause: err },
+        );
+      const st = await stat(target).catch((err: unknown) => {
+        throw cannot(err);
+      });
       fh = await open(target, 'r+').catch((err: unknown) => {
-        throw new DiskError('E_DISK_IO', `cannot open ${target} for writing: ${(err as Error).message}`, {
-          path: target,
-        });
+        throw cannot(err);
       });
       if (!opts.fresh && !opts.resume) await zeroGaps(fh, st.isBlockDevice());
     },
@@ -255,7 +263,7 @@ export function createRawRestore(
       if (missing.length > 0) {
         throw new DiskError(
           'E_DISK_INCOMPLETE',
-          `${label}: ${missing.length} chunk(s) never arrived, e.g. ${missing[0]}`,
+          `${label}: ${count(missing.length, 'chunk')} never arrived, e.g. ${missing[0]}`,
           {
             missing: missing.length,
           },

@@ -14,11 +14,12 @@ import { basename, dirname } from 'node:path';
 import { loopRange } from './device.ts';
 import { DiskError } from './errors.ts';
 import { runTool } from './exec.ts';
+import { count, systemReason } from '../wording.ts';
 
 const MiB = 1024 * 1024;
 
 function bytes(n: number): string {
-  return n >= MiB ? `${(n / MiB).toFixed(1)} MiB` : `${n} bytes`;
+  return n >= MiB ? `${(n / MiB).toFixed(1)} MiB` : count(n, 'byte');
 }
 
 /**
@@ -67,7 +68,7 @@ export async function spaceProblem(path: string, errno?: string): Promise<string
 export async function writeFailure(target: string, what: string, err: unknown): Promise<DiskError> {
   if (err instanceof DiskError && err.code === 'E_DISK_WRITE') return err;
   const e = err as NodeJS.ErrnoException;
-  const reason = e?.message ?? String(err);
+  const reason = systemReason(err);
   const space = await spaceProblem(target, e?.code).catch(() => undefined);
   return new DiskError(
     'E_DISK_WRITE',

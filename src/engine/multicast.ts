@@ -6,9 +6,11 @@
  */
 import { execFile } from 'node:child_process';
 import { rm, stat } from 'node:fs/promises';
+import { basename } from 'node:path';
 import { promisify } from 'node:util';
 
 import { DiskError } from '../disk/errors.ts';
+import { ImgcastError } from '../errors.ts';
 import { describeTargetContents, openRestore, type DescribedSink } from './restore.ts';
 import { chunksForFileset, decodeChunk, ImageReader } from '../image/index.ts';
 import { manifestProblem } from '../image/manifest.ts';
@@ -22,12 +24,21 @@ import type {
   ChunkProvider,
   SessionInfo,
 } from '../transport/types.ts';
+import { displayName } from '../volume/files/names.ts';
+import { count, systemReason } from '../wording.ts';
 
 const execFileAsync = promisify(execFile);
 
 export interface ImageMeta {
   kind: 'image';
   fileset: number;
+  /**
+   * The image's file name (without its folder), so that a receiver that reached the wrong
+   * sender can say which image it joined. Senders before it did not send it: optional.
+   * Like all of the meta it is part of the session fingerprint (transport/journal.ts), so a
+   * receive resumes from its journal only in a session of the image under the same name.
+   */
+  image?: string;
   manifest: Manifest;
 }
 
@@ -47,7 +58,7 @@ export async function imageProvider(imagePath: string, fileset: number): Promise
     }
     chunks.sort((a, b) => a.offset - b.offset);
     const verified = new Set<string>();
-    const meta: ImageMeta = { kind: 'image', fileset, manifest: reader.manifest };
+    const meta: ImageMeta = { kind: 'image', fileset, image: basename(imagePath), manifest: reader.manifest };
     return {
       chunks: chunks.map(({ id, codec, storedLength, rawLength }) => ({
         id,
@@ -98,10 +109,56 @@ export async function restoreConsumer(
       `session from ${session.sender} does not carry an image (was it sent with --raw?)`,
     );
   }
+  const about = sessionLabel(session.sender, meta as ImageMeta);
   const problem = manifestProblem(meta.manifest);
-  if (problem)
-    throw new TransportError('E_CONSUMER', `session from ${session.sender} sent a bad manifest: ${problem}`);
+  if (problem) throw new TransportError('E_CONSUMER', `${about} sent a bad manifest: ${problem}`);
   const manifest = meta.manifest as Manifest;
+  // A receiver may have reached another send than the one meant (same machine, same port): every
+  // refusal of the target names the sender and the image, so the mistake shows for what it is.
+  const facts = {
+    sender: session.sender,
+    fileset: meta.fileset,
+    ...(typeof meta.image === 'string' ? { image: meta.image } : {}),
+  };
+  try {
+    return await consumerFor(session, manifest, meta.fileset as number, target, opts, about, facts);
+  } catch (err) {
+    throw aboutSession(err, about, facts, target);
+  }
+}
+
+/** "session from 198.18.0.1:7747 (image lab.imgc, file set 1)"; without the image from an older sender. */
+function sessionLabel(sender: string, meta: ImageMeta): string {
+  const name = typeof meta.image === 'string' && meta.image !== '' ? displayName(meta.image) : '';
+  const shown = name.length > 255 ? `${name.slice(0, 255)}…` : name;
+  return `session from ${sender} (${shown ? `image ${shown}, ` : ''}file set ${meta.fileset})`;
+}
+
+/** The error, its message led by what session it is about (an imgcast error keeps its class and code). */
+function aboutSession(err: unknown, about: string, facts: Record<string, unknown>, target: string): Error {
+  if (err instanceof ImgcastError) {
+    if (!err.message.startsWith(about)) err.message = `${about}: ${err.message}`;
+    Object.assign(err.details, facts);
+    return err;
+  }
+  return new TransportError(
+    'E_CONSUMER',
+    `${about}: cannot restore onto ${target}: ${systemReason(err)}`,
+    { target, ...facts },
+    { cause: err },
+  );
+}
+
+/** restoreConsumer once the session's meta is known to carry an image; `about` names the session. */
+async function consumerFor(
+  session: SessionInfo,
+  manifest: Manifest,
+  fileset: number,
+  target: string,
+  opts: { force?: boolean; onWarning?: (m: string) => void; journalPath?: string; restart?: boolean },
+  about: string,
+  facts: Record<string, unknown>,
+): Promise<ChunkConsumer> {
   const fingerprint = sessionFingerprint(session);
   const journal = opts.journalPath;
   const written = journal && !opts.restart ? await readJournal(journal, fingerprint) : new Set<string>();
@@ -110,7 +167,7 @@ export async function restoreConsumer(
   const before = await describeTargetContents(target);
   if (!before.empty && written.size === 0) opts.onWarning?.(`overwriting ${before.summary}`);
   const base = {
-    fileset: meta.fileset as number,
+    fileset,
     force: opts.force,
     overwrite: true,
     create: before.kind === 'missing',
@@ -121,7 +178,7 @@ export async function restoreConsumer(
     try {
       sink = await openRestore(manifest, target, { ...base, resume: written });
       opts.onWarning?.(
-        `resuming an interrupted restore onto ${target}: ${sink.resumed.size} chunks are there`,
+        `resuming an interrupted restore onto ${target}: ${count(sink.resumed.size, 'chunk')} ${sink.resumed.size === 1 ? 'is' : 'are'} there`,
       );
     } catch (err) {
       if (!(err instanceof DiskError && err.code === 'E_DISK_RESUME')) throw err;
@@ -143,7 +200,11 @@ export async function restoreConsumer(
   }
   return {
     has: (id) => sink.resumed.has(id),
-    prepare: () => sink.prepare(),
+    // Its `before` is the last check of the target (not mounted now): a refusal too.
+    prepare: () =>
+      sink.prepare().catch((err: unknown) => {
+        throw aboutSession(err, about, facts, target);
+      }),
     async apply(id: string, raw: Buffer): Promise<void> {
       if (sink.needed.has(id)) await sink.applyChunk(id, raw);
     },

@@ -3,7 +3,7 @@
  * file) or a single partition. The target is checked completely (kind, size, nothing
  * mounted) before anything is written, so a refused restore leaves it untouched.
  */
-import { mkdir, open, readdir, realpath, stat, unlink } from 'node:fs/promises';
+import { open, readdir, realpath, stat, unlink } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { DiskError } from '../disk/errors.ts';
@@ -43,7 +43,9 @@ import {
   type RawVolume,
   type Volume,
 } from '../image/types.ts';
+import { makeFolder } from '../volume/files/paths.ts';
 import { createTreeRestore } from '../volume/files/restore.ts';
+import { count, systemReason } from '../wording.ts';
 import type { RestoreProgress, RestoreSink } from './types.ts';
 
 /** What a target holds now; the receive path prints it before overwriting a disk it consented to by joining. */
@@ -141,7 +143,7 @@ interface Place {
 function directoryPlace(dir: string): Place {
   return {
     async acquire() {
-      await mkdir(dir, { recursive: true });
+      makeFolder(dir);
       return {
         dir,
         // Files written into a folder are only in the page cache until its filesystem is flushed.
@@ -383,7 +385,7 @@ function compositeSink(c: Composite): DescribedSink {
       if (missing.length > 0) {
         throw new DiskError(
           'E_DISK_INCOMPLETE',
-          `restore to ${c.describe} is incomplete: ${missing.length} of ${needed.size} chunks never arrived (first: ${missing[0]})`,
+          `restore to ${c.describe} is incomplete: ${missing.length} of ${count(needed.size, 'chunk')} never arrived (first: ${missing[0]})`,
           { missing: missing.length, first: missing[0] },
         );
       }
@@ -424,7 +426,12 @@ async function inspectTarget(target: string): Promise<TargetKind> {
     st = await stat(target);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { kind: 'file', exists: false, size: 0 };
-    throw new DiskError('E_DISK_IO', `cannot access ${target}: ${(err as Error).message}`, { target });
+    throw new DiskError(
+      'E_DISK_IO',
+      `cannot access ${target}: ${systemReason(err)}`,
+      { target, errno: (err as NodeJS.ErrnoException).code },
+      { cause: err },
+    );
   }
   if (st.isDirectory()) return { kind: 'directory', exists: true };
   if (st.isBlockDevice()) return { kind: 'device', exists: true, size: await deviceSize(target) };
@@ -439,7 +446,7 @@ function singleFileVolume(manifest: Manifest, target: string): FileVolume {
   if (files.length !== 1 || manifest.volumes.length !== 1) {
     throw new DiskError(
       'E_DISK_TARGET',
-      `${target} is a directory, but the image holds ${manifest.volumes.length} volume(s) (${files.length} with files); only an image of exactly one file volume restores into a directory`,
+      `${target} is a directory, but the image holds ${count(manifest.volumes.length, 'volume')} (${files.length} with files); only an image of exactly one file volume restores into a directory`,
       { target },
     );
   }
@@ -540,7 +547,7 @@ async function openDiskTarget(
   if (manifest.volumes.length !== 1) {
     throw new DiskError(
       'E_DISK_TARGET',
-      `the image has no disk layout and ${manifest.volumes.length} volumes; it cannot be restored onto ${label}`,
+      `the image has no disk layout and ${count(manifest.volumes.length, 'volume')}; it cannot be restored onto ${label}`,
       { target },
     );
   }
@@ -672,7 +679,12 @@ async function checkNewFile(target: string, create: boolean): Promise<void> {
 
 async function createFile(path: string, size: number): Promise<void> {
   const fh = await open(path, 'wx').catch((err: unknown) => {
-    throw new DiskError('E_DISK_IO', `cannot create ${path}: ${(err as Error).message}`, { target: path });
+    throw new DiskError(
+      'E_DISK_IO',
+      `cannot create ${path}: ${systemReason(err)}`,
+      { target: path, errno: (err as NodeJS.ErrnoException).code },
+      { cause: err },
+    );
   });
   try {
     await fh.truncate(size);
@@ -742,7 +754,7 @@ function diskSink(
     resumableAfterAbort: true,
     leftAfterAbort: `${target} holds an incomplete restore and no partition table until one completes; restore again`,
     ...(resume ? { resume } : {}),
-    describe: `${label} (${mib(size)}) as ${disk.table === 'mbr' ? 'an MBR' : 'a GPT'} disk of ${disk.partitions.length} partition(s) — ${parts}`,
+    describe: `${label} (${mib(size)}) as ${disk.table === 'mbr' ? 'an MBR' : 'a GPT'} disk of ${count(disk.partitions.length, 'partition')} — ${parts}`,
     // Until the restore is complete the disk shows no partition table, neither its old one
     // over new data nor the new one over half of it: the table is blanked first and the boot
     // areas are written last, so a restore killed on the way (Ctrl-C twice, a power cut)

@@ -28,6 +28,7 @@ import { ImageReader } from '../image/reader.ts';
 import type { ChunkSource, DiskLayout, FileEntry, FileVolume, Manifest, RawExtent } from '../image/types.ts';
 import { fsPath, nameBytes } from '../volume/files/names.ts';
 import { startXattrScan } from '../volume/files/xattr.ts';
+import { count, systemReason } from '../wording.ts';
 
 export interface VerifyAfterReport {
   /** Entries, file content bytes and raw bytes (boot areas, raw volumes, zeros between runs) read back and found as the image says. */
@@ -95,7 +96,9 @@ class Checker {
     const { bytesRead } = await fh.read(got, 0, length, position);
     this.advance(length);
     if (bytesRead < length) {
-      this.differ(`${where}: ends at byte ${position + bytesRead}, ${length - bytesRead} bytes short`);
+      this.differ(
+        `${where}: ends at byte ${position + bytesRead}, ${count(length - bytesRead, 'byte')} short`,
+      );
       return false;
     }
     // A run that is a whole chunk matches by its hash alone; otherwise (or when the hash differs, to say where) byte by byte.
@@ -191,7 +194,7 @@ class Checker {
     const entries = includedEntries(volume.entries, fileset);
     const scan = vfat ? undefined : startXattrScan(root);
     const xattrs = await scan?.promise.catch((err: unknown) => {
-      this.differ(`${label}: extended attributes cannot be read back: ${(err as Error).message}`);
+      this.differ(`${label}: extended attributes cannot be read back: ${systemReason(err)}`);
       return undefined;
     });
     const links = new Map<number, bigint>();
@@ -276,7 +279,7 @@ class Checker {
     ino: bigint,
   ): Promise<boolean> {
     if (size !== BigInt(e.size ?? 0)) {
-      this.differ(`${where}: ${size} bytes, the image has ${e.size ?? 0}`);
+      this.differ(`${where}: ${count(Number(size), 'byte')}, the image has ${e.size ?? 0}`);
       return false;
     }
     if (e.hardlinkGroup !== undefined) {
@@ -388,7 +391,7 @@ function plannedBytes(manifest: Manifest, fileset: number): number {
 /** Partitions of the target's table against the image's, after sgdisk rewrote the table for another size. */
 async function verifyTable(c: Checker, target: string, disk: DiskLayout): Promise<void> {
   const table = await readPartitionTable(target).catch((err: unknown) => {
-    c.differ(`partition table: cannot be read back: ${(err as Error).message}`);
+    c.differ(`partition table: cannot be read back: ${systemReason(err)}`);
     return undefined;
   });
   if (!table) return;

@@ -43,6 +43,7 @@ import {
   type Manifest,
 } from './types.ts';
 import { describeUsage } from './usage.ts';
+import { count } from '../wording.ts';
 
 /**
  * Chunks accepted but not yet on disk before putChunk makes its caller wait: one
@@ -496,7 +497,7 @@ export class ImageWriter implements ChunkSink {
       const [first, uses] = missing.entries().next().value as [string, string[]];
       throw new ImageError(
         'E_CHUNK_MISSING',
-        `cannot commit ${this.path}: ${missing.size} chunk(s) referenced by the manifest were never stored, e.g. ${first} (${uses[0]})`,
+        `cannot commit ${this.path}: ${count(missing.size, 'chunk')} referenced by the manifest ${missing.size === 1 ? 'was' : 'were'} never stored, e.g. ${first} (${uses[0]})`,
         { path: this.path, chunks: [...missing.keys()].slice(0, 100), missingCount: missing.size },
       );
     }

@@ -517,3 +517,54 @@ test('img restore overwrites a disk holding partitions or filesystems only with 
   r = img('restore', image, await sparse(join(dir, 'blank.img'), 16 * MiB));
   assert.equal(r.code, 0, r.err);
 });
+
+test('extract and restore into a folder that cannot be made (/proc/x) fail at once, naming it', async (t) => {
+  if (!existsSync('/proc/self')) return void t.skip('needs /proc');
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(src);
+  await writeFile(join(src, 'a.txt'), 'hello\n');
+  const image = join(dir, 'p.imgc');
+  assert.equal(img('make', src, image).code, 0);
+  const target = `/proc/imgcast-test-${process.pid}`;
+  const deeper = `${target}/deeper`;
+  for (const [folder, args] of [
+    [target, ['extract', image, 'a.txt', '--to', target]],
+    [target, ['restore', image, target]],
+    [deeper, ['extract', image, 'a.txt', '--to', deeper]],
+  ] as const) {
+    // Node's recursive mkdir went round forever here (ENOENT on /proc/x, EEXIST on /proc, again).
+    const r = spawnSync(process.execPath, [BIN, ...args], {
+      encoding: 'utf8',
+      timeout: 20_000,
+      killSignal: 'SIGKILL',
+    });
+    assert.equal(r.signal, null, `img ${args.join(' ')} still running after 20 s`);
+    assert.equal(r.status, 1, r.stderr);
+    assert.equal(
+      r.stderr,
+      `img: cannot create the folder ${folder}: /proc does not let folders be made in it (ENOENT) [E_RESTORE_IO]\n`,
+    );
+  }
+  // A folder that cannot be made for another reason names what is in the way.
+  const r = spawnSync(process.execPath, [BIN, 'extract', image, 'a.txt', '--to', join(image, 'x')], {
+    encoding: 'utf8',
+    timeout: 20_000,
+    killSignal: 'SIGKILL',
+  });
+  assert.equal(r.status, 1, r.stderr);
+  assert.equal(
+    r.stderr,
+    `img: cannot create the folder ${join(image, 'x')}: ${image}: it is not a folder [E_RESTORE_IO]\n`,
+  );
+});
+
+test('restore --verify-after of an image of an empty folder says "1 entry"', async (t) => {
+  const dir = await tempDir(t);
+  await mkdir(join(dir, 'src'));
+  const image = join(dir, 'empty.imgc');
+  assert.equal(img('make', join(dir, 'src'), image).code, 0);
+  const r = img('restore', image, join(dir, 'out'), '--verify-after');
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /compared with the image: 1 entry, /);
+});

@@ -107,6 +107,28 @@ test('imgcast send multicasts an image to two img receive processes, file set 2 
   }
 });
 
+test('send and receive say "1 chunk" and "1 receiver" of a one-chunk image sent to one workstation', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(src);
+  await writeFile(join(src, 'a.txt'), 'x\n');
+  const image = join(dir, 'one.imgc');
+  const r = spawnSync(process.execPath, [IMG, 'make', src, image], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const port = 20000 + 2 * Math.floor(Math.random() * 6000);
+  const group = `239.255.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
+  const net = ['--interface', '127.0.0.1'];
+  const sender = run(IMGCAST, ['send', image, ...net, '--group', group, '--port', String(port)]);
+  await new Promise((res) => setTimeout(res, 1500));
+  const receiver = run(IMG, ['receive', '--from', `127.0.0.1:${port}`, ...net, '--to', join(dir, 'ws')]);
+  const [s, rr] = await Promise.all([sender, receiver]);
+  assert.equal(s.code, 0, s.err);
+  assert.equal(rr.code, 0, rr.err);
+  assert.match(s.err, /^waiting: 0 of 1 receiver joined;/m);
+  assert.match(s.out, /^done: 1 chunk, /);
+  assert.match(rr.out, /^received 1\/1 chunks /);
+});
+
 test('imgcast send rejects bad arguments before it listens', async () => {
   for (const args of [
     ['send', 'x.imgc', '--clients', '0'],

@@ -28,7 +28,11 @@ test('describeTargetContents: missing, folders, blank and used disks, in words a
   await writeFile(join(folder, 'a'), 'x');
   const full = await describeTargetContents(folder);
   assert.equal(full.empty, false);
-  assert.match(full.summary, /holds 1 entries/);
+  assert.match(full.summary, /holds 1 entry$/);
+  await assert.rejects(describeTargetContents(join(folder, 'a', 'x')), {
+    code: 'E_DISK_IO',
+    message: `cannot access ${join(folder, 'a', 'x')}: a part of the path is not a directory (ENOTDIR)`,
+  });
 
   const blank = await sparse(join(dir, 'blank.img'), 16 * MiB);
   const b = await describeTargetContents(blank);

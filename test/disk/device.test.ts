@@ -24,6 +24,14 @@ async function sparse(path: string, size: number): Promise<string> {
   return path;
 }
 
+test('a path that cannot be looked at is named, with the reason in words and the errno', async (t) => {
+  const dir = await tempDir(t);
+  await assert.rejects(deviceSize(join(dir, 'none.img')), {
+    code: 'E_DISK_IO',
+    message: `cannot access ${join(dir, 'none.img')}: no such file or directory (ENOENT)`,
+  });
+});
+
 test('loop device over a byte range: size, sector size, read-only, blkid of the range', async (t) => {
   if (skipUnless(t, loopUnavailable())) return;
   const loops = trackedLoops(t);

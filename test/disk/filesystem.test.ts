@@ -15,7 +15,7 @@ import {
   withMounted,
 } from '../../src/disk/filesystem.ts';
 import type { FilesystemInfo } from '../../src/image/types.ts';
-import { loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
+import { hasCommand, loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
 import { trackedLoops } from './loops.ts';
 
 const MiB = 1024 * 1024;
@@ -94,6 +94,22 @@ test('mount failure leaves no mount point behind and says why', async (t) => {
     readFilesystemInfo(loop),
     (e: unknown) => e instanceof DiskError && e.code === 'E_FS_UNSUPPORTED',
   );
+});
+
+test('a filesystem imgcast cannot capture or make is named with its article: "an ntfs"', async (t) => {
+  const dir = await tempDir(t);
+  const file = await sparse(join(dir, 'fs.img'), 8 * MiB);
+  await assert.rejects(makeFilesystem(file, { type: 'ntfs' } as unknown as FilesystemInfo), {
+    code: 'E_FS_UNSUPPORTED',
+    message: `cannot create an ntfs filesystem on ${file}`,
+  });
+  if (!hasCommand('mkntfs')) return void t.skip('needs mkntfs for the capture half');
+  execFileSync('mkntfs', ['-F', '-Q', '-q', file], { stdio: 'ignore' });
+  await assert.rejects(readFilesystemInfo(file), (e: unknown) => {
+    assert.ok(e instanceof DiskError && e.code === 'E_FS_UNSUPPORTED');
+    assert.match(e.message, /holds an ntfs filesystem; only ext2\/3\/4 and vfat/);
+    return true;
+  });
 });
 
 test('write-back errors of a restored filesystem fail its close, naming the full filesystem under it', async (t) => {

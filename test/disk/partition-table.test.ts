@@ -176,6 +176,11 @@ test('filesystem images and empty files have no partition table', async (t) => {
     assert.equal((await readBytes(fat, 510, 2)).toString('hex'), '55aa');
     await assert.rejects(readPartitionTable(fat), rejectsWith('E_DISK_NO_TABLE', /filesystem boot sector/));
   }
+  // A missing file: the reason in words, with the errno.
+  await assert.rejects(readPartitionTable(join(dir, 'none.img')), {
+    code: 'E_DISK_IO',
+    message: `cannot access ${join(dir, 'none.img')}: no such file or directory (ENOENT)`,
+  });
 });
 
 /** Sector 0 with a protective MBR entry, so the parser goes on to GPT. */

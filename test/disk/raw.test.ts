@@ -110,8 +110,22 @@ test('raw restore refuses to finish with a chunk missing, and rejects a wrong-si
     return true;
   });
   await r.applyChunk(extents[0]!.chunk, sink.chunks.get(extents[0]!.chunk)!);
-  await assert.rejects(r.finish(), (e: unknown) => e instanceof DiskError && e.code === 'E_DISK_INCOMPLETE');
+  await assert.rejects(r.finish(), (e: unknown) => {
+    assert.ok(e instanceof DiskError && e.code === 'E_DISK_INCOMPLETE');
+    assert.match(e.message, /: 1 chunk never arrived, e\.g\. /);
+    return true;
+  });
   await r.abort(new Error('test'));
+  // A target that cannot be opened is named, with the reason in words and the errno.
+  const gone = createRawRestore(join(dir, 'gone.img'), 0, data.length, extents, 0);
+  await assert.rejects(gone.prepare(), (e: unknown) => {
+    assert.ok(e instanceof DiskError && e.code === 'E_DISK_IO');
+    assert.equal(
+      e.message,
+      `cannot open ${join(dir, 'gone.img')} for writing: no such file or directory (ENOENT)`,
+    );
+    return true;
+  });
 });
 
 test('capture of a range past the end of the file is an I/O error naming the file', async (t) => {
@@ -122,6 +136,11 @@ test('capture of a range past the end of the file is an I/O error naming the fil
     assert.ok(e instanceof DiskError);
     assert.equal(e.code, 'E_DISK_IO');
     assert.match(e.message, /short\.img ends at byte 4096/);
+    return true;
+  });
+  await assert.rejects(captureRaw(join(dir, 'none.img'), 0, 4096, memorySink()), (e: unknown) => {
+    assert.ok(e instanceof DiskError && e.code === 'E_DISK_IO');
+    assert.equal(e.message, `cannot open ${join(dir, 'none.img')}: no such file or directory (ENOENT)`);
     return true;
   });
 });

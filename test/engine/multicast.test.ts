@@ -247,3 +247,70 @@ test('a receive whose writes the backing filesystem cannot hold fails with the c
     `the sender reported ${sent.status === 'fulfilled' ? JSON.stringify(sent.value.receivers) : ''}`,
   );
 });
+
+test('a receiver whose target does not fit the session names the sender and the image it joined', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(src);
+  await writeFile(join(src, 'a.txt'), 'folder image\n');
+  const image = join(dir, 'lab.imgc');
+  await makeImage(src, image, { level: 'speed' });
+  // A disk-image file: a folder image cannot go there.
+  const target = await sparse(join(dir, 'disk.img'), 8 * MiB);
+  const port = 20000 + 2 * Math.floor(Math.random() * 6000);
+  const group = `239.255.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
+  const ac = new AbortController();
+  t.after(() => ac.abort());
+  const send = sendCommand(image, { clients: 1, interface: '127.0.0.1', group, port, signal: ac.signal });
+  send.catch(() => {});
+  await assert.rejects(
+    receiveCommand({
+      from: `127.0.0.1:${port}`,
+      to: target,
+      interface: '127.0.0.1',
+      journal: join(dir, 'j'),
+    }),
+    (e: unknown) => {
+      assert.ok(e instanceof Error);
+      assert.match(
+        e.message,
+        new RegExp(
+          `session from 127\\.0\\.0\\.1:${port} \\(image lab\\.imgc, file set 1\\): ` +
+            'the image holds a directory tree without a filesystem',
+        ),
+      );
+      return true;
+    },
+  );
+  ac.abort();
+  await assert.rejects(send);
+});
+
+test('a session meta without the image name (an older sender) is accepted, and refusals name the sender', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(src);
+  await writeFile(join(src, 'a.txt'), 'folder image\n');
+  const image = join(dir, 'lab.imgc');
+  await makeImage(src, image, { level: 'speed' });
+  const provider = await imageProvider(image, 1);
+  t.after(() => provider.close?.());
+  assert.equal((provider.meta as { image?: string }).image, 'lab.imgc');
+  const { image: _name, ...older } = provider.meta as Record<string, unknown>;
+  const session = {
+    nonce: '0123456789abcdef',
+    group: '239.255.1.1',
+    port: 7748,
+    chunks: provider.chunks,
+    meta: older,
+    encrypted: false,
+    sender: '198.18.0.1:7747',
+  };
+  // Accepted: it restores into a folder.
+  const ok = await restoreConsumer(session, join(dir, 'out'));
+  await ok.abort(new Error('test over'));
+  await assert.rejects(
+    restoreConsumer(session, await sparse(join(dir, 'disk.img'), 8 * MiB)),
+    /^[^]*session from 198\.18\.0\.1:7747 \(file set 1\): the image holds a directory tree/,
+  );
+});

@@ -390,7 +390,7 @@ test('whole GPT disk: make from a loop device, restore onto same-size and larger
     await writeRange(file, src.p3.start, Buffer.alloc(8 * MiB, 0x55));
     const dev = r.loop(file);
     const result = await restoreImage(src.image, dev, { fileset: 1 });
-    assert.match(result.description, /GPT disk of 3 partition/);
+    assert.match(result.description, /GPT disk of 3 partitions — /);
     r.detach(dev);
     await checkRestoredDisk(t2, src, file, r, true);
     const readBack = await verifyRestoredImage(src.image, file, { fileset: 1 });
@@ -713,6 +713,56 @@ test('restoring a file set reads none of the chunks only its excluded files use'
   await restoreFromSource(manifest, source, out1, { fileset: 1 });
   assert.deepEqual(await compareTrees(src, out1, { ignoreRoot: true }), []);
   assert.ok([...driverChunks].every((id) => read.includes(id)));
+});
+
+test('restore messages count in words and give system errors as sentences with the errno', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(src);
+  await writeFile(join(src, 'readme.txt'), 'lab image\n');
+  const image = join(dir, 'one.imgc');
+  await makeImage(src, image, { level: 'speed' });
+  const reader = await ImageReader.open(image);
+  t.after(() => reader.close());
+
+  // A restore finished before its only chunk arrived.
+  const sink = await openRestore(reader.manifest, join(dir, 'out'), { fileset: 1 });
+  assert.equal(sink.needed.size, 1);
+  await sink.prepare();
+  await assert.rejects(sink.finish(), (e: unknown) => {
+    assert.ok(e instanceof DiskError && e.code === 'E_DISK_INCOMPLETE');
+    assert.match(e.message, /is incomplete: 1 of 1 chunk never arrived \(first: [0-9a-f]{64}\)$/);
+    return true;
+  });
+  await sink.abort(new Error('test over'));
+
+  // Two file volumes cannot go into one folder.
+  const twice = { ...reader.manifest, volumes: [reader.manifest.volumes[0]!, reader.manifest.volumes[0]!] };
+  await mkdir(join(dir, 'empty'));
+  await assert.rejects(openRestore(twice, join(dir, 'empty'), { fileset: 1 }), (e: unknown) => {
+    assert.ok(e instanceof DiskError);
+    assert.match(e.message, /the image holds 2 volumes \(2 with files\); only/);
+    return true;
+  });
+
+  // A target whose path runs through a file.
+  const through = join(dir, 'src', 'readme.txt', 'x');
+  await assert.rejects(restoreImage(image, through, { fileset: 1 }), {
+    code: 'E_DISK_IO',
+    message: `cannot access ${through}: a part of the path is not a directory (ENOTDIR)`,
+  });
+
+  // A new disk-image file that cannot be created: a dangling symlink is in its place.
+  const blob = join(dir, 'blob.bin');
+  await writeFile(blob, randomBytes(64 * 1024));
+  const rawImage = join(dir, 'raw.imgc');
+  await makeImage(blob, rawImage, { level: 'speed' });
+  const dangling = join(dir, 'new.img');
+  await symlink(join(dir, 'nowhere'), dangling);
+  await assert.rejects(restoreImage(rawImage, dangling, { fileset: 1, create: true }), {
+    code: 'E_DISK_IO',
+    message: `cannot create ${dangling}: it already exists (EEXIST)`,
+  });
 });
 
 test('a failed restore into a directory resumes: files already written are kept, the rest arrive', async (t) => {

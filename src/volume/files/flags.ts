@@ -9,6 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { FileVolumeError } from './errors.ts';
 import { nameBytes } from './names.ts';
 import { run } from './times.ts';
+import { systemReason } from '../../wording.ts';
 
 /**
  * The flags kept, as lsattr and chattr letter them: what a user or program sets with
@@ -63,7 +64,7 @@ export function startFlagScan(root: string): FlagScan {
   child.stdin.on('error', () => {});
   const closed = new Promise<number | null>((resolvePromise, reject) => {
     child.on('error', (e: NodeJS.ErrnoException) =>
-      reject(e.code === 'ENOENT' ? missing('xargs') : flagError(`cannot run lsattr: ${e.message}`)),
+      reject(e.code === 'ENOENT' ? missing('xargs') : flagError(`cannot run lsattr: ${systemReason(e)}`)),
     );
     child.on('close', resolvePromise);
   });

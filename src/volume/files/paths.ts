@@ -1,7 +1,9 @@
-import { lstatSync } from 'node:fs';
-import { isAbsolute, join, resolve } from 'node:path';
+import { lstatSync, mkdirSync, statSync } from 'node:fs';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { ImageError } from '../../image/errors.ts';
-import { fsPath, nameBytes } from './names.ts';
+import { systemReason } from '../../wording.ts';
+import { FileVolumeError } from './errors.ts';
+import { displayName, fsPath, nameBytes } from './names.ts';
 
 /**
  * Canonical form of a path an administrator typed for an image ('/etc/./x/' → 'etc/x',
@@ -85,4 +87,57 @@ function isRealDirOrMissing(p: string): boolean {
 
 function escape(p: string, why: string): ImageError {
   return new ImageError('E_PATH_ESCAPE', `image path ${JSON.stringify(p)} ${why}; refusing it`, { path: p });
+}
+
+/**
+ * Makes the folder `dir` of the host and the folders missing above it, as mkdir -p does,
+ * one at a time. Not Node's recursive mkdir: where a parent exists but refuses new entries
+ * with ENOENT (/proc, much of /sys), that takes the ENOENT for a missing parent, finds the
+ * parent there (EEXIST) and tries again, forever. Here every failure is an E_RESTORE_IO
+ * naming the folder asked for, and the one that could not be made when that is another.
+ */
+export function makeFolder(dir: string): void {
+  const target = resolve(dir);
+  const missing: string[] = [];
+  for (let cur = target; ; cur = dirname(cur)) {
+    let isDir: boolean;
+    try {
+      isDir = statSync(cur).isDirectory();
+    } catch (err) {
+      // ENOTDIR: a file further up is in the way, which the walk up finds and names.
+      const code = (err as NodeJS.ErrnoException).code;
+      if ((code !== 'ENOENT' && code !== 'ENOTDIR') || cur === dirname(cur)) {
+        throw folderError(target, cur, systemReason(err), err);
+      }
+      missing.push(cur);
+      continue;
+    }
+    if (!isDir) throw folderError(target, cur, 'it is not a folder');
+    break;
+  }
+  for (const folder of missing.reverse()) {
+    try {
+      mkdirSync(folder);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      // Made meanwhile by someone else: as good.
+      if (code === 'EEXIST' && statSync(folder, { throwIfNoEntry: false })?.isDirectory()) continue;
+      // Its parent is there (found or just made): ENOENT means that parent takes no new folders.
+      if (code === 'ENOENT') {
+        const parent = displayName(dirname(folder));
+        throw folderError(target, target, `${parent} does not let folders be made in it (ENOENT)`, err);
+      }
+      throw folderError(target, folder, systemReason(err), err);
+    }
+  }
+}
+
+function folderError(target: string, at: string, why: string, cause?: unknown): FileVolumeError {
+  const where = at === target ? '' : `${displayName(at)}: `;
+  return new FileVolumeError(
+    'E_RESTORE_IO',
+    `cannot create the folder ${displayName(target)}: ${where}${why}`,
+    { path: target, ...(at !== target ? { at } : {}) },
+    cause === undefined ? undefined : { cause },
+  );
 }

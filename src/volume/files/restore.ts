@@ -47,7 +47,7 @@ import { PlanBuilder } from '../../image/plan.ts';
 import { CompressPool } from '../../image/pool.ts';
 import { FileVolumeError } from './errors.ts';
 import { displayName, fsPath } from './names.ts';
-import { assertEntryPath } from './paths.ts';
+import { assertEntryPath, makeFolder } from './paths.ts';
 import { applyFlags, KEPT_FLAGS } from './flags.ts';
 import { exactDouble, ExactTimes, type ExactTimesTool } from './times.ts';
 import { applyXattrs } from './xattr.ts';
@@ -298,7 +298,7 @@ class TreeRestoreImpl implements RestoreSink {
   }
 
   async prepare(): Promise<void> {
-    mkdirSync(this.root, { recursive: true });
+    makeFolder(this.root);
     try {
       await this.prepareTree();
     } catch (err) {
@@ -1230,7 +1230,12 @@ function runTool(cmd: string, args: string[]): Promise<void> {
     child.stderr.on('data', (b: Buffer) => err.push(b));
     child.on('error', (e) =>
       reject(
-        new FileVolumeError('E_RESTORE_IO', `cannot create ${what}: ${cmd}: ${e.message}`, {}, { cause: e }),
+        new FileVolumeError(
+          'E_RESTORE_IO',
+          `cannot create ${what}: ${cmd}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'it is not installed (not found on PATH) (ENOENT)' : systemReason(e)}`,
+          {},
+          { cause: e },
+        ),
       ),
     );
     child.on('close', (code) => {

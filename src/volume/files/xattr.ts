@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileVolumeError } from './errors.ts';
 import { nameBytes, nameFromBytes } from './names.ts';
+import { systemReason } from '../../wording.ts';
 
 export type XattrMap = Map<string, Record<string, string>>;
 
@@ -37,7 +38,7 @@ export function startXattrScan(root: string, start = root): { promise: Promise<X
           'E_XATTR',
           e.code === 'ENOENT'
             ? 'cannot read extended attributes: getfattr is not installed (package "attr")'
-            : `cannot run getfattr on ${root}: ${e.message}`,
+            : `cannot run getfattr on ${root}: ${systemReason(e)}`,
           { path: root },
           { cause: e },
         ),
@@ -155,7 +156,7 @@ export async function applyXattrs(
             'E_XATTR',
             e.code === 'ENOENT'
               ? 'cannot restore extended attributes: setfattr is not installed (package "attr")'
-              : `cannot run setfattr in ${targetDir}: ${e.message}`,
+              : `cannot run setfattr in ${targetDir}: ${systemReason(e)}`,
             { path: targetDir },
             { cause: e },
           ),

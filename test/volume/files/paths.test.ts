@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import {
   assertEntryPath,
   checkEntryPath,
+  makeFolder,
   normalizeImagePath,
   safeJoin,
 } from '../../../src/volume/files/paths.ts';
@@ -102,4 +103,16 @@ test('assertEntryPath refuses exactly what checkEntryPath refuses, with the same
     }),
     { numRuns: 3000 },
   );
+});
+
+test('makeFolder makes the missing folders one by one and accepts one that is there', async (t) => {
+  const dir = await tempDir(t);
+  makeFolder(join(dir, 'a', 'b', 'c'));
+  assert.ok(statSync(join(dir, 'a', 'b', 'c')).isDirectory());
+  makeFolder(join(dir, 'a', 'b'));
+  writeFileSync(join(dir, 'file'), '');
+  assert.throws(() => makeFolder(join(dir, 'file', 'x', 'y')), {
+    code: 'E_RESTORE_IO',
+    message: `cannot create the folder ${join(dir, 'file', 'x', 'y')}: ${join(dir, 'file')}: it is not a folder`,
+  });
 });
