@@ -12,8 +12,13 @@ import type { SessionInfo } from './types.ts';
 const HEADER = '#imgcast-journal 1 ';
 
 export function sessionFingerprint(s: Pick<SessionInfo, 'chunks' | 'meta'>): string {
+  // What was sent, not what it was called: a resume from the same image under another file name
+  // (or from an older sender that did not say the name) is the same layout.
+  const meta =
+    s.meta && typeof s.meta === 'object' ? { ...(s.meta as Record<string, unknown>) } : (s.meta ?? null);
+  if (meta && typeof meta === 'object') delete (meta as Record<string, unknown>).image;
   return createHash('sha256')
-    .update(JSON.stringify([s.chunks.map((c) => [c.id, c.codec, c.rawLength]), s.meta ?? null]))
+    .update(JSON.stringify([s.chunks.map((c) => [c.id, c.codec, c.rawLength]), meta]))
     .digest('hex');
 }
 

@@ -36,6 +36,7 @@ import {
   type ToReceiver,
   wrapDataKey,
 } from './control.ts';
+import { ImgcastError } from '../errors.ts';
 import { TransportError } from './errors.ts';
 import { collectYoung } from './gc.ts';
 import { DatagramIn } from './datagram-in.ts';
@@ -91,6 +92,15 @@ interface Partial {
   got: Uint8Array;
   count: number;
   n: number;
+}
+
+/**
+ * The code and message a failure of the target reports: its own code when it has one (a disk
+ * that could not be written says E_DISK_WRITE, not just that the consumer failed).
+ */
+function consumerFailure(err: unknown, what: string): [string, string] {
+  const msg = err instanceof Error ? err.message : String(err);
+  return [err instanceof ImgcastError ? err.code : 'E_CONSUMER', `${what}: ${msg}`];
 }
 
 export function parseFrom(from: string): { host: string; port: number } {
@@ -337,9 +347,8 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       gotSession = true;
       clearTimeout(connectTimer);
       setup(m).catch((e: unknown) => {
-        if (e instanceof TransportError) fail(e.code, e.message);
-        else
-          fail('E_CONSUMER', `could not prepare the target: ${e instanceof Error ? e.message : String(e)}`);
+        if (e instanceof ImgcastError) fail(e.code, e.message);
+        else fail(...consumerFailure(e, 'could not prepare the target'));
       });
       return;
     }
@@ -662,8 +671,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
         await (consumer as ChunkConsumer).apply(e.id, raw);
         if (journal) await noteWritten(e.id, e.rawLength);
       } catch (err) {
-        const msg = err instanceof Error ? err.message : String(err);
-        return fail('E_CONSUMER', `writing chunk ${e.id} failed: ${msg}`);
+        return fail(...consumerFailure(err, `writing chunk ${e.id} failed`));
       } finally {
         // The consumer is done with raw (which may be wire itself): the buffer can be reused once
         // coded repairs no longer need its bytes.
@@ -809,10 +817,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
         await journal.write(ids.map((x) => `${x}\n`).join(''));
         await journal.datasync();
       } catch (err) {
-        fail(
-          'E_CONSUMER',
-          `making written chunks durable failed: ${err instanceof Error ? err.message : String(err)}`,
-        );
+        fail(...consumerFailure(err, 'making written chunks durable failed'));
       }
     });
     return checkpointing;
@@ -830,10 +835,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       try {
         await (consumer as ChunkConsumer).finish();
       } catch (err) {
-        return fail(
-          'E_CONSUMER',
-          `finishing the target failed: ${err instanceof Error ? err.message : String(err)}`,
-        );
+        return fail(...consumerFailure(err, 'finishing the target failed'));
       }
       if (journal) await journal.close().catch(() => {});
       journal = null;

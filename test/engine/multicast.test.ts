@@ -237,7 +237,8 @@ test('a receive whose writes the backing filesystem cannot hold fails with the c
   ]);
   assert.equal(got.status, 'rejected');
   const reason = (got as PromiseRejectedResult).reason as Error & { code?: string };
-  // The transport reports a consumer's failure as E_CONSUMER with the restore's message.
+  // The restore's own code reaches the caller (and the sender), with its message.
+  assert.equal(reason.code, 'E_DISK_WRITE');
   assert.match(
     reason.message,
     new RegExp(`restoring onto ${dev}: .*the filesystem holding ${backing}.* is full`),
