@@ -39,7 +39,7 @@ import {
 import { ImgcastError } from '../errors.ts';
 import { TransportError } from './errors.ts';
 import { collectYoung } from './gc.ts';
-import { DatagramIn } from './datagram-in.ts';
+import { type DataInput, openDataInput } from './datagram-in.ts';
 import { openJournal, sessionFingerprint } from './journal.ts';
 import { type Tuning, tuneKernel } from './kernel-tuning.ts';
 import { ArrivalCounter } from './arrivals.ts';
@@ -187,7 +187,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   let dataKey: DataKey | null = null;
   let consumer: ChunkConsumer | null = null;
   let journal: FileHandle | null = null;
-  let udp: DatagramIn | null = null;
+  let udp: DataInput | null = null;
   let statusTimer: NodeJS.Timeout | null = null;
   let joinedData = false;
   let stalled = false;
@@ -428,7 +428,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       tuning = tuneKernel(receiveTuning(opts.tuneKernel ?? false, opts.tuneReassembly ?? false), { log });
     }
     // After the tuning: the kernel caps SO_RCVBUF at net.core.rmem_max when it is set.
-    const input = await DatagramIn.open(
+    const input = await openDataInput(
       { group, port: dataPort, interface: opts.interface, rcvbuf: WANT_RCVBUF },
       onPacket,
       (e) => log(`data socket error: ${e.message}`),

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import { test } from 'node:test';
-import { DatagramIn } from '../../src/transport/datagram-in.ts';
+import { DatagramIn, openDataInput, THREAD_BELOW } from '../../src/transport/datagram-in.ts';
 import { TransportError } from '../../src/transport/errors.ts';
 
 function endpoint(): { port: number; group: string } {
@@ -112,4 +112,20 @@ test('a group that cannot be joined on the interface is a clear E_CONNECT', asyn
     (e: unknown) =>
       e instanceof TransportError && e.code === 'E_CONNECT' && /cannot join multicast group/.test(e.message),
   );
+});
+
+test('openDataInput reads a socket whose buffer is small on a thread with a ring', async () => {
+  const ep = endpoint();
+  // 1 MiB asked: the kernel grants at most twice that, under THREAD_BELOW whatever rmem_max is.
+  const input = await openDataInput(
+    { ...ep, interface: '127.0.0.1', rcvbuf: 1 << 20 },
+    () => {},
+    () => {},
+  );
+  try {
+    assert.ok(input.rcvbuf < THREAD_BELOW);
+    assert.ok(input instanceof DatagramIn, 'a small buffer was read on the caller thread');
+  } finally {
+    await input.close();
+  }
 });
