@@ -177,7 +177,7 @@ export async function defaultJournal(target: string): Promise<string> {
  * MAC address of the interface it receives on (or of its first wired one), so the name is the
  * same after a crash or a reboot, and two machines cloned with one hostname stay apart.
  */
-export function workstationName(address?: string): string {
+function workstationName(address?: string): string {
   const all = Object.values(networkInterfaces()).flatMap((list) => list ?? []);
   const ipv4 = all.filter((i) => i.family === 'IPv4' && !i.internal && i.mac !== '00:00:00:00:00:00');
   const mac = (address ? ipv4.find((i) => i.address === address) : undefined)?.mac ?? ipv4[0]?.mac;

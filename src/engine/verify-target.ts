@@ -25,7 +25,16 @@ import { openTreeForReading } from '../disk/filesystem.ts';
 import { readPartitionTable } from '../disk/partition-table.ts';
 import { includedEntries } from '../image/fileset.ts';
 import { ImageReader } from '../image/reader.ts';
-import type { ChunkSource, DiskLayout, FileEntry, FileVolume, Manifest, RawExtent } from '../image/types.ts';
+import type {
+  ChunkSource,
+  DiskLayout,
+  FileEntry,
+  FileVolume,
+  Manifest,
+  PartitionInfo,
+  RawExtent,
+} from '../image/types.ts';
+import { typeOf } from '../volume/files/capture.ts';
 import { fsPath, nameBytes } from '../volume/files/names.ts';
 import { startXattrScan } from '../volume/files/xattr.ts';
 import { count, systemReason } from '../wording.ts';
@@ -331,16 +340,6 @@ function absolute(root: string, path: string): string | Buffer {
   return typeof p === 'string' ? `${root}/${p}` : Buffer.concat([Buffer.from(`${root}/`), p]);
 }
 
-function typeOf(st: Awaited<ReturnType<typeof lstat>>): string {
-  if (st.isFile()) return 'file';
-  if (st.isDirectory()) return 'dir';
-  if (st.isSymbolicLink()) return 'symlink';
-  if (st.isCharacterDevice()) return 'chardev';
-  if (st.isBlockDevice()) return 'blockdev';
-  if (st.isFIFO()) return 'fifo';
-  return 'socket';
-}
-
 /** Linux dev_t: major in bits 8-19 and 32-43, minor in bits 0-7 and 20-31. */
 function sameDevice(rdev: bigint, e: FileEntry): boolean {
   const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
@@ -395,14 +394,8 @@ async function verifyTable(c: Checker, target: string, disk: DiskLayout): Promis
     return undefined;
   });
   if (!table) return;
-  const key = (p: {
-    number: number;
-    startBytes: number;
-    sizeBytes: number;
-    type: string;
-    uuid?: string;
-    name?: string;
-  }) => JSON.stringify([p.number, p.startBytes, p.sizeBytes, p.type, p.uuid ?? '', p.name ?? '']);
+  const key = (p: Pick<PartitionInfo, 'number' | 'startBytes' | 'sizeBytes' | 'type' | 'uuid' | 'name'>) =>
+    JSON.stringify([p.number, p.startBytes, p.sizeBytes, p.type, p.uuid ?? '', p.name ?? '']);
   const got = table.partitions.map(key).sort();
   const want = disk.partitions.map(key).sort();
   if (table.table !== disk.table || JSON.stringify(got) !== JSON.stringify(want)) {

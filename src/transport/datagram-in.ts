@@ -16,7 +16,7 @@ import { Worker } from 'node:worker_threads';
 import { CTRL, RING_OFFSET, recordSize, type InWorkerData } from './datagram-in-layout.ts';
 import { TransportError } from './errors.ts';
 
-export const DEFAULT_RING_BYTES = 8 * 1024 * 1024;
+const DEFAULT_RING_BYTES = 8 * 1024 * 1024;
 /** Datagrams handled per turn of the main thread before it lets timers and sockets run. */
 const BATCH = 4096;
 

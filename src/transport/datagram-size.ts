@@ -28,11 +28,11 @@
  */
 
 /** Repair bytes per byte the receivers lose that the datagram size aims at. */
-export const REPAIR_BUDGET = 2.2;
+const REPAIR_BUDGET = 2.2;
 /** Repairs this small a share of the data are not worth smaller datagrams, whatever their ratio to the loss. */
 const REPAIR_FLOOR = 0.002;
 /** Units expected in a receiver's window before its loss counts (fewer say little). */
-export const K_MIN_UNITS = 200;
+const K_MIN_UNITS = 200;
 const FRAG_HIGH = 0.5;
 const FRAG_LOW = 0.2;
 

@@ -102,7 +102,7 @@ const TICK_MS = 200;
 /** The first tick's rate, before any receiver said what arrived. */
 const START_RATE_MBIT = 200;
 /** The rate never falls below this, so a session always moves. */
-export const MIN_RATE_MBIT = 5;
+const MIN_RATE_MBIT = 5;
 /** Loss reports this recent decide k. */
 const K_WINDOW_MS = 1000;
 /** A receiver silent this long no longer holds the window: the drop policy will deal with it. */

@@ -517,7 +517,13 @@ class Capturer {
   }
 }
 
-function typeOf(st: BigIntStats): FileEntryType {
+/** The entry type of what lstat found (shared by capture and the read-back of a restore). */
+export function typeOf(
+  st: Pick<
+    BigIntStats,
+    'isFile' | 'isDirectory' | 'isSymbolicLink' | 'isCharacterDevice' | 'isBlockDevice' | 'isFIFO'
+  >,
+): FileEntryType {
   if (st.isFile()) return 'file';
   if (st.isDirectory()) return 'dir';
   if (st.isSymbolicLink()) return 'symlink';
