@@ -58,7 +58,7 @@ import {
   type ToSender,
   wrapDataKey,
 } from './control.ts';
-import { UsageError } from '../errors.ts';
+import { ImgcastError, UsageError } from '../errors.ts';
 import { defaultSendThreads, MAX_SEND_THREADS, openDatagramOut } from './datagram-out.ts';
 import { TransportError } from './errors.ts';
 import {
@@ -1226,9 +1226,13 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     for (const p of peers) {
       if (p.state === 'ok') p.ch.send({ t: 'end' });
       else if (p.state === 'joining' || p.state === 'waiting' || p.state === 'receiving') {
+        // A caller that stops the send with a reason (an administrator's stop) has it told to every receiver.
+        const stopped = opts.signal?.aborted && opts.signal.reason instanceof ImgcastError ? opts.signal.reason : null;
         const why = fatal
           ? `sender failed: ${fatal instanceof Error ? fatal.message : String(fatal)}`
-          : 'session stopped by the sender';
+          : stopped
+            ? `session stopped by the sender: ${stopped.message}`
+            : 'session stopped by the sender';
         endPeer(p, 'dropped', why, fatal ? 'E_SENDER_FAILED' : 'E_ABORTED', true);
       }
     }

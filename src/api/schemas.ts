@@ -1,0 +1,268 @@
+/**
+ * The HTTP API's contract: every request and response body, as TypeBox schemas. The server
+ * validates against them (and publishes them in its OpenAPI document); the CLI and the
+ * workstation client type their calls with them. Sizes are bytes, times milliseconds since
+ * the epoch, durations milliseconds.
+ */
+import { Type, type Static } from 'typebox';
+
+export const API_VERSION = 1;
+
+export const ErrorBody = Type.Object(
+  {
+    error: Type.String({ description: 'stable error code, e.g. E_SESSION_UNKNOWN' }),
+    message: Type.String(),
+  },
+  { additionalProperties: true },
+);
+export type ErrorBody = Static<typeof ErrorBody>;
+
+export const SessionName = Type.String({
+  minLength: 1,
+  maxLength: 64,
+  pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$',
+});
+export const Fileset = Type.Integer({ minimum: 1, maximum: 10 });
+
+export const SessionState = Type.Union([
+  Type.Literal('waiting'),
+  Type.Literal('sending'),
+  Type.Literal('done'),
+  Type.Literal('failed'),
+  Type.Literal('stopped'),
+  Type.Literal('interrupted'),
+]);
+export type SessionState = Static<typeof SessionState>;
+
+export const ClientState = Type.Union([
+  Type.Literal('joined'),
+  Type.Literal('receiving'),
+  Type.Literal('writing'),
+  Type.Literal('ok'),
+  Type.Literal('failed'),
+  Type.Literal('dropped'),
+]);
+export type ClientState = Static<typeof ClientState>;
+
+export const SessionClient = Type.Object({
+  workstation: Type.String(),
+  name: Type.String(),
+  mac: Type.String(),
+  address: Type.String(),
+  joinedAt: Type.Number(),
+  state: ClientState,
+  bytes: Type.Number(),
+  totalBytes: Type.Number(),
+  rateMbit: Type.Number(),
+  etaMs: Type.Union([Type.Number(), Type.Null()]),
+  code: Type.Union([Type.String(), Type.Null()]),
+  reason: Type.Union([Type.String(), Type.Null()]),
+  finishedAt: Type.Union([Type.Number(), Type.Null()]),
+});
+export type SessionClient = Static<typeof SessionClient>;
+
+export const Session = Type.Object({
+  name: Type.String(),
+  image: Type.String({ description: 'path of the image inside the image directory' }),
+  fileset: Type.Integer(),
+  clientCount: Type.Integer({ description: 'start once this many clients have joined' }),
+  waitMs: Type.Number({ description: 'start this long after the last new client joined' }),
+  state: SessionState,
+  run: Type.Integer({ description: 'how many times the session was (re)opened' }),
+  joined: Type.Integer(),
+  needed: Type.Integer({ description: 'clients still needed before the count trigger fires' }),
+  startsInMs: Type.Union([Type.Number(), Type.Null()], {
+    description: 'time left before the time trigger fires; null until a client joined',
+  }),
+  group: Type.Union([Type.String(), Type.Null()]),
+  port: Type.Union([Type.Integer(), Type.Null()]),
+  createdAt: Type.Number(),
+  startedAt: Type.Union([Type.Number(), Type.Null()]),
+  finishedAt: Type.Union([Type.Number(), Type.Null()]),
+  message: Type.Union([Type.String(), Type.Null()]),
+  rateMbit: Type.Number(),
+  clients: Type.Array(SessionClient),
+});
+export type Session = Static<typeof Session>;
+
+export const CreateSession = Type.Object(
+  {
+    name: SessionName,
+    image: Type.String({ minLength: 1, maxLength: 4096 }),
+    fileset: Type.Optional(Fileset),
+    clientCount: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })),
+    waitMinutes: Type.Optional(Type.Number({ minimum: 0, maximum: 10080 })),
+    waitSeconds: Type.Optional(Type.Number({ minimum: 0, maximum: 604800 })),
+  },
+  { additionalProperties: false },
+);
+export type CreateSession = Static<typeof CreateSession>;
+
+export const EditSession = Type.Object(
+  {
+    clientCount: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })),
+    waitMinutes: Type.Optional(Type.Number({ minimum: 0, maximum: 10080 })),
+    waitSeconds: Type.Optional(Type.Number({ minimum: 0, maximum: 604800 })),
+  },
+  { additionalProperties: false },
+);
+export type EditSession = Static<typeof EditSession>;
+
+export const StopSession = Type.Object(
+  { delete: Type.Optional(Type.Boolean()) },
+  { additionalProperties: false },
+);
+
+export const Counters = Type.Object({
+  requestsReceived: Type.Number({ description: 'requests from workstations (register, join, report)' }),
+  imagesSent: Type.Number({ description: 'images put down on a workstation and verified there' }),
+  imagesReceived: Type.Number({ description: 'images uploaded to the server (img make --server)' }),
+  clientReferrals: Type.Number({ description: 'workstations sent on to another imaging server' }),
+  errors: Type.Number({ description: 'failed client results and server errors' }),
+});
+export type Counters = Static<typeof Counters>;
+
+export const Status = Type.Object({
+  server: Type.Object({ name: Type.String(), version: Type.String(), startedAt: Type.Number() }),
+  counters: Counters,
+  sessions: Type.Array(Session),
+});
+export type Status = Static<typeof Status>;
+
+export const HistoryEntry = Type.Object({
+  session: Type.String(),
+  run: Type.Integer(),
+  image: Type.String(),
+  fileset: Type.Integer(),
+  state: SessionState,
+  startedAt: Type.Union([Type.Number(), Type.Null()]),
+  finishedAt: Type.Number(),
+  message: Type.Union([Type.String(), Type.Null()]),
+  clients: Type.Array(SessionClient),
+});
+export type HistoryEntry = Static<typeof HistoryEntry>;
+
+export const Image = Type.Object({
+  name: Type.String({ description: 'path inside the image directory' }),
+  sizeBytes: Type.Number(),
+  modifiedAt: Type.Number(),
+  imageId: Type.Union([Type.String(), Type.Null()]),
+  source: Type.Union([Type.String(), Type.Null()]),
+  volumes: Type.Union([Type.Integer(), Type.Null()]),
+  rawBytes: Type.Union([Type.Number(), Type.Null()]),
+  problem: Type.Union([Type.String(), Type.Null()], {
+    description: 'why the file cannot be read as an image',
+  }),
+});
+export type Image = Static<typeof Image>;
+
+export const Inventory = Type.Object(
+  {
+    hostname: Type.String({ minLength: 1, maxLength: 255 }),
+    mac: Type.String({ pattern: '^[0-9a-f]{2}(:[0-9a-f]{2}){5}$' }),
+    addresses: Type.Array(Type.String({ maxLength: 64 }), { maxItems: 64 }),
+    disks: Type.Array(
+      Type.Object(
+        {
+          path: Type.String({ maxLength: 255 }),
+          sizeBytes: Type.Number({ minimum: 0 }),
+          model: Type.Optional(Type.String({ maxLength: 255 })),
+          serial: Type.Optional(Type.String({ maxLength: 255 })),
+          removable: Type.Optional(Type.Boolean()),
+          rotational: Type.Optional(Type.Boolean()),
+        },
+        { additionalProperties: false },
+      ),
+      { maxItems: 64 },
+    ),
+    memoryBytes: Type.Number({ minimum: 0 }),
+    cpu: Type.Object({ model: Type.String({ maxLength: 255 }), cores: Type.Integer({ minimum: 0 }) }),
+    dmi: Type.Object(
+      {
+        vendor: Type.Optional(Type.String({ maxLength: 255 })),
+        product: Type.Optional(Type.String({ maxLength: 255 })),
+        serial: Type.Optional(Type.String({ maxLength: 255 })),
+        uuid: Type.Optional(Type.String({ maxLength: 255 })),
+      },
+      { additionalProperties: false },
+    ),
+  },
+  { additionalProperties: false },
+);
+export type Inventory = Static<typeof Inventory>;
+
+export const Registered = Type.Object({ id: Type.String(), name: Type.String(), token: Type.String() });
+export type Registered = Static<typeof Registered>;
+
+export const Workstation = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  mac: Type.String(),
+  hostname: Type.String(),
+  addresses: Type.Array(Type.String()),
+  lastAddress: Type.String(),
+  registeredAt: Type.Number(),
+  lastSeenAt: Type.Number(),
+  inventory: Inventory,
+});
+export type Workstation = Static<typeof Workstation>;
+
+/** What a workstation that joined sees while it waits, and where to receive once the session sends. */
+export const JoinView = Type.Object({
+  session: Type.String(),
+  run: Type.Integer(),
+  state: SessionState,
+  joined: Type.Integer(),
+  needed: Type.Integer(),
+  startsInMs: Type.Union([Type.Number(), Type.Null()]),
+  message: Type.Union([Type.String(), Type.Null()]),
+  /** Bumped on every change; the wait call returns as soon as it differs from `since`. */
+  version: Type.Integer(),
+  receiver: Type.Union([
+    Type.Object({
+      from: Type.String({ description: 'the sender control address, host:port' }),
+      key: Type.String(),
+      name: Type.String({ description: 'the name to give the sender' }),
+      image: Type.String(),
+      fileset: Type.Integer(),
+    }),
+    Type.Null(),
+  ]),
+});
+export type JoinView = Static<typeof JoinView>;
+
+export const ClientReport = Type.Object(
+  {
+    run: Type.Integer({ minimum: 1 }),
+    state: Type.Union([
+      Type.Literal('receiving'),
+      Type.Literal('writing'),
+      Type.Literal('ok'),
+      Type.Literal('failed'),
+    ]),
+    bytes: Type.Optional(Type.Number({ minimum: 0 })),
+    totalBytes: Type.Optional(Type.Number({ minimum: 0 })),
+    code: Type.Optional(Type.String({ maxLength: 64 })),
+    message: Type.Optional(Type.String({ maxLength: 4096 })),
+  },
+  { additionalProperties: false },
+);
+export type ClientReport = Static<typeof ClientReport>;
+
+export const Login = Type.Object(
+  {
+    name: Type.String({ minLength: 1, maxLength: 64 }),
+    password: Type.String({ minLength: 1, maxLength: 1024 }),
+  },
+  { additionalProperties: false },
+);
+export const LoginResult = Type.Object({ token: Type.String(), expiresAt: Type.Number() });
+export type LoginResult = Static<typeof LoginResult>;
+
+export const Health = Type.Object({
+  ok: Type.Boolean(),
+  name: Type.String(),
+  version: Type.String(),
+  api: Type.Integer(),
+});
+export type Health = Static<typeof Health>;

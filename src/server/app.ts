@@ -1,0 +1,422 @@
+/**
+ * The HTTP API: Fastify with TypeBox schemas on every request and response (the same schemas
+ * make the OpenAPI document at /api/openapi.json). Each route says who may call it in
+ * `config.access`: public, workstation (a registered workstation's token) or admin (the admin
+ * token or a login token). Every refusal is `{ error: CODE, message }` and changes nothing.
+ */
+import swagger from '@fastify/swagger';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import { Type } from 'typebox';
+
+import {
+  API_VERSION,
+  CreateSession,
+  EditSession,
+  ErrorBody,
+  Health,
+  HistoryEntry,
+  Image,
+  Inventory,
+  JoinView,
+  Login,
+  LoginResult,
+  Registered,
+  Session,
+  SessionName,
+  Status,
+  StopSession,
+  ClientReport,
+  Workstation,
+} from '../api/schemas.ts';
+import { ImgcastError } from '../errors.ts';
+import { newToken, sameSecret, tokenHash, verifyPassword } from './auth.ts';
+import type { Counters } from './counters.ts';
+import type { Db } from './db.ts';
+import { SERVER_ERROR_STATUS, ServerError } from './errors.ts';
+import type { ImageStore } from './images.ts';
+import type { SessionManager } from './sessions.ts';
+import type { WorkstationIdentity, Workstations } from './workstations.ts';
+
+export type Access = 'public' | 'workstation' | 'admin' | 'workstation-or-admin';
+export type Principal = { kind: 'admin'; name: string } | ({ kind: 'workstation' } & WorkstationIdentity);
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    access?: Access;
+  }
+  interface FastifyRequest {
+    principal: Principal | null;
+  }
+}
+
+export interface AppContext {
+  name: string;
+  version: string;
+  startedAt: number;
+  db: Db;
+  adminToken: string;
+  images: ImageStore;
+  sessions: SessionManager;
+  workstations: Workstations;
+  counters: Counters;
+  log: Logger;
+  /** Upload routes and any other part that registers its own. */
+  plugins?: Array<(app: ApiApp, ctx: AppContext) => void | Promise<void>>;
+}
+
+export type ApiApp = FastifyInstance<
+  import('node:http').Server,
+  import('node:http').IncomingMessage,
+  import('node:http').ServerResponse,
+  Logger,
+  TypeBoxTypeProvider
+>;
+
+const LOGIN_TTL_MS = 12 * 3600_000;
+/** Longest a workstation's wait call is held open. */
+const MAX_WAIT_MS = 25_000;
+const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody };
+
+export async function buildApp(ctx: AppContext): Promise<ApiApp> {
+  const app = Fastify({
+    loggerInstance: ctx.log,
+    // Hundreds of workstations poll: a log line per request would drown the session events.
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: 1024 * 1024,
+    return503OnClosing: true,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
+  }).withTypeProvider<TypeBoxTypeProvider>() as unknown as ApiApp;
+
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'imgcast imaging server', version: ctx.version },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+
+  app.decorateRequest('principal', null);
+  app.addHook('onRequest', async (req) => {
+    const access = req.routeOptions.config.access ?? 'admin';
+    if (access === 'public') return;
+    req.principal = await authenticate(ctx, req);
+    if (!req.principal) {
+      throw new ServerError(
+        'E_UNAUTHORIZED',
+        req.headers.authorization
+          ? 'the token is not valid on this server'
+          : 'this call needs a token (Authorization: Bearer …)',
+      );
+    }
+    const kind = req.principal.kind;
+    const allowed =
+      access === 'workstation-or-admin' ||
+      (access === 'admin' && kind === 'admin') ||
+      (access === 'workstation' && kind === 'workstation');
+    if (!allowed) {
+      throw new ServerError(
+        'E_FORBIDDEN',
+        kind === 'workstation'
+          ? 'workstations may only register, join sessions, report and upload'
+          : 'this call is for workstations',
+      );
+    }
+    if (kind === 'workstation') ctx.counters.add('requestsReceived');
+  });
+
+  app.setErrorHandler((err: unknown, req, reply) => {
+    const { status, body } = errorReply(err);
+    if (status >= 500) {
+      ctx.counters.add('errors');
+      req.log.error({ err, url: req.url }, 'request failed');
+    }
+    void reply.status(status).send(body);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    void reply
+      .status(404)
+      .send({ error: 'E_NOT_FOUND', message: `no such API call: ${req.method} ${req.url.split('?')[0]}` });
+  });
+
+  const pub = { access: 'public' as const };
+  const admin = { access: 'admin' as const };
+  const ws = { access: 'workstation' as const };
+
+  app.get('/api/openapi.json', { config: pub, schema: { hide: true } }, async () => app.swagger());
+
+  app.get('/api/health', { config: pub, schema: { response: { 200: Health } } }, async () => ({
+    ok: true,
+    name: ctx.name,
+    version: ctx.version,
+    api: API_VERSION,
+  }));
+
+  app.post(
+    '/api/login',
+    { config: pub, schema: { body: Login, response: { 200: LoginResult, ...errors } } },
+    async (req) => {
+      const row = await ctx.db
+        .selectFrom('admins')
+        .selectAll()
+        .where('name', '=', req.body.name)
+        .executeTakeFirst();
+      if (!row || !(await verifyPassword(req.body.password, row.password_hash))) {
+        throw new ServerError('E_UNAUTHORIZED', 'wrong name or password');
+      }
+      const token = newToken();
+      const now = Date.now();
+      await ctx.db
+        .insertInto('logins')
+        .values({
+          token_hash: tokenHash(token),
+          admin: row.name,
+          created_at: now,
+          expires_at: now + LOGIN_TTL_MS,
+        })
+        .execute();
+      return { token, expiresAt: now + LOGIN_TTL_MS };
+    },
+  );
+
+  // --- administration
+  app.get('/api/status', { config: admin, schema: { response: { 200: Status, ...errors } } }, async () => ({
+    server: { name: ctx.name, version: ctx.version, startedAt: ctx.startedAt },
+    counters: ctx.counters.view(),
+    sessions: ctx.sessions.list(),
+  }));
+
+  app.get(
+    '/api/sessions',
+    { config: admin, schema: { response: { 200: Type.Array(Session), ...errors } } },
+    async () => ctx.sessions.list(),
+  );
+
+  app.post(
+    '/api/sessions',
+    { config: admin, schema: { body: CreateSession, response: { 201: Session, ...errors } } },
+    async (req, reply) => {
+      if (req.body.waitMinutes !== undefined && req.body.waitSeconds !== undefined) {
+        throw new ServerError('E_BAD_REQUEST', 'give waitMinutes or waitSeconds, not both');
+      }
+      void reply.status(201);
+      return ctx.sessions.create(req.body);
+    },
+  );
+
+  const byName = Type.Object({ name: SessionName });
+  app.get(
+    '/api/sessions/:name',
+    { config: admin, schema: { params: byName, response: { 200: Session, ...errors } } },
+    async (req) => ctx.sessions.get(req.params.name),
+  );
+  app.patch(
+    '/api/sessions/:name',
+    { config: admin, schema: { params: byName, body: EditSession, response: { 200: Session, ...errors } } },
+    async (req) => {
+      if (req.body.waitMinutes !== undefined && req.body.waitSeconds !== undefined) {
+        throw new ServerError('E_BAD_REQUEST', 'give waitMinutes or waitSeconds, not both');
+      }
+      return ctx.sessions.edit(req.params.name, req.body);
+    },
+  );
+  app.post(
+    '/api/sessions/:name/start',
+    { config: admin, schema: { params: byName, response: { 200: Session, ...errors } } },
+    async (req) => ctx.sessions.startNow(req.params.name),
+  );
+  app.post(
+    '/api/sessions/:name/restart',
+    { config: admin, schema: { params: byName, response: { 200: Session, ...errors } } },
+    async (req) => ctx.sessions.restart(req.params.name),
+  );
+  app.post(
+    '/api/sessions/:name/stop',
+    {
+      config: admin,
+      schema: { params: byName, body: Type.Optional(StopSession), response: { 200: Session, ...errors } },
+    },
+    async (req) => ctx.sessions.stop(req.params.name, req.body?.delete === true),
+  );
+  app.delete(
+    '/api/sessions/:name',
+    { config: admin, schema: { params: byName, response: { 200: Session, ...errors } } },
+    async (req) => ctx.sessions.stop(req.params.name, true),
+  );
+
+  app.get(
+    '/api/history',
+    {
+      config: admin,
+      schema: {
+        querystring: Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })) }),
+        response: { 200: Type.Array(HistoryEntry), ...errors },
+      },
+    },
+    async (req) => ctx.sessions.history(req.query.limit),
+  );
+
+  app.get(
+    '/api/images',
+    { config: admin, schema: { response: { 200: Type.Array(Image), ...errors } } },
+    async () => ctx.images.list(),
+  );
+  const imageQuery = Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096 }) });
+  app.get(
+    '/api/images/info',
+    { config: admin, schema: { querystring: imageQuery, response: { 200: Image, ...errors } } },
+    async (req) => ctx.images.info(req.query.path),
+  );
+  app.delete(
+    '/api/images',
+    {
+      config: admin,
+      schema: {
+        querystring: imageQuery,
+        response: { 200: Type.Object({ removed: Type.String() }), ...errors },
+      },
+    },
+    async (req) => {
+      const { name } = await ctx.images.resolve(req.query.path);
+      const user = ctx.sessions.imageInUse(name);
+      if (user)
+        throw new ServerError('E_IMAGE_IN_USE', `${name} is used by session ${user}; stop it first`, {
+          session: user,
+        });
+      return { removed: await ctx.images.remove(name) };
+    },
+  );
+
+  app.get(
+    '/api/workstations',
+    { config: admin, schema: { response: { 200: Type.Array(Workstation), ...errors } } },
+    async () => ctx.workstations.list(),
+  );
+
+  // --- workstations
+  app.post(
+    '/api/workstations/register',
+    { config: pub, schema: { body: Inventory, response: { 200: Registered, ...errors } } },
+    async (req) => {
+      ctx.counters.add('requestsReceived');
+      return ctx.workstations.register(req.body, req.ip);
+    },
+  );
+
+  const me = (req: FastifyRequest) => req.principal as Extract<Principal, { kind: 'workstation' }>;
+  app.post(
+    '/api/sessions/:name/join',
+    { config: ws, schema: { params: byName, response: { 200: JoinView, ...errors } } },
+    async (req) => ctx.sessions.join(req.params.name, me(req), localAddress(req)),
+  );
+  app.get(
+    '/api/sessions/:name/wait',
+    {
+      config: ws,
+      schema: {
+        params: byName,
+        querystring: Type.Object({
+          since: Type.Integer({ minimum: 0 }),
+          timeoutMs: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_WAIT_MS })),
+        }),
+        response: { 200: JoinView, ...errors },
+      },
+    },
+    async (req) =>
+      ctx.sessions.wait(
+        req.params.name,
+        me(req).id,
+        req.query.since,
+        req.query.timeoutMs ?? MAX_WAIT_MS,
+        localAddress(req),
+      ),
+  );
+  app.post(
+    '/api/sessions/:name/report',
+    { config: ws, schema: { params: byName, body: ClientReport, response: { 204: Type.Null(), ...errors } } },
+    async (req, reply) => {
+      await ctx.sessions.report(req.params.name, me(req).id, req.body);
+      void reply.status(204);
+      return null;
+    },
+  );
+
+  for (const plugin of ctx.plugins ?? []) await plugin(app, ctx);
+  return app;
+}
+
+async function authenticate(ctx: AppContext, req: FastifyRequest): Promise<Principal | null> {
+  const m = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '');
+  if (!m) return null;
+  const token = m[1]!;
+  if (sameSecret(token, ctx.adminToken)) return { kind: 'admin', name: 'admin' };
+  const w = ctx.workstations.byToken(token, req.ip);
+  if (w) return { kind: 'workstation', ...w };
+  const login = await ctx.db
+    .selectFrom('logins')
+    .selectAll()
+    .where('token_hash', '=', tokenHash(token))
+    .executeTakeFirst();
+  if (login && Number(login.expires_at) > Date.now()) return { kind: 'admin', name: login.admin };
+  return null;
+}
+
+/** The server address the request came in on: where the workstation can reach this machine. */
+function localAddress(req: FastifyRequest): string {
+  const a = req.socket.localAddress ?? '127.0.0.1';
+  return a.startsWith('::ffff:') ? a.slice(7) : a;
+}
+
+function errorReply(err: unknown): {
+  status: number;
+  body: { error: string; message: string } & Record<string, unknown>;
+} {
+  if (err instanceof ServerError)
+    return { status: err.status, body: { ...err.details, error: err.code, message: err.message } };
+  if (err instanceof ImgcastError) {
+    const status = (SERVER_ERROR_STATUS as Record<string, number>)[err.code] ?? 422;
+    return { status, body: { ...err.details, error: err.code, message: err.message } };
+  }
+  const e = err as {
+    code?: string;
+    statusCode?: number;
+    message?: string;
+    validation?: unknown;
+    validationContext?: string;
+  };
+  if (e.validation) {
+    return {
+      status: 400,
+      body: { error: 'E_BAD_REQUEST', message: `bad ${e.validationContext ?? 'request'}: ${e.message}` },
+    };
+  }
+  switch (e.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return { status: 413, body: { error: 'E_TOO_LARGE', message: 'the request body is too large' } };
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return {
+        status: 415,
+        body: { error: 'E_UNSUPPORTED_MEDIA', message: e.message ?? 'unsupported content type' },
+      };
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      return {
+        status: 400,
+        body: { error: 'E_BAD_JSON', message: `the body is not valid JSON: ${e.message}` },
+      };
+  }
+  if (err instanceof SyntaxError && e.statusCode === 400) {
+    return {
+      status: 400,
+      body: { error: 'E_BAD_JSON', message: `the body is not valid JSON: ${err.message}` },
+    };
+  }
+  if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
+    return { status: e.statusCode, body: { error: 'E_BAD_REQUEST', message: e.message ?? 'bad request' } };
+  }
+  return {
+    status: 500,
+    body: { error: 'E_INTERNAL', message: 'the server failed on this request; its log says why' },
+  };
+}

@@ -1,0 +1,205 @@
+/**
+ * The server's state: an embedded SQLite database (node:sqlite, WAL) queried through Kysely, so
+ * the same queries run on PostgreSQL when several servers share one database (a later step).
+ * The DDL keeps to types both accept (TEXT, BIGINT, INTEGER), JSON is stored as TEXT, and
+ * booleans as 0/1. Migrations are numbered and applied once each, in one transaction apiece.
+ */
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { Kysely, SqliteDialect, sql, type Generated } from 'kysely';
+
+import { ServerError } from './errors.ts';
+
+export interface WorkstationTable {
+  id: string;
+  name: string;
+  mac: string;
+  hostname: string;
+  addresses: string;
+  last_address: string;
+  inventory: string;
+  token_hash: string;
+  registered_at: number;
+  last_seen_at: number;
+}
+
+export interface SessionTable {
+  name: string;
+  image: string;
+  fileset: number;
+  client_count: number;
+  wait_ms: number;
+  state: string;
+  run: number;
+  group_addr: string | null;
+  port: number | null;
+  created_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+  last_join_at: number | null;
+  message: string | null;
+}
+
+export interface SessionClientTable {
+  session: string;
+  run: number;
+  workstation: string;
+  name: string;
+  mac: string;
+  address: string;
+  joined_at: number;
+  state: string;
+  bytes: number;
+  total_bytes: number;
+  rate_mbit: number;
+  code: string | null;
+  reason: string | null;
+  finished_at: number | null;
+}
+
+export interface HistoryTable {
+  id: Generated<number>;
+  session: string;
+  run: number;
+  image: string;
+  fileset: number;
+  state: string;
+  started_at: number | null;
+  finished_at: number;
+  message: string | null;
+  clients: string;
+}
+
+export interface CounterTable {
+  name: string;
+  value: number;
+}
+
+export interface AdminTable {
+  name: string;
+  password_hash: string;
+  created_at: number;
+}
+
+export interface LoginTable {
+  token_hash: string;
+  admin: string;
+  created_at: number;
+  expires_at: number;
+}
+
+export interface MigrationTable {
+  version: number;
+  applied_at: number;
+}
+
+export interface Schema {
+  workstations: WorkstationTable;
+  sessions: SessionTable;
+  session_clients: SessionClientTable;
+  history: HistoryTable;
+  counters: CounterTable;
+  admins: AdminTable;
+  logins: LoginTable;
+  schema_migrations: MigrationTable;
+}
+
+export type Db = Kysely<Schema>;
+
+/** Each entry is one schema version; never edit a released one, add the next. */
+const MIGRATIONS: string[][] = [
+  [
+    `CREATE TABLE workstations (
+       id TEXT PRIMARY KEY, name TEXT NOT NULL, mac TEXT NOT NULL, hostname TEXT NOT NULL,
+       addresses TEXT NOT NULL, last_address TEXT NOT NULL, inventory TEXT NOT NULL,
+       token_hash TEXT NOT NULL, registered_at BIGINT NOT NULL, last_seen_at BIGINT NOT NULL)`,
+    `CREATE UNIQUE INDEX workstations_mac ON workstations (mac)`,
+    `CREATE TABLE sessions (
+       name TEXT PRIMARY KEY, image TEXT NOT NULL, fileset INTEGER NOT NULL,
+       client_count INTEGER NOT NULL, wait_ms BIGINT NOT NULL, state TEXT NOT NULL, run INTEGER NOT NULL,
+       group_addr TEXT, port INTEGER, created_at BIGINT NOT NULL, started_at BIGINT, finished_at BIGINT,
+       last_join_at BIGINT, message TEXT)`,
+    `CREATE TABLE session_clients (
+       session TEXT NOT NULL, run INTEGER NOT NULL, workstation TEXT NOT NULL, name TEXT NOT NULL,
+       mac TEXT NOT NULL, address TEXT NOT NULL, joined_at BIGINT NOT NULL, state TEXT NOT NULL,
+       bytes BIGINT NOT NULL, total_bytes BIGINT NOT NULL, rate_mbit DOUBLE PRECISION NOT NULL,
+       code TEXT, reason TEXT, finished_at BIGINT,
+       PRIMARY KEY (session, run, workstation))`,
+    `CREATE TABLE history (
+       id INTEGER PRIMARY KEY, session TEXT NOT NULL, run INTEGER NOT NULL, image TEXT NOT NULL,
+       fileset INTEGER NOT NULL, state TEXT NOT NULL, started_at BIGINT, finished_at BIGINT NOT NULL,
+       message TEXT, clients TEXT NOT NULL)`,
+    `CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)`,
+    `CREATE TABLE admins (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created_at BIGINT NOT NULL)`,
+    `CREATE TABLE logins (
+       token_hash TEXT PRIMARY KEY, admin TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL)`,
+  ],
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/** node:sqlite's statements, in the shape Kysely's SQLite dialect drives (better-sqlite3's). */
+function kyselyDatabase(db: DatabaseSync) {
+  return {
+    close: () => db.close(),
+    prepare(text: string) {
+      const stmt = db.prepare(text);
+      type Param = null | number | bigint | string | Uint8Array;
+      const args = (p: ReadonlyArray<unknown>) =>
+        p.map((v) => (typeof v === 'boolean' ? Number(v) : v)) as Param[];
+      return {
+        reader: stmt.columns().length > 0,
+        all: (p: ReadonlyArray<unknown>) => stmt.all(...args(p)),
+        run: (p: ReadonlyArray<unknown>) => {
+          const r = stmt.run(...args(p));
+          return { changes: r.changes, lastInsertRowid: r.lastInsertRowid };
+        },
+        iterate: (p: ReadonlyArray<unknown>) => stmt.iterate(...args(p)) as IterableIterator<unknown>,
+      };
+    },
+  };
+}
+
+/** Opens (creating if needed) the database file and brings its schema up to date. */
+export async function openDatabase(file: string): Promise<Db> {
+  mkdirSync(dirname(file), { recursive: true });
+  let raw: DatabaseSync;
+  try {
+    raw = new DatabaseSync(file);
+    raw.exec('PRAGMA journal_mode = WAL');
+    raw.exec('PRAGMA synchronous = NORMAL');
+    raw.exec('PRAGMA busy_timeout = 5000');
+    raw.exec('PRAGMA foreign_keys = ON');
+  } catch (err) {
+    throw new ServerError('E_DATABASE', `cannot open the database ${file}: ${(err as Error).message}`, {
+      file,
+    });
+  }
+  const db = new Kysely<Schema>({ dialect: new SqliteDialect({ database: kyselyDatabase(raw) }) });
+  await migrate(db, file);
+  return db;
+}
+
+async function migrate(db: Db, file: string): Promise<void> {
+  await sql`CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`.execute(
+    db,
+  );
+  const rows = await db.selectFrom('schema_migrations').select('version').execute();
+  const have = new Set(rows.map((r) => Number(r.version)));
+  const newest = Math.max(0, ...have);
+  if (newest > MIGRATIONS.length) {
+    throw new ServerError(
+      'E_DATABASE',
+      `${file} has schema version ${newest}, newer than this imgcast knows (${MIGRATIONS.length}): upgrade imgcast`,
+      { file, version: newest },
+    );
+  }
+  for (let v = 1; v <= MIGRATIONS.length; v++) {
+    if (have.has(v)) continue;
+    await db.transaction().execute(async (tx) => {
+      for (const stmt of MIGRATIONS[v - 1]!) await sql.raw(stmt).execute(tx);
+      await tx.insertInto('schema_migrations').values({ version: v, applied_at: Date.now() }).execute();
+    });
+  }
+}

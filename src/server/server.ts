@@ -1,0 +1,155 @@
+/**
+ * `imgcast server`: one process with the database, the image store, the session scheduler, a
+ * multicast sender per sending session, the HTTP API and the discovery responder.
+ */
+import { mkdir } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pino, type Logger } from 'pino';
+
+import { imageProvider } from '../engine/multicast.ts';
+import { runSender } from '../transport/sender.ts';
+import { checkRange, type AddressRange } from './address-pool.ts';
+import { buildApp, type ApiApp, type AppContext } from './app.ts';
+import { adminToken } from './auth.ts';
+import { Counters } from './counters.ts';
+import { openDatabase, type Db } from './db.ts';
+import { ImageStore } from './images.ts';
+import { SessionManager, type SendSession } from './sessions.ts';
+import { Workstations } from './workstations.ts';
+
+export const DEFAULT_RANGE: AddressRange = { firstGroup: '239.255.43.1', firstPort: 7750, slots: 100 };
+
+export interface ServerOptions {
+  dataDir: string;
+  imagesDir?: string;
+  /** Address and port of the HTTP API (default 0.0.0.0:7740). */
+  host?: string;
+  port?: number;
+  /** Local IPv4 address to multicast from (and that workstations connect to for data). */
+  interface?: string;
+  range?: AddressRange;
+  name?: string;
+  version: string;
+  /** Where logs go (default: JSON lines on stdout at info). */
+  logger?: Logger;
+  /** Replaces the multicast send (tests of the scheduler); default: the real sender. */
+  send?: SendSession;
+  /** Extra route sets (uploads). */
+  plugins?: AppContext['plugins'];
+  /** Seconds to wait for joined workstations to connect once a session starts (default 60). */
+  connectTimeoutMs?: number;
+  /** Discovery responder on this group:port (undefined: none). */
+  discovery?: { group: string; port: number };
+}
+
+export interface RunningServer {
+  url: string;
+  app: ApiApp;
+  db: Db;
+  sessions: SessionManager;
+  adminToken: string;
+  adminTokenFile: string;
+  adminTokenCreated: boolean;
+  dataDir: string;
+  imagesDir: string;
+  close(): Promise<void>;
+}
+
+export function realSend(iface: string | undefined): SendSession {
+  return async (plan) => {
+    const provider = await imageProvider(plan.imagePath, plan.fileset);
+    return runSender(provider, {
+      interface: iface,
+      group: plan.group,
+      port: plan.port,
+      key: plan.key,
+      clients: plan.clients,
+      // Joined workstations connect within moments of the start; one that does not is left behind after this.
+      waitSeconds: 15,
+      onProgress: plan.onProgress,
+      signal: plan.signal,
+      log: plan.log,
+    });
+  };
+}
+
+export async function startServer(o: ServerOptions): Promise<RunningServer> {
+  const dataDir = resolve(o.dataDir);
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  const imagesDir = resolve(o.imagesDir ?? join(dataDir, 'images'));
+  const range = o.range ?? DEFAULT_RANGE;
+  checkRange(range);
+  const log = o.logger ?? pino({ level: process.env.IMGCAST_LOG_LEVEL ?? 'info' });
+  const db = await openDatabase(join(dataDir, 'imgcast.db'));
+  const cleanup: Array<() => Promise<void>> = [async () => db.destroy()];
+  try {
+    const token = await adminToken(dataDir);
+    const counters = await Counters.load(db);
+    cleanup.unshift(() => counters.close());
+    const images = await ImageStore.open(imagesDir);
+    const workstations = new Workstations(db);
+    await workstations.load();
+    const sessions = new SessionManager({
+      db,
+      images,
+      counters,
+      range,
+      send: o.send ?? realSend(o.interface),
+      senderHost: o.interface,
+      log,
+      connectTimeoutMs: o.connectTimeoutMs,
+    });
+    await sessions.start();
+    cleanup.unshift(() => sessions.close());
+    const ctx: AppContext = {
+      name: o.name ?? hostname(),
+      version: o.version,
+      startedAt: Date.now(),
+      db,
+      adminToken: token.token,
+      images,
+      sessions,
+      workstations,
+      counters,
+      log,
+      plugins: o.plugins,
+    };
+    const app = await buildApp(ctx);
+    cleanup.unshift(async () => {
+      await app.close();
+      await workstations.flush();
+    });
+    const host = o.host ?? '0.0.0.0';
+    await app.listen({ host, port: o.port ?? 7740 });
+    const addr = app.server.address();
+    const port = typeof addr === 'object' && addr ? addr.port : (o.port ?? 7740);
+    const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
+    let closed: Promise<void> | undefined;
+    return {
+      url,
+      app,
+      db,
+      sessions,
+      adminToken: token.token,
+      adminTokenFile: token.file,
+      adminTokenCreated: token.created,
+      dataDir,
+      imagesDir,
+      close: () => (closed ??= runAll(cleanup)),
+    };
+  } catch (err) {
+    await runAll(cleanup);
+    throw err;
+  }
+}
+
+async function runAll(steps: Array<() => Promise<void>>): Promise<void> {
+  for (const step of steps) {
+    try {
+      await step();
+    } catch {
+      // Each part is closed regardless of the others.
+    }
+  }
+}

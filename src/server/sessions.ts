@@ -1,0 +1,801 @@
+/**
+ * Server-initiated multicast sessions: created by an administrator, joined by workstations,
+ * started by their trigger (start-trigger.ts), sent by one multicast sender each, on a group
+ * and port of their own (address-pool.ts). Workstations learn where to receive from their
+ * join (JoinView); each result comes from the workstation itself, after it wrote and verified
+ * its disk, while progress comes from the sender.
+ *
+ * The database is the record: every state change is written through, progress every second.
+ * A session found 'sending' at start-up was cut off by a server stop: it becomes 'interrupted',
+ * and restarting it opens a new run that workstations join again, each getting only what its
+ * disk still lacks (its receive journal).
+ */
+import { randomBytes } from 'node:crypto';
+
+import type {
+  ClientReport,
+  ClientState,
+  CreateSession,
+  EditSession,
+  HistoryEntry,
+  JoinView,
+  Session,
+  SessionClient,
+  SessionState,
+} from '../api/schemas.ts';
+import { ImgcastError } from '../errors.ts';
+import type { SenderProgress, SenderResult } from '../transport/types.ts';
+import { allocate, type AddressRange } from './address-pool.ts';
+import type { Counters } from './counters.ts';
+import type { Db, SessionClientTable, SessionTable } from './db.ts';
+import { ServerError } from './errors.ts';
+import type { ImageStore } from './images.ts';
+import { startTrigger } from './start-trigger.ts';
+
+/** What runs one session's multicast send (the real one: engine + transport; tests may fake it). */
+export type SendSession = (plan: {
+  imagePath: string;
+  fileset: number;
+  group: string;
+  port: number;
+  key: string;
+  clients: number;
+  onProgress: (p: SenderProgress) => void;
+  signal: AbortSignal;
+  log: (line: string) => void;
+}) => Promise<SenderResult>;
+
+export interface SessionManagerOptions {
+  db: Db;
+  images: ImageStore;
+  counters: Counters;
+  range: AddressRange;
+  send: SendSession;
+  /** Sender address workstations connect to; undefined: the address they reached the API on. */
+  senderHost?: string;
+  now?: () => number;
+  log: { info: (o: object, m: string) => void; warn: (o: object, m: string) => void };
+  /** How long a started session waits for its joined workstations to connect to the sender. */
+  connectTimeoutMs?: number;
+  /** How long after the send ends results from workstations are awaited. */
+  reportTimeoutMs?: number;
+}
+
+const FINAL_CLIENT: ReadonlySet<ClientState> = new Set(['ok', 'failed', 'dropped']);
+const LIVE_STATES: ReadonlySet<SessionState> = new Set(['waiting', 'sending']);
+export const STOPPED_BY_ADMIN = 'stopped by the administrator';
+
+interface Live {
+  row: SessionTable;
+  clients: Map<string, SessionClientTable & { rateAt?: number; rateBytes?: number }>;
+  version: number;
+  waiters: Set<() => void>;
+  abort?: AbortController;
+  slot?: number;
+  key?: string;
+  sendEnded?: boolean;
+  reportTimer?: NodeJS.Timeout;
+  dirty: boolean;
+}
+
+export class SessionManager {
+  #o: SessionManagerOptions;
+  #now: () => number;
+  #live = new Map<string, Live>();
+  #ticker: NodeJS.Timeout | undefined;
+  #flusher: NodeJS.Timeout | undefined;
+  #running = new Set<Promise<void>>();
+  #closing = false;
+
+  constructor(o: SessionManagerOptions) {
+    this.#o = o;
+    this.#now = o.now ?? Date.now;
+  }
+
+  /** Loads sessions; marks those that were sending when the server stopped as interrupted. */
+  async start(): Promise<void> {
+    const rows = await this.#o.db.selectFrom('sessions').selectAll().execute();
+    for (const row of rows) {
+      const clients = await this.#o.db
+        .selectFrom('session_clients')
+        .selectAll()
+        .where('session', '=', row.name)
+        .where('run', '=', row.run)
+        .execute();
+      const live: Live = {
+        row: { ...row },
+        clients: new Map(clients.map((c) => [c.workstation, { ...c }])),
+        version: 1,
+        waiters: new Set(),
+        dirty: false,
+      };
+      this.#live.set(row.name, live);
+      if (row.state === 'sending') {
+        for (const c of live.clients.values()) {
+          if (!FINAL_CLIENT.has(c.state as ClientState)) {
+            this.#finishClient(
+              c,
+              'failed',
+              'E_INTERRUPTED',
+              'the server stopped while sending; rerun after the session is restarted',
+            );
+          }
+        }
+        await this.#end(
+          live,
+          'interrupted',
+          `the server stopped while sending (${new Date(this.#now()).toISOString()})`,
+        );
+      }
+    }
+    this.#ticker = setInterval(() => this.#tick(), 200);
+    this.#flusher = setInterval(() => void this.#flushProgress(), 1000);
+  }
+
+  async close(): Promise<void> {
+    this.#closing = true;
+    clearInterval(this.#ticker);
+    clearInterval(this.#flusher);
+    // A server stopping mid-send leaves the sessions as interrupted for the next start to report.
+    for (const live of this.#live.values()) {
+      clearTimeout(live.reportTimer);
+      live.abort?.abort(new ImgcastError('E_SERVER_STOPPING', 'the imaging server is shutting down'));
+    }
+    await Promise.allSettled([...this.#running]);
+    await this.#flushProgress();
+    for (const live of this.#live.values()) for (const w of live.waiters) w();
+  }
+
+  // --- administration ---------------------------------------------------------------------
+
+  async create(req: CreateSession): Promise<Session> {
+    if (this.#live.has(req.name)) {
+      throw new ServerError('E_SESSION_EXISTS', `a session named ${req.name} already exists`, {
+        session: req.name,
+      });
+    }
+    const image = await this.#o.images.resolve(req.image);
+    const now = this.#now();
+    const row: SessionTable = {
+      name: req.name,
+      image: image.name,
+      fileset: req.fileset ?? 1,
+      client_count: req.clientCount ?? 1,
+      wait_ms: waitMs(req) ?? 5 * 60_000,
+      state: 'waiting',
+      run: 1,
+      group_addr: null,
+      port: null,
+      created_at: now,
+      started_at: null,
+      finished_at: null,
+      last_join_at: null,
+      message: null,
+    };
+    // Checked again here: two creates of one name may race through the await above.
+    if (this.#live.has(req.name)) {
+      throw new ServerError('E_SESSION_EXISTS', `a session named ${req.name} already exists`, {
+        session: req.name,
+      });
+    }
+    const live: Live = { row, clients: new Map(), version: 1, waiters: new Set(), dirty: false };
+    this.#live.set(row.name, live);
+    try {
+      await this.#o.db.insertInto('sessions').values(row).execute();
+    } catch (err) {
+      this.#live.delete(row.name);
+      throw err;
+    }
+    this.#o.log.info({ session: row.name, image: row.image }, 'session created');
+    return this.#view(live);
+  }
+
+  list(): Session[] {
+    return [...this.#live.values()]
+      .sort((a, b) => a.row.created_at - b.row.created_at)
+      .map((l) => this.#view(l));
+  }
+
+  get(name: string): Session {
+    return this.#view(this.#need(name));
+  }
+
+  async edit(name: string, req: EditSession): Promise<Session> {
+    const live = this.#need(name);
+    if (live.row.state !== 'waiting') {
+      throw new ServerError(
+        'E_SESSION_STATE',
+        `session ${name} is ${live.row.state}; only a waiting session can be changed`,
+        {
+          session: name,
+          state: live.row.state,
+        },
+      );
+    }
+    if (req.clientCount !== undefined) live.row.client_count = req.clientCount;
+    const wait = waitMs(req);
+    if (wait !== undefined) live.row.wait_ms = wait;
+    await this.#save(live);
+    this.#changed(live);
+    this.#tick();
+    return this.#view(live);
+  }
+
+  /** Starts a waiting session now with whoever has joined. */
+  async startNow(name: string): Promise<Session> {
+    const live = this.#need(name);
+    if (live.row.state !== 'waiting') {
+      throw new ServerError('E_SESSION_STATE', `session ${name} is ${live.row.state}, not waiting`, {
+        session: name,
+      });
+    }
+    if (live.clients.size === 0) {
+      throw new ServerError('E_SESSION_STATE', `no workstation has joined session ${name} yet`, {
+        session: name,
+      });
+    }
+    await this.#startSending(live, 'started by the administrator');
+    return this.#view(live);
+  }
+
+  /** Opens a finished, failed, stopped or interrupted session for a new run with the same settings. */
+  async restart(name: string): Promise<Session> {
+    const live = this.#need(name);
+    if (LIVE_STATES.has(live.row.state as SessionState)) {
+      throw new ServerError(
+        'E_SESSION_STATE',
+        `session ${name} is ${live.row.state}; stop it before restarting it`,
+        {
+          session: name,
+        },
+      );
+    }
+    live.row = {
+      ...live.row,
+      state: 'waiting',
+      run: live.row.run + 1,
+      group_addr: null,
+      port: null,
+      started_at: null,
+      finished_at: null,
+      last_join_at: null,
+      message: null,
+    };
+    live.clients.clear();
+    live.sendEnded = false;
+    await this.#save(live);
+    this.#changed(live);
+    this.#o.log.info({ session: name, run: live.row.run }, 'session reopened');
+    return this.#view(live);
+  }
+
+  /** Stops a session in any state (a sending one mid-stream); `remove` also deletes it (its history stays). */
+  async stop(name: string, remove: boolean): Promise<Session> {
+    const live = this.#need(name);
+    const state = live.row.state as SessionState;
+    if (state === 'sending') {
+      live.abort?.abort(new ImgcastError('E_STOPPED', STOPPED_BY_ADMIN));
+      for (const c of live.clients.values()) {
+        if (!FINAL_CLIENT.has(c.state as ClientState))
+          this.#finishClient(c, 'failed', 'E_STOPPED', STOPPED_BY_ADMIN);
+      }
+      await this.#end(live, 'stopped', STOPPED_BY_ADMIN);
+    } else if (state === 'waiting') {
+      for (const c of live.clients.values()) this.#finishClient(c, 'failed', 'E_STOPPED', STOPPED_BY_ADMIN);
+      await this.#end(live, 'stopped', STOPPED_BY_ADMIN);
+    }
+    const view = this.#view(live);
+    if (remove) {
+      this.#live.delete(name);
+      await this.#o.db.deleteFrom('session_clients').where('session', '=', name).execute();
+      await this.#o.db.deleteFrom('sessions').where('name', '=', name).execute();
+      this.#o.log.info({ session: name }, 'session deleted');
+    }
+    return view;
+  }
+
+  async history(limit = 200): Promise<HistoryEntry[]> {
+    const rows = await this.#o.db
+      .selectFrom('history')
+      .selectAll()
+      .orderBy('id', 'desc')
+      .limit(limit)
+      .execute();
+    return rows.map((r) => ({
+      session: r.session,
+      run: r.run,
+      image: r.image,
+      fileset: r.fileset,
+      state: r.state as SessionState,
+      startedAt: r.started_at === null ? null : Number(r.started_at),
+      finishedAt: Number(r.finished_at),
+      message: r.message,
+      clients: JSON.parse(r.clients) as SessionClient[],
+    }));
+  }
+
+  /** Whether a waiting or sending session uses this image (it must not be removed meanwhile). */
+  imageInUse(name: string): string | undefined {
+    for (const l of this.#live.values()) {
+      if (l.row.image === name && LIVE_STATES.has(l.row.state as SessionState)) return l.row.name;
+    }
+    return undefined;
+  }
+
+  // --- workstations -----------------------------------------------------------------------
+
+  async join(
+    name: string,
+    ws: { id: string; name: string; mac: string; address: string },
+    localAddress: string,
+  ): Promise<JoinView> {
+    const live = this.#need(name);
+    const state = live.row.state as SessionState;
+    const had = live.clients.get(ws.id);
+    if (state !== 'waiting') {
+      // A workstation already in this run may ask again (a rerun after its own crash).
+      if (had && state === 'sending') return this.joinView(name, ws.id, localAddress);
+      throw new ServerError(
+        'E_SESSION_STATE',
+        state === 'sending'
+          ? `session ${name} is already sending and takes no new workstations; ask the administrator to restart it afterwards`
+          : `session ${name} is ${state}${live.row.message ? ` (${live.row.message})` : ''}; ask the administrator to restart it`,
+        { session: name, state },
+      );
+    }
+    if (!had) {
+      const now = this.#now();
+      const c: SessionClientTable = {
+        session: name,
+        run: live.row.run,
+        workstation: ws.id,
+        name: ws.name,
+        mac: ws.mac,
+        address: ws.address,
+        joined_at: now,
+        state: 'joined',
+        bytes: 0,
+        total_bytes: 0,
+        rate_mbit: 0,
+        code: null,
+        reason: null,
+        finished_at: null,
+      };
+      live.clients.set(ws.id, c);
+      live.row.last_join_at = now;
+      await this.#o.db.insertInto('session_clients').values(c).execute();
+      await this.#save(live);
+      this.#o.log.info({ session: name, workstation: ws.name }, 'workstation joined');
+      this.#changed(live);
+      this.#tick();
+    }
+    return this.joinView(name, ws.id, localAddress);
+  }
+
+  /** What one workstation of the session sees; waits while nothing changed since `since` (long poll). */
+  async wait(
+    name: string,
+    workstation: string,
+    since: number,
+    timeoutMs: number,
+    localAddress: string,
+  ): Promise<JoinView> {
+    const live = this.#need(name);
+    if (live.version === since && !this.#closing) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          live.waiters.delete(done);
+          resolve();
+        };
+        const timer = setTimeout(done, timeoutMs);
+        live.waiters.add(done);
+      });
+    }
+    return this.joinView(name, workstation, localAddress);
+  }
+
+  joinView(name: string, workstation: string, localAddress: string): JoinView {
+    const live = this.#need(name);
+    const c = live.clients.get(workstation);
+    if (!c) {
+      throw new ServerError(
+        'E_NOT_JOINED',
+        `this workstation has not joined session ${name} (run ${live.row.run})`,
+        {
+          session: name,
+        },
+      );
+    }
+    const trigger = this.#trigger(live);
+    const sending = live.row.state === 'sending' && live.key && live.row.port !== null;
+    const host = this.#o.senderHost ?? localAddress;
+    return {
+      session: name,
+      run: live.row.run,
+      state: live.row.state as SessionState,
+      joined: live.clients.size,
+      needed: live.row.state === 'waiting' ? trigger.needed : 0,
+      startsInMs: live.row.state === 'waiting' ? trigger.startsInMs : null,
+      message: c.reason ?? live.row.message,
+      version: live.version,
+      receiver: sending
+        ? {
+            from: `${host.includes(':') ? `[${host}]` : host}:${live.row.port}`,
+            key: live.key!,
+            name: receiverName(c),
+            image: live.row.image,
+            fileset: live.row.fileset,
+          }
+        : null,
+    };
+  }
+
+  async report(name: string, workstation: string, r: ClientReport): Promise<void> {
+    const live = this.#need(name);
+    const c = live.clients.get(workstation);
+    if (!c || r.run !== live.row.run) {
+      throw new ServerError('E_NOT_JOINED', `this workstation is not in run ${r.run} of session ${name}`, {
+        session: name,
+        run: live.row.run,
+      });
+    }
+    if (FINAL_CLIENT.has(c.state as ClientState)) return;
+    if (r.bytes !== undefined) c.bytes = r.bytes;
+    if (r.totalBytes !== undefined) c.total_bytes = r.totalBytes;
+    if (r.state === 'ok' || r.state === 'failed') {
+      this.#finishClient(c, r.state, r.code ?? null, r.message ?? null);
+      await this.#saveClient(c);
+      this.#changed(live);
+      await this.#maybeEnd(live);
+    } else {
+      c.state = r.state;
+      live.dirty = true;
+    }
+  }
+
+  // --- internals ----------------------------------------------------------------------------
+
+  #need(name: string): Live {
+    const live = this.#live.get(name);
+    if (!live) throw new ServerError('E_SESSION_UNKNOWN', `no session named ${name}`, { session: name });
+    return live;
+  }
+
+  #trigger(live: Live) {
+    return startTrigger({
+      clientCount: live.row.client_count,
+      waitMs: live.row.wait_ms,
+      joined: live.clients.size,
+      lastJoinAt: live.row.last_join_at === null ? null : Number(live.row.last_join_at),
+      now: this.#now(),
+    });
+  }
+
+  #tick(): void {
+    if (this.#closing) return;
+    for (const live of this.#live.values()) {
+      if (live.row.state !== 'waiting') continue;
+      const t = this.#trigger(live);
+      if (t.start) {
+        void this.#startSending(
+          live,
+          t.why === 'count' ? `${live.clients.size} joined` : 'wait elapsed',
+        ).catch((err: unknown) =>
+          this.#o.log.warn({ session: live.row.name, err }, 'session failed to start'),
+        );
+      }
+    }
+  }
+
+  async #startSending(live: Live, why: string): Promise<void> {
+    if (live.row.state !== 'waiting') return;
+    const taken = new Set<number>();
+    for (const l of this.#live.values())
+      if (l.slot !== undefined && l.row.state === 'sending') taken.add(l.slot);
+    const address = allocate(this.#o.range, taken);
+    if (!address) {
+      // Stays waiting: it starts when another session frees its group and port.
+      if (live.row.message === null) {
+        live.row.message = 'waiting for a free multicast group and port: every slot of the range is sending';
+        this.#changed(live);
+      }
+      return;
+    }
+    let imagePath: string;
+    try {
+      imagePath = (await this.#o.images.resolve(live.row.image)).path;
+    } catch (err) {
+      for (const c of live.clients.values())
+        this.#finishClient(c, 'failed', 'E_IMAGE_UNKNOWN', 'the image is gone');
+      await this.#end(live, 'failed', `cannot start: ${(err as Error).message}`);
+      return;
+    }
+    live.slot = address.slot;
+    live.key = randomBytes(16).toString('hex');
+    live.abort = new AbortController();
+    live.sendEnded = false;
+    Object.assign(live.row, {
+      state: 'sending',
+      group_addr: address.group,
+      port: address.port,
+      started_at: this.#now(),
+      message: null,
+    });
+    await this.#save(live);
+    this.#o.log.info(
+      {
+        session: live.row.name,
+        run: live.row.run,
+        group: address.group,
+        port: address.port,
+        clients: live.clients.size,
+        why,
+      },
+      'session sending',
+    );
+    const run = this.#runSend(live, imagePath, address.group, address.port).finally(() =>
+      this.#running.delete(run),
+    );
+    this.#running.add(run);
+    this.#changed(live);
+  }
+
+  async #runSend(live: Live, imagePath: string, group: string, port: number): Promise<void> {
+    const abort = live.abort!;
+    const byName = new Map([...live.clients.values()].map((c) => [receiverName(c), c]));
+    // Workstations that joined but never reach the sender must not hold the others forever.
+    const noShow = setTimeout(() => {
+      if (!started)
+        abort.abort(new ImgcastError('E_NO_RECEIVERS', 'no joined workstation connected to the sender'));
+    }, this.#o.connectTimeoutMs ?? 60_000);
+    let started = false;
+    let result: SenderResult | undefined;
+    let failure: unknown;
+    try {
+      result = await this.#o.send({
+        imagePath,
+        fileset: live.row.fileset,
+        group,
+        port,
+        key: live.key!,
+        clients: live.clients.size,
+        signal: abort.signal,
+        log: (line) => this.#o.log.info({ session: live.row.name }, line),
+        onProgress: (p) => {
+          if (p.phase !== 'waiting') started = true;
+          this.#progress(live, byName, p);
+        },
+      });
+    } catch (err) {
+      failure = err;
+    } finally {
+      clearTimeout(noShow);
+    }
+    live.sendEnded = true;
+    if (live.row.state !== 'sending') return; // stopped by the administrator: already recorded
+    if (this.#closing) return; // left 'sending' for the next start to mark interrupted
+    for (const r of result?.receivers ?? []) {
+      const c = byName.get(r.name);
+      if (!c || FINAL_CLIENT.has(c.state as ClientState)) continue;
+      c.bytes = r.bytes;
+      c.total_bytes = r.totalBytes;
+      c.rate_mbit = r.rateMbit;
+      if (r.state === 'dropped' || r.state === 'failed') this.#finishClient(c, 'dropped', r.code, r.reason);
+      else if (r.state === 'ok') c.state = 'writing';
+    }
+    const why =
+      failure instanceof Error
+        ? failure.message
+        : abort.signal.aborted
+          ? (abort.signal.reason as Error).message
+          : null;
+    for (const c of live.clients.values()) {
+      if (c.state === 'joined' || (c.state === 'receiving' && !result)) {
+        this.#finishClient(c, 'failed', 'E_NOT_CONNECTED', why ?? 'never connected to the sender');
+      }
+    }
+    for (const c of live.clients.values()) await this.#saveClient(c);
+    this.#changed(live);
+    if (failure && ![...live.clients.values()].some((c) => !FINAL_CLIENT.has(c.state as ClientState))) {
+      await this.#end(live, 'failed', `the sender failed: ${why}`);
+      return;
+    }
+    // Workstations still writing or verifying report their result themselves; wait a while for it.
+    live.reportTimer = setTimeout(
+      () => {
+        void (async () => {
+          for (const c of live.clients.values()) {
+            if (!FINAL_CLIENT.has(c.state as ClientState)) {
+              this.#finishClient(
+                c,
+                'failed',
+                'E_NO_REPORT',
+                'received everything but never reported its result',
+              );
+            }
+          }
+          await this.#maybeEnd(live);
+        })();
+      },
+      this.#o.reportTimeoutMs ?? 10 * 60_000,
+    );
+    live.reportTimer.unref();
+    await this.#maybeEnd(live);
+  }
+
+  #progress(
+    live: Live,
+    byName: Map<string, SessionClientTable & { rateAt?: number; rateBytes?: number }>,
+    p: SenderProgress,
+  ) {
+    const now = this.#now();
+    for (const r of p.receivers) {
+      const c = byName.get(r.name);
+      if (!c || FINAL_CLIENT.has(c.state as ClientState)) continue;
+      if (c.state === 'joined' && (r.state === 'receiving' || r.state === 'waiting')) c.state = 'receiving';
+      if (c.rateAt === undefined) {
+        c.rateAt = now;
+        c.rateBytes = r.bytes;
+      } else if (now - c.rateAt >= 1000) {
+        const mbit = ((r.bytes - (c.rateBytes ?? 0)) * 8) / 1e6 / ((now - c.rateAt) / 1000);
+        c.rate_mbit = Math.round((c.rate_mbit ? 0.5 * c.rate_mbit + 0.5 * mbit : mbit) * 10) / 10;
+        c.rateAt = now;
+        c.rateBytes = r.bytes;
+      }
+      c.bytes = r.bytes;
+      c.total_bytes = r.totalBytes;
+    }
+    live.dirty = true;
+  }
+
+  #finishClient(c: SessionClientTable, state: ClientState, code: string | null, reason: string | null): void {
+    c.state = state;
+    c.code = code;
+    c.reason = reason;
+    c.finished_at = this.#now();
+    if (state === 'ok') {
+      c.bytes = c.total_bytes;
+      this.#o.counters.add('imagesSent');
+    } else {
+      this.#o.counters.add('errors');
+    }
+  }
+
+  async #maybeEnd(live: Live): Promise<void> {
+    if (live.row.state !== 'sending' || !live.sendEnded) return;
+    const clients = [...live.clients.values()];
+    if (clients.some((c) => !FINAL_CLIENT.has(c.state as ClientState))) return;
+    clearTimeout(live.reportTimer);
+    const bad = clients.filter((c) => c.state !== 'ok');
+    await this.#end(
+      live,
+      bad.length === 0 ? 'done' : 'failed',
+      bad.length === 0 ? null : `${bad.length} of ${clients.length} workstation(s) failed`,
+    );
+  }
+
+  async #end(live: Live, state: SessionState, message: string | null): Promise<void> {
+    live.row.state = state;
+    live.row.message = message;
+    live.row.finished_at = this.#now();
+    live.slot = undefined;
+    live.key = undefined;
+    await this.#save(live);
+    for (const c of live.clients.values()) await this.#saveClient(c);
+    const view = this.#view(live);
+    await this.#o.db
+      .insertInto('history')
+      .values({
+        session: live.row.name,
+        run: live.row.run,
+        image: live.row.image,
+        fileset: live.row.fileset,
+        state,
+        started_at: live.row.started_at,
+        finished_at: live.row.finished_at,
+        message,
+        clients: JSON.stringify(view.clients),
+      })
+      .execute();
+    this.#o.log.info({ session: live.row.name, run: live.row.run, state, message }, 'session ended');
+    this.#changed(live);
+  }
+
+  #changed(live: Live): void {
+    live.version++;
+    for (const w of [...live.waiters]) w();
+  }
+
+  async #save(live: Live): Promise<void> {
+    const { name, ...rest } = live.row;
+    await this.#o.db.updateTable('sessions').set(rest).where('name', '=', name).execute();
+  }
+
+  async #saveClient(c: SessionClientTable & { rateAt?: number; rateBytes?: number }): Promise<void> {
+    const { session, run, workstation, rateAt: _a, rateBytes: _b, ...rest } = c;
+    await this.#o.db
+      .updateTable('session_clients')
+      .set(rest)
+      .where('session', '=', session)
+      .where('run', '=', run)
+      .where('workstation', '=', workstation)
+      .execute();
+  }
+
+  async #flushProgress(): Promise<void> {
+    for (const live of this.#live.values()) {
+      if (!live.dirty || !this.#live.has(live.row.name)) continue;
+      live.dirty = false;
+      try {
+        for (const c of live.clients.values()) await this.#saveClient(c);
+      } catch (err) {
+        this.#o.log.warn({ session: live.row.name, err }, 'could not save progress');
+      }
+    }
+  }
+
+  #view(live: Live): Session {
+    const r = live.row;
+    const t = this.#trigger(live);
+    const waiting = r.state === 'waiting';
+    const clients = [...live.clients.values()]
+      .sort((a, b) => a.joined_at - b.joined_at)
+      .map((c) => clientView(c));
+    return {
+      name: r.name,
+      image: r.image,
+      fileset: r.fileset,
+      clientCount: r.client_count,
+      waitMs: Number(r.wait_ms),
+      state: r.state as SessionState,
+      run: r.run,
+      joined: live.clients.size,
+      needed: waiting ? t.needed : 0,
+      startsInMs: waiting ? t.startsInMs : null,
+      group: r.group_addr,
+      port: r.port,
+      createdAt: Number(r.created_at),
+      startedAt: r.started_at === null ? null : Number(r.started_at),
+      finishedAt: r.finished_at === null ? null : Number(r.finished_at),
+      message: r.message,
+      rateMbit: Math.round(
+        clients.filter((c) => c.state === 'receiving').reduce((m, c) => Math.max(m, c.rateMbit), 0),
+      ),
+      clients,
+    };
+  }
+}
+
+/** The name a workstation gives the sender: unique even for machines cloned with one hostname. */
+function receiverName(c: SessionClientTable): string {
+  return `${c.name}/${c.mac}`;
+}
+
+function clientView(c: SessionClientTable): SessionClient {
+  const left = Math.max(0, Number(c.total_bytes) - Number(c.bytes));
+  return {
+    workstation: c.workstation,
+    name: c.name,
+    mac: c.mac,
+    address: c.address,
+    joinedAt: Number(c.joined_at),
+    state: c.state as ClientState,
+    bytes: Number(c.bytes),
+    totalBytes: Number(c.total_bytes),
+    rateMbit: c.rate_mbit,
+    etaMs:
+      c.state === 'receiving' && c.rate_mbit > 0
+        ? Math.round(((left * 8) / (c.rate_mbit * 1e6)) * 1000)
+        : null,
+    code: c.code,
+    reason: c.reason,
+    finishedAt: c.finished_at === null ? null : Number(c.finished_at),
+  };
+}
+
+function waitMs(r: { waitMinutes?: number; waitSeconds?: number }): number | undefined {
+  if (r.waitSeconds !== undefined) return Math.round(r.waitSeconds * 1000);
+  if (r.waitMinutes !== undefined) return Math.round(r.waitMinutes * 60_000);
+  return undefined;
+}
