@@ -4,7 +4,9 @@
  */
 import { Command } from 'commander';
 import { VERSION, reportError } from './output.ts';
+import { addAdminCommands } from './admin.ts';
 import { addSendCommand } from './send.ts';
+import { addServerCommand } from './server.ts';
 
 export function buildImgcastProgram(): Command {
   const program = new Command('imgcast')
@@ -12,6 +14,8 @@ export function buildImgcastProgram(): Command {
     .version(VERSION, '-V, --version', 'print the version')
     .showHelpAfterError()
     .exitOverride();
+  addServerCommand(program);
+  addAdminCommands(program);
   addSendCommand(program);
   return program;
 }

@@ -31,7 +31,7 @@ import {
   Workstation,
 } from '../api/schemas.ts';
 import { ImgcastError } from '../errors.ts';
-import { newToken, sameSecret, tokenHash, verifyPassword } from './auth.ts';
+import { hashPassword, newToken, sameSecret, tokenHash, verifyPassword } from './auth.ts';
 import type { Counters } from './counters.ts';
 import type { Db } from './db.ts';
 import { SERVER_ERROR_STATUS, ServerError } from './errors.ts';
@@ -292,6 +292,66 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
     '/api/workstations',
     { config: admin, schema: { response: { 200: Type.Array(Workstation), ...errors } } },
     async () => ctx.workstations.list(),
+  );
+
+  const adminName = Type.Object({
+    name: Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._@-]+$' }),
+  });
+  app.get(
+    '/api/admins',
+    {
+      config: admin,
+      schema: {
+        response: {
+          200: Type.Array(Type.Object({ name: Type.String(), createdAt: Type.Number() })),
+          ...errors,
+        },
+      },
+    },
+    async () =>
+      (await ctx.db.selectFrom('admins').select(['name', 'created_at']).orderBy('name').execute()).map(
+        (a) => ({
+          name: a.name,
+          createdAt: Number(a.created_at),
+        }),
+      ),
+  );
+  app.post(
+    '/api/admins',
+    {
+      config: admin,
+      schema: {
+        body: Type.Object(
+          { name: adminName.properties.name, password: Type.String({ minLength: 8, maxLength: 1024 }) },
+          { additionalProperties: false },
+        ),
+        response: { 204: Type.Null(), ...errors },
+      },
+    },
+    async (req, reply) => {
+      const hash = await hashPassword(req.body.password);
+      await ctx.db
+        .insertInto('admins')
+        .values({ name: req.body.name, password_hash: hash, created_at: Date.now() })
+        .onConflict((oc) => oc.column('name').doUpdateSet({ password_hash: hash }))
+        .execute();
+      // A new password ends the account's console sign-ins.
+      await ctx.db.deleteFrom('logins').where('admin', '=', req.body.name).execute();
+      void reply.status(204);
+      return null;
+    },
+  );
+  app.delete(
+    '/api/admins/:name',
+    { config: admin, schema: { params: adminName, response: { 204: Type.Null(), ...errors } } },
+    async (req, reply) => {
+      const r = await ctx.db.deleteFrom('admins').where('name', '=', req.params.name).executeTakeFirst();
+      if (Number(r.numDeletedRows) === 0)
+        throw new ServerError('E_NOT_FOUND', `no admin account ${req.params.name}`);
+      await ctx.db.deleteFrom('logins').where('admin', '=', req.params.name).execute();
+      void reply.status(204);
+      return null;
+    },
   );
 
   // --- workstations
