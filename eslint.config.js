@@ -6,7 +6,8 @@ import tseslint from 'typescript-eslint';
  * disks, the engine or the CLI (the glue that turns an image into a send and a receive into a
  * restore lives in src/engine/multicast.ts and src/cli/transfer.ts); the image format knows
  * nothing above it; disks and volumes may name the engine's types but not call it; only the
- * CLI sits above the engine.
+ * CLI sits above the engine. The imaging server and the workstation client never import each
+ * other; what they share (the discovery contract) is in src/api, which imports neither.
  */
 const layer = (files, groups, typesFrom = []) => ({
   files,
@@ -38,4 +39,20 @@ export default tseslint.config(
   layer(['src/image/**'], ['**/engine/*', '**/cli/*', '**/transport/*', '**/disk/*', '**/volume/**']),
   layer(['src/disk/**', 'src/volume/**'], ['**/cli/*', '**/transport/*'], ['**/engine/*']),
   layer(['src/engine/**'], ['**/cli/*']),
+  // The server and the workstation client meet only in src/api (the contract between them).
+  layer(['src/server/**'], ['**/cli/*', '**/client/*']),
+  layer(['src/client/**'], ['**/cli/*', '**/server/*']),
+  layer(
+    ['src/api/**'],
+    [
+      '**/cli/*',
+      '**/server/*',
+      '**/client/*',
+      '**/engine/*',
+      '**/transport/*',
+      '**/image/*',
+      '**/disk/*',
+      '**/volume/**',
+    ],
+  ),
 );

@@ -1,0 +1,30 @@
+import { ImgcastError } from '../errors.ts';
+
+/** Stable codes of the workstation client (`img session`), one per refusal it makes on its own. */
+export const CLIENT_ERROR_CODES = [
+  /** No imgcast server answered discovery; give --server. */
+  'E_NO_SERVER',
+  /** The caller stopped discovery (AbortSignal) with no reason of its own to report. */
+  'E_ABORTED',
+  /** No internal disk to write to (only removable ones, or none at all). */
+  'E_NO_DISK',
+  /** The only internal disk holds the running system. */
+  'E_SYSTEM_DISK',
+  /** More than one internal disk could be the target; give --disk. */
+  'E_DISK_AMBIGUOUS',
+] as const;
+
+export type ClientErrorCode = (typeof CLIENT_ERROR_CODES)[number];
+
+export class ClientError extends ImgcastError {
+  declare readonly code: ClientErrorCode;
+
+  constructor(
+    code: ClientErrorCode,
+    message: string,
+    details: Record<string, unknown> = {},
+    options?: ErrorOptions,
+  ) {
+    super(code, message, details, options);
+  }
+}
