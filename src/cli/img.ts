@@ -12,6 +12,7 @@ import { displayName } from '../volume/files/names.ts';
 import { VERSION, emit, formatBytes, runCommand, withProgress } from './output.ts';
 import { describeListing, describeInfo, describeVerify } from './render.ts';
 import { addReceiveCommand } from './receive.ts';
+import { addSessionCommand } from './session.ts';
 
 /** Opens an image for reading for the length of `use`, closing it however `use` ends. */
 async function withReader<T>(image: string, use: (reader: ImageReader) => Promise<T>): Promise<T> {
@@ -381,6 +382,7 @@ export function buildImgProgram(): Command {
     );
 
   addReceiveCommand(program);
+  addSessionCommand(program);
   return program;
 }
 

@@ -1,6 +1,7 @@
 /** `imgcast server`: runs the imaging server in the foreground until SIGINT or SIGTERM. */
 import { Command, InvalidArgumentError, Option } from 'commander';
 
+import { discoveryEndpoint } from '../api/discovery.ts';
 import { localIPv4 } from './options.ts';
 import { VERSION, runCommand } from './output.ts';
 import { defaultDataDir } from './server-client.ts';
@@ -93,6 +94,10 @@ export function addServerCommand(program: Command): void {
               range: { firstGroup: o.groups, firstPort: o.ports.firstPort, slots: o.ports.slots },
               name: o.name,
               version: VERSION,
+              discovery:
+                o.discovery === 'off'
+                  ? undefined
+                  : discoveryEndpoint({ IMGCAST_DISCOVERY: o.discovery ?? process.env.IMGCAST_DISCOVERY }),
             });
             const where =
               o.listen.host === '0.0.0.0'

@@ -7,15 +7,14 @@
  * writes it back as a plain file (benchmarks against udpcast/uftp), with resume
  * through a journal next to the output.
  */
-import { mkdir, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { hostname, networkInterfaces } from 'node:os';
-import { join, resolve } from 'node:path';
 
 import { InterruptedError, UsageError } from '../errors.ts';
 import { TransportError } from '../transport/errors.ts';
 import { fileConsumer, flatFileProvider } from '../transport/files.ts';
 import { runReceiver } from '../transport/receiver.ts';
-import { imageDecoder, imageProvider, restoreConsumer } from '../engine/multicast.ts';
+import { defaultJournal, imageDecoder, imageProvider, restoreConsumer } from '../engine/multicast.ts';
 import { MAX_DATAGRAM, UNIT_DATAGRAM } from '../transport/packet.ts';
 import { runSender } from '../transport/sender.ts';
 import type { ReceiverProgress, ReceiverResult, SenderProgress, SenderResult } from '../transport/types.ts';
@@ -158,18 +157,6 @@ export async function receiveCommand(opts: ReceiveCommandOptions): Promise<Recei
     throw new TransportError(result.code ?? 'E_CONSUMER', result.message ?? 'receive failed', { result });
   }
   return result;
-}
-
-/**
- * Where an image receive keeps its resume journal unless told: beside a file or folder
- * target, and for a device (whose folder is /dev) under /var/lib/imgcast.
- */
-export async function defaultJournal(target: string): Promise<string> {
-  const abs = resolve(target);
-  if (!abs.startsWith('/dev/')) return `${abs}.imgcast-journal`;
-  const dir = '/var/lib/imgcast/journals';
-  await mkdir(dir, { recursive: true });
-  return join(dir, `${abs.slice(1).replaceAll('/', '_')}.journal`);
 }
 
 /**

@@ -12,6 +12,14 @@ export const CLIENT_ERROR_CODES = [
   'E_SYSTEM_DISK',
   /** More than one internal disk could be the target; give --disk. */
   'E_DISK_AMBIGUOUS',
+  /** The session ended (stopped, failed, interrupted) before or while this workstation took part. */
+  'E_SESSION_ENDED',
+  /** The administrator stopped the session. */
+  'E_STOPPED',
+  /** The sender and the server went away mid-session (the server stopped): the session is interrupted. */
+  'E_SERVER_LOST',
+  /** This workstation cannot be registered (no Ethernet interface to name it by). */
+  'E_NO_IDENTITY',
 ] as const;
 
 export type ClientErrorCode = (typeof CLIENT_ERROR_CODES)[number];

@@ -5,8 +5,8 @@
  * is authenticated when a key is used, and is checked before anything is written.
  */
 import { execFile } from 'node:child_process';
-import { rm, stat } from 'node:fs/promises';
-import { basename } from 'node:path';
+import { mkdir, rm, stat } from 'node:fs/promises';
+import { basename, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 
 import { DiskError } from '../disk/errors.ts';
@@ -229,4 +229,16 @@ async function consumerFor(
       if (journal && !sink.resumableAfterAbort) await rm(journal, { force: true });
     },
   };
+}
+
+/**
+ * Where an image receive keeps its resume journal unless told: beside a file or folder
+ * target, and for a device (whose folder is /dev) under /var/lib/imgcast.
+ */
+export async function defaultJournal(target: string): Promise<string> {
+  const abs = resolve(target);
+  if (!abs.startsWith('/dev/')) return `${abs}.imgcast-journal`;
+  const dir = '/var/lib/imgcast/journals';
+  await mkdir(dir, { recursive: true });
+  return join(dir, `${abs.slice(1).replaceAll('/', '_')}.journal`);
 }

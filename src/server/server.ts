@@ -10,6 +10,7 @@ import { pino, type Logger } from 'pino';
 import { imageProvider } from '../engine/multicast.ts';
 import { runSender } from '../transport/sender.ts';
 import { checkRange, type AddressRange } from './address-pool.ts';
+import { startDiscoveryResponder } from './discovery.ts';
 import { buildApp, type ApiApp, type AppContext } from './app.ts';
 import { adminToken } from './auth.ts';
 import { Counters } from './counters.ts';
@@ -125,6 +126,20 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     const addr = app.server.address();
     const port = typeof addr === 'object' && addr ? addr.port : (o.port ?? 7740);
     const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
+    if (o.discovery) {
+      const responder = await startDiscoveryResponder({
+        group: o.discovery.group,
+        port: o.discovery.port,
+        interface: o.interface,
+        // The API is reachable on the requester's subnet only where it listens there too.
+        answer: (_from, local) => {
+          const at = host === '0.0.0.0' ? local : host;
+          return at ? { api: `http://${at}:${port}`, name: ctx.name } : undefined;
+        },
+        log: (line) => log.info(line),
+      });
+      cleanup.unshift(() => responder.close());
+    }
     let closed: Promise<void> | undefined;
     return {
       url,

@@ -1227,7 +1227,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       if (p.state === 'ok') p.ch.send({ t: 'end' });
       else if (p.state === 'joining' || p.state === 'waiting' || p.state === 'receiving') {
         // A caller that stops the send with a reason (an administrator's stop) has it told to every receiver.
-        const stopped = opts.signal?.aborted && opts.signal.reason instanceof ImgcastError ? opts.signal.reason : null;
+        const stopped =
+          opts.signal?.aborted && opts.signal.reason instanceof ImgcastError ? opts.signal.reason : null;
         const why = fatal
           ? `sender failed: ${fatal instanceof Error ? fatal.message : String(fatal)}`
           : stopped

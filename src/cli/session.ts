@@ -1,0 +1,94 @@
+/** `img session NAME`: take part in a session of the imaging server (client/session.ts). */
+import { Option, type Command } from 'commander';
+
+import type { JoinView } from '../api/schemas.ts';
+import { localIPv4 } from './options.ts';
+import { emit, formatBytes, formatDuration, runCommand, withProgress } from './output.ts';
+
+export function waitingLine(v: JoinView): string {
+  const joined = `${v.joined} joined`;
+  if (v.needed === 0) return `waiting: ${joined}, starting`;
+  if (v.startsInMs === null) return `waiting: ${joined}, ${v.needed} more needed`;
+  return `waiting: ${joined}, ${v.needed} more needed, or starts in ${formatDuration(v.startsInMs / 1000)}`;
+}
+
+export function addSessionCommand(program: Command): void {
+  program
+    .command('session')
+    .description(
+      'join a session of the imaging server, then receive, write and verify its image and report the result',
+    )
+    .argument('<name>', 'session name, as the administrator created it (imgcast mcast NAME)')
+    .option('--server <host[:port]>', 'the imaging server (default: found on this subnet by discovery)')
+    .option(
+      '--disk <target>',
+      'disk to write (default: the one internal disk not holding the running system)',
+    )
+    .addOption(new Option('--interface <addr>', 'local IPv4 address to use').argParser(localIPv4))
+    .option('--restart', "ignore this disk's resume journal and receive everything")
+    .option(
+      '--no-tune-reassembly',
+      "leave the kernel's IP reassembly settings alone (see img receive --help)",
+    )
+    .option('--json', 'print the result as JSON')
+    .option('-v, --verbose', 'log session events to stderr')
+    .action(
+      (
+        name: string,
+        o: {
+          server?: string;
+          disk?: string;
+          interface?: string;
+          restart?: boolean;
+          tuneReassembly?: boolean;
+          json?: boolean;
+          verbose?: boolean;
+        },
+      ) =>
+        runCommand(
+          'img',
+          !!o.json,
+          async (signal) => {
+            const { runSession } = await import('../client/session.ts');
+            let last = '';
+            const say = (line: string) => {
+              if (!o.json) process.stderr.write(`img: ${line}\n`);
+            };
+            const r = await withProgress('receive', { json: !!o.json }, (update) =>
+              runSession({
+                session: name,
+                server: o.server,
+                disk: o.disk,
+                interface: o.interface,
+                restart: !!o.restart,
+                tuneReassembly: o.tuneReassembly !== false,
+                signal,
+                onNote: say,
+                onWaiting: (v) => {
+                  const line = waitingLine(v);
+                  // The countdown alone changes every call: say it only when who joined changed.
+                  const gist = line.replace(/, or starts in .*$/, '');
+                  if (gist !== last) say(line);
+                  last = gist;
+                },
+                onProgress: (p) => update(p.bytes, p.totalBytes),
+                log: o.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
+                warn: (line) => say(line),
+              }),
+            );
+            emit(
+              !!o.json,
+              r,
+              () =>
+                `session ${r.session}: ${r.image} (file set ${r.fileset}) written to ${r.disk} and verified: ` +
+                `${formatBytes(r.receive.bytes)} in ${(r.receive.durationMs / 1000).toFixed(1)} s` +
+                (r.receive.chunksHad
+                  ? `; ${r.receive.chunksHad} chunk(s) were already there (resumed)`
+                  : '') +
+                `; reported to ${r.server}`,
+            );
+          },
+          { interruptible: true },
+        ),
+    );
+}

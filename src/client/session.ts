@@ -1,0 +1,226 @@
+/**
+ * `img session NAME`: a workstation takes part in a server session. It finds the server (or is
+ * told), picks the disk to write (or is told), registers its inventory, joins, waits for the
+ * trigger, receives the image over multicast straight onto the disk, verifies it, and reports
+ * the result to the server. Every refusal happens before anything is written; every failure
+ * after is reported to the server too, when it still answers.
+ */
+import { ApiClient, ApiError } from '../api/client.ts';
+import { discoveryEndpoint } from '../api/discovery.ts';
+import type { JoinView, Registered } from '../api/schemas.ts';
+import { defaultJournal, imageDecoder, restoreConsumer } from '../engine/multicast.ts';
+import { ImgcastError } from '../errors.ts';
+import { runReceiver } from '../transport/receiver.ts';
+import type { ReceiverProgress, ReceiverResult } from '../transport/types.ts';
+import { discoverServer } from './discover.ts';
+import { ClientError } from './errors.ts';
+import { readInventory } from './inventory.ts';
+import { pickDisk, systemDiskDevices } from './pick-disk.ts';
+
+export interface SessionOptions {
+  session: string;
+  /** host[:port] or URL of the server; found by discovery when absent. */
+  server?: string;
+  /** Target disk (or disk-image file, partition, folder); picked when absent. */
+  disk?: string;
+  /** Local IPv4 address to use (discovery, multicast, the MAC that names this workstation). */
+  interface?: string;
+  /** Ignore the resume journal. */
+  restart?: boolean;
+  /** Write into a non-empty folder target. */
+  force?: boolean;
+  tuneReassembly?: boolean;
+  /** Each change while waiting (joined, needed, countdown). */
+  onWaiting?: (v: JoinView) => void;
+  /** Said once: which server, which disk. */
+  onNote?: (line: string) => void;
+  onProgress?: (p: ReceiverProgress) => void;
+  log?: (line: string) => void;
+  warn?: (line: string) => void;
+  signal?: AbortSignal;
+  /** How long to keep asking a server that went away while waiting (default 5 min). */
+  serverRetryMs?: number;
+}
+
+export interface SessionResult {
+  session: string;
+  run: number;
+  server: string;
+  disk: string;
+  image: string;
+  fileset: number;
+  receive: ReceiverResult;
+}
+
+const ENDED = new Set(['done', 'failed', 'stopped', 'interrupted']);
+
+export async function runSession(o: SessionOptions): Promise<SessionResult> {
+  const note = o.onNote ?? (() => {});
+  const server = o.server ?? (await findServer(o));
+  const inventory = await readInventory({ interface: o.interface });
+  const disk = o.disk ?? (await chooseDisk(inventory.disks));
+  if (!inventory.mac) {
+    throw new ClientError(
+      'E_NO_IDENTITY',
+      'this workstation has no Ethernet interface whose MAC address could name it',
+    );
+  }
+  const anon = new ApiClient(server);
+  const reg = await anon.request<Registered>('POST', '/api/workstations/register', {
+    body: { ...inventory, mac: inventory.mac },
+    signal: o.signal,
+  });
+  const api = new ApiClient(server, reg.token);
+  note(`server ${api.baseUrl}, this workstation is ${reg.name} (${inventory.mac}), target ${disk}`);
+  const path = `/api/sessions/${encodeURIComponent(o.session)}`;
+  let view = await api.request<JoinView>('POST', `${path}/join`, { signal: o.signal });
+  view = await waitForStart(api, path, view, o);
+  const receiver = view.receiver!;
+  const journalPath = await defaultJournal(disk);
+  let lastReport = 0;
+  const report = (body: Record<string, unknown>) =>
+    api.request('POST', `${path}/report`, { body: { run: view.run, ...body }, timeoutMs: 10_000 });
+  const result = await runReceiver({
+    from: receiver.from,
+    key: receiver.key,
+    name: receiver.name,
+    interface: o.interface,
+    decode: imageDecoder,
+    journalPath,
+    tuneKernel: true,
+    tuneReassembly: o.tuneReassembly,
+    log: o.log,
+    warn: o.warn,
+    signal: o.signal,
+    onProgress: (p) => {
+      o.onProgress?.(p);
+      const now = Date.now();
+      if (now - lastReport >= 2000) {
+        lastReport = now;
+        void report({ state: 'receiving', bytes: p.bytes, totalBytes: p.totalBytes }).catch(() => {});
+      }
+    },
+    makeConsumer: (s) =>
+      restoreConsumer(s, disk, {
+        force: o.force,
+        onWarning: o.warn ?? o.log,
+        journalPath,
+        restart: o.restart,
+      }),
+  });
+  const outcome = {
+    session: view.session,
+    run: view.run,
+    server: api.baseUrl,
+    disk,
+    image: receiver.image,
+    fileset: receiver.fileset,
+  };
+  if (result.ok) {
+    await report({ state: 'ok', bytes: result.bytes, totalBytes: result.bytes }).catch((err: unknown) =>
+      o.warn?.(
+        `the disk is written and verified, but the server did not take the result: ${(err as Error).message}`,
+      ),
+    );
+    return { ...outcome, receive: result };
+  }
+  if (o.signal?.aborted && o.signal.reason instanceof ImgcastError) {
+    await report({ state: 'failed', code: o.signal.reason.code, message: o.signal.reason.message }).catch(
+      () => {},
+    );
+    throw o.signal.reason;
+  }
+  throw await failure(api, path, view, result, o.session, report);
+}
+
+/** Why the receive failed, as the server sees it when it still answers; the failure is reported to it. */
+async function failure(
+  api: ApiClient,
+  path: string,
+  view: JoinView,
+  result: ReceiverResult,
+  session: string,
+  report: (b: Record<string, unknown>) => Promise<unknown>,
+): Promise<ImgcastError> {
+  const message = result.message ?? 'the receive failed';
+  let now: JoinView | undefined;
+  try {
+    now = await api.request<JoinView>('GET', `${path}/wait?since=0&timeoutMs=0`, { timeoutMs: 5000 });
+  } catch (err) {
+    if (err instanceof ApiError && err.code === 'E_SESSION_UNKNOWN') {
+      return new ClientError('E_STOPPED', `session ${session} was stopped and deleted by the administrator`, {
+        session,
+      });
+    }
+    now = undefined;
+  }
+  if (!now) {
+    return new ClientError(
+      'E_SERVER_LOST',
+      `the sender stopped mid-session and the imaging server at ${api.baseUrl} does not answer (${message}): ` +
+        `session ${session} is interrupted. Once the administrator restarts it (imgcast session restart ${session}), ` +
+        `run img session ${session} again: only what this disk still lacks is sent`,
+      { session, receive: result },
+    );
+  }
+  if (now.state === 'stopped' || now.run !== view.run) {
+    return new ClientError('E_STOPPED', `session ${session} was stopped by the administrator`, {
+      session,
+      receive: result,
+    });
+  }
+  await report({ state: 'failed', code: result.code ?? 'E_RECEIVE', message }).catch(() => {});
+  return new ImgcastError(result.code ?? 'E_RECEIVE', message, { session, receive: result });
+}
+
+async function findServer(o: SessionOptions): Promise<string> {
+  const { group, port } = discoveryEndpoint();
+  const found = await discoverServer({ group, port, interface: o.interface, signal: o.signal });
+  o.onNote?.(`found imaging server ${found.name} at ${found.api}`);
+  return found.api;
+}
+
+async function chooseDisk(disks: Awaited<ReturnType<typeof readInventory>>['disks']): Promise<string> {
+  const picked = pickDisk(disks, { systemDisks: await systemDiskDevices() });
+  if ('error' in picked) throw picked.error;
+  return picked.disk;
+}
+
+/** Waits (long polls) until the session sends; a server that restarts meanwhile is asked again. */
+async function waitForStart(
+  api: ApiClient,
+  path: string,
+  first: JoinView,
+  o: SessionOptions,
+): Promise<JoinView> {
+  let view = first;
+  let lostSince = 0;
+  for (;;) {
+    if (view.state === 'sending' && view.receiver) return view;
+    if (ENDED.has(view.state) || (view.state === 'sending' && !view.receiver)) {
+      const stopped = view.state === 'stopped';
+      throw new ClientError(
+        stopped ? 'E_STOPPED' : 'E_SESSION_ENDED',
+        stopped
+          ? `session ${view.session} was stopped by the administrator`
+          : `session ${view.session} is ${view.state}${view.message ? `: ${view.message}` : ''}`,
+        { session: view.session, state: view.state },
+      );
+    }
+    o.onWaiting?.(view);
+    try {
+      view = await api.request<JoinView>('GET', `${path}/wait?since=${view.version}&timeoutMs=20000`, {
+        signal: o.signal,
+        timeoutMs: 30_000,
+      });
+      lostSince = 0;
+    } catch (err) {
+      if (!(err instanceof ApiError) || err.code !== 'E_SERVER_UNREACHABLE') throw err;
+      lostSince ||= Date.now();
+      if (Date.now() - lostSince > (o.serverRetryMs ?? 300_000)) throw err;
+      o.warn?.(`${err.message}; asking again`);
+      await new Promise((r) => setTimeout(r, 2000));
+      if (o.signal?.aborted) throw o.signal.reason;
+    }
+  }
+}
