@@ -75,6 +75,8 @@ interface Live {
   key?: string;
   sendEnded?: boolean;
   reportTimer?: NodeJS.Timeout;
+  /** The start under way (see #startSending). */
+  starting?: Promise<void>;
   dirty: boolean;
 }
 
@@ -488,29 +490,50 @@ export class SessionManager {
     }
   }
 
-  async #startSending(live: Live, why: string): Promise<void> {
-    if (live.row.state !== 'waiting') return;
+  /**
+   * Joins, the trigger's ticks and `startNow` call this without waiting for one another; the
+   * image lookup awaits, so one start is in flight per session at a time (later callers share
+   * it), and the slot is taken in the same synchronous stretch as the state change, so two
+   * sessions starting at once never get one group and port.
+   */
+  #startSending(live: Live, why: string): Promise<void> {
+    if (live.row.state !== 'waiting') return Promise.resolve();
+    live.starting ??= this.#start(live, why).finally(() => (live.starting = undefined));
+    return live.starting;
+  }
+
+  #freeSlot(): ReturnType<typeof allocate> {
     const taken = new Set<number>();
     for (const l of this.#live.values())
       if (l.slot !== undefined && l.row.state === 'sending') taken.add(l.slot);
-    const address = allocate(this.#o.range, taken);
-    if (!address) {
-      // Stays waiting: it starts when another session frees its group and port.
-      if (live.row.message === null) {
-        live.row.message = 'waiting for a free multicast group and port: every slot of the range is sending';
-        this.#changed(live);
-      }
-      return;
+    return allocate(this.#o.range, taken);
+  }
+
+  #noSlot(live: Live): void {
+    // Stays waiting: it starts when another session frees its group and port.
+    if (live.row.message === null) {
+      live.row.message = 'waiting for a free multicast group and port: every slot of the range is sending';
+      this.#changed(live);
     }
+  }
+
+  async #start(live: Live, why: string): Promise<void> {
+    // Checked first so that a session waiting for a slot does not look its image up on every tick.
+    if (!this.#freeSlot()) return this.#noSlot(live);
     let imagePath: string;
     try {
       imagePath = (await this.#o.images.resolve(live.row.image)).path;
     } catch (err) {
+      if (live.row.state !== 'waiting') return;
       for (const c of live.clients.values())
         this.#finishClient(c, 'failed', 'E_IMAGE_UNKNOWN', 'the image is gone');
       await this.#end(live, 'failed', `cannot start: ${(err as Error).message}`);
       return;
     }
+    // Stopped or deleted while the image was looked up.
+    if (live.row.state !== 'waiting' || this.#closing) return;
+    const address = this.#freeSlot();
+    if (!address) return this.#noSlot(live);
     live.slot = address.slot;
     live.key = randomBytes(16).toString('hex');
     live.abort = new AbortController();
