@@ -639,6 +639,14 @@ class ServerLab {
     }
   }
 
+  /** How many times the servers of this lab started a sender for `session` (their log). */
+  sendsStarted(session: string): number {
+    return this.procs
+      .filter((p) => p.name.startsWith('server'))
+      .flatMap((p) => p.stdout().split('\n'))
+      .filter((l) => l.includes('"msg":"session sending"') && l.includes(`"session":"${session}"`)).length;
+  }
+
   /** Every process's exit, command line and the tail of its output. */
   report(): string {
     const now = Date.now();
@@ -734,6 +742,7 @@ test(
       clientStates(s),
     );
     assert.equal(status.counters.imagesSent, 3);
+    assert.equal(L.sendsStarted('lab1'), 1, 'one sender for the session');
     t.diagnostic(
       `session ${secs(s.finishedAt! - s.startedAt!)} from start to the last result; ws ${ws.map((p) => describeExit(p)).join('; ')}`,
     );
@@ -913,6 +922,7 @@ test(
       .filter((e) => e.session === 'lab4')
       .map((e) => `${e.run}:${e.state}`);
     assert.deepEqual(runs, ['2:done', '1:interrupted']);
+    assert.equal(L.sendsStarted('lab4'), 2, 'one sender for each run');
     t.diagnostic(
       `killed at ${before.clients.map((c) => `${Math.round((100 * c.bytes) / c.totalBytes)}%`).join('/')}; ` +
         `the rerun had ${results.map((r) => `${r.receive.chunksHad}/${r.receive.totalChunks}`).join(', ')} chunks`,
@@ -975,6 +985,8 @@ test(
     );
     assert.notEqual(a.group, b.group, timeline);
     assert.notEqual(a.port, b.port, timeline);
+    assert.equal(L.sendsStarted('labA'), 1, 'one sender for labA');
+    assert.equal(L.sendsStarted('labB'), 1, 'one sender for labB');
     const h = await L.adminJson<HistoryEntry[]>(['history']);
     for (const [name, image] of [
       ['labA', refs.A.name],
