@@ -157,6 +157,13 @@ export class SessionManager {
       });
     }
     const image = await this.#o.images.resolve(req.image);
+    // Refused now rather than when the session starts, with the lab already waiting on it.
+    const { problem } = await this.#o.images.describe(image.path);
+    if (problem !== null) {
+      throw new ServerError('E_IMAGE_UNREADABLE', `${req.image} is not a readable image: ${problem}`, {
+        path: req.image,
+      });
+    }
     const now = this.#now();
     const row: SessionTable = {
       name: req.name,

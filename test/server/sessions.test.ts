@@ -28,6 +28,7 @@ async function manager(
       await sleep(lookupMs);
       return { name: given, path: join(dir, given) };
     },
+    describe: async () => ({ problem: null }),
   } as unknown as ImageStore;
   const sends: Plan[] = [];
   const send: SendSession = (plan) => {
