@@ -15,7 +15,7 @@
  * its own, never imgcast's defaults, so a server left running elsewhere on this machine (the
  * shared ml* lab) is never reached by mistake.
  *
- * Two cores: one lab at a time, one file. About 3-4 minutes when the product works. Nothing here
+ * Two cores: one lab at a time, one file. About a minute when the product works. Nothing here
  * changes a kernel setting: the receivers raise net.core.rmem_max for their run and put it back
  * themselves.
  */
@@ -378,7 +378,7 @@ function imagesDir(): string {
 const references = new Map<string, Reference>();
 /**
  * A reference workstation's disk, on a loop device: GPT, a vfat EFI partition (20 MiB, a boot
- * loader and its config in nested folders) and an ext4 root filling the rest (~5 MiB of random
+ * loader and its config in nested folders) and an ext4 root filling the rest (~14 MiB of random
  * files in nested folders, small config files, an executable, a private file, symlinks relative
  * and absolute, an empty folder). Each `variant` has content of its own. Captured with
  * `img make /dev/loopN DIR/ref-VARIANT.imgc`, straight into the image directory.
@@ -442,11 +442,11 @@ function reference(variant: string): Reference {
     writeFileSync(join(root, 'etc/fstab'), `LABEL=root / ext4 defaults 0 1\n`);
     writeFileSync(join(root, 'etc/ssh/ssh_host_ed25519_key'), `not a real key ${variant}\n`);
     chmodSync(join(root, 'etc/ssh/ssh_host_ed25519_key'), 0o600);
-    randomFile(join(root, 'usr/lib/lab/data/payload.bin'), 2 * MIB + 4093);
+    randomFile(join(root, 'usr/lib/lab/data/payload.bin'), 6 * MIB + 4093);
     randomFile(join(root, 'usr/lib/lab/tool'), 700 * 1024);
     chmodSync(join(root, 'usr/lib/lab/tool'), 0o755);
-    randomFile(join(root, 'usr/share/doc/lab/manual.pdf'), 1 * MIB + 1);
-    randomFile(join(root, 'home/student/work/deep/results.dat'), 1200 * 1024);
+    randomFile(join(root, 'usr/share/doc/lab/manual.pdf'), 3 * MIB + 1);
+    randomFile(join(root, 'home/student/work/deep/results.dat'), 4 * MIB - 5);
     for (let i = 1; i <= 30; i++) randomFile(join(root, 'usr/share/doc/lab', `note${i}.txt`), i * 311);
     symlinkSync('data/payload.bin', join(root, 'usr/lib/lab/current'));
     symlinkSync('/usr/share/zoneinfo/UTC', join(root, 'etc/localtime'));
@@ -793,14 +793,14 @@ test(
 );
 
 test(
-  'imgcast stop while sending (server link at 8 Mbit/s): each img session exits non-zero, "stopped by the administrator"; status stopped; history keeps it with the client results',
+  'imgcast stop while sending (server link at 20 Mbit/s): each img session exits non-zero, "stopped by the administrator"; status stopped; history keeps it with the client results',
   { timeout: 240_000 },
   async (t) => {
     const L = ServerLab.open(t, 3, [shapingUnavailable]);
     if (!L) return;
     const ref = reference('a');
     await L.startServer();
-    L.lab.rate(0, '8mbit');
+    L.lab.rate(0, '20mbit');
     const disks = [1, 2, 3].map(() => L.disk());
     await L.adminJson<Session>(['mcast', 'lab3', '-p', ref.name, '-c', '3']);
     const ws = [1, 2, 3].map((h) => L.session(h, 'lab3', disks[h - 1]!));
@@ -861,18 +861,18 @@ test(
     if (!L) return;
     const ref = reference('a');
     const server = await L.startServer();
-    L.lab.rate(0, '8mbit');
+    L.lab.rate(0, '20mbit');
     const disks = [1, 2, 3].map(() => L.disk());
     await L.adminJson<Session>(['mcast', 'lab4', '-p', ref.name, '-c', '3']);
     const ws = [1, 2, 3].map((h) => L.session(h, 'lab4', disks[h - 1]!));
     await L.logged('session sending', 'lab4');
-    // Mid-send, once each workstation holds whole chunks (a quarter), so that it has something to keep.
+    // Mid-send, once each workstation holds half of it, so that it has whole chunks to keep.
     let before: Session;
     for (const until = Date.now() + SESSION_BOUND_MS; ;) {
       before = await L.show('lab4');
-      if (before.clients.every((c) => c.totalBytes > 0 && c.bytes >= c.totalBytes / 4)) break;
+      if (before.clients.every((c) => c.totalBytes > 0 && c.bytes >= c.totalBytes / 2)) break;
       if (Date.now() > until || ws.some((p) => p.exited))
-        assert.fail(`lab4 never got a quarter through: ${clientStates(before)}\n${L.report()}`);
+        assert.fail(`lab4 never got half way: ${clientStates(before)}\n${L.report()}`);
       await sleep(200);
     }
     assert.ok(
@@ -944,7 +944,7 @@ test(
     );
     await L.startServer();
     // Slowed, so that the two sends overlap: a session that ended frees its group and port for the next.
-    L.lab.rate(0, '20mbit');
+    L.lab.rate(0, '40mbit');
     const disks = [1, 2, 3, 4].map(() => L.disk());
     await L.adminJson<Session>(['mcast', 'labA', '-p', refs.A.name, '-c', '2']);
     await L.adminJson<Session>(['mcast', 'labB', '-p', refs.B.name, '-c', '2']);
