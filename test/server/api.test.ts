@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { copyFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -244,6 +244,9 @@ test('images outside the image directory are refused with E_IMAGE_OUTSIDE: ../, 
     await refused(f, 'E_IMAGE_OUTSIDE', 400, 'GET', `/api/images/info?path=${encodeURIComponent(image)}`);
     await refused(f, 'E_IMAGE_OUTSIDE', 400, 'DELETE', `/api/images?path=${encodeURIComponent(image)}`);
   }
+  // Nothing outside was touched by the DELETEs, nor the links leading there.
+  for (const path of [f.outside, join(`${f.images}-evil`, 'x.imgc'), join(f.images, 'escape.imgc')])
+    assert.ok(existsSync(path), `${path} is still there`);
   // The escaping link is not listed as an image of the directory either.
   const names = (await ok<Image[]>(f, 'GET', '/api/images')).map((i) => i.name);
   assert.deepEqual(names, ['lab.imgc']);
