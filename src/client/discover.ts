@@ -111,7 +111,11 @@ export async function discoverServer(opts: DiscoverOptions): Promise<DiscoveredS
             );
             sent++;
           } catch (err) {
-            sendErrors.set(source ?? 'the default interface', systemReason(err));
+            const notOurs = (err as NodeJS.ErrnoException).code === 'EADDRNOTAVAIL';
+            sendErrors.set(
+              source ?? 'the default interface',
+              notOurs ? 'it is not an IPv4 address of this host (EADDRNOTAVAIL)' : systemReason(err),
+            );
           }
         }
       };
