@@ -90,6 +90,8 @@ export async function discoverServer(opts: DiscoverOptions): Promise<DiscoveredS
       };
       const onAbort = (): void => finish(() => reject(aborted()));
       signal?.addEventListener('abort', onAbort, { once: true });
+      // Aborted while the socket was being bound: the event has been and gone.
+      if (signal?.aborted) onAbort();
       sock.on('error', () => {
         // Errors of sends come to their callbacks; a late stray one changes nothing.
       });

@@ -116,7 +116,8 @@ export async function startDiscoveryResponder(opts: DiscoveryResponderOptions): 
           );
         }
       }
-      if (joined.size === 0 && !reported.has('')) {
+      if (joined.size > 0) reported.delete('');
+      else if (!reported.has('')) {
         reported.add('');
         log(`discovery: no IPv4 interface to listen on yet; looking again every ${REJOIN_MS / 1000} s`);
       }
