@@ -5,11 +5,10 @@
  * nothing behind.
  */
 import assert from 'node:assert/strict';
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { test, type TestContext } from 'node:test';
-import { pino } from 'pino';
+import { test } from 'node:test';
 
 import { ApiClient, ApiError } from '../../src/api/client.ts';
 import type { Image, Registered, Status, Upload, UploadCommitted } from '../../src/api/schemas.ts';
@@ -17,25 +16,11 @@ import { CODEC_NONE, chunkId, encodeChunk } from '../../src/image/codec.ts';
 import { ImageReader } from '../../src/image/reader.ts';
 import { CHUNK_SIZE, type ChunkRef, type CompressionLevel } from '../../src/image/types.ts';
 import { verifyImage } from '../../src/image/verify.ts';
-import { startServer } from '../../src/server/server.ts';
-import { uploadRoutesWith, type UploadOptions } from '../../src/server/uploads.ts';
 import { fileEntry, manifestOf, textData } from '../image/fixtures.ts';
 import { tempDir } from '../helpers/env.ts';
+import { uploadServer } from '../helpers/upload-server.ts';
 
-async function serve(t: TestContext, opts: UploadOptions = {}, dataDir?: string) {
-  const dir = dataDir ?? (await tempDir(t));
-  const s = await startServer({
-    dataDir: dir,
-    port: 0,
-    host: '127.0.0.1',
-    version: 'test',
-    range: { firstGroup: '239.77.9.1', firstPort: randomInt(40000, 60000), slots: 2 },
-    logger: pino({ level: 'silent' }),
-    plugins: [uploadRoutesWith(opts)],
-  });
-  t.after(() => s.close());
-  return { s, admin: new ApiClient(s.url, s.adminToken), images: s.imagesDir };
-}
+const serve = uploadServer;
 
 async function workstation(url: string, n: number): Promise<ApiClient> {
   const api = new ApiClient(url);
