@@ -66,8 +66,8 @@ export async function connect(
 ): Promise<{ api: ApiClient; register?: () => Promise<void> }> {
   const api = new ApiClient(server, opts.token);
   if (opts.token) return { api };
+  // The stale token may go along: registering is public, the server does not look at it.
   const register = async () => {
-    api.token = undefined;
     const r = await api.request<Registered>('POST', '/api/workstations/register', {
       body: minimalInventory(),
       signal: opts.signal,
@@ -110,8 +110,8 @@ export function minimalInventory(): Inventory {
 /**
  * A ChunkSink whose chunks go to an upload on the imaging server. Hashing and compression
  * run on the compression pool, in this sink's own slots of shared memory (leased to the
- * capture as the image writer's are); a compressed chunk is copied out of its slot for its
- * request, so at most IN_FLIGHT_SLOTS chunks are being compressed and `putsInFlight` sent.
+ * capture as the image writer's are), and each request sends its chunk straight from its
+ * slot: IN_FLIGHT_SLOTS + `putsInFlight` chunks at most are in memory, whatever the network.
  */
 export class UploadSink implements ChunkSink {
   readonly id: string;
@@ -131,6 +131,9 @@ export class UploadSink implements ChunkSink {
   /** Slots for chunks being compressed, as many as the image writer has, plus one per request: a request sends from its slot. */
   #sab: SharedArrayBuffer;
   #freeSlots: number[];
+  #slots: number;
+  /** Slots a request is sending from. */
+  #sending = 0;
   #agent: http.Agent;
   #slotWaiters: Array<() => void> = [];
   #puts = 0;
@@ -145,6 +148,8 @@ export class UploadSink implements ChunkSink {
   #aborting: Promise<void> | undefined;
   #lastRequestAt = Date.now();
   #keepAlive: NodeJS.Timeout | undefined;
+  /** A registration under way: requests refused together wait for one new token. */
+  #registering: Promise<void> | undefined;
 
   private constructor(
     api: ApiClient,
@@ -157,7 +162,7 @@ export class UploadSink implements ChunkSink {
     this.name = upload.name;
     this.level = upload.level;
     this.#putsInFlight = opts.putsInFlight;
-    const slots = IN_FLIGHT_SLOTS + opts.putsInFlight;
+    const slots = (this.#slots = IN_FLIGHT_SLOTS + opts.putsInFlight);
     this.#sab = new SharedArrayBuffer(slots * CHUNK_SIZE);
     this.#freeSlots = Array.from({ length: slots }, (_, i) => i);
     const secure = api.baseUrl.startsWith('https:');
@@ -283,12 +288,13 @@ export class UploadSink implements ChunkSink {
           signal: this.#stop.signal,
         });
       let done: UploadCommitted;
+      const used = this.#api.token;
       try {
         done = await send();
       } catch (err) {
         // Refused at the door (another process re-registered this workstation): nothing was committed.
         if (!(err instanceof ApiError && err.code === 'E_UNAUTHORIZED' && this.#register)) throw err;
-        await this.#register();
+        await this.#registerAgain(used);
         done = await send();
       }
       this.#closed = true;
@@ -378,6 +384,7 @@ export class UploadSink implements ChunkSink {
       this.#releaseSlot(slot);
       throw err;
     }
+    this.#sending++;
     try {
       const bytes = this.#slotBuffer(slot).subarray(0, storedLength);
       const path = this.#path(`/chunks/${id}`);
@@ -390,6 +397,7 @@ export class UploadSink implements ChunkSink {
       this.stats.rawBytesSent += rawLength;
       this.stats.storedBytesSent += storedLength;
     } finally {
+      this.#sending--;
       this.#releaseSlot(slot);
       this.#releasePut();
     }
@@ -404,12 +412,13 @@ export class UploadSink implements ChunkSink {
     for (let attempt = 1; ; attempt++) {
       this.#check();
       this.#lastRequestAt = Date.now();
+      const used = this.#api.token;
       try {
         return await send();
       } catch (err) {
         if (this.#closed || attempt >= TRIES || !(err instanceof ApiError)) throw err;
         if (err.code === 'E_UNAUTHORIZED' && this.#register) {
-          await this.#register();
+          await this.#registerAgain(used);
         } else if (err.code === 'E_SERVER_UNREACHABLE' || err.status === 502 || err.status === 503) {
           await new Promise((r) => setTimeout(r, 250 * 2 ** attempt));
         } else {
@@ -418,6 +427,17 @@ export class UploadSink implements ChunkSink {
         this.stats.retries++;
       }
     }
+  }
+
+  /**
+   * Registers this workstation again after its token `used` was refused: another process of
+   * this machine registered it meanwhile, which replaced the token. The upload belongs to
+   * the workstation, not to the token, so it goes on under the new one.
+   */
+  async #registerAgain(used: string | undefined): Promise<void> {
+    if (this.#api.token !== used) return;
+    this.#registering ??= this.#register!().finally(() => (this.#registering = undefined));
+    await this.#registering;
   }
 
   #fail(err: unknown): void {
@@ -459,7 +479,12 @@ export class UploadSink implements ChunkSink {
   }
 
   async #acquireSlot(): Promise<number> {
-    while (this.#freeSlots.length === 0) {
+    // Slots being sent from do not count: the capture and the compressors get as many as the
+    // image writer gives them, so a stopped upload waits for no more compression than a stopped local make.
+    while (
+      this.#freeSlots.length === 0 ||
+      this.#slots - this.#freeSlots.length - this.#sending >= IN_FLIGHT_SLOTS
+    ) {
       this.#check();
       await new Promise<void>((resolve) => this.#slotWaiters.push(resolve));
     }

@@ -311,7 +311,7 @@ export class Uploads {
     const now = this.#now();
     for (const u of [...this.#open.values()]) {
       if (u.state === 'open' && u.busy === 0 && now - u.lastActivityAt >= this.idleMs) {
-        await this.#end(u, `no request came for ${Math.round(this.idleMs / 1000)} s`);
+        await this.#end(u, `no request came for ${spoken(this.idleMs)}`);
       }
     }
   }
@@ -353,6 +353,11 @@ async function removeTempFiles(root: string): Promise<string[]> {
   };
   await walk(root, 0);
   return removed;
+}
+
+function spoken(ms: number): string {
+  if (ms >= 120_000) return `${Math.round(ms / 60_000)} minutes`;
+  return `${ms >= 10_000 ? Math.round(ms / 1000) : (ms / 1000).toFixed(1)} s`;
 }
 
 async function fsyncDir(dir: string): Promise<void> {

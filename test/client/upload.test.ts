@@ -10,10 +10,11 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { link, mkdir, readdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 
 import { ApiClient, ApiError } from '../../src/api/client.ts';
 import type { Image, Upload, Workstation } from '../../src/api/schemas.ts';
+import { UploadSink, connect, minimalInventory } from '../../src/client/upload.ts';
 import { mountFilesystem, type Mounted } from '../../src/disk/filesystem.ts';
 import { attachLoop, detachLoop } from '../../src/disk/device.ts';
 import { chunkId, encodeChunk } from '../../src/image/codec.ts';
@@ -267,6 +268,90 @@ test('a client stopped with SIGINT drops its upload on the server at once', asyn
   assert.deepEqual(await admin.request('GET', '/api/uploads'), []);
   assert.deepEqual(await filesIn(images), []);
   assert.deepEqual(await listed(admin), []);
+});
+
+const SERVER_MAIN = new URL('../helpers/upload-server-main.ts', import.meta.url).pathname;
+
+/** A server in a child process (so that it can be killed), with its admin client. */
+async function serverProcess(t: TestContext, dataDir: string) {
+  const child = spawn(process.execPath, [SERVER_MAIN, dataDir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.after(() => void child.kill('SIGKILL'));
+  const line = await new Promise<string>((resolve, reject) => {
+    let text = '';
+    child.stdout.on('data', (b: Buffer) => {
+      text += b.toString();
+      if (text.includes('\n')) resolve(text.slice(0, text.indexOf('\n')));
+    });
+    child.on('exit', (code) => reject(new Error(`the server exited with ${code} before it listened`)));
+  });
+  const { url, token } = JSON.parse(line) as { url: string; token: string };
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  return { child, exited, admin: new ApiClient(url, token), host: new URL(url).host };
+}
+
+test('a server killed mid-upload: the client fails naming the server, the restarted server removes what was left', async (t) => {
+  const dir = await tempDir(t);
+  await slowFolder(join(dir, 'src'));
+  const data = join(dir, 'data');
+  const images = join(data, 'images');
+  const first = await serverProcess(t, data);
+  const { done } = img([
+    'make',
+    join(dir, 'src'),
+    '--server',
+    first.host,
+    '--name',
+    'cut',
+    '--level',
+    'size',
+    '--json',
+  ]);
+  await until('the first chunk on the server', async () => {
+    const ups = await first.admin.request<Upload[]>('GET', '/api/uploads');
+    return (ups[0]?.chunks ?? 0) >= 1;
+  });
+  first.child.kill('SIGKILL');
+  await first.exited;
+  const r = await done;
+  assert.equal(r.code, 1, r.err);
+  assert.equal(JSON.parse(r.out).error, 'E_SERVER_UNREACHABLE');
+  assert.match(r.err, new RegExp(`imaging server at http://${first.host}`));
+  const left = await filesIn(images);
+  assert.equal(left.length, 1, 'the killed server could not clean up');
+  assert.match(left[0]!, /^\.cut\.imgc\.upload-[0-9a-f]{32}\.partial$/);
+
+  const second = await serverProcess(t, data);
+  assert.deepEqual(await filesIn(images), []);
+  assert.deepEqual(await listed(second.admin), []);
+  second.child.kill('SIGTERM');
+  await second.exited;
+});
+
+test('the client keeps its upload alive while the capture has nothing to send', async (t) => {
+  const { admin, images } = await uploadServer(t, { idleMs: 300 });
+  const sink = await UploadSink.create(admin, { name: 'patient', level: 'speed' });
+  const raw = textData(100_000, 9);
+  const ref = await sink.putChunk(raw);
+  // A capture reading a big disk that is mostly zeros sends nothing for a long time.
+  await new Promise((r) => setTimeout(r, 1500));
+  const done = await sink.commit(manifestOf([fileEntry('f', [ref])]));
+  assert.equal(done.image.name, 'patient.imgc');
+  assert.equal(sink.stats.chunksSent, 1);
+  assert.deepEqual(await filesIn(images), ['patient.imgc']);
+});
+
+test('an upload goes on when another process of this workstation registers it again (a new token)', async (t) => {
+  const { host, images } = await uploadServer(t);
+  const { api, register } = await connect(host);
+  const sink = await UploadSink.create(api, { name: 'twice', level: 'speed', register });
+  const refs = [await sink.putChunk(textData(20_000, 1))];
+  // What a second `img make --server` (or `img session`) on this machine does first.
+  await new ApiClient(host).request('POST', '/api/workstations/register', { body: minimalInventory() });
+  refs.push(await sink.putChunk(textData(20_000, 2)), await sink.putChunk(textData(20_000, 3)));
+  const done = await sink.commit(manifestOf([fileEntry('f', refs)]));
+  assert.equal(done.chunks, 3);
+  assert.ok(sink.stats.retries >= 1, 'the refused request was sent again');
+  assert.deepEqual(await filesIn(images), ['twice.imgc']);
 });
 
 test('a name that is taken or outside the image directory is refused before the source is read', async (t) => {
