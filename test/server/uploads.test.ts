@@ -335,3 +335,14 @@ test('a server that stops aborts its open uploads', async (t) => {
   await first.s.close();
   assert.deepEqual(await filesIn(first.images), []);
 });
+
+test('uploads beyond the limit are refused until one ends', async (t) => {
+  const { admin } = await serve(t, { maxUploads: 1 });
+  const first = await admin.request<Upload>('POST', '/api/uploads', { body: { name: 'one' } });
+  await assert.rejects(
+    admin.request('POST', '/api/uploads', { body: { name: 'two' } }),
+    code('E_UPLOAD_BUSY', 503),
+  );
+  await admin.request('DELETE', `/api/uploads/${first.id}`);
+  await admin.request('POST', '/api/uploads', { body: { name: 'two' } });
+});
