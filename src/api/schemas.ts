@@ -78,6 +78,7 @@ export const Session = Type.Object({
   port: Type.Union([Type.Integer(), Type.Null()]),
   createdAt: Type.Number(),
   startedAt: Type.Union([Type.Number(), Type.Null()]),
+  firstDataAt: Type.Union([Type.Number(), Type.Null()], { description: 'when the first data of this run was sent' }),
   finishedAt: Type.Union([Type.Number(), Type.Null()]),
   message: Type.Union([Type.String(), Type.Null()]),
   rateMbit: Type.Number(),
@@ -266,3 +267,72 @@ export const Health = Type.Object({
   api: Type.Integer(),
 });
 export type Health = Static<typeof Health>;
+
+// --- uploads (img make --server)
+
+export const CompressionLevel = Type.Union([
+  Type.Literal('none'),
+  Type.Literal('speed'),
+  Type.Literal('balanced'),
+  Type.Literal('size'),
+]);
+
+/** Headers of a chunk PUT: how its body (the stored bytes) is coded, and the chunk's raw length. */
+export const UPLOAD_CODEC_HEADER = 'x-imgcast-codec';
+export const UPLOAD_RAW_LENGTH_HEADER = 'x-imgcast-raw-length';
+
+export const CreateUpload = Type.Object(
+  {
+    name: Type.String({
+      minLength: 1,
+      maxLength: 1024,
+      description: 'image path inside the image directory; .imgc is appended when missing',
+    }),
+    level: Type.Optional(CompressionLevel),
+  },
+  { additionalProperties: false },
+);
+export type CreateUpload = Static<typeof CreateUpload>;
+
+export const Upload = Type.Object({
+  id: Type.String(),
+  name: Type.String({ description: 'the image it becomes, inside the image directory' }),
+  level: CompressionLevel,
+  owner: Type.String(),
+  createdAt: Type.Number(),
+  lastActivityAt: Type.Number(),
+  idleMs: Type.Number({ description: 'the upload is aborted after this long without a request' }),
+  chunks: Type.Integer({ description: 'distinct chunks stored so far' }),
+  rawBytes: Type.Number(),
+  storedBytes: Type.Number(),
+  state: Type.Union([Type.Literal('open'), Type.Literal('committing')]),
+});
+export type Upload = Static<typeof Upload>;
+
+export const UploadChunkResult = Type.Object({
+  chunk: Type.String(),
+  stored: Type.Boolean({ description: 'false when the upload held the chunk already' }),
+});
+export type UploadChunkResult = Static<typeof UploadChunkResult>;
+
+export const UploadHave = Type.Object(
+  { ids: Type.Array(Type.String({ pattern: '^[0-9a-f]{64}$' }), { maxItems: 4096 }) },
+  { additionalProperties: false },
+);
+export const UploadHaveResult = Type.Object({
+  have: Type.Array(Type.String(), { description: 'the asked ids the upload holds already' }),
+});
+export type UploadHaveResult = Static<typeof UploadHaveResult>;
+
+export const CommitUpload = Type.Object(
+  { manifest: Type.Object({}, { additionalProperties: true, description: 'the image manifest' }) },
+  { additionalProperties: false },
+);
+
+export const UploadCommitted = Type.Object({
+  image: Image,
+  chunks: Type.Integer(),
+  rawBytes: Type.Number(),
+  storedBytes: Type.Number(),
+});
+export type UploadCommitted = Static<typeof UploadCommitted>;

@@ -3,6 +3,7 @@
  * browses and edits images, and receives multicast sessions.
  */
 import { Command, Option } from 'commander';
+import { serverUrl } from '../api/client.ts';
 import { UsageError } from '../errors.ts';
 import type { VerifyAfterReport } from '../engine/verify-target.ts';
 import type { ImageReader } from '../image/reader.ts';
@@ -37,6 +38,32 @@ function warn(message: string): void {
   process.stderr.write(`img: ${message}\n`);
 }
 
+/**
+ * Where `img make` puts the image: the file IMAGE, or (--server with --name) a new image on
+ * the imaging server. Mixing the two, or half of the server pair, is a usage error.
+ */
+export function makeTarget(
+  image: string | undefined,
+  o: { server?: string; name?: string; force?: boolean },
+): { server: string; name: string } | undefined {
+  if (o.server === undefined && o.name === undefined) {
+    if (image === undefined)
+      throw new UsageError('give the image file to create, or --server HOST --name IMAGE');
+    return undefined;
+  }
+  if (o.server === undefined)
+    throw new UsageError('--name names an image on the server: give --server HOST too');
+  if (o.name === undefined)
+    throw new UsageError('--server needs --name: the name of the image on the server');
+  if (image !== undefined) {
+    throw new UsageError(`give either an image file (${image}) or --server with --name, not both`);
+  }
+  if (o.force) throw new UsageError('--force is for image files; the server never overwrites an image');
+  // A mistyped address is refused before anything is read.
+  serverUrl(o.server);
+  return { server: o.server, name: o.name };
+}
+
 const json = () => new Option('--json', 'print the result as JSON for scripts');
 const fileset = () => new Option('-f, --fileset <n>', 'file set 1-10 (default 1)').argParser(parseFileset);
 
@@ -49,26 +76,75 @@ export function buildImgProgram(): Command {
 
   program
     .command('make')
-    .description('capture a folder, a whole disk (device or disk-image file) or a partition into an image')
+    .description(
+      'capture a folder, a whole disk (device or disk-image file) or a partition into an image, here or on the imaging server',
+    )
     .argument('<source>', 'folder, disk device (/dev/sda), disk-image file, or partition (/dev/sda2)')
-    .argument('<image>', 'image file to create (.imgc)')
+    .argument('[image]', 'image file to create (.imgc); not with --server')
     .addOption(
       new Option('-l, --level <level>', 'compression: none trades network for CPU, size the reverse')
         .choices(COMPRESSION_LEVELS)
         .default(DEFAULT_LEVEL),
     )
     .option('--force', 'overwrite an existing image file')
+    .option(
+      '--server <host[:port]>',
+      'capture straight onto this imaging server (with --name); IMGCAST_TOKEN may hold an admin token, otherwise this machine registers as a workstation',
+    )
+    .option('--name <image>', "the image's name in the server's image directory (with --server)")
     .addOption(json())
+    .addHelpText(
+      'after',
+      '\nExamples:\n  img make /dev/sda lab.imgc\n  img make /dev/sda --server imaging.lab:7740 --name lab-2026',
+    )
     .action(
-      (source: string, image: string, o: { level: CompressionLevel; force?: boolean; json?: boolean }) =>
+      (
+        source: string,
+        image: string | undefined,
+        o: { level: CompressionLevel; force?: boolean; server?: string; name?: string; json?: boolean },
+      ) =>
         runCommand(
           'img',
           !!o.json,
           async (signal) => {
-            const { makeImage } = await import('../engine/make.ts');
+            const onServer = makeTarget(image, o);
             const { describeManifest } = await import('../engine/explorer.ts');
+            if (onServer) {
+              const { makeImageOnServer } = await import('../client/upload.ts');
+              const result = await withProgress('capture', { json: !!o.json }, (update) =>
+                makeImageOnServer(source, {
+                  server: onServer.server,
+                  name: onServer.name,
+                  token: process.env.IMGCAST_TOKEN || undefined,
+                  level: o.level,
+                  onProgress: (p) => update(p.bytesDone, p.bytesTotal),
+                  onWarning: warn,
+                  signal,
+                }),
+              );
+              const info = describeManifest(result.manifest, result.image!);
+              const sent = result.upload;
+              emit(
+                !!o.json,
+                {
+                  ...info,
+                  server: result.server,
+                  image: result.committed.image,
+                  stats: result.stats,
+                  upload: sent,
+                },
+                () =>
+                  [
+                    `on server:   ${result.server}`,
+                    describeInfo(info),
+                    `sent:        ${count(sent.chunksSent, 'chunk')}, ${formatBytes(sent.storedBytesSent)} compressed from ${formatBytes(sent.rawBytesSent)}${sent.retries > 0 ? `; ${count(sent.retries, 'request')} sent again` : ''}`,
+                  ].join('\n'),
+              );
+              return;
+            }
+            const { makeImage } = await import('../engine/make.ts');
             const result = await withProgress('capture', { json: !!o.json }, (update) =>
-              makeImage(source, image, {
+              makeImage(source, image!, {
                 level: o.level,
                 overwrite: !!o.force,
                 onProgress: (p) => update(p.bytesDone, p.bytesTotal),

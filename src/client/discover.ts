@@ -90,6 +90,8 @@ export async function discoverServer(opts: DiscoverOptions): Promise<DiscoveredS
       };
       const onAbort = (): void => finish(() => reject(aborted()));
       signal?.addEventListener('abort', onAbort, { once: true });
+      // Aborted while the socket was being bound: the event has been and gone.
+      if (signal?.aborted) onAbort();
       sock.on('error', () => {
         // Errors of sends come to their callbacks; a late stray one changes nothing.
       });
@@ -111,7 +113,11 @@ export async function discoverServer(opts: DiscoverOptions): Promise<DiscoveredS
             );
             sent++;
           } catch (err) {
-            sendErrors.set(source ?? 'the default interface', systemReason(err));
+            const notOurs = (err as NodeJS.ErrnoException).code === 'EADDRNOTAVAIL';
+            sendErrors.set(
+              source ?? 'the default interface',
+              notOurs ? 'it is not an IPv4 address of this host (EADDRNOTAVAIL)' : systemReason(err),
+            );
           }
         }
       };

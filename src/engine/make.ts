@@ -401,38 +401,72 @@ async function captureClassified(
   return { manifest, stats: { ...counted.counts, uniqueChunks: counted.ids.size, volumes: volumes.length } };
 }
 
-/** `img make`: captures `source` (directory, partition/filesystem, or whole disk) into a new image file. */
-export async function makeImage(source: string, imagePath: string, opts: MakeOptions): Promise<MakeResult> {
+/**
+ * Where a capture goes: an image file here (makeImage), or one being uploaded to the
+ * imaging server. The source is checked before `open` is called, so a bad source never
+ * creates anything.
+ */
+export interface CaptureTarget {
+  sink: ChunkSink;
+  /** Makes the capture permanent; resolves with the manifest as committed. */
+  commit(manifest: Manifest): Promise<Manifest>;
+  /** Undoes whatever the target began; safe to call more than once and after a failed commit. */
+  abort(): Promise<void>;
+}
+
+export type CaptureOptions = Omit<MakeOptions, 'overwrite'>;
+
+/** Captures `source` into the target `open` makes, committing it at the end or aborting it on any failure. */
+export async function captureOnto(
+  source: string,
+  opts: CaptureOptions,
+  open: () => Promise<CaptureTarget>,
+): Promise<MakeResult> {
   await releaseDeadRuns(opts.onWarning);
-  // Refuse a bad source before creating (or overwriting) the image file.
+  // Refuse a bad source before creating (or overwriting) the target.
   const { kind, table } = await classify(source);
   if (kind !== 'directory') await refuseWritableMounts(source);
-  const writer = await ImageWriter.create(imagePath, { level: opts.level, overwrite: opts.overwrite });
-  // Aborting the writer makes every later chunk fail, which unwinds whatever is capturing.
-  const stop = () => void writer.abort().catch(() => {});
+  opts.signal?.throwIfAborted();
+  const target = await open();
+  // Aborting the target makes every later chunk fail, which unwinds whatever is capturing.
+  const stop = () => void target.abort().catch(() => {});
   opts.signal?.addEventListener('abort', stop, { once: true });
   try {
     opts.signal?.throwIfAborted();
-    const result = await captureClassified(source, kind, table, writer, opts);
+    const result = await captureClassified(source, kind, table, target.sink, opts);
     opts.signal?.throwIfAborted();
-    result.manifest = await writer.commit(result.manifest);
-    result.stats.storedBytes = writer.stats.storedBytes;
-    result.image = {
-      path: imagePath,
-      fileBytes: (await stat(imagePath)).size,
-      chunks: writer.stats.chunksStored,
-      chunkRawBytes: writer.stats.rawBytes,
-      chunkStoredBytes: writer.stats.storedBytes,
-    };
+    result.manifest = await target.commit(result.manifest);
     return result;
   } catch (err) {
-    await writer.abort().catch(() => {});
-    // The writer's own complaint (closed, aborted) is not the reason when the operator stopped it.
+    await target.abort().catch(() => {});
+    // The target's own complaint (closed, aborted) is not the reason when the operator stopped it.
     if (opts.signal?.aborted) throw opts.signal.reason;
     throw err;
   } finally {
     opts.signal?.removeEventListener('abort', stop);
   }
+}
+
+/** `img make`: captures `source` (directory, partition/filesystem, or whole disk) into a new image file. */
+export async function makeImage(source: string, imagePath: string, opts: MakeOptions): Promise<MakeResult> {
+  let writer: ImageWriter | undefined;
+  const result = await captureOnto(source, opts, async () => {
+    const w = (writer = await ImageWriter.create(imagePath, {
+      level: opts.level,
+      overwrite: opts.overwrite,
+    }));
+    return { sink: w, commit: (m) => w.commit(m), abort: () => w.abort() };
+  });
+  const w = writer!;
+  result.stats.storedBytes = w.stats.storedBytes;
+  result.image = {
+    path: imagePath,
+    fileBytes: (await stat(imagePath)).size,
+    chunks: w.stats.chunksStored,
+    chunkRawBytes: w.stats.rawBytes,
+    chunkStoredBytes: w.stats.storedBytes,
+  };
+  return result;
 }
 
 async function captureDisk(

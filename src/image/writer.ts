@@ -13,7 +13,7 @@ import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 
 import { writeAll } from '../file-write.ts';
-import { CODEC_NONE, chunkId } from './codec.ts';
+import { CODEC_NONE, chunkId, decodeArgumentProblem } from './codec.ts';
 import { ImageError } from './errors.ts';
 import {
   HEADER_SIZE,
@@ -83,6 +83,8 @@ export class ImageWriter implements ChunkSink {
   #pending = new Map<string, { slot: number; rawLength: number }>();
   /** Shared memory holding in-flight chunks, one CHUNK_SIZE slot each; workers compress in place. */
   #sab: SharedArrayBuffer | undefined;
+  /** putStored only: where a worker decodes each slot's stored bytes to check them, rawLength + 1 bytes a slot. */
+  #checkSab: SharedArrayBuffer | undefined;
   #freeSlots: number[] = [];
   #waiters: Array<() => void> = [];
   #failure: Error | undefined;
@@ -251,6 +253,77 @@ export class ImageWriter implements ChunkSink {
         this.#releaseSlot(slot);
       },
     };
+  }
+
+  /**
+   * Stores a chunk that arrives compressed already (an upload: the workstation spent its
+   * own CPU on it) as it is, once a worker has decoded it and found that it is the chunk
+   * `id` names: a chunk record never holds bytes that do not match its id, whoever sent
+   * them. Resolves when the record is written (durable with commit), with false when the
+   * image already had the chunk. Bytes that are not the chunk are refused with
+   * E_CHUNK_CORRUPT and change nothing: the writer goes on.
+   */
+  async putStored(id: string, codec: number, rawLength: number, stored: Buffer): Promise<boolean> {
+    this.#check();
+    const refuse = (why: string): never => {
+      throw new ImageError('E_CHUNK_CORRUPT', `chunk ${id} is damaged: ${why}`, { chunk: id, reason: why });
+    };
+    const problem = decodeArgumentProblem(id, codec, rawLength);
+    if (problem) refuse(problem);
+    if (!Buffer.isBuffer(stored)) throw new TypeError('stored bytes must be a Buffer');
+    if (rawLength > CHUNK_SIZE) refuse(`${rawLength} bytes exceed the ${CHUNK_SIZE}-byte chunk limit`);
+    // Content that does not shrink is stored as is, so stored bytes never outgrow the raw ones (or a slot).
+    if (codec === CODEC_NONE ? stored.length !== rawLength : stored.length >= rawLength) {
+      refuse(`${stored.length} stored bytes cannot hold ${rawLength} raw bytes with codec ${codec}`);
+    }
+    for (;;) {
+      if (this.#s.index.has(id)) {
+        this.stats.chunksDeduplicated++;
+        return false;
+      }
+      const busy = this.#inflight.get(id);
+      if (!busy) break;
+      // The same chunk is on its way in; if those bytes turn out damaged, these may still be good.
+      await busy;
+      this.#check();
+    }
+    const slot = await this.#acquireSlot();
+    if (this.#s.index.has(id) || this.#inflight.has(id)) {
+      this.#releaseSlot(slot);
+      return this.putStored(id, codec, rawLength, stored);
+    }
+    stored.copy(this.#slotBuffer(slot));
+    this.#checkSab ??= new SharedArrayBuffer(IN_FLIGHT_SLOTS * (CHUNK_SIZE + 1));
+    const into = Buffer.from(this.#checkSab, slot * (CHUNK_SIZE + 1), CHUNK_SIZE + 1);
+    const work = (async () => {
+      const damage = await CompressPool.shared().decode(
+        id,
+        codec,
+        this.#slotBuffer(slot).subarray(0, stored.length),
+        into,
+        rawLength,
+      );
+      if (damage !== undefined) refuse(damage);
+      this.#check();
+      await this.#write(id, slot, rawLength, codec, stored.length);
+    })().finally(() => {
+      this.#inflight.delete(id);
+      this.#releaseSlot(slot);
+    });
+    this.#inflight.set(
+      id,
+      work.then(
+        () => {},
+        (err: unknown) => {
+          // Damaged bytes are the sender's problem; anything else (the disk) is the image's.
+          if (err instanceof ImageError && (err.code === 'E_CHUNK_CORRUPT' || this.#closed)) return;
+          this.#failure ??= err instanceof ImageError ? err : ioError(this.#s.file, 'write chunk to', err);
+          this.#wakeAll();
+        },
+      ),
+    );
+    await work;
+    return true;
   }
 
   #slotBuffer(slot: number): Buffer {

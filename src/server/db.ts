@@ -39,6 +39,7 @@ export interface SessionTable {
   finished_at: number | null;
   last_join_at: number | null;
   message: string | null;
+  first_data_at: number | null;
 }
 
 export interface SessionClientTable {
@@ -135,6 +136,8 @@ const MIGRATIONS: string[][] = [
     `CREATE TABLE logins (
        token_hash TEXT PRIMARY KEY, admin TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL)`,
   ],
+  // When the first data left for a run: the delay from the trigger is the session's own overhead.
+  [`ALTER TABLE sessions ADD COLUMN first_data_at BIGINT`],
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

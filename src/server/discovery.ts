@@ -92,7 +92,12 @@ export async function startDiscoveryResponder(opts: DiscoveryResponderOptions): 
       sock.close();
       throw new DiscoveryError(
         'E_DISCOVERY_SOCKET',
-        `cannot join the discovery group ${group} on ${opts.interface}: ${systemReason(err)}`,
+        `cannot join the discovery group ${group} on ${opts.interface}: ${
+          // The kernel finds no interface with that address.
+          (err as NodeJS.ErrnoException).code === 'ENODEV'
+            ? 'it is not an IPv4 address of this host (ENODEV)'
+            : systemReason(err)
+        }`,
         { group, port, interface: opts.interface },
         { cause: err },
       );
@@ -111,7 +116,8 @@ export async function startDiscoveryResponder(opts: DiscoveryResponderOptions): 
           );
         }
       }
-      if (joined.size === 0 && !reported.has('')) {
+      if (joined.size > 0) reported.delete('');
+      else if (!reported.has('')) {
         reported.add('');
         log(`discovery: no IPv4 interface to listen on yet; looking again every ${REJOIN_MS / 1000} s`);
       }

@@ -16,6 +16,7 @@ export const SERVER_ERROR_STATUS = {
   E_SESSION_EXISTS: 409,
   E_IMAGE_EXISTS: 409,
   E_IMAGE_IN_USE: 409,
+  E_UPLOAD_STATE: 409,
   E_SESSION_STATE: 409,
   E_NOT_JOINED: 409,
   E_TOO_LARGE: 413,
@@ -23,6 +24,9 @@ export const SERVER_ERROR_STATUS = {
   E_CHUNK_INVALID: 422,
   E_UPLOAD_INVALID: 422,
   E_NO_ADDRESSES: 503,
+  E_UPLOAD_BUSY: 503,
+  // The image writer's: the server's disk failed (full, I/O error) under an upload.
+  E_IMAGE_IO: 500,
   E_DATABASE: 500,
   E_INTERNAL: 500,
 } as const;

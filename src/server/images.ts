@@ -3,14 +3,18 @@
  * is resolved (symlinks too) and must land inside that directory; images are named by their
  * path relative to it.
  */
-import { mkdir, readdir, realpath, rm, stat } from 'node:fs/promises';
-import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { lstat, mkdir, readdir, realpath, rm, stat } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 
 import { ImageReader } from '../image/index.ts';
 import type { Image } from '../api/schemas.ts';
 import { ServerError } from './errors.ts';
 
 export const IMAGE_SUFFIX = '.imgc';
+/** list() looks this many folders deep. */
+const MAX_DEPTH = 8;
+/** Leaves room in a 255-byte file name for the temporary names an upload gives the file. */
+const MAX_NAME_BYTES = 200;
 
 export class ImageStore {
   readonly dir: string;
@@ -54,6 +58,66 @@ export class ImageStore {
     return { name: relative(this.#real, real), path: real };
   }
 
+  /**
+   * Where a new image named `given` goes (relative to the image directory, or an absolute
+   * path inside it; `.imgc` appended when missing), its folders made. Refused: a place
+   * outside the directory (symlinks too), a name the listing would hide (a part starting
+   * with a dot), and a name that exists already (E_IMAGE_EXISTS).
+   */
+  async place(given: string): Promise<{ name: string; path: string }> {
+    if (given.includes('\0')) throw new ServerError('E_BAD_REQUEST', 'the image name contains a NUL byte');
+    const named = given.endsWith(IMAGE_SUFFIX) ? given : `${given}${IMAGE_SUFFIX}`;
+    const full = isAbsolute(named) ? resolve(named) : resolve(this.dir, named);
+    const outside = () =>
+      new ServerError('E_IMAGE_OUTSIDE', `${given} is outside the image directory ${this.dir}`, {
+        path: given,
+        imageDir: this.dir,
+      });
+    const base = this.#inside(full, this.dir) ? this.dir : this.#inside(full, this.#real) ? this.#real : null;
+    if (base === null) throw outside();
+    const parts = relative(base, full).split(sep);
+    const bad = parts.find((p) => p.startsWith('.') || Buffer.byteLength(p) > MAX_NAME_BYTES);
+    if (bad !== undefined || parts.length - 1 > MAX_DEPTH) {
+      throw new ServerError(
+        'E_BAD_REQUEST',
+        bad === undefined
+          ? `${given} is more than ${MAX_DEPTH} folders deep`
+          : bad.startsWith('.')
+            ? `${given}: a name starting with a dot would be hidden from the image list`
+            : `${given}: "${bad}" is longer than ${MAX_NAME_BYTES} bytes`,
+        { path: given },
+      );
+    }
+    // The nearest folder that exists decides where the new ones land: a symlink may lead outside.
+    let existing = dirname(full);
+    while (!(await lstat(existing).catch(() => null))) existing = dirname(existing);
+    const insideReal = async (dir: string) => {
+      const real = await realpath(dir).catch(() => null);
+      return real !== null && (real === this.#real || this.#inside(real, this.#real));
+    };
+    if (!(await insideReal(existing))) throw outside();
+    try {
+      await mkdir(dirname(full), { recursive: true });
+    } catch (err) {
+      throw new ServerError(
+        'E_BAD_REQUEST',
+        `cannot make the folder for ${given}: ${(err as Error).message}`,
+        {
+          path: given,
+        },
+      );
+    }
+    const parent = await realpath(dirname(full));
+    if (parent !== this.#real && !this.#inside(parent, this.#real)) throw outside();
+    const path = join(parent, basename(full));
+    if (await lstat(path).catch(() => null)) {
+      throw new ServerError('E_IMAGE_EXISTS', `${relative(this.#real, path)} already exists on the server`, {
+        path: relative(this.#real, path),
+      });
+    }
+    return { name: relative(this.#real, path), path };
+  }
+
   #inside(path: string, dir: string): boolean {
     const rel = relative(dir, path);
     return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel) && !rel.split(sep).includes('..');
@@ -66,7 +130,7 @@ export class ImageStore {
       for (const e of entries) {
         if (e.name.startsWith('.')) continue;
         const full = join(dir, e.name);
-        if (e.isDirectory() && depth < 8) await walk(full, depth + 1);
+        if (e.isDirectory() && depth < MAX_DEPTH) await walk(full, depth + 1);
         else if (e.isFile() && e.name.endsWith(IMAGE_SUFFIX)) out.push(await this.describe(full));
       }
     };

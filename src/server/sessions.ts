@@ -77,6 +77,7 @@ interface Live {
   reportTimer?: NodeJS.Timeout;
   /** The start under way (see #startSending). */
   starting?: Promise<void>;
+  wakeTimer?: NodeJS.Timeout;
   dirty: boolean;
 }
 
@@ -141,6 +142,7 @@ export class SessionManager {
     // A server stopping mid-send leaves the sessions as interrupted for the next start to report.
     for (const live of this.#live.values()) {
       clearTimeout(live.reportTimer);
+      clearTimeout(live.wakeTimer);
       live.abort?.abort(new ImgcastError('E_SERVER_STOPPING', 'the imaging server is shutting down'));
     }
     await Promise.allSettled([...this.#running]);
@@ -180,6 +182,7 @@ export class SessionManager {
       finished_at: null,
       last_join_at: null,
       message: null,
+      first_data_at: null,
     };
     // Checked again here: two creates of one name may race through the await above.
     if (this.#live.has(req.name)) {
@@ -269,6 +272,7 @@ export class SessionManager {
       finished_at: null,
       last_join_at: null,
       message: null,
+      first_data_at: null,
     };
     live.clients.clear();
     live.sendEnded = false;
@@ -375,7 +379,7 @@ export class SessionManager {
       await this.#o.db.insertInto('session_clients').values(c).execute();
       await this.#save(live);
       this.#o.log.info({ session: name, workstation: ws.name }, 'workstation joined');
-      this.#changed(live);
+      this.#changed(live, false);
       this.#tick();
     }
     return this.joinView(name, ws.id, localAddress);
@@ -450,6 +454,15 @@ export class SessionManager {
       });
     }
     if (FINAL_CLIENT.has(c.state as ClientState)) return;
+    if (live.row.state === 'waiting') {
+      throw new ServerError(
+        'E_SESSION_STATE',
+        `session ${name} has not started; there is nothing to report yet`,
+        {
+          session: name,
+        },
+      );
+    }
     if (r.bytes !== undefined) c.bytes = r.bytes;
     if (r.totalBytes !== undefined) c.total_bytes = r.totalBytes;
     if (r.state === 'ok' || r.state === 'failed') {
@@ -550,6 +563,7 @@ export class SessionManager {
       group_addr: address.group,
       port: address.port,
       started_at: this.#now(),
+      first_data_at: null,
       message: null,
     });
     await this.#save(live);
@@ -660,6 +674,8 @@ export class SessionManager {
     p: SenderProgress,
   ) {
     const now = this.#now();
+    if (live.row.first_data_at === null && p.phase !== 'waiting' && p.bytesSent > 0)
+      live.row.first_data_at = now;
     for (const r of p.receivers) {
       const c = byName.get(r.name);
       if (!c || FINAL_CLIENT.has(c.state as ClientState)) continue;
@@ -732,8 +748,23 @@ export class SessionManager {
     this.#changed(live);
   }
 
-  #changed(live: Live): void {
+  /**
+   * Wakes the workstations waiting on the session. A change of state wakes them at once; a new
+   * join only changes their "N joined" line, so joins wake them at most once a second: a lab of
+   * hundreds booting together must not cost hundreds of answers per join.
+   */
+  #changed(live: Live, urgent = true): void {
     live.version++;
+    if (!urgent) {
+      live.wakeTimer ??= setTimeout(() => this.#wake(live), 1000);
+      return;
+    }
+    this.#wake(live);
+  }
+
+  #wake(live: Live): void {
+    clearTimeout(live.wakeTimer);
+    live.wakeTimer = undefined;
     for (const w of [...live.waiters]) w();
   }
 
@@ -758,7 +789,18 @@ export class SessionManager {
       if (!live.dirty || !this.#live.has(live.row.name)) continue;
       live.dirty = false;
       try {
-        for (const c of live.clients.values()) await this.#saveClient(c);
+        // One transaction: one commit for a whole lab's progress instead of one per workstation.
+        await this.#o.db.transaction().execute(async (tx) => {
+          for (const c of live.clients.values()) {
+            await tx
+              .updateTable('session_clients')
+              .set({ state: c.state, bytes: c.bytes, total_bytes: c.total_bytes, rate_mbit: c.rate_mbit })
+              .where('session', '=', c.session)
+              .where('run', '=', c.run)
+              .where('workstation', '=', c.workstation)
+              .execute();
+          }
+        });
       } catch (err) {
         this.#o.log.warn({ session: live.row.name, err }, 'could not save progress');
       }
@@ -787,6 +829,7 @@ export class SessionManager {
       port: r.port,
       createdAt: Number(r.created_at),
       startedAt: r.started_at === null ? null : Number(r.started_at),
+      firstDataAt: r.first_data_at === null ? null : Number(r.first_data_at),
       finishedAt: r.finished_at === null ? null : Number(r.finished_at),
       message: r.message,
       rateMbit: Math.round(

@@ -5,7 +5,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
-import { chunkId } from '../../src/image/codec.ts';
+import { CODEC_NONE, CODEC_ZSTD, chunkId, encodeChunk } from '../../src/image/codec.ts';
 import { ImageError } from '../../src/image/errors.ts';
 import { ImageReader } from '../../src/image/reader.ts';
 import { CHUNK_SIZE, COMPRESSION_LEVELS, type ChunkRef, type FileVolume } from '../../src/image/types.ts';
@@ -341,4 +341,66 @@ test('concurrent puts without awaiting each other store everything once', async 
   const r = await ImageReader.open(path);
   t.after(() => r.close());
   for (const [i, ref] of refs.entries()) assert.deepEqual(await r.readChunk(ref.id), data[i]);
+});
+
+test('putStored keeps chunks compressed elsewhere as they came, dedups, and refuses bytes that are not the chunk', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'stored.imgc');
+  const w = await ImageWriter.create(path, { level: 'balanced' });
+  const text = textData(300_000, 3);
+  const rnd = randomBytes(100_000);
+  const packed = encodeChunk(text, 'speed');
+  assert.equal(packed.codec, CODEC_ZSTD);
+  assert.equal(await w.putStored(chunkId(text), packed.codec, text.length, packed.stored), true);
+  assert.equal(await w.putStored(chunkId(rnd), CODEC_NONE, rnd.length, rnd), true);
+  assert.equal(await w.putStored(chunkId(text), packed.codec, text.length, packed.stored), false, 'dedup');
+  assert.equal(await w.putStored(chunkId(Buffer.alloc(0)), CODEC_NONE, 0, Buffer.alloc(0)), true);
+
+  // Another chunk's bytes under an id, a damaged frame, a wrong length: refused, and the writer goes on.
+  // (Bytes sent for a chunk the image holds already are not looked at: nothing is stored.)
+  const other = textData(1000, 9);
+  const text2 = textData(300_000, 5);
+  const packed2 = encodeChunk(text2, 'speed');
+  const wrong = [
+    () => w.putStored(chunkId(other), packed.codec, text.length, packed.stored),
+    () => w.putStored(chunkId(text2), CODEC_ZSTD, text2.length, Buffer.from(packed2.stored).fill(0, 20, 40)),
+    () => w.putStored(chunkId(text2), packed2.codec, text2.length - 1, packed2.stored),
+    () => w.putStored(chunkId(text2), CODEC_NONE, text2.length, packed2.stored),
+    () => w.putStored(chunkId(other), CODEC_NONE, other.length + 1, other),
+    () => w.putStored(chunkId(other), 7, other.length, other),
+    () => w.putStored('nothex', CODEC_NONE, other.length, other),
+  ];
+  for (const put of wrong) await assert.rejects(put(), isCode('E_CHUNK_CORRUPT'));
+  assert.equal(w.hasChunk(chunkId(other)), false);
+  assert.equal(w.hasChunk(chunkId(text2)), false);
+  // Concurrent puts of one chunk, the first damaged: the good one is stored all the same.
+  const bad = w.putStored(chunkId(other), CODEC_NONE, other.length, Buffer.alloc(other.length));
+  const good = w.putStored(chunkId(other), CODEC_NONE, other.length, other);
+  await assert.rejects(bad, isCode('E_CHUNK_CORRUPT'));
+  assert.equal(await good, true);
+
+  const refs = [text, rnd, other].map((d) => ({ id: chunkId(d), rawLength: d.length }));
+  await w.commit(manifestOf([fileEntry('f', refs)], 'balanced'));
+  assert.equal(w.stats.chunksStored, 4);
+  const r = await ImageReader.open(path);
+  t.after(() => r.close());
+  assert.deepEqual(await r.readChunk(chunkId(text)), text);
+  assert.equal(
+    r.chunk(chunkId(text))!.storedLength,
+    packed.stored.length,
+    'stored as sent, not recompressed',
+  );
+  assert.deepEqual(await r.readChunk(chunkId(rnd)), rnd);
+  assert.deepEqual(await r.readChunk(chunkId(other)), other);
+});
+
+test('putStored after abort is refused and leaves no file', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'a.imgc');
+  const w = await ImageWriter.create(path, { level: 'speed' });
+  const data = textData(10_000, 4);
+  await w.abort();
+  await assert.rejects(w.putStored(chunkId(data), CODEC_NONE, data.length, data), isCode('E_IMAGE_IO'));
+  assert.equal(existsSync(`${path}.partial`), false);
+  assert.equal(existsSync(path), false);
 });
