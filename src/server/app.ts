@@ -99,6 +99,9 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
 
   app.decorateRequest('principal', null);
   app.addHook('onRequest', async (req) => {
+    // A call that does not exist says so to everyone: a workstation asking an older server for
+    // something it lacks must hear "no such API call", not that it may not.
+    if (req.is404) return;
     const access = req.routeOptions.config.access ?? 'admin';
     if (access === 'public') return;
     req.principal = await authenticate(ctx, req);

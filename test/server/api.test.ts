@@ -359,12 +359,16 @@ test('no token and a wrong token are refused with E_UNAUTHORIZED, a workstation 
   assert.equal(v.joined, 1);
 });
 
-test('an unknown route is refused with E_NOT_FOUND', async (t) => {
+test('an unknown route is refused with E_NOT_FOUND, whoever asks', async (t) => {
   const f = await fixture(t);
-  await refused(f, 'E_NOT_FOUND', 404, 'GET', '/api/nothing-here');
-  await refused(f, 'E_NOT_FOUND', 404, 'GET', '/nothing');
-  await refused(f, 'E_NOT_FOUND', 404, 'PUT', '/api/sessions');
-  await refused(f, 'E_NOT_FOUND', 404, 'GET', '/api/sessions/a/b/c');
+  const w = await workstation(f);
+  for (const token of [undefined, w.token, null, 'wrong-token-of-some-length']) {
+    await refused(f, 'E_NOT_FOUND', 404, 'GET', '/api/nothing-here', { token });
+    await refused(f, 'E_NOT_FOUND', 404, 'GET', '/nothing', { token });
+    await refused(f, 'E_NOT_FOUND', 404, 'PUT', '/api/sessions', { token });
+    await refused(f, 'E_NOT_FOUND', 404, 'GET', '/api/sessions/a/b/c', { token });
+    await refused(f, 'E_NOT_FOUND', 404, 'POST', '/api/no-such-upload', { token, body: { name: 'x' } });
+  }
 });
 
 test('a refusal in the middle of a session changes nothing of it: join after the start, edit or start of a sending session, report for another run', async (t) => {
