@@ -368,7 +368,7 @@ interface Reference {
   notes: string[];
 }
 
-/** One image directory for every server of the file: each reference is captured into it once. */
+/** One image directory for every server of the file: each reference is captured onto it once. */
 function imagesDir(): string {
   const dir = join(workDir(), 'images');
   mkdirSync(dir, { recursive: true });
@@ -380,16 +380,18 @@ const references = new Map<string, Reference>();
  * A reference workstation's disk, on a loop device: GPT, a vfat EFI partition (20 MiB, a boot
  * loader and its config in nested folders) and an ext4 root filling the rest (~14 MiB of random
  * files in nested folders, small config files, an executable, a private file, symlinks relative
- * and absolute, an empty folder). Each `variant` has content of its own. Captured with
- * `img make /dev/loopN DIR/ref-VARIANT.imgc`, straight into the image directory.
- *
- * The capture is local: `img make --server` (branch `upload`) is not in main yet. Once it is,
- * this captures through the server instead.
+ * and absolute, an empty folder). Each `variant` has content of its own. Captured the way an
+ * admin captures the reference machine: `img make /dev/loopN --server … --name ref-VARIANT` on
+ * one of the lab's workstations, onto the running server of the test that first needs it (all
+ * servers of the file share one image directory). It registers itself as a workstation, as a
+ * machine without an admin token does.
  */
-function reference(variant: string): Reference {
+async function reference(variant: string, L: ServerLab): Promise<Reference> {
   const had = references.get(variant);
   if (had) return had;
   const dir = join(workDir(), `ref-${variant}`);
+  // What a failed earlier attempt left.
+  rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   const file = join(dir, 'disk.img');
   writeFileSync(file, '');
@@ -453,8 +455,18 @@ function reference(variant: string): Reference {
     withPartition(dev, parts[noVfat ? 0 : 1]!, false, (part) =>
       execFileSync('mkfs.ext4', ['-q', '-F', '-L', `root-${variant}`, '-d', root, part], { stdio: 'pipe' }),
     );
-    const image = `ref-${variant}.imgc`;
-    execFileSync(IMG, ['make', dev, join(imagesDir(), image)], { env: productEnv(), stdio: 'pipe' });
+    const made = await L.lab.run(
+      1,
+      IMG,
+      ['make', dev, '--server', L.api, '--name', `ref-${variant}`, '--json'],
+      {
+        env: productEnv(),
+        cwd: ROOT,
+      },
+    );
+    assert.equal(made.code, 0, `img make --server failed (exit ${made.code}):\n${made.stderr}${made.stdout}`);
+    const image = (JSON.parse(made.stdout) as { image: { name: string } }).image.name;
+    assert.equal(image, `ref-${variant}.imgc`, 'the name the server gave the image');
     const contents = diskContents(dev);
     assert.deepEqual(contents.fsckProblems, [], 'the reference disk itself must be clean');
     assert.equal(contents.partitions.length, noVfat ? 1 : 2, `the reference's partitions: ${contents.table}`);
@@ -721,9 +733,9 @@ test(
   async (t) => {
     const L = ServerLab.open(t, 3);
     if (!L) return;
-    const ref = reference('a');
-    for (const n of ref.notes) t.diagnostic(n);
     await L.startServer();
+    const ref = await reference('a', L);
+    for (const n of ref.notes) t.diagnostic(n);
     const disks = [1, 2, 3].map(() => L.disk());
     const created = await L.adminJson<Session>(['mcast', 'lab1', '-p', ref.name, '-c', '3']);
     assert.equal(created.state, 'waiting');
@@ -755,8 +767,8 @@ test(
   async (t) => {
     const L = ServerLab.open(t, 2);
     if (!L) return;
-    const ref = reference('a');
     await L.startServer();
+    const ref = await reference('a', L);
     const disks = [1, 2].map(() => L.disk());
     const created = await L.adminJson<Session>(['mcast', 'lab2', '-p', ref.name, '-c', '5', '-t', '0.05']);
     assert.equal(created.waitMs, 3000);
@@ -798,8 +810,8 @@ test(
   async (t) => {
     const L = ServerLab.open(t, 3, [shapingUnavailable]);
     if (!L) return;
-    const ref = reference('a');
     await L.startServer();
+    const ref = await reference('a', L);
     L.lab.rate(0, '20mbit');
     const disks = [1, 2, 3].map(() => L.disk());
     await L.adminJson<Session>(['mcast', 'lab3', '-p', ref.name, '-c', '3']);
@@ -859,8 +871,8 @@ test(
   async (t) => {
     const L = ServerLab.open(t, 3, [shapingUnavailable]);
     if (!L) return;
-    const ref = reference('a');
     const server = await L.startServer();
+    const ref = await reference('a', L);
     L.lab.rate(0, '20mbit');
     const disks = [1, 2, 3].map(() => L.disk());
     await L.adminJson<Session>(['mcast', 'lab4', '-p', ref.name, '-c', '3']);
@@ -936,13 +948,13 @@ test(
   async (t) => {
     const L = ServerLab.open(t, 4, [shapingUnavailable]);
     if (!L) return;
-    const refs = { A: reference('a'), B: reference('b') };
+    await L.startServer();
+    const refs = { A: await reference('a', L), B: await reference('b', L) };
     assert.notDeepEqual(
       refs.A.contents.partitions.map((p) => [...p.tree.values()]),
       refs.B.contents.partitions.map((p) => [...p.tree.values()]),
       'the two references must differ',
     );
-    await L.startServer();
     // Slowed, so that the two sends overlap: a session that ended frees its group and port for the next.
     L.lab.rate(0, '40mbit');
     const disks = [1, 2, 3, 4].map(() => L.disk());
@@ -1007,8 +1019,8 @@ test(
   async (t) => {
     const L = ServerLab.open(t, 1);
     if (!L) return;
-    const ref = reference('a');
     await L.startServer();
+    const ref = await reference('a', L);
     const disk = L.disk();
     await L.adminJson<Session>(['mcast', 'lab6', '-p', ref.name]);
     const p = L.session(1, 'lab6', disk, { discover: true });
