@@ -84,7 +84,6 @@ export function addServerCommand(program: Command): void {
           false,
           async (signal) => {
             const { startServer } = await import('../server/server.ts');
-            const { uploadRoutes } = await import('../server/uploads.ts');
             const dataDir = o.data ?? defaultDataDir();
             const server = await startServer({
               dataDir,
@@ -95,8 +94,6 @@ export function addServerCommand(program: Command): void {
               range: { firstGroup: o.groups, firstPort: o.ports.firstPort, slots: o.ports.slots },
               name: o.name,
               version: VERSION,
-              // img make --server captures onto this server.
-              plugins: [uploadRoutes],
               discovery:
                 o.discovery === 'off'
                   ? undefined
