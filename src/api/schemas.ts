@@ -78,7 +78,9 @@ export const Session = Type.Object({
   port: Type.Union([Type.Integer(), Type.Null()]),
   createdAt: Type.Number(),
   startedAt: Type.Union([Type.Number(), Type.Null()]),
-  firstDataAt: Type.Union([Type.Number(), Type.Null()], { description: 'when the first data of this run was sent' }),
+  firstDataAt: Type.Union([Type.Number(), Type.Null()], {
+    description: 'when the first data of this run was sent',
+  }),
   finishedAt: Type.Union([Type.Number(), Type.Null()]),
   message: Type.Union([Type.String(), Type.Null()]),
   rateMbit: Type.Number(),

@@ -18,8 +18,6 @@ export const CLIENT_ERROR_CODES = [
   'E_STOPPED',
   /** The sender and the server went away mid-session (the server stopped): the session is interrupted. */
   'E_SERVER_LOST',
-  /** This workstation cannot be registered (no Ethernet interface to name it by). */
-  'E_NO_IDENTITY',
 ] as const;
 
 export type ClientErrorCode = (typeof CLIENT_ERROR_CODES)[number];

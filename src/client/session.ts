@@ -14,8 +14,8 @@ import { runReceiver } from '../transport/receiver.ts';
 import type { ReceiverProgress, ReceiverResult } from '../transport/types.ts';
 import { discoverServer } from './discover.ts';
 import { ClientError } from './errors.ts';
-import { readInventory } from './inventory.ts';
-import { pickDisk, systemDiskDevices } from './pick-disk.ts';
+import { registration } from './registration.ts';
+import { pickDisk, systemDiskDevices, type DiskCandidate } from './pick-disk.ts';
 
 export interface SessionOptions {
   session: string;
@@ -57,17 +57,11 @@ const ENDED = new Set(['done', 'failed', 'stopped', 'interrupted']);
 export async function runSession(o: SessionOptions): Promise<SessionResult> {
   const note = o.onNote ?? (() => {});
   const server = o.server ?? (await findServer(o));
-  const inventory = await readInventory({ interface: o.interface });
+  const inventory = await registration({ interface: o.interface });
   const disk = o.disk ?? (await chooseDisk(inventory.disks));
-  if (!inventory.mac) {
-    throw new ClientError(
-      'E_NO_IDENTITY',
-      'this workstation has no Ethernet interface whose MAC address could name it',
-    );
-  }
   const anon = new ApiClient(server);
   const reg = await anon.request<Registered>('POST', '/api/workstations/register', {
-    body: { ...inventory, mac: inventory.mac },
+    body: inventory,
     signal: o.signal,
   });
   const api = new ApiClient(server, reg.token);
@@ -180,7 +174,7 @@ async function findServer(o: SessionOptions): Promise<string> {
   return found.api;
 }
 
-async function chooseDisk(disks: Awaited<ReturnType<typeof readInventory>>['disks']): Promise<string> {
+async function chooseDisk(disks: DiskCandidate[]): Promise<string> {
   const picked = pickDisk(disks, { systemDisks: await systemDiskDevices() });
   if ('error' in picked) throw picked.error;
   return picked.disk;

@@ -6,16 +6,14 @@
  * image only once it is committed. Memory stays bounded: the capture waits for a slot
  * when the network is the slower side.
  */
-import { createHash } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
-import { availableParallelism, cpus, hostname, networkInterfaces, totalmem } from 'node:os';
 
+import { registration } from './registration.ts';
 import { ApiClient, ApiError } from '../api/client.ts';
 import {
   UPLOAD_CODEC_HEADER,
   UPLOAD_RAW_LENGTH_HEADER,
-  type Inventory,
   type Registered,
   type Upload,
   type UploadChunkResult,
@@ -69,42 +67,13 @@ export async function connect(
   // The stale token may go along: registering is public, the server does not look at it.
   const register = async () => {
     const r = await api.request<Registered>('POST', '/api/workstations/register', {
-      body: minimalInventory(),
+      body: await registration(),
       signal: opts.signal,
     });
     api.token = r.token;
   };
   await register();
   return { api, register };
-}
-
-/**
- * What the server needs to register this machine: its name, MAC and addresses, memory and
- * CPU. The full inventory (disks, DMI) is src/client/inventory.ts's readInventory on the
- * client-pieces branch; this stands in for it until that lands.
- */
-export function minimalInventory(): Inventory {
-  const all = Object.entries(networkInterfaces())
-    .sort(([a], [b]) => a.localeCompare(b))
-    .flatMap(([, list]) => list ?? [])
-    .filter((a) => !a.internal);
-  const mac =
-    all.map((a) => a.mac.toLowerCase()).find((m) => m !== '00:00:00:00:00:00') ??
-    // No network card with an address of its own (a container): a stable, locally administered stand-in.
-    `02:${createHash('sha256')
-      .update(hostname())
-      .digest('hex')
-      .slice(0, 10)
-      .replace(/(..)(?!$)/g, '$1:')}`;
-  return {
-    hostname: hostname().slice(0, 255) || 'workstation',
-    mac,
-    addresses: [...new Set(all.filter((a) => a.family === 'IPv4').map((a) => a.address))].slice(0, 64),
-    disks: [],
-    memoryBytes: totalmem(),
-    cpu: { model: (cpus()[0]?.model ?? 'unknown').slice(0, 255), cores: availableParallelism() },
-    dmi: {},
-  };
 }
 
 /**

@@ -17,6 +17,7 @@ import { Counters } from './counters.ts';
 import { openDatabase, type Db } from './db.ts';
 import { ImageStore } from './images.ts';
 import { SessionManager, type SendSession } from './sessions.ts';
+import { uploadRoutesWith, type UploadOptions } from './uploads.ts';
 import { Workstations } from './workstations.ts';
 
 export const DEFAULT_RANGE: AddressRange = { firstGroup: '239.255.43.1', firstPort: 7750, slots: 100 };
@@ -36,8 +37,10 @@ export interface ServerOptions {
   logger?: Logger;
   /** Replaces the multicast send (tests of the scheduler); default: the real sender. */
   send?: SendSession;
-  /** Extra route sets (uploads). */
+  /** Extra route sets. */
   plugins?: AppContext['plugins'];
+  /** Limits of uploads (img make --server): idle timeout, how many at once. */
+  uploads?: UploadOptions;
   /** Seconds to wait for joined workstations to connect once a session starts (default 60). */
   connectTimeoutMs?: number;
   /** Discovery responder on this group:port (undefined: none). */
@@ -114,7 +117,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       workstations,
       counters,
       log,
-      plugins: o.plugins,
+      plugins: [uploadRoutesWith(o.uploads), ...(o.plugins ?? [])],
     };
     const app = await buildApp(ctx);
     cleanup.unshift(async () => {

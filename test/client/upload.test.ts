@@ -14,7 +14,8 @@ import { test, type TestContext } from 'node:test';
 
 import { ApiClient, ApiError } from '../../src/api/client.ts';
 import type { Image, Upload, Workstation } from '../../src/api/schemas.ts';
-import { UploadSink, connect, minimalInventory } from '../../src/client/upload.ts';
+import { UploadSink, connect } from '../../src/client/upload.ts';
+import { registration } from '../../src/client/registration.ts';
 import { mountFilesystem, type Mounted } from '../../src/disk/filesystem.ts';
 import { attachLoop, detachLoop } from '../../src/disk/device.ts';
 import { chunkId, encodeChunk } from '../../src/image/codec.ts';
@@ -346,7 +347,7 @@ test('an upload goes on when another process of this workstation registers it ag
   const sink = await UploadSink.create(api, { name: 'twice', level: 'speed', register });
   const refs = [await sink.putChunk(textData(20_000, 1))];
   // What a second `img make --server` (or `img session`) on this machine does first.
-  await new ApiClient(host).request('POST', '/api/workstations/register', { body: minimalInventory() });
+  await new ApiClient(host).request('POST', '/api/workstations/register', { body: await registration() });
   refs.push(await sink.putChunk(textData(20_000, 2)), await sink.putChunk(textData(20_000, 3)));
   const done = await sink.commit(manifestOf([fileEntry('f', refs)]));
   assert.equal(done.chunks, 3);

@@ -6,7 +6,6 @@ import { randomInt } from 'node:crypto';
 import { pino } from 'pino';
 
 import { startServer } from '../../src/server/server.ts';
-import { uploadRoutesWith } from '../../src/server/uploads.ts';
 
 const [dataDir, idleMs] = process.argv.slice(2);
 const s = await startServer({
@@ -16,7 +15,7 @@ const s = await startServer({
   version: 'test',
   range: { firstGroup: '239.77.9.1', firstPort: randomInt(40000, 60000), slots: 2 },
   logger: pino({ level: 'silent' }),
-  plugins: [uploadRoutesWith(idleMs ? { idleMs: Number(idleMs) } : {})],
+  uploads: idleMs ? { idleMs: Number(idleMs) } : {},
 });
 process.stdout.write(`${JSON.stringify({ url: s.url, token: s.adminToken })}\n`);
 process.on('SIGTERM', () => void s.close().then(() => process.exit(0)));

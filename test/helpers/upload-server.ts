@@ -5,7 +5,7 @@ import { pino } from 'pino';
 
 import { ApiClient } from '../../src/api/client.ts';
 import { startServer } from '../../src/server/server.ts';
-import { uploadRoutesWith, type UploadOptions } from '../../src/server/uploads.ts';
+import type { UploadOptions } from '../../src/server/uploads.ts';
 import { tempDir } from './env.ts';
 
 export async function uploadServer(t: TestContext, opts: UploadOptions = {}, dataDir?: string) {
@@ -18,7 +18,7 @@ export async function uploadServer(t: TestContext, opts: UploadOptions = {}, dat
     // Sessions are not used here; a random group port keeps parallel test files apart all the same.
     range: { firstGroup: '239.77.9.1', firstPort: randomInt(40000, 60000), slots: 2 },
     logger: pino({ level: 'silent' }),
-    plugins: [uploadRoutesWith(opts)],
+    uploads: opts,
   });
   t.after(() => s.close());
   return { s, admin: new ApiClient(s.url, s.adminToken), images: s.imagesDir, host: new URL(s.url).host };
