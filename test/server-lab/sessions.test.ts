@@ -16,8 +16,8 @@
  * shared ml* lab) is never reached by mistake.
  *
  * Two cores: one lab at a time, one file. About a minute when the product works. Nothing here
- * changes a kernel setting: the receivers raise net.core.rmem_max for their run and put it back
- * themselves.
+ * changes a kernel setting: the receivers tune IP reassembly in their own namespace (gone with
+ * the lab), and net.core.rmem_max, global and read-only inside a namespace, stays as it is.
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
