@@ -648,15 +648,21 @@ export function parseRule(text: string): Rule {
 
 // ---------------------------------------------------------------------------------------------
 // Globs
+//
+// Matched by hand rather than through a RegExp: `.*a.*a.*a.*b` backtracks in polynomial time of
+// a degree that grows with every star, so one rule with a handful of stars would stall the
+// server on every join. With each token but the star taking exactly one character, going back
+// to the last star only is enough, which bounds a match by pattern length × value length.
 
-interface Char {
-  ch: string;
-  /** UTF-16 offset in the pattern. */
-  at: number;
-}
+type GlobToken =
+  | { t: 'star' }
+  | { t: 'any' }
+  | { t: 'char'; c: string }
+  | { t: 'class'; negated: boolean; ranges: Array<[number, number]> };
 
-function charsOf(s: string): Char[] {
-  const out: Char[] = [];
+/** The characters of a string, each with its UTF-16 offset. */
+function charsOf(s: string): Array<{ ch: string; at: number }> {
+  const out: Array<{ ch: string; at: number }> = [];
   for (let i = 0; i < s.length;) {
     const ch = String.fromCodePoint(s.codePointAt(i)!);
     out.push({ ch, at: i });
@@ -665,64 +671,109 @@ function charsOf(s: string): Char[] {
   return out;
 }
 
-function esc(ch: string): string {
-  return `\\u{${ch.codePointAt(0)!.toString(16)}}`;
-}
-
-/** The regular expression for a glob, or where and why it is malformed. */
-function globSource(pattern: string): { source: string } | { index: number; message: string } {
+function compileGlob(pattern: string): GlobToken[] | { index: number; message: string } {
   const cs = charsOf(pattern);
-  let out = '^';
+  const out: GlobToken[] = [];
   for (let k = 0; k < cs.length; k++) {
     const c = cs[k]!.ch;
-    if (c === '*') out += '.*';
-    else if (c === '?') out += '.';
-    else if (c !== '[') out += esc(c);
+    if (c === '*') {
+      // Runs of stars mean what one star means.
+      if (out.at(-1)?.t !== 'star') out.push({ t: 'star' });
+    } else if (c === '?') out.push({ t: 'any' });
+    else if (c !== '[') out.push({ t: 'char', c });
     else {
       let j = k + 1;
       const negated = cs[j]?.ch === '!' || cs[j]?.ch === '^';
       if (negated) j++;
-      let members = '';
+      const ranges: Array<[number, number]> = [];
       for (let first = true; ; first = false) {
         const e = cs[j];
         if (!e) return { index: cs[k]!.at, message: 'unclosed "["' };
         if (e.ch === ']' && !first) break;
         const dash = cs[j + 1];
         const to = cs[j + 2];
+        const lo = e.ch.codePointAt(0)!;
         if (dash?.ch === '-' && to && to.ch !== ']') {
-          if (e.ch.codePointAt(0)! > to.ch.codePointAt(0)!) {
-            return { index: e.at, message: `the range ${e.ch}-${to.ch} runs backwards` };
-          }
-          members += `${esc(e.ch)}-${esc(to.ch)}`;
+          const hi = to.ch.codePointAt(0)!;
+          if (lo > hi) return { index: e.at, message: `the range ${e.ch}-${to.ch} runs backwards` };
+          ranges.push([lo, hi]);
           j += 3;
         } else {
-          members += esc(e.ch);
+          ranges.push([lo, lo]);
           j++;
         }
       }
-      out += `[${negated ? '^' : ''}${members}]`;
+      out.push({ t: 'class', negated, ranges });
       k = j;
     }
   }
-  return { source: `${out}$` };
+  return out;
 }
 
 function globError(pattern: string): { index: number; message: string } | undefined {
-  const g = globSource(pattern);
-  return 'index' in g ? g : undefined;
+  const g = compileGlob(pattern);
+  return Array.isArray(g) ? undefined : g;
 }
 
-const compiled = new WeakMap<object, RegExp>();
+/** The character and its other-case forms that are single characters too ("ß" has no "SS" here). */
+function caseForms(ch: string): string[] {
+  return [ch, ch.toLowerCase(), ch.toUpperCase()].filter(
+    (f, i, all) => [...f].length === 1 && all.indexOf(f) === i,
+  );
+}
 
-function globRegExp(c: Extract<Comparison, { kind: 'glob' }>): RegExp {
-  let re = compiled.get(c);
-  if (!re) {
-    const g = globSource(c.pattern.normalize('NFC'));
-    if ('index' in g) throw new ServerError('E_RULE_INVALID', `${g.message} in the glob "${c.pattern}"`);
-    re = new RegExp(g.source, 'isu');
-    compiled.set(c, re);
+function sameLetter(a: string, b: string): boolean {
+  return a === b || a.toLowerCase() === b.toLowerCase() || a.toUpperCase() === b.toUpperCase();
+}
+
+function takes(token: GlobToken, ch: string): boolean {
+  switch (token.t) {
+    case 'star':
+    case 'any':
+      return true;
+    case 'char':
+      return sameLetter(token.c, ch);
+    case 'class': {
+      const hit = caseForms(ch).some((f) => {
+        const cp = f.codePointAt(0)!;
+        return token.ranges.some(([lo, hi]) => cp >= lo && cp <= hi);
+      });
+      return hit !== token.negated;
+    }
   }
-  return re;
+}
+
+const compiled = new WeakMap<object, GlobToken[]>();
+
+function globMatches(c: Extract<Comparison, { kind: 'glob' }>, value: string): boolean {
+  let tokens = compiled.get(c);
+  if (!tokens) {
+    const g = compileGlob(c.pattern.normalize('NFC'));
+    if (!Array.isArray(g)) throw new ServerError('E_RULE_INVALID', `${g.message} in the glob "${c.pattern}"`);
+    tokens = g;
+    compiled.set(c, tokens);
+  }
+  const s = [...value.normalize('NFC')];
+  let p = 0;
+  let i = 0;
+  let star = -1;
+  let resume = 0;
+  while (i < s.length) {
+    const t = tokens[p];
+    if (t?.t === 'star') {
+      star = p++;
+      resume = i;
+    } else if (t && takes(t, s[i]!)) {
+      p++;
+      i++;
+    } else if (star >= 0) {
+      // Let the last star take one more character and try again from there.
+      p = star + 1;
+      i = ++resume;
+    } else return false;
+  }
+  while (tokens[p]?.t === 'star') p++;
+  return p === tokens.length;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -866,7 +917,7 @@ export function matches(rule: Rule, ws: RuleSubject): boolean {
     case 'not':
       return !matches(rule.rule, ws);
     case 'glob':
-      return globRegExp(rule).test(ws[rule.attribute].normalize('NFC')) === (rule.op === '=');
+      return globMatches(rule, ws[rule.attribute]) === (rule.op === '=');
     case 'mac': {
       const mac = macDigits(ws.mac);
       return (rule.prefix !== '' && mac.length === 12 && mac.startsWith(rule.prefix)) === (rule.op === '=');
