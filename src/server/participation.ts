@@ -81,7 +81,7 @@ function qualifies(s: AutoSessionView, ws: Candidate): string | undefined {
 const NAMED = 3;
 
 /** "a (2nd)", "a (2nd) and b (4th)", "a (2nd), b (4th), c (5th) and 2 more". */
-function listed(items: ReadonlyArray<{ name: string; at: number }>): string {
+function placed(items: ReadonlyArray<{ name: string; at: number }>): string {
   const words = items.slice(0, NAMED).map((x) => `${x.name} (${ordinal(x.at + 1)})`);
   if (items.length > NAMED) return `${words.join(', ')} and ${items.length - NAMED} more`;
   return words.length <= 1 ? (words[0] ?? '') : `${words.slice(0, -1).join(', ')} and ${words.at(-1)}`;
@@ -100,7 +100,7 @@ export function chooseSession(sessions: readonly AutoSessionView[], ws: Candidat
   const disabledNote = (before: number) => {
     const earlier = disabledMatches.filter((x) => x.at < before).map((x) => ({ name: x.s.name, at: x.at }));
     if (earlier.length === 0) return '';
-    return `; ${listed(earlier)} ${earlier.length === 1 ? 'would take it but is' : 'would take it but are'} disabled`;
+    return `; ${placed(earlier)} ${earlier.length === 1 ? 'would take it but is' : 'would take it but are'} disabled`;
   };
 
   const mastered = enabled.find((x) => x.s.master !== undefined && refersTo(x.s.master, ws));
@@ -109,7 +109,7 @@ export function chooseSession(sessions: readonly AutoSessionView[], ws: Candidat
       .filter((x) => x !== mastered && qualifies(x.s, ws) !== undefined)
       .map((x) => ({ name: x.s.name, at: x.at }));
     const passed =
-      also.length === 0 ? '' : `; it also matches ${listed(also)}, which it does not join as a client`;
+      also.length === 0 ? '' : `; it also matches ${placed(also)}, which it does not join as a client`;
     return {
       session: mastered.s.name,
       role: 'master',
@@ -127,7 +127,7 @@ export function chooseSession(sessions: readonly AutoSessionView[], ws: Candidat
     const passed =
       later.length === 0
         ? ''
-        : `; also matches ${listed(later)}, which ${later.length === 1 ? 'comes' : 'come'} later`;
+        : `; also matches ${placed(later)}, which ${later.length === 1 ? 'comes' : 'come'} later`;
     return {
       session: x.s.name,
       role: 'client',
@@ -140,7 +140,7 @@ export function chooseSession(sessions: readonly AutoSessionView[], ws: Candidat
   const names = enabled.map((x) => ({ name: x.s.name, at: x.at }));
   return {
     session: null,
-    why: `${ws.name} qualifies for none of the enabled automatic sessions (${listed(names)})${note}`,
+    why: `${ws.name} qualifies for none of the enabled automatic sessions (${placed(names)})${note}`,
   };
 }
 

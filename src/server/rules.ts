@@ -65,7 +65,7 @@
  * Limits: 2000 characters, 32 levels of nesting (parentheses and "not"). Errors are
  * ServerError E_RULE_INVALID, whose message names the column and shows the rule with a caret;
  * details hold `position` (a UTF-16 offset into the text, for an editor), `line`, `column`
- * (1-based, in characters) and `rule`. describeRule writes canonical text, which may come out
+ * (1-based, counting Unicode code points) and `rule`. describeRule writes canonical text, which may come out
  * longer than what was typed (quotes, spaces): store what the operator wrote, not the
  * description, so a rule near the length limit keeps parsing.
  */
