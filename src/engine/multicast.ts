@@ -5,7 +5,7 @@
  * is authenticated when a key is used, and is checked before anything is written.
  */
 import { execFile } from 'node:child_process';
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 
@@ -161,7 +161,15 @@ async function consumerFor(
 ): Promise<ChunkConsumer> {
   const fingerprint = sessionFingerprint(session);
   const journal = opts.journalPath;
-  const written = journal && !opts.restart ? await readJournal(journal, fingerprint) : new Set<string>();
+  // The journal speaks for one target: a different disk (or file) under the same path must not
+  // inherit its chunks, or a resume would call verified what was never written there. Its target
+  // is recorded beside it once the target exists (a missing one is made by prepare).
+  const targetFile = journal ? `${journal}.target` : undefined;
+  const sameTarget =
+    targetFile !== undefined &&
+    (await readFile(targetFile, 'utf8').catch(() => '')) === (await targetIdentity(target));
+  const written =
+    journal && sameTarget && !opts.restart ? await readJournal(journal, fingerprint) : new Set<string>();
   // A workstation consents by joining (an unattended lab cannot answer a prompt), but it says what
   // it is about to overwrite before anything is written.
   const before = await describeTargetContents(target);
@@ -201,10 +209,12 @@ async function consumerFor(
   return {
     has: (id) => sink.resumed.has(id),
     // Its `before` is the last check of the target (not mounted now): a refusal too.
-    prepare: () =>
-      sink.prepare().catch((err: unknown) => {
+    prepare: async () => {
+      await sink.prepare().catch((err: unknown) => {
         throw aboutSession(err, about, facts, target);
-      }),
+      });
+      if (targetFile && sink.resumed.size === 0) await writeFile(targetFile, await targetIdentity(target));
+    },
     async apply(id: string, raw: Buffer): Promise<void> {
       if (sink.needed.has(id)) await sink.applyChunk(id, raw);
     },
@@ -221,12 +231,14 @@ async function consumerFor(
       await sink.finish();
       // Done: a later receive onto this target must not take its chunks as already there.
       if (journal) await rm(journal, { force: true });
+      if (targetFile) await rm(targetFile, { force: true });
     },
     async abort(reason: unknown) {
       await sink.abort(reason);
       // A folder or disk keeps what was written (a disk's table is blanked, and a resume writes it
       // again); a single filesystem loses its start, so its journal would lie.
       if (journal && !sink.resumableAfterAbort) await rm(journal, { force: true });
+      if (targetFile && !sink.resumableAfterAbort) await rm(targetFile, { force: true });
     },
   };
 }
@@ -241,4 +253,33 @@ export async function defaultJournal(target: string): Promise<string> {
   const dir = '/var/lib/imgcast/journals';
   await mkdir(dir, { recursive: true });
   return join(dir, `${abs.slice(1).replaceAll('/', '_')}.journal`);
+}
+
+/**
+ * What makes a target the same one after a crash or a reboot: a file or folder by its inode; a
+ * loop device by its backing file's inode; another block device by its size and, where the
+ * kernel knows them, its serial number or WWN (device numbers may change across boots).
+ */
+export async function targetIdentity(target: string): Promise<string> {
+  let st;
+  try {
+    st = await stat(target);
+  } catch {
+    return 'missing';
+  }
+  if (!st.isBlockDevice()) return `inode ${st.dev}:${st.ino}`;
+  const sys = `/sys/dev/block/${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`;
+  const read = (p: string) =>
+    readFile(join(sys, p), 'utf8').then(
+      (t) => t.trim(),
+      () => '',
+    );
+  const size = await read('size');
+  const backing = await read('loop/backing_file');
+  if (backing) {
+    const b = await stat(backing.replace(/ \(deleted\)$/, '')).catch(() => undefined);
+    return `loop ${backing} ${b ? `${b.dev}:${b.ino}` : 'gone'} ${size}`;
+  }
+  const serial = (await read('device/serial')) || (await read('device/wwid')) || (await read('wwid'));
+  return `disk ${size} ${serial || `rdev ${st.rdev}`}`;
 }

@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import { makeImage } from '../../src/engine/make.ts';
 import { receiveCommand, sendCommand } from '../../src/cli/transfer.ts';
 import { runReceiver, runSender } from '../../src/transport/index.ts';
-import { imageDecoder, imageProvider, restoreConsumer } from '../../src/engine/multicast.ts';
+import { imageDecoder, imageProvider, restoreConsumer, targetIdentity } from '../../src/engine/multicast.ts';
 import { hasCommand, loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
 import { trackedLoops } from '../disk/loops.ts';
 import { MiB, mbrExtDisk, sparse } from './disk-fixtures.ts';
@@ -314,4 +314,32 @@ test('a session meta without the image name (an older sender) is accepted, and r
     restoreConsumer(session, await sparse(join(dir, 'disk.img'), 8 * MiB)),
     /^[^]*session from 198\.18\.0\.1:7747 \(file set 1\): the image holds a directory tree/,
   );
+});
+
+test('a resume journal speaks for one target: another file or loop device under the same path does not inherit it', async (t) => {
+  const dir = await tempDir(t);
+  const a = join(dir, 'a.img');
+  const b = join(dir, 'b.img');
+  await writeFile(a, Buffer.alloc(1 << 20));
+  await writeFile(b, Buffer.alloc(1 << 20));
+  assert.notEqual(await targetIdentity(a), await targetIdentity(b));
+  assert.equal(await targetIdentity(a), await targetIdentity(a));
+  // The same name made anew is another target: its old journal must not be trusted.
+  const before = await targetIdentity(a);
+  await rm(a);
+  await writeFile(join(dir, 'filler'), 'x');
+  await writeFile(a, Buffer.alloc(1 << 20));
+  assert.notEqual(await targetIdentity(a), before);
+  assert.equal(await targetIdentity(join(dir, 'missing')), 'missing');
+  if (skipUnless(t, loopUnavailable())) return;
+  const loops = trackedLoops(t);
+  const dev = await loops.attach(b);
+  const onB = await targetIdentity(dev);
+  assert.match(onB, /^loop /);
+  await loops.detach(dev);
+  const again = await loops.attach(b);
+  assert.equal(await targetIdentity(again), onB, 'the same backing file is the same target');
+  await loops.detach(again);
+  const other = await loops.attach(a);
+  assert.notEqual(await targetIdentity(other), onB);
 });
