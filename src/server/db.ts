@@ -127,7 +127,7 @@ export interface Schema {
 export type Db = Kysely<Schema>;
 
 /** Each entry is one schema version; never edit a released one, add the next. */
-const MIGRATIONS: string[][] = [
+export const MIGRATIONS: readonly (readonly string[])[] = [
   [
     `CREATE TABLE workstations (
        id TEXT PRIMARY KEY, name TEXT NOT NULL, mac TEXT NOT NULL, hostname TEXT NOT NULL,
