@@ -369,7 +369,7 @@ function describeSession(s: Session): string {
     lines.push(`    listed: ${a.members.length ? a.members.map(who).join(', ') : 'none'}`);
     lines.push(
       a.rules.length
-        ? `    rules:\n${a.rules.map((r, i) => `  ${ruleLine(r, i)}`).join('\n')}`
+        ? `    rules:\n${a.rules.map((r, i) => ruleLine(r, i, '    ')).join('\n')}`
         : '    rules: none',
     );
   }
@@ -589,7 +589,9 @@ function addAutoSessionCommands(session: Command): void {
       const s = await api.request<Session>('GET', `/api/sessions/${enc(name)}`);
       if (!s.auto) throw new UsageError(`${name} is not an automatic session: it has no rules`);
       const rules = s.auto.rules;
-      emit(!!o.json, rules, () => (rules.length ? rules.map(ruleLine).join('\n') : `${s.name} has no rules`));
+      emit(!!o.json, rules, () =>
+        rules.length ? rules.map((x, i) => ruleLine(x, i)).join('\n') : `${s.name} has no rules`,
+      );
     }),
   );
   withClient(
@@ -606,19 +608,17 @@ function addAutoSessionCommands(session: Command): void {
         !!o.json,
         s,
         () =>
-          `removed rule ${n} of ${s.name}; ${left} left${left ? `:\n${s.auto!.rules.map(ruleLine).join('\n')}` : ''}`,
+          `removed rule ${n} of ${s.name}; ${left} left${left ? `:\n${s.auto!.rules.map((x, i) => ruleLine(x, i)).join('\n')}` : ''}`,
       );
     }),
   );
 }
 
-function ruleLine(r: { text: string; description: string; valid: boolean }, i: number): string {
-  const reads = r.valid
-    ? r.description === r.text
-      ? ''
-      : `\n      reads as: ${r.description}`
-    : `\n      ${r.description}`;
-  return `  ${String(i + 1).padStart(2)}. ${r.text}${reads}`;
+function ruleLine(r: { text: string; description: string; valid: boolean }, i: number, indent = ''): string {
+  const reads = r.valid ? (r.description === r.text ? [] : [`reads as: ${r.description}`]) : [r.description];
+  return [`  ${String(i + 1).padStart(2)}. ${r.text}`, ...reads.map((x) => `      ${x}`)]
+    .map((line) => indent + line)
+    .join('\n');
 }
 
 function autoLine(s: Session): string {
