@@ -15,6 +15,7 @@ import {
   masterConflict,
   moveDown,
   moveUp,
+  type AutoSessionView,
   type SessionParticipants,
 } from './participation.ts';
 import { parseRule } from './rules.ts';
@@ -172,7 +173,21 @@ export class AutoSessions {
   /** The automatic session this workstation joins and in which role, or none, with the reason. */
   choose(workstation: string): AutoChoice {
     const ws = this.#workstations.candidate(workstation);
-    return chooseSession(this.#sessions.autoViews(), ws);
+    return chooseSession(this.#views(), ws);
+  }
+
+  /**
+   * The sessions as participation.ts weighs them, with workstations as MACs: its reasons quote
+   * them ("listed explicitly as 52:54:00:12:34:56"), and a MAC reads better than an id. Names
+   * would not do: two machines may register with one host name.
+   */
+  #views(): AutoSessionView[] {
+    const mac = (id: string) => this.#workstations.brief(id).mac;
+    return this.#sessions.autoViews().map((s) => ({
+      ...s,
+      ...(s.master !== undefined ? { master: mac(s.master) } : {}),
+      explicit: s.explicit.map(mac),
+    }));
   }
 
   /**
@@ -212,7 +227,7 @@ export class AutoSessions {
   }
 
   #admit(name: string, ws: WorkstationIdentity): void {
-    const views = this.#sessions.autoViews();
+    const views = this.#views();
     const self = views.find((s) => s.name === name)!;
     // A session with a master is refused to everyone by the scheduler, with its own reason.
     if (self.master !== undefined) return;
@@ -224,7 +239,7 @@ export class AutoSessions {
         { session: name, workstation: ws.name },
       );
     }
-    const mastered = views.find((s) => s.enabled && s.master === ws.id);
+    const mastered = views.find((s) => s.enabled && s.master === ws.mac);
     if (mastered) {
       throw new ServerError(
         'E_NOT_QUALIFIED',
