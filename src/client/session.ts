@@ -101,7 +101,10 @@ export async function runAuto(o: AutoOptions): Promise<AutoResult> {
       );
     }
     // The disk is looked for only once there is something to write to it.
-    disk ??= await chooseDisk(inventory.disks);
+    if (disk === undefined) {
+      disk = await chooseDisk(inventory.disks);
+      o.onNote?.(`target ${disk}`);
+    }
     try {
       const r = await takePart(api, choice.session, disk, o);
       return { ...r, why: choice.why, workstation: reg.name };
