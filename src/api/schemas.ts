@@ -61,9 +61,34 @@ export const SessionClient = Type.Object({
 });
 export type SessionClient = Static<typeof SessionClient>;
 
+/** A workstation as a session's definition names it. */
+export const WorkstationBrief = Type.Object({ id: Type.String(), name: Type.String(), mac: Type.String() });
+export type WorkstationBrief = Static<typeof WorkstationBrief>;
+
+export const AutoRule = Type.Object({
+  text: Type.String({ description: 'the rule as the administrator wrote it' }),
+  description: Type.String({ description: 'how the server reads it (canonical form), or why it cannot' }),
+  valid: Type.Boolean(),
+});
+export type AutoRule = Static<typeof AutoRule>;
+
+export const AutoDefinition = Type.Object({
+  enabled: Type.Boolean({ description: 'a disabled session takes no workstation' }),
+  position: Type.Integer({ description: 'place in the ordered list of automatic sessions, from 1' }),
+  master: Type.Union([WorkstationBrief, Type.Null()], {
+    description: 'the workstation whose disk is sent (live master); null when an image is sent',
+  }),
+  deleteWhenDone: Type.Boolean({ description: 'the session is deleted once a run has finished' }),
+  members: Type.Array(WorkstationBrief, { description: 'workstations listed explicitly' }),
+  rules: Type.Array(AutoRule, { description: 'any rule that matches includes a workstation' }),
+});
+export type AutoDefinition = Static<typeof AutoDefinition>;
+
 export const Session = Type.Object({
   name: Type.String(),
-  image: Type.String({ description: 'path of the image inside the image directory' }),
+  image: Type.String({
+    description: 'path of the image inside the image directory; empty when a master workstation sends',
+  }),
   fileset: Type.Integer(),
   clientCount: Type.Integer({ description: 'start once this many clients have joined' }),
   waitMs: Type.Number({ description: 'start this long after the last new client joined' }),
@@ -85,6 +110,9 @@ export const Session = Type.Object({
   message: Type.Union([Type.String(), Type.Null()]),
   rateMbit: Type.Number(),
   clients: Type.Array(SessionClient),
+  auto: Type.Union([AutoDefinition, Type.Null()], {
+    description: 'the definition of an automatic session; null for a session made with imgcast mcast',
+  }),
 });
 export type Session = Static<typeof Session>;
 
@@ -101,15 +129,61 @@ export const CreateSession = Type.Object(
 );
 export type CreateSession = Static<typeof CreateSession>;
 
+/** A workstation as the administrator names it: its name on the server, its MAC or its id. */
+export const WorkstationRef = Type.String({ minLength: 1, maxLength: 255 });
+/** Longer than a rule may be, so that the rule parser says where an over-long rule goes past it. */
+export const RuleText = Type.String({ minLength: 1, maxLength: 8000 });
+
 export const EditSession = Type.Object(
   {
     clientCount: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })),
     waitMinutes: Type.Optional(Type.Number({ minimum: 0, maximum: 10080 })),
     waitSeconds: Type.Optional(Type.Number({ minimum: 0, maximum: 604800 })),
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+    fileset: Type.Optional(Fileset),
+    master: Type.Optional(WorkstationRef),
+    deleteWhenDone: Type.Optional(Type.Boolean()),
   },
   { additionalProperties: false },
 );
 export type EditSession = Static<typeof EditSession>;
+
+export const CreateAutoSession = Type.Object(
+  {
+    name: SessionName,
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+    fileset: Type.Optional(Fileset),
+    master: Type.Optional(WorkstationRef),
+    clientCount: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })),
+    waitMinutes: Type.Optional(Type.Number({ minimum: 0, maximum: 10080 })),
+    waitSeconds: Type.Optional(Type.Number({ minimum: 0, maximum: 604800 })),
+    deleteWhenDone: Type.Optional(Type.Boolean()),
+    enabled: Type.Optional(Type.Boolean()),
+    include: Type.Optional(Type.Array(WorkstationRef, { maxItems: 10000 })),
+    rules: Type.Optional(Type.Array(RuleText, { maxItems: 1000 })),
+  },
+  { additionalProperties: false },
+);
+export type CreateAutoSession = Static<typeof CreateAutoSession>;
+
+export const SessionMembers = Type.Object(
+  { workstations: Type.Array(WorkstationRef, { minItems: 1, maxItems: 10000 }) },
+  { additionalProperties: false },
+);
+export type SessionMembers = Static<typeof SessionMembers>;
+
+export const AddRule = Type.Object({ rule: RuleText }, { additionalProperties: false });
+
+/** Which automatic session a workstation joins, and why (or why none). */
+export const AutoChoice = Type.Union([
+  Type.Object({
+    session: Type.String(),
+    role: Type.Union([Type.Literal('master'), Type.Literal('client')]),
+    why: Type.String(),
+  }),
+  Type.Object({ session: Type.Null(), why: Type.String() }),
+]);
+export type AutoChoice = Static<typeof AutoChoice>;
 
 export const StopSession = Type.Object(
   { delete: Type.Optional(Type.Boolean()) },
@@ -198,17 +272,62 @@ export const Registered = Type.Object({ id: Type.String(), name: Type.String(), 
 export type Registered = Static<typeof Registered>;
 
 export const Workstation = Type.Object({
-  id: Type.String(),
+  id: Type.String({ description: "the MAC's hex digits" }),
   name: Type.String(),
+  named: Type.Boolean({ description: 'the administrator gave the name; registering keeps it' }),
   mac: Type.String(),
-  hostname: Type.String(),
+  ip: Type.Union([Type.String(), Type.Null()], { description: 'the address the administrator gave' }),
+  hostname: Type.Union([Type.String(), Type.Null()], { description: 'null until it registers' }),
   addresses: Type.Array(Type.String()),
-  lastAddress: Type.String(),
-  registeredAt: Type.Number(),
-  lastSeenAt: Type.Number(),
-  inventory: Inventory,
+  lastAddress: Type.Union([Type.String(), Type.Null()]),
+  createdAt: Type.Number(),
+  registeredAt: Type.Union([Type.Number(), Type.Null()], { description: 'null until it registers' }),
+  lastSeenAt: Type.Union([Type.Number(), Type.Null()]),
+  inventory: Type.Union([Inventory, Type.Null()], { description: 'null until it registers' }),
 });
 export type Workstation = Static<typeof Workstation>;
+
+export const WorkstationDetail = Type.Intersect([Workstation, Type.Object({ auto: AutoChoice })]);
+export type WorkstationDetail = Static<typeof WorkstationDetail>;
+
+const WorkstationName = Type.String({
+  minLength: 1,
+  maxLength: 64,
+  pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$',
+  description: 'letters, digits, ".", "_" and "-"',
+});
+
+export const CreateWorkstation = Type.Object(
+  {
+    name: WorkstationName,
+    mac: Type.String({ minLength: 1, maxLength: 64 }),
+    ip: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+  },
+  { additionalProperties: false },
+);
+export type CreateWorkstation = Static<typeof CreateWorkstation>;
+
+export const EditWorkstation = Type.Object(
+  {
+    name: Type.Optional(WorkstationName),
+    ip: Type.Optional(Type.Union([Type.String({ minLength: 1, maxLength: 64 }), Type.Null()])),
+  },
+  { additionalProperties: false },
+);
+export type EditWorkstation = Static<typeof EditWorkstation>;
+
+export const ImportWorkstations = Type.Object(
+  { csv: Type.String({ maxLength: 900_000, description: 'name,mac[,ip] rows; a header row is allowed' }) },
+  { additionalProperties: false },
+);
+
+export const Imported = Type.Object({
+  added: Type.Integer(),
+  updated: Type.Integer(),
+  unchanged: Type.Integer(),
+  workstations: Type.Array(Workstation, { description: 'the rows of the file, in its order' }),
+});
+export type Imported = Static<typeof Imported>;
 
 /** What a workstation that joined sees while it waits, and where to receive once the session sends. */
 export const JoinView = Type.Object({

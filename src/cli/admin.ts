@@ -1,12 +1,25 @@
 /**
- * The admin CLI: `imgcast mcast | status | list | stop | session … | image … | workstation list |
- * history | admin add`, each a client of the server's HTTP API (server-client.ts says how the
+ * The admin CLI: `imgcast mcast | status | list | stop | session … | image … | workstation … |
+ * history | admin …`, each a client of the server's HTTP API (server-client.ts says how the
  * server and the token are found).
  */
+import { readFile } from 'node:fs/promises';
+
 import { Command, Option } from 'commander';
 
 import type { ApiClient } from '../api/client.ts';
-import type { HistoryEntry, Image, Session, SessionClient, Status, Workstation } from '../api/schemas.ts';
+import type {
+  AutoChoice,
+  HistoryEntry,
+  Image,
+  Imported,
+  Session,
+  SessionClient,
+  Status,
+  Workstation,
+  WorkstationBrief,
+  WorkstationDetail,
+} from '../api/schemas.ts';
 import { UsageError } from '../errors.ts';
 import { parseFileset } from './img.ts';
 import { positiveInteger } from './options.ts';
@@ -122,29 +135,68 @@ export function addAdminCommands(program: Command): void {
     }),
   );
 
-  const session = program.command('session').description('change, start or reopen a session');
+  const session = program
+    .command('session')
+    .description('define automatic sessions; change, start, reopen or delete any session');
+  addAutoSessionCommands(session);
   withClient(
     session
       .command('edit')
-      .description('change the start trigger of a waiting session')
+      .description(
+        "change a waiting session's trigger or what it sends; an automatic session's master and delete-when-done",
+      )
       .argument('<name>', 'session name')
       .addOption(
-        new Option('-c, --count <clients>', 'start once this many clients joined').argParser(positiveInteger),
+        new Option('-c, --clients <n>', 'start once this many clients joined').argParser(positiveInteger),
       )
       .addOption(
-        new Option('-t, --time <minutes>', 'start this long after the last new client joined').argParser(
+        new Option('-t, --minutes <m>', 'start this long after the last new client joined').argParser(
           minutes,
         ),
-      ),
-  ).action((name: string, o: Common & { count?: number; time?: number }) =>
-    run(o, async (api) => {
-      if (o.count === undefined && o.time === undefined)
-        throw new UsageError('give -c COUNT and/or -t MINUTES');
-      const s = await api.request<Session>('PATCH', `/api/sessions/${enc(name)}`, {
-        body: { clientCount: o.count, waitMinutes: o.time },
-      });
-      emit(!!o.json, s, () => sessionLine(s));
-    }),
+      )
+      // The names these options had before automatic sessions, kept for scripts.
+      .addOption(new Option('--count <clients>').argParser(positiveInteger).hideHelp())
+      .addOption(new Option('--time <minutes>').argParser(minutes).hideHelp())
+      .option('--image <path>', 'send this image (inside the server image directory) instead')
+      .addOption(new Option('-f, --fileset <n>', 'file set 1-10 to send').argParser(parseFileset))
+      .option('--master <workstation>', 'an automatic session: send the disk of this workstation instead')
+      .option('--delete-when-done', 'an automatic session: delete it once a run has finished')
+      .option('--keep-when-done', 'an automatic session: reopen it for a new run once a run has finished'),
+  ).action(
+    (
+      name: string,
+      o: Common & {
+        clients?: number;
+        minutes?: number;
+        count?: number;
+        time?: number;
+        image?: string;
+        fileset?: number;
+        master?: string;
+        deleteWhenDone?: boolean;
+        keepWhenDone?: boolean;
+      },
+    ) =>
+      run(o, async (api) => {
+        if (o.deleteWhenDone && o.keepWhenDone)
+          throw new UsageError('give --delete-when-done or --keep-when-done, not both');
+        if (o.image !== undefined && o.master !== undefined)
+          throw new UsageError('give --image or --master, not both');
+        const body = {
+          clientCount: o.clients ?? o.count,
+          waitMinutes: o.minutes ?? o.time,
+          image: o.image,
+          fileset: o.fileset,
+          master: o.master,
+          deleteWhenDone: o.deleteWhenDone ? true : o.keepWhenDone ? false : undefined,
+        };
+        if (Object.values(body).every((v) => v === undefined))
+          throw new UsageError(
+            'nothing to change: give -c, -t, --image, --fileset, --master or --delete-when-done',
+          );
+        const s = await api.request<Session>('PATCH', `/api/sessions/${enc(name)}`, { body });
+        emit(!!o.json, s, () => describeSession(s));
+      }),
   );
   withClient(
     session
@@ -237,22 +289,7 @@ export function addAdminCommands(program: Command): void {
     }),
   );
 
-  const ws = program.command('workstation').description('workstations that registered with the server');
-  withClient(ws.command('list').description('registered workstations')).action((o: Common) =>
-    run(o, async (api) => {
-      const list = await api.request<Workstation[]>('GET', '/api/workstations');
-      emit(!!o.json, list, () =>
-        list.length
-          ? list
-              .map(
-                (w) =>
-                  `${w.name.padEnd(20)} ${w.mac}  ${w.lastAddress.padEnd(15)}  ${[w.inventory.dmi.vendor, w.inventory.dmi.product].filter(Boolean).join(' ')}  ${formatBytes(w.inventory.memoryBytes)} RAM  seen ${new Date(w.lastSeenAt).toISOString()}`,
-              )
-              .join('\n')
-          : 'no workstations registered',
-      );
-    }),
-  );
+  addWorkstationCommands(program);
 
   const admins = program.command('admin').description('admin accounts for the web console');
   withClient(
@@ -307,7 +344,7 @@ export function sessionLine(s: Session): string {
       : s.state === 'sending'
         ? `${s.rateMbit} Mbit/s`
         : (s.message ?? '');
-  return `${s.name.padEnd(16)} ${s.state.padEnd(11)} ${joinedNeeded(s).padEnd(6)} ${s.image} (set ${s.fileset})  ${when}`;
+  return `${s.name.padEnd(16)} ${s.state.padEnd(11)} ${joinedNeeded(s).padEnd(6)} ${source(s)}  ${when}`;
 }
 
 function clientLine(c: SessionClient): string {
@@ -322,6 +359,20 @@ function clientLine(c: SessionClient): string {
 
 function describeSession(s: Session): string {
   const lines = [sessionLine(s)];
+  const a = s.auto;
+  if (a) {
+    lines.push(
+      `    automatic, ${place(a.position)} in the list, ${a.enabled ? 'enabled' : 'disabled'}; ${a.deleteWhenDone ? 'deleted once a run has finished' : 'reopens once a run has finished'}`,
+    );
+    if (a.master)
+      lines.push(`    master ${who(a.master)}: live masters are not available yet, so it does not start`);
+    lines.push(`    listed: ${a.members.length ? a.members.map(who).join(', ') : 'none'}`);
+    lines.push(
+      a.rules.length
+        ? `    rules:\n${a.rules.map((r, i) => ruleLine(r, i, '    ')).join('\n')}`
+        : '    rules: none',
+    );
+  }
   if (s.group) lines.push(`    group ${s.group}, port ${s.port}`);
   if (s.message && s.state !== 'waiting') lines.push(`    ${s.message}`);
   for (const c of s.clients) lines.push(clientLine(c));
@@ -346,5 +397,376 @@ function describeHistory(h: HistoryEntry): string {
     `${new Date(h.finishedAt).toISOString()}  ${h.session} run ${h.run}: ${h.state}, ${ok}/${h.clients.length} ok  ${h.image} (set ${h.fileset})${h.message ? `  ${h.message}` : ''}`,
   ];
   for (const c of h.clients) lines.push(clientLine(c));
+  return lines.join('\n');
+}
+
+// ------------------------------------------------------------------ automatic sessions
+
+const place = (n: number) => {
+  const tens = n % 100;
+  return `${n}${tens >= 11 && tens <= 13 ? 'th' : (['th', 'st', 'nd', 'rd'][n % 10] ?? 'th')}`;
+};
+
+const who = (w: WorkstationBrief) => (w.name === w.mac ? w.mac : `${w.name} (${w.mac})`);
+
+/** What a session sends: its image, or the disk of its master. */
+function source(s: Session): string {
+  return s.auto?.master ? `the disk of ${who(s.auto.master)}` : `${s.image} (set ${s.fileset})`;
+}
+
+function addAutoSessionCommands(session: Command): void {
+  withClient(
+    session
+      .command('add')
+      .description(
+        'define an automatic session: the workstations it lists or its rules match join it by themselves (img auto)',
+      )
+      .argument('<name>', 'session name, unique on the server')
+      .option(
+        '--image <path>',
+        'the image to send, a path inside the server image directory (or its full path)',
+      )
+      .addOption(new Option('-f, --fileset <n>', 'file set 1-10 to send').argParser(parseFileset))
+      .option(
+        '--master <workstation>',
+        'send the disk of this workstation as it is read (stored, but not available yet: such a session does not start)',
+      )
+      .addOption(
+        new Option('-c, --clients <n>', 'start once this many clients joined')
+          .argParser(positiveInteger)
+          .default(5),
+      )
+      .addOption(
+        new Option('-t, --minutes <m>', 'start this long after the last new client joined')
+          .argParser(minutes)
+          .default(15),
+      )
+      .option(
+        '--delete-when-done',
+        'delete the session once a run has finished (default: reopen it for the next workstations)',
+      )
+      .option('--disabled', 'define it disabled: it takes no workstation until `imgcast session enable`'),
+  ).action(
+    (
+      name: string,
+      o: Common & {
+        image?: string;
+        fileset?: number;
+        master?: string;
+        clients: number;
+        minutes: number;
+        deleteWhenDone?: boolean;
+        disabled?: boolean;
+      },
+    ) =>
+      run(o, async (api) => {
+        if ((o.image === undefined) === (o.master === undefined))
+          throw new UsageError('give --image PATH or --master WORKSTATION (one of them)');
+        if (o.master !== undefined && o.fileset !== undefined)
+          throw new UsageError('--fileset goes with --image: a master sends its whole disk');
+        const s = await api.request<Session>('POST', '/api/auto-sessions', {
+          body: {
+            name,
+            image: o.image,
+            fileset: o.fileset,
+            master: o.master,
+            clientCount: o.clients,
+            waitMinutes: o.minutes,
+            deleteWhenDone: !!o.deleteWhenDone,
+            enabled: !o.disabled,
+          },
+        });
+        emit(!!o.json, s, () =>
+          [
+            describeAuto(s),
+            ...(s.auto?.master
+              ? [
+                  `note: live masters are not available yet: this session does not start until it gets an image (imgcast session edit ${s.name} --image PATH)`,
+                ]
+              : []),
+            `no workstation takes part yet: imgcast session include ${s.name} WORKSTATION…, or imgcast session rule add ${s.name} 'EXPR'`,
+          ].join('\n'),
+        );
+      }),
+  );
+
+  withClient(
+    session
+      .command('list')
+      .description('the automatic sessions, in list order (the first that fits a workstation wins)'),
+  ).action((o: Common) =>
+    run(o, async (api) => {
+      const list = await api.request<Session[]>('GET', '/api/auto-sessions');
+      emit(!!o.json, list, () => (list.length ? list.map(autoLine).join('\n') : 'no automatic sessions'));
+    }),
+  );
+
+  for (const [command, path, what] of [
+    ['enable', 'enable', 'let an automatic session take workstations again'],
+    ['disable', 'disable', 'keep an automatic session from taking workstations (a run under way goes on)'],
+    ['up', 'up', 'move an automatic session one place earlier in the list'],
+    ['down', 'down', 'move an automatic session one place later in the list'],
+  ] as const) {
+    withClient(session.command(command).description(what).argument('<name>', 'session name')).action(
+      (name: string, o: Common) =>
+        run(o, async (api) => {
+          const s = await api.request<Session>('POST', `/api/sessions/${enc(name)}/${path}`);
+          if (command === 'up' || command === 'down') {
+            const list = await api.request<Session[]>('GET', '/api/auto-sessions');
+            emit(!!o.json, s, () => list.map(autoLine).join('\n'));
+          } else emit(!!o.json, s, () => autoLine(s));
+        }),
+    );
+  }
+
+  withClient(
+    session
+      .command('rm')
+      .description('delete a session of any kind, stopping it first if it runs (its history stays)')
+      .argument('<name>', 'session name'),
+  ).action((name: string, o: Common) =>
+    run(o, async (api) => {
+      const s = await api.request<Session>('DELETE', `/api/sessions/${enc(name)}`);
+      emit(
+        !!o.json,
+        s,
+        () =>
+          `session ${s.name} deleted${s.state === 'stopped' ? ' (stopped first)' : ''}; its history stays`,
+      );
+    }),
+  );
+
+  for (const [command, what] of [
+    ['include', 'list workstations explicitly in an automatic session (names or MACs of known workstations)'],
+    ['exclude', 'take workstations off the explicit list of an automatic session'],
+  ] as const) {
+    withClient(
+      session
+        .command(command)
+        .description(what)
+        .argument('<name>', 'session name')
+        .argument('<workstation...>', 'workstation names or MACs'),
+    ).action((name: string, workstations: string[], o: Common) =>
+      run(o, async (api) => {
+        const s = await api.request<Session>('POST', `/api/sessions/${enc(name)}/${command}`, {
+          body: { workstations },
+        });
+        const members = s.auto?.members ?? [];
+        emit(!!o.json, s, () =>
+          members.length
+            ? `${s.name} lists ${members.length} workstation(s): ${members.map(who).join(', ')}`
+            : `${s.name} lists no workstation`,
+        );
+      }),
+    );
+  }
+
+  const rule = session.command('rule').description("an automatic session's participation rules");
+  withClient(
+    rule
+      .command('add')
+      .description(
+        'add a rule: any rule that matches a workstation includes it (the grammar is in the README)',
+      )
+      .argument('<name>', 'session name')
+      .argument('<expr>', `the rule, quoted for the shell, e.g. 'name = "lab1-*" and disk >= 256GB'`),
+  ).action((name: string, expr: string, o: Common) =>
+    run(o, async (api) => {
+      const s = await api.request<Session>('POST', `/api/sessions/${enc(name)}/rules`, {
+        body: { rule: expr },
+      });
+      const rules = s.auto?.rules ?? [];
+      emit(!!o.json, s, () => `${s.name} rule ${rules.length}: ${rules.at(-1)?.description ?? expr}`);
+    }),
+  );
+  withClient(
+    rule
+      .command('list')
+      .description("an automatic session's rules, numbered")
+      .argument('<name>', 'session name'),
+  ).action((name: string, o: Common) =>
+    run(o, async (api) => {
+      const s = await api.request<Session>('GET', `/api/sessions/${enc(name)}`);
+      if (!s.auto) throw new UsageError(`${name} is not an automatic session: it has no rules`);
+      const rules = s.auto.rules;
+      emit(!!o.json, rules, () =>
+        rules.length ? rules.map((x, i) => ruleLine(x, i)).join('\n') : `${s.name} has no rules`,
+      );
+    }),
+  );
+  withClient(
+    rule
+      .command('rm')
+      .description('remove a rule by its number (as rule list shows it)')
+      .argument('<name>', 'session name')
+      .argument('<number>', 'the rule number', positiveInteger),
+  ).action((name: string, n: number, o: Common) =>
+    run(o, async (api) => {
+      const s = await api.request<Session>('DELETE', `/api/sessions/${enc(name)}/rules/${n}`);
+      const left = s.auto?.rules.length ?? 0;
+      emit(
+        !!o.json,
+        s,
+        () =>
+          `removed rule ${n} of ${s.name}; ${left} left${left ? `:\n${s.auto!.rules.map((x, i) => ruleLine(x, i)).join('\n')}` : ''}`,
+      );
+    }),
+  );
+}
+
+function ruleLine(r: { text: string; description: string; valid: boolean }, i: number, indent = ''): string {
+  const reads = r.valid ? (r.description === r.text ? [] : [`reads as: ${r.description}`]) : [r.description];
+  return [`  ${String(i + 1).padStart(2)}. ${r.text}`, ...reads.map((x) => `      ${x}`)]
+    .map((line) => indent + line)
+    .join('\n');
+}
+
+function autoLine(s: Session): string {
+  const a = s.auto;
+  if (!a) return sessionLine(s);
+  const who = `${a.members.length} listed, ${a.rules.length} rule(s)`;
+  return `${String(a.position).padStart(2)}. ${s.name.padEnd(16)} ${(a.enabled ? 'enabled' : 'disabled').padEnd(9)} ${s.state.padEnd(11)} ${joinedNeeded(s).padEnd(6)} ${source(s)}  ${who}${a.deleteWhenDone ? ', deleted when done' : ''}`;
+}
+
+function describeAuto(s: Session): string {
+  const a = s.auto!;
+  return [
+    `automatic session ${s.name} (${place(a.position)} in the list, ${a.enabled ? 'enabled' : 'disabled'}): ${source(s)}`,
+    `  starts once ${s.clientCount} client(s) joined, or ${formatDuration(s.waitMs / 1000)} after the last one joined; ${a.deleteWhenDone ? 'deleted once a run has finished' : 'reopens for the next workstations once a run has finished'}`,
+  ].join('\n');
+}
+
+// ------------------------------------------------------------------ workstations
+
+function addWorkstationCommands(program: Command): void {
+  const ws = program
+    .command('workstation')
+    .description('workstations: those that registered, and those the administrator created before they boot');
+  withClient(ws.command('list').description('known workstations, registered or not yet')).action(
+    (o: Common) =>
+      run(o, async (api) => {
+        const list = await api.request<Workstation[]>('GET', '/api/workstations');
+        emit(!!o.json, list, () => (list.length ? list.map(workstationLine).join('\n') : 'no workstations'));
+      }),
+  );
+  withClient(
+    ws
+      .command('show')
+      .description('one workstation: its inventory, and which automatic session it would join and why')
+      .argument('<workstation>', 'name or MAC'),
+  ).action((ref: string, o: Common) =>
+    run(o, async (api) => {
+      const w = await api.request<WorkstationDetail>('GET', `/api/workstations/${enc(ref)}`);
+      emit(!!o.json, w, () => describeWorkstation(w));
+    }),
+  );
+  withClient(
+    ws
+      .command('add')
+      .description('create a workstation before it ever boots; registering keeps the name given here')
+      .argument('<name>', 'its name (letters, digits, ".", "_", "-")')
+      .argument('<mac>', 'its MAC address')
+      .option('--ip <address>', 'its IP address, as rules on ip see it until it registers'),
+  ).action((name: string, mac: string, o: Common & { ip?: string }) =>
+    run(o, async (api) => {
+      const w = await api.request<Workstation>('POST', '/api/workstations', {
+        body: { name, mac, ip: o.ip },
+      });
+      emit(
+        !!o.json,
+        w,
+        () =>
+          `workstation ${w.name} (${w.mac}${w.ip ? `, ${w.ip}` : ''}) created; it gets its inventory and token when it registers`,
+      );
+    }),
+  );
+  withClient(
+    ws
+      .command('edit')
+      .description('rename a workstation (registering keeps the name) or set its IP address')
+      .argument('<workstation>', 'name or MAC')
+      .option('--name <name>', 'its new name')
+      .option('--ip <address>', 'its IP address')
+      .option('--no-ip', 'forget the IP address given'),
+  ).action((ref: string, o: Common & { name?: string; ip?: string | false }) =>
+    run(o, async (api) => {
+      const body = { name: o.name, ip: o.ip === false ? null : o.ip };
+      if (body.name === undefined && body.ip === undefined)
+        throw new UsageError('nothing to change: give --name, --ip or --no-ip');
+      const w = await api.request<Workstation>('PATCH', `/api/workstations/${enc(ref)}`, { body });
+      emit(!!o.json, w, () => workstationLine(w));
+    }),
+  );
+  withClient(
+    ws
+      .command('rm')
+      .description(
+        'forget a workstation (not while a session lists it or runs with it); its token stops working',
+      )
+      .argument('<workstation>', 'name or MAC'),
+  ).action((ref: string, o: Common) =>
+    run(o, async (api) => {
+      const w = await api.request<Workstation>('DELETE', `/api/workstations/${enc(ref)}`);
+      emit(!!o.json, w, () => `removed workstation ${w.name} (${w.mac})`);
+    }),
+  );
+  withClient(
+    ws
+      .command('import')
+      .description(
+        'create or rename workstations from a lab list: name,mac[,ip] rows, a header row allowed; one bad row imports nothing',
+      )
+      .argument('<file>', 'the CSV file (- for stdin)'),
+  ).action((file: string, o: Common) =>
+    run(o, async (api) => {
+      const csv = file === '-' ? await readStdin() : await readFile(file, 'utf8');
+      const r = await api.request<Imported>('POST', '/api/workstations/import', { body: { csv } });
+      emit(
+        !!o.json,
+        r,
+        () =>
+          `imported ${r.workstations.length} row(s): ${r.added} added, ${r.updated} updated, ${r.unchanged} unchanged`,
+      );
+    }),
+  );
+}
+
+async function readStdin(): Promise<string> {
+  const parts: Buffer[] = [];
+  for await (const chunk of process.stdin) parts.push(chunk as Buffer);
+  return Buffer.concat(parts).toString('utf8');
+}
+
+function workstationLine(w: Workstation): string {
+  const inv = w.inventory;
+  const facts = inv
+    ? `${(w.lastAddress ?? '').padEnd(15)}  ${[inv.dmi.vendor, inv.dmi.product].filter(Boolean).join(' ')}  ${formatBytes(inv.memoryBytes)} RAM  seen ${w.lastSeenAt === null ? 'never' : new Date(w.lastSeenAt).toISOString()}`
+    : `${(w.ip ?? '').padEnd(15)}  not registered yet`;
+  return `${w.name.padEnd(20)} ${w.mac}  ${facts}`;
+}
+
+function describeChoice(c: AutoChoice): string {
+  if (c.session === null) return `img auto: nothing to do (${c.why})`;
+  return c.role === 'master'
+    ? `img auto: the master of ${c.session}, which cannot run yet (live masters are not available): ${c.why}`
+    : `img auto: joins ${c.session}: ${c.why}`;
+}
+
+function describeWorkstation(w: WorkstationDetail): string {
+  const inv = w.inventory;
+  const lines = [
+    `${w.name} (${w.mac})${w.named ? ', named by the administrator' : ''}${w.ip ? `, ip ${w.ip}` : ''}`,
+  ];
+  if (!inv) lines.push('  not registered yet: rules on its hardware do not match it until it does');
+  else {
+    const disks = inv.disks
+      .filter((d) => !d.removable)
+      .map((d) => `${d.path} ${formatBytes(d.sizeBytes)}${d.model ? ` ${d.model}` : ''}`);
+    lines.push(
+      `  host name ${inv.hostname}; addresses ${inv.addresses.join(', ') || 'none'}; last seen ${w.lastSeenAt === null ? 'never' : new Date(w.lastSeenAt).toISOString()} from ${w.lastAddress ?? '?'}`,
+      `  ${[inv.dmi.vendor, inv.dmi.product].filter(Boolean).join(' ') || 'unknown model'}${inv.dmi.serial ? `, serial ${inv.dmi.serial}` : ''}; ${inv.cpu.model} (${inv.cpu.cores} cores); ${formatBytes(inv.memoryBytes)} RAM; disks: ${disks.join(', ') || 'none'}`,
+    );
+  }
+  lines.push(`  ${describeChoice(w.auto)}`);
   return lines.join('\n');
 }

@@ -4,10 +4,16 @@
  * trigger, receives the image over multicast straight onto the disk, verifies it, and reports
  * the result to the server. Every refusal happens before anything is written; every failure
  * after is reported to the server too, when it still answers.
+ *
+ * `img auto` does the same with the session the server picks for this workstation among its
+ * automatic sessions, or ends with nothing to do (and the server's reason). One that is sending
+ * to others when asked takes its next run: an automatic session reopens by itself.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
+
 import { ApiClient, ApiError } from '../api/client.ts';
 import { discoveryEndpoint } from '../api/discovery.ts';
-import type { JoinView, Registered } from '../api/schemas.ts';
+import type { AutoChoice, JoinView, Registered } from '../api/schemas.ts';
 import { defaultJournal, imageDecoder, restoreConsumer } from '../engine/multicast.ts';
 import { ImgcastError } from '../errors.ts';
 import { runReceiver } from '../transport/receiver.ts';
@@ -55,18 +61,92 @@ export interface SessionResult {
 const ENDED = new Set(['done', 'failed', 'stopped', 'interrupted']);
 
 export async function runSession(o: SessionOptions): Promise<SessionResult> {
-  const note = o.onNote ?? (() => {});
   const server = o.server ?? (await findServer(o));
   const inventory = await registration({ interface: o.interface });
+  // Refused before this workstation is registered, as every refusal comes before any change.
   const disk = o.disk ?? (await chooseDisk(inventory.disks));
+  const { api, reg } = await register(server, inventory, o.signal);
+  o.onNote?.(`server ${api.baseUrl}, this workstation is ${reg.name} (${inventory.mac}), target ${disk}`);
+  return takePart(api, o.session, disk, o);
+}
+
+export interface AutoOptions extends Omit<SessionOptions, 'session'> {
+  /** Each answer of the server (which session, and why). */
+  onChoice?: (c: AutoChoice) => void;
+  /** How often to ask again while the chosen session is sending to others (default 10 s). */
+  retryMs?: number;
+}
+
+export type AutoResult =
+  | { session: null; why: string; server: string; workstation: string }
+  | (SessionResult & { why: string; workstation: string });
+
+export async function runAuto(o: AutoOptions): Promise<AutoResult> {
+  const server = o.server ?? (await findServer(o));
+  const inventory = await registration({ interface: o.interface });
+  const { api, reg } = await register(server, inventory, o.signal);
+  o.onNote?.(`server ${api.baseUrl}, this workstation is ${reg.name} (${inventory.mac})`);
+  let disk = o.disk;
+  let waited = '';
+  for (;;) {
+    const choice = await api.request<AutoChoice>('GET', '/api/auto', { signal: o.signal });
+    o.onChoice?.(choice);
+    if (choice.session === null)
+      return { session: null, why: choice.why, server: api.baseUrl, workstation: reg.name };
+    if (choice.role === 'master') {
+      throw new ClientError(
+        'E_LIVE_MASTER_UNAVAILABLE',
+        `this workstation is the master of session ${choice.session}, which would stream its disk as it is read; imgcast cannot do that yet, so nothing was done (${choice.why})`,
+        { session: choice.session },
+      );
+    }
+    // The disk is looked for only once there is something to write to it.
+    if (disk === undefined) {
+      disk = await chooseDisk(inventory.disks);
+      o.onNote?.(`target ${disk}`);
+    }
+    try {
+      const r = await takePart(api, choice.session, disk, o);
+      return { ...r, why: choice.why, workstation: reg.name };
+    } catch (err) {
+      const sending =
+        err instanceof ApiError &&
+        err.code === 'E_SESSION_STATE' &&
+        err.details.state === 'sending' &&
+        err.details.auto === true;
+      if (!sending) throw err;
+      if (waited !== choice.session) {
+        o.onNote?.(`session ${choice.session} is sending to other workstations; this one takes its next run`);
+        waited = choice.session;
+      }
+      await sleep(o.retryMs ?? 10_000, undefined, { signal: o.signal }).catch(() => {
+        throw o.signal?.reason;
+      });
+    }
+  }
+}
+
+async function register(
+  server: string,
+  inventory: Awaited<ReturnType<typeof registration>>,
+  signal: AbortSignal | undefined,
+): Promise<{ api: ApiClient; reg: Registered }> {
   const anon = new ApiClient(server);
   const reg = await anon.request<Registered>('POST', '/api/workstations/register', {
     body: inventory,
-    signal: o.signal,
+    signal,
   });
-  const api = new ApiClient(server, reg.token);
-  note(`server ${api.baseUrl}, this workstation is ${reg.name} (${inventory.mac}), target ${disk}`);
-  const path = `/api/sessions/${encodeURIComponent(o.session)}`;
+  return { api: new ApiClient(server, reg.token), reg };
+}
+
+/** Joins the session, waits for its start, receives onto the disk and reports the result. */
+async function takePart(
+  api: ApiClient,
+  session: string,
+  disk: string,
+  o: Omit<SessionOptions, 'session'>,
+): Promise<SessionResult> {
+  const path = `/api/sessions/${encodeURIComponent(session)}`;
   let view = await api.request<JoinView>('POST', `${path}/join`, { signal: o.signal });
   view = await waitForStart(api, path, view, o);
   const receiver = view.receiver!;
@@ -124,7 +204,7 @@ export async function runSession(o: SessionOptions): Promise<SessionResult> {
     );
     throw o.signal.reason;
   }
-  throw await failure(api, path, view, result, o.session, report);
+  throw await failure(api, path, view, result, session, report);
 }
 
 /** Why the receive failed, as the server sees it when it still answers; the failure is reported to it. */
@@ -167,7 +247,7 @@ async function failure(
   return new ImgcastError(result.code ?? 'E_RECEIVE', message, { session, receive: result });
 }
 
-async function findServer(o: SessionOptions): Promise<string> {
+async function findServer(o: Omit<SessionOptions, 'session'>): Promise<string> {
   const { group, port } = discoveryEndpoint();
   const found = await discoverServer({ group, port, interface: o.interface, signal: o.signal });
   o.onNote?.(`found imaging server ${found.name} at ${found.api}`);
@@ -185,7 +265,7 @@ async function waitForStart(
   api: ApiClient,
   path: string,
   first: JoinView,
-  o: SessionOptions,
+  o: Omit<SessionOptions, 'session'>,
 ): Promise<JoinView> {
   let view = first;
   let lostSince = 0;

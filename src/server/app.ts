@@ -12,7 +12,16 @@ import { Type } from 'typebox';
 
 import {
   API_VERSION,
+  AddRule,
+  AutoChoice,
+  CreateAutoSession,
   CreateSession,
+  CreateWorkstation,
+  EditWorkstation,
+  Imported,
+  ImportWorkstations,
+  SessionMembers,
+  WorkstationDetail,
   EditSession,
   ErrorBody,
   Health,
@@ -32,6 +41,7 @@ import {
 } from '../api/schemas.ts';
 import { ImgcastError } from '../errors.ts';
 import { hashPassword, newToken, sameSecret, tokenHash, verifyPassword } from './auth.ts';
+import type { AutoSessions } from './auto-sessions.ts';
 import type { Counters } from './counters.ts';
 import type { Db } from './db.ts';
 import { SERVER_ERROR_STATUS, ServerError } from './errors.ts';
@@ -59,6 +69,7 @@ export interface AppContext {
   adminToken: string;
   images: ImageStore;
   sessions: SessionManager;
+  auto: AutoSessions;
   workstations: Workstations;
   counters: Counters;
   log: Logger;
@@ -77,7 +88,14 @@ export type ApiApp = FastifyInstance<
 const LOGIN_TTL_MS = 12 * 3600_000;
 /** Longest a workstation's wait call is held open. */
 const MAX_WAIT_MS = 25_000;
-const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody };
+const errors = {
+  400: ErrorBody,
+  401: ErrorBody,
+  403: ErrorBody,
+  404: ErrorBody,
+  409: ErrorBody,
+  501: ErrorBody,
+};
 
 export async function buildApp(ctx: AppContext): Promise<ApiApp> {
   const app = Fastify({
@@ -122,7 +140,7 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
       throw new ServerError(
         'E_FORBIDDEN',
         kind === 'workstation'
-          ? 'workstations may only register, join sessions, report and upload'
+          ? 'workstations may only register, ask what to join, join sessions, report and upload'
           : 'this call is for workstations',
       );
     }
@@ -217,12 +235,7 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
   app.patch(
     '/api/sessions/:name',
     { config: admin, schema: { params: byName, body: EditSession, response: { 200: Session, ...errors } } },
-    async (req) => {
-      if (req.body.waitMinutes !== undefined && req.body.waitSeconds !== undefined) {
-        throw new ServerError('E_BAD_REQUEST', 'give waitMinutes or waitSeconds, not both');
-      }
-      return ctx.sessions.edit(req.params.name, req.body);
-    },
+    async (req) => ctx.auto.edit(req.params.name, req.body),
   );
   app.post(
     '/api/sessions/:name/start',
@@ -246,6 +259,57 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
     '/api/sessions/:name',
     { config: admin, schema: { params: byName, response: { 200: Session, ...errors } } },
     async (req) => ctx.sessions.stop(req.params.name, true),
+  );
+
+  // --- automatic sessions (a session with a definition; the routes above apply to them too)
+  app.get(
+    '/api/auto-sessions',
+    { config: admin, schema: { response: { 200: Type.Array(Session), ...errors } } },
+    async () => ctx.auto.list(),
+  );
+  app.post(
+    '/api/auto-sessions',
+    { config: admin, schema: { body: CreateAutoSession, response: { 201: Session, ...errors } } },
+    async (req, reply) => {
+      const s = await ctx.auto.create(req.body);
+      void reply.status(201);
+      return s;
+    },
+  );
+  const sessionCall = { config: admin, schema: { params: byName, response: { 200: Session, ...errors } } };
+  app.post('/api/sessions/:name/enable', sessionCall, async (req) =>
+    ctx.auto.setEnabled(req.params.name, true),
+  );
+  app.post('/api/sessions/:name/disable', sessionCall, async (req) =>
+    ctx.auto.setEnabled(req.params.name, false),
+  );
+  app.post('/api/sessions/:name/up', sessionCall, async (req) => ctx.auto.move(req.params.name, 'up'));
+  app.post('/api/sessions/:name/down', sessionCall, async (req) => ctx.auto.move(req.params.name, 'down'));
+  const membersCall = {
+    config: admin,
+    schema: { params: byName, body: SessionMembers, response: { 200: Session, ...errors } },
+  };
+  app.post('/api/sessions/:name/include', membersCall, async (req) =>
+    ctx.auto.include(req.params.name, req.body.workstations),
+  );
+  app.post('/api/sessions/:name/exclude', membersCall, async (req) =>
+    ctx.auto.exclude(req.params.name, req.body.workstations),
+  );
+  app.post(
+    '/api/sessions/:name/rules',
+    { config: admin, schema: { params: byName, body: AddRule, response: { 200: Session, ...errors } } },
+    async (req) => ctx.auto.addRule(req.params.name, req.body.rule),
+  );
+  app.delete(
+    '/api/sessions/:name/rules/:number',
+    {
+      config: admin,
+      schema: {
+        params: Type.Object({ name: SessionName, number: Type.Integer({ minimum: 1 }) }),
+        response: { 200: Session, ...errors },
+      },
+    },
+    async (req) => ctx.auto.removeRule(req.params.name, req.params.number),
   );
 
   app.get(
@@ -295,6 +359,45 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
     '/api/workstations',
     { config: admin, schema: { response: { 200: Type.Array(Workstation), ...errors } } },
     async () => ctx.workstations.list(),
+  );
+  app.post(
+    '/api/workstations',
+    { config: admin, schema: { body: CreateWorkstation, response: { 201: Workstation, ...errors } } },
+    async (req, reply) => {
+      const w = await ctx.workstations.add(req.body);
+      void reply.status(201);
+      return w;
+    },
+  );
+  app.post(
+    '/api/workstations/import',
+    { config: admin, schema: { body: ImportWorkstations, response: { 200: Imported, ...errors } } },
+    async (req) => ctx.workstations.import(req.body.csv),
+  );
+  const byWorkstation = Type.Object({ ref: Type.String({ minLength: 1, maxLength: 255 }) });
+  app.get(
+    '/api/workstations/:ref',
+    {
+      config: admin,
+      schema: { params: byWorkstation, response: { 200: WorkstationDetail, ...errors } },
+    },
+    async (req) => {
+      const w = ctx.workstations.get(req.params.ref);
+      return { ...w, auto: ctx.auto.choose(w.id) };
+    },
+  );
+  app.patch(
+    '/api/workstations/:ref',
+    {
+      config: admin,
+      schema: { params: byWorkstation, body: EditWorkstation, response: { 200: Workstation, ...errors } },
+    },
+    async (req) => ctx.workstations.edit(req.params.ref, req.body),
+  );
+  app.delete(
+    '/api/workstations/:ref',
+    { config: admin, schema: { params: byWorkstation, response: { 200: Workstation, ...errors } } },
+    async (req) => ctx.auto.removeWorkstation(req.params.ref),
   );
 
   const adminName = Type.Object({
@@ -368,10 +471,13 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
   );
 
   const me = (req: FastifyRequest) => req.principal as Extract<Principal, { kind: 'workstation' }>;
+  app.get('/api/auto', { config: ws, schema: { response: { 200: AutoChoice, ...errors } } }, async (req) =>
+    ctx.auto.choose(me(req).id),
+  );
   app.post(
     '/api/sessions/:name/join',
     { config: ws, schema: { params: byName, response: { 200: JoinView, ...errors } } },
-    async (req) => ctx.sessions.join(req.params.name, me(req), localAddress(req)),
+    async (req) => ctx.auto.join(req.params.name, me(req), localAddress(req)),
   );
   app.get(
     '/api/sessions/:name/wait',

@@ -14,14 +14,20 @@ import { ServerError } from './errors.ts';
 export interface WorkstationTable {
   id: string;
   name: string;
+  /** 1 when the administrator gave the name (pre-created, imported, renamed): registering keeps it. */
+  named: number;
   mac: string;
-  hostname: string;
+  /** The address the administrator gave, if any. */
+  ip: string | null;
+  /** The rest is null until the workstation registers (a pre-created one has none of it). */
+  hostname: string | null;
   addresses: string;
-  last_address: string;
-  inventory: string;
-  token_hash: string;
-  registered_at: number;
-  last_seen_at: number;
+  last_address: string | null;
+  inventory: string | null;
+  token_hash: string | null;
+  created_at: number;
+  registered_at: number | null;
+  last_seen_at: number | null;
 }
 
 export interface SessionTable {
@@ -40,6 +46,18 @@ export interface SessionTable {
   last_join_at: number | null;
   message: string | null;
   first_data_at: number | null;
+  /** 1 for an automatic session; the columns below are its definition. */
+  auto: number;
+  enabled: number;
+  /** Its place in the ordered list of automatic sessions (ascending; gaps allowed). */
+  position: number | null;
+  /** Workstation id of a live master (then `image` is ''). */
+  master: string | null;
+  delete_when_done: number;
+  /** JSON: workstation ids listed explicitly. */
+  members: string;
+  /** JSON: rule texts as the administrator wrote them (parsed on load). */
+  rules: string;
 }
 
 export interface SessionClientTable {
@@ -109,7 +127,7 @@ export interface Schema {
 export type Db = Kysely<Schema>;
 
 /** Each entry is one schema version; never edit a released one, add the next. */
-const MIGRATIONS: string[][] = [
+export const MIGRATIONS: readonly (readonly string[])[] = [
   [
     `CREATE TABLE workstations (
        id TEXT PRIMARY KEY, name TEXT NOT NULL, mac TEXT NOT NULL, hostname TEXT NOT NULL,
@@ -138,6 +156,29 @@ const MIGRATIONS: string[][] = [
   ],
   // When the first data left for a run: the delay from the trigger is the session's own overhead.
   [`ALTER TABLE sessions ADD COLUMN first_data_at BIGINT`],
+  // Automatic sessions, and workstations the administrator creates before they ever register
+  // (no token, no inventory yet): the workstations table is rebuilt, since SQLite cannot drop a
+  // NOT NULL constraint in place.
+  [
+    `ALTER TABLE sessions ADD COLUMN auto INTEGER NOT NULL DEFAULT 0`,
+    `ALTER TABLE sessions ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1`,
+    `ALTER TABLE sessions ADD COLUMN position INTEGER`,
+    `ALTER TABLE sessions ADD COLUMN master TEXT`,
+    `ALTER TABLE sessions ADD COLUMN delete_when_done INTEGER NOT NULL DEFAULT 0`,
+    `ALTER TABLE sessions ADD COLUMN members TEXT NOT NULL DEFAULT '[]'`,
+    `ALTER TABLE sessions ADD COLUMN rules TEXT NOT NULL DEFAULT '[]'`,
+    `CREATE TABLE workstations_v3 (
+       id TEXT PRIMARY KEY, name TEXT NOT NULL, named INTEGER NOT NULL, mac TEXT NOT NULL, ip TEXT,
+       hostname TEXT, addresses TEXT NOT NULL, last_address TEXT, inventory TEXT, token_hash TEXT,
+       created_at BIGINT NOT NULL, registered_at BIGINT, last_seen_at BIGINT)`,
+    `INSERT INTO workstations_v3 (id, name, named, mac, ip, hostname, addresses, last_address, inventory,
+       token_hash, created_at, registered_at, last_seen_at)
+     SELECT id, name, 0, mac, NULL, hostname, addresses, last_address, inventory, token_hash, registered_at,
+       registered_at, last_seen_at FROM workstations`,
+    `DROP TABLE workstations`,
+    `ALTER TABLE workstations_v3 RENAME TO workstations`,
+    `CREATE UNIQUE INDEX workstations_mac ON workstations (mac)`,
+  ],
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

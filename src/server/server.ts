@@ -13,6 +13,7 @@ import { checkRange, type AddressRange } from './address-pool.ts';
 import { startDiscoveryResponder } from './discovery.ts';
 import { buildApp, type ApiApp, type AppContext } from './app.ts';
 import { adminToken } from './auth.ts';
+import { AutoSessions } from './auto-sessions.ts';
 import { Counters } from './counters.ts';
 import { openDatabase, type Db } from './db.ts';
 import { ImageStore } from './images.ts';
@@ -103,6 +104,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       senderHost: o.interface,
       log,
       connectTimeoutMs: o.connectTimeoutMs,
+      describeWorkstation: (id) => workstations.brief(id),
     });
     await sessions.start();
     cleanup.unshift(() => sessions.close());
@@ -114,6 +116,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       adminToken: token.token,
       images,
       sessions,
+      auto: new AutoSessions(sessions, workstations),
       workstations,
       counters,
       log,

@@ -9,10 +9,20 @@
  * A session found 'sending' at start-up was cut off by a server stop: it becomes 'interrupted',
  * and restarting it opens a new run that workstations join again, each getting only what its
  * disk still lacks (its receive journal).
+ *
+ * An automatic session is one of these with a definition besides (auto-sessions.ts checks and
+ * changes it): its place in the ordered list, enabled or not, a master workstation instead of an
+ * image, who takes part (workstations listed, rules), and whether it is deleted once done. When
+ * a run of one ends (done or failed, after sending), it is deleted with delete-when-done and
+ * reopened for a new run otherwise, so that workstations booting later are imaged too; a stopped
+ * or interrupted run stays so for the administrator, as any session's does. Workstations of the
+ * run that just ended still see its end (and may still report to it), from the session or, once
+ * deleted, from a short list of deleted ones.
  */
 import { randomBytes } from 'node:crypto';
 
 import type {
+  AutoDefinition,
   ClientReport,
   ClientState,
   CreateSession,
@@ -22,6 +32,7 @@ import type {
   Session,
   SessionClient,
   SessionState,
+  WorkstationBrief,
 } from '../api/schemas.ts';
 import { ImgcastError } from '../errors.ts';
 import type { SenderProgress, SenderResult } from '../transport/types.ts';
@@ -30,6 +41,8 @@ import type { Counters } from './counters.ts';
 import type { Db, SessionClientTable, SessionTable } from './db.ts';
 import { ServerError } from './errors.ts';
 import type { ImageStore } from './images.ts';
+import type { AutoSessionView } from './participation.ts';
+import { describeRule, parseRule, type Rule } from './rules.ts';
 import { startTrigger } from './start-trigger.ts';
 
 /** What runs one session's multicast send (the real one: engine + transport; tests may fake it). */
@@ -59,7 +72,47 @@ export interface SessionManagerOptions {
   connectTimeoutMs?: number;
   /** How long after the send ends results from workstations are awaited. */
   reportTimeoutMs?: number;
+  /** How a definition shows a workstation id (the registry's name); default: its MAC. */
+  describeWorkstation?: (id: string) => WorkstationBrief;
 }
+
+/** What an automatic session is made with; workstations are ids, rules the administrator's text. */
+export interface AutoFields {
+  enabled: boolean;
+  master: string | null;
+  deleteWhenDone: boolean;
+  members: string[];
+  rules: string[];
+}
+
+/** An automatic session's definition as auto-sessions.ts checks it. */
+export interface Definition extends AutoFields {
+  name: string;
+  state: SessionState;
+  position: number;
+  /** The rules that parse (one that no longer does, after an upgrade, matches nothing). */
+  parsed: Rule[];
+}
+
+/** What the definition routes change; members and rules whole, already checked. */
+export interface DefinitionPatch {
+  enabled?: boolean;
+  members?: string[];
+  rules?: string[];
+  deleteWhenDone?: boolean;
+}
+
+/** Edits of what a run sends; `master` is a workstation id here (auto-sessions.ts resolves it). */
+export type SessionEdit = EditSession;
+
+interface ParsedRule {
+  text: string;
+  rule: Rule | null;
+  description: string;
+}
+
+/** How many deleted sessions' last runs are kept for their workstations to read. */
+const GONE_KEPT = 64;
 
 const FINAL_CLIENT: ReadonlySet<ClientState> = new Set(['ok', 'failed', 'dropped']);
 const LIVE_STATES: ReadonlySet<SessionState> = new Set(['waiting', 'sending']);
@@ -79,12 +132,23 @@ interface Live {
   starting?: Promise<void>;
   wakeTimer?: NodeJS.Timeout;
   dirty: boolean;
+  /** The parsed rules of an automatic session, in the order of `row.rules`. */
+  rules: ParsedRule[];
+  /** The run before the current one (an automatic session reopened by itself): its workstations still read its end. */
+  last?: {
+    run: number;
+    state: SessionState;
+    message: string | null;
+    clients: Map<string, SessionClientTable>;
+  };
 }
 
 export class SessionManager {
   #o: SessionManagerOptions;
   #now: () => number;
   #live = new Map<string, Live>();
+  /** Automatic sessions deleted once done, newest last, for their workstations to read the end. */
+  #gone = new Map<string, Live>();
   #ticker: NodeJS.Timeout | undefined;
   #flusher: NodeJS.Timeout | undefined;
   #running = new Set<Promise<void>>();
@@ -111,7 +175,15 @@ export class SessionManager {
         version: 1,
         waiters: new Set(),
         dirty: false,
+        rules: parseRules(row.rules),
       };
+      for (const r of live.rules) {
+        if (!r.rule)
+          this.#o.log.warn(
+            { session: row.name, rule: r.text },
+            `a stored rule no longer parses: ${r.description}`,
+          );
+      }
       this.#live.set(row.name, live);
       if (row.state === 'sending') {
         for (const c of live.clients.values()) {
@@ -152,24 +224,21 @@ export class SessionManager {
 
   // --- administration ---------------------------------------------------------------------
 
-  async create(req: CreateSession): Promise<Session> {
+  /**
+   * A session of an image; with `auto`, an automatic session (whose image may be '' when a
+   * master workstation sends), placed last in the list.
+   */
+  async create(req: CreateSession, auto?: AutoFields): Promise<Session> {
     if (this.#live.has(req.name)) {
       throw new ServerError('E_SESSION_EXISTS', `a session named ${req.name} already exists`, {
         session: req.name,
       });
     }
-    const image = await this.#o.images.resolve(req.image);
-    // Refused now rather than when the session starts, with the lab already waiting on it.
-    const { problem } = await this.#o.images.describe(image.path);
-    if (problem !== null) {
-      throw new ServerError('E_IMAGE_UNREADABLE', `${req.image} is not a readable image: ${problem}`, {
-        path: req.image,
-      });
-    }
+    const image = auto?.master ? '' : await this.#checkImage(req.image);
     const now = this.#now();
     const row: SessionTable = {
       name: req.name,
-      image: image.name,
+      image,
       fileset: req.fileset ?? 1,
       client_count: req.clientCount ?? 1,
       wait_ms: waitMs(req) ?? 5 * 60_000,
@@ -183,6 +252,13 @@ export class SessionManager {
       last_join_at: null,
       message: null,
       first_data_at: null,
+      auto: auto ? 1 : 0,
+      enabled: auto?.enabled === false ? 0 : 1,
+      position: auto ? 1 + Math.max(0, ...[...this.#live.values()].map((l) => l.row.position ?? 0)) : null,
+      master: auto?.master ?? null,
+      delete_when_done: auto?.deleteWhenDone ? 1 : 0,
+      members: JSON.stringify(auto?.members ?? []),
+      rules: JSON.stringify(auto?.rules ?? []),
     };
     // Checked again here: two creates of one name may race through the await above.
     if (this.#live.has(req.name)) {
@@ -190,7 +266,14 @@ export class SessionManager {
         session: req.name,
       });
     }
-    const live: Live = { row, clients: new Map(), version: 1, waiters: new Set(), dirty: false };
+    const live: Live = {
+      row,
+      clients: new Map(),
+      version: 1,
+      waiters: new Set(),
+      dirty: false,
+      rules: parseRules(row.rules),
+    };
     this.#live.set(row.name, live);
     try {
       await this.#o.db.insertInto('sessions').values(row).execute();
@@ -198,8 +281,103 @@ export class SessionManager {
       this.#live.delete(row.name);
       throw err;
     }
-    this.#o.log.info({ session: row.name, image: row.image }, 'session created');
+    this.#o.log.info({ session: row.name, image: row.image, auto: row.auto === 1 }, 'session created');
     return this.#view(live);
+  }
+
+  /** The image's name inside the image directory; refused now rather than when the lab waits on it. */
+  async #checkImage(path: string): Promise<string> {
+    const image = await this.#o.images.resolve(path);
+    const { problem } = await this.#o.images.describe(image.path);
+    if (problem !== null) {
+      throw new ServerError('E_IMAGE_UNREADABLE', `${path} is not a readable image: ${problem}`, {
+        path,
+      });
+    }
+    return image.name;
+  }
+
+  /** The automatic sessions in list order. */
+  autoSessions(): Session[] {
+    return this.#autoLives().map((l) => this.#view(l));
+  }
+
+  /** The automatic sessions in list order, as participation.ts weighs them. */
+  autoViews(): AutoSessionView[] {
+    return this.#autoLives().map((l) => {
+      const d = definitionOf(l);
+      return {
+        name: d.name,
+        enabled: d.enabled,
+        ...(d.master !== null ? { master: d.master } : {}),
+        explicit: d.members,
+        rules: d.parsed,
+      };
+    });
+  }
+
+  /** The definition of an automatic session; E_BAD_REQUEST for a session made otherwise. */
+  definition(name: string): Definition {
+    const live = this.#need(name);
+    if (live.row.auto !== 1) {
+      throw new ServerError(
+        'E_BAD_REQUEST',
+        `${name} is not an automatic session (imgcast session add makes those)`,
+        { session: name },
+      );
+    }
+    return definitionOf(live);
+  }
+
+  /** Whether `name` is an automatic session. */
+  isAuto(name: string): boolean {
+    return this.#need(name).row.auto === 1;
+  }
+
+  /** Changes an automatic session's participants or flags; allowed in any state, from its next join on. */
+  async define(name: string, patch: DefinitionPatch): Promise<Session> {
+    this.definition(name);
+    const live = this.#need(name);
+    const row = { ...live.row };
+    if (patch.enabled !== undefined) row.enabled = patch.enabled ? 1 : 0;
+    if (patch.deleteWhenDone !== undefined) row.delete_when_done = patch.deleteWhenDone ? 1 : 0;
+    if (patch.members !== undefined) row.members = JSON.stringify(patch.members);
+    if (patch.rules !== undefined) row.rules = JSON.stringify(patch.rules);
+    const { name: _n, ...rest } = row;
+    await this.#o.db.updateTable('sessions').set(rest).where('name', '=', name).execute();
+    live.row = row;
+    if (patch.rules !== undefined) live.rules = parseRules(row.rules);
+    this.#changed(live);
+    return this.#view(live);
+  }
+
+  /** Puts the automatic sessions in this order (every one of them, by name). */
+  async reorder(names: readonly string[]): Promise<void> {
+    const lives = names.map((n) => this.#need(n));
+    await this.#o.db.transaction().execute(async (tx) => {
+      for (const [i, l] of lives.entries()) {
+        if (l.row.position !== i + 1)
+          await tx
+            .updateTable('sessions')
+            .set({ position: i + 1 })
+            .where('name', '=', l.row.name)
+            .execute();
+      }
+    });
+    for (const [i, l] of lives.entries()) l.row.position = i + 1;
+  }
+
+  /** The sessions whose current run this workstation is in (it must not be removed meanwhile). */
+  runsOf(workstation: string): string[] {
+    return [...this.#live.values()]
+      .filter((l) => LIVE_STATES.has(l.row.state as SessionState) && l.clients.has(workstation))
+      .map((l) => l.row.name);
+  }
+
+  #autoLives(): Live[] {
+    return [...this.#live.values()]
+      .filter((l) => l.row.auto === 1)
+      .sort((a, b) => (a.row.position ?? 0) - (b.row.position ?? 0) || a.row.name.localeCompare(b.row.name));
   }
 
   list(): Session[] {
@@ -212,21 +390,54 @@ export class SessionManager {
     return this.#view(this.#need(name));
   }
 
-  async edit(name: string, req: EditSession): Promise<Session> {
+  /**
+   * Changes a waiting session's trigger or what it sends (image and file set, or the master
+   * of an automatic session, an id here); delete-when-done changes in any state.
+   */
+  async edit(name: string, req: SessionEdit): Promise<Session> {
     const live = this.#need(name);
-    if (live.row.state !== 'waiting') {
+    const auto = live.row.auto === 1;
+    if (!auto && (req.master !== undefined || req.deleteWhenDone !== undefined)) {
       throw new ServerError(
-        'E_SESSION_STATE',
-        `session ${name} is ${live.row.state}; only a waiting session can be changed`,
-        {
-          session: name,
-          state: live.row.state,
-        },
+        'E_BAD_REQUEST',
+        `${name} is not an automatic session: only those have a master or delete-when-done`,
+        { session: name },
       );
     }
-    if (req.clientCount !== undefined) live.row.client_count = req.clientCount;
+    if (req.image !== undefined && req.master !== undefined)
+      throw new ServerError('E_BAD_REQUEST', 'give an image or a master, not both');
+    const run =
+      req.clientCount !== undefined ||
+      waitMs(req) !== undefined ||
+      req.image !== undefined ||
+      req.fileset !== undefined ||
+      req.master !== undefined;
+    const waiting = () => {
+      if (run && live.row.state !== 'waiting') {
+        throw new ServerError(
+          'E_SESSION_STATE',
+          `session ${name} is ${live.row.state}; only a waiting session can be changed`,
+          {
+            session: name,
+            state: live.row.state,
+          },
+        );
+      }
+    };
+    waiting();
+    const image = req.image === undefined ? undefined : await this.#checkImage(req.image);
+    // The image lookup awaited: the session may have started or gone meanwhile.
+    if (this.#live.get(name) !== live) return this.get(name);
+    waiting();
+    const row = { ...live.row };
+    if (req.clientCount !== undefined) row.client_count = req.clientCount;
     const wait = waitMs(req);
-    if (wait !== undefined) live.row.wait_ms = wait;
+    if (wait !== undefined) row.wait_ms = wait;
+    if (image !== undefined) Object.assign(row, { image, master: null });
+    if (req.master !== undefined) Object.assign(row, { image: '', master: req.master });
+    if (req.fileset !== undefined) row.fileset = req.fileset;
+    if (req.deleteWhenDone !== undefined) row.delete_when_done = req.deleteWhenDone ? 1 : 0;
+    live.row = row;
     await this.#save(live);
     this.#changed(live);
     this.#tick();
@@ -236,6 +447,7 @@ export class SessionManager {
   /** Starts a waiting session now with whoever has joined. */
   async startNow(name: string): Promise<Session> {
     const live = this.#need(name);
+    noLiveMaster(live);
     if (live.row.state !== 'waiting') {
       throw new ServerError('E_SESSION_STATE', `session ${name} is ${live.row.state}, not waiting`, {
         session: name,
@@ -262,6 +474,18 @@ export class SessionManager {
         },
       );
     }
+    await this.#reopen(live);
+    return this.#view(live);
+  }
+
+  /** A new run with the same settings; the workstations of the last one still read its end. */
+  async #reopen(live: Live): Promise<void> {
+    live.last = {
+      run: live.row.run,
+      state: live.row.state as SessionState,
+      message: live.row.message,
+      clients: new Map(live.clients),
+    };
     live.row = {
       ...live.row,
       state: 'waiting',
@@ -274,12 +498,11 @@ export class SessionManager {
       message: null,
       first_data_at: null,
     };
-    live.clients.clear();
+    live.clients = new Map();
     live.sendEnded = false;
     await this.#save(live);
     this.#changed(live);
-    this.#o.log.info({ session: name, run: live.row.run }, 'session reopened');
-    return this.#view(live);
+    this.#o.log.info({ session: live.row.name, run: live.row.run }, 'session reopened');
   }
 
   /** Stops a session in any state (a sending one mid-stream); `remove` also deletes it (its history stays). */
@@ -298,13 +521,24 @@ export class SessionManager {
       await this.#end(live, 'stopped', STOPPED_BY_ADMIN);
     }
     const view = this.#view(live);
-    if (remove) {
-      this.#live.delete(name);
-      await this.#o.db.deleteFrom('session_clients').where('session', '=', name).execute();
-      await this.#o.db.deleteFrom('sessions').where('name', '=', name).execute();
-      this.#o.log.info({ session: name }, 'session deleted');
-    }
+    if (remove) await this.#remove(live);
     return view;
+  }
+
+  /** Deletes a session (its history stays); its last run stays readable by its workstations. */
+  async #remove(live: Live): Promise<void> {
+    const name = live.row.name;
+    if (this.#live.get(name) !== live) return;
+    this.#live.delete(name);
+    this.#gone.delete(name);
+    this.#gone.set(name, live);
+    for (const old of this.#gone.keys()) {
+      if (this.#gone.size <= GONE_KEPT) break;
+      this.#gone.delete(old);
+    }
+    await this.#o.db.deleteFrom('session_clients').where('session', '=', name).execute();
+    await this.#o.db.deleteFrom('sessions').where('name', '=', name).execute();
+    this.#o.log.info({ session: name }, 'session deleted');
   }
 
   async history(limit = 200): Promise<HistoryEntry[]> {
@@ -343,6 +577,7 @@ export class SessionManager {
     localAddress: string,
   ): Promise<JoinView> {
     const live = this.#need(name);
+    noLiveMaster(live);
     const state = live.row.state as SessionState;
     const had = live.clients.get(ws.id);
     if (state !== 'waiting') {
@@ -351,9 +586,11 @@ export class SessionManager {
       throw new ServerError(
         'E_SESSION_STATE',
         state === 'sending'
-          ? `session ${name} is already sending and takes no new workstations; ask the administrator to restart it afterwards`
+          ? live.row.auto === 1
+            ? `session ${name} is already sending and takes no new workstations; it reopens for a new run once this one ends`
+            : `session ${name} is already sending and takes no new workstations; ask the administrator to restart it afterwards`
           : `session ${name} is ${state}${live.row.message ? ` (${live.row.message})` : ''}; ask the administrator to restart it`,
-        { session: name, state },
+        { session: name, state, auto: live.row.auto === 1 },
       );
     }
     if (!had) {
@@ -393,8 +630,8 @@ export class SessionManager {
     timeoutMs: number,
     localAddress: string,
   ): Promise<JoinView> {
-    const live = this.#need(name);
-    if (live.version === since && !this.#closing) {
+    const live = this.#forWorkstation(name, workstation);
+    if (live.version === since && !this.#closing && live.clients.has(workstation)) {
       await new Promise<void>((resolve) => {
         const done = () => {
           clearTimeout(timer);
@@ -409,8 +646,23 @@ export class SessionManager {
   }
 
   joinView(name: string, workstation: string, localAddress: string): JoinView {
-    const live = this.#need(name);
+    const live = this.#forWorkstation(name, workstation);
     const c = live.clients.get(workstation);
+    const past = live.last?.clients.get(workstation);
+    if (!c && past && live.last) {
+      // The run it was in has ended (and the session reopened, or was deleted).
+      return {
+        session: name,
+        run: live.last.run,
+        state: live.last.state,
+        joined: live.last.clients.size,
+        needed: 0,
+        startsInMs: null,
+        message: past.reason ?? live.last.message,
+        version: live.version,
+        receiver: null,
+      };
+    }
     if (!c) {
       throw new ServerError(
         'E_NOT_JOINED',
@@ -445,7 +697,7 @@ export class SessionManager {
   }
 
   async report(name: string, workstation: string, r: ClientReport): Promise<void> {
-    const live = this.#need(name);
+    const live = this.#forWorkstation(name, workstation);
     const c = live.clients.get(workstation);
     if (!c || r.run !== live.row.run) {
       throw new ServerError('E_NOT_JOINED', `this workstation is not in run ${r.run} of session ${name}`, {
@@ -484,6 +736,17 @@ export class SessionManager {
     return live;
   }
 
+  /** The session a workstation's wait or report is about: the live one, or one deleted after its run. */
+  #forWorkstation(name: string, workstation: string): Live {
+    const live = this.#live.get(name);
+    const inRun = (l: Live | undefined) =>
+      !!l && (l.clients.has(workstation) || !!l.last?.clients.has(workstation));
+    if (live && inRun(live)) return live;
+    const gone = this.#gone.get(name);
+    if (gone && inRun(gone)) return gone;
+    return this.#need(name);
+  }
+
   #trigger(live: Live) {
     return startTrigger({
       clientCount: live.row.client_count,
@@ -497,7 +760,7 @@ export class SessionManager {
   #tick(): void {
     if (this.#closing) return;
     for (const live of this.#live.values()) {
-      if (live.row.state !== 'waiting') continue;
+      if (live.row.state !== 'waiting' || live.row.master !== null) continue;
       const t = this.#trigger(live);
       if (t.start) {
         void this.#startSending(
@@ -722,6 +985,8 @@ export class SessionManager {
   }
 
   async #end(live: Live, state: SessionState, message: string | null): Promise<void> {
+    // A run stopped while its workstations wrote must not have their results timed out in the next run.
+    clearTimeout(live.reportTimer);
     live.row.state = state;
     live.row.message = message;
     live.row.finished_at = this.#now();
@@ -746,6 +1011,18 @@ export class SessionManager {
       .execute();
     this.#o.log.info({ session: live.row.name, run: live.row.run, state, message }, 'session ended');
     this.#changed(live);
+    // A run of an automatic session that sent has finished: it goes, or takes the next workstations.
+    if (live.row.auto === 1 && (state === 'done' || state === 'failed') && live.row.started_at !== null) {
+      if (this.#closing) return;
+      if (live.row.delete_when_done === 1) {
+        live.last = { run: live.row.run, state, message, clients: live.clients };
+        live.clients = new Map();
+        await this.#remove(live);
+        this.#changed(live);
+      } else {
+        await this.#reopen(live);
+      }
+    }
   }
 
   /**
@@ -836,8 +1113,63 @@ export class SessionManager {
         clients.filter((c) => c.state === 'receiving').reduce((m, c) => Math.max(m, c.rateMbit), 0),
       ),
       clients,
+      auto: r.auto === 1 ? this.#autoView(live) : null,
     };
   }
+
+  #autoView(live: Live): AutoDefinition {
+    const d = definitionOf(live);
+    const brief = this.#o.describeWorkstation ?? macBrief;
+    return {
+      enabled: d.enabled,
+      position: this.#autoLives().indexOf(live) + 1,
+      master: d.master === null ? null : brief(d.master),
+      deleteWhenDone: d.deleteWhenDone,
+      members: d.members.map(brief),
+      rules: live.rules.map((r) => ({ text: r.text, description: r.description, valid: r.rule !== null })),
+    };
+  }
+}
+
+function macBrief(id: string): WorkstationBrief {
+  const mac = id.replace(/(..)(?!$)/g, '$1:');
+  return { id, name: mac, mac };
+}
+
+function parseRules(json: string): ParsedRule[] {
+  return (JSON.parse(json) as string[]).map((text) => {
+    try {
+      const rule = parseRule(text);
+      return { text, rule, description: describeRule(rule) };
+    } catch (err) {
+      return { text, rule: null, description: `does not parse: ${(err as Error).message.split('\n')[0]}` };
+    }
+  });
+}
+
+function definitionOf(live: Live): Definition {
+  const r = live.row;
+  return {
+    name: r.name,
+    state: r.state as SessionState,
+    position: r.position ?? 0,
+    enabled: r.enabled === 1,
+    master: r.master,
+    deleteWhenDone: r.delete_when_done === 1,
+    members: JSON.parse(r.members) as string[],
+    rules: live.rules.map((x) => x.text),
+    parsed: live.rules.flatMap((x) => (x.rule ? [x.rule] : [])),
+  };
+}
+
+/** A session whose master is a workstation cannot run: its disk would have to be streamed as it is read. */
+function noLiveMaster(live: Live): void {
+  if (live.row.master === null) return;
+  throw new ServerError(
+    'E_LIVE_MASTER_UNAVAILABLE',
+    `session ${live.row.name} is to send the disk of its master workstation as it is read, which this imgcast server cannot do yet; give it an image instead (imgcast session edit ${live.row.name} --image PATH)`,
+    { session: live.row.name },
+  );
 }
 
 /** The name a workstation gives the sender: unique even for machines cloned with one hostname. */

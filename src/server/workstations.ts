@@ -1,11 +1,26 @@
 /**
- * Workstations known to the server: registered by the workstation itself (its inventory), one
- * per MAC address. Registering again (a reimaged machine lost its token) replaces the token.
+ * Workstations known to the server, one per MAC address (its hex digits are the id). A
+ * workstation registers itself (its inventory; registering again, as a reimaged machine that
+ * lost its token does, replaces the token), or the administrator creates it first by name and
+ * MAC, alone or from a lab's CSV list, before it ever boots: such a workstation has no token and
+ * no inventory until it registers, and keeps the name the administrator gave.
+ *
+ * The whole registry is held in memory (a lab is hundreds of rows) and written through.
  */
-import type { Inventory, Registered, Workstation } from '../api/schemas.ts';
+import type {
+  CreateWorkstation,
+  EditWorkstation,
+  Imported,
+  Inventory,
+  Registered,
+  Workstation,
+  WorkstationBrief,
+} from '../api/schemas.ts';
 import { newToken, tokenHash } from './auth.ts';
 import type { Db, WorkstationTable } from './db.ts';
 import { ServerError } from './errors.ts';
+import type { Candidate } from './participation.ts';
+import { formatAddress, macDigits, parseAddress, subjectOf } from './rules.ts';
 
 export interface WorkstationIdentity {
   id: string;
@@ -14,8 +29,43 @@ export interface WorkstationIdentity {
   address: string;
 }
 
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+const NAME_MAX = 64;
+/** 12 hex digits, in pairs separated by ":" or "-", in Cisco's groups of four, or together. */
+const MAC =
+  /^(?:[0-9a-f]{2}(?::[0-9a-f]{2}){5}|[0-9a-f]{2}(?:-[0-9a-f]{2}){5}|[0-9a-f]{4}(?:\.[0-9a-f]{4}){2}|[0-9a-f]{12})$/i;
+/** Rows of an import whose faults are spelled out; the rest are counted. */
+const IMPORT_ERRORS_SHOWN = 10;
+
+/** The MAC in its stored form (aa:bb:cc:dd:ee:ff), or undefined when `text` is not one. */
+export function normalMac(text: string): string | undefined {
+  const t = text.trim();
+  if (!MAC.test(t)) return undefined;
+  return macDigits(t.replaceAll('.', '')).replace(/(..)(?!$)/g, '$1:');
+}
+
+function checkName(name: string): string | undefined {
+  if (name.length === 0) return 'the name is empty';
+  if (name.length > NAME_MAX) return `the name is longer than ${NAME_MAX} characters`;
+  if (!NAME.test(name))
+    return `the name ${JSON.stringify(name)} may hold only letters, digits, ".", "_" and "-", and starts with a letter or digit`;
+  // A name that reads as a MAC would make `include` ambiguous.
+  if (normalMac(name) !== undefined) return `the name ${name} looks like a MAC address`;
+  return undefined;
+}
+
+function checkIp(ip: string): { ip: string } | { error: string } {
+  const bytes = parseAddress(ip.trim());
+  if (!bytes) return { error: `${JSON.stringify(ip)} is not an IPv4 or IPv6 address` };
+  return { ip: formatAddress(bytes) };
+}
+
+const sameName = (a: string, b: string) =>
+  a.normalize('NFC').toLowerCase() === b.normalize('NFC').toLowerCase();
+
 export class Workstations {
   #db: Db;
+  #byId = new Map<string, WorkstationTable>();
   #byToken = new Map<string, WorkstationTable>();
   #now: () => number;
 
@@ -25,37 +75,45 @@ export class Workstations {
   }
 
   async load(): Promise<void> {
-    for (const row of await this.#db.selectFrom('workstations').selectAll().execute())
-      this.#byToken.set(row.token_hash, row);
+    for (const row of await this.#db.selectFrom('workstations').selectAll().execute()) {
+      this.#byId.set(row.id, row);
+      if (row.token_hash) this.#byToken.set(row.token_hash, row);
+    }
   }
 
   async register(inv: Inventory, address: string): Promise<Registered> {
     const mac = inv.mac.toLowerCase();
-    const id = mac.replaceAll(':', '');
+    const id = macDigits(mac);
     const token = newToken();
     const now = this.#now();
+    const old = this.#byId.get(id);
     const row: WorkstationTable = {
       id,
-      name: inv.hostname,
+      // A name the administrator gave outlives what the machine calls itself.
+      name: old?.named ? old.name : inv.hostname,
+      named: old?.named ?? 0,
       mac,
+      ip: old?.ip ?? null,
       hostname: inv.hostname,
       addresses: JSON.stringify(inv.addresses),
       last_address: address,
       inventory: JSON.stringify(inv),
       token_hash: tokenHash(token),
-      registered_at: now,
+      created_at: old ? Number(old.created_at) : now,
+      registered_at: old?.registered_at ?? now,
       last_seen_at: now,
     };
-    const old = await this.#db.selectFrom('workstations').selectAll().where('id', '=', id).executeTakeFirst();
     if (old) {
-      this.#byToken.delete(old.token_hash);
-      const { id: _id, registered_at: _r, ...rest } = row;
+      const { id: _id, ...rest } = row;
       await this.#db.updateTable('workstations').set(rest).where('id', '=', id).execute();
-      row.registered_at = Number(old.registered_at);
     } else {
       await this.#db.insertInto('workstations').values(row).execute();
     }
-    this.#byToken.set(row.token_hash, row);
+    // The registry changes only once the database has taken the row.
+    const current = this.#byId.get(id);
+    if (current?.token_hash) this.#byToken.delete(current.token_hash);
+    this.#byId.set(id, row);
+    this.#byToken.set(row.token_hash!, row);
     return { id, name: row.name, token };
   }
 
@@ -69,18 +127,267 @@ export class Workstations {
   }
 
   list(): Workstation[] {
-    return [...this.#byToken.values()].sort((a, b) => a.name.localeCompare(b.name)).map(view);
+    return [...this.#byId.values()]
+      .sort((a, b) => a.name.localeCompare(b.name) || a.mac.localeCompare(b.mac))
+      .map(view);
   }
 
-  get(id: string): Workstation {
-    const row = [...this.#byToken.values()].find((r) => r.id === id || r.mac === id || r.name === id);
+  /**
+   * The workstation a reference names: its id, its MAC in any usual form, or its name
+   * (case-insensitive). A name two workstations share (machines cloned with one host name)
+   * names neither: the MAC is asked for.
+   */
+  find(ref: string): WorkstationTable | undefined {
+    const t = ref.trim();
+    const mac = normalMac(t);
+    if (mac !== undefined) {
+      const byMac = this.#byId.get(macDigits(mac));
+      if (byMac) return byMac;
+    }
+    const named = [...this.#byId.values()].filter((r) => sameName(r.name, t));
+    if (named.length > 1) {
+      throw new ServerError(
+        'E_BAD_REQUEST',
+        `${t} names ${named.length} workstations (${named.map((r) => r.mac).join(', ')}); give the MAC of the one you mean`,
+        { workstation: t, macs: named.map((r) => r.mac) },
+      );
+    }
+    return named[0];
+  }
+
+  /** The id a reference names; E_WORKSTATION_UNKNOWN when it names none. */
+  resolve(ref: string): string {
+    const row = this.find(ref);
+    if (!row) {
+      throw new ServerError(
+        'E_WORKSTATION_UNKNOWN',
+        `no workstation ${ref} on this server (imgcast workstation list shows them; imgcast workstation add NAME MAC creates one)`,
+        { workstation: ref },
+      );
+    }
+    return row.id;
+  }
+
+  get(ref: string): Workstation {
+    return view(this.#byId.get(this.resolve(ref))!);
+  }
+
+  /** How a session's definition shows a workstation; one removed meanwhile shows its MAC. */
+  brief(id: string): WorkstationBrief {
+    const row = this.#byId.get(id);
+    if (row) return { id, name: row.name, mac: row.mac };
+    const mac = id.replace(/(..)(?!$)/g, '$1:');
+    return { id, name: mac, mac };
+  }
+
+  /** What participation rules see of a workstation; one that never registered has only what the administrator gave. */
+  candidate(id: string): Candidate {
+    const row = this.#byId.get(id);
     if (!row) throw new ServerError('E_WORKSTATION_UNKNOWN', `no workstation ${id}`, { workstation: id });
+    if (row.inventory !== null) {
+      return { id, ...subjectOf(JSON.parse(row.inventory) as Inventory, row.name), mac: row.mac };
+    }
+    return {
+      id,
+      name: row.name,
+      mac: row.mac,
+      addresses: row.ip === null ? [] : [row.ip],
+      diskBytes: 0,
+      memoryBytes: 0,
+      cores: 0,
+      cpu: '',
+      vendor: '',
+      model: '',
+      serial: '',
+    };
+  }
+
+  /** Creates a workstation before it registers (it gets its token then). */
+  async add(req: CreateWorkstation): Promise<Workstation> {
+    const mac = normalMac(req.mac);
+    if (mac === undefined) {
+      throw new ServerError('E_BAD_REQUEST', `${JSON.stringify(req.mac)} is not a MAC address`, {
+        mac: req.mac,
+      });
+    }
+    const badName = checkName(req.name);
+    if (badName) throw new ServerError('E_BAD_REQUEST', badName, { name: req.name });
+    const ip = req.ip === undefined ? null : this.#ip(req.ip);
+    const had = this.#byId.get(macDigits(mac));
+    if (had) {
+      throw new ServerError(
+        'E_WORKSTATION_EXISTS',
+        `${mac} is already the workstation ${had.name}${had.token_hash ? '' : ' (not registered yet)'}; imgcast workstation edit changes it`,
+        { mac, workstation: had.name },
+      );
+    }
+    this.#nameFree(req.name, undefined);
+    const row = preCreated(req.name, mac, ip, this.#now());
+    await this.#db.insertInto('workstations').values(row).execute();
+    this.#byId.set(row.id, row);
     return view(row);
+  }
+
+  /** Renames (the name then outlives registrations) or sets the address the administrator gives. */
+  async edit(ref: string, req: EditWorkstation): Promise<Workstation> {
+    const row = this.#byId.get(this.resolve(ref))!;
+    if (req.name === undefined && req.ip === undefined)
+      throw new ServerError('E_BAD_REQUEST', 'nothing to change: give a name or an ip');
+    if (req.name !== undefined) {
+      const bad = checkName(req.name);
+      if (bad) throw new ServerError('E_BAD_REQUEST', bad, { name: req.name });
+      this.#nameFree(req.name, row.id);
+    }
+    const ip = req.ip === undefined ? row.ip : req.ip === null ? null : this.#ip(req.ip);
+    const next = {
+      ...row,
+      ...(req.name !== undefined ? { name: req.name, named: 1 } : {}),
+      ip,
+    };
+    await this.#db
+      .updateTable('workstations')
+      .set({ name: next.name, named: next.named, ip: next.ip })
+      .where('id', '=', row.id)
+      .execute();
+    Object.assign(row, next);
+    return view(row);
+  }
+
+  /** Forgets a workstation; its token stops working. The caller checks no session needs it. */
+  async remove(id: string): Promise<Workstation> {
+    const row = this.#byId.get(id);
+    if (!row) throw new ServerError('E_WORKSTATION_UNKNOWN', `no workstation ${id}`, { workstation: id });
+    await this.#db.deleteFrom('workstations').where('id', '=', id).execute();
+    this.#byId.delete(id);
+    if (row.token_hash) this.#byToken.delete(row.token_hash);
+    return view(row);
+  }
+
+  /**
+   * A lab's list, `name,mac[,ip]` a row (a header row allowed; ";" or tabs separate as well as
+   * ","; blank lines and lines starting with "#" are skipped). A MAC already known gets the
+   * row's name and address; a new one is created. Every row is checked before anything is
+   * written, and one bad row refuses the whole file, naming each bad line.
+   */
+  async import(csv: string): Promise<Imported> {
+    const rows: Array<{ line: number; name: string; mac: string; ip: string | null }> = [];
+    const errors: Array<{ line: number; message: string }> = [];
+    const macLine = new Map<string, number>();
+    const nameLine = new Map<string, number>();
+    const lines = csv.replace(/^\uFEFF/, '').split(/\r\n|\r|\n/);
+    let header = false;
+    for (const [i, raw] of lines.entries()) {
+      const line = i + 1;
+      const text = raw.trim();
+      if (text === '' || text.startsWith('#')) continue;
+      const fields = text.split(/[,;\t]/).map((f) =>
+        f
+          .trim()
+          .replace(/^"(.*)"$/, '$1')
+          .trim(),
+      );
+      if (fields.length === 3 && fields[2] === '') fields.pop();
+      if (!header && rows.length === 0 && errors.length === 0 && /^name$/i.test(fields[0] ?? '')) {
+        header = true;
+        if (!/^mac/i.test(fields[1] ?? '')) errors.push({ line, message: 'a header must be name,mac[,ip]' });
+        continue;
+      }
+      const fail = (message: string) => errors.push({ line, message });
+      if (fields.length < 2 || fields.length > 3) {
+        fail(`expected name,mac[,ip], found ${fields.length} field(s)`);
+        continue;
+      }
+      const [name, macText, ipText] = fields as [string, string, string | undefined];
+      const badName = checkName(name);
+      if (badName) {
+        fail(badName);
+        continue;
+      }
+      const mac = normalMac(macText);
+      if (mac === undefined) {
+        fail(`${JSON.stringify(macText)} is not a MAC address`);
+        continue;
+      }
+      let ip: string | null = null;
+      if (ipText !== undefined) {
+        const r = checkIp(ipText);
+        if ('error' in r) {
+          fail(r.error);
+          continue;
+        }
+        ip = r.ip;
+      }
+      const key = name.normalize('NFC').toLowerCase();
+      if (macLine.has(mac)) {
+        fail(`${mac} is on line ${macLine.get(mac)} already`);
+        continue;
+      }
+      if (nameLine.has(key)) {
+        fail(`${name} is on line ${nameLine.get(key)} already`);
+        continue;
+      }
+      macLine.set(mac, line);
+      nameLine.set(key, line);
+      rows.push({ line, name, mac, ip });
+    }
+    // A name may move between rows of the file (a swap): it is taken only when the workstation
+    // holding it now is not in the file, which would rename it.
+    for (const r of rows) {
+      const holder = [...this.#byId.values()].find((w) => sameName(w.name, r.name) && w.mac !== r.mac);
+      if (holder && !macLine.has(holder.mac))
+        errors.push({ line: r.line, message: `${r.name} is already the name of ${holder.mac}` });
+    }
+    errors.sort((a, b) => a.line - b.line);
+    if (errors.length > 0) {
+      const shown = errors.slice(0, IMPORT_ERRORS_SHOWN).map((e) => `line ${e.line}: ${e.message}`);
+      const more = errors.length - shown.length;
+      throw new ServerError(
+        'E_BAD_REQUEST',
+        `nothing imported: ${errors.length} bad row(s)\n${shown.join('\n')}${more > 0 ? `\n… and ${more} more` : ''}`,
+        { rows: errors },
+      );
+    }
+    if (rows.length === 0) throw new ServerError('E_BAD_REQUEST', 'nothing imported: the file has no rows');
+    const now = this.#now();
+    const plan = rows.map((r) => {
+      const old = this.#byId.get(macDigits(r.mac));
+      if (!old) return { kind: 'added' as const, row: preCreated(r.name, r.mac, r.ip, now) };
+      const same = old.name === r.name && old.named === 1 && old.ip === r.ip;
+      return {
+        kind: same ? ('unchanged' as const) : ('updated' as const),
+        row: { ...old, name: r.name, named: 1, ip: r.ip },
+      };
+    });
+    await this.#db.transaction().execute(async (tx) => {
+      for (const p of plan) {
+        if (p.kind === 'added') await tx.insertInto('workstations').values(p.row).execute();
+        else if (p.kind === 'updated') {
+          await tx
+            .updateTable('workstations')
+            .set({ name: p.row.name, named: 1, ip: p.row.ip })
+            .where('id', '=', p.row.id)
+            .execute();
+        }
+      }
+    });
+    for (const p of plan) {
+      const old = this.#byId.get(p.row.id);
+      if (old) Object.assign(old, { name: p.row.name, named: p.row.named, ip: p.row.ip });
+      else this.#byId.set(p.row.id, p.row);
+    }
+    const count = (k: string) => plan.filter((p) => p.kind === k).length;
+    return {
+      added: count('added'),
+      updated: count('updated'),
+      unchanged: count('unchanged'),
+      workstations: plan.map((p) => view(this.#byId.get(p.row.id)!)),
+    };
   }
 
   /** Saves last-seen times and addresses (kept in memory between saves). */
   async flush(): Promise<void> {
-    for (const row of this.#byToken.values()) {
+    for (const row of this.#byId.values()) {
+      if (row.token_hash === null) continue;
       await this.#db
         .updateTable('workstations')
         .set({ last_seen_at: row.last_seen_at, last_address: row.last_address })
@@ -88,18 +395,57 @@ export class Workstations {
         .execute();
     }
   }
+
+  #ip(text: string): string {
+    const r = checkIp(text);
+    if ('error' in r) throw new ServerError('E_BAD_REQUEST', r.error, { ip: text });
+    return r.ip;
+  }
+
+  /** Names the administrator gives are unique: `include NAME` must find one workstation. */
+  #nameFree(name: string, self: string | undefined): void {
+    const holder = [...this.#byId.values()].find((r) => r.id !== self && sameName(r.name, name));
+    if (holder) {
+      throw new ServerError('E_WORKSTATION_EXISTS', `${name} is already the name of ${holder.mac}`, {
+        name,
+        mac: holder.mac,
+      });
+    }
+  }
+}
+
+function preCreated(name: string, mac: string, ip: string | null, now: number): WorkstationTable {
+  return {
+    id: macDigits(mac),
+    name,
+    named: 1,
+    mac,
+    ip,
+    hostname: null,
+    addresses: '[]',
+    last_address: null,
+    inventory: null,
+    token_hash: null,
+    created_at: now,
+    registered_at: null,
+    last_seen_at: null,
+  };
 }
 
 function view(r: WorkstationTable): Workstation {
+  const num = (n: number | null) => (n === null ? null : Number(n));
   return {
     id: r.id,
     name: r.name,
+    named: r.named === 1,
     mac: r.mac,
+    ip: r.ip,
     hostname: r.hostname,
     addresses: JSON.parse(r.addresses) as string[],
     lastAddress: r.last_address,
-    registeredAt: Number(r.registered_at),
-    lastSeenAt: Number(r.last_seen_at),
-    inventory: JSON.parse(r.inventory) as Inventory,
+    createdAt: Number(r.created_at),
+    registeredAt: num(r.registered_at),
+    lastSeenAt: num(r.last_seen_at),
+    inventory: r.inventory === null ? null : (JSON.parse(r.inventory) as Inventory),
   };
 }
