@@ -17,6 +17,7 @@
  * Writes BENCHMARKS.md between `<!-- bench:server -->` markers.
  */
 import { execFileSync, spawn } from 'node:child_process';
+import http from 'node:http';
 import { createHash, randomFillSync } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -279,24 +280,46 @@ async function load(): Promise<string> {
   });
   const lat: Record<string, number[]> = { register: [], join: [], report: [], status: [], wait: [] };
   let errors = 0;
+  // node:http with keep-alive rather than fetch: a workstation holds one connection, and fetch's own
+  // cost per request on these two shared cores would be measured as the server's latency.
+  const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+  const url = new URL(info.url);
+  const request = (method: string, path: string, token: string, body?: string) =>
+    new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const req = http.request(
+        {
+          agent,
+          host: url.hostname,
+          port: url.port,
+          method,
+          path,
+          headers: {
+            authorization: `Bearer ${token}`,
+            ...(body
+              ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }
+              : {}),
+          },
+        },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8').on('data', (d: string) => (text += d));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+          res.on('error', reject);
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
   const call = async (kind: string, method: string, path: string, token: string, body?: unknown) => {
     const t0 = performance.now();
     try {
-      const r = await fetch(`${info.url}${path}`, {
-        method,
-        headers: {
-          authorization: `Bearer ${token}`,
-          ...(body ? { 'content-type': 'application/json' } : {}),
-        },
-        body: body ? JSON.stringify(body) : undefined,
-      });
-      const text = await r.text();
-      if (!r.ok) {
+      const r = await request(method, path, token, body ? JSON.stringify(body) : undefined);
+      if (r.status >= 400) {
         errors++;
-        if (errors < 5) process.stderr.write(`${kind}: ${r.status} ${text}\n`);
+        if (errors < 5) process.stderr.write(`${kind}: ${r.status} ${r.text}\n`);
       }
       lat[kind]!.push(performance.now() - t0);
-      return text;
+      return r.text;
     } catch (err) {
       errors++;
       if (errors < 5) process.stderr.write(`${kind}: ${(err as Error).message}\n`);
