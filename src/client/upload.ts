@@ -6,6 +6,7 @@
  * image only once it is committed. Memory stays bounded: the capture waits for a slot
  * when the network is the slower side.
  */
+import { slotLease } from '../image/lease.ts';
 import http from 'node:http';
 import https from 'node:https';
 
@@ -214,30 +215,12 @@ export class UploadSink implements ChunkSink {
   async leaseChunk(): Promise<ChunkLease> {
     this.#check();
     const slot = await this.#acquireSlot();
-    let held = true;
-    const giveBack = (): void => {
-      if (!held) throw new Error('a chunk lease was already queued or released');
-      held = false;
-    };
-    return {
+    return slotLease({
       buf: this.#slotBuffer(slot),
-      queue: (length: number) => {
-        giveBack();
-        if (!Number.isSafeInteger(length) || length < 0 || length > CHUNK_SIZE) {
-          this.#releaseSlot(slot);
-          throw new RangeError(`a chunk of ${length} bytes is outside 0..${CHUNK_SIZE}`);
-        }
-        if (this.#closed || this.#failure) {
-          this.#releaseSlot(slot);
-          this.#check();
-        }
-        return this.#queueSlot(slot, length);
-      },
-      release: () => {
-        giveBack();
-        this.#releaseSlot(slot);
-      },
-    };
+      release: () => this.#releaseSlot(slot),
+      check: () => this.#check(),
+      queue: (length) => this.#queueSlot(slot, length),
+    });
   }
 
   /**

@@ -8,6 +8,7 @@
  * complete, fsynced commit; an append never rewrites a byte of the old generation
  * and, on failure, truncates the file back to its old length.
  */
+import { slotLease } from './lease.ts';
 import { link, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
@@ -229,30 +230,12 @@ export class ImageWriter implements ChunkSink {
   async leaseChunk(): Promise<ChunkLease> {
     this.#check();
     const slot = await this.#acquireSlot();
-    let held = true;
-    const giveBack = (): void => {
-      if (!held) throw new Error('a chunk lease was already queued or released');
-      held = false;
-    };
-    return {
+    return slotLease({
       buf: this.#slotBuffer(slot),
-      queue: (length: number) => {
-        giveBack();
-        if (!Number.isSafeInteger(length) || length < 0 || length > CHUNK_SIZE) {
-          this.#releaseSlot(slot);
-          throw new RangeError(`a chunk of ${length} bytes is outside 0..${CHUNK_SIZE}`);
-        }
-        if (this.#closed || this.#failure) {
-          this.#releaseSlot(slot);
-          this.#check();
-        }
-        return this.#queueSlot(slot, length);
-      },
-      release: () => {
-        giveBack();
-        this.#releaseSlot(slot);
-      },
-    };
+      release: () => this.#releaseSlot(slot),
+      check: () => this.#check(),
+      queue: (length) => this.#queueSlot(slot, length),
+    });
   }
 
   /**
