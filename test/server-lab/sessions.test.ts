@@ -20,22 +20,19 @@
  * the lab), and net.core.rmem_max, global and read-only inside a namespace, stays as it is.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
-import { createHash, randomFillSync, randomInt } from 'node:crypto';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash, randomInt } from 'node:crypto';
 import {
   chmodSync,
-  closeSync,
   lstatSync,
   mkdirSync,
   mkdtempSync,
-  openSync,
   readdirSync,
   readFileSync,
   readlinkSync,
   rmSync,
   symlinkSync,
   writeFileSync,
-  writeSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -44,6 +41,16 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import type { HistoryEntry, Session, Status } from '../../src/api/schemas.ts';
 import { hasCommand, isRoot, netnsUnavailable, skipUnless } from '../helpers/env.ts';
+import {
+  describeExit,
+  indent,
+  randomFile,
+  secs,
+  settle,
+  startProc,
+  tail,
+  type Proc,
+} from '../helpers/lab-process.ts';
 import { NetLab, shapingUnavailable, type RunResult } from '../helpers/netlab.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
@@ -107,25 +114,6 @@ function vfatUnavailable(): string | undefined {
 
 // ---------------------------------------------------------------- processes
 
-interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  at: number;
-}
-
-interface Proc {
-  /** How the report names it: server, ws1, admin, ... */
-  name: string;
-  where: string;
-  argv: string[];
-  child: ChildProcess;
-  startedAt: number;
-  exit: Promise<Exit>;
-  exited: Exit | null;
-  stdout(): string;
-  stderr(): string;
-}
-
 function start(
   lab: NetLab,
   host: number,
@@ -134,52 +122,7 @@ function start(
   args: string[],
   env = productEnv(),
 ): Proc {
-  const child = lab.exec(host, bin, args, { env, cwd: ROOT });
-  let out = '';
-  let err = '';
-  child.stdout?.setEncoding('utf8').on('data', (d: string) => (out = (out + d).slice(-400_000)));
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-400_000)));
-  child.on('error', (e) => (err += `\n[could not run: ${e.message}]`));
-  const p: Proc = {
-    name,
-    where: lab.ns(host),
-    argv: [bin.slice(ROOT.length + 1), ...args],
-    child,
-    startedAt: Date.now(),
-    exited: null,
-    exit: new Promise((res) =>
-      child.on('close', (code, signal) => {
-        p.exited = { code, signal, at: Date.now() };
-        res(p.exited);
-      }),
-    ),
-    stdout: () => out,
-    stderr: () => err,
-  };
-  return p;
-}
-
-const secs = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
-const tail = (text: string, n: number): string => text.trimEnd().split('\n').slice(-n).join('\n');
-const indent = (text: string): string =>
-  text.trim() ? text.trimEnd().replace(/^/gm, '    ') : '    (nothing)';
-
-function describeExit(p: Proc, now = Date.now()): string {
-  if (!p.exited) return `STILL RUNNING after ${secs(now - p.startedAt)}`;
-  const how = p.exited.signal ? `killed by ${p.exited.signal}` : `exit code ${p.exited.code}`;
-  return `${how} after ${secs(p.exited.at - p.startedAt)}`;
-}
-
-/** Waits until every one of `procs` has exited, or `ms` passed; says whether they all did. */
-async function settle(procs: Proc[], ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const all = Promise.all(procs.map((p) => p.exit)).then(() => true);
-  const late = new Promise<boolean>((res) => (timer = setTimeout(() => res(false), ms)));
-  try {
-    return await Promise.race([all, late]);
-  } finally {
-    clearTimeout(timer);
-  }
+  return startProc(lab, host, name, bin, args, { env, root: ROOT, keep: 400_000 });
 }
 
 /** The JSON document a `--json` command printed on stdout (its result, or its error). */
@@ -192,21 +135,6 @@ function jsonOf<T>(p: Proc): T {
 }
 
 // ---------------------------------------------------------------- disks
-
-function randomFile(path: string, size: number): void {
-  const buf = Buffer.alloc(MIB);
-  const fd = openSync(path, 'w');
-  try {
-    for (let left = size; left > 0;) {
-      const n = Math.min(left, buf.length);
-      randomFillSync(buf, 0, n);
-      writeSync(fd, buf, 0, n);
-      left -= n;
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
 
 function losetup(args: string[]): string {
   return execFileSync('losetup', args, { encoding: 'utf8' }).trim();

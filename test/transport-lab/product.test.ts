@@ -20,27 +20,34 @@
  * 3-4 minutes when the product works (each transfer of 48 MiB takes ~5 s in this lab).
  */
 import assert from 'node:assert/strict';
-import { execFileSync, type ChildProcess } from 'node:child_process';
-import { createHash, randomFillSync } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import {
-  closeSync,
   lstatSync,
   mkdirSync,
   mkdtempSync,
-  openSync,
   readdirSync,
   readFileSync,
   readlinkSync,
   rmSync,
   symlinkSync,
   writeFileSync,
-  writeSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loopUnavailable, netnsUnavailable, setSysctl, skipUnless, sysctlNow } from '../helpers/env.ts';
+import {
+  describeExit,
+  indent,
+  randomFile,
+  secs,
+  settle,
+  startProc,
+  tail,
+  type Proc,
+} from '../helpers/lab-process.ts';
 import { lossUnavailable, NetLab, shapingUnavailable } from '../helpers/netlab.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
@@ -59,61 +66,8 @@ const DISK_BYTES = 80 * MIB;
 
 // ---------------------------------------------------------------- processes
 
-interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  at: number;
-}
-
-interface Proc {
-  /** How the report names it: sender, r1, ... */
-  name: string;
-  /** Lab namespace, or 'host'. */
-  where: string;
-  argv: string[];
-  child: ChildProcess;
-  startedAt: number;
-  exit: Promise<Exit>;
-  exited: Exit | null;
-  stdout(): string;
-  stderr(): string;
-}
-
 function start(lab: NetLab, host: number, name: string, bin: string, args: string[]): Proc {
-  const child = lab.exec(host, bin, args, { env: ENV, cwd: ROOT });
-  let out = '';
-  let err = '';
-  child.stdout?.setEncoding('utf8').on('data', (d: string) => (out = (out + d).slice(-200_000)));
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-200_000)));
-  child.on('error', (e) => (err += `\n[could not run: ${e.message}]`));
-  const p: Proc = {
-    name,
-    where: lab.ns(host),
-    argv: [bin.slice(ROOT.length + 1), ...args],
-    child,
-    startedAt: Date.now(),
-    exited: null,
-    exit: new Promise((res) =>
-      child.on('close', (code, signal) => {
-        p.exited = { code, signal, at: Date.now() };
-        res(p.exited);
-      }),
-    ),
-    stdout: () => out,
-    stderr: () => err,
-  };
-  return p;
-}
-
-const secs = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
-const tail = (text: string, n: number): string => text.trimEnd().split('\n').slice(-n).join('\n');
-const indent = (text: string): string =>
-  text.trim() ? text.trimEnd().replace(/^/gm, '    ') : '    (nothing)';
-
-function describeExit(p: Proc, now = Date.now()): string {
-  if (!p.exited) return `STILL RUNNING after ${secs(now - p.startedAt)}`;
-  const how = p.exited.signal ? `killed by ${p.exited.signal}` : `exit code ${p.exited.code}`;
-  return `${how} after ${secs(p.exited.at - p.startedAt)}`;
+  return startProc(lab, host, name, bin, args, { env: ENV, root: ROOT, keep: 200_000 });
 }
 
 /** Every process's exit, the last 20 lines of its stderr, and the sender's whole stdout (its result table). */
@@ -131,18 +85,6 @@ function report(procs: Proc[]): string {
       ].join('\n'),
     )
     .join('\n');
-}
-
-/** Waits until every one of `procs` has exited, or `ms` passed; says whether they all did. */
-async function settle(procs: Proc[], ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const all = Promise.all(procs.map((p) => p.exit)).then(() => true);
-  const late = new Promise<boolean>((res) => (timer = setTimeout(() => res(false), ms)));
-  try {
-    return await Promise.race([all, late]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Waits until `re` shows in p's stderr; false if p exits or `ms` pass first. */
@@ -307,21 +249,6 @@ function workDir(): string {
 after(() => {
   if (work) rmSync(work, { recursive: true, force: true });
 });
-
-function randomFile(path: string, size: number): void {
-  const buf = Buffer.alloc(MIB);
-  const fd = openSync(path, 'w');
-  try {
-    for (let left = size; left > 0;) {
-      const n = Math.min(left, buf.length);
-      randomFillSync(buf, 0, n);
-      writeSync(fd, buf, 0, n);
-      left -= n;
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
 
 /** Big files of uneven sizes, small files, an empty one, folders and two symlinks (one dangling). */
 function fillTree(dir: string, big: Array<[string, number]>): void {
