@@ -84,8 +84,36 @@ export const AutoDefinition = Type.Object({
 });
 export type AutoDefinition = Static<typeof AutoDefinition>;
 
+export const CompressionLevel = Type.Union([
+  Type.Literal('none'),
+  Type.Literal('speed'),
+  Type.Literal('balanced'),
+  Type.Literal('size'),
+]);
+
+export const StartBy = Type.Union(
+  [Type.Literal('count-or-time'), Type.Literal('count'), Type.Literal('time'), Type.Literal('command')],
+  { description: 'which triggers start the session; command: only a start command (img session start)' },
+);
+
+/** The workstation whose disk a session sends, read as it is sent. */
+export const SessionMaster = Type.Object({
+  workstation: Type.String(),
+  name: Type.String(),
+  mac: Type.String(),
+  present: Type.Boolean({ description: 'its img session NAME master is connected to the server now' }),
+  address: Type.Union([Type.String(), Type.Null()], { description: 'where its sender listens' }),
+  level: CompressionLevel,
+});
+export type SessionMaster = Static<typeof SessionMaster>;
+
 export const Session = Type.Object({
   name: Type.String(),
+  origin: Type.Union([Type.Literal('server'), Type.Literal('workstation')], {
+    description: 'server: imgcast mcast or an automatic session; workstation: opened by img session NAME',
+  }),
+  startBy: StartBy,
+  master: Type.Union([SessionMaster, Type.Null()]),
   image: Type.String({
     description: 'path of the image inside the image directory; empty when a master workstation sends',
   }),
@@ -353,6 +381,95 @@ export const JoinView = Type.Object({
 });
 export type JoinView = Static<typeof JoinView>;
 
+/** img session NAME master: the master's trigger (none given: it starts on img session start). */
+export const MasterClaim = Type.Object(
+  {
+    clients: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })),
+    waitMinutes: Type.Optional(Type.Number({ minimum: 0, maximum: 10080 })),
+    level: Type.Optional(CompressionLevel),
+    address: Type.Optional(
+      Type.String({
+        maxLength: 64,
+        description: 'the address its sender listens on; default: the one it calls from',
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type MasterClaim = Static<typeof MasterClaim>;
+
+/** What the master of a session sees: who joined, and once started, where and how to send. */
+export const MasterView = Type.Object({
+  session: Type.String(),
+  run: Type.Integer(),
+  state: SessionState,
+  startBy: StartBy,
+  clientCount: Type.Integer(),
+  waitMs: Type.Number(),
+  joined: Type.Integer(),
+  needed: Type.Integer(),
+  startsInMs: Type.Union([Type.Number(), Type.Null()]),
+  level: CompressionLevel,
+  message: Type.Union([Type.String(), Type.Null()]),
+  version: Type.Integer(),
+  clients: Type.Array(SessionClient),
+  send: Type.Union([
+    Type.Object({
+      group: Type.String(),
+      port: Type.Integer(),
+      key: Type.String(),
+      clients: Type.Integer({ description: 'how many receivers to wait for' }),
+    }),
+    Type.Null(),
+  ]),
+});
+export type MasterView = Static<typeof MasterView>;
+
+const ReceiverBrief = Type.Object({
+  name: Type.String({ maxLength: 512 }),
+  state: Type.Union([
+    Type.Literal('joining'),
+    Type.Literal('waiting'),
+    Type.Literal('receiving'),
+    Type.Literal('ok'),
+    Type.Literal('dropped'),
+    Type.Literal('failed'),
+  ]),
+  bytes: Type.Number({ minimum: 0 }),
+  totalBytes: Type.Number({ minimum: 0 }),
+  rateMbit: Type.Optional(Type.Number({ minimum: 0 })),
+  code: Type.Optional(Type.Union([Type.String({ maxLength: 64 }), Type.Null()])),
+  reason: Type.Optional(Type.Union([Type.String({ maxLength: 4096 }), Type.Null()])),
+});
+
+/** The master's sender, as it goes: listening, progress, and its end. */
+export const MasterReport = Type.Object(
+  {
+    run: Type.Integer({ minimum: 1 }),
+    phase: Type.Union([
+      Type.Literal('listening'),
+      Type.Literal('waiting'),
+      Type.Literal('sending'),
+      Type.Literal('repairing'),
+      Type.Literal('done'),
+      Type.Literal('failed'),
+    ]),
+    bytesSent: Type.Optional(Type.Number({ minimum: 0 })),
+    receivers: Type.Optional(Type.Array(ReceiverBrief, { maxItems: 10000 })),
+    code: Type.Optional(Type.String({ maxLength: 64 })),
+    message: Type.Optional(Type.String({ maxLength: 4096 })),
+  },
+  { additionalProperties: false },
+);
+export type MasterReport = Static<typeof MasterReport>;
+
+/** img session NAME as a client (?open=true): a session nobody opened yet is opened, to wait for its master. */
+export const JoinRequest = Type.Object(
+  { open: Type.Optional(Type.Boolean()) },
+  { additionalProperties: false },
+);
+export type JoinRequest = Static<typeof JoinRequest>;
+
 export const ClientReport = Type.Object(
   {
     run: Type.Integer({ minimum: 1 }),
@@ -390,13 +507,6 @@ export const Health = Type.Object({
 export type Health = Static<typeof Health>;
 
 // --- uploads (img make --server)
-
-export const CompressionLevel = Type.Union([
-  Type.Literal('none'),
-  Type.Literal('speed'),
-  Type.Literal('balanced'),
-  Type.Literal('size'),
-]);
 
 /** Headers of a chunk PUT: how its body (the stored bytes) is coded, and the chunk's raw length. */
 export const UPLOAD_CODEC_HEADER = 'x-imgcast-codec';

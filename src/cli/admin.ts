@@ -338,9 +338,17 @@ function joinedNeeded(s: Session): string {
 export function sessionLine(s: Session): string {
   const when =
     s.state === 'waiting'
-      ? s.startsInMs === null
-        ? `waits for ${s.clientCount} client(s)`
-        : `starts in ${formatDuration(s.startsInMs / 1000)} or when ${s.needed} more join`
+      ? s.message !== null && (s.master === null ? s.image === '' : !s.master.present)
+        ? s.message
+        : s.startBy === 'command'
+          ? "starts on its master's start command"
+          : s.startsInMs === null
+            ? s.startBy === 'time'
+              ? 'waits for a first client'
+              : `waits for ${s.clientCount} client(s)`
+            : s.startBy === 'time' || s.needed === 0
+              ? `starts in ${formatDuration(s.startsInMs / 1000)}`
+              : `starts in ${formatDuration(s.startsInMs / 1000)} or when ${s.needed} more join`
       : s.state === 'sending'
         ? `${s.rateMbit} Mbit/s`
         : (s.message ?? '');
@@ -364,14 +372,20 @@ function describeSession(s: Session): string {
     lines.push(
       `    automatic, ${place(a.position)} in the list, ${a.enabled ? 'enabled' : 'disabled'}; ${a.deleteWhenDone ? 'deleted once a run has finished' : 'reopens once a run has finished'}`,
     );
-    if (a.master)
-      lines.push(`    master ${who(a.master)}: live masters are not available yet, so it does not start`);
     lines.push(`    listed: ${a.members.length ? a.members.map(who).join(', ') : 'none'}`);
     lines.push(
       a.rules.length
         ? `    rules:\n${a.rules.map((r, i) => ruleLine(r, i, '    ')).join('\n')}`
         : '    rules: none',
     );
+  }
+  if (s.master) {
+    const m = s.master;
+    lines.push(
+      `    master ${who({ id: m.workstation, name: m.name, mac: m.mac })}: ${m.present ? `connected${m.address ? ` from ${m.address}` : ''}` : 'not connected'}, compression ${m.level}${s.origin === 'workstation' ? ', opened from the workstations (img session)' : ''}`,
+    );
+  } else if (s.origin === 'workstation' && s.image === '') {
+    lines.push(`    opened by its workstations; no master yet`);
   }
   if (s.group) lines.push(`    group ${s.group}, port ${s.port}`);
   if (s.message && s.state !== 'waiting') lines.push(`    ${s.message}`);
@@ -411,7 +425,9 @@ const who = (w: WorkstationBrief) => (w.name === w.mac ? w.mac : `${w.name} (${w
 
 /** What a session sends: its image, or the disk of its master. */
 function source(s: Session): string {
-  return s.auto?.master ? `the disk of ${who(s.auto.master)}` : `${s.image} (set ${s.fileset})`;
+  if (s.master)
+    return `the disk of ${who({ id: s.master.workstation, name: s.master.name, mac: s.master.mac })}`;
+  return s.image === '' ? 'no master yet' : `${s.image} (set ${s.fileset})`;
 }
 
 function addAutoSessionCommands(session: Command): void {
@@ -429,7 +445,7 @@ function addAutoSessionCommands(session: Command): void {
       .addOption(new Option('-f, --fileset <n>', 'file set 1-10 to send').argParser(parseFileset))
       .option(
         '--master <workstation>',
-        'send the disk of this workstation as it is read (stored, but not available yet: such a session does not start)',
+        'send the disk of this workstation as it is read (it runs img auto, or img session NAME master)',
       )
       .addOption(
         new Option('-c, --clients <n>', 'start once this many clients joined')
@@ -479,11 +495,6 @@ function addAutoSessionCommands(session: Command): void {
         emit(!!o.json, s, () =>
           [
             describeAuto(s),
-            ...(s.auto?.master
-              ? [
-                  `note: live masters are not available yet: this session does not start until it gets an image (imgcast session edit ${s.name} --image PATH)`,
-                ]
-              : []),
             `no workstation takes part yet: imgcast session include ${s.name} WORKSTATION…, or imgcast session rule add ${s.name} 'EXPR'`,
           ].join('\n'),
         );
@@ -748,7 +759,7 @@ function workstationLine(w: Workstation): string {
 function describeChoice(c: AutoChoice): string {
   if (c.session === null) return `img auto: nothing to do (${c.why})`;
   return c.role === 'master'
-    ? `img auto: the master of ${c.session}, which cannot run yet (live masters are not available): ${c.why}`
+    ? `img auto: the master of ${c.session}: sends its disk as it is read: ${c.why}`
     : `img auto: joins ${c.session}: ${c.why}`;
 }
 

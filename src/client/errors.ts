@@ -18,8 +18,8 @@ export const CLIENT_ERROR_CODES = [
   'E_STOPPED',
   /** The sender and the server went away mid-session (the server stopped): the session is interrupted. */
   'E_SERVER_LOST',
-  /** `img auto` on the master of an automatic session: streaming a live disk is not built yet. */
-  'E_LIVE_MASTER_UNAVAILABLE',
+  /** `img session start NAME` where no master of NAME runs on this workstation. */
+  'E_NOT_MASTER',
 ] as const;
 
 export type ClientErrorCode = (typeof CLIENT_ERROR_CODES)[number];

@@ -12,16 +12,15 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { ApiClient, ApiError } from '../api/client.ts';
-import { discoveryEndpoint } from '../api/discovery.ts';
-import type { AutoChoice, JoinView, Registered } from '../api/schemas.ts';
+import type { AutoChoice, JoinView, MasterView } from '../api/schemas.ts';
 import { defaultJournal, imageDecoder, restoreConsumer } from '../engine/multicast.ts';
 import { ImgcastError } from '../errors.ts';
 import { runReceiver } from '../transport/receiver.ts';
-import type { ReceiverProgress, ReceiverResult } from '../transport/types.ts';
-import { discoverServer } from './discover.ts';
+import type { ReceiverProgress, ReceiverResult, SenderProgress } from '../transport/types.ts';
 import { ClientError } from './errors.ts';
 import { registration } from './registration.ts';
-import { pickDisk, systemDiskDevices, type DiskCandidate } from './pick-disk.ts';
+import { master, type LiveCapture, type MasterResult } from './master.ts';
+import { chooseDisk, findServer, register } from './server-link.ts';
 
 export interface SessionOptions {
   session: string;
@@ -67,10 +66,15 @@ export async function runSession(o: SessionOptions): Promise<SessionResult> {
   const disk = o.disk ?? (await chooseDisk(inventory.disks));
   const { api, reg } = await register(server, inventory, o.signal);
   o.onNote?.(`server ${api.baseUrl}, this workstation is ${reg.name} (${inventory.mac}), target ${disk}`);
-  return takePart(api, o.session, disk, o);
+  return takePart(api, o.session, disk, o, true);
 }
 
 export interface AutoOptions extends Omit<SessionOptions, 'session'> {
+  /** How the master of an automatic session captures its disk (img session NAME master's). */
+  capture: LiveCapture;
+  /** What the master sees while it sends (who joined, each client's end). */
+  onMasterView?: (v: MasterView) => void;
+  onMasterProgress?: (p: SenderProgress) => void;
   /** Each answer of the server (which session, and why). */
   onChoice?: (c: AutoChoice) => void;
   /** How often to ask again while the chosen session is sending to others (default 10 s). */
@@ -79,7 +83,8 @@ export interface AutoOptions extends Omit<SessionOptions, 'session'> {
 
 export type AutoResult =
   | { session: null; why: string; server: string; workstation: string }
-  | (SessionResult & { why: string; workstation: string });
+  | (SessionResult & { role: 'client'; why: string; workstation: string })
+  | (MasterResult & { role: 'master'; why: string; workstation: string });
 
 export async function runAuto(o: AutoOptions): Promise<AutoResult> {
   const server = o.server ?? (await findServer(o));
@@ -93,21 +98,24 @@ export async function runAuto(o: AutoOptions): Promise<AutoResult> {
     o.onChoice?.(choice);
     if (choice.session === null)
       return { session: null, why: choice.why, server: api.baseUrl, workstation: reg.name };
+    // The disk is looked for only once there is something to write to it (or to send).
     if (choice.role === 'master') {
-      throw new ClientError(
-        'E_LIVE_MASTER_UNAVAILABLE',
-        `this workstation is the master of session ${choice.session}, which would stream its disk as it is read; imgcast cannot do that yet, so nothing was done (${choice.why})`,
-        { session: choice.session },
-      );
+      disk ??= await chooseDisk(inventory.disks);
+      o.onNote?.(`this workstation is the master of ${choice.session}: sending ${disk}`);
+      const r = await master(api, choice.session, disk, {
+        ...o,
+        onView: o.onMasterView,
+        onProgress: o.onMasterProgress,
+      });
+      return { ...r, role: 'master', why: choice.why, workstation: reg.name };
     }
-    // The disk is looked for only once there is something to write to it.
     if (disk === undefined) {
       disk = await chooseDisk(inventory.disks);
       o.onNote?.(`target ${disk}`);
     }
     try {
-      const r = await takePart(api, choice.session, disk, o);
-      return { ...r, why: choice.why, workstation: reg.name };
+      const r = await takePart(api, choice.session, disk, o, false);
+      return { ...r, role: 'client', why: choice.why, workstation: reg.name };
     } catch (err) {
       const sending =
         err instanceof ApiError &&
@@ -126,28 +134,19 @@ export async function runAuto(o: AutoOptions): Promise<AutoResult> {
   }
 }
 
-async function register(
-  server: string,
-  inventory: Awaited<ReturnType<typeof registration>>,
-  signal: AbortSignal | undefined,
-): Promise<{ api: ApiClient; reg: Registered }> {
-  const anon = new ApiClient(server);
-  const reg = await anon.request<Registered>('POST', '/api/workstations/register', {
-    body: inventory,
-    signal,
-  });
-  return { api: new ApiClient(server, reg.token), reg };
-}
-
 /** Joins the session, waits for its start, receives onto the disk and reports the result. */
 async function takePart(
   api: ApiClient,
   session: string,
   disk: string,
   o: Omit<SessionOptions, 'session'>,
+  open: boolean,
 ): Promise<SessionResult> {
   const path = `/api/sessions/${encodeURIComponent(session)}`;
-  let view = await api.request<JoinView>('POST', `${path}/join`, { signal: o.signal });
+  // img session NAME opens a session nobody named yet, to wait there for its master.
+  let view = await api.request<JoinView>('POST', `${path}/join${open ? '?open=true' : ''}`, {
+    signal: o.signal,
+  });
   view = await waitForStart(api, path, view, o);
   const receiver = view.receiver!;
   const journalPath = await defaultJournal(disk);
@@ -247,19 +246,6 @@ async function failure(
   return new ImgcastError(result.code ?? 'E_RECEIVE', message, { session, receive: result });
 }
 
-async function findServer(o: Omit<SessionOptions, 'session'>): Promise<string> {
-  const { group, port } = discoveryEndpoint();
-  const found = await discoverServer({ group, port, interface: o.interface, signal: o.signal });
-  o.onNote?.(`found imaging server ${found.name} at ${found.api}`);
-  return found.api;
-}
-
-async function chooseDisk(disks: DiskCandidate[]): Promise<string> {
-  const picked = pickDisk(disks, { systemDisks: await systemDiskDevices() });
-  if ('error' in picked) throw picked.error;
-  return picked.disk;
-}
-
 /** Waits (long polls) until the session sends; a server that restarts meanwhile is asked again. */
 async function waitForStart(
   api: ApiClient,
@@ -271,7 +257,8 @@ async function waitForStart(
   let lostSince = 0;
   for (;;) {
     if (view.state === 'sending' && view.receiver) return view;
-    if (ENDED.has(view.state) || (view.state === 'sending' && !view.receiver)) {
+    // Sending without a place to receive from: the master is still starting its capture.
+    if (ENDED.has(view.state)) {
       const stopped = view.state === 'stopped';
       throw new ClientError(
         stopped ? 'E_STOPPED' : 'E_SESSION_ENDED',

@@ -37,6 +37,10 @@ import {
   Status,
   StopSession,
   ClientReport,
+  JoinRequest,
+  MasterClaim,
+  MasterReport,
+  MasterView,
   Workstation,
 } from '../api/schemas.ts';
 import { ImgcastError } from '../errors.ts';
@@ -239,8 +243,15 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
   );
   app.post(
     '/api/sessions/:name/start',
-    { config: admin, schema: { params: byName, response: { 200: Session, ...errors } } },
-    async (req) => ctx.sessions.startNow(req.params.name),
+    {
+      // The master of a session workstations opened starts it from its own console.
+      config: { access: 'workstation-or-admin' as const },
+      schema: { params: byName, response: { 200: Session, ...errors } },
+    },
+    async (req) =>
+      req.principal?.kind === 'workstation'
+        ? ctx.sessions.startNow(req.params.name, { workstation: req.principal.id })
+        : ctx.sessions.startNow(req.params.name),
   );
   app.post(
     '/api/sessions/:name/restart',
@@ -476,8 +487,46 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
   );
   app.post(
     '/api/sessions/:name/join',
-    { config: ws, schema: { params: byName, response: { 200: JoinView, ...errors } } },
-    async (req) => ctx.auto.join(req.params.name, me(req), localAddress(req)),
+    {
+      config: ws,
+      schema: { params: byName, querystring: JoinRequest, response: { 200: JoinView, ...errors } },
+    },
+    async (req) => ctx.auto.join(req.params.name, me(req), localAddress(req), req.query.open === true),
+  );
+  app.post(
+    '/api/sessions/:name/master',
+    { config: ws, schema: { params: byName, body: MasterClaim, response: { 200: MasterView, ...errors } } },
+    async (req) => ctx.sessions.claimMaster(req.params.name, me(req), req.body, me(req).address),
+  );
+  app.get(
+    '/api/sessions/:name/master/wait',
+    {
+      config: ws,
+      schema: {
+        params: byName,
+        querystring: Type.Object({
+          since: Type.Integer({ minimum: 0 }),
+          timeoutMs: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_WAIT_MS })),
+        }),
+        response: { 200: MasterView, ...errors },
+      },
+    },
+    async (req) =>
+      ctx.sessions.masterWait(
+        req.params.name,
+        me(req).id,
+        req.query.since,
+        req.query.timeoutMs ?? MAX_WAIT_MS,
+      ),
+  );
+  app.post(
+    '/api/sessions/:name/master/report',
+    { config: ws, schema: { params: byName, body: MasterReport, response: { 204: Type.Null(), ...errors } } },
+    async (req, reply) => {
+      await ctx.sessions.masterReport(req.params.name, me(req).id, req.body);
+      void reply.status(204);
+      return null;
+    },
   );
   app.get(
     '/api/sessions/:name/wait',

@@ -195,9 +195,14 @@ export class AutoSessions {
    * only one that qualifies to an automatic session (enabled, and listing it or matching one of
    * its rules). Once in a run, it may join again (a rerun after its own crash) whatever changed.
    */
-  async join(name: string, ws: WorkstationIdentity, localAddress: string): Promise<JoinView> {
-    if (this.#sessions.isAuto(name) && !this.#sessions.runsOf(ws.id).includes(name)) this.#admit(name, ws);
-    return this.#sessions.join(name, ws, localAddress);
+  async join(name: string, ws: WorkstationIdentity, localAddress: string, open = false): Promise<JoinView> {
+    if (
+      this.#sessions.exists(name) &&
+      this.#sessions.isAuto(name) &&
+      !this.#sessions.runsOf(ws.id).includes(name)
+    )
+      this.#admit(name, ws);
+    return this.#sessions.join(name, ws, localAddress, open);
   }
 
   /** Forgets a workstation no session definition or run needs. */
@@ -229,8 +234,6 @@ export class AutoSessions {
   #admit(name: string, ws: WorkstationIdentity): void {
     const views = this.#views();
     const self = views.find((s) => s.name === name)!;
-    // A session with a master is refused to everyone by the scheduler, with its own reason.
-    if (self.master !== undefined) return;
     const who = `${ws.name} (${ws.mac})`;
     if (!self.enabled) {
       throw new ServerError(

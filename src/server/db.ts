@@ -58,6 +58,12 @@ export interface SessionTable {
   members: string;
   /** JSON: rule texts as the administrator wrote them (parsed on load). */
   rules: string;
+  /** 'server' (imgcast mcast, automatic sessions) or 'workstation' (opened by img session NAME). */
+  origin: string;
+  /** Which triggers start it: 'count-or-time', 'count', 'time', or 'command' (img session start). */
+  start_by: string;
+  /** Compression level of a live master's capture; null: the default. */
+  level: string | null;
 }
 
 export interface SessionClientTable {
@@ -178,6 +184,14 @@ export const MIGRATIONS: readonly (readonly string[])[] = [
     `DROP TABLE workstations`,
     `ALTER TABLE workstations_v3 RENAME TO workstations`,
     `CREATE UNIQUE INDEX workstations_mac ON workstations (mac)`,
+  ],
+  // 4: sessions that workstations open among themselves (img session NAME [master]): who opened
+  // it, what starts it (a command only, when the master gave no trigger), and the compression
+  // level its live master captures at.
+  [
+    `ALTER TABLE sessions ADD COLUMN origin TEXT NOT NULL DEFAULT 'server'`,
+    `ALTER TABLE sessions ADD COLUMN start_by TEXT NOT NULL DEFAULT 'count-or-time'`,
+    `ALTER TABLE sessions ADD COLUMN level TEXT`,
   ],
 ];
 

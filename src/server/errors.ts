@@ -21,6 +21,8 @@ export const SERVER_ERROR_STATUS = {
   E_SESSION_STATE: 409,
   E_NOT_JOINED: 409,
   E_MASTER_CONFLICT: 409,
+  // A workstation asked for what its role in the session is not (a master joining, a client starting it).
+  E_SESSION_ROLE: 409,
   E_WORKSTATION_EXISTS: 409,
   E_WORKSTATION_IN_USE: 409,
   // The workstation is not among those an automatic session takes (or the session is disabled).
@@ -33,8 +35,6 @@ export const SERVER_ERROR_STATUS = {
   E_UPLOAD_BUSY: 503,
   // The image writer's: the server's disk failed (full, I/O error) under an upload.
   E_IMAGE_IO: 500,
-  // A session whose master is a workstation: streaming a disk as it is read is not built yet.
-  E_LIVE_MASTER_UNAVAILABLE: 501,
   E_DATABASE: 500,
   E_INTERNAL: 500,
 } as const;

@@ -44,6 +44,8 @@ export interface ServerOptions {
   uploads?: UploadOptions;
   /** Seconds to wait for joined workstations to connect once a session starts (default 60). */
   connectTimeoutMs?: number;
+  /** How long a sending master workstation may be silent before its run fails (default 30 s). */
+  masterLostMs?: number;
   /** Discovery responder on this group:port (undefined: none). */
   discovery?: { group: string; port: number };
 }
@@ -104,6 +106,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       senderHost: o.interface,
       log,
       connectTimeoutMs: o.connectTimeoutMs,
+      masterLostMs: o.masterLostMs,
       describeWorkstation: (id) => workstations.brief(id),
     });
     await sessions.start();

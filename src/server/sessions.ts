@@ -22,6 +22,10 @@
 import { randomBytes } from 'node:crypto';
 
 import type {
+  MasterClaim,
+  MasterReport,
+  MasterView,
+  SessionMaster,
   AutoDefinition,
   ClientReport,
   ClientState,
@@ -35,7 +39,7 @@ import type {
   WorkstationBrief,
 } from '../api/schemas.ts';
 import { ImgcastError } from '../errors.ts';
-import type { SenderProgress, SenderResult } from '../transport/types.ts';
+import type { ReceiverReport, SenderProgress } from '../transport/types.ts';
 import { allocate, type AddressRange } from './address-pool.ts';
 import type { Counters } from './counters.ts';
 import type { Db, SessionClientTable, SessionTable } from './db.ts';
@@ -43,7 +47,21 @@ import { ServerError } from './errors.ts';
 import type { ImageStore } from './images.ts';
 import type { AutoSessionView } from './participation.ts';
 import { describeRule, parseRule, type Rule } from './rules.ts';
-import { startTrigger } from './start-trigger.ts';
+import { startTrigger, type StartBy } from './start-trigger.ts';
+
+/** What the session needs of its sender's progress (the transport's SenderProgress, or the master's report of it). */
+export interface SendProgress {
+  phase: SenderProgress['phase'];
+  bytesSent: number;
+  receivers: Array<Pick<ReceiverReport, 'name' | 'state' | 'bytes' | 'totalBytes'>>;
+}
+
+/** What the session needs of its sender's result. */
+export interface SendOutcome {
+  receivers: Array<
+    Pick<ReceiverReport, 'name' | 'state' | 'bytes' | 'totalBytes' | 'rateMbit' | 'code' | 'reason'>
+  >;
+}
 
 /** What runs one session's multicast send (the real one: engine + transport; tests may fake it). */
 export type SendSession = (plan: {
@@ -53,10 +71,10 @@ export type SendSession = (plan: {
   port: number;
   key: string;
   clients: number;
-  onProgress: (p: SenderProgress) => void;
+  onProgress: (p: SendProgress) => void;
   signal: AbortSignal;
   log: (line: string) => void;
-}) => Promise<SenderResult>;
+}) => Promise<SendOutcome>;
 
 export interface SessionManagerOptions {
   db: Db;
@@ -74,6 +92,10 @@ export interface SessionManagerOptions {
   reportTimeoutMs?: number;
   /** How a definition shows a workstation id (the registry's name); default: its MAC. */
   describeWorkstation?: (id: string) => WorkstationBrief;
+  /** How long a master may be silent and still count as there (default 60 s; it asks every 20 s while waiting). */
+  masterPresentMs?: number;
+  /** How long a sending master may be silent before its run fails (default 30 s; it reports every second). */
+  masterLostMs?: number;
 }
 
 /** What an automatic session is made with; workstations are ids, rules the administrator's text. */
@@ -116,6 +138,8 @@ const GONE_KEPT = 64;
 
 const FINAL_CLIENT: ReadonlySet<ClientState> = new Set(['ok', 'failed', 'dropped']);
 const LIVE_STATES: ReadonlySet<SessionState> = new Set(['waiting', 'sending']);
+const ENDED_STATES: ReadonlySet<SessionState> = new Set(['done', 'failed', 'stopped', 'interrupted']);
+const DEFAULT_LEVEL = 'balanced';
 export const STOPPED_BY_ADMIN = 'stopped by the administrator';
 
 interface Live {
@@ -134,6 +158,14 @@ interface Live {
   dirty: boolean;
   /** The parsed rules of an automatic session, in the order of `row.rules`. */
   rules: ParsedRule[];
+  /** The master workstation's connection to this server process (sessions whose master is a workstation). */
+  master?: { address: string; seenAt: number; ready: boolean };
+  /** The run's send when the master's sender does it: settled by the master's last report. */
+  remote?: {
+    resolve: (o: SendOutcome) => void;
+    reject: (err: unknown) => void;
+    onProgress: (p: SendProgress) => void;
+  };
   /** The run before the current one (an automatic session reopened by itself): its workstations still read its end. */
   last?: {
     run: number;
@@ -229,6 +261,8 @@ export class SessionManager {
    * master workstation sends), placed last in the list.
    */
   async create(req: CreateSession, auto?: AutoFields): Promise<Session> {
+    const gathering = this.#live.get(req.name);
+    if (!auto && gathering && isGathering(gathering)) return this.#adopt(gathering, req);
     if (this.#live.has(req.name)) {
       throw new ServerError('E_SESSION_EXISTS', `a session named ${req.name} already exists`, {
         session: req.name,
@@ -259,6 +293,9 @@ export class SessionManager {
       delete_when_done: auto?.deleteWhenDone ? 1 : 0,
       members: JSON.stringify(auto?.members ?? []),
       rules: JSON.stringify(auto?.rules ?? []),
+      origin: 'server',
+      start_by: 'count-or-time',
+      level: null,
     };
     // Checked again here: two creates of one name may race through the await above.
     if (this.#live.has(req.name)) {
@@ -283,6 +320,75 @@ export class SessionManager {
     }
     this.#o.log.info({ session: row.name, image: row.image, auto: row.auto === 1 }, 'session created');
     return this.#view(live);
+  }
+
+  /**
+   * `imgcast mcast NAME` for a session workstations opened and wait in for a master: the server
+   * becomes its master with the image, and the workstations waiting keep their place.
+   */
+  async #adopt(live: Live, req: CreateSession): Promise<Session> {
+    const image = await this.#checkImage(req.image);
+    if (this.#live.get(req.name) !== live || !isGathering(live)) return this.create(req);
+    Object.assign(live.row, {
+      image,
+      fileset: req.fileset ?? 1,
+      client_count: req.clientCount ?? 1,
+      wait_ms: waitMs(req) ?? 5 * 60_000,
+      origin: 'server',
+      start_by: 'count-or-time',
+      // Each join restarts the wait; the workstations that waited for a master count from now.
+      last_join_at: live.clients.size > 0 ? this.#now() : null,
+    });
+    await this.#save(live);
+    this.#o.log.info(
+      { session: req.name, image, joined: live.clients.size },
+      'session taken over by the server',
+    );
+    this.#changed(live);
+    this.#tick();
+    return this.#view(live);
+  }
+
+  /** A session opened by a workstation that joined a name nobody used yet: it waits for its master. */
+  async #open(name: string): Promise<Live> {
+    const now = this.#now();
+    const row: SessionTable = {
+      name,
+      image: '',
+      fileset: 1,
+      client_count: 1,
+      wait_ms: 5 * 60_000,
+      state: 'waiting',
+      run: 1,
+      group_addr: null,
+      port: null,
+      created_at: now,
+      started_at: null,
+      finished_at: null,
+      last_join_at: null,
+      message: null,
+      first_data_at: null,
+      auto: 0,
+      enabled: 1,
+      position: null,
+      master: null,
+      delete_when_done: 0,
+      members: '[]',
+      rules: '[]',
+      origin: 'workstation',
+      start_by: 'command',
+      level: null,
+    };
+    const live: Live = { row, clients: new Map(), version: 1, waiters: new Set(), dirty: false, rules: [] };
+    this.#live.set(name, live);
+    try {
+      await this.#o.db.insertInto('sessions').values(row).execute();
+    } catch (err) {
+      this.#live.delete(name);
+      throw err;
+    }
+    this.#o.log.info({ session: name }, 'session opened by a workstation');
+    return live;
   }
 
   /** The image's name inside the image directory; refused now rather than when the lab waits on it. */
@@ -327,6 +433,10 @@ export class SessionManager {
       );
     }
     return definitionOf(live);
+  }
+
+  exists(name: string): boolean {
+    return this.#live.has(name);
   }
 
   /** Whether `name` is an automatic session. */
@@ -445,9 +555,18 @@ export class SessionManager {
   }
 
   /** Starts a waiting session now with whoever has joined. */
-  async startNow(name: string): Promise<Session> {
+  async startNow(name: string, by?: { workstation: string }): Promise<Session> {
     const live = this.#need(name);
-    noLiveMaster(live);
+    if (by && live.row.master !== by.workstation) {
+      throw new ServerError(
+        'E_FORBIDDEN',
+        `only the master of session ${name} starts it from a workstation${live.row.master === null ? '' : ` (its master is ${this.#brief(live.row.master).name})`}`,
+        { session: name },
+      );
+    }
+    const blocked = live.row.state === 'waiting' ? this.#cannotStart(live) : null;
+    if (blocked !== null)
+      throw new ServerError('E_SESSION_STATE', `session ${name} cannot start: ${blocked}`, { session: name });
     if (live.row.state !== 'waiting') {
       throw new ServerError('E_SESSION_STATE', `session ${name} is ${live.row.state}, not waiting`, {
         session: name,
@@ -500,6 +619,7 @@ export class SessionManager {
     };
     live.clients = new Map();
     live.sendEnded = false;
+    if (live.master) live.master.ready = false;
     await this.#save(live);
     this.#changed(live);
     this.#o.log.info({ session: live.row.name, run: live.row.run }, 'session reopened');
@@ -575,9 +695,25 @@ export class SessionManager {
     name: string,
     ws: { id: string; name: string; mac: string; address: string },
     localAddress: string,
+    open = false,
   ): Promise<JoinView> {
-    const live = this.#need(name);
-    noLiveMaster(live);
+    const found = this.#live.get(name);
+    const live = found ?? (open ? await this.#open(name) : this.#need(name));
+    if (live.row.master === ws.id) {
+      throw new ServerError(
+        'E_SESSION_ROLE',
+        `this workstation is the master of session ${name}: it sends its disk (img session ${name} master), it does not receive`,
+        { session: name },
+      );
+    }
+    // A session workstations opened among themselves takes a new run when they come back to it.
+    if (
+      live.row.origin === 'workstation' &&
+      ENDED_STATES.has(live.row.state as SessionState) &&
+      (open || live.clients.has(ws.id))
+    ) {
+      await this.#reopen(live);
+    }
     const state = live.row.state as SessionState;
     const had = live.clients.get(ws.id);
     if (state !== 'waiting') {
@@ -673,8 +809,14 @@ export class SessionManager {
       );
     }
     const trigger = this.#trigger(live);
-    const sending = live.row.state === 'sending' && live.key && live.row.port !== null;
-    const host = this.#o.senderHost ?? localAddress;
+    const master = live.row.master;
+    // A master's sender listens only once its capture is under way: until it says so, wait.
+    const sending =
+      live.row.state === 'sending' &&
+      live.key &&
+      live.row.port !== null &&
+      (master === null || live.master?.ready === true);
+    const host = master !== null ? (live.master?.address ?? '') : (this.#o.senderHost ?? localAddress);
     return {
       session: name,
       run: live.row.run,
@@ -682,14 +824,14 @@ export class SessionManager {
       joined: live.clients.size,
       needed: live.row.state === 'waiting' ? trigger.needed : 0,
       startsInMs: live.row.state === 'waiting' ? trigger.startsInMs : null,
-      message: c.reason ?? live.row.message,
+      message: c.reason ?? live.row.message ?? this.#waitingFor(live),
       version: live.version,
       receiver: sending
         ? {
             from: `${host.includes(':') ? `[${host}]` : host}:${live.row.port}`,
             key: live.key!,
             name: receiverName(c),
-            image: live.row.image,
+            image: master !== null ? `the disk of ${this.#brief(master).name}` : live.row.image,
             fileset: live.row.fileset,
           }
         : null,
@@ -728,6 +870,279 @@ export class SessionManager {
     }
   }
 
+  // --- live masters -------------------------------------------------------------------------
+
+  /**
+   * `img session NAME master`: this workstation sends its disk to the session, read as it is
+   * sent. It opens the session, or becomes the master of one that workstations opened while
+   * waiting for it, or takes up its place as the master of an automatic session; a session that
+   * ran before takes a new run. Its trigger: `clients` joined, or `waitMinutes` since the last
+   * join, or, with neither, its start command alone.
+   */
+  async claimMaster(
+    name: string,
+    ws: { id: string; name: string; mac: string; address: string },
+    req: MasterClaim,
+    address: string,
+  ): Promise<MasterView> {
+    this.#masterConflict(name, ws.id);
+    let live = this.#live.get(name);
+    if (live && live.row.master === null && live.row.image !== '') {
+      throw new ServerError(
+        'E_SESSION_ROLE',
+        `session ${name} sends the image ${live.row.image} from the server; join it as a client (img session ${name})`,
+        { session: name },
+      );
+    }
+    if (live && live.row.master !== null && live.row.master !== ws.id) {
+      throw new ServerError(
+        'E_SESSION_ROLE',
+        `session ${name} already has a master: ${this.#brief(live.row.master).name}`,
+        { session: name, master: this.#brief(live.row.master).name },
+      );
+    }
+    if (live?.clients.has(ws.id) && LIVE_STATES.has(live.row.state as SessionState)) {
+      throw new ServerError(
+        'E_SESSION_ROLE',
+        `this workstation joined session ${name} as a client; it cannot also be its master`,
+        { session: name },
+      );
+    }
+    live ??= await this.#open(name);
+    if (live.row.state === 'sending') {
+      // Its master came back mid-send (killed, rebooted): the sender it had is gone with it.
+      live.remote?.reject(
+        new ImgcastError('E_MASTER_LOST', `the master ${ws.name} started over while sending`),
+      );
+      await live.starting;
+      if (live.row.state === 'sending')
+        await this.#end(live, 'failed', `the master ${ws.name} started over while sending`);
+    }
+    if (ENDED_STATES.has(live.row.state as SessionState)) await this.#reopen(live);
+    const row = live.row;
+    row.master = ws.id;
+    row.level = req.level ?? row.level;
+    // An automatic session keeps the trigger its administrator gave it.
+    if (row.auto !== 1) {
+      row.origin = 'workstation';
+      row.image = '';
+      row.start_by =
+        req.clients !== undefined && req.waitMinutes !== undefined
+          ? 'count-or-time'
+          : req.clients !== undefined
+            ? 'count'
+            : req.waitMinutes !== undefined
+              ? 'time'
+              : 'command';
+      row.client_count = req.clients ?? 1;
+      row.wait_ms = req.waitMinutes !== undefined ? Math.round(req.waitMinutes * 60_000) : 5 * 60_000;
+    }
+    live.master = { address: req.address ?? address, seenAt: this.#now(), ready: false };
+    await this.#save(live);
+    this.#o.log.info(
+      { session: name, master: ws.name, address: live.master.address, startBy: row.start_by },
+      'master connected',
+    );
+    this.#changed(live);
+    this.#tick();
+    return this.#masterView(live);
+  }
+
+  /** The master's long poll: returns once something changed since `since` (or after `timeoutMs`). */
+  async masterWait(name: string, workstation: string, since: number, timeoutMs: number): Promise<MasterView> {
+    const live = this.#asMaster(name, workstation);
+    if (live.version === since && !this.#closing) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          live.waiters.delete(done);
+          resolve();
+        };
+        const timer = setTimeout(done, timeoutMs);
+        live.waiters.add(done);
+      });
+    }
+    if (live.master) live.master.seenAt = this.#now();
+    return this.#masterView(live);
+  }
+
+  /** What the master's sender says: it listens, how it goes, how it ended. */
+  async masterReport(name: string, workstation: string, r: MasterReport): Promise<void> {
+    const live = this.#asMaster(name, workstation);
+    if (r.run !== live.row.run || live.row.state !== 'sending') {
+      throw new ServerError(
+        'E_SESSION_STATE',
+        `session ${name} is ${live.row.state} in run ${live.row.run}; the master's report of run ${r.run} does not apply`,
+        { session: name, run: live.row.run, state: live.row.state },
+      );
+    }
+    const remote = live.remote;
+    if (r.phase === 'listening') {
+      if (!live.master!.ready) {
+        live.master!.ready = true;
+        this.#changed(live);
+      }
+      return;
+    }
+    const receivers = (r.receivers ?? []).map((x) => ({
+      name: x.name,
+      state: x.state,
+      bytes: x.bytes,
+      totalBytes: x.totalBytes,
+      rateMbit: x.rateMbit ?? 0,
+      code: x.code ?? null,
+      reason: x.reason ?? null,
+    }));
+    if (r.phase === 'failed') {
+      remote?.reject(
+        new ImgcastError(r.code ?? 'E_MASTER_FAILED', r.message ?? 'the master failed', { receivers }),
+      );
+    } else if (r.phase === 'done') {
+      remote?.onProgress({ phase: 'done', bytesSent: r.bytesSent ?? 0, receivers });
+      remote?.resolve({ receivers });
+    } else {
+      remote?.onProgress({ phase: r.phase, bytesSent: r.bytesSent ?? 0, receivers });
+    }
+  }
+
+  #asMaster(name: string, workstation: string): Live {
+    const live = this.#need(name);
+    if (live.row.master !== workstation || !live.master) {
+      throw new ServerError(
+        'E_SESSION_ROLE',
+        `this workstation is not the master of session ${name}${live.row.master === null ? '' : ` (${this.#brief(live.row.master).name} is)`}; run img session ${name} master first`,
+        { session: name },
+      );
+    }
+    live.master.seenAt = this.#now();
+    return live;
+  }
+
+  /** A workstation masters one session at a time, and never one while it takes part in another. */
+  #masterConflict(name: string, workstation: string): void {
+    for (const l of this.#live.values()) {
+      if (l.row.name === name || !LIVE_STATES.has(l.row.state as SessionState)) continue;
+      const why =
+        l.row.master === workstation && l.master
+          ? 'is the master of'
+          : l.clients.has(workstation)
+            ? 'takes part in'
+            : null;
+      if (why) {
+        throw new ServerError(
+          'E_MASTER_CONFLICT',
+          `this workstation ${why} session ${l.row.name} (${l.row.state}); it cannot be the master of ${name} too`,
+          { session: name, conflict: l.row.name },
+        );
+      }
+    }
+  }
+
+  /** The run's send, done by the master's sender: its reports drive it; its silence ends it. */
+  #remoteSend(live: Live, plan: Parameters<SendSession>[0]): Promise<SendOutcome> {
+    return new Promise<SendOutcome>((resolve, reject) => {
+      const lostMs = this.#o.masterLostMs ?? 30_000;
+      const watchdog = setInterval(
+        () => {
+          if (live.master && this.#now() - live.master.seenAt > lostMs) {
+            settle(
+              new ImgcastError(
+                'E_MASTER_LOST',
+                `the master ${this.#brief(live.row.master ?? '').name} stopped answering the server for ${Math.round(lostMs / 1000)} s`,
+              ),
+            );
+          }
+        },
+        Math.min(1000, lostMs),
+      );
+      const onAbort = () => settle(plan.signal.reason);
+      const settle = (err: unknown, outcome?: SendOutcome) => {
+        clearInterval(watchdog);
+        plan.signal.removeEventListener('abort', onAbort);
+        if (live.remote === remote) live.remote = undefined;
+        if (outcome) resolve(outcome);
+        else reject(err);
+      };
+      const remote = {
+        resolve: (o: SendOutcome) => settle(null, o),
+        reject: (err: unknown) => settle(err),
+        onProgress: plan.onProgress,
+      };
+      live.remote = remote;
+      if (plan.signal.aborted) return onAbort();
+      plan.signal.addEventListener('abort', onAbort);
+    });
+  }
+
+  #masterView(live: Live): MasterView {
+    const r = live.row;
+    const t = this.#trigger(live);
+    const waiting = r.state === 'waiting';
+    return {
+      session: r.name,
+      run: r.run,
+      state: r.state as SessionState,
+      startBy: r.start_by as StartBy,
+      clientCount: r.client_count,
+      waitMs: Number(r.wait_ms),
+      joined: live.clients.size,
+      needed: waiting ? t.needed : 0,
+      startsInMs: waiting ? t.startsInMs : null,
+      level: (r.level ?? DEFAULT_LEVEL) as MasterView['level'],
+      message: r.message ?? this.#waitingFor(live),
+      version: live.version,
+      clients: [...live.clients.values()].sort((a, b) => a.joined_at - b.joined_at).map((c) => clientView(c)),
+      send:
+        r.state === 'sending' && live.key && r.group_addr !== null && r.port !== null && live.remote
+          ? { group: r.group_addr, port: r.port, key: live.key, clients: live.clients.size }
+          : null,
+    };
+  }
+
+  /** Why a waiting session cannot start yet, whatever its trigger says; null when it can. */
+  #cannotStart(live: Live): string | null {
+    const master = live.row.master;
+    if (master === null) {
+      return live.row.image === ''
+        ? `it has no master yet: run img session ${live.row.name} master on the workstation to copy, or imgcast mcast ${live.row.name} -p IMAGE on the server`
+        : null;
+    }
+    if (!live.master || this.#now() - live.master.seenAt > (this.#o.masterPresentMs ?? 60_000)) {
+      return `its master ${this.#brief(master).name} is not connected (img session ${live.row.name} master, or img auto, on it)`;
+    }
+    return null;
+  }
+
+  /** What a waiting session waits for, said to its workstations when nothing else is to be said. */
+  #waitingFor(live: Live): string | null {
+    if (live.row.state !== 'waiting') return null;
+    const blocked = this.#cannotStart(live);
+    if (blocked !== null) return `waiting: ${blocked}`;
+    if (live.row.start_by === 'command') {
+      return `waiting for the master to start the session (img session start ${live.row.name})`;
+    }
+    return null;
+  }
+
+  #brief(id: string): WorkstationBrief {
+    return (this.#o.describeWorkstation ?? macBrief)(id);
+  }
+
+  #masterInfo(live: Live): SessionMaster | null {
+    const id = live.row.master;
+    if (id === null) return null;
+    const b = this.#brief(id);
+    const present = !!live.master && this.#now() - live.master.seenAt <= (this.#o.masterPresentMs ?? 60_000);
+    return {
+      workstation: id,
+      name: b.name,
+      mac: b.mac,
+      present,
+      address: live.master?.address ?? null,
+      level: (live.row.level ?? DEFAULT_LEVEL) as SessionMaster['level'],
+    };
+  }
+
   // --- internals ----------------------------------------------------------------------------
 
   #need(name: string): Live {
@@ -751,6 +1166,7 @@ export class SessionManager {
     return startTrigger({
       clientCount: live.row.client_count,
       waitMs: live.row.wait_ms,
+      by: live.row.start_by as StartBy,
       joined: live.clients.size,
       lastJoinAt: live.row.last_join_at === null ? null : Number(live.row.last_join_at),
       now: this.#now(),
@@ -760,7 +1176,7 @@ export class SessionManager {
   #tick(): void {
     if (this.#closing) return;
     for (const live of this.#live.values()) {
-      if (live.row.state !== 'waiting' || live.row.master !== null) continue;
+      if (live.row.state !== 'waiting' || this.#cannotStart(live) !== null) continue;
       const t = this.#trigger(live);
       if (t.start) {
         void this.#startSending(
@@ -803,9 +1219,9 @@ export class SessionManager {
   async #start(live: Live, why: string): Promise<void> {
     // Checked first so that a session waiting for a slot does not look its image up on every tick.
     if (!this.#freeSlot()) return this.#noSlot(live);
-    let imagePath: string;
+    let imagePath = '';
     try {
-      imagePath = (await this.#o.images.resolve(live.row.image)).path;
+      if (live.row.master === null) imagePath = (await this.#o.images.resolve(live.row.image)).path;
     } catch (err) {
       if (live.row.state !== 'waiting') return;
       for (const c of live.clients.values())
@@ -857,10 +1273,12 @@ export class SessionManager {
         abort.abort(new ImgcastError('E_NO_RECEIVERS', 'no joined workstation connected to the sender'));
     }, this.#o.connectTimeoutMs ?? 60_000);
     let started = false;
-    let result: SenderResult | undefined;
+    let result: SendOutcome | undefined;
     let failure: unknown;
+    const send: SendSession =
+      live.row.master !== null ? (plan) => this.#remoteSend(live, plan) : this.#o.send;
     try {
-      result = await this.#o.send({
+      result = await send({
         imagePath,
         fileset: live.row.fileset,
         group,
@@ -934,7 +1352,7 @@ export class SessionManager {
   #progress(
     live: Live,
     byName: Map<string, SessionClientTable & { rateAt?: number; rateBytes?: number }>,
-    p: SenderProgress,
+    p: SendProgress,
   ) {
     const now = this.#now();
     if (live.row.first_data_at === null && p.phase !== 'waiting' && p.bytesSent > 0)
@@ -987,6 +1405,7 @@ export class SessionManager {
   async #end(live: Live, state: SessionState, message: string | null): Promise<void> {
     // A run stopped while its workstations wrote must not have their results timed out in the next run.
     clearTimeout(live.reportTimer);
+    if (live.master) live.master.ready = false;
     live.row.state = state;
     live.row.message = message;
     live.row.finished_at = this.#now();
@@ -1093,6 +1512,9 @@ export class SessionManager {
       .map((c) => clientView(c));
     return {
       name: r.name,
+      origin: r.origin === 'workstation' ? 'workstation' : 'server',
+      startBy: r.start_by as StartBy,
+      master: this.#masterInfo(live),
       image: r.image,
       fileset: r.fileset,
       clientCount: r.client_count,
@@ -1108,7 +1530,7 @@ export class SessionManager {
       startedAt: r.started_at === null ? null : Number(r.started_at),
       firstDataAt: r.first_data_at === null ? null : Number(r.first_data_at),
       finishedAt: r.finished_at === null ? null : Number(r.finished_at),
-      message: r.message,
+      message: r.message ?? this.#waitingFor(live),
       rateMbit: Math.round(
         clients.filter((c) => c.state === 'receiving').reduce((m, c) => Math.max(m, c.rateMbit), 0),
       ),
@@ -1129,6 +1551,16 @@ export class SessionManager {
       rules: live.rules.map((r) => ({ text: r.text, description: r.description, valid: r.rule !== null })),
     };
   }
+}
+
+/** A session workstations opened and wait in, which no master has taken yet. */
+function isGathering(live: Live): boolean {
+  return (
+    live.row.origin === 'workstation' &&
+    live.row.master === null &&
+    live.row.image === '' &&
+    live.row.state === 'waiting'
+  );
 }
 
 function macBrief(id: string): WorkstationBrief {
@@ -1160,16 +1592,6 @@ function definitionOf(live: Live): Definition {
     rules: live.rules.map((x) => x.text),
     parsed: live.rules.flatMap((x) => (x.rule ? [x.rule] : [])),
   };
-}
-
-/** A session whose master is a workstation cannot run: its disk would have to be streamed as it is read. */
-function noLiveMaster(live: Live): void {
-  if (live.row.master === null) return;
-  throw new ServerError(
-    'E_LIVE_MASTER_UNAVAILABLE',
-    `session ${live.row.name} is to send the disk of its master workstation as it is read, which this imgcast server cannot do yet; give it an image instead (imgcast session edit ${live.row.name} --image PATH)`,
-    { session: live.row.name },
-  );
 }
 
 /** The name a workstation gives the sender: unique even for machines cloned with one hostname. */

@@ -44,14 +44,7 @@ function fakeSend(o: { hold?: boolean } = {}): SendSession {
     const names = [...receiverNames];
     plan.onProgress({
       phase: 'sending',
-      joined: names.length,
-      wanted: plan.clients,
-      startsInMs: 0,
-      active: names.length,
-      chunksSent: 0,
-      totalChunks: 1,
       bytesSent: 0,
-      rateMbit: 0,
       receivers: names.map((name) => ({ name, state: 'receiving', bytes: 0, totalBytes: 1000 })),
     });
     if (o.hold) {

@@ -29,6 +29,14 @@ import { startServer, type RunningServer } from '../../src/server/server.ts';
 import type { SendSession } from '../../src/server/sessions.ts';
 import type { SenderResult } from '../../src/transport/types.ts';
 import { tempDir } from '../helpers/env.ts';
+import {
+  call,
+  ok,
+  refused,
+  register as registerWorkstation,
+  snapshot,
+  type Refusal,
+} from '../helpers/api-calls.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const IMG = join(ROOT, 'bin/img.js');
@@ -77,91 +85,11 @@ async function fixture(t: TestContext): Promise<Fixture> {
   return { t, dir, server };
 }
 
-interface Reply<T> {
-  status: number;
-  body: T;
-}
-
-async function call<T = unknown>(
-  f: Fixture,
-  method: string,
-  path: string,
-  o: { token?: string | null; body?: unknown } = {},
-): Promise<Reply<T>> {
-  const token = o.token === undefined ? f.server.adminToken : o.token;
-  const headers: Record<string, string> = {};
-  if (token !== null) headers.authorization = `Bearer ${token}`;
-  if (o.body !== undefined) headers['content-type'] = 'application/json';
-  const res = await fetch(`${f.server.url}${path}`, {
-    method,
-    headers,
-    body: o.body === undefined ? undefined : JSON.stringify(o.body),
-  });
-  const text = await res.text();
-  return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T };
-}
-
-async function ok<T>(f: Fixture, method: string, path: string, o: Parameters<typeof call>[3] = {}) {
-  const r = await call<T>(f, method, path, o);
-  assert.ok(r.status >= 200 && r.status < 300, `${method} ${path}: ${r.status} ${JSON.stringify(r.body)}`);
-  return r.body;
-}
-
-async function snapshot(f: Fixture): Promise<unknown> {
-  return {
-    sessions: await ok<Session[]>(f, 'GET', '/api/sessions'),
-    auto: (await ok<Session[]>(f, 'GET', '/api/auto-sessions')).map((s) => s.name),
-    history: await ok<HistoryEntry[]>(f, 'GET', '/api/history'),
-    // A workstation's own call marks it seen: that is no change of the registry.
-    workstations: (await ok<Workstation[]>(f, 'GET', '/api/workstations')).map(
-      ({ lastSeenAt: _s, lastAddress: _a, ...w }) => w,
-    ),
-  };
-}
-
-type Refusal = { error: string; message: string } & Record<string, unknown>;
-
-/** The call is refused with `code` and `status`, says why, and changes nothing. */
-async function refused(
-  f: Fixture,
-  code: string,
-  status: number,
-  method: string,
-  path: string,
-  o: Parameters<typeof call>[3] = {},
-): Promise<Refusal> {
-  const before = await snapshot(f);
-  const r = await call<Refusal>(f, method, path, o);
-  const what = `${method} ${path} ${JSON.stringify(o.body ?? '')}`;
-  assert.equal(r.body?.error, code, `${what}: ${r.status} ${JSON.stringify(r.body)}`);
-  assert.equal(r.status, status, `${what}: the status of ${code}`);
-  assert.ok(r.body.message.length > 10, `${what}: a message`);
-  assert.deepEqual(await snapshot(f), before, `${what} must change nothing`);
-  return r.body;
-}
-
-let macs = 0;
-/** Registers a workstation as `img session` / `img auto` do; its id and token. */
-async function register(
-  f: Fixture,
-  hostname: string,
-  o: { mac?: string; cores?: number; disk?: number; address?: string } = {},
-): Promise<{ id: string; name: string; token: string; mac: string }> {
-  const mac = o.mac ?? `02:00:00:00:01:${(++macs).toString(16).padStart(2, '0')}`;
-  const r = await ok<{ id: string; name: string; token: string }>(f, 'POST', '/api/workstations/register', {
-    token: null,
-    body: {
-      hostname,
-      mac,
-      addresses: [o.address ?? '198.18.0.10'],
-      disks: [{ path: '/dev/sda', sizeBytes: o.disk ?? 256e9 }],
-      memoryBytes: 8 * 1024 ** 3,
-      cpu: { model: 'test', cores: o.cores ?? 4 },
-      dmi: { vendor: 'Dell Inc.' },
-    },
-  });
-  receivers.push(`${r.name}/${mac}`);
-  return { ...r, mac };
+/** Registers a workstation as `img session` / `img auto` do; the stand-in sender then names it. */
+async function register(f: Fixture, hostname: string, o: Parameters<typeof registerWorkstation>[2] = {}) {
+  const r = await registerWorkstation(f, hostname, o);
+  receivers.push(`${r.name}/${r.mac}`);
+  return r;
 }
 
 const addAuto = (f: Fixture, body: Record<string, unknown>) =>
@@ -320,29 +248,6 @@ test('a finished run of an automatic session deletes it with delete-when-done (h
   // A stopped run stays stopped: the administrator acted.
   await ok(f, 'POST', '/api/sessions/again/stop', { body: {} });
   assert.equal((await ok<Session>(f, 'GET', '/api/sessions/again')).state, 'stopped');
-});
-
-test('a session whose master is a workstation is stored with its constraints but refuses to start or take workstations (E_LIVE_MASTER_UNAVAILABLE)', async (t) => {
-  const f = await fixture(t);
-  const master = await register(f, 'ref-pc');
-  const pc = await register(f, 'lab1-01');
-  const m = await ok<Session>(f, 'POST', '/api/auto-sessions', {
-    body: { name: 'live', master: 'ref-pc', rules: ['name = "*"'] },
-  });
-  assert.equal(m.image, '');
-  assert.deepEqual(m.auto?.master, { id: master.id, name: 'ref-pc', mac: master.mac });
-  const c = await auto(f, master.token);
-  assert.deepEqual([c.session, 'role' in c && c.role], ['live', 'master']);
-  assert.equal((await auto(f, pc.token)).session, 'live');
-  const e = await refused(f, 'E_LIVE_MASTER_UNAVAILABLE', 501, 'POST', '/api/sessions/live/join', {
-    token: pc.token,
-  });
-  assert.match(e.message, /cannot do yet/);
-  await refused(f, 'E_LIVE_MASTER_UNAVAILABLE', 501, 'POST', '/api/sessions/live/start');
-  // Given an image, it runs as any other.
-  const edited = await ok<Session>(f, 'PATCH', '/api/sessions/live', { body: { image: 'lab.imgc' } });
-  assert.deepEqual([edited.image, edited.auto?.master], ['lab.imgc', null]);
-  assert.equal((await ok<JoinView>(f, 'POST', '/api/sessions/live/join', { token: pc.token })).joined, 1);
 });
 
 // ---------------------------------------------------------------- refusals

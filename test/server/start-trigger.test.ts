@@ -37,3 +37,22 @@ test('the wait runs from the last join, not the first', () => {
 test('a wait of 0 starts with the first client', () => {
   assert.equal(startTrigger({ ...base, waitMs: 0, joined: 1, lastJoinAt: base.now }).why, 'time');
 });
+
+test('count only: the wait never fires however long the lab waits', () => {
+  const t = startTrigger({ ...base, by: 'count', joined: 2, lastJoinAt: base.now - 10 * 3600_000 });
+  assert.deepEqual(t, { start: false, why: null, needed: 1, startsInMs: null });
+  assert.equal(startTrigger({ ...base, by: 'count', joined: 3, lastJoinAt: base.now }).why, 'count');
+});
+
+test('time only: no count is needed, the wait runs from the last join', () => {
+  const many = startTrigger({ ...base, by: 'time', joined: 50, lastJoinAt: base.now - 1000 });
+  assert.deepEqual(many, { start: false, why: null, needed: 0, startsInMs: 59_000 });
+  assert.equal(startTrigger({ ...base, by: 'time', joined: 1, lastJoinAt: base.now - 60_000 }).why, 'time');
+});
+
+test('command only: neither trigger ever starts it', () => {
+  for (const joined of [0, 3, 500]) {
+    const t = startTrigger({ ...base, by: 'command', joined, lastJoinAt: base.now - 10 * 3600_000 });
+    assert.deepEqual(t, { start: false, why: null, needed: 0, startsInMs: null });
+  }
+});
