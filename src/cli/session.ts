@@ -2,12 +2,12 @@
  * `img session NAME [master|client]`, `img session start NAME` and `img auto`: take part in a
  * session of the imaging server (client/session.ts), or be its master (client/master.ts).
  */
-import { InvalidArgumentError, Option, type Command } from 'commander';
+import { Option, type Command } from 'commander';
 
 import type { JoinView, MasterView, SessionClient } from '../api/schemas.ts';
 import type { LiveCapture, MasterResult } from '../client/master.ts';
 import type { SessionResult } from '../client/session.ts';
-import { ImgcastError } from '../errors.ts';
+import { ImgcastError, UsageError } from '../errors.ts';
 import { COMPRESSION_LEVELS, type CompressionLevel } from '../image/types.ts';
 import { localIPv4 } from './options.ts';
 import { emit, formatBytes, formatDuration, runCommand, withProgress } from './output.ts';
@@ -61,8 +61,8 @@ export function parseSessionWords(words: readonly string[]): SessionWords {
   return out;
 }
 
-function usage(message: string): InvalidArgumentError {
-  return new InvalidArgumentError(message);
+function usage(message: string): UsageError {
+  return new UsageError(message);
 }
 
 function clientLine(c: SessionClient): string {
@@ -186,17 +186,18 @@ function describeMaster(r: MasterResult): string {
   ].join('\n');
 }
 
-/** The master's end: the result, and an error when any client did not end verified. */
+/** The master's end: the result, or an error naming each client that did not end verified. */
 function masterOutcome(json: boolean, r: MasterResult): void {
-  emit(json, r, () => describeMaster(r));
-  if (r.view.state !== 'done') {
-    const bad = r.view.clients.filter((c) => c.state !== 'ok');
-    throw new ImgcastError(
-      'E_SESSION_FAILED',
-      `session ${r.session} ${r.view.state}: ${bad.length} of ${r.view.clients.length} client(s) did not end verified${bad.length ? `: ${bad.map(clientLine).join('; ')}` : ''}`,
-      { session: r.session },
-    );
+  if (r.view.state === 'done') {
+    emit(json, r, () => describeMaster(r));
+    return;
   }
+  const bad = r.view.clients.filter((c) => c.state !== 'ok');
+  throw new ImgcastError(
+    'E_SESSION_FAILED',
+    `session ${r.session} ${r.view.state}: ${bad.length} of ${r.view.clients.length} client(s) did not end verified${bad.length ? `: ${bad.map(clientLine).join('; ')}` : ''}`,
+    { session: r.session, run: r.run, disk: r.disk, clients: r.view.clients, sentBytes: r.send.bytes },
+  );
 }
 
 /** Enter on the master's terminal starts the session, as the start command does. */

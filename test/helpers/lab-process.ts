@@ -35,9 +35,9 @@ export function startProc(
   name: string,
   bin: string,
   args: string[],
-  opts: { env: NodeJS.ProcessEnv; root: string; keep: number },
+  opts: { env: NodeJS.ProcessEnv; root: string; keep: number; cwd?: string },
 ): Proc {
-  const child = lab.exec(host, bin, args, { env: opts.env, cwd: opts.root });
+  const child = lab.exec(host, bin, args, { env: opts.env, cwd: opts.cwd ?? opts.root });
   let out = '';
   let err = '';
   child.stdout?.setEncoding('utf8').on('data', (d: string) => (out = (out + d).slice(-opts.keep)));

@@ -304,6 +304,7 @@ function imagesDir(): string {
 }
 
 const references = new Map<string, Reference>();
+const referenceFile = (variant: string) => join(workDir(), `ref-${variant}`, 'disk.img');
 /**
  * A reference workstation's disk, on a loop device: GPT, a vfat EFI partition (20 MiB, a boot
  * loader and its config in nested folders) and an ext4 root filling the rest (~14 MiB of random
@@ -321,7 +322,7 @@ async function reference(variant: string, L: ServerLab): Promise<Reference> {
   // What a failed earlier attempt left.
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
-  const file = join(dir, 'disk.img');
+  const file = referenceFile(variant);
   writeFileSync(file, '');
   execFileSync('truncate', ['-s', String(DISK_BYTES), file]);
   const notes: string[] = [];
@@ -563,6 +564,36 @@ class ServerLab {
     const p = start(this.lab, host, o.label ?? `ws${host}`, IMG, args, env);
     this.procs.push(p);
     return p;
+  }
+
+  /**
+   * `img session NAME master WORDS… --server … --disk DEV --json -v` on workstation `host`, with a
+   * home, a temporary folder and a working folder of its own, so that anything it writes besides
+   * the network shows in `masterScratch`.
+   */
+  master(host: number, name: string, disk: string, words: string[], label = `master${host}`): Proc {
+    const scratch = join(this.dir, `${label}-scratch`);
+    for (const d of ['home', 'tmp', 'cwd']) mkdirSync(join(scratch, d), { recursive: true });
+    this.masterScratch.push(scratch);
+    const env = productEnv({ HOME: join(scratch, 'home'), TMPDIR: join(scratch, 'tmp') });
+    const args = ['session', name, 'master', ...words, '--server', this.api, '--disk', disk, '--json', '-v'];
+    const p = startProc(this.lab, host, label, IMG, args, {
+      env,
+      root: ROOT,
+      keep: 400_000,
+      cwd: join(scratch, 'cwd'),
+    });
+    this.procs.push(p);
+    return p;
+  }
+
+  readonly masterScratch: string[] = [];
+
+  /** A loop device over a copy-free view of the reference disk file of `variant` (read-write, as a master's disk is). */
+  referenceDevice(variant: string): string {
+    const dev = losetup(['--find', '--show', referenceFile(variant)]);
+    this.undo(() => losetup(['-d', dev]));
+    return dev;
   }
 
   /** Waits until the server logged `msg` (pino JSON lines on its stdout) for session `session`. */
@@ -960,5 +991,144 @@ test(
     const s = await L.show('lab6');
     assert.equal(s.state, 'done');
     t.diagnostic(`found ${r.server} by ${L.addresses.discovery}; ${describeExit(p)}`);
+  },
+);
+
+// ---------------------------------------------------------------- live masters (img session NAME master)
+
+function sha256File(file: string): string {
+  return createHash('sha256').update(readFileSync(file)).digest('hex');
+}
+
+/**
+ * Files of more than 1 MiB made since `marker` where the master could have put an image of its
+ * disk: its own home, temporary and working folders, the product's folders on this machine, the
+ * server's image directory, the temporary folders and the repository.
+ */
+function bigFilesSince(marker: string, L: ServerLab): string[] {
+  const places = [
+    ...L.masterScratch,
+    imagesDir(),
+    '/var/lib/imgcast',
+    '/run/imgcast',
+    '/var/tmp',
+    ROOT,
+  ].filter((d) => spawnSync('test', ['-d', d]).status === 0);
+  const found = execFileSync(
+    'find',
+    [...places, '-xdev', '-newer', marker, '-type', 'f', '-size', '+1M', '-not', '-path', '*/node_modules/*'],
+    { encoding: 'utf8' },
+  );
+  // The temporary folder's own top level too, for image-like names (other programs use it as well).
+  const tmp = execFileSync(
+    'find',
+    [tmpdir(), '-maxdepth', '2', '-newer', marker, '-type', 'f', '-size', '+1M'],
+    {
+      encoding: 'utf8',
+    },
+  )
+    .split('\n')
+    .filter((f) => /imgc|partial|imgcast/.test(f) && !f.startsWith(L.dir));
+  return [...found.split('\n'), ...tmp].filter((f) => f !== '');
+}
+
+test(
+  'live master: ws1 sends its own disk as it is read (img session live1 master clients=2) to ws2 and ws3: both disks are the reference; the master disk is unchanged and no image of it is written',
+  { timeout: 300_000 },
+  async (t) => {
+    const L = ServerLab.open(t, 3);
+    if (!L) return;
+    await L.startServer();
+    const ref = await reference('a', L);
+    const before = sha256File(referenceFile('a'));
+    const source = L.referenceDevice('a');
+    const disks = [2, 3].map(() => L.disk());
+    const marker = join(L.dir, 'live1.marker');
+    writeFileSync(marker, '');
+    await sleep(1100); // find -newer compares whole seconds on some filesystems
+    const ws = [2, 3].map((h) => L.session(h, 'live1', disks[h - 2]!));
+    await L.logged('session opened by a workstation', 'live1');
+    const m = L.master(1, 'live1', source, ['clients=2', '--level', 'speed']);
+    await L.mustEnd([m, ...ws], SESSION_BOUND_MS, 'the live session');
+    for (const p of [m, ...ws]) L.mustExit(p, 0);
+    ws.forEach((p, i) => L.assertDisk(p, disks[i]!, ref));
+    assert.equal(sha256File(referenceFile('a')), before, 'the master disk must not change');
+    assert.deepEqual(bigFilesSince(marker, L), [], 'nothing but the network may carry the master disk');
+    const s = await L.show('live1');
+    assert.equal(s.state, 'done', `live1: ${s.message}`);
+    assert.equal(s.origin, 'workstation');
+    assert.equal(s.master?.level, 'speed');
+    assert.deepEqual(
+      s.clients.map((c) => c.state),
+      ['ok', 'ok'],
+      clientStates(s),
+    );
+    const r = jsonOf<{ view: { state: string; clients: Array<{ state: string }> }; send: { bytes: number } }>(
+      m,
+    );
+    assert.equal(r.view.state, 'done');
+    assert.ok(r.send.bytes > 10 * MIB, `the master sent ${r.send.bytes} bytes`);
+    t.diagnostic(
+      `live session ${secs(s.finishedAt! - s.startedAt!)}; ${[m, ...ws].map((p) => `${p.name} ${describeExit(p)}`).join('; ')}`,
+    );
+  },
+);
+
+test(
+  'live master without clients= or t=: two clients join and nothing is sent until img session start on the master; a client killed with SIGKILL mid-send is shown on the master with its reason while the other finishes',
+  { timeout: 300_000 },
+  async (t) => {
+    const L = ServerLab.open(t, 3, [shapingUnavailable]);
+    if (!L) return;
+    await L.startServer();
+    const ref = await reference('a', L);
+    const source = L.referenceDevice('a');
+    const disks = [2, 3].map(() => L.disk());
+    const m = L.master(1, 'live2', source, []);
+    await L.logged('master connected', 'live2');
+    const ws = [2, 3].map((h) => L.session(h, 'live2', disks[h - 2]!));
+    await L.logged('workstation joined', 'live2', SESSION_BOUND_MS, 2);
+    await sleep(2500);
+    const waiting = await L.show('live2');
+    assert.deepEqual([waiting.state, waiting.joined, waiting.startBy], ['waiting', 2, 'command'], L.report());
+    assert.equal(L.sendsStarted('live2'), 0);
+    assert.match(m.stderr(), /waiting: 2 joined .*img session start live2/, L.report());
+    // Slow enough to kill a client mid-send: 15 MiB at 40 Mbit/s take 3 s and more.
+    L.lab.rate(1, '40mbit');
+    const started = await L.lab.run(1, IMG, ['session', 'start', 'live2'], { env: productEnv(), cwd: ROOT });
+    assert.equal(started.code, 0, `img session start: ${started.stderr}${started.stdout}`);
+    assert.match(started.stdout, /session live2 starts now/);
+    const victim = ws[1]!;
+    for (const until = Date.now() + SESSION_BOUND_MS; ;) {
+      const s = await L.show('live2');
+      const c = s.clients.find((x) => x.name === s.clients[1]?.name);
+      if (c && c.bytes > 0 && c.bytes < c.totalBytes) break;
+      if (Date.now() > until || victim.exited)
+        assert.fail(`ws3 never got under way: ${clientStates(s)}\n${L.report()}`);
+      await sleep(100);
+    }
+    victim.child.kill('SIGKILL');
+    await L.mustEnd([m, ws[0]!], SESSION_BOUND_MS, 'the master and the client left');
+    L.mustExit(ws[0]!, 0);
+    L.assertDisk(ws[0]!, disks[0]!, ref);
+    L.mustExit(m, 'non-zero', 'one client did not end verified');
+    const s = await L.show('live2');
+    assert.equal(s.state, 'failed', `live2: ${s.message}`);
+    const dead = s.clients.find((c) => c.state !== 'ok');
+    assert.ok(dead, clientStates(s));
+    assert.ok(dead.reason && dead.reason.length > 5, `the dead client's reason: ${JSON.stringify(dead)}`);
+    // The master said it as it happened, with the reason, and ended on it.
+    assert.ok(
+      m.stderr().includes(`${dead.name} (${dead.mac}`),
+      `the master must name ${dead.name}\n${L.report()}`,
+    );
+    assert.ok(
+      m.stderr().includes(dead.reason),
+      `the master must give the reason "${dead.reason}"\n${L.report()}`,
+    );
+    const err = jsonOf<{ error: string; message: string }>(m);
+    assert.equal(err.error, 'E_SESSION_FAILED');
+    assert.match(err.message, /1 of 2 client\(s\) did not end verified/);
+    t.diagnostic(`${dead.name}: ${dead.state}: ${dead.reason}`);
   },
 );
