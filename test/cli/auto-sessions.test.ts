@@ -262,7 +262,7 @@ test('imgcast session add, rule add, include, list, show and workstation import,
   );
 });
 
-test('img auto on loopback: the workstation is told its session, receives, writes and verifies the image, and the session reopens; then nothing to do, and the master is told live masters are not available', async (t) => {
+test('img auto on loopback: the workstation is told its session, receives, writes and verifies the image, and the session reopens; then nothing to do, and then nothing to do', async (t) => {
   const group = `239.77.${11 + Math.floor(Math.random() * 200)}.1`;
   const port = 32000 + 2 * Math.floor(Math.random() * 1000);
   const l = await lab(t, { group, port });
