@@ -275,7 +275,9 @@ export function addSessionCommand(program: Command): void {
         if (w.role === 'master') {
           const { runMaster } = await import('../client/master.ts');
           const { saveMasterHandle } = await import('../client/master-handle.ts');
-          const { say, options } = sessionCallbacks(o, signal, () => {});
+          const { options } = sessionCallbacks(o, signal, () => {});
+          // The master is where the session's problems are shown: on stderr even with --json.
+          const say = (line: string) => process.stderr.write(`img: ${line}\n`);
           let forget: (() => Promise<void>) | undefined;
           let stopKeys = () => {};
           try {
