@@ -441,6 +441,14 @@ async function mtools(cmd: string, args: string[], what: string): Promise<void> 
   });
 }
 
+/**
+ * Removes one file from the vfat filesystem on `device` without mounting it (mtools), for
+ * kernels without a vfat driver. `path` is from the filesystem's root ("loader/random-seed").
+ */
+export async function removeFromVfat(device: string, path: string): Promise<void> {
+  await mtools('mdel', ['-i', device, `::/${path}`], `remove ${path} from the vfat filesystem on ${device}`);
+}
+
 export interface TreeAccess {
   /** A directory holding (capture) or receiving (restore) the filesystem's tree. */
   dir: string;

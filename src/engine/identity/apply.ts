@@ -10,12 +10,13 @@
  * image holds os-release (Linux roots), those holding a systemd-boot random seed (an EFI
  * partition), and NTFS volumes when a name is given; for scripts, every volume.
  */
+import { removeFromVfat } from '../../disk/filesystem.ts';
 import { includedEntries } from '../../image/fileset.ts';
 import type { Manifest, Volume } from '../../image/types.ts';
 import { checkIdentityName, hostnameAdvice } from './names.ts';
 import { applyLinuxIdentity, isLinuxRoot, type SshHostKey } from './linux.ts';
 import { runPostImagingScripts, type PostImagingScript, type ScriptRun } from './scripts.ts';
-import { mountable, mountRestoredVolumes, type MountedVolume } from './volumes.ts';
+import { mountRestoredVolumes, type Access, type MountedVolume } from './volumes.ts';
 import { applyWindowsIdentity, isWindowsVolume, type WindowsIdentity } from './windows.ts';
 import { RootPath } from './in-root.ts';
 
@@ -66,6 +67,8 @@ export interface PostImagingOptions {
 export interface PostImagingResult {
   identity: IdentityResult | null;
   scripts: ScriptRun[];
+  /** Volumes that were wanted but not mounted, and why (also in identity.notes). */
+  notes: string[];
 }
 
 function holds(v: Volume, fileset: number, paths: readonly string[]): boolean {
@@ -89,15 +92,16 @@ export async function postImaging(
   const identity = opts.identity;
   if (identity?.name !== undefined) checkIdentityName(identity.name);
   const scripts = opts.scripts ?? [];
-  if (!identity && scripts.length === 0) return { identity: null, scripts: [] };
+  if (!identity && scripts.length === 0) return { identity: null, scripts: [], notes: [] };
   const fileset = opts.fileset ?? 1;
-  const want = (v: Volume) =>
-    scripts.length > 0 ||
-    holds(v, fileset, OS_RELEASE) ||
-    holds(v, fileset, [BOOT_SEED]) ||
-    (v.kind === 'raw' && identity?.name !== undefined) ||
-    (v.kind === 'files' && v.fs.type === 'directory');
-  const mounts = await mountRestoredVolumes(target, manifest, (v) => mountable(v) && want(v), {
+  const pick = (v: Volume): Access | undefined => {
+    if (scripts.length > 0) return 'rw';
+    if (v.kind === 'raw') return identity?.name !== undefined ? 'ro' : undefined;
+    if (v.fs.type === 'directory' || holds(v, fileset, OS_RELEASE) || holds(v, fileset, [BOOT_SEED]))
+      return 'rw';
+    return undefined;
+  };
+  const mounts = await mountRestoredVolumes(target, manifest, pick, {
     ...(opts.signal ? { signal: opts.signal } : {}),
     ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
   });
@@ -114,8 +118,8 @@ export async function postImaging(
       scripts,
       {
         ...facts,
-        ...(linuxRoot ? { root: linuxRoot.dir } : {}),
-        mounts: mounts.volumes.map((m) => ({ volume: m.name, dir: m.dir })),
+        ...(linuxRoot?.dir ? { root: linuxRoot.dir } : {}),
+        mounts: mounts.volumes.flatMap((m) => (m.dir ? [{ volume: m.name, dir: m.dir }] : [])),
       },
       {
         ...(opts.scriptTimeoutMs !== undefined ? { timeoutMs: opts.scriptTimeoutMs } : {}),
@@ -123,14 +127,23 @@ export async function postImaging(
         ...(opts.onScriptOutput ? { onOutput: opts.onScriptOutput } : {}),
       },
     );
-    return { identity: result, scripts: runs };
+    return { identity: result, scripts: runs, notes: mounts.notes };
   } finally {
     await mounts.release();
   }
 }
 
+/** Removes systemd-boot's seed from an EFI partition, through its mount or, without a vfat driver, mtools. */
+async function removeBootSeed(m: MountedVolume): Promise<boolean> {
+  if (m.dir) return new RootPath(m.dir).remove(BOOT_SEED);
+  if (!m.device || m.volume.kind !== 'files' || !m.volume.entries.some((e) => e.path === BOOT_SEED))
+    return false;
+  await removeFromVfat(m.device, BOOT_SEED);
+  return true;
+}
+
 async function firstLinuxRoot(volumes: MountedVolume[]): Promise<MountedVolume | undefined> {
-  for (const m of volumes) if (m.volume.kind === 'files' && (await isLinuxRoot(m.dir))) return m;
+  for (const m of volumes) if (m.dir && m.volume.kind === 'files' && (await isLinuxRoot(m.dir))) return m;
   return undefined;
 }
 
@@ -153,8 +166,15 @@ export async function applyIdentity(
   if (advice) result.notes.push(advice);
   let linuxRoots = 0;
   for (const m of volumes) {
+    if (m.type === 'vfat') {
+      if (await removeBootSeed(m))
+        result.volumes.push({ volume: m.name, role: 'efi', changed: [`/${BOOT_SEED}`] });
+      continue;
+    }
+    if (!m.dir) continue;
     if (m.volume.kind === 'files' && (await isLinuxRoot(m.dir))) {
-      const linux = await applyLinuxIdentity(m.dir, name);
+      await m.makeWritable();
+      const linux = await applyLinuxIdentity(m.dir!, name);
       linuxRoots++;
       result.volumes.push({ volume: m.name, role: 'linux', system: linux.system, changed: linux.changed });
       result.notes.push(...linux.notes.map((n) => `${m.name}: ${n}`));
@@ -166,12 +186,20 @@ export async function applyIdentity(
           `${m.name}: a second Linux system (${linux.system}), renewed too; its machine id ${linux.machineId ?? '(kept)'} and host keys are not in this result`,
         );
       }
-    } else if (m.type === 'vfat') {
-      if (await new RootPath(m.dir).remove(BOOT_SEED))
-        result.volumes.push({ volume: m.name, role: 'efi', changed: [`/${BOOT_SEED}`] });
     } else if (m.type === 'ntfs' && (await isWindowsVolume(m.dir))) {
       const notes: string[] = [];
-      const w = await applyWindowsIdentity(m.dir, m.name, name, notes);
+      const w = await applyWindowsIdentity(
+        {
+          name: m.name,
+          dir: m.dir,
+          writable: async () => {
+            await m.makeWritable();
+            return m.dir!;
+          },
+        },
+        name,
+        notes,
+      );
       result.notes.push(...notes.map((n) => `${m.name}: ${n}`));
       if (w.why) result.notes.push(`${m.name}: ${w.why}`);
       if (w.answerFiles.length > 0)

@@ -32,14 +32,22 @@ import { systemReason } from '../../wording.ts';
 import { volumeName } from '../paths.ts';
 import { IdentityError } from './errors.ts';
 
+export type Access = 'rw' | 'ro';
+
 export interface MountedVolume {
   /** How the image names the volume: p1, p2, … for partitions, v0 for a partition or folder image. */
   name: string;
   volume: Volume;
   /** ext4, vfat, directory, ntfs, … */
   type: string;
-  /** Where its files are, read-write. */
-  dir: string;
+  /** Where its files are; null when this machine cannot mount it (`why` says why). */
+  dir: string | null;
+  readOnly: boolean;
+  /** The loop device over its partition; null for a folder target. */
+  device: string | null;
+  why?: string;
+  /** Mounts a read-only volume read-write (`dir` changes); nothing when it is already. */
+  makeWritable(): Promise<void>;
 }
 
 export interface RestoredVolumes {
@@ -90,15 +98,16 @@ async function places(target: string, manifest: Manifest): Promise<Place[]> {
 }
 
 /**
- * Mounts the volumes of the restored `target` that `want` picks (and this module can
- * mount). A volume that cannot be mounted is named in `notes`, unless `strict`, which
- * throws (E_IDENTITY_TARGET) after releasing what was mounted.
+ * Mounts the volumes of the restored `target` that `pick` asks for, read-write or
+ * read-only (this module mounts file volumes and NTFS). A volume that cannot be mounted is
+ * named in `notes` and left out; a vfat volume on a kernel without vfat is listed with its
+ * loop device and no folder (mtools can still reach it).
  */
 export async function mountRestoredVolumes(
   target: string,
   manifest: Manifest,
-  want: (v: Volume) => boolean,
-  opts: { strict?: boolean; signal?: AbortSignal; onWarning?: (m: string) => void } = {},
+  pick: (v: Volume) => Access | undefined,
+  opts: { signal?: AbortSignal; onWarning?: (m: string) => void } = {},
 ): Promise<RestoredVolumes> {
   const st = await stat(target).catch((err: unknown) => {
     throw new IdentityError('E_IDENTITY_TARGET', `cannot reach ${target}: ${systemReason(err)}`, { target });
@@ -121,8 +130,17 @@ export async function mountRestoredVolumes(
   };
   if (st.isDirectory()) {
     const v = manifest.volumes[0];
-    if (!manifest.disk && manifest.volumes.length === 1 && v?.kind === 'files' && want(v))
-      out.volumes.push({ name: volumeName(v), volume: v, type: 'directory', dir: target });
+    if (!manifest.disk && manifest.volumes.length === 1 && v?.kind === 'files' && pick(v)) {
+      out.volumes.push({
+        name: volumeName(v),
+        volume: v,
+        type: 'directory',
+        dir: target,
+        readOnly: false,
+        device: null,
+        makeWritable: async () => {},
+      });
+    }
     return out;
   }
   await releaseDeadRuns(opts.onWarning);
@@ -130,18 +148,17 @@ export async function mountRestoredVolumes(
   try {
     for (const p of await places(target, manifest)) {
       opts.signal?.throwIfAborted();
-      if (!mountable(p.volume) || !want(p.volume)) continue;
+      const access = mountable(p.volume) ? pick(p.volume) : undefined;
+      if (!access) continue;
       const name = volumeName(p.volume);
-      const mounted = await mountOne(target, p).catch((err: unknown) => {
-        const why = `${name} (${describe(p.volume)}) could not be mounted: ${(err as Error).message}`;
-        if (opts.strict)
-          throw new IdentityError('E_IDENTITY_TARGET', why, { target, volume: name }, { cause: err });
-        out.notes.push(why);
+      const m = await attachVolume(target, p, access).catch((err: unknown) => {
+        out.notes.push(`${name} (${describe(p.volume)}) could not be mounted: ${(err as Error).message}`);
         return undefined;
       });
-      if (!mounted) continue;
-      releases.push(mounted.release);
-      out.volumes.push({ name, volume: p.volume, type: describe(p.volume), dir: mounted.dir });
+      if (!m) continue;
+      releases.push(m.release);
+      if (m.volume.why) out.notes.push(`${name} (${m.volume.type}) is not mounted: ${m.volume.why}`);
+      out.volumes.push(m.volume);
     }
   } catch (err) {
     await out.release().catch(() => {});
@@ -154,27 +171,64 @@ function describe(v: Volume): string {
   return v.kind === 'files' ? v.fs.type : (v.detectedType ?? 'raw');
 }
 
-async function mountOne(target: string, p: Place): Promise<{ dir: string; release: () => Promise<void> }> {
+/** A mount of the volume at `p` on `loop`: its folder, and how to end it (`commit` flushes and checks writes). */
+async function mountOn(loop: string, target: string, p: Place, access: Access): Promise<TreeAccess> {
   const v = p.volume;
   const what = `${volumeName(v)} (${describe(v)})`;
-  if (v.kind === 'files' && v.fs.type === 'vfat' && !(await writesInPlace('vfat')))
-    throw new Error('this kernel cannot mount vfat');
+  if (v.kind === 'files') {
+    if (access === 'rw') return openTreeForWriting(loop, v.fs, { target, what });
+    const m = await mountFilesystem(loop, v.fs.type, { readOnly: true });
+    return { dir: m.dir, close: () => m.unmount() };
+  }
+  const m = await mountFilesystem(loop, 'ntfs-3g', { readOnly: access === 'ro' });
+  return {
+    dir: m.dir,
+    async close(commit) {
+      try {
+        if (commit && access === 'rw') await syncFilesystemChecked(m.dir, target, what);
+      } finally {
+        await m.unmount();
+      }
+    },
+  };
+}
+
+async function attachVolume(
+  target: string,
+  p: Place,
+  access: Access,
+): Promise<{ volume: MountedVolume; release: () => Promise<void> }> {
+  const v = p.volume;
+  const name = volumeName(v);
+  const type = describe(v);
+  const what = `${name} (${type})`;
   const loop = await attachLoop(target, { offset: p.offset, size: p.size });
-  let tree: TreeAccess;
+  let tree: TreeAccess | undefined;
+  let current: Access = access;
+  const volume: MountedVolume = {
+    name,
+    volume: v,
+    type,
+    dir: null,
+    readOnly: access === 'ro',
+    device: loop,
+    async makeWritable() {
+      if (current === 'rw' || !tree) return;
+      await tree.close(false);
+      tree = undefined;
+      volume.dir = null;
+      tree = await mountOn(loop, target, p, 'rw');
+      current = 'rw';
+      volume.dir = tree.dir;
+      volume.readOnly = false;
+    },
+  };
   try {
-    if (v.kind === 'files') tree = await openTreeForWriting(loop, v.fs, { target, what });
-    else {
-      const m = await mountFilesystem(loop, 'ntfs-3g', { readOnly: false });
-      tree = {
-        dir: m.dir,
-        async close(commit) {
-          try {
-            if (commit) await syncFilesystemChecked(m.dir, target, what);
-          } finally {
-            await m.unmount();
-          }
-        },
-      };
+    if (v.kind === 'files' && v.fs.type === 'vfat' && !(await writesInPlace('vfat'))) {
+      volume.why = 'this kernel cannot mount vfat';
+    } else {
+      tree = await mountOn(loop, target, p, access);
+      volume.dir = tree.dir;
     }
   } catch (err) {
     await detachLoop(loop).catch(() => {});
@@ -182,13 +236,13 @@ async function mountOne(target: string, p: Place): Promise<{ dir: string; releas
   }
   let released = false;
   return {
-    dir: tree.dir,
+    volume,
     async release() {
       if (released) return;
       released = true;
       try {
-        await tree.close(true);
-        await syncChecked(loop, target, what);
+        await tree?.close(true);
+        if (current === 'rw') await syncChecked(loop, target, what);
       } catch (err) {
         await detachLoop(loop).catch(() => {});
         throw err;

@@ -52,10 +52,6 @@ export async function isWindowsVolume(root: string): Promise<boolean> {
   return (await findNoCase(root, 'Windows/System32')) !== undefined;
 }
 
-function windowsPath(root: string, real: string): string {
-  return real.slice(root.length).replaceAll('/', '\\');
-}
-
 function describeEdit(file: string, edit: ComputerNameEdit, name: string): string {
   switch (edit.action) {
     case 'replaced':
@@ -69,21 +65,29 @@ function describeEdit(file: string, edit: ComputerNameEdit, name: string): strin
   }
 }
 
-/** Sets the computer name in the answer files of the Windows volume at `root`. */
+/** A mounted NTFS volume: possibly read-only, made writable only when there is something to write. */
+export interface NtfsVolume {
+  /** As the image names it (p3). */
+  name: string;
+  dir: string;
+  /** Mounts it read-write and gives the new folder. */
+  writable(): Promise<string>;
+}
+
+/** Sets the computer name in the answer files of the Windows volume `vol`. */
 export async function applyWindowsIdentity(
-  root: string,
-  volume: string,
+  vol: NtfsVolume,
   name: string | undefined,
   notes: string[],
 ): Promise<WindowsIdentity> {
-  const out: WindowsIdentity = { volume, computerName: null, answerFiles: [] };
+  const out: WindowsIdentity = { volume: vol.name, computerName: null, answerFiles: [] };
   const found: string[] = [];
   for (const rel of ANSWER_FILES) {
-    const real = await findNoCase(root, rel);
-    if (real && (await lstat(real)).isFile()) found.push(real);
+    const real = await findNoCase(vol.dir, rel);
+    if (real && (await lstat(real)).isFile()) found.push(real.slice(vol.dir.length));
   }
   if (found.length === 0) {
-    out.why = `no sysprep answer file on ${volume} (looked for ${ANSWER_FILES.map((f) => `\\${f.replaceAll('/', '\\')}`).join(', ')}): the computer name was not set, and Windows keeps the image's`;
+    out.why = `no sysprep answer file on ${vol.name} (looked for ${ANSWER_FILES.map((f) => `\\${f.replaceAll('/', '\\')}`).join(', ')}): the computer name was not set, and Windows keeps the image's`;
     return out;
   }
   if (name === undefined) {
@@ -95,9 +99,17 @@ export async function applyWindowsIdentity(
     out.why = `${problem}: the answer file was left as it is`;
     return out;
   }
+  let dir: string;
+  try {
+    dir = await vol.writable();
+  } catch (err) {
+    out.why = `the volume cannot be written (${(err as Error).message}): the computer name was not set`;
+    return out;
+  }
   const failed: string[] = [];
-  for (const real of found) {
-    const file = windowsPath(root, real);
+  for (const rel of found) {
+    const file = rel.replaceAll('/', '\\');
+    const real = join(dir, rel);
     const { text, encode } = decodeAnswerFile(await readFile(real));
     let edited;
     try {
