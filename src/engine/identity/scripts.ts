@@ -223,6 +223,10 @@ async function runOne(
   };
   child.stdout.on('data', take);
   child.stderr.on('data', take);
+  const closed = Promise.all([
+    new Promise((r) => child.stdout.once('close', r)),
+    new Promise((r) => child.stderr.once('close', r)),
+  ]);
   let timedOut = false;
   let stopped = false;
   let killTimer: NodeJS.Timeout | undefined;
@@ -246,13 +250,9 @@ async function runOne(
   // What the script started and left running goes with it; then its pipes close.
   killGroup(child.pid, 'SIGKILL');
   clearTimeout(killTimer);
-  await Promise.race([
-    Promise.all([
-      new Promise((r) => child.stdout.once('close', r)),
-      new Promise((r) => child.stderr.once('close', r)),
-    ]),
-    new Promise((r) => setTimeout(r, 2000)),
-  ]);
+  let waited: NodeJS.Timeout | undefined;
+  await Promise.race([closed, new Promise((r) => (waited = setTimeout(r, 2000)))]);
+  clearTimeout(waited);
   const { output, truncated } = out.text();
   const run: ScriptRun = {
     name,

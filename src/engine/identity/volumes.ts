@@ -10,6 +10,7 @@
  * on every exit path, and what a killed run left is released by the next run (owner.ts).
  */
 import { stat } from 'node:fs/promises';
+import { resolve } from 'node:path';
 
 import {
   assertNotMounted,
@@ -135,7 +136,8 @@ export async function mountRestoredVolumes(
         name: volumeName(v),
         volume: v,
         type: 'directory',
-        dir: target,
+        // Scripts get it as IMGCAST_ROOT and run in it: a path that means the same from anywhere.
+        dir: resolve(target),
         readOnly: false,
         device: null,
         makeWritable: async () => {},
