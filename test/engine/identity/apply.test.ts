@@ -375,6 +375,22 @@ test('a script past its time limit is killed (its children too) and fails with E
   await released(target);
 });
 
+test('stopped mid-script (Ctrl-C): the script is killed, the stop is the reason, and everything is unmounted', async (t) => {
+  const ref = await linuxRef(t);
+  if (!ref) return;
+  const target = await restored(t, ref, 'stopped.img');
+  const stop = new AbortController();
+  const reason = new Error('stopped by the test');
+  const run = postImaging(target, ref.manifest, {
+    identity: { name: 'lab1-06' },
+    scripts: [{ name: 'long.sh', content: 'echo started\nsleep 300\n' }],
+    signal: stop.signal,
+    onScriptOutput: () => stop.abort(reason),
+  });
+  await assert.rejects(run, (err: unknown) => err === reason);
+  await released(target);
+});
+
 test('scripts alone (no identity) change nothing else; IMGCAST_ROOT still names the Linux root', async (t) => {
   const ref = await linuxRef(t);
   if (!ref) return;
