@@ -28,6 +28,8 @@ export interface WorkstationTable {
   created_at: number;
   registered_at: number | null;
   last_seen_at: number | null;
+  /** JSON ReportedIdentity: what it applied to its restored system after its last imaging; null until then. */
+  identity: string | null;
 }
 
 export interface SessionTable {
@@ -179,6 +181,8 @@ export const MIGRATIONS: readonly (readonly string[])[] = [
     `ALTER TABLE workstations_v3 RENAME TO workstations`,
     `CREATE UNIQUE INDEX workstations_mac ON workstations (mac)`,
   ],
+  // What each workstation applied to its restored system (host name, machine id, SSH host key fingerprints).
+  [`ALTER TABLE workstations ADD COLUMN identity TEXT`],
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

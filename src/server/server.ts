@@ -105,6 +105,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       log,
       connectTimeoutMs: o.connectTimeoutMs,
       describeWorkstation: (id) => workstations.brief(id),
+      identityOrder: (id) => workstations.identityOrder(id),
+      onIdentity: (id, applied, session, image) => workstations.recordIdentity(id, applied, session, image),
     });
     await sessions.start();
     cleanup.unshift(() => sessions.close());

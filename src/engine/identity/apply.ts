@@ -13,6 +13,7 @@
 import { removeFromVfat } from '../../disk/filesystem.ts';
 import { includedEntries } from '../../image/fileset.ts';
 import type { Manifest, Volume } from '../../image/types.ts';
+import { IdentityError } from './errors.ts';
 import { checkIdentityName, hostnameAdvice } from './names.ts';
 import { applyLinuxIdentity, isLinuxRoot, type SshHostKey } from './linux.ts';
 import { runPostImagingScripts, type PostImagingScript, type ScriptRun } from './scripts.ts';
@@ -126,7 +127,11 @@ export async function postImaging(
         ...(opts.signal ? { signal: opts.signal } : {}),
         ...(opts.onScriptOutput ? { onOutput: opts.onScriptOutput } : {}),
       },
-    );
+    ).catch((err: unknown) => {
+      // A failed script leaves the identity applied: what the disk holds now goes with the failure.
+      if (err instanceof IdentityError && result) err.details.identity = result;
+      throw err;
+    });
     return { identity: result, scripts: runs, notes: mounts.notes };
   } finally {
     await mounts.release();
