@@ -60,10 +60,13 @@ export interface LinuxIdentity {
   notes: string[];
 }
 
-/** Whether `root` holds a Linux system (os-release, in /etc or /usr/lib). */
+/**
+ * Whether `root` holds a Linux system: os-release in /etc or /usr/lib. /etc/os-release counts
+ * even as a symlink whose target is not on this volume (a /usr of its own).
+ */
 export async function isLinuxRoot(root: string): Promise<boolean> {
   const r = new RootPath(root);
-  return (await r.exists('etc/os-release')) || (await r.exists('usr/lib/os-release'));
+  return (await r.stat('etc/os-release')) !== undefined || (await r.exists('usr/lib/os-release'));
 }
 
 async function systemName(r: RootPath): Promise<string> {
