@@ -143,8 +143,14 @@ async function removeBootSeed(m: MountedVolume): Promise<boolean> {
   if (m.dir) return new RootPath(m.dir).remove(BOOT_SEED);
   if (!m.device || m.volume.kind !== 'files' || !m.volume.entries.some((e) => e.path === BOOT_SEED))
     return false;
-  await removeFromVfat(m.device, BOOT_SEED);
-  return true;
+  try {
+    await removeFromVfat(m.device, BOOT_SEED);
+    return true;
+  } catch (err) {
+    // Left out of the restored file set.
+    if (/not found/i.test((err as Error).message)) return false;
+    throw err;
+  }
 }
 
 async function firstLinuxRoot(volumes: MountedVolume[]): Promise<MountedVolume | undefined> {
