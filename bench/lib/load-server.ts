@@ -30,11 +30,7 @@ const server = await startServer({
     },
   ],
   send: (plan) =>
-    new Promise((resolve) =>
-      plan.signal.addEventListener('abort', () =>
-        resolve({ receivers: [] }),
-      ),
-    ),
+    new Promise((resolve) => plan.signal.addEventListener('abort', () => resolve({ receivers: [] }))),
 });
 process.stdout.write(`${JSON.stringify({ url: server.url, token: server.adminToken, pid: process.pid })}\n`);
 process.on('SIGTERM', () => {

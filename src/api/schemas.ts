@@ -299,6 +299,59 @@ export type Inventory = Static<typeof Inventory>;
 export const Registered = Type.Object({ id: Type.String(), name: Type.String(), token: Type.String() });
 export type Registered = Static<typeof Registered>;
 
+/** An SSH host key a workstation made for its restored system (engine/identity). */
+export const SshHostKey = Type.Object(
+  {
+    type: Type.String({
+      minLength: 1,
+      maxLength: 32,
+      description: 'as in the file name: rsa, ecdsa, ed25519',
+    }),
+    bits: Type.Integer({ minimum: 0, maximum: 65536 }),
+    fingerprint: Type.String({
+      pattern: '^SHA256:[A-Za-z0-9+/]+=*$',
+      maxLength: 128,
+      description: 'as ssh-keygen -l and ssh itself show it',
+    }),
+    publicKey: Type.String({ minLength: 1, maxLength: 16384, description: 'the .pub line, for known_hosts' }),
+  },
+  { additionalProperties: false },
+);
+export type SshHostKey = Static<typeof SshHostKey>;
+
+/**
+ * What a workstation applied to its restored system after a verified receive, as it reports it.
+ * Null comes first in each union: the request validator coerces types and would make a null
+ * an empty string if a string were tried first.
+ */
+export const AppliedIdentity = Type.Object(
+  {
+    name: Type.Union([Type.Null(), Type.String({ maxLength: 63 })], {
+      description: "the host name given; null when the image's was kept",
+    }),
+    machineId: Type.Union([Type.Null(), Type.String({ pattern: '^[0-9a-f]{32}$' })], {
+      description:
+        'the new /etc/machine-id; null when none was written (kept empty or uninitialized, or no Linux)',
+    }),
+    sshHostKeys: Type.Array(SshHostKey, { maxItems: 16 }),
+    windowsName: Type.Union([Type.Null(), Type.String({ maxLength: 15 })], {
+      description: 'the computer name set in the Windows answer file; null when none was set',
+    }),
+    notes: Type.Array(Type.String({ maxLength: 1000 }), { maxItems: 50 }),
+  },
+  { additionalProperties: false },
+);
+export type AppliedIdentity = Static<typeof AppliedIdentity>;
+
+/** A workstation's identity as the server keeps it: the last one reported, with where and when. */
+export const ReportedIdentity = Type.Object({
+  ...AppliedIdentity.properties,
+  session: Type.String({ description: 'the session it was imaged in' }),
+  image: Type.String(),
+  reportedAt: Type.Number(),
+});
+export type ReportedIdentity = Static<typeof ReportedIdentity>;
+
 export const Workstation = Type.Object({
   id: Type.String({ description: "the MAC's hex digits" }),
   name: Type.String(),
@@ -312,6 +365,10 @@ export const Workstation = Type.Object({
   registeredAt: Type.Union([Type.Number(), Type.Null()], { description: 'null until it registers' }),
   lastSeenAt: Type.Union([Type.Number(), Type.Null()]),
   inventory: Type.Union([Inventory, Type.Null()], { description: 'null until it registers' }),
+  identity: Type.Union([ReportedIdentity, Type.Null()], {
+    description:
+      'what it applied to its restored system after its last imaging (host name, machine id, SSH host key fingerprints); null until then',
+  }),
 });
 export type Workstation = Static<typeof Workstation>;
 
@@ -357,6 +414,31 @@ export const Imported = Type.Object({
 });
 export type Imported = Static<typeof Imported>;
 
+/** A post-imaging script a session carries: run on each workstation after identity (engine/identity/scripts.ts). */
+export const PostImagingScript = Type.Object(
+  {
+    name: Type.String({ minLength: 1, maxLength: 255 }),
+    content: Type.String({ maxLength: 1_000_000 }),
+  },
+  { additionalProperties: false },
+);
+export type PostImagingScript = Static<typeof PostImagingScript>;
+
+/**
+ * What a workstation makes of its restored system once the receive is verified, sent with the
+ * receiver. Absent (an older server): the workstation applies no identity and runs no script.
+ */
+export const IdentityOrder = Type.Object({
+  name: Type.Union([Type.String(), Type.Null()], {
+    description:
+      "host name (and Windows computer name) to give the restored system; null: keep the image's (machine id, SSH host keys and the rest are renewed all the same)",
+  }),
+  /** Why `name` is null, for the workstation's result. */
+  why: Type.Optional(Type.String()),
+  scripts: Type.Optional(Type.Array(PostImagingScript)),
+});
+export type IdentityOrder = Static<typeof IdentityOrder>;
+
 /** What a workstation that joined sees while it waits, and where to receive once the session sends. */
 export const JoinView = Type.Object({
   session: Type.String(),
@@ -378,6 +460,7 @@ export const JoinView = Type.Object({
     }),
     Type.Null(),
   ]),
+  identity: Type.Optional(IdentityOrder),
 });
 export type JoinView = Static<typeof JoinView>;
 
@@ -483,6 +566,7 @@ export const ClientReport = Type.Object(
     totalBytes: Type.Optional(Type.Number({ minimum: 0 })),
     code: Type.Optional(Type.String({ maxLength: 64 })),
     message: Type.Optional(Type.String({ maxLength: 4096 })),
+    identity: Type.Optional(AppliedIdentity),
   },
   { additionalProperties: false },
 );

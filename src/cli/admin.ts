@@ -779,5 +779,14 @@ function describeWorkstation(w: WorkstationDetail): string {
     );
   }
   lines.push(`  ${describeChoice(w.auto)}`);
+  const id = w.identity;
+  if (!id) lines.push('  identity: none reported yet (it reports one after it is imaged in a session)');
+  else {
+    lines.push(
+      `  identity applied ${new Date(id.reportedAt).toISOString()} (session ${id.session}, image ${id.image}): host name ${id.name ?? "the image's"}${id.machineId ? `, machine-id ${id.machineId}` : ''}${id.windowsName ? `, Windows computer name ${id.windowsName}` : ''}`,
+      ...id.sshHostKeys.map((k) => `    SSH host key ${k.type.padEnd(7)} ${k.fingerprint} (${k.bits} bits)`),
+      ...id.notes.map((n) => `    note: ${n}`),
+    );
+  }
   return lines.join('\n');
 }

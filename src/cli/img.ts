@@ -3,17 +3,20 @@
  * browses and edits images, and receives multicast sessions.
  */
 import { Command, Option } from 'commander';
+import { basename } from 'node:path';
 import { serverUrl } from '../api/client.ts';
 import { UsageError } from '../errors.ts';
+import type { PostImagingResult } from '../engine/identity/apply.ts';
 import type { VerifyAfterReport } from '../engine/verify-target.ts';
 import type { ImageReader } from '../image/reader.ts';
 import { count } from '../wording.ts';
 import { COMPRESSION_LEVELS, DEFAULT_LEVEL, type CompressionLevel } from '../image/types.ts';
 import { displayName } from '../volume/files/names.ts';
 import { VERSION, emit, formatBytes, runCommand, withProgress } from './output.ts';
-import { describeListing, describeInfo, describeVerify } from './render.ts';
+import { describeListing, describeInfo, describePostImaging, describeVerify } from './render.ts';
 import { addReceiveCommand } from './receive.ts';
 import { addSessionCommand } from './session.ts';
+import { collect, identityName, seconds } from './options.ts';
 
 /** Opens an image for reading for the length of `use`, closing it however `use` ends. */
 async function withReader<T>(image: string, use: (reader: ImageReader) => Promise<T>): Promise<T> {
@@ -174,12 +177,40 @@ export function buildImgProgram(): Command {
       '--verify-after',
       'then read TARGET back (from the disk, through fresh mounts) and compare it with the image',
     )
+    .addOption(
+      new Option(
+        '--identity <name>',
+        'then make the restored system this workstation: host name (and Windows computer name), new machine-id and SSH host keys, no random seed, DHCP leases or DUIDs',
+      ).argParser(identityName),
+    )
+    .addOption(
+      new Option(
+        '--script <file>',
+        'then run this post-imaging script with the restored volumes mounted (repeatable; IMGCAST_* variables say where)',
+      ).argParser(collect),
+    )
+    .addOption(
+      new Option('--script-timeout <seconds>', 'time limit of each script (default 600)').argParser(seconds),
+    )
     .addOption(json())
+    .addHelpText(
+      'after',
+      '\nExamples:\n  img restore lab.imgc /dev/sda --force --identity lab1-07\n  img restore lab.imgc /dev/sda --force --identity lab1-07 --script join-domain.sh',
+    )
     .action(
       (
         image: string,
         target: string,
-        o: { fileset?: number; force?: boolean; create?: boolean; verifyAfter?: boolean; json?: boolean },
+        o: {
+          fileset?: number;
+          force?: boolean;
+          create?: boolean;
+          verifyAfter?: boolean;
+          identity?: string;
+          script?: string[];
+          scriptTimeout?: number;
+          json?: boolean;
+        },
       ) =>
         runCommand(
           'img',
@@ -187,6 +218,10 @@ export function buildImgProgram(): Command {
           async (signal) => {
             const { restoreImage } = await import('../engine/restore.ts');
             const fileset = o.fileset ?? 1;
+            // A script that cannot be read is refused before anything is written.
+            const { readScript } = await import('../engine/identity/scripts.ts');
+            const scripts = [];
+            for (const file of o.script ?? []) scripts.push(await readScript(file));
             const result = await withProgress('restore', { json: !!o.json }, (update) =>
               restoreImage(image, target, {
                 fileset,
@@ -205,17 +240,45 @@ export function buildImgProgram(): Command {
                 verifyRestoredImage(image, target, { fileset, onProgress: update, signal }),
               );
             }
-            emit(!!o.json, { ok: true, image, fileset, ...result, ...(readBack ? { readBack } : {}) }, () =>
-              [
-                `restored ${image} (file set ${fileset}) to ${result.description}: ${count(result.chunks, 'chunk')}, ${formatBytes(result.bytes)}, each verified against its hash before it was written, and every write flushed to the target without error`,
-                ...(result.created ? [`created ${target}: a new disk-image file`] : []),
-                ...(readBack
-                  ? [
-                      `read back from ${target} and compared with the image: ${count(readBack.entries, 'entry', 'entries')}, ${formatBytes(readBack.fileBytes)} of file content, ${formatBytes(readBack.rawBytes)} of boot areas and raw volumes, all as the image says`,
-                      ...readBack.notChecked.map((n) => `not compared: ${n}`),
-                    ]
-                  : []),
-              ].join('\n'),
+            let after: PostImagingResult | undefined;
+            if (o.identity !== undefined || scripts.length > 0) {
+              const { postImaging } = await import('../engine/identity/apply.ts');
+              const manifest = await withReader(image, async (reader) => reader.manifest);
+              const facts = { image: basename(image) };
+              after = await postImaging(target, manifest, {
+                ...(o.identity !== undefined ? { identity: { ...facts, name: o.identity } } : {}),
+                facts,
+                scripts,
+                ...(o.scriptTimeout !== undefined ? { scriptTimeoutMs: o.scriptTimeout * 1000 } : {}),
+                fileset,
+                signal,
+                onWarning: warn,
+                // A script's output goes where a command's would, as it comes (kept in the --json result too).
+                onScriptOutput: o.json ? undefined : (_script, text) => process.stderr.write(text),
+              });
+            }
+            const post = after
+              ? {
+                  identity: after.identity,
+                  scripts: after.scripts,
+                  ...(after.notes.length ? { notes: after.notes } : {}),
+                }
+              : {};
+            emit(
+              !!o.json,
+              { ok: true, image, fileset, ...result, ...(readBack ? { readBack } : {}), ...post },
+              () =>
+                [
+                  `restored ${image} (file set ${fileset}) to ${result.description}: ${count(result.chunks, 'chunk')}, ${formatBytes(result.bytes)}, each verified against its hash before it was written, and every write flushed to the target without error`,
+                  ...(result.created ? [`created ${target}: a new disk-image file`] : []),
+                  ...(readBack
+                    ? [
+                        `read back from ${target} and compared with the image: ${count(readBack.entries, 'entry', 'entries')}, ${formatBytes(readBack.fileBytes)} of file content, ${formatBytes(readBack.rawBytes)} of boot areas and raw volumes, all as the image says`,
+                        ...readBack.notChecked.map((n) => `not compared: ${n}`),
+                      ]
+                    : []),
+                  ...(after ? [describePostImaging(after)] : []),
+                ].join('\n'),
             );
           },
           { interruptible: true },

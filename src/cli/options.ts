@@ -6,6 +6,7 @@
  */
 import { InvalidArgumentError } from 'commander';
 import { networkInterfaces } from 'node:os';
+import { hostnameProblem } from '../engine/identity/names.ts';
 
 const OCTET = '(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])';
 const IPV4 = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}$`);
@@ -107,4 +108,16 @@ export function seconds(value: string): number {
     throw new InvalidArgumentError('a number of seconds, 0 or more');
   }
   return n;
+}
+
+/** `--identity NAME`: a host name (engine/identity/names.ts), refused before anything is restored. */
+export function identityName(value: string): string {
+  const problem = hostnameProblem(value);
+  if (problem) throw new InvalidArgumentError(problem);
+  return value;
+}
+
+/** A repeatable option's values, in the order given. */
+export function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
 }

@@ -1,5 +1,6 @@
 /** Human-readable renderings of command results (the --json output is the structured form). */
 import type { ListedEntry, describeImage } from '../engine/explorer.ts';
+import type { PostImagingResult } from '../engine/identity/apply.ts';
 import type { VerifyReport } from '../image/verify.ts';
 import { partitionTypeName } from '../disk/partition-types.ts';
 import type { PartitionTableType } from '../image/types.ts';
@@ -101,5 +102,34 @@ export function describeVerify(image: string, report: VerifyReport): string {
   }
   const lines = [`${image}: DAMAGED — ${count(report.problems.length, 'problem')}:`];
   for (const p of report.problems) lines.push(`  [${p.code}] ${p.message}`);
+  return lines.join('\n');
+}
+
+/** What identity and post-imaging scripts did to a restored system, as `img restore` and `img session` say it. */
+export function describePostImaging(r: PostImagingResult): string {
+  const lines: string[] = [];
+  const id = r.identity;
+  if (id) {
+    const systems = id.volumes
+      .filter((v) => v.role !== 'efi')
+      .map((v) => `${v.volume}: ${v.system ?? v.role}`)
+      .join(', ');
+    lines.push(
+      `identity: ${id.name ?? "the image's host name kept"}${systems ? ` (${systems})` : ''}`,
+      ...(id.machineId ? [`  machine-id ${id.machineId}`] : []),
+      ...id.sshHostKeys.map((k) => `  SSH host key ${k.type.padEnd(7)} ${k.fingerprint} (${k.bits} bits)`),
+      ...(id.windows
+        ? [
+            `  Windows computer name ${id.windows.computerName ?? 'not set'}${id.windows.answerFiles.length ? ` in ${id.windows.answerFiles.join(', ')}` : ''}`,
+          ]
+        : []),
+      ...id.notes.map((n) => `  note: ${n}`),
+    );
+  } else {
+    lines.push(...r.notes.map((n) => `note: ${n}`));
+  }
+  for (const s of r.scripts) {
+    lines.push(`post-imaging script ${s.name}: done in ${(s.durationMs / 1000).toFixed(1)} s`);
+  }
   return lines.join('\n');
 }

@@ -11,6 +11,7 @@ import { ImgcastError, UsageError } from '../errors.ts';
 import { COMPRESSION_LEVELS, type CompressionLevel } from '../image/types.ts';
 import { localIPv4 } from './options.ts';
 import { emit, formatBytes, formatDuration, runCommand, withProgress } from './output.ts';
+import { describePostImaging } from './render.ts';
 
 /** The engine's live capture, loaded only by the master. */
 const liveCapture: LiveCapture = async (source, o) => {
@@ -148,6 +149,8 @@ function sessionCallbacks(
       onProgress: (p: { bytes: number; totalBytes: number }) => update(p.bytes, p.totalBytes),
       log: o.verbose ? (line: string) => process.stderr.write(`${line}\n`) : undefined,
       warn: (line: string) => say(line),
+      // A post-imaging script's output goes where a command's would, as it comes (kept in the result too).
+      onScriptOutput: o.json ? undefined : (_script: string, text: string) => process.stderr.write(text),
     },
   };
 }
@@ -221,7 +224,8 @@ function describeResult(r: SessionResult): string {
     `session ${r.session}: ${r.image} (file set ${r.fileset}) written to ${r.disk} and verified: ` +
     `${formatBytes(r.receive.bytes)} in ${(r.receive.durationMs / 1000).toFixed(1)} s` +
     (r.receive.chunksHad ? `; ${r.receive.chunksHad} chunk(s) were already there (resumed)` : '') +
-    `; reported to ${r.server}`
+    `; reported to ${r.server}` +
+    (r.postImaging ? `\n${describePostImaging(r.postImaging)}` : '')
   );
 }
 

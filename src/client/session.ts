@@ -12,8 +12,10 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { ApiClient, ApiError } from '../api/client.ts';
-import type { AutoChoice, JoinView, MasterView } from '../api/schemas.ts';
-import { defaultJournal, imageDecoder, restoreConsumer } from '../engine/multicast.ts';
+import type { AppliedIdentity, AutoChoice, JoinView, MasterView } from '../api/schemas.ts';
+import { postImaging, type PostImagingResult } from '../engine/identity/apply.ts';
+import { defaultJournal, imageDecoder, restoreConsumer, type ImageMeta } from '../engine/multicast.ts';
+import type { Manifest } from '../image/types.ts';
 import { ImgcastError } from '../errors.ts';
 import { runReceiver } from '../transport/receiver.ts';
 import type { ReceiverProgress, ReceiverResult, SenderProgress } from '../transport/types.ts';
@@ -45,6 +47,8 @@ export interface SessionOptions {
   signal?: AbortSignal;
   /** How long to keep asking a server that went away while waiting (default 5 min). */
   serverRetryMs?: number;
+  /** Each piece of output of a post-imaging script, as it comes. */
+  onScriptOutput?: (script: string, text: string) => void;
 }
 
 export interface SessionResult {
@@ -55,6 +59,8 @@ export interface SessionResult {
   image: string;
   fileset: number;
   receive: ReceiverResult;
+  /** What was made of the restored system (identity, post-imaging scripts), when the server asked for it. */
+  postImaging?: PostImagingResult;
 }
 
 const ENDED = new Set(['done', 'failed', 'stopped', 'interrupted']);
@@ -66,7 +72,7 @@ export async function runSession(o: SessionOptions): Promise<SessionResult> {
   const disk = o.disk ?? (await chooseDisk(inventory.disks));
   const { api, reg } = await register(server, inventory, o.signal);
   o.onNote?.(`server ${api.baseUrl}, this workstation is ${reg.name} (${inventory.mac}), target ${disk}`);
-  return takePart(api, o.session, disk, o, true);
+  return takePart(api, o.session, disk, whoIs(inventory, o), o, true);
 }
 
 export interface AutoOptions extends Omit<SessionOptions, 'session'> {
@@ -114,7 +120,7 @@ export async function runAuto(o: AutoOptions): Promise<AutoResult> {
       o.onNote?.(`target ${disk}`);
     }
     try {
-      const r = await takePart(api, choice.session, disk, o, false);
+      const r = await takePart(api, choice.session, disk, whoIs(inventory, o), o, false);
       return { ...r, role: 'client', why: choice.why, workstation: reg.name };
     } catch (err) {
       const sending =
@@ -134,11 +140,35 @@ export async function runAuto(o: AutoOptions): Promise<AutoResult> {
   }
 }
 
+/** What post-imaging scripts learn of this workstation. */
+interface Whois {
+  mac: string;
+  address?: string;
+}
+
+function whoIs(inventory: Awaited<ReturnType<typeof registration>>, o: { interface?: string }): Whois {
+  const address = o.interface ?? inventory.addresses[0];
+  return { mac: inventory.mac, ...(address ? { address } : {}) };
+}
+
+/** The identity as the report carries it (within the API's bounds). */
+function reported(r: PostImagingResult['identity']): AppliedIdentity | undefined {
+  if (!r) return undefined;
+  return {
+    name: r.name,
+    machineId: r.machineId,
+    sshHostKeys: r.sshHostKeys.slice(0, 16),
+    windowsName: r.windows?.computerName ?? null,
+    notes: r.notes.slice(0, 50).map((n) => (n.length > 1000 ? `${n.slice(0, 999)}…` : n)),
+  };
+}
+
 /** Joins the session, waits for its start, receives onto the disk and reports the result. */
 async function takePart(
   api: ApiClient,
   session: string,
   disk: string,
+  who: Whois,
   o: Omit<SessionOptions, 'session'>,
   open: boolean,
 ): Promise<SessionResult> {
@@ -153,6 +183,7 @@ async function takePart(
   let lastReport = 0;
   const report = (body: Record<string, unknown>) =>
     api.request('POST', `${path}/report`, { body: { run: view.run, ...body }, timeoutMs: 10_000 });
+  let manifest: Manifest | undefined;
   const result = await runReceiver({
     from: receiver.from,
     key: receiver.key,
@@ -173,13 +204,15 @@ async function takePart(
         void report({ state: 'receiving', bytes: p.bytes, totalBytes: p.totalBytes }).catch(() => {});
       }
     },
-    makeConsumer: (s) =>
-      restoreConsumer(s, disk, {
+    makeConsumer: (s) => {
+      manifest = (s.meta as Partial<ImageMeta> | null)?.manifest;
+      return restoreConsumer(s, disk, {
         force: o.force,
         onWarning: o.warn ?? o.log,
         journalPath,
         restart: o.restart,
-      }),
+      });
+    },
   });
   const outcome = {
     session: view.session,
@@ -190,12 +223,52 @@ async function takePart(
     fileset: receiver.fileset,
   };
   if (result.ok) {
-    await report({ state: 'ok', bytes: result.bytes, totalBytes: result.bytes }).catch((err: unknown) =>
+    let after: PostImagingResult | undefined;
+    if (view.identity && manifest) {
+      try {
+        after = await postImaging(disk, manifest, {
+          identity: {
+            ...(view.identity.name !== null ? { name: view.identity.name } : {}),
+            ...who,
+            session: view.session,
+            image: receiver.image,
+          },
+          scripts: view.identity.scripts ?? [],
+          fileset: receiver.fileset,
+          ...(o.signal ? { signal: o.signal } : {}),
+          ...(o.warn ? { onWarning: o.warn } : {}),
+          ...(o.onScriptOutput ? { onScriptOutput: o.onScriptOutput } : {}),
+        });
+        if (view.identity.why) after.identity?.notes.unshift(`no name: ${view.identity.why}`);
+      } catch (err) {
+        // The disk is written and verified, but the system on it is not this workstation yet (or a script failed).
+        const applied =
+          err instanceof ImgcastError ? (err.details.identity as PostImagingResult['identity']) : undefined;
+        const code = err instanceof ImgcastError ? err.code : 'E_IDENTITY';
+        const message = `the image was written and verified, but ${(err as Error).message}`;
+        await report({
+          state: 'failed',
+          bytes: result.bytes,
+          totalBytes: result.bytes,
+          code,
+          message: message.length > 4096 ? `${message.slice(0, 4095)}…` : message,
+          ...(applied ? { identity: reported(applied) } : {}),
+        }).catch(() => {});
+        throw err;
+      }
+    }
+    const identity = reported(after?.identity ?? null);
+    await report({
+      state: 'ok',
+      bytes: result.bytes,
+      totalBytes: result.bytes,
+      ...(identity ? { identity } : {}),
+    }).catch((err: unknown) =>
       o.warn?.(
         `the disk is written and verified, but the server did not take the result: ${(err as Error).message}`,
       ),
     );
-    return { ...outcome, receive: result };
+    return { ...outcome, receive: result, ...(after ? { postImaging: after } : {}) };
   }
   if (o.signal?.aborted && o.signal.reason instanceof ImgcastError) {
     await report({ state: 'failed', code: o.signal.reason.code, message: o.signal.reason.message }).catch(

@@ -290,10 +290,14 @@ export interface Mounted {
   unmount(): Promise<void>;
 }
 
-/** Mounts `device` at a fresh temporary directory, read-only for capture or read-write for restore. */
+/**
+ * Mounts `device` at a fresh temporary directory, read-only for capture or read-write for
+ * restore. 'ntfs-3g' is NTFS through its FUSE driver, which identity writes Windows answer
+ * files with (on a block device it mounts as fuseblk, whose unmount waits for its writes).
+ */
 export async function mountFilesystem(
   device: string,
-  type: FilesystemType,
+  type: FilesystemType | 'ntfs-3g',
   opts: { readOnly: boolean },
 ): Promise<Mounted> {
   const dir = await ownedTempDir(await mountBase(), 'mnt-');
@@ -435,6 +439,14 @@ async function mtools(cmd: string, args: string[], what: string): Promise<void> 
       );
     }).stdin?.end();
   });
+}
+
+/**
+ * Removes one file from the vfat filesystem on `device` without mounting it (mtools), for
+ * kernels without a vfat driver. `path` is from the filesystem's root ("loader/random-seed").
+ */
+export async function removeFromVfat(device: string, path: string): Promise<void> {
+  await mtools('mdel', ['-i', device, `::/${path}`], `remove ${path} from the vfat filesystem on ${device}`);
 }
 
 export interface TreeAccess {

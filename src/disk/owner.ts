@@ -61,7 +61,12 @@ export async function ownedTempDir(parent: string, prefix: string): Promise<stri
 }
 
 /** Prefixes of the staging folders imgcast makes in tmpdir(); folders with a dead run's tag are removed. */
-export const STAGING_PREFIXES = ['imgcast-vfat-', 'imgcast-domain-'] as const;
+export const STAGING_PREFIXES = [
+  'imgcast-vfat-',
+  'imgcast-domain-',
+  'imgcast-key-',
+  'imgcast-script-',
+] as const;
 
 /** Where run state lives: tmpfs under /run, so it goes with a reboot, as loop devices and mounts do. */
 async function stateDir(): Promise<string> {

@@ -28,6 +28,8 @@ export interface WorkstationTable {
   created_at: number;
   registered_at: number | null;
   last_seen_at: number | null;
+  /** JSON ReportedIdentity: what it applied to its restored system after its last imaging; null until then. */
+  identity: string | null;
 }
 
 export interface SessionTable {
@@ -193,6 +195,8 @@ export const MIGRATIONS: readonly (readonly string[])[] = [
     `ALTER TABLE sessions ADD COLUMN start_by TEXT NOT NULL DEFAULT 'count-or-time'`,
     `ALTER TABLE sessions ADD COLUMN level TEXT`,
   ],
+  // 5: what each workstation applied to its restored system (host name, machine id, SSH host key fingerprints).
+  [`ALTER TABLE workstations ADD COLUMN identity TEXT`],
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

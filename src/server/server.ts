@@ -108,6 +108,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       connectTimeoutMs: o.connectTimeoutMs,
       masterLostMs: o.masterLostMs,
       describeWorkstation: (id) => workstations.brief(id),
+      identityOrder: (id) => workstations.identityOrder(id),
+      onIdentity: (id, applied, session, image) => workstations.recordIdentity(id, applied, session, image),
     });
     await sessions.start();
     cleanup.unshift(() => sessions.close());

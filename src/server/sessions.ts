@@ -26,12 +26,14 @@ import type {
   MasterReport,
   MasterView,
   SessionMaster,
+  AppliedIdentity,
   AutoDefinition,
   ClientReport,
   ClientState,
   CreateSession,
   EditSession,
   HistoryEntry,
+  IdentityOrder,
   JoinView,
   Session,
   SessionClient,
@@ -96,6 +98,15 @@ export interface SessionManagerOptions {
   masterPresentMs?: number;
   /** How long a sending master may be silent before its run fails (default 30 s; it reports every second). */
   masterLostMs?: number;
+  /** What a workstation makes of its restored system (JoinView.identity); none without it. */
+  identityOrder?: (workstation: string) => IdentityOrder;
+  /** Keeps what a workstation reports it applied to its restored system. */
+  onIdentity?: (
+    workstation: string,
+    applied: AppliedIdentity,
+    session: string,
+    image: string,
+  ) => Promise<void>;
 }
 
 /** What an automatic session is made with; workstations are ids, rules the administrator's text. */
@@ -835,6 +846,7 @@ export class SessionManager {
             fileset: live.row.fileset,
           }
         : null,
+      ...(sending && this.#o.identityOrder ? { identity: this.#o.identityOrder(workstation) } : {}),
     };
   }
 
@@ -847,8 +859,8 @@ export class SessionManager {
         run: live.row.run,
       });
     }
-    if (FINAL_CLIENT.has(c.state as ClientState)) return;
-    if (live.row.state === 'waiting') {
+    const final = FINAL_CLIENT.has(c.state as ClientState);
+    if (!final && live.row.state === 'waiting') {
       throw new ServerError(
         'E_SESSION_STATE',
         `session ${name} has not started; there is nothing to report yet`,
@@ -857,6 +869,9 @@ export class SessionManager {
         },
       );
     }
+    // What is on its disk now, whatever became of its result (a late report after a drop too).
+    if (r.identity) await this.#o.onIdentity?.(workstation, r.identity, name, live.row.image);
+    if (final) return;
     if (r.bytes !== undefined) c.bytes = r.bytes;
     if (r.totalBytes !== undefined) c.total_bytes = r.totalBytes;
     if (r.state === 'ok' || r.state === 'failed') {

@@ -8,14 +8,18 @@
  * The whole registry is held in memory (a lab is hundreds of rows) and written through.
  */
 import type {
+  AppliedIdentity,
   CreateWorkstation,
   EditWorkstation,
   Imported,
   Inventory,
+  IdentityOrder,
   Registered,
+  ReportedIdentity,
   Workstation,
   WorkstationBrief,
 } from '../api/schemas.ts';
+import { hostnameProblem } from '../engine/identity/names.ts';
 import { newToken, tokenHash } from './auth.ts';
 import type { Db, WorkstationTable } from './db.ts';
 import { ServerError } from './errors.ts';
@@ -102,6 +106,7 @@ export class Workstations {
       created_at: old ? Number(old.created_at) : now,
       registered_at: old?.registered_at ?? now,
       last_seen_at: now,
+      identity: old?.identity ?? null,
     };
     if (old) {
       const { id: _id, ...rest } = row;
@@ -384,6 +389,37 @@ export class Workstations {
     };
   }
 
+  /**
+   * What a workstation in session `session` is to make of its restored system: the name the
+   * administrator gave it (workstation add, import or edit), when that is a host name. A name
+   * the workstation registered with is the imaging environment's own host name, often the same
+   * on every machine of a lab: it is not given, and the image's host name stays (the machine id,
+   * SSH host keys and the rest are renewed all the same).
+   */
+  identityOrder(id: string): IdentityOrder {
+    const row = this.#byId.get(id);
+    if (!row) return { name: null, why: 'the server does not know this workstation' };
+    if (row.named !== 1) {
+      return {
+        name: null,
+        why: `the administrator has not named this workstation (it registered as ${row.name}); imgcast workstation edit ${row.mac} --name NAME names it`,
+      };
+    }
+    const problem = hostnameProblem(row.name);
+    if (problem) return { name: null, why: `its name cannot be a host name: ${problem}` };
+    return { name: row.name };
+  }
+
+  /** Keeps what a workstation reports it applied to its restored system (the last report wins). */
+  async recordIdentity(id: string, applied: AppliedIdentity, session: string, image: string): Promise<void> {
+    const row = this.#byId.get(id);
+    if (!row) return;
+    const kept: ReportedIdentity = { ...applied, session, image, reportedAt: this.#now() };
+    const json = JSON.stringify(kept);
+    await this.#db.updateTable('workstations').set({ identity: json }).where('id', '=', id).execute();
+    row.identity = json;
+  }
+
   /** Saves last-seen times and addresses (kept in memory between saves). */
   async flush(): Promise<void> {
     for (const row of this.#byId.values()) {
@@ -429,6 +465,7 @@ function preCreated(name: string, mac: string, ip: string | null, now: number): 
     created_at: now,
     registered_at: null,
     last_seen_at: null,
+    identity: null,
   };
 }
 
@@ -447,5 +484,6 @@ function view(r: WorkstationTable): Workstation {
     registeredAt: num(r.registered_at),
     lastSeenAt: num(r.last_seen_at),
     inventory: r.inventory === null ? null : (JSON.parse(r.inventory) as Inventory),
+    identity: r.identity === null ? null : (JSON.parse(r.identity) as ReportedIdentity),
   };
 }

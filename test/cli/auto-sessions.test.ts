@@ -6,18 +6,20 @@
  * from the server's real sender.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { pino } from 'pino';
 
-import type { HistoryEntry, Session } from '../../src/api/schemas.ts';
+import type { HistoryEntry, Session, Workstation } from '../../src/api/schemas.ts';
+import type { PostImagingResult } from '../../src/engine/identity/apply.ts';
 import { registration } from '../../src/client/registration.ts';
 import { startServer, type RunningServer } from '../../src/server/server.ts';
 import type { SendSession } from '../../src/server/sessions.ts';
 import { tempDir } from '../helpers/env.ts';
+import { HOST_KEY_TYPES, debianTree, identityToolsMissing } from '../engine/identity/fixtures.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const IMG = join(ROOT, 'bin/img.js');
@@ -198,6 +200,7 @@ test('imgcast session add, rule add, include, list, show and workstation import,
       'lab1-01 (52:54:00:00:00:01), named by the administrator, ip 198.18.0.1',
       '  not registered yet: rules on its hardware do not match it until it does',
       '  img auto: joins lab1: lab1 (1st): matches rule 1 of 2, name = "lab1-*"',
+      '  identity: none reported yet (it reports one after it is imaged in a session)',
       '',
     ].join('\n'),
   );
@@ -316,4 +319,117 @@ test('img auto on loopback: the workstation is told its session, receives, write
     r.out,
     'nothing to do for lab-ws: no automatic session is enabled; e2e (1st) would take it but is disabled\n',
   );
+});
+
+test('img auto of a Linux image: the workstation takes the name the administrator gave it, new machine id and host keys, and the server lists the fingerprints', async (t) => {
+  const missing = identityToolsMissing();
+  if (missing) return void t.skip(missing);
+  const group = `239.77.${11 + Math.floor(Math.random() * 200)}.2`;
+  const port = 34000 + 2 * Math.floor(Math.random() * 1000);
+  const l = await lab(t, { group, port });
+  const tree = join(l.dir, 'debian');
+  await debianTree(tree);
+  let r = await l.img('make', tree, join(l.dir, 'images', 'debian.imgc'), '--level', 'speed');
+  assert.equal(r.code, 0, r.err);
+  const me = await registration({ interface: '127.0.0.1' });
+  r = await l.imgcast('workstation', 'add', 'lab1-07', me.mac);
+  assert.equal(r.code, 0, r.err);
+  r = await l.imgcast('session', 'add', 'debian', '--image', 'debian.imgc', '-c', '1');
+  assert.equal(r.code, 0, r.err);
+  r = await l.imgcast('session', 'include', 'debian', 'lab1-07');
+  assert.equal(r.code, 0, r.err);
+
+  const target = join(l.dir, 'target');
+  await mkdir(target);
+  const server = l.server.url.replace('http://', '');
+  r = await l.img('auto', '--server', server, '--disk', target, '--interface', '127.0.0.1', '--json');
+  assert.equal(r.code, 0, `${r.err}\n${r.out}`);
+  const result = JSON.parse(r.out) as { postImaging: PostImagingResult };
+  const id = result.postImaging.identity!;
+  assert.equal(id.name, 'lab1-07');
+  assert.equal(await readFile(join(target, 'etc/hostname'), 'utf8'), 'lab1-07\n');
+  assert.equal(await readFile(join(target, 'etc/machine-id'), 'utf8'), `${id.machineId}\n`);
+  assert.match(
+    await readFile(join(target, 'etc/hosts'), 'utf8'),
+    /^127\.0\.1\.1\tlab1-07\.lab\.example lab1-07$/m,
+  );
+  const onDisk = HOST_KEY_TYPES.map((type) => {
+    const line = execFileSync(
+      'ssh-keygen',
+      ['-l', '-E', 'sha256', '-f', join(target, `etc/ssh/ssh_host_${type}_key.pub`)],
+      {
+        encoding: 'utf8',
+      },
+    );
+    return [type, line.split(' ')[1]];
+  });
+  assert.deepEqual(
+    id.sshHostKeys.map((k) => [k.type, k.fingerprint]).sort(),
+    onDisk,
+    'the fingerprints reported are those of the keys on the disk',
+  );
+  for (const [type, fp] of onDisk) {
+    const before = execFileSync(
+      'ssh-keygen',
+      ['-l', '-E', 'sha256', '-f', join(tree, `etc/ssh/ssh_host_${type}_key.pub`)],
+      {
+        encoding: 'utf8',
+      },
+    );
+    assert.notEqual(before.split(' ')[1], fp, `${type}: a new key, not the image's`);
+  }
+
+  // The server keeps what the workstation reported, for the administrator's known_hosts.
+  const w = (await (
+    await fetch(`${l.server.url}/api/workstations/lab1-07`, {
+      headers: { authorization: `Bearer ${l.server.adminToken}` },
+    })
+  ).json()) as Workstation;
+  assert.equal(w.identity?.name, 'lab1-07');
+  assert.equal(w.identity?.machineId, id.machineId);
+  assert.equal(w.identity?.session, 'debian');
+  assert.equal(w.identity?.image, 'debian.imgc');
+  assert.deepEqual(w.identity?.sshHostKeys, id.sshHostKeys);
+  r = await l.imgcast('workstation', 'show', 'lab1-07');
+  assert.equal(r.code, 0, r.err);
+  assert.match(
+    r.out,
+    new RegExp(
+      `^  identity applied \\S+ \\(session debian, image debian\\.imgc\\): host name lab1-07, machine-id ${id.machineId}$`,
+      'm',
+    ),
+  );
+  for (const k of id.sshHostKeys)
+    assert.ok(r.out.includes(`SSH host key ${k.type.padEnd(7)} ${k.fingerprint} (${k.bits} bits)`), r.out);
+
+  // A workstation the administrator did not name keeps the image's host name; the rest is renewed.
+  r = await l.imgcast('session', 'rm', 'debian');
+  assert.equal(r.code, 0, r.err);
+  r = await l.imgcast('workstation', 'rm', 'lab1-07');
+  assert.equal(r.code, 0, r.err);
+  const again = join(l.dir, 'again');
+  await mkdir(again);
+  r = await l.imgcast('mcast', 'unnamed', '-p', 'debian.imgc', '-c', '1');
+  assert.equal(r.code, 0, r.err);
+  r = await l.img(
+    'session',
+    'unnamed',
+    '--server',
+    server,
+    '--disk',
+    again,
+    '--interface',
+    '127.0.0.1',
+    '--json',
+  );
+  assert.equal(r.code, 0, `${r.err}\n${r.out}`);
+  const unnamed = (JSON.parse(r.out) as { postImaging: PostImagingResult }).postImaging.identity!;
+  assert.equal(unnamed.name, null);
+  assert.match(
+    unnamed.notes[0] ?? '',
+    /^no name: the administrator has not named this workstation \(it registered as .*\); imgcast workstation edit .* --name NAME names it$/,
+  );
+  assert.equal(await readFile(join(again, 'etc/hostname'), 'utf8'), 'reference\n');
+  assert.notEqual(unnamed.machineId, id.machineId);
+  assert.match(unnamed.machineId ?? '', /^[0-9a-f]{32}$/);
 });

@@ -10,6 +10,7 @@ import type { FileVolume } from '../../src/image/types.ts';
 import { mountedUses } from '../../src/disk/device.ts';
 import { hasCommand, loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
 import { MiB, mbrExtDisk, sparse } from '../engine/disk-fixtures.ts';
+import { HOST_KEY_TYPES, ROOT, identityToolsMissing, linuxReference } from '../engine/identity/fixtures.ts';
 
 const IMG = new URL('../../src/cli/img.ts', import.meta.url).pathname;
 const BIN = new URL('../../bin/img.js', import.meta.url).pathname;
@@ -577,4 +578,92 @@ test('restore --verify-after of an image of an empty folder says "1 entry"', asy
   const r = img('restore', image, join(dir, 'out'), '--verify-after');
   assert.equal(r.code, 0, r.err);
   assert.match(r.out, /compared with the image: 1 entry, /);
+});
+
+test('img restore --identity NAME --script FILE: the restored disk is that workstation, the script ran on it, the result says so', async (t) => {
+  if (skipUnless(t, loopUnavailable() ?? identityToolsMissing())) return;
+  const dir = await tempDir(t);
+  const ref = await linuxReference(dir);
+  const script = join(dir, 'marker.sh');
+  await writeFile(
+    script,
+    '#!/bin/sh\necho "$IMGCAST_NAME $IMGCAST_IMAGE" > "$IMGCAST_ROOT/etc/marker"\necho marked\n',
+  );
+  const target = join(dir, 'pc.img');
+
+  let r = img(
+    'restore',
+    ref.image,
+    target,
+    '--create',
+    '--identity',
+    'lab1-09',
+    '--script',
+    script,
+    '--verify-after',
+    '--json',
+  );
+  assert.equal(r.code, 0, r.err);
+  const out = JSON.parse(r.out);
+  assert.ok(out.readBack, 'the read-back ran before the identity changed the disk');
+  assert.equal(out.identity.name, 'lab1-09');
+  assert.match(out.identity.machineId, /^[0-9a-f]{32}$/);
+  assert.deepEqual(out.identity.sshHostKeys.map((k: { type: string }) => k.type).sort(), HOST_KEY_TYPES);
+  assert.deepEqual(
+    out.scripts.map((s: { name: string; output: string }) => [s.name, s.output]),
+    [['marker.sh', 'marked\n']],
+  );
+  const loop = execFileSync(
+    'losetup',
+    ['--find', '--show', '-r', '-o', String(ROOT.start), '--sizelimit', String(ROOT.size), target],
+    { encoding: 'utf8' },
+  ).trim();
+  t.after(() => void spawnSync('losetup', ['-d', loop]));
+  const cat = (p: string) =>
+    execFileSync('debugfs', ['-R', `cat ${p}`, loop], { encoding: 'utf8', stdio: 'pipe' });
+  assert.equal(cat('/etc/hostname'), 'lab1-09\n');
+  assert.equal(cat('/etc/machine-id'), `${out.identity.machineId}\n`);
+  assert.equal(cat('/etc/marker'), 'lab1-09 ref.imgc\n');
+  for (const k of out.identity.sshHostKeys as Array<{ type: string; publicKey: string }>)
+    assert.equal(cat(`/etc/ssh/ssh_host_${k.type}_key.pub`), `${k.publicKey}\n`);
+  execFileSync('losetup', ['-d', loop]);
+
+  // The human form: the name, machine-id and every fingerprint, and the script's output on stderr.
+  r = img('restore', ref.image, target, '--force', '--identity', 'lab1-10', '--script', script);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /^identity: lab1-10 \(p2: Debian GNU\/Linux 12 \(bookworm\)\)$/m);
+  assert.match(r.out, /^ {2}machine-id [0-9a-f]{32}$/m);
+  for (const type of HOST_KEY_TYPES)
+    assert.match(r.out, new RegExp(`^  SSH host key ${type} +SHA256:\\S+ \\(\\d+ bits\\)$`, 'm'));
+  assert.match(r.out, /^post-imaging script marker\.sh: done in \d+\.\d s$/m);
+  assert.match(r.err, /^marked$/m);
+});
+
+test('img restore --identity with a bad name is a usage error, and a script that fails fails the command with its output', async (t) => {
+  if (skipUnless(t, loopUnavailable() ?? identityToolsMissing())) return;
+  const dir = await tempDir(t);
+  const ref = await linuxReference(dir);
+  const target = join(dir, 'pc.img');
+  let r = img('restore', ref.image, target, '--create', '--identity', 'lab_1');
+  assert.equal(r.code, 2);
+  assert.match(r.err, /"lab_1" is not a host name/);
+  assert.equal(existsSync(target), false, 'nothing was restored');
+  r = img('restore', ref.image, target, '--create', '--script', join(dir, 'missing.sh'), '--json');
+  assert.equal(r.code, 1);
+  assert.equal(JSON.parse(r.out).error, 'E_SCRIPT_UNREADABLE');
+  assert.equal(existsSync(target), false, 'nothing was restored');
+
+  const bad = join(dir, 'bad.sh');
+  await writeFile(bad, 'echo "cannot reach the licence server" >&2\nexit 4\n');
+  r = img('restore', ref.image, target, '--create', '--identity', 'lab1-11', '--script', bad, '--json');
+  assert.equal(r.code, 1);
+  const err = JSON.parse(r.out);
+  assert.equal(err.error, 'E_SCRIPT_FAILED');
+  assert.equal(err.status, 4);
+  assert.equal(err.output, 'cannot reach the licence server\n');
+  assert.match(
+    r.err,
+    /post-imaging script bad\.sh failed \(exit status 4\): cannot reach the licence server \[E_SCRIPT_FAILED\]/,
+  );
+  assert.deepEqual(await mountedUses(target), [], 'nothing left mounted');
 });

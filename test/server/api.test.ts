@@ -509,3 +509,72 @@ test('an admin account made through the API signs in; a wrong password or an unk
   await ok(f, 'POST', '/api/admins', { body: { name, password: 'another long password' } });
   await refused(f, 'E_UNAUTHORIZED', 401, 'GET', '/api/status', { token: login.body.token });
 });
+
+// ---------------------------------------------------------------- identity
+
+test('a workstation is told the name the administrator gave it, reports what it applied, and the server keeps it (across a restart); a malformed report is refused', async (t) => {
+  const f = await fixture(t);
+  const named = await workstation(f, 'named');
+  const unnamed = await workstation(f, 'self');
+  await ok(f, 'PATCH', `/api/workstations/${named.id}`, { body: { name: 'lab1-01' } });
+  // The stand-in sender knows it by its new name.
+  receiverNames.push(`lab1-01/${named.id.replace(/(..)(?!$)/g, '$1:')}`);
+  await create(f, { name: 'lab1', image: 'lab.imgc', clientCount: 2 });
+  for (const w of [named, unnamed]) await ok(f, 'POST', '/api/sessions/lab1/join', { token: w.token });
+  await waitFor(f, 'lab1', (s) => s.clients.length === 2 && s.clients.every((c) => c.state === 'writing'));
+  const view = (w: { token: string }) =>
+    ok<JoinView>(f, 'GET', '/api/sessions/lab1/wait?since=0&timeoutMs=0', { token: w.token });
+  const v = await view(named);
+  assert.equal(v.state, 'sending');
+  assert.deepEqual(v.identity, { name: 'lab1-01' });
+  const u = await view(unnamed);
+  assert.equal(u.identity?.name, null);
+  assert.match(
+    u.identity?.why ?? '',
+    /^the administrator has not named this workstation \(it registered as self\d+\); imgcast workstation edit 02:00:00:00:00:\w\w --name NAME names it$/,
+  );
+
+  const applied = {
+    name: 'lab1-01',
+    machineId: '0123456789abcdef0123456789abcdef',
+    sshHostKeys: [
+      {
+        type: 'ed25519',
+        bits: 256,
+        fingerprint: 'SHA256:rx45PXDZ8GbE9T3Q5VcnKagGG95Q13qRAQd32iFCzhg',
+        publicKey:
+          'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAmlhwxyRu5zvlVz6O42b4+WDBhxKyyIdCjWAJ0JUPjd root@lab1-01',
+      },
+    ],
+    windowsName: null,
+    notes: ['p1: no sysprep answer file'],
+  };
+  for (const bad of [
+    { ...applied, machineId: 'not-an-id' },
+    { ...applied, sshHostKeys: [{ ...applied.sshHostKeys[0], fingerprint: 'MD5:aa:bb' }] },
+    { ...applied, extra: true },
+    { ...applied, name: 'x'.repeat(64) },
+  ]) {
+    await refused(f, 'E_BAD_REQUEST', 400, 'POST', '/api/sessions/lab1/report', {
+      token: named.token,
+      body: { run: v.run, state: 'ok', identity: bad },
+    });
+  }
+  await ok(f, 'POST', '/api/sessions/lab1/report', {
+    token: named.token,
+    body: { run: v.run, state: 'ok', bytes: 1000, totalBytes: 1000, identity: applied },
+  });
+  const w = await ok<Workstation>(f, 'GET', '/api/workstations/lab1-01');
+  const { reportedAt, ...kept } = w.identity!;
+  assert.deepEqual(kept, { ...applied, session: 'lab1', image: 'lab.imgc' });
+  assert.ok(Math.abs(reportedAt - Date.now()) < 60_000);
+  assert.equal((await ok<Workstation>(f, 'GET', `/api/workstations/${unnamed.id}`)).identity, null);
+
+  await f.server.close();
+  f.server = await start(f, fakeSend());
+  assert.deepEqual(
+    (await ok<Workstation>(f, 'GET', '/api/workstations/lab1-01')).identity,
+    w.identity,
+    'kept across a restart',
+  );
+});
