@@ -114,6 +114,10 @@ export const Session = Type.Object({
   }),
   startBy: StartBy,
   master: Type.Union([SessionMaster, Type.Null()]),
+  names: Type.Union([Type.String(), Type.Null()], {
+    description: 'the naming template for workstations the administrator has not named',
+  }),
+  scripts: Type.Array(Type.String(), { description: 'the post-imaging scripts it carries, by name' }),
   image: Type.String({
     description: 'path of the image inside the image directory; empty when a master workstation sends',
   }),
@@ -144,6 +148,20 @@ export const Session = Type.Object({
 });
 export type Session = Static<typeof Session>;
 
+/** A post-imaging script as a session carries it: its file name and its text. */
+export const PostImagingScript = Type.Object(
+  {
+    name: Type.String({ minLength: 1, maxLength: 255 }),
+    content: Type.String({ maxLength: 65_536 }),
+  },
+  { additionalProperties: false },
+);
+export type PostImagingScript = Static<typeof PostImagingScript>;
+
+/** How a session names the workstations the administrator has not named: lab1-{nn}, pc-{mac}. */
+export const NameTemplate = Type.String({ minLength: 1, maxLength: 63 });
+const SessionScripts = Type.Array(PostImagingScript, { maxItems: 16 });
+
 export const CreateSession = Type.Object(
   {
     name: SessionName,
@@ -152,6 +170,8 @@ export const CreateSession = Type.Object(
     clientCount: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })),
     waitMinutes: Type.Optional(Type.Number({ minimum: 0, maximum: 10080 })),
     waitSeconds: Type.Optional(Type.Number({ minimum: 0, maximum: 604800 })),
+    names: Type.Optional(NameTemplate),
+    scripts: Type.Optional(SessionScripts),
   },
   { additionalProperties: false },
 );
@@ -171,6 +191,8 @@ export const EditSession = Type.Object(
     fileset: Type.Optional(Fileset),
     master: Type.Optional(WorkstationRef),
     deleteWhenDone: Type.Optional(Type.Boolean()),
+    names: Type.Optional(Type.String({ maxLength: 63, description: "'' for none" })),
+    scripts: Type.Optional(SessionScripts),
   },
   { additionalProperties: false },
 );
@@ -189,6 +211,8 @@ export const CreateAutoSession = Type.Object(
     enabled: Type.Optional(Type.Boolean()),
     include: Type.Optional(Type.Array(WorkstationRef, { maxItems: 10000 })),
     rules: Type.Optional(Type.Array(RuleText, { maxItems: 1000 })),
+    names: Type.Optional(NameTemplate),
+    scripts: Type.Optional(SessionScripts),
   },
   { additionalProperties: false },
 );
@@ -415,14 +439,6 @@ export const Imported = Type.Object({
 export type Imported = Static<typeof Imported>;
 
 /** A post-imaging script a session carries: run on each workstation after identity (engine/identity/scripts.ts). */
-export const PostImagingScript = Type.Object(
-  {
-    name: Type.String({ minLength: 1, maxLength: 255 }),
-    content: Type.String({ maxLength: 1_000_000 }),
-  },
-  { additionalProperties: false },
-);
-export type PostImagingScript = Static<typeof PostImagingScript>;
 
 /**
  * What a workstation makes of its restored system once the receive is verified, sent with the

@@ -4,6 +4,7 @@
  * server and the token are found).
  */
 import { readFile } from 'node:fs/promises';
+import { basename } from 'node:path';
 
 import { Command, Option } from 'commander';
 
@@ -56,37 +57,52 @@ const enc = encodeURIComponent;
 
 export function addAdminCommands(program: Command): void {
   withClient(
-    program
-      .command('mcast')
-      .description('create a multicast session of an image on the server; it starts when its trigger fires')
-      .argument('<name>', 'session name, unique on the server (workstations join it with img session NAME)')
-      .requiredOption(
-        '-p, --path <image>',
-        'the image, a path inside the server image directory (or its full path)',
-      )
-      .addOption(new Option('-f, --fileset <n>', 'file set 1-10 to send').argParser(parseFileset).default(1))
-      .addOption(
-        new Option('-t, --time <minutes>', 'start this long after the last new client joined')
-          .argParser(minutes)
-          .default(5),
-      )
-      .addOption(
-        new Option('-c, --count <clients>', 'start once this many clients joined')
-          .argParser(positiveInteger)
-          .default(1),
-      ),
-  ).action((name: string, o: Common & { path: string; fileset: number; time: number; count: number }) =>
-    run(o, async (api) => {
-      const s = await api.request<Session>('POST', '/api/sessions', {
-        body: { name, image: o.path, fileset: o.fileset, clientCount: o.count, waitMinutes: o.time },
-      });
-      emit(!!o.json, s, () =>
-        [
-          `session ${s.name}: ${s.image} (file set ${s.fileset}) waits for ${s.clientCount} client(s), or starts ${formatDuration(s.waitMs / 1000)} after the last one joined`,
-          `on each workstation: img session ${s.name}`,
-        ].join('\n'),
-      );
-    }),
+    identityOptions(
+      program
+        .command('mcast')
+        .description('create a multicast session of an image on the server; it starts when its trigger fires')
+        .argument('<name>', 'session name, unique on the server (workstations join it with img session NAME)')
+        .requiredOption(
+          '-p, --path <image>',
+          'the image, a path inside the server image directory (or its full path)',
+        )
+        .addOption(
+          new Option('-f, --fileset <n>', 'file set 1-10 to send').argParser(parseFileset).default(1),
+        )
+        .addOption(
+          new Option('-t, --time <minutes>', 'start this long after the last new client joined')
+            .argParser(minutes)
+            .default(5),
+        )
+        .addOption(
+          new Option('-c, --count <clients>', 'start once this many clients joined')
+            .argParser(positiveInteger)
+            .default(1),
+        ),
+    ),
+  ).action(
+    (
+      name: string,
+      o: Common & IdentityFlags & { path: string; fileset: number; time: number; count: number },
+    ) =>
+      run(o, async (api) => {
+        const s = await api.request<Session>('POST', '/api/sessions', {
+          body: {
+            name,
+            image: o.path,
+            fileset: o.fileset,
+            clientCount: o.count,
+            waitMinutes: o.time,
+            ...(await identityBody(o)),
+          },
+        });
+        emit(!!o.json, s, () =>
+          [
+            `session ${s.name}: ${s.image} (file set ${s.fileset}) waits for ${s.clientCount} client(s), or starts ${formatDuration(s.waitMs / 1000)} after the last one joined`,
+            `on each workstation: img session ${s.name}`,
+          ].join('\n'),
+        );
+      }),
   );
 
   withClient(
@@ -140,42 +156,46 @@ export function addAdminCommands(program: Command): void {
     .description('define automatic sessions; change, start, reopen or delete any session');
   addAutoSessionCommands(session);
   withClient(
-    session
-      .command('edit')
-      .description(
-        "change a waiting session's trigger or what it sends; an automatic session's master and delete-when-done",
-      )
-      .argument('<name>', 'session name')
-      .addOption(
-        new Option('-c, --clients <n>', 'start once this many clients joined').argParser(positiveInteger),
-      )
-      .addOption(
-        new Option('-t, --minutes <m>', 'start this long after the last new client joined').argParser(
-          minutes,
-        ),
-      )
-      // The names these options had before automatic sessions, kept for scripts.
-      .addOption(new Option('--count <clients>').argParser(positiveInteger).hideHelp())
-      .addOption(new Option('--time <minutes>').argParser(minutes).hideHelp())
-      .option('--image <path>', 'send this image (inside the server image directory) instead')
-      .addOption(new Option('-f, --fileset <n>', 'file set 1-10 to send').argParser(parseFileset))
-      .option('--master <workstation>', 'an automatic session: send the disk of this workstation instead')
-      .option('--delete-when-done', 'an automatic session: delete it once a run has finished')
-      .option('--keep-when-done', 'an automatic session: reopen it for a new run once a run has finished'),
+    identityOptions(
+      session
+        .command('edit')
+        .description(
+          "change a waiting session's trigger or what it sends; an automatic session's master and delete-when-done",
+        )
+        .argument('<name>', 'session name')
+        .addOption(
+          new Option('-c, --clients <n>', 'start once this many clients joined').argParser(positiveInteger),
+        )
+        .addOption(
+          new Option('-t, --minutes <m>', 'start this long after the last new client joined').argParser(
+            minutes,
+          ),
+        )
+        // The names these options had before automatic sessions, kept for scripts.
+        .addOption(new Option('--count <clients>').argParser(positiveInteger).hideHelp())
+        .addOption(new Option('--time <minutes>').argParser(minutes).hideHelp())
+        .option('--image <path>', 'send this image (inside the server image directory) instead')
+        .addOption(new Option('-f, --fileset <n>', 'file set 1-10 to send').argParser(parseFileset))
+        .option('--master <workstation>', 'an automatic session: send the disk of this workstation instead')
+        .option('--delete-when-done', 'an automatic session: delete it once a run has finished')
+        .option('--keep-when-done', 'an automatic session: reopen it for a new run once a run has finished'),
+      true,
+    ),
   ).action(
     (
       name: string,
-      o: Common & {
-        clients?: number;
-        minutes?: number;
-        count?: number;
-        time?: number;
-        image?: string;
-        fileset?: number;
-        master?: string;
-        deleteWhenDone?: boolean;
-        keepWhenDone?: boolean;
-      },
+      o: Common &
+        IdentityFlags & {
+          clients?: number;
+          minutes?: number;
+          count?: number;
+          time?: number;
+          image?: string;
+          fileset?: number;
+          master?: string;
+          deleteWhenDone?: boolean;
+          keepWhenDone?: boolean;
+        },
     ) =>
       run(o, async (api) => {
         if (o.deleteWhenDone && o.keepWhenDone)
@@ -189,10 +209,11 @@ export function addAdminCommands(program: Command): void {
           fileset: o.fileset,
           master: o.master,
           deleteWhenDone: o.deleteWhenDone ? true : o.keepWhenDone ? false : undefined,
+          ...(await identityBody(o)),
         };
         if (Object.values(body).every((v) => v === undefined))
           throw new UsageError(
-            'nothing to change: give -c, -t, --image, --fileset, --master or --delete-when-done',
+            'nothing to change: give -c, -t, --image, --fileset, --master, --delete-when-done, --names or --script',
           );
         const s = await api.request<Session>('PATCH', `/api/sessions/${enc(name)}`, { body });
         emit(!!o.json, s, () => describeSession(s));
@@ -320,6 +341,48 @@ export function addAdminCommands(program: Command): void {
   );
 }
 
+interface IdentityFlags {
+  names?: string;
+  script?: string[];
+  scripts?: boolean;
+}
+
+/** --names and --script: how the session names its workstations, and what they run after the restore. */
+function identityOptions(cmd: Command, edit = false): Command {
+  cmd
+    .option(
+      '--names <template>',
+      `name the workstations the administrator has not named: lab1-{nn} (in join order), pc-{mac}${edit ? "; '' for none" : ''}`,
+    )
+    .option(
+      '--script <file>',
+      'a post-imaging script every workstation runs after its restore (repeatable)',
+      (v: string, all: string[] = []) => [...all, v],
+    );
+  return edit ? cmd.option('--no-scripts', 'carry no post-imaging script any more') : cmd;
+}
+
+/** The body fields of --names and --script; scripts are read here, on the administrator's machine. */
+async function identityBody(
+  o: IdentityFlags,
+): Promise<{ names?: string; scripts?: Array<{ name: string; content: string }> }> {
+  const body: { names?: string; scripts?: Array<{ name: string; content: string }> } = {};
+  if (o.names !== undefined) body.names = o.names;
+  if (o.scripts === false) body.scripts = [];
+  if (o.script?.length) {
+    body.scripts = await Promise.all(
+      o.script.map(async (file) => {
+        try {
+          return { name: basename(file), content: await readFile(file, 'utf8') };
+        } catch (err) {
+          throw new UsageError(`cannot read the script ${file}: ${(err as Error).message}`);
+        }
+      }),
+    );
+  }
+  return body;
+}
+
 async function readPassword(): Promise<string> {
   if (process.stdin.isTTY) process.stderr.write('password (end with Enter, then Ctrl-D): ');
   const parts: Buffer[] = [];
@@ -387,6 +450,8 @@ function describeSession(s: Session): string {
   } else if (s.origin === 'workstation' && s.image === '') {
     lines.push(`    opened by its workstations; no master yet`);
   }
+  if (s.names) lines.push(`    names the workstations nobody named: ${s.names}`);
+  if (s.scripts.length) lines.push(`    post-imaging scripts: ${s.scripts.join(', ')}`);
   if (s.group) lines.push(`    group ${s.group}, port ${s.port}`);
   if (s.message && s.state !== 'waiting') lines.push(`    ${s.message}`);
   for (const c of s.clients) lines.push(clientLine(c));
@@ -432,48 +497,51 @@ function source(s: Session): string {
 
 function addAutoSessionCommands(session: Command): void {
   withClient(
-    session
-      .command('add')
-      .description(
-        'define an automatic session: the workstations it lists or its rules match join it by themselves (img auto)',
-      )
-      .argument('<name>', 'session name, unique on the server')
-      .option(
-        '--image <path>',
-        'the image to send, a path inside the server image directory (or its full path)',
-      )
-      .addOption(new Option('-f, --fileset <n>', 'file set 1-10 to send').argParser(parseFileset))
-      .option(
-        '--master <workstation>',
-        'send the disk of this workstation as it is read (it runs img auto, or img session NAME master)',
-      )
-      .addOption(
-        new Option('-c, --clients <n>', 'start once this many clients joined')
-          .argParser(positiveInteger)
-          .default(5),
-      )
-      .addOption(
-        new Option('-t, --minutes <m>', 'start this long after the last new client joined')
-          .argParser(minutes)
-          .default(15),
-      )
-      .option(
-        '--delete-when-done',
-        'delete the session once a run has finished (default: reopen it for the next workstations)',
-      )
-      .option('--disabled', 'define it disabled: it takes no workstation until `imgcast session enable`'),
+    identityOptions(
+      session
+        .command('add')
+        .description(
+          'define an automatic session: the workstations it lists or its rules match join it by themselves (img auto)',
+        )
+        .argument('<name>', 'session name, unique on the server')
+        .option(
+          '--image <path>',
+          'the image to send, a path inside the server image directory (or its full path)',
+        )
+        .addOption(new Option('-f, --fileset <n>', 'file set 1-10 to send').argParser(parseFileset))
+        .option(
+          '--master <workstation>',
+          'send the disk of this workstation as it is read (it runs img auto, or img session NAME master)',
+        )
+        .addOption(
+          new Option('-c, --clients <n>', 'start once this many clients joined')
+            .argParser(positiveInteger)
+            .default(5),
+        )
+        .addOption(
+          new Option('-t, --minutes <m>', 'start this long after the last new client joined')
+            .argParser(minutes)
+            .default(15),
+        )
+        .option(
+          '--delete-when-done',
+          'delete the session once a run has finished (default: reopen it for the next workstations)',
+        )
+        .option('--disabled', 'define it disabled: it takes no workstation until `imgcast session enable`'),
+    ),
   ).action(
     (
       name: string,
-      o: Common & {
-        image?: string;
-        fileset?: number;
-        master?: string;
-        clients: number;
-        minutes: number;
-        deleteWhenDone?: boolean;
-        disabled?: boolean;
-      },
+      o: Common &
+        IdentityFlags & {
+          image?: string;
+          fileset?: number;
+          master?: string;
+          clients: number;
+          minutes: number;
+          deleteWhenDone?: boolean;
+          disabled?: boolean;
+        },
     ) =>
       run(o, async (api) => {
         if ((o.image === undefined) === (o.master === undefined))
@@ -490,6 +558,7 @@ function addAutoSessionCommands(session: Command): void {
             waitMinutes: o.minutes,
             deleteWhenDone: !!o.deleteWhenDone,
             enabled: !o.disabled,
+            ...(await identityBody(o)),
           },
         });
         emit(!!o.json, s, () =>

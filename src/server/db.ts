@@ -66,6 +66,10 @@ export interface SessionTable {
   start_by: string;
   /** Compression level of a live master's capture; null: the default. */
   level: string | null;
+  /** Naming template (naming.ts) for the workstations the administrator has not named. */
+  names: string | null;
+  /** JSON: post-imaging scripts, [{name, content}], run by every workstation after its restore. */
+  scripts: string;
 }
 
 export interface SessionClientTable {
@@ -197,6 +201,11 @@ export const MIGRATIONS: readonly (readonly string[])[] = [
   ],
   // 5: what each workstation applied to its restored system (host name, machine id, SSH host key fingerprints).
   [`ALTER TABLE workstations ADD COLUMN identity TEXT`],
+  // 6: a session's naming template and post-imaging scripts (JSON: [{name, content}]).
+  [
+    `ALTER TABLE sessions ADD COLUMN names TEXT`,
+    `ALTER TABLE sessions ADD COLUMN scripts TEXT NOT NULL DEFAULT '[]'`,
+  ],
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

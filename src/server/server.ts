@@ -109,6 +109,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       masterLostMs: o.masterLostMs,
       describeWorkstation: (id) => workstations.brief(id),
       identityOrder: (id) => workstations.identityOrder(id),
+      assignName: (id, template) => workstations.assignName(id, template),
       onIdentity: (id, applied, session, image) => workstations.recordIdentity(id, applied, session, image),
     });
     await sessions.start();

@@ -24,6 +24,7 @@ import { randomBytes } from 'node:crypto';
 import type {
   MasterClaim,
   MasterReport,
+  PostImagingScript,
   MasterView,
   SessionMaster,
   AppliedIdentity,
@@ -49,6 +50,7 @@ import { ServerError } from './errors.ts';
 import type { ImageStore } from './images.ts';
 import type { AutoSessionView } from './participation.ts';
 import { describeRule, parseRule, type Rule } from './rules.ts';
+import { parseNameTemplate, type TemplateError } from './naming.ts';
 import { startTrigger, type StartBy } from './start-trigger.ts';
 
 /** What the session needs of its sender's progress (the transport's SenderProgress, or the master's report of it). */
@@ -100,6 +102,8 @@ export interface SessionManagerOptions {
   masterLostMs?: number;
   /** What a workstation makes of its restored system (JoinView.identity); none without it. */
   identityOrder?: (workstation: string) => IdentityOrder;
+  /** Names a workstation the administrator has not named by a session's template (naming.ts); its name. */
+  assignName?: (workstation: string, template: string) => Promise<string>;
   /** Keeps what a workstation reports it applied to its restored system. */
   onIdentity?: (
     workstation: string,
@@ -307,6 +311,8 @@ export class SessionManager {
       origin: 'server',
       start_by: 'count-or-time',
       level: null,
+      names: checkTemplate(req.names),
+      scripts: JSON.stringify(req.scripts ?? []),
     };
     // Checked again here: two creates of one name may race through the await above.
     if (this.#live.has(req.name)) {
@@ -347,6 +353,8 @@ export class SessionManager {
       wait_ms: waitMs(req) ?? 5 * 60_000,
       origin: 'server',
       start_by: 'count-or-time',
+      names: checkTemplate(req.names),
+      scripts: JSON.stringify(req.scripts ?? []),
       // Each join restarts the wait; the workstations that waited for a master count from now.
       last_join_at: live.clients.size > 0 ? this.#now() : null,
     });
@@ -389,6 +397,8 @@ export class SessionManager {
       origin: 'workstation',
       start_by: 'command',
       level: null,
+      names: null,
+      scripts: '[]',
     };
     const live: Live = { row, clients: new Map(), version: 1, waiters: new Set(), dirty: false, rules: [] };
     this.#live.set(name, live);
@@ -532,7 +542,9 @@ export class SessionManager {
       waitMs(req) !== undefined ||
       req.image !== undefined ||
       req.fileset !== undefined ||
-      req.master !== undefined;
+      req.master !== undefined ||
+      req.names !== undefined ||
+      req.scripts !== undefined;
     const waiting = () => {
       if (run && live.row.state !== 'waiting') {
         throw new ServerError(
@@ -558,6 +570,8 @@ export class SessionManager {
     if (req.master !== undefined) Object.assign(row, { image: '', master: req.master });
     if (req.fileset !== undefined) row.fileset = req.fileset;
     if (req.deleteWhenDone !== undefined) row.delete_when_done = req.deleteWhenDone ? 1 : 0;
+    if (req.names !== undefined) row.names = req.names === '' ? null : checkTemplate(req.names);
+    if (req.scripts !== undefined) row.scripts = JSON.stringify(req.scripts);
     live.row = row;
     await this.#save(live);
     this.#changed(live);
@@ -742,11 +756,14 @@ export class SessionManager {
     }
     if (!had) {
       const now = this.#now();
+      // A workstation the administrator has not named takes the session's next name, for good.
+      const given =
+        live.row.names && this.#o.assignName ? await this.#o.assignName(ws.id, live.row.names) : ws.name;
       const c: SessionClientTable = {
         session: name,
         run: live.row.run,
         workstation: ws.id,
-        name: ws.name,
+        name: given,
         mac: ws.mac,
         address: ws.address,
         joined_at: now,
@@ -846,7 +863,9 @@ export class SessionManager {
             fileset: live.row.fileset,
           }
         : null,
-      ...(sending && this.#o.identityOrder ? { identity: this.#o.identityOrder(workstation) } : {}),
+      ...(sending && this.#o.identityOrder
+        ? { identity: { ...this.#o.identityOrder(workstation), ...scriptsOf(live.row) } }
+        : {}),
     };
   }
 
@@ -1530,6 +1549,8 @@ export class SessionManager {
       origin: r.origin === 'workstation' ? 'workstation' : 'server',
       startBy: r.start_by as StartBy,
       master: this.#masterInfo(live),
+      names: r.names,
+      scripts: (JSON.parse(r.scripts) as PostImagingScript[]).map((x) => x.name),
       image: r.image,
       fileset: r.fileset,
       clientCount: r.client_count,
@@ -1566,6 +1587,27 @@ export class SessionManager {
       rules: live.rules.map((r) => ({ text: r.text, description: r.description, valid: r.rule !== null })),
     };
   }
+}
+
+/** The template as stored, or E_BAD_REQUEST saying where it is wrong. */
+function checkTemplate(text: string | undefined): string | null {
+  if (text === undefined) return null;
+  try {
+    parseNameTemplate(text);
+    return text;
+  } catch (err) {
+    const e = err as TemplateError;
+    throw new ServerError('E_BAD_REQUEST', `naming template ${text}: ${e.message}`, {
+      template: text,
+      position: e.position,
+    });
+  }
+}
+
+/** A session's scripts, for the identity order; none: nothing to add. */
+function scriptsOf(row: SessionTable): { scripts?: PostImagingScript[] } {
+  const scripts = JSON.parse(row.scripts) as PostImagingScript[];
+  return scripts.length > 0 ? { scripts } : {};
 }
 
 /** A session workstations opened and wait in, which no master has taken yet. */

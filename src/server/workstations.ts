@@ -23,6 +23,7 @@ import { hostnameProblem } from '../engine/identity/names.ts';
 import { newToken, tokenHash } from './auth.ts';
 import type { Db, WorkstationTable } from './db.ts';
 import { ServerError } from './errors.ts';
+import { nextName, parseNameTemplate } from './naming.ts';
 import type { Candidate } from './participation.ts';
 import { formatAddress, macDigits, parseAddress, subjectOf } from './rules.ts';
 
@@ -408,6 +409,23 @@ export class Workstations {
     const problem = hostnameProblem(row.name);
     if (problem) return { name: null, why: `its name cannot be a host name: ${problem}` };
     return { name: row.name };
+  }
+
+  /**
+   * The name a session's template (naming.ts) gives a workstation the administrator has not
+   * named: the lowest number no other workstation's name holds. Kept as its name from then on,
+   * as if the administrator had given it, so the machine is the same name in the next run too.
+   * A workstation already named keeps its name.
+   */
+  async assignName(id: string, template: string): Promise<string> {
+    const row = this.#byId.get(id);
+    if (!row) throw new ServerError('E_WORKSTATION_UNKNOWN', `no workstation ${id}`, { workstation: id });
+    if (row.named === 1) return row.name;
+    const taken = new Set([...this.#byId.values()].filter((r) => r.id !== id).map((r) => r.name));
+    const name = nextName(parseNameTemplate(template), row.mac, taken);
+    await this.#db.updateTable('workstations').set({ name, named: 1 }).where('id', '=', id).execute();
+    Object.assign(row, { name, named: 1 });
+    return name;
   }
 
   /** Keeps what a workstation reports it applied to its restored system (the last report wins). */

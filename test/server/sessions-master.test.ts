@@ -316,3 +316,48 @@ test('the master of an automatic session is told so by img auto and takes up its
     (v) => v.send !== null,
   );
 });
+
+test('a naming template names the workstations nobody named in join order, for good, and carries the session scripts to them', async (t) => {
+  const f = await fixture(t);
+  const named = await register(f, 'whatever-1');
+  await ok(f, 'PATCH', `/api/workstations/${named.mac}`, { body: { name: 'teacher' } });
+  const a = await register(f, 'debian');
+  const b = await register(f, 'debian');
+  const bad = await refused(f, 'E_BAD_REQUEST', 400, 'POST', '/api/sessions', {
+    body: { name: 'named', image: 'lab.imgc', names: 'lab1-{nn' },
+  });
+  assert.deepEqual([bad.position, /unclosed/.test(bad.message)], [6, true]);
+  const s = await ok<Session>(f, 'POST', '/api/sessions', {
+    body: {
+      name: 'named',
+      image: 'lab.imgc',
+      clientCount: 3,
+      names: 'lab1-{nn}',
+      scripts: [{ name: 'hello.sh', content: '#!/bin/sh\necho hi > "$IMGCAST_ROOT/hello"\n' }],
+    },
+  });
+  assert.deepEqual([s.names, s.scripts], ['lab1-{nn}', ['hello.sh']]);
+  for (const w of [b, named, a]) await join_(f, 'named', w.token, false);
+  const started = await until(
+    'the session starts',
+    () => ok<Session>(f, 'GET', '/api/sessions/named'),
+    (x) => x.state === 'sending',
+  );
+  assert.deepEqual(
+    started.clients.map((c) => c.name),
+    ['lab1-01', 'teacher', 'lab1-02'],
+  );
+  const order = (await view(f, 'named', a.token)).identity;
+  assert.equal(order?.name, 'lab1-02');
+  assert.deepEqual(
+    order?.scripts?.map((x) => x.name),
+    ['hello.sh'],
+  );
+  assert.equal((await view(f, 'named', named.token)).identity?.name, 'teacher');
+  // The names stay the workstations' own.
+  const list = await ok<Array<{ name: string; mac: string }>>(f, 'GET', '/api/workstations');
+  assert.deepEqual(
+    list.map((w) => w.name).sort(),
+    ['lab1-01', 'lab1-02', 'teacher'],
+  );
+});
