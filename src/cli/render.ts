@@ -61,6 +61,10 @@ export function describeInfo(info: ReturnType<typeof describeImage>): string {
   if (info.disk) {
     lines.push(
       `disk:        ${formatBytes(info.disk.sizeBytes)}, ${info.disk.table.toUpperCase()} partition table`,
+      `fits on:     a disk of ${info.disk.smallestDiskBytes} bytes (${formatBytes(info.disk.smallestDiskBytes)}) or more` +
+        (info.disk.keepSizesDiskBytes !== info.disk.smallestDiskBytes
+          ? `; ${info.disk.keepSizesDiskBytes} bytes (${formatBytes(info.disk.keepSizesDiskBytes)}) with --keep-sizes`
+          : ''),
     );
     for (const p of info.disk.partitions) {
       lines.push(

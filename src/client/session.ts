@@ -35,6 +35,8 @@ export interface SessionOptions {
   restart?: boolean;
   /** Write into a non-empty folder target. */
   force?: boolean;
+  /** Keep the image's partition sizes (RestoreOptions.keepSizes). */
+  keepSizes?: boolean;
   tuneReassembly?: boolean;
   /** Each change while waiting (joined, needed, countdown). */
   onWaiting?: (v: JoinView) => void;
@@ -177,6 +179,7 @@ async function takePart(
     makeConsumer: (s) =>
       restoreConsumer(s, disk, {
         force: o.force,
+        keepSizes: o.keepSizes,
         onWarning: o.warn ?? o.log,
         journalPath,
         restart: o.restart,
