@@ -61,16 +61,17 @@ export function describeInfo(info: ReturnType<typeof describeImage>): string {
   if (info.disk) {
     lines.push(
       `disk:        ${formatBytes(info.disk.sizeBytes)}, ${info.disk.table.toUpperCase()} partition table`,
-      `fits on:     a disk of ${info.disk.smallestDiskBytes} bytes (${formatBytes(info.disk.smallestDiskBytes)}) or more` +
-        (info.disk.keepSizesDiskBytes !== info.disk.smallestDiskBytes
-          ? `; ${info.disk.keepSizesDiskBytes} bytes (${formatBytes(info.disk.keepSizesDiskBytes)}) with --keep-sizes`
-          : ''),
     );
     for (const p of info.disk.partitions) {
       lines.push(
         `  partition ${p.number}: start ${p.startBytes}, ${formatBytes(p.sizeBytes)}, type ${describeType(info.disk.table, p.type)}${p.name ? ` "${p.name}"` : ''}`,
       );
     }
+    const { smallestDiskBytes: fits, keepSizesDiskBytes: kept } = info.disk;
+    lines.push(
+      `fits on:     a disk of ${fits} bytes (${formatBytes(fits)}) or more (file set 1)` +
+        (kept !== fits ? `; ${kept} bytes (${formatBytes(kept)}) with --keep-sizes` : ''),
+    );
   }
   lines.push('volumes:');
   for (const v of info.volumes) {

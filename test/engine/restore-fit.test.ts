@@ -325,7 +325,7 @@ test('GPT workstation disk onto larger and smaller disks: grown, kept, shrunk, r
   assert.match(
     sh(process.execPath, [IMG, 'info', src.image]),
     new RegExp(
-      `fits on: +a disk of ${smallest} bytes \\(\\d+\\.\\d MiB\\) or more; ${256 * MiB} bytes \\(256\\.0 MiB\\) with --keep-sizes`,
+      `fits on: +a disk of ${smallest} bytes \\(\\d+\\.\\d MiB\\) or more \\(file set 1\\); ${256 * MiB} bytes \\(256\\.0 MiB\\) with --keep-sizes`,
     ),
   );
 

@@ -397,12 +397,15 @@ test('whole GPT disk: make from a loop device, restore onto same-size and larger
     assert.ok(readBack.entries > 300 && readBack.rawBytes > 60 * MiB, JSON.stringify(readBack));
   });
 
-  await t.test('restore onto a larger disk-image file keeping sizes moves the backup GPT to the end', async (t2) => {
-    const file = await sparse(join(dir, 'large.img'), DISK + 64 * MiB);
-    await restoreImage(src.image, file, { fileset: 1, keepSizes: true });
-    await checkRestoredDisk(t2, src, file, r, false);
-    await verifyRestoredImage(src.image, file, { fileset: 1, keepSizes: true });
-  });
+  await t.test(
+    'restore onto a larger disk-image file keeping sizes moves the backup GPT to the end',
+    async (t2) => {
+      const file = await sparse(join(dir, 'large.img'), DISK + 64 * MiB);
+      await restoreImage(src.image, file, { fileset: 1, keepSizes: true });
+      await checkRestoredDisk(t2, src, file, r, false);
+      await verifyRestoredImage(src.image, file, { fileset: 1, keepSizes: true });
+    },
+  );
 
   await t.test(
     'a restore that fails midway unmounts, detaches and leaves the disk without a table',
