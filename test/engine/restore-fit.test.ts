@@ -21,7 +21,8 @@ import { verifyRestoredImage } from '../../src/engine/verify-target.ts';
 import type { Manifest } from '../../src/image/types.ts';
 import { trackedLoops } from '../disk/loops.ts';
 import { hasCommand, loopUnavailable, skipUnless, tempDir } from '../helpers/env.ts';
-import { MiB, sparse } from './disk-fixtures.ts';
+import { receiveCommand, sendCommand } from '../../src/cli/transfer.ts';
+import { MiB, mbrExtDisk, sparse } from './disk-fixtures.ts';
 import { compareTrees } from './tree-compare.ts';
 
 const SECTOR = 512;
@@ -476,4 +477,56 @@ test('MBR disk: the root grows or shrinks, the raw partition after it moves whol
       return true;
     });
   });
+});
+
+test('multicast sessions onto larger disks: each receiver fits the layout to its own disk, or keeps it with keepSizes', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  if (!hasCommand('sfdisk')) return void t.skip('needs sfdisk');
+  const dir = await tempDir(t, 'imgcast-fit-test-');
+  const { image, manifest } = await mbrExtDisk(dir);
+  const imageParts = manifest.disk!.partitions.map((p) => ({
+    number: p.number,
+    start: p.startBytes,
+    size: p.sizeBytes,
+  }));
+  const targets = [
+    await sparse(join(dir, 'fit.img'), 96 * MiB),
+    await sparse(join(dir, 'kept.img'), 128 * MiB),
+  ];
+  // One session per receiver: two disk restores in one process can pick the same free loop
+  // device (attachLoop's record of it is per process and device).
+  for (const [i, to] of targets.entries()) {
+    const port = 20000 + 2 * Math.floor(Math.random() * 6000);
+    const group = `239.255.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
+    const [sent, got] = await Promise.all([
+      sendCommand(image, { clients: 1, wait: 30, interface: '127.0.0.1', group, port }),
+      receiveCommand({
+        from: `127.0.0.1:${port}`,
+        to,
+        interface: '127.0.0.1',
+        journal: join(dir, `journal${i}`),
+        keepSizes: i === 1,
+      }),
+    ]);
+    assert.equal(sent.ok, true);
+    assert.equal(got.ok, true);
+  }
+  // Partition 2, the last ext volume, grew to the end of the 96 MiB disk; the 128 MiB one keeps the image's.
+  assert.deepEqual(await partsOf(targets[0]!), [
+    imageParts[0],
+    { ...imageParts[1], size: 96 * MiB - imageParts[1]!.start },
+  ]);
+  assert.deepEqual(await partsOf(targets[1]!), imageParts);
+  sfdiskClean(targets[0]!);
+  await verifyRestoredImage(image, targets[0]!, { fileset: 1 });
+  await verifyRestoredImage(image, targets[1]!, { fileset: 1, keepSizes: true });
+
+  // The CLI passes --keep-sizes to the restore and to its read-back.
+  const again = await sparse(join(dir, 'cli.img'), 128 * MiB);
+  const out = JSON.parse(
+    sh(process.execPath, [IMG, 'restore', image, again, '--keep-sizes', '--verify-after', '--json']),
+  ) as { description: string; readBack: { entries: number } };
+  assert.doesNotMatch(out.description, /grown/);
+  assert.ok(out.readBack.entries > 40);
+  assert.deepEqual(await partsOf(again), imageParts);
 });
