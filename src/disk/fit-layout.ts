@@ -117,6 +117,14 @@ function minimumOf(v: FileVolume, p: PartitionInfo, fileset: number): { min: num
 const alignUp = (n: number) => Math.ceil(n / ALIGN) * ALIGN;
 const alignDown = (n: number) => Math.floor(n / ALIGN) * ALIGN;
 
+/**
+ * The least an ext volume's partition gets at any factor: its minimum, which is its own
+ * size when that holds its files, or (files added to the image since) more, aligned.
+ */
+function floorOf(s: Slot): number {
+  return s.min > s.p.sizeBytes ? alignUp(s.min) : s.min;
+}
+
 interface Plan {
   slots: Slot[];
   /** Index (in slots, by start) of the first and the last ext volume. */
@@ -158,7 +166,7 @@ function arrange(
   const out = new Map<number, { start: number; size: number }>();
   for (let i = 0; i < first; i++) out.set(i, { start: slots[i]!.p.startBytes, size: slots[i]!.p.sizeBytes });
   const sized = (s: Slot) =>
-    f >= 1 ? s.p.sizeBytes : Math.max(alignUp(s.min), Math.min(alignDown(s.p.sizeBytes * f), s.p.sizeBytes));
+    Math.max(floorOf(s), f >= 1 ? s.p.sizeBytes : Math.min(alignDown(s.p.sizeBytes * f), s.p.sizeBytes));
   let prevEnd = 0;
   let prevOrigEnd = 0;
   for (let i = first; i <= last; i++) {
@@ -188,10 +196,12 @@ function arrange(
   const lastSlot = slots[last]!;
   const lastAt = out.get(last)!;
   // The last ext volume takes the rest: at least its share at this factor and its minimum.
-  const share =
-    f >= 1 ? lastSlot.p.sizeBytes : Math.max(alignUp(lastSlot.min), alignDown(lastSlot.p.sizeBytes * f));
+  const share = Math.max(
+    floorOf(lastSlot),
+    f >= 1 ? lastSlot.p.sizeBytes : alignDown(lastSlot.p.sizeBytes * f),
+  );
   let size = regionEnd - lastAt.start;
-  if (size < Math.max(share, lastSlot.min)) return null;
+  if (size < share) return null;
   size = Math.min(size, lastSlot.max);
   // Growing by less than the alignment is not worth a new table.
   if (
@@ -293,7 +303,7 @@ function smallestOf(disk: DiskLayout, plan: Plan): number {
   // With an unbounded end the last ext volume got everything: it gets its minimum instead.
   const { slots, last } = plan;
   const lastAt = placed ? placed.get(last)! : { start: slots[last]!.p.startBytes, size: 0 };
-  const lastEnd = lastAt.start + alignUp(slots[last]!.min);
+  const lastEnd = lastAt.start + floorOf(slots[last]!);
   let end = lastEnd;
   if (last < slots.length - 1) {
     const tail = slots.slice(last + 1);

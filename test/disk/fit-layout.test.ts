@@ -363,3 +363,61 @@ test('any target size: a layout that fits is sane, and fits exactly from the sma
     { numRuns: 300 },
   );
 });
+
+test('a volume its files nearly fill keeps its size on the same disk and is the floor on a smaller one', () => {
+  const { disk, volumes } = workstation();
+  const root = volumes[2] as FileVolume;
+  const full = {
+    ...root,
+    entries: root.entries.map((e) => (e.path === 'big.bin' ? { ...e, size: 2800 * MiB } : e)),
+  };
+  const vs = [volumes[0]!, volumes[1]!, full];
+  const same = fitted(fitLayout(disk, vs, 3 * GiB, { fileset: 1 }));
+  assert.equal(same.changed, false);
+  const min = smallestDisk(disk, vs, { fileset: 1 });
+  assert.equal(min, layoutNeeds(disk), 'no room to spare: the smallest disk is the image layout');
+  assert.equal(fitLayout(disk, vs, min - SECTOR, { fileset: 1 }).fits, false);
+});
+
+test('files added to the image beyond the size of their partition: it gets room for them', () => {
+  const size = 2 * GiB;
+  const disk = gpt(size, [
+    { number: 1, startBytes: MiB, sizeBytes: 16 * MiB, type: LINUX, uuid: 'small' },
+    { number: 2, startBytes: 17 * MiB, sizeBytes: size - BACKUP - 17 * MiB, type: LINUX, uuid: 'root' },
+  ]);
+  const volumes = [ext4(0, 1, 16 * MiB, 40 * MiB), ext4(1, 2, size - BACKUP - 17 * MiB, 100 * MiB)];
+  const f = fitted(fitLayout(disk, volumes, size, { fileset: 1 }));
+  assertSane(f, disk, size);
+  const p1 = f.layout.partitions[0]!;
+  const v = volumes[0] as FileVolume;
+  assert.ok(p1.sizeBytes > 100 * MiB, `${p1.sizeBytes}`);
+  assert.ok(extHolds(p1.sizeBytes, v.fs, extFilesNeed(v, 1, 4096)));
+  // With --keep-sizes the image's layout is taken as it is.
+  assert.deepEqual(
+    fitted(fitLayout(disk, volumes, size, { fileset: 1, keepSizes: true })).layout.partitions,
+    disk.partitions,
+  );
+});
+
+test('4096-byte sectors: the backup GPT takes 5 sectors, the last volume grows up to it', () => {
+  const ss = 4096;
+  const size = 4 * GiB;
+  const disk: DiskLayout = {
+    sizeBytes: size,
+    sectorSize: ss,
+    table: 'gpt',
+    partitions: [{ number: 1, startBytes: MiB, sizeBytes: size - 5 * ss - MiB, type: LINUX, volume: 0 }],
+    bootAreas: [
+      { offset: 0, length: MiB, extents: [] },
+      { offset: size - 5 * ss, length: 5 * ss, extents: [] },
+    ],
+  };
+  const volumes = [ext4(0, 1, size - 5 * ss - MiB, GiB)];
+  const f = fitted(fitLayout(disk, volumes, 8 * GiB + 3 * 512, { fileset: 1 }));
+  assert.equal(f.layout.sizeBytes, 8 * GiB, 'whole sectors only');
+  assert.equal(f.layout.partitions[0]!.sizeBytes, 8 * GiB - 5 * ss - MiB);
+  const min = smallestDisk(disk, volumes, { fileset: 1 });
+  assert.equal(min % ss, 0);
+  assert.equal(fitLayout(disk, volumes, min - ss, { fileset: 1 }).fits, false);
+  assert.ok(fitLayout(disk, volumes, min, { fileset: 1 }).fits);
+});
