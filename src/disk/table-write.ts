@@ -74,9 +74,11 @@ export async function writeFittedTable(target: string, image: DiskLayout, fitted
       const count = s0.readUInt32LE(o + 12);
       if (type === 0 || count === 0) continue;
       if (type === 0xee && image.table === 'gpt') {
-        // The protective entry covers the whole disk after sector 0, as far as 32 bits reach.
-        const whole = Math.min(sectors - 1, 0xffffffff);
-        if (start === 1 && count !== whole) setMbrEntry(s0, o, 1, whole, true);
+        // The protective entry covers the whole disk after sector 0, as far as 32 bits reach;
+        // a hybrid MBR's covers only the GPT itself, and stays.
+        const whole = (n: number) => Math.min(n - 1, 0xffffffff);
+        if (start === 1 && count === whole(image.sizeBytes / ss) && count !== whole(sectors))
+          setMbrEntry(s0, o, 1, whole(sectors), true);
         continue;
       }
       // MBR: entry i is partition i + 1; a hybrid MBR's entry follows the GPT partition it mirrors.
