@@ -63,7 +63,7 @@ export type Fit =
       /** The smallest target the image fits on with these options. */
       needBytes: number;
       haveBytes: number;
-      /** What takes the room: "partition 2 (ext4) needs at least … for … of files", or why the layout is fixed. */
+      /** What takes the room ("partition 2 needs at least … for … of files"), or why the layout is fixed. */
       why: string;
     };
 
