@@ -174,6 +174,10 @@ export function buildImgProgram(): Command {
     )
     .option('--create', 'create TARGET as a new disk-image file if it does not exist (never under /dev)')
     .option(
+      '--keep-sizes',
+      "keep the image's partition sizes: a larger disk's extra space stays unused, a smaller one must hold them (default: the last ext volume grows to the end of the disk; on a smaller disk the ext volumes shrink as far as their files allow)",
+    )
+    .option(
       '--verify-after',
       'then read TARGET back (from the disk, through fresh mounts) and compare it with the image',
     )
@@ -205,6 +209,7 @@ export function buildImgProgram(): Command {
           fileset?: number;
           force?: boolean;
           create?: boolean;
+          keepSizes?: boolean;
           verifyAfter?: boolean;
           identity?: string;
           script?: string[];
@@ -228,6 +233,7 @@ export function buildImgProgram(): Command {
                 force: !!o.force,
                 overwrite: !!o.force,
                 create: !!o.create,
+                keepSizes: !!o.keepSizes,
                 onProgress: (p) => update(p.bytesDone, p.bytesTotal),
                 onWarning: warn,
                 signal,
@@ -237,7 +243,12 @@ export function buildImgProgram(): Command {
             if (o.verifyAfter) {
               const { verifyRestoredImage } = await import('../engine/verify-target.ts');
               readBack = await withProgress('verify', { json: !!o.json }, (update) =>
-                verifyRestoredImage(image, target, { fileset, onProgress: update, signal }),
+                verifyRestoredImage(image, target, {
+                  fileset,
+                  keepSizes: !!o.keepSizes,
+                  onProgress: update,
+                  signal,
+                }),
               );
             }
             let after: PostImagingResult | undefined;

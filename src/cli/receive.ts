@@ -35,6 +35,7 @@ export function addReceiveCommand(program: Command): void {
     )
     .option('--restart', 'ignore the resume journal and restore everything')
     .option('--force', 'write into a folder that is not empty')
+    .option('--keep-sizes', "keep the image's partition sizes (see img restore --help)")
     .option(
       '--no-tune-reassembly',
       "leave the kernel's IP reassembly settings alone. By default (as root, Linux) the receive drops " +
@@ -56,6 +57,7 @@ export function addReceiveCommand(program: Command): void {
         restart?: boolean;
         raw?: boolean;
         force?: boolean;
+        keepSizes?: boolean;
         tuneReassembly?: boolean;
         json?: boolean;
         verbose?: boolean;
@@ -77,6 +79,7 @@ export function addReceiveCommand(program: Command): void {
                 journal: o.journal,
                 restart: !!o.restart,
                 force: !!o.force,
+                keepSizes: !!o.keepSizes,
                 tuneReassembly: o.tuneReassembly !== false,
                 onProgress: (p) => update(p.bytes, p.totalBytes),
                 signal,

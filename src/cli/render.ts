@@ -68,6 +68,11 @@ export function describeInfo(info: ReturnType<typeof describeImage>): string {
         `  partition ${p.number}: start ${p.startBytes}, ${formatBytes(p.sizeBytes)}, type ${describeType(info.disk.table, p.type)}${p.name ? ` "${p.name}"` : ''}`,
       );
     }
+    const { smallestDiskBytes: fits, keepSizesDiskBytes: kept } = info.disk;
+    lines.push(
+      `fits on:     a disk of ${fits} bytes (${formatBytes(fits)}) or more (file set 1)` +
+        (kept !== fits ? `; ${kept} bytes (${formatBytes(kept)}) with --keep-sizes` : ''),
+    );
   }
   lines.push('volumes:');
   for (const v of info.volumes) {

@@ -96,6 +96,7 @@ interface TakePartFlags {
   disk?: string;
   interface?: string;
   restart?: boolean;
+  keepSizes?: boolean;
   tuneReassembly?: boolean;
   json?: boolean;
   verbose?: boolean;
@@ -111,6 +112,7 @@ function takePartOptions(cmd: Command): Command {
     )
     .addOption(new Option('--interface <addr>', 'local IPv4 address to use').argParser(localIPv4))
     .option('--restart', "ignore this disk's resume journal and receive everything")
+    .option('--keep-sizes', "keep the image's partition sizes (see img restore --help)")
     .option(
       '--no-tune-reassembly',
       "leave the kernel's IP reassembly settings alone (see img receive --help)",
@@ -136,6 +138,7 @@ function sessionCallbacks(
       disk: o.disk,
       interface: o.interface,
       restart: !!o.restart,
+      keepSizes: !!o.keepSizes,
       tuneReassembly: o.tuneReassembly !== false,
       signal,
       onNote: say,

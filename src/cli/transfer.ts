@@ -52,6 +52,8 @@ export interface ReceiveCommandOptions {
   journal?: string;
   /** Restore into a non-empty directory. */
   force?: boolean;
+  /** Keep the image's partition sizes (RestoreOptions.keepSizes). */
+  keepSizes?: boolean;
   /** Ignore the resume journal: restore everything again. */
   restart?: boolean;
   /** See ReceiverOptions.tuneReassembly. */
@@ -145,6 +147,7 @@ export async function receiveCommand(opts: ReceiveCommandOptions): Promise<Recei
       makeConsumer: (session) =>
         restoreConsumer(session, opts.to, {
           force: opts.force,
+          keepSizes: opts.keepSizes,
           onWarning: opts.warn ?? opts.log,
           journalPath: journal,
           restart: opts.restart,

@@ -36,6 +36,8 @@ export interface SessionOptions {
   restart?: boolean;
   /** Write into a non-empty folder target. */
   force?: boolean;
+  /** Keep the image's partition sizes (RestoreOptions.keepSizes). */
+  keepSizes?: boolean;
   tuneReassembly?: boolean;
   /** Each change while waiting (joined, needed, countdown). */
   onWaiting?: (v: JoinView) => void;
@@ -208,6 +210,7 @@ async function takePart(
       manifest = (s.meta as Partial<ImageMeta> | null)?.manifest;
       return restoreConsumer(s, disk, {
         force: o.force,
+        keepSizes: o.keepSizes,
         onWarning: o.warn ?? o.log,
         journalPath,
         restart: o.restart,

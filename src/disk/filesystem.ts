@@ -110,14 +110,23 @@ async function vfatUsedBytes(device: string): Promise<number | undefined> {
   }
 }
 
-/** Makes a filesystem on `device` that reproduces `info` (type, label, UUID, geometry, features). */
-export async function makeFilesystem(device: string, info: FilesystemInfo): Promise<void> {
+/**
+ * Makes a filesystem on `device` that reproduces `info` (type, label, UUID, geometry,
+ * features). `inodes`: an ext filesystem's inode count, where mke2fs's default for the
+ * size would be too few (fs-space.ts extMkfsInodes).
+ */
+export async function makeFilesystem(
+  device: string,
+  info: FilesystemInfo,
+  opts: { inodes?: number } = {},
+): Promise<void> {
   if (EXT_TYPES.has(info.type)) {
     const args = ['-F', '-q'];
     if (info.uuid) args.push('-U', info.uuid);
     if (info.label) args.push('-L', info.label);
     if (info.blockSize) args.push('-b', String(info.blockSize));
     if (info.inodeSize) args.push('-I', String(info.inodeSize));
+    if (opts.inodes) args.push('-N', String(opts.inodes));
     // 'none' first so the result has exactly the source's features, not mke2fs.conf defaults plus them.
     if (info.features) args.push('-O', ['none', ...info.features].join(','));
     args.push(device);

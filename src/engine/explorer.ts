@@ -5,6 +5,7 @@
  */
 import { lstat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
+import { layoutNeeds, smallestDisk } from '../disk/fit-layout.ts';
 import { ImageError } from '../image/errors.ts';
 import { checkFileset, filesetSummary, isExcluded } from '../image/fileset.ts';
 import { ImageReader } from '../image/reader.ts';
@@ -397,6 +398,9 @@ export function describeManifest(m: Manifest, file: ImageFileFacts) {
       ? {
           sizeBytes: m.disk.sizeBytes,
           table: m.disk.table,
+          // The smallest disk the image (file set 1) restores onto, fitted and with --keep-sizes.
+          smallestDiskBytes: smallestDisk(m.disk, m.volumes, { fileset: 1 }),
+          keepSizesDiskBytes: layoutNeeds(m.disk),
           partitions: m.disk.partitions.map((p) => ({
             number: p.number,
             startBytes: p.startBytes,

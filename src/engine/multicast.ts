@@ -87,6 +87,15 @@ export async function imageProvider(imagePath: string, fileset: number): Promise
 /** The image codec's decoder: decompresses and checks the hash. */
 export const imageDecoder: ChunkDecoder = decodeChunk;
 
+/** What a receiver's restore is given besides the session; see RestoreOptions for force and keepSizes. */
+export interface ConsumerOptions {
+  force?: boolean;
+  keepSizes?: boolean;
+  onWarning?: (m: string) => void;
+  journalPath?: string;
+  restart?: boolean;
+}
+
 /**
  * Restores the session's image onto `target`. With a journal (the receiver's
  * journalPath) that lists chunks of this same session layout, it resumes: the target is
@@ -100,7 +109,7 @@ export const imageDecoder: ChunkDecoder = decodeChunk;
 export async function restoreConsumer(
   session: SessionInfo,
   target: string,
-  opts: { force?: boolean; onWarning?: (m: string) => void; journalPath?: string; restart?: boolean } = {},
+  opts: ConsumerOptions = {},
 ): Promise<ChunkConsumer> {
   const meta = session.meta as Partial<ImageMeta> | null;
   if (!meta || meta.kind !== 'image' || !Number.isInteger(meta.fileset)) {
@@ -155,7 +164,7 @@ async function consumerFor(
   manifest: Manifest,
   fileset: number,
   target: string,
-  opts: { force?: boolean; onWarning?: (m: string) => void; journalPath?: string; restart?: boolean },
+  opts: ConsumerOptions,
   about: string,
   facts: Record<string, unknown>,
 ): Promise<ChunkConsumer> {
@@ -165,9 +174,10 @@ async function consumerFor(
   // inherit its chunks, or a resume would call verified what was never written there. Its target
   // is recorded beside it once the target exists (a missing one is made by prepare).
   const targetFile = journal ? `${journal}.target` : undefined;
+  // The layout a whole disk gets depends on keepSizes too: a resume must be given the same.
+  const identity = async () => `${await targetIdentity(target)}${opts.keepSizes ? ' keep-sizes' : ''}`;
   const sameTarget =
-    targetFile !== undefined &&
-    (await readFile(targetFile, 'utf8').catch(() => '')) === (await targetIdentity(target));
+    targetFile !== undefined && (await readFile(targetFile, 'utf8').catch(() => '')) === (await identity());
   const written =
     journal && sameTarget && !opts.restart ? await readJournal(journal, fingerprint) : new Set<string>();
   // A workstation consents by joining (an unattended lab cannot answer a prompt), but it says what
@@ -179,6 +189,7 @@ async function consumerFor(
     force: opts.force,
     overwrite: true,
     create: before.kind === 'missing',
+    keepSizes: opts.keepSizes,
     onWarning: opts.onWarning,
   };
   let sink: DescribedSink;
@@ -213,7 +224,7 @@ async function consumerFor(
       await sink.prepare().catch((err: unknown) => {
         throw aboutSession(err, about, facts, target);
       });
-      if (targetFile && sink.resumed.size === 0) await writeFile(targetFile, await targetIdentity(target));
+      if (targetFile && sink.resumed.size === 0) await writeFile(targetFile, await identity());
     },
     async apply(id: string, raw: Buffer): Promise<void> {
       if (sink.needed.has(id)) await sink.applyChunk(id, raw);

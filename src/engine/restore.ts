@@ -25,6 +25,9 @@ import {
   type TreeAccess,
 } from '../disk/filesystem.ts';
 import { describeTargetContents } from '../disk/contents.ts';
+import { fitLayout, layoutNeeds } from '../disk/fit-layout.ts';
+import { extMkfsInodes } from '../disk/fs-space.ts';
+import { writeFittedTable } from '../disk/table-write.ts';
 import { createRawRestore } from '../disk/raw.ts';
 import { spaceProblem, syncChecked, syncFilesystemChecked, writeFailure } from '../disk/write-errors.ts';
 import { mergeRanges, newLayoutZones, oldLayoutZones, zeroRanges, type Range } from '../disk/stale.ts';
@@ -79,6 +82,14 @@ export interface RestoreOptions {
    * often a mistyped device name, is refused.
    */
   create?: boolean;
+  /**
+   * A whole-disk image keeps its partition sizes on a target of another size (a larger
+   * disk's extra space stays unused, a smaller disk must hold the image's layout).
+   * Without it the layout is fitted to the target (disk/fit-layout.ts): the last ext
+   * volume grows to the end, or the ext volumes shrink as far as their files allow. A
+   * resume and a read-back verification must be given the same choice.
+   */
+  keepSizes?: boolean;
 }
 
 export type DescribedSink = RestoreSink & {
@@ -107,11 +118,11 @@ function mib(n: number): string {
   return `${(n / (1024 * 1024)).toFixed(1)} MiB`;
 }
 
-function tooSmall(target: string, have: number, need: number, what: string): DiskError {
+function tooSmall(target: string, have: number, need: number, what: string, why?: string): DiskError {
   return new DiskError(
     'E_DISK_TOO_SMALL',
-    `target ${target} holds ${have} bytes (${mib(have)}) but ${what} needs ${need} bytes (${mib(need)})`,
-    { target, targetBytes: have, neededBytes: need },
+    `target ${target} holds ${have} bytes (${mib(have)}) but ${what} needs ${need} bytes (${mib(need)}): ${need - have} bytes (${mib(need - have)}) short${why ? `; ${why}` : ''}`,
+    { target, targetBytes: have, neededBytes: need, shortBytes: need - have },
   );
 }
 
@@ -162,6 +173,7 @@ function filesystemPlace(
   offset: number,
   size: number,
   resuming: boolean,
+  fileset: number,
 ): Place {
   const what =
     volume.partition !== undefined
@@ -173,7 +185,8 @@ function filesystemPlace(
       let tree: TreeAccess;
       try {
         if (!resuming) {
-          await makeFilesystem(loop, volume.fs).catch(async (err: unknown) => {
+          const inodes = extMkfsInodes(volume, fileset, size);
+          await makeFilesystem(loop, volume.fs, inodes ? { inodes } : {}).catch(async (err: unknown) => {
             // mkfs says only "Input/output error"; a full filesystem under the target is the likely why.
             throw (await spaceProblem(loop)) ? await writeFailure(target, what, err) : err;
           });
@@ -403,20 +416,6 @@ function compositeSink(c: Composite): DescribedSink {
   };
 }
 
-/** The smallest target a disk layout fits on: every partition, and for GPT room for the backup table. */
-export function layoutNeeds(disk: DiskLayout): number {
-  let end = 0;
-  for (const p of [...disk.partitions, ...(disk.containers ?? [])])
-    end = Math.max(end, p.startBytes + p.sizeBytes);
-  const first = disk.bootAreas[0];
-  if (first) end = Math.max(end, first.offset + first.length);
-  if (disk.table === 'gpt') {
-    const backup = disk.bootAreas[1];
-    end += backup ? backup.length : 33 * disk.sectorSize;
-  }
-  return end;
-}
-
 type TargetKind =
   { kind: 'directory'; exists: boolean } | { kind: 'device' | 'file'; exists: boolean; size: number };
 
@@ -572,7 +571,7 @@ async function openDiskTarget(
   const child =
     volume.kind === 'raw'
       ? rawVolumeSink(target, volume, 0, fresh, opts.resume)
-      : fileVolumeSink(volume, filesystemPlace(target, volume, 0, size, !!opts.resume), opts);
+      : fileVolumeSink(volume, filesystemPlace(target, volume, 0, size, !!opts.resume, opts.fileset), opts);
   return compositeSink({
     ...(opts.resume ? { resume: opts.resume } : {}),
     createsFile: fresh,
@@ -706,22 +705,30 @@ function diskSink(
   label: string,
   opts: RestoreOptions,
 ): DescribedSink {
-  const need = layoutNeeds(disk);
   const size = fresh ? disk.sizeBytes : existingSize;
   // Boot areas are always written again: an interrupted run may have blanked the table to mark the disk incomplete.
   const bootChunks = new Set(disk.bootAreas.flatMap((a) => a.extents.map((x) => x.chunk)));
   const resume = opts.resume ? new Set([...opts.resume].filter((id) => !bootChunks.has(id))) : undefined;
   const volumeOpts = resume ? { ...opts, resume } : opts;
-  if (size < need) throw tooSmall(target, size, need, `the image's ${disk.table.toUpperCase()} disk layout`);
-  const gptMoves = disk.table === 'gpt' && size !== disk.sizeBytes;
+  const fit = fitLayout(disk, manifest.volumes, size, { fileset: opts.fileset, keepSizes: !!opts.keepSizes });
+  if (!fit.fits) {
+    const what = `the image's ${disk.table.toUpperCase()} disk${opts.keepSizes ? ' layout' : ''}`;
+    throw tooSmall(target, size, fit.needBytes, what, fit.why);
+  }
+  const layout = fit.layout;
+  const unused = size - layoutNeeds(disk);
+  if (fit.kept && unused >= MiB) opts.onWarning?.(`${mib(unused)} of ${target} stay unused: ${fit.kept}`);
+  // The table is rewritten after the boot areas for another disk size (GPT) or layout.
+  const rewrite = fit.changed || (disk.table === 'gpt' && size !== disk.sizeBytes);
+  const gptMoves = disk.table === 'gpt' && rewrite;
 
   const children: RestoreSink[] = [];
   const writtenAreas: Range[] = [];
   disk.bootAreas.forEach((area, i) => {
-    // A smaller target cannot hold the backup GPT where it was; sgdisk -e rebuilds it from the primary.
+    // A smaller target cannot hold the backup GPT where it was; writeFittedTable writes it at the end.
     if (area.offset + area.length > size) return;
-    // On a larger one sgdisk -e writes it at the end, and a copy where the source disk ended
-    // would stay behind as a stale GPT header: it is left out (and its place zeroed).
+    // On a larger one a copy where the source disk ended would stay behind as a stale GPT
+    // header: it is left out (and its place zeroed).
     if (gptMoves && i > 0 && i === disk.bootAreas.length - 1) return;
     writtenAreas.push({ start: area.offset, end: area.offset + area.length });
     children.push(
@@ -732,7 +739,7 @@ function diskSink(
     );
   });
   const bootCount = children.length;
-  for (const p of disk.partitions) {
+  for (const p of layout.partitions) {
     const v = manifest.volumes[p.volume];
     if (!v)
       throw new ImageError(
@@ -741,12 +748,18 @@ function diskSink(
       );
     if (v.kind === 'raw') children.push(rawVolumeSink(target, v, p.startBytes, fresh, resume));
     else {
-      const place = filesystemPlace(target, v, p.startBytes, p.sizeBytes, !!resume);
+      const place = filesystemPlace(target, v, p.startBytes, p.sizeBytes, !!resume, opts.fileset);
       children.push(fileVolumeSink(v, place, volumeOpts));
     }
   }
-  const parts = disk.partitions
-    .map((p) => `${p.number}: ${volumeSummary(manifest.volumes[p.volume]!)}`)
+  const parts = layout.partitions
+    .map((p) => {
+      const r = fit.resized.find((x) => x.number === p.number);
+      const how = r
+        ? ` (${r.toBytes > r.fromBytes ? 'grown' : 'shrunk'} from ${mib(r.fromBytes)} to ${mib(r.toBytes)})`
+        : '';
+      return `${p.number}: ${volumeSummary(manifest.volumes[p.volume]!)}${how}`;
+    })
     .join(', ');
   return compositeSink({
     children,
@@ -770,7 +783,7 @@ function diskSink(
           ? []
           : [
               ...(await oldLayoutZones(target, size, disk.sectorSize)),
-              ...newLayoutZones(disk, manifest, size, writtenAreas),
+              ...newLayoutZones(layout, manifest, size, writtenAreas),
             ];
         await markIncomplete(target, disk, size);
         if (stale.length > 0) await zeroRanges(target, mergeRanges(stale, size));
@@ -779,15 +792,7 @@ function diskSink(
     between: {
       split: bootCount,
       run: async () => {
-        if (!gptMoves) return;
-        const r = await runTool('sgdisk', ['-e', target]);
-        if (r.status !== 0) {
-          throw new DiskError(
-            'E_DISK_COMMAND',
-            `moving the backup GPT to the end of ${target} failed: sgdisk -e: ${(r.stderr || r.stdout).trim()}`,
-            { target },
-          );
-        }
+        if (rewrite) await writeFittedTable(target, disk, layout);
       },
     },
     onAbort: () => (fresh ? unlink(target) : markIncomplete(target, disk, size)),

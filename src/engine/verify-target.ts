@@ -13,14 +13,17 @@
  *   device number, mode, owner, modification time, extended attributes and hard links,
  *   as far as the filesystem keeps them (vfat keeps no owners, modes or links and times
  *   in 2-second steps);
- * - a GPT moved to a target of another size: the table sgdisk rewrote is read and its
- *   partitions compared with the image's.
+ * - a table rewritten for a target of another size or a fitted layout (disk/fit-layout.ts,
+ *   found again from the image, the target's size and the restore's options): its
+ *   partitions are read back and compared with that layout, and each volume is compared
+ *   where that layout puts it.
  */
 import { createHash } from 'node:crypto';
 import { lstat, open, readlink, stat, type FileHandle } from 'node:fs/promises';
 import { attachLoop, detachLoop, deviceSize } from '../disk/device.ts';
 import { DiskError } from '../disk/errors.ts';
 import { runTool } from '../disk/exec.ts';
+import { fitLayout } from '../disk/fit-layout.ts';
 import { openTreeForReading } from '../disk/filesystem.ts';
 import { readPartitionTable } from '../disk/partition-table.ts';
 import { includedEntries } from '../image/fileset.ts';
@@ -50,6 +53,8 @@ export interface VerifyAfterReport {
 
 export interface VerifyAfterOptions {
   fileset: number;
+  /** What the restore was given (RestoreOptions.keepSizes): the layout it fitted is found again from it. */
+  keepSizes?: boolean;
   /** Bytes read back so far, against the total to read. */
   onProgress?: (done: number, total: number) => void;
   /** Stops the reading; what was mounted and attached for it is undone. */
@@ -387,7 +392,7 @@ function plannedBytes(manifest: Manifest, fileset: number): number {
   return n;
 }
 
-/** Partitions of the target's table against the image's, after sgdisk rewrote the table for another size. */
+/** Partitions of the target's table against the layout the restore fitted, after it rewrote the table. */
 async function verifyTable(c: Checker, target: string, disk: DiskLayout): Promise<void> {
   const table = await readPartitionTable(target).catch((err: unknown) => {
     c.differ(`partition table: cannot be read back: ${systemReason(err)}`);
@@ -396,13 +401,41 @@ async function verifyTable(c: Checker, target: string, disk: DiskLayout): Promis
   if (!table) return;
   const key = (p: Pick<PartitionInfo, 'number' | 'startBytes' | 'sizeBytes' | 'type' | 'uuid' | 'name'>) =>
     JSON.stringify([p.number, p.startBytes, p.sizeBytes, p.type, p.uuid ?? '', p.name ?? '']);
-  const got = table.partitions.map(key).sort();
+  const got = table.partitions
+    .filter((p) => !p.extended)
+    .map(key)
+    .sort();
   const want = disk.partitions.map(key).sort();
   if (table.table !== disk.table || JSON.stringify(got) !== JSON.stringify(want)) {
     c.differ(
-      `partition table: read back as ${table.table.toUpperCase()} ${got.join(' ')}, the image has ${want.join(' ')}`,
+      `partition table: read back as ${table.table.toUpperCase()} ${got.join(' ')}, the restore made ${want.join(' ')}`,
     );
   }
+}
+
+/** The bytes of the first boot area a table rewrite changes: MBR entries, GPT header and (layout changed) entries. */
+async function rewrittenRanges(
+  target: string,
+  disk: DiskLayout,
+  layoutChanged: boolean,
+): Promise<Array<[number, number]>> {
+  const ss = disk.sectorSize;
+  if (disk.table === 'mbr') return [[446, 510]];
+  const ranges: Array<[number, number]> = [[440, 2 * ss]];
+  if (layoutChanged) {
+    // Where the entries are, the header says; the table read-back checks header and entries.
+    const fh = await open(target, 'r');
+    try {
+      const h = Buffer.alloc(92);
+      await fh.read(h, 0, 92, ss);
+      const lba = Number(h.readBigUInt64LE(72));
+      const bytes = h.readUInt32LE(80) * h.readUInt32LE(84);
+      if (lba >= 2 && bytes <= 1024 * 1024) ranges.push([lba * ss, lba * ss + bytes]);
+    } finally {
+      await fh.close();
+    }
+  }
+  return ranges;
 }
 
 /**
@@ -432,17 +465,28 @@ export async function verifyRestored(
   } else {
     await dropCache(target);
     const size = await deviceSize(target);
-    const disk = manifest.disk;
-    if (disk) {
-      const moved = disk.table === 'gpt' && size !== disk.sizeBytes;
+    const image = manifest.disk;
+    if (image) {
+      const fit = fitLayout(image, manifest.volumes, size, opts);
+      if (!fit.fits) {
+        throw new DiskError(
+          'E_DISK_TOO_SMALL',
+          `${target} (${size} bytes) cannot hold the image, which needs ${fit.needBytes} bytes: it was not restored there with these options`,
+          { target, targetBytes: size, neededBytes: fit.needBytes },
+        );
+      }
+      const disk = fit.layout;
+      const rewritten = fit.changed || (disk.table === 'gpt' && size !== image.sizeBytes);
       for (const [i, area] of disk.bootAreas.entries()) {
-        if (area.offset + area.length > size || (moved && i > 0 && i === disk.bootAreas.length - 1)) continue;
-        const ss = disk.sectorSize;
-        // sgdisk -e rewrote the protective MBR's entry and the primary header for the new size; the table is compared below.
-        const skip: Array<[number, number]> = moved && i === 0 ? [[440, 2 * ss]] : [];
+        const backup = disk.table === 'gpt' && i > 0 && i === disk.bootAreas.length - 1;
+        if (area.offset + area.length > size || (rewritten && backup)) continue;
+        // The restore rewrote the table (the MBR's entries, the primary GPT header and, for a
+        // new layout, its entries) for the target; the table is compared below.
+        const skip: Array<[number, number]> =
+          rewritten && i === 0 ? await rewrittenRanges(target, disk, fit.changed) : [];
         await c.verifyRaw(target, `boot area ${i + 1}`, area.offset, area.length, area.extents, 0, skip);
       }
-      if (moved) await verifyTable(c, target, disk);
+      if (rewritten) await verifyTable(c, target, disk);
       for (const p of disk.partitions) {
         const v = manifest.volumes[p.volume]!;
         const label = `partition ${p.number}`;
