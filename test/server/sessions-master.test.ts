@@ -356,8 +356,5 @@ test('a naming template names the workstations nobody named in join order, for g
   assert.equal((await view(f, 'named', named.token)).identity?.name, 'teacher');
   // The names stay the workstations' own.
   const list = await ok<Array<{ name: string; mac: string }>>(f, 'GET', '/api/workstations');
-  assert.deepEqual(
-    list.map((w) => w.name).sort(),
-    ['lab1-01', 'lab1-02', 'teacher'],
-  );
+  assert.deepEqual(list.map((w) => w.name).sort(), ['lab1-01', 'lab1-02', 'teacher']);
 });
