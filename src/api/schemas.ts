@@ -567,3 +567,36 @@ export const UploadCommitted = Type.Object({
   storedBytes: Type.Number(),
 });
 export type UploadCommitted = Static<typeof UploadCommitted>;
+
+// --- console
+
+/** A participation rule to check as it is typed: how the server reads it and whom it takes. */
+export const RuleCheck = Type.Object({ rule: RuleText }, { additionalProperties: false });
+
+export const RuleMatch = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  mac: Type.String(),
+  joins: Type.Union([Type.String(), Type.Null()], {
+    description: 'the automatic session this workstation joins now (the first enabled one that takes it)',
+  }),
+});
+export type RuleMatch = Static<typeof RuleMatch>;
+
+export const RuleCheckResult = Type.Union([
+  Type.Object({
+    ok: Type.Literal(true),
+    rule: Type.String({ description: 'how the server reads it (canonical form)' }),
+    matches: Type.Array(RuleMatch, { description: 'the workstations of the inventory it matches' }),
+  }),
+  Type.Object({
+    ok: Type.Literal(false),
+    error: Type.String(),
+    message: Type.String({ description: 'what is wrong and where, with the rule and a caret' }),
+    position: Type.Union([Type.Integer(), Type.Null()], {
+      description: 'UTF-16 offset of the trouble in the text',
+    }),
+    column: Type.Union([Type.Integer(), Type.Null()]),
+  }),
+]);
+export type RuleCheckResult = Static<typeof RuleCheckResult>;

@@ -185,6 +185,8 @@ export class SessionManager {
   #flusher: NodeJS.Timeout | undefined;
   #running = new Set<Promise<void>>();
   #closing = false;
+  /** Who watches the sessions change (the console's live status); see onChange. */
+  #listeners = new Set<() => void>();
 
   constructor(o: SessionManagerOptions) {
     this.#o = o;
@@ -254,6 +256,26 @@ export class SessionManager {
     for (const live of this.#live.values()) for (const w of live.waiters) w();
   }
 
+  /**
+   * Calls `listener` after anything a status shows changed: a state, a join, progress, the
+   * list's order, a session created or deleted. Calls come as often as changes do (progress:
+   * several a second per session); the listener coalesces. Returns the way to stop listening.
+   */
+  onChange(listener: () => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #notify(): void {
+    for (const l of [...this.#listeners]) {
+      try {
+        l();
+      } catch (err) {
+        this.#o.log.warn({ err }, 'a status listener failed');
+      }
+    }
+  }
+
   // --- administration ---------------------------------------------------------------------
 
   /**
@@ -319,6 +341,7 @@ export class SessionManager {
       throw err;
     }
     this.#o.log.info({ session: row.name, image: row.image, auto: row.auto === 1 }, 'session created');
+    this.#notify();
     return this.#view(live);
   }
 
@@ -388,6 +411,7 @@ export class SessionManager {
       throw err;
     }
     this.#o.log.info({ session: name }, 'session opened by a workstation');
+    this.#notify();
     return live;
   }
 
@@ -475,6 +499,7 @@ export class SessionManager {
       }
     });
     for (const [i, l] of lives.entries()) l.row.position = i + 1;
+    this.#notify();
   }
 
   /** The sessions whose current run this workstation is in (it must not be removed meanwhile). */
@@ -659,6 +684,7 @@ export class SessionManager {
     await this.#o.db.deleteFrom('session_clients').where('session', '=', name).execute();
     await this.#o.db.deleteFrom('sessions').where('name', '=', name).execute();
     this.#o.log.info({ session: name }, 'session deleted');
+    this.#notify();
   }
 
   async history(limit = 200): Promise<HistoryEntry[]> {
@@ -867,6 +893,7 @@ export class SessionManager {
     } else {
       c.state = r.state;
       live.dirty = true;
+      this.#notify();
     }
   }
 
@@ -1374,6 +1401,7 @@ export class SessionManager {
       c.total_bytes = r.totalBytes;
     }
     live.dirty = true;
+    this.#notify();
   }
 
   #finishClient(c: SessionClientTable, state: ClientState, code: string | null, reason: string | null): void {
@@ -1451,6 +1479,7 @@ export class SessionManager {
    */
   #changed(live: Live, urgent = true): void {
     live.version++;
+    this.#notify();
     if (!urgent) {
       live.wakeTimer ??= setTimeout(() => this.#wake(live), 1000);
       return;
