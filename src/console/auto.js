@@ -186,11 +186,8 @@ function Matches({ matches, session }) {
   return html`<span>matches ${matches.length}: </span>
     <ul class="inline-list matches">
       ${matches.map(
-        (m) =>
-          html`<li key=${m.id}>
-            <a href=${`#/workstations/${seg(m.mac)}`}>${m.name}</a
-            >${m.joins && m.joins !== session ? html` <span class="muted">(joins ${m.joins})</span>` : null}
-          </li>`,
+        (m, i) =>
+          html`<li key=${m.id}>${i > 0 ? ', ' : ''}<a href=${`#/workstations/${seg(m.mac)}`}>${m.name}</a>${m.joins && m.joins !== session ? html` <span class="muted">(joins ${m.joins})</span>` : null}</li>`,
       )}
     </ul>`;
 }
@@ -238,7 +235,7 @@ function NewRule({ s, onAdded }) {
           ? html`<pre class="error">${problem.message}${problem.error ? ` [${problem.error}]` : ''}</pre>`
           : current?.ok
             ? html`<p class="ok-text">
-                Reads as <code>${current.rule}</code>;
+                Reads as <code>${current.rule}</code>;${' '}
                 <${Matches} matches=${current.matches} session=${s.name} />
               </p>`
             : html`<p class="hint">
@@ -371,7 +368,7 @@ function Participants({ s, checks }) {
                 (r) =>
                   html`<tr key=${r.id} data-workstation=${r.name}>
                     <th scope="row">
-                      <a href=${`#/workstations/${seg(r.mac)}`}>${r.name}</a>
+                      <a href=${`#/workstations/${seg(r.mac)}`}>${r.name}</a>${' '}
                       <span class="muted">${r.mac}</span>
                     </th>
                     <td>${r.why.join(', ')}</td>
@@ -438,12 +435,12 @@ export function AutoSessionPage({ name, live }) {
   if (!s)
     return html`<${PageTitle}>Automatic session ${name}<//>
       <p class="notice">
-        There is no automatic session ${name} (deleted, or never made).
+        There is no automatic session ${name} (deleted, or never made).${' '}
         <a href="#/sessions">Back to the sessions</a>
       </p>`;
   return html`<${PageTitle}>Automatic session ${name}<//>
     <p>
-      <a href="#/sessions">← Sessions</a> · ${s.auto.position}. in the list ·
+      <a href="#/sessions">← Sessions</a> · ${s.auto.position}. in the list ·${' '}
       <${StateBadge} state=${s.state} /> · ${s.auto.enabled ? 'enabled' : 'disabled'}
     </p>
     <${EnableToggle} s=${s} />

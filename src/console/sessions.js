@@ -3,7 +3,7 @@
  * progress, and what can be done to it now; the ordered list of automatic sessions; a form
  * for a new server session.
  */
-import { useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 
 import { api, fieldOf, seg } from './api.js';
 import {
@@ -74,8 +74,7 @@ function Chart({ session }) {
 
 function what(s) {
   if (s.master)
-    return html`disk of
-      <strong>${s.master.name}</strong> (${s.master.present ? 'connected' : 'not connected'})`;
+    return html`disk of <strong>${s.master.name}</strong> (${s.master.present ? 'connected' : 'not connected'})`;
   if (s.auto?.master) return html`disk of <strong>${s.auto.master.name}</strong>`;
   if (!s.image) return html`<em>no master yet</em>`;
   return html`<a href=${`#/images/${seg(s.image)}`}>${s.image}</a> (file set ${s.fileset})`;
@@ -95,8 +94,7 @@ function Trigger({ s, at }) {
               ? 'starts on command'
               : left === null
                 ? `starts when ${s.clientCount} joined, or ${duration(s.waitMs)} after the last join`
-                : html`starts in <span class="countdown">${duration(left)}</span> or once ${s.clientCount}
-                    joined`
+                : html`starts in <span class="countdown">${duration(left)}</span> or once ${s.clientCount} joined`
           }`
         : null
     }
@@ -241,10 +239,37 @@ export function SessionCard({ s, at, full = false }) {
 
 // --- the automatic sessions' list
 
+/**
+ * The button that moved a session keeps the focus once the list is redrawn in its new order (a
+ * list item moved in the page loses it otherwise), so the keyboard can move it on.
+ */
+let refocus = null;
+
 function AutoRow({ s, first, last }) {
   const { busy, error, run } = useAction();
   const call = (path) => () => void run(() => api('POST', `/api/sessions/${seg(s.name)}${path}`));
+  const up = useRef(null);
+  const down = useRef(null);
   const a = s.auto;
+  // Buttons that cannot act say so (aria-disabled) rather than being disabled: a disabled
+  // button drops the keyboard focus, and the first session's "up" is where focus lands after
+  // moving it there.
+  const move = (way, blocked) => () => {
+    if (busy || blocked) return;
+    refocus = `${s.name} ${way}`;
+    void run(() => api('POST', `/api/sessions/${seg(s.name)}/${way}`));
+  };
+  useEffect(() => {
+    for (const [way, ref] of [
+      ['up', up],
+      ['down', down],
+    ]) {
+      if (refocus === `${s.name} ${way}` && ref.current && document.activeElement !== ref.current) {
+        ref.current.focus();
+        refocus = null;
+      }
+    }
+  }, [a.position]);
   const who = [
     a.members.length ? `${a.members.length} listed` : null,
     a.rules.length ? `${a.rules.length} rule${a.rules.length > 1 ? 's' : ''}` : null,
@@ -256,8 +281,14 @@ function AutoRow({ s, first, last }) {
         type="checkbox"
         id=${`en-${s.name}`}
         checked=${a.enabled}
-        disabled=${busy}
-        onChange=${call(a.enabled ? '/disable' : '/enable')}
+        aria-busy=${busy ? 'true' : undefined}
+        onChange=${(e) => {
+          if (busy) {
+            e.currentTarget.checked = a.enabled;
+            return;
+          }
+          call(a.enabled ? '/disable' : '/enable')();
+        }}
       />
       <label for=${`en-${s.name}`}><span class="sr-only">${s.name} </span>enabled</label>
     </span>
@@ -268,16 +299,18 @@ function AutoRow({ s, first, last }) {
     <span class="buttons">
       <button
         type="button"
-        onClick=${call('/up')}
-        disabled=${busy || first}
+        ref=${up}
+        onClick=${move('up', first)}
+        aria-disabled=${first ? 'true' : undefined}
         aria-label=${`move ${s.name} up`}
       >
         ↑ Up
       </button>
       <button
         type="button"
-        onClick=${call('/down')}
-        disabled=${busy || last}
+        ref=${down}
+        onClick=${move('down', last)}
+        aria-disabled=${last ? 'true' : undefined}
         aria-label=${`move ${s.name} down`}
       >
         ↓ Down
@@ -462,10 +495,7 @@ export function RunsTable({ runs, workstation }) {
                   .map(
                     (c) =>
                       html`<li key=${c.workstation}>
-                        ${c.name}:
-                        <${StateBadge}
-                          state=${c.state}
-                        />${c.reason ? html` <span class="error-text">${c.reason}</span>` : null}
+                        ${c.name}: <${StateBadge} state=${c.state} />${c.reason ? html` <span class="error-text">${c.reason}</span>` : null}
                       </li>`,
                   )}
               </ul>

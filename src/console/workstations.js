@@ -157,7 +157,7 @@ export function WorkstationsPage() {
         ? html`<${Loading} what="the workstations" />`
         : list.data.length === 0
           ? html`<p class="muted">
-              No workstations yet: they appear when they register (<code>img session</code>,
+              No workstations yet: they appear when they register (<code>img session</code>,${' '}
               <code>img auto</code>), or add them here.
             </p>`
           : html`<table class="workstations">
@@ -183,7 +183,7 @@ export function WorkstationsPage() {
                     <td>${hardware(w)}</td>
                     <td>${when(w.lastSeenAt)}</td>
                     <td>
-                      ${c === undefined ? html`<span class="muted">…</span>` : c.session ? html`<a href=${`#/auto/${seg(c.session)}`}>${c.session}</a> <span class="muted">${c.why}</span>` : html`<span class="muted">${c.why}</span>`}
+                      ${c === undefined ? html`<span class="muted">…</span>` : c.session ? html`<a href=${`#/auto/${seg(c.session)}`}>${c.session}</a> <span class="muted">· ${c.why}</span>` : html`<span class="muted">${c.why}</span>`}
                     </td>
                   </tr>`;
                 })}
