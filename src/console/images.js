@@ -1,6 +1,11 @@
-/** Images: the image directory's files, and one image's details. */
+/**
+ * Images: the image directory's files; one image's layout, volumes and file sets, an explorer
+ * that changes what each file set leaves out, verify and compact.
+ */
+import { useState } from 'preact/hooks';
+
 import { api, seg } from './api.js';
-import { ErrorText, Loading, PageTitle, bytes, html, useAction, useLoad, when } from './ui.js';
+import { ErrorText, Field, Loading, PageTitle, bytes, html, useAction, useLoad, when } from './ui.js';
 
 export function ImagesPage() {
   const list = useLoad(() => api('GET', '/api/images'));
@@ -62,9 +67,208 @@ export function ImagesPage() {
     }`;
 }
 
+function Layout({ d }) {
+  return html`<section aria-labelledby="layout-title">
+    <h2 id="layout-title">Layout</h2>
+    ${
+      d.disk
+        ? html`<p>
+            Disk of ${bytes(d.disk.sizeBytes)}, ${String(d.disk.table).toUpperCase()} partition table.
+          </p>
+          <table>
+            <caption class="sr-only">Partitions</caption>
+            <thead>
+              <tr>
+                <th scope="col">Partition</th>
+                <th scope="col">Start</th>
+                <th scope="col">Size</th>
+                <th scope="col">Type</th>
+                <th scope="col">Name</th>
+              </tr>
+            </thead>
+            <tbody>
+              ${d.disk.partitions.map(
+                (p) => html`<tr key=${p.number}>
+                  <th scope="row">p${p.number}</th>
+                  <td>${bytes(p.startBytes)}</td>
+                  <td>${bytes(p.sizeBytes)}</td>
+                  <td class="mono">${p.type}</td>
+                  <td>${p.name || '—'}</td>
+                </tr>`,
+              )}
+            </tbody>
+          </table>`
+        : html`<p>A folder capture: one file volume, no disk layout.</p>`
+    }
+    <table>
+      <caption>Volumes</caption>
+      <thead>
+        <tr>
+          <th scope="col">Volume</th>
+          <th scope="col">Kind</th>
+          <th scope="col">Filesystem</th>
+          <th scope="col">Label</th>
+          <th scope="col">Content</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${d.volumes.map(
+          (v) => html`<tr key=${v.name}>
+            <th scope="row">${v.name}</th>
+            <td>${v.kind === 'files' ? 'files' : 'raw blocks'}</td>
+            <td>${v.filesystem ?? v.detectedType ?? '—'}</td>
+            <td>${v.label || '—'}</td>
+            <td>${v.kind === 'files' ? `${v.entries} entries, ${bytes(v.bytes)}` : `${bytes(v.bytes)} stored of ${bytes(v.sizeBytes)}`}</td>
+          </tr>`,
+        )}
+      </tbody>
+    </table>
+    <table>
+      <caption>File sets</caption>
+      <thead>
+        <tr>
+          <th scope="col">Set</th>
+          <th scope="col">Leaves out</th>
+          <th scope="col">Description</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${d.filesets.map(
+          (f) => html`<tr key=${f.number} data-fileset=${f.number}>
+            <th scope="row">${f.number}${f.isDefault ? ' (default)' : ''}</th>
+            <td>${f.excludedEntries === 0 ? 'nothing: the whole image' : `${f.excludedEntries} entries, ${bytes(f.bytes)}`}</td>
+            <td>${f.description || '—'}</td>
+          </tr>`,
+        )}
+      </tbody>
+    </table>
+  </section>`;
+}
+
+/** Browses the image's tree; each entry's check box leaves it out of (or puts it back in) the chosen file set. */
+function Explorer({ name, onChanged }) {
+  const [dir, setDir] = useState('.');
+  const [set, setSet] = useState(2);
+  const tree = useLoad(() => api('GET', `/api/images/tree?path=${seg(name)}&dir=${seg(dir)}`), [name, dir]);
+  const { busy, error, run } = useAction();
+  const parts = dir === '.' ? [] : dir.split('/');
+  const toggle = (e, entry) => {
+    const excluded = e.currentTarget.checked;
+    void run(async () => {
+      await api('POST', '/api/images/exclude', { path: name, fileset: set, paths: [entry.path], excluded });
+      await tree.reload();
+      onChanged();
+    });
+  };
+  return html`<section aria-labelledby="explorer-title">
+    <h2 id="explorer-title">Explorer</h2>
+    <div class="narrow">
+      <${Field} as="select" label="File set to edit" name="fileset" value=${String(set)} onChange=${(e) => setSet(Number(e.currentTarget.value))}>
+        ${Array.from({ length: 10 }, (_, i) => html`<option value=${String(i + 1)}>file set ${i + 1}</option>`)}
+      </${Field}>
+    </div>
+    <nav aria-label="folder" class="crumbs">
+      <button type="button" class="link" onClick=${() => setDir('.')} aria-current=${dir === '.' ? 'location' : undefined}>${name}</button>
+      ${parts.map(
+        (p, i) =>
+          html`<span key=${i}> / <button type="button" class="link" aria-current=${i === parts.length - 1 ? 'location' : undefined} onClick=${() => setDir(parts.slice(0, i + 1).join('/'))}>${p}</button></span>`,
+      )}
+    </nav>
+    <${ErrorText} error=${tree.error ?? error} />
+    ${
+      !tree.data
+        ? html`<${Loading} what="the folder" />`
+        : html`<table class="tree">
+          <thead>
+            <tr>
+              <th scope="col">Name</th>
+              <th scope="col">Type</th>
+              <th scope="col">Size</th>
+              <th scope="col">Modified</th>
+              <th scope="col">Left out of</th>
+              <th scope="col">Out of file set ${set}</th>
+            </tr>
+          </thead>
+          <tbody>
+            ${tree.data.entries.map(
+              (e) => html`<tr key=${e.path} data-path=${e.path}>
+                <th scope="row">
+                  ${
+                    e.type === 'dir' || e.type === 'volume'
+                      ? html`<button type="button" class="link" onClick=${() => setDir(e.path)}>${e.name}/</button>`
+                      : e.name
+                  }
+                </th>
+                <td>${e.type}${e.filesystem ? ` (${e.filesystem}${e.label ? `, ${e.label}` : ''})` : ''}</td>
+                <td>${e.type === 'dir' ? '—' : bytes(e.size)}</td>
+                <td>${e.mtime ? when(Date.parse(e.mtime)) : '—'}</td>
+                <td>${e.excludedFrom.length ? e.excludedFrom.map((n) => `set ${n}`).join(', ') : '—'}</td>
+                <td>
+                  ${
+                    e.type === 'volume'
+                      ? null
+                      : html`<input
+                        type="checkbox"
+                        aria-label=${`leave ${e.path} out of file set ${set}`}
+                        checked=${e.excludedFrom.includes(set)}
+                        aria-busy=${busy ? 'true' : undefined}
+                        onChange=${(ev) => (busy ? (ev.currentTarget.checked = e.excludedFrom.includes(set)) : toggle(ev, e))}
+                      />`
+                  }
+                </td>
+              </tr>`,
+            )}
+          </tbody>
+        </table>`
+    }
+  </section>`;
+}
+
+function Maintenance({ name, onChanged }) {
+  const verify = useAction();
+  const compact = useAction();
+  const [report, setReport] = useState(null);
+  const [compacted, setCompacted] = useState(null);
+  return html`<section aria-labelledby="maint-title">
+    <h2 id="maint-title">Verify and compact</h2>
+    <div class="buttons">
+      <button type="button" disabled=${verify.busy} onClick=${() => void verify.run(async () => setReport(await api('POST', '/api/images/verify', { path: name })))}>
+        ${verify.busy ? 'Verifying…' : 'Verify every chunk'}
+      </button>
+      <button type="button" disabled=${compact.busy} onClick=${() =>
+        void compact.run(async () => {
+          setCompacted(await api('POST', '/api/images/compact', { path: name }));
+          onChanged();
+        })}>
+        ${compact.busy ? 'Compacting…' : 'Compact (reclaim removed data)'}
+      </button>
+    </div>
+    <${ErrorText} error=${verify.error ?? compact.error} />
+    ${
+      report
+        ? html`<div role="status" class=${report.ok ? 'ok-text' : 'error'}>
+          ${
+            report.ok
+              ? `Verified: ${report.chunksChecked} chunks, ${bytes(report.bytesChecked)}, all intact${report.unreferencedChunks ? `; ${report.unreferencedChunks} unused (compact reclaims them)` : ''}.`
+              : html`Damaged: ${report.problems.length} problem(s).
+                <ul>${report.problems.map((p, i) => html`<li key=${i}>${p.message} [${p.code}]</li>`)}</ul>`
+          }
+        </div>`
+        : null
+    }
+    ${
+      compacted
+        ? html`<p role="status" class="ok-text">Compacted: ${bytes(compacted.bytesBefore)} → ${bytes(compacted.bytesAfter)}, ${compacted.chunksDropped} chunk(s) dropped.</p>`
+        : null
+    }
+  </section>`;
+}
+
 export function ImagePage({ name }) {
   const info = useLoad(() => api('GET', `/api/images/info?path=${seg(name)}`), [name]);
+  const details = useLoad(() => api('GET', `/api/images/details?path=${seg(name)}`), [name]);
   const i = info.data;
+  const d = details.data;
   return html`<${PageTitle}>Image ${name}<//>
     <p><a href="#/images">← All images</a></p>
     <${ErrorText} error=${info.error} />
@@ -74,22 +278,26 @@ export function ImagePage({ name }) {
           ? null
           : html`<${Loading} what="the image" />`
         : html`<dl class="facts">
-            <dt>File</dt>
-            <dd>${i.name}, ${bytes(i.sizeBytes)}, modified ${when(i.modifiedAt)}</dd>
-            <dt>Image id</dt>
-            <dd class="mono">${i.imageId ?? '—'}</dd>
-            <dt>Captured from</dt>
-            <dd>${i.source ?? '—'}</dd>
-            <dt>Disk size</dt>
-            <dd>${i.rawBytes === null ? 'a folder (no disk layout)' : bytes(i.rawBytes)}</dd>
-            <dt>Volumes</dt>
-            <dd>${i.volumes ?? '—'}</dd>
-            ${
-              i.problem
-                ? html`<dt>Problem</dt>
-                    <dd class="error-text">${i.problem}</dd>`
-                : null
-            }
-          </dl>`
+          <dt>File</dt><dd>${i.name}, ${bytes(i.sizeBytes)}, modified ${when(i.modifiedAt)}</dd>
+          <dt>Image id</dt><dd class="mono">${i.imageId ?? '—'}</dd>
+          <dt>Captured from</dt><dd>${i.source ?? '—'}</dd>
+          ${
+            d
+              ? html`<dt>Captured</dt><dd>${when(Date.parse(d.createdAt))}, compression ${d.level}, generation ${d.generation}</dd>
+            <dt>Stored</dt><dd>${d.chunks} chunks, ${bytes(d.chunkRawBytes)} of data in ${bytes(d.chunkStoredBytes)}</dd>`
+              : null
+          }
+          ${i.problem ? html`<dt>Problem</dt><dd class="error-text">${i.problem}</dd>` : null}
+        </dl>`
+    }
+    ${d ? html`<${Layout} d=${d} />` : html`<${ErrorText} error=${i?.problem ? null : details.error} />`}
+    ${
+      i && !i.problem
+        ? html`<${Explorer} name=${name} onChanged=${details.reload} />
+          <${Maintenance} name=${name} onChanged=${() => {
+            info.reload();
+            details.reload();
+          }} />`
+        : null
     }`;
 }

@@ -15,6 +15,7 @@ import { buildApp, type ApiApp, type AppContext } from './app.ts';
 import { adminToken } from './auth.ts';
 import { consoleRoutes } from './console.ts';
 import { liveRoutesWith, type LiveOptions } from './events.ts';
+import { imageRoutes } from './image-routes.ts';
 import { AutoSessions } from './auto-sessions.ts';
 import { Counters } from './counters.ts';
 import { openDatabase, type Db } from './db.ts';
@@ -127,7 +128,13 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       workstations,
       counters,
       log,
-      plugins: [uploadRoutesWith(o.uploads), liveRoutesWith(o.live), consoleRoutes, ...(o.plugins ?? [])],
+      plugins: [
+        uploadRoutesWith(o.uploads),
+        liveRoutesWith(o.live),
+        imageRoutes,
+        consoleRoutes,
+        ...(o.plugins ?? []),
+      ],
     };
     const app = await buildApp(ctx);
     cleanup.unshift(async () => {
