@@ -152,12 +152,22 @@ function Explorer({ name, onChanged }) {
   const tree = useLoad(() => api('GET', `/api/images/tree?path=${seg(name)}&dir=${seg(dir)}`), [name, dir]);
   const { busy, error, run } = useAction();
   const parts = dir === '.' ? [] : dir.split('/');
+  // What was just asked shows at once, until the image's new state replaces it (or the refusal).
+  const [pending, setPending] = useState({});
   const toggle = (e, entry) => {
     const excluded = e.currentTarget.checked;
+    setPending((p) => ({ ...p, [entry.path]: excluded }));
     void run(async () => {
-      await api('POST', '/api/images/exclude', { path: name, fileset: set, paths: [entry.path], excluded });
-      await tree.reload();
-      onChanged();
+      try {
+        await api('POST', '/api/images/exclude', { path: name, fileset: set, paths: [entry.path], excluded });
+        await tree.reload();
+        onChanged();
+      } finally {
+        setPending((p) => {
+          const { [entry.path]: _, ...rest } = p;
+          return rest;
+        });
+      }
     });
   };
   return html`<section aria-labelledby="explorer-title">
@@ -210,7 +220,7 @@ function Explorer({ name, onChanged }) {
                       : html`<input
                         type="checkbox"
                         aria-label=${`leave ${e.path} out of file set ${set}`}
-                        checked=${e.excludedFrom.includes(set)}
+                        checked=${pending[e.path] ?? e.excludedFrom.includes(set)}
                         aria-busy=${busy ? 'true' : undefined}
                         onChange=${(ev) => (busy ? (ev.currentTarget.checked = e.excludedFrom.includes(set)) : toggle(ev, e))}
                       />`

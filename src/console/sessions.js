@@ -247,10 +247,14 @@ let refocus = null;
 
 function AutoRow({ s, first, last }) {
   const { busy, error, run } = useAction();
-  const call = (path) => () => void run(() => api('POST', `/api/sessions/${seg(s.name)}${path}`));
+  // The box shows what was asked until the pushed status (or a refusal) says otherwise.
+  const [asked, setAsked] = useState(null);
+  const a = s.auto;
+  useEffect(() => {
+    if (asked === a.enabled) setAsked(null);
+  }, [a.enabled, asked]);
   const up = useRef(null);
   const down = useRef(null);
-  const a = s.auto;
   // Buttons that cannot act say so (aria-disabled) rather than being disabled: a disabled
   // button drops the keyboard focus, and the first session's "up" is where focus lands after
   // moving it there.
@@ -280,14 +284,23 @@ function AutoRow({ s, first, last }) {
       <input
         type="checkbox"
         id=${`en-${s.name}`}
-        checked=${a.enabled}
+        checked=${asked ?? a.enabled}
         aria-busy=${busy ? 'true' : undefined}
         onChange=${(e) => {
           if (busy) {
-            e.currentTarget.checked = a.enabled;
+            e.currentTarget.checked = asked ?? a.enabled;
             return;
           }
-          call(a.enabled ? '/disable' : '/enable')();
+          const want = !a.enabled;
+          setAsked(want);
+          void run(async () => {
+            try {
+              await api('POST', `/api/sessions/${seg(s.name)}/${want ? 'enable' : 'disable'}`);
+            } catch (err) {
+              setAsked(null);
+              throw err;
+            }
+          });
         }}
       />
       <label for=${`en-${s.name}`}><span class="sr-only">${s.name} </span>enabled</label>

@@ -99,6 +99,16 @@ before(async () => {
     },
   );
   assert.equal(made.status, 0, made.stderr);
+  // A second, small image for the explorer: no session uses it.
+  const tools = join(dir, 'tools');
+  await mkdir(join(tools, 'etc', 'ssh'), { recursive: true });
+  await writeFile(join(tools, 'etc', 'hostname'), 'tools\n');
+  await writeFile(join(tools, 'etc', 'ssh', 'sshd_config'), 'Port 22\n');
+  await writeFile(join(tools, 'readme.txt'), 'tools\n');
+  const made2 = spawnSync(process.execPath, [IMG, 'make', tools, join(dir, 'images', 'tools.imgc')], {
+    encoding: 'utf8',
+  });
+  assert.equal(made2.status, 0, made2.stderr);
   server = await startServer({
     dataDir: join(dir, 'data'),
     imagesDir: join(dir, 'images'),
@@ -508,6 +518,44 @@ test('a waiting session: a refused count shows the reason by its field; change i
   await card.getByRole('button', { name: 'Delete' }).click();
   await card.waitFor({ state: 'detached' });
   assert.equal((await call(f, 'GET', '/api/sessions/room8')).status, 404);
+});
+
+test('images: explore an image, leave a folder out of file set 2, verify it', async (t) => {
+  if (skip) return t.skip(skip);
+  const page = await tab(t);
+  await signIn(page);
+  await page.getByRole('link', { name: 'Images' }).click();
+  await page.getByRole('link', { name: 'tools.imgc' }).click();
+  await page.getByRole('heading', { name: 'Image tools.imgc' }).waitFor();
+  await page
+    .getByRole('cell', { name: 'A folder capture' })
+    .or(page.getByText('A folder capture'))
+    .first()
+    .waitFor();
+  // Into etc and back.
+  await page.getByRole('button', { name: 'etc/' }).click();
+  await page.locator('tr[data-path="etc/hostname"]').waitFor();
+  await page.getByRole('button', { name: 'tools.imgc' }).click();
+  await page.locator('tr[data-path="readme.txt"]').waitFor();
+
+  assert.equal(await page.getByLabel('File set to edit').inputValue(), '2');
+  const box = page.getByLabel('leave etc out of file set 2');
+  assert.equal(await box.isChecked(), false);
+  await box.check();
+  await page.locator('tr[data-path="etc"]').getByRole('cell', { name: 'set 2', exact: true }).waitFor();
+  await page.locator('tr[data-fileset="2"]').getByText('4 entries').waitFor();
+  const d = await ok<{ filesets: Array<{ number: number; excludedEntries: number }> }>(
+    f,
+    'GET',
+    '/api/images/details?path=tools.imgc',
+  );
+  assert.deepEqual(
+    d.filesets.filter((x) => x.excludedEntries > 0).map((x) => [x.number, x.excludedEntries]),
+    [[2, 4]],
+  );
+  await page.getByRole('button', { name: 'Verify every chunk' }).click();
+  await page.getByText(/^Verified: \d+ chunks/).waitFor();
+  await shot(page, 'image');
 });
 
 test('the other pages at 1280×800: workstations (with the session each joins), images, server (counters, history)', async (t) => {
