@@ -105,7 +105,7 @@ export function ServerPage({ live }) {
       !st
         ? html`<${Loading} what="the status" />`
         : html`<p>
-              <strong>${st.server.name}</strong>, imgcast ${st.server.version}, up
+              <strong>${st.server.name}</strong>, imgcast ${st.server.version}, up${' '}
               ${duration(Date.now() - st.server.startedAt)} (since ${when(st.server.startedAt)}).
             </p>
             <section aria-labelledby="counters-title">

@@ -88,7 +88,7 @@ function Trigger({ s, at }) {
     <span class="joined" title=${`${s.joined} joined, ${s.needed} more needed`}>${s.joined}/${s.needed}</span>
     ${
       s.state === 'waiting'
-        ? html` ·
+        ? html` ·${' '}
           ${
             s.startBy === 'command'
               ? 'starts on command'

@@ -126,7 +126,7 @@ function ImportCsv({ onDone }) {
     ${
       result
         ? html`<p role="status" class="ok-text">
-            Imported ${result.workstations.length} row(s): ${result.added} added, ${result.updated} updated,
+            Imported ${result.workstations.length} row(s): ${result.added} added, ${result.updated} updated,${' '}
             ${result.unchanged} unchanged.
           </p>`
         : null

@@ -482,7 +482,7 @@ test('a server session made in the console images loopback workstations; their p
   );
 });
 
-test('a waiting session: a refused count shows the reason by its field; change it, stop it, delete it', async (t) => {
+test('a waiting session: a refused name and count show the reason by their field; change it, stop it, restart it, start it by hand, stop it while it sends, delete it', async (t) => {
   if (skip) return t.skip(skip);
   const page = await tab(t);
   await signIn(page);
@@ -509,12 +509,38 @@ test('a waiting session: a refused count shows the reason by its field; change i
   await card.getByText('0/3').waitFor();
   let s = await sessionOf('room8');
   assert.deepEqual([s.clientCount, s.waitMs], [3, 120_000]);
+  assert.match(
+    await card.locator('.summary').innerText(),
+    /0\/3 · starts when 3 joined, or 2:00 after the last join/,
+  );
   await shot(page, 'sessions');
 
   await card.getByRole('button', { name: 'Stop' }).click();
   await card.locator('.badge.state-stopped').waitFor();
   s = await sessionOf('room8');
   assert.equal(s.state, 'stopped');
+
+  // Restarted, joined by a workstation (through the API: it never connects to the sender),
+  // started by hand, and stopped while it sends.
+  await card.getByRole('button', { name: 'Restart' }).click();
+  await card.getByText('0/3').waitFor();
+  const ws = await register(f, 'late-pc');
+  await ok(f, 'POST', '/api/sessions/room8/join', { token: ws.token });
+  await card.getByText('1/2').waitFor();
+  // The countdown to the time trigger, from the last join: 2 minutes.
+  assert.match(await card.locator('.summary').innerText(), /1\/2 · starts in (2:00|1:5\d) or once 3 joined/);
+  await card.locator('tr[data-workstation="late-pc"]').getByText('joined').waitFor();
+  await card.getByRole('button', { name: 'Start now' }).click();
+  await card.locator('.badge.state-sending').first().waitFor();
+  await card.getByRole('button', { name: 'Stop' }).click();
+  await card.locator('h3 .badge.state-stopped').waitFor();
+  await card
+    .locator('tr[data-workstation="late-pc"]')
+    .getByText('stopped by the administrator [E_STOPPED]')
+    .waitFor();
+  s = await sessionOf('room8');
+  assert.deepEqual([s.state, s.run, s.clients.map((c) => c.state)], ['stopped', 2, ['failed']]);
+
   await card.getByRole('button', { name: 'Delete' }).click();
   await card.waitFor({ state: 'detached' });
   assert.equal((await call(f, 'GET', '/api/sessions/room8')).status, 404);
@@ -576,6 +602,18 @@ test('the other pages at 1280×800: workstations (with the session each joins), 
     '#/auto/hall',
   );
   await shot(page, 'workstations');
+  // A lab's list: a bad row imports nothing and says which; a good list imports.
+  await page.getByRole('button', { name: 'Import CSV' }).click();
+  const rows = page.getByLabel('Rows: name,mac[,ip] (a header row is allowed)');
+  await rows.fill('name,mac,ip\nroom9-01,52:54:00:09:00:01,198.18.9.1\nroom9-02,52:54:00:09:00\n');
+  await page.getByRole('button', { name: 'Import', exact: true }).click();
+  await page.getByText(/line 3: "52:54:00:09:00" is not a MAC address/).waitFor();
+  assert.match(await describedBy(page, 'Rows: name,mac[,ip] (a header row is allowed)'), /nothing imported/);
+  assert.equal((await call(f, 'GET', '/api/workstations/room9-01')).status, 404, 'nothing imported');
+  await rows.fill('name,mac,ip\nroom9-01,52:54:00:09:00:01,198.18.9.1\nroom9-02,52:54:00:09:00:02\n');
+  await page.getByRole('button', { name: 'Import', exact: true }).click();
+  await page.getByText('Imported 2 row(s): 2 added, 0 updated, 0 unchanged.').waitFor();
+  await page.locator('tr[data-workstation="room9-02"]').waitFor();
   await row.getByRole('link', { name: 'hall-01' }).click();
   await page.getByRole('heading', { name: 'Workstation hall-01' }).waitFor();
   await page.getByText('joins hall as client: hall (1st): matches name = "hall-*"').waitFor();
