@@ -76,14 +76,23 @@ export async function endSignin() {
 }
 
 /** Calls the API; resolves to the parsed body (undefined for 204), rejects with ApiError. */
-export async function api(method, path, body) {
+export function api(method, path, body) {
+  return request(method, path, body === undefined ? undefined : JSON.stringify(body), 'application/json');
+}
+
+/** Sends bytes (a File from an input) as the body, application/octet-stream. */
+export function apiBytes(method, path, blob) {
+  return request(method, path, blob, 'application/octet-stream');
+}
+
+async function request(method, path, body, type) {
   const s = signin;
   if (!s) throw new ApiError(401, { error: 'E_UNAUTHORIZED', message: 'not signed in' });
   const headers = { authorization: `Bearer ${s.token}` };
-  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (body !== undefined) headers['content-type'] = type;
   let r;
   try {
-    r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    r = await fetch(path, { method, headers, body });
   } catch (err) {
     throw new ApiError(0, { error: 'E_NETWORK', message: `the server cannot be reached (${err.message})` });
   }

@@ -4,7 +4,7 @@
  */
 import { useState } from 'preact/hooks';
 
-import { api, seg } from './api.js';
+import { api, apiBytes, seg } from './api.js';
 import { ErrorText, Field, Loading, PageTitle, bytes, html, useAction, useLoad, when } from './ui.js';
 
 export function ImagesPage() {
@@ -185,6 +185,10 @@ function Explorer({ name, onChanged }) {
       )}
     </nav>
     <${ErrorText} error=${tree.error ?? error} />
+    <${AddFile} name=${name} dir=${dir} onAdded=${() => {
+      void tree.reload();
+      onChanged();
+    }} />
     ${
       !tree.data
         ? html`<${Loading} what="the folder" />`
@@ -232,6 +236,40 @@ function Explorer({ name, onChanged }) {
         </table>`
     }
   </section>`;
+}
+
+/** Adds a file from this computer into the folder the explorer shows (img add FILE --at DIR). */
+function AddFile({ name, dir, onAdded }) {
+  const [file, setFile] = useState(null);
+  const [replace, setReplace] = useState(false);
+  const [added, setAdded] = useState(null);
+  const { busy, error, run } = useAction();
+  const submit = (e) => {
+    e.preventDefault();
+    if (!file) return;
+    setAdded(null);
+    const form = e.currentTarget;
+    void run(async () => {
+      const q = `path=${seg(name)}&at=${seg(dir)}&name=${seg(file.name)}${replace ? '&replace=true' : ''}`;
+      setAdded(await apiBytes('PUT', `/api/images/files?${q}`, file));
+      form.reset();
+      setFile(null);
+      onAdded();
+    });
+  };
+  return html`<form class="inline" onSubmit=${submit} aria-label="add a file to this folder">
+    <${Field}
+      label=${`Add a file to ${dir === '.' ? 'the top folder' : dir}`}
+      type="file"
+      name="file"
+      onChange=${(e) => setFile(e.currentTarget.files?.[0] ?? null)}
+      error=${error}
+      hint="it joins every file set"
+    />
+    <${Field} label="Replace one of that name" type="checkbox" name="replace" checked=${replace} onChange=${(e) => setReplace(e.currentTarget.checked)} />
+    <div class="buttons"><button type="submit" disabled=${busy || !file}>${busy ? 'Adding…' : 'Add file'}</button></div>
+    ${added ? html`<p role="status" class="ok-text">Added ${added.path} (${bytes(added.bytes)}).</p>` : null}
+  </form>`;
 }
 
 function Maintenance({ name, onChanged }) {

@@ -546,7 +546,7 @@ test('a waiting session: a refused name and count show the reason by their field
   assert.equal((await call(f, 'GET', '/api/sessions/room8')).status, 404);
 });
 
-test('images: explore an image, leave a folder out of file set 2, verify it', async (t) => {
+test('images: explore an image, leave a folder out of file set 2, add a file, verify it', async (t) => {
   if (skip) return t.skip(skip);
   const page = await tab(t);
   await signIn(page);
@@ -578,6 +578,29 @@ test('images: explore an image, leave a folder out of file set 2, verify it', as
   assert.deepEqual(
     d.filesets.filter((x) => x.excludedEntries > 0).map((x) => [x.number, x.excludedEntries]),
     [[2, 4]],
+  );
+  // A driver added from this computer into etc: it lands there, in every file set.
+  await page.getByRole('button', { name: 'etc/' }).click();
+  await page.getByLabel('Add a file to etc').setInputFiles({
+    name: 'nic.inf',
+    mimeType: 'text/plain',
+    buffer: Buffer.from('[driver]\n'),
+  });
+  await page.getByRole('button', { name: 'Add file' }).click();
+  await page.getByText('Added etc/nic.inf (9 B).').waitFor();
+  await page.locator('tr[data-path="etc/nic.inf"]').waitFor();
+  const etc = await ok<{ entries: Array<{ path: string; excludedFrom: number[] }> }>(
+    f,
+    'GET',
+    '/api/images/tree?path=tools.imgc&dir=etc',
+  );
+  assert.deepEqual(
+    etc.entries.map((e) => [e.path, e.excludedFrom]),
+    [
+      ['etc/hostname', [2]],
+      ['etc/nic.inf', []],
+      ['etc/ssh', [2]],
+    ],
   );
   await page.getByRole('button', { name: 'Verify every chunk' }).click();
   await page.getByText(/^Verified: \d+ chunks/).waitFor();

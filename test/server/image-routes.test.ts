@@ -195,3 +195,43 @@ test('verify reports a sound image, then the damage of a flipped byte; compact r
     ['E_CHUNK_CORRUPT'],
   );
 });
+
+test('a file added from the browser lands in the folder asked, in every file set; a name taken is refused unless replaced', async (t) => {
+  const f = await fixture(t);
+  const put = (q: string, body: string) =>
+    fetch(`${f.server.url}/api/images/files?${q}`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${f.server.adminToken}`, 'content-type': 'application/octet-stream' },
+      body,
+    });
+  await ok(f, 'POST', '/api/images/exclude', {
+    body: { path: 'lab.imgc', fileset: 2, paths: ['etc'], excluded: true },
+  });
+  let r = await put('path=lab.imgc&at=etc/drivers&name=nic.inf', 'driver one\n');
+  assert.equal(r.status, 200, await r.clone().text());
+  assert.deepEqual(await r.json(), { added: 1, bytes: 11, path: 'etc/drivers/nic.inf' });
+  assert.deepEqual(
+    (await tree(f, 'etc/drivers')).entries.map((e) => [e.path, e.size, e.excludedFrom]),
+    [['etc/drivers/nic.inf', 11, []]],
+    'added later: in every file set, even under a folder set 2 leaves out',
+  );
+
+  r = await put('path=lab.imgc&at=etc/drivers&name=nic.inf', 'driver two, longer\n');
+  assert.equal(r.status, 422);
+  assert.equal(((await r.json()) as { error: string }).error, 'E_PATH_EXISTS');
+  r = await put('path=lab.imgc&at=etc/drivers&name=nic.inf&replace=true', 'driver two, longer\n');
+  assert.equal(r.status, 200);
+  assert.deepEqual(
+    (await tree(f, 'etc/drivers')).entries.map((e) => [e.path, e.size]),
+    [['etc/drivers/nic.inf', 19]],
+  );
+  for (const bad of ['..', 'a/b', '.']) {
+    assert.equal((await put(`path=lab.imgc&name=${encodeURIComponent(bad)}`, 'x')).status, 400, bad);
+  }
+  // What the image holds is what was sent: extracted with img, byte for byte.
+  const out = join(resolve(f.image, '..', '..'), 'out');
+  execFileSync(IMG, ['extract', f.image, 'etc/drivers/nic.inf', '--to', out], { env: ENV, stdio: 'pipe' });
+  assert.equal(await readFile(join(out, 'etc/drivers/nic.inf'), 'utf8'), 'driver two, longer\n');
+  const { readdir } = await import('node:fs/promises');
+  assert.deepEqual(await readdir(join(resolve(f.image, '..'))), ['lab.imgc'], 'no upload folder left behind');
+});
