@@ -89,7 +89,7 @@ before(async () => {
   await mkdir(join(src, 'etc'), { recursive: true });
   await writeFile(join(src, 'etc/hostname'), 'reference\n');
   // Random: incompressible, so the send takes long enough to be watched.
-  await writeFile(join(src, 'data.bin'), randomBytes(24 * 1024 * 1024));
+  await writeFile(join(src, 'data.bin'), randomBytes(40 * 1024 * 1024));
   await mkdir(join(dir, 'images'));
   const made = spawnSync(
     process.execPath,
