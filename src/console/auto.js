@@ -329,8 +329,8 @@ function Members({ s, workstations, onChange }) {
     }
     <form class="inline" onSubmit=${include}>
       <${Field} as="select" label="Include a workstation" name="include" value=${pick} onChange=${(e) => setPick(e.currentTarget.value)} error=${error}>
-        <option value="">choose from the inventory</option>
-        ${choices.map((w) => html`<option value=${w.mac}>${w.name} (${w.mac})</option>`)}
+        <option value="" selected=${pick === ''}>choose from the inventory</option>
+        ${choices.map((w) => html`<option key=${w.mac} value=${w.mac} selected=${pick === w.mac}>${w.name} (${w.mac})</option>`)}
       </${Field}>
       <div class="buttons"><button type="submit" disabled=${busy || !pick}>Include</button></div>
     </form>
