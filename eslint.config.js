@@ -35,6 +35,32 @@ export default tseslint.config(
       'no-constant-condition': ['error', { checkLoops: false }],
     },
   },
+  // The web console: plain ES modules the browser runs as they are (src/server/console.ts serves them).
+  {
+    files: ['src/console/**/*.js'],
+    languageOptions: {
+      sourceType: 'module',
+      globals: Object.fromEntries(
+        [
+          'window',
+          'document',
+          'location',
+          'sessionStorage',
+          'fetch',
+          'AbortController',
+          'TextDecoderStream',
+          'setTimeout',
+          'clearTimeout',
+          'setInterval',
+          'clearInterval',
+          'addEventListener',
+          'removeEventListener',
+          'confirm',
+          'console',
+        ].map((name) => [name, 'readonly']),
+      ),
+    },
+  },
   layer(
     ['src/transport/**'],
     [

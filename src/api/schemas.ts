@@ -667,3 +667,122 @@ export const UploadCommitted = Type.Object({
   storedBytes: Type.Number(),
 });
 export type UploadCommitted = Static<typeof UploadCommitted>;
+
+// --- console
+
+/** A participation rule to check as it is typed: how the server reads it and whom it takes. */
+export const RuleCheck = Type.Object({ rule: RuleText }, { additionalProperties: false });
+
+export const RuleMatch = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  mac: Type.String(),
+  joins: Type.Union([Type.String(), Type.Null()], {
+    description: 'the automatic session this workstation joins now (the first enabled one that takes it)',
+  }),
+});
+export type RuleMatch = Static<typeof RuleMatch>;
+
+export const RuleCheckResult = Type.Union([
+  Type.Object({
+    ok: Type.Literal(true),
+    rule: Type.String({ description: 'how the server reads it (canonical form)' }),
+    matches: Type.Array(RuleMatch, { description: 'the workstations of the inventory it matches' }),
+  }),
+  Type.Object({
+    ok: Type.Literal(false),
+    error: Type.String(),
+    message: Type.String({ description: 'what is wrong and where, with the rule and a caret' }),
+    position: Type.Union([Type.Integer(), Type.Null()], {
+      description: 'UTF-16 offset of the trouble in the text',
+    }),
+    column: Type.Union([Type.Integer(), Type.Null()]),
+  }),
+]);
+export type RuleCheckResult = Static<typeof RuleCheckResult>;
+
+/** What an image holds (img info): source, disk layout, volumes, file sets, sizes. */
+export const ImageDetails = Type.Object(
+  {
+    name: Type.String({ description: 'path inside the image directory' }),
+    imageId: Type.String(),
+    formatVersion: Type.Integer(),
+    createdAt: Type.String(),
+    generation: Type.Integer({ description: 'bumped by every edit (add, rm, exclude, include)' }),
+    level: Type.String({ description: 'compression level' }),
+    source: Type.Object({}, { additionalProperties: true }),
+    fileBytes: Type.Number(),
+    chunks: Type.Integer(),
+    chunkRawBytes: Type.Number(),
+    chunkStoredBytes: Type.Number(),
+    disk: Type.Optional(
+      Type.Object({}, { additionalProperties: true, description: 'layout of a disk image' }),
+    ),
+    volumes: Type.Array(Type.Object({}, { additionalProperties: true })),
+    filesets: Type.Array(
+      Type.Object({
+        number: Type.Integer(),
+        excludedEntries: Type.Integer(),
+        bytes: Type.Number({ description: 'bytes of the files it leaves out' }),
+        description: Type.String(),
+        isDefault: Type.Boolean(),
+      }),
+    ),
+  },
+  { additionalProperties: true },
+);
+export type ImageDetails = Static<typeof ImageDetails>;
+
+export const ImageEntry = Type.Object({
+  name: Type.String(),
+  path: Type.String({ description: 'explorer path: "etc/hosts", or "p2/etc/hosts" in a disk image' }),
+  type: Type.String({ description: 'file, dir, symlink, … or volume (a partition of a disk image)' }),
+  size: Type.Number(),
+  mode: Type.Optional(Type.Integer()),
+  uid: Type.Optional(Type.Integer()),
+  gid: Type.Optional(Type.Integer()),
+  mtime: Type.Optional(Type.String()),
+  linkTarget: Type.Optional(Type.String()),
+  excludedFrom: Type.Array(Type.Integer(), { description: 'the file sets that leave it out' }),
+  filesystem: Type.Optional(Type.String()),
+  label: Type.Optional(Type.String()),
+});
+export type ImageEntry = Static<typeof ImageEntry>;
+
+export const ImageTree = Type.Object({ dir: Type.String(), entries: Type.Array(ImageEntry) });
+export type ImageTree = Static<typeof ImageTree>;
+
+export const ImageExclude = Type.Object(
+  {
+    path: Type.String({ minLength: 1, maxLength: 4096, description: 'the image' }),
+    fileset: Fileset,
+    paths: Type.Array(Type.String({ minLength: 1, maxLength: 4096 }), { minItems: 1, maxItems: 1000 }),
+    excluded: Type.Boolean({ description: 'true: leave them out of the file set; false: put them back' }),
+  },
+  { additionalProperties: false },
+);
+export type ImageExclude = Static<typeof ImageExclude>;
+
+export const ImageVerifyReport = Type.Object({
+  name: Type.String(),
+  ok: Type.Boolean(),
+  generation: Type.Optional(Type.Integer()),
+  chunksTotal: Type.Integer(),
+  chunksChecked: Type.Integer(),
+  bytesChecked: Type.Number(),
+  unreferencedChunks: Type.Integer({ description: 'chunks compact would reclaim' }),
+  problems: Type.Array(
+    Type.Object({ code: Type.String(), message: Type.String(), chunk: Type.Optional(Type.String()) }),
+  ),
+});
+export type ImageVerifyReport = Static<typeof ImageVerifyReport>;
+
+export const ImageCompacted = Type.Object({
+  name: Type.String(),
+  bytesBefore: Type.Number(),
+  bytesAfter: Type.Number(),
+  chunksDropped: Type.Integer(),
+  chunksRepacked: Type.Integer(),
+  packsWritten: Type.Integer(),
+});
+export type ImageCompacted = Static<typeof ImageCompacted>;

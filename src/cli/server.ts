@@ -110,7 +110,7 @@ export function addServerCommand(program: Command): void {
                 `  images: ${server.imagesDir}`,
                 `  admin token: ${server.adminTokenFile}${server.adminTokenCreated ? ' (created now)' : ''}; the imgcast CLI on this machine reads it,`,
                 `    elsewhere: IMGCAST_TOKEN=$(cat ${server.adminTokenFile}) imgcast status -i THIS-SERVER`,
-                `  console accounts: imgcast admin add NAME (password on stdin)`,
+                `  web console: ${server.url}/ (accounts: imgcast admin add NAME, password on stdin)`,
                 `  workstations: img session NAME [--server THIS-SERVER]`,
                 '',
               ].join('\n'),

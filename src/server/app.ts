@@ -24,6 +24,8 @@ import {
   WorkstationDetail,
   EditSession,
   ErrorBody,
+  RuleCheck,
+  RuleCheckResult,
   Health,
   HistoryEntry,
   Image,
@@ -205,6 +207,18 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
     },
   );
 
+  app.post(
+    '/api/logout',
+    { config: admin, schema: { response: { 204: Type.Null(), ...errors } } },
+    async (req, reply) => {
+      // Ends a console sign-in; the admin token (a file on the server) is not a sign-in and stays.
+      const token = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '')?.[1] ?? '';
+      await ctx.db.deleteFrom('logins').where('token_hash', '=', tokenHash(token)).execute();
+      void reply.status(204);
+      return null;
+    },
+  );
+
   // --- administration
   app.get('/api/status', { config: admin, schema: { response: { 200: Status, ...errors } } }, async () => ({
     server: { name: ctx.name, version: ctx.version, startedAt: ctx.startedAt },
@@ -321,6 +335,12 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
       },
     },
     async (req) => ctx.auto.removeRule(req.params.name, req.params.number),
+  );
+
+  app.post(
+    '/api/rules/check',
+    { config: admin, schema: { body: RuleCheck, response: { 200: RuleCheckResult, ...errors } } },
+    async (req) => ctx.auto.checkRule(req.body.rule),
   );
 
   app.get(
@@ -564,7 +584,8 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
   return app;
 }
 
-async function authenticate(ctx: AppContext, req: FastifyRequest): Promise<Principal | null> {
+/** Who the request's bearer token names, or null (also used to re-check a long-lived stream's token). */
+export async function authenticate(ctx: AppContext, req: FastifyRequest): Promise<Principal | null> {
   const m = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '');
   if (!m) return null;
   const token = m[1]!;

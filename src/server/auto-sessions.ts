@@ -8,7 +8,14 @@
  * awaited (an image lookup) must not let another change slip in between and bring back the
  * conflict it refused. A refused change changes nothing.
  */
-import type { AutoChoice, CreateAutoSession, EditSession, JoinView, Session } from '../api/schemas.ts';
+import type {
+  AutoChoice,
+  CreateAutoSession,
+  EditSession,
+  JoinView,
+  RuleCheckResult,
+  Session,
+} from '../api/schemas.ts';
 import { ServerError } from './errors.ts';
 import {
   chooseSession,
@@ -18,7 +25,7 @@ import {
   type AutoSessionView,
   type SessionParticipants,
 } from './participation.ts';
-import { parseRule } from './rules.ts';
+import { describeRule, matches, parseRule, type Rule } from './rules.ts';
 import type { SessionManager } from './sessions.ts';
 import type { WorkstationIdentity, Workstations } from './workstations.ts';
 
@@ -168,6 +175,32 @@ export class AutoSessions {
       }
       return this.#sessions.define(name, { rules: d.rules.filter((_, i) => i !== n - 1) });
     });
+  }
+
+  /**
+   * A rule as the console's editor checks it while it is typed: how the server reads it and the
+   * workstations it matches, each with the session it joins now; or where it goes wrong. A bad
+   * rule is an answer here, not a refusal.
+   */
+  checkRule(text: string): RuleCheckResult {
+    try {
+      const rule: Rule = parseRule(text);
+      const found = this.#workstations
+        .list()
+        .filter((w) => matches(rule, this.#workstations.candidate(w.id)))
+        .map((w) => ({ id: w.id, name: w.name, mac: w.mac, joins: this.choose(w.id).session }));
+      return { ok: true, rule: describeRule(rule), matches: found };
+    } catch (err) {
+      if (!(err instanceof ServerError) || err.code !== 'E_RULE_INVALID') throw err;
+      const at = (k: string) => (typeof err.details[k] === 'number' ? (err.details[k] as number) : null);
+      return {
+        ok: false,
+        error: err.code,
+        message: err.message,
+        position: at('position'),
+        column: at('column'),
+      };
+    }
   }
 
   /** The automatic session this workstation joins and in which role, or none, with the reason. */

@@ -13,6 +13,9 @@ import { checkRange, type AddressRange } from './address-pool.ts';
 import { startDiscoveryResponder } from './discovery.ts';
 import { buildApp, type ApiApp, type AppContext } from './app.ts';
 import { adminToken } from './auth.ts';
+import { consoleRoutes } from './console.ts';
+import { liveRoutesWith, type LiveOptions } from './events.ts';
+import { imageRoutes } from './image-routes.ts';
 import { AutoSessions } from './auto-sessions.ts';
 import { Counters } from './counters.ts';
 import { openDatabase, type Db } from './db.ts';
@@ -46,6 +49,8 @@ export interface ServerOptions {
   connectTimeoutMs?: number;
   /** How long a sending master workstation may be silent before its run fails (default 30 s). */
   masterLostMs?: number;
+  /** Pace of the console's live status (GET /api/events). */
+  live?: LiveOptions;
   /** Discovery responder on this group:port (undefined: none). */
   discovery?: { group: string; port: number };
 }
@@ -126,7 +131,13 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       workstations,
       counters,
       log,
-      plugins: [uploadRoutesWith(o.uploads), ...(o.plugins ?? [])],
+      plugins: [
+        uploadRoutesWith(o.uploads),
+        liveRoutesWith(o.live),
+        imageRoutes,
+        consoleRoutes,
+        ...(o.plugins ?? []),
+      ],
     };
     const app = await buildApp(ctx);
     cleanup.unshift(async () => {

@@ -200,6 +200,8 @@ export class SessionManager {
   #flusher: NodeJS.Timeout | undefined;
   #running = new Set<Promise<void>>();
   #closing = false;
+  /** Who watches the sessions change (the console's live status); see onChange. */
+  #listeners = new Set<() => void>();
 
   constructor(o: SessionManagerOptions) {
     this.#o = o;
@@ -269,6 +271,26 @@ export class SessionManager {
     for (const live of this.#live.values()) for (const w of live.waiters) w();
   }
 
+  /**
+   * Calls `listener` after anything a status shows changed: a state, a join, progress, the
+   * list's order, a session created or deleted. Calls come as often as changes do (progress:
+   * several a second per session); the listener coalesces. Returns the way to stop listening.
+   */
+  onChange(listener: () => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #notify(): void {
+    for (const l of [...this.#listeners]) {
+      try {
+        l();
+      } catch (err) {
+        this.#o.log.warn({ err }, 'a status listener failed');
+      }
+    }
+  }
+
   // --- administration ---------------------------------------------------------------------
 
   /**
@@ -336,6 +358,7 @@ export class SessionManager {
       throw err;
     }
     this.#o.log.info({ session: row.name, image: row.image, auto: row.auto === 1 }, 'session created');
+    this.#notify();
     return this.#view(live);
   }
 
@@ -409,6 +432,7 @@ export class SessionManager {
       throw err;
     }
     this.#o.log.info({ session: name }, 'session opened by a workstation');
+    this.#notify();
     return live;
   }
 
@@ -496,6 +520,7 @@ export class SessionManager {
       }
     });
     for (const [i, l] of lives.entries()) l.row.position = i + 1;
+    this.#notify();
   }
 
   /** The sessions whose current run this workstation is in (it must not be removed meanwhile). */
@@ -684,6 +709,7 @@ export class SessionManager {
     await this.#o.db.deleteFrom('session_clients').where('session', '=', name).execute();
     await this.#o.db.deleteFrom('sessions').where('name', '=', name).execute();
     this.#o.log.info({ session: name }, 'session deleted');
+    this.#notify();
   }
 
   async history(limit = 200): Promise<HistoryEntry[]> {
@@ -901,6 +927,7 @@ export class SessionManager {
     } else {
       c.state = r.state;
       live.dirty = true;
+      this.#notify();
     }
   }
 
@@ -1408,6 +1435,7 @@ export class SessionManager {
       c.total_bytes = r.totalBytes;
     }
     live.dirty = true;
+    this.#notify();
   }
 
   #finishClient(c: SessionClientTable, state: ClientState, code: string | null, reason: string | null): void {
@@ -1485,6 +1513,7 @@ export class SessionManager {
    */
   #changed(live: Live, urgent = true): void {
     live.version++;
+    this.#notify();
     if (!urgent) {
       live.wakeTimer ??= setTimeout(() => this.#wake(live), 1000);
       return;
