@@ -196,6 +196,10 @@ export function buildImgProgram(): Command {
     .addOption(
       new Option('--script-timeout <seconds>', 'time limit of each script (default 600)').argParser(seconds),
     )
+    .option(
+      '--reboot',
+      'then boot this machine into the restored disk (a disk of this machine; under UEFI through a boot entry and BootNext)',
+    )
     .addOption(json())
     .addHelpText(
       'after',
@@ -214,6 +218,7 @@ export function buildImgProgram(): Command {
           identity?: string;
           script?: string[];
           scriptTimeout?: number;
+          reboot?: boolean;
           json?: boolean;
         },
       ) =>
@@ -223,6 +228,7 @@ export function buildImgProgram(): Command {
           async (signal) => {
             const { restoreImage } = await import('../engine/restore.ts');
             const fileset = o.fileset ?? 1;
+            if (o.reboot) (await import('../client/boot.ts')).checkRebootTarget(target);
             // A script that cannot be read is refused before anything is written.
             const { readScript } = await import('../engine/identity/scripts.ts');
             const scripts = [];
@@ -291,6 +297,13 @@ export function buildImgProgram(): Command {
                   ...(after ? [describePostImaging(after)] : []),
                 ].join('\n'),
             );
+            if (o.reboot) {
+              const { prepareBootNext, rebootNow } = await import('../client/boot.ts');
+              const manifest = await withReader(image, async (reader) => reader.manifest);
+              const plan = await prepareBootNext(target, manifest, `imgcast ${basename(image)}`);
+              process.stderr.write(`img: rebooting into the restored disk: ${plan.note}\n`);
+              await rebootNow();
+            }
           },
           { interruptible: true },
         ),

@@ -5,6 +5,7 @@
 import { Option, type Command } from 'commander';
 
 import type { JoinView, MasterView, SessionClient } from '../api/schemas.ts';
+import type { BootPlan } from '../client/boot-entry.ts';
 import type { LiveCapture, MasterResult } from '../client/master.ts';
 import type { SessionResult } from '../client/session.ts';
 import { ImgcastError, UsageError } from '../errors.ts';
@@ -96,6 +97,7 @@ interface TakePartFlags {
   disk?: string;
   interface?: string;
   restart?: boolean;
+  reboot?: boolean;
   keepSizes?: boolean;
   tuneReassembly?: boolean;
   json?: boolean;
@@ -112,6 +114,10 @@ function takePartOptions(cmd: Command): Command {
     )
     .addOption(new Option('--interface <addr>', 'local IPv4 address to use').argParser(localIPv4))
     .option('--restart', "ignore this disk's resume journal and receive everything")
+    .option(
+      '--reboot',
+      "once the disk is written, verified and made this workstation's, boot it (under UEFI through a boot entry and BootNext)",
+    )
     .option('--keep-sizes', "keep the image's partition sizes (see img restore --help)")
     .option(
       '--no-tune-reassembly',
@@ -138,6 +144,7 @@ function sessionCallbacks(
       disk: o.disk,
       interface: o.interface,
       restart: !!o.restart,
+      reboot: !!o.reboot,
       keepSizes: !!o.keepSizes,
       tuneReassembly: o.tuneReassembly !== false,
       signal,
@@ -222,6 +229,14 @@ function startOnEnter(say: (line: string) => void, start: () => Promise<void>): 
   };
 }
 
+/** --reboot: says how the restored disk boots next, and restarts the machine into it. */
+async function bootInto(plan: BootPlan | undefined): Promise<void> {
+  if (!plan) return;
+  process.stderr.write(`img: rebooting into the restored disk: ${plan.note}\n`);
+  const { rebootNow } = await import('../client/boot.ts');
+  await rebootNow();
+}
+
 function describeResult(r: SessionResult): string {
   return (
     `session ${r.session}: ${r.image} (file set ${r.fileset}) written to ${r.disk} and verified: ` +
@@ -279,6 +294,11 @@ export function addSessionCommand(program: Command): void {
             "--level is the master's: it compresses what the master sends (img session NAME master --level LEVEL)",
           );
         }
+        if (w.role === 'master' && (o.reboot || o.keepSizes || o.restart)) {
+          throw usage(
+            `${o.reboot ? '--reboot' : o.keepSizes ? '--keep-sizes' : '--restart'} is a client's: the master sends its disk and writes nothing`,
+          );
+        }
         if (w.role === 'master') {
           const { runMaster } = await import('../client/master.ts');
           const { saveMasterHandle } = await import('../client/master-handle.ts');
@@ -328,6 +348,7 @@ export function addSessionCommand(program: Command): void {
           runSession({ session: name, ...sessionCallbacks(o, signal, update).options }),
         );
         emit(!!o.json, r, () => describeResult(r));
+        await bootInto(r.boot);
       },
       { interruptible: true },
     ),
@@ -364,7 +385,10 @@ export function addSessionCommand(program: Command): void {
           return;
         }
         if (r.role === 'master') masterOutcome(!!o.json, r);
-        else emit(!!o.json, r, () => describeResult(r));
+        else {
+          emit(!!o.json, r, () => describeResult(r));
+          await bootInto(r.boot);
+        }
       },
       { interruptible: true },
     ),

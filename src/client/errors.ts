@@ -20,6 +20,12 @@ export const CLIENT_ERROR_CODES = [
   'E_SERVER_LOST',
   /** `img session start NAME` where no master of NAME runs on this workstation. */
   'E_NOT_MASTER',
+  /** --reboot with a target that is not a disk of this machine. */
+  'E_REBOOT_TARGET',
+  /** efibootmgr made no boot entry for the restored disk. */
+  'E_BOOT_ENTRY',
+  /** The machine could not be restarted. */
+  'E_REBOOT',
 ] as const;
 
 export type ClientErrorCode = (typeof CLIENT_ERROR_CODES)[number];

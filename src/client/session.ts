@@ -19,6 +19,8 @@ import type { Manifest } from '../image/types.ts';
 import { ImgcastError } from '../errors.ts';
 import { runReceiver } from '../transport/receiver.ts';
 import type { ReceiverProgress, ReceiverResult, SenderProgress } from '../transport/types.ts';
+import type { BootPlan } from './boot-entry.ts';
+import { checkRebootTarget, prepareBootNext } from './boot.ts';
 import { ClientError } from './errors.ts';
 import { registration } from './registration.ts';
 import { master, type LiveCapture, type MasterResult } from './master.ts';
@@ -32,6 +34,8 @@ export interface SessionOptions {
   disk?: string;
   /** Local IPv4 address to use (discovery, multicast, the MAC that names this workstation). */
   interface?: string;
+  /** Once written, verified and made this workstation's, boot the restored disk (the caller restarts). */
+  reboot?: boolean;
   /** Ignore the resume journal. */
   restart?: boolean;
   /** Write into a non-empty folder target. */
@@ -63,6 +67,8 @@ export interface SessionResult {
   receive: ReceiverResult;
   /** What was made of the restored system (identity, post-imaging scripts), when the server asked for it. */
   postImaging?: PostImagingResult;
+  /** With `reboot`: how the firmware boots the restored disk next. */
+  boot?: BootPlan;
 }
 
 const ENDED = new Set(['done', 'failed', 'stopped', 'interrupted']);
@@ -72,6 +78,7 @@ export async function runSession(o: SessionOptions): Promise<SessionResult> {
   const inventory = await registration({ interface: o.interface });
   // Refused before this workstation is registered, as every refusal comes before any change.
   const disk = o.disk ?? (await chooseDisk(inventory.disks));
+  if (o.reboot) checkRebootTarget(disk);
   const { api, reg } = await register(server, inventory, o.signal);
   o.onNote?.(`server ${api.baseUrl}, this workstation is ${reg.name} (${inventory.mac}), target ${disk}`);
   return takePart(api, o.session, disk, whoIs(inventory, o), o, true);
@@ -100,6 +107,7 @@ export async function runAuto(o: AutoOptions): Promise<AutoResult> {
   const { api, reg } = await register(server, inventory, o.signal);
   o.onNote?.(`server ${api.baseUrl}, this workstation is ${reg.name} (${inventory.mac})`);
   let disk = o.disk;
+  if (o.reboot && disk !== undefined) checkRebootTarget(disk);
   let waited = '';
   for (;;) {
     const choice = await api.request<AutoChoice>('GET', '/api/auto', { signal: o.signal });
@@ -119,6 +127,7 @@ export async function runAuto(o: AutoOptions): Promise<AutoResult> {
     }
     if (disk === undefined) {
       disk = await chooseDisk(inventory.disks);
+      if (o.reboot) checkRebootTarget(disk);
       o.onNote?.(`target ${disk}`);
     }
     try {
@@ -271,7 +280,15 @@ async function takePart(
         `the disk is written and verified, but the server did not take the result: ${(err as Error).message}`,
       ),
     );
-    return { ...outcome, receive: result, ...(after ? { postImaging: after } : {}) };
+    // Only a disk written, verified and made this workstation's is booted into.
+    const boot =
+      o.reboot && manifest ? await prepareBootNext(disk, manifest, `imgcast ${view.session}`) : undefined;
+    return {
+      ...outcome,
+      receive: result,
+      ...(after ? { postImaging: after } : {}),
+      ...(boot ? { boot } : {}),
+    };
   }
   if (o.signal?.aborted && o.signal.reason instanceof ImgcastError) {
     await report({ state: 'failed', code: o.signal.reason.code, message: o.signal.reason.message }).catch(

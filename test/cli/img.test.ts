@@ -667,3 +667,21 @@ test('img restore --identity with a bad name is a usage error, and a script that
   );
   assert.deepEqual(await mountedUses(target), [], 'nothing left mounted');
 });
+
+test('--reboot is refused before anything is written when the target is no disk of this machine, and is no master option', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(join(dir, 'hello'), 'hi\n');
+  const image = join(dir, 'x.imgc');
+  assert.equal(img('make', dir, image).code, 0);
+  const target = join(dir, 'restored.img');
+  const r = img('restore', image, target, '--create', '--reboot');
+  assert.equal(r.code, 1, r.err);
+  assert.match(
+    r.err,
+    /--reboot boots this machine from the disk it restored, and .* is not a disk of this machine .*\[E_REBOOT_TARGET\]/,
+  );
+  assert.equal(existsSync(target), false, 'nothing may be written');
+  const m = img('session', 'lab', 'master', '--reboot', '--server', '127.0.0.1:1');
+  assert.equal(m.code, 2, m.err);
+  assert.match(m.err, /--reboot is a client's/);
+});

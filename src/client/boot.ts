@@ -1,0 +1,76 @@
+/**
+ * `--reboot`: once the restored disk is verified (and its identity applied), make the firmware
+ * boot it next (boot-entry.ts plans it; efibootmgr carries it out under UEFI) and restart the
+ * machine into it.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { promisify } from 'node:util';
+
+import type { Manifest } from '../image/types.ts';
+import { efiLoaders, espOf, parseEfibootmgr, planBootEntry, type BootPlan } from './boot-entry.ts';
+import { ClientError } from './errors.ts';
+
+const run = promisify(execFile);
+
+/** --reboot boots this machine from its own disk: a target that is no block device cannot be it. */
+export function checkRebootTarget(target: string): void {
+  if (!target.startsWith('/dev/')) {
+    throw new ClientError(
+      'E_REBOOT_TARGET',
+      `--reboot boots this machine from the disk it restored, and ${target} is not a disk of this machine (a /dev device)`,
+      { target },
+    );
+  }
+}
+
+/** Makes the restored disk the firmware's next boot; what was done, in words. */
+export async function prepareBootNext(disk: string, manifest: Manifest, label: string): Promise<BootPlan> {
+  const uefi = existsSync('/sys/firmware/efi');
+  let listing: string | null = null;
+  if (uefi)
+    listing = await run('efibootmgr', ['-v']).then(
+      (r) => r.stdout,
+      () => null,
+    );
+  const esp = manifest.disk ? espOf(manifest.disk) : null;
+  const plan = planBootEntry({
+    uefi,
+    efibootmgr: listing !== null,
+    list: listing === null ? null : parseEfibootmgr(listing),
+    disk,
+    esp,
+    loaders: esp ? efiLoaders(manifest, esp.number) : [],
+    label,
+  });
+  if (plan.kind !== 'uefi') return plan;
+  let entry = plan.entry;
+  if (plan.create) {
+    const made = parseEfibootmgr((await run('efibootmgr', plan.create)).stdout);
+    // efibootmgr puts the entry it made first in the boot order.
+    entry = made.order[0] ?? null;
+    if (!entry) {
+      throw new ClientError('E_BOOT_ENTRY', `efibootmgr made no boot entry for ${plan.loader} on ${disk}`, {
+        disk,
+      });
+    }
+  }
+  await run('efibootmgr', ['--bootnext', entry!]);
+  return { ...plan, entry };
+}
+
+/** Restarts the machine (systemd's reboot, else the plain command). */
+export async function rebootNow(): Promise<void> {
+  for (const [cmd, args] of [
+    ['systemctl', ['reboot']],
+    ['reboot', []],
+  ] as const) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const child = spawn(cmd, [...args], { stdio: 'ignore' });
+      child.on('error', () => resolve(false));
+      child.on('exit', (code) => resolve(code === 0));
+    });
+    if (ok) return;
+  }
+  throw new ClientError('E_REBOOT', 'neither systemctl reboot nor reboot restarted this machine');
+}
