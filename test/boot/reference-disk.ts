@@ -85,6 +85,14 @@ const PACKAGES = [
   'e2fsprogs',
 ];
 
+/** Drivers the initramfs needs to mount the root: QEMU's virtio disk, and SATA and NVMe. */
+const INITRAMFS_MODULES = ['virtio_pci', 'virtio_blk', 'ahci', 'sd_mod', 'nvme', 'ext4', 'crc32c_generic'];
+const INITRAMFS_HOOK = [
+  `printf 'MODULES=list\\n' > "$1/etc/initramfs-tools/conf.d/modules.conf"`,
+  `printf '%s\\n' ${INITRAMFS_MODULES.join(' ')} >> "$1/etc/initramfs-tools/modules"`,
+  'chroot "$1" update-initramfs -u -k all',
+].join(' && ');
+
 // No network configuration at all: the guest boots without a network card (qemu -nic none),
 // so ifupdown or networkd would only add a unit that waits for a link that never comes.
 
@@ -307,10 +315,13 @@ async function build(
     `--include=${r.packages.join(',')}`,
     '--aptopt=Acquire::Check-Valid-Until "false"',
     // Documentation and translations: a third of the root's files, nothing a boot reads.
-    '--dpkg-opt=path-exclude=/usr/share/doc/*',
-    '--dpkg-opt=path-exclude=/usr/share/man/*',
-    '--dpkg-opt=path-exclude=/usr/share/locale/*',
-    '--dpkg-opt=path-exclude=/usr/share/info/*',
+    '--dpkgopt=path-exclude=/usr/share/doc/*',
+    '--dpkgopt=path-exclude=/usr/share/man/*',
+    '--dpkgopt=path-exclude=/usr/share/locale/*',
+    '--dpkgopt=path-exclude=/usr/share/info/*',
+    // An initramfs with the storage and filesystem drivers only: GRUB reads it through the
+    // firmware's disk calls, which TCG runs at about 1 MB/s, and MODULES=most makes it 36 MB.
+    `--customize-hook=${INITRAMFS_HOOK}`,
     r.suite,
     tree,
     ...r.sources,
