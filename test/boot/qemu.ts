@@ -10,7 +10,7 @@
  * shares the two cores.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -70,19 +70,22 @@ export interface BootResult {
   log: string;
   /** Console lines of units that failed: `[FAILED] …` and `Failed to start …`. */
   failedUnits: string[];
+  /** The `expect` lines that never showed (only when a unit failed: else the boot times out). */
+  missing: string[];
 }
 
 /** A boot that did not reach the login prompt; carries the console output. */
 export class BootError extends Error {
-  readonly log: string;
-  readonly logFile: string | undefined;
+  declare readonly log: string;
+  declare readonly logFile: string | undefined;
   constructor(message: string, log: string, logFile: string | undefined) {
     super(
       `${message}\n--- console (last 60 lines)${logFile ? `; all of it in ${logFile}` : ''}:\n${lastLines(log, 60)}`,
     );
     this.name = 'BootError';
-    this.log = log;
-    this.logFile = logFile;
+    // Not enumerable: a test runner prints an error's own fields, and the log is ~50 kB.
+    Object.defineProperty(this, 'log', { value: log, enumerable: false });
+    Object.defineProperty(this, 'logFile', { value: logFile, enumerable: false });
   }
 }
 
@@ -148,6 +151,7 @@ export async function bootToLogin(o: BootOptions): Promise<BootResult> {
     '-drive',
     `file=${o.disk},format=raw,if=virtio,cache=unsafe${o.snapshot === false ? '' : ',snapshot=on'}`,
   ];
+  const firmwareLog = join(scratch, 'firmware.log');
   if (o.firmware === 'uefi') {
     const fw = ovmf();
     if (!fw) throw new Error('OVMF is not installed (apt-get install ovmf)');
@@ -158,6 +162,15 @@ export async function bootToLogin(o: BootOptions): Promise<BootResult> {
       `if=pflash,format=raw,unit=0,readonly=on,file=${fw.code}`,
       '-drive',
       `if=pflash,format=raw,unit=1,file=${vars}`,
+    );
+  } else {
+    // SeaBIOS writes its messages ("No bootable device.") to the screen and to its debug port,
+    // not to the serial line: the debug port goes to a file read beside the console.
+    args.push(
+      '-chardev',
+      `file,id=fwlog,path=${firmwareLog}`,
+      '-device',
+      'isa-debugcon,iobase=0x402,chardev=fwlog',
     );
   }
   // -snapshot's overlay goes to TMPDIR: keep it in this boot's scratch folder.
@@ -175,12 +188,17 @@ export async function bootToLogin(o: BootOptions): Promise<BootResult> {
   };
   process.once('exit', kill);
   o.signal?.addEventListener('abort', kill, { once: true });
-  const exited = new Promise<void>((res) => child.once('close', () => res()));
+  const exited = new Promise<void>((res) => {
+    child.once('close', () => res());
+    child.once('error', () => res());
+  });
+  const timers: NodeJS.Timeout[] = [];
+  let cancelled: (() => void) | undefined;
 
   try {
     return await new Promise<BootResult>((resolve, reject) => {
       let loginAt: number | undefined;
-      let settleTimer: NodeJS.Timeout | undefined;
+      let settling = false;
       const fail = (why: string) =>
         reject(
           new BootError(
@@ -191,14 +209,28 @@ export async function bootToLogin(o: BootOptions): Promise<BootResult> {
           ),
         );
       const seen = new Set<RegExp>();
+      let failed = false;
       let carry = '';
-      const timer = setTimeout(
-        () => fail(`no login prompt${missing().length ? ` (or no ${missing().join(', ')})` : ''}`),
-        timeoutMs,
-      );
       const missing = () => (o.expect ?? []).filter((re) => !seen.has(re)).map(String);
+      timers.push(
+        setTimeout(
+          () => fail(`no login prompt${missing().length ? ` (or no ${missing().join(', ')})` : ''}`),
+          timeoutMs,
+        ),
+      );
+      if (o.firmware === 'bios') {
+        timers.push(
+          setInterval(() => {
+            readFile(firmwareLog, 'utf8').then(
+              (text) =>
+                /No bootable device/.test(text) &&
+                fail(`SeaBIOS found no bootable device; its messages end:\n${lastLines(text, 8)}\n`),
+              () => {},
+            );
+          }, 1000),
+        );
+      }
       const done = () => {
-        clearTimeout(timer);
         const hostname = LOGIN.exec(plain)?.[1] ?? '';
         resolve({
           firmware: o.firmware,
@@ -207,9 +239,11 @@ export async function bootToLogin(o: BootOptions): Promise<BootResult> {
           milestones,
           log: plain,
           failedUnits: failedUnitLines(plain),
+          missing: missing(),
         });
       };
-      o.signal?.addEventListener('abort', () => fail('the test was cancelled'), { once: true });
+      cancelled = () => fail('the test was cancelled');
+      o.signal?.addEventListener('abort', cancelled, { once: true });
       child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-10_000)));
       child.stdout.setEncoding('utf8').on('data', (d: string) => {
         raw += d;
@@ -227,37 +261,31 @@ export async function bootToLogin(o: BootOptions): Promise<BootResult> {
         for (const [name, re] of MILESTONES)
           if (milestones[name] === undefined && re.test(fresh)) milestones[name] = at;
         for (const re of o.expect ?? []) if (re.test(fresh)) seen.add(re);
-        for (const [why, re] of DEAD_ENDS) {
-          if (re.test(fresh)) {
-            clearTimeout(timer);
-            clearTimeout(settleTimer);
-            fail(why);
-            return;
-          }
-        }
+        const deadEnd = DEAD_ENDS.find(([, re]) => re.test(fresh));
+        if (deadEnd) return fail(deadEnd[0]);
         if (loginAt === undefined && LOGIN.test(fresh)) {
           loginAt = Date.now();
           milestones.login = at;
         }
-        if (loginAt !== undefined && settleTimer === undefined && missing().length === 0) {
-          settleTimer = setTimeout(done, settleMs);
+        if (/\[FAILED\]|Failed to start /.test(fresh)) failed = true;
+        // A failed unit can keep an expected line from ever showing: the boot is over then.
+        if (loginAt !== undefined && !settling && (missing().length === 0 || failed)) {
+          settling = true;
+          timers.push(setTimeout(done, settleMs));
         }
       });
-      child.once('error', (err) => {
-        clearTimeout(timer);
-        fail(`qemu-system-x86_64 could not run: ${err.message}`);
-      });
+      child.once('error', (err) => fail(`qemu-system-x86_64 could not run: ${err.message}`));
       child.once('close', (code, signal) => {
-        clearTimeout(timer);
-        if (settleTimer === undefined)
-          fail(`QEMU ended (${signal ?? `exit ${code}`}) before the login prompt`);
+        if (!settling) fail(`QEMU ended (${signal ?? `exit ${code}`}) before the login prompt`);
       });
     });
   } finally {
+    for (const t of timers) clearTimeout(t);
     kill();
     await exited;
     process.off('exit', kill);
     o.signal?.removeEventListener('abort', kill);
+    if (cancelled) o.signal?.removeEventListener('abort', cancelled);
     if (o.logFile) await writeFile(o.logFile, raw).catch(() => {});
     await rm(scratch, { recursive: true, force: true });
   }
