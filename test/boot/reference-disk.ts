@@ -10,9 +10,10 @@
  * `login:` prompt. The root has a hostname, a machine-id and SSH host keys (made by
  * openssh-server's postinst), all of which a copy must not keep once identities are applied.
  *
- * Building takes a minute or two and needs the mirror, so the disk is cached between runs of the
- * suite under CACHE_ROOT, in a folder named by a hash of everything that decides its content (the
- * mirror, the suite, the packages, the layout and this file's own text). A build happens in a
+ * Building takes two to five minutes and needs the mirror, so the disk is cached between runs of
+ * the suite under CACHE_ROOT, in a folder named by a hash of everything that decides its content
+ * (the mirror, the suite, the packages, the layout and this file's own text: any edit here means
+ * one rebuild). A build happens in a
  * `.partial-PID` folder renamed into place only once the disk is complete, checked (e2fsck) and
  * has booted to its login prompt under both firmwares: a killed build never leaves a cache entry,
  * and a cached disk is one that was seen to boot. Never write to the cached disk: boot it with a
@@ -24,7 +25,19 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { cp, mkdir, readdir, readFile, rename, rm, stat, truncate, writeFile, open } from 'node:fs/promises';
+import {
+  cp,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  truncate,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { attachLoop, detachLoop } from '../../src/disk/device.ts';
@@ -206,6 +219,9 @@ async function findCached(r: Recipe): Promise<ReferenceDisk | undefined> {
     const meta = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as ReferenceDisk;
     const st = await stat(join(dir, 'disk.img'));
     if (st.size !== meta.diskBytes) return undefined;
+    // Marks it as in use, so another recipe's build (another checkout) leaves it be.
+    const now = new Date();
+    await utimes(join(dir, 'meta.json'), now, now).catch(() => {});
     return { ...meta, path: join(dir, 'disk.img'), cached: true };
   } catch {
     return undefined;
@@ -248,14 +264,25 @@ export async function referenceDisk(log: (line: string) => void = () => {}): Pro
   }
 }
 
-/** Removes other recipes' disks and builds left by dead runs: each disk holds about 0.8 GB. */
+/** Disks of other recipes unused this long are removed by the next build. */
+const UNUSED_MS = 2 * 24 * 3600_000;
+
+/**
+ * Removes builds left by dead runs, and other recipes' disks nobody used for two days (each
+ * holds about 0.7 GB): checkouts of different versions of this file may share the cache.
+ */
 async function pruneCache(key: string): Promise<void> {
   for (const name of await readdir(CACHE_ROOT).catch(() => [] as string[])) {
     const m = /^reference-([0-9a-f]+)(?:\.partial-(\d+))?$/.exec(name);
     if (!m) continue;
     const pid = m[2] ? Number(m[2]) : undefined;
-    if (pid !== undefined && pid !== process.pid && alive(pid)) continue;
-    if (m[1] === key && pid === undefined) continue;
+    if (pid !== undefined) {
+      if (pid !== process.pid && alive(pid)) continue;
+    } else {
+      if (m[1] === key) continue;
+      const used = await stat(join(CACHE_ROOT, name, 'meta.json')).catch(() => null);
+      if (used && Date.now() - used.mtimeMs < UNUSED_MS) continue;
+    }
     await rm(join(CACHE_ROOT, name), { recursive: true, force: true });
   }
 }
