@@ -140,6 +140,8 @@ interface Copy {
    * identity applied (issue 16): then the workstation's name.
    */
   hostname: string;
+  /** The firmwares to boot it under (default both). */
+  firmwares?: Firmware[];
 }
 
 interface Booted {
@@ -153,10 +155,12 @@ interface Booted {
  * Boots every copy under every firmware, two QEMUs at a time (one per core), and fails with all
  * the failed boots at once, their console tails in the message and their logs kept in LOGS_DIR.
  */
-async function bootAll(t: TestContext, copies: Copy[], firmwares = FIRMWARES): Promise<Booted[]> {
+async function bootAll(t: TestContext, copies: Copy[]): Promise<Booted[]> {
   const logs = join(await workDir(), `logs-${randomInt(1e9)}`);
   await mkdir(logs);
-  const jobs = copies.flatMap((copy) => firmwares.map((firmware) => ({ copy, firmware })));
+  const jobs = copies.flatMap((copy) =>
+    (copy.firmwares ?? FIRMWARES).map((firmware) => ({ copy, firmware })),
+  );
   const results: Booted[] = [];
   const started = Date.now();
   const next = async (): Promise<void> => {
