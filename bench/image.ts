@@ -2,17 +2,25 @@
  * npm run bench:image — capture and restore a real ~1 GB tree with imgcast and with
  * tar + zstd, side by side in one run, and record the ratios in BENCHMARKS.md.
  *
- *   node bench/image.ts [--source DIR ...] [--rounds N] [--work DIR] [--skip-size]
+ *   node bench/image.ts [--source DIR ...] [--rounds N] [--work DIR] [--skip-size] [--skip-disk | --disk-only]
  *
  * The default source is a private copy of /usr/share and /usr/bin (about 0.9 GB,
  * 50k+ files), made once, so every tool reads the same tree from the page cache.
  * Each step runs `rounds` times, alternating tools, and the median is reported.
+ *
+ * Then the real workstation disk of the boot test (test/boot/reference-disk.ts: a Debian on
+ * GPT with BIOS boot, EFI and ext4 root partitions, cached once built), against what Clonezilla
+ * and FOG run underneath: `img make` of the whole disk against `partclone.ext4 -c | zstd -3 -T0`
+ * of its root partition alone, and `img restore` of the whole disk against
+ * `zstd -d | partclone.ext4 -r` of the root alone, each onto a fresh sparse file, synced.
+ * `--skip-disk` leaves that out; `--disk-only` runs only that (and writes nothing).
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { machineLine, measure, median, writeSection, type Measured } from './report.ts';
+import { referenceDisk, referenceDiskUnavailable } from '../test/boot/reference-disk.ts';
 
 const root = resolve(dirname(new URL(import.meta.url).pathname), '..');
 const { values } = parseArgs({
@@ -22,6 +30,8 @@ const { values } = parseArgs({
     work: { type: 'string', default: '/var/tmp/imgcast-bench-image' },
     'skip-size': { type: 'boolean', default: false },
     'no-write': { type: 'boolean', default: false },
+    'skip-disk': { type: 'boolean', default: false },
+    'disk-only': { type: 'boolean', default: false },
   },
 });
 const rounds = Number(values.rounds);
@@ -115,8 +125,124 @@ interface Row {
 const med = (r: Row) => median(r.runs.map((x) => x.seconds));
 const rss = (r: Row) => Math.max(...r.runs.map((x) => x.maxRssKiB)) / 1024;
 
+/** Brings a file into the page cache. */
+const warmCache = (path: string) => sh(`cat ${path} > /dev/null`);
+
+/**
+ * The workstation disk's rows: imgcast on the whole disk against partclone + zstd on its root
+ * partition alone (what Clonezilla and FOG store for it), capture and restore, `rounds` times
+ * each in alternating order, medians. Restores go to a fresh sparse file on the bench's disk
+ * each time (a loop device over it for partclone) and count until the data is synced.
+ */
+async function workstationDisk(): Promise<string[]> {
+  const why = await referenceDiskUnavailable();
+  if (why) return [`(the workstation disk was left out: ${why})`];
+  for (const tool of ['partclone.ext4', 'zstd']) {
+    try {
+      sh(`command -v ${tool}`);
+    } catch {
+      return [`(the workstation disk was left out: ${tool} is not installed)`];
+    }
+  }
+  const ref = await referenceDisk((line) => process.stderr.write(`reference disk: ${line}\n`));
+  const rootPart = ref.partitions.root;
+  const image = join(work, 'disk.imgc');
+  const pcz = join(work, 'root.pc.zst');
+  const target = join(work, 'restored-disk.img');
+  const rootTarget = join(work, 'restored-root.img');
+  const capImg: Row = { name: 'img make (whole disk)', runs: [] };
+  const capPc: Row = { name: 'partclone.ext4 -c (root) \\| zstd -3 -T0', runs: [] };
+  const resImg: Row = { name: 'img restore (whole disk)', runs: [] };
+  const resPc: Row = { name: 'zstd -d \\| partclone.ext4 -r (root)', runs: [] };
+  const warmDisk = () => sh(`cat ${ref.path} > /dev/null`);
+  const srcLoop = sh(
+    `losetup -f --show -r -o ${rootPart.start} --sizelimit ${rootPart.size} ${ref.path}`,
+  ).trim();
+  try {
+    for (let i = 0; i < rounds; i++) {
+      const order = i % 2 === 0 ? ['img', 'pc'] : ['pc', 'img'];
+      for (const tool of order) {
+        sh('sync');
+        warmDisk();
+        if (tool === 'img') capImg.runs.push(await measure(`${img} make ${ref.path} ${image} --force`));
+        else
+          capPc.runs.push(
+            await measure(
+              `partclone.ext4 -q -c -s ${srcLoop} -L /dev/null -o - | zstd -q -3 -T0 -f -o ${pcz}`,
+            ),
+          );
+      }
+      for (const tool of order) {
+        sh('sync');
+        if (tool === 'img') {
+          rmSync(target, { force: true });
+          sh(`truncate -s ${ref.diskBytes} ${target}`);
+          warmCache(image);
+          // img restore flushes what it wrote before it reports success.
+          resImg.runs.push(await measure(`${img} restore ${image} ${target}`));
+        } else {
+          rmSync(rootTarget, { force: true });
+          sh(`truncate -s ${rootPart.size} ${rootTarget}`);
+          const loop = sh(`losetup -f --show ${rootTarget}`).trim();
+          try {
+            warmCache(pcz);
+            resPc.runs.push(
+              await measure(
+                `zstd -q -d -c ${pcz} | partclone.ext4 -q -r -s - -L /dev/null -o ${loop} && sync`,
+              ),
+            );
+            // The restored root must be a sound filesystem, or the timing means nothing.
+            sh(`e2fsck -f -n ${loop}`);
+          } finally {
+            sh(`losetup -d ${loop}`);
+          }
+        }
+      }
+    }
+  } finally {
+    sh(`losetup -d ${srcLoop}`);
+  }
+  // imgcast's copy must hold a sound root too (the boot test proves that it boots).
+  const restoredRoot = sh(
+    `losetup -f --show -r -o ${rootPart.start} --sizelimit ${rootPart.size} ${target}`,
+  ).trim();
+  try {
+    sh(`e2fsck -f -n ${restoredRoot}`);
+  } finally {
+    sh(`losetup -d ${restoredRoot}`);
+  }
+  const imgBytes = bytesOf(image);
+  const pcBytes = bytesOf(pcz);
+  const used = Number(sh(`du -B1 ${ref.path} | cut -f1`));
+  rmSync(target, { force: true });
+  rmSync(rootTarget, { force: true });
+  return [
+    '',
+    `### The workstation disk`,
+    '',
+    `Disk: the boot test's reference workstation (test/boot/reference-disk.ts), Debian ${ref.suite} with kernel ${ref.kernel}: a ${(ref.diskBytes / 2 ** 30).toFixed(0)} GiB GPT disk (BIOS boot, vfat EFI, ext4 root), ${(used / 1e6).toFixed(0)} MB allocated. imgcast captures and restores the whole disk (partition table, boot areas, all three partitions); partclone + zstd -3 only the root partition, as Clonezilla and FOG store it. Each restore writes a fresh sparse file on the bench's disk and is timed until its data is synced. Median of ${rounds} alternating runs.`,
+    '',
+    '| step | tool | seconds | peak RSS MiB | output size |',
+    '|---|---|---:|---:|---:|',
+    `| capture | ${capImg.name} | ${med(capImg).toFixed(2)} | ${rss(capImg).toFixed(0)} | ${(imgBytes / 1e6).toFixed(1)} MB |`,
+    `| capture | ${capPc.name} | ${med(capPc).toFixed(2)} | ${rss(capPc).toFixed(0)} | ${(pcBytes / 1e6).toFixed(1)} MB |`,
+    `| restore | ${resImg.name} | ${med(resImg).toFixed(2)} | ${rss(resImg).toFixed(0)} | |`,
+    `| restore | ${resPc.name} | ${med(resPc).toFixed(2)} | ${rss(resPc).toFixed(0)} | |`,
+    '',
+    `- capture time, whole disk vs root alone: **${(med(capImg) / med(capPc)).toFixed(2)}×** (target ≤ 0.65)`,
+    `- restore time, whole disk vs root alone: **${(med(resImg) / med(resPc)).toFixed(2)}×** (target ≤ 0.50)`,
+    `- size, whole disk vs root alone: **${(imgBytes / pcBytes).toFixed(3)}×** (target ≤ 1.05)`,
+    '',
+    'Both restored roots passed `e2fsck -f -n` in the same run.',
+  ];
+}
+
 async function main() {
   mkdirSync(work, { recursive: true });
+  if (values['disk-only']) {
+    process.stdout.write(`${(await workstationDisk()).join('\n')}\n`);
+    return;
+  }
   const src = prepareSource();
   const treeBytes = Number(sh(`du -sb ${src} | cut -f1`));
   const files = Number(sh(`find ${src} | wc -l`));
@@ -242,6 +368,7 @@ async function main() {
     '',
     'The restored tree was compared with the source by `diff -r --no-dereference` in the same run: identical.',
   );
+  if (!values['skip-disk']) lines.push(...(await workstationDisk()));
   const body = lines.join('\n');
   process.stdout.write(`${body}\n`);
   if (!values['no-write']) process.stdout.write(`written to ${writeSection(root, 'image', body)}\n`);
