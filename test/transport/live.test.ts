@@ -61,6 +61,7 @@ function growingSource(count: number, delayMs: (i: number) => number, budget = I
   let room: (() => void) | null = null;
   let closed = false;
   const ids: string[] = [];
+  const released = new Set<string>();
   const done = (async () => {
     for (let i = 0; i < count && !closed; i++) {
       await sleep(delayMs(i));
@@ -88,15 +89,13 @@ function growingSource(count: number, delayMs: (i: number) => number, budget = I
     }
     emit((f) => f.seal({ kind: 'test', order: ids }));
   })();
-  const kept = new Map<string, Buffer>();
   const provider: ChunkProvider = {
     chunks: [],
     meta: { kind: 'test-live' },
     async readStored(id) {
+      // The sender promised never to read a released chunk again: a read would fail its session.
+      if (released.has(id)) throw new Error(`chunk ${id} was read after its release`);
       const b = chunks.get(id);
-      if (!b || !kept.has(id)) {
-        if (b && !kept.has(id) && released.has(id)) throw new Error(`chunk ${id} was read after its release`);
-      }
       if (!b) throw new Error(`unknown chunk ${id}`);
       return b;
     },
@@ -124,7 +123,6 @@ function growingSource(count: number, delayMs: (i: number) => number, budget = I
       r?.();
     },
   };
-  const released = new Set<string>();
   return { provider, chunks, deltas, stats, done };
 }
 
