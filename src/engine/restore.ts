@@ -79,9 +79,23 @@ export interface RestoreOptions {
    * often a mistyped device name, is refused.
    */
   create?: boolean;
+  /**
+   * File volumes (by index) whose files a live restore put in a staging folder (vfat where
+   * the kernel cannot mount it, live-restore.ts): written into the filesystem from there
+   * like any staging folder, and `resume` counts for them.
+   */
+  staged?: ReadonlyMap<number, string>;
 }
 
 export type DescribedSink = RestoreSink & {
+  /**
+   * Does to the target what prepare() does before it writes any volume (creates it, or
+   * clears the old layout's signatures and marks the disk incomplete) and nothing more. A
+   * live restore (live-restore.ts) then writes the volumes as the data streams, and at
+   * the end restores the complete manifest onto them as a resume. abort() undoes it as
+   * it undoes a prepare().
+   */
+  clear(): Promise<void>;
   describe(): string;
   /**
    * The chunks this restore takes as already written, when resuming: the resume set
@@ -162,6 +176,7 @@ function filesystemPlace(
   offset: number,
   size: number,
   resuming: boolean,
+  staged: string | undefined,
 ): Place {
   const what =
     volume.partition !== undefined
@@ -178,7 +193,7 @@ function filesystemPlace(
             throw (await spaceProblem(loop)) ? await writeFailure(target, what, err) : err;
           });
         }
-        tree = await openTreeForWriting(loop, volume.fs, { target, what });
+        tree = await openTreeForWriting(loop, volume.fs, { target, what }, staged);
       } catch (err) {
         await detachLoop(loop).catch(() => {});
         throw err;
@@ -324,6 +339,10 @@ function compositeSink(c: Composite): DescribedSink {
     leftAfterAbort: c.leftAfterAbort,
     createsFile: !!c.createsFile,
     describe: () => c.describe,
+    async clear() {
+      await c.before?.();
+      writing = true;
+    },
     progress() {
       let bytesDone = 0;
       let bytesTotal = 0;
@@ -521,6 +540,7 @@ async function openDiskTarget(
     // A volume written through a staging folder lost it with the interrupted run: it is restored again in full.
     const again = new Set<string>();
     for (const v of manifest.volumes) {
+      if (opts.staged?.has(v.index)) continue;
       if (v.kind === 'files' && v.fs.type !== 'directory' && !(await writesInPlace(v.fs.type))) {
         for (const id of fileVolumeNeeds(v, opts.fileset).needed) again.add(id);
       }
@@ -572,7 +592,11 @@ async function openDiskTarget(
   const child =
     volume.kind === 'raw'
       ? rawVolumeSink(target, volume, 0, fresh, opts.resume)
-      : fileVolumeSink(volume, filesystemPlace(target, volume, 0, size, !!opts.resume), opts);
+      : fileVolumeSink(
+          volume,
+          filesystemPlace(target, volume, 0, size, !!opts.resume, opts.staged?.get(volume.index)),
+          opts,
+        );
   return compositeSink({
     ...(opts.resume ? { resume: opts.resume } : {}),
     createsFile: fresh,
@@ -741,7 +765,14 @@ function diskSink(
       );
     if (v.kind === 'raw') children.push(rawVolumeSink(target, v, p.startBytes, fresh, resume));
     else {
-      const place = filesystemPlace(target, v, p.startBytes, p.sizeBytes, !!resume);
+      const place = filesystemPlace(
+        target,
+        v,
+        p.startBytes,
+        p.sizeBytes,
+        !!resume,
+        opts.staged?.get(v.index),
+      );
       children.push(fileVolumeSink(v, place, volumeOpts));
     }
   }
