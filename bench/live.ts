@@ -1,5 +1,5 @@
 /**
- * node bench/live.ts [--receivers 2] [--level balanced] [--repeat 1] [--keep]
+ * node bench/live.ts [--receivers 2] [--level balanced] [--repeat 1] [--keep] [--only live]
  *
  * A sketch of the live master against what it replaces, on loopback multicast: the same
  * reference disk (GPT: a vfat ESP, an ext4 root holding /usr/share and /usr/bin) is
@@ -12,7 +12,7 @@
  * (kept with --keep).
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { appendFileSync, existsSync } from 'node:fs';
 import { mkdir, open, rm, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -21,6 +21,8 @@ const DIR = '/var/tmp/imgcast-bench-live';
 const DISK = join(DIR, 'ref.img');
 const DISK_BYTES = 3 * 1024 ** 3;
 const ESP_MIB = 64;
+/** IMGCAST_BENCH_LOG=dir: every process's stderr (run with -v) goes to dir/LABEL.log. */
+const LOG = process.env.IMGCAST_BENCH_LOG;
 const IMG = new URL('../src/cli/img.ts', import.meta.url).pathname;
 const IMGCAST = new URL('../src/cli/imgcast.ts', import.meta.url).pathname;
 
@@ -30,6 +32,7 @@ const { values: args } = parseArgs({
     level: { type: 'string', default: 'balanced' },
     repeat: { type: 'string', default: '1' },
     keep: { type: 'boolean', default: false },
+    only: { type: 'string' },
   },
 });
 const receivers = Number(args.receivers);
@@ -116,7 +119,14 @@ function run(
   let out = '';
   let err = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
+  child.stderr.on('data', (d: Buffer) => {
+    err = (err + d.toString()).slice(-4000);
+    if (LOG) {
+      const at = `[${((performance.now() - t0) / 1000).toFixed(2)} s] `;
+      const text = d.toString().replace(/^(?=.)/gm, at);
+      appendFileSync(join(LOG, `${label.replaceAll(' ', '-')}.log`), text);
+    }
+  });
   return {
     done: new Promise((resolve) =>
       child.on('close', (code) => {
@@ -152,8 +162,9 @@ async function multicast(source: string, live: boolean, targets: string[]): Prom
       '--port',
       String(port),
       '--json',
+      ...(LOG ? ['-v'] : []),
     ],
-    'send',
+    live ? 'send live' : 'send image',
   );
   const got = targets.map((to, i) =>
     run(
@@ -170,8 +181,9 @@ async function multicast(source: string, live: boolean, targets: string[]): Prom
         `pc${i}`,
         '--restart',
         '--json',
+        ...(LOG ? ['-v'] : []),
       ],
-      `receive pc${i}`,
+      `receive ${live ? 'live' : 'image'} pc${i}`,
     ),
   );
   const results = await Promise.all([sender.done, ...got.map((g) => g.done)]);
@@ -250,6 +262,10 @@ try {
     dropCaches();
     const live = await multicast(src, true, targets);
     for (const t of targets) await check(t, sourceSums);
+    if (args.only === 'live') {
+      process.stdout.write(`run ${rep + 1}: live ${live.toFixed(1)} s; every copy verified\n`);
+      continue;
+    }
 
     // What it replaces: make the image, then send it.
     targets = await targetsFresh();

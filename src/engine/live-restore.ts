@@ -415,10 +415,16 @@ class LiveRestore implements ChunkConsumer {
   async finish(): Promise<void> {
     const manifest = this.final;
     if (!manifest) throw bad('finished before the seal');
+    const t0 = performance.now();
+    const mark = (what: string) =>
+      process.env.IMGCAST_DEBUG_LIVE === '1' &&
+      process.stderr.write(`live finish: ${what} at ${Math.round(performance.now() - t0)} ms\n`);
     await this.completeRuns(manifest);
+    mark('runs complete');
     // Nothing more is written here: the filesystems are flushed, checked and let go.
     const staged = new Map<number, string>();
     await this.release(true, staged);
+    mark('released');
     const resume = new Set<string>();
     for (const id of this.written.keys()) resume.add(id);
     const sink = await openRestore(manifest, this.target, {
@@ -431,6 +437,7 @@ class LiveRestore implements ChunkConsumer {
     });
     try {
       await sink.prepare();
+      mark('final prepared');
       // What a resume writes again: the boot areas, kept in memory (the table comes last).
       for (const id of sink.needed) {
         if (sink.resumed.has(id)) continue;
@@ -439,6 +446,7 @@ class LiveRestore implements ChunkConsumer {
         await sink.applyChunk(id, raw);
       }
       await sink.finish();
+      mark('final finished');
     } catch (err) {
       await sink.abort(err).catch(() => {});
       throw err;

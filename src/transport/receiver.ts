@@ -73,6 +73,8 @@ import type {
 } from './types.ts';
 
 const STATUS_MS = 100;
+/** While the target is being finished (every chunk here), a STATUS this often says this receiver is alive. */
+const FINISH_BEAT_MS = 1000;
 const MAX_PENDING = 32 * 1024 * 1024;
 /** A journal checkpoint (sync the target, then record what it made durable) after this much or this long. */
 const JOURNAL_SYNC_BYTES = 64 * 1024 * 1024;
@@ -936,10 +938,35 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   }
 
   let finishing = false;
+  let beat: NodeJS.Timeout | null = null;
   function maybeDone(): void {
     if (finishing || ended || !joinedData || !sealed || applied < table.length) return;
     finishing = true;
+    // The sender hears that every chunk is here (it then waits for the target to be finished),
+    // and hears from us while it is: a big tree's last pass or a disk's flush takes a while.
+    status();
     leaveData();
+    beat = setInterval(() => {
+      if (ended || sentDone) return;
+      ch.send({
+        t: 'status',
+        chunks: applied,
+        bytes: bytesApplied,
+        heard: Math.max(maxSerial, heardByTick),
+        rx: 0,
+        exp: 0,
+        got: 0,
+        ms: 0,
+        win: table.length,
+        ovf: null,
+        frag: null,
+        nak: [],
+        low: table.length,
+        known: table.length,
+        kept: [],
+        counters: { ...c },
+      });
+    }, FINISH_BEAT_MS);
     (async () => {
       await applyChain;
       await checkpointing;
@@ -952,6 +979,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       if (journal) await journal.close().catch(() => {});
       journal = null;
       if (firstSerial >= 0) c.lost = Math.max(0, maxSerial - firstSerial - heardUnits);
+      stopBeat();
       ch.send({ t: 'done', ok: true, code: null, message: null, counters: { ...c } });
       sentDone = true;
       log(`done: ${table.length} chunks (${chunksHad} were already here)`);
@@ -959,6 +987,11 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       // The sender answers DONE with END when the session is over; do not wait for the others.
       setTimeout(() => end(null, null), 500).unref();
     })().catch((e: unknown) => fail('E_CONSUMER', String(e)));
+  }
+
+  function stopBeat(): void {
+    if (beat) clearInterval(beat);
+    beat = null;
   }
 
   function leaveData(): void {
@@ -985,6 +1018,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     ended = true;
     clearTimeout(connectTimer);
     leaveData();
+    stopBeat();
     tuning?.release();
     tuning = null;
     ch.close(code ? `receiver ended: ${code}` : 'receiver done');

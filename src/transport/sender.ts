@@ -1182,7 +1182,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       const verdicts = judgeReceivers(
         now,
         views,
-        { startedAt, totalChunks: table.length, othersDoneAt },
+        { startedAt, totalChunks: table.length, othersDoneAt, sealed },
         limits,
       );
       for (const v of verdicts) {
