@@ -29,7 +29,11 @@
 import {
   closeSync,
   constants,
+  fchmodSync,
+  fchownSync,
   fstatSync,
+  ftruncateSync,
+  futimesSync,
   lstatSync,
   mkdirSync,
   openSync,
@@ -45,11 +49,12 @@ import { syncChecked, writeFailure } from '../disk/write-errors.ts';
 import { writeFull, writeFullSync } from '../file-write.ts';
 import { ImageError } from '../image/errors.ts';
 import { manifestProblem } from '../image/manifest.ts';
-import type { FileVolume, Manifest, RawVolume } from '../image/types.ts';
+import type { FileEntry, FileVolume, Manifest, RawVolume } from '../image/types.ts';
 import { TransportError } from '../transport/errors.ts';
 import type { ChunkConsumer, SessionInfo, TableExtension } from '../transport/types.ts';
 import { fsPath, displayName } from '../volume/files/names.ts';
 import { assertEntryPath, makeFolder } from '../volume/files/paths.ts';
+import { nsToSeconds, utimeArg } from '../volume/files/restore.ts';
 import { systemReason } from '../wording.ts';
 import type { LiveDelta, LiveMeta } from './live.ts';
 import type { ImageMeta } from './multicast.ts';
@@ -73,6 +78,22 @@ export type LiveRun =
   | { kind: 'raw'; volume: number; offset: number; length: number; chunk: string }
   | { kind: 'boot'; area: number; offset: number; length: number; chunk: string };
 
+/** A regular file whose data is all placed: what it must look like once its `runs` runs are written. */
+export interface LiveDone {
+  volume: number;
+  path: string;
+  group: number;
+  size: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  atimeNs: string;
+  mtimeNs: string;
+  runs: number;
+}
+
+const NS = /^-?\d{1,30}$/;
+
 const ID = /^[0-9a-f]{64}$/;
 
 function bad(why: string): TransportError {
@@ -85,11 +106,47 @@ const isCount = (x: unknown): x is number => typeof x === 'number' && Number.isS
  * The runs a LiveDelta names, checked against the layout: volumes that exist and are of
  * the kind named, paths that stay inside the volume, runs within their volume or boot area.
  */
-export function parseLiveDelta(delta: unknown, layout: Manifest): LiveRun[] {
-  if (delta === null || delta === undefined) return [];
+export function parseLiveDelta(delta: unknown, layout: Manifest): { runs: LiveRun[]; done: LiveDone[] } {
+  const done: LiveDone[] = [];
+  if (delta === null || delta === undefined) return { runs: [], done };
   if (typeof delta !== 'object' || Array.isArray(delta)) throw bad('not an object');
   const d = delta as LiveDelta;
   const runs: LiveRun[] = [];
+  if (d.done !== undefined) {
+    if (!Array.isArray(d.done)) throw bad('done is not a list');
+    for (const f of d.done as unknown[]) {
+      if (!Array.isArray(f) || f.length !== 10)
+        throw bad('a finished file is not [volume, path, group, size, mode, uid, gid, atime, mtime, runs]');
+      const [volume, path, group, size, mode, uid, gid, atimeNs, mtimeNs, count] = f as unknown[];
+      if (!isCount(volume) || layout.volumes[volume]?.kind !== 'files')
+        throw bad(`volume ${String(volume)} holds no files`);
+      if (typeof path !== 'string' || path === '.') throw bad('a finished file has no path');
+      assertEntryPath(path);
+      if (![group, size, uid, gid, count].every(isCount) || !isCount(mode) || mode > 0o7777) {
+        throw bad(`${displayName(path)} has a bad group, size, mode, owner or run count`);
+      }
+      if (
+        typeof atimeNs !== 'string' ||
+        !NS.test(atimeNs) ||
+        typeof mtimeNs !== 'string' ||
+        !NS.test(mtimeNs)
+      ) {
+        throw bad(`${displayName(path)} has bad times`);
+      }
+      done.push({
+        volume,
+        path,
+        group: group as number,
+        size: size as number,
+        mode,
+        uid: uid as number,
+        gid: gid as number,
+        atimeNs,
+        mtimeNs,
+        runs: count as number,
+      });
+    }
+  }
   if (d.files !== undefined) {
     if (!Array.isArray(d.files)) throw bad('files is not a list');
     for (const f of d.files as unknown[]) {
@@ -139,7 +196,7 @@ export function parseLiveDelta(delta: unknown, layout: Manifest): LiveRun[] {
       }
     }
   }
-  return runs;
+  return { runs, done };
 }
 
 /** Whether a session's meta is a live session's (live.ts LiveMeta). */
@@ -222,6 +279,10 @@ class LiveRestore implements ChunkConsumer {
   readonly done = new Set<string>();
   /** Boot-area chunks, kept for the end. */
   readonly boot = new Map<string, Buffer>();
+  /** Per file (fileKey): runs written, what it must look like once all are, and those finished. */
+  readonly runsWritten = new Map<string, number>();
+  readonly doneInfo = new Map<string, LiveDone>();
+  readonly completed = new Map<string, string>();
   final: Manifest | undefined;
   cleared = false;
 
@@ -311,16 +372,9 @@ class LiveRestore implements ChunkConsumer {
 
   async extend(ext: TableExtension): Promise<void> {
     if (this.final) throw bad('a placement after the seal');
-    for (const run of parseLiveDelta(ext.metaDelta, this.layout)) {
-      if (run.kind === 'file') {
-        const place = this.places.get(run.volume) as TreePlace;
-        // Later names of a hard link get theirs from the first when the tree is finished (vfat has none).
-        if (run.group !== 0 && place.volume.fs.type !== 'vfat') {
-          const holder = place.holders.get(run.group);
-          if (holder === undefined) place.holders.set(run.group, run.path);
-          else if (holder !== run.path) continue;
-        }
-      }
+    const { runs, done } = parseLiveDelta(ext.metaDelta, this.layout);
+    for (const run of runs) {
+      if (run.kind === 'file' && !this.holds(run.volume, run.group, run.path)) continue;
       if (this.written.has(run.chunk)) {
         await this.writeRun(run, await this.chunkBytes(run.chunk, runChunkOffset(run), run.length));
         continue;
@@ -329,6 +383,59 @@ class LiveRestore implements ChunkConsumer {
       if (!list) this.pending.set(run.chunk, (list = []));
       list.push(run);
     }
+    for (const d of done) {
+      const place = this.places.get(d.volume) as TreePlace;
+      // vfat's files are finished by its own last pass (it keeps no owners, modes or links).
+      if (place.volume.fs.type === 'vfat' || !this.holds(d.volume, d.group, d.path)) continue;
+      const key = fileKey(d.volume, d.path);
+      this.doneInfo.set(key, d);
+      this.tryComplete(key);
+    }
+  }
+
+  /**
+   * Whether `path` gets the data of its hard-link group: the first name met does; the later
+   * ones get linked to it when the tree is finished (vfat has no links: every name gets its own).
+   */
+  holds(volume: number, group: number, path: string): boolean {
+    const place = this.places.get(volume) as TreePlace;
+    if (group === 0 || place.volume.fs.type === 'vfat') return true;
+    const holder = place.holders.get(group);
+    if (holder === undefined) place.holders.set(group, path);
+    return holder === undefined || holder === path;
+  }
+
+  /**
+   * Once a file's runs are all written, it gets its size (a hole at its end), owner, mode and
+   * times through its descriptor, as the last pass would give them; that pass then leaves it
+   * as it is (TreeRestoreOptions.complete), unless it turns out to have extended attributes.
+   */
+  tryComplete(key: string): void {
+    const d = this.doneInfo.get(key);
+    if (!d || (this.runsWritten.get(key) ?? 0) < d.runs) return;
+    this.doneInfo.delete(key);
+    const place = this.places.get(d.volume) as TreePlace;
+    const fd = place.writer.fd(d.path, true);
+    const abs = place.writer.prefix + d.path;
+    try {
+      ftruncateSync(fd, d.size);
+      if (d.uid !== EUID || d.gid !== EGID) {
+        try {
+          fchownSync(fd, d.uid, d.gid);
+        } catch (err) {
+          // Not root: the last pass sets what it can and says what it could not.
+          if ((err as NodeJS.ErrnoException).code === 'EPERM' && !isRoot()) return;
+          throw err;
+        }
+      }
+      fchmodSync(fd, d.mode & 0o7777);
+      futimesSync(fd, utimeArg(nsToSeconds(d.atimeNs)), utimeArg(nsToSeconds(d.mtimeNs)));
+    } catch (err) {
+      throw ioError(abs, 'cannot finish', err);
+    } finally {
+      place.writer.close(d.path);
+    }
+    this.completed.set(key, doneShape(d));
   }
 
   async apply(id: string, raw: Buffer): Promise<void> {
@@ -361,7 +468,12 @@ class LiveRestore implements ChunkConsumer {
       });
     } else {
       const place = this.places.get(run.volume) as TreePlace;
+      const key = fileKey(run.volume, run.path);
+      // Finished before all its runs came (it should not be): the last pass sees to it after all.
+      this.completed.delete(key);
       place.writer.write(run.path, run.fileOffset, bytes);
+      this.runsWritten.set(key, (this.runsWritten.get(key) ?? 0) + 1);
+      this.tryComplete(key);
     }
     this.done.add(runKey(run));
     // Where the chunk can be read back from: one run per stretch of it (a chunk used a thousand times needs one).
@@ -433,6 +545,7 @@ class LiveRestore implements ChunkConsumer {
       overwrite: true,
       resume,
       staged,
+      complete: this.completeFiles(manifest),
       onWarning: this.onWarning,
     });
     try {
@@ -508,6 +621,22 @@ class LiveRestore implements ChunkConsumer {
     }
   }
 
+  /** Per file volume, the files finished here exactly as the manifest has them, without extended attributes. */
+  completeFiles(manifest: Manifest): Map<number, Set<string>> {
+    const out = new Map<number, Set<string>>();
+    for (const v of manifest.volumes) {
+      if (v.kind !== 'files' || v.fs.type === 'vfat') continue;
+      const paths = new Set<string>();
+      for (const e of v.entries) {
+        if (e.type !== 'file' || (e.xattrs && Object.keys(e.xattrs).length > 0)) continue;
+        const shape = this.completed.get(fileKey(v.index, e.path));
+        if (shape !== undefined && shape === entryShape(e)) paths.add(e.path);
+      }
+      out.set(v.index, paths);
+    }
+    return out;
+  }
+
   /**
    * Lets go of the filesystems and the raw target: with `commit`, flushed and checked (a
    * staging folder is kept for the final restore, in `staged`); without, dropped.
@@ -575,6 +704,26 @@ function treePlace(
     writer: new TreeWriter(root),
     holders: new Map(),
   };
+}
+
+function fileKey(volume: number, path: string): string {
+  return `${volume}\0${path}`;
+}
+
+/** What a finished file was given, to compare with what the manifest says. */
+function doneShape(d: LiveDone): string {
+  return JSON.stringify([d.size, d.mode, d.uid, d.gid, d.atimeNs, d.mtimeNs]);
+}
+
+function entryShape(e: FileEntry): string {
+  return JSON.stringify([e.size ?? 0, e.mode, e.uid, e.gid, e.atimeNs, e.mtimeNs]);
+}
+
+const EUID = process.geteuid?.() ?? -1;
+const EGID = process.getegid?.() ?? -1;
+
+function isRoot(): boolean {
+  return process.getuid?.() === 0;
 }
 
 function runChunkOffset(run: LiveRun): number {
@@ -725,6 +874,13 @@ class TreeWriter {
       }
       this.dirs.add(rel);
     }
+  }
+
+  close(path: string): void {
+    const fd = this.fds.get(path);
+    if (fd === undefined) return;
+    this.fds.delete(path);
+    closeSync(fd);
   }
 
   closeAll(): void {

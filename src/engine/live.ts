@@ -11,7 +11,8 @@
  * - with every extension, a LiveDelta: where the runs of file and raw data go, as soon as
  *   their chunk is named; a chunk's row comes with the first run placed in it, so a
  *   receiver never gets a chunk it cannot place, and a run that reuses a chunk sent before
- *   (a hard link, a repeated file) comes alone;
+ *   (a hard link, a repeated file) comes alone; and each regular file once its data is all
+ *   handed over, with its size, owner, mode and times, so a receiver can finish it at once;
  * - at the seal, an ImageMeta: the whole manifest, as `img make` would have written it.
  *
  * Memory: the chunks' stored bytes stay here until the sender releases them (every receiver
@@ -32,6 +33,7 @@ import {
   type ChunkRef,
   type ChunkSink,
   type CompressionLevel,
+  type FileEntry,
   type Manifest,
   type QueuedChunk,
 } from '../image/types.ts';
@@ -64,6 +66,11 @@ export interface LiveMeta {
 export interface LiveDelta {
   files?: Array<[number, string, number, number, number, number, string]>;
   raw?: Array<[number, number, number, string]>;
+  /**
+   * Regular files whose data is all placed (some runs may still come): [volume, path, hard-link
+   * group (0: none), size, mode, uid, gid, atime ns, mtime ns, runs]; `runs` counts its extents.
+   */
+  done?: Array<[number, string, number, number, number, number, number, string, string, number]>;
 }
 
 export interface LiveProviderOptions {
@@ -130,6 +137,7 @@ export async function liveDiskProvider(source: string, opts: LiveProviderOptions
     hooks: {
       files: (volume, uses) => sink.placeFiles(volume, uses),
       raw: (volume, x) => sink.placeRaw(volume, x.offset, x.length, x.chunk),
+      fileDone: (volume, e) => sink.fileDone(volume, e),
     },
   });
   captured.then(
@@ -190,6 +198,8 @@ class LiveSink implements ChunkSink, LiveTable {
   readonly #stored = new Map<string, Stored>();
   /** Ids whose row the sender has. */
   readonly #appended = new Set<string>();
+  /** Files done since the last extension. */
+  readonly #done: NonNullable<LiveDelta['done']> = [];
   #follower: LiveFollower | null = null;
   /** What happened before the sender followed, for follow() to replay. */
   #early: Array<(f: LiveFollower) => void> = [];
@@ -354,6 +364,22 @@ class LiveSink implements ChunkSink, LiveTable {
     this.#extend(new Set([id]), { raw: [[volume, offset, length, id]] });
   }
 
+  /** Goes with the next extension (their order does not matter to receivers), or before the seal. */
+  fileDone(volume: number, e: FileEntry): void {
+    this.#done.push([
+      volume,
+      e.path,
+      e.hardlinkGroup ?? 0,
+      e.size ?? 0,
+      e.mode,
+      e.uid,
+      e.gid,
+      e.atimeNs,
+      e.mtimeNs,
+      e.extents?.length ?? 0,
+    ]);
+  }
+
   /** One extension: the rows of `ids` the sender lacks, once they are stored, and the delta. */
   #extend(ids: Set<string>, delta: LiveDelta): void {
     const ready = [...ids].map((id) => this.#known.get(id));
@@ -368,6 +394,7 @@ class LiveSink implements ChunkSink, LiveTable {
         this.#appended.add(id);
         chunks.push({ id, codec: s.codec, storedLength: s.stored.length, rawLength: s.rawLength });
       }
+      if (this.#done.length > 0) delta.done = this.#done.splice(0);
       const ext: TableExtension = { chunks, metaDelta: delta };
       this.#tell((f) => f.append(ext));
     });
@@ -380,6 +407,8 @@ class LiveSink implements ChunkSink, LiveTable {
       if (this.#failure || this.#closed) return;
       const missing = manifestChunks(manifest).find((id) => !this.#appended.has(id));
       if (missing) throw new Error(`internal: the manifest names chunk ${missing}, which was never placed`);
+      if (this.#done.length > 0)
+        this.#tell((f) => f.append({ chunks: [], metaDelta: { done: this.#done.splice(0) } }));
       const meta: ImageMeta = { kind: 'image', fileset: 1, manifest };
       this.#tell((f) => f.seal(meta));
     });

@@ -32,6 +32,7 @@ import {
   type ChunkSink,
   type CompressionLevel,
   type DiskLayout,
+  type FileEntry,
   type FilesystemInfo,
   type ImageSource,
   type Manifest,
@@ -263,6 +264,8 @@ export interface PlacementHooks {
   files(volume: number, uses: Placed[]): void;
   /** A raw run: of raw volume `volume` (offset within it), or of boot area `-1 - i` (offset on the disk). */
   raw(volume: number, extent: RawExtent): void;
+  /** A regular file of file volume `volume` whose data is all handed over (captureTree's onFileDone). */
+  fileDone(volume: number, entry: FileEntry): void;
 }
 
 /** Captures one planned range: as files when it holds ext2/3/4 or vfat, otherwise raw. */
@@ -285,7 +288,12 @@ async function captureRange(
         const entries = await captureTree(tree.dir, sink, {
           oneFileSystem: true,
           onProgress: (p) => stage.update(p.bytes, p.files),
-          ...(hooks ? { onPlaced: (uses: Placed[]) => hooks.files(index, uses) } : {}),
+          ...(hooks
+            ? {
+                onPlaced: (uses: Placed[]) => hooks.files(index, uses),
+                onFileDone: (entry: FileEntry) => hooks.fileDone(index, entry),
+              }
+            : {}),
         });
         volume = { kind: 'files', index, sizeBytes: plan.size, fs, entries };
       } finally {
@@ -500,7 +508,12 @@ export async function capturePlanned(
     const entries = await captureTree(source, counted.sink, {
       onProgress: (p) => report('directory', p.bytes, undefined, p.files),
       ...(opts.signal ? { signal: opts.signal } : {}),
-      ...(hooks ? { onPlaced: (uses: Placed[]) => hooks.files(0, uses) } : {}),
+      ...(hooks
+        ? {
+            onPlaced: (uses: Placed[]) => hooks.files(0, uses),
+            onFileDone: (entry: FileEntry) => hooks.fileDone(0, entry),
+          }
+        : {}),
     });
     volumes.push({ kind: 'files', index: 0, fs: { type: 'directory' }, entries });
   } else if (kind === 'partition') {

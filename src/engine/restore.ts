@@ -85,6 +85,8 @@ export interface RestoreOptions {
    * like any staging folder, and `resume` counts for them.
    */
   staged?: ReadonlyMap<number, string>;
+  /** Per file volume (by index): files a live restore finished itself (TreeRestoreOptions.complete). */
+  complete?: ReadonlyMap<number, ReadonlySet<string>>;
 }
 
 export type DescribedSink = RestoreSink & {
@@ -235,6 +237,9 @@ function fileVolumeSink(volume: FileVolume, place: Place, opts: RestoreOptions):
         fsType,
         ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
         ...(opts.resume ? { resume: opts.resume } : {}),
+        ...(opts.resume && opts.complete?.has(volume.index)
+          ? { complete: opts.complete.get(volume.index)! }
+          : {}),
       });
       const unknown = [...inner.needed].find((id) => !needed.has(id));
       if (unknown) {

@@ -52,6 +52,7 @@ test('placements are checked against the layout before anything is written', () 
   assert.deepEqual(
     parseLiveDelta(
       {
+        done: [[0, 'etc/hostname', 0, 5, 0o644, 0, 0, '1700000000000000000', '-5', 1]],
         files: [[0, 'etc/hostname', 0, 0, 5, 100, A]],
         raw: [
           [1, 4096, 10, A],
@@ -60,22 +61,38 @@ test('placements are checked against the layout before anything is written', () 
       },
       layout,
     ),
-    [
-      {
-        kind: 'file',
-        volume: 0,
-        path: 'etc/hostname',
-        group: 0,
-        fileOffset: 0,
-        length: 5,
-        chunkOffset: 100,
-        chunk: A,
-      },
-      { kind: 'raw', volume: 1, offset: 4096, length: 10, chunk: A },
-      { kind: 'boot', area: 1, offset: (64 << 20) - 512, length: 512, chunk: A },
-    ],
+    {
+      done: [
+        {
+          volume: 0,
+          path: 'etc/hostname',
+          group: 0,
+          size: 5,
+          mode: 0o644,
+          uid: 0,
+          gid: 0,
+          atimeNs: '1700000000000000000',
+          mtimeNs: '-5',
+          runs: 1,
+        },
+      ],
+      runs: [
+        {
+          kind: 'file',
+          volume: 0,
+          path: 'etc/hostname',
+          group: 0,
+          fileOffset: 0,
+          length: 5,
+          chunkOffset: 100,
+          chunk: A,
+        },
+        { kind: 'raw', volume: 1, offset: 4096, length: 10, chunk: A },
+        { kind: 'boot', area: 1, offset: (64 << 20) - 512, length: 512, chunk: A },
+      ],
+    },
   );
-  assert.deepEqual(parseLiveDelta(null, layout), []);
+  assert.deepEqual(parseLiveDelta(null, layout), { runs: [], done: [] });
   const refused: Array<[unknown, RegExp]> = [
     ['text', /not an object/],
     [{ files: 'x' }, /files is not a list/],
@@ -91,6 +108,13 @@ test('placements are checked against the layout before anything is written', () 
     [{ raw: [[-3, 0, 10, A]] }, /boot area 3 does not hold/],
     [{ raw: [[-1, (1 << 20) - 5, 10, A]] }, /boot area 1 does not hold/],
     [{ raw: [[1.5, 0, 10, A]] }, /names no volume/],
+    [{ done: {} }, /done is not a list/],
+    [{ done: [[0, 'a', 0, 5, 0o644, 0, 0, '1', '1']] }, /not \[volume, path, group/],
+    [{ done: [[1, 'a', 0, 5, 0o644, 0, 0, '1', '1', 1]] }, /volume 1 holds no files/],
+    [{ done: [[0, 'a', 0, 5, 0o17777, 0, 0, '1', '1', 1]] }, /bad group, size, mode/],
+    [{ done: [[0, 'a', 0, -5, 0o644, 0, 0, '1', '1', 1]] }, /bad group, size, mode/],
+    [{ done: [[0, 'a', 0, 5, 0o644, 0, 0, '1.5', '1', 1]] }, /bad times/],
+    [{ done: [[0, 'a', 0, 5, 0o644, 0, 0, '1', 7, 1]] }, /bad times/],
   ];
   for (const [delta, why] of refused) {
     assert.throws(
@@ -131,6 +155,20 @@ const meta = (path: string, type: FileEntry['type'], extra: Partial<FileEntry> =
   atimeNs: '1700000000123456789',
   ...extra,
 });
+
+const done = (path: string, group: number, size: number, mode: number, runs: number) =>
+  [
+    0,
+    path,
+    group,
+    size,
+    mode,
+    process.getuid?.() ?? 0,
+    process.getgid?.() ?? 0,
+    '1700000000123456789',
+    '1700000000123456789',
+    runs,
+  ] as const;
 
 test('a live restore into a folder: runs written as chunks come, a reused chunk copied from the target, the rest made at the end', async (t) => {
   const dir = await tempDir(t);
@@ -191,10 +229,26 @@ test('a live restore into a folder: runs written as chunks come, a reused chunk 
         [0, 'etc/rest', 0, 0, 5000, 6, P],
         [0, 'sparse', 0, 4096, 6, 0, P],
       ],
+      // Finished files: what they look like once their runs are written.
+      done: [
+        done('etc/hello', 0, 6, 0o644, 1),
+        // Said otherwise than the final manifest will: the last pass sets what the manifest says.
+        done('etc/rest', 0, 5000, 0o640, 1),
+        done('sparse', 0, 1 << 20, 0o644, 1),
+        done('empty', 0, 0, 0o644, 0),
+      ],
     },
   });
+  assert.equal(
+    (await lstat(join(target, 'empty'))).mode & 0o7777,
+    0o644,
+    'a file without data is finished at once',
+  );
   await c.apply(P, pack);
   assert.equal(await readFile(join(target, 'etc/hello'), 'utf8'), 'hello\n', 'written as the chunk came');
+  const hello = await lstat(join(target, 'etc/hello'));
+  assert.equal(hello.mode & 0o7777, 0o644, 'finished as its last run was written');
+  assert.equal(Math.round(hello.mtimeMs), 1700000000123);
   await c.extend!({
     chunks: [{ id: B, codec: 0, storedLength: big.length, rawLength: big.length }],
     metaDelta: {
@@ -202,6 +256,11 @@ test('a live restore into a folder: runs written as chunks come, a reused chunk 
         [0, 'big', 1, 0, 3000, 0, B],
         [0, 'etc/big-link', 1, 0, 3000, 0, B],
         [0, 'copy-of-rest', 0, 0, 5000, 6, P],
+      ],
+      done: [
+        done('big', 1, 3000, 0o644, 1),
+        done('etc/big-link', 1, 3000, 0o644, 1),
+        done('copy-of-rest', 0, 5000, 0o600, 1),
       ],
     },
   });
@@ -223,6 +282,7 @@ test('a live restore into a folder: runs written as chunks come, a reused chunk 
   assert.ok(sp.blocks * 512 < 64 * 1024, `sparse file kept its hole (${sp.blocks} blocks)`);
   assert.equal((await lstat(join(target, 'etc'))).mode & 0o777, 0o700);
   assert.equal((await lstat(join(target, 'copy-of-rest'))).mode & 0o777, 0o600);
+  assert.equal((await lstat(join(target, 'etc/rest'))).mode & 0o777, 0o644, 'the manifest wins');
   assert.equal(Math.round((await lstat(join(target, 'etc/hello'))).mtimeMs), 1700000000123);
   assert.equal((await lstat(join(target, 'empty'))).size, 0);
 });

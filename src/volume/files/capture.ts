@@ -74,6 +74,12 @@ export interface CaptureOptions {
    * A run that reuses a chunk named earlier (a hard link, a repeated small file) comes at once.
    */
   onPlaced?: (uses: Placed[]) => void;
+  /**
+   * A regular file whose data is all handed over: its size and extents are final (their chunk
+   * ids may come later, through onPlaced). Extended attributes and flags come only with the
+   * returned entries.
+   */
+  onFileDone?: (entry: FileEntry) => void;
 }
 
 /** A run of a file's data whose chunk is named (CaptureOptions.onPlaced); `extent.chunk` is set. */
@@ -263,6 +269,7 @@ class Capturer {
         } else if (entry.type === 'file') {
           const pending = this.captureFile(childFs, st, entry);
           if (pending) await pending;
+          this.opts.onFileDone?.(entry);
         }
       } catch (err) {
         if (isImgcastError(err) || this.opts.signal?.aborted) throw err;
