@@ -12,7 +12,7 @@
  * (kept with --keep).
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, existsSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import { mkdir, open, rm, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -23,6 +23,8 @@ const DISK_BYTES = 3 * 1024 ** 3;
 const ESP_MIB = 64;
 /** IMGCAST_BENCH_LOG=dir: every process's stderr (run with -v) goes to dir/LABEL.log. */
 const LOG = process.env.IMGCAST_BENCH_LOG;
+/** IMGCAST_BENCH_PROF=dir: a CPU profile of every process, in dir/LABEL/. */
+const PROF = process.env.IMGCAST_BENCH_PROF;
 const IMG = new URL('../src/cli/img.ts', import.meta.url).pathname;
 const IMGCAST = new URL('../src/cli/imgcast.ts', import.meta.url).pathname;
 
@@ -110,12 +112,20 @@ function rootRange(disk: string): string[] {
   return ['--offset', String(first * 512), '--sizelimit', String((last - first + 1) * 512)];
 }
 
+/** CPU seconds (user + system) of the processes run so far, by label. */
+const cpu = new Map<string, number>();
+
 function run(
   cmd: string[],
   label: string,
 ): { done: Promise<{ code: number | null; out: string; err: string; ms: number }> } {
   const t0 = performance.now();
-  const child = spawn(process.execPath, cmd, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // The machine is shared: CPU time says what a run cost whatever else ran beside it.
+  const timing = join(DIR, `cpu-${label.replaceAll(' ', '-')}.txt`);
+  const prof = PROF ? ['--cpu-prof', '--cpu-prof-dir', join(PROF, label.replaceAll(' ', '-'))] : [];
+  const child = spawn('/usr/bin/time', ['-f', '%U %S', '-o', timing, process.execPath, ...prof, ...cmd], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   let err = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -131,6 +141,8 @@ function run(
     done: new Promise((resolve) =>
       child.on('close', (code) => {
         if (code !== 0) process.stderr.write(`${label} exited ${code}:\n${err}\n`);
+        const [user, sys] = readFileSync(timing, 'utf8').trim().split('\n').at(-1)!.split(' ').map(Number);
+        cpu.set(label, (user ?? 0) + (sys ?? 0));
         resolve({ code, out, err, ms: performance.now() - t0 });
       }),
     ),
@@ -262,8 +274,11 @@ try {
     dropCaches();
     const live = await multicast(src, true, targets);
     for (const t of targets) await check(t, sourceSums);
+    const cpuOf = (prefix: string) =>
+      [...cpu].filter(([k]) => k.startsWith(prefix)).reduce((n, [, v]) => n + v, 0);
+    const liveCpu = `CPU: master ${cpuOf('send live').toFixed(1)} s, receivers ${cpuOf('receive live').toFixed(1)} s`;
     if (args.only === 'live') {
-      process.stdout.write(`run ${rep + 1}: live ${live.toFixed(1)} s; every copy verified\n`);
+      process.stdout.write(`run ${rep + 1}: live ${live.toFixed(1)} s (${liveCpu}); every copy verified\n`);
       continue;
     }
 
@@ -280,7 +295,8 @@ try {
     const imageBytes = Number(sh('stat', ['-c', '%s', image]).trim());
     process.stdout.write(
       `run ${rep + 1}: live ${live.toFixed(1)} s; img make ${(make.ms / 1000).toFixed(1)} s + imgcast send ${send.toFixed(1)} s = ${(make.ms / 1000 + send).toFixed(1)} s ` +
-        `(live / (make + send) = ${(live / (make.ms / 1000 + send)).toFixed(2)}; image ${(imageBytes / MiB).toFixed(0)} MiB); every copy verified\n`,
+        `(live / (make + send) = ${(live / (make.ms / 1000 + send)).toFixed(2)}; image ${(imageBytes / MiB).toFixed(0)} MiB); every copy verified\n` +
+        `  live ${liveCpu}; image CPU: make ${cpuOf('make').toFixed(1)} s, sender ${cpuOf('send image').toFixed(1)} s, receivers ${cpuOf('receive image').toFixed(1)} s\n`,
     );
     await rm(image, { force: true });
   }

@@ -392,17 +392,26 @@ export class FrameDecoder {
   constructor(maxFrame: number) {
     this.maxFrame = maxFrame;
   }
+  /** The bytes the frame being received takes with its header, once its header is in; else 0. */
+  #need = 0;
+
   /** Returns complete frame bodies; throws E_CONTROL_INVALID when a frame announces more than maxFrame bytes. */
   push(data: Buffer): Buffer[] {
     this.#parts.push(data);
     this.#have += data.length;
+    // A large frame (a manifest) comes in many reads: they are joined once it is all here, not at each.
+    if (this.#have < this.#need) return [];
+    this.#need = 0;
     const out: Buffer[] = [];
     while (this.#have >= 4) {
       let buf = this.#parts.length === 1 ? (this.#parts[0] as Buffer) : Buffer.concat(this.#parts);
       this.#parts = [buf];
       const len = buf.readUInt32BE(0);
       if (len > this.maxFrame) throw invalid(`frame of ${len} bytes exceeds the limit of ${this.maxFrame}`);
-      if (buf.length < 4 + len) break;
+      if (buf.length < 4 + len) {
+        this.#need = 4 + len;
+        break;
+      }
       out.push(buf.subarray(4, 4 + len));
       buf = buf.subarray(4 + len);
       this.#parts = buf.length ? [buf] : [];
@@ -448,14 +457,19 @@ export class Channel<In> {
     return this.#closed;
   }
 
-  send(m: ToReceiver | ToSender): void {
+  /** `json`: the message already serialized (one message to many receivers is serialized once). */
+  send(m: ToReceiver | ToSender, json = Buffer.from(JSON.stringify(m), 'utf8')): void {
     if (this.#closed) return;
-    const json = Buffer.from(JSON.stringify(m), 'utf8');
     const mac = this.#macKey ? this.#mac(this.#dirOut, this.#sent++, json) : null;
     const len = json.length + (mac ? MAC_LENGTH : 0);
     const head = Buffer.allocUnsafe(4);
     head.writeUInt32BE(len, 0);
-    this.socket.write(mac ? Buffer.concat([head, json, mac]) : Buffer.concat([head, json]));
+    // Pieces, not one copy: a live session's final manifest is tens of MB, sent to every receiver.
+    this.socket.cork();
+    this.socket.write(head);
+    this.socket.write(json);
+    if (mac) this.socket.write(mac);
+    this.socket.uncork();
   }
 
   close(reason: string, err?: TransportError): void {

@@ -1317,10 +1317,12 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
 
   // --- a growing table ---------------------------------------------------------
   function broadcast(msg: ToReceiver): void {
-    tableLog.push(msg);
+    // Kept for receivers that join later, until the first release turns those away.
+    if (releasedUpTo === 0) tableLog.push(msg);
+    const json = Buffer.from(JSON.stringify(msg), 'utf8');
     for (const p of peers) {
       if (p.informed && (p.state === 'joining' || p.state === 'waiting' || p.state === 'receiving')) {
-        p.ch.send(msg);
+        p.ch.send(msg, json);
       }
     }
   }
@@ -1368,7 +1370,10 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       repairedAt.delete(seq);
       lastRepairSerial.delete(seq);
     }
-    if (releasedUpTo === 0) log(`released the first chunks: receivers joining from now on are turned away`);
+    if (releasedUpTo === 0) {
+      log(`released the first chunks: receivers joining from now on are turned away`);
+      tableLog.length = 0;
+    }
     releasedUpTo = upTo;
     wantRelease = false;
     live.release(ids);
