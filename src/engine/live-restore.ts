@@ -275,6 +275,8 @@ class LiveRestore implements ChunkConsumer {
   readonly pending = new Map<string, LiveRun[]>();
   /** Runs written, by chunk: where a chunk's bytes can be read back. */
   readonly written = new Map<string, LiveRun[]>();
+  /** The stretches of chunks `written` holds a run of (chunk:offset:length). */
+  readonly stretches = new Set<string>();
   /** Runs written, by place, to know at the end what the manifest still needs. */
   readonly done = new Set<string>();
   /** Boot-area chunks, kept for the end. */
@@ -479,8 +481,9 @@ class LiveRestore implements ChunkConsumer {
     // Where the chunk can be read back from: one run per stretch of it (a chunk used a thousand times needs one).
     let list = this.written.get(run.chunk);
     if (!list) this.written.set(run.chunk, (list = []));
-    const from = runChunkOffset(run);
-    if (!list.some((r) => runChunkOffset(r) <= from && from + run.length <= runChunkOffset(r) + r.length)) {
+    const stretch = `${run.chunk}:${runChunkOffset(run)}:${run.length}`;
+    if (!this.stretches.has(stretch)) {
+      this.stretches.add(stretch);
       list.push(run);
     }
   }
