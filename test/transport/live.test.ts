@@ -204,23 +204,24 @@ function assertEverything(src: GrowingSource, h: Heard, name: string): void {
   );
 }
 
-test('a growing table: two receivers, one joining late, both lossy, get every chunk and delta in order and the seal', async (t) => {
+test('a growing table: two receivers, one joining late, both lossy, encrypted, get every chunk and delta in order and the seal', async (t) => {
   // 60 appends over ~3 s: most of the session is spent waiting for the source.
   const src = growingSource(60, (i) => (i % 10 === 0 ? 200 : 30));
   const ep = endpoint();
-  const sender = send(src.provider, ep, { clients: 1, rateMbit: 200 });
+  const sender = send(src.provider, ep, { clients: 1, rateMbit: 200, key: 'lab-key', encrypt: true });
   const early = listeningConsumer();
   const late = listeningConsumer();
   let lateStarted: () => void = () => {};
   const lateGo = new Promise<void>((r) => (lateStarted = r));
   const first = receive(ep, 'early', early, {
+    key: 'lab-key',
     simulateLoss: 0.05,
     onProgress: (p) => {
       if (p.chunks >= 10) lateStarted();
     },
   });
   await lateGo;
-  const second = receive(ep, 'late', late, { simulateLoss: 0.05 });
+  const second = receive(ep, 'late', late, { key: 'lab-key', simulateLoss: 0.05 });
   const [s, a, b] = await Promise.all([sender, first, second, src.done]);
   assert.equal(s.ok, true, JSON.stringify(s.receivers));
   assert.equal(a.ok, true, `${a.code} ${a.message}`);
