@@ -1,9 +1,10 @@
 /** `imgcast send`: the low-level multicast sender, like udp-sender but for images. */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { sendCommand } from './transfer.ts';
+import { sendCommand, type SendResult } from './transfer.ts';
+import { COMPRESSION_LEVELS, type CompressionLevel } from '../image/types.ts';
 import { MAX_SEND_THREADS } from '../transport/datagram-out.ts';
 import { DEFAULT_DATAGRAM, FRAG_PAYLOAD, MAX_DATAGRAM, UNIT_DATAGRAM } from '../transport/packet.ts';
-import type { SenderProgress, SenderResult } from '../transport/types.ts';
+import type { SenderProgress } from '../transport/types.ts';
 import { parseFileset } from './img.ts';
 import { localIPv4, multicastGroup, multicastTtl, positiveInteger, seconds } from './options.ts';
 import { emit, formatBytes, runCommand, withProgress } from './output.ts';
@@ -43,7 +44,7 @@ export function port(value: string): number {
   return n;
 }
 
-function describeResult(r: SenderResult): string {
+function describeResult(r: SendResult): string {
   const lines = [
     `${r.ok ? 'done' : 'FAILED'}: ${count(r.chunks, 'chunk')}, ${formatBytes(r.bytes)} per pass in ${(r.durationMs / 1000).toFixed(1)} s; ` +
       `${count(r.counters.repairPackets, 'repair packet')} (${formatBytes(r.counters.repairBytes)})` +
@@ -51,6 +52,15 @@ function describeResult(r: SenderResult): string {
         ? `, ${r.counters.codedRepairs} of them coded (${count(r.counters.codedRuns, 'run')} for different receivers)`
         : ''),
   ];
+  if (r.live) {
+    lines.push(
+      `  captured live at level ${r.live.level}: ${count(r.live.chunks, 'chunk')}, ${formatBytes(r.live.rawBytes)} read, ` +
+        `${formatBytes(r.live.storedBytes)} compressed; at most ${formatBytes(r.live.peakHeldBytes)} held in memory` +
+        (r.live.waitedForMemory
+          ? ` (the capture waited for the network ${count(r.live.waitedForMemory, 'time')})`
+          : ''),
+    );
+  }
   const sizes = r.counters.datagramsByUnits.map((n, k) => (n > 0 ? `${n} x ${k}` : '')).filter(Boolean);
   if (sizes.length) {
     lines.push(
@@ -71,8 +81,13 @@ function describeResult(r: SenderResult): string {
 export function addSendCommand(program: Command): void {
   program
     .command('send')
-    .description('multicast an image to the receivers that join (img receive), then report each one')
-    .argument('<image>', 'image file (.imgc), or any file with --raw')
+    .description(
+      'multicast an image, or a disk read as it is sent (--live), to the receivers that join (img receive), then report each one',
+    )
+    .argument(
+      '<image>',
+      'image file (.imgc); with --live a disk, partition or folder (captured as it is sent); any file with --raw',
+    )
     .addOption(new Option('-f, --fileset <n>', 'file set 1-10 to send').argParser(parseFileset).default(1))
     .addOption(
       new Option('-c, --clients <n>', 'start once this many receivers joined')
@@ -119,6 +134,24 @@ export function addSendCommand(program: Command): void {
       '--encrypt',
       'encrypt the data stream (AES-256-GCM; needs --key, which protects the data key on the control connection)',
     )
+    .option(
+      '--live',
+      'capture the disk, partition or folder given and send it as it is read, without an image file: ' +
+        'receivers restore it as it streams; reading, compressing and sending overlap',
+    )
+    .addOption(
+      new Option(
+        '-l, --level <level>',
+        'with --live: compression on this machine, none trades network for CPU, size the reverse (default balanced)',
+      ).choices(COMPRESSION_LEVELS),
+    )
+    .addOption(
+      new Option(
+        '--live-memory <MiB>',
+        'with --live: compressed data held for receivers before the capture waits for them (default 256); ' +
+          'a receiver can join late while none of it was let go',
+      ).argParser(positiveInteger),
+    )
     .option('--raw', 'send a plain file instead of an image (for tests and benchmarks)')
     .option('--json', 'print the result as JSON')
     .option('-v, --verbose', 'log session events to stderr')
@@ -139,6 +172,9 @@ export function addSendCommand(program: Command): void {
           key?: string;
           encrypt?: boolean;
           raw?: boolean;
+          live?: boolean;
+          level?: CompressionLevel;
+          liveMemory?: number;
           json?: boolean;
           verbose?: boolean;
         },
@@ -151,6 +187,9 @@ export function addSendCommand(program: Command): void {
             const result = await withProgress('send', { json: !!o.json }, (update) =>
               sendCommand(image, {
                 raw: o.raw,
+                live: o.live,
+                ...(o.level !== undefined ? { level: o.level } : {}),
+                ...(o.liveMemory !== undefined ? { liveMemoryBytes: o.liveMemory * 1024 * 1024 } : {}),
                 fileset: o.fileset,
                 clients: o.clients,
                 wait: o.wait,

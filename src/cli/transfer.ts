@@ -3,9 +3,10 @@
  * owns argument parsing; these wire a source and a target to the transport.
  *
  * Image mode sends one file set of an image and restores it onto the receiver's
- * target (directory, disk or partition); `raw` mode sends any file as chunks and
- * writes it back as a plain file (benchmarks against udpcast/uftp), with resume
- * through a journal next to the output.
+ * target (directory, disk or partition); `live` mode captures a disk, partition or
+ * folder and sends it as it is read (engine/live.ts), restored by the same receive;
+ * `raw` mode sends any file as chunks and writes it back as a plain file (benchmarks
+ * against udpcast/uftp), with resume through a journal next to the output.
  */
 import { rm } from 'node:fs/promises';
 import { hostname, networkInterfaces } from 'node:os';
@@ -14,13 +15,24 @@ import { InterruptedError, UsageError } from '../errors.ts';
 import { TransportError } from '../transport/errors.ts';
 import { fileConsumer, flatFileProvider } from '../transport/files.ts';
 import { runReceiver } from '../transport/receiver.ts';
+import { liveDiskProvider, type LiveStats } from '../engine/live.ts';
+import type { MakeProgress } from '../engine/make.ts';
 import { defaultJournal, imageDecoder, imageProvider, restoreConsumer } from '../engine/multicast.ts';
+import { DEFAULT_LEVEL, type CompressionLevel } from '../image/types.ts';
 import { MAX_DATAGRAM, UNIT_DATAGRAM } from '../transport/packet.ts';
 import { runSender } from '../transport/sender.ts';
 import type { ReceiverProgress, ReceiverResult, SenderProgress, SenderResult } from '../transport/types.ts';
 
 export interface SendCommandOptions {
   raw?: boolean;
+  /** The source is a disk, partition or folder, captured and sent as it is read (no image file). */
+  live?: boolean;
+  /** Live: compression on this machine (default balanced). */
+  level?: CompressionLevel;
+  /** Live: stored chunk bytes held for the session before the capture waits. */
+  liveMemoryBytes?: number;
+  /** Live: the capture's progress. */
+  onCapture?: (p: MakeProgress) => void;
   fileset?: number;
   clients?: number;
   wait?: number;
@@ -70,8 +82,20 @@ function positive(n: number | undefined, what: string): void {
     throw new UsageError(`${what} must be a positive number`);
 }
 
-/** Sends an image (or with `raw`, any file) to the receivers that join; throws unless every receiver succeeded. */
-export async function sendCommand(imagePath: string, opts: SendCommandOptions): Promise<SenderResult> {
+/** What a send did; a live send also says what its capture stored and held. */
+export type SendResult = SenderResult & { live?: LiveStats & { level: CompressionLevel } };
+
+/**
+ * Sends an image (with `raw`, any file; with `live`, a disk, partition or folder read as it
+ * is sent) to the receivers that join; throws unless every receiver succeeded.
+ */
+export async function sendCommand(imagePath: string, opts: SendCommandOptions): Promise<SendResult> {
+  if (opts.live && opts.raw) throw new UsageError('--live and --raw exclude each other');
+  if (opts.level !== undefined && !opts.live) {
+    throw new UsageError('--level applies to --live only: an image keeps the level it was made with');
+  }
+  if (opts.liveMemoryBytes !== undefined && !opts.live)
+    throw new UsageError('--live-memory applies to --live only');
   positive(opts.clients, '--clients');
   positive(opts.rate, '--rate');
   if (opts.wait !== undefined && !(opts.wait >= 0)) throw new UsageError('--wait must be 0 or more seconds');
@@ -81,10 +105,23 @@ export async function sendCommand(imagePath: string, opts: SendCommandOptions): 
       `--datagram-size must be ${UNIT_DATAGRAM} (no IP fragmentation) to ${MAX_DATAGRAM} bytes, got ${ds}`,
     );
   }
-  const provider = opts.raw
-    ? await flatFileProvider(imagePath, opts.chunkSize)
-    : await imageProvider(imagePath, opts.fileset ?? 1);
-  const result = await runSender(provider, {
+  const level = opts.level ?? DEFAULT_LEVEL;
+  const live = opts.live
+    ? await liveDiskProvider(imagePath, {
+        level,
+        signal: opts.signal,
+        onProgress: opts.onCapture,
+        log: opts.log,
+        ...(opts.liveMemoryBytes !== undefined ? { memoryBytes: opts.liveMemoryBytes } : {}),
+      })
+    : undefined;
+  const provider =
+    live ??
+    (opts.raw
+      ? await flatFileProvider(imagePath, opts.chunkSize)
+      : await imageProvider(imagePath, opts.fileset ?? 1));
+  // runSender closes the provider when the session ends; one it refused before starting is closed here.
+  const sent = await runSender(provider, {
     interface: opts.interface,
     group: opts.group,
     port: opts.port,
@@ -99,7 +136,11 @@ export async function sendCommand(imagePath: string, opts: SendCommandOptions): 
     log: opts.log,
     onProgress: opts.onProgress,
     signal: opts.signal,
+  }).catch(async (err: unknown) => {
+    await provider.close?.().catch(() => {});
+    throw err;
   });
+  const result: SendResult = live ? { ...sent, live: { ...live.stats, level } } : sent;
   if (!result.ok) {
     if (opts.signal?.aborted && opts.signal.reason instanceof InterruptedError) throw opts.signal.reason;
     const bad = result.receivers.filter((r) => r.state !== 'ok');

@@ -215,15 +215,24 @@ async function takePart(
         void report({ state: 'receiving', bytes: p.bytes, totalBytes: p.totalBytes }).catch(() => {});
       }
     },
-    makeConsumer: (s) => {
+    makeConsumer: async (s) => {
       manifest = (s.meta as Partial<ImageMeta> | null)?.manifest;
-      return restoreConsumer(s, disk, {
+      const consumer = await restoreConsumer(s, disk, {
         force: o.force,
         keepSizes: o.keepSizes,
         onWarning: o.warn ?? o.log,
         journalPath,
         restart: o.restart,
       });
+      // A live session's manifest comes whole only with its seal; identity needs it.
+      const seal = consumer.seal?.bind(consumer);
+      if (seal) {
+        consumer.seal = async (meta: unknown) => {
+          await seal(meta);
+          manifest = (meta as Partial<ImageMeta> | null)?.manifest ?? manifest;
+        };
+      }
+      return consumer;
     },
   });
   const outcome = {

@@ -210,7 +210,18 @@ export interface LoopOptions {
  * so a run killed at any moment, even while losetup runs, leaves nothing the next run
  * cannot find and detach.
  */
-export async function attachLoop(path: string, opts: LoopOptions = {}): Promise<string> {
+export function attachLoop(path: string, opts: LoopOptions = {}): Promise<string> {
+  // One at a time in this process: two attaches at once (two restores in one process, as a
+  // live session's test receivers are) were given the same free device by losetup --find
+  // and wrote the same record, and the loser's rename found its record gone (ENOENT).
+  const turn = attaching.then(() => attachLoopNow(path, opts));
+  attaching = turn.catch(() => {});
+  return turn;
+}
+
+let attaching: Promise<unknown> = Promise.resolve();
+
+async function attachLoopNow(path: string, opts: LoopOptions): Promise<string> {
   const args: string[] = [];
   if (opts.offset) args.push('--offset', String(opts.offset));
   if (opts.size !== undefined) args.push('--sizelimit', String(opts.size));

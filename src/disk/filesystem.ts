@@ -509,6 +509,8 @@ export async function openTreeForWriting(
   device: string,
   fs: FilesystemInfo,
   naming: WriteNaming = { target: device, what: `the ${fs.type} filesystem on ${device}` },
+  /** vfat through mtools: a staging folder already filled (a live restore's), used and removed as one made here. */
+  staged?: string,
 ): Promise<TreeAccess> {
   if (fs.type !== 'vfat' || (await kernelCanMount('vfat'))) {
     const m = await mountFilesystem(device, fs.type, { readOnly: false });
@@ -530,7 +532,7 @@ export async function openTreeForWriting(
       },
     };
   }
-  const staging = await ownedTempDir(tmpdir(), 'imgcast-vfat-');
+  const staging = staged ?? (await ownedTempDir(tmpdir(), 'imgcast-vfat-'));
   return {
     dir: staging,
     async close(commit) {

@@ -74,6 +74,8 @@ export interface RawCaptureOptions {
    * filesystem's unused blocks): not read, and treated as zero.
    */
   skip?: ReadonlyArray<readonly [number, number]>;
+  /** Each extent as soon as its chunk is named (a live capture tells receivers where it goes). */
+  onExtent?: (extent: RawExtent) => void;
 }
 
 /**
@@ -123,7 +125,9 @@ export async function captureRaw(
         for (const r of nonZeroRuns(buf, n)) {
           // putChunk may keep the buffer until durable; hand it a copy so the window can be reused.
           const ref = await sink.putChunk(Buffer.from(buf.subarray(r.start, r.end)));
-          extents.push({ offset: base + windowStart + r.start, length: r.end - r.start, chunk: ref.id });
+          const x = { offset: base + windowStart + r.start, length: r.end - r.start, chunk: ref.id };
+          extents.push(x);
+          opts.onExtent?.(x);
         }
       })();
       // Observed by the next await; this only keeps a read error from leaving it unhandled.

@@ -32,13 +32,15 @@ import {
   type ChunkSink,
   type CompressionLevel,
   type DiskLayout,
+  type FileEntry,
   type FilesystemInfo,
   type ImageSource,
   type Manifest,
   type PartitionInfo,
+  type RawExtent,
   type Volume,
 } from '../image/types.ts';
-import { captureTree } from '../volume/files/capture.ts';
+import { captureTree, type Placed } from '../volume/files/capture.ts';
 import { systemReason } from '../wording.ts';
 import type { ImageFileFacts } from './explorer.ts';
 
@@ -162,7 +164,7 @@ async function safeProbe(path: string, range: { offset?: number; size?: number }
 const SWAP_HEADER = 64 * 1024;
 
 /** One byte range to capture, with what it holds, planned before any data is read. */
-interface RangePlan {
+export interface RangePlan {
   offset: number;
   size: number;
   partition?: number;
@@ -253,6 +255,19 @@ function stagedProgress(
 
 type Progress = ReturnType<typeof stagedProgress>;
 
+/**
+ * Where captured data goes as soon as its chunk is named, for a live capture (live.ts), which
+ * tells receivers before the manifest exists. Extents carry their chunk id.
+ */
+export interface PlacementHooks {
+  /** Data of file `path` in file volume `volume` (an entry of a hard-link group names it). */
+  files(volume: number, uses: Placed[]): void;
+  /** A raw run: of raw volume `volume` (offset within it), or of boot area `-1 - i` (offset on the disk). */
+  raw(volume: number, extent: RawExtent): void;
+  /** A regular file of file volume `volume` whose data is all handed over (captureTree's onFileDone). */
+  fileDone(volume: number, entry: FileEntry): void;
+}
+
 /** Captures one planned range: as files when it holds ext2/3/4 or vfat, otherwise raw. */
 async function captureRange(
   path: string,
@@ -260,6 +275,7 @@ async function captureRange(
   index: number,
   sink: ChunkSink,
   progress: Progress,
+  hooks?: PlacementHooks,
 ): Promise<Volume> {
   const stage = progress.stage(plan.stage, plan.estimate);
   let volume: Volume;
@@ -272,6 +288,12 @@ async function captureRange(
         const entries = await captureTree(tree.dir, sink, {
           oneFileSystem: true,
           onProgress: (p) => stage.update(p.bytes, p.files),
+          ...(hooks
+            ? {
+                onPlaced: (uses: Placed[]) => hooks.files(index, uses),
+                onFileDone: (entry: FileEntry) => hooks.fileDone(index, entry),
+              }
+            : {}),
         });
         volume = { kind: 'files', index, sizeBytes: plan.size, fs, entries };
       } finally {
@@ -289,6 +311,7 @@ async function captureRange(
     let passedBytes = 0;
     const extents = await captureRaw(path, plan.offset, length, sink, {
       ...(unused ? { skip: unused.ranges } : {}),
+      ...(hooks ? { onExtent: (x: RawExtent) => hooks.raw(index, x) } : {}),
       // Progress counts the bytes actually read, against an estimate without the unused blocks.
       onProgress: (done) => {
         for (; unused && passed < unused.ranges.length && unused.ranges[passed]![1] <= done; passed++) {
@@ -354,6 +377,93 @@ export async function captureSource(
   return captureClassified(source, kind, table, sink, opts);
 }
 
+/**
+ * What a capture of `source` will read, found before any data is: the partition table, each
+ * partition's filesystem (or that it is captured raw, and its unused blocks), the boot areas.
+ */
+export interface CapturePlan {
+  source: string;
+  kind: SourceKind;
+  table: PartitionTable | null;
+  /** A disk's partitions (the extended container left out), or the one range of a partition source; none for a directory. */
+  ranges: RangePlan[];
+  /** A disk's boot areas. */
+  areas: Array<{ offset: number; length: number }>;
+}
+
+async function planClassified(
+  source: string,
+  kind: SourceKind,
+  table: PartitionTable | null,
+): Promise<CapturePlan> {
+  if (kind === 'directory') return { source, kind, table, ranges: [], areas: [] };
+  if (kind === 'partition') {
+    return { source, kind, table, ranges: [await planRange(source, 0, await deviceSize(source))], areas: [] };
+  }
+  const ranges: RangePlan[] = [];
+  for (const p of table!.partitions.filter((x) => !x.extended)) {
+    ranges.push(await planRange(source, p.startBytes, p.sizeBytes, p.number, p.extended));
+  }
+  return { source, kind, table, ranges, areas: bootAreaRanges(table!) };
+}
+
+/** Checks `source` (as captureSource does) and plans its capture; reads no data. */
+export async function planCapture(
+  source: string,
+  opts: { onWarning?: (message: string) => void } = {},
+): Promise<CapturePlan> {
+  await releaseDeadRuns(opts.onWarning);
+  const { kind, table } = await classify(source);
+  if (kind !== 'directory') await refuseWritableMounts(source);
+  return planClassified(source, kind, table);
+}
+
+/**
+ * The manifest a capture of `plan` will make, as far as it is known before any data is read:
+ * the disk layout, each volume's kind, size and filesystem, with no file entries and no extents.
+ */
+export function layoutOf(plan: CapturePlan, level: CompressionLevel): Manifest {
+  const volumes: Volume[] =
+    plan.kind === 'directory'
+      ? [{ kind: 'files', index: 0, fs: { type: 'directory' }, entries: [] }]
+      : plan.ranges.map((r, index) => {
+          const v = emptyVolume(r, index);
+          if (r.partition !== undefined) v.partition = r.partition;
+          return v;
+        });
+  return {
+    formatVersion: FORMAT_VERSION,
+    imageId: randomUUID(),
+    createdAt: new Date().toISOString(),
+    generation: 1,
+    level,
+    source: { kind: plan.kind, path: plan.source, hostname: hostname() },
+    ...(plan.kind === 'disk'
+      ? {
+          disk: diskLayout(
+            plan.table!,
+            plan.areas.map((a) => ({ ...a, extents: [] })),
+            volumes,
+          ),
+        }
+      : {}),
+    volumes,
+    filesets: [],
+  };
+}
+
+function emptyVolume(plan: RangePlan, index: number): Volume {
+  if (plan.fs) return { kind: 'files', index, sizeBytes: plan.size, fs: plan.fs, entries: [] };
+  return {
+    kind: 'raw',
+    index,
+    sizeBytes: plan.size,
+    ...(plan.detectedType ? { detectedType: plan.detectedType } : {}),
+    extents: [],
+    ...(plan.unused ? { unused: { bytes: plan.unused.bytes, tool: plan.unused.tool } } : {}),
+  };
+}
+
 async function captureClassified(
   source: string,
   kind: SourceKind,
@@ -361,6 +471,25 @@ async function captureClassified(
   sink: ChunkSink,
   opts: { level: CompressionLevel; onProgress?: (p: MakeProgress) => void; signal?: AbortSignal },
 ): Promise<MakeResult> {
+  return capturePlanned(await planClassified(source, kind, table), sink, opts);
+}
+
+/** Captures what `plan` says into `sink`; with `hooks`, says where each piece goes as soon as its chunk is named. */
+export async function capturePlanned(
+  plan: CapturePlan,
+  sink: ChunkSink,
+  opts: {
+    level: CompressionLevel;
+    onProgress?: (p: MakeProgress) => void;
+    signal?: AbortSignal;
+    hooks?: PlacementHooks;
+    /** The manifest's identity and time (a live capture announced them before). */
+    imageId?: string;
+    createdAt?: string;
+  },
+): Promise<MakeResult> {
+  const { source, kind } = plan;
+  const hooks = opts.hooks;
   let storedBytes = 0;
   const counted = countingSink(sink, () => {
     storedBytes = counted.counts.rawBytes;
@@ -379,18 +508,26 @@ async function captureClassified(
     const entries = await captureTree(source, counted.sink, {
       onProgress: (p) => report('directory', p.bytes, undefined, p.files),
       ...(opts.signal ? { signal: opts.signal } : {}),
+      ...(hooks
+        ? {
+            onPlaced: (uses: Placed[]) => hooks.files(0, uses),
+            onFileDone: (entry: FileEntry) => hooks.fileDone(0, entry),
+          }
+        : {}),
     });
     volumes.push({ kind: 'files', index: 0, fs: { type: 'directory' }, entries });
   } else if (kind === 'partition') {
-    const plan = await planRange(source, 0, await deviceSize(source));
-    volumes.push(await captureRange(source, plan, 0, counted.sink, stagedProgress(report, plan.estimate)));
+    const range = plan.ranges[0]!;
+    volumes.push(
+      await captureRange(source, range, 0, counted.sink, stagedProgress(report, range.estimate), hooks),
+    );
   } else {
-    disk = await captureDisk(source, table!, counted.sink, volumes, report);
+    disk = await captureDisk(plan, counted.sink, volumes, report, hooks);
   }
   const manifest: Manifest = {
     formatVersion: FORMAT_VERSION,
-    imageId: randomUUID(),
-    createdAt: new Date().toISOString(),
+    imageId: opts.imageId ?? randomUUID(),
+    createdAt: opts.createdAt ?? new Date().toISOString(),
     generation: 1,
     level: opts.level,
     source: { kind, path: source, hostname: hostname() },
@@ -470,39 +607,49 @@ export async function makeImage(source: string, imagePath: string, opts: MakeOpt
 }
 
 async function captureDisk(
-  source: string,
-  table: PartitionTable,
+  plan: CapturePlan,
   sink: ChunkSink,
   volumes: Volume[],
   report: (stage: string, done: number, total: number | undefined, files?: number) => void,
+  hooks?: PlacementHooks,
 ): Promise<DiskLayout> {
+  const { source, ranges: plans, areas } = plan;
+  const total = areas.reduce((n, a) => n + a.length, 0) + plans.reduce((n, p) => n + p.estimate, 0);
+  const progress = stagedProgress(report, total);
+
+  const bootAreas: DiskLayout['bootAreas'] = [];
+  for (const [i, area] of areas.entries()) {
+    const stage = progress.stage('boot area', area.length);
+    const extents = await captureRaw(source, area.offset, area.length, sink, {
+      extentBase: area.offset,
+      onProgress: (done) => stage.update(done),
+      ...(hooks ? { onExtent: (x: RawExtent) => hooks.raw(-1 - i, x) } : {}),
+    });
+    stage.end();
+    bootAreas.push({ ...area, extents });
+  }
+  for (const range of plans) {
+    volumes.push(await captureRange(source, range, volumes.length, sink, progress, hooks));
+  }
+  return diskLayout(plan.table!, bootAreas, volumes);
+}
+
+/** The disk layout of a partition table whose partitions (extended containers left out) hold `volumes`, in order. */
+function diskLayout(
+  table: PartitionTable,
+  bootAreas: DiskLayout['bootAreas'],
+  volumes: Volume[],
+): DiskLayout {
   // The extended container is no volume: its boot records are boot areas (restored byte
   // for byte, so the chain is too) and its logical partitions are captured like primaries.
   const parts = table.partitions.filter((x) => !x.extended);
   const containers = table.partitions
     .filter((x) => x.extended)
     .map((x) => ({ number: x.number, startBytes: x.startBytes, sizeBytes: x.sizeBytes, type: x.type }));
-  const plans: RangePlan[] = [];
-  for (const p of parts) plans.push(await planRange(source, p.startBytes, p.sizeBytes, p.number, p.extended));
-  const areas = bootAreaRanges(table);
-  const total = areas.reduce((n, a) => n + a.length, 0) + plans.reduce((n, p) => n + p.estimate, 0);
-  const progress = stagedProgress(report, total);
-
-  const bootAreas: DiskLayout['bootAreas'] = [];
-  for (const area of areas) {
-    const stage = progress.stage('boot area', area.length);
-    const extents = await captureRaw(source, area.offset, area.length, sink, {
-      extentBase: area.offset,
-      onProgress: (done) => stage.update(done),
-    });
-    stage.end();
-    bootAreas.push({ ...area, extents });
-  }
-  const partitions: PartitionInfo[] = [];
-  for (const [i, p] of parts.entries()) {
-    const index = volumes.length;
-    volumes.push(await captureRange(source, plans[i]!, index, sink, progress));
-    partitions.push({
+  const partitions: PartitionInfo[] = parts.map((p, index) => {
+    if (volumes[index]?.partition !== p.number)
+      throw new Error(`internal: volume ${index} is not partition ${p.number}`);
+    return {
       number: p.number,
       startBytes: p.startBytes,
       sizeBytes: p.sizeBytes,
@@ -511,8 +658,8 @@ async function captureDisk(
       ...(p.name ? { name: p.name } : {}),
       ...(p.bootable !== undefined ? { bootable: p.bootable } : {}),
       volume: index,
-    });
-  }
+    };
+  });
   return {
     sizeBytes: table.diskSizeBytes,
     sectorSize: table.sectorSize,

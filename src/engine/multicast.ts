@@ -1,6 +1,7 @@
 /**
  * Adapters between the transport and images: an image file (one file set of it) as
- * a ChunkProvider, and a restore target as a ChunkConsumer. The session's `meta`
+ * a ChunkProvider, and a restore target as a ChunkConsumer (of an image, or of a live
+ * master's disk: live.ts, live-restore.ts). The session's `meta`
  * carries the manifest and the file set; it arrives over the control channel, which
  * is authenticated when a key is used, and is checked before anything is written.
  */
@@ -11,6 +12,7 @@ import { promisify } from 'node:util';
 
 import { DiskError } from '../disk/errors.ts';
 import { ImgcastError } from '../errors.ts';
+import { isLiveMeta, liveRestoreConsumer } from './live-restore.ts';
 import { describeTargetContents, openRestore, type DescribedSink } from './restore.ts';
 import { chunksForFileset, decodeChunk, ImageReader } from '../image/index.ts';
 import { manifestProblem } from '../image/manifest.ts';
@@ -111,6 +113,13 @@ export async function restoreConsumer(
   target: string,
   opts: ConsumerOptions = {},
 ): Promise<ChunkConsumer> {
+  // A live master's disk, streamed as it is read: restored as it arrives (no journal: it cannot be resumed).
+  if (isLiveMeta(session.meta)) {
+    return liveRestoreConsumer(session, target, {
+      ...(opts.force !== undefined ? { force: opts.force } : {}),
+      ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
+    });
+  }
   const meta = session.meta as Partial<ImageMeta> | null;
   if (!meta || meta.kind !== 'image' || !Number.isInteger(meta.fileset)) {
     throw new TransportError(

@@ -90,9 +90,25 @@ export interface RestoreOptions {
    * resume and a read-back verification must be given the same choice.
    */
   keepSizes?: boolean;
+  /**
+   * File volumes (by index) whose files a live restore put in a staging folder (vfat where
+   * the kernel cannot mount it, live-restore.ts): written into the filesystem from there
+   * like any staging folder, and `resume` counts for them.
+   */
+  staged?: ReadonlyMap<number, string>;
+  /** Per file volume (by index): files a live restore finished itself (TreeRestoreOptions.complete). */
+  complete?: ReadonlyMap<number, ReadonlySet<string>>;
 }
 
 export type DescribedSink = RestoreSink & {
+  /**
+   * Does to the target what prepare() does before it writes any volume (creates it, or
+   * clears the old layout's signatures and marks the disk incomplete) and nothing more. A
+   * live restore (live-restore.ts) then writes the volumes as the data streams, and at
+   * the end restores the complete manifest onto them as a resume. abort() undoes it as
+   * it undoes a prepare().
+   */
+  clear(): Promise<void>;
   describe(): string;
   /**
    * The chunks this restore takes as already written, when resuming: the resume set
@@ -174,6 +190,7 @@ function filesystemPlace(
   size: number,
   resuming: boolean,
   fileset: number,
+  staged: string | undefined,
 ): Place {
   const what =
     volume.partition !== undefined
@@ -191,7 +208,7 @@ function filesystemPlace(
             throw (await spaceProblem(loop)) ? await writeFailure(target, what, err) : err;
           });
         }
-        tree = await openTreeForWriting(loop, volume.fs, { target, what });
+        tree = await openTreeForWriting(loop, volume.fs, { target, what }, staged);
       } catch (err) {
         await detachLoop(loop).catch(() => {});
         throw err;
@@ -233,6 +250,9 @@ function fileVolumeSink(volume: FileVolume, place: Place, opts: RestoreOptions):
         fsType,
         ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
         ...(opts.resume ? { resume: opts.resume } : {}),
+        ...(opts.resume && opts.complete?.has(volume.index)
+          ? { complete: opts.complete.get(volume.index)! }
+          : {}),
       });
       const unknown = [...inner.needed].find((id) => !needed.has(id));
       if (unknown) {
@@ -337,6 +357,10 @@ function compositeSink(c: Composite): DescribedSink {
     leftAfterAbort: c.leftAfterAbort,
     createsFile: !!c.createsFile,
     describe: () => c.describe,
+    async clear() {
+      await c.before?.();
+      writing = true;
+    },
     progress() {
       let bytesDone = 0;
       let bytesTotal = 0;
@@ -520,6 +544,7 @@ async function openDiskTarget(
     // A volume written through a staging folder lost it with the interrupted run: it is restored again in full.
     const again = new Set<string>();
     for (const v of manifest.volumes) {
+      if (opts.staged?.has(v.index)) continue;
       if (v.kind === 'files' && v.fs.type !== 'directory' && !(await writesInPlace(v.fs.type))) {
         for (const id of fileVolumeNeeds(v, opts.fileset).needed) again.add(id);
       }
@@ -571,7 +596,19 @@ async function openDiskTarget(
   const child =
     volume.kind === 'raw'
       ? rawVolumeSink(target, volume, 0, fresh, opts.resume)
-      : fileVolumeSink(volume, filesystemPlace(target, volume, 0, size, !!opts.resume, opts.fileset), opts);
+      : fileVolumeSink(
+          volume,
+          filesystemPlace(
+            target,
+            volume,
+            0,
+            size,
+            !!opts.resume,
+            opts.fileset,
+            opts.staged?.get(volume.index),
+          ),
+          opts,
+        );
   return compositeSink({
     ...(opts.resume ? { resume: opts.resume } : {}),
     createsFile: fresh,
@@ -748,7 +785,15 @@ function diskSink(
       );
     if (v.kind === 'raw') children.push(rawVolumeSink(target, v, p.startBytes, fresh, resume));
     else {
-      const place = filesystemPlace(target, v, p.startBytes, p.sizeBytes, !!resume, opts.fileset);
+      const place = filesystemPlace(
+        target,
+        v,
+        p.startBytes,
+        p.sizeBytes,
+        !!resume,
+        opts.fileset,
+        opts.staged?.get(v.index),
+      );
       children.push(fileVolumeSink(v, place, volumeOpts));
     }
   }

@@ -47,6 +47,9 @@ export class ChunkCache {
   readonly dataKey: DataKey | null;
   readonly hooks: CacheHooks;
 
+  /** Whether reads get a recycled buffer (`into`); a live provider serves its chunks from memory. */
+  readonly #lend: boolean;
+
   constructor(
     provider: ChunkProvider,
     table: readonly ChunkInfo[],
@@ -57,7 +60,9 @@ export class ChunkCache {
     this.table = table;
     this.dataKey = dataKey;
     this.hooks = hooks;
-    this.#readCap = table.reduce((a, e) => Math.max(a, e.storedLength), 0);
+    this.#lend = !provider.live;
+    // A growing table names its largest chunk up front: the room below must hold the read-ahead of it.
+    this.#readCap = table.reduce((a, e) => Math.max(a, e.storedLength), provider.live?.maxStoredLength ?? 0);
     // Room for the read-ahead and the repair reads besides them, however big the chunks: with
     // 4 MiB chunks 10 MiB held fewer chunks than the read-ahead protects, so every chunk read for
     // a repair was evicted before it could be sent, and read again, forever (issue #12).
@@ -94,7 +99,9 @@ export class ChunkCache {
     if (this.#cache.has(seq) || this.#loading.has(seq)) return;
     const e = this.table[seq] as ChunkInfo;
     const cap = this.#readCap;
-    const into = this.#spare.pop() ?? (cap <= MAX_SPARE_READ ? Buffer.allocUnsafe(cap) : undefined);
+    const into = !this.#lend
+      ? undefined
+      : (this.#spare.pop() ?? (cap <= MAX_SPARE_READ ? Buffer.allocUnsafe(cap) : undefined));
     const pr = this.provider
       .readStored(e.id, into)
       .then((stored) => {
@@ -119,6 +126,17 @@ export class ChunkCache {
         this.hooks.settled();
       });
     this.#loading.set(seq, pr);
+  }
+
+  /** Forgets a chunk for good (a live session released it): it is never read again. */
+  drop(seq: number): void {
+    const b = this.#cache.get(seq);
+    if (!b) return;
+    this.#cache.delete(seq);
+    this.#bytes -= b.length;
+    const base = this.#base.get(seq);
+    this.#base.delete(seq);
+    if (base && !this.hooks.holdsBuffers()) this.#recycle(base);
   }
 
   #evict(justRead: number): void {

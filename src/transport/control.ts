@@ -10,6 +10,11 @@
  * Handshake: sender CHALLENGE(nonce, keyed) → receiver HELLO(name, nonce, proof) →
  * sender SESSION(…, proof) → receiver JOIN(chunks it already has) → STATUS… → DONE.
  * The sender sends TICK as heartbeat and transmit position, DROP and END.
+ *
+ * Live sessions (a table that grows while the session runs): SESSION says `live` and holds
+ * the table so far; EXTEND appends rows (and an opaque delta for the consumer), SEAL ends the
+ * table with the final meta. A receiver that joins late gets SESSION with the table the
+ * session started with, then every EXTEND so far, in order.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { Socket } from 'node:net';
@@ -37,7 +42,19 @@ export type ToReceiver =
       meta: unknown;
       encrypt: { key: string; salt: string } | null;
       proof: string | null;
+      /** The table grows (EXTEND) until SEAL; absent from senders before live sessions. */
+      live?: boolean;
+      /** Live sessions: no chunk will be stored in more bytes than this. */
+      maxStored?: number;
     }
+  | {
+      t: 'extend';
+      /** The seq of the first new row: the receiver's table length before it. */
+      from: number;
+      chunks: Array<[string, number, number, number]>;
+      delta: unknown;
+    }
+  | { t: 'seal'; chunks: number; meta: unknown }
   | {
       t: 'tick';
       txPos: number;
@@ -101,6 +118,12 @@ export type ToSender =
       /** Share of the host's IP reassembly memory in use (0..1, Linux), null when unknown. */
       frag: number | null;
       nak: Array<[number, Ranges | null]>;
+      /**
+       * Every chunk below this one is complete here (live sessions release what every receiver
+       * has), and the rows of the table it knows; 0 and the sender's table from older receivers.
+       */
+      low?: number;
+      known?: number;
       /** Complete chunks whose bytes it still keeps, to XOR out of coded repairs. */
       kept: Ranges;
       counters: ReceiverCounters;
@@ -218,6 +241,8 @@ export function parseToSender(body: Buffer, chunkCount: number): ToSender {
         ovf: m.ovf === null || m.ovf === undefined ? null : uint(m.ovf, 'ovf'),
         frag: m.frag === null || m.frag === undefined ? null : share(m.frag, 'frag'),
         nak,
+        ...(m.low === undefined ? {} : { low: uint(m.low, 'low', chunkCount) }),
+        ...(m.known === undefined ? {} : { known: uint(m.known, 'known', chunkCount) }),
         kept: ranges(m.kept, 'kept', chunkCount),
         counters: counters(m.counters),
       };
@@ -249,16 +274,7 @@ export function parseToReceiver(body: Buffer): ToReceiver {
         keyed: bool(m.keyed, 'keyed'),
       };
     case 'session': {
-      if (!Array.isArray(m.chunks) || m.chunks.length > 0xffffffff) throw invalid('chunks must be a list');
-      const chunks = m.chunks.map((c: unknown, i: number) => {
-        if (!Array.isArray(c) || c.length !== 4) throw invalid(`chunk ${i} must be [id, codec, stored, raw]`);
-        return [
-          str(c[0], `chunk ${i} id`, 64, HEX64),
-          uint(c[1], `chunk ${i} codec`, 255),
-          uint(c[2], `chunk ${i} stored length`, 64 * 1024 * 1024),
-          uint(c[3], `chunk ${i} raw length`, 64 * 1024 * 1024),
-        ] as [string, number, number, number];
-      });
+      const chunks = chunkRows(m.chunks, 0);
       let encrypt: { key: string; salt: string } | null = null;
       if (m.encrypt !== null && m.encrypt !== undefined) {
         if (!isObj(m.encrypt)) throw invalid('encrypt must be an object');
@@ -277,8 +293,16 @@ export function parseToReceiver(body: Buffer): ToReceiver {
         meta: m.meta ?? null,
         encrypt,
         proof: optStr(m.proof, 'proof', 64, HEX64),
+        ...(m.live === undefined ? {} : { live: bool(m.live, 'live') }),
+        ...(m.maxStored === undefined ? {} : { maxStored: uint(m.maxStored, 'maxStored', MAX_STORED) }),
       };
     }
+    case 'extend': {
+      const from = uint(m.from, 'from', 0xffffffff);
+      return { t: 'extend', from, chunks: chunkRows(m.chunks, from), delta: m.delta ?? null };
+    }
+    case 'seal':
+      return { t: 'seal', chunks: uint(m.chunks, 'chunks', 0xffffffff), meta: m.meta ?? null };
     case 'tick':
       return {
         t: 'tick',
@@ -300,6 +324,24 @@ export function parseToReceiver(body: Buffer): ToReceiver {
     default:
       throw invalid(`unknown message type ${JSON.stringify(String(m.t)).slice(0, 40)}`);
   }
+}
+
+/** Largest stored chunk a table row may announce. */
+const MAX_STORED = 64 * 1024 * 1024;
+
+/** Table rows [id, codec, stored length, raw length]; `first` is the seq of the first, for messages. */
+function chunkRows(x: unknown, first: number): Array<[string, number, number, number]> {
+  if (!Array.isArray(x) || first + x.length > 0xffffffff) throw invalid('chunks must be a list');
+  return x.map((c: unknown, k: number) => {
+    const i = first + k;
+    if (!Array.isArray(c) || c.length !== 4) throw invalid(`chunk ${i} must be [id, codec, stored, raw]`);
+    return [
+      str(c[0], `chunk ${i} id`, 64, HEX64),
+      uint(c[1], `chunk ${i} codec`, 255),
+      uint(c[2], `chunk ${i} stored length`, MAX_STORED),
+      uint(c[3], `chunk ${i} raw length`, MAX_STORED),
+    ] as [string, number, number, number];
+  });
 }
 
 function parseJson(body: Buffer): Record<string, unknown> {
@@ -350,17 +392,26 @@ export class FrameDecoder {
   constructor(maxFrame: number) {
     this.maxFrame = maxFrame;
   }
+  /** The bytes the frame being received takes with its header, once its header is in; else 0. */
+  #need = 0;
+
   /** Returns complete frame bodies; throws E_CONTROL_INVALID when a frame announces more than maxFrame bytes. */
   push(data: Buffer): Buffer[] {
     this.#parts.push(data);
     this.#have += data.length;
+    // A large frame (a manifest) comes in many reads: they are joined once it is all here, not at each.
+    if (this.#have < this.#need) return [];
+    this.#need = 0;
     const out: Buffer[] = [];
     while (this.#have >= 4) {
       let buf = this.#parts.length === 1 ? (this.#parts[0] as Buffer) : Buffer.concat(this.#parts);
       this.#parts = [buf];
       const len = buf.readUInt32BE(0);
       if (len > this.maxFrame) throw invalid(`frame of ${len} bytes exceeds the limit of ${this.maxFrame}`);
-      if (buf.length < 4 + len) break;
+      if (buf.length < 4 + len) {
+        this.#need = 4 + len;
+        break;
+      }
       out.push(buf.subarray(4, 4 + len));
       buf = buf.subarray(4 + len);
       this.#parts = buf.length ? [buf] : [];
@@ -406,14 +457,19 @@ export class Channel<In> {
     return this.#closed;
   }
 
-  send(m: ToReceiver | ToSender): void {
+  /** `json`: the message already serialized (one message to many receivers is serialized once). */
+  send(m: ToReceiver | ToSender, json = Buffer.from(JSON.stringify(m), 'utf8')): void {
     if (this.#closed) return;
-    const json = Buffer.from(JSON.stringify(m), 'utf8');
     const mac = this.#macKey ? this.#mac(this.#dirOut, this.#sent++, json) : null;
     const len = json.length + (mac ? MAC_LENGTH : 0);
     const head = Buffer.allocUnsafe(4);
     head.writeUInt32BE(len, 0);
-    this.socket.write(mac ? Buffer.concat([head, json, mac]) : Buffer.concat([head, json]));
+    // Pieces, not one copy: a live session's final manifest is tens of MB, sent to every receiver.
+    this.socket.cork();
+    this.socket.write(head);
+    this.socket.write(json);
+    if (mac) this.socket.write(mac);
+    this.socket.uncork();
   }
 
   close(reason: string, err?: TransportError): void {

@@ -13,6 +13,9 @@
  *   lose alike that is congestion, which the rate control handles, and nobody is dropped.
  * - stalled: it completed no chunk for `stallAfterMs` while the sender had something for it.
  * - lagging: every other receiver finished `lagLimitMs` ago and it still misses chunks.
+ * - finishing: one that holds every chunk of a sealed table is completing its target (the
+ *   last metadata, flushing a disk); none of the above applies to it, only silence, which
+ *   it is allowed for `finishSilenceMs` (a big tree's last pass can keep it from answering).
  *
  * Pure: views of the receivers in, verdicts out; time comes in with each call.
  */
@@ -25,6 +28,7 @@ export interface DropLimits {
   lossWindowMs: number;
   holdLimitMs: number;
   holdWindowMs: number;
+  finishSilenceMs: number;
 }
 
 export const DEFAULT_DROP_LIMITS: DropLimits = {
@@ -34,6 +38,7 @@ export const DEFAULT_DROP_LIMITS: DropLimits = {
   lossWindowMs: 10_000,
   holdLimitMs: 8_000,
   holdWindowMs: 10_000,
+  finishSilenceMs: 60_000,
 };
 
 /** Loss over the window above which an outlier is dropped. */
@@ -60,6 +65,8 @@ export interface SessionView {
   totalChunks: number;
   /** When every other receiver had finished, 0 while some still receive. */
   othersDoneAt: number;
+  /** False while the table may still grow (a live session before its seal); default true. */
+  sealed?: boolean;
 }
 
 export interface Verdict {
@@ -77,6 +84,15 @@ export function judgeReceivers(
   const secs = (ms: number): number => Math.round(ms / 1000);
   const loss = (r: ReceiverView): number => (r.exp >= LOSS_MIN_UNITS ? Math.max(0, 1 - r.rx / r.exp) : 0);
   for (const r of receivers) {
+    if (r.chunks >= session.totalChunks && session.sealed !== false) {
+      if (now - r.lastHeard > limits.finishSilenceMs) {
+        out.push({
+          name: r.name,
+          reason: `unresponsive: no message for ${secs(now - r.lastHeard)} s while finishing (it had every chunk)`,
+        });
+      }
+      continue;
+    }
     if (now - r.lastHeard > limits.deadAfterMs) {
       out.push({ name: r.name, reason: `unresponsive: no message for ${secs(now - r.lastHeard)} s` });
       continue;

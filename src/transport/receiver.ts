@@ -18,6 +18,11 @@
  * reaches (its window), and the sender's first pass stays below it; packets of chunks past it
  * (sent before the sender heard) are dropped, counted as overrun, not as loss, and asked for
  * again later.
+ *
+ * Live sessions: the table grows (EXTEND) until the sender seals it (SEAL, with the final
+ * meta). The consumer hears of each extension and of the seal in order with the chunks it
+ * is given; the receiver is done once the table is sealed and it has every chunk. Nothing of
+ * a live session is journaled: it cannot be resumed (the master's disk is read anew).
  */
 import type { FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
@@ -58,9 +63,18 @@ import {
   xorInto,
 } from './packet.ts';
 import { DEFAULT_PORT } from './sender.ts';
-import type { ChunkConsumer, ChunkInfo, ReceiverOptions, ReceiverResult, SessionInfo } from './types.ts';
+import type {
+  ChunkConsumer,
+  ChunkInfo,
+  ReceiverOptions,
+  ReceiverResult,
+  SessionInfo,
+  TableExtension,
+} from './types.ts';
 
 const STATUS_MS = 100;
+/** While the target is being finished (every chunk here), a STATUS this often says this receiver is alive. */
+const FINISH_BEAT_MS = 1000;
 const MAX_PENDING = 32 * 1024 * 1024;
 /** A journal checkpoint (sync the target, then record what it made durable) after this much or this long. */
 const JOURNAL_SYNC_BYTES = 64 * 1024 * 1024;
@@ -179,6 +193,12 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   let wireLen: number[] = [];
   let counts: number[] = [];
   let complete: Uint8Array = new Uint8Array(0);
+  /** A live session's table may still grow; a fixed one is sealed from the start. */
+  let live = false;
+  let sealed = true;
+  let wireExtra = 0;
+  /** Table news for the consumer that came before it was prepared (it gets them in order then). */
+  let earlyNews: Array<(target: ChunkConsumer) => Promise<void>> | null = [];
   let applied = 0;
   let bytesApplied = 0;
   let chunksHad = 0;
@@ -358,6 +378,44 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       horizon = m.horizon;
       return;
     }
+    if (m.t === 'extend') {
+      if (!gotSession || !live || sealed) {
+        throw new TransportError('E_CONTROL_INVALID', 'control message rejected: unexpected EXTEND');
+      }
+      if (m.from !== table.length) {
+        throw new TransportError(
+          'E_CONTROL_INVALID',
+          `control message rejected: EXTEND from row ${m.from}, but the table has ${table.length}`,
+        );
+      }
+      const rows = m.chunks.map(([id, codec, storedLength, rawLength]) => ({
+        id,
+        codec,
+        storedLength,
+        rawLength,
+      }));
+      grow(rows);
+      const ext: TableExtension = { chunks: rows, metaDelta: m.delta };
+      tell((target) => target.extend!(ext));
+      return;
+    }
+    if (m.t === 'seal') {
+      if (!gotSession || !live || sealed) {
+        throw new TransportError('E_CONTROL_INVALID', 'control message rejected: unexpected SEAL');
+      }
+      if (m.chunks !== table.length) {
+        throw new TransportError(
+          'E_CONTROL_INVALID',
+          `control message rejected: SEAL says ${m.chunks} rows, the table has ${table.length}`,
+        );
+      }
+      sealed = true;
+      const meta = m.meta;
+      tell((target) => target.seal!(meta));
+      log(`table sealed: ${table.length} chunks`);
+      maybeDone();
+      return;
+    }
     if (m.t === 'drop') {
       // Authentication and version refusals keep their own code; every other drop is E_DROPPED.
       const code = m.code === 'E_AUTH' || m.code === 'E_VERSION' ? m.code : 'E_DROPPED';
@@ -370,14 +428,52 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     }
   };
 
+  /** Appends rows to the table (a live session's EXTEND). */
+  function grow(rows: ChunkInfo[]): void {
+    for (const e of rows) {
+      table.push(e);
+      const wl = e.storedLength + wireExtra;
+      wireLen.push(wl);
+      counts.push(fragmentCount(wl));
+    }
+    if (complete.length < table.length) {
+      const bigger = new Uint8Array(Math.max(table.length, 2 * complete.length, 1024));
+      bigger.set(complete);
+      complete = bigger;
+    }
+  }
+
+  /** Live table news for the consumer, in order with the chunks it is given. */
+  function tell(news: (target: ChunkConsumer) => Promise<void>): void {
+    if (earlyNews) {
+      earlyNews.push(news);
+      return;
+    }
+    queueNews(news);
+  }
+
+  function queueNews(news: (target: ChunkConsumer) => Promise<void>): void {
+    applyChain = applyChain.then(async () => {
+      if (ended) return;
+      try {
+        await news(consumer as ChunkConsumer);
+      } catch (err) {
+        fail(...consumerFailure(err, 'the live table could not be followed'));
+      }
+    });
+  }
+
   async function setup(m: Extract<ToReceiver, { t: 'session' }>): Promise<void> {
-    table = m.chunks.map(([id, codec, storedLength, rawLength]) => ({ id, codec, storedLength, rawLength }));
-    const extra = m.encrypt ? GCM_TAG : 0;
-    wireLen = table.map((e) => e.storedLength + extra);
-    counts = wireLen.map(fragmentCount);
-    const largest = wireLen.reduce((a, b) => Math.max(a, b), 0);
+    live = m.live === true;
+    sealed = !live;
+    const extra = (wireExtra = m.encrypt ? GCM_TAG : 0);
+    table = [];
+    wireLen = [];
+    counts = [];
+    grow(m.chunks.map(([id, codec, storedLength, rawLength]) => ({ id, codec, storedLength, rawLength })));
+    // A growing table says up front how large its chunks can be.
+    const largest = wireLen.reduce((a, b) => Math.max(a, b), live ? (m.maxStored ?? 0) + extra : 0);
     poolCap = largest <= MAX_POOLED ? largest : 0;
-    complete = new Uint8Array(table.length);
     const nonce = Buffer.from(m.nonce, 'hex');
     nonceHi = nonce.readUInt32BE(0);
     nonceLo = nonce.readUInt32BE(4);
@@ -395,11 +491,22 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       meta: m.meta,
       encrypted: Boolean(m.encrypt),
       sender: `${host}:${port}`,
+      live,
     };
     consumer = await opts.makeConsumer(info);
     if (ended) return;
+    if (live && (!consumer.extend || !consumer.seal)) {
+      throw new TransportError(
+        'E_CONSUMER',
+        `the session from ${host}:${port} is live (its table grows while it runs), which this target cannot follow`,
+      );
+    }
     await consumer.prepare(info);
     if (ended) return;
+    // What the table became meanwhile, in order, before any chunk.
+    const news = earlyNews ?? [];
+    earlyNews = null;
+    for (const n of news) queueNews(n);
     const fp = sessionFingerprint(info);
     const have: number[] = [];
     // The consumer decides what it holds (from this journal, which it reads itself): only it knows
@@ -413,7 +520,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     chunksHad = have.length;
     applied = have.length;
     bytesApplied = have.reduce((a, s) => a + (table[s]?.rawLength ?? 0), 0);
-    if (opts.journalPath) journal = await openJournal(opts.journalPath, fp, false);
+    if (opts.journalPath && !live) journal = await openJournal(opts.journalPath, fp, false);
     if (ended) return;
     await openData(m.group, m.port);
     if (ended) return;
@@ -467,6 +574,11 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     const count = b.readUInt16BE(18);
     const coded = ((b[3] as number) & 0x0f) === TYPE_CODED;
     const wl = wireLen[seq];
+    if (wl === undefined && live && seq >= table.length) {
+      // A row whose EXTEND has not been read yet (the sender waits for our window, unless we went quiet).
+      c.overrun++;
+      return;
+    }
     if (
       wl === undefined ||
       count !== counts[seq] ||
@@ -773,6 +885,8 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       ovf: overflow(),
       frag: kernel.fragShare(),
       nak,
+      low: lowWater,
+      known: table.length,
       kept: toRanges([...recent.keys()].sort((a, b) => a - b)),
       counters: { ...c },
     });
@@ -824,10 +938,35 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   }
 
   let finishing = false;
+  let beat: NodeJS.Timeout | null = null;
   function maybeDone(): void {
-    if (finishing || ended || !joinedData || applied < table.length) return;
+    if (finishing || ended || !joinedData || !sealed || applied < table.length) return;
     finishing = true;
+    // The sender hears that every chunk is here (it then waits for the target to be finished),
+    // and hears from us while it is: a big tree's last pass or a disk's flush takes a while.
+    status();
     leaveData();
+    beat = setInterval(() => {
+      if (ended || sentDone) return;
+      ch.send({
+        t: 'status',
+        chunks: applied,
+        bytes: bytesApplied,
+        heard: Math.max(maxSerial, heardByTick),
+        rx: 0,
+        exp: 0,
+        got: 0,
+        ms: 0,
+        win: table.length,
+        ovf: null,
+        frag: null,
+        nak: [],
+        low: table.length,
+        known: table.length,
+        kept: [],
+        counters: { ...c },
+      });
+    }, FINISH_BEAT_MS);
     (async () => {
       await applyChain;
       await checkpointing;
@@ -840,6 +979,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       if (journal) await journal.close().catch(() => {});
       journal = null;
       if (firstSerial >= 0) c.lost = Math.max(0, maxSerial - firstSerial - heardUnits);
+      stopBeat();
       ch.send({ t: 'done', ok: true, code: null, message: null, counters: { ...c } });
       sentDone = true;
       log(`done: ${table.length} chunks (${chunksHad} were already here)`);
@@ -847,6 +987,11 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       // The sender answers DONE with END when the session is over; do not wait for the others.
       setTimeout(() => end(null, null), 500).unref();
     })().catch((e: unknown) => fail('E_CONSUMER', String(e)));
+  }
+
+  function stopBeat(): void {
+    if (beat) clearInterval(beat);
+    beat = null;
   }
 
   function leaveData(): void {
@@ -873,6 +1018,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     ended = true;
     clearTimeout(connectTimer);
     leaveData();
+    stopBeat();
     tuning?.release();
     tuning = null;
     ch.close(code ? `receiver ended: ${code}` : 'receiver done');

@@ -41,6 +41,18 @@
  * at least one receiver. Receivers joining later get the session too; what they
  * miss of the passed part reaches them as repairs. Chunks that every receiver
  * joined at start already has are skipped in the first pass.
+ *
+ * Live sessions (provider.live: a capture that is still reading the master's disk): the
+ * table grows while the session runs. Each extension goes to every receiver over the
+ * control channel (EXTEND) before any of its data: the receivers' windows only reach rows
+ * they know, and the first pass stays below their windows. The first pass waits at the end
+ * of the table for the next rows; it is over, and receivers can finish, once the provider
+ * sealed the table (SEAL, with the final meta). The provider keeps every chunk's bytes until
+ * the sender releases them, which it does when the provider is full and only for chunks
+ * every receiver has completed (STATUS `low`); from the first release on, a receiver that
+ * joins is turned away, since the chunks it would need are gone. Until then a late joiner
+ * gets SESSION with the first rows and every EXTEND since. While the sender waits for the
+ * source, receivers that hold every chunk so far are not counted as stalled.
  */
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
@@ -55,6 +67,7 @@ import {
   PROTOCOL_VERSION,
   proofMatches,
   type ReceiverCounters,
+  type ToReceiver,
   type ToSender,
   wrapDataKey,
 } from './control.ts';
@@ -89,6 +102,7 @@ import { RateControl, type RateSample } from './rate-control.ts';
 import type {
   ChunkInfo,
   ChunkProvider,
+  TableExtension,
   ReceiverReport,
   ReceiverState,
   SenderCounters,
@@ -177,6 +191,11 @@ interface Peer {
   mark: number;
   counters: ReceiverCounters | null;
   endedAt: number;
+  /** It has had SESSION (and, live, every EXTEND since): later table changes go to it too. */
+  informed: boolean;
+  /** Every chunk below this is complete there, and the table rows it knows (its latest STATUS). */
+  low: number;
+  known: number;
 }
 
 interface Repair {
@@ -263,27 +282,45 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   const table: Entry[] = [];
   const bySeen = new Set<string>();
   const extra = opts.encrypt ? GCM_TAG : 0;
-  for (const c of provider.chunks) {
-    if (bySeen.has(c.id)) continue;
-    bySeen.add(c.id);
-    const wireLength = c.storedLength + extra;
-    const count = fragmentCount(wireLength);
-    if (count > MAX_FRAGMENTS) {
-      throw new TransportError(
-        'E_CONTROL_INVALID',
-        `chunk ${c.id} is too large to send (${c.storedLength} bytes)`,
-      );
+  let totalWire = 0;
+  let totalRaw = 0;
+  /** Appends the chunks the table does not hold yet; returns them. */
+  const addRows = (chunks: readonly ChunkInfo[]): Entry[] => {
+    const added: Entry[] = [];
+    for (const c of chunks) {
+      if (bySeen.has(c.id)) continue;
+      const wireLength = c.storedLength + extra;
+      const count = fragmentCount(wireLength);
+      if (count > MAX_FRAGMENTS) {
+        throw new TransportError(
+          'E_CONTROL_INVALID',
+          `chunk ${c.id} is too large to send (${c.storedLength} bytes)`,
+        );
+      }
+      bySeen.add(c.id);
+      const e: Entry = { ...c, seq: table.length, wireLength, count };
+      table.push(e);
+      added.push(e);
+      totalWire += wireLength;
+      totalRaw += c.rawLength;
     }
-    table.push({ ...c, seq: table.length, wireLength, count });
-  }
-  const totalWire = table.reduce((a, e) => a + e.wireLength, 0);
-  const totalRaw = table.reduce((a, e) => a + e.rawLength, 0);
+    return added;
+  };
+  const row = (e: Entry) => [e.id, e.codec, e.storedLength, e.rawLength] as [string, number, number, number];
+  addRows(provider.chunks);
   const nonceBuf = randomBytes(8);
   const nonce = nonceBuf.toString('hex');
   const dataKey: DataKey | null = opts.encrypt ? { key: randomBytes(32), salt: randomBytes(4) } : null;
-  const sessionChunks = table.map(
-    (e) => [e.id, e.codec, e.storedLength, e.rawLength] as [string, number, number, number],
-  );
+  const sessionChunks = table.map(row);
+  const live = provider.live;
+  /** A fixed table is sealed from the start; a live one once its provider says so. */
+  let sealed = !live;
+  /** Live: every EXTEND and the SEAL so far, in order, for receivers that join later. */
+  const tableLog: ToReceiver[] = [];
+  /** Live: chunks below this seq were released (their bytes are gone from the provider). */
+  let releasedUpTo = 0;
+  /** Live: the provider is full and waits for a release. */
+  let wantRelease = false;
 
   const counters: SenderCounters = {
     packets: 0,
@@ -375,6 +412,9 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       mark: 0,
       counters: null,
       endedAt: 0,
+      informed: false,
+      low: 0,
+      known: 0,
     };
     peers.push(p);
     ch.onClose = (reason, err) => {
@@ -403,6 +443,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
           endPeer(p, 'dropped', 'authentication failed: wrong or missing key', 'E_AUTH', true);
           return;
         }
+        if (tooLate(p)) return;
         ch.send({
           t: 'session',
           nonce,
@@ -417,13 +458,18 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
               }
             : null,
           proof: key ? hmacHex(key, 's', m.nonce, sNonce) : null,
+          ...(live ? { live: true, maxStored: live.maxStoredLength } : {}),
         });
         if (key) ch.setMacKey(Buffer.from(hmacHex(key, 'mac', sNonce, m.nonce), 'hex'));
+        // The table as it grew since the session began, in the order everyone else got it.
+        for (const msg of tableLog) ch.send(msg);
+        p.informed = true;
         return;
       }
       if (!p.nonce) throw protocolError(`${m.t.toUpperCase()} before HELLO`);
       if (m.t === 'join') {
         if (p.state !== 'joining') throw protocolError('JOIN twice');
+        if (tooLate(p)) return;
         for (let i = 0; i < m.have.length; i += 2) {
           for (let s = m.have[i] as number; s < (m.have[i + 1] as number); s++) p.have.add(s);
         }
@@ -450,6 +496,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         p.counters = m.counters;
         p.frag = m.frag;
         p.win = m.win;
+        p.low = m.low ?? 0;
+        p.known = m.known ?? table.length;
         p.tickGot += m.got;
         p.tickMs += m.ms;
         p.tickRx += m.rx;
@@ -467,6 +515,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         reportsSeen++;
         for (const [seq, frags] of m.nak) {
           counters.naksReceived++;
+          // Released: it said before that it has it. Nothing can be sent for it any more.
+          if (seq < releasedUpTo) continue;
           const e = table[seq] as Entry;
           if (frags === null) {
             p.miss.set(seq, null);
@@ -495,6 +545,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
           if (r.all) continue;
           for (let f = 0; f < e.count; f++) if (m.bits[f] === MISSING) r.frags.add(f);
         }
+        if (wantRelease) releaseSome();
         kick();
         return;
       }
@@ -529,6 +580,23 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       peers.splice(peers.indexOf(old), 1);
       log(`${p.name} rejoined; its earlier connection (${old.address}) no longer counts`);
     }
+  }
+
+  /**
+   * Live: once chunks were released, one that joins now could never get them: it is turned
+   * away at once, before it prepares its disk for nothing.
+   */
+  function tooLate(p: Peer): boolean {
+    if (releasedUpTo === 0) return false;
+    endPeer(
+      p,
+      'dropped',
+      `joined too late: this live session no longer holds its first ${releasedUpTo} chunks ` +
+        '(every receiver had them, and the master needed the memory); join the next session',
+      null,
+      true,
+    );
+    return true;
   }
 
   function protocolError(what: string): TransportError {
@@ -611,7 +679,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   function advanceCursor(): void {
     while (cur < table.length && skip.has(cur)) cur++;
     txPos = cur;
-    if (cur >= table.length && !firstPassDone) {
+    // A live table that is not sealed yet may grow: the first pass waits at its end.
+    if (cur >= table.length && !firstPassDone && sealed) {
       firstPassDone = true;
       log(`first pass done after ${Date.now() - startedAt} ms`);
     }
@@ -1076,6 +1145,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     datagramsThisTick = 0;
     kHistory = kHistory.filter(([t]) => now - t <= K_WINDOW_MS);
     if (!started) maybeStart();
+    if (wantRelease) releaseSome();
     sendTicks();
     const receiving = peers.filter((p) => p.state === 'receiving');
     noteHolders(now, receiving, Math.min(tickMs, 2 * TICK_MS));
@@ -1092,6 +1162,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       }
     }
     if (started) {
+      // Waiting for the source is not the receivers' fault: one that has every chunk so far is not stalled.
+      if (!sealed) for (const p of receiving) if (p.chunks >= table.length) p.lastProgress = now;
       const limits = { ...DEFAULT_DROP_LIMITS, deadAfterMs, stallAfterMs, lagLimitMs, lossWindowMs };
       const views: ReceiverView[] = receiving.map((p) => {
         p.lossSamples = p.lossSamples.filter(([t]) => now - t <= lossWindowMs);
@@ -1110,7 +1182,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       const verdicts = judgeReceivers(
         now,
         views,
-        { startedAt, totalChunks: table.length, othersDoneAt },
+        { startedAt, totalChunks: table.length, othersDoneAt, sealed },
         limits,
       );
       for (const v of verdicts) {
@@ -1174,7 +1246,10 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     const blocked = windowBlocked;
     windowBlocked = false;
     if (!blocked || receiving.length < 2 || firstPassDone) return;
-    const holders = receiving.filter((p) => now - p.lastHeard <= WINDOW_TRUST_MS && p.win <= cur);
+    // A window at the end of the rows a receiver knows is news in flight (EXTEND), not a full memory.
+    const holders = receiving.filter(
+      (p) => now - p.lastHeard <= WINDOW_TRUST_MS && p.win <= cur && !(live && p.win >= p.known),
+    );
     if (holders.length === 1) (holders[0] as Peer).held.push([now, ms]);
   }
 
@@ -1238,6 +1313,97 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       }
     }
     resolveDone();
+  }
+
+  // --- a growing table ---------------------------------------------------------
+  function broadcast(msg: ToReceiver): void {
+    // Kept for receivers that join later, until the first release turns those away.
+    if (releasedUpTo === 0) tableLog.push(msg);
+    const json = Buffer.from(JSON.stringify(msg), 'utf8');
+    for (const p of peers) {
+      if (p.informed && (p.state === 'joining' || p.state === 'waiting' || p.state === 'receiving')) {
+        p.ch.send(msg, json);
+      }
+    }
+  }
+
+  function onAppend(ext: TableExtension): void {
+    if (finished) return;
+    if (sealed) throw new TransportError('E_CONTROL_INVALID', 'the live table grew after it was sealed');
+    const from = table.length;
+    const added = addRows(ext.chunks);
+    const delta = ext.metaDelta ?? null;
+    if (added.length === 0 && delta === null) return;
+    broadcast({ t: 'extend', from, chunks: added.map(row), delta });
+    if (started && added.length > 0) {
+      prefetch();
+      kick();
+    }
+  }
+
+  function onSeal(meta: unknown): void {
+    if (finished || sealed) return;
+    sealed = true;
+    broadcast({ t: 'seal', chunks: table.length, meta });
+    log(`table sealed: ${table.length} chunks, ${totalWire} bytes`);
+    if (started) {
+      advanceCursor();
+      kick();
+    }
+  }
+
+  /**
+   * Frees what every receiver has completed, when the provider is full: chunks below the lowest
+   * `low` of the receivers. Their repairs are forgotten with them.
+   */
+  function releaseSome(): void {
+    if (!live || !started || finished) return;
+    const receiving = peers.filter((p) => p.state === 'receiving');
+    if (receiving.length === 0) return;
+    const upTo = Math.min(cur, ...receiving.map((p) => p.low));
+    if (upTo <= releasedUpTo) return;
+    const ids: string[] = [];
+    for (let seq = releasedUpTo; seq < upTo; seq++) {
+      ids.push((table[seq] as Entry).id);
+      cache.drop(seq);
+      repairs.delete(seq);
+      repairedAt.delete(seq);
+      lastRepairSerial.delete(seq);
+    }
+    if (releasedUpTo === 0) {
+      log(`released the first chunks: receivers joining from now on are turned away`);
+      tableLog.length = 0;
+    }
+    releasedUpTo = upTo;
+    wantRelease = false;
+    live.release(ids);
+  }
+
+  if (live) {
+    try {
+      live.follow({
+        append: (ext) => {
+          try {
+            onAppend(ext);
+          } catch (err) {
+            fatal ??= err;
+            finish();
+          }
+        },
+        seal: onSeal,
+        fail: (err) => {
+          fatal ??= err;
+          finish();
+        },
+        full: () => {
+          wantRelease = true;
+          releaseSome();
+        },
+      });
+    } catch (err) {
+      fatal ??= err;
+      finish();
+    }
   }
 
   const onAbort = () => finish();

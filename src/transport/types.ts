@@ -11,8 +11,46 @@ export interface ChunkInfo {
   rawLength: number;
 }
 
+/** New rows of a growing chunk table, and what the engine says about them (see LiveTable). */
+export interface TableExtension {
+  /** Chunks the table did not hold yet (ids already in it are left out by the sender). */
+  chunks: ChunkInfo[];
+  /**
+   * Opaque JSON for the receivers' consumer, in order with the chunks: a live capture says
+   * here where the chunks (new or already sent) go on the target.
+   */
+  metaDelta?: unknown;
+}
+
+/** What the sender is told by a provider whose chunk table grows while the session runs. */
+export interface LiveFollower {
+  /** New chunks and/or a meta delta; the sender sends them to every receiver before their data. */
+  append(ext: TableExtension): void;
+  /** The table is complete: `meta` replaces the session's meta for every receiver. Called at most once. */
+  seal(meta: unknown): void;
+  /** The source failed: the session ends with this error for every receiver. */
+  fail(err: unknown): void;
+  /** The provider holds as many stored bytes as it may: it waits for the sender to release some. */
+  full(): void;
+}
+
+/**
+ * A chunk table that grows while the session runs (a live capture: the master's disk is
+ * read, compressed and sent at once). The sender follows it from the start; the provider
+ * keeps the stored bytes of every appended chunk until the sender releases them.
+ */
+export interface LiveTable {
+  /** Called once by the sender before it listens; appends before that are in provider.chunks already. */
+  follow(to: LiveFollower): void;
+  /** The sender never reads these chunks again (every receiver holds them): their bytes may go. */
+  release(ids: readonly string[]): void;
+  /** No chunk will be stored in more bytes than this (receivers size their buffers by it). */
+  maxStoredLength: number;
+}
+
 /** The sender's source of chunks. `chunks` may repeat an id; each distinct id is sent once. */
 export interface ChunkProvider {
+  /** The whole chunk table; for a live provider, the table so far (it grows through `live`). */
   chunks: ChunkInfo[];
   /**
    * The chunk's stored bytes. `into`, when given, is a buffer the caller no longer uses: a provider
@@ -21,6 +59,8 @@ export interface ChunkProvider {
   readStored(id: string, into?: Buffer): Promise<Buffer>;
   /** Opaque JSON sent to every receiver with the session (the image manifest, the flat-file layout). */
   meta?: unknown;
+  /** Present when the table grows while the session runs; absent, `chunks` is the whole table. */
+  live?: LiveTable;
   /** Called once when the session is over, to release files the provider opened. */
   close?(): Promise<void>;
 }
@@ -30,9 +70,15 @@ export interface SessionInfo {
   nonce: string;
   group: string;
   port: number;
-  /** The session's chunk table, distinct ids, in transmission order (index = seq). */
+  /**
+   * The session's chunk table, distinct ids, in transmission order (index = seq). In a live
+   * session it is the table so far, and this same array grows as the sender extends it.
+   */
   chunks: ChunkInfo[];
+  /** In a live session, the meta the session started with; the final one comes to ChunkConsumer.seal. */
   meta: unknown;
+  /** The table grows while the session runs (LiveTable); nothing of it can be resumed later. */
+  live?: boolean;
   encrypted: boolean;
   /** The sender's control address as host:port. */
   sender: string;
@@ -51,6 +97,17 @@ export interface ChunkConsumer {
    * survives a power cut never names a chunk that did not.
    */
   sync?(): Promise<void>;
+  /**
+   * Live sessions: the table grew (`ext.chunks` are now at the end of session.chunks). Called
+   * in order with apply(): before any chunk of `ext` is applied, after every chunk applied
+   * before the extension arrived. A consumer of a live session must have it.
+   */
+  extend?(ext: TableExtension): Promise<void>;
+  /**
+   * Live sessions: the table is complete and this is the final meta. Called once, after the
+   * last extend(); chunks may still be applied after it (repairs), then finish().
+   */
+  seal?(meta: unknown): Promise<void>;
   finish(): Promise<void>;
   abort(reason: unknown): Promise<void>;
 }

@@ -148,6 +148,23 @@ test('imgcast send rejects bad arguments before it listens', async () => {
   assert.match(r.err, /nonexistent\/lab\.imgc/);
 });
 
+test('imgcast send --live refuses what it cannot capture before it listens, and options that need --live without it', async () => {
+  for (const [args, why] of [
+    [['send', 'x.imgc', '--level', 'size'], /--level applies to --live only/],
+    [['send', 'x.imgc', '--live-memory', '512'], /--live-memory applies to --live only/],
+    [['send', '/dev/null', '--live', '--raw'], /--live and --raw exclude each other/],
+    [['send', '/tmp', '--live', '--level', 'fast'], /--level/],
+    [['send', '/tmp', '--live', '--live-memory', '2'], /at least 4194304 bytes/],
+  ] as const) {
+    const r = await run(IMGCAST, [...args]);
+    assert.equal(r.code, 2, `imgcast ${args.join(' ')}: exit ${r.code}: ${r.err}`);
+    assert.match(r.err, why);
+  }
+  const r = await run(IMGCAST, ['send', '--live', '/nonexistent/disk', '--clients', '1', '--wait', '1']);
+  assert.equal(r.code, 1);
+  assert.match(r.err, /cannot capture \/nonexistent\/disk: .*\[E_DISK_SOURCE\]/);
+});
+
 test('send and receive refuse bad addresses, TTLs and waits as usage errors (exit 2) naming the option', async () => {
   // The image does not exist: a value that passed would fail later, with exit 1.
   const image = '/nonexistent/lab.imgc';

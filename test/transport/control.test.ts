@@ -50,6 +50,24 @@ const toSender: ToSender[] = [
     counters,
   },
   { t: 'done', ok: false, code: 'E_CONSUMER', message: 'disk full', counters },
+  {
+    t: 'status',
+    chunks: 3,
+    bytes: 100,
+    heard: 99,
+    rx: 5,
+    exp: 6,
+    got: 5,
+    ms: 101,
+    win: 9,
+    ovf: null,
+    frag: null,
+    nak: [],
+    low: 3,
+    known: 10,
+    kept: [],
+    counters,
+  },
 ];
 const toReceiver: ToReceiver[] = [
   { t: 'challenge', v: 1, nonce: 'c'.repeat(32), keyed: true },
@@ -63,6 +81,29 @@ const toReceiver: ToReceiver[] = [
     encrypt: { key: 'e'.repeat(64), salt: '01020304' },
     proof: null,
   },
+  {
+    t: 'session',
+    nonce: '0123456789abcdef',
+    group: '239.1.2.3',
+    port: 7748,
+    chunks: [],
+    meta: { kind: 'live' },
+    encrypt: null,
+    proof: null,
+    live: true,
+    maxStored: 4 * 1024 * 1024,
+  },
+  {
+    t: 'extend',
+    from: 7,
+    chunks: [
+      ['d'.repeat(64), 1, 10, 30],
+      ['e'.repeat(64), 0, 5, 5],
+    ],
+    delta: { places: [1, 2] },
+  },
+  { t: 'extend', from: 9, chunks: [], delta: { again: true } },
+  { t: 'seal', chunks: 9, meta: { kind: 'image' } },
   { t: 'tick', txPos: 3, serial: 44, rate: 500, started: true, firstPassDone: false, horizon: 64 },
   { t: 'drop', reason: 'too slow', code: 'E_DROPPED' },
   { t: 'end' },
@@ -100,6 +141,23 @@ test('schema violations are rejected with E_CONTROL_INVALID', () => {
     () => parseToReceiver(Buffer.from(JSON.stringify({ ...toReceiver[1], chunks: [['x', 0, 1, 1]] }))),
     invalid,
   );
+  const badToReceiver: unknown[] = [
+    { ...toReceiver[2], live: 'yes' },
+    { ...toReceiver[2], maxStored: -1 },
+    { t: 'extend', from: -1, chunks: [], delta: null },
+    { t: 'extend', from: 0, chunks: [['d'.repeat(64), 0, 1]], delta: null },
+    { t: 'extend', from: 0, chunks: [['d'.repeat(64), 0, 1, 2 ** 40]], delta: null },
+    { t: 'extend', from: 0, chunks: 'none', delta: null },
+    { t: 'seal', chunks: 1.5, meta: null },
+  ];
+  for (const b of badToReceiver)
+    assert.throws(() => parseToReceiver(Buffer.from(JSON.stringify(b))), invalid);
+  assert.throws(
+    () => parseToSender(Buffer.from(JSON.stringify({ ...toSender[5], low: 11 })), 10),
+    invalid,
+    'a low past the table',
+  );
+  assert.throws(() => parseToSender(Buffer.from(JSON.stringify({ ...toSender[5], known: -1 })), 10), invalid);
 });
 
 test('random and mutated control bytes never crash the parsers', () => {

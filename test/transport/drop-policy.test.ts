@@ -60,3 +60,19 @@ test('a receiver still missing chunks lagLimitMs after all others finished is dr
   const v = judgeReceivers(NOW, [view('last', { chunks: 90 })], late);
   assert.match(v[0]?.reason ?? '', /^too slow \(lagging\): still missing 10 chunks 60 s after/);
 });
+
+test('a receiver holding every chunk is finishing its target: only a long silence drops it', () => {
+  const late = { ...session, othersDoneAt: NOW - DEFAULT_DROP_LIMITS.lagLimitMs - 1000 };
+  const finishing = view('f', { chunks: 100, lastHeard: NOW - 30_000, lastProgress: NOW - 40_000, rx: 0 });
+  assert.deepEqual(judgeReceivers(NOW, [view('a'), finishing], session), []);
+  assert.deepEqual(judgeReceivers(NOW, [finishing], late), [], 'not lagging: it misses nothing');
+  const gone = { ...finishing, lastHeard: NOW - DEFAULT_DROP_LIMITS.finishSilenceMs - 2000 };
+  assert.deepEqual(judgeReceivers(NOW, [gone], late), [
+    { name: 'f', reason: 'unresponsive: no message for 62 s while finishing (it had every chunk)' },
+  ]);
+  // A live table that may still grow: having every chunk so far is not finishing.
+  const growing = { ...session, sealed: false };
+  assert.deepEqual(judgeReceivers(NOW, [finishing], growing), [
+    { name: 'f', reason: 'unresponsive: no message for 30 s' },
+  ]);
+});

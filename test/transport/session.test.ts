@@ -537,3 +537,26 @@ test('a workstation that rejoins under the same name counts once: the session su
   assert.equal(result.ok, true);
   await assertSame(src, join(dir, 'again.bin'));
 });
+
+test('a receiver finishing its target for longer than the drop limits (event loop blocked) is not dropped', async (t) => {
+  const src = await source(await tempDir(t), 8);
+  const r = await session(t, src, 2, { deadAfterMs: 1000, stallAfterMs: 1500, lagLimitMs: 1000 }, (i) => ({
+    makeConsumer: async () => {
+      const out = join(await tempDir(t), `slow${i}.bin`);
+      const inner = await fileConsumer(out);
+      return {
+        ...inner,
+        async finish() {
+          await inner.finish();
+          // A big tree's last pass: synchronous work that keeps this receiver from answering.
+          const until = Date.now() + 2500;
+          while (Date.now() < until);
+          await new Promise((res) => setTimeout(res, 1500));
+          await writeFile(`${out}.finished`, '');
+        },
+      };
+    },
+  }));
+  assert.equal(r.sender.ok, true, JSON.stringify(r.sender.receivers.map((x) => [x.name, x.state, x.reason])));
+  for (const rr of r.receivers) assert.equal(rr.ok, true, `${rr.code} ${rr.message}`);
+});

@@ -68,6 +68,24 @@ export interface CaptureOptions {
    * it is read where it is, with all it has, where a copy would lose some of that.
    */
   only?: string;
+  /**
+   * Each file's data runs as soon as the chunk holding them is named (paths as captured,
+   * before `at`): a live capture tells receivers where data goes before the tree is walked.
+   * A run that reuses a chunk named earlier (a hard link, a repeated small file) comes at once.
+   */
+  onPlaced?: (uses: Placed[]) => void;
+  /**
+   * A regular file whose data is all handed over: its size and extents are final (their chunk
+   * ids may come later, through onPlaced). Extended attributes and flags come only with the
+   * returned entries.
+   */
+  onFileDone?: (entry: FileEntry) => void;
+}
+
+/** A run of a file's data whose chunk is named (CaptureOptions.onPlaced); `extent.chunk` is set. */
+export interface Placed {
+  entry: FileEntry;
+  extent: FileExtent;
 }
 
 const HOLE_BLOCK = 4096;
@@ -158,6 +176,9 @@ class Capturer {
    */
   readonly unnamed = new Map<FileExtent, number>();
   readonly chunkRefs: Array<Promise<ChunkRef>> = [];
+  /** onPlaced: the runs waiting for their chunk's id, by chunk number, and the ids known. */
+  readonly waiting = new Map<number, Placed[]>();
+  readonly named = new Map<number, string>();
   openPack: { n: number; settle: (ref: Promise<ChunkRef>) => void } | undefined;
   /**
    * Read buffer for what does not go straight into the pack: pieces of big files
@@ -248,6 +269,7 @@ class Capturer {
         } else if (entry.type === 'file') {
           const pending = this.captureFile(childFs, st, entry);
           if (pending) await pending;
+          this.opts.onFileDone?.(entry);
         }
       } catch (err) {
         if (isImgcastError(err) || this.opts.signal?.aborted) throw err;
@@ -290,7 +312,7 @@ class Capturer {
         // Every name of the inode carries the extents, so a file set excluding one name keeps the data for the others.
         entry.hardlinkGroup = first.hardlinkGroup!;
         entry.size = first.size!;
-        entry.extents = this.copyExtents(first.extents ?? []);
+        entry.extents = this.copyExtents(first.extents ?? [], entry);
         if (first.sparse) entry.sparse = true;
         return undefined;
       }
@@ -307,9 +329,9 @@ class Capturer {
       // Inline-data files report 0 blocks, so only files of a block or more can have holes worth keeping.
       if (size >= HOLE_BLOCK && st.blocks * 512n < st.size) {
         entry.sparse = true;
-        captured = this.captureSparse(fd, size, entry.extents);
+        captured = this.captureSparse(fd, size, entry);
       } else if (size >= CHUNK_SIZE) {
-        captured = this.captureBig(fd, size, entry.extents);
+        captured = this.captureBig(fd, size, entry);
       } else {
         captured = this.captureSmall(fd, size, entry);
       }
@@ -334,7 +356,8 @@ class Capturer {
     );
   }
 
-  async captureBig(fd: number, size: number, extents: FileExtent[]): Promise<number> {
+  async captureBig(fd: number, size: number, entry: FileEntry): Promise<number> {
+    const extents = entry.extents!;
     let off = 0;
     while (off < size) {
       const want = Math.min(CHUNK_SIZE, size - off);
@@ -352,8 +375,9 @@ class Capturer {
         break;
       }
       const x: FileExtent = { offset: off, length: n, chunk: '', chunkOffset: 0 };
-      this.unnamed.set(x, this.chunkRefs.length);
-      this.chunkRefs.push((lease ? lease.queue(n) : await this.store(buf.subarray(0, n))).ref);
+      const number = this.chunkRefs.length;
+      this.watch(number, (lease ? lease.queue(n) : await this.store(buf.subarray(0, n))).ref);
+      this.note(x, number, entry);
       extents.push(x);
       off += n;
       this.bytes += n;
@@ -396,15 +420,15 @@ class Capturer {
       for (let i = sameSize.length - 1; i >= 0; i--) {
         const seen = sameSize[i]!;
         if (pack.compare(buf, at, at + n, seen.at, seen.at + n) === 0) {
-          entry.extents = this.copyExtents(seen.extents);
+          entry.extents = this.copyExtents(seen.extents, entry);
           return n;
         }
       }
     }
     this.bytes += n;
-    if (!direct) return this.append(buf.subarray(0, n), 0, entry.extents!).then(() => n);
+    if (!direct) return this.append(buf.subarray(0, n), 0, entry).then(() => n);
     const x: FileExtent = { offset: 0, length: n, chunk: '', chunkOffset: at };
-    this.unnamed.set(x, this.packNumber());
+    this.note(x, this.packNumber(), entry);
     entry.extents!.push(x);
     const seen = { at, extents: entry.extents! };
     if (!sameSize) this.recent.set(n, [seen]);
@@ -417,7 +441,7 @@ class Capturer {
     return n;
   }
 
-  async captureSparse(fd: number, size: number, extents: FileExtent[]): Promise<number> {
+  async captureSparse(fd: number, size: number, entry: FileEntry): Promise<number> {
     let off = 0;
     while (off < size) {
       const want = Math.min(CHUNK_SIZE, size - off);
@@ -428,11 +452,11 @@ class Capturer {
         const zero = ZERO_BLOCK.compare(this.scratch, i, end, 0, end - i) === 0;
         if (!zero && runStart < 0) runStart = i;
         if (zero && runStart >= 0) {
-          await this.append(this.scratch.subarray(runStart, i), off + runStart, extents);
+          await this.append(this.scratch.subarray(runStart, i), off + runStart, entry);
           runStart = -1;
         }
       }
-      if (runStart >= 0) await this.append(this.scratch.subarray(runStart, n), off + runStart, extents);
+      if (runStart >= 0) await this.append(this.scratch.subarray(runStart, n), off + runStart, entry);
       off += n;
       if (n < want) break;
     }
@@ -440,13 +464,14 @@ class Capturer {
   }
 
   /** Copies data into packs, continuing into the next pack when the current one fills. */
-  async append(data: Buffer, fileOffset: number, extents: FileExtent[]): Promise<void> {
+  async append(data: Buffer, fileOffset: number, entry: FileEntry): Promise<void> {
+    const extents = entry.extents!;
     let done = 0;
     while (done < data.length) {
       const take = Math.min(data.length - done, CHUNK_SIZE - this.packPos);
       data.copy(await this.packBuffer(), this.packPos, done, done + take);
       const x: FileExtent = { offset: fileOffset + done, length: take, chunk: '', chunkOffset: this.packPos };
-      this.unnamed.set(x, this.packNumber());
+      this.note(x, this.packNumber(), entry);
       extents.push(x);
       this.packPos += take;
       done += take;
@@ -455,20 +480,54 @@ class Capturer {
     this.bytes += data.length;
   }
 
-  copyExtents(src: readonly FileExtent[]): FileExtent[] {
+  copyExtents(src: readonly FileExtent[], entry: FileEntry): FileExtent[] {
     return src.map((x) => {
       const c = { ...x };
       const n = this.unnamed.get(x);
-      if (n !== undefined) this.unnamed.set(c, n);
+      if (n !== undefined) this.note(c, n, entry);
       return c;
     });
+  }
+
+  /** Extent `x` of `entry` lies in chunk number `n`, whose id the sink gives later. */
+  note(x: FileExtent, n: number, entry: FileEntry): void {
+    this.unnamed.set(x, n);
+    const onPlaced = this.opts.onPlaced;
+    if (!onPlaced) return;
+    const id = this.named.get(n);
+    if (id !== undefined) {
+      x.chunk = id;
+      onPlaced([{ entry, extent: x }]);
+      return;
+    }
+    let list = this.waiting.get(n);
+    if (!list) this.waiting.set(n, (list = []));
+    list.push({ entry, extent: x });
+  }
+
+  /** With onPlaced: once chunk number `n` is named, the runs in it are placed. */
+  watch(n: number, ref: Promise<ChunkRef>): void {
+    this.chunkRefs.push(ref);
+    const onPlaced = this.opts.onPlaced;
+    if (!onPlaced) return;
+    ref.then(
+      ({ id }) => {
+        this.named.set(n, id);
+        const list = this.waiting.get(n);
+        this.waiting.delete(n);
+        if (!list) return;
+        for (const u of list) u.extent.chunk = id;
+        onPlaced(list);
+      },
+      () => {},
+    );
   }
 
   packNumber(): number {
     if (!this.openPack) {
       const n = this.chunkRefs.length;
       let settle!: (ref: Promise<ChunkRef>) => void;
-      this.chunkRefs.push(new Promise<ChunkRef>((resolve) => (settle = resolve)));
+      this.watch(n, new Promise<ChunkRef>((resolve) => (settle = resolve)));
       this.openPack = { n, settle };
     }
     return this.openPack.n;

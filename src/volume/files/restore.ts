@@ -65,6 +65,13 @@ export interface TreeRestoreOptions {
    * recreating them.
    */
   resume?: ReadonlySet<string>;
+  /**
+   * With `resume`: regular files (by path) an earlier writer of this same restore finished
+   * (a live session's, engine/live-restore.ts): data, size, owner, mode and times set, and no
+   * extended attributes. They are kept as they are; only their exact times, flags and hard
+   * links are seen to.
+   */
+  complete?: ReadonlySet<string>;
   /** How times Node cannot set exactly are set (times.ts: setExactTimes); for tests. */
   timesTool?: ExactTimesTool;
 }
@@ -346,8 +353,10 @@ class TreeRestoreImpl implements RestoreSink {
         if (e.type === 'dir') {
           if (!dirsMade?.made.has(item)) this.makeDir(item);
         } else if (e.type === 'file') {
+          // Finished by the writer before us: its times may still need their last nanoseconds.
+          if (this.opts.complete?.has(item.rel)) this.metaDoneAt(item);
           // A file spread over several chunks is made here: their writers may run at once.
-          if (this.lazyFiles && item.onlyChunk !== undefined) item.lazy = true;
+          else if (this.lazyFiles && item.onlyChunk !== undefined) item.lazy = true;
           else if (item.remaining !== undefined) {
             if (dirsMade) later.push(item);
             else this.makeFile(item);

@@ -177,6 +177,41 @@ test('hard links share a group and each name carries the extents', async (t) => 
   assert.equal(m.get('plain.txt')!.hardlinkGroup, undefined);
 });
 
+test('onPlaced says where every run of data goes as its chunk is named, each run once, hard links and repeats included', async (t) => {
+  const root = await scratchDir(t);
+  buildTree(root, { rootOnly: false });
+  /** A store that names chunks late, so runs wait for their chunk's id. */
+  class SlowStore extends MemChunkStore {
+    override async putChunk(raw: Buffer) {
+      await new Promise((r) => setTimeout(r, 2));
+      return super.putChunk(raw);
+    }
+  }
+  const store = new SlowStore();
+  const placed: string[] = [];
+  const entries = await captureTree(root, store, {
+    onPlaced: (uses) => {
+      for (const { entry, extent: x } of uses) {
+        // The chunk is named and holds the run's bytes when the run is told.
+        assert.ok(store.chunks.has(x.chunk), `${entry.path}: chunk not stored yet`);
+        assert.ok(x.chunkOffset + x.length <= store.chunks.get(x.chunk)!.length);
+        placed.push(`${entry.path} ${x.offset} ${x.length} ${x.chunkOffset} ${x.chunk}`);
+      }
+    },
+  });
+  const want = entries.flatMap((e) =>
+    (e.extents ?? []).map((x) => `${e.path} ${x.offset} ${x.length} ${x.chunkOffset} ${x.chunk}`),
+  );
+  assert.deepEqual([...placed].sort(), [...want].sort());
+  assert.equal(new Set(placed).size, placed.length, 'each run once');
+  for (const p of ['hard/two', 'hard/sub/three', 'dup/b', 'big.bin', 'sparse.img']) {
+    assert.ok(
+      placed.some((l) => l.startsWith(`${p} `)),
+      `${p} was placed`,
+    );
+  }
+});
+
 test('--at places the tree under a path; abort stops the walk', async (t) => {
   const root = await scratchDir(t);
   mkdirSync(join(root, 'd'));
