@@ -1019,7 +1019,7 @@ function bigFilesSince(marker: string, L: ServerLab): string[] {
     [...places, '-xdev', '-newer', marker, '-type', 'f', '-size', '+1M', '-not', '-path', '*/node_modules/*'],
     { encoding: 'utf8' },
   );
-  // The temporary folder's own top level too, for image-like names (other programs use it as well).
+  // The temporary folder's own top levels too, for image files (other programs use it as well).
   const tmp = execFileSync(
     'find',
     [tmpdir(), '-maxdepth', '2', '-newer', marker, '-type', 'f', '-size', '+1M'],
@@ -1028,7 +1028,8 @@ function bigFilesSince(marker: string, L: ServerLab): string[] {
     },
   )
     .split('\n')
-    .filter((f) => /imgc|partial|imgcast/.test(f) && !f.startsWith(L.dir));
+    // Image files and their unfinished forms (other tests on this machine use the folder too).
+    .filter((f) => /\.imgc(\.partial)?$|\.partial$/.test(f) && !f.startsWith(L.dir));
   return [...found.split('\n'), ...tmp].filter((f) => f !== '');
 }
 
