@@ -22,6 +22,10 @@
  * chunk, if larger), plus IN_FLIGHT_SLOTS chunks of CHUNK_SIZE being read and compressed,
  * plus the sender's copies of the few it is sending (sealed ones when encrypting), the deltas
  * it keeps for late joiners (until its first release) and the manifest.
+ *
+ * Codes besides those of the capture itself (E_DISK_SOURCE, E_DISK_MOUNTED, …): E_ABORTED (the
+ * capture was stopped), E_LIVE_CAPTURE (its thread ended before the table was sealed),
+ * E_LIVE_RELEASED (a chunk read after the sender released it: a bug).
  */
 import { Worker } from 'node:worker_threads';
 import { DiskError } from '../disk/errors.ts';
@@ -263,6 +267,8 @@ export async function liveDiskProvider(source: string, opts: LiveProviderOptions
       await closed;
       held.clear();
       stats.heldBytes = 0;
+      // Stopped before it was complete (settled already otherwise).
+      rejectCaptured(new ImgcastError('E_ABORTED', reason));
     })();
     return closing;
   };

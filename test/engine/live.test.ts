@@ -549,3 +549,35 @@ test('a live master killed mid-session: its receivers fail within seconds, sayin
   }
   t.diagnostic(`receivers failed ${results.map(({ at }) => at - killedAt).join(' and ')} ms after the kill`);
 });
+
+test('an ext4 filesystem without a partition table, streamed live into a new disk-image file: fsck clean, same tree', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  const dir = await tempDir(t, 'imgcast-live-fs-');
+  const loops = trackedLoops(t);
+  const tree = join(dir, 'tree');
+  await mkdir(join(tree, 'etc'), { recursive: true });
+  await writeFile(join(tree, 'etc/hostname'), 'part\n');
+  await writeFile(join(tree, 'data.bin'), randomBytes(6 * MiB));
+  for (let i = 0; i < 300; i++) await writeFile(join(tree, `etc/f${i}.conf`), `setting ${i}\n`.repeat(i));
+  const fs = await sparseFile(join(dir, 'fs.img'), 64 * MiB);
+  sh('mkfs.ext4', ['-q', '-F', '-L', 'labfs', '-d', tree, fs]);
+  const target = join(dir, 'copy.img');
+  const run = await liveSession(fs, [target]);
+  assert.equal(run.sender.ok, true, JSON.stringify(run.sender.receivers.map((r) => [r.name, r.reason])));
+  const r = run.receivers[0]!;
+  assert.equal(r.ok, true, `${r.code} ${r.message}`);
+  const f = spawnSync('fsck.ext4', ['-fn', target], { encoding: 'utf8' });
+  assert.equal(f.status, 0, f.stdout + f.stderr);
+  await verifyRestored(run.tapped.manifest(), run.tapped.source, target, { fileset: 1 });
+  const [a, b] = [await loops.attach(fs, { readOnly: true }), await loops.attach(target, { readOnly: true })];
+  const [ma, mb] = [
+    await mountFilesystem(a, 'ext4', { readOnly: true }),
+    await mountFilesystem(b, 'ext4', { readOnly: true }),
+  ];
+  try {
+    assert.deepEqual(await compareTrees(ma.dir, mb.dir, { ignoreRoot: true }), []);
+  } finally {
+    await ma.unmount();
+    await mb.unmount();
+  }
+});
