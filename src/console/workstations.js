@@ -303,6 +303,32 @@ export function WorkstationPage({ ref_ }) {
           </section>`
         : html`<p class="muted">Not registered yet: rules on its hardware do not match it until it does.</p>`
     }
+    <section aria-labelledby="id-title">
+      <h2 id="id-title">Identity</h2>
+      ${
+        w.identity
+          ? html`<dl>
+              <dt>Host name</dt>
+              <dd>${w.identity.name ?? "the image's (not named by the administrator)"}</dd>
+              <dt>Machine id</dt>
+              <dd><code>${w.identity.machineId ?? '—'}</code></dd>
+              ${w.identity.windowsName ? html`<dt>Windows name</dt><dd>${w.identity.windowsName}</dd>` : ''}
+              <dt>Imaged</dt>
+              <dd>${when(w.identity.reportedAt)} in session ${w.identity.session} (${w.identity.image})</dd>
+            </dl>
+            <table>
+              <caption>SSH host keys (fill known_hosts with these before the lab boots)</caption>
+              <thead><tr><th scope="col">Type</th><th scope="col">Fingerprint</th></tr></thead>
+              <tbody>
+                ${w.identity.sshHostKeys.map(
+                  (k) =>
+                    html`<tr key=${k.type}><th scope="row">${k.type}</th><td><code>${k.fingerprint}</code></td></tr>`,
+                )}
+              </tbody>
+            </table>`
+          : html`<p class="muted">No identity reported yet: it is set when the workstation is imaged.</p>`
+      }
+    </section>
     <section aria-labelledby="edit-title">
       <h2 id="edit-title">Name and address</h2>
       <${EditWorkstation} w=${w} key=${`${w.name}|${w.ip}`} onDone=${() => d.reload()} />
