@@ -1,34 +1,41 @@
 /**
- * Copies of a real Debian workstation boot: the reference disk of reference-disk.ts (GPT, BIOS
- * boot partition, vfat EFI partition, ext4 root, GRUB for BIOS and at the removable UEFI path) is
- * captured with `img make`, put down with `img restore` and, to two workstations, through a
- * session of the imaging server, and every copy is booted headless in QEMU (TCG) under SeaBIOS
- * and under OVMF with a fresh variable store, to its `NAME login:` prompt on the serial console,
- * with no unit failed.
+ * Copies of a real Debian workstation boot as themselves: the reference disk of reference-disk.ts
+ * (GPT, BIOS boot partition, vfat EFI partition, ext4 root, GRUB for BIOS and at the removable
+ * UEFI path) is captured with `img make`, put down with `img restore --identity NAME --script
+ * FILE` on a disk of its size, on a 4 GiB disk (root grown) and on a 2 GiB one (root shrunk),
+ * and through a session of the imaging server to two workstations, one named by the
+ * administrator and one by the session's naming template, with a session script. Every copy is
+ * booted headless in QEMU (TCG), with a fresh variable store under OVMF, to its `NAME login:`
+ * prompt on the serial console, with no unit failed: the same-size and session copies under
+ * SeaBIOS and OVMF, the grown one under OVMF and the shrunk one under SeaBIOS only (each boot
+ * costs most of a minute).
  *
  * Every product step is the bin script with the arguments an administrator types. The copies'
- * identities (hostname, machine-ids, SSH host keys) are read offline from their roots; the checks
- * of what a copy's identity must be are in `assertIdentities`, the one place they belong.
+ * identities (hostname, machine-ids, SSH host keys) are read offline from their roots and
+ * compared with what the product reported (`img restore`'s result, `imgcast workstation
+ * show`); the checks of what a copy's identity must be are in `assertIdentities`, the one place
+ * they belong. The post-imaging script leaves the workstation's name in the root, checked
+ * offline, and a unit that prints it on the console at boot, which each boot waits for.
  *
- * Time (2 cores shared with other work, TCG): a boot takes 50-80 s, and two run side by side;
- * with the reference disk cached the file took 4.0 minutes, 7.8 with the disk built first (the
- * first run on a machine, or after reference-disk.ts changed). Console logs of the boots are
- * kept in LOGS_DIR when a boot fails.
+ * Time (2 cores shared with other work, TCG): a boot takes 30-80 s, and two run side by side;
+ * with the reference disk cached the file took 3.2 minutes (8 boots of 32-45 s); building the disk
+ * first (the first run on a machine, or after reference-disk.ts changed) adds about 3.3.
+ * Console logs of the boots are kept in LOGS_DIR when a boot fails.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import { cp, mkdir, mkdtemp, open, rm, truncate } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, open, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import type { Session } from '../../src/api/schemas.ts';
+import type { Session, WorkstationDetail } from '../../src/api/schemas.ts';
 import { netnsUnavailable, skipUnless } from '../helpers/env.ts';
 import { describeExit, indent, secs, settle, startProc, tail, type Proc } from '../helpers/lab-process.ts';
 import { NetLab } from '../helpers/netlab.ts';
-import { readSystemIdentity, type SystemIdentity } from './offline.ts';
+import { readRootFile, readSystemIdentity, rootFit, type SystemIdentity } from './offline.ts';
 import { bootToLogin, BootError, qemuVersion, type BootResult, type Firmware } from './qemu.ts';
 import { referenceDisk, referenceDiskUnavailable, type ReferenceDisk } from './reference-disk.ts';
 
@@ -135,14 +142,50 @@ interface Copy {
   /** How the report names it: `restored`, `lab1-01`, … */
   label: string;
   disk: string;
-  /**
-   * The hostname its login prompt must show. The reference's own, until workstations get their
-   * identity applied (issue 16): then the workstation's name.
-   */
+  /** The workstation's name: its hostname, the one its login prompt must show. */
   hostname: string;
   /** The firmwares to boot it under (default both). */
   firmwares?: Firmware[];
+  /** The identity the product says it applied: `img restore`'s result, or what the server lists. */
+  reported: { machineId: string | null; sshHostKeys: Array<{ type: string; fingerprint: string }> };
 }
+
+/**
+ * The post-imaging script every copy runs (given to `img restore --script` and to the session):
+ * it leaves the workstation's name in the root, and a unit that prints that file to the console
+ * at boot, so the booted system shows it without anyone logging in.
+ */
+const POST_IMAGING_SCRIPT = `#!/bin/sh
+set -eu
+cd "$IMGCAST_ROOT"
+printf '%s\\n' "$IMGCAST_NAME" > etc/imgcast-post-imaging
+cat > etc/systemd/system/imgcast-post-imaging.service <<'UNIT'
+[Unit]
+Description=Show what the post-imaging script left
+[Service]
+Type=oneshot
+ExecStart=/bin/sed -e "s/^/imgcast post-imaging: /" /etc/imgcast-post-imaging
+StandardOutput=journal+console
+[Install]
+WantedBy=multi-user.target
+UNIT
+mkdir -p etc/systemd/system/multi-user.target.wants
+ln -sf /etc/systemd/system/imgcast-post-imaging.service etc/systemd/system/multi-user.target.wants/
+`;
+const POST_IMAGING_FILE = 'etc/imgcast-post-imaging';
+
+let scriptFile: Promise<string> | undefined;
+function postImagingScript(): Promise<string> {
+  scriptFile ??= (async () => {
+    const file = join(await workDir(), 'post-imaging.sh');
+    await writeFile(file, POST_IMAGING_SCRIPT, { mode: 0o755 });
+    return file;
+  })();
+  return scriptFile;
+}
+
+/** The console line of the unit the post-imaging script installed (journald prefixes it). */
+const postImagingLine = (name: string) => new RegExp(`imgcast post-imaging: ${name}$`, 'm');
 
 interface Booted {
   copy: Copy;
@@ -152,8 +195,10 @@ interface Booted {
 }
 
 /**
- * Boots every copy under every firmware, two QEMUs at a time (one per core), and fails with all
+ * Boots every copy under its firmwares, two QEMUs at a time (one per core), and fails with all
  * the failed boots at once, their console tails in the message and their logs kept in LOGS_DIR.
+ * A boot counts once the console shows the copy's `NAME login:`, SSH started, the target
+ * reached and the line of the post-imaging script's unit, with no unit failed.
  */
 async function bootAll(t: TestContext, copies: Copy[]): Promise<Booted[]> {
   const logs = join(await workDir(), `logs-${randomInt(1e9)}`);
@@ -171,7 +216,7 @@ async function bootAll(t: TestContext, copies: Copy[]): Promise<Booted[]> {
         b.result = await bootToLogin({
           disk: job.copy.disk,
           firmware: job.firmware,
-          expect: BOOTED,
+          expect: [...BOOTED, postImagingLine(job.copy.hostname)],
           timeoutMs: BOOT_TIMEOUT_MS,
           logFile: join(logs, `${job.copy.label}-${job.firmware}.log`),
           signal: t.signal,
@@ -184,9 +229,9 @@ async function bootAll(t: TestContext, copies: Copy[]): Promise<Booted[]> {
   await Promise.all([next(), next()]);
   for (const b of results) {
     const m = b.result?.milestones;
-    t.diagnostic(
-      `${b.copy.label} under ${b.firmware}: ${b.result ? `"${b.result.hostname} login:" after ${b.result.seconds} s (loader ${m?.loader ?? '?'} s, kernel ${m?.kernel ?? '?'} s, systemd ${m?.systemd ?? '?'} s)` : 'FAILED'}`,
-    );
+    const line = `${b.copy.label} under ${b.firmware}: ${b.result ? `"${b.result.hostname} login:" after ${b.result.seconds} s (loader ${m?.loader ?? '?'} s, kernel ${m?.kernel ?? '?'} s, systemd ${m?.systemd ?? '?'} s)` : 'FAILED'}`;
+    t.diagnostic(line);
+    bootTimes.push(line);
   }
   timings.push(`${results.length} boots, two at a time: ${secs(Date.now() - started)}`);
   const problems = results.flatMap((b) => {
@@ -197,6 +242,7 @@ async function bootAll(t: TestContext, copies: Copy[]): Promise<Booted[]> {
     if (r.hostname !== b.copy.hostname)
       out.push(`${where}: the login prompt is "${r.hostname} login:", not "${b.copy.hostname} login:"`);
     if (r.failedUnits.length) out.push(`${where}: units failed:\n${indent(r.failedUnits.join('\n'))}`);
+    if (r.missing.length) out.push(`${where}: the console never showed ${r.missing.join(', ')}`);
     return out;
   });
   if (problems.length) {
@@ -207,43 +253,161 @@ async function bootAll(t: TestContext, copies: Copy[]): Promise<Booted[]> {
   return results;
 }
 
+/** Every boot's line, for the file's last diagnostic. */
+const bootTimes: string[] = [];
+
+/** Identities of every copy checked so far in this file: no two copies may share one. */
+const seen = new Map<string, SystemIdentity>();
+
 /**
- * What the copies' identities must be, read offline from their roots after imaging. Each root
- * must be a working system's: a hostname (the one its login prompt shows), a machine-id, and
- * SSH host keys of the reference's types (sshd starts only with them).
+ * What the copies' identities must be, read offline from their roots after imaging: each is its
+ * workstation (hostname, the 127.0.1.1 line), with a machine-id and SSH host keys of the
+ * reference's types that are its own (neither the reference's nor any other copy's of this
+ * file), and they are the ones the product reported. sshd starts only with usable host keys:
+ * the boot's `Started ssh.service` proves these are.
  */
-async function assertIdentities(c: Captured, copies: Copy[]): Promise<Map<string, SystemIdentity>> {
-  const ids = new Map<string, SystemIdentity>();
+async function assertIdentities(c: Captured, copies: Copy[]): Promise<void> {
+  if (seen.size === 0) seen.set('the reference', c.refIdentity);
   for (const copy of copies) {
     const id = await readSystemIdentity(copy.disk);
-    ids.set(copy.label, id);
-    assert.equal(id.hostname, copy.hostname, `${copy.label}: /etc/hostname`);
-    assert.match(id.machineId, /^[0-9a-f]{32}$/, `${copy.label}: /etc/machine-id`);
+    const what = (s: string) => `${copy.label}: ${s}`;
+    assert.equal(id.hostname, copy.hostname, what('/etc/hostname'));
+    assert.match(
+      id.hostsLine,
+      new RegExp(`^127\\.0\\.1\\.1\\s+${copy.hostname}(\\s|$)`),
+      what('the 127.0.1.1 line of /etc/hosts'),
+    );
+    assert.match(id.machineId, /^[0-9a-f]{32}$/, what('/etc/machine-id'));
+    assert.equal(id.machineId, copy.reported.machineId, what('/etc/machine-id against the reported one'));
+    // The reference has none; one that appeared must be the machine's own id.
+    if (id.dbusMachineId !== null && !id.dbusMachineId.startsWith('-> '))
+      assert.equal(id.dbusMachineId, id.machineId, what('/var/lib/dbus/machine-id'));
     assert.deepEqual(
       id.hostKeys.map((k) => k.type),
       c.refIdentity.hostKeys.map((k) => k.type),
-      `${copy.label}: the SSH host key types`,
+      what('the SSH host key types'),
     );
+    const onDisk = id.hostKeys.map((k) => `${/^ssh_host_(\w+)_key$/.exec(k.file)?.[1]} ${k.fingerprint}`);
+    const reported = copy.reported.sshHostKeys.map((k) => `${k.type} ${k.fingerprint}`);
+    assert.deepEqual(
+      onDisk.sort(),
+      reported.sort(),
+      what('the SSH host keys on disk against the reported ones'),
+    );
+    for (const [other, o] of seen) {
+      assert.notEqual(id.machineId, o.machineId, what(`the machine-id is ${other}'s`));
+      const theirs = new Set(o.hostKeys.map((k) => k.fingerprint));
+      for (const k of id.hostKeys)
+        assert.ok(!theirs.has(k.fingerprint), what(`${k.file} is ${other}'s (${k.fingerprint})`));
+    }
+    seen.set(copy.label, id);
   }
-  // Identity application (issue 16) adds here: the hostname and 127.0.1.1 line are the
-  // workstation's, machine-ids differ from each other and from the reference's, host keys too,
-  // and each copy's fingerprints are the ones `imgcast workstation show` lists.
-  return ids;
 }
 
+/** The file the post-imaging script wrote, read offline: the workstation's name. */
+async function assertPostImaging(copies: Copy[]): Promise<void> {
+  for (const copy of copies) {
+    assert.equal(
+      await readRootFile(copy.disk, POST_IMAGING_FILE),
+      `${copy.hostname}\n`,
+      `${copy.label}: /${POST_IMAGING_FILE}, written by the post-imaging script`,
+    );
+  }
+}
+
+/** What `img restore --json` says it did, as far as this file reads it. */
+interface RestoreReport {
+  identity: {
+    name: string | null;
+    machineId: string | null;
+    sshHostKeys: Array<{ type: string; fingerprint: string }>;
+  };
+  scripts: Array<{ name: string; status: number | null; output: string }>;
+}
+
+const GiB = 1024 ** 3;
+
 test(
-  'img make of the reference Debian disk, img restore to a new disk of the same size: it boots to its login prompt under SeaBIOS and OVMF, no unit failed',
+  'img make of the reference Debian disk, img restore --identity --script to new disks of the same size, 4 GiB (root grown) and 2 GiB (root shrunk): each boots as itself to its login prompt, the same size under SeaBIOS and OVMF, 4 GiB under OVMF, 2 GiB under SeaBIOS, no unit failed',
   { timeout: 25 * 60_000 },
   async (t) => {
     if (skipUnless(t, await bootUnavailable())) return;
     const c = await capture(t);
-    const disk = await sparseDisk(join(await workDir(), 'restored.img'), c.ref.diskBytes);
-    await mustRun(IMG, ['restore', c.image, disk, '--json']);
-    const copies: Copy[] = [{ label: 'restored', disk, hostname: c.ref.hostname }];
+    const script = await postImagingScript();
+    const info = JSON.parse(await mustRun(IMG, ['info', c.image, '--json'])) as {
+      disk: { smallestDiskBytes: number };
+    };
+    t.diagnostic(`img info: the image fits on ${info.disk.smallestDiskBytes} bytes or more`);
+    assert.ok(
+      info.disk.smallestDiskBytes <= 2 * GiB,
+      `img info: the smallest disk is ${info.disk.smallestDiskBytes}`,
+    );
+    const plans: Array<{ label: string; hostname: string; bytes: number; firmwares: Firmware[] }> = [
+      { label: 'restored', hostname: 'ws-restored', bytes: c.ref.diskBytes, firmwares: FIRMWARES },
+      { label: 'grown-4g', hostname: 'ws-grown', bytes: 4 * GiB, firmwares: ['uefi'] },
+      { label: 'shrunk-2g', hostname: 'ws-shrunk', bytes: 2 * GiB, firmwares: ['bios'] },
+    ];
+    const copies: Copy[] = [];
+    const refRoot = c.ref.partitions.root;
+    for (const p of plans) {
+      const disk = await sparseDisk(join(await workDir(), `${p.label}.img`), p.bytes);
+      const r = JSON.parse(
+        await mustRun(IMG, [
+          'restore',
+          c.image,
+          disk,
+          '--identity',
+          p.hostname,
+          '--script',
+          script,
+          '--json',
+        ]),
+      ) as RestoreReport;
+      assert.equal(r.identity.name, p.hostname, `${p.label}: the identity applied`);
+      assert.deepEqual(
+        r.scripts.map((s) => [s.name, s.status]),
+        [['post-imaging.sh', 0]],
+        `${p.label}: the post-imaging script: ${JSON.stringify(r.scripts)}`,
+      );
+      copies.push({
+        label: p.label,
+        disk,
+        hostname: p.hostname,
+        firmwares: p.firmwares,
+        reported: r.identity,
+      });
+      const fit = await rootFit(disk, p.bytes);
+      const end = fit.partition.start + fit.partition.size;
+      t.diagnostic(
+        `${p.label} (${p.bytes} bytes): root partition ${fit.partition.start}+${fit.partition.size}, ends ${fit.usableEnd - end} bytes before the backup GPT; ext4 of ${fit.filesystemBytes} bytes (the reference's root partition: ${refRoot.size})`,
+      );
+      if (p.bytes === c.ref.diskBytes) {
+        assert.deepEqual(
+          [fit.partition.start, fit.partition.size],
+          [refRoot.start, refRoot.size],
+          `${p.label}: the root partition`,
+        );
+      } else {
+        // Grown or shrunk: the root fills the disk up to the backup GPT (less than 1 MiB of alignment).
+        assert.ok(
+          end <= fit.usableEnd && fit.usableEnd - end < 1024 ** 2,
+          `${p.label}: the root partition ends at ${end}, the disk's usable end is ${fit.usableEnd}`,
+        );
+        if (p.bytes > c.ref.diskBytes)
+          assert.ok(fit.partition.size > refRoot.size, `${p.label}: the root grew`);
+        else assert.ok(fit.partition.size < refRoot.size, `${p.label}: the root shrank`);
+      }
+      // The filesystem was made at its partition's size (ext4 counts whole 4 KiB blocks).
+      assert.ok(
+        fit.filesystemBytes <= fit.partition.size && fit.partition.size - fit.filesystemBytes < 4096,
+        `${p.label}: ext4 of ${fit.filesystemBytes} bytes in a partition of ${fit.partition.size}`,
+      );
+    }
     await assertIdentities(c, copies);
+    await assertPostImaging(copies);
     await bootAll(t, copies);
     t.diagnostic(`timings: ${timings.join('; ')}`);
-    await rm(disk);
+    for (const copy of copies) await rm(copy.disk);
   },
 );
 
@@ -336,7 +500,7 @@ class SessionLab {
 }
 
 test(
-  'a session of the imaging server images two workstations, lab1-01 and lab1-02, with the reference Debian disk: each copy boots to its login prompt under SeaBIOS and OVMF, no unit failed',
+  "a session of the imaging server images two workstations, lab1-01 (named by the administrator) and lab1-02 (by the session's template), with the reference Debian disk and a post-imaging script: each copy boots as itself to its login prompt under SeaBIOS and OVMF, no unit failed, with the SSH host keys the server lists",
   { timeout: 25 * 60_000 },
   async (t) => {
     if (skipUnless(t, (await bootUnavailable()) ?? netnsUnavailable())) return;
@@ -345,29 +509,27 @@ test(
     const L = new SessionLab(t, 2, dir);
     await L.startServer(c.images);
     const names = ['lab1-01', 'lab1-02'];
-    // Known before they boot, as an inventory import makes them: registering keeps these names.
-    for (const [i, name] of names.entries()) await L.admin(['workstation', 'add', name, L.mac(i + 1)]);
-    await L.admin<Session>(['mcast', 'lab1', '-p', 'reference.imgc', '-c', String(names.length)]);
-    const copies: Copy[] = [];
-    for (const name of names) {
-      copies.push({
-        label: name,
-        disk: await sparseDisk(join(dir, `${name}.img`), c.ref.diskBytes),
-        hostname: c.ref.hostname,
-      });
-    }
+    // The first is known before it boots, as an inventory import makes it: registering keeps
+    // its name. The second is not: the session's template names it, after the names taken.
+    await L.admin(['workstation', 'add', names[0]!, L.mac(1)]);
+    await L.admin<Session>([
+      'mcast',
+      'lab1',
+      '-p',
+      'reference.imgc',
+      '-c',
+      String(names.length),
+      '--names',
+      'lab1-{nn}',
+      '--script',
+      await postImagingScript(),
+    ]);
+    const disks = await Promise.all(
+      names.map((name) => sparseDisk(join(dir, `${name}.img`), c.ref.diskBytes)),
+    );
     const started = Date.now();
-    const ws = copies.map((copy, i) =>
-      L.start(i + 1, copy.label, IMG, [
-        'session',
-        'lab1',
-        '--server',
-        L.api,
-        '--disk',
-        copy.disk,
-        '--json',
-        '-v',
-      ]),
+    const ws = names.map((name, i) =>
+      L.start(i + 1, name, IMG, ['session', 'lab1', '--server', L.api, '--disk', disks[i]!, '--json', '-v']),
     );
     if (!(await settle(ws, 10 * 60_000)))
       assert.fail(`the session did not end within 10 minutes\n${L.report()}`);
@@ -380,8 +542,20 @@ test(
       names.map((n) => [n, 'ok']),
       `the session's workstations: ${JSON.stringify(s.clients)}`,
     );
+    const copies: Copy[] = [];
+    for (const [i, name] of names.entries()) {
+      // What an administrator reads to fill known_hosts before the lab is booted.
+      const w = await L.admin<WorkstationDetail>(['workstation', 'show', name]);
+      assert.equal(w.mac.toLowerCase(), L.mac(i + 1).toLowerCase(), `${name}: the workstation's MAC`);
+      assert.ok(w.identity, `${name}: the server lists no identity`);
+      assert.equal(w.identity.name, name, `${name}: the identity's name`);
+      assert.equal(w.identity.session, 'lab1', `${name}: the identity's session`);
+      copies.push({ label: name, disk: disks[i]!, hostname: name, reported: w.identity });
+    }
     await assertIdentities(c, copies);
+    await assertPostImaging(copies);
     await bootAll(t, copies);
     t.diagnostic(`timings: ${timings.join('; ')}`);
+    t.diagnostic(`every boot of this file: ${bootTimes.join('; ')}`);
   },
 );

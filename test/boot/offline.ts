@@ -128,3 +128,40 @@ export async function readSystemIdentity(disk: string, partition?: number): Prom
     partition,
   );
 }
+
+/** A file of the Linux root on `disk` (`rel` relative to the root), or null when it is absent. */
+export async function readRootFile(disk: string, rel: string): Promise<string | null> {
+  return withRootMounted(disk, (root) => readFile(join(root, rel), 'utf8').catch(() => null));
+}
+
+export interface RootFit {
+  /** The root's partition, as the table has it. */
+  partition: TablePartition;
+  /** Where the backup GPT starts: no partition can end after it. */
+  usableEnd: number;
+  /** Block count times block size, as dumpe2fs reads them from the superblock. */
+  filesystemBytes: number;
+}
+
+/**
+ * How the Linux root (the first Linux-filesystem partition) fills `disk`: its partition and
+ * the size of the ext filesystem in it, read through a read-only loop device.
+ */
+export async function rootFit(disk: string, diskBytes: number): Promise<RootFit> {
+  const partition = partitionsOf(disk).find((x) => x.type === LINUX_FS);
+  if (!partition) throw new Error(`${disk} has no Linux filesystem partition`);
+  const dev = await attachLoop(disk, { offset: partition.start, size: partition.size, readOnly: true });
+  try {
+    const head = execFileSync('dumpe2fs', ['-h', dev], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)$`, 'm').exec(head)?.[1]);
+    const filesystemBytes = field('Block count') * field('Block size');
+    if (!Number.isFinite(filesystemBytes)) throw new Error(`dumpe2fs -h ${dev} gave no size:\n${head}`);
+    // The backup GPT: 32 sectors of entries and its header in the last sector.
+    return { partition, usableEnd: diskBytes - 33 * 512, filesystemBytes };
+  } finally {
+    await detachLoop(dev);
+  }
+}
