@@ -68,7 +68,10 @@ export interface BootResult {
   milestones: Record<string, number>;
   /** The console output, escape codes and carriage returns removed. */
   log: string;
-  /** Console lines of units that failed: `[FAILED] …` and `Failed to start …`. */
+  /**
+   * Console lines of units that failed: `[FAILED] …` and `Failed to start …`. Only those systemd
+   * wrote before the serial getty started: it writes no status line to the console after that.
+   */
   failedUnits: string[];
   /** The `expect` lines that never showed (only when a unit failed: else the boot times out). */
   missing: string[];
