@@ -288,7 +288,9 @@ interface Ended {
   code: number | null;
   /** Seconds since the run started. */
   end: number;
+  /** User + system CPU seconds, and the system part. */
   cpu: number;
+  sys: number;
   rssKiB: number;
   stdout: string;
   stderr: string;
@@ -332,15 +334,16 @@ function started(
     child.on('close', (code) => {
       const end = (performance.now() - t0) / 1000;
       let cpu = NaN;
+      let sys = NaN;
       let rssKiB = NaN;
       try {
         const m = /@@ ([\d.]+) ([\d.]+) (\d+)/.exec(readFileSync(timing, 'utf8'));
-        if (m) [cpu, rssKiB] = [Number(m[1]) + Number(m[2]), Number(m[3])];
+        if (m) [cpu, sys, rssKiB] = [Number(m[1]) + Number(m[2]), Number(m[2]), Number(m[3])];
       } catch {
         // time was killed before it wrote
       }
       if (partial.trim()) appendFileSync(log, `[${end.toFixed(2)} s] ${partial}\n`);
-      res({ label, code, end, cpu, rssKiB, stdout, stderr });
+      res({ label, code, end, cpu, sys, rssKiB, stdout, stderr });
     }),
   );
   return { child, done };
@@ -368,8 +371,11 @@ interface RunResult {
   /** Start to the master's exit. */
   masterEnd: number;
   clientEnds: number[];
+  /** User + system CPU seconds, and the system part (GNU time). */
   masterCpu: number;
+  masterSys: number;
   clientCpu: number[];
+  clientSys: number[];
   masterRssKiB: number;
   load: number;
 }
@@ -414,7 +420,9 @@ async function finish(
       masterEnd: m.end,
       clientEnds: ends.map((e) => e.end),
       masterCpu: m.cpu,
+      masterSys: m.sys,
       clientCpu: ends.map((e) => e.cpu),
+      clientSys: ends.map((e) => e.sys),
       masterRssKiB: m.rssKiB,
       load,
     };
@@ -658,7 +666,7 @@ for (let r = 0; r < rounds; r++) {
     row[kind] = x;
     process.stderr.write(
       `  ${x.wall.toFixed(1)} s (clients ${x.clientEnds.map((e) => e.toFixed(1)).join(', ')} s; master ${x.masterEnd.toFixed(1)} s; ` +
-        `CPU master ${x.masterCpu.toFixed(1)} s, clients ${x.clientCpu.map((c) => c.toFixed(1)).join(', ')} s; load ${x.load.toFixed(2)}); 3 copies verified\n`,
+        `CPU (system part) master ${x.masterCpu.toFixed(1)} (${x.masterSys.toFixed(1)}) s, clients ${x.clientCpu.map((c, i) => `${c.toFixed(1)} (${x.clientSys[i]!.toFixed(1)})`).join(', ')} s; load ${x.load.toFixed(2)}); 3 copies verified\n`,
     );
   }
   rows.push(row);
@@ -669,9 +677,10 @@ for (let r = 0; r < rounds; r++) {
 
 const both = kinds.length === 2;
 const ratios = both ? rows.map((r) => r.imgcast!.wall / r.pipeline!.wall) : [];
+const total = (x: RunResult) => x.masterCpu + x.clientCpu.reduce((a, b) => a + b, 0);
 const fmt = (x: RunResult | undefined) =>
   x
-    ? `${x.wall.toFixed(1)} s | ${x.masterCpu.toFixed(1)} s / ${Math.max(...x.clientCpu).toFixed(1)} s | ${x.load.toFixed(2)}`
+    ? `${x.wall.toFixed(1)} s | ${x.masterCpu.toFixed(1)} / ${Math.max(...x.clientCpu).toFixed(1)} / ${total(x).toFixed(1)} s | ${x.load.toFixed(2)}`
     : '– | – | –';
 const body = [
   '## Live master vs. the Clonezilla-style pipeline (`bench/session.ts`)',
@@ -685,9 +694,9 @@ const body = [
   '- **imgcast**: `img session NAME master clients=3 --server … --disk DEV` on the master (default level, balanced), `img session NAME --server … --disk DEV` on each client (each verifies what it wrote before it exits).',
   `- **pipeline**: three udpcast sessions in turn, each on its own ports and group: a tar of \`sgdisk --backup\` + \`sfdisk -d\` (clients: \`sgdisk --load-backup\`, \`partx -u\`); the ESP raw, \`dd | zstd -3 -T0 | udp-sender\` → \`udp-receiver | zstd -d | dd\`; the root, \`partclone.ext4 -c -s ROOT -o - | zstd -3 -T0 | udp-sender\` → \`udp-receiver | zstd -d | partclone.ext4 -r -s - -o ROOT\`; then \`sync\` of the partitions. udp-sender \`--min-receivers 3 --full-duplex --nokbd\`, udp-receiver \`--nokbd --rcvbuf ${Math.min(RCVBUF, rmemMax())}\`.`,
   '',
-  'Wall time: from starting the master and the 3 clients together to the last client’s exit. Every copy checked after each run: `sgdisk -v`, `sfdisk --verify`, its table (`sfdisk -d`) equal to the source’s, `fsck.vfat -n` and `fsck.ext4 -fn` clean, every file of both filesystems equal to the source’s by SHA-256 — all 3 copies of every run passed (the script stops at the first that does not). CPU: user + system seconds of the master’s command and of the busiest client’s (GNU time).',
+  'Wall time: from starting the master and the 3 clients together to the last client’s exit. Every copy checked after each run: `sgdisk -v`, `sfdisk --verify`, its table (`sfdisk -d`) equal to the source’s, `fsck.vfat -n` and `fsck.ext4 -fn` clean, every file of both filesystems equal to the source’s by SHA-256 — all 3 copies of every run passed (the script stops at the first that does not). CPU: user + system seconds (GNU time) of the master’s command, of the busiest client’s, and of all four together — in this lab the four machines share the same cores, so the wall time follows the sum. Load: the 1-minute load average as the run started.',
   '',
-  '| round | order | imgcast | CPU master / client | load | pipeline | CPU master / client | load | imgcast ÷ pipeline |',
+  '| round | order | imgcast | CPU master / client / all | load | pipeline | CPU master / client / all | load | imgcast ÷ pipeline |',
   '|---|---|---|---|---|---|---|---|---|',
   ...rows.map((r, i) => {
     const order = (i % 2 === 0 ? kinds : [...kinds].reverse()).join(' → ');
