@@ -1003,7 +1003,7 @@ function sha256File(file: string): string {
 /**
  * Files of more than 1 MiB made since `marker` where the master could have put an image of its
  * disk: its own home, temporary and working folders, the product's folders on this machine, the
- * server's image directory, the temporary folders and the repository.
+ * server's image directory, the temporary folder and the repository (benchmarks on this machine use /var/tmp).
  */
 function bigFilesSince(marker: string, L: ServerLab): string[] {
   const places = [
@@ -1011,7 +1011,6 @@ function bigFilesSince(marker: string, L: ServerLab): string[] {
     imagesDir(),
     '/var/lib/imgcast',
     '/run/imgcast',
-    '/var/tmp',
     ROOT,
   ].filter((d) => spawnSync('test', ['-d', d]).status === 0);
   const found = execFileSync(
