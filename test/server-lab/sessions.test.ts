@@ -1006,13 +1006,9 @@ function sha256File(file: string): string {
  * server's image directory, the temporary folder and the repository (benchmarks on this machine use /var/tmp).
  */
 function bigFilesSince(marker: string, L: ServerLab): string[] {
-  const places = [
-    ...L.masterScratch,
-    imagesDir(),
-    '/var/lib/imgcast',
-    '/run/imgcast',
-    ROOT,
-  ].filter((d) => spawnSync('test', ['-d', d]).status === 0);
+  const places = [...L.masterScratch, imagesDir(), '/var/lib/imgcast', '/run/imgcast', ROOT].filter(
+    (d) => spawnSync('test', ['-d', d]).status === 0,
+  );
   const found = execFileSync(
     'find',
     [...places, '-xdev', '-newer', marker, '-type', 'f', '-size', '+1M', '-not', '-path', '*/node_modules/*'],
