@@ -27,10 +27,14 @@
  *             -r -s - -o ROOT`. udp-sender `--min-receivers 3 --full-duplex --nokbd`, udp-receiver
  *             `--nokbd --rcvbuf` (the host's net.core.rmem_max, up to the 32 MiB imgcast asks
  *             for). Each client ends with `sync` of its partitions. Timed from starting the four
- *             scripts to the last client's exit.
+ *             scripts to the last client's exit. (`partx -u` after loading the table: this
+ *             kernel has no GPT parser, so the partitions' nodes come from partx, here and in the
+ *             checks.)
  * After every run, every copy is checked: sgdisk -v and sfdisk --verify clean, its table (sfdisk
  * -d) equal to the source's, fsck.vfat -n and fsck.ext4 -fn clean, every file of both
- * filesystems equal to the source's by SHA-256. Page caches are dropped before each run.
+ * filesystems equal to the source's by SHA-256; a copy that differs stops the bench. A run whose
+ * command fails (or still runs after 10 minutes) is reported and run again, twice at most.
+ * Page caches are dropped before each run.
  *
  * Writes BENCHMARKS.md between `<!-- bench:session -->` markers. Logs of the last run, each
  * line stamped with seconds since its run started (imgcast with -v, the pipeline scripts' steps
