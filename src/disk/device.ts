@@ -274,18 +274,29 @@ async function holdersOf(dev: string): Promise<string[]> {
 }
 
 /**
+ * Whether `dev` is still attached over the range `was` described (any attachment when `was` is
+ * unknown). Once detached the device is free, and another process (another client restoring on
+ * this kernel) may attach it at once to its own file: that must not read as ours being held.
+ */
+export async function loopStillOver(
+  dev: string,
+  was: { backingFile: string; offset: number } | undefined,
+): Promise<boolean> {
+  const now = await loopRange(basename(dev));
+  if (!now) return false;
+  return !was || (now.backingFile === was.backingFile && now.offset === was.offset);
+}
+
+/**
  * Detaches a loop device and makes sure it is gone. The kernel only defers the detach
  * when something still holds the device, such as a copy of a mount in another mount
  * namespace; then the filesystem on it was not really unmounted, and saying "done"
  * would be a lie.
  */
 export async function detachLoopVerified(dev: string): Promise<void> {
+  const ours = await loopRange(basename(dev));
   await detachLoop(dev);
-  const attached = () =>
-    stat(join('/sys/class/block', basename(dev), 'loop')).then(
-      () => true,
-      () => false,
-    );
+  const attached = () => loopStillOver(dev, ours);
   for (let i = 0; i < 20 && (await attached()); i++) await new Promise((r) => setTimeout(r, 50));
   if (await attached()) {
     const holders = await holdersOf(dev);

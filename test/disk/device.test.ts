@@ -1,13 +1,16 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdtemp, open, rm, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { test } from 'node:test';
 import {
   assertNotMounted,
   blkidProbe,
+  detachLoopVerified,
   deviceSize,
+  loopRange,
+  loopStillOver,
   mountedUses,
   sectorSizeOf,
 } from '../../src/disk/device.ts';
@@ -87,4 +90,41 @@ test('mounted detection follows loop devices over a file and refuses with the mo
     assert.ok(e.message.includes(`${loop} on ${mnt} (ro)`), e.message);
     return true;
   });
+});
+
+test('a detached loop device attached again by another process to its own file is no longer ours', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  const loops = trackedLoops(t);
+  const dir = await tempDir(t);
+  const ours = await sparse(join(dir, 'ours.img'), 8 * MiB);
+  const theirs = await sparse(join(dir, 'theirs.img'), 8 * MiB);
+  const loop = await loops.attach(ours, { offset: MiB });
+  const was = await loopRange(basename(loop));
+  assert.deepEqual(was && { file: was.backingFile, offset: was.offset }, { file: ours, offset: MiB });
+  assert.equal(await loopStillOver(loop, was), true);
+  // The same device number, given by the kernel to another client for its own disk.
+  execFileSync('losetup', ['-d', loop]);
+  assert.equal(await loopStillOver(loop, was), false, 'detached');
+  execFileSync('losetup', [loop, theirs]);
+  assert.equal(await loopStillOver(loop, was), false, 'attached, but over another file');
+  execFileSync('losetup', ['-d', loop]);
+  execFileSync('losetup', ['--offset', String(MiB), loop, ours]);
+  assert.equal(await loopStillOver(loop, was), true, 'over our file again');
+});
+
+test('a loop device still held over our file after detaching is refused as still in use', async (t) => {
+  if (skipUnless(t, loopUnavailable())) return;
+  const loops = trackedLoops(t);
+  const dir = await tempDir(t);
+  const loop = await loops.attach(await sparse(join(dir, 'held.img'), 8 * MiB));
+  const holder = spawn('sh', ['-c', `exec 3<${loop}; echo held; exec sleep 30`], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  const exited = new Promise((r) => holder.once('exit', r));
+  t.after(async () => {
+    holder.kill('SIGKILL');
+    await exited;
+  });
+  await new Promise<void>((resolve) => holder.stdout.once('data', () => resolve()));
+  await assert.rejects(detachLoopVerified(loop), { code: 'E_DISK_MOUNTED' });
 });
