@@ -6,7 +6,7 @@
  * image only once it is committed. Memory stays bounded: the capture waits for a slot
  * when the network is the slower side.
  */
-import { slotLease } from '../image/lease.ts';
+import { SlotSink } from '../image/slot-sink.ts';
 import http from 'node:http';
 import https from 'node:https';
 
@@ -22,14 +22,10 @@ import {
 } from '../api/schemas.ts';
 import { captureOnto, type CaptureOptions, type MakeResult } from '../engine/make.ts';
 import { ImgcastError } from '../errors.ts';
-import { chunkId } from '../image/codec.ts';
 import { CompressPool } from '../image/pool.ts';
 import {
   CHUNK_SIZE,
   FORMAT_VERSION,
-  type ChunkLease,
-  type ChunkRef,
-  type ChunkSink,
   type CompressionLevel,
   type Manifest,
   type QueuedChunk,
@@ -83,7 +79,7 @@ export async function connect(
  * capture as the image writer's are), and each request sends its chunk straight from its
  * slot: IN_FLIGHT_SLOTS + `putsInFlight` chunks at most are in memory, whatever the network.
  */
-export class UploadSink implements ChunkSink {
+export class UploadSink extends SlotSink {
   readonly id: string;
   readonly name: string;
   readonly level: CompressionLevel;
@@ -108,8 +104,6 @@ export class UploadSink implements ChunkSink {
   #slotWaiters: Array<() => void> = [];
   #puts = 0;
   #putWaiters: Array<() => void> = [];
-  /** Every chunk id sent or on its way, with its request (which never rejects: failures go to #failure). */
-  #known = new Map<string, Promise<void>>();
   /** Chunks being compressed whose id is not known yet. */
   #unnamed = new Set<Promise<void>>();
   #failure: Error | undefined;
@@ -126,6 +120,7 @@ export class UploadSink implements ChunkSink {
     upload: Upload,
     opts: { register?: () => Promise<void>; putsInFlight: number },
   ) {
+    super();
     this.#api = api;
     this.#register = opts.register;
     this.id = upload.id;
@@ -169,58 +164,16 @@ export class UploadSink implements ChunkSink {
     });
   }
 
-  async putChunk(raw: Buffer): Promise<ChunkRef> {
-    this.#checkChunk(raw);
-    // Named here, before any compression, so a repeated chunk (raw disk blocks) costs only its hash.
-    const id = chunkId(raw);
-    const ref = { id, rawLength: raw.length };
-    if (this.#known.has(id)) {
-      this.stats.chunksDeduplicated++;
-      return ref;
-    }
-    let started!: () => void;
-    const gate = new Promise<void>((resolve) => (started = resolve));
-    let slot = -1;
-    // Registered before waiting for a slot, so a concurrent put of the same content dedups.
-    this.#known.set(
-      id,
-      gate.then(async () => {
-        if (slot < 0) return;
-        try {
-          await this.#compressAndSend(slot, raw.length, id);
-        } catch (err) {
-          this.#fail(err);
-        }
-      }),
-    );
+  protected async storeSlot(slot: number, id: string, rawLength: number): Promise<void> {
     try {
-      slot = await this.#acquireSlot();
-      raw.copy(this.#slotBuffer(slot));
+      await this.#compressAndSend(slot, rawLength, id);
     } catch (err) {
-      this.#known.delete(id);
-      throw err;
-    } finally {
-      started();
+      this.#fail(err);
     }
-    return ref;
   }
 
-  async queueChunk(raw: Buffer): Promise<QueuedChunk> {
-    this.#checkChunk(raw);
-    const slot = await this.#acquireSlot();
-    raw.copy(this.#slotBuffer(slot));
-    return this.#queueSlot(slot, raw.length);
-  }
-
-  async leaseChunk(): Promise<ChunkLease> {
-    this.#check();
-    const slot = await this.#acquireSlot();
-    return slotLease({
-      buf: this.#slotBuffer(slot),
-      release: () => this.#releaseSlot(slot),
-      check: () => this.#check(),
-      queue: (length) => this.#queueSlot(slot, length),
-    });
+  protected countDeduplicated(): void {
+    this.stats.chunksDeduplicated++;
   }
 
   /**
@@ -228,10 +181,10 @@ export class UploadSink implements ChunkSink {
    * with what the server made of it. On any failure the upload is aborted.
    */
   async commit(manifest: Manifest): Promise<UploadCommitted> {
-    this.#check();
+    this.check();
     try {
       await this.#settle();
-      this.#check();
+      this.check();
       clearInterval(this.#keepAlive);
       const send = () =>
         this.#api.request<UploadCommitted>('POST', this.#path('/commit'), {
@@ -280,26 +233,26 @@ export class UploadSink implements ChunkSink {
     return `/api/uploads/${this.id}${rest}`;
   }
 
-  #queueSlot(slot: number, rawLength: number): QueuedChunk {
+  protected queueSlot(slot: number, rawLength: number): QueuedChunk {
     const named = CompressPool.shared().compress(this.#sab, slot * CHUNK_SIZE, rawLength, this.level, {
       hash: true,
     });
     const job = named.then(
       (r) => {
         const id = r.id!;
-        if (this.#known.has(id)) {
+        if (this.known.has(id)) {
           this.stats.chunksDeduplicated++;
-          this.#releaseSlot(slot);
+          this.releaseSlot(slot);
           return;
         }
         const send = this.#send(slot, id, rawLength, r.codec, r.storedLength).catch((err: unknown) =>
           this.#fail(err),
         );
-        this.#known.set(id, send);
+        this.known.set(id, send);
         return send;
       },
       (err: unknown) => {
-        this.#releaseSlot(slot);
+        this.releaseSlot(slot);
         this.#fail(err);
       },
     );
@@ -318,7 +271,7 @@ export class UploadSink implements ChunkSink {
       slotHeld = false;
       await this.#send(slot, id, rawLength, r.codec, r.storedLength);
     } finally {
-      if (slotHeld) this.#releaseSlot(slot);
+      if (slotHeld) this.releaseSlot(slot);
     }
   }
 
@@ -333,12 +286,12 @@ export class UploadSink implements ChunkSink {
     try {
       await this.#acquirePut();
     } catch (err) {
-      this.#releaseSlot(slot);
+      this.releaseSlot(slot);
       throw err;
     }
     this.#sending++;
     try {
-      const bytes = this.#slotBuffer(slot).subarray(0, storedLength);
+      const bytes = this.slotBuffer(slot).subarray(0, storedLength);
       const path = this.#path(`/chunks/${id}`);
       const headers = { [UPLOAD_CODEC_HEADER]: String(codec), [UPLOAD_RAW_LENGTH_HEADER]: String(rawLength) };
       const r = await this.#retrying(() =>
@@ -350,7 +303,7 @@ export class UploadSink implements ChunkSink {
       this.stats.storedBytesSent += storedLength;
     } finally {
       this.#sending--;
-      this.#releaseSlot(slot);
+      this.releaseSlot(slot);
       this.#releasePut();
     }
   }
@@ -362,7 +315,7 @@ export class UploadSink implements ChunkSink {
    */
   async #retrying<T>(send: () => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
-      this.#check();
+      this.check();
       this.#lastRequestAt = Date.now();
       const used = this.#api.token;
       try {
@@ -398,7 +351,7 @@ export class UploadSink implements ChunkSink {
     this.#wake();
   }
 
-  #check(): void {
+  protected check(): void {
     if (this.#failure) throw this.#failure;
     if (this.#closed) {
       throw new ImgcastError(
@@ -411,50 +364,44 @@ export class UploadSink implements ChunkSink {
     }
   }
 
-  #checkChunk(raw: Buffer): void {
-    this.#check();
-    if (!Buffer.isBuffer(raw)) throw new TypeError('a chunk must be a Buffer');
-    if (raw.length > CHUNK_SIZE) throw new RangeError(`a chunk of ${raw.length} bytes exceeds ${CHUNK_SIZE}`);
-  }
-
   async #settle(): Promise<void> {
     for (;;) {
       // #known keeps finished sends too (for dedup): settled once a round added nothing new.
-      const known = this.#known.size;
-      await Promise.all([...this.#known.values(), ...this.#unnamed]);
-      if (this.#unnamed.size === 0 && this.#known.size === known) return;
+      const known = this.known.size;
+      await Promise.all([...this.known.values(), ...this.#unnamed]);
+      if (this.#unnamed.size === 0 && this.known.size === known) return;
     }
   }
 
-  #slotBuffer(slot: number): Buffer {
+  protected slotBuffer(slot: number): Buffer {
     return Buffer.from(this.#sab, slot * CHUNK_SIZE, CHUNK_SIZE);
   }
 
-  async #acquireSlot(): Promise<number> {
+  protected async acquireSlot(): Promise<number> {
     // Slots being sent from do not count: the capture and the compressors get as many as the
     // image writer gives them, so a stopped upload waits for no more compression than a stopped local make.
     while (
       this.#freeSlots.length === 0 ||
       this.#slots - this.#freeSlots.length - this.#sending >= IN_FLIGHT_SLOTS
     ) {
-      this.#check();
+      this.check();
       await new Promise<void>((resolve) => this.#slotWaiters.push(resolve));
     }
-    this.#check();
+    this.check();
     return this.#freeSlots.pop()!;
   }
 
-  #releaseSlot(slot: number): void {
+  protected releaseSlot(slot: number): void {
     this.#freeSlots.push(slot);
     this.#wake();
   }
 
   async #acquirePut(): Promise<void> {
     while (this.#puts >= this.#putsInFlight) {
-      this.#check();
+      this.check();
       await new Promise<void>((resolve) => this.#putWaiters.push(resolve));
     }
-    this.#check();
+    this.check();
     this.#puts++;
   }
 

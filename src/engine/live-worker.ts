@@ -12,14 +12,11 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { ImgcastError } from '../errors.ts';
-import { chunkId } from '../image/codec.ts';
-import { slotLease } from '../image/lease.ts';
+import { SlotSink } from '../image/slot-sink.ts';
 import { CompressPool } from '../image/pool.ts';
 import {
   CHUNK_SIZE,
-  type ChunkLease,
   type ChunkRef,
-  type ChunkSink,
   type CompressionLevel,
   type FileEntry,
   type Manifest,
@@ -60,7 +57,7 @@ interface Downstream {
  * each, with the bytes of the chunks new to the table. The bytes are the main thread's from
  * then on; their sizes count against the budget here until it says they were released.
  */
-export class LiveSink implements ChunkSink {
+export class LiveSink extends SlotSink {
   readonly stats: LiveStats = {
     chunks: 0,
     rawBytes: 0,
@@ -77,8 +74,6 @@ export class LiveSink implements ChunkSink {
   readonly #freeSlots = Array.from({ length: IN_FLIGHT_SLOTS }, (_, i) => i);
   #slotWaiters: Array<() => void> = [];
   #roomWaiters: Array<() => void> = [];
-  /** Every id stored or being stored, settling once it is stored (or never will be); released ones stay, for dedup. */
-  readonly #known = new Map<string, Promise<void>>();
   readonly #stored = new Map<string, Stored>();
   /** Stored bytes of chunks handed downstream and not released yet, by id. */
   readonly #held = new Map<string, number>();
@@ -92,6 +87,7 @@ export class LiveSink implements ChunkSink {
   #closed = false;
 
   constructor(level: CompressionLevel, budget: number, down: Downstream) {
+    super();
     this.#level = level;
     this.#budget = budget;
     this.#down = down;
@@ -99,84 +95,37 @@ export class LiveSink implements ChunkSink {
 
   // --- ChunkSink -----------------------------------------------------------
 
-  async putChunk(raw: Buffer): Promise<ChunkRef> {
-    this.#checkChunk(raw);
-    // Named here, before any compression, so a repeated chunk (raw disk blocks) costs only its hash.
-    const id = chunkId(raw);
-    const ref = { id, rawLength: raw.length };
-    if (this.#known.has(id)) {
-      this.stats.deduplicated++;
-      return ref;
-    }
-    let started!: () => void;
-    const gate = new Promise<void>((resolve) => (started = resolve));
-    let slot = -1;
-    // Registered before waiting for a slot, so a concurrent put of the same content dedups.
-    this.#known.set(
-      id,
-      gate.then(async () => {
-        if (slot < 0) return;
-        try {
-          const r = await CompressPool.shared().compress(
-            this.#sab,
-            slot * CHUNK_SIZE,
-            raw.length,
-            this.#level,
-          );
-          await this.#keep(slot, id, raw.length, r.codec, r.storedLength);
-        } catch (err) {
-          this.#releaseSlot(slot);
-          this.fail(err);
-        }
-      }),
-    );
+  protected async storeSlot(slot: number, id: string, rawLength: number): Promise<void> {
     try {
-      slot = await this.#acquireSlot();
-      raw.copy(this.#slotBuffer(slot));
+      const r = await CompressPool.shared().compress(this.#sab, slot * CHUNK_SIZE, rawLength, this.#level);
+      await this.#keep(slot, id, rawLength, r.codec, r.storedLength);
     } catch (err) {
-      this.#known.delete(id);
-      throw err;
-    } finally {
-      started();
+      this.releaseSlot(slot);
+      this.fail(err);
     }
-    return ref;
   }
 
-  async queueChunk(raw: Buffer): Promise<QueuedChunk> {
-    this.#checkChunk(raw);
-    const slot = await this.#acquireSlot();
-    raw.copy(this.#slotBuffer(slot));
-    return this.#queueSlot(slot, raw.length);
+  protected countDeduplicated(): void {
+    this.stats.deduplicated++;
   }
 
-  async leaseChunk(): Promise<ChunkLease> {
-    this.#check();
-    const slot = await this.#acquireSlot();
-    return slotLease({
-      buf: this.#slotBuffer(slot),
-      release: () => this.#releaseSlot(slot),
-      check: () => this.#check(),
-      queue: (length) => this.#queueSlot(slot, length),
-    });
-  }
-
-  #queueSlot(slot: number, rawLength: number): QueuedChunk {
+  protected queueSlot(slot: number, rawLength: number): QueuedChunk {
     const named = CompressPool.shared()
       .compress(this.#sab, slot * CHUNK_SIZE, rawLength, this.#level, { hash: true })
       .then(
         async (r): Promise<ChunkRef> => {
           const id = r.id!;
           const ref = { id, rawLength };
-          const known = this.#known.get(id);
+          const known = this.known.get(id);
           if (known) {
             this.stats.deduplicated++;
-            this.#releaseSlot(slot);
+            this.releaseSlot(slot);
             // Named once the first copy is stored: its placements then find it.
             await known;
             return ref;
           }
           const keeping = this.#keep(slot, id, rawLength, r.codec, r.storedLength);
-          this.#known.set(
+          this.known.set(
             id,
             keeping.catch(() => {}),
           );
@@ -184,7 +133,7 @@ export class LiveSink implements ChunkSink {
           return ref;
         },
         (err: unknown) => {
-          this.#releaseSlot(slot);
+          this.releaseSlot(slot);
           throw err;
         },
       );
@@ -203,7 +152,7 @@ export class LiveSink implements ChunkSink {
     try {
       await this.#room(storedLength);
       const stored = new Uint8Array(storedLength);
-      stored.set(this.#slotBuffer(slot).subarray(0, storedLength));
+      stored.set(this.slotBuffer(slot).subarray(0, storedLength));
       this.#stored.set(id, { codec, stored, rawLength });
       this.stats.chunks++;
       this.stats.rawBytes += rawLength;
@@ -211,7 +160,7 @@ export class LiveSink implements ChunkSink {
       this.stats.heldBytes += storedLength;
       this.stats.peakHeldBytes = Math.max(this.stats.peakHeldBytes, this.stats.heldBytes);
     } finally {
-      this.#releaseSlot(slot);
+      this.releaseSlot(slot);
     }
   }
 
@@ -219,7 +168,7 @@ export class LiveSink implements ChunkSink {
   async #room(bytes: number): Promise<void> {
     let told = false;
     while (this.stats.heldBytes > 0 && this.stats.heldBytes + bytes > this.#budget) {
-      this.#check();
+      this.check();
       if (!told) {
         told = true;
         this.stats.waitedForMemory++;
@@ -228,7 +177,7 @@ export class LiveSink implements ChunkSink {
       if (!this.#closed) this.#down.full();
       await wait;
     }
-    this.#check();
+    this.check();
   }
 
   // --- placements ----------------------------------------------------------------
@@ -268,7 +217,7 @@ export class LiveSink implements ChunkSink {
 
   /** One extension: the rows of `ids` the sender lacks, once they are stored, and the delta. */
   #extend(ids: Set<string>, delta: LiveDelta): void {
-    const ready = [...ids].map((id) => this.#known.get(id));
+    const ready = [...ids].map((id) => this.known.get(id));
     this.#chain = this.#chain.then(async () => {
       await Promise.all(ready);
       if (this.#failure || this.#closed) return;
@@ -339,30 +288,24 @@ export class LiveSink implements ChunkSink {
     this.#wake();
   }
 
-  #check(): void {
+  protected check(): void {
     if (this.#failure) throw this.#failure;
   }
 
-  #checkChunk(raw: Buffer): void {
-    this.#check();
-    if (!Buffer.isBuffer(raw)) throw new TypeError('a chunk must be a Buffer');
-    if (raw.length > CHUNK_SIZE) throw new RangeError(`a chunk of ${raw.length} bytes exceeds ${CHUNK_SIZE}`);
-  }
-
-  #slotBuffer(slot: number): Buffer {
+  protected slotBuffer(slot: number): Buffer {
     return Buffer.from(this.#sab, slot * CHUNK_SIZE, CHUNK_SIZE);
   }
 
-  async #acquireSlot(): Promise<number> {
+  protected async acquireSlot(): Promise<number> {
     while (this.#freeSlots.length === 0) {
-      this.#check();
+      this.check();
       await new Promise<void>((resolve) => this.#slotWaiters.push(resolve));
     }
-    this.#check();
+    this.check();
     return this.#freeSlots.pop()!;
   }
 
-  #releaseSlot(slot: number): void {
+  protected releaseSlot(slot: number): void {
     this.#freeSlots.push(slot);
     for (const w of this.#slotWaiters.splice(0)) w();
   }
