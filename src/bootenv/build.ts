@@ -393,8 +393,9 @@ async function importGraph(entry: string): Promise<{ files: string[]; packages: 
     files.add(file);
     for (const spec of importSpecifiers(await readFile(file, 'utf8'))) {
       if (spec.startsWith('.')) {
+        // Modules and worker files; a URL of a folder (the project root) is no import.
         const next = resolve(dirname(file), spec);
-        if (existsSync(next)) await visit(next);
+        if (/\.[cm]?[jt]s$/.test(next) && existsSync(next)) await visit(next);
         continue;
       }
       const pkg = packageOf(spec);
