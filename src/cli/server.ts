@@ -97,7 +97,9 @@ export function addServerCommand(program: Command): void {
         .default('proxy'),
     )
     .addOption(
-      new Option('--pxe-range <start,end>', 'with --pxe-mode dhcp: the addresses to hand out').argParser(pxeRange),
+      new Option('--pxe-range <start,end>', 'with --pxe-mode dhcp: the addresses to hand out').argParser(
+        pxeRange,
+      ),
     )
     .option(
       '--pxe-interface <iface>',
@@ -136,7 +138,9 @@ export function addServerCommand(program: Command): void {
             if (!o.pxe && (o.pxeRange || o.pxeInterface || o.pxeMode !== 'proxy'))
               throw new UsageError('--pxe-mode, --pxe-range and --pxe-interface go with --pxe');
             if (o.pxe && o.pxeMode === 'dhcp' && !o.pxeRange)
-              throw new UsageError('--pxe-mode dhcp hands out addresses: give them with --pxe-range START,END');
+              throw new UsageError(
+                '--pxe-mode dhcp hands out addresses: give them with --pxe-range START,END',
+              );
             if (o.pxeRange && o.pxeMode !== 'dhcp')
               throw new UsageError('--pxe-range is for --pxe-mode dhcp; proxy mode hands out no address');
             const server = await startServer({

@@ -477,9 +477,7 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
     async (req) =>
       ctx.netboot.recent(
         req.query.limit ?? 100,
-        req.query.workstation === undefined
-          ? undefined
-          : ctx.workstations.get(req.query.workstation).mac,
+        req.query.workstation === undefined ? undefined : ctx.workstations.get(req.query.workstation).mac,
       ),
   );
 

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 
+import { ImgcastError } from '../errors.ts';
 import type { ApiApp, AppContext } from './app.ts';
 import { KERNEL_ARGS } from './pxe.ts';
 
@@ -110,7 +111,10 @@ function ipxe(reply: FastifyReply, script: string): string {
 
 export function bootRoutesWith(o: BootRouteOptions) {
   if (o.kernelArgs !== undefined && o.kernelArgs !== '' && !KERNEL_ARGS.test(o.kernelArgs))
-    throw new Error(`kernel arguments must be plain words: ${JSON.stringify(o.kernelArgs)}`);
+    throw new ImgcastError(
+      'E_USAGE',
+      `kernel arguments must be plain words: ${JSON.stringify(o.kernelArgs)}`,
+    );
   return async function bootRoutes(app: ApiApp, ctx: AppContext): Promise<void> {
     const pub = { access: 'public' as const };
     let warned = false;
@@ -150,7 +154,10 @@ export function bootRoutesWith(o: BootRouteOptions) {
         const path = join(o.bootenvDir, file);
         const s = await stat(path).catch(() => null);
         if (!s?.isFile()) {
-          ctx.log.error({ file: path }, 'a network boot asked for a file of the imaging environment, which is not built');
+          ctx.log.error(
+            { file: path },
+            'a network boot asked for a file of the imaging environment, which is not built',
+          );
           return reply.status(404).send({
             error: 'E_BOOTENV_MISSING',
             message: `the imaging environment is not built (no ${path}): run imgcast bootenv build`,

@@ -112,6 +112,10 @@ export class NetBoot {
       .select((eb) => eb.fn.max('id').as('id'))
       .executeTakeFirst();
     const top = Number(newest?.id ?? 0);
-    if (top > KEPT) await this.#o.db.deleteFrom('boot_decisions').where('id', '<=', top - KEPT).execute();
+    if (top > KEPT)
+      await this.#o.db
+        .deleteFrom('boot_decisions')
+        .where('id', '<=', top - KEPT)
+        .execute();
   }
 }

@@ -166,7 +166,8 @@ export function chooseWork(
   const task = tasks.find((t) => t.workstation === ws.id);
   if (!task) return chooseSession(sessions, ws);
   const auto = chooseSession(sessions, ws);
-  const passed = auto.session === null ? '' : `; it comes before ${auto.session}, which it also qualifies for`;
+  const passed =
+    auto.session === null ? '' : `; it comes before ${auto.session}, which it also qualifies for`;
   return {
     session: task.session,
     role: 'client',
