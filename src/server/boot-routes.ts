@@ -130,9 +130,11 @@ export function bootRoutesWith(o: BootRouteOptions) {
       return ok;
     };
 
-    app.get('/boot/boot.ipxe', { config: pub, schema: { hide: true } }, async (req, reply) =>
-      ipxe(reply, entryScript(baseUrl(req))),
-    );
+    app.get('/boot/boot.ipxe', { config: pub, schema: { hide: true } }, async (req, reply) => {
+      // Once per network boot: worth a line, and the first sign of a workstation booting.
+      ctx.log.info({ from: req.ip, at: baseUrl(req) }, 'network boot: boot.ipxe');
+      return ipxe(reply, entryScript(baseUrl(req)));
+    });
 
     app.get(
       '/boot/decide',

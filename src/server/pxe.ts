@@ -12,6 +12,7 @@
  * dnsmasq that dies is started again after a growing pause; its log goes to the server's.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createSocket } from 'node:dgram';
 import { existsSync, rmSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { networkInterfaces, tmpdir } from 'node:os';
@@ -190,6 +191,45 @@ function startFailure(text: string, code: number | null): PxeError {
   return new PxeError('E_PXE_DNSMASQ', `dnsmasq did not start: ${said}`);
 }
 
+/** The UDP ports dnsmasq takes in this mode: DHCP, PXE boot service (proxy), TFTP. */
+export function pxePorts(mode: PxeMode): number[] {
+  return mode === 'proxy' ? [67, 4011, 69] : [67, 69];
+}
+
+/**
+ * Whether the ports are free, by binding each for a moment. dnsmasq cannot tell: it shares its
+ * DHCP port (SO_REUSEPORT) with another dnsmasq, and two servers answering one LAN's boots
+ * would be worse than none.
+ */
+export async function checkPorts(ports: readonly number[]): Promise<void> {
+  for (const port of ports) {
+    const problem = await new Promise<NodeJS.ErrnoException | null>((resolve) => {
+      const s = createSocket({ type: 'udp4', reuseAddr: false });
+      s.once('error', (err) => {
+        s.close();
+        resolve(err);
+      });
+      s.bind({ port, address: '0.0.0.0', exclusive: true }, () => s.close(() => resolve(null)));
+    });
+    if (!problem) continue;
+    if (problem.code === 'EACCES' || problem.code === 'EPERM') {
+      throw new PxeError(
+        'E_PXE_PERMISSION',
+        `network boot needs root: UDP port ${port} is a privileged port`,
+        {
+          port,
+        },
+      );
+    }
+    const what = port === 67 ? 'DHCP' : port === 69 ? 'TFTP' : 'PXE boot service';
+    throw new PxeError(
+      'E_PXE_PORT_IN_USE',
+      `UDP port ${port} (${what}) is taken by another program on this machine (another DHCP/TFTP server, or another imgcast server --pxe): ${problem.message}`,
+      { port },
+    );
+  }
+}
+
 export interface RunningPxe {
   interface: string;
   address: string;
@@ -213,6 +253,7 @@ export async function startPxe(o: PxeOptions): Promise<RunningPxe> {
       { dir: ipxeDir },
     );
   }
+  await checkPorts(pxePorts(o.mode));
   const dir = await mkdtemp(join(tmpdir(), 'imgcast-pxe-'));
   // A crash of the whole process must not leave the directory or the child behind either.
   let child: ChildProcess | undefined;

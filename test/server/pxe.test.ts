@@ -96,7 +96,13 @@ test('dnsmasq itself accepts both configurations (dnsmasq --test)', (t) => {
   ]) {
     const file = join(dir, `${c.mode}.conf`);
     writeFileSync(file, pxeConfig({ ...c, tftpRoot: dir }));
-    const r = spawnSync(dnsmasq, ['--test', `--conf-file=${file}`], { encoding: 'utf8' });
+    const r: { status: number | null; stderr: string } = spawnSync(
+      dnsmasq,
+      ['--test', `--conf-file=${file}`],
+      {
+        encoding: 'utf8',
+      },
+    );
     assert.equal(r.status, 0, `${c.mode}: ${r.stderr}`);
     assert.match(r.stderr, /syntax check OK/, `${c.mode}: ${r.stderr}`);
   }
