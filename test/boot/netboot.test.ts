@@ -109,7 +109,7 @@ function inNs(t: TestContext, ns: string, argv: string[], env = ENV): Running {
   };
   t.after(async () => {
     kill();
-    await Promise.race([exit, sleep(8000)]);
+    await within(exit, 8000, null);
     if (child.exitCode === null && child.signalCode === null) {
       try {
         process.kill(-child.pid!, 'SIGKILL');
@@ -119,6 +119,17 @@ function inNs(t: TestContext, ns: string, argv: string[], env = ENV): Running {
     }
   });
   return { child, out: () => text, exit };
+}
+
+/** `p`, or `late` once `ms` have passed (the timer does not outlive the race). */
+async function within<T, L>(p: Promise<T>, ms: number, late: L): Promise<T | L> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<L>((r) => (timer = setTimeout(() => r(late), ms)));
+  try {
+    return await Promise.race([p, t]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 async function until(what: string, check: () => boolean | Promise<boolean>, ms: number, log: () => string) {
@@ -210,7 +221,7 @@ test('a diskless VM matching no rule network-boots from imgcast server --pxe (pr
     '--pxe-interface',
     'br0',
   ]);
-  const code = await Promise.race([second.exit, sleep(30_000).then(() => 'still running')]);
+  const code = await within(second.exit, 30_000, 'still running');
   assert.notEqual(code, 'still running', 'a server without its PXE ports must not go on half-working');
   assert.notEqual(code, 0);
   assert.match(second.out(), /\[E_PXE_PORT_IN_USE\]/, second.out());
@@ -241,7 +252,7 @@ test('a diskless VM matching no rule network-boots from imgcast server --pxe (pr
     '-device',
     'isa-debugcon,iobase=0x402,chardev=fwlog',
   ]);
-  const vmCode = await Promise.race([vm.exit, sleep(VM_TIMEOUT_MS).then(() => 'timeout')]);
+  const vmCode = await within(vm.exit, VM_TIMEOUT_MS, 'timeout');
   const took = Date.now() - started;
   const firmware = existsSync(join(dir, 'firmware.log'))
     ? readFileSync(join(dir, 'firmware.log'), 'utf8')
@@ -304,10 +315,7 @@ test('a diskless VM matching no rule network-boots from imgcast server --pxe (pr
   const tmp = pxeDirs();
   assert.ok(tmp.length > 0, 'the log names the generated configuration');
   process.kill(-server.child.pid!, 'SIGTERM');
-  assert.notEqual(
-    await Promise.race([server.exit, sleep(20_000).then(() => 'still running')]),
-    'still running',
-  );
+  assert.notEqual(await within(server.exit, 20_000, 'still running'), 'still running');
   for (const p of tmp) assert.ok(!existsSync(join('/tmp', p)), `${p} removed`);
   assert.equal(
     spawnSync('ip', ['netns', 'pids', NS], { encoding: 'utf8' }).stdout.trim(),
