@@ -894,12 +894,11 @@ function workstationLine(w: Workstation): string {
   const facts = inv
     ? `${(w.lastAddress ?? '').padEnd(15)}  ${[inv.dmi.vendor, inv.dmi.product].filter(Boolean).join(' ')}  ${formatBytes(inv.memoryBytes)} RAM  seen ${w.lastSeenAt === null ? 'never' : new Date(w.lastSeenAt).toISOString()}`
     : `${(w.ip ?? '').padEnd(15)}  not registered yet`;
-  return `${w.name.padEnd(20)} ${w.mac}  ${(w.phase ?? '-').padEnd(11)} ${facts}`;
+  return `${w.name.padEnd(20)} ${w.mac}  ${facts}${w.phase ? `  boot: ${w.phase} ${when(w.phaseAt)}` : ''}`;
 }
 
-function describePhase(w: Workstation): string {
-  if (w.phase === null) return 'boot phase: none reported (it has not network-booted)';
-  return `boot phase: ${w.phase} since ${new Date(w.phaseAt ?? 0).toISOString()}`;
+function when(ms: number | null): string {
+  return ms === null ? 'never' : new Date(ms).toISOString();
 }
 
 function describeChoice(c: AutoChoice): string {
@@ -924,7 +923,8 @@ function describeWorkstation(w: WorkstationDetail, boots: BootDecision[] = []): 
       `  ${[inv.dmi.vendor, inv.dmi.product].filter(Boolean).join(' ') || 'unknown model'}${inv.dmi.serial ? `, serial ${inv.dmi.serial}` : ''}; ${inv.cpu.model} (${inv.cpu.cores} cores); ${formatBytes(inv.memoryBytes)} RAM; disks: ${disks.join(', ') || 'none'}`,
     );
   }
-  lines.push(`  ${describeChoice(w.auto)}`, `  ${describePhase(w)}`);
+  lines.push(`  ${describeChoice(w.auto)}`);
+  if (w.phase) lines.push(`  boot phase: ${w.phase} since ${when(w.phaseAt)}`);
   for (const b of boots)
     lines.push(`    network boot ${new Date(b.at).toISOString()} (${b.platform}): ${b.decision}: ${b.why}`);
   const id = w.identity;
