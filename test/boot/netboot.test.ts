@@ -266,7 +266,11 @@ test('a diskless VM matching no rule network-boots from imgcast server --pxe (pr
 
   // The site server gave the address; the imaging server gave the boot (iPXE by its chain file).
   assert.match(site.out(), new RegExp(`DHCPACK\\(v1\\) 198\\.18\\.7\\.1\\d\\d ${VM_MAC}`), context);
-  assert.match(server.out(), /imgcast\.ipxe/, `dnsmasq sent the chain file over TFTP\n${context}`);
+  assert.match(
+    server.out(),
+    /sent \S*\/imgcast\.ipxe to 198\.18\.7\.1\d\d/,
+    `dnsmasq sent the chain file over TFTP\n${context}`,
+  );
   assert.match(server.out(), /network boot: boot\.ipxe/, context);
   const decisions = JSON.parse(
     getInNs(`http://${SERVER_IP}:${PORT}/api/boot/decisions`, token).body,
@@ -307,7 +311,10 @@ test('a diskless VM matching no rule network-boots from imgcast server --pxe (pr
       '',
     ].join('\n'),
   );
-  assert.match(imgcast(data, 'workstation', 'list'), /^lab9-01 +52:54:00:77:00:02 .*not registered yet {2}boot: netboot 20\d\d-/m);
+  assert.match(
+    imgcast(data, 'workstation', 'list'),
+    /^lab9-01 +52:54:00:77:00:02 .*not registered yet {2}boot: netboot 20\d\d-/m,
+  );
 
   // The server stops cleanly and takes its dnsmasq and temporary directory with it.
   const pxeDirs = () =>
