@@ -114,15 +114,19 @@ export function addAdminCommands(program: Command): void {
       .option('-w, --watch', 'refresh every second until Ctrl-C'),
   ).action((o: Common & { watch?: boolean }) =>
     run(o, async (api) => {
+      // The last network boots, with the server's decision for each; JSON has them at /api/boot/decisions.
+      const boots = () =>
+        o.json ? Promise.resolve([]) : api.request<BootDecision[]>('GET', '/api/boot/decisions?limit=5');
       if (!o.watch) {
         const s = await api.request<Status>('GET', '/api/status');
-        emit(!!o.json, s, () => describeStatus(s));
+        const b = await boots();
+        emit(!!o.json, s, () => describeStatus(s, b));
         return;
       }
       for (;;) {
         const s = await api.request<Status>('GET', '/api/status');
         if (o.json) process.stdout.write(`${JSON.stringify(s)}\n`);
-        else process.stdout.write(`\x1b[H\x1b[2J${describeStatus(s)}\n`);
+        else process.stdout.write(`\x1b[H\x1b[2J${describeStatus(s, await boots())}\n`);
         await new Promise((r) => setTimeout(r, 1000));
       }
     }),
@@ -461,7 +465,7 @@ function describeSession(s: Session): string {
   return lines.join('\n');
 }
 
-function describeStatus(s: Status): string {
+function describeStatus(s: Status, boots: BootDecision[] = []): string {
   const c = s.counters;
   const lines = [
     `imgcast server ${s.server.name} (version ${s.server.version}, up ${formatDuration((Date.now() - s.server.startedAt) / 1000)})`,
@@ -470,6 +474,13 @@ function describeStatus(s: Status): string {
   ];
   if (s.sessions.length === 0) lines.push('no sessions');
   for (const session of s.sessions) lines.push(describeSession(session));
+  if (boots.length > 0) {
+    lines.push('', 'last network boots:');
+    for (const b of boots) {
+      const who = b.workstation ? `${b.workstation} (${b.mac})` : b.mac;
+      lines.push(`  ${new Date(b.at).toISOString()} ${who} ${b.platform}: ${b.decision}: ${b.why}`);
+    }
+  }
   return lines.join('\n');
 }
 

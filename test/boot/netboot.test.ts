@@ -312,6 +312,10 @@ test('a diskless VM matching no rule network-boots from imgcast server --pxe (pr
     ].join('\n'),
   );
   assert.match(
+    imgcast(data, 'status'),
+    /last network boots:\n {2}20\S+ lab9-01 \(52:54:00:77:00:02\) efi: image: task task-525400770002: .*\n {2}20\S+ 52:54:00:77:00:01 pcbios: local: unknown workstation/,
+  );
+  assert.match(
     imgcast(data, 'workstation', 'list'),
     /^lab9-01 +52:54:00:77:00:02 .*not registered yet {2}boot: netboot 20\d\d-/m,
   );
