@@ -109,8 +109,9 @@ export type SessionMaster = Static<typeof SessionMaster>;
 
 export const Session = Type.Object({
   name: Type.String(),
-  origin: Type.Union([Type.Literal('server'), Type.Literal('workstation')], {
-    description: 'server: imgcast mcast or an automatic session; workstation: opened by img session NAME',
+  origin: Type.Union([Type.Literal('server'), Type.Literal('workstation'), Type.Literal('task')], {
+    description:
+      'server: imgcast mcast or an automatic session; workstation: opened by img session NAME; task: a one-off task (imgcast task add)',
   }),
   startBy: StartBy,
   master: Type.Union([SessionMaster, Type.Null()]),
@@ -376,6 +377,39 @@ export const ReportedIdentity = Type.Object({
 });
 export type ReportedIdentity = Static<typeof ReportedIdentity>;
 
+/** Where a workstation is in a network boot (docs/netboot contract): set by the server or reported by the environment. */
+export const BootPhase = Type.Union(
+  [
+    Type.Literal('netboot'),
+    Type.Literal('environment'),
+    Type.Literal('joined'),
+    Type.Literal('imaging'),
+    Type.Literal('verifying'),
+    Type.Literal('identity'),
+    Type.Literal('rebooting'),
+    Type.Literal('up'),
+  ],
+  {
+    description:
+      'netboot: told to boot the imaging environment; environment … rebooting: reported from it; up: booted its disk after a success',
+  },
+);
+export type BootPhase = Static<typeof BootPhase>;
+
+/** The phases a workstation reports itself (the server sets netboot and up). */
+export const ReportedPhase = Type.Union([
+  Type.Literal('environment'),
+  Type.Literal('joined'),
+  Type.Literal('imaging'),
+  Type.Literal('verifying'),
+  Type.Literal('identity'),
+  Type.Literal('rebooting'),
+]);
+export type ReportedPhase = Static<typeof ReportedPhase>;
+
+export const PhaseReport = Type.Object({ phase: ReportedPhase }, { additionalProperties: false });
+export type PhaseReport = Static<typeof PhaseReport>;
+
 export const Workstation = Type.Object({
   id: Type.String({ description: "the MAC's hex digits" }),
   name: Type.String(),
@@ -393,8 +427,48 @@ export const Workstation = Type.Object({
     description:
       'what it applied to its restored system after its last imaging (host name, machine id, SSH host key fingerprints); null until then',
   }),
+  phase: Type.Union([BootPhase, Type.Null()], { description: 'its last boot phase; null until one' }),
+  phaseAt: Type.Union([Type.Number(), Type.Null()]),
 });
 export type Workstation = Static<typeof Workstation>;
+
+/** One answer to a network boot request. */
+export const BootDecision = Type.Object({
+  at: Type.Number(),
+  mac: Type.String(),
+  workstation: Type.Union([Type.String(), Type.Null()], { description: 'its name when the server knows it' }),
+  platform: Type.String({ description: "iPXE's ${platform}: pcbios or efi" }),
+  decision: Type.Union([Type.Literal('image'), Type.Literal('local')]),
+  session: Type.Union([Type.String(), Type.Null()], { description: 'the session or task it images in' }),
+  why: Type.String(),
+});
+export type BootDecision = Static<typeof BootDecision>;
+
+/** A one-off task: image this workstation with this image (a session of its own, clients 1). */
+export const Task = Type.Object({
+  workstation: WorkstationBrief,
+  session: Type.String({ description: 'the session that carries it out' }),
+  image: Type.String(),
+  fileset: Type.Integer(),
+  scripts: Type.Array(Type.String()),
+  state: SessionState,
+  createdAt: Type.Number(),
+  message: Type.Union([Type.String(), Type.Null()], {
+    description: 'why its last run failed (it stays queued), or what it waits for',
+  }),
+});
+export type Task = Static<typeof Task>;
+
+export const CreateTask = Type.Object(
+  {
+    workstation: WorkstationRef,
+    image: Type.String({ minLength: 1, maxLength: 4096 }),
+    fileset: Type.Optional(Fileset),
+    scripts: Type.Optional(SessionScripts),
+  },
+  { additionalProperties: false },
+);
+export type CreateTask = Static<typeof CreateTask>;
 
 export const WorkstationDetail = Type.Intersect([Workstation, Type.Object({ auto: AutoChoice })]);
 export type WorkstationDetail = Static<typeof WorkstationDetail>;

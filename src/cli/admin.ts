@@ -11,6 +11,8 @@ import { Command, Option } from 'commander';
 import type { ApiClient } from '../api/client.ts';
 import type {
   AutoChoice,
+  BootDecision,
+  Task,
   HistoryEntry,
   Image,
   Imported,
@@ -112,15 +114,19 @@ export function addAdminCommands(program: Command): void {
       .option('-w, --watch', 'refresh every second until Ctrl-C'),
   ).action((o: Common & { watch?: boolean }) =>
     run(o, async (api) => {
+      // The last network boots, with the server's decision for each; JSON has them at /api/boot/decisions.
+      const boots = () =>
+        o.json ? Promise.resolve([]) : api.request<BootDecision[]>('GET', '/api/boot/decisions?limit=5');
       if (!o.watch) {
         const s = await api.request<Status>('GET', '/api/status');
-        emit(!!o.json, s, () => describeStatus(s));
+        const b = await boots();
+        emit(!!o.json, s, () => describeStatus(s, b));
         return;
       }
       for (;;) {
         const s = await api.request<Status>('GET', '/api/status');
         if (o.json) process.stdout.write(`${JSON.stringify(s)}\n`);
-        else process.stdout.write(`\x1b[H\x1b[2J${describeStatus(s)}\n`);
+        else process.stdout.write(`\x1b[H\x1b[2J${describeStatus(s, await boots())}\n`);
         await new Promise((r) => setTimeout(r, 1000));
       }
     }),
@@ -311,6 +317,7 @@ export function addAdminCommands(program: Command): void {
   );
 
   addWorkstationCommands(program);
+  addTaskCommands(program);
 
   const admins = program.command('admin').description('admin accounts for the web console');
   withClient(
@@ -458,7 +465,7 @@ function describeSession(s: Session): string {
   return lines.join('\n');
 }
 
-function describeStatus(s: Status): string {
+function describeStatus(s: Status, boots: BootDecision[] = []): string {
   const c = s.counters;
   const lines = [
     `imgcast server ${s.server.name} (version ${s.server.version}, up ${formatDuration((Date.now() - s.server.startedAt) / 1000)})`,
@@ -467,6 +474,13 @@ function describeStatus(s: Status): string {
   ];
   if (s.sessions.length === 0) lines.push('no sessions');
   for (const session of s.sessions) lines.push(describeSession(session));
+  if (boots.length > 0) {
+    lines.push('', 'last network boots:');
+    for (const b of boots) {
+      const who = b.workstation ? `${b.workstation} (${b.mac})` : b.mac;
+      lines.push(`  ${new Date(b.at).toISOString()} ${who} ${b.platform}: ${b.decision}: ${b.why}`);
+    }
+  }
   return lines.join('\n');
 }
 
@@ -716,6 +730,71 @@ function describeAuto(s: Session): string {
   ].join('\n');
 }
 
+// ------------------------------------------------------------------ one-off tasks
+
+function taskLine(t: Task): string {
+  const who = `${t.workstation.name} (${t.workstation.mac})`;
+  return `${who.padEnd(36)} ${t.image}${t.fileset !== 1 ? ` (file set ${t.fileset})` : ''}  ${t.state}${t.message ? `: ${t.message}` : ''}`;
+}
+
+function addTaskCommands(program: Command): void {
+  const task = program
+    .command('task')
+    .description(
+      'one-off tasks: image one workstation with an image the next time it runs img auto (or network-boots), before any automatic session',
+    );
+  withClient(
+    task
+      .command('add')
+      .description(
+        'queue a task: the workstation is imaged with the image, once; it stays queued while its runs fail',
+      )
+      .argument('<workstation>', 'name or MAC of a known workstation')
+      .argument('<image>', 'the image, a path inside the server image directory (or its full path)')
+      .addOption(new Option('-f, --fileset <n>', 'file set 1-10 to send').argParser(parseFileset))
+      .option(
+        '--script <file>',
+        'a post-imaging script the workstation runs after its restore (repeatable)',
+        (v: string, all: string[] = []) => [...all, v],
+      ),
+  ).action((ref: string, image: string, o: Common & { fileset?: number; script?: string[] }) =>
+    run(o, async (api) => {
+      const { scripts } = await identityBody({ script: o.script });
+      const t = await api.request<Task>('POST', '/api/tasks', {
+        body: {
+          workstation: ref,
+          image,
+          ...(o.fileset !== undefined ? { fileset: o.fileset } : {}),
+          ...(scripts ? { scripts } : {}),
+        },
+      });
+      emit(
+        !!o.json,
+        t,
+        () =>
+          `task queued: ${t.workstation.name} (${t.workstation.mac}) is imaged with ${t.image} the next time it runs img auto or network-boots (session ${t.session})`,
+      );
+    }),
+  );
+  withClient(task.command('list').description('the tasks queued, oldest first')).action((o: Common) =>
+    run(o, async (api) => {
+      const list = await api.request<Task[]>('GET', '/api/tasks');
+      emit(!!o.json, list, () => (list.length ? list.map(taskLine).join('\n') : 'no tasks queued'));
+    }),
+  );
+  withClient(
+    task
+      .command('rm')
+      .description("remove a workstation's task (a run under way is stopped); its history stays")
+      .argument('<workstation>', 'name or MAC'),
+  ).action((ref: string, o: Common) =>
+    run(o, async (api) => {
+      const t = await api.request<Task>('DELETE', `/api/tasks/${enc(ref)}`);
+      emit(!!o.json, t, () => `removed the task of ${t.workstation.name} (${t.image})`);
+    }),
+  );
+}
+
 // ------------------------------------------------------------------ workstations
 
 function addWorkstationCommands(program: Command): void {
@@ -737,7 +816,11 @@ function addWorkstationCommands(program: Command): void {
   ).action((ref: string, o: Common) =>
     run(o, async (api) => {
       const w = await api.request<WorkstationDetail>('GET', `/api/workstations/${enc(ref)}`);
-      emit(!!o.json, w, () => describeWorkstation(w));
+      const boots = await api.request<BootDecision[]>(
+        'GET',
+        `/api/boot/decisions?limit=5&workstation=${enc(w.mac)}`,
+      );
+      emit(!!o.json, { ...w, boots }, () => describeWorkstation(w, boots));
     }),
   );
   withClient(
@@ -822,7 +905,11 @@ function workstationLine(w: Workstation): string {
   const facts = inv
     ? `${(w.lastAddress ?? '').padEnd(15)}  ${[inv.dmi.vendor, inv.dmi.product].filter(Boolean).join(' ')}  ${formatBytes(inv.memoryBytes)} RAM  seen ${w.lastSeenAt === null ? 'never' : new Date(w.lastSeenAt).toISOString()}`
     : `${(w.ip ?? '').padEnd(15)}  not registered yet`;
-  return `${w.name.padEnd(20)} ${w.mac}  ${facts}`;
+  return `${w.name.padEnd(20)} ${w.mac}  ${facts}${w.phase ? `  boot: ${w.phase} ${when(w.phaseAt)}` : ''}`;
+}
+
+function when(ms: number | null): string {
+  return ms === null ? 'never' : new Date(ms).toISOString();
 }
 
 function describeChoice(c: AutoChoice): string {
@@ -832,7 +919,7 @@ function describeChoice(c: AutoChoice): string {
     : `img auto: joins ${c.session}: ${c.why}`;
 }
 
-function describeWorkstation(w: WorkstationDetail): string {
+function describeWorkstation(w: WorkstationDetail, boots: BootDecision[] = []): string {
   const inv = w.inventory;
   const lines = [
     `${w.name} (${w.mac})${w.named ? ', named by the administrator' : ''}${w.ip ? `, ip ${w.ip}` : ''}`,
@@ -848,6 +935,9 @@ function describeWorkstation(w: WorkstationDetail): string {
     );
   }
   lines.push(`  ${describeChoice(w.auto)}`);
+  if (w.phase) lines.push(`  boot phase: ${w.phase} since ${when(w.phaseAt)}`);
+  for (const b of boots)
+    lines.push(`    network boot ${new Date(b.at).toISOString()} (${b.platform}): ${b.decision}: ${b.why}`);
   const id = w.identity;
   if (!id) lines.push('  identity: none reported yet (it reports one after it is imaged in a session)');
   else {

@@ -5,6 +5,8 @@ import { discoveryEndpoint } from '../api/discovery.ts';
 import { localIPv4 } from './options.ts';
 import { VERSION, runCommand } from './output.ts';
 import { defaultDataDir } from './server-client.ts';
+import { UsageError } from '../errors.ts';
+import { KERNEL_ARGS } from '../server/pxe.ts';
 
 function listenAddress(value: string): { host: string; port: number } {
   const m = /^(?:(\d+\.\d+\.\d+\.\d+|\[[0-9a-fA-F:]+\]|localhost):)?(\d+)$/.exec(value);
@@ -21,6 +23,20 @@ function portRange(value: string): { firstPort: number; slots: number } {
   if (!m || a < 1024 || b > 65535 || b - a < 1)
     throw new InvalidArgumentError('FIRST-LAST within 1024-65535, e.g. 7750-7949');
   return { firstPort: a, slots: Math.floor((b - a + 1) / 2) };
+}
+
+function pxeRange(value: string): { start: string; end: string } {
+  const m = /^(\d+\.\d+\.\d+\.\d+),(\d+\.\d+\.\d+\.\d+)$/.exec(value.trim());
+  const ok = (ip: string) => ip.split('.').every((b) => Number(b) <= 255);
+  if (!m || !ok(m[1]!) || !ok(m[2]!))
+    throw new InvalidArgumentError('START,END: two IPv4 addresses, e.g. 10.0.9.100,10.0.9.199');
+  return { start: m[1]!, end: m[2]! };
+}
+
+function kernelArgs(value: string): string {
+  if (!KERNEL_ARGS.test(value.trim()))
+    throw new InvalidArgumentError('plain words (letters, digits, . _ , : = / + -) separated by spaces');
+  return value.trim();
 }
 
 export function addServerCommand(program: Command): void {
@@ -68,6 +84,34 @@ export function addServerCommand(program: Command): void {
       ),
     )
     .option('--name <name>', 'how this server names itself to workstations (default: host name)')
+    .option(
+      '--pxe',
+      'answer network boot requests (dnsmasq: proxy DHCP and TFTP) so workstations boot the imaging environment, or their own disk when there is nothing for them',
+    )
+    .addOption(
+      new Option(
+        '--pxe-mode <mode>',
+        "proxy: beside the site's DHCP server, hands out no address; dhcp: hands out --pxe-range (an isolated lab network)",
+      )
+        .choices(['proxy', 'dhcp'])
+        .default('proxy'),
+    )
+    .addOption(
+      new Option('--pxe-range <start,end>', 'with --pxe-mode dhcp: the addresses to hand out').argParser(
+        pxeRange,
+      ),
+    )
+    .option(
+      '--pxe-interface <iface>',
+      'the interface to answer network boots on (default: the only one with an IPv4 address)',
+    )
+    .option('--bootenv <dir>', 'the imaging environment network boots load (default DATA/bootenv)')
+    .addOption(
+      new Option(
+        '--boot-args <args>',
+        'kernel arguments the network-booted environment gets besides the server address (e.g. imgcast.done=poweroff)',
+      ).argParser(kernelArgs),
+    )
     .action(
       (o: {
         data?: string;
@@ -78,6 +122,12 @@ export function addServerCommand(program: Command): void {
         groups: string;
         discovery?: string;
         name?: string;
+        pxe?: boolean;
+        pxeMode: 'proxy' | 'dhcp';
+        pxeRange?: { start: string; end: string };
+        pxeInterface?: string;
+        bootenv?: string;
+        bootArgs?: string;
       }) =>
         runCommand(
           'imgcast',
@@ -85,6 +135,14 @@ export function addServerCommand(program: Command): void {
           async (signal) => {
             const { startServer } = await import('../server/server.ts');
             const dataDir = o.data ?? defaultDataDir();
+            if (!o.pxe && (o.pxeRange || o.pxeInterface || o.pxeMode !== 'proxy'))
+              throw new UsageError('--pxe-mode, --pxe-range and --pxe-interface go with --pxe');
+            if (o.pxe && o.pxeMode === 'dhcp' && !o.pxeRange)
+              throw new UsageError(
+                '--pxe-mode dhcp hands out addresses: give them with --pxe-range START,END',
+              );
+            if (o.pxeRange && o.pxeMode !== 'dhcp')
+              throw new UsageError('--pxe-range is for --pxe-mode dhcp; proxy mode hands out no address');
             const server = await startServer({
               dataDir,
               imagesDir: o.images,
@@ -98,6 +156,17 @@ export function addServerCommand(program: Command): void {
                 o.discovery === 'off'
                   ? undefined
                   : discoveryEndpoint({ IMGCAST_DISCOVERY: o.discovery ?? process.env.IMGCAST_DISCOVERY }),
+              ...(o.bootenv !== undefined ? { bootenvDir: o.bootenv } : {}),
+              ...(o.bootArgs !== undefined ? { kernelArgs: o.bootArgs } : {}),
+              ...(o.pxe
+                ? {
+                    pxe: {
+                      mode: o.pxeMode,
+                      ...(o.pxeRange ? { range: o.pxeRange } : {}),
+                      ...(o.pxeInterface !== undefined ? { interface: o.pxeInterface } : {}),
+                    },
+                  }
+                : {}),
             });
             const where =
               o.listen.host === '0.0.0.0'
@@ -112,6 +181,7 @@ export function addServerCommand(program: Command): void {
                 `    elsewhere: IMGCAST_TOKEN=$(cat ${server.adminTokenFile}) imgcast status -i THIS-SERVER`,
                 `  web console: ${server.url}/ (accounts: imgcast admin add NAME, password on stdin)`,
                 `  workstations: img session NAME [--server THIS-SERVER]`,
+                `  network boot: ${server.url}/boot/boot.ipxe (imaging environment in ${server.bootenvDir})${o.pxe ? `; answering PXE requests (${o.pxeMode === 'proxy' ? 'proxy DHCP' : 'DHCP'})` : ''}`,
                 '',
               ].join('\n'),
             );

@@ -23,6 +23,7 @@ import type { BootPlan } from './boot-entry.ts';
 import { checkRebootTarget, prepareBootNext } from './boot.ts';
 import { ClientError } from './errors.ts';
 import { registration } from './registration.ts';
+import { inBootEnvironment, phaseReporter, type PhaseReporter } from './phases.ts';
 import { master, type LiveCapture, type MasterResult } from './master.ts';
 import { chooseDisk, findServer, register } from './server-link.ts';
 
@@ -55,6 +56,8 @@ export interface SessionOptions {
   serverRetryMs?: number;
   /** Each piece of output of a post-imaging script, as it comes. */
   onScriptOutput?: (script: string, text: string) => void;
+  /** Report boot phases to the server (default: when IMGCAST_BOOTENV=1, the network-booted environment). */
+  bootPhases?: boolean;
 }
 
 export interface SessionResult {
@@ -81,7 +84,9 @@ export async function runSession(o: SessionOptions): Promise<SessionResult> {
   if (o.reboot) checkRebootTarget(disk);
   const { api, reg } = await register(server, inventory, o.signal);
   o.onNote?.(`server ${api.baseUrl}, this workstation is ${reg.name} (${inventory.mac}), target ${disk}`);
-  return takePart(api, o.session, disk, whoIs(inventory, o), o, true);
+  const phases = phaseReporter(api, o.bootPhases ?? inBootEnvironment(), o.warn);
+  phases.report('environment');
+  return takePart(api, o.session, disk, whoIs(inventory, o), o, true, phases);
 }
 
 export interface AutoOptions extends Omit<SessionOptions, 'session'> {
@@ -106,6 +111,8 @@ export async function runAuto(o: AutoOptions): Promise<AutoResult> {
   const inventory = await registration({ interface: o.interface });
   const { api, reg } = await register(server, inventory, o.signal);
   o.onNote?.(`server ${api.baseUrl}, this workstation is ${reg.name} (${inventory.mac})`);
+  const phases = phaseReporter(api, o.bootPhases ?? inBootEnvironment(), o.warn);
+  phases.report('environment');
   let disk = o.disk;
   if (o.reboot && disk !== undefined) checkRebootTarget(disk);
   let waited = '';
@@ -131,7 +138,7 @@ export async function runAuto(o: AutoOptions): Promise<AutoResult> {
       o.onNote?.(`target ${disk}`);
     }
     try {
-      const r = await takePart(api, choice.session, disk, whoIs(inventory, o), o, false);
+      const r = await takePart(api, choice.session, disk, whoIs(inventory, o), o, false, phases);
       return { ...r, role: 'client', why: choice.why, workstation: reg.name };
     } catch (err) {
       const sending =
@@ -182,13 +189,16 @@ async function takePart(
   who: Whois,
   o: Omit<SessionOptions, 'session'>,
   open: boolean,
+  phases: PhaseReporter,
 ): Promise<SessionResult> {
   const path = `/api/sessions/${encodeURIComponent(session)}`;
   // img session NAME opens a session nobody named yet, to wait there for its master.
   let view = await api.request<JoinView>('POST', `${path}/join${open ? '?open=true' : ''}`, {
     signal: o.signal,
   });
+  phases.report('joined');
   view = await waitForStart(api, path, view, o);
+  phases.report('imaging');
   const receiver = view.receiver!;
   const journalPath = await defaultJournal(disk);
   let lastReport = 0;
@@ -209,6 +219,8 @@ async function takePart(
     signal: o.signal,
     onProgress: (p) => {
       o.onProgress?.(p);
+      // Everything has arrived: what is left is the restore's own checks of the written disk.
+      if (p.totalChunks > 0 && p.chunks >= p.totalChunks) phases.report('verifying');
       const now = Date.now();
       if (now - lastReport >= 2000) {
         lastReport = now;
@@ -246,6 +258,7 @@ async function takePart(
   if (result.ok) {
     let after: PostImagingResult | undefined;
     if (view.identity && manifest) {
+      phases.report('identity');
       try {
         after = await postImaging(disk, manifest, {
           identity: {
@@ -292,6 +305,10 @@ async function takePart(
     // Only a disk written, verified and made this workstation's is booted into.
     const boot =
       o.reboot && manifest ? await prepareBootNext(disk, manifest, `imgcast ${view.session}`) : undefined;
+    if (boot) {
+      phases.report('rebooting');
+      await phases.flush();
+    }
     return {
       ...outcome,
       receive: result,

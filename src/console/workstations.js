@@ -168,6 +168,7 @@ export function WorkstationsPage() {
                   <th scope="col">Addresses</th>
                   <th scope="col">Hardware</th>
                   <th scope="col">Last seen</th>
+                  <th scope="col">Boot phase</th>
                   <th scope="col">img auto joins</th>
                 </tr>
               </thead>
@@ -182,6 +183,9 @@ export function WorkstationsPage() {
                     </td>
                     <td>${hardware(w)}</td>
                     <td>${when(w.lastSeenAt)}</td>
+                    <td data-phase=${w.phase ?? ''}>
+                      ${w.phase ? html`${w.phase} <span class="muted">· ${when(w.phaseAt)}</span>` : html`<span class="muted">—</span>`}
+                    </td>
                     <td>
                       ${c === undefined ? html`<span class="muted">…</span>` : c.session ? html`<a href=${`#/auto/${seg(c.session)}`}>${c.session}</a> <span class="muted">· ${c.why}</span>` : html`<span class="muted">${c.why}</span>`}
                     </td>

@@ -14,7 +14,11 @@ import {
   API_VERSION,
   AddRule,
   AutoChoice,
+  BootDecision,
   CreateAutoSession,
+  CreateTask,
+  PhaseReport,
+  Task,
   CreateSession,
   CreateWorkstation,
   EditWorkstation,
@@ -52,7 +56,9 @@ import type { Counters } from './counters.ts';
 import type { Db } from './db.ts';
 import { SERVER_ERROR_STATUS, ServerError } from './errors.ts';
 import type { ImageStore } from './images.ts';
+import type { NetBoot } from './netboot.ts';
 import type { SessionManager } from './sessions.ts';
+import type { Tasks } from './tasks.ts';
 import type { WorkstationIdentity, Workstations } from './workstations.ts';
 
 export type Access = 'public' | 'workstation' | 'admin' | 'workstation-or-admin';
@@ -77,6 +83,8 @@ export interface AppContext {
   sessions: SessionManager;
   auto: AutoSessions;
   workstations: Workstations;
+  tasks: Tasks;
+  netboot: NetBoot;
   counters: Counters;
   log: Logger;
   /** Upload routes and any other part that registers its own. */
@@ -431,6 +439,48 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
     async (req) => ctx.auto.removeWorkstation(req.params.ref),
   );
 
+  // --- one-off tasks and network boots
+  app.get(
+    '/api/tasks',
+    { config: admin, schema: { response: { 200: Type.Array(Task), ...errors } } },
+    async () => ctx.tasks.list(),
+  );
+  app.post(
+    '/api/tasks',
+    { config: admin, schema: { body: CreateTask, response: { 201: Task, ...errors } } },
+    async (req, reply) => {
+      const task = await ctx.tasks.add(req.body);
+      void reply.status(201);
+      return task;
+    },
+  );
+  app.delete(
+    '/api/tasks/:ref',
+    { config: admin, schema: { params: byWorkstation, response: { 200: Task, ...errors } } },
+    async (req) => ctx.tasks.remove(req.params.ref),
+  );
+  app.get(
+    '/api/boot/decisions',
+    {
+      config: admin,
+      schema: {
+        querystring: Type.Object(
+          {
+            limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })),
+            workstation: Type.Optional(Type.String({ minLength: 1, maxLength: 255 })),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: Type.Array(BootDecision), ...errors },
+      },
+    },
+    async (req) =>
+      ctx.netboot.recent(
+        req.query.limit ?? 100,
+        req.query.workstation === undefined ? undefined : ctx.workstations.get(req.query.workstation).mac,
+      ),
+  );
+
   const adminName = Type.Object({
     name: Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._@-]+$' }),
   });
@@ -504,6 +554,15 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
   const me = (req: FastifyRequest) => req.principal as Extract<Principal, { kind: 'workstation' }>;
   app.get('/api/auto', { config: ws, schema: { response: { 200: AutoChoice, ...errors } } }, async (req) =>
     ctx.auto.choose(me(req).id),
+  );
+  app.post(
+    '/api/workstations/me/phase',
+    { config: ws, schema: { body: PhaseReport, response: { 204: Type.Null(), ...errors } } },
+    async (req, reply) => {
+      await ctx.netboot.report(me(req).id, req.body.phase);
+      void reply.status(204);
+      return null;
+    },
   );
   app.post(
     '/api/sessions/:name/join',

@@ -19,11 +19,15 @@ import type {
 import { ServerError } from './errors.ts';
 import {
   chooseSession,
+  chooseWork,
   masterConflict,
   moveDown,
   moveUp,
   type AutoSessionView,
+  type Candidate,
+  type Choice,
   type SessionParticipants,
+  type TaskView,
 } from './participation.ts';
 import { describeRule, matches, parseRule, type Rule } from './rules.ts';
 import type { SessionManager } from './sessions.ts';
@@ -203,10 +207,25 @@ export class AutoSessions {
     }
   }
 
-  /** The automatic session this workstation joins and in which role, or none, with the reason. */
+  /**
+   * The session this workstation joins and in which role, or none, with the reason: a task
+   * queued for it first, then the automatic sessions.
+   */
   choose(workstation: string): AutoChoice {
-    const ws = this.#workstations.candidate(workstation);
-    return chooseSession(this.#views(), ws);
+    return this.chooseFor(this.#workstations.candidate(workstation));
+  }
+
+  /** choose() for a candidate the registry may not hold (a MAC that network-boots). */
+  chooseFor(ws: Candidate): Choice {
+    return chooseWork(this.#taskViews(), this.#views(), ws);
+  }
+
+  /** Tasks a workstation can take part in now (a stopped or interrupted one waits for the administrator). */
+  #taskViews(): TaskView[] {
+    return this.#sessions
+      .tasks()
+      .filter((t) => t.session.state === 'waiting' || t.session.state === 'sending')
+      .map((t) => ({ session: t.session.name, workstation: t.workstation, image: t.session.image }));
   }
 
   /**
@@ -253,6 +272,9 @@ export class AutoSessions {
               : [],
         );
       const runs = this.#sessions.runsOf(id).map((s) => `taking part in the run of ${s}`);
+      const task = this.#sessions.taskOf(id);
+      if (task && !runs.some((r) => r.endsWith(task.name)))
+        uses.push(`the workstation of task ${task.name} (imgcast task rm ${name})`);
       if (uses.length + runs.length > 0) {
         throw new ServerError(
           'E_WORKSTATION_IN_USE',

@@ -30,6 +30,9 @@ export interface WorkstationTable {
   last_seen_at: number | null;
   /** JSON ReportedIdentity: what it applied to its restored system after its last imaging; null until then. */
   identity: string | null;
+  /** The last boot phase (netboot, environment, joined, … up) and when it was reached; null until one is. */
+  phase: string | null;
+  phase_at: number | null;
 }
 
 export interface SessionTable {
@@ -70,6 +73,12 @@ export interface SessionTable {
   names: string | null;
   /** JSON: post-imaging scripts, [{name, content}], run by every workstation after its restore. */
   scripts: string;
+  /**
+   * When what a run puts on a disk was last defined (image, file set, master, who takes part,
+   * names, scripts); null: since created_at. A workstation imaged by the session after this
+   * is not imaged again when it network-boots.
+   */
+  defined_at: number | null;
 }
 
 export interface SessionClientTable {
@@ -102,6 +111,26 @@ export interface HistoryTable {
   clients: string;
 }
 
+/** The last time each workstation was imaged successfully by each session (the network boot's memory). */
+export interface SuccessTable {
+  session: string;
+  workstation: string;
+  at: number;
+}
+
+/** Every answer to a network boot request: what the server told which MAC, and why. */
+export interface BootDecisionTable {
+  id: Generated<number>;
+  at: number;
+  mac: string;
+  /** The workstation's id when it is known to the server. */
+  workstation: string | null;
+  platform: string;
+  decision: string;
+  session: string | null;
+  why: string;
+}
+
 export interface CounterTable {
   name: string;
   value: number;
@@ -130,6 +159,8 @@ export interface Schema {
   sessions: SessionTable;
   session_clients: SessionClientTable;
   history: HistoryTable;
+  successes: SuccessTable;
+  boot_decisions: BootDecisionTable;
   counters: CounterTable;
   admins: AdminTable;
   logins: LoginTable;
@@ -205,6 +236,20 @@ export const MIGRATIONS: readonly (readonly string[])[] = [
   [
     `ALTER TABLE sessions ADD COLUMN names TEXT`,
     `ALTER TABLE sessions ADD COLUMN scripts TEXT NOT NULL DEFAULT '[]'`,
+  ],
+  // 7: network boot: each workstation's boot phase, when a session's definition last changed,
+  // who each session imaged successfully, and every boot decision.
+  [
+    `ALTER TABLE workstations ADD COLUMN phase TEXT`,
+    `ALTER TABLE workstations ADD COLUMN phase_at BIGINT`,
+    `ALTER TABLE sessions ADD COLUMN defined_at BIGINT`,
+    `CREATE TABLE successes (
+       session TEXT NOT NULL, workstation TEXT NOT NULL, at BIGINT NOT NULL,
+       PRIMARY KEY (session, workstation))`,
+    `CREATE TABLE boot_decisions (
+       id INTEGER PRIMARY KEY, at BIGINT NOT NULL, mac TEXT NOT NULL, workstation TEXT,
+       platform TEXT NOT NULL, decision TEXT NOT NULL, session TEXT, why TEXT NOT NULL)`,
+    `CREATE INDEX boot_decisions_mac ON boot_decisions (mac, id)`,
   ],
 ];
 

@@ -37,7 +37,16 @@ export interface Candidate extends RuleSubject {
 }
 
 export type Choice =
-  { session: string; role: 'master' | 'client'; why: string } | { session: null; why: string };
+  | { session: string; role: 'master' | 'client'; why: string; task?: boolean }
+  | { session: null; why: string };
+
+/** A one-off task (imgcast task add): the session that carries it out, for one workstation. */
+export interface TaskView {
+  session: string;
+  /** The workstation's id. */
+  workstation: string;
+  image: string;
+}
 
 const MAC_LIKE = /^[0-9a-f]{2}(?:[:-]?[0-9a-f]{2}){5}$/i;
 
@@ -141,6 +150,29 @@ export function chooseSession(sessions: readonly AutoSessionView[], ws: Candidat
   return {
     session: null,
     why: `${ws.name} qualifies for none of the enabled automatic sessions (${placed(names)})${note}`,
+  };
+}
+
+/**
+ * What a workstation does when it asks (img auto, a network boot): a task queued for it comes
+ * before every automatic session, since the administrator named this very workstation for it;
+ * otherwise chooseSession decides.
+ */
+export function chooseWork(
+  tasks: readonly TaskView[],
+  sessions: readonly AutoSessionView[],
+  ws: Candidate,
+): Choice {
+  const task = tasks.find((t) => t.workstation === ws.id);
+  if (!task) return chooseSession(sessions, ws);
+  const auto = chooseSession(sessions, ws);
+  const passed =
+    auto.session === null ? '' : `; it comes before ${auto.session}, which it also qualifies for`;
+  return {
+    session: task.session,
+    role: 'client',
+    task: true,
+    why: `a one-off task queued for it: image ${task.image}${passed}`,
   };
 }
 

@@ -16,6 +16,10 @@ import { adminToken } from './auth.ts';
 import { consoleRoutes } from './console.ts';
 import { liveRoutesWith, type LiveOptions } from './events.ts';
 import { imageRoutes } from './image-routes.ts';
+import { bootRoutesWith } from './boot-routes.ts';
+import { NetBoot } from './netboot.ts';
+import { startPxe, type PxeOptions } from './pxe.ts';
+import { Tasks } from './tasks.ts';
 import { AutoSessions } from './auto-sessions.ts';
 import { Counters } from './counters.ts';
 import { openDatabase, type Db } from './db.ts';
@@ -53,6 +57,12 @@ export interface ServerOptions {
   live?: LiveOptions;
   /** Discovery responder on this group:port (undefined: none). */
   discovery?: { group: string; port: number };
+  /** The imaging environment network boots load (default DATA/bootenv). */
+  bootenvDir?: string;
+  /** Kernel arguments the network-booted environment gets besides the server's. */
+  kernelArgs?: string;
+  /** Answer network boot requests (dnsmasq as a supervised child); undefined: the HTTP routes only. */
+  pxe?: Omit<PxeOptions, 'httpPort' | 'log'>;
 }
 
 export interface RunningServer {
@@ -65,6 +75,7 @@ export interface RunningServer {
   adminTokenCreated: boolean;
   dataDir: string;
   imagesDir: string;
+  bootenvDir: string;
   close(): Promise<void>;
 }
 
@@ -90,6 +101,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const dataDir = resolve(o.dataDir);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const imagesDir = resolve(o.imagesDir ?? join(dataDir, 'images'));
+  const bootenvDir = resolve(o.bootenvDir ?? join(dataDir, 'bootenv'));
   const range = o.range ?? DEFAULT_RANGE;
   checkRange(range);
   const log = o.logger ?? pino({ level: process.env.IMGCAST_LOG_LEVEL ?? 'info' });
@@ -119,6 +131,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     });
     await sessions.start();
     cleanup.unshift(() => sessions.close());
+    const auto = new AutoSessions(sessions, workstations);
     const ctx: AppContext = {
       name: o.name ?? hostname(),
       version: o.version,
@@ -127,14 +140,17 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       adminToken: token.token,
       images,
       sessions,
-      auto: new AutoSessions(sessions, workstations),
+      auto,
       workstations,
+      tasks: new Tasks(sessions, workstations),
+      netboot: new NetBoot({ db, sessions, auto, workstations, log }),
       counters,
       log,
       plugins: [
         uploadRoutesWith(o.uploads),
         liveRoutesWith(o.live),
         imageRoutes,
+        bootRoutesWith({ bootenvDir, kernelArgs: o.kernelArgs }),
         consoleRoutes,
         ...(o.plugins ?? []),
       ],
@@ -163,6 +179,10 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       });
       cleanup.unshift(() => responder.close());
     }
+    if (o.pxe) {
+      const pxe = await startPxe({ ...o.pxe, httpPort: port, log: log.child({ part: 'pxe' }) });
+      cleanup.unshift(() => pxe.close());
+    }
     let closed: Promise<void> | undefined;
     return {
       url,
@@ -174,6 +194,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       adminTokenCreated: token.created,
       dataDir,
       imagesDir,
+      bootenvDir,
       close: () => (closed ??= runAll(cleanup)),
     };
   } catch (err) {

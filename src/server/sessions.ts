@@ -202,6 +202,8 @@ export class SessionManager {
   #closing = false;
   /** Who watches the sessions change (the console's live status); see onChange. */
   #listeners = new Set<() => void>();
+  /** When each session last imaged each workstation successfully: "session\nworkstation" → time. */
+  #successes = new Map<string, number>();
 
   constructor(o: SessionManagerOptions) {
     this.#o = o;
@@ -210,6 +212,8 @@ export class SessionManager {
 
   /** Loads sessions; marks those that were sending when the server stopped as interrupted. */
   async start(): Promise<void> {
+    for (const r of await this.#o.db.selectFrom('successes').selectAll().execute())
+      this.#successes.set(`${r.session}\n${r.workstation}`, Number(r.at));
     const rows = await this.#o.db.selectFrom('sessions').selectAll().execute();
     for (const row of rows) {
       const clients = await this.#o.db
@@ -335,6 +339,7 @@ export class SessionManager {
       level: null,
       names: checkTemplate(req.names),
       scripts: JSON.stringify(req.scripts ?? []),
+      defined_at: now,
     };
     // Checked again here: two creates of one name may race through the await above.
     if (this.#live.has(req.name)) {
@@ -422,6 +427,7 @@ export class SessionManager {
       level: null,
       names: null,
       scripts: '[]',
+      defined_at: now,
     };
     const live: Live = { row, clients: new Map(), version: 1, waiters: new Set(), dirty: false, rules: [] };
     this.#live.set(name, live);
@@ -446,6 +452,113 @@ export class SessionManager {
       });
     }
     return image.name;
+  }
+
+  // --- one-off tasks ------------------------------------------------------------------------
+
+  /**
+   * A one-off task: a session of its own that images one workstation with an image, starting
+   * as soon as that workstation joins. img auto gives it precedence (participation.chooseWork);
+   * it is deleted once its run succeeds (its history stays) and reopened when the run fails.
+   */
+  async createTask(req: {
+    workstation: string;
+    image: string;
+    fileset?: number;
+    scripts?: PostImagingScript[];
+  }): Promise<Session> {
+    const name = taskSession(req.workstation);
+    if (this.#live.has(name)) {
+      throw new ServerError(
+        'E_SESSION_EXISTS',
+        this.#live.get(name)!.row.origin === 'task'
+          ? `${this.#brief(req.workstation).name} has a task queued already (imgcast task rm removes it)`
+          : `a session named ${name}, not a task, is in the way (imgcast stop ${name} --delete)`,
+        { session: name, workstation: this.#brief(req.workstation).name },
+      );
+    }
+    const image = await this.#checkImage(req.image);
+    if (this.#live.has(name)) {
+      throw new ServerError('E_SESSION_EXISTS', `a session named ${name} already exists`, { session: name });
+    }
+    const now = this.#now();
+    const row: SessionTable = {
+      name,
+      image,
+      fileset: req.fileset ?? 1,
+      client_count: 1,
+      wait_ms: 0,
+      state: 'waiting',
+      run: 1,
+      group_addr: null,
+      port: null,
+      created_at: now,
+      started_at: null,
+      finished_at: null,
+      last_join_at: null,
+      message: null,
+      first_data_at: null,
+      auto: 0,
+      enabled: 1,
+      position: null,
+      master: null,
+      delete_when_done: 1,
+      members: JSON.stringify([req.workstation]),
+      rules: '[]',
+      origin: 'task',
+      start_by: 'count',
+      level: null,
+      names: null,
+      scripts: JSON.stringify(req.scripts ?? []),
+      defined_at: now,
+    };
+    const live: Live = { row, clients: new Map(), version: 1, waiters: new Set(), dirty: false, rules: [] };
+    this.#live.set(name, live);
+    try {
+      await this.#o.db.insertInto('sessions').values(row).execute();
+    } catch (err) {
+      this.#live.delete(name);
+      throw err;
+    }
+    this.#o.log.info({ session: name, image, workstation: req.workstation }, 'task queued');
+    this.#notify();
+    return this.#view(live);
+  }
+
+  /** The tasks queued (waiting, sending, or failed and queued again), oldest first. */
+  tasks(): Array<{ session: Session; workstation: string }> {
+    return [...this.#live.values()]
+      .filter((l) => l.row.origin === 'task')
+      .sort((a, b) => a.row.created_at - b.row.created_at)
+      .map((l) => ({ session: this.#view(l), workstation: (JSON.parse(l.row.members) as string[])[0]! }));
+  }
+
+  /** The task queued for a workstation, if any. */
+  taskOf(workstation: string): Session | undefined {
+    const live = this.#live.get(taskSession(workstation));
+    return live?.row.origin === 'task' ? this.#view(live) : undefined;
+  }
+
+  /** When `session` last imaged `workstation` successfully; null: never. */
+  imagedAt(session: string, workstation: string): number | null {
+    return this.#successes.get(`${session}\n${workstation}`) ?? null;
+  }
+
+  /** When the definition of `session` last changed (see SessionTable.defined_at). */
+  definedAt(session: string): number | null {
+    const row = this.#live.get(session)?.row;
+    if (!row) return null;
+    return Number(row.defined_at ?? row.created_at);
+  }
+
+  async #succeeded(session: string, workstation: string): Promise<void> {
+    const at = this.#now();
+    await this.#o.db
+      .insertInto('successes')
+      .values({ session, workstation, at })
+      .onConflict((oc) => oc.columns(['session', 'workstation']).doUpdateSet({ at }))
+      .execute();
+    this.#successes.set(`${session}\n${workstation}`, at);
   }
 
   /** The automatic sessions in list order. */
@@ -498,6 +611,8 @@ export class SessionManager {
     if (patch.deleteWhenDone !== undefined) row.delete_when_done = patch.deleteWhenDone ? 1 : 0;
     if (patch.members !== undefined) row.members = JSON.stringify(patch.members);
     if (patch.rules !== undefined) row.rules = JSON.stringify(patch.rules);
+    // Who takes part changed: a workstation it imaged before may be one it is now meant for anew.
+    if (patch.members !== undefined || patch.rules !== undefined) row.defined_at = this.#now();
     const { name: _n, ...rest } = row;
     await this.#o.db.updateTable('sessions').set(rest).where('name', '=', name).execute();
     live.row = row;
@@ -597,6 +712,15 @@ export class SessionManager {
     if (req.deleteWhenDone !== undefined) row.delete_when_done = req.deleteWhenDone ? 1 : 0;
     if (req.names !== undefined) row.names = req.names === '' ? null : checkTemplate(req.names);
     if (req.scripts !== undefined) row.scripts = JSON.stringify(req.scripts);
+    // What a run puts on a disk changed: the workstations it imaged are due again.
+    if (
+      image !== undefined ||
+      req.master !== undefined ||
+      req.fileset !== undefined ||
+      req.names !== undefined ||
+      req.scripts !== undefined
+    )
+      row.defined_at = this.#now();
     live.row = row;
     await this.#save(live);
     this.#changed(live);
@@ -755,6 +879,14 @@ export class SessionManager {
         'E_SESSION_ROLE',
         `this workstation is the master of session ${name}: it sends its disk (img session ${name} master), it does not receive`,
         { session: name },
+      );
+    }
+    const taskFor = live.row.origin === 'task' ? (JSON.parse(live.row.members) as string[])[0] : undefined;
+    if (taskFor !== undefined && taskFor !== ws.id) {
+      throw new ServerError(
+        'E_NOT_QUALIFIED',
+        `session ${name} is a one-off task for ${this.#brief(taskFor).name}; no other workstation joins it`,
+        { session: name, workstation: ws.name },
       );
     }
     // A session workstations opened among themselves takes a new run when they come back to it.
@@ -922,6 +1054,7 @@ export class SessionManager {
     if (r.state === 'ok' || r.state === 'failed') {
       this.#finishClient(c, r.state, r.code ?? null, r.message ?? null);
       await this.#saveClient(c);
+      if (r.state === 'ok') await this.#succeeded(name, workstation);
       this.#changed(live);
       await this.#maybeEnd(live);
     } else {
@@ -1493,9 +1626,21 @@ export class SessionManager {
     this.#o.log.info({ session: live.row.name, run: live.row.run, state, message }, 'session ended');
     this.#changed(live);
     // A run of an automatic session that sent has finished: it goes, or takes the next workstations.
-    if (live.row.auto === 1 && (state === 'done' || state === 'failed') && live.row.started_at !== null) {
+    // A task is done once its run succeeds; a failed one stays queued, saying why.
+    const task = live.row.origin === 'task';
+    if (
+      (live.row.auto === 1 || task) &&
+      (state === 'done' || state === 'failed') &&
+      live.row.started_at !== null
+    ) {
       if (this.#closing) return;
-      if (live.row.delete_when_done === 1) {
+      if (task && state === 'failed') {
+        const why = [...live.clients.values()].find((c) => c.state !== 'ok')?.reason ?? message;
+        await this.#reopen(live);
+        live.row.message = `queued again: the last run failed${why ? `: ${why}` : ''}`;
+        await this.#save(live);
+        this.#changed(live);
+      } else if (live.row.delete_when_done === 1) {
         live.last = { run: live.row.run, state, message, clients: live.clients };
         live.clients = new Map();
         await this.#remove(live);
@@ -1575,7 +1720,7 @@ export class SessionManager {
       .map((c) => clientView(c));
     return {
       name: r.name,
-      origin: r.origin === 'workstation' ? 'workstation' : 'server',
+      origin: r.origin === 'workstation' || r.origin === 'task' ? r.origin : 'server',
       startBy: r.start_by as StartBy,
       master: this.#masterInfo(live),
       names: r.names,
@@ -1616,6 +1761,11 @@ export class SessionManager {
       rules: live.rules.map((r) => ({ text: r.text, description: r.description, valid: r.rule !== null })),
     };
   }
+}
+
+/** The session that carries out a workstation's one-off task. */
+export function taskSession(workstation: string): string {
+  return `task-${workstation}`;
 }
 
 /** The template as stored, or E_BAD_REQUEST saying where it is wrong. */

@@ -9,6 +9,7 @@
  */
 import type {
   AppliedIdentity,
+  BootPhase,
   CreateWorkstation,
   EditWorkstation,
   Imported,
@@ -108,6 +109,8 @@ export class Workstations {
       registered_at: old?.registered_at ?? now,
       last_seen_at: now,
       identity: old?.identity ?? null,
+      phase: old?.phase ?? null,
+      phase_at: old?.phase_at ?? null,
     };
     if (old) {
       const { id: _id, ...rest } = row;
@@ -206,6 +209,48 @@ export class Workstations {
       model: '',
       serial: '',
     };
+  }
+
+  /**
+   * What rules see of a MAC that network-boots: the registered or created workstation, or, for
+   * a MAC the server has never seen, the MAC alone (rules on it match; rules on hardware wait
+   * for img auto to register it).
+   */
+  bootCandidate(mac: string, address: string | null): { candidate: Candidate; known: boolean } {
+    const id = macDigits(mac);
+    if (this.#byId.has(id)) return { candidate: this.candidate(id), known: true };
+    const m = normalMac(mac) ?? mac;
+    return {
+      known: false,
+      candidate: {
+        id,
+        name: m,
+        mac: m,
+        addresses: address === null ? [] : [address],
+        diskBytes: 0,
+        memoryBytes: 0,
+        cores: 0,
+        cpu: '',
+        vendor: '',
+        model: '',
+        serial: '',
+      },
+    };
+  }
+
+  /** The last boot phase of a workstation, or null (and undefined for one the server does not know). */
+  phaseOf(id: string): BootPhase | null | undefined {
+    const row = this.#byId.get(id);
+    return row ? (row.phase as BootPhase | null) : undefined;
+  }
+
+  /** Records a boot phase; a workstation the server does not know is left alone. */
+  async setPhase(id: string, phase: BootPhase): Promise<void> {
+    const row = this.#byId.get(id);
+    if (!row) return;
+    const at = this.#now();
+    await this.#db.updateTable('workstations').set({ phase, phase_at: at }).where('id', '=', id).execute();
+    Object.assign(row, { phase, phase_at: at });
   }
 
   /** Creates a workstation before it registers (it gets its token then). */
@@ -484,6 +529,8 @@ function preCreated(name: string, mac: string, ip: string | null, now: number): 
     registered_at: null,
     last_seen_at: null,
     identity: null,
+    phase: null,
+    phase_at: null,
   };
 }
 
@@ -503,5 +550,7 @@ function view(r: WorkstationTable): Workstation {
     lastSeenAt: num(r.last_seen_at),
     inventory: r.inventory === null ? null : (JSON.parse(r.inventory) as Inventory),
     identity: r.identity === null ? null : (JSON.parse(r.identity) as ReportedIdentity),
+    phase: r.phase as BootPhase | null,
+    phaseAt: num(r.phase_at),
   };
 }

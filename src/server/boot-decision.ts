@@ -1,0 +1,55 @@
+/**
+ * What a network-booting workstation is told: boot the imaging environment ("image") or its
+ * own disk ("local"), with the reason in words. Pure: the caller gives what the server knows.
+ *
+ * Labs stay network-first for good, so "image" must mean there is work for this machine now:
+ * a task queued for it always is; an automatic session that takes it is, unless it already
+ * imaged this workstation successfully after the session's definition last changed (otherwise
+ * every reboot of an imaged lab would image it again). A MAC the server has never seen is
+ * imaged when a session's rules take it by what a boot request shows (its MAC, its address): it
+ * registers itself once img auto runs in the environment.
+ */
+import type { Choice } from './participation.ts';
+
+export interface BootFacts {
+  /** The MAC as the firmware gave it. */
+  mac: string;
+  /** The workstation is registered or created on the server. */
+  known: boolean;
+  /** What it would do when it asks (chooseWork: a task first, then the automatic sessions). */
+  choice: Choice;
+  /** When the chosen session last imaged this workstation successfully; null: never. */
+  imagedAt: number | null;
+  /** When the chosen session's definition (what it puts on a disk, who takes part) last changed. */
+  definedAt: number | null;
+}
+
+export type BootDecision =
+  { action: 'image'; session: string; why: string } | { action: 'local'; session: null; why: string };
+
+export function decideBoot(f: BootFacts): BootDecision {
+  const c = f.choice;
+  if (c.session === null) {
+    return {
+      action: 'local',
+      session: null,
+      why: f.known
+        ? `nothing queued for it: ${c.why}`
+        : `unknown workstation ${f.mac} matching no rule: ${c.why}`,
+    };
+  }
+  if (c.task === true) return { action: 'image', session: c.session, why: `task ${c.session}: ${c.why}` };
+  if (c.role === 'master') return { action: 'image', session: c.session, why: c.why };
+  if (f.imagedAt !== null && (f.definedAt === null || f.imagedAt >= f.definedAt)) {
+    return {
+      action: 'local',
+      session: null,
+      why: `already imaged by ${c.session} (${new Date(f.imagedAt).toISOString()}) and the session has not changed since`,
+    };
+  }
+  return {
+    action: 'image',
+    session: c.session,
+    why: f.known ? c.why : `${c.why}; not registered yet: it registers when img auto runs`,
+  };
+}
