@@ -272,6 +272,9 @@ export class AutoSessions {
               : [],
         );
       const runs = this.#sessions.runsOf(id).map((s) => `taking part in the run of ${s}`);
+      const task = this.#sessions.taskOf(id);
+      if (task && !runs.some((r) => r.endsWith(task.name)))
+        uses.push(`the workstation of task ${task.name} (imgcast task rm ${name})`);
       if (uses.length + runs.length > 0) {
         throw new ServerError(
           'E_WORKSTATION_IN_USE',

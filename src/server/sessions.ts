@@ -471,7 +471,9 @@ export class SessionManager {
     if (this.#live.has(name)) {
       throw new ServerError(
         'E_SESSION_EXISTS',
-        `${this.#brief(req.workstation).name} has a task queued already (imgcast task rm removes it)`,
+        this.#live.get(name)!.row.origin === 'task'
+          ? `${this.#brief(req.workstation).name} has a task queued already (imgcast task rm removes it)`
+          : `a session named ${name}, not a task, is in the way (imgcast stop ${name} --delete)`,
         { session: name, workstation: this.#brief(req.workstation).name },
       );
     }

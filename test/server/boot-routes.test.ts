@@ -362,6 +362,9 @@ test('a failed task run keeps the task queued and says why; task rm removes it',
   );
 
   await refused(f, 'E_WORKSTATION_UNKNOWN', 404, 'DELETE', '/api/tasks/52:54:00:ff:00:09');
+  // Its workstation is not forgotten while the task waits for it.
+  const inUse = await refused(f, 'E_WORKSTATION_IN_USE', 409, 'DELETE', '/api/workstations/lab4-01');
+  assert.match(inUse.message, /the workstation of task task-525400ff0001 \(imgcast task rm lab4-01\)/);
   const removed = await ok<Task>(f, 'DELETE', '/api/tasks/lab4-01');
   assert.equal(removed.session, 'task-525400ff0001');
   assert.deepEqual(await ok<Task[]>(f, 'GET', '/api/tasks'), []);
