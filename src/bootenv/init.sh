@@ -16,14 +16,29 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 export TERM=linux
 
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
-mount -t tmpfs -o mode=0755 run /run
-mount -t tmpfs -o mode=1777 tmp /tmp
-exec </dev/console >/dev/console 2>&1
+if [ -z "$IMGCAST_TEED" ]; then
+  mount -t proc proc /proc
+  mount -t sysfs sysfs /sys
+  mount -t devtmpfs devtmpfs /dev
+  mkdir -p /dev/pts /dev/shm
+  mount -t devpts devpts /dev/pts
+  mount -t tmpfs -o mode=0755 run /run
+  mount -t tmpfs -o mode=1777 tmp /tmp
+  # /dev/console is only the last console= of the command line, and the server names two (the
+  # screen and the first serial port, console=ttyS0 console=tty0): what init and img say goes
+  # to every active console, through tee, with this script run again under it.
+  set --
+  for c in $(cat /sys/class/tty/console/active 2>/dev/null); do
+    [ -c "/dev/$c" ] && set -- "$@" "/dev/$c"
+  done
+  if [ $# -gt 1 ]; then
+    export IMGCAST_TEED=1
+    /bin/sh /init </dev/console 2>&1 | tee "$@" >/dev/null
+    # The script under tee ends the machine or stays in its shell; this is only a last resort.
+    while true; do setsid cttyhack sh -l; done
+  fi
+  exec </dev/console >/dev/console 2>&1
+fi
 
 say() { echo "imgcast: $*"; }
 
