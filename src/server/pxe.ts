@@ -10,14 +10,29 @@
  * server's /boot/boot.ipxe. DHCP mode hands out addresses from a range, for an isolated lab.
  *
  * dnsmasq that dies is started again after a growing pause; its log goes to the server's.
+ *
+ * A server killed outright (SIGKILL, OOM) must not leave dnsmasq holding ports 67/69 and
+ * answering boots for a server that is gone. Two layers see to it:
+ * - a watchdog per dnsmasq: a tiny `sh` whose stdin is a pipe from the server, reading nothing;
+ *   the kernel closes the pipe however the server ends, and the watchdog then stops that dnsmasq
+ *   (only if it is still that process: pid and start time) and removes the temporary directory
+ *   and the state record. It runs in a session of its own, so a signal to the server's process
+ *   group (Ctrl-C) does not take it too. (prctl PR_SET_PDEATHSIG would need native code, and
+ *   dnsmasq's switch to the nobody user clears it anyway.)
+ * - a state record per server in /run/imgcast/pxe (the server's and dnsmasq's pid and start
+ *   time, and the directory), removed on a clean stop; the next `--pxe` start, before it checks
+ *   the ports, stops the dnsmasq of every record whose server is gone and removes what it left,
+ *   for when the watchdog was killed too. Records of live servers (another namespace) are left.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { existsSync, rmSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmod, mkdir, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { networkInterfaces, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 
+import { ownedTempDir, runAlive, runStateDir, runTag, tagOf, type RunTag } from '../disk/owner.ts';
 import { ImgcastError } from '../errors.ts';
 
 export type PxeMode = 'proxy' | 'dhcp';
@@ -35,6 +50,8 @@ export interface PxeOptions {
   dnsmasq?: string;
   /** Where Debian's ipxe package keeps its images. */
   ipxeDir?: string;
+  /** Where the record of each server's dnsmasq is kept (default /run/imgcast/pxe). */
+  stateDir?: string;
 }
 
 export interface PxeConfigInput {
@@ -230,6 +247,141 @@ export async function checkPorts(ports: readonly number[]): Promise<void> {
   }
 }
 
+// --- what a killed server leaves: its dnsmasq, its directory ---------------------------------
+
+const TEMP_PREFIX = 'imgcast-pxe-';
+const RECORD_RE = /^dnsmasq@(\d+\.\d+)\.json$/;
+
+/** What a running `--pxe` server has started, for the next one to undo if it dies. */
+interface PxeRecord {
+  v: 1;
+  /** The server: pid.start (owner.ts's run tag). */
+  server: RunTag;
+  /** Its dnsmasq as last started, pid.start; null before it is. */
+  dnsmasq: RunTag | null;
+  /** Its temporary directory. */
+  dir: string;
+}
+
+async function pxeStateDir(given?: string): Promise<string> {
+  return given ?? join(await runStateDir(), 'pxe');
+}
+
+/** Field 22 of /proc/PID/stat (clock ticks after boot), read at once: null when there is no such process. */
+function startTicks(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces and parentheses: count from its last ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** Written aside and renamed, synchronously (an exit handler may call it): never half a record. */
+function writeRecord(file: string, r: PxeRecord): void {
+  mkdirSync(join(file, '..'), { recursive: true, mode: 0o755 });
+  writeFileSync(`${file}.new`, `${JSON.stringify(r)}\n`, { mode: 0o644 });
+  renameSync(`${file}.new`, file);
+}
+
+async function stopProcess(tag: RunTag): Promise<boolean> {
+  const pid = Number(tag.split('.')[0]);
+  for (const [signal, waitMs] of [
+    ['SIGTERM', 3000],
+    ['SIGKILL', 2000],
+  ] as const) {
+    if (!(await runAlive(tag))) return true;
+    try {
+      process.kill(pid, signal);
+    } catch {
+      return !(await runAlive(tag));
+    }
+    for (let waited = 0; waited < waitMs && (await runAlive(tag)); waited += 50) await sleep(50);
+  }
+  return !(await runAlive(tag));
+}
+
+/**
+ * Undoes what `imgcast server --pxe` runs that are gone left behind: stops their dnsmasq (when
+ * still that process), removes their temporary directories and records. Returns one line per
+ * server undone; records of live servers are left alone.
+ */
+export async function recoverPxe(o: { stateDir?: string; log?: PxeOptions['log'] } = {}): Promise<string[]> {
+  const dir = await pxeStateDir(o.stateDir);
+  const done: string[] = [];
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const file = join(dir, name);
+    if (name.endsWith('.new')) {
+      // Never renamed into place: its writer died, or is writing it now (then it is alive).
+      const tag = RECORD_RE.exec(name.slice(0, -'.new'.length))?.[1];
+      if (tag && !(await runAlive(tag))) await rm(file, { force: true });
+      continue;
+    }
+    const tag = RECORD_RE.exec(name)?.[1];
+    if (!tag || (await runAlive(tag))) continue;
+    let r: PxeRecord | null = null;
+    try {
+      r = JSON.parse(await readFile(file, 'utf8')) as PxeRecord;
+    } catch {
+      // Unreadable (edited by hand): nothing in it to undo.
+    }
+    let line = `the imgcast server --pxe ${tag.split('.')[0]} is gone`;
+    if (r?.dnsmasq) {
+      const pid = r.dnsmasq.split('.')[0];
+      if (!(await runAlive(r.dnsmasq))) line += `; its dnsmasq ${pid} too`;
+      else if (await stopProcess(r.dnsmasq)) line += `; stopped its dnsmasq ${pid}`;
+      else {
+        // Still there: keep the record, so the port check says why and a later start tries again.
+        o.log?.warn({ record: file }, `${line}; its dnsmasq ${pid} did not stop`);
+        continue;
+      }
+    }
+    if (r?.dir && basename(r.dir).startsWith(TEMP_PREFIX)) {
+      await rm(r.dir, { recursive: true, force: true });
+      line += `; removed ${r.dir}`;
+    }
+    await rm(file, { force: true });
+    o.log?.warn({ record: file }, line);
+    done.push(line);
+  }
+  // Directories of servers killed before their record was written.
+  for (const name of await readdir(tmpdir()).catch(() => [] as string[])) {
+    const tag = tagOf(name, TEMP_PREFIX);
+    if (tag && !(await runAlive(tag))) await rm(join(tmpdir(), name), { recursive: true, force: true });
+  }
+  return done;
+}
+
+/**
+ * The watchdog of one dnsmasq ($1 pid, $2 start time): waits for the end of its stdin (the
+ * server's end of the pipe closes with the server, however it ends), then stops dnsmasq if it
+ * is still that process, waits for it to go, and removes the directory ($3) and record ($4).
+ * The server kills it (SIGKILL) before it stops dnsmasq itself.
+ */
+const WATCHDOG = [
+  "trap '' INT HUP",
+  'read -r _',
+  'start=$(cut -d" " -f22 "/proc/$1/stat" 2>/dev/null) && [ "$start" = "$2" ] && kill -TERM "$1"',
+  'i=0',
+  'while [ "$(cut -d" " -f22 "/proc/$1/stat" 2>/dev/null)" = "$2" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done',
+  'rm -rf -- "$3" "$4"',
+].join('\n');
+
+function startWatchdog(dnsmasq: RunTag, dir: string, record: string): ChildProcess {
+  const [pid, start] = dnsmasq.split('.') as [string, string];
+  const w = spawn('sh', ['-c', WATCHDOG, 'imgcast-pxe-watchdog', pid, start, dir, record], {
+    stdio: ['pipe', 'ignore', 'ignore'],
+    detached: true,
+  });
+  // Nothing is ever written to it: its end is the message. Neither it nor the pipe holds the server up.
+  w.stdin!.on('error', () => {});
+  w.on('error', () => {});
+  w.unref();
+  (w.stdin as unknown as { unref?: () => void }).unref?.();
+  return w;
+}
+
 export interface RunningPxe {
   interface: string;
   address: string;
@@ -253,18 +405,26 @@ export async function startPxe(o: PxeOptions): Promise<RunningPxe> {
       { dir: ipxeDir },
     );
   }
+  // Before the ports are checked: a dnsmasq a killed server left would hold them.
+  await recoverPxe({ stateDir: o.stateDir, log: o.log });
   await checkPorts(pxePorts(o.mode));
-  const dir = await mkdtemp(join(tmpdir(), 'imgcast-pxe-'));
+  const me = await runTag();
+  const record = join(await pxeStateDir(o.stateDir), `dnsmasq@${me}.json`);
+  const dir = await ownedTempDir(tmpdir(), TEMP_PREFIX);
   // A crash of the whole process must not leave the directory or the child behind either.
   let child: ChildProcess | undefined;
+  let watchdog: ChildProcess | undefined;
   const onExit = () => {
+    watchdog?.kill('SIGKILL');
     child?.kill('SIGTERM');
     rmSync(dir, { recursive: true, force: true });
+    rmSync(record, { force: true });
   };
   process.once('exit', onExit);
   const tftp = join(dir, 'tftp');
   const configFile = join(dir, 'dnsmasq.conf');
   try {
+    writeRecord(record, { v: 1, server: me, dnsmasq: null, dir });
     // dnsmasq serves TFTP as nobody: the files it serves must be readable to it.
     await chmod(dir, 0o755);
     await mkdir(tftp, { mode: 0o755 });
@@ -290,6 +450,7 @@ export async function startPxe(o: PxeOptions): Promise<RunningPxe> {
   } catch (err) {
     process.off('exit', onExit);
     await rm(dir, { recursive: true, force: true });
+    await rm(record, { force: true });
     throw err;
   }
 
@@ -303,6 +464,18 @@ export async function startPxe(o: PxeOptions): Promise<RunningPxe> {
     new Promise<void>((resolve, reject) => {
       const p = spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
       child = p;
+      let guard: ChildProcess | undefined;
+      const start = p.pid === undefined ? null : startTicks(p.pid);
+      if (start !== null) {
+        // Recorded and watched in the same tick as the spawn: no moment where a kill leaves it unknown.
+        const tag = `${p.pid}.${start}`;
+        try {
+          writeRecord(record, { v: 1, server: me, dnsmasq: tag, dir });
+        } catch (err) {
+          o.log.warn({ err: (err as Error).message, record }, 'cannot record dnsmasq for crash recovery');
+        }
+        guard = watchdog = startWatchdog(tag, dir, record);
+      }
       const startedAt = Date.now();
       let text = '';
       let up = false;
@@ -330,6 +503,7 @@ export async function startPxe(o: PxeOptions): Promise<RunningPxe> {
       });
       p.on('exit', (code, signal) => {
         clearTimeout(timer);
+        guard?.kill('SIGKILL');
         if (!up) return reject(startFailure(text, code));
         if (stopping) return;
         // Ran a good while: whatever stopped it was not a fault that recurs at once.
@@ -356,6 +530,8 @@ export async function startPxe(o: PxeOptions): Promise<RunningPxe> {
   const close = async () => {
     stopping = true;
     clearTimeout(restartTimer);
+    // Ours to stop now: the watchdog must not remove the directory under dnsmasq's feet.
+    watchdog?.kill('SIGKILL');
     const p = child;
     if (p && p.exitCode === null && p.signalCode === null) {
       await new Promise<void>((resolve) => {
@@ -369,6 +545,7 @@ export async function startPxe(o: PxeOptions): Promise<RunningPxe> {
     }
     process.off('exit', onExit);
     await rm(dir, { recursive: true, force: true });
+    await rm(record, { force: true });
   };
 
   try {
