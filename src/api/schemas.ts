@@ -253,7 +253,15 @@ export const Counters = Type.Object({
 export type Counters = Static<typeof Counters>;
 
 export const Status = Type.Object({
-  server: Type.Object({ name: Type.String(), version: Type.String(), startedAt: Type.Number() }),
+  server: Type.Object({
+    name: Type.String(),
+    version: Type.String(),
+    startedAt: Type.Number(),
+    warnings: Type.Array(Type.String(), {
+      description:
+        'what the administrator should fix in the server’s setup (an imaging environment built for another imgcast version)',
+    }),
+  }),
   counters: Counters,
   sessions: Type.Array(Session),
 });

@@ -469,6 +469,7 @@ function describeStatus(s: Status, boots: BootDecision[] = []): string {
   const c = s.counters;
   const lines = [
     `imgcast server ${s.server.name} (version ${s.server.version}, up ${formatDuration((Date.now() - s.server.startedAt) / 1000)})`,
+    ...s.server.warnings.map((w) => `WARNING: ${w}`),
     `requests received ${c.requestsReceived} · images sent ${c.imagesSent} · images received ${c.imagesReceived} · client referrals ${c.clientReferrals} · errors ${c.errors}`,
     '',
   ];

@@ -182,6 +182,7 @@ export function addServerCommand(program: Command): void {
                 `  web console: ${server.url}/ (accounts: imgcast admin add NAME, password on stdin)`,
                 `  workstations: img session NAME [--server THIS-SERVER]`,
                 `  network boot: ${server.url}/boot/boot.ipxe (imaging environment in ${server.bootenvDir})${o.pxe ? `; answering PXE requests (${o.pxeMode === 'proxy' ? 'proxy DHCP' : 'DHCP'})` : ''}`,
+                ...server.warnings().map((w) => `  WARNING: ${w}`),
                 '',
               ].join('\n'),
             );

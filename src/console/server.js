@@ -108,6 +108,9 @@ export function ServerPage({ live }) {
               <strong>${st.server.name}</strong>, imgcast ${st.server.version}, up${' '}
               ${duration(Date.now() - st.server.startedAt)} (since ${when(st.server.startedAt)}).
             </p>
+            ${(st.server.warnings ?? []).map(
+              (w) => html`<p key=${w} class="error-text" role="alert">Warning: ${w}</p>`,
+            )}
             <section aria-labelledby="counters-title">
               <h2 id="counters-title">Counters</h2>
               <dl class="counters">

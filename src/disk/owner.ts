@@ -69,7 +69,7 @@ export const STAGING_PREFIXES = [
 ] as const;
 
 /** Where run state lives: tmpfs under /run, so it goes with a reboot, as loop devices and mounts do. */
-async function stateDir(): Promise<string> {
+export async function runStateDir(): Promise<string> {
   const root = await stat('/run').then(
     () => '/run',
     () => tmpdir(),
@@ -78,7 +78,7 @@ async function stateDir(): Promise<string> {
 }
 
 async function loopsDir(): Promise<string> {
-  return join(await stateDir(), 'loops');
+  return join(await runStateDir(), 'loops');
 }
 
 export interface LoopRecord {

@@ -87,6 +87,8 @@ export interface AppContext {
   netboot: NetBoot;
   counters: Counters;
   log: Logger;
+  /** What the administrator should fix in the server's setup, as status shows it (see bootenv.ts). */
+  warnings: () => string[];
   /** Upload routes and any other part that registers its own. */
   plugins?: Array<(app: ApiApp, ctx: AppContext) => void | Promise<void>>;
 }
@@ -229,7 +231,7 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
 
   // --- administration
   app.get('/api/status', { config: admin, schema: { response: { 200: Status, ...errors } } }, async () => ({
-    server: { name: ctx.name, version: ctx.version, startedAt: ctx.startedAt },
+    server: { name: ctx.name, version: ctx.version, startedAt: ctx.startedAt, warnings: ctx.warnings() },
     counters: ctx.counters.view(),
     sessions: ctx.sessions.list(),
   }));

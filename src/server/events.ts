@@ -193,7 +193,7 @@ function statusEvent(status: Status): string {
 
 export function statusOf(ctx: AppContext): Status {
   return {
-    server: { name: ctx.name, version: ctx.version, startedAt: ctx.startedAt },
+    server: { name: ctx.name, version: ctx.version, startedAt: ctx.startedAt, warnings: ctx.warnings() },
     counters: ctx.counters.view(),
     sessions: ctx.sessions.list(),
   };

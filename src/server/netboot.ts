@@ -51,6 +51,7 @@ export class NetBoot {
       choice,
       imagedAt: s === null ? null : this.#o.sessions.imagedAt(s, candidate.id),
       definedAt: s === null ? null : this.#o.sessions.definedAt(s),
+      joinedWaiting: s === null ? 0 : this.#o.sessions.joinedWaiting(s),
     });
     if (d.action === 'image' && !ready) {
       d = {

@@ -18,6 +18,7 @@ import { liveRoutesWith, type LiveOptions } from './events.ts';
 import { imageRoutes } from './image-routes.ts';
 import { bootRoutesWith } from './boot-routes.ts';
 import { NetBoot } from './netboot.ts';
+import { bootenvWarnings } from './bootenv.ts';
 import { startPxe, type PxeOptions } from './pxe.ts';
 import { Tasks } from './tasks.ts';
 import { AutoSessions } from './auto-sessions.ts';
@@ -76,6 +77,8 @@ export interface RunningServer {
   dataDir: string;
   imagesDir: string;
   bootenvDir: string;
+  /** What the administrator should fix in the setup (status shows them too); read again on each call. */
+  warnings(): string[];
   close(): Promise<void>;
 }
 
@@ -132,6 +135,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     await sessions.start();
     cleanup.unshift(() => sessions.close());
     const auto = new AutoSessions(sessions, workstations);
+    const warnings = bootenvWarnings(bootenvDir, o.version);
+    for (const w of warnings()) log.warn({ bootenv: bootenvDir }, w);
     const ctx: AppContext = {
       name: o.name ?? hostname(),
       version: o.version,
@@ -146,6 +151,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       netboot: new NetBoot({ db, sessions, auto, workstations, log }),
       counters,
       log,
+      warnings,
       plugins: [
         uploadRoutesWith(o.uploads),
         liveRoutesWith(o.live),
@@ -195,6 +201,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       dataDir,
       imagesDir,
       bootenvDir,
+      warnings,
       close: () => (closed ??= runAll(cleanup)),
     };
   } catch (err) {

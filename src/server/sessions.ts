@@ -544,6 +544,20 @@ export class SessionManager {
     return this.#successes.get(`${session}\n${workstation}`) ?? null;
   }
 
+  /**
+   * How many workstations have joined `session`'s run and still wait for it: it has not started,
+   * or it started and its master's sender is not listening yet (a master that left after its last
+   * run is still counted present for a while, so a late join may start a run without it).
+   */
+  joinedWaiting(session: string): number {
+    const live = this.#live.get(session);
+    if (!live) return 0;
+    const waits =
+      live.row.state === 'waiting' ||
+      (live.row.state === 'sending' && live.row.master !== null && live.master?.ready !== true);
+    return waits ? live.clients.size : 0;
+  }
+
   /** When the definition of `session` last changed (see SessionTable.defined_at). */
   definedAt(session: string): number | null {
     const row = this.#live.get(session)?.row;
@@ -1624,6 +1638,10 @@ export class SessionManager {
       })
       .execute();
     this.#o.log.info({ session: live.row.name, run: live.row.run, state, message }, 'session ended');
+    // The master of a run every workstation took is done too: its next network boot goes to its
+    // disk (boot-decision.ts), like its clients'. A run that failed somewhere leaves it due.
+    if (state === 'done' && live.row.master !== null && live.row.started_at !== null)
+      await this.#succeeded(live.row.name, live.row.master);
     this.#changed(live);
     // A run of an automatic session that sent has finished: it goes, or takes the next workstations.
     // A task is done once its run succeeds; a failed one stays queued, saying why.

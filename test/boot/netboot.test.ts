@@ -16,7 +16,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -284,7 +284,13 @@ test('a diskless VM matching no rule network-boots from imgcast server --pxe (pr
     decisions[0]!.why,
     /^unknown workstation 52:54:00:77:00:01 matching no rule: there are no automatic sessions$/,
   );
-  t.diagnostic(`power-on to QEMU's own exit: ${(took / 1000).toFixed(1)} s`);
+  // Most of it is iPXE's wait for IPv6 autoconfiguration before it asks for anything (see the
+  // comment on pxeConfig in src/server/pxe.ts): power-on to boot.ipxe shows it.
+  const asked = /^.*network boot: boot\.ipxe.*$/m.exec(server.out())?.[0];
+  const askedAt = Number(/"time":(\d+)/.exec(asked ?? '')?.[1] ?? NaN);
+  t.diagnostic(
+    `power-on to the boot.ipxe request: ${((askedAt - started) / 1000).toFixed(1)} s; to QEMU's own exit: ${(took / 1000).toFixed(1)} s`,
+  );
 
   // A task queued for a workstation: its boot request is answered with the environment.
   const folder = join(dir, 'folder');
@@ -322,7 +328,7 @@ test('a diskless VM matching no rule network-boots from imgcast server --pxe (pr
 
   // The server stops cleanly and takes its dnsmasq and temporary directory with it.
   const pxeDirs = () =>
-    (server.out().match(/imgcast-pxe-[A-Za-z0-9]+/g) ?? []).filter((p, i, a) => a.indexOf(p) === i);
+    (server.out().match(/imgcast-pxe-[A-Za-z0-9.-]+/g) ?? []).filter((p, i, a) => a.indexOf(p) === i);
   const tmp = pxeDirs();
   assert.ok(tmp.length > 0, 'the log names the generated configuration');
   process.kill(-server.child.pid!, 'SIGTERM');
@@ -333,4 +339,123 @@ test('a diskless VM matching no rule network-boots from imgcast server --pxe (pr
     '',
     'nothing left running in the namespace',
   );
+});
+
+/** Why a `--pxe` server cannot run here (no VM needed), or undefined when it can. */
+function pxeUnavailable(): string | undefined {
+  return (
+    netnsUnavailable() ??
+    (existsSync('/usr/sbin/dnsmasq') ? undefined : 'needs dnsmasq (apt-get install dnsmasq-base)') ??
+    (existsSync('/usr/lib/ipxe/undionly.kpxe') ? undefined : 'needs iPXE (apt-get install ipxe)')
+  );
+}
+
+/** Whether the process `pid.start` (a record's tag) is still that process. */
+function aliveTag(tag: string): boolean {
+  const [pid, start] = tag.split('.');
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] === start;
+  } catch {
+    return false;
+  }
+}
+
+const PXE_STATE = '/run/imgcast/pxe';
+
+/** The record a running `--pxe` server keeps of its dnsmasq (src/server/pxe.ts). */
+function recordOf(pid: number): { file: string; dnsmasq: string; dir: string } {
+  const name = readdirSync(PXE_STATE).find((n) => n.startsWith(`dnsmasq@${pid}.`) && n.endsWith('.json'));
+  assert.ok(name, `a record for the server ${pid} in ${PXE_STATE}: ${readdirSync(PXE_STATE).join(' ')}`);
+  const r = JSON.parse(readFileSync(join(PXE_STATE, name), 'utf8')) as { dnsmasq: string; dir: string };
+  assert.ok(aliveTag(r.dnsmasq), `its dnsmasq ${r.dnsmasq} runs`);
+  assert.ok(existsSync(r.dir));
+  return { file: join(PXE_STATE, name), ...r };
+}
+
+/** The pid of the watchdog `sh` watching the dnsmasq of `record`. */
+function watchdogOf(record: string): number {
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    let argv: string[];
+    try {
+      argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    } catch {
+      continue;
+    }
+    if (argv.includes('imgcast-pxe-watchdog') && argv.includes(record)) return Number(pid);
+  }
+  assert.fail(`no watchdog process for ${record}`);
+}
+
+test('imgcast server --pxe killed with SIGKILL: its watchdog stops its dnsmasq; with the watchdog killed too, the next --pxe start does; either way the next server starts', async (t) => {
+  if (skipUnless(t, pxeUnavailable())) return;
+  const dir = await tempDir(t, 'imgcast-pxe-kill-');
+  const data = join(dir, 'data');
+  makeLan(t);
+  const startServer = async () => {
+    const s = inNs(t, NS, [
+      NODE,
+      IMGCAST,
+      'server',
+      '--data',
+      data,
+      '--listen',
+      `0.0.0.0:${PORT}`,
+      '--discovery',
+      'off',
+      '--pxe',
+      '--pxe-interface',
+      'br0',
+    ]);
+    await until(
+      'the server answers network boots',
+      () => /answering network boots on br0/.test(s.out()) && /imgcast server .*API on/.test(s.out()),
+      30_000,
+      s.out,
+    );
+    return s;
+  };
+
+  // 1. The server alone is killed: its watchdog sees the pipe close and cleans up at once.
+  const first = await startServer();
+  const r1 = recordOf(first.child.pid!);
+  process.kill(first.child.pid!, 'SIGKILL');
+  await first.exit;
+  await until(
+    'the watchdog stops the dnsmasq and removes its directory and record',
+    () => !aliveTag(r1.dnsmasq) && !existsSync(r1.dir) && !existsSync(r1.file),
+    10_000,
+    first.out,
+  );
+
+  // 2. The server and its watchdog are killed together: dnsmasq stays, holding the ports…
+  const second = await startServer();
+  assert.doesNotMatch(second.out(), /is gone/, 'nothing was left for it to undo');
+  const r2 = recordOf(second.child.pid!);
+  process.kill(watchdogOf(r2.file), 'SIGKILL');
+  process.kill(second.child.pid!, 'SIGKILL');
+  await second.exit;
+  await sleep(1000);
+  assert.ok(aliveTag(r2.dnsmasq), 'with no watchdog, the dnsmasq of the killed server is still running');
+  assert.ok(existsSync(r2.file) && existsSync(r2.dir));
+
+  // …until the next --pxe start stops it, before it checks the ports, and starts fine.
+  const third = await startServer();
+  const [pid2] = r2.dnsmasq.split('.');
+  assert.match(
+    third.out(),
+    new RegExp(
+      `the imgcast server --pxe ${second.child.pid} is gone; stopped its dnsmasq ${pid2}; removed ${r2.dir}`,
+    ),
+  );
+  assert.ok(!aliveTag(r2.dnsmasq), 'the old dnsmasq is gone');
+  assert.ok(!existsSync(r2.dir) && !existsSync(r2.file), 'its directory and record are gone');
+  const r3 = recordOf(third.child.pid!);
+  assert.notEqual(r3.dnsmasq, r2.dnsmasq);
+
+  // A clean stop removes the record, the directory and every process.
+  process.kill(third.child.pid!, 'SIGTERM');
+  assert.notEqual(await within(third.exit, 20_000, 'still running'), 'still running');
+  assert.ok(!existsSync(r3.file) && !existsSync(r3.dir) && !aliveTag(r3.dnsmasq));
+  assert.equal(spawnSync('ip', ['netns', 'pids', NS], { encoding: 'utf8' }).stdout.trim(), '');
 });

@@ -127,17 +127,47 @@ test('an unknown MAC that a rule takes is imaged: it registers itself once img a
   assert.match(d.why, /not registered yet: it registers when img auto runs$/);
 });
 
-test('the master of an automatic session boots the environment to send its disk, whatever it sent before', () => {
-  const master = { ...lab, master: MAC };
-  const d = decideBoot({
+test('the master of an automatic session boots the environment to send its disk until a run it sent succeeds', () => {
+  const choice = chooseWork([], [{ ...lab, master: MAC }], ws);
+  const first = decideBoot({ mac: MAC, known: true, choice, imagedAt: null, definedAt: 1 });
+  assert.deepEqual([first.action, first.session], ['image', 'lab1']);
+  assert.match(first.why, /^master of lab1/);
+  // It sent before the session changed (another master, other rules): it sends again.
+  const stale = decideBoot({ mac: MAC, known: true, choice, imagedAt: 5, definedAt: 6 });
+  assert.deepEqual([stale.action, stale.session], ['image', 'lab1']);
+});
+
+test('a master whose run succeeded boots its disk like its clients: a network-first master is not sent into the environment forever', () => {
+  const choice = chooseWork([], [{ ...lab, master: MAC }], ws);
+  for (const f of [
+    { imagedAt: 5, definedAt: 1 },
+    { imagedAt: 5, definedAt: 5, joinedWaiting: 0 },
+    { imagedAt: 5, definedAt: null },
+  ]) {
+    const d = decideBoot({ mac: MAC, known: true, choice, ...f });
+    assert.deepEqual([d.action, d.session], ['local', null], JSON.stringify(f));
+    assert.match(
+      d.why,
+      /^master of lab1, whose run it sent succeeded \(1970-01-01T00:00:00\.005Z\); the session has not changed since and no workstation waits for it$/,
+    );
+  }
+});
+
+test('a master whose run succeeded is sent again while workstations wait in its session for it', () => {
+  const choice = chooseWork([], [{ ...lab, master: MAC }], ws);
+  const d = decideBoot({ mac: MAC, known: true, choice, imagedAt: 5, definedAt: 1, joinedWaiting: 2 });
+  assert.deepEqual([d.action, d.session], ['image', 'lab1']);
+  assert.match(d.why, /^master of lab1 .*; 2 workstation\(s\) joined lab1 and wait for their master$/);
+  // Clients waiting change nothing for a client that was imaged: it is not their master.
+  const client = decideBoot({
     mac: MAC,
     known: true,
-    choice: chooseWork([], [master], ws),
+    choice: chooseWork([], [lab], ws),
     imagedAt: 5,
     definedAt: 1,
+    joinedWaiting: 2,
   });
-  assert.deepEqual([d.action, d.session], ['image', 'lab1']);
-  assert.match(d.why, /^master of lab1/);
+  assert.equal(client.action, 'local');
 });
 
 test('a disabled session images nobody', () => {

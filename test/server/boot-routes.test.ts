@@ -343,6 +343,49 @@ test('a workstation an automatic session imaged boots its disk until the session
   );
 });
 
+test('the master of an automatic session boots the environment until a run it sent succeeds, then its disk, unless workstations wait for it', async (t) => {
+  const f = await fixture(t);
+  buildBootenv(f);
+  const ref = await register(f, 'ref-pc', '52:54:00:ac:00:01');
+  const pc = await register(f, 'lab6-01', '52:54:00:ac:00:02');
+  await ok(f, 'POST', '/api/auto-sessions', {
+    body: { name: 'lab6', master: 'ref-pc', rules: ['name = lab6-*'], clientCount: 1 },
+  });
+  assert.match(await decide(f, ref.mac), /^echo imgcast: imaging: master of lab6 \(1st\)/m);
+
+  // One run as img auto does it on the master and on its client, the master's sender played here.
+  await ok(f, 'POST', '/api/sessions/lab6/master', { token: ref.token, body: {} });
+  const j = await ok<JoinView>(f, 'POST', '/api/sessions/lab6/join', { token: pc.token });
+  const s = await waitFor(f, 'lab6', (x) => x.state === 'sending');
+  const run = s.run;
+  const done = { run, phase: 'done', bytesSent: 1000 };
+  const receivers = [{ name: `lab6-01/${pc.mac}`, state: 'ok', bytes: 1000, totalBytes: 1000 }];
+  await ok(f, 'POST', '/api/sessions/lab6/master/report', {
+    token: ref.token,
+    body: { run, phase: 'listening' },
+  });
+  await ok(f, 'POST', '/api/sessions/lab6/master/report', { token: ref.token, body: { ...done, receivers } });
+  await ok(f, 'POST', '/api/sessions/lab6/report', { token: pc.token, body: { run: j.run, state: 'ok' } });
+  await waitFor(f, 'lab6', (x) => x.state === 'waiting' && x.run === run + 1);
+  const [h] = await ok<HistoryEntry[]>(f, 'GET', '/api/history');
+  assert.deepEqual([h?.session, h?.state], ['lab6', 'done']);
+
+  // Rebooted, network-first: both go to their disks, the master saying why.
+  assert.match(
+    await decide(f, ref.mac),
+    /^echo imgcast: booting the local disk: master of lab6, whose run it sent succeeded \(.*\); the session has not changed since and no workstation waits for it$/m,
+  );
+  assert.match(await decide(f, pc.mac), /already imaged by lab6/);
+
+  // A new workstation joins the next run: it needs its master, which is sent again.
+  const late = await register(f, 'lab6-02', '52:54:00:ac:00:03');
+  await ok<JoinView>(f, 'POST', '/api/sessions/lab6/join', { token: late.token });
+  assert.match(
+    await decide(f, ref.mac),
+    /^echo imgcast: imaging: master of lab6 .*; 1 workstation\(s\) joined lab6 and wait for their master$/m,
+  );
+});
+
 test('a failed task run keeps the task queued and says why; task rm removes it', async (t) => {
   const f = await fixture(t);
   const pc = await register(f, 'lab4-01', '52:54:00:ff:00:01');

@@ -108,7 +108,7 @@ test('coalesce: a lone trigger runs at once, a burst folds into one run at the e
 
 function status(n: number): Status {
   return {
-    server: { name: 's', version: 'test', startedAt: 0 },
+    server: { name: 's', version: 'test', startedAt: 0, warnings: [] },
     counters: { requestsReceived: n, imagesSent: 0, imagesReceived: 0, clientReferrals: 0, errors: 0 },
     sessions: [],
   };
