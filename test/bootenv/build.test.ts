@@ -187,7 +187,10 @@ test('the environment boots in QEMU, gets an address by DHCP, images its blank d
       .filter((l) => /^imgcast: |^img: |^session /.test(l))
       .join(' | ')}`,
   );
-  t.diagnostic(`QEMU start to img running: ${running.seconds} s; to power-off: ${ended.seconds} s`);
+  const sinceKernel = /running: img .* \((\d+(?:\.\d+)?) s after the kernel started\)/.exec(console)?.[1];
+  t.diagnostic(
+    `QEMU start to img running: ${running.seconds} s (${sinceKernel} s of it after the kernel started); to power-off: ${ended.seconds} s`,
+  );
   assert.equal(ended.code, 0, `QEMU ended ${ended.signal ?? `with ${ended.code}`}:\n${console.slice(-4000)}`);
   assert.match(console, /imgcast: address eth0 198\.18\.1\.\d+\/24/);
   assert.match(
