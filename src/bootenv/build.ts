@@ -194,6 +194,19 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
     );
     const leftOut: string[] = [];
     const missingTools: (typeof TOOLS)[number][] = [];
+    /** A tool with its libraries; an optional one whose libraries are not here is left out. */
+    const carryTool = async (name: string, [path, from]: [string, string], optional: boolean) => {
+      let libs: string[];
+      try {
+        libs = await libraries(from + path);
+      } catch (err) {
+        if (!optional || (err as BootenvError).code !== 'E_BOOTENV_LIBRARY') throw err;
+        leftOut.push(`${name} (${(err as Error).message})`);
+        return;
+      }
+      await carry(path, from);
+      for (const lib of libs) await carry(lib);
+    };
     for (const t of TOOLS) {
       const inPkgs = BIN_DIRS.map((d) => join(d, t.name)).find((p) => existsSync(pkgTree + p));
       const onHost = BIN_DIRS.map((d) => join(d, t.name)).find((p) => existsSync(p));
@@ -202,15 +215,13 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
         else missingTools.push(t);
         continue;
       }
-      if (inPkgs) await carry(inPkgs, pkgTree);
-      else await carry(onHost!);
-      for (const lib of await libraries(inPkgs ? pkgTree + inPkgs : onHost!)) await carry(lib);
+      await carryTool(t.name, inPkgs ? [inPkgs, pkgTree] : [onHost!, ''], t.optional ?? false);
     }
-    for (const p of ['/usr/bin/efibootmgr', '/bin/efibootmgr', '/usr/sbin/efibootmgr']) {
-      if (!existsSync(pkgTree + p)) continue;
-      await carry(p, pkgTree);
-      for (const lib of await libraries(pkgTree + p)) await carry(lib);
-    }
+    // img runs efibootmgr for --reboot under UEFI only, and says so when it is missing.
+    const efibootmgr = ['/usr/bin/efibootmgr', '/bin/efibootmgr', '/usr/sbin/efibootmgr'].find((p) =>
+      existsSync(pkgTree + p),
+    );
+    if (efibootmgr) await carryTool('efibootmgr', [efibootmgr, pkgTree], true);
     if (missingTools.length) {
       const pkgs = [...new Set(missingTools.map((t) => t.package))];
       throw new BootenvError(
