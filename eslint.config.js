@@ -8,6 +8,7 @@ import tseslint from 'typescript-eslint';
  * nothing above it; disks and volumes may name the engine's types but not call it; only the
  * CLI sits above the engine. The imaging server and the workstation client never import each
  * other; what they share (the discovery contract) is in src/api, which imports neither.
+ * src/bootenv builds the environment workstations boot; the CLI runs it and the server serves it.
  */
 const layer = (files, groups, typesFrom = []) => ({
   files,
@@ -80,6 +81,8 @@ export default tseslint.config(
   // The server and the workstation client meet only in src/api (the contract between them).
   layer(['src/server/**'], ['**/cli/*', '**/client/*']),
   layer(['src/client/**'], ['**/cli/*', '**/server/*']),
+  // The imaging environment's build: below the CLI, beside the server (which serves what it built).
+  layer(['src/bootenv/**'], ['**/cli/*', '**/server/*', '**/client/*']),
   layer(
     ['src/api/**'],
     [

@@ -5,6 +5,7 @@
 import { Command } from 'commander';
 import { VERSION, reportError } from './output.ts';
 import { addAdminCommands } from './admin.ts';
+import { addBootenvCommands } from './bootenv.ts';
 import { addSendCommand } from './send.ts';
 import { addServerCommand } from './server.ts';
 
@@ -17,6 +18,7 @@ export function buildImgcastProgram(): Command {
   addServerCommand(program);
   addAdminCommands(program);
   addSendCommand(program);
+  addBootenvCommands(program);
   return program;
 }
 

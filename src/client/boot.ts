@@ -59,18 +59,38 @@ export async function prepareBootNext(disk: string, manifest: Manifest, label: s
   return { ...plan, entry };
 }
 
-/** Restarts the machine (systemd's reboot, else the plain command). */
-export async function rebootNow(): Promise<void> {
-  for (const [cmd, args] of [
+/**
+ * How to restart, in order of preference: systemd's reboot, else the plain command. In the
+ * network-booted imaging environment (IMGCAST_BOOTENV=1) there is no systemd, and its PID 1 is
+ * a shell script that a plain reboot would only signal: `reboot -f` (busybox syncs first).
+ */
+export function rebootCommands(env: NodeJS.ProcessEnv = process.env): Array<[string, string[]]> {
+  if (env.IMGCAST_BOOTENV === '1') return [['reboot', ['-f']]];
+  return [
     ['systemctl', ['reboot']],
     ['reboot', []],
-  ] as const) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const child = spawn(cmd, [...args], { stdio: 'ignore' });
-      child.on('error', () => resolve(false));
-      child.on('exit', (code) => resolve(code === 0));
-    });
-    if (ok) return;
-  }
-  throw new ClientError('E_REBOOT', 'neither systemctl reboot nor reboot restarted this machine');
+  ];
+}
+
+/** Restarts the machine (see rebootCommands). */
+export async function rebootNow(): Promise<void> {
+  const commands = rebootCommands();
+  // What is written must reach the disk before a forced restart.
+  if (process.env.IMGCAST_BOOTENV === '1') await exitsZero('sync', []);
+  for (const [cmd, args] of commands) if (await exitsZero(cmd, args)) return;
+  const tried = commands.map(([c, a]) => [c, ...a].join(' '));
+  throw new ClientError(
+    'E_REBOOT',
+    tried.length > 1
+      ? `neither ${tried.join(' nor ')} restarted this machine`
+      : `${tried[0]} did not restart this machine`,
+  );
+}
+
+function exitsZero(cmd: string, args: string[]): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
+    const child = spawn(cmd, [...args], { stdio: 'ignore' });
+    child.on('error', () => resolve(false));
+    child.on('exit', (code) => resolve(code === 0));
+  });
 }

@@ -24,7 +24,7 @@ const OVMF_PAIRS = [
   { code: '/usr/share/OVMF/OVMF_CODE.fd', vars: '/usr/share/OVMF/OVMF_VARS.fd' },
 ];
 
-function ovmf(): { code: string; vars: string } | undefined {
+export function ovmf(): { code: string; vars: string } | undefined {
   return OVMF_PAIRS.find((p) => existsSync(p.code) && existsSync(p.vars));
 }
 
@@ -155,27 +155,7 @@ export async function bootToLogin(o: BootOptions): Promise<BootResult> {
     `file=${o.disk},format=raw,if=virtio,cache=unsafe${o.snapshot === false ? '' : ',snapshot=on'}`,
   ];
   const firmwareLog = join(scratch, 'firmware.log');
-  if (o.firmware === 'uefi') {
-    const fw = ovmf();
-    if (!fw) throw new Error('OVMF is not installed (apt-get install ovmf)');
-    const vars = join(scratch, 'OVMF_VARS.fd');
-    await copyFile(fw.vars, vars);
-    args.push(
-      '-drive',
-      `if=pflash,format=raw,unit=0,readonly=on,file=${fw.code}`,
-      '-drive',
-      `if=pflash,format=raw,unit=1,file=${vars}`,
-    );
-  } else {
-    // SeaBIOS writes its messages ("No bootable device.") to the screen and to its debug port,
-    // not to the serial line: the debug port goes to a file read beside the console.
-    args.push(
-      '-chardev',
-      `file,id=fwlog,path=${firmwareLog}`,
-      '-device',
-      'isa-debugcon,iobase=0x402,chardev=fwlog',
-    );
-  }
+  args.push(...(await firmwareArgs(o.firmware, scratch)));
   // -snapshot's overlay goes to TMPDIR: keep it in this boot's scratch folder.
   const child = spawn('qemu-system-x86_64', args, {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -292,6 +272,32 @@ export async function bootToLogin(o: BootOptions): Promise<BootResult> {
     if (o.logFile) await writeFile(o.logFile, raw).catch(() => {});
     await rm(scratch, { recursive: true, force: true });
   }
+}
+
+/**
+ * QEMU arguments of a firmware: OVMF with a fresh copy of its variable store in `scratch` (a
+ * machine that never booted before), or SeaBIOS with its debug port going to
+ * `scratch/firmware.log` (SeaBIOS writes "No bootable device." there, not to the serial line).
+ */
+export async function firmwareArgs(firmware: Firmware, scratch: string): Promise<string[]> {
+  if (firmware === 'uefi') {
+    const fw = ovmf();
+    if (!fw) throw new Error('OVMF is not installed (apt-get install ovmf)');
+    const vars = join(scratch, 'OVMF_VARS.fd');
+    await copyFile(fw.vars, vars);
+    return [
+      '-drive',
+      `if=pflash,format=raw,unit=0,readonly=on,file=${fw.code}`,
+      '-drive',
+      `if=pflash,format=raw,unit=1,file=${vars}`,
+    ];
+  }
+  return [
+    '-chardev',
+    `file,id=fwlog,path=${join(scratch, 'firmware.log')}`,
+    '-device',
+    'isa-debugcon,iobase=0x402,chardev=fwlog',
+  ];
 }
 
 /** QEMU's own version line, for reports. */
