@@ -100,12 +100,16 @@ const BIN_DIRS = ['/usr/sbin', '/usr/bin', '/sbin', '/bin'];
 
 export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
   const log = o.log ?? (() => {});
+  // Stopping the build (Ctrl-C) stops the command it is running too.
+  const run = (cmd: string, args: string[], opts: Parameters<typeof sh>[2] = {}) =>
+    sh(cmd, args, { ...opts, signal: o.signal });
   const started = Date.now();
   const dir = resolve(o.dir);
   await checkHostTools();
   await mkdir(dir, { recursive: true });
   await removeStalePartials(dir);
-  const scratch = await mkdtemp(join(tmpdir(), 'imgcast-bootenv-'));
+  await removeStaleScratch();
+  const scratch = await mkdtemp(join(tmpdir(), `${SCRATCH_PREFIX}${process.pid}-`));
   const partials: string[] = [];
   try {
     const step = () => o.signal?.throwIfAborted();
@@ -116,7 +120,7 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
     await mkdir(debs);
 
     // 1. Debian packages: the kernel, busybox, efibootmgr.
-    const depends = await sh('apt-cache', ['depends', 'linux-image-amd64'], {
+    const depends = await run('apt-cache', ['depends', 'linux-image-amd64'], {
       what: 'apt-cache depends',
     }).catch((err: Error) => {
       throw aptError('linux-image-amd64', err);
@@ -129,7 +133,7 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
       );
     const wanted = [kpkg, ...DOWNLOADED_PACKAGES];
     log(`downloading ${wanted.join(', ')} (apt-get download)`);
-    await sh('apt-get', ['download', '-q', ...wanted], { cwd: debs, what: 'apt-get download' }).catch(
+    await run('apt-get', ['download', '-q', ...wanted], { cwd: debs, what: 'apt-get download' }).catch(
       (err: Error) => {
         throw aptError(wanted.join(' '), err);
       },
@@ -142,8 +146,8 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
       return join(debs, f);
     };
     log(`unpacking ${kpkg}`);
-    await sh('dpkg-deb', ['-x', deb(kpkg), kernelTree]);
-    for (const p of DOWNLOADED_PACKAGES) await sh('dpkg-deb', ['-x', deb(p), pkgTree]);
+    await run('dpkg-deb', ['-x', deb(kpkg), kernelTree]);
+    for (const p of DOWNLOADED_PACKAGES) await run('dpkg-deb', ['-x', deb(p), pkgTree]);
     const kernel = (await readdir(join(kernelTree, 'lib/modules')))[0];
     if (!kernel) throw new BootenvError('E_BOOTENV_STEP', `${kpkg} holds no /lib/modules/VERSION`);
     const busybox = join(pkgTree, 'bin/busybox');
@@ -174,7 +178,7 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
       await chmod(join(root, rel), st.mode & 0o7777);
     };
     const libraries = async (binary: string): Promise<string[]> => {
-      const out = await sh('ldd', [binary], { okCodes: [0, 1] });
+      const out = await run('ldd', [binary], { okCodes: [0, 1] });
       const { libraries: libs, missing } = parseLdd(out);
       if (missing.length)
         throw new BootenvError(
@@ -186,10 +190,23 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
     };
 
     log(
-      `busybox ${await sh(busybox, ['--help']).then((t) => /BusyBox v(\S+)/.exec(t)?.[1] ?? '?')}, tools, libraries`,
+      `busybox ${await run(busybox, ['--help']).then((t) => /BusyBox v(\S+)/.exec(t)?.[1] ?? '?')}, tools, libraries`,
     );
     const leftOut: string[] = [];
     const missingTools: (typeof TOOLS)[number][] = [];
+    /** A tool with its libraries; an optional one whose libraries are not here is left out. */
+    const carryTool = async (name: string, [path, from]: [string, string], optional: boolean) => {
+      let libs: string[];
+      try {
+        libs = await libraries(from + path);
+      } catch (err) {
+        if (!optional || (err as BootenvError).code !== 'E_BOOTENV_LIBRARY') throw err;
+        leftOut.push(`${name} (${(err as Error).message})`);
+        return;
+      }
+      await carry(path, from);
+      for (const lib of libs) await carry(lib);
+    };
     for (const t of TOOLS) {
       const inPkgs = BIN_DIRS.map((d) => join(d, t.name)).find((p) => existsSync(pkgTree + p));
       const onHost = BIN_DIRS.map((d) => join(d, t.name)).find((p) => existsSync(p));
@@ -198,15 +215,13 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
         else missingTools.push(t);
         continue;
       }
-      if (inPkgs) await carry(inPkgs, pkgTree);
-      else await carry(onHost!);
-      for (const lib of await libraries(inPkgs ? pkgTree + inPkgs : onHost!)) await carry(lib);
+      await carryTool(t.name, inPkgs ? [inPkgs, pkgTree] : [onHost!, ''], t.optional ?? false);
     }
-    for (const p of ['/usr/bin/efibootmgr', '/bin/efibootmgr', '/usr/sbin/efibootmgr']) {
-      if (!existsSync(pkgTree + p)) continue;
-      await carry(p, pkgTree);
-      for (const lib of await libraries(pkgTree + p)) await carry(lib);
-    }
+    // img runs efibootmgr for --reboot under UEFI only, and says so when it is missing.
+    const efibootmgr = ['/usr/bin/efibootmgr', '/bin/efibootmgr', '/usr/sbin/efibootmgr'].find((p) =>
+      existsSync(pkgTree + p),
+    );
+    if (efibootmgr) await carryTool('efibootmgr', [efibootmgr, pkgTree], true);
     if (missingTools.length) {
       const pkgs = [...new Set(missingTools.map((t) => t.package))];
       throw new BootenvError(
@@ -218,7 +233,7 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
     await copyFile(busybox, join(root, 'usr/bin/busybox'));
     await chmod(join(root, 'usr/bin/busybox'), 0o755);
     const taken = new Set([...carried].map((p) => posix.basename(p)));
-    for (const applet of (await sh(busybox, ['--list-full'])).split('\n').filter(Boolean)) {
+    for (const applet of (await run(busybox, ['--list-full'])).split('\n').filter(Boolean)) {
       const rel = rootPath(`/${applet}`);
       if (taken.has(posix.basename(rel)) || existsSync(join(root, rel))) continue;
       taken.add(posix.basename(rel));
@@ -231,7 +246,7 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
     const node = nodeBinary();
     const strippedNode = join(scratch, 'node');
     if (hasCommand('strip')) {
-      await sh('strip', ['--strip-all', '-o', strippedNode, node]);
+      await run('strip', ['--strip-all', '-o', strippedNode, node]);
     } else {
       log('strip is not installed (binutils): Node goes in unstripped, ~20 MiB more before compression');
       await copyFile(node, strippedNode);
@@ -240,7 +255,7 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
     await chmod(join(root, 'usr/bin/node'), 0o755);
     for (const lib of await libraries(node)) await carry(lib);
     log(
-      `node ${await sh(node, ['--version']).then((v) => v.trim())} (${mib((await stat(strippedNode)).size)} stripped)`,
+      `node ${await run(node, ['--version']).then((v) => v.trim())} (${mib((await stat(strippedNode)).size)} stripped)`,
     );
     await copyProductionFiles(join(root, 'opt/imgcast'));
     // bin/img.js starts with `#!/usr/bin/env -S node …`, and busybox env has no -S.
@@ -254,7 +269,7 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
     // 4. Kernel modules and their dependencies, with a modules.dep for the kept set.
     log(`kernel ${kernel}: modules`);
     const modDir = join(kernelTree, 'lib/modules', kernel);
-    await sh(busybox, ['depmod', '-b', kernelTree, kernel]);
+    await run(busybox, ['depmod', '-b', kernelTree, kernel]);
     const builtin = parseBuiltin(await readFile(join(modDir, 'modules.builtin'), 'utf8').catch(() => ''));
     const { files: modFiles, missing: missingModules } = moduleClosure(
       parseModulesDep(await readFile(join(modDir, 'modules.dep'), 'utf8')),
@@ -275,7 +290,7 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
     for (const f of ['modules.builtin', 'modules.builtin.modinfo', 'modules.order']) {
       if (existsSync(join(modDir, f))) await copyFile(join(modDir, f), join(rootModDir, f));
     }
-    await sh(busybox, ['depmod', '-b', root, kernel]);
+    await run(busybox, ['depmod', '-b', root, kernel]);
     step();
 
     // 5. The init, its helpers, the little /etc a shell and the tools want.
@@ -323,6 +338,10 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
       `written to ${dir}: vmlinuz ${mib(info.files.vmlinuz.bytes)}, initrd.img ${mib(info.files['initrd.img'].bytes)} (${mib(uncompressedBytes)} unpacked), in ${seconds} s`,
     );
     return { dir, info, uncompressedBytes, leftOut, seconds };
+  } catch (err) {
+    // A stop shows as whatever it broke (a killed zstd's EPIPE): say it was stopped.
+    if (o.signal?.aborted) throw o.signal.reason;
+    throw err;
   } finally {
     for (const p of partials) await rm(p, { force: true });
     await rm(scratch, { recursive: true, force: true });
@@ -472,6 +491,18 @@ async function fileFacts(file: string): Promise<{ bytes: number; sha256: string 
   return { bytes, sha256: hash.digest('hex') };
 }
 
+/** The build's scratch folder in the temporary directory: `imgcast-bootenv-PID-XXXXXX`. */
+const SCRATCH_PREFIX = 'imgcast-bootenv-';
+
+/** Scratch folders (~400 MB) of builds killed outright (SIGKILL), which could not remove them. */
+async function removeStaleScratch(): Promise<void> {
+  for (const name of await readdir(tmpdir()).catch(() => [] as string[])) {
+    const m = new RegExp(`^${SCRATCH_PREFIX}(\\d+)-\\w+$`).exec(name);
+    if (!m || Number(m[1]) === process.pid || alive(Number(m[1]))) continue;
+    await rm(join(tmpdir(), name), { recursive: true, force: true });
+  }
+}
+
 const partial = (dir: string, name: string) => join(dir, `.${name}.partial-${process.pid}`);
 
 /** Partial files of builds whose process is gone (killed): nothing else removes them. */
@@ -530,21 +561,23 @@ function aptError(what: string, err: Error): BootenvError {
 function sh(
   cmd: string,
   args: string[],
-  o: { cwd?: string; what?: string; okCodes?: number[] } = {},
+  o: { cwd?: string; what?: string; okCodes?: number[]; signal?: AbortSignal } = {},
 ): Promise<string> {
   return new Promise((res, rej) => {
-    const child = spawn(cmd, args, { cwd: o.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, { cwd: o.cwd, stdio: ['ignore', 'pipe', 'pipe'], signal: o.signal });
     let out = '';
     let err = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-20_000)));
     child.on('error', (e: NodeJS.ErrnoException) =>
       rej(
-        new BootenvError(
-          e.code === 'ENOENT' ? 'E_BOOTENV_TOOL' : 'E_BOOTENV_STEP',
-          e.code === 'ENOENT' ? `${cmd} is not installed` : `cannot run ${cmd}: ${e.message}`,
-          { command: cmd },
-        ),
+        e.name === 'AbortError'
+          ? (o.signal?.reason ?? e)
+          : new BootenvError(
+              e.code === 'ENOENT' ? 'E_BOOTENV_TOOL' : 'E_BOOTENV_STEP',
+              e.code === 'ENOENT' ? `${cmd} is not installed` : `cannot run ${cmd}: ${e.message}`,
+              { command: cmd },
+            ),
       ),
     );
     child.on('close', (code, signal) => {

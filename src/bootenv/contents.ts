@@ -103,7 +103,7 @@ export const MODULES = [
   'fuse',
 ] as const;
 
-/** Modules the kernel may have built in (then there is no .ko, and nothing is missing). */
+/** A module's name from its file: `kernel/drivers/scsi/sd_mod.ko.xz` → sd_mod (dashes as underscores). */
 export function moduleName(path: string): string {
   return posix
     .basename(path)

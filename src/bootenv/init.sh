@@ -41,6 +41,8 @@ if [ -z "$IMGCAST_TEED" ]; then
 fi
 
 say() { echo "imgcast: $*"; }
+# Seconds since the kernel started, for the lines that tell where a slow start spends its time.
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
 
 # Modules the kernel asks for on its own (a filesystem at mount time) come through this loader.
 echo /sbin/modprobe >/proc/sys/kernel/modprobe
@@ -81,9 +83,6 @@ done
 if [ -d /sys/firmware/efi ]; then
   mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
 fi
-# Disks appear asynchronously once their driver is loaded; give them a moment.
-mdev -s 2>/dev/null
-
 shell() {
   say "maintenance shell: img and the tools are on PATH; 'exit' opens a new shell, 'reboot -f' restarts"
   while true; do
@@ -131,7 +130,7 @@ if [ -z "$ADDRS" ]; then
   [ "$MODE" = shell ] && shell
   finish "$ONFAIL"
 fi
-echo "$ADDRS" | while read -r line; do say "address $line"; done
+echo "$ADDRS" | while read -r line; do say "address $line ($(uptime_s) s after the kernel started)"; done
 
 [ "$MODE" = shell ] && shell
 
@@ -144,7 +143,7 @@ else
   say "no imgcast.server= on the kernel command line: img looks for the server on the network"
 fi
 [ "$DONE" = reboot ] && set -- "$@" --reboot
-say "running: img $*"
+say "running: img $* ($(uptime_s) s after the kernel started)"
 if img "$@"; then
   say "img finished"
   finish "$DONE"

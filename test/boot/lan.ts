@@ -185,6 +185,8 @@ export class Lan {
       `--dhcp-leasefile=${join(dir, 'leases')}`,
       `--dhcp-range=${this.address(100)},${this.address(199)},255.255.255.0,1h`,
       '--log-facility=-',
+      // Offers at once: by default dnsmasq first pings the address it will offer, for seconds.
+      '--no-ping',
     ]);
     return child;
   }

@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { test } from 'node:test';
 
@@ -65,6 +66,38 @@ test('imgcast bootenv build without a Debian mirror: E_BOOTENV_APT saying what t
   );
   assert.equal(usage.code, 2);
   assert.match(usage.err, /--data DIR or --out DIR, not both/);
+});
+
+test('imgcast bootenv build stopped by SIGTERM while it writes the initramfs: exit 143, no file in the bootenv directory, no scratch folder left', async (t) => {
+  if (skipUnless(t, bootenvUnavailable())) return;
+  const dir = await tempDir(t, 'imgcast-bootenv-stop-');
+  const out = join(dir, 'out');
+  const child = spawn(process.execPath, [IMGCAST, 'bootenv', 'build', '--out', out], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.after(() => void child.kill('SIGKILL'));
+  const ran = collect(child);
+  let err = '';
+  await new Promise<void>((res, rej) => {
+    child.stderr!.on('data', (d: Buffer) => {
+      err += d.toString();
+      if (/initramfs: cpio/.test(err)) res();
+    });
+    child.on('close', () => rej(new Error(`the build ended before writing the initramfs:\n${err}`)));
+  });
+  // The compressed initramfs is being written into the bootenv directory now.
+  await new Promise((r) => setTimeout(r, 3000));
+  assert.ok(
+    (await readdir(out)).some((f) => f.startsWith('.initrd.img.partial-')),
+    'the partial initramfs is there while it is written',
+  );
+  child.kill('SIGTERM');
+  const r = await ran;
+  assert.equal(r.code, 143, r.err);
+  assert.match(r.err, /SIGTERM: stopping and cleaning up/);
+  assert.deepEqual(await readdir(out), [], 'nothing left in the bootenv directory');
+  const scratch = (await readdir(tmpdir())).filter((f) => f.startsWith(`imgcast-bootenv-${child.pid}-`));
+  assert.deepEqual(scratch, [], 'the scratch folder is gone');
 });
 
 test('the environment boots in QEMU, gets an address by DHCP, images its blank disk with img auto from a real server, and powers off', async (t) => {
@@ -154,7 +187,10 @@ test('the environment boots in QEMU, gets an address by DHCP, images its blank d
       .filter((l) => /^imgcast: |^img: |^session /.test(l))
       .join(' | ')}`,
   );
-  t.diagnostic(`QEMU start to img running: ${running.seconds} s; to power-off: ${ended.seconds} s`);
+  const sinceKernel = /running: img .* \((\d+(?:\.\d+)?) s after the kernel started\)/.exec(console)?.[1];
+  t.diagnostic(
+    `QEMU start to img running: ${running.seconds} s (${sinceKernel} s of it after the kernel started); to power-off: ${ended.seconds} s`,
+  );
   assert.equal(ended.code, 0, `QEMU ended ${ended.signal ?? `with ${ended.code}`}:\n${console.slice(-4000)}`);
   assert.match(console, /imgcast: address eth0 198\.18\.1\.\d+\/24/);
   assert.match(

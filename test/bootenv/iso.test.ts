@@ -78,7 +78,7 @@ test('imgcast bootenv iso: a hybrid BIOS + UEFI ISO of the built environment wit
   assert.equal(report.status, 0, report.stderr);
   assert.match(report.stdout, /El Torito boot img :\s+1\s+BIOS/);
   assert.match(report.stdout, /El Torito boot img :\s+2\s+UEFI/);
-  const files = spawnSync('xorriso', ['-indev', res.file, '-find', '/imgcast', '/boot/grub/grub.cfg', '--'], {
+  const files = spawnSync('xorriso', ['-indev', res.file, '-find', '/imgcast', '--'], {
     encoding: 'utf8',
   });
   assert.match(files.stdout, /'\/imgcast\/vmlinuz'/);
