@@ -52,6 +52,11 @@ export interface PxeOptions {
   ipxeDir?: string;
   /** Where the record of each server's dnsmasq is kept (default /run/imgcast/pxe). */
   stateDir?: string;
+  /**
+   * DHCP mode: the lease file, kept across restarts of the server (default: in the run's
+   * temporary folder, forgotten when it stops).
+   */
+  leaseFile?: string;
 }
 
 export interface PxeConfigInput {
@@ -149,6 +154,10 @@ export function pxeConfig(c: PxeConfigInput): string {
     if (!c.range) throw new PxeError('E_PXE_RANGE', '--pxe-mode dhcp needs --pxe-range START,END');
     lines.push(
       `dhcp-range=${c.range.start},${c.range.end},${c.netmask},1h`,
+      // The leases outlive the server (the data folder keeps them), so the ping dnsmasq sends
+      // before each offer, to find an address someone took without a lease, is left out: it
+      // held every workstation of an isolated lab network back by about 6 s.
+      'no-ping',
       'dhcp-match=set:efi64,option:client-arch,7',
       'dhcp-match=set:efi64,option:client-arch,9',
       // Mutually exclusive tags: whichever order dnsmasq weighs them in, one line applies.
@@ -458,7 +467,7 @@ export async function startPxe(o: PxeOptions): Promise<RunningPxe> {
         httpPort: o.httpPort,
         tftpRoot: tftp,
         pidFile: join(dir, 'dnsmasq.pid'),
-        leaseFile: join(dir, 'dnsmasq.leases'),
+        leaseFile: o.leaseFile ?? join(dir, 'dnsmasq.leases'),
         efiFile: efi,
       }),
       { mode: 0o644 },

@@ -186,7 +186,12 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       cleanup.unshift(() => responder.close());
     }
     if (o.pxe) {
-      const pxe = await startPxe({ ...o.pxe, httpPort: port, log: log.child({ part: 'pxe' }) });
+      const pxe = await startPxe({
+        ...o.pxe,
+        httpPort: port,
+        leaseFile: join(dataDir, 'pxe-leases'),
+        log: log.child({ part: 'pxe' }),
+      });
       cleanup.unshift(() => pxe.close());
     }
     let closed: Promise<void> | undefined;

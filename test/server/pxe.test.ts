@@ -81,6 +81,7 @@ test('dhcp mode: the range handed out, and one boot file per client kind (mutual
   assert.ok(l.includes('dhcp-match=set:efi64,option:client-arch,7'));
   assert.ok(l.includes('dhcp-match=set:efi64,option:client-arch,9'));
   assert.ok(!l.some((x) => x.includes(',proxy')));
+  assert.ok(l.includes('no-ping'), 'the leases persist, so no ping before each offer');
   assert.throws(() => pxeConfig({ ...base, mode: 'dhcp' }), { code: 'E_PXE_RANGE' });
 });
 
