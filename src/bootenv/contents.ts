@@ -94,7 +94,10 @@ export const MODULES = [
   'nvme',
   'ext4',
   'vfat',
+  // FAT's code page and its I/O character set: Debian's kernel mounts vfat with iocharset=ascii
+  // unless told otherwise, and without nls_ascii the mount fails ("IO charset ascii not found").
   'nls_cp437',
+  'nls_ascii',
   'nls_iso8859_1',
   'nls_utf8',
   'efivarfs',
