@@ -311,22 +311,11 @@ export class SessionManager {
     }
     const image = auto?.master ? '' : await this.#checkImage(req.image);
     const now = this.#now();
-    const row: SessionTable = {
-      name: req.name,
+    const row = newRow(req.name, now, {
       image,
       fileset: req.fileset ?? 1,
       client_count: req.clientCount ?? 1,
       wait_ms: waitMs(req) ?? 5 * 60_000,
-      state: 'waiting',
-      run: 1,
-      group_addr: null,
-      port: null,
-      created_at: now,
-      started_at: null,
-      finished_at: null,
-      last_join_at: null,
-      message: null,
-      first_data_at: null,
       auto: auto ? 1 : 0,
       enabled: auto?.enabled === false ? 0 : 1,
       position: auto ? 1 + Math.max(0, ...[...this.#live.values()].map((l) => l.row.position ?? 0)) : null,
@@ -336,17 +325,23 @@ export class SessionManager {
       rules: JSON.stringify(auto?.rules ?? []),
       origin: 'server',
       start_by: 'count-or-time',
-      level: null,
       names: checkTemplate(req.names),
       scripts: JSON.stringify(req.scripts ?? []),
-      defined_at: now,
-    };
+    });
     // Checked again here: two creates of one name may race through the await above.
     if (this.#live.has(req.name)) {
       throw new ServerError('E_SESSION_EXISTS', `a session named ${req.name} already exists`, {
         session: req.name,
       });
     }
+    const live = await this.#insert(row);
+    this.#o.log.info({ session: row.name, image: row.image, auto: row.auto === 1 }, 'session created');
+    this.#notify();
+    return this.#view(live);
+  }
+
+  /** Takes a new session's row into the live set and the database, or neither. */
+  async #insert(row: SessionTable): Promise<Live> {
     const live: Live = {
       row,
       clients: new Map(),
@@ -362,9 +357,7 @@ export class SessionManager {
       this.#live.delete(row.name);
       throw err;
     }
-    this.#o.log.info({ session: row.name, image: row.image, auto: row.auto === 1 }, 'session created');
-    this.#notify();
-    return this.#view(live);
+    return live;
   }
 
   /**
@@ -399,44 +392,13 @@ export class SessionManager {
   /** A session opened by a workstation that joined a name nobody used yet: it waits for its master. */
   async #open(name: string): Promise<Live> {
     const now = this.#now();
-    const row: SessionTable = {
-      name,
-      image: '',
-      fileset: 1,
-      client_count: 1,
-      wait_ms: 5 * 60_000,
-      state: 'waiting',
-      run: 1,
-      group_addr: null,
-      port: null,
-      created_at: now,
-      started_at: null,
-      finished_at: null,
-      last_join_at: null,
-      message: null,
-      first_data_at: null,
-      auto: 0,
-      enabled: 1,
-      position: null,
-      master: null,
-      delete_when_done: 0,
-      members: '[]',
-      rules: '[]',
-      origin: 'workstation',
-      start_by: 'command',
-      level: null,
-      names: null,
-      scripts: '[]',
-      defined_at: now,
-    };
-    const live: Live = { row, clients: new Map(), version: 1, waiters: new Set(), dirty: false, rules: [] };
-    this.#live.set(name, live);
-    try {
-      await this.#o.db.insertInto('sessions').values(row).execute();
-    } catch (err) {
-      this.#live.delete(name);
-      throw err;
-    }
+    const live = await this.#insert(
+      newRow(name, now, {
+        wait_ms: 5 * 60_000,
+        origin: 'workstation',
+        start_by: 'command',
+      }),
+    );
     this.#o.log.info({ session: name }, 'session opened by a workstation');
     this.#notify();
     return live;
@@ -482,44 +444,18 @@ export class SessionManager {
       throw new ServerError('E_SESSION_EXISTS', `a session named ${name} already exists`, { session: name });
     }
     const now = this.#now();
-    const row: SessionTable = {
-      name,
-      image,
-      fileset: req.fileset ?? 1,
-      client_count: 1,
-      wait_ms: 0,
-      state: 'waiting',
-      run: 1,
-      group_addr: null,
-      port: null,
-      created_at: now,
-      started_at: null,
-      finished_at: null,
-      last_join_at: null,
-      message: null,
-      first_data_at: null,
-      auto: 0,
-      enabled: 1,
-      position: null,
-      master: null,
-      delete_when_done: 1,
-      members: JSON.stringify([req.workstation]),
-      rules: '[]',
-      origin: 'task',
-      start_by: 'count',
-      level: null,
-      names: null,
-      scripts: JSON.stringify(req.scripts ?? []),
-      defined_at: now,
-    };
-    const live: Live = { row, clients: new Map(), version: 1, waiters: new Set(), dirty: false, rules: [] };
-    this.#live.set(name, live);
-    try {
-      await this.#o.db.insertInto('sessions').values(row).execute();
-    } catch (err) {
-      this.#live.delete(name);
-      throw err;
-    }
+    const live = await this.#insert(
+      newRow(name, now, {
+        image,
+        fileset: req.fileset ?? 1,
+        wait_ms: 0,
+        delete_when_done: 1,
+        members: JSON.stringify([req.workstation]),
+        origin: 'task',
+        start_by: 'count',
+        scripts: JSON.stringify(req.scripts ?? []),
+      }),
+    );
     this.#o.log.info({ session: name, image, workstation: req.workstation }, 'task queued');
     this.#notify();
     return this.#view(live);
@@ -1879,4 +1815,41 @@ function waitMs(r: { waitMinutes?: number; waitSeconds?: number }): number | und
   if (r.waitSeconds !== undefined) return Math.round(r.waitSeconds * 1000);
   if (r.waitMinutes !== undefined) return Math.round(r.waitMinutes * 60_000);
   return undefined;
+}
+
+/** A new session's row: waiting for its first run, a plain one-client session unless `own` says otherwise. */
+function newRow(
+  name: string,
+  now: number,
+  own: Partial<SessionTable> & Pick<SessionTable, 'origin' | 'start_by'>,
+): SessionTable {
+  return {
+    name,
+    image: '',
+    fileset: 1,
+    client_count: 1,
+    wait_ms: 0,
+    state: 'waiting',
+    run: 1,
+    group_addr: null,
+    port: null,
+    created_at: now,
+    started_at: null,
+    finished_at: null,
+    last_join_at: null,
+    message: null,
+    first_data_at: null,
+    auto: 0,
+    enabled: 1,
+    position: null,
+    master: null,
+    delete_when_done: 0,
+    members: '[]',
+    rules: '[]',
+    level: null,
+    names: null,
+    scripts: '[]',
+    defined_at: now,
+    ...own,
+  };
 }

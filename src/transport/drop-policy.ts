@@ -8,8 +8,8 @@
  *   no room for new chunks: its disk writes slower than the session, or it misses too much to
  *   complete chunks) for more than `holdLimitMs` of the last `holdWindowMs`. A lone receiver is
  *   never dropped for this: the session simply follows it.
- * - too slow (loss): it lost more than half of what was sent over `lossWindowMs` while the
- *   typical other receiver lost less than half that (a slower link, a failing NIC). When all
+ * - too slow (loss): it lost more than half of what was sent over `lossWindowMs` while most
+ *   other receivers lost less than half that (a slower link, a failing NIC). When all, or most,
  *   lose alike that is congestion, which the rate control handles, and nobody is dropped.
  * - stalled: it completed no chunk for `stallAfterMs` while the sender had something for it.
  * - lagging: every other receiver finished `lagLimitMs` ago and it still misses chunks.
@@ -109,8 +109,12 @@ export function judgeReceivers(
     }
     const mine = loss(r);
     const typical = others.length ? median(others.map(loss)) : 1;
+    // An outlier is one against most of the others: when most lose alike (receivers starved of
+    // CPU, a sender too fast for most of them) that is for the rate control, and dropping them
+    // would leave the session to the one that keeps up.
+    const fewerLost = others.filter((o) => loss(o) < mine / 2).length;
     const judged = now - r.joinedAt > limits.lossWindowMs && now - session.startedAt > limits.lossWindowMs;
-    if (judged && mine > LOSS_DROP && typical < mine / 2) {
+    if (judged && mine > LOSS_DROP && fewerLost > others.length / 2) {
       out.push({
         name: r.name,
         reason:

@@ -44,6 +44,14 @@ test('an outlier losing most packets is dropped; everyone losing alike is conges
   assert.match(v[0]?.reason ?? '', /^too slow \(loss\): lost 70 % .* while the others lost 0 %/);
   const all = [view('a', { rx: 30_000 }), view('b', { rx: 35_000 }), view('c', { rx: 32_000 })];
   assert.deepEqual(judgeReceivers(NOW, all, session), []);
+  // Two of three starved alike (guests short of CPU) against one that keeps up: not outliers.
+  const starved = [view('fast', { rx: 78_000 }), view('s1', { rx: 16_000 }), view('s2', { rx: 18_000 })];
+  assert.deepEqual(judgeReceivers(NOW, starved, session), []);
+  // Of two, the one losing most while the other does not is still the outlier.
+  assert.deepEqual(
+    judgeReceivers(NOW, [view('a'), lossy], session).map((x) => x.name),
+    ['lossy'],
+  );
   // Too early to judge: joined less than a loss window ago.
   assert.deepEqual(judgeReceivers(NOW, [view('a'), { ...lossy, joinedAt: NOW - 2000 }], session), []);
 });
