@@ -75,6 +75,8 @@ export interface SessionResult {
 }
 
 const ENDED = new Set(['done', 'failed', 'stopped', 'interrupted']);
+/** How often a workstation dropped for falling behind joins its run again to catch up. */
+const CATCH_UP_TRIES = 3;
 
 export async function runSession(o: SessionOptions): Promise<SessionResult> {
   const server = o.server ?? (await findServer(o));
@@ -205,48 +207,66 @@ async function takePart(
   const report = (body: Record<string, unknown>) =>
     api.request('POST', `${path}/report`, { body: { run: view.run, ...body }, timeoutMs: 10_000 });
   let manifest: Manifest | undefined;
-  const result = await runReceiver({
-    from: receiver.from,
-    key: receiver.key,
-    name: receiver.name,
-    interface: o.interface,
-    decode: imageDecoder,
-    journalPath,
-    tuneKernel: true,
-    tuneReassembly: o.tuneReassembly,
-    log: o.log,
-    warn: o.warn,
-    signal: o.signal,
-    onProgress: (p) => {
-      o.onProgress?.(p);
-      // Everything has arrived: what is left is the restore's own checks of the written disk.
-      if (p.totalChunks > 0 && p.chunks >= p.totalChunks) phases.report('verifying');
-      const now = Date.now();
-      if (now - lastReport >= 2000) {
-        lastReport = now;
-        void report({ state: 'receiving', bytes: p.bytes, totalBytes: p.totalBytes }).catch(() => {});
-      }
-    },
-    makeConsumer: async (s) => {
-      manifest = (s.meta as Partial<ImageMeta> | null)?.manifest;
-      const consumer = await restoreConsumer(s, disk, {
-        force: o.force,
-        keepSizes: o.keepSizes,
-        onWarning: o.warn ?? o.log,
-        journalPath,
-        restart: o.restart,
-      });
-      // A live session's manifest comes whole only with its seal; identity needs it.
-      const seal = consumer.seal?.bind(consumer);
-      if (seal) {
-        consumer.seal = async (meta: unknown) => {
-          await seal(meta);
-          manifest = (meta as Partial<ImageMeta> | null)?.manifest ?? manifest;
-        };
-      }
-      return consumer;
-    },
-  });
+  const receive = (from: NonNullable<JoinView['receiver']>, resume: boolean) =>
+    runReceiver({
+      from: from.from,
+      key: from.key,
+      name: from.name,
+      interface: o.interface,
+      decode: imageDecoder,
+      journalPath,
+      tuneKernel: true,
+      tuneReassembly: o.tuneReassembly,
+      log: o.log,
+      warn: o.warn,
+      signal: o.signal,
+      onProgress: (p) => {
+        o.onProgress?.(p);
+        // Everything has arrived: what is left is the restore's own checks of the written disk.
+        if (p.totalChunks > 0 && p.chunks >= p.totalChunks) phases.report('verifying');
+        const now = Date.now();
+        if (now - lastReport >= 2000) {
+          lastReport = now;
+          void report({ state: 'receiving', bytes: p.bytes, totalBytes: p.totalBytes }).catch(() => {});
+        }
+      },
+      makeConsumer: async (s) => {
+        manifest = (s.meta as Partial<ImageMeta> | null)?.manifest;
+        const consumer = await restoreConsumer(s, disk, {
+          force: o.force,
+          keepSizes: o.keepSizes,
+          onWarning: o.warn ?? o.log,
+          journalPath,
+          // Catching up resumes what this run wrote, whatever the first attempt was told.
+          restart: resume ? false : o.restart,
+        });
+        // A live session's manifest comes whole only with its seal; identity needs it.
+        const seal = consumer.seal?.bind(consumer);
+        if (seal) {
+          consumer.seal = async (meta: unknown) => {
+            await seal(meta);
+            manifest = (meta as Partial<ImageMeta> | null)?.manifest ?? manifest;
+          };
+        }
+        return consumer;
+      },
+    });
+  let result = await receive(receiver, false);
+  // Dropped for falling behind while the run goes on: it catches up, as the sender takes a
+  // workstation that joins again as the same receiver and the journal keeps what it wrote, so
+  // only what it lacks comes again. Once the others are done it is alone, and nobody is
+  // dropped for being slower than the rest.
+  for (let tries = 1; !result.ok && result.code === 'E_DROPPED' && tries <= CATCH_UP_TRIES; tries++) {
+    if (o.signal?.aborted) break;
+    const again = await api
+      .request<JoinView>('POST', `${path}/join`, { signal: o.signal, timeoutMs: 10_000 })
+      .catch(() => undefined);
+    if (!again || again.run !== view.run || again.state !== 'sending' || !again.receiver) break;
+    o.onNote?.(
+      `dropped by the sender (${result.message ?? 'no reason given'}): joining again to catch up (${tries} of ${CATCH_UP_TRIES})`,
+    );
+    result = await receive(again.receiver, true);
+  }
   const outcome = {
     session: view.session,
     run: view.run,

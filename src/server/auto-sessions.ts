@@ -79,6 +79,8 @@ export class AutoSessions {
           fileset: req.fileset,
           clientCount: req.clientCount ?? AUTO_DEFAULT_CLIENTS,
           ...wait,
+          names: req.names,
+          scripts: req.scripts,
         },
         {
           enabled: req.enabled ?? true,

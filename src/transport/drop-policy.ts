@@ -108,13 +108,19 @@ export function judgeReceivers(
       continue;
     }
     const mine = loss(r);
-    const typical = others.length ? median(others.map(loss)) : 1;
+    // Compared only with receivers whose loss says something: one that is silent (paused, gone)
+    // or was sent too little lately has no loss to speak of, and a 0 % from it made the one
+    // receiver still at work look like an outlier.
+    const peers = others.filter(
+      (o) => o.exp >= LOSS_MIN_UNITS && now - o.lastHeard <= limits.lossWindowMs / 2,
+    );
+    const typical = peers.length ? median(peers.map(loss)) : 1;
     // An outlier is one against most of the others: when most lose alike (receivers starved of
     // CPU, a sender too fast for most of them) that is for the rate control, and dropping them
     // would leave the session to the one that keeps up.
-    const fewerLost = others.filter((o) => loss(o) < mine / 2).length;
+    const fewerLost = peers.filter((o) => loss(o) < mine / 2).length;
     const judged = now - r.joinedAt > limits.lossWindowMs && now - session.startedAt > limits.lossWindowMs;
-    if (judged && mine > LOSS_DROP && fewerLost > others.length / 2) {
+    if (judged && mine > LOSS_DROP && peers.length > 0 && fewerLost > peers.length / 2) {
       out.push({
         name: r.name,
         reason:

@@ -164,6 +164,23 @@ test('of two enabled sessions whose rules match, the first is answered; after `d
   assert.match(c.why, /listed explicitly as 02:00:00:00:01:[0-9a-f]{2}$/);
 });
 
+test('an automatic session keeps its naming template and post-imaging scripts, and names a workstation the administrator has not named when it joins', async (t) => {
+  const f = await fixture(t);
+  const s = await addAuto(f, {
+    name: 'named',
+    rules: ['mac = 02:00:00'],
+    names: 'lab1-{nn}',
+    scripts: [{ name: 'hello.sh', content: '#!/bin/sh\necho hello\n' }],
+  });
+  assert.deepEqual([s.names, s.scripts], ['lab1-{nn}', ['hello.sh']]);
+  const pc = await register(f, '(none)');
+  const c = await auto(f, pc.token);
+  assert.equal(c.session, 'named');
+  await ok(f, 'POST', '/api/sessions/named/join', { token: pc.token });
+  const ws = await ok<WorkstationDetail>(f, 'GET', `/api/workstations/${pc.mac}`);
+  assert.deepEqual([ws.name, ws.named], ['lab1-01', true]);
+});
+
 test('a workstation nothing matches is told so, with a reason, and may not join an automatic session by name', async (t) => {
   const f = await fixture(t);
   const pc = await register(f, 'office-3', { cores: 2, address: '10.9.0.3', mac: '02:00:00:00:03:03' });

@@ -52,6 +52,11 @@ test('an outlier losing most packets is dropped; everyone losing alike is conges
     judgeReceivers(NOW, [view('a'), lossy], session).map((x) => x.name),
     ['lossy'],
   );
+  // The other one is silent (paused): its 0 % says nothing, so the one at work is no outlier.
+  assert.deepEqual(
+    judgeReceivers(NOW, [view('paused', { lastHeard: NOW - 8000, rx: 0, exp: 0 }), lossy], session),
+    [],
+  );
   // Too early to judge: joined less than a loss window ago.
   assert.deepEqual(judgeReceivers(NOW, [view('a'), { ...lossy, joinedAt: NOW - 2000 }], session), []);
 });
