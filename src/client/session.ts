@@ -263,7 +263,7 @@ async function takePart(
       .catch(() => undefined);
     if (!again || again.run !== view.run || again.state !== 'sending' || !again.receiver) break;
     o.onNote?.(
-      `dropped by the sender (${result.message ?? 'no reason given'}): joining again to catch up (${tries} of ${CATCH_UP_TRIES})`,
+      `${result.message ?? 'dropped by the sender'}; joining again to catch up (${tries} of ${CATCH_UP_TRIES})`,
     );
     result = await receive(again.receiver, true);
   }
