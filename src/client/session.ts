@@ -75,7 +75,7 @@ export interface SessionResult {
 }
 
 const ENDED = new Set(['done', 'failed', 'stopped', 'interrupted']);
-/** How often a workstation dropped for falling behind joins its run again to catch up. */
+/** How many times in a row a dropped workstation joins its run again without getting a chunk. */
 const CATCH_UP_TRIES = 3;
 
 export async function runSession(o: SessionOptions): Promise<SessionResult> {
@@ -256,16 +256,18 @@ async function takePart(
   // workstation that joins again as the same receiver and the journal keeps what it wrote, so
   // only what it lacks comes again. Once the others are done it is alone, and nobody is
   // dropped for being slower than the rest.
-  for (let tries = 1; !result.ok && result.code === 'E_DROPPED' && tries <= CATCH_UP_TRIES; tries++) {
+  // It goes on while each attempt gets chunks it lacked; one that got none is not catching up.
+  let stalled = 0;
+  for (let tries = 1; !result.ok && result.code === 'E_DROPPED' && stalled < CATCH_UP_TRIES; tries++) {
     if (o.signal?.aborted) break;
     const again = await api
       .request<JoinView>('POST', `${path}/join`, { signal: o.signal, timeoutMs: 10_000 })
       .catch(() => undefined);
     if (!again || again.run !== view.run || again.state !== 'sending' || !again.receiver) break;
-    o.onNote?.(
-      `dropped by the sender (${result.message ?? 'no reason given'}): joining again to catch up (${tries} of ${CATCH_UP_TRIES})`,
-    );
+    o.onNote?.(`${result.message ?? 'dropped by the sender'}; joining again to catch up (${tries})`);
+    const before = result.chunks;
     result = await receive(again.receiver, true);
+    stalled = result.chunks > before ? 0 : stalled + 1;
   }
   const outcome = {
     session: view.session,
