@@ -232,7 +232,12 @@ export class Lan {
     if (o.append) args.push('-append', o.append);
     // A firmware that finds nothing to boot tries again after a second instead of stopping.
     if (o.kernel === undefined) args.push('-boot', 'reboot-timeout=1000');
-    const child = this.exec('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Real workstations have CPUs of their own; here every guest (TCG: a core's worth of work
+    // each) shares the host's few cores with the server, so they run below it, or a lab of
+    // guests starves the server's sender of the CPU it would have on its own machine.
+    const child = this.exec('nice', ['-n', '19', 'qemu-system-x86_64', ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const startedAt = Date.now();
     const log = createWriteStream(o.logFile);
     let plain = '';

@@ -6,9 +6,9 @@
  * an automatic session `lab1` with the image, clients 3, names `lab1-{nn}` and a rule that
  * matches three MACs.
  *
- * Four QEMU workstations (TCG, 768 MiB) with blank disks and network-first boot order power on
- * together: ws1 and ws2 under SeaBIOS, ws3 under OVMF with a fresh variable store, ws4 (SeaBIOS)
- * with a MAC no rule matches. Each of the three must network-boot, join, be imaged, get its
+ * Three QEMU workstations (TCG, 768 MiB) with blank disks and network-first boot order power on
+ * together: ws1 and ws2 under SeaBIOS, ws3 under OVMF with a fresh variable store; once they are
+ * up, a fourth, ws4 (SeaBIOS), with a MAC no rule matches. Each of the three must network-boot, join, be imaged, get its
  * name, reboot, network-boot again, be told to boot its disk, and reach `lab1-0N login:` on its
  * serial console. The server's history must show one run of three successes, each workstation's
  * boot phases must have gone through to `up`, and ws4 must only ever have been told to boot its
@@ -63,12 +63,12 @@ test(
     const cpuBefore = L.serverCpuSeconds();
     const poweredOn = Date.now();
     const vms: Vm[] = [];
-    for (const w of [...lab, stranger]) {
+    for (const w of lab) {
       const vm = await L.powerOn(w);
       t.after(() => vm.kill());
       vms.push(vm);
     }
-    const [ws1, ws2, ws3, ws4] = vms as [Vm, Vm, Vm, Vm];
+    const [ws1, ws2, ws3] = vms as [Vm, Vm, Vm];
 
     // Each of the three comes up under a name of the template; which one is the order they joined in.
     const names = new Map<Vm, string>();
@@ -120,6 +120,22 @@ test(
       assert.equal(ws.phase, 'up', `${w.name} is up after its second network boot`);
     }
 
+    // The stranger comes once the lab is up: two cores run four TCG guests no faster than three.
+    for (const vm of vms) vm.kill();
+    const ws4 = await L.powerOn(stranger);
+    t.after(() => ws4.kill());
+    for (let i = 0; !(await L.decisions()).some((d) => d.mac === stranger.mac); i++) {
+      if (i > 150)
+        assert.fail(
+          `ws4 never network-booted:\n${ws4.console().slice(-2000)}\n${L.serverLog().slice(-3000)}`,
+        );
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+    // A second boot request shows it came back to the network after its disk had nothing to boot.
+    for (let i = 0; (await L.decisions()).filter((d) => d.mac === stranger.mac).length < 2; i++) {
+      if (i > 150) assert.fail(`ws4 asked only once:\n${ws4.console().slice(-2000)}`);
+      await new Promise((r) => setTimeout(r, 2000));
+    }
     const decisions = await L.decisions();
     for (const w of lab) {
       const mine = decisions.filter((d) => d.mac === w.mac).map((d) => d.decision);
@@ -130,7 +146,6 @@ test(
       );
     }
     const strangerBoots = decisions.filter((d) => d.mac === stranger.mac);
-    assert.ok(strangerBoots.length >= 1, `ws4 network-booted:\n${ws4.console().slice(-2000)}`);
     assert.deepEqual(
       [...new Set(strangerBoots.map((d) => d.decision))],
       ['local'],
@@ -138,7 +153,8 @@ test(
     );
     assert.doesNotMatch(ws4.console(), /imgcast: running/, 'ws4 never ran the imaging environment');
     assert.equal(
-      registered.find((x) => x.mac === stranger.mac)?.registeredAt ?? null,
+      (await L.imgcast<Registered[]>('workstation', 'list')).find((x) => x.mac === stranger.mac)
+        ?.registeredAt ?? null,
       null,
       'ws4 never registered',
     );
