@@ -61,6 +61,8 @@ await makeImage(ref.path, images, 'debian.imgc');
 
 interface Row {
   count: number;
+  /** Why the lab did not all come up as itself, when it did not. */
+  failed?: string;
   imgRunning: number[];
   loggedIn: number[];
   labSeconds: number;
@@ -99,14 +101,23 @@ for (const count of counts) {
       };
       vms.push(await L.powerOn(w));
     }
+    let failed: string | undefined;
     const measured = await Promise.all(
       vms.map(async (vm) => {
         const running = await vm.waitFor(/imgcast: running: img auto/, TIMEOUT_MS);
-        const login = await vm.waitFor(/\blab1-\d\d login:/, TIMEOUT_MS);
+        // A failed imaging leaves the environment's shell: no login prompt comes then.
+        const ended = await Promise.race([
+          vm.waitFor(/\blab1-\d\d login:/, TIMEOUT_MS),
+          vm.waitFor(/imgcast: img failed/, TIMEOUT_MS).then((m) => {
+            const said = vm.console().split('imgcast: img failed')[0]!.split('\n');
+            failed ??= `${vm.name}: ${said.filter((l) => l.startsWith('img: ')).at(-1) ?? 'img failed'}`;
+            return m;
+          }),
+        ]);
         say(
-          `${count} workstation(s): ${vm.name} img running at ${running.seconds} s, login at ${login.seconds} s`,
+          `${count} workstation(s): ${vm.name} img running at ${running.seconds} s, ended at ${ended.seconds} s`,
         );
-        return { running: running.seconds, login: login.seconds };
+        return { running: running.seconds, login: ended.seconds };
       }),
     );
     const labSeconds = (Date.now() - t0) / 1000;
@@ -114,6 +125,7 @@ for (const count of counts) {
     for (const vm of vms) vm.kill();
     rows.push({
       count,
+      ...(failed ? { failed } : {}),
       imgRunning: measured.map((m) => m.running),
       loggedIn: measured.map((m) => m.login),
       labSeconds,
@@ -144,7 +156,7 @@ const body = [
   '|---|---|---|---|---|---|---|',
   ...rows.map(
     (r, i) =>
-      `| ${r.count} | ${range(r.imgRunning)} | ${range(r.loggedIn)} | ${r.labSeconds.toFixed(0)} s | ${r.serverCpu.toFixed(1)} s | ${perWs[i]!.toFixed(2)} s | ${r.load.toFixed(2)} |`,
+      `| ${r.count} | ${range(r.imgRunning)} | ${r.failed ? `**failed** (${r.failed})` : range(r.loggedIn)} | ${r.labSeconds.toFixed(0)} s | ${r.serverCpu.toFixed(1)} s | ${perWs[i]!.toFixed(2)} s | ${r.load.toFixed(2)} |`,
   ),
   '',
   rows.length > 1
