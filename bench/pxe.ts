@@ -76,18 +76,7 @@ for (const count of counts) {
   const L = await PxeLab.start({ dir: labDir, images, bootenv: env.dir });
   cleanups.push(() => L.close());
   try {
-    await L.imgcast(
-      'session',
-      'add',
-      'lab1',
-      '--image',
-      'debian.imgc',
-      '-c',
-      String(count),
-      '--names',
-      'lab1-{nn}',
-    );
-    await L.imgcast('session', 'rule', 'add', 'lab1', `mac = ${L.macPrefix}`);
+    await L.labSession('debian.imgc', count, L.macPrefix);
     const load = loadavg()[0]!;
     const cpu0 = L.serverCpuSeconds();
     const t0 = Date.now();

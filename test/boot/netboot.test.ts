@@ -132,6 +132,31 @@ async function within<T, L>(p: Promise<T>, ms: number, late: L): Promise<T | L> 
   }
 }
 
+/** `imgcast server --pxe` on br0 of the LAN namespace, once it answers network boots and its API. */
+async function startPxeServer(t: TestContext, data: string): Promise<Running> {
+  const s = inNs(t, NS, [
+    NODE,
+    IMGCAST,
+    'server',
+    '--data',
+    data,
+    '--listen',
+    `0.0.0.0:${PORT}`,
+    '--discovery',
+    'off',
+    '--pxe',
+    '--pxe-interface',
+    'br0',
+  ]);
+  await until(
+    'the server answers network boots',
+    () => /answering network boots on br0/.test(s.out()) && /imgcast server .*API on/.test(s.out()),
+    30_000,
+    s.out,
+  );
+  return s;
+}
+
 async function until(what: string, check: () => boolean | Promise<boolean>, ms: number, log: () => string) {
   const end = Date.now() + ms;
   while (!(await check())) {
@@ -184,26 +209,7 @@ test('a diskless VM matching no rule network-boots from imgcast server --pxe (pr
   mkdirSync(join(data, 'bootenv'), { recursive: true });
   writeFileSync(join(data, 'bootenv/vmlinuz'), 'kernel');
   writeFileSync(join(data, 'bootenv/initrd.img'), 'initrd');
-  const server = inNs(t, NS, [
-    NODE,
-    IMGCAST,
-    'server',
-    '--data',
-    data,
-    '--listen',
-    `0.0.0.0:${PORT}`,
-    '--discovery',
-    'off',
-    '--pxe',
-    '--pxe-interface',
-    'br0',
-  ]);
-  await until(
-    'the server answers network boots',
-    () => /answering network boots on br0/.test(server.out()) && /imgcast server .*API on/.test(server.out()),
-    30_000,
-    server.out,
-  );
+  const server = await startPxeServer(t, data);
   const token = readFileSync(join(data, 'admin-token'), 'utf8').trim();
 
   // A second one on the same LAN cannot have the ports: it says so and stops.
@@ -392,29 +398,7 @@ test('imgcast server --pxe killed with SIGKILL: its watchdog stops its dnsmasq; 
   const dir = await tempDir(t, 'imgcast-pxe-kill-');
   const data = join(dir, 'data');
   makeLan(t);
-  const startServer = async () => {
-    const s = inNs(t, NS, [
-      NODE,
-      IMGCAST,
-      'server',
-      '--data',
-      data,
-      '--listen',
-      `0.0.0.0:${PORT}`,
-      '--discovery',
-      'off',
-      '--pxe',
-      '--pxe-interface',
-      'br0',
-    ]);
-    await until(
-      'the server answers network boots',
-      () => /answering network boots on br0/.test(s.out()) && /imgcast server .*API on/.test(s.out()),
-      30_000,
-      s.out,
-    );
-    return s;
-  };
+  const startServer = () => startPxeServer(t, data);
 
   // 1. The server alone is killed: its watchdog sees the pipe close and cleans up at once.
   const first = await startServer();

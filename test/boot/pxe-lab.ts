@@ -151,6 +151,25 @@ export class PxeLab {
     return JSON.parse(r.out) as T;
   }
 
+  /**
+   * The automatic session `lab1` with IMAGE for `clients` workstations, named lab1-{nn}, taking
+   * the MACs that start with `macPrefix`.
+   */
+  async labSession(image: string, clients: number, macPrefix: string): Promise<void> {
+    await this.imgcast(
+      'session',
+      'add',
+      'lab1',
+      '--image',
+      image,
+      '-c',
+      String(clients),
+      '--names',
+      'lab1-{nn}',
+    );
+    await this.imgcast('session', 'rule', 'add', 'lab1', `mac = ${macPrefix}`);
+  }
+
   /** The server's answers to network boots, oldest first. */
   async decisions(): Promise<BootDecision[]> {
     const script =

@@ -69,18 +69,7 @@ test(
       mac: `${L.macPrefix}:02:04`,
       diskBytes: 64 * MiB,
     };
-    await L.imgcast(
-      'session',
-      'add',
-      'lab1',
-      '--image',
-      'debian.imgc',
-      '-c',
-      String(lab.length),
-      '--names',
-      'lab1-{nn}',
-    );
-    await L.imgcast('session', 'rule', 'add', 'lab1', `mac = ${p}`);
+    await L.labSession('debian.imgc', lab.length, p);
 
     const cpuBefore = L.serverCpuSeconds();
     const poweredOn = Date.now();
