@@ -48,6 +48,8 @@ export interface PxeOptions {
   log: { info: (o: object, m: string) => void; warn: (o: object, m: string) => void };
   /** The dnsmasq binary (default: dnsmasq on PATH, else /usr/sbin/dnsmasq). */
   dnsmasq?: string;
+  /** DHCP mode: the radvd binary (default: radvd on PATH, else /usr/sbin/radvd; none: no advertisements). */
+  radvd?: string;
   /** Where Debian's ipxe package keeps its images. */
   ipxeDir?: string;
   /** Where the record of each server's dnsmasq is kept (default /run/imgcast/pxe). */
@@ -106,7 +108,7 @@ export function networkOf(address: string, netmask: string): string {
 /**
  * dnsmasq's configuration for this server (pure: the tests read it line by line).
  *
- * No IPv6 router advertisement, deliberately, although iPXE waits about 13 s for one: its
+ * No IPv6 router advertisement from dnsmasq, although iPXE waits about 13 s for one: its
  * autoconfiguration (ifconf) runs DHCPv4 and IPv6 router solicitation side by side and finishes
  * only when both have, and with nothing answering on the segment the solicitations time out.
  * An RA with no prefix, no M/O flags and router lifetime 0 ends that wait at once (measured in
@@ -115,10 +117,10 @@ export function networkOf(address: string, netmask: string): string {
  * advertises only prefixes built from a dhcp-range and the interface's own global addresses
  * (with only a link-local address it answers solicitations with nothing, checked with 2.90),
  * and every RA mode then either hands out addresses (ra-only, slaac, ra-stateless set the A
- * bit) or sends iPXE into DHCPv6 (M/O bits), a wait of its own. Beside a site's network (proxy
- * mode) an RA of ours would also be wrong: iPXE takes the first RA it gets, so at a site with
- * IPv6 it could lose the site's real configuration. Sending one ourselves needs a raw ICMPv6
- * socket, which Node has not without native code.
+ * bit) or sends iPXE into DHCPv6 (M/O bits), a wait of its own. So in DHCP mode (an isolated lab
+ * network the server answers for) radvd sends it (radvdConfig). Beside a site's network (proxy
+ * mode) an RA of ours would be wrong: iPXE takes the first RA it gets, so at a site with IPv6 it
+ * could lose the site's real configuration; a site with IPv6 has its own routers answering.
  */
 export function pxeConfig(c: PxeConfigInput): string {
   const lines = [
@@ -272,10 +274,13 @@ export async function checkPorts(ports: readonly number[]): Promise<void> {
   }
 }
 
-// --- what a killed server leaves: its dnsmasq, its directory ---------------------------------
+// --- what a killed server leaves: its dnsmasq and radvd, its directory ------------------------
 
 const TEMP_PREFIX = 'imgcast-pxe-';
 const RECORD_RE = /^dnsmasq@(\d+\.\d+)\.json$/;
+
+/** The programs a `--pxe` server supervises. */
+type Helper = 'dnsmasq' | 'radvd';
 
 /** What a running `--pxe` server has started, for the next one to undo if it dies. */
 interface PxeRecord {
@@ -284,6 +289,8 @@ interface PxeRecord {
   server: RunTag;
   /** Its dnsmasq as last started, pid.start; null before it is. */
   dnsmasq: RunTag | null;
+  /** Its radvd as last started (DHCP mode), pid.start; absent or null when there is none. */
+  radvd?: RunTag | null;
   /** Its temporary directory. */
   dir: string;
 }
@@ -328,9 +335,9 @@ async function stopProcess(tag: RunTag): Promise<boolean> {
 }
 
 /**
- * Undoes what `imgcast server --pxe` runs that are gone left behind: stops their dnsmasq (when
- * still that process), removes their temporary directories and records. Returns one line per
- * server undone; records of live servers are left alone.
+ * Undoes what `imgcast server --pxe` runs that are gone left behind: stops their dnsmasq and
+ * radvd (each only when still that process), removes their temporary directories and records.
+ * Returns one line per server undone; records of live servers are left alone.
  */
 export async function recoverPxe(o: { stateDir?: string; log?: PxeOptions['log'] } = {}): Promise<string[]> {
   const dir = await pxeStateDir(o.stateDir);
@@ -352,16 +359,20 @@ export async function recoverPxe(o: { stateDir?: string; log?: PxeOptions['log']
       // Unreadable (edited by hand): nothing in it to undo.
     }
     let line = `the imgcast server --pxe ${tag.split('.')[0]} is gone`;
-    if (r?.dnsmasq) {
-      const pid = r.dnsmasq.split('.')[0];
-      if (!(await runAlive(r.dnsmasq))) line += `; its dnsmasq ${pid} too`;
-      else if (await stopProcess(r.dnsmasq)) line += `; stopped its dnsmasq ${pid}`;
+    let stuck = false;
+    for (const helper of ['dnsmasq', 'radvd'] as const) {
+      const run = r?.[helper];
+      if (!run) continue;
+      const pid = run.split('.')[0];
+      if (!(await runAlive(run))) line += `; its ${helper} ${pid} too`;
+      else if (await stopProcess(run)) line += `; stopped its ${helper} ${pid}`;
       else {
-        // Still there: keep the record, so the port check says why and a later start tries again.
-        o.log?.warn({ record: file }, `${line}; its dnsmasq ${pid} did not stop`);
-        continue;
+        o.log?.warn({ record: file }, `${line}; its ${helper} ${pid} did not stop`);
+        stuck = true;
       }
     }
+    // Still there: keep the record, so the port check says why and a later start tries again.
+    if (stuck) continue;
     if (r?.dir && basename(r.dir).startsWith(TEMP_PREFIX)) {
       await rm(r.dir, { recursive: true, force: true });
       line += `; removed ${r.dir}`;
@@ -379,10 +390,10 @@ export async function recoverPxe(o: { stateDir?: string; log?: PxeOptions['log']
 }
 
 /**
- * The watchdog of one dnsmasq ($1 pid, $2 start time): waits for the end of its stdin (the
- * server's end of the pipe closes with the server, however it ends), then stops dnsmasq if it
+ * The watchdog of one helper ($1 pid, $2 start time): waits for the end of its stdin (the
+ * server's end of the pipe closes with the server, however it ends), then stops the helper if it
  * is still that process, waits for it to go, and removes the directory ($3) and record ($4).
- * The server kills it (SIGKILL) before it stops dnsmasq itself.
+ * The server kills it (SIGKILL) before it stops the helper itself.
  */
 const WATCHDOG = [
   "trap '' INT HUP",
@@ -393,8 +404,8 @@ const WATCHDOG = [
   'rm -rf -- "$3" "$4"',
 ].join('\n');
 
-function startWatchdog(dnsmasq: RunTag, dir: string, record: string): ChildProcess {
-  const [pid, start] = dnsmasq.split('.') as [string, string];
+function startWatchdog(helper: RunTag, dir: string, record: string): ChildProcess {
+  const [pid, start] = helper.split('.') as [string, string];
   const w = spawn('sh', ['-c', WATCHDOG, 'imgcast-pxe-watchdog', pid, start, dir, record], {
     stdio: ['pipe', 'ignore', 'ignore'],
     detached: true,
@@ -411,11 +422,178 @@ export interface RunningPxe {
   interface: string;
   address: string;
   configFile: string;
+  /** Whether router advertisements are sent (DHCP mode with radvd installed). */
+  routerAdvertisements: boolean;
   close(): Promise<void>;
 }
 
-const STARTED = /started, version/;
 const START_TIMEOUT_MS = 10_000;
+
+/** How one helper is run: what it is, how to start it, what it says once it serves. */
+interface HelperSpec {
+  name: Helper;
+  binary: string;
+  args: string[];
+  started: RegExp;
+  /** The code of its errors. */
+  code: string;
+  /** Why it could not start, from what it printed. */
+  failure: (text: string, code: number | null) => PxeError;
+}
+
+/** The state shared by a server's helpers: the record they are written into, the folder they use. */
+interface Supervision {
+  me: RunTag;
+  record: string;
+  dir: string;
+  runs: Record<Helper, RunTag | null>;
+  log: PxeOptions['log'];
+}
+
+interface Supervised {
+  /** Starts it; resolves once it serves, rejects with why not. */
+  start(): Promise<void>;
+  /** Stops it (and its restarts). */
+  close(): Promise<void>;
+  /** For the exit handler: kills it and its watchdog at once, synchronously. */
+  killNow(): void;
+}
+
+/**
+ * Runs a helper as a watched child: recorded for crash recovery and given a watchdog in the tick
+ * it is spawned; its output goes to the server's log; started again after a growing pause when it
+ * dies.
+ */
+function supervise(spec: HelperSpec, s: Supervision): Supervised {
+  let child: ChildProcess | undefined;
+  let watchdog: ChildProcess | undefined;
+  let stopping = false;
+  let backoff = 1000;
+  let restartTimer: NodeJS.Timeout | undefined;
+  const record = () => writeRecord(s.record, { v: 1, server: s.me, ...s.runs, dir: s.dir });
+
+  const launch = () =>
+    new Promise<void>((resolve, reject) => {
+      const p = spawn(spec.binary, spec.args, { stdio: ['ignore', 'ignore', 'pipe'] });
+      child = p;
+      let guard: ChildProcess | undefined;
+      const start = p.pid === undefined ? null : startTicks(p.pid);
+      if (start !== null) {
+        // Recorded and watched in the same tick as the spawn: no moment where a kill leaves it unknown.
+        const tag = `${p.pid}.${start}`;
+        s.runs[spec.name] = tag;
+        try {
+          record();
+        } catch (err) {
+          s.log.warn(
+            { err: (err as Error).message, record: s.record },
+            `cannot record ${spec.name} for crash recovery`,
+          );
+        }
+        guard = watchdog = startWatchdog(tag, s.dir, s.record);
+      }
+      const startedAt = Date.now();
+      let text = '';
+      let up = false;
+      const timer = setTimeout(() => {
+        if (up) return;
+        p.kill('SIGKILL');
+        reject(new PxeError(spec.code, `${spec.name} did not start within ${START_TIMEOUT_MS / 1000} s`));
+      }, START_TIMEOUT_MS);
+      let partial = '';
+      p.stderr!.setEncoding('utf8');
+      p.stderr!.on('data', (chunk: string) => {
+        if (!up) text += chunk;
+        const lines = (partial + chunk).split('\n');
+        partial = lines.pop()!;
+        for (const line of lines) if (line.trim()) s.log.info({ [spec.name]: line }, spec.name);
+        if (!up && spec.started.test(text)) {
+          up = true;
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      p.on('error', (err) => {
+        clearTimeout(timer);
+        if (!up) reject(new PxeError(spec.code, `cannot run ${spec.binary}: ${err.message}`));
+      });
+      p.on('exit', (code, signal) => {
+        clearTimeout(timer);
+        guard?.kill('SIGKILL');
+        if (!up) return reject(spec.failure(text, code));
+        if (stopping) return;
+        // Ran a good while: whatever stopped it was not a fault that recurs at once.
+        if (Date.now() - startedAt > 60_000) backoff = 1000;
+        s.log.warn(
+          { code, signal, restartInMs: backoff },
+          `${spec.name} stopped; started again in ${backoff} ms`,
+        );
+        restartLater();
+      });
+    });
+
+  const restartLater = () => {
+    if (stopping) return;
+    restartTimer = setTimeout(() => {
+      launch().catch((err: unknown) => {
+        s.log.warn({ err: (err as Error).message, restartInMs: backoff }, `${spec.name} did not start again`);
+        restartLater();
+      });
+    }, backoff);
+    backoff = Math.min(backoff * 2, 30_000);
+  };
+
+  return {
+    start: launch,
+    killNow() {
+      watchdog?.kill('SIGKILL');
+      child?.kill('SIGTERM');
+    },
+    async close() {
+      stopping = true;
+      clearTimeout(restartTimer);
+      // Ours to stop now: the watchdog must not remove the directory under the helper's feet.
+      watchdog?.kill('SIGKILL');
+      const p = child;
+      if (p && p.exitCode === null && p.signalCode === null) {
+        await new Promise<void>((resolve) => {
+          const kill = setTimeout(() => p.kill('SIGKILL'), 5000);
+          p.once('exit', () => {
+            clearTimeout(kill);
+            resolve();
+          });
+          p.kill('SIGTERM');
+        });
+      }
+    },
+  };
+}
+
+/** radvd's configuration (pure): see pxeConfig for why the advertisement says nothing. */
+export function radvdConfig(iface: string): string {
+  return [
+    '# generated by imgcast server --pxe; removed when it stops',
+    `interface ${iface} {`,
+    '  AdvSendAdvert on;',
+    // Not a default router, no prefix, no M/O flags: it ends iPXE's wait and configures nothing.
+    '  AdvDefaultLifetime 0;',
+    '  AdvManagedFlag off;',
+    '  AdvOtherConfigFlag off;',
+    '  MinRtrAdvInterval 3;',
+    '  MaxRtrAdvInterval 10;',
+    '};',
+    '',
+  ].join('\n');
+}
+
+function findRadvd(given?: string): string | undefined {
+  if (given !== undefined) return existsSync(given) ? given : undefined;
+  return [
+    ...(process.env.PATH ?? '').split(':').map((d) => join(d, 'radvd')),
+    '/usr/sbin/radvd',
+    '/sbin/radvd',
+  ].find((p) => p && existsSync(p));
+}
 
 export async function startPxe(o: PxeOptions): Promise<RunningPxe> {
   const binary = findDnsmasq(o.dnsmasq);
@@ -430,26 +608,33 @@ export async function startPxe(o: PxeOptions): Promise<RunningPxe> {
       { dir: ipxeDir },
     );
   }
+  const radvd = o.mode === 'dhcp' ? findRadvd(o.radvd) : undefined;
+  if (o.mode === 'dhcp' && !radvd) {
+    o.log.warn(
+      {},
+      'radvd is not installed: iPXE waits about 13 s for IPv6 autoconfiguration at every network boot of this lab (Debian: apt-get install radvd)',
+    );
+  }
   // Before the ports are checked: a dnsmasq a killed server left would hold them.
   await recoverPxe({ stateDir: o.stateDir, log: o.log });
   await checkPorts(pxePorts(o.mode));
   const me = await runTag();
   const record = join(await pxeStateDir(o.stateDir), `dnsmasq@${me}.json`);
   const dir = await ownedTempDir(tmpdir(), TEMP_PREFIX);
-  // A crash of the whole process must not leave the directory or the child behind either.
-  let child: ChildProcess | undefined;
-  let watchdog: ChildProcess | undefined;
+  const s: Supervision = { me, record, dir, runs: { dnsmasq: null, radvd: null }, log: o.log };
+  const helpers: Supervised[] = [];
+  // A crash of the whole process must not leave the directory or the children behind either.
   const onExit = () => {
-    watchdog?.kill('SIGKILL');
-    child?.kill('SIGTERM');
+    for (const h of helpers) h.killNow();
     rmSync(dir, { recursive: true, force: true });
     rmSync(record, { force: true });
   };
   process.once('exit', onExit);
   const tftp = join(dir, 'tftp');
   const configFile = join(dir, 'dnsmasq.conf');
+  const radvdFile = join(dir, 'radvd.conf');
   try {
-    writeRecord(record, { v: 1, server: me, dnsmasq: null, dir });
+    writeRecord(record, { v: 1, server: me, ...s.runs, dir });
     // dnsmasq serves TFTP as nobody: the files it serves must be readable to it.
     await chmod(dir, 0o755);
     await mkdir(tftp, { mode: 0o755 });
@@ -472,6 +657,7 @@ export async function startPxe(o: PxeOptions): Promise<RunningPxe> {
       }),
       { mode: 0o644 },
     );
+    if (radvd) await writeFile(radvdFile, radvdConfig(iface.name), { mode: 0o644 });
   } catch (err) {
     process.off('exit', onExit);
     await rm(dir, { recursive: true, force: true });
@@ -479,109 +665,81 @@ export async function startPxe(o: PxeOptions): Promise<RunningPxe> {
     throw err;
   }
 
-  let stopping = false;
-  let backoff = 1000;
-  let restartTimer: NodeJS.Timeout | undefined;
-  const args = ['--keep-in-foreground', `--conf-file=${configFile}`];
-
-  /** Starts dnsmasq; resolves once it says it started, rejects with why it did not. */
-  const launch = () =>
-    new Promise<void>((resolve, reject) => {
-      const p = spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-      child = p;
-      let guard: ChildProcess | undefined;
-      const start = p.pid === undefined ? null : startTicks(p.pid);
-      if (start !== null) {
-        // Recorded and watched in the same tick as the spawn: no moment where a kill leaves it unknown.
-        const tag = `${p.pid}.${start}`;
-        try {
-          writeRecord(record, { v: 1, server: me, dnsmasq: tag, dir });
-        } catch (err) {
-          o.log.warn({ err: (err as Error).message, record }, 'cannot record dnsmasq for crash recovery');
-        }
-        guard = watchdog = startWatchdog(tag, dir, record);
-      }
-      const startedAt = Date.now();
-      let text = '';
-      let up = false;
-      const timer = setTimeout(() => {
-        if (up) return;
-        p.kill('SIGKILL');
-        reject(new PxeError('E_PXE_DNSMASQ', `dnsmasq did not start within ${START_TIMEOUT_MS / 1000} s`));
-      }, START_TIMEOUT_MS);
-      let partial = '';
-      p.stderr!.setEncoding('utf8');
-      p.stderr!.on('data', (chunk: string) => {
-        if (!up) text += chunk;
-        const lines = (partial + chunk).split('\n');
-        partial = lines.pop()!;
-        for (const line of lines) if (line.trim()) o.log.info({ dnsmasq: line }, 'dnsmasq');
-        if (!up && STARTED.test(text)) {
-          up = true;
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      p.on('error', (err) => {
-        clearTimeout(timer);
-        if (!up) reject(new PxeError('E_PXE_DNSMASQ', `cannot run ${binary}: ${err.message}`));
-      });
-      p.on('exit', (code, signal) => {
-        clearTimeout(timer);
-        guard?.kill('SIGKILL');
-        if (!up) return reject(startFailure(text, code));
-        if (stopping) return;
-        // Ran a good while: whatever stopped it was not a fault that recurs at once.
-        if (Date.now() - startedAt > 60_000) backoff = 1000;
-        o.log.warn(
-          { code, signal, restartInMs: backoff },
-          'dnsmasq stopped; network boots go unanswered until it is started again',
-        );
-        restartLater();
-      });
-    });
-
-  const restartLater = () => {
-    if (stopping) return;
-    restartTimer = setTimeout(() => {
-      launch().catch((err: unknown) => {
-        o.log.warn({ err: (err as Error).message, restartInMs: backoff }, 'dnsmasq did not start again');
-        restartLater();
-      });
-    }, backoff);
-    backoff = Math.min(backoff * 2, 30_000);
-  };
+  helpers.push(
+    supervise(
+      {
+        name: 'dnsmasq',
+        binary,
+        args: ['--keep-in-foreground', `--conf-file=${configFile}`],
+        started: /started, version/,
+        code: 'E_PXE_DNSMASQ',
+        failure: startFailure,
+      },
+      s,
+    ),
+  );
+  if (radvd) {
+    helpers.push(
+      supervise(
+        {
+          name: 'radvd',
+          binary: radvd,
+          // In the foreground, logging to stderr (read into the server's log), as nobody once
+          // its socket is open.
+          args: ['--nodaemon', '-C', radvdFile, '-p', join(dir, 'radvd.pid'), '-m', 'stderr', '-u', 'nobody'],
+          started: /version \S+ started/,
+          code: 'E_PXE_RADVD',
+          failure: (text, code) =>
+            new PxeError(
+              'E_PXE_RADVD',
+              `radvd did not start: ${text.trim().split('\n').slice(-3).join('; ') || `it exited with code ${code}`}`,
+            ),
+        },
+        s,
+      ),
+    );
+  }
 
   const close = async () => {
-    stopping = true;
-    clearTimeout(restartTimer);
-    // Ours to stop now: the watchdog must not remove the directory under dnsmasq's feet.
-    watchdog?.kill('SIGKILL');
-    const p = child;
-    if (p && p.exitCode === null && p.signalCode === null) {
-      await new Promise<void>((resolve) => {
-        const kill = setTimeout(() => p.kill('SIGKILL'), 5000);
-        p.once('exit', () => {
-          clearTimeout(kill);
-          resolve();
-        });
-        p.kill('SIGTERM');
-      });
-    }
+    for (const h of helpers) await h.close();
     process.off('exit', onExit);
     await rm(dir, { recursive: true, force: true });
     await rm(record, { force: true });
   };
 
   try {
-    await launch();
+    await helpers[0]!.start();
   } catch (err) {
     await close();
     throw err;
   }
+  // Advertisements only save time: without them network boots work, each one slower.
+  let advertising = helpers.length > 1;
+  if (advertising) {
+    await helpers[1]!.start().catch(async (err: unknown) => {
+      advertising = false;
+      await helpers[1]!.close();
+      o.log.warn(
+        { err: (err as Error).message },
+        'radvd did not start: iPXE waits about 13 s for IPv6 autoconfiguration at every network boot of this lab',
+      );
+    });
+  }
   o.log.info(
-    { interface: iface.name, address: iface.address, mode: o.mode, config: configFile },
-    `answering network boots on ${iface.name} (${o.mode === 'proxy' ? 'proxy DHCP beside the site’s DHCP server' : `DHCP, addresses ${o.range?.start}-${o.range?.end}`})`,
+    {
+      interface: iface.name,
+      address: iface.address,
+      mode: o.mode,
+      config: configFile,
+      routerAdvertisements: !!radvd,
+    },
+    `answering network boots on ${iface.name} (${o.mode === 'proxy' ? 'proxy DHCP beside the site’s DHCP server' : `DHCP, addresses ${o.range?.start}-${o.range?.end}${advertising ? ', and IPv6 router advertisements that configure nothing, so iPXE does not wait for them' : ''}`})`,
   );
-  return { interface: iface.name, address: iface.address, configFile, close };
+  return {
+    interface: iface.name,
+    address: iface.address,
+    configFile,
+    routerAdvertisements: advertising,
+    close,
+  };
 }

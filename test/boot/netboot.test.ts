@@ -133,7 +133,7 @@ async function within<T, L>(p: Promise<T>, ms: number, late: L): Promise<T | L> 
 }
 
 /** `imgcast server --pxe` on br0 of the LAN namespace, once it answers network boots and its API. */
-async function startPxeServer(t: TestContext, data: string): Promise<Running> {
+async function startPxeServer(t: TestContext, data: string, extra: string[] = []): Promise<Running> {
   const s = inNs(t, NS, [
     NODE,
     IMGCAST,
@@ -147,6 +147,7 @@ async function startPxeServer(t: TestContext, data: string): Promise<Running> {
     '--pxe',
     '--pxe-interface',
     'br0',
+    ...extra,
   ]);
   await until(
     'the server answers network boots',
@@ -369,18 +370,24 @@ function aliveTag(tag: string): boolean {
 
 const PXE_STATE = '/run/imgcast/pxe';
 
-/** The record a running `--pxe` server keeps of its dnsmasq (src/server/pxe.ts). */
-function recordOf(pid: number): { file: string; dnsmasq: string; dir: string } {
+/** The record a running `--pxe --pxe-mode dhcp` server keeps of its dnsmasq and radvd (src/server/pxe.ts). */
+function recordOf(pid: number): { file: string; dnsmasq: string; radvd: string; dir: string } {
   const name = readdirSync(PXE_STATE).find((n) => n.startsWith(`dnsmasq@${pid}.`) && n.endsWith('.json'));
   assert.ok(name, `a record for the server ${pid} in ${PXE_STATE}: ${readdirSync(PXE_STATE).join(' ')}`);
-  const r = JSON.parse(readFileSync(join(PXE_STATE, name), 'utf8')) as { dnsmasq: string; dir: string };
+  const r = JSON.parse(readFileSync(join(PXE_STATE, name), 'utf8')) as {
+    dnsmasq: string;
+    radvd: string;
+    dir: string;
+  };
   assert.ok(aliveTag(r.dnsmasq), `its dnsmasq ${r.dnsmasq} runs`);
+  assert.ok(r.radvd && aliveTag(r.radvd), `its radvd ${r.radvd} runs`);
   assert.ok(existsSync(r.dir));
   return { file: join(PXE_STATE, name), ...r };
 }
 
-/** The pid of the watchdog `sh` watching the dnsmasq of `record`. */
-function watchdogOf(record: string): number {
+/** The pids of the watchdog `sh`s watching the helpers of `record` (one per helper). */
+function watchdogsOf(record: string): number[] {
+  const found: number[] = [];
   for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
     let argv: string[];
     try {
@@ -388,17 +395,25 @@ function watchdogOf(record: string): number {
     } catch {
       continue;
     }
-    if (argv.includes('imgcast-pxe-watchdog') && argv.includes(record)) return Number(pid);
+    if (argv.includes('imgcast-pxe-watchdog') && argv.includes(record)) found.push(Number(pid));
   }
-  assert.fail(`no watchdog process for ${record}`);
+  assert.equal(found.length, 2, `a watchdog for dnsmasq and one for radvd of ${record}`);
+  return found;
 }
 
-test('imgcast server --pxe killed with SIGKILL: its watchdog stops its dnsmasq; with the watchdog killed too, the next --pxe start does; either way the next server starts', async (t) => {
-  if (skipUnless(t, pxeUnavailable())) return;
+test('imgcast server --pxe --pxe-mode dhcp killed with SIGKILL: its watchdogs stop its dnsmasq and radvd; with the watchdogs killed too, the next --pxe start does; either way the next server starts', async (t) => {
+  if (
+    skipUnless(
+      t,
+      pxeUnavailable() ?? (existsSync('/usr/sbin/radvd') ? undefined : 'needs radvd (apt-get install radvd)'),
+    )
+  )
+    return;
   const dir = await tempDir(t, 'imgcast-pxe-kill-');
   const data = join(dir, 'data');
   makeLan(t);
-  const startServer = () => startPxeServer(t, data);
+  const startServer = () =>
+    startPxeServer(t, data, ['--pxe-mode', 'dhcp', '--pxe-range', '198.18.7.100,198.18.7.150']);
 
   // 1. The server alone is killed: its watchdog sees the pipe close and cleans up at once.
   const first = await startServer();
@@ -406,33 +421,35 @@ test('imgcast server --pxe killed with SIGKILL: its watchdog stops its dnsmasq; 
   process.kill(first.child.pid!, 'SIGKILL');
   await first.exit;
   await until(
-    'the watchdog stops the dnsmasq and removes its directory and record',
-    () => !aliveTag(r1.dnsmasq) && !existsSync(r1.dir) && !existsSync(r1.file),
+    'the watchdogs stop dnsmasq and radvd and remove the directory and record',
+    () => !aliveTag(r1.dnsmasq) && !aliveTag(r1.radvd) && !existsSync(r1.dir) && !existsSync(r1.file),
     10_000,
     first.out,
   );
 
-  // 2. The server and its watchdog are killed together: dnsmasq stays, holding the ports…
+  // 2. The server and its watchdogs are killed together: dnsmasq and radvd stay, holding the ports…
   const second = await startServer();
   assert.doesNotMatch(second.out(), /is gone/, 'nothing was left for it to undo');
   const r2 = recordOf(second.child.pid!);
-  process.kill(watchdogOf(r2.file), 'SIGKILL');
+  for (const w of watchdogsOf(r2.file)) process.kill(w, 'SIGKILL');
   process.kill(second.child.pid!, 'SIGKILL');
   await second.exit;
   await sleep(1000);
   assert.ok(aliveTag(r2.dnsmasq), 'with no watchdog, the dnsmasq of the killed server is still running');
+  assert.ok(aliveTag(r2.radvd), 'and its radvd');
   assert.ok(existsSync(r2.file) && existsSync(r2.dir));
 
   // …until the next --pxe start stops it, before it checks the ports, and starts fine.
   const third = await startServer();
   const [pid2] = r2.dnsmasq.split('.');
+  const [radvd2] = r2.radvd.split('.');
   assert.match(
     third.out(),
     new RegExp(
-      `the imgcast server --pxe ${second.child.pid} is gone; stopped its dnsmasq ${pid2}; removed ${r2.dir}`,
+      `the imgcast server --pxe ${second.child.pid} is gone; stopped its dnsmasq ${pid2}; stopped its radvd ${radvd2}; removed ${r2.dir}`,
     ),
   );
-  assert.ok(!aliveTag(r2.dnsmasq), 'the old dnsmasq is gone');
+  assert.ok(!aliveTag(r2.dnsmasq) && !aliveTag(r2.radvd), 'the old dnsmasq and radvd are gone');
   assert.ok(!existsSync(r2.dir) && !existsSync(r2.file), 'its directory and record are gone');
   const r3 = recordOf(third.child.pid!);
   assert.notEqual(r3.dnsmasq, r2.dnsmasq);
@@ -440,6 +457,6 @@ test('imgcast server --pxe killed with SIGKILL: its watchdog stops its dnsmasq; 
   // A clean stop removes the record, the directory and every process.
   process.kill(third.child.pid!, 'SIGTERM');
   assert.notEqual(await within(third.exit, 20_000, 'still running'), 'still running');
-  assert.ok(!existsSync(r3.file) && !existsSync(r3.dir) && !aliveTag(r3.dnsmasq));
+  assert.ok(!existsSync(r3.file) && !existsSync(r3.dir) && !aliveTag(r3.dnsmasq) && !aliveTag(r3.radvd));
   assert.equal(spawnSync('ip', ['netns', 'pids', NS], { encoding: 'utf8' }).stdout.trim(), '');
 });

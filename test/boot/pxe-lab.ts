@@ -110,7 +110,19 @@ export class PxeLab {
     const keep = (d: Buffer) => (this.#serverLog = (this.#serverLog + d.toString()).slice(-60_000));
     this.#server.stdout!.on('data', keep);
     this.#server.stderr!.on('data', keep);
+    this.serverEnded = new Promise<never>((_, reject) =>
+      this.#server.once('exit', (code, signal) =>
+        reject(
+          new Error(`the server ended (${signal ?? `exit ${code}`}):\n${this.serverLog().slice(-6000)}`),
+        ),
+      ),
+    );
+    // Only raced against: an ending nobody waits for is no unhandled rejection.
+    this.serverEnded.catch(() => {});
   }
+
+  /** Rejects when the server process ends, with its last log lines: race a wait against it. */
+  readonly serverEnded: Promise<never>;
 
   /** A new LAN with the server up and answering; close() takes it all down. */
   static async start(o: { dir: string; images: string; bootenv: string }): Promise<PxeLab> {
@@ -119,7 +131,8 @@ export class PxeLab {
     try {
       for (let i = 0; ; i++) {
         const r = await lab.#run(['session', 'list']);
-        if (r.code === 0) break;
+        // The API comes up first; network boots are answered once dnsmasq (and radvd) started.
+        if (r.code === 0 && /answering network boots/.test(lab.serverLog())) break;
         if (i > 150 || lab.#server.exitCode !== null)
           throw new Error(`the server did not come up:\n${lab.serverLog()}`);
         await sleep(200);

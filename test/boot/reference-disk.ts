@@ -12,8 +12,8 @@
  *
  * Building takes two to five minutes and needs the mirror, so the disk is cached between runs of
  * the suite under CACHE_ROOT, in a folder named by a hash of everything that decides its content
- * (the mirror, the suite, the packages, the layout and this file's own text: any edit here means
- * one rebuild). A build happens in a
+ * (the mirror, the suite, the packages, the layout, and the text of this file and of
+ * boot-disk.ts, which lays the disk out: any edit there means one rebuild). A build happens in a
  * `.partial-PID` folder renamed into place only once the disk is complete, checked (e2fsck) and
  * has booted to its login prompt under both firmwares: a killed build never leaves a cache entry,
  * and a cached disk is one that was seen to boot. Never write to the cached disk: boot it with a
@@ -22,32 +22,29 @@
  * Run this file to build (or find) the disk and print where it is:
  *   node test/boot/reference-disk.ts
  */
-import { spawn } from 'node:child_process';
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import {
-  cp,
-  mkdir,
-  open,
-  readdir,
-  readFile,
-  rename,
-  rm,
-  stat,
-  truncate,
-  utimes,
-  writeFile,
-} from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { attachLoop, detachLoop } from '../../src/disk/device.ts';
 import { hasCommand, isRoot } from '../helpers/env.ts';
-import { bootToLogin, qemuUnavailable, type BootResult } from './qemu.ts';
+import {
+  assembleBootDisk,
+  cachedDisk,
+  findCached,
+  proveBoots,
+  secs,
+  sh,
+  type BootDiskMeta,
+  type CachedDisk,
+  type DiskPartition,
+} from './boot-disk.ts';
+import { qemuUnavailable } from './qemu.ts';
 
-export const CACHE_ROOT = process.env.IMGCAST_TEST_CACHE ?? '/var/cache/imgcast-test';
+export { CACHE_ROOT } from './boot-disk.ts';
+export type { DiskPartition };
 
 const MiB = 1024 * 1024;
-const SECTOR = 512;
 
 /** What decides the disk's content; its hash names the cache entry. */
 interface Recipe {
@@ -60,33 +57,11 @@ interface Recipe {
   espBytes: number;
 }
 
-export interface DiskPartition {
-  number: number;
-  /** Byte offset and length on the disk. */
-  start: number;
-  size: number;
+export interface ReferenceMeta extends BootDiskMeta {
+  suite: string;
 }
 
-export interface ReferenceDisk {
-  /** The cached disk-image file. Never written to: boot it with a snapshot, capture it as is. */
-  path: string;
-  diskBytes: number;
-  hostname: string;
-  suite: string;
-  kernel: string;
-  /** The ext4 root's UUID (root=UUID=… on the kernel's command line, and in fstab). */
-  rootUuid: string;
-  /** The vfat volume ID of the EFI partition, as blkid prints it (fstab mounts /boot/efi by it). */
-  espUuid: string;
-  partitions: { biosBoot: DiskPartition; esp: DiskPartition; root: DiskPartition };
-  /** How long the build took (mmdebstrap, disk, boot loaders, the two proving boots), when made. */
-  buildSeconds: number;
-  builtAt: string;
-  /** The proving boots at build time: seconds to the login prompt under each firmware. */
-  provenBoots: Array<{ firmware: string; seconds: number }>;
-  /** True when this run found it in the cache, false when this run built it. */
-  cached: boolean;
-}
+export type ReferenceDisk = CachedDisk<ReferenceMeta>;
 
 /** The packages of the root besides mmdebstrap's `apt` variant (Essential packages and apt). */
 const PACKAGES = [
@@ -181,8 +156,13 @@ async function recipe(): Promise<Recipe | string> {
 }
 
 async function cacheKey(r: Recipe): Promise<string> {
-  const self = await readFile(fileURLToPath(import.meta.url), 'utf8');
-  return createHash('sha256').update(JSON.stringify(r)).update(self).digest('hex').slice(0, 16);
+  const hash = createHash('sha256').update(JSON.stringify(r));
+  for (const file of [
+    fileURLToPath(import.meta.url),
+    fileURLToPath(new URL('./boot-disk.ts', import.meta.url)),
+  ])
+    hash.update(await readFile(file, 'utf8'));
+  return hash.digest('hex').slice(0, 16);
 }
 
 /**
@@ -195,7 +175,7 @@ export async function referenceDiskUnavailable(): Promise<string | undefined> {
   if (why) return why;
   const r = await recipe();
   if (typeof r === 'string') return r;
-  if (await findCached(r)) return undefined;
+  if (await findCached('reference', await cacheKey(r))) return undefined;
   for (const c of HOST_TOOLS) {
     if (!hasCommand(c))
       return `needs ${c} to build the reference disk (apt-get install mmdebstrap grub-pc-bin grub-efi-amd64-bin dosfstools mtools)`;
@@ -213,21 +193,6 @@ export async function referenceDiskUnavailable(): Promise<string | undefined> {
   return undefined;
 }
 
-async function findCached(r: Recipe): Promise<ReferenceDisk | undefined> {
-  const dir = join(CACHE_ROOT, `reference-${await cacheKey(r)}`);
-  try {
-    const meta = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as ReferenceDisk;
-    const st = await stat(join(dir, 'disk.img'));
-    if (st.size !== meta.diskBytes) return undefined;
-    // Marks it as in use, so another recipe's build (another checkout) leaves it be.
-    const now = new Date();
-    await utimes(join(dir, 'meta.json'), now, now).catch(() => {});
-    return { ...meta, path: join(dir, 'disk.img'), cached: true };
-  } catch {
-    return undefined;
-  }
-}
-
 /**
  * The reference disk: from the cache, or built now (a minute or two, then two proving boots).
  * `log` hears what the build is doing. Throws when it cannot be built; call
@@ -236,104 +201,10 @@ async function findCached(r: Recipe): Promise<ReferenceDisk | undefined> {
 export async function referenceDisk(log: (line: string) => void = () => {}): Promise<ReferenceDisk> {
   const r = await recipe();
   if (typeof r === 'string') throw new Error(`cannot build the reference disk: ${r}`);
-  const found = await findCached(r);
-  if (found) return found;
-  const key = await cacheKey(r);
-  await mkdir(CACHE_ROOT, { recursive: true });
-  await pruneCache(key);
-  const partial = join(CACHE_ROOT, `reference-${key}.partial-${process.pid}`);
-  await rm(partial, { recursive: true, force: true });
-  await mkdir(partial);
-  try {
-    const meta = await build(r, partial, log);
-    const final = join(CACHE_ROOT, `reference-${key}`);
-    try {
-      await rename(partial, final);
-    } catch (err) {
-      // Another run published the same disk first: use that one.
-      if (!['ENOTEMPTY', 'EEXIST'].includes((err as NodeJS.ErrnoException).code ?? '')) throw err;
-      await rm(partial, { recursive: true, force: true });
-      const theirs = await findCached(r);
-      if (theirs) return theirs;
-      throw err;
-    }
-    return { ...meta, path: join(final, 'disk.img'), cached: false };
-  } catch (err) {
-    await rm(partial, { recursive: true, force: true });
-    throw err;
-  }
+  return cachedDisk('reference', await cacheKey(r), (dir) => build(r, dir, log));
 }
 
-/** Disks of other recipes unused this long are removed by the next build. */
-const UNUSED_MS = 2 * 24 * 3600_000;
-
-/**
- * Removes builds left by dead runs, and other recipes' disks nobody used for two days (each
- * holds about 0.7 GB): checkouts of different versions of this file may share the cache.
- */
-async function pruneCache(key: string): Promise<void> {
-  for (const name of await readdir(CACHE_ROOT).catch(() => [] as string[])) {
-    const m = /^reference-([0-9a-f]+)(?:\.partial-(\d+))?$/.exec(name);
-    if (!m) continue;
-    const pid = m[2] ? Number(m[2]) : undefined;
-    if (pid !== undefined) {
-      if (pid !== process.pid && alive(pid)) continue;
-    } else {
-      if (m[1] === key) continue;
-      const used = await stat(join(CACHE_ROOT, name, 'meta.json')).catch(() => null);
-      if (used && Date.now() - used.mtimeMs < UNUSED_MS) continue;
-    }
-    await rm(join(CACHE_ROOT, name), { recursive: true, force: true });
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/** Runs a command with its output kept for the error; long commands are logged as they finish. */
-function sh(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env });
-    let out = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (out = (out + d).slice(-200_000)));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (out = (out + d).slice(-200_000)));
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      if (code === 0) resolve(out);
-      else
-        reject(
-          new Error(
-            `${cmd} ${args.join(' ')} failed (${signal ?? `exit ${code}`}):\n${out.trimEnd().split('\n').slice(-40).join('\n')}`,
-          ),
-        );
-    });
-  });
-}
-
-async function withLoop<T>(
-  file: string,
-  opts: { offset?: number; size?: number; readOnly?: boolean },
-  use: (dev: string) => Promise<T>,
-): Promise<T> {
-  const dev = await attachLoop(file, opts);
-  try {
-    return await use(dev);
-  } finally {
-    await detachLoop(dev);
-  }
-}
-
-async function build(
-  r: Recipe,
-  dir: string,
-  log: (line: string) => void,
-): Promise<Omit<ReferenceDisk, 'path' | 'cached'>> {
+async function build(r: Recipe, dir: string, log: (line: string) => void): Promise<ReferenceMeta> {
   const started = Date.now();
   const tree = join(dir, 'root');
   log(`mmdebstrap ${r.suite} from ${r.sources[0]} (${r.packages.join(', ')})`);
@@ -359,182 +230,25 @@ async function build(
     .map((f) => /^vmlinuz-(.+)$/.exec(f)?.[1])
     .find((k): k is string => k !== undefined);
   if (!kernel) throw new Error(`mmdebstrap made no kernel in ${tree}/boot`);
-  const rootUuid = randomUUID();
-  const espSerial = randomBytes(4).toString('hex').toUpperCase();
-  const espUuid = `${espSerial.slice(0, 4)}-${espSerial.slice(4)}`;
-
-  await writeFile(join(tree, 'etc/hostname'), `${r.hostname}\n`);
-  await writeFile(
-    join(tree, 'etc/hosts'),
-    `127.0.0.1\tlocalhost\n127.0.1.1\t${r.hostname}\n\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n`,
-  );
-  // mmdebstrap leaves it empty, for the first boot to make one; a reference machine has its own.
-  await writeFile(join(tree, 'etc/machine-id'), `${randomBytes(16).toString('hex')}\n`);
-  await writeFile(
-    join(tree, 'etc/fstab'),
-    `UUID=${rootUuid}\t/\text4\terrors=remount-ro\t0\t1\nUUID=${espUuid}\t/boot/efi\tvfat\tumask=0077\t0\t0\n`,
-  );
-  await mkdir(join(tree, 'boot/efi'), { recursive: true });
-  // GRUB for UEFI loads its modules from here, as grub-install would have put them.
-  await cp('/usr/lib/grub/x86_64-efi', join(tree, 'boot/grub/x86_64-efi'), {
-    recursive: true,
-    filter: (src) => !/\.(efi|img|image)$/.test(src),
-  });
-  await writeFile(
-    join(tree, 'boot/grub/grub.cfg'),
-    [
-      'serial --unit=0 --speed=115200',
-      'terminal_input serial console',
-      'terminal_output serial console',
-      'set timeout=1',
-      'set default=0',
-      'insmod part_gpt',
-      'insmod ext2',
-      'if [ x$grub_platform = xefi ]; then insmod efi_gop; fi',
-      `search --no-floppy --fs-uuid --set=root ${rootUuid}`,
-      `menuentry 'Debian GNU/Linux (${r.hostname})' {`,
-      `  linux /boot/vmlinuz-${kernel} root=UUID=${rootUuid} ro console=ttyS0,115200`,
-      `  initrd /boot/initrd.img-${kernel}`,
-      '}',
-      '',
-    ].join('\n'),
-  );
-
-  // The disk: GPT with the three partitions, sector-aligned at 1 MiB.
-  const disk = join(dir, 'disk.img');
-  await (await open(disk, 'w')).close();
-  await truncate(disk, r.diskBytes);
-  const biosBoot = { number: 1, start: MiB, size: MiB };
-  const esp = { number: 2, start: 2 * MiB, size: r.espBytes };
-  const rootStart = esp.start + esp.size;
-  // The backup GPT takes the last 33 sectors; the root ends on a 1 MiB boundary before them.
-  const rootSize = Math.floor((r.diskBytes - 33 * SECTOR - rootStart) / MiB) * MiB;
-  const root = { number: 3, start: rootStart, size: rootSize };
-  const part = (p: DiskPartition, type: string, name: string) =>
-    `start=${p.start / SECTOR}, size=${p.size / SECTOR}, type=${type}, name="${name}"`;
-  await sfdisk(
-    disk,
-    [
-      'label: gpt',
-      part(biosBoot, '21686148-6449-6E6F-744E-656564454649', 'BIOS boot'),
-      part(esp, 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B', 'EFI system'),
-      part(root, '0FC63DAF-8483-4772-8E79-3D69D8477DE4', 'root'),
-      '',
-    ].join('\n'),
-  );
-
-  log('filesystems');
-  await withLoop(disk, { offset: esp.start, size: esp.size }, async (dev) => {
-    await sh('mkfs.vfat', ['-F', '32', '-i', espSerial, '-n', 'EFI', dev]);
-  });
-  await withLoop(disk, { offset: root.start, size: root.size }, async (dev) => {
-    await sh('mkfs.ext4', ['-q', '-F', '-U', rootUuid, '-L', 'root', '-d', tree, dev]);
-  });
-  await rm(tree, { recursive: true, force: true });
-
-  log('GRUB for BIOS (grub-install --target=i386-pc)');
-  const mnt = join(dir, 'mnt');
-  await mkdir(mnt);
-  await withLoop(disk, {}, async (whole) => {
-    await withLoop(disk, { offset: root.start, size: root.size }, async (dev) => {
-      await sh('mount', ['-t', 'ext4', dev, mnt]);
-      try {
-        // The root is on a loop device of its own (this kernel makes no partition devices), so
-        // grub-install finds /boot on "another disk" and has core.img look for it by UUID.
-        await sh('grub-install', [
-          '--target=i386-pc',
-          `--boot-directory=${join(mnt, 'boot')}`,
-          '--modules=part_gpt ext2',
-          whole,
-        ]);
-      } finally {
-        await sh('umount', [mnt]);
-      }
-    });
-  });
-
-  log('GRUB for UEFI at \\EFI\\BOOT\\BOOTX64.EFI');
-  // grub-install --target=x86_64-efi needs the EFI partition mounted, and this kernel may have no
-  // vfat: the loader is made by grub-mkimage (what grub-install runs) and copied in with mtools.
-  const early = join(dir, 'early.cfg');
-  await writeFile(early, `search.fs_uuid ${rootUuid} root\nset prefix=($root)/boot/grub\n`);
-  const efiLoader = join(dir, 'BOOTX64.EFI');
-  await sh('grub-mkimage', [
-    '-O',
-    'x86_64-efi',
-    '-c',
-    early,
-    '-p',
-    '/boot/grub',
-    '-o',
-    efiLoader,
-    'part_gpt',
-    'ext2',
-    'search_fs_uuid',
-  ]);
-  const mtools = { ...process.env, MTOOLS_SKIP_CHECK: '1' };
-  const espImage = `${disk}@@${esp.start}`;
-  await sh('mmd', ['-i', espImage, '::/EFI', '::/EFI/BOOT'], { env: mtools });
-  await sh('mcopy', ['-i', espImage, efiLoader, '::/EFI/BOOT/BOOTX64.EFI'], { env: mtools });
-  await rm(efiLoader);
-  await rm(early);
-  await rm(mnt, { recursive: true });
-
-  await withLoop(disk, { offset: root.start, size: root.size, readOnly: true }, async (dev) => {
-    await sh('e2fsck', ['-f', '-n', dev]);
-  });
-  const madeIn = Date.now() - started;
-  log(`disk made in ${secs(madeIn)}; proving it boots under SeaBIOS and OVMF`);
-
-  const boots = await Promise.all(
-    (['bios', 'uefi'] as const).map((firmware) =>
-      bootToLogin({ disk, firmware, logFile: join(dir, `boot-${firmware}.log`) }),
-    ),
-  );
-  for (const b of boots) proveBoot(b, r.hostname);
-  const meta = {
+  const layout = { hostname: r.hostname, diskBytes: r.diskBytes, espBytes: r.espBytes, kernel };
+  const made = await assembleBootDisk(dir, tree, layout, log);
+  log(`disk made in ${secs(Date.now() - started)}; proving it boots under SeaBIOS and OVMF`);
+  const provenBoots = await proveBoots(dir, r.hostname);
+  const meta: ReferenceMeta = {
     diskBytes: r.diskBytes,
     hostname: r.hostname,
-    suite: r.suite,
     kernel,
-    rootUuid,
-    espUuid,
-    partitions: { biosBoot, esp, root },
+    ...made,
+    suite: r.suite,
     buildSeconds: Math.round((Date.now() - started) / 100) / 10,
     builtAt: new Date().toISOString(),
-    provenBoots: boots.map((b) => ({ firmware: b.firmware, seconds: b.seconds })),
+    provenBoots,
   };
-  await writeFile(join(dir, 'meta.json'), `${JSON.stringify(meta, null, 2)}\n`);
   log(
-    `built in ${meta.buildSeconds} s (${boots.map((b) => `${b.firmware} boot ${b.seconds} s`).join(', ')})`,
+    `built in ${meta.buildSeconds} s (${provenBoots.map((b) => `${b.firmware} boot ${b.seconds} s`).join(', ')})`,
   );
   return meta;
 }
-
-function proveBoot(b: BootResult, hostname: string): void {
-  if (b.hostname !== hostname || b.failedUnits.length > 0) {
-    throw new Error(
-      `the freshly built reference disk did not boot cleanly under ${b.firmware}: login prompt of "${b.hostname}"` +
-        `, failed units: ${b.failedUnits.join('; ') || 'none'}\n${b.log.split('\n').slice(-60).join('\n')}`,
-    );
-  }
-}
-
-async function sfdisk(disk: string, script: string): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const child = spawn('sfdisk', ['-q', '--no-reread', '--no-tell-kernel', disk], {
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`sfdisk failed: ${out}`))));
-    child.stdin.end(script);
-  });
-}
-
-const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const why = await referenceDiskUnavailable();

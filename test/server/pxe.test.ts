@@ -16,6 +16,7 @@ import {
   networkOf,
   pickInterface,
   pxeConfig,
+  radvdConfig,
   startPxe,
   type PxeConfigInput,
 } from '../../src/server/pxe.ts';
@@ -107,6 +108,25 @@ test('dnsmasq itself accepts both configurations (dnsmasq --test)', (t) => {
     assert.equal(r.status, 0, `${c.mode}: ${r.stderr}`);
     assert.match(r.stderr, /syntax check OK/, `${c.mode}: ${r.stderr}`);
   }
+});
+
+test('radvdConfig: an advertisement that configures nothing (no prefix, not a default router, no M/O flags), and radvd reads it', (t) => {
+  const text = radvdConfig('br-lab');
+  assert.match(text, /^interface br-lab \{$/m);
+  assert.match(text, /^\s*AdvSendAdvert on;$/m);
+  assert.match(text, /^\s*AdvDefaultLifetime 0;$/m);
+  assert.match(text, /^\s*AdvManagedFlag off;$/m);
+  assert.match(text, /^\s*AdvOtherConfigFlag off;$/m);
+  assert.doesNotMatch(text, /prefix|route |RDNSS|DNSSL/i, 'no prefix, route or DNS option');
+  const radvd = ['/usr/sbin/radvd', '/sbin/radvd'].find((p) => existsSync(p));
+  if (!radvd) return t.skip('radvd is not installed (apt-get install radvd)');
+  const dir = join(tmpdir(), `imgcast-radvd-conf-${process.pid}`);
+  t.after(() => execFileSync('rm', ['-rf', dir]));
+  execFileSync('mkdir', ['-p', dir]);
+  writeFileSync(join(dir, 'radvd.conf'), text);
+  const r = spawnSync(radvd, ['--configtest', '-C', join(dir, 'radvd.conf')], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /syntax ok/);
 });
 
 test('pickInterface: a name that is no interface, or one without IPv4, is refused with a code', () => {
