@@ -8,6 +8,9 @@
 #   imgcast.mode=auto|shell               auto (default): img auto; shell: a maintenance shell
 #   imgcast.onfail=shell|reboot|poweroff  when img fails (default shell: the reason stays on screen)
 #   imgcast.done=reboot|poweroff          after img auto succeeded (default reboot)
+#   imgcast.boot=network                  booted by the imaging server's iPXE script: after imaging,
+#                                         reboot to the network again (the server sends it to its
+#                                         disk), with no change to the firmware's boot list
 #
 # PID 1 must never exit (the kernel panics): every path ends in a shell loop, reboot -f or
 # poweroff -f. reboot/poweroff without -f would signal init, which this script does not handle.
@@ -57,6 +60,7 @@ for arg in $(cat /proc/cmdline); do
     imgcast.mode=*) MODE=${arg#imgcast.mode=} ;;
     imgcast.onfail=*) ONFAIL=${arg#imgcast.onfail=} ;;
     imgcast.done=*) DONE=${arg#imgcast.done=} ;;
+    imgcast.boot=network) export IMGCAST_NETBOOT=1 ;;
   esac
 done
 case "$MODE" in auto | shell) ;; *)

@@ -2,10 +2,13 @@
  * Booting the restored system next (`--reboot`). Under BIOS the firmware boots the disk's own
  * boot code, which the restore put back: nothing to do. Under UEFI the firmware boots an entry
  * of its boot list: the workstation makes one for the restored disk's EFI system partition (or
- * reuses one that already points there), and asks for it once with BootNext, so a lab set to
- * boot from the network first stays so. When no loader the firmware could start is on the
- * partition, or efibootmgr is missing, it says why it relies on the firmware's own fallback
- * (\EFI\BOOT\BOOTX64.EFI on a removable-path install).
+ * reuses one that already points there), outside the boot order, and asks for it once with
+ * BootNext: the boot order stays as the administrator set it (a lab set to boot from the
+ * network first stays so). A workstation that was booted from the network by the imaging server
+ * touches no firmware variable: it restarts from the network, and the server, with nothing more
+ * for it, sends it to its disk (and so sees it come up). When no loader the firmware could start
+ * is on the partition, or efibootmgr is missing, it says why it relies on the firmware's own
+ * fallback (\EFI\BOOT\BOOTX64.EFI on a removable-path install).
  *
  * The plan is pure (planBootEntry), from what efibootmgr printed and what the image's EFI
  * partition holds; running it is boot.ts's.
@@ -83,6 +86,7 @@ export function efiLoaders(manifest: Manifest, espNumber: number): string[] {
 export type BootPlan =
   | { kind: 'bios'; note: string }
   | { kind: 'fallback'; note: string }
+  | { kind: 'network'; note: string }
   | {
       kind: 'uefi';
       create: string[] | null;
@@ -98,6 +102,8 @@ export type BootPlan =
  */
 export function planBootEntry(f: {
   uefi: boolean;
+  /** Booted from the network by the imaging server (the environment's imgcast.boot=network). */
+  netboot?: boolean;
   efibootmgr: boolean;
   list: EfiBootList | null;
   disk: string;
@@ -106,6 +112,12 @@ export function planBootEntry(f: {
   label: string;
 }): BootPlan {
   if (!f.uefi) return { kind: 'bios', note: 'the firmware boots the disk by its own boot code (BIOS)' };
+  if (f.netboot) {
+    return {
+      kind: 'network',
+      note: 'it boots from the network again, and the server sends it to its disk (the firmware boot list is left as it is)',
+    };
+  }
   if (!f.esp) {
     return {
       kind: 'fallback',
@@ -145,7 +157,8 @@ export function planBootEntry(f: {
   return {
     kind: 'uefi',
     create: [
-      '--create',
+      // Made outside the boot order (--create would put it first): BootNext is the one boot it gets.
+      '--create-only',
       '--disk',
       f.disk,
       '--part',

@@ -36,6 +36,7 @@ export async function prepareBootNext(disk: string, manifest: Manifest, label: s
   const esp = manifest.disk ? espOf(manifest.disk) : null;
   const plan = planBootEntry({
     uefi,
+    netboot: process.env.IMGCAST_NETBOOT === '1',
     efibootmgr: listing !== null,
     list: listing === null ? null : parseEfibootmgr(listing),
     disk,
@@ -46,9 +47,10 @@ export async function prepareBootNext(disk: string, manifest: Manifest, label: s
   if (plan.kind !== 'uefi') return plan;
   let entry = plan.entry;
   if (plan.create) {
+    const before = new Set(parseEfibootmgr(listing!).entries.map((e) => e.number));
     const made = parseEfibootmgr((await run('efibootmgr', plan.create)).stdout);
-    // efibootmgr puts the entry it made first in the boot order.
-    entry = made.order[0] ?? null;
+    // The new number, under our label: --create-only leaves the boot order, so it is not first there.
+    entry = made.entries.find((e) => !before.has(e.number) && e.label === plan.label)?.number ?? null;
     if (!entry) {
       throw new ClientError('E_BOOT_ENTRY', `efibootmgr made no boot entry for ${plan.loader} on ${disk}`, {
         disk,

@@ -64,7 +64,7 @@ export function entryScript(base: string): string {
 
 /** Boots the imaging environment from `base`. */
 export function imageScript(base: string, why: string, kernelArgs = ''): string {
-  const args = `initrd=initrd.img console=ttyS0 console=tty0 imgcast.server=${base}${kernelArgs ? ` ${kernelArgs}` : ''}`;
+  const args = `initrd=initrd.img console=ttyS0 console=tty0 imgcast.server=${base} imgcast.boot=network${kernelArgs ? ` ${kernelArgs}` : ''}`;
   return [
     '#!ipxe',
     `echo imgcast: imaging: ${ipxeText(why)}`,

@@ -318,7 +318,7 @@ test('a diskless VM matching no rule network-boots from imgcast server --pxe (pr
   assert.equal(
     d.body.split('\n').slice(2).join('\n'),
     [
-      `kernel http://${SERVER_IP}:${PORT}/boot/vmlinuz initrd=initrd.img console=ttyS0 console=tty0 imgcast.server=http://${SERVER_IP}:${PORT}`,
+      `kernel http://${SERVER_IP}:${PORT}/boot/vmlinuz initrd=initrd.img console=ttyS0 console=tty0 imgcast.server=http://${SERVER_IP}:${PORT} imgcast.boot=network`,
       `initrd http://${SERVER_IP}:${PORT}/boot/initrd.img`,
       'boot',
       '',

@@ -102,7 +102,7 @@ test("the image's EFI partition and its loaders, the distribution's before the f
   assert.deepEqual(efiLoaders(manifest(['README']), 2), []);
 });
 
-test('the plan: nothing under BIOS; an existing entry reused; a new one made; the fallback said plainly', () => {
+test('the plan: nothing under BIOS or after a network boot; an existing entry reused; a new one made outside the boot order; the fallback said plainly', () => {
   const base = {
     uefi: true,
     efibootmgr: true,
@@ -113,6 +113,11 @@ test('the plan: nothing under BIOS; an existing entry reused; a new one made; th
     label: 'imgcast lab1',
   };
   assert.equal(planBootEntry({ ...base, uefi: false }).kind, 'bios');
+  // Network-booted by the server: no firmware variable is touched, whatever the disk holds.
+  const netboot = planBootEntry({ ...base, netboot: true, loaders: ['\\EFI\\BOOT\\BOOTX64.EFI'] });
+  assert.equal(netboot.kind, 'network');
+  assert.match(netboot.note, /boots from the network again, and the server sends it to its disk/);
+  assert.equal(planBootEntry({ ...base, netboot: true, uefi: false }).kind, 'bios');
   const reuse = planBootEntry(base);
   assert.deepEqual(
     [reuse.kind, 'entry' in reuse && reuse.entry, 'create' in reuse && reuse.create],
@@ -121,7 +126,7 @@ test('the plan: nothing under BIOS; an existing entry reused; a new one made; th
   const fresh = planBootEntry({ ...base, loaders: ['\\EFI\\BOOT\\BOOTX64.EFI'] });
   assert.ok(fresh.kind === 'uefi');
   assert.deepEqual(fresh.create, [
-    '--create',
+    '--create-only',
     '--disk',
     '/dev/sda',
     '--part',

@@ -197,7 +197,7 @@ test('a rule that takes an unknown MAC images it; without the imaging environmen
     [
       '#!ipxe',
       'echo imgcast: imaging: lab1 (1st): matches mac = 52:54:00:bb; not registered yet: it registers when img auto runs',
-      `kernel ${f.base}/boot/vmlinuz initrd=initrd.img console=ttyS0 console=tty0 imgcast.server=${f.base} imgcast.done=poweroff`,
+      `kernel ${f.base}/boot/vmlinuz initrd=initrd.img console=ttyS0 console=tty0 imgcast.server=${f.base} imgcast.boot=network imgcast.done=poweroff`,
       `initrd ${f.base}/boot/initrd.img`,
       'boot',
       '',
