@@ -1,14 +1,20 @@
 /**
  * Booting the restored system next (`--reboot`). Under BIOS the firmware boots the disk's own
- * boot code, which the restore put back: nothing to do. Under UEFI the firmware boots an entry
- * of its boot list: the workstation makes one for the restored disk's EFI system partition (or
- * reuses one that already points there), outside the boot order, and asks for it once with
- * BootNext: the boot order stays as the administrator set it (a lab set to boot from the
- * network first stays so). A workstation that was booted from the network by the imaging server
- * touches no firmware variable: it restarts from the network, and the server, with nothing more
- * for it, sends it to its disk (and so sees it come up). When no loader the firmware could start
- * is on the partition, or efibootmgr is missing, it says why it relies on the firmware's own
- * fallback (\EFI\BOOT\BOOTX64.EFI on a removable-path install).
+ * boot code, which the restore put back: nothing to do. Under UEFI the firmware boots the entries
+ * of its boot list in its boot order, and a blank machine's list has no entry for the disk just
+ * written (the reference machine's "debian" or "Windows Boot Manager" entry lives in the
+ * reference's firmware, not in the image). So the workstation makes one for the restored disk's
+ * EFI system partition (or reuses one that already points there) and puts it at the end of the
+ * boot order when it is not there: the entries the administrator ordered keep their places (a
+ * lab set to boot from the network first stays so), and the disk is what the firmware comes to
+ * when they have nothing to boot. Then:
+ * - booted from USB or a disk: the entry is booted once with BootNext;
+ * - network-booted by the imaging server (imgcast.boot=network): no BootNext. It restarts from
+ *   the network, the server sends it to its disk (iPXE hands back to the firmware, which goes on
+ *   down the boot order to this entry), and so sees it come up.
+ * When no loader the firmware could start is on the partition, or efibootmgr is missing, it says
+ * why it relies on the firmware's own fallback (\EFI\BOOT\BOOTX64.EFI on a removable-path
+ * install).
  *
  * The plan is pure (planBootEntry), from what efibootmgr printed and what the image's EFI
  * partition holds; running it is boot.ts's.
@@ -86,13 +92,17 @@ export function efiLoaders(manifest: Manifest, espNumber: number): string[] {
 export type BootPlan =
   | { kind: 'bios'; note: string }
   | { kind: 'fallback'; note: string }
-  | { kind: 'network'; note: string }
   | {
       kind: 'uefi';
+      /** efibootmgr's arguments to make the entry, or null to use `entry`. */
       create: string[] | null;
       entry: string | null;
       label: string;
       loader: string;
+      /** The entry is added at the end of the boot order (it is not in it yet). */
+      appendToOrder: boolean;
+      /** The entry is booted once next (BootNext). */
+      bootNext: boolean;
       note: string;
     };
 
@@ -112,12 +122,6 @@ export function planBootEntry(f: {
   label: string;
 }): BootPlan {
   if (!f.uefi) return { kind: 'bios', note: 'the firmware boots the disk by its own boot code (BIOS)' };
-  if (f.netboot) {
-    return {
-      kind: 'network',
-      note: 'it boots from the network again, and the server sends it to its disk (the firmware boot list is left as it is)',
-    };
-  }
   if (!f.esp) {
     return {
       kind: 'fallback',
@@ -144,20 +148,27 @@ export function planBootEntry(f: {
     const p = e.path.toLowerCase();
     return uuid !== undefined && p.includes(uuid) && p.includes(lowerLoader);
   });
+  const bootNext = !f.netboot;
+  const then = bootNext
+    ? 'booted next (BootNext)'
+    : 'booted when the server sends this machine to its disk at its next network boot';
   if (existing) {
+    const appendToOrder = !f.list.order.includes(existing.number);
     return {
       kind: 'uefi',
       create: null,
       entry: existing.number,
       label: existing.label,
       loader,
-      note: `boot entry Boot${existing.number} (${existing.label}) starts ${loader}; it is booted next (BootNext)`,
+      appendToOrder,
+      bootNext,
+      note: `boot entry Boot${existing.number} (${existing.label}) starts ${loader}${appendToOrder ? ', put at the end of the boot order,' : ''} and is ${then}`,
     };
   }
   return {
     kind: 'uefi',
     create: [
-      // Made outside the boot order (--create would put it first): BootNext is the one boot it gets.
+      // --create would put it first in the boot order, ahead of what the administrator ordered.
       '--create-only',
       '--disk',
       f.disk,
@@ -171,6 +182,8 @@ export function planBootEntry(f: {
     entry: null,
     label: f.label,
     loader,
-    note: `a boot entry "${f.label}" for ${loader} on ${f.disk} partition ${f.esp.number} is made and booted next (BootNext)`,
+    appendToOrder: true,
+    bootNext,
+    note: `a boot entry "${f.label}" for ${loader} on ${f.disk} partition ${f.esp.number} is made, put at the end of the boot order, and ${then}`,
   };
 }

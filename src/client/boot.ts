@@ -34,30 +34,34 @@ export async function prepareBootNext(disk: string, manifest: Manifest, label: s
       () => null,
     );
   const esp = manifest.disk ? espOf(manifest.disk) : null;
+  const list = listing === null ? null : parseEfibootmgr(listing);
   const plan = planBootEntry({
     uefi,
     netboot: process.env.IMGCAST_NETBOOT === '1',
     efibootmgr: listing !== null,
-    list: listing === null ? null : parseEfibootmgr(listing),
+    list,
     disk,
     esp,
     loaders: esp ? efiLoaders(manifest, esp.number) : [],
     label,
   });
-  if (plan.kind !== 'uefi') return plan;
+  if (plan.kind !== 'uefi' || !list) return plan;
   let entry = plan.entry;
+  let order = list.order;
   if (plan.create) {
-    const before = new Set(parseEfibootmgr(listing!).entries.map((e) => e.number));
+    const before = new Set(list.entries.map((e) => e.number));
     const made = parseEfibootmgr((await run('efibootmgr', plan.create)).stdout);
-    // The new number, under our label: --create-only leaves the boot order, so it is not first there.
     entry = made.entries.find((e) => !before.has(e.number) && e.label === plan.label)?.number ?? null;
+    order = made.order;
     if (!entry) {
       throw new ClientError('E_BOOT_ENTRY', `efibootmgr made no boot entry for ${plan.loader} on ${disk}`, {
         disk,
       });
     }
   }
-  await run('efibootmgr', ['--bootnext', entry!]);
+  if (plan.appendToOrder && !order.includes(entry!))
+    await run('efibootmgr', ['--bootorder', [...order, entry!].join(',')]);
+  if (plan.bootNext) await run('efibootmgr', ['--bootnext', entry!]);
   return { ...plan, entry };
 }
 

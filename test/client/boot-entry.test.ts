@@ -102,7 +102,7 @@ test("the image's EFI partition and its loaders, the distribution's before the f
   assert.deepEqual(efiLoaders(manifest(['README']), 2), []);
 });
 
-test('the plan: nothing under BIOS or after a network boot; an existing entry reused; a new one made outside the boot order; the fallback said plainly', () => {
+test('the plan: nothing under BIOS; an entry reused or made outside the boot order, added at its end, and booted next unless network-booted; the fallback said plainly', () => {
   const base = {
     uefi: true,
     efibootmgr: true,
@@ -113,15 +113,17 @@ test('the plan: nothing under BIOS or after a network boot; an existing entry re
     label: 'imgcast lab1',
   };
   assert.equal(planBootEntry({ ...base, uefi: false }).kind, 'bios');
-  // Network-booted by the server: no firmware variable is touched, whatever the disk holds.
-  const netboot = planBootEntry({ ...base, netboot: true, loaders: ['\\EFI\\BOOT\\BOOTX64.EFI'] });
-  assert.equal(netboot.kind, 'network');
-  assert.match(netboot.note, /boots from the network again, and the server sends it to its disk/);
   assert.equal(planBootEntry({ ...base, netboot: true, uefi: false }).kind, 'bios');
   const reuse = planBootEntry(base);
+  assert.ok(reuse.kind === 'uefi');
   assert.deepEqual(
-    [reuse.kind, 'entry' in reuse && reuse.entry, 'create' in reuse && reuse.create],
-    ['uefi', '0001', null],
+    [reuse.entry, reuse.create, reuse.appendToOrder, reuse.bootNext],
+    ['0001', null, false, true],
+  );
+  assert.doesNotMatch(
+    reuse.note,
+    /end of the boot order/,
+    'an entry already in the boot order keeps its place',
   );
   const fresh = planBootEntry({ ...base, loaders: ['\\EFI\\BOOT\\BOOTX64.EFI'] });
   assert.ok(fresh.kind === 'uefi');
@@ -136,6 +138,20 @@ test('the plan: nothing under BIOS or after a network boot; an existing entry re
     '--loader',
     '\\EFI\\BOOT\\BOOTX64.EFI',
   ]);
+  assert.deepEqual([fresh.appendToOrder, fresh.bootNext], [true, true]);
+  assert.match(fresh.note, /is made, put at the end of the boot order, and booted next \(BootNext\)/);
+  // Network-booted by the server: the entry is made and ordered the same, but not booted next.
+  const netboot = planBootEntry({ ...base, netboot: true, loaders: ['\\EFI\\BOOT\\BOOTX64.EFI'] });
+  assert.ok(netboot.kind === 'uefi');
+  assert.deepEqual(
+    [netboot.create?.[0], netboot.appendToOrder, netboot.bootNext],
+    ['--create-only', true, false],
+  );
+  assert.match(netboot.note, /when the server sends this machine to its disk at its next network boot/);
+  // An entry outside the boot order is added at its end.
+  const unordered = planBootEntry({ ...base, list: { ...base.list, order: ['0003', '0000'] } });
+  assert.ok(unordered.kind === 'uefi' && unordered.entry === '0001' && unordered.appendToOrder);
+  assert.match(unordered.note, /put at the end of the boot order/);
   const other = planBootEntry({ ...base, esp: { number: 2, uuid: '11111111-2222-3333-4444-555555555555' } });
   assert.ok(other.kind === 'uefi' && other.create !== null, 'an entry of another disk is not this one');
   assert.match(planBootEntry({ ...base, efibootmgr: false, list: null }).note, /efibootmgr is missing/);
