@@ -529,14 +529,16 @@ function addAutoSessionCommands(session: Command): void {
           'send the disk of this workstation as it is read (it runs img auto, or img session NAME master)',
         )
         .addOption(
-          new Option('-c, --clients <n>', 'start once this many clients joined')
-            .argParser(positiveInteger)
-            .default(5),
+          new Option(
+            '-c, --clients <n>',
+            "start once this many clients joined (default: the server's autoClients setting, 5 unless changed)",
+          ).argParser(positiveInteger),
         )
         .addOption(
-          new Option('-t, --minutes <m>', 'start this long after the last new client joined')
-            .argParser(minutes)
-            .default(15),
+          new Option(
+            '-t, --minutes <m>',
+            "start this long after the last new client joined (default: the server's autoWaitMinutes setting, 15 unless changed)",
+          ).argParser(minutes),
         )
         .option(
           '--delete-when-done',
@@ -552,8 +554,8 @@ function addAutoSessionCommands(session: Command): void {
           image?: string;
           fileset?: number;
           master?: string;
-          clients: number;
-          minutes: number;
+          clients?: number;
+          minutes?: number;
           deleteWhenDone?: boolean;
           disabled?: boolean;
         },

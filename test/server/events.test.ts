@@ -111,6 +111,7 @@ function status(n: number): Status {
     server: { name: 's', version: 'test', startedAt: 0, warnings: [] },
     counters: { requestsReceived: n, imagesSent: 0, imagesReceived: 0, clientReferrals: 0, errors: 0 },
     sessions: [],
+    jobs: [],
   };
 }
 
