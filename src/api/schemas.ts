@@ -882,7 +882,6 @@ export const ImageCompacted = Type.Object({
 });
 export type ImageCompacted = Static<typeof ImageCompacted>;
 
-
 /** A folder added from the browser: every file's path inside it, and what the image holds now. */
 export const ImageFilesAdded = Type.Object({
   added: Type.Integer({ description: 'entries added to the image (files and folders)' }),

@@ -1,7 +1,7 @@
 /**
  * The admin CLI: `imgcast mcast | status | list | stop | session … | image … | workstation … |
- * history | admin …`, each a client of the server's HTTP API (server-client.ts says how the
- * server and the token are found).
+ * history | admin …` (`settings …` is settings.ts), each a client of the server's HTTP API
+ * (server-client.ts says how the server and the token are found).
  */
 import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
@@ -29,7 +29,7 @@ import { positiveInteger } from './options.ts';
 import { emit, formatBytes, formatDuration, runCommand } from './output.ts';
 import { adminClient } from './server-client.ts';
 
-interface Common {
+export interface Common {
   server?: string;
   data?: string;
   json?: boolean;
@@ -40,7 +40,7 @@ const serverOption = () =>
 const dataOption = () => new Option('--data <dir>', "the local server's data directory, for its admin token");
 const jsonOption = () => new Option('--json', 'print the result as JSON');
 
-function withClient(cmd: Command): Command {
+export function withClient(cmd: Command): Command {
   return cmd.addOption(serverOption()).addOption(dataOption()).addOption(jsonOption());
 }
 
@@ -51,7 +51,7 @@ function minutes(value: string): number {
   return n;
 }
 
-function run(o: Common, body: (api: ApiClient) => Promise<void>): Promise<void> {
+export function run(o: Common, body: (api: ApiClient) => Promise<void>): Promise<void> {
   return runCommand('imgcast', !!o.json, async () => body(adminClient(o)));
 }
 

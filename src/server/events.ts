@@ -191,7 +191,6 @@ function statusEvent(status: Status): string {
   return `event: status\ndata: ${JSON.stringify(status)}\n\n`;
 }
 
-
 /** GET /api/events (see the module comment). */
 export function liveRoutesWith(opts: LiveOptions = {}) {
   return (app: ApiApp, ctx: AppContext): void => {

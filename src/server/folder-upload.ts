@@ -186,7 +186,10 @@ export async function receiveFiles(
         const piece = chunk.subarray(at, nl < 0 ? chunk.length : nl);
         headerBytes += piece.length;
         if (headerBytes > MAX_HEADER_BYTES)
-          throw new ServerError('E_BAD_REQUEST', `a file's header line is longer than ${MAX_HEADER_BYTES} bytes`);
+          throw new ServerError(
+            'E_BAD_REQUEST',
+            `a file's header line is longer than ${MAX_HEADER_BYTES} bytes`,
+          );
         header.push(Buffer.from(piece));
         if (nl < 0) break;
         at = nl + 1;

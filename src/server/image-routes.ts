@@ -145,7 +145,11 @@ export async function imageRoutes(app: ApiApp, ctx: AppContext): Promise<void> {
     },
     async (req) => {
       const { name, path } = await ctx.images.resolve(req.body.path);
-      const { path: _p, imageId: _i, ...report } = await ctx.jobs.run('verify', name, 'chunks', (job) =>
+      const {
+        path: _p,
+        imageId: _i,
+        ...report
+      } = await ctx.jobs.run('verify', name, 'chunks', (job) =>
         verifyImage(path, { onProgress: (done, total) => job.progress(done, total) }),
       );
       return { name, ...report };
