@@ -152,7 +152,10 @@ export async function receiveFiles(
         0o644,
       );
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EEXIST')
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ELOOP' || (code === 'EEXIST' && (await lstat(file)).isSymbolicLink()))
+        throw new ServerError('E_PATH_ESCAPE', `${h.path} is a symlink`, { path: h.path });
+      if (code === 'EEXIST')
         throw new ServerError('E_BAD_REQUEST', `${h.path} comes twice in the upload`, { path: h.path });
       throw err;
     }

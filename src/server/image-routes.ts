@@ -50,6 +50,13 @@ const MAX_ADDED_BYTES = 8 * 1024 ** 3;
 /** Files in one folder added from the browser. */
 const MAX_ADDED_FILES = 100_000;
 
+/** The request's body as the stream its content type's parser handed on; any other type is refused. */
+function streamOf(body: unknown, type: string): IncomingMessage {
+  if (typeof (body as IncomingMessage | undefined)?.pipe !== 'function')
+    throw new ServerError('E_UNSUPPORTED_MEDIA', `send the body as ${type}`);
+  return body as IncomingMessage;
+}
+
 export async function imageRoutes(app: ApiApp, ctx: AppContext): Promise<void> {
   const admin = { access: 'admin' as const };
   const queue = new Map<string, Promise<unknown>>();
@@ -218,6 +225,7 @@ export async function imageRoutes(app: ApiApp, ctx: AppContext): Promise<void> {
         },
       },
       async (req) => {
+        const body = streamOf(req.body, 'application/octet-stream');
         const { name, path } = await ctx.images.resolve(req.query.path);
         const length = Number(req.headers['content-length'] ?? NaN);
         if (length > MAX_ADDED_BYTES) {
@@ -231,7 +239,6 @@ export async function imageRoutes(app: ApiApp, ctx: AppContext): Promise<void> {
           try {
             const file = join(dir, req.query.name);
             let seen = 0;
-            const body = req.body as IncomingMessage;
             body.on('data', (b: Buffer) => {
               seen += b.length;
               if (seen > MAX_ADDED_BYTES)
@@ -264,6 +271,7 @@ export async function imageRoutes(app: ApiApp, ctx: AppContext): Promise<void> {
         },
       },
       async (req) => {
+        const body = streamOf(req.body, FILES_CONTENT_TYPE);
         const { name, path } = await ctx.images.resolve(req.query.path);
         const length = Number(req.headers['content-length'] ?? NaN);
         if (length > MAX_ADDED_BYTES + MAX_ADDED_FILES * 4096) {
@@ -276,7 +284,7 @@ export async function imageRoutes(app: ApiApp, ctx: AppContext): Promise<void> {
           // 0700: nobody else on the server can put a link in it while the files come.
           const dir = await mkdtemp(join(dirname(path), '.add-'));
           try {
-            const got = await receiveFiles(req.body as IncomingMessage, dir, {
+            const got = await receiveFiles(body, dir, {
               maxBytes: MAX_ADDED_BYTES,
               maxFiles: MAX_ADDED_FILES,
             });
