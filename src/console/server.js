@@ -29,10 +29,10 @@ const COUNTERS = [
 ];
 
 const LEVELS = [
-  ['none', 'none: no compression (least CPU, most network)'],
+  ['none', 'none (least CPU)'],
   ['speed', 'speed'],
   ['balanced', 'balanced'],
-  ['size', 'size: smallest (most CPU, least network)'],
+  ['size', 'size (least network)'],
 ];
 const SETTING_FIELDS = ['autoClients', 'autoWaitMinutes', 'names', 'level', 'historyDays'];
 
@@ -155,7 +155,7 @@ function Defaults({ view, onSaved }) {
       value=${f.historyDays}
       onInput=${set('historyDays')}
       error=${err('historyDays')}
-      hint=${`older runs are removed; 0 keeps them forever; ${was('historyDays')}`}
+      hint=${`older runs are removed; 0 keeps them forever (the default)`}
     />
     <div class="buttons wide">
       <button type="submit" class="primary" disabled=${busy}>Save settings</button>
