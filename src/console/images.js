@@ -4,7 +4,7 @@
  * verify and compact, each with its progress (the upload's from the browser, the server's work
  * from the live status's jobs).
  */
-import { useState } from 'preact/hooks';
+import { useRef, useState } from 'preact/hooks';
 
 import { api, apiUpload, seg } from './api.js';
 import {
@@ -26,7 +26,11 @@ function jobOf(live, name, kind) {
 }
 
 /** A job's bar: how far the server got ("12 of 40 chunks"), or waiting for its first word. */
-function JobProgress({ job, kind, label }) {
+function JobProgress({ job: now, kind, label }) {
+  // A job leaves the status a moment before its answer comes: it shows as done meanwhile, not restarted.
+  const last = useRef(null);
+  if (now) last.current = now;
+  const job = now ?? (last.current ? { ...last.current, done: last.current.total } : null);
   const done = job?.done ?? 0;
   const total = job?.total ?? 0;
   const of =
