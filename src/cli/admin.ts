@@ -475,6 +475,13 @@ function describeStatus(s: Status, boots: BootDecision[] = []): string {
   ];
   if (s.sessions.length === 0) lines.push('no sessions');
   for (const session of s.sessions) lines.push(describeSession(session));
+  for (const j of s.jobs ?? []) {
+    const of =
+      j.unit === 'bytes'
+        ? `${formatBytes(j.done)}/${formatBytes(j.total)}`
+        : `${j.done}/${j.total} ${j.unit}`;
+    lines.push(`image ${j.image}: ${j.kind} under way, ${of}`);
+  }
   if (boots.length > 0) {
     lines.push('', 'last network boots:');
     for (const b of boots) {

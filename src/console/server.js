@@ -165,9 +165,14 @@ function Defaults({ view, onSaved }) {
   </form>`;
 }
 
-function Settings() {
+function Settings({ onSaved }) {
   const view = useLoad(() => api('GET', '/api/settings'));
   const [latest, setLatest] = useState(null);
+  const saved = (v) => {
+    setLatest(v);
+    // Fewer days kept may have taken runs out of the history shown above.
+    onSaved();
+  };
   const v = latest ?? view.data;
   return html`<section aria-labelledby="settings-title">
     <h2 id="settings-title">Settings</h2>
@@ -185,7 +190,7 @@ function Settings() {
             They apply to what is made from now on (<code>imgcast settings set NAME VALUE</code> changes
             them too); what exists keeps its own values.
           </p>
-          <${Defaults} view=${v} onSaved=${setLatest} />`
+          <${Defaults} view=${v} onSaved=${saved} />`
     }
   </section>`;
 }
@@ -304,6 +309,6 @@ export function ServerPage({ live }) {
             : html`<${RunsTable} runs=${history.data} />`
       }
     </section>
-    <${Settings} />
+    <${Settings} onSaved=${history.reload} />
     <${Accounts} />`;
 }
