@@ -50,6 +50,8 @@ export default tseslint.config(
           'fetch',
           'AbortController',
           'TextDecoderStream',
+          'XMLHttpRequest',
+          'Blob',
           'setTimeout',
           'clearTimeout',
           'setInterval',

@@ -252,6 +252,18 @@ export const Counters = Type.Object({
 });
 export type Counters = Static<typeof Counters>;
 
+/** A long change or check of an image under way on the server (verify, compact, add), for progress bars. */
+export const ImageJob = Type.Object({
+  id: Type.String(),
+  kind: Type.Union([Type.Literal('verify'), Type.Literal('compact'), Type.Literal('add')]),
+  image: Type.String({ description: 'path inside the image directory' }),
+  done: Type.Number(),
+  total: Type.Number(),
+  unit: Type.Union([Type.Literal('chunks'), Type.Literal('bytes')]),
+  startedAt: Type.Number(),
+});
+export type ImageJob = Static<typeof ImageJob>;
+
 export const Status = Type.Object({
   server: Type.Object({
     name: Type.String(),
@@ -264,6 +276,7 @@ export const Status = Type.Object({
   }),
   counters: Counters,
   sessions: Type.Array(Session),
+  jobs: Type.Array(ImageJob, { description: 'verify, compact and add of images under way' }),
 });
 export type Status = Static<typeof Status>;
 
@@ -868,3 +881,95 @@ export const ImageCompacted = Type.Object({
   packsWritten: Type.Integer(),
 });
 export type ImageCompacted = Static<typeof ImageCompacted>;
+
+/** A folder added from the browser: every file's path inside it, and what the image holds now. */
+export const ImageFilesAdded = Type.Object({
+  added: Type.Integer({ description: 'entries added to the image (files and folders)' }),
+  bytes: Type.Number(),
+  path: Type.String({ description: 'where the folder landed in the image' }),
+  files: Type.Integer({ description: 'files the upload carried' }),
+});
+export type ImageFilesAdded = Static<typeof ImageFilesAdded>;
+
+// --- server settings
+
+/**
+ * What an administrator may change while the server runs (imgcast settings, the console's
+ * Server page): the defaults of what is made without its own value, and how long history stays.
+ */
+export const ServerSettings = Type.Object(
+  {
+    autoClients: Type.Integer({
+      minimum: 1,
+      maximum: 10000,
+      description: 'a new automatic session without a client count starts once this many joined',
+    }),
+    autoWaitMinutes: Type.Number({
+      minimum: 0,
+      maximum: 10080,
+      description: 'a new automatic session without a wait starts this long after the last new client',
+    }),
+    names: Type.String({
+      maxLength: 63,
+      description:
+        "naming template new sessions without one of their own take (lab-{nn}, pc-{mac}); '' for none",
+    }),
+    /** Compression of uploads (img make --server) and of live masters that do not give one. */
+    level: CompressionLevel,
+    historyDays: Type.Integer({
+      minimum: 0,
+      maximum: 36500,
+      description: 'finished runs older than this many days leave the history; 0 keeps them forever',
+    }),
+  },
+  { additionalProperties: false },
+);
+export type ServerSettings = Static<typeof ServerSettings>;
+
+export const EditSettings = Type.Partial(ServerSettings, { additionalProperties: false });
+export type EditSettings = Static<typeof EditSettings>;
+
+/** How the running server was started: fixed until it is started again with other options. */
+export const ServerConfig = Type.Object({
+  name: Type.String(),
+  version: Type.String(),
+  startedAt: Type.Number(),
+  listen: Type.Object({ host: Type.String(), port: Type.Integer() }),
+  dataDir: Type.String(),
+  imagesDir: Type.String(),
+  multicast: Type.Object({
+    interface: Type.Union([Type.String(), Type.Null()], {
+      description: 'the local address sessions are sent from; null: the route to the group decides',
+    }),
+    firstGroup: Type.String(),
+    lastGroup: Type.String(),
+    firstPort: Type.Integer(),
+    lastPort: Type.Integer(),
+    slots: Type.Integer({ description: 'sessions that can send at once' }),
+  }),
+  discovery: Type.Union([Type.Object({ group: Type.String(), port: Type.Integer() }), Type.Null()]),
+  boot: Type.Object({
+    bootenvDir: Type.String(),
+    bootenvVersion: Type.Union([Type.String(), Type.Null()], {
+      description: 'the imgcast version the imaging environment was built for; null: not built',
+    }),
+    kernelArgs: Type.Union([Type.String(), Type.Null()]),
+    pxe: Type.Union([
+      Type.Object({
+        mode: Type.Union([Type.Literal('proxy'), Type.Literal('dhcp')]),
+        interface: Type.Union([Type.String(), Type.Null()]),
+        address: Type.Union([Type.String(), Type.Null()]),
+        range: Type.Union([Type.Object({ start: Type.String(), end: Type.String() }), Type.Null()]),
+      }),
+      Type.Null(),
+    ]),
+  }),
+});
+export type ServerConfig = Static<typeof ServerConfig>;
+
+export const SettingsView = Type.Object({
+  settings: ServerSettings,
+  defaults: ServerSettings,
+  server: ServerConfig,
+});
+export type SettingsView = Static<typeof SettingsView>;

@@ -1,7 +1,7 @@
 /**
  * The admin CLI: `imgcast mcast | status | list | stop | session … | image … | workstation … |
- * history | admin …`, each a client of the server's HTTP API (server-client.ts says how the
- * server and the token are found).
+ * history | admin …` (`settings …` is settings.ts), each a client of the server's HTTP API
+ * (server-client.ts says how the server and the token are found).
  */
 import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
@@ -29,7 +29,7 @@ import { positiveInteger } from './options.ts';
 import { emit, formatBytes, formatDuration, runCommand } from './output.ts';
 import { adminClient } from './server-client.ts';
 
-interface Common {
+export interface Common {
   server?: string;
   data?: string;
   json?: boolean;
@@ -40,7 +40,7 @@ const serverOption = () =>
 const dataOption = () => new Option('--data <dir>', "the local server's data directory, for its admin token");
 const jsonOption = () => new Option('--json', 'print the result as JSON');
 
-function withClient(cmd: Command): Command {
+export function withClient(cmd: Command): Command {
   return cmd.addOption(serverOption()).addOption(dataOption()).addOption(jsonOption());
 }
 
@@ -51,7 +51,7 @@ function minutes(value: string): number {
   return n;
 }
 
-function run(o: Common, body: (api: ApiClient) => Promise<void>): Promise<void> {
+export function run(o: Common, body: (api: ApiClient) => Promise<void>): Promise<void> {
   return runCommand('imgcast', !!o.json, async () => body(adminClient(o)));
 }
 
@@ -475,6 +475,13 @@ function describeStatus(s: Status, boots: BootDecision[] = []): string {
   ];
   if (s.sessions.length === 0) lines.push('no sessions');
   for (const session of s.sessions) lines.push(describeSession(session));
+  for (const j of s.jobs ?? []) {
+    const of =
+      j.unit === 'bytes'
+        ? `${formatBytes(j.done)}/${formatBytes(j.total)}`
+        : `${j.done}/${j.total} ${j.unit}`;
+    lines.push(`image ${j.image}: ${j.kind} under way, ${of}`);
+  }
   if (boots.length > 0) {
     lines.push('', 'last network boots:');
     for (const b of boots) {
@@ -529,14 +536,16 @@ function addAutoSessionCommands(session: Command): void {
           'send the disk of this workstation as it is read (it runs img auto, or img session NAME master)',
         )
         .addOption(
-          new Option('-c, --clients <n>', 'start once this many clients joined')
-            .argParser(positiveInteger)
-            .default(5),
+          new Option(
+            '-c, --clients <n>',
+            "start once this many clients joined (default: the server's autoClients setting, 5 unless changed)",
+          ).argParser(positiveInteger),
         )
         .addOption(
-          new Option('-t, --minutes <m>', 'start this long after the last new client joined')
-            .argParser(minutes)
-            .default(15),
+          new Option(
+            '-t, --minutes <m>',
+            "start this long after the last new client joined (default: the server's autoWaitMinutes setting, 15 unless changed)",
+          ).argParser(minutes),
         )
         .option(
           '--delete-when-done',
@@ -552,8 +561,8 @@ function addAutoSessionCommands(session: Command): void {
           image?: string;
           fileset?: number;
           master?: string;
-          clients: number;
-          minutes: number;
+          clients?: number;
+          minutes?: number;
           deleteWhenDone?: boolean;
           disabled?: boolean;
         },

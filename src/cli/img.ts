@@ -85,9 +85,10 @@ export function buildImgProgram(): Command {
     .argument('<source>', 'folder, disk device (/dev/sda), disk-image file, or partition (/dev/sda2)')
     .argument('[image]', 'image file to create (.imgc); not with --server')
     .addOption(
-      new Option('-l, --level <level>', 'compression: none trades network for CPU, size the reverse')
-        .choices(COMPRESSION_LEVELS)
-        .default(DEFAULT_LEVEL),
+      new Option(
+        '-l, --level <level>',
+        `compression: none trades network for CPU, size the reverse (default ${DEFAULT_LEVEL}; with --server, the server's default level)`,
+      ).choices(COMPRESSION_LEVELS),
     )
     .option('--force', 'overwrite an existing image file')
     .option(
@@ -104,7 +105,7 @@ export function buildImgProgram(): Command {
       (
         source: string,
         image: string | undefined,
-        o: { level: CompressionLevel; force?: boolean; server?: string; name?: string; json?: boolean },
+        o: { level?: CompressionLevel; force?: boolean; server?: string; name?: string; json?: boolean },
       ) =>
         runCommand(
           'img',
@@ -148,7 +149,7 @@ export function buildImgProgram(): Command {
             const { makeImage } = await import('../engine/make.ts');
             const result = await withProgress('capture', { json: !!o.json }, (update) =>
               makeImage(source, image!, {
-                level: o.level,
+                level: o.level ?? DEFAULT_LEVEL,
                 overwrite: !!o.force,
                 onProgress: (p) => update(p.bytesDone, p.bytesTotal),
                 onWarning: warn,

@@ -8,6 +8,7 @@ import { addAdminCommands } from './admin.ts';
 import { addBootenvCommands } from './bootenv.ts';
 import { addSendCommand } from './send.ts';
 import { addServerCommand } from './server.ts';
+import { addSettingsCommands } from './settings.ts';
 
 export function buildImgcastProgram(): Command {
   const program = new Command('imgcast')
@@ -17,6 +18,7 @@ export function buildImgcastProgram(): Command {
     .exitOverride();
   addServerCommand(program);
   addAdminCommands(program);
+  addSettingsCommands(program);
   addSendCommand(program);
   addBootenvCommands(program);
   return program;

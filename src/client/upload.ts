@@ -25,6 +25,7 @@ import { ImgcastError } from '../errors.ts';
 import { CompressPool } from '../image/pool.ts';
 import {
   CHUNK_SIZE,
+  DEFAULT_LEVEL,
   FORMAT_VERSION,
   type CompressionLevel,
   type Manifest,
@@ -148,7 +149,8 @@ export class UploadSink extends SlotSink {
     api: ApiClient,
     opts: {
       name: string;
-      level: CompressionLevel;
+      /** None: the server's default level; the upload's answer says which it is. */
+      level?: CompressionLevel;
       register?: () => Promise<void>;
       putsInFlight?: number;
       signal?: AbortSignal;
@@ -488,7 +490,9 @@ function putBytes(
   });
 }
 
-export interface ServerMakeOptions extends CaptureOptions {
+export interface ServerMakeOptions extends Omit<CaptureOptions, 'level'> {
+  /** The compression; none: the server's default level (its settings). */
+  level?: CompressionLevel;
   /** HOST, HOST:PORT or URL of the imaging server. */
   server: string;
   /** The image's name on the server, inside its image directory. */
@@ -510,7 +514,8 @@ export async function makeImageOnServer(source: string, opts: ServerMakeOptions)
   let sink: UploadSink | undefined;
   let api: ApiClient | undefined;
   let committed: UploadCommitted | undefined;
-  const result = await captureOnto(source, opts, async () => {
+  // The level the capture's manifest names is the server's writer's (UploadSink.level) on commit.
+  const result = await captureOnto(source, { ...opts, level: opts.level ?? DEFAULT_LEVEL }, async () => {
     const c = await connect(opts.server, { token: opts.token, signal: opts.signal });
     api = c.api;
     const s = (sink = await UploadSink.create(c.api, {

@@ -85,6 +85,37 @@ export function apiBytes(method, path, blob) {
   return request(method, path, blob, 'application/octet-stream');
 }
 
+/**
+ * Sends a Blob (a file, or a folder's files) as the body, reporting `onProgress(sent, total)`
+ * as it goes: XMLHttpRequest, since fetch says nothing of an upload's progress.
+ */
+export function apiUpload(method, path, blob, type, onProgress) {
+  const s = signin;
+  if (!s) return Promise.reject(new ApiError(401, { error: 'E_UNAUTHORIZED', message: 'not signed in' }));
+  return new Promise((resolve, reject) => {
+    const x = new XMLHttpRequest();
+    x.open(method, path);
+    x.setRequestHeader('authorization', `Bearer ${s.token}`);
+    x.setRequestHeader('content-type', type);
+    x.upload.onprogress = (e) => onProgress?.(e.loaded, e.lengthComputable ? e.total : blob.size);
+    x.onload = () => {
+      try {
+        resolve(settle(s, x.status, x.responseText));
+      } catch (err) {
+        reject(err);
+      }
+    };
+    x.onerror = () =>
+      reject(
+        new ApiError(0, {
+          error: 'E_NETWORK',
+          message: 'the server cannot be reached (the upload broke off)',
+        }),
+      );
+    x.send(blob);
+  });
+}
+
 async function request(method, path, body, type) {
   const s = signin;
   if (!s) throw new ApiError(401, { error: 'E_UNAUTHORIZED', message: 'not signed in' });
@@ -96,17 +127,21 @@ async function request(method, path, body, type) {
   } catch (err) {
     throw new ApiError(0, { error: 'E_NETWORK', message: `the server cannot be reached (${err.message})` });
   }
-  const text = await r.text();
+  return settle(s, r.status, await r.text());
+}
+
+/** The answer's body, or the refusal as an ApiError (a 401 or 403 also ends the sign-in `s`). */
+function settle(s, status, text) {
   let parsed;
   try {
     parsed = text ? JSON.parse(text) : undefined;
   } catch {
-    parsed = { error: 'E_HTTP', message: `the server answered ${r.status} with something not JSON` };
+    parsed = { error: 'E_HTTP', message: `the server answered ${status} with something not JSON` };
   }
-  if (r.ok) return parsed;
-  const err = new ApiError(r.status, parsed);
+  if (status >= 200 && status < 300) return parsed;
+  const err = new ApiError(status, parsed);
   // Every call the console makes is an administrator's: a token that cannot make it is no sign-in.
-  if ((r.status === 401 || r.status === 403) && signin === s) signOut(signedOutMessage(err));
+  if ((status === 401 || status === 403) && signin === s) signOut(signedOutMessage(err));
   throw err;
 }
 
@@ -121,12 +156,13 @@ export const seg = (s) => encodeURIComponent(s);
 
 /**
  * Which form field a refusal is about, so that its reason shows next to it: the field the
- * server's validation names ("body/clientCount must be >= 1"), or one the caller maps from
- * the error code or its details; null when it is about the form as a whole.
+ * server names in its details ({ field }) or its validation names ("body/clientCount must be
+ * >= 1"), or one the caller maps from the error code; null when it is about the form as a whole.
  */
 export function fieldOf(err, fields, byCode = {}) {
   if (!(err instanceof ApiError)) return null;
   if (byCode[err.code] && fields.includes(byCode[err.code])) return byCode[err.code];
+  if (typeof err.details.field === 'string' && fields.includes(err.details.field)) return err.details.field;
   const m = /\b(?:body|querystring|params)\/(\w+)/.exec(err.message);
   return m && fields.includes(m[1]) ? m[1] : null;
 }

@@ -112,7 +112,7 @@ function Shell({ signin }) {
       page = arg ? html`<${WorkstationPage} ref_=${arg} key=${arg} />` : html`<${WorkstationsPage} />`;
       break;
     case 'images':
-      page = arg ? html`<${ImagePage} name=${arg} key=${arg} />` : html`<${ImagesPage} />`;
+      page = arg ? html`<${ImagePage} name=${arg} key=${arg} live=${live} />` : html`<${ImagesPage} />`;
       break;
     case 'server':
       page = html`<${ServerPage} live=${live} />`;

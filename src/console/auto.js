@@ -20,8 +20,9 @@ function Settings({ s, images, workstations, onSaved }) {
     image: s?.image ?? '',
     fileset: String(s?.fileset ?? 1),
     master: a?.master?.mac ?? '',
-    clientCount: String(s?.clientCount ?? 5),
-    waitMinutes: String((s?.waitMs ?? 15 * 60_000) / 60_000),
+    // A new session's trigger left empty is the server's default (its settings), shown as the placeholder.
+    clientCount: s ? String(s.clientCount) : '',
+    waitMinutes: s ? String(s.waitMs / 60_000) : '',
     deleteWhenDone: a?.deleteWhenDone ?? false,
     enabled: a?.enabled ?? true,
   }));
@@ -31,6 +32,8 @@ function Settings({ s, images, workstations, onSaved }) {
     patch(k, e.currentTarget.type === 'checkbox' ? e.currentTarget.checked : e.currentTarget.value);
   const { busy, error, run } = useAction();
   const [saved, setSaved] = useState(false);
+  const settings = useLoad(() => (s ? Promise.resolve(null) : api('GET', '/api/settings')), [!s]);
+  const defaults = settings.data?.settings;
   const fields = ['name', 'image', 'fileset', 'master', 'clientCount', 'waitMinutes', 'deleteWhenDone'];
   const field = fieldOf(error, fields, {
     ...IMAGE_CODES,
@@ -51,6 +54,8 @@ function Settings({ s, images, workstations, onSaved }) {
     const trigger = { clientCount: Number(f.clientCount), waitMinutes: Number(f.waitMinutes) };
     void run(async () => {
       if (!s) {
+        if (f.clientCount.trim() === '') delete trigger.clientCount;
+        if (f.waitMinutes.trim() === '') delete trigger.waitMinutes;
         const created = await api('POST', '/api/auto-sessions', {
           name: f.name.trim(),
           ...send,
@@ -126,8 +131,10 @@ function Settings({ s, images, workstations, onSaved }) {
       type="number"
       name="clientCount"
       value=${f.clientCount}
+      placeholder=${s || !defaults ? undefined : String(defaults.autoClients)}
       onInput=${set('clientCount')}
       error=${err('clientCount')}
+      hint=${s ? undefined : `empty: the server's default${defaults ? `, ${defaults.autoClients}` : ''}`}
     />
     <${Field}
       label="Or minutes after the last new client"
@@ -135,8 +142,10 @@ function Settings({ s, images, workstations, onSaved }) {
       step="any"
       name="waitMinutes"
       value=${f.waitMinutes}
+      placeholder=${s || !defaults ? undefined : String(defaults.autoWaitMinutes)}
       onInput=${set('waitMinutes')}
       error=${err('waitMinutes')}
+      hint=${s ? undefined : `empty: the server's default${defaults ? `, ${defaults.autoWaitMinutes}` : ''}`}
     />
     <${Field}
       label="Delete the session once a run has finished"

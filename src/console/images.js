@@ -1,11 +1,60 @@
 /**
  * Images: the image directory's files; one image's layout, volumes and file sets, an explorer
- * that changes what each file set leaves out, verify and compact.
+ * that changes what each file set leaves out, adding files and folders from this computer,
+ * verify and compact, each with its progress (the upload's from the browser, the server's work
+ * from the live status's jobs).
  */
-import { useState } from 'preact/hooks';
+import { useRef, useState } from 'preact/hooks';
 
-import { api, apiBytes, seg } from './api.js';
-import { ErrorText, Field, Loading, PageTitle, bytes, html, useAction, useLoad, when } from './ui.js';
+import { api, apiUpload, seg } from './api.js';
+import {
+  ErrorText,
+  Field,
+  Loading,
+  PageTitle,
+  Progress,
+  bytes,
+  html,
+  useAction,
+  useLoad,
+  when,
+} from './ui.js';
+
+/** The job of `kind` the server runs on image `name` now (verify, compact, add), from the live status. */
+function jobOf(live, name, kind) {
+  return (live?.status?.jobs ?? []).find((j) => j.image === name && j.kind === kind) ?? null;
+}
+
+/** A job's bar: how far the server got ("12 of 40 chunks"), or waiting for its first word. */
+function JobProgress({ job: now, kind, label }) {
+  // A job leaves the status a moment before its answer comes: it shows as done meanwhile, not restarted.
+  const last = useRef(null);
+  if (now) last.current = now;
+  const job = now ?? (last.current ? { ...last.current, done: last.current.total } : null);
+  const done = job?.done ?? 0;
+  const total = job?.total ?? 0;
+  const of =
+    job && total > 0
+      ? job.unit === 'bytes'
+        ? `${bytes(done)} of ${bytes(total)}`
+        : `${done} of ${total} ${job.unit}`
+      : 'starting…';
+  return html`<div class="job" data-progress=${kind} role="status">
+    <span>${label}</span> <${Progress} value=${done} max=${total} label=${`${label} progress`} />
+    <span class="muted">${of}</span>
+  </div>`;
+}
+
+/** An upload's two steps: the browser sending (its own count), then the server adding (its job). */
+function UploadProgress({ sent, job }) {
+  if (!sent) return null;
+  return sent.done < sent.total || !job
+    ? html`<div class="job" data-progress="upload" role="status">
+        <span>Sending</span> <${Progress} value=${sent.done} max=${sent.total} label="upload progress" />
+        <span class="muted">${bytes(sent.done)} of ${bytes(sent.total)}</span>
+      </div>`
+    : html`<${JobProgress} job=${job} kind="add" label="Adding to the image" />`;
+}
 
 export function ImagesPage() {
   const list = useLoad(() => api('GET', '/api/images'));
@@ -146,7 +195,7 @@ function Layout({ d }) {
 }
 
 /** Browses the image's tree; each entry's check box leaves it out of (or puts it back in) the chosen file set. */
-function Explorer({ name, onChanged }) {
+function Explorer({ name, live, onChanged }) {
   const [dir, setDir] = useState('.');
   const [set, setSet] = useState(2);
   const tree = useLoad(() => api('GET', `/api/images/tree?path=${seg(name)}&dir=${seg(dir)}`), [name, dir]);
@@ -185,10 +234,16 @@ function Explorer({ name, onChanged }) {
       )}
     </nav>
     <${ErrorText} error=${tree.error ?? error} />
-    <${AddFile} name=${name} dir=${dir} onAdded=${() => {
-      void tree.reload();
-      onChanged();
-    }} />
+    <div class="adders">
+      <${AddFile} name=${name} dir=${dir} live=${live} onAdded=${() => {
+        void tree.reload();
+        onChanged();
+      }} />
+      <${AddFolder} name=${name} dir=${dir} live=${live} onAdded=${() => {
+        void tree.reload();
+        onChanged();
+      }} />
+    </div>
     ${
       !tree.data
         ? html`<${Loading} what="the folder" />`
@@ -239,10 +294,11 @@ function Explorer({ name, onChanged }) {
 }
 
 /** Adds a file from this computer into the folder the explorer shows (img add FILE --at DIR). */
-function AddFile({ name, dir, onAdded }) {
+function AddFile({ name, dir, live, onAdded }) {
   const [file, setFile] = useState(null);
   const [replace, setReplace] = useState(false);
   const [added, setAdded] = useState(null);
+  const [sent, setSent] = useState(null);
   const { busy, error, run } = useAction();
   const submit = (e) => {
     e.preventDefault();
@@ -250,8 +306,17 @@ function AddFile({ name, dir, onAdded }) {
     setAdded(null);
     const form = e.currentTarget;
     void run(async () => {
-      const q = `path=${seg(name)}&at=${seg(dir)}&name=${seg(file.name)}${replace ? '&replace=true' : ''}`;
-      setAdded(await apiBytes('PUT', `/api/images/files?${q}`, file));
+      setSent({ done: 0, total: file.size });
+      try {
+        const q = `path=${seg(name)}&at=${seg(dir)}&name=${seg(file.name)}${replace ? '&replace=true' : ''}`;
+        setAdded(
+          await apiUpload('PUT', `/api/images/files?${q}`, file, 'application/octet-stream', (done, total) =>
+            setSent({ done, total }),
+          ),
+        );
+      } finally {
+        setSent(null);
+      }
       form.reset();
       setFile(null);
       onAdded();
@@ -268,11 +333,85 @@ function AddFile({ name, dir, onAdded }) {
     />
     <${Field} label="Replace one of that name" type="checkbox" name="replace" checked=${replace} onChange=${(e) => setReplace(e.currentTarget.checked)} />
     <div class="buttons"><button type="submit" disabled=${busy || !file}>${busy ? 'Adding…' : 'Add file'}</button></div>
+    <${UploadProgress} sent=${sent} job=${jobOf(live, name, 'add')} />
     ${added ? html`<p role="status" class="ok-text">Added ${added.path} (${bytes(added.bytes)}).</p>` : null}
   </form>`;
 }
 
-function Maintenance({ name, onChanged }) {
+/**
+ * The files of a folder picked on this computer, as the server takes them (folder-upload.ts):
+ * per file a line of JSON (its path inside the folder, size, time) and its bytes. The Blob
+ * only refers to the files; nothing is read into memory before it is sent.
+ */
+function folderBody(files) {
+  const parts = [];
+  for (const f of files) {
+    const path = f.webkitRelativePath || f.name;
+    parts.push(`${JSON.stringify({ path, size: f.size, mtimeMs: f.lastModified })}\n`, f);
+  }
+  return new Blob(parts);
+}
+
+/** Adds a whole folder from this computer, its subfolders kept (img add FOLDER --at DIR). */
+function AddFolder({ name, dir, live, onAdded }) {
+  const [files, setFiles] = useState(null);
+  const [replace, setReplace] = useState(false);
+  const [added, setAdded] = useState(null);
+  const [sent, setSent] = useState(null);
+  const { busy, error, setError, run } = useAction();
+  const top = files?.[0]?.webkitRelativePath?.split('/')[0] ?? null;
+  const pick = (e) => {
+    const list = [...(e.currentTarget.files ?? [])];
+    setAdded(null);
+    setError(null);
+    setFiles(list.length ? list : null);
+  };
+  const submit = (e) => {
+    e.preventDefault();
+    if (!files) return;
+    setAdded(null);
+    const form = e.currentTarget;
+    const body = folderBody(files);
+    void run(async () => {
+      setSent({ done: 0, total: body.size });
+      try {
+        const q = `path=${seg(name)}&at=${seg(dir)}${replace ? '&replace=true' : ''}`;
+        setAdded(
+          await apiUpload(
+            'POST',
+            `/api/images/folder?${q}`,
+            body,
+            'application/x-imgcast-files',
+            (done, total) => setSent({ done, total }),
+          ),
+        );
+      } finally {
+        setSent(null);
+      }
+      form.reset();
+      setFiles(null);
+      onAdded();
+    });
+  };
+  return html`<form class="inline" onSubmit=${submit} aria-label="add a folder to this folder">
+    <${Field}
+      label=${`Add a folder to ${dir === '.' ? 'the top folder' : dir}`}
+      type="file"
+      name="folder"
+      webkitdirectory
+      multiple
+      onChange=${pick}
+      error=${error}
+      hint=${files ? `${top}: ${files.length} file(s), ${bytes(files.reduce((n, f) => n + f.size, 0))}` : 'its subfolders come too (empty ones do not: browsers leave them out)'}
+    />
+    <${Field} label="Replace a folder of that name" type="checkbox" name="replace-folder" checked=${replace} onChange=${(e) => setReplace(e.currentTarget.checked)} />
+    <div class="buttons"><button type="submit" disabled=${busy || !files}>${busy ? 'Adding…' : 'Add folder'}</button></div>
+    <${UploadProgress} sent=${sent} job=${jobOf(live, name, 'add')} />
+    ${added ? html`<p role="status" class="ok-text">Added ${added.path}: ${added.files} file(s), ${bytes(added.bytes)}.</p>` : null}
+  </form>`;
+}
+
+function Maintenance({ name, live, onChanged }) {
   const verify = useAction();
   const compact = useAction();
   const [report, setReport] = useState(null);
@@ -291,6 +430,8 @@ function Maintenance({ name, onChanged }) {
         ${compact.busy ? 'Compacting…' : 'Compact (reclaim removed data)'}
       </button>
     </div>
+    ${verify.busy ? html`<${JobProgress} job=${jobOf(live, name, 'verify')} kind="verify" label="Verifying" />` : null}
+    ${compact.busy ? html`<${JobProgress} job=${jobOf(live, name, 'compact')} kind="compact" label="Compacting" />` : null}
     <${ErrorText} error=${verify.error ?? compact.error} />
     ${
       report
@@ -312,7 +453,7 @@ function Maintenance({ name, onChanged }) {
   </section>`;
 }
 
-export function ImagePage({ name }) {
+export function ImagePage({ name, live }) {
   const info = useLoad(() => api('GET', `/api/images/info?path=${seg(name)}`), [name]);
   const details = useLoad(() => api('GET', `/api/images/details?path=${seg(name)}`), [name]);
   const i = info.data;
@@ -341,8 +482,8 @@ export function ImagePage({ name }) {
     ${d ? html`<${Layout} d=${d} />` : html`<${ErrorText} error=${i?.problem ? null : details.error} />`}
     ${
       i && !i.problem
-        ? html`<${Explorer} name=${name} onChanged=${details.reload} />
-          <${Maintenance} name=${name} onChanged=${() => {
+        ? html`<${Explorer} name=${name} live=${live} onChanged=${details.reload} />
+          <${Maintenance} name=${name} live=${live} onChanged=${() => {
             info.reload();
             details.reload();
           }} />`

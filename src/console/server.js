@@ -1,4 +1,8 @@
-/** Server: the counters (live), the history of sessions with each workstation's result, the console accounts. */
+/**
+ * Server: the counters (live), the history of sessions with each workstation's result, the
+ * settings (how the server was started, and the defaults the administrator changes), the
+ * console accounts.
+ */
 import { useState } from 'preact/hooks';
 
 import { api, currentSignin, fieldOf, seg } from './api.js';
@@ -23,6 +27,173 @@ const COUNTERS = [
   ['clientReferrals', 'Workstations referred to another server'],
   ['errors', 'Errors'],
 ];
+
+const LEVELS = [
+  ['none', 'none (least CPU)'],
+  ['speed', 'speed'],
+  ['balanced', 'balanced'],
+  ['size', 'size (least network)'],
+];
+const SETTING_FIELDS = ['autoClients', 'autoWaitMinutes', 'names', 'level', 'historyDays'];
+
+/** A number as typed, or the text itself when it is none, for the server to refuse with its reason. */
+const typed = (v) => (v.trim() !== '' && Number.isFinite(Number(v)) ? Number(v) : v);
+
+/** What `imgcast server` was started with: fixed until it starts again. */
+function Fixed({ c }) {
+  const m = c.multicast;
+  const pxe = c.boot.pxe;
+  return html`<dl class="facts settings-fixed" aria-label="fixed at start">
+    <dt>HTTP API</dt>
+    <dd data-fixed="listen">${c.listen.host}:${c.listen.port}</dd>
+    <dt>Data folder</dt>
+    <dd data-fixed="data"><code>${c.dataDir}</code></dd>
+    <dt>Image folder</dt>
+    <dd data-fixed="images"><code>${c.imagesDir}</code></dd>
+    <dt>Multicast</dt>
+    <dd data-fixed="multicast">
+      groups ${m.firstGroup} – ${m.lastGroup}, ports ${m.firstPort} – ${m.lastPort} (${m.slots} sessions
+      sending at once), sent from ${m.interface ?? 'the address of the route to each group'}
+    </dd>
+    <dt>Discovery</dt>
+    <dd data-fixed="discovery">${c.discovery ? `${c.discovery.group}:${c.discovery.port}` : 'off'}</dd>
+    <dt>Network boot</dt>
+    <dd data-fixed="pxe">
+      ${
+        pxe
+          ? `PXE answered, ${pxe.mode === 'proxy' ? 'proxy DHCP' : `DHCP ${pxe.range ? `${pxe.range.start} – ${pxe.range.end}` : ''}`}, on ${pxe.interface ?? '?'}${pxe.address ? ` (${pxe.address})` : ''}`
+          : 'no PXE answers (imgcast server --pxe): the HTTP boot routes only'
+      }
+    </dd>
+    <dt>Imaging environment</dt>
+    <dd data-fixed="bootenv">
+      <code>${c.boot.bootenvDir}</code>,
+      ${c.boot.bootenvVersion ? ` built for imgcast ${c.boot.bootenvVersion}` : ' not built (imgcast bootenv build)'}${c.boot.kernelArgs ? `; kernel arguments ${c.boot.kernelArgs}` : ''}
+    </dd>
+    <dt>Version</dt>
+    <dd data-fixed="version">imgcast ${c.version}</dd>
+  </dl>`;
+}
+
+/** The defaults the administrator changes; each field shows the server's reason when it refuses it. */
+function Defaults({ view, onSaved }) {
+  const cur = view.settings;
+  const def = view.defaults;
+  const [f, setF] = useState(() => ({
+    autoClients: String(cur.autoClients),
+    autoWaitMinutes: String(cur.autoWaitMinutes),
+    names: cur.names,
+    level: cur.level,
+    historyDays: String(cur.historyDays),
+  }));
+  const set = (k) => (e) => {
+    const v = e.currentTarget.value;
+    setF((x) => ({ ...x, [k]: v }));
+  };
+  const { busy, error, run } = useAction();
+  const [saved, setSaved] = useState(false);
+  const field = fieldOf(error, SETTING_FIELDS);
+  const err = (k) => (field === k ? error : null);
+  const submit = (e) => {
+    e.preventDefault();
+    setSaved(false);
+    const body = {};
+    for (const k of SETTING_FIELDS) {
+      const v = k === 'names' || k === 'level' ? f[k].trim() : typed(f[k]);
+      if (v !== cur[k]) body[k] = v;
+    }
+    void run(async () => {
+      if (Object.keys(body).length > 0) onSaved(await api('PATCH', '/api/settings', body));
+      setSaved(true);
+    });
+  };
+  const was = (k) => `default ${def[k] === '' ? 'none' : def[k]}`;
+  return html`<form class="grid" onSubmit=${submit} aria-label="server settings">
+    <${Field}
+      label="Automatic sessions start once this many joined"
+      type="number"
+      name="autoClients"
+      value=${f.autoClients}
+      onInput=${set('autoClients')}
+      error=${err('autoClients')}
+      hint=${`for a new automatic session given no count; ${was('autoClients')}`}
+    />
+    <${Field}
+      label="Or minutes after the last new client"
+      type="number"
+      step="any"
+      name="autoWaitMinutes"
+      value=${f.autoWaitMinutes}
+      onInput=${set('autoWaitMinutes')}
+      error=${err('autoWaitMinutes')}
+      hint=${`for a new automatic session given no wait; ${was('autoWaitMinutes')}`}
+    />
+    <${Field}
+      label="Naming template of new sessions"
+      name="names"
+      autocomplete="off"
+      value=${f.names}
+      onInput=${set('names')}
+      error=${err('names')}
+      hint=${`names the workstations nobody named: lab1-{nn} (join order), pc-{mac}; empty: none; ${was('names')}`}
+    />
+    <${Field}
+      as="select"
+      label="Compression of uploads and live masters"
+      name="level"
+      value=${f.level}
+      onChange=${set('level')}
+      error=${err('level')}
+      hint=${`when img make --server or a master gives none; ${was('level')}`}
+    >
+      ${LEVELS.map(([v, label]) => html`<option value=${v}>${label}</option>`)}
+    </${Field}>
+    <${Field}
+      label="Days the history keeps a run"
+      type="number"
+      name="historyDays"
+      value=${f.historyDays}
+      onInput=${set('historyDays')}
+      error=${err('historyDays')}
+      hint=${`older runs are removed; 0 keeps them forever (the default)`}
+    />
+    <div class="buttons wide">
+      <button type="submit" class="primary" disabled=${busy}>Save settings</button>
+      ${saved ? html`<span role="status" class="ok-text">Saved.</span>` : null}
+    </div>
+    ${field ? null : html`<div class="wide"><${ErrorText} error=${error} /></div>`}
+  </form>`;
+}
+
+function Settings({ onSaved }) {
+  const view = useLoad(() => api('GET', '/api/settings'));
+  const [latest, setLatest] = useState(null);
+  const saved = (v) => {
+    setLatest(v);
+    // Fewer days kept may have taken runs out of the history shown above.
+    onSaved();
+  };
+  const v = latest ?? view.data;
+  return html`<section aria-labelledby="settings-title">
+    <h2 id="settings-title">Settings</h2>
+    <${ErrorText} error=${view.error} />
+    ${
+      !v
+        ? view.error
+          ? null
+          : html`<${Loading} what="the settings" />`
+        : html`<h3>Fixed until the server is started again</h3>
+          <p class="hint">These come from the options of <code>imgcast server</code>.</p>
+          <${Fixed} c=${v.server} />
+          <h3>Defaults</h3>
+          <p class="hint">
+            They apply to what is made from now on (<code>imgcast settings set NAME VALUE</code> changes
+            them too); what exists keeps its own values.
+          </p>
+          <${Defaults} view=${v} onSaved=${saved} />`
+    }
+  </section>`;
+}
 
 function Accounts() {
   const list = useLoad(() => api('GET', '/api/admins'));
@@ -138,5 +309,6 @@ export function ServerPage({ live }) {
             : html`<${RunsTable} runs=${history.data} />`
       }
     </section>
+    <${Settings} onSaved=${history.reload} />
     <${Accounts} />`;
 }

@@ -311,7 +311,7 @@ export function WorkstationPage({ ref_ }) {
       <h2 id="id-title">Identity</h2>
       ${
         w.identity
-          ? html`<dl>
+          ? html`<dl class="facts" data-identity>
               <dt>Host name</dt>
               <dd>${w.identity.name ?? "the image's (not named by the administrator)"}</dd>
               <dt>Machine id</dt>
@@ -320,16 +320,27 @@ export function WorkstationPage({ ref_ }) {
               <dt>Imaged</dt>
               <dd>${when(w.identity.reportedAt)} in session ${w.identity.session} (${w.identity.image})</dd>
             </dl>
-            <table>
-              <caption>SSH host keys (fill known_hosts with these before the lab boots)</caption>
-              <thead><tr><th scope="col">Type</th><th scope="col">Fingerprint</th></tr></thead>
-              <tbody>
-                ${w.identity.sshHostKeys.map(
-                  (k) =>
-                    html`<tr key=${k.type}><th scope="row">${k.type}</th><td><code>${k.fingerprint}</code></td></tr>`,
-                )}
-              </tbody>
-            </table>`
+            ${
+              w.identity.sshHostKeys.length === 0
+                ? html`<p class="muted">No SSH host keys reported (none were made on this system).</p>`
+                : html`<table class="host-keys">
+                    <caption>SSH host keys (fill known_hosts with these before the lab boots)</caption>
+                    <thead><tr><th scope="col">Type</th><th scope="col">Bits</th><th scope="col">Fingerprint</th></tr></thead>
+                    <tbody>
+                      ${w.identity.sshHostKeys.map(
+                        (k) =>
+                          html`<tr key=${k.type} data-key=${k.type}><th scope="row">${k.type}</th><td>${k.bits}</td><td><code>${k.fingerprint}</code></td></tr>`,
+                      )}
+                    </tbody>
+                  </table>`
+            }
+            ${
+              w.identity.notes.length
+                ? html`<ul class="notes" aria-label="notes of the identity">
+                    ${w.identity.notes.map((n, i) => html`<li key=${i}>${n}</li>`)}
+                  </ul>`
+                : null
+            }`
           : html`<p class="muted">No identity reported yet: it is set when the workstation is imaged.</p>`
       }
     </section>

@@ -229,9 +229,19 @@ export async function addToImage(
   });
   return editImage(imagePath, async (manifest, writer) => {
     const { volume, path: at } = requireVolumePath(manifest, opts.at ?? '.');
-    const atEntry = volume.entries.find((e) => e.path === at);
-    if (atEntry && atEntry.type !== 'dir') {
-      throw new ImageError('E_PATH_EXISTS', `"${opts.at}" is a ${atEntry.type} in the image, not a folder`, {
+    // AT and every folder on the way to it must be folders of the image: files added under a
+    // symlink would land, once restored, wherever the link points (another volume, the host's /).
+    for (let p = at; p !== '.'; p = parentOf(p)) {
+      const entry = volume.entries.find((e) => e.path === p);
+      if (!entry || entry.type === 'dir') continue;
+      if (entry.type === 'symlink') {
+        throw new ImageError(
+          'E_PATH_ESCAPE',
+          `"${p}" is a symlink in the image: what is added under it would land where the link points once restored`,
+          { path: opts.at, symlink: p },
+        );
+      }
+      throw new ImageError('E_PATH_EXISTS', `"${p}" is a ${entry.type} in the image, not a folder`, {
         path: opts.at,
       });
     }

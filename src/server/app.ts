@@ -21,6 +21,7 @@ import {
   Task,
   CreateSession,
   CreateWorkstation,
+  EditSettings,
   EditWorkstation,
   Imported,
   ImportWorkstations,
@@ -40,6 +41,8 @@ import {
   Registered,
   Session,
   SessionName,
+  ServerConfig,
+  SettingsView,
   Status,
   StopSession,
   ClientReport,
@@ -56,8 +59,10 @@ import type { Counters } from './counters.ts';
 import type { Db } from './db.ts';
 import { SERVER_ERROR_STATUS, ServerError } from './errors.ts';
 import type { ImageStore } from './images.ts';
+import type { ImageJobs } from './jobs.ts';
 import type { NetBoot } from './netboot.ts';
 import type { SessionManager } from './sessions.ts';
+import { SETTING_DEFAULTS, type Settings } from './settings.ts';
 import type { Tasks } from './tasks.ts';
 import type { WorkstationIdentity, Workstations } from './workstations.ts';
 
@@ -83,6 +88,12 @@ export interface AppContext {
   sessions: SessionManager;
   auto: AutoSessions;
   workstations: Workstations;
+  /** What the administrator changes while the server runs (settings.ts). */
+  settings: Settings;
+  /** How the server was started (fixed until the next start); read at each call. */
+  config: () => ServerConfig;
+  /** Verify, compact and adds of images under way, for their progress (jobs.ts). */
+  jobs: ImageJobs;
   tasks: Tasks;
   netboot: NetBoot;
   counters: Counters;
@@ -230,11 +241,29 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
   );
 
   // --- administration
-  app.get('/api/status', { config: admin, schema: { response: { 200: Status, ...errors } } }, async () => ({
-    server: { name: ctx.name, version: ctx.version, startedAt: ctx.startedAt, warnings: ctx.warnings() },
-    counters: ctx.counters.view(),
-    sessions: ctx.sessions.list(),
-  }));
+  app.get('/api/status', { config: admin, schema: { response: { 200: Status, ...errors } } }, async () =>
+    statusOf(ctx),
+  );
+
+  // --- server settings: the defaults the administrator changes, beside how the server was started
+  const settingsView = () => ({
+    settings: ctx.settings.current(),
+    defaults: { ...SETTING_DEFAULTS },
+    server: ctx.config(),
+  });
+  app.get(
+    '/api/settings',
+    { config: admin, schema: { response: { 200: SettingsView, ...errors } } },
+    async () => settingsView(),
+  );
+  app.patch(
+    '/api/settings',
+    { config: admin, schema: { body: EditSettings, response: { 200: SettingsView, ...errors } } },
+    async (req) => {
+      await ctx.settings.change(req.body);
+      return settingsView();
+    },
+  );
 
   app.get(
     '/api/sessions',
@@ -718,5 +747,15 @@ function errorReply(err: unknown): {
   return {
     status: 500,
     body: { error: 'E_INTERNAL', message: 'the server failed on this request; its log says why' },
+  };
+}
+
+/** The body of GET /api/status, and of each status event of /api/events. */
+export function statusOf(ctx: AppContext): Status {
+  return {
+    server: { name: ctx.name, version: ctx.version, startedAt: ctx.startedAt, warnings: ctx.warnings() },
+    counters: ctx.counters.view(),
+    sessions: ctx.sessions.list(),
+    jobs: ctx.jobs.list(),
   };
 }

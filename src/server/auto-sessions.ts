@@ -33,19 +33,25 @@ import { describeRule, matches, parseRule, type Rule } from './rules.ts';
 import type { SessionManager } from './sessions.ts';
 import type { WorkstationIdentity, Workstations } from './workstations.ts';
 
-/** The defaults of the specification: 5 clients, or 15 minutes after the last new one joined. */
-export const AUTO_DEFAULT_CLIENTS = 5;
-export const AUTO_DEFAULT_WAIT_MINUTES = 15;
 const MAX_RULES = 1000;
+
+/** The trigger a new automatic session takes when it gives none (the administrator's settings). */
+export interface AutoDefaults {
+  clients: number;
+  waitMinutes: number;
+}
 
 export class AutoSessions {
   #sessions: SessionManager;
   #workstations: Workstations;
   #queue: Promise<unknown> = Promise.resolve();
+  #defaults: () => AutoDefaults;
 
-  constructor(sessions: SessionManager, workstations: Workstations) {
+  /** `defaults` is read at each create; without it, the specification's 5 clients or 15 minutes. */
+  constructor(sessions: SessionManager, workstations: Workstations, defaults?: () => AutoDefaults) {
     this.#sessions = sessions;
     this.#workstations = workstations;
+    this.#defaults = defaults ?? (() => ({ clients: 5, waitMinutes: 15 }));
   }
 
   /** The automatic sessions in list order. */
@@ -68,16 +74,17 @@ export class AutoSessions {
       const master = req.master === undefined ? null : this.#workstations.resolve(req.master);
       const members = this.#resolveAll(req.include ?? []);
       this.#noConflict({ name: req.name, ...(master !== null ? { master } : {}), explicit: members });
+      const defaults = this.#defaults();
       const wait =
         req.waitSeconds !== undefined || req.waitMinutes !== undefined
           ? { waitSeconds: req.waitSeconds, waitMinutes: req.waitMinutes }
-          : { waitMinutes: AUTO_DEFAULT_WAIT_MINUTES };
+          : { waitMinutes: defaults.waitMinutes };
       return this.#sessions.create(
         {
           name: req.name,
           image: req.image ?? '',
           fileset: req.fileset,
-          clientCount: req.clientCount ?? AUTO_DEFAULT_CLIENTS,
+          clientCount: req.clientCount ?? defaults.clients,
           ...wait,
           names: req.names,
           scripts: req.scripts,

@@ -49,3 +49,14 @@ export function bootenvWarnings(dir: string, version: string): () => string[] {
     return warnings;
   };
 }
+
+/** The imgcast version the environment in `dir` was built for; null when it is not built or does not say. */
+export function bootenvVersion(dir: string): string | null {
+  try {
+    const built = (JSON.parse(readFileSync(join(dir, BOOTENV_MANIFEST), 'utf8')) as { imgcast?: unknown })
+      .imgcast;
+    return typeof built === 'string' && built !== '' ? built : null;
+  } catch {
+    return null;
+  }
+}

@@ -149,6 +149,12 @@ export interface LoginTable {
   expires_at: number;
 }
 
+/** The administrator's server settings (settings.ts): one JSON value per name; a name not here has its default. */
+export interface SettingTable {
+  name: string;
+  value: string;
+}
+
 export interface MigrationTable {
   version: number;
   applied_at: number;
@@ -164,6 +170,7 @@ export interface Schema {
   counters: CounterTable;
   admins: AdminTable;
   logins: LoginTable;
+  settings: SettingTable;
   schema_migrations: MigrationTable;
 }
 
@@ -250,6 +257,12 @@ export const MIGRATIONS: readonly (readonly string[])[] = [
        id INTEGER PRIMARY KEY, at BIGINT NOT NULL, mac TEXT NOT NULL, workstation TEXT,
        platform TEXT NOT NULL, decision TEXT NOT NULL, session TEXT, why TEXT NOT NULL)`,
     `CREATE INDEX boot_decisions_mac ON boot_decisions (mac, id)`,
+  ],
+  // 8: the settings an administrator changes while the server runs, and the history's age index
+  // (runs older than the kept days are removed).
+  [
+    `CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)`,
+    `CREATE INDEX history_finished ON history (finished_at)`,
   ],
 ];
 

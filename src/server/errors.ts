@@ -7,6 +7,8 @@ export const SERVER_ERROR_STATUS = {
   E_IMAGE_OUTSIDE: 400,
   E_IMAGE_UNREADABLE: 400,
   E_RULE_INVALID: 400,
+  // A path sent to the server would put a file outside where it belongs (.., absolute, a symlink).
+  E_PATH_ESCAPE: 400,
   E_UNAUTHORIZED: 401,
   E_FORBIDDEN: 403,
   E_NOT_FOUND: 404,

@@ -19,7 +19,7 @@ import type { ServerResponse } from 'node:http';
 
 import type { Status } from '../api/schemas.ts';
 import type { ApiApp, AppContext } from './app.ts';
-import { authenticate } from './app.ts';
+import { authenticate, statusOf } from './app.ts';
 
 export interface LiveOptions {
   /** Fewest milliseconds between two status events (default 250: at most four a second). */
@@ -191,14 +191,6 @@ function statusEvent(status: Status): string {
   return `event: status\ndata: ${JSON.stringify(status)}\n\n`;
 }
 
-export function statusOf(ctx: AppContext): Status {
-  return {
-    server: { name: ctx.name, version: ctx.version, startedAt: ctx.startedAt, warnings: ctx.warnings() },
-    counters: ctx.counters.view(),
-    sessions: ctx.sessions.list(),
-  };
-}
-
 /** GET /api/events (see the module comment). */
 export function liveRoutesWith(opts: LiveOptions = {}) {
   return (app: ApiApp, ctx: AppContext): void => {
@@ -208,9 +200,11 @@ export function liveRoutesWith(opts: LiveOptions = {}) {
       heartbeatMs: opts.heartbeatMs,
     });
     const unsubscribe = ctx.sessions.onChange(() => feed.changed());
+    const unsubscribeJobs = ctx.jobs.onChange(() => feed.changed());
     // Open streams would hold the HTTP server's close forever.
     app.addHook('preClose', async () => {
       unsubscribe();
+      unsubscribeJobs();
       feed.close();
     });
 

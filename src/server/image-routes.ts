@@ -1,8 +1,11 @@
 /**
  * The image explorer over HTTP, for the console: what an image holds (img info), a folder's
  * entries with the file sets that leave each out (img ls), excluding and including paths in a
- * file set (img exclude / include), adding a file (img add), verify and compact, on images of
- * the image directory.
+ * file set (img exclude / include), adding a file or a whole folder (img add), verify and
+ * compact, on images of the image directory.
+ *
+ * Verify, compact and adds answer when they are over, with their result; meanwhile each is a
+ * job in the status (jobs.ts), whose progress the live status stream carries to the console.
  *
  * Edits and compaction of one image run one at a time, and never while a waiting or sending
  * session uses it (E_IMAGE_IN_USE, as for removing it): a session reads the image it sends,
@@ -18,6 +21,7 @@ import { Type } from 'typebox';
 import {
   ErrorBody,
   Fileset,
+  ImageFilesAdded,
   ImageCompacted,
   ImageDetails,
   ImageExclude,
@@ -30,6 +34,7 @@ import { ImageReader } from '../image/reader.ts';
 import { verifyImage } from '../image/verify.ts';
 import type { ApiApp, AppContext } from './app.ts';
 import { ServerError } from './errors.ts';
+import { FILES_CONTENT_TYPE, receiveFiles } from './folder-upload.ts';
 
 const errors = {
   400: ErrorBody,
@@ -40,8 +45,17 @@ const errors = {
   422: ErrorBody,
 };
 const ImagePath = Type.String({ minLength: 1, maxLength: 4096 });
-/** The largest file added from the browser; bigger ones are for `img add` on the server. */
+/** The most added from the browser at once (a file, or a folder's files); more is for `img add` on the server. */
 const MAX_ADDED_BYTES = 8 * 1024 ** 3;
+/** Files in one folder added from the browser. */
+const MAX_ADDED_FILES = 100_000;
+
+/** The request's body as the stream its content type's parser handed on; any other type is refused. */
+function streamOf(body: unknown, type: string): IncomingMessage {
+  if (typeof (body as IncomingMessage | undefined)?.pipe !== 'function')
+    throw new ServerError('E_UNSUPPORTED_MEDIA', `send the body as ${type}`);
+  return body as IncomingMessage;
+}
 
 export async function imageRoutes(app: ApiApp, ctx: AppContext): Promise<void> {
   const admin = { access: 'admin' as const };
@@ -138,7 +152,13 @@ export async function imageRoutes(app: ApiApp, ctx: AppContext): Promise<void> {
     },
     async (req) => {
       const { name, path } = await ctx.images.resolve(req.body.path);
-      const { path: _p, imageId: _i, ...report } = await verifyImage(path);
+      const {
+        path: _p,
+        imageId: _i,
+        ...report
+      } = await ctx.jobs.run('verify', name, 'chunks', (job) =>
+        verifyImage(path, { onProgress: (done, total) => job.progress(done, total) }),
+      );
       return { name, ...report };
     },
   );
@@ -154,9 +174,32 @@ export async function imageRoutes(app: ApiApp, ctx: AppContext): Promise<void> {
     },
     async (req) => {
       const { name, path } = await ctx.images.resolve(req.body.path);
-      return { name, ...(await change(name, () => compactImage(path))) };
+      const result = await change(name, () =>
+        ctx.jobs.run('compact', name, 'chunks', (job) =>
+          compactImage(path, { onProgress: (done, total) => job.progress(done, total) }),
+        ),
+      );
+      return { name, ...result };
     },
   );
+
+  /** `img add FILE --at AT`, listed as a job with its progress in bytes of `bytes`. */
+  const addWithProgress = (
+    name: string,
+    path: string,
+    source: string,
+    bytes: number,
+    at: string | undefined,
+    replace: boolean | undefined,
+  ) =>
+    ctx.jobs.run('add', name, 'bytes', (job) => {
+      job.progress(0, bytes);
+      return addToImage(path, source, {
+        at: at || '.',
+        replace: replace === true,
+        onProgress: (p) => job.progress(Math.min(p.bytes, bytes), bytes),
+      });
+    });
 
   // A file added from the browser: its body streams to a folder beside the image (the image
   // directory's own disk, hidden from the image list by its dot) under the name it is to have,
@@ -182,6 +225,7 @@ export async function imageRoutes(app: ApiApp, ctx: AppContext): Promise<void> {
         },
       },
       async (req) => {
+        const body = streamOf(req.body, 'application/octet-stream');
         const { name, path } = await ctx.images.resolve(req.query.path);
         const length = Number(req.headers['content-length'] ?? NaN);
         if (length > MAX_ADDED_BYTES) {
@@ -195,17 +239,64 @@ export async function imageRoutes(app: ApiApp, ctx: AppContext): Promise<void> {
           try {
             const file = join(dir, req.query.name);
             let seen = 0;
-            const body = req.body as IncomingMessage;
             body.on('data', (b: Buffer) => {
               seen += b.length;
               if (seen > MAX_ADDED_BYTES)
                 body.destroy(new ServerError('E_TOO_LARGE', 'the file is too large'));
             });
             await pipeline(body, createWriteStream(file, { flags: 'wx' }));
-            return await addToImage(path, file, {
-              at: req.query.at || '.',
-              replace: req.query.replace === true,
+            return await addWithProgress(name, path, file, seen, req.query.at, req.query.replace);
+          } finally {
+            await rm(dir, { recursive: true, force: true });
+          }
+        });
+      },
+    );
+
+    // A folder added from the browser: its files (folder-upload.ts says how they come, and
+    // what keeps them inside it) are received into a private folder beside the image, then
+    // added in one change of the image, as `img add FOLDER --at DIR` would.
+    scope.addContentTypeParser(FILES_CONTENT_TYPE, (_req, payload, done) => done(null, payload));
+    scope.post(
+      '/api/images/folder',
+      {
+        config: admin,
+        schema: {
+          querystring: Type.Object({
+            path: ImagePath,
+            at: Type.Optional(Type.String({ maxLength: 4096 })),
+            replace: Type.Optional(Type.Boolean()),
+          }),
+          response: { 200: ImageFilesAdded, ...errors, 413: ErrorBody },
+        },
+      },
+      async (req) => {
+        const body = streamOf(req.body, FILES_CONTENT_TYPE);
+        const { name, path } = await ctx.images.resolve(req.query.path);
+        const length = Number(req.headers['content-length'] ?? NaN);
+        if (length > MAX_ADDED_BYTES + MAX_ADDED_FILES * 4096) {
+          throw new ServerError(
+            'E_TOO_LARGE',
+            `a folder added from the console may have ${MAX_ADDED_BYTES} bytes at most; add bigger ones with img add on the server`,
+          );
+        }
+        return change(name, async () => {
+          // 0700: nobody else on the server can put a link in it while the files come.
+          const dir = await mkdtemp(join(dirname(path), '.add-'));
+          try {
+            const got = await receiveFiles(body, dir, {
+              maxBytes: MAX_ADDED_BYTES,
+              maxFiles: MAX_ADDED_FILES,
             });
+            const added = await addWithProgress(
+              name,
+              path,
+              join(dir, got.top),
+              got.bytes,
+              req.query.at,
+              req.query.replace,
+            );
+            return { ...added, files: got.files };
           } finally {
             await rm(dir, { recursive: true, force: true });
           }

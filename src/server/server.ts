@@ -9,7 +9,8 @@ import { pino, type Logger } from 'pino';
 
 import { imageProvider } from '../engine/multicast.ts';
 import { runSender } from '../transport/sender.ts';
-import { checkRange, type AddressRange } from './address-pool.ts';
+import type { ServerConfig } from '../api/schemas.ts';
+import { addressOf, checkRange, type AddressRange } from './address-pool.ts';
 import { startDiscoveryResponder } from './discovery.ts';
 import { buildApp, type ApiApp, type AppContext } from './app.ts';
 import { adminToken } from './auth.ts';
@@ -18,13 +19,15 @@ import { liveRoutesWith, type LiveOptions } from './events.ts';
 import { imageRoutes } from './image-routes.ts';
 import { bootRoutesWith } from './boot-routes.ts';
 import { NetBoot } from './netboot.ts';
-import { bootenvWarnings } from './bootenv.ts';
+import { bootenvVersion, bootenvWarnings } from './bootenv.ts';
 import { startPxe, type PxeOptions } from './pxe.ts';
 import { Tasks } from './tasks.ts';
 import { AutoSessions } from './auto-sessions.ts';
 import { Counters } from './counters.ts';
 import { openDatabase, type Db } from './db.ts';
 import { ImageStore } from './images.ts';
+import { ImageJobs } from './jobs.ts';
+import { historyCutoff, Settings } from './settings.ts';
 import { SessionManager, type SendSession } from './sessions.ts';
 import { uploadRoutesWith, type UploadOptions } from './uploads.ts';
 import { Workstations } from './workstations.ts';
@@ -115,6 +118,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     const counters = await Counters.load(db);
     cleanup.unshift(() => counters.close());
     const images = await ImageStore.open(imagesDir);
+    const settings = await Settings.load(db, (m) => log.warn(m));
     const workstations = new Workstations(db);
     await workstations.load();
     const sessions = new SessionManager({
@@ -130,11 +134,57 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       describeWorkstation: (id) => workstations.brief(id),
       identityOrder: (id) => workstations.identityOrder(id),
       assignName: (id, template) => workstations.assignName(id, template),
+      defaults: () => settings.current(),
       onIdentity: (id, applied, session, image) => workstations.recordIdentity(id, applied, session, image),
     });
     await sessions.start();
     cleanup.unshift(() => sessions.close());
-    const auto = new AutoSessions(sessions, workstations);
+    const auto = new AutoSessions(sessions, workstations, () => {
+      const s = settings.current();
+      return { clients: s.autoClients, waitMinutes: s.autoWaitMinutes };
+    });
+    // Runs older than the days kept leave the history: at start, every hour, and when the days change.
+    const keepHistory = async () => {
+      const before = historyCutoff(settings.current().historyDays, Date.now());
+      if (before === null) return;
+      try {
+        const removed = await sessions.forgetHistory(before);
+        if (removed > 0) log.info({ runs: removed, before }, 'runs older than the history keeps removed');
+      } catch (err) {
+        log.warn({ err }, 'cannot trim the history');
+      }
+    };
+    await keepHistory();
+    const historyTimer = setInterval(() => void keepHistory(), 3600_000);
+    historyTimer.unref();
+    cleanup.unshift(async () => clearInterval(historyTimer));
+    settings.onChange(keepHistory);
+    // How this server was started, for the settings page; the port and the network boot are known once they run.
+    const host = o.host ?? '0.0.0.0';
+    const started: { port: number; pxe: ServerConfig['boot']['pxe'] } = { port: o.port ?? 7740, pxe: null };
+    const config = (): ServerConfig => ({
+      name: ctx.name,
+      version: o.version,
+      startedAt: ctx.startedAt,
+      listen: { host, port: started.port },
+      dataDir,
+      imagesDir: images.dir,
+      multicast: {
+        interface: o.interface ?? null,
+        firstGroup: range.firstGroup,
+        lastGroup: addressOf(range, range.slots - 1).group,
+        firstPort: range.firstPort,
+        lastPort: range.firstPort + 2 * range.slots - 1,
+        slots: range.slots,
+      },
+      discovery: o.discovery ? { group: o.discovery.group, port: o.discovery.port } : null,
+      boot: {
+        bootenvDir,
+        bootenvVersion: bootenvVersion(bootenvDir),
+        kernelArgs: o.kernelArgs ?? null,
+        pxe: started.pxe,
+      },
+    });
     const warnings = bootenvWarnings(bootenvDir, o.version);
     for (const w of warnings()) log.warn({ bootenv: bootenvDir }, w);
     const ctx: AppContext = {
@@ -147,6 +197,9 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       sessions,
       auto,
       workstations,
+      settings,
+      config,
+      jobs: new ImageJobs(),
       tasks: new Tasks(sessions, workstations),
       netboot: new NetBoot({ db, sessions, auto, workstations, log }),
       counters,
@@ -166,10 +219,10 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       await app.close();
       await workstations.flush();
     });
-    const host = o.host ?? '0.0.0.0';
     await app.listen({ host, port: o.port ?? 7740 });
     const addr = app.server.address();
     const port = typeof addr === 'object' && addr ? addr.port : (o.port ?? 7740);
+    started.port = port;
     const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
     if (o.discovery) {
       const responder = await startDiscoveryResponder({
@@ -193,6 +246,12 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
         log: log.child({ part: 'pxe' }),
       });
       cleanup.unshift(() => pxe.close());
+      started.pxe = {
+        mode: o.pxe.mode,
+        interface: pxe.interface,
+        address: pxe.address,
+        range: o.pxe.range ?? null,
+      };
     }
     let closed: Promise<void> | undefined;
     return {

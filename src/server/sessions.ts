@@ -42,6 +42,7 @@ import type {
   WorkstationBrief,
 } from '../api/schemas.ts';
 import { ImgcastError } from '../errors.ts';
+import type { CompressionLevel } from '../image/types.ts';
 import type { ReceiverReport, SenderProgress } from '../transport/types.ts';
 import { allocate, type AddressRange } from './address-pool.ts';
 import type { Counters } from './counters.ts';
@@ -104,6 +105,11 @@ export interface SessionManagerOptions {
   identityOrder?: (workstation: string) => IdentityOrder;
   /** Names a workstation the administrator has not named by a session's template (naming.ts); its name. */
   assignName?: (workstation: string, template: string) => Promise<string>;
+  /**
+   * The administrator's defaults (settings.ts), read at each use: the naming template of a new
+   * session that gives none ('' for none), and the compression of a live master that gives none.
+   */
+  defaults?: () => { names: string; level: CompressionLevel };
   /** Keeps what a workstation reports it applied to its restored system. */
   onIdentity?: (
     workstation: string,
@@ -154,7 +160,7 @@ const GONE_KEPT = 64;
 const FINAL_CLIENT: ReadonlySet<ClientState> = new Set(['ok', 'failed', 'dropped']);
 const LIVE_STATES: ReadonlySet<SessionState> = new Set(['waiting', 'sending']);
 const ENDED_STATES: ReadonlySet<SessionState> = new Set(['done', 'failed', 'stopped', 'interrupted']);
-const DEFAULT_LEVEL = 'balanced';
+const DEFAULT_LEVEL: CompressionLevel = 'balanced';
 export const STOPPED_BY_ADMIN = 'stopped by the administrator';
 
 interface Live {
@@ -325,7 +331,7 @@ export class SessionManager {
       rules: JSON.stringify(auto?.rules ?? []),
       origin: 'server',
       start_by: 'count-or-time',
-      names: checkTemplate(req.names),
+      names: this.#names(req.names),
       scripts: JSON.stringify(req.scripts ?? []),
     });
     // Checked again here: two creates of one name may race through the await above.
@@ -374,7 +380,7 @@ export class SessionManager {
       wait_ms: waitMs(req) ?? 5 * 60_000,
       origin: 'server',
       start_by: 'count-or-time',
-      names: checkTemplate(req.names),
+      names: this.#names(req.names),
       scripts: JSON.stringify(req.scripts ?? []),
       // Each join restarts the wait; the workstations that waited for a master count from now.
       last_join_at: live.clients.size > 0 ? this.#now() : null,
@@ -397,11 +403,31 @@ export class SessionManager {
         wait_ms: 5 * 60_000,
         origin: 'workstation',
         start_by: 'command',
+        names: this.#names(undefined),
       }),
     );
     this.#o.log.info({ session: name }, 'session opened by a workstation');
     this.#notify();
     return live;
+  }
+
+  /** A new session's naming template: its own, or the administrator's default (null: none). */
+  #names(given: string | undefined): string | null {
+    if (given !== undefined) return checkTemplate(given);
+    const fallback = this.#o.defaults?.().names ?? '';
+    // A default stored by an older version that no longer parses names nobody rather than failing the session.
+    if (fallback === '') return null;
+    try {
+      return checkTemplate(fallback);
+    } catch (err) {
+      this.#o.log.warn({ template: fallback, err }, 'the default naming template does not parse; not used');
+      return null;
+    }
+  }
+
+  /** A live master's compression: its own, or the administrator's default. */
+  #level(row: SessionTable): CompressionLevel {
+    return (row.level as CompressionLevel | null) ?? this.#o.defaults?.().level ?? DEFAULT_LEVEL;
   }
 
   /** The image's name inside the image directory; refused now rather than when the lab waits on it. */
@@ -453,6 +479,7 @@ export class SessionManager {
         members: JSON.stringify([req.workstation]),
         origin: 'task',
         start_by: 'count',
+        names: this.#names(undefined),
         scripts: JSON.stringify(req.scripts ?? []),
       }),
     );
@@ -804,6 +831,12 @@ export class SessionManager {
       message: r.message,
       clients: JSON.parse(r.clients) as SessionClient[],
     }));
+  }
+
+  /** Removes the runs that finished before `before` from the history; how many went. */
+  async forgetHistory(before: number): Promise<number> {
+    const r = await this.#o.db.deleteFrom('history').where('finished_at', '<', before).executeTakeFirst();
+    return Number(r.numDeletedRows);
   }
 
   /** Whether a waiting or sending session uses this image (it must not be removed meanwhile). */
@@ -1232,7 +1265,7 @@ export class SessionManager {
       joined: live.clients.size,
       needed: waiting ? t.needed : 0,
       startsInMs: waiting ? t.startsInMs : null,
-      level: (r.level ?? DEFAULT_LEVEL) as MasterView['level'],
+      level: this.#level(r),
       message: r.message ?? this.#waitingFor(live),
       version: live.version,
       clients: [...live.clients.values()].sort((a, b) => a.joined_at - b.joined_at).map((c) => clientView(c)),
@@ -1283,7 +1316,7 @@ export class SessionManager {
       mac: b.mac,
       present,
       address: live.master?.address ?? null,
-      level: (live.row.level ?? DEFAULT_LEVEL) as SessionMaster['level'],
+      level: this.#level(live.row),
     };
   }
 

@@ -36,7 +36,7 @@ import {
   UploadHaveResult,
 } from '../api/schemas.ts';
 import { ImageError } from '../image/errors.ts';
-import { CHUNK_SIZE, DEFAULT_LEVEL, type CompressionLevel, type Manifest } from '../image/types.ts';
+import { CHUNK_SIZE, type CompressionLevel, type Manifest } from '../image/types.ts';
 import { ImageWriter } from '../image/writer.ts';
 import type { ApiApp, AppContext, Principal } from './app.ts';
 import type { Counters } from './counters.ts';
@@ -389,7 +389,8 @@ export function uploadRoutesWith(opts: UploadOptions = {}) {
       async (req, reply) => {
         const created = await uploads.create(
           req.body.name,
-          req.body.level ?? DEFAULT_LEVEL,
+          // The workstation compresses what it sends at the level the server answers with.
+          req.body.level ?? ctx.settings.current().level,
           ownerOf(req.principal),
         );
         void reply.status(201);

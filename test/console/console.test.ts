@@ -14,16 +14,24 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
-import { pino } from 'pino';
-import type { Browser, BrowserContext, Locator, Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 
 import type { Session } from '../../src/api/schemas.ts';
-import { startServer, type RunningServer } from '../../src/server/server.ts';
 import { call, ok, register } from '../helpers/api-calls.ts';
+import {
+  ADMIN,
+  IMG,
+  consoleLab,
+  describedBy,
+  makeImage,
+  shot,
+  signIn as signInAs,
+  tab as newTab,
+  type ConsoleLab,
+} from '../helpers/console-browser.ts';
 import { hasCommand, isRoot } from '../helpers/env.ts';
 
 /**
@@ -54,125 +62,47 @@ declare class MutationObserver {
   ): void;
 }
 
-const ROOT = resolve(import.meta.dirname, '../..');
-const IMG = join(ROOT, 'bin/img.js');
-const CHROMIUM = '/usr/bin/chromium';
-const SHOTS = join(ROOT, 'test-artifacts', 'console');
-const ADMIN = { name: 'ann', password: 'console-pass-1' };
-
 let skip: string | undefined;
-let browser: Browser | undefined;
-let server: RunningServer | undefined;
+let lab: ConsoleLab | undefined;
 let dir = '';
 const f = {
   get server() {
-    return server!;
+    return lab!.server;
   },
 };
 
 before(async () => {
-  if (!existsSync(CHROMIUM)) {
-    skip = `needs Chromium at ${CHROMIUM} (apt-get install chromium)`;
-    return;
-  }
-  let chromium: typeof import('playwright-core').chromium;
-  try {
-    ({ chromium } = await import('playwright-core'));
-  } catch {
-    skip = 'needs playwright-core (npm install)';
-    return;
-  }
-  const { mkdtemp } = await import('node:fs/promises');
-  const { tmpdir } = await import('node:os');
-  dir = await mkdtemp(join(tmpdir(), 'imgcast-console-e2e-'));
-  const src = join(dir, 'src');
-  await mkdir(join(src, 'etc'), { recursive: true });
-  await writeFile(join(src, 'etc/hostname'), 'reference\n');
-  // Random: incompressible, so the send takes long enough to be watched.
-  await writeFile(join(src, 'data.bin'), randomBytes(40 * 1024 * 1024));
-  await mkdir(join(dir, 'images'));
-  const made = spawnSync(
-    process.execPath,
-    [IMG, 'make', src, join(dir, 'images', 'lab.imgc'), '--level', 'speed'],
-    {
-      encoding: 'utf8',
-    },
-  );
-  assert.equal(made.status, 0, made.stderr);
-  // A second, small image for the explorer: no session uses it.
-  const tools = join(dir, 'tools');
-  await mkdir(join(tools, 'etc', 'ssh'), { recursive: true });
-  await writeFile(join(tools, 'etc', 'hostname'), 'tools\n');
-  await writeFile(join(tools, 'etc', 'ssh', 'sshd_config'), 'Port 22\n');
-  await writeFile(join(tools, 'readme.txt'), 'tools\n');
-  const made2 = spawnSync(process.execPath, [IMG, 'make', tools, join(dir, 'images', 'tools.imgc')], {
-    encoding: 'utf8',
-  });
-  assert.equal(made2.status, 0, made2.stderr);
-  server = await startServer({
-    dataDir: join(dir, 'data'),
-    imagesDir: join(dir, 'images'),
-    host: '127.0.0.1',
-    port: 0,
-    interface: '127.0.0.1',
-    range: {
-      firstGroup: `239.77.${14 + Math.floor(Math.random() * 200)}.1`,
-      firstPort: 33000 + 2 * Math.floor(Math.random() * 500),
-      slots: 4,
-    },
-    version: 'test',
+  const got = await consoleLab({
     name: 'console-e2e',
-    logger: pino({ level: 'silent' }),
+    images: async (images, root) => {
+      const src = join(root, 'src');
+      await mkdir(join(src, 'etc'), { recursive: true });
+      await writeFile(join(src, 'etc/hostname'), 'reference\n');
+      // Random: incompressible, so the send takes long enough to be watched.
+      await writeFile(join(src, 'data.bin'), randomBytes(40 * 1024 * 1024));
+      makeImage(src, join(images, 'lab.imgc'), '--level', 'speed');
+      // A second, small image for the explorer: no session uses it.
+      const tools = join(root, 'tools');
+      await mkdir(join(tools, 'etc', 'ssh'), { recursive: true });
+      await writeFile(join(tools, 'etc', 'hostname'), 'tools\n');
+      await writeFile(join(tools, 'etc', 'ssh', 'sshd_config'), 'Port 22\n');
+      await writeFile(join(tools, 'readme.txt'), 'tools\n');
+      makeImage(tools, join(images, 'tools.imgc'));
+    },
     // A sign-in that ends is noticed within a second.
-    live: { heartbeatMs: 1000 },
+    server: { live: { heartbeatMs: 1000 } },
   });
-  await ok(f, 'POST', '/api/admins', { body: ADMIN });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
-  await mkdir(SHOTS, { recursive: true });
+  if (typeof got === 'string') skip = got;
+  else {
+    lab = got;
+    dir = got.dir;
+  }
 });
 
-after(async () => {
-  await browser?.close();
-  await server?.close();
-  if (dir) await (await import('node:fs/promises')).rm(dir, { recursive: true, force: true });
-});
+after(() => lab?.close());
 
-/** A fresh browser tab (its own sessionStorage) at 1280×800, the classroom PC's screen. */
-async function tab(t: TestContext): Promise<Page> {
-  const context: BrowserContext = await browser!.newContext({ viewport: { width: 1280, height: 800 } });
-  t.after(() => context.close());
-  const page = await context.newPage();
-  const problems: string[] = [];
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('dialog', (d) => void d.accept());
-  page.on('request', (r) => {
-    if (!r.url().startsWith(server!.url)) problems.push(`request to another host: ${r.url()}`);
-  });
-  t.after(() => assert.deepEqual(problems, [], 'no script errors, no request elsewhere'));
-  return page;
-}
-
-async function signIn(page: Page, password = ADMIN.password): Promise<void> {
-  await page.goto(`${server!.url}/`);
-  await page.getByLabel('Account').fill(ADMIN.name);
-  await page.getByLabel('Password').fill(password);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-}
-
-/** The text of the message a field's aria-describedby points at (its error, its hint). */
-async function describedBy(page: Page | Locator, label: string): Promise<string> {
-  const ids = (await page.getByLabel(label, { exact: true }).getAttribute('aria-describedby')) ?? '';
-  const texts = await Promise.all(
-    ids
-      .split(' ')
-      .filter(Boolean)
-      .map((id) => page.locator(`[id="${id}"]`).innerText()),
-  );
-  return texts.join('\n');
-}
-
-const shot = (page: Page, name: string) =>
-  page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+const tab = (t: TestContext): Promise<Page> => newTab(t, lab!);
+const signIn = (page: Page, password?: string) => signInAs(page, lab!, password);
 
 const sessionOf = (name: string) => ok<Session>(f, 'GET', `/api/sessions/${name}`);
 
@@ -183,7 +113,7 @@ test('sign-in: a wrong password shows the reason by the field; the first page is
   page.on('requestfinished', (r) => {
     void r.sizes().then((s) => (wire += s.responseBodySize + s.responseHeadersSize));
   });
-  await page.goto(`${server!.url}/`);
+  await page.goto(`${f.server.url}/`);
   await page.getByRole('heading', { name: 'imgcast console' }).waitFor();
   await page.waitForLoadState('networkidle');
   t.diagnostic(`first page: ${wire} bytes transferred`);
@@ -216,7 +146,7 @@ test("an expired sign-in, and a token that is no admin's, go back to the sign-in
   await signIn(page);
   await page.getByRole('heading', { name: 'Sessions', level: 1 }).waitFor();
   await page.getByText('● live').waitFor();
-  await server!.db
+  await f.server.db
     .updateTable('logins')
     .set({ expires_at: Date.now() - 1 })
     .execute();
@@ -360,7 +290,7 @@ function workstation(name: string, host: string, target: string) {
     'session',
     name,
     '--server',
-    server!.url.replace('http://', ''),
+    f.server.url.replace('http://', ''),
     '--disk',
     target,
     '--interface',

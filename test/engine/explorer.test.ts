@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { link, lstat, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { link, lstat, mkdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -226,6 +226,34 @@ test('bad input leaves the image byte-for-byte unchanged', async (t) => {
   await assert.rejects(addToImage(image, join(dir, 'src/etc'), { at: '.' }), { code: 'E_PATH_EXISTS' });
   await assert.rejects(addToImage(image, join(dir, 'does-not-exist')), { code: 'E_PATH_NOT_FOUND' });
   assert.equal(await digest(image), before);
+});
+
+test('add refuses a place under a symlink or a file of the image, and leaves the image unchanged', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(join(src, 'etc'), { recursive: true });
+  await writeFile(join(src, 'etc/hosts'), '127.0.0.1 localhost\n');
+  // Restored, a file added under lib would land in the workstation's /usr/lib.
+  await symlink('/usr/lib', join(src, 'lib'));
+  const image = join(dir, 'links.imgc');
+  await makeImage(src, image, { level: 'speed' });
+  await writeFile(join(dir, 'driver.inf'), '[driver]\n');
+  const before = await digest(image);
+  for (const at of ['lib', 'lib/x/y', '/lib/']) {
+    await assert.rejects(addToImage(image, join(dir, 'driver.inf'), { at }), {
+      code: 'E_PATH_ESCAPE',
+      message: /"lib" is a symlink in the image/,
+    });
+  }
+  await assert.rejects(addToImage(image, join(dir, 'driver.inf'), { at: 'etc/hosts/deeper' }), {
+    code: 'E_PATH_EXISTS',
+    message: /"etc\/hosts" is a file in the image, not a folder/,
+  });
+  assert.equal(await digest(image), before);
+  assert.equal(
+    (await addToImage(image, join(dir, 'driver.inf'), { at: 'etc/new' })).path,
+    'etc/new/driver.inf',
+  );
 });
 
 test('rm then compact reclaims the removed data; extract copies a subtree', async (t) => {

@@ -17,6 +17,7 @@ import { startServer, type RunningServer } from '../../src/server/server.ts';
 import type { SendSession } from '../../src/server/sessions.ts';
 import { call, ok, register } from '../helpers/api-calls.ts';
 import { tempDir } from '../helpers/env.ts';
+import { openEvents } from '../helpers/events.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const IMG = join(ROOT, 'bin/img.js');
@@ -111,6 +112,7 @@ function status(n: number): Status {
     server: { name: 's', version: 'test', startedAt: 0, warnings: [] },
     counters: { requestsReceived: n, imagesSent: 0, imagesReceived: 0, clientReferrals: 0, errors: 0 },
     sessions: [],
+    jobs: [],
   };
 }
 
@@ -214,52 +216,7 @@ async function server(t: TestContext): Promise<{ server: RunningServer }> {
   return { server: s };
 }
 
-/** Reads the event stream as the console does: fetch, the token in the header. */
-async function open(f: { server: RunningServer }, token: string | null) {
-  const ctl = new AbortController();
-  const res = await fetch(`${f.server.url}/api/events`, {
-    headers: token === null ? {} : { authorization: `Bearer ${token}` },
-    signal: ctl.signal,
-  });
-  const events: Array<{ event: string; data: unknown }> = [];
-  let ended = false;
-  let wake = () => {};
-  if (res.ok) {
-    void (async () => {
-      let buf = '';
-      const decoder = new TextDecoder();
-      try {
-        for await (const chunk of res.body!) {
-          buf += decoder.decode(chunk as Uint8Array, { stream: true });
-          for (let i; (i = buf.indexOf('\n\n')) >= 0;) {
-            const block = buf.slice(0, i);
-            buf = buf.slice(i + 2);
-            const m = /^event: (.*)\ndata: (.*)$/.exec(block);
-            if (m) events.push({ event: m[1]!, data: JSON.parse(m[2]!) });
-            wake();
-          }
-        }
-      } catch {
-        // Aborted by the test.
-      }
-      ended = true;
-      wake();
-    })();
-  }
-  /** Waits until `pred` holds of the events (or the stream ends), at most 5 s. */
-  const until = async (pred: () => boolean, what: string) => {
-    const deadline = Date.now() + 5000;
-    while (!pred()) {
-      if (Date.now() > deadline)
-        throw new Error(`timed out waiting for ${what}; events: ${JSON.stringify(events)}`);
-      await new Promise<void>((r) => {
-        wake = r;
-        setTimeout(r, 100);
-      });
-    }
-  };
-  return { res, events, until, ended: () => ended, close: () => ctl.abort() };
-}
+const open = openEvents;
 
 test('GET /api/events: admins only; a status at once, and another after each change of the sessions', async (t) => {
   const f = await server(t);

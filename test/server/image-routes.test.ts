@@ -2,23 +2,34 @@
  * The image explorer over HTTP (src/server/image-routes.ts) on a real server and a real image
  * made by `img make` of a folder: what it holds, a folder's entries, a folder left out of file
  * set 2 and put back, refusals that change nothing (an image a session waits to send, a path
- * the image lacks, a workstation's token), verify of a sound and of a damaged image, compact.
+ * the image lacks, a workstation's token), verify of a sound and of a damaged image, compact,
+ * a folder added from the browser and the paths that would leave it, and the progress of
+ * verify, compact and adds as the live status carries it.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { open, readFile } from 'node:fs/promises';
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { open, readFile, readdir } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { pino } from 'pino';
 
-import type { ImageDetails, ImageTree, ImageVerifyReport } from '../../src/api/schemas.ts';
+import type {
+  ImageDetails,
+  ImageFilesAdded,
+  ImageJob,
+  ImageTree,
+  ImageVerifyReport,
+  Status,
+} from '../../src/api/schemas.ts';
 import { RECORD_HEADER_SIZE } from '../../src/image/format.ts';
 import { ImageReader } from '../../src/image/reader.ts';
 import { startServer, type RunningServer } from '../../src/server/server.ts';
 import type { SendSession } from '../../src/server/sessions.ts';
 import { call, ok, register } from '../helpers/api-calls.ts';
 import { tempDir } from '../helpers/env.ts';
+import { openEvents } from '../helpers/events.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const IMG = join(ROOT, 'bin/img.js');
@@ -29,13 +40,20 @@ const idle: SendSession = (plan) =>
     plan.signal.addEventListener('abort', () => reject(plan.signal.reason as Error)),
   );
 
-async function fixture(t: TestContext): Promise<{ server: RunningServer; image: string }> {
+async function fixture(
+  t: TestContext,
+  o: { symlink?: boolean; randomBytes?: number; live?: { minIntervalMs: number } } = {},
+): Promise<{ server: RunningServer; image: string }> {
   const dir = await tempDir(t, 'imgcast-image-routes-');
   const folder = join(dir, 'folder');
   mkdirSync(join(folder, 'etc', 'ssh'), { recursive: true });
   writeFileSync(join(folder, 'etc', 'hostname'), 'lab\n');
   writeFileSync(join(folder, 'etc', 'ssh', 'sshd_config'), 'Port 22\n');
   writeFileSync(join(folder, 'data.bin'), Buffer.alloc(300_000, 7));
+  // A link in the image to a folder of the machine it is restored on.
+  if (o.symlink) symlinkSync('/usr/lib', join(folder, 'lib'));
+  // Incompressible and deduplicating nothing: a chunk of work each 4 MiB, for progress to show.
+  if (o.randomBytes) writeFileSync(join(folder, 'random.bin'), randomBytes(o.randomBytes));
   mkdirSync(join(dir, 'images'));
   const image = join(dir, 'images', 'lab.imgc');
   execFileSync(IMG, ['make', folder, image], { env: ENV, stdio: 'pipe' });
@@ -49,6 +67,7 @@ async function fixture(t: TestContext): Promise<{ server: RunningServer; image: 
     name: 'image-routes',
     logger: pino({ level: 'silent' }),
     send: idle,
+    ...(o.live ? { live: o.live } : {}),
   });
   t.after(() => server.close());
   return { server, image };
@@ -234,4 +253,168 @@ test('a file added from the browser lands in the folder asked, in every file set
   assert.equal(await readFile(join(out, 'etc/drivers/nic.inf'), 'utf8'), 'driver two, longer\n');
   const { readdir } = await import('node:fs/promises');
   assert.deepEqual(await readdir(join(resolve(f.image, '..'))), ['lab.imgc'], 'no upload folder left behind');
+});
+
+/** A folder's files as the console sends them (application/x-imgcast-files). */
+function filesBody(files: Array<[string, string]>): Buffer {
+  return Buffer.concat(
+    files.flatMap(([path, content]) => [
+      Buffer.from(`${JSON.stringify({ path, size: Buffer.byteLength(content) })}\n`),
+      Buffer.from(content),
+    ]),
+  );
+}
+
+const postFolder = (f: { server: RunningServer }, q: string, body: Buffer, token = f.server.adminToken) =>
+  fetch(`${f.server.url}/api/images/folder?${q}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/x-imgcast-files' },
+    body,
+  });
+
+test('a folder added from the browser lands with its subfolders, byte for byte; paths that would leave it are refused and change nothing', async (t) => {
+  const f = await fixture(t, { symlink: true });
+  const drivers = filesBody([
+    ['drivers/readme.txt', 'read me\n'],
+    ['drivers/nic/e1000.inf', '[e1000]\n'],
+    ['drivers/nic/intel/i40e.inf', '[i40e]\n'],
+  ]);
+  const r = await postFolder(f, 'path=lab.imgc&at=etc', drivers);
+  assert.equal(r.status, 200, await r.clone().text());
+  assert.deepEqual((await r.json()) as ImageFilesAdded, {
+    added: 6,
+    bytes: 23,
+    path: 'etc/drivers',
+    files: 3,
+  });
+  assert.deepEqual(
+    (await tree(f, 'etc/drivers/nic')).entries.map((e) => [e.path, e.type]),
+    [
+      ['etc/drivers/nic/e1000.inf', 'file'],
+      ['etc/drivers/nic/intel', 'dir'],
+    ],
+  );
+  const out = join(resolve(f.image, '..', '..'), 'out');
+  execFileSync(IMG, ['extract', f.image, 'etc/drivers', '--to', out], { env: ENV, stdio: 'pipe' });
+  assert.equal(await readFile(join(out, 'etc/drivers/nic/intel/i40e.inf'), 'utf8'), '[i40e]\n');
+  assert.equal(await readFile(join(out, 'etc/drivers/readme.txt'), 'utf8'), 'read me\n');
+
+  // Again: the folder is there; replace=true puts the new one in its place.
+  let again = await postFolder(f, 'path=lab.imgc&at=etc', filesBody([['drivers/only.txt', 'x']]));
+  assert.equal(again.status, 422);
+  assert.equal(((await again.json()) as { error: string }).error, 'E_PATH_EXISTS');
+  again = await postFolder(f, 'path=lab.imgc&at=etc&replace=true', filesBody([['drivers/only.txt', 'x']]));
+  assert.equal(again.status, 200);
+  assert.deepEqual(
+    (await tree(f, 'etc/drivers')).entries.map((e) => e.path),
+    ['etc/drivers/only.txt'],
+  );
+
+  const generation = (await details(f)).generation;
+  const refusals: Array<[string, Buffer, number, string, RegExp]> = [
+    ['at=etc', filesBody([['drivers/../../../root/x', 'x']]), 400, 'E_PATH_ESCAPE', /goes up with '\.\.'/],
+    ['at=etc', filesBody([['/etc/cron.d/x', 'x']]), 400, 'E_PATH_ESCAPE', /is absolute/],
+    [
+      'at=etc',
+      filesBody([
+        ['a/x', 'x'],
+        ['b/y', 'y'],
+      ]),
+      400,
+      'E_BAD_REQUEST',
+      /one folder sent/,
+    ],
+    // Under a symlink of the image: restored, the files would land where it points (/usr/lib).
+    ['at=lib', filesBody([['drivers/x', 'x']]), 400, 'E_PATH_ESCAPE', /"lib" is a symlink in the image/],
+    ['at=lib/deeper', filesBody([['drivers/x', 'x']]), 400, 'E_PATH_ESCAPE', /"lib" is a symlink/],
+    ['at=data.bin', filesBody([['drivers/x', 'x']]), 422, 'E_PATH_EXISTS', /is a file in the image/],
+    ['at=..%2F..', filesBody([['drivers/x', 'x']]), 400, 'E_PATH_ESCAPE', /above the image root/],
+    ['at=etc', Buffer.from('{"path":"drivers/x","size":100}\nshort'), 400, 'E_BAD_REQUEST', /ends inside/],
+  ];
+  for (const [q, body, status, code, why] of refusals) {
+    const res = await postFolder(f, `path=lab.imgc&${q}`, body);
+    const b = (await res.json()) as { error: string; message: string };
+    assert.equal(res.status, status, `${q}: ${JSON.stringify(b)}`);
+    assert.equal(b.error, code, `${q}: ${b.message}`);
+    assert.match(b.message, why);
+  }
+  // The file route shares the image-side check.
+  const put = await fetch(`${f.server.url}/api/images/files?path=lab.imgc&at=lib&name=x`, {
+    method: 'PUT',
+    headers: { authorization: `Bearer ${f.server.adminToken}`, 'content-type': 'application/octet-stream' },
+    body: 'x',
+  });
+  assert.equal(put.status, 400);
+  assert.equal(((await put.json()) as { error: string }).error, 'E_PATH_ESCAPE');
+
+  const ws = await register(f, 'pc1');
+  const asWorkstation = await postFolder(f, 'path=lab.imgc', filesBody([['d/x', 'x']]), ws.token);
+  assert.equal(asWorkstation.status, 403);
+  const wrongType = await fetch(`${f.server.url}/api/images/folder?path=lab.imgc`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${f.server.adminToken}`, 'content-type': 'text/plain' },
+    body: 'x',
+  });
+  assert.equal(wrongType.status, 415);
+  assert.equal((await details(f)).generation, generation, 'no refusal changed the image');
+  assert.deepEqual(await readdir(resolve(f.image, '..')), ['lab.imgc'], 'no upload folder left behind');
+});
+
+test('verify, compact and an add are jobs of the live status while they run, with their progress, gone once they answer', async (t) => {
+  // 10 chunks of 4 MiB, and every change a status event of its own.
+  const f = await fixture(t, { randomBytes: 40 * 1024 * 1024, live: { minIntervalMs: 0 } });
+  const s = await openEvents(f, f.server.adminToken, 30_000);
+  t.after(() => s.close());
+  await s.until(() => s.events.length > 0, 'the first status');
+  const jobs = (kind: string) =>
+    s.events
+      .filter((e) => e.event === 'status')
+      .flatMap((e) => (e.data as Status).jobs)
+      .filter((j: ImageJob) => j.kind === kind);
+  const settled = () => {
+    const last = s.events.filter((e) => e.event === 'status').at(-1);
+    return last !== undefined && (last.data as Status).jobs.length === 0;
+  };
+
+  const report = await ok<ImageVerifyReport>(f, 'POST', '/api/images/verify', { body: { path: 'lab.imgc' } });
+  await s.until(settled, 'the verify gone from the status');
+  const verify = jobs('verify');
+  t.diagnostic(`verify progress seen: ${verify.map((j) => `${j.done}/${j.total}`).join(' ')}`);
+  assert.ok(report.chunksTotal >= 10);
+  assert.ok(verify.every((j) => j.image === 'lab.imgc' && j.unit === 'chunks'));
+  assert.equal(new Set(verify.map((j) => j.id)).size, 1, 'one job');
+  assert.ok(
+    verify.some((j) => j.done > 0 && j.done < j.total && j.total === report.chunksTotal),
+    'progress between the start and the end',
+  );
+  assert.deepEqual(
+    verify.map((j) => j.done),
+    verify.map((j) => j.done).sort((a, b) => a - b),
+    'never backwards',
+  );
+  assert.equal(verify.at(-1)!.done, report.chunksTotal);
+
+  await ok(f, 'POST', '/api/images/compact', { body: { path: 'lab.imgc' } });
+  await s.until(settled, 'the compact gone from the status');
+  const compact = jobs('compact');
+  t.diagnostic(`compact progress seen: ${compact.map((j) => `${j.done}/${j.total}`).join(' ')}`);
+  assert.ok(compact.some((j) => j.done > 0 && j.done < j.total));
+
+  const big = randomBytes(12 * 1024 * 1024);
+  const put = await fetch(`${f.server.url}/api/images/files?path=lab.imgc&name=big.bin`, {
+    method: 'PUT',
+    headers: { authorization: `Bearer ${f.server.adminToken}`, 'content-type': 'application/octet-stream' },
+    body: big,
+  });
+  assert.equal(put.status, 200, await put.clone().text());
+  await s.until(settled, 'the add gone from the status');
+  const add = jobs('add');
+  t.diagnostic(`add progress seen: ${add.map((j) => `${j.done}/${j.total}`).join(' ')}`);
+  const sized = add.filter((j) => j.total > 0);
+  assert.ok(sized.length > 0 && sized.every((j) => j.unit === 'bytes' && j.total === big.length));
+  assert.ok(
+    sized.some((j) => j.done > 0 && j.done < j.total),
+    'the add has progress between its start and its end',
+  );
+  assert.equal((await ok<Status>(f, 'GET', '/api/status')).jobs.length, 0);
 });
