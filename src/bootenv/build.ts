@@ -55,6 +55,7 @@ import {
   rootPath,
 } from './contents.ts';
 import { CpioWriter } from './cpio.ts';
+import { LOCALBOOT_FILE, buildLocalBoot, localBootUnavailable } from './localboot.ts';
 import { BootenvError } from './errors.ts';
 
 /** The project's root: bin/, src/, package.json, node_modules. */
@@ -71,7 +72,8 @@ export interface BootenvInfo {
   /** imgcast's version whose files the initramfs holds. */
   imgcast: string;
   builtAt: number;
-  files: Record<'vmlinuz' | 'initrd.img', { bytes: number; sha256: string }>;
+  files: Record<'vmlinuz' | 'initrd.img', { bytes: number; sha256: string }> &
+    Partial<Record<typeof LOCALBOOT_FILE, { bytes: number; sha256: string }>>;
 }
 
 export interface BuildResult {
@@ -315,6 +317,15 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
     const kernelPartial = partial(dir, BOOTENV_FILES.kernel);
     partials.push(kernelPartial);
     await copyFile(join(kernelTree, 'boot', `vmlinuz-${kernel}`), kernelPartial);
+    // UEFI's way to the local disk (localboot.ts): optional, the server falls back to iPXE's exit.
+    const localBootPartial = partial(dir, LOCALBOOT_FILE);
+    const noLocalBoot = localBootUnavailable();
+    if (noLocalBoot) leftOut.push(`${LOCALBOOT_FILE} (${noLocalBoot})`);
+    else {
+      partials.push(localBootPartial);
+      log(`${LOCALBOOT_FILE}: GRUB that starts a local disk's loader under UEFI`);
+      await buildLocalBoot(localBootPartial);
+    }
     const info: BootenvInfo = {
       format: 1,
       kernel,
@@ -323,6 +334,7 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
       files: {
         vmlinuz: await fileFacts(kernelPartial),
         'initrd.img': await fileFacts(initrdPartial),
+        ...(noLocalBoot ? {} : { [LOCALBOOT_FILE]: await fileFacts(localBootPartial) }),
       },
     };
     const infoPartial = partial(dir, BOOTENV_FILES.info);
@@ -331,6 +343,8 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
     step();
     await rename(kernelPartial, join(dir, BOOTENV_FILES.kernel));
     await rename(initrdPartial, join(dir, BOOTENV_FILES.initrd));
+    if (noLocalBoot) await rm(join(dir, LOCALBOOT_FILE), { force: true });
+    else await rename(localBootPartial, join(dir, LOCALBOOT_FILE));
     await rename(infoPartial, join(dir, BOOTENV_FILES.info));
     partials.length = 0;
     const seconds = Math.round((Date.now() - started) / 100) / 10;

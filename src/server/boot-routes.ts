@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 
+import { LOCALBOOT_FILE } from '../bootenv/localboot.ts';
 import { ImgcastError } from '../errors.ts';
 import type { ApiApp, AppContext } from './app.ts';
 import { KERNEL_ARGS } from './pxe.ts';
@@ -27,6 +28,8 @@ export interface BootRouteOptions {
 }
 
 export const BOOT_FILES = ['vmlinuz', 'initrd.img'] as const;
+/** Served like BOOT_FILES, but optional: the environment may be built without it. */
+const OPTIONAL_BOOT_FILES = [LOCALBOOT_FILE] as const;
 
 const DecideQuery = Type.Object(
   {
@@ -75,14 +78,21 @@ export function imageScript(base: string, why: string, kernelArgs = ''): string 
   ].join('\n');
 }
 
-/** Boots the local disk: BIOS by its first hard disk, UEFI by returning to the firmware's next boot option. */
-export function localScript(platform: 'pcbios' | 'efi', why: string): string {
+/**
+ * Boots the local disk: BIOS by its first hard disk; UEFI through localboot.efi (when the
+ * environment has it: src/bootenv/localboot.ts), which starts a local disk's loader whatever the
+ * firmware's boot entries, else (or when it finds none) by returning to the firmware's next boot
+ * option.
+ */
+export function localScript(platform: 'pcbios' | 'efi', why: string, localBoot?: string): string {
   return [
     '#!ipxe',
     `echo imgcast: booting the local disk: ${ipxeText(why)}`,
     ...(platform === 'pcbios'
       ? ['sanboot --no-describe --drive 0x80 || echo imgcast: no local disk to boot']
-      : []),
+      : localBoot
+        ? [`chain ${localBoot} || echo imgcast: no loader found on a local disk`]
+        : []),
     'exit',
     '',
   ].join('\n');
@@ -146,12 +156,18 @@ export function bootRoutesWith(o: BootRouteOptions) {
           reply,
           d.action === 'image'
             ? imageScript(baseUrl(req), d.why, o.kernelArgs)
-            : localScript(req.query.platform, d.why),
+            : localScript(
+                req.query.platform,
+                d.why,
+                (await stat(join(o.bootenvDir, LOCALBOOT_FILE)).catch(() => null))?.isFile()
+                  ? `${baseUrl(req)}/boot/${LOCALBOOT_FILE}`
+                  : undefined,
+              ),
         );
       },
     );
 
-    for (const file of BOOT_FILES) {
+    for (const file of [...BOOT_FILES, ...OPTIONAL_BOOT_FILES]) {
       app.get(`/boot/${file}`, { config: pub, schema: { hide: true } }, async (_req, reply) => {
         const path = join(o.bootenvDir, file);
         const s = await stat(path).catch(() => null);

@@ -52,6 +52,8 @@ export interface VmOptions {
   mac?: string;
   /** A disk-image file, attached as a virtio disk (format from its extension: .qcow2 or raw). */
   disk?: string;
+  /** An ISO in a CD-ROM drive that boots first (the imaging environment's boot medium). */
+  cdrom?: string;
   /** Boot order of the firmware (default 'network' when there is no -kernel). */
   boot?: 'network' | 'disk';
   /** Direct kernel boot: the firmware's own boot order is then unused. */
@@ -225,6 +227,14 @@ export class Lan {
         `file=${o.disk},format=${format},if=none,id=d0,cache=unsafe`,
         '-device',
         `virtio-blk-pci,drive=d0${o.kernel === undefined ? `,bootindex=${network ? 2 : 1}` : ''}`,
+      );
+    }
+    if (o.cdrom) {
+      args.push(
+        '-drive',
+        `file=${o.cdrom},format=raw,media=cdrom,if=none,id=cd0,readonly=on`,
+        '-device',
+        'ide-cd,drive=cd0,bootindex=0',
       );
     }
     if (o.kernel) args.push('-kernel', o.kernel);

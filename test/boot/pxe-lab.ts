@@ -215,8 +215,11 @@ export class PxeLab {
     return this.#serverLog;
   }
 
-  /** Powers on a workstation with a blank disk, network first; it reboots as a real one does. */
-  async powerOn(w: Workstation): Promise<Vm> {
+  /**
+   * Powers on a workstation with a blank disk, network first; it reboots as a real one does.
+   * With `cdrom`, that ISO (the imaging environment's boot medium) boots first.
+   */
+  async powerOn(w: Workstation, media?: { cdrom: string }): Promise<Vm> {
     const disk = join(this.dir, `${w.name}.img`);
     await (await open(disk, 'w')).close();
     await truncate(disk, w.diskBytes);
@@ -226,6 +229,7 @@ export class PxeLab {
       mac: w.mac,
       disk,
       boot: 'network',
+      cdrom: media?.cdrom,
       noReboot: false,
       memoryMiB: w.memoryMiB ?? 768,
       logFile: join(this.dir, `${w.name}-console.log`),

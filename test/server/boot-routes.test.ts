@@ -153,7 +153,7 @@ test('the decision query is checked strictly; a bad one gets a 400 and is not re
   assert.equal((await call<Refusal>(f, 'GET', '/api/boot/decisions', { token: null })).status, 401);
 });
 
-test('nothing for a MAC: the local disk, by sanboot under BIOS and back to the firmware under UEFI, saying why', async (t) => {
+test('nothing for a MAC: the local disk, by sanboot under BIOS and under UEFI by localboot.efi when built, else back to the firmware, saying why', async (t) => {
   const f = await fixture(t);
   const bios = await decide(f, '52:54:00:aa:00:01', 'pcbios');
   assert.equal(
@@ -169,10 +169,24 @@ test('nothing for a MAC: the local disk, by sanboot under BIOS and back to the f
   const efi = await decide(f, '52-54-00-AA-00-02', 'efi');
   assert.ok(!efi.includes('sanboot'));
   assert.deepEqual(efi.split('\n').slice(2), ['exit', '']);
+  // With localboot.efi in the environment, UEFI chains it first (and exits when it comes back).
+  buildBootenv(f);
+  const loader = Buffer.from('MZ not really GRUB');
+  writeFileSync(join(f.server.bootenvDir, 'localboot.efi'), loader);
+  const efi2 = await decide(f, '52:54:00:aa:00:02', 'efi');
+  assert.deepEqual(efi2.split('\n').slice(2), [
+    `chain ${f.base}/boot/localboot.efi || echo imgcast: no loader found on a local disk`,
+    'exit',
+    '',
+  ]);
+  const served = await fetch(`${f.base}/boot/localboot.efi`);
+  assert.equal(served.status, 200);
+  assert.deepEqual(Buffer.from(await served.arrayBuffer()), loader);
   const d = await ok<BootDecision[]>(f, 'GET', '/api/boot/decisions');
   assert.deepEqual(
     d.map((x) => [x.mac, x.platform, x.decision, x.session, x.workstation]),
     [
+      ['52:54:00:aa:00:02', 'efi', 'local', null, null],
       ['52:54:00:aa:00:02', 'efi', 'local', null, null],
       ['52:54:00:aa:00:01', 'pcbios', 'local', null, null],
     ],
