@@ -52,9 +52,10 @@ export function localBootConfig(): string {
     'set timeout=0',
     'terminal_output console',
     `for loader in ${LOADERS.join(' ')}; do`,
-    '  if search --no-floppy --file --set=disk "$loader"; then',
-    '    echo "imgcast: starting ($disk)$loader"',
-    '    chainloader "($disk)$loader"',
+    // chainloader takes the EFI device from `root`, not from the file's path.
+    '  if search --no-floppy --file --set=root "$loader"; then',
+    '    echo "imgcast: starting ($root)$loader"',
+    '    chainloader "$loader"',
     '    boot',
     '  fi',
     'done',

@@ -22,8 +22,9 @@ test('localBootConfig: each loader looked for on local disks in order, the first
   assert.ok(loop, cfg);
   assert.deepEqual(loop[1]!.split(' '), [...LOADERS]);
   assert.equal(LOADERS[0], '/EFI/BOOT/BOOTX64.EFI', 'the removable-media path first');
-  assert.match(cfg, /search --no-floppy --file --set=disk "\$loader"/);
-  assert.match(cfg, /chainloader "\(\$disk\)\$loader"\n\s+boot/);
+  // chainloader takes its EFI device from root: the search sets it.
+  assert.match(cfg, /search --no-floppy --file --set=root "\$loader"/);
+  assert.match(cfg, /chainloader "\$loader"\n\s+boot/);
   assert.match(cfg, /done\necho "imgcast: no boot loader on a local disk"\nexit\n$/);
 });
 
