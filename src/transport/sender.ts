@@ -124,6 +124,11 @@ const WINDOW_TRUST_MS = 1500;
 /** A gap between ticks this long means the sender itself was stopped. */
 const PAUSE_GAP_MS = 2000;
 /**
+ * How long the send goes on, once everyone else is done, for a receiver dropped for falling
+ * behind to join again and catch up (a workstation does so at once: src/client/session.ts).
+ */
+const REJOIN_GRACE_MS = 10_000;
+/**
  * How long a repair nobody else's could be paired with yet waits before it goes alone (while
  * the first pass runs): receivers report every 100 ms, so by then every receiver that lost
  * packets of that stretch has said which.
@@ -1284,12 +1289,26 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     out.spread(spreading);
   }
 
+  let rejoinTimer: NodeJS.Timeout | undefined;
   function checkFinished(): void {
     if (finished) return;
     const active = peers.filter((p) => p.state === 'receiving');
     const done = peers.filter((p) => p.state === 'ok');
     if (started && active.length === 1 && done.length > 0 && !othersDoneAt) othersDoneAt = Date.now();
-    if (started && active.length === 0 && joined().length === 0) finish();
+    if (!started || active.length > 0 || joined().length > 0) return;
+    // A receiver dropped for falling behind joins again to catch up (it resumes from its
+    // journal), and one may be on its way: ending now would turn it away with the data it lacks.
+    const now = Date.now();
+    const rejoinBy = Math.max(
+      0,
+      ...peers.filter((p) => p.state === 'joining').map(() => now + 1000),
+      ...peers
+        .filter((p) => p.state === 'dropped' && p.code === 'E_DROPPED')
+        .map((p) => p.endedAt + REJOIN_GRACE_MS),
+    );
+    if (rejoinBy <= now) return finish();
+    clearTimeout(rejoinTimer);
+    rejoinTimer = setTimeout(checkFinished, Math.min(rejoinBy - now, 1000));
   }
 
   let resolveDone: () => void = () => {};
@@ -1298,6 +1317,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   function finish(): void {
     if (finished) return;
     finished = true;
+    clearTimeout(rejoinTimer);
     for (const p of peers) {
       if (p.state === 'ok') p.ch.send({ t: 'end' });
       else if (p.state === 'joining' || p.state === 'waiting' || p.state === 'receiving') {

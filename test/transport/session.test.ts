@@ -180,6 +180,58 @@ test('a receiver losing most packets is dropped as too slow without holding back
   await assertSame(src, r.outs[1] as string);
 });
 
+test('a receiver dropped as too slow that joins again while the others finish still catches up: the send waits for it', async (t) => {
+  const dir = await tempDir(t);
+  const src = await source(dir, 16);
+  const ep = endpoint();
+  const sender = runSender(await flatFileProvider(src), {
+    interface: '127.0.0.1',
+    ...ep,
+    clients: 2,
+    waitSeconds: 30,
+    rateMbit: 40,
+    lossWindowMs: 1500,
+  });
+  const slowOut = join(dir, 'slow.bin');
+  const journalPath = join(dir, 'slow.journal');
+  const receive = (name: string, out: string, o: Partial<ReceiverOptions> = {}) =>
+    runReceiver({
+      from: `127.0.0.1:${ep.port}`,
+      interface: '127.0.0.1',
+      name,
+      makeConsumer: async () => fileConsumer(out),
+      ...o,
+    });
+  const fast = receive('pc-2', join(dir, 'fast.bin'));
+  let fastDone = false;
+  void fast.then(() => (fastDone = true));
+  const dropped = await receive('pc-1', slowOut, {
+    simulateLoss: 0.7,
+    journalPath,
+    makeConsumer: async () => fileConsumer(slowOut, { journalPath }),
+  });
+  assert.equal(dropped.code, 'E_DROPPED', `${dropped.code} ${dropped.message}`);
+  assert.equal(fastDone, false, 'dropped while the other still receives');
+  // It joins again at once, but is slow to get ready (a disk to open, a busy machine): the
+  // other finishes meanwhile, and the send must not end under it.
+  const again = receive('pc-1', slowOut, {
+    journalPath,
+    makeConsumer: async () => {
+      await fast;
+      await new Promise((r) => setTimeout(r, 1500));
+      return fileConsumer(slowOut, { journalPath });
+    },
+  });
+  const [result, caught, other] = await Promise.all([sender, again, fast]);
+  assert.equal(other.ok, true);
+  assert.equal(caught.ok, true, `${caught.code} ${caught.message}`);
+  assert.deepEqual(result.receivers.map((r) => [r.name, r.state]).sort(), [
+    ['pc-1', 'ok'],
+    ['pc-2', 'ok'],
+  ]);
+  await assertSame(src, slowOut);
+});
+
 test('the journal names a chunk only after a consumer sync that covered it, and everything written when the receiver stops', async (t) => {
   const dir = await tempDir(t);
   const src = await source(dir, 16);
