@@ -68,7 +68,7 @@ test(
       );
     };
     const said = await Promise.race([
-      vm.waitFor(/img: rebooting into the restored disk: (.*)/, 10 * 60_000),
+      vm.waitFor(/img: rebooting into the restored disk: ([^\r\n]*)\r?\n/, 10 * 60_000),
       L.serverEnded,
     ]).catch(fail);
     assert.match(
