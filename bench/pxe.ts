@@ -122,7 +122,7 @@ for (const count of counts) {
       labSeconds,
       serverCpu,
       load,
-      advertised: /router advertisements that configure nothing/.test(L.serverLog()),
+      advertised: L.routerAdvertisements,
     });
   } finally {
     L.close();

@@ -124,6 +124,9 @@ export class PxeLab {
   /** Rejects when the server process ends, with its last log lines: race a wait against it. */
   readonly serverEnded: Promise<never>;
 
+  /** Whether the server sends IPv6 router advertisements (radvd), read from its startup lines. */
+  routerAdvertisements = false;
+
   /** A new LAN with the server up and answering; close() takes it all down. */
   static async start(o: { dir: string; images: string; bootenv: string }): Promise<PxeLab> {
     const lan = Lan.create({ subnet: 30 + Math.floor(Math.random() * 200) });
@@ -132,7 +135,10 @@ export class PxeLab {
       for (let i = 0; ; i++) {
         const r = await lab.#run(['session', 'list']);
         // The API comes up first; network boots are answered once dnsmasq (and radvd) started.
-        if (r.code === 0 && /answering network boots/.test(lab.serverLog())) break;
+        if (r.code === 0 && /answering network boots/.test(lab.serverLog())) {
+          lab.routerAdvertisements = /router advertisements that configure nothing/.test(lab.serverLog());
+          break;
+        }
         if (i > 150 || lab.#server.exitCode !== null)
           throw new Error(`the server did not come up:\n${lab.serverLog()}`);
         await sleep(200);
