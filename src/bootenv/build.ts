@@ -324,7 +324,7 @@ export async function buildBootenv(o: BuildOptions): Promise<BuildResult> {
     else {
       partials.push(localBootPartial);
       log(`${LOCALBOOT_FILE}: GRUB that starts a local disk's loader under UEFI`);
-      await buildLocalBoot(localBootPartial);
+      await buildLocalBoot(localBootPartial, scratch);
     }
     const info: BootenvInfo = {
       format: 1,

@@ -72,9 +72,9 @@ export function localBootUnavailable(): string | undefined {
   return undefined;
 }
 
-/** Writes localboot.efi to `file`. */
-export async function buildLocalBoot(file: string): Promise<void> {
-  const scratch = await mkdtemp(join(tmpdir(), 'imgcast-localboot-'));
+/** Writes localboot.efi to `file`, working in a new folder under `under` (removed after). */
+export async function buildLocalBoot(file: string, under: string = tmpdir()): Promise<void> {
+  const scratch = await mkdtemp(join(under, 'imgcast-localboot-'));
   try {
     const tree = join(scratch, 'memdisk');
     await mkdir(join(tree, 'boot/grub'), { recursive: true });
