@@ -959,12 +959,17 @@ async function runRestore(
 export async function restoreImage(
   imagePath: string,
   target: string,
-  opts: RestoreOptions & { onProgress?: (p: RestoreProgress) => void },
+  opts: RestoreOptions & {
+    onProgress?: (p: RestoreProgress) => void;
+    /** Called with the image's manifest once it is read, before the target is checked or written. */
+    onManifest?: (manifest: Manifest) => void;
+  },
 ): Promise<RestoreResult> {
   // The workers boot while the manifest is read and the target is prepared.
   CompressPool.shared().warm();
   const reader = await ImageReader.open(imagePath);
   try {
+    opts.onManifest?.(reader.manifest);
     const sink = await openRestore(reader.manifest, target, opts);
     const absent = [...sink.needed].find((id) => !reader.chunk(id));
     if (absent) {
