@@ -12,11 +12,15 @@
  * GPT with BIOS boot, EFI and ext4 root partitions, cached once built), against what Clonezilla
  * and FOG run underneath: `img make` of the whole disk against `partclone.ext4 -c | zstd -3 -T0`
  * of its root partition alone, and `img restore` of the whole disk against
- * `zstd -d | partclone.ext4 -r` of the root alone, each onto a fresh sparse file, synced.
- * `--skip-disk` leaves that out; `--disk-only` runs only that (and writes nothing).
+ * `zstd -d | partclone.ext4 -r` of the root alone, each onto a fresh sparse file, synced. The
+ * imgcast restore does what a lab's restore does (issue #16's target): it applies an identity
+ * (`--identity`) and fits the layout to a disk 1 GiB larger than the reference, so the root grows.
+ * `--skip-disk` leaves that out; `--disk-only` runs only that. Either writes its own section of
+ * BENCHMARKS.md (`image-disk`), with the command that made it, unless `--no-write`.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { machineLine, measure, median, writeSection, type Measured } from './report.ts';
@@ -35,6 +39,9 @@ const { values } = parseArgs({
   },
 });
 const rounds = Number(values.rounds);
+const args = process.argv.slice(2);
+const command = `npm run bench:image${args.length ? ` -- ${args.join(' ')}` : ''}`;
+const loadBefore = loadAverage();
 const work = values.work as string;
 // The installed entry point, run the way `npx img` runs it (as an executable, with the project's
 // Node first on PATH), so its shebang's V8 flags and the compile cache apply as they do for users.
@@ -134,25 +141,28 @@ const warmCache = (path: string) => sh(`cat ${path} > /dev/null`);
  * each in alternating order, medians. Restores go to a fresh sparse file on the bench's disk
  * each time (a loop device over it for partclone) and count until the data is synced.
  */
-async function workstationDisk(): Promise<string[]> {
+/** The section's lines, or why the disk was left out. */
+async function workstationDisk(): Promise<string[] | string> {
   const why = await referenceDiskUnavailable();
-  if (why) return [`(the workstation disk was left out: ${why})`];
+  if (why) return `the workstation disk was left out: ${why}`;
   for (const tool of ['partclone.ext4', 'zstd']) {
     try {
       sh(`command -v ${tool}`);
     } catch {
-      return [`(the workstation disk was left out: ${tool} is not installed)`];
+      return `the workstation disk was left out: ${tool} is not installed`;
     }
   }
   const ref = await referenceDisk((line) => process.stderr.write(`reference disk: ${line}\n`));
   const rootPart = ref.partitions.root;
   const image = join(work, 'disk.imgc');
+  // A bigger disk than the reference, so the default fitting grows the root to its end.
+  const targetBytes = ref.diskBytes + 2 ** 30;
   const pcz = join(work, 'root.pc.zst');
   const target = join(work, 'restored-disk.img');
   const rootTarget = join(work, 'restored-root.img');
   const capImg: Row = { name: 'img make (whole disk)', runs: [] };
   const capPc: Row = { name: 'partclone.ext4 -c (root) \\| zstd -3 -T0', runs: [] };
-  const resImg: Row = { name: 'img restore (whole disk)', runs: [] };
+  const resImg: Row = { name: 'img restore --identity (whole disk, root grown)', runs: [] };
   const resPc: Row = { name: 'zstd -d \\| partclone.ext4 -r (root)', runs: [] };
   const warmDisk = () => sh(`cat ${ref.path} > /dev/null`);
   const srcLoop = sh(
@@ -176,10 +186,10 @@ async function workstationDisk(): Promise<string[]> {
         sh('sync');
         if (tool === 'img') {
           rmSync(target, { force: true });
-          sh(`truncate -s ${ref.diskBytes} ${target}`);
+          sh(`truncate -s ${targetBytes} ${target}`);
           warmCache(image);
-          // img restore flushes what it wrote before it reports success.
-          resImg.runs.push(await measure(`${img} restore ${image} ${target}`));
+          // img restore flushes what it wrote before it reports success, and --identity's changes too.
+          resImg.runs.push(await measure(`${img} restore ${image} ${target} --identity bench-ws`));
         } else {
           rmSync(rootTarget, { force: true });
           sh(`truncate -s ${rootPart.size} ${rootTarget}`);
@@ -202,25 +212,36 @@ async function workstationDisk(): Promise<string[]> {
   } finally {
     sh(`losetup -d ${srcLoop}`);
   }
-  // imgcast's copy must hold a sound root too (the boot test proves that it boots).
+  // imgcast's copy must hold a sound root too (the boot test proves that it boots), grown to the
+  // disk's end, with the identity applied.
+  const table = JSON.parse(sh(`sfdisk -J ${target}`)) as {
+    partitiontable: { sectorsize?: number; partitions: Array<{ start: number; size: number }> };
+  };
+  const ss = table.partitiontable.sectorsize ?? 512;
+  const last = table.partitiontable.partitions.at(-1)!;
+  const grownBytes = last.size * ss;
+  if (grownBytes <= rootPart.size) throw new Error(`the restored root was not grown (${grownBytes} bytes)`);
   const restoredRoot = sh(
-    `losetup -f --show -r -o ${rootPart.start} --sizelimit ${rootPart.size} ${target}`,
+    `losetup -f --show -r -o ${last.start * ss} --sizelimit ${grownBytes} ${target}`,
   ).trim();
+  let hostname: string;
   try {
     sh(`e2fsck -f -n ${restoredRoot}`);
+    hostname = sh(`debugfs -R 'cat /etc/hostname' ${restoredRoot} 2>/dev/null`).trim();
   } finally {
     sh(`losetup -d ${restoredRoot}`);
   }
+  if (hostname !== 'bench-ws') throw new Error(`the restored root's hostname is ${hostname}, not bench-ws`);
   const imgBytes = bytesOf(image);
   const pcBytes = bytesOf(pcz);
   const used = Number(sh(`du -B1 ${ref.path} | cut -f1`));
   rmSync(target, { force: true });
   rmSync(rootTarget, { force: true });
   return [
+    `## The workstation disk (\`npm run bench:image\`, issue #16)`,
     '',
-    `### The workstation disk`,
-    '',
-    `Disk: the boot test's reference workstation (test/boot/reference-disk.ts), Debian ${ref.suite} with kernel ${ref.kernel}: a ${(ref.diskBytes / 2 ** 30).toFixed(0)} GiB GPT disk (BIOS boot, vfat EFI, ext4 root), ${(used / 1e6).toFixed(0)} MB allocated. imgcast captures and restores the whole disk (partition table, boot areas, all three partitions); partclone + zstd -3 only the root partition, as Clonezilla and FOG store it. Each restore writes a fresh sparse file on the bench's disk and is timed until its data is synced. Median of ${rounds} alternating runs.`,
+    `Command: \`${command}\` on ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC; ${machineLine()}; load average before the run ${loadBefore}, after it ${loadAverage()}.`,
+    `Disk: the boot test's reference workstation (test/boot/reference-disk.ts), Debian ${ref.suite} with kernel ${ref.kernel}: a ${(ref.diskBytes / 2 ** 30).toFixed(0)} GiB GPT disk (BIOS boot, vfat EFI, ext4 root), ${(used / 1e6).toFixed(0)} MB allocated. imgcast captures and restores the whole disk (partition table, boot areas, all three partitions); partclone + zstd -3 only the root partition, as Clonezilla and FOG store it. imgcast's restore goes to a ${(targetBytes / 2 ** 30).toFixed(0)} GiB disk, its root grown from ${(rootPart.size / 2 ** 20).toFixed(0)} to ${(grownBytes / 2 ** 20).toFixed(0)} MiB (the default fitting), with \`--identity bench-ws\` applied; partclone's onto a file the root's size. Each restore writes a fresh sparse file on the bench's disk and is timed until its data is synced. Median of ${rounds} alternating runs.`,
     '',
     '| step | tool | seconds | peak RSS MiB | output size |',
     '|---|---|---:|---:|---:|',
@@ -233,14 +254,32 @@ async function workstationDisk(): Promise<string[]> {
     `- restore time, whole disk vs root alone: **${(med(resImg) / med(resPc)).toFixed(2)}×** (target ≤ 0.50)`,
     `- size, whole disk vs root alone: **${(imgBytes / pcBytes).toFixed(3)}×** (target ≤ 1.05)`,
     '',
-    'Both restored roots passed `e2fsck -f -n` in the same run.',
+    "Both restored roots passed `e2fsck -f -n` in the same run; the imgcast copy's root was grown and its `/etc/hostname` reads `bench-ws`.",
   ];
+}
+
+function loadAverage(): string {
+  return loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ');
+}
+
+/** Runs the workstation disk's rows and writes their section. */
+async function diskSection(): Promise<void> {
+  const lines = await workstationDisk();
+  if (typeof lines === 'string') {
+    process.stdout.write(`(${lines}; BENCHMARKS.md is left as it was)\n`);
+    return;
+  }
+  const body = lines.join('\n');
+  process.stdout.write(`${body}\n`);
+  if (!values['no-write']) process.stdout.write(`written to ${writeSection(root, 'image-disk', body)}\n`);
 }
 
 async function main() {
   mkdirSync(work, { recursive: true });
   if (values['disk-only']) {
-    process.stdout.write(`${(await workstationDisk()).join('\n')}\n`);
+    await diskSection();
     return;
   }
   const src = prepareSource();
@@ -368,10 +407,10 @@ async function main() {
     '',
     'The restored tree was compared with the source by `diff -r --no-dereference` in the same run: identical.',
   );
-  if (!values['skip-disk']) lines.push(...(await workstationDisk()));
   const body = lines.join('\n');
   process.stdout.write(`${body}\n`);
   if (!values['no-write']) process.stdout.write(`written to ${writeSection(root, 'image', body)}\n`);
+  if (!values['skip-disk']) await diskSection();
 }
 
 await main();

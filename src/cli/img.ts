@@ -7,10 +7,11 @@ import { basename } from 'node:path';
 import { serverUrl } from '../api/client.ts';
 import { UsageError } from '../errors.ts';
 import type { PostImagingResult } from '../engine/identity/apply.ts';
+import type { HostKeyForge } from '../engine/identity/linux.ts';
 import type { VerifyAfterReport } from '../engine/verify-target.ts';
 import type { ImageReader } from '../image/reader.ts';
 import { count } from '../wording.ts';
-import { COMPRESSION_LEVELS, DEFAULT_LEVEL, type CompressionLevel } from '../image/types.ts';
+import { COMPRESSION_LEVELS, DEFAULT_LEVEL, type CompressionLevel, type Manifest } from '../image/types.ts';
 import { displayName } from '../volume/files/names.ts';
 import { VERSION, emit, formatBytes, runCommand, withProgress } from './output.ts';
 import { describeListing, describeInfo, describePostImaging, describeVerify } from './render.ts';
@@ -234,70 +235,85 @@ export function buildImgProgram(): Command {
             const { readScript } = await import('../engine/identity/scripts.ts');
             const scripts = [];
             for (const file of o.script ?? []) scripts.push(await readScript(file));
-            const result = await withProgress('restore', { json: !!o.json }, (update) =>
-              restoreImage(image, target, {
-                fileset,
-                force: !!o.force,
-                overwrite: !!o.force,
-                create: !!o.create,
-                keepSizes: !!o.keepSizes,
-                onProgress: (p) => update(p.bytesDone, p.bytesTotal),
-                onWarning: warn,
-                signal,
-              }),
-            );
-            let readBack: VerifyAfterReport | undefined;
-            if (o.verifyAfter) {
-              const { verifyRestoredImage } = await import('../engine/verify-target.ts');
-              readBack = await withProgress('verify', { json: !!o.json }, (update) =>
-                verifyRestoredImage(image, target, {
+            // The identity's host keys are made while the disk is written (see HostKeyForge).
+            const forgeHostKeys =
+              o.identity !== undefined
+                ? (await import('../engine/identity/apply.ts')).forgeHostKeys
+                : undefined;
+            let manifest: Manifest | undefined;
+            let hostKeys: HostKeyForge | undefined;
+            try {
+              const result = await withProgress('restore', { json: !!o.json }, (update) =>
+                restoreImage(image, target, {
                   fileset,
+                  force: !!o.force,
+                  overwrite: !!o.force,
+                  create: !!o.create,
                   keepSizes: !!o.keepSizes,
-                  onProgress: update,
+                  onProgress: (p) => update(p.bytesDone, p.bytesTotal),
+                  onWarning: warn,
+                  onManifest: (m) => {
+                    manifest = m;
+                    hostKeys = forgeHostKeys?.(m, fileset, o.identity);
+                  },
                   signal,
                 }),
               );
+              let readBack: VerifyAfterReport | undefined;
+              if (o.verifyAfter) {
+                const { verifyRestoredImage } = await import('../engine/verify-target.ts');
+                readBack = await withProgress('verify', { json: !!o.json }, (update) =>
+                  verifyRestoredImage(image, target, {
+                    fileset,
+                    keepSizes: !!o.keepSizes,
+                    onProgress: update,
+                    signal,
+                  }),
+                );
+              }
+              let after: PostImagingResult | undefined;
+              if (o.identity !== undefined || scripts.length > 0) {
+                const { postImaging } = await import('../engine/identity/apply.ts');
+                const facts = { image: basename(image) };
+                after = await postImaging(target, manifest!, {
+                  ...(o.identity !== undefined ? { identity: { ...facts, name: o.identity } } : {}),
+                  facts,
+                  scripts,
+                  ...(o.scriptTimeout !== undefined ? { scriptTimeoutMs: o.scriptTimeout * 1000 } : {}),
+                  fileset,
+                  signal,
+                  onWarning: warn,
+                  // A script's output goes where a command's would, as it comes (kept in the --json result too).
+                  onScriptOutput: o.json ? undefined : (_script, text) => process.stderr.write(text),
+                  ...(hostKeys ? { hostKeys } : {}),
+                });
+              }
+              const post = after
+                ? {
+                    identity: after.identity,
+                    scripts: after.scripts,
+                    ...(after.notes.length ? { notes: after.notes } : {}),
+                  }
+                : {};
+              emit(
+                !!o.json,
+                { ok: true, image, fileset, ...result, ...(readBack ? { readBack } : {}), ...post },
+                () =>
+                  [
+                    `restored ${image} (file set ${fileset}) to ${result.description}: ${count(result.chunks, 'chunk')}, ${formatBytes(result.bytes)}, each verified against its hash before it was written, and every write flushed to the target without error`,
+                    ...(result.created ? [`created ${target}: a new disk-image file`] : []),
+                    ...(readBack
+                      ? [
+                          `read back from ${target} and compared with the image: ${count(readBack.entries, 'entry', 'entries')}, ${formatBytes(readBack.fileBytes)} of file content, ${formatBytes(readBack.rawBytes)} of boot areas and raw volumes, all as the image says`,
+                          ...readBack.notChecked.map((n) => `not compared: ${n}`),
+                        ]
+                      : []),
+                    ...(after ? [describePostImaging(after)] : []),
+                  ].join('\n'),
+              );
+            } finally {
+              await hostKeys?.discard();
             }
-            let after: PostImagingResult | undefined;
-            if (o.identity !== undefined || scripts.length > 0) {
-              const { postImaging } = await import('../engine/identity/apply.ts');
-              const manifest = await withReader(image, async (reader) => reader.manifest);
-              const facts = { image: basename(image) };
-              after = await postImaging(target, manifest, {
-                ...(o.identity !== undefined ? { identity: { ...facts, name: o.identity } } : {}),
-                facts,
-                scripts,
-                ...(o.scriptTimeout !== undefined ? { scriptTimeoutMs: o.scriptTimeout * 1000 } : {}),
-                fileset,
-                signal,
-                onWarning: warn,
-                // A script's output goes where a command's would, as it comes (kept in the --json result too).
-                onScriptOutput: o.json ? undefined : (_script, text) => process.stderr.write(text),
-              });
-            }
-            const post = after
-              ? {
-                  identity: after.identity,
-                  scripts: after.scripts,
-                  ...(after.notes.length ? { notes: after.notes } : {}),
-                }
-              : {};
-            emit(
-              !!o.json,
-              { ok: true, image, fileset, ...result, ...(readBack ? { readBack } : {}), ...post },
-              () =>
-                [
-                  `restored ${image} (file set ${fileset}) to ${result.description}: ${count(result.chunks, 'chunk')}, ${formatBytes(result.bytes)}, each verified against its hash before it was written, and every write flushed to the target without error`,
-                  ...(result.created ? [`created ${target}: a new disk-image file`] : []),
-                  ...(readBack
-                    ? [
-                        `read back from ${target} and compared with the image: ${count(readBack.entries, 'entry', 'entries')}, ${formatBytes(readBack.fileBytes)} of file content, ${formatBytes(readBack.rawBytes)} of boot areas and raw volumes, all as the image says`,
-                        ...readBack.notChecked.map((n) => `not compared: ${n}`),
-                      ]
-                    : []),
-                  ...(after ? [describePostImaging(after)] : []),
-                ].join('\n'),
-            );
             if (o.reboot) {
               const { prepareBootNext, rebootNow } = await import('../client/boot.ts');
               const manifest = await withReader(image, async (reader) => reader.manifest);

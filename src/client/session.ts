@@ -13,7 +13,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import { ApiClient, ApiError } from '../api/client.ts';
 import type { AppliedIdentity, AutoChoice, JoinView, MasterView } from '../api/schemas.ts';
-import { postImaging, type PostImagingResult } from '../engine/identity/apply.ts';
+import { forgeHostKeys, postImaging, type PostImagingResult } from '../engine/identity/apply.ts';
+import type { HostKeyForge } from '../engine/identity/linux.ts';
 import { defaultJournal, imageDecoder, restoreConsumer, type ImageMeta } from '../engine/multicast.ts';
 import type { Manifest } from '../image/types.ts';
 import { ImgcastError } from '../errors.ts';
@@ -207,6 +208,8 @@ async function takePart(
   const report = (body: Record<string, unknown>) =>
     api.request('POST', `${path}/report`, { body: { run: view.run, ...body }, timeoutMs: 10_000 });
   let manifest: Manifest | undefined;
+  // The identity's SSH host keys are made while the disk is written (see HostKeyForge).
+  let hostKeys: HostKeyForge | undefined;
   const receive = (from: NonNullable<JoinView['receiver']>, resume: boolean) =>
     runReceiver({
       from: from.from,
@@ -232,6 +235,8 @@ async function takePart(
       },
       makeConsumer: async (s) => {
         manifest = (s.meta as Partial<ImageMeta> | null)?.manifest;
+        const name = view.identity?.name;
+        if (!hostKeys && manifest && name != null) hostKeys = forgeHostKeys(manifest, receiver.fileset, name);
         const consumer = await restoreConsumer(s, disk, {
           force: o.force,
           keepSizes: o.keepSizes,
@@ -251,100 +256,106 @@ async function takePart(
         return consumer;
       },
     });
-  let result = await receive(receiver, false);
-  // Dropped for falling behind while the run goes on: it catches up, as the sender takes a
-  // workstation that joins again as the same receiver and the journal keeps what it wrote, so
-  // only what it lacks comes again. Once the others are done it is alone, and nobody is
-  // dropped for being slower than the rest.
-  // It goes on while each attempt gets chunks it lacked; one that got none is not catching up.
-  let stalled = 0;
-  for (let tries = 1; !result.ok && result.code === 'E_DROPPED' && stalled < CATCH_UP_TRIES; tries++) {
-    if (o.signal?.aborted) break;
-    const again = await api
-      .request<JoinView>('POST', `${path}/join`, { signal: o.signal, timeoutMs: 10_000 })
-      .catch(() => undefined);
-    if (!again || again.run !== view.run || again.state !== 'sending' || !again.receiver) break;
-    o.onNote?.(`${result.message ?? 'dropped by the sender'}; joining again to catch up (${tries})`);
-    const before = result.chunks;
-    result = await receive(again.receiver, true);
-    stalled = result.chunks > before ? 0 : stalled + 1;
-  }
-  const outcome = {
-    session: view.session,
-    run: view.run,
-    server: api.baseUrl,
-    disk,
-    image: receiver.image,
-    fileset: receiver.fileset,
-  };
-  if (result.ok) {
-    let after: PostImagingResult | undefined;
-    if (view.identity && manifest) {
-      phases.report('identity');
-      try {
-        after = await postImaging(disk, manifest, {
-          identity: {
-            ...(view.identity.name !== null ? { name: view.identity.name } : {}),
-            ...who,
-            session: view.session,
-            image: receiver.image,
-          },
-          scripts: view.identity.scripts ?? [],
-          fileset: receiver.fileset,
-          ...(o.signal ? { signal: o.signal } : {}),
-          ...(o.warn ? { onWarning: o.warn } : {}),
-          ...(o.onScriptOutput ? { onScriptOutput: o.onScriptOutput } : {}),
-        });
-        if (view.identity.why) after.identity?.notes.unshift(`no name: ${view.identity.why}`);
-      } catch (err) {
-        // The disk is written and verified, but the system on it is not this workstation yet (or a script failed).
-        const applied =
-          err instanceof ImgcastError ? (err.details.identity as PostImagingResult['identity']) : undefined;
-        const code = err instanceof ImgcastError ? err.code : 'E_IDENTITY';
-        const message = `the image was written and verified, but ${(err as Error).message}`;
-        await report({
-          state: 'failed',
-          bytes: result.bytes,
-          totalBytes: result.bytes,
-          code,
-          message: message.length > 4096 ? `${message.slice(0, 4095)}…` : message,
-          ...(applied ? { identity: reported(applied) } : {}),
-        }).catch(() => {});
-        throw err;
-      }
+  try {
+    let result = await receive(receiver, false);
+    // Dropped for falling behind while the run goes on: it catches up, as the sender takes a
+    // workstation that joins again as the same receiver and the journal keeps what it wrote, so
+    // only what it lacks comes again. Once the others are done it is alone, and nobody is
+    // dropped for being slower than the rest.
+    // It goes on while each attempt gets chunks it lacked; one that got none is not catching up.
+    let stalled = 0;
+    for (let tries = 1; !result.ok && result.code === 'E_DROPPED' && stalled < CATCH_UP_TRIES; tries++) {
+      if (o.signal?.aborted) break;
+      const again = await api
+        .request<JoinView>('POST', `${path}/join`, { signal: o.signal, timeoutMs: 10_000 })
+        .catch(() => undefined);
+      if (!again || again.run !== view.run || again.state !== 'sending' || !again.receiver) break;
+      o.onNote?.(`${result.message ?? 'dropped by the sender'}; joining again to catch up (${tries})`);
+      const before = result.chunks;
+      result = await receive(again.receiver, true);
+      stalled = result.chunks > before ? 0 : stalled + 1;
     }
-    const identity = reported(after?.identity ?? null);
-    await report({
-      state: 'ok',
-      bytes: result.bytes,
-      totalBytes: result.bytes,
-      ...(identity ? { identity } : {}),
-    }).catch((err: unknown) =>
-      o.warn?.(
-        `the disk is written and verified, but the server did not take the result: ${(err as Error).message}`,
-      ),
-    );
-    // Only a disk written, verified and made this workstation's is booted into.
-    const boot =
-      o.reboot && manifest ? await prepareBootNext(disk, manifest, `imgcast ${view.session}`) : undefined;
-    if (boot) {
-      phases.report('rebooting');
-      await phases.flush();
-    }
-    return {
-      ...outcome,
-      receive: result,
-      ...(after ? { postImaging: after } : {}),
-      ...(boot ? { boot } : {}),
+    const outcome = {
+      session: view.session,
+      run: view.run,
+      server: api.baseUrl,
+      disk,
+      image: receiver.image,
+      fileset: receiver.fileset,
     };
+    if (result.ok) {
+      let after: PostImagingResult | undefined;
+      if (view.identity && manifest) {
+        phases.report('identity');
+        try {
+          after = await postImaging(disk, manifest, {
+            identity: {
+              ...(view.identity.name !== null ? { name: view.identity.name } : {}),
+              ...who,
+              session: view.session,
+              image: receiver.image,
+            },
+            scripts: view.identity.scripts ?? [],
+            fileset: receiver.fileset,
+            ...(o.signal ? { signal: o.signal } : {}),
+            ...(o.warn ? { onWarning: o.warn } : {}),
+            ...(o.onScriptOutput ? { onScriptOutput: o.onScriptOutput } : {}),
+            ...(hostKeys ? { hostKeys } : {}),
+          });
+          if (view.identity.why) after.identity?.notes.unshift(`no name: ${view.identity.why}`);
+        } catch (err) {
+          // The disk is written and verified, but the system on it is not this workstation yet (or a script failed).
+          const applied =
+            err instanceof ImgcastError ? (err.details.identity as PostImagingResult['identity']) : undefined;
+          const code = err instanceof ImgcastError ? err.code : 'E_IDENTITY';
+          const message = `the image was written and verified, but ${(err as Error).message}`;
+          await report({
+            state: 'failed',
+            bytes: result.bytes,
+            totalBytes: result.bytes,
+            code,
+            message: message.length > 4096 ? `${message.slice(0, 4095)}…` : message,
+            ...(applied ? { identity: reported(applied) } : {}),
+          }).catch(() => {});
+          throw err;
+        }
+      }
+      const identity = reported(after?.identity ?? null);
+      await report({
+        state: 'ok',
+        bytes: result.bytes,
+        totalBytes: result.bytes,
+        ...(identity ? { identity } : {}),
+      }).catch((err: unknown) =>
+        o.warn?.(
+          `the disk is written and verified, but the server did not take the result: ${(err as Error).message}`,
+        ),
+      );
+      // Only a disk written, verified and made this workstation's is booted into.
+      const boot =
+        o.reboot && manifest ? await prepareBootNext(disk, manifest, `imgcast ${view.session}`) : undefined;
+      if (boot) {
+        phases.report('rebooting');
+        await phases.flush();
+      }
+      return {
+        ...outcome,
+        receive: result,
+        ...(after ? { postImaging: after } : {}),
+        ...(boot ? { boot } : {}),
+      };
+    }
+    if (o.signal?.aborted && o.signal.reason instanceof ImgcastError) {
+      await report({ state: 'failed', code: o.signal.reason.code, message: o.signal.reason.message }).catch(
+        () => {},
+      );
+      throw o.signal.reason;
+    }
+    throw await failure(api, path, view, result, session, report);
+  } finally {
+    // Keys made ahead that identity did not take (or never ran to take) go, and their ssh-keygen with them.
+    await hostKeys?.discard();
   }
-  if (o.signal?.aborted && o.signal.reason instanceof ImgcastError) {
-    await report({ state: 'failed', code: o.signal.reason.code, message: o.signal.reason.message }).catch(
-      () => {},
-    );
-    throw o.signal.reason;
-  }
-  throw await failure(api, path, view, result, session, report);
 }
 
 /** Why the receive failed, as the server sees it when it still answers; the failure is reported to it. */

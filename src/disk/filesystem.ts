@@ -466,6 +466,11 @@ export interface TreeAccess {
    * filesystem (mtools path) and false just drops it; capture ignores it.
    */
   close(commit: boolean): Promise<void>;
+  /**
+   * Restore, on a kernel mount only: starts writing back what is in the page cache so far and
+   * resolves once it is written (errors are left to close's checked flush, which follows).
+   */
+  flushEarly?: () => Promise<void>;
 }
 
 /** The filesystem on `device` as a directory tree to capture: mounted read-only, or copied out with mtools. */
@@ -516,6 +521,7 @@ export async function openTreeForWriting(
     const m = await mountFilesystem(device, fs.type, { readOnly: false });
     return {
       dir: m.dir,
+      flushEarly: () => runTool('sync', ['-f', m.dir]).then(() => undefined),
       async close(commit) {
         let failure: unknown;
         if (commit) {

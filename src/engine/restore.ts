@@ -159,6 +159,8 @@ interface Held {
   dir: string;
   /** `commit` false when the restore is being aborted. */
   release(commit: boolean): Promise<void>;
+  /** See TreeAccess.flushEarly. */
+  flushEarly?: () => Promise<void>;
 }
 
 interface Place {
@@ -215,6 +217,7 @@ function filesystemPlace(
       }
       return {
         dir: tree.dir,
+        ...(tree.flushEarly ? { flushEarly: tree.flushEarly } : {}),
         async release(commit) {
           try {
             await tree.close(commit);
@@ -232,12 +235,36 @@ function filesystemPlace(
   };
 }
 
+/**
+ * Bytes a mounted file volume gets between two early flushes (one at a time, each a `sync -f`
+ * in the background). Without them the kernel starts writing a restore's files back only at
+ * the final, checked flush (its background threshold is a share of the memory, often more than
+ * the whole volume), and the restore then waits for every byte to reach the disk with its CPUs
+ * idle. On the workstation disk of bench:image (a disk-image file on this 2-core machine) the
+ * restore took a median 3.38 s with them against 3.85 s without (7 runs each, alternating); 32
+ * and 128 MiB did no better. The final flush still checks every write.
+ */
+const EARLY_FLUSH_BYTES = 64 * MiB;
+
 /** Writes a file volume's tree into a place; `needed` is known before the place exists. */
 function fileVolumeSink(volume: FileVolume, place: Place, opts: RestoreOptions): RestoreSink {
   const { needed, bytes } = fileVolumeNeeds(volume, opts.fileset);
   let inner: RestoreSink | undefined;
   let held: Held | undefined;
   const fsType = volume.fs.type;
+  // The page cache is written back while later chunks are decoded (see EARLY_FLUSH_BYTES).
+  let flushedAt = 0;
+  let flushing: Promise<void> | undefined;
+  const flushEarly = () => {
+    if (!held?.flushEarly || flushing || !inner) return;
+    const done = inner.progress().bytesDone;
+    if (done - flushedAt < EARLY_FLUSH_BYTES) return;
+    flushedAt = done;
+    flushing = held
+      .flushEarly()
+      .catch(() => {})
+      .finally(() => (flushing = undefined));
+  };
   return {
     needed,
     progress(): RestoreProgress {
@@ -266,22 +293,26 @@ function fileVolumeSink(volume: FileVolume, place: Place, opts: RestoreOptions):
     },
     async applyChunk(id, raw) {
       if (inner?.needed.has(id)) await inner.applyChunk(id, raw);
+      flushEarly();
     },
     planChunk(id) {
       return inner?.needed.has(id) ? inner.planChunk?.(id) : undefined;
     },
     planDone(id, outcome) {
       inner!.planDone!(id, outcome);
+      flushEarly();
     },
     async finish() {
       if (!inner || !held)
         throw new DiskError('E_DISK_INCOMPLETE', `volume ${volume.index} was never prepared`);
+      await flushing;
       await inner.finish();
       const h = held;
       held = undefined;
       await h.release(true);
     },
     async abort(reason) {
+      await flushing;
       await inner?.abort(reason).catch(() => {});
       const h = held;
       held = undefined;
@@ -959,12 +990,17 @@ async function runRestore(
 export async function restoreImage(
   imagePath: string,
   target: string,
-  opts: RestoreOptions & { onProgress?: (p: RestoreProgress) => void },
+  opts: RestoreOptions & {
+    onProgress?: (p: RestoreProgress) => void;
+    /** Called with the image's manifest once it is read, before the target is checked or written. */
+    onManifest?: (manifest: Manifest) => void;
+  },
 ): Promise<RestoreResult> {
   // The workers boot while the manifest is read and the target is prepared.
   CompressPool.shared().warm();
   const reader = await ImageReader.open(imagePath);
   try {
+    opts.onManifest?.(reader.manifest);
     const sink = await openRestore(reader.manifest, target, opts);
     const absent = [...sink.needed].find((id) => !reader.chunk(id));
     if (absent) {

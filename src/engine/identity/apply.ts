@@ -15,7 +15,8 @@ import { includedEntries } from '../../image/fileset.ts';
 import type { Manifest, Volume } from '../../image/types.ts';
 import { IdentityError } from './errors.ts';
 import { checkIdentityName, hostnameAdvice } from './names.ts';
-import { applyLinuxIdentity, isLinuxRoot, type SshHostKey } from './linux.ts';
+import { applyLinuxIdentity, HostKeyForge, isLinuxRoot, type HostKeySpec, type SshHostKey } from './linux.ts';
+import { DEFAULT_HOST_KEY_TYPES, hostKeyType } from './linux-files.ts';
 import { runPostImagingScripts, type PostImagingScript, type ScriptRun } from './scripts.ts';
 import { mountRestoredVolumes, type Access, type MountedVolume } from './volumes.ts';
 import { applyWindowsIdentity, isWindowsVolume, type WindowsIdentity } from './windows.ts';
@@ -63,6 +64,8 @@ export interface PostImagingOptions {
   signal?: AbortSignal;
   onWarning?: (message: string) => void;
   onScriptOutput?: (script: string, text: string) => void;
+  /** Host keys made while the disk was written (forgeHostKeys); the caller discards it after. */
+  hostKeys?: HostKeyForge;
 }
 
 export interface PostImagingResult {
@@ -107,7 +110,7 @@ export async function postImaging(
     ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
   });
   try {
-    const result = identity ? await applyIdentity(mounts.volumes, identity) : null;
+    const result = identity ? await applyIdentity(mounts.volumes, identity, opts.hostKeys) : null;
     result?.notes.push(...mounts.notes);
     opts.signal?.throwIfAborted();
     const facts = identity ?? opts.facts ?? {};
@@ -153,6 +156,39 @@ async function removeBootSeed(m: MountedVolume): Promise<boolean> {
   }
 }
 
+/** The usual sizes of the keys ssh-keygen makes, which a forged key must match to be used. */
+const USUAL_BITS: Record<string, number> = { rsa: 3072, ecdsa: 256 };
+
+/**
+ * Starts making, before the restore writes anything, the SSH host keys that identity will want
+ * on the image's first Linux root: one per host key file the image holds there, or
+ * `ssh-keygen -A`'s set where it holds sshd and none (see linux.ts). Only with a name, which
+ * the keys' comment carries. Undefined when there is nothing to make; the caller passes it to
+ * postImaging and discards it however the restore ends.
+ */
+export function forgeHostKeys(
+  manifest: Manifest,
+  fileset: number,
+  name: string | undefined,
+): HostKeyForge | undefined {
+  if (name === undefined) return undefined;
+  for (const v of manifest.volumes) {
+    if (v.kind !== 'files' || !holds(v, fileset, OS_RELEASE)) continue;
+    const entries = includedEntries(v.entries, fileset);
+    const specs: HostKeySpec[] = [];
+    for (const e of entries) {
+      const m = /^etc\/ssh\/([^/]+)$/.exec(e.path);
+      const type = m ? hostKeyType(m[1]!) : undefined;
+      if (type && (e.type === 'file' || e.type === 'symlink'))
+        specs.push({ type, ...(USUAL_BITS[type] ? { bits: USUAL_BITS[type] } : {}) });
+    }
+    if (specs.length === 0 && entries.some((e) => e.path === 'usr/sbin/sshd' || e.path === 'sbin/sshd'))
+      specs.push(...DEFAULT_HOST_KEY_TYPES.map((type) => ({ type })));
+    return specs.length > 0 ? new HostKeyForge(specs, `root@${name}`) : undefined;
+  }
+  return undefined;
+}
+
 async function firstLinuxRoot(volumes: MountedVolume[]): Promise<MountedVolume | undefined> {
   for (const m of volumes) if (m.dir && m.volume.kind === 'files' && (await isLinuxRoot(m.dir))) return m;
   return undefined;
@@ -162,6 +198,7 @@ async function firstLinuxRoot(volumes: MountedVolume[]): Promise<MountedVolume |
 export async function applyIdentity(
   volumes: readonly MountedVolume[],
   identity: Identity,
+  hostKeys?: HostKeyForge,
 ): Promise<IdentityResult> {
   const name = identity.name;
   if (name !== undefined) checkIdentityName(name);
@@ -185,7 +222,7 @@ export async function applyIdentity(
     if (!m.dir) continue;
     if (m.volume.kind === 'files' && (await isLinuxRoot(m.dir))) {
       await m.makeWritable();
-      const linux = await applyLinuxIdentity(m.dir!, name);
+      const linux = await applyLinuxIdentity(m.dir!, name, hostKeys);
       linuxRoots++;
       result.volumes.push({ volume: m.name, role: 'linux', system: linux.system, changed: linux.changed });
       result.notes.push(...linux.notes.map((n) => `${m.name}: ${n}`));

@@ -89,8 +89,14 @@ const STATE_FILES: Array<{ dir: string; match: RegExp }> = [
 /**
  * Applies the identity to the Linux system at `root` (a mount of the restored root, or a
  * restored folder). Without `name` the host name stays the image's; everything else is renewed.
+ * Host keys that `forge` made ahead (of the type, size and comment wanted) are used; any other
+ * is made here.
  */
-export async function applyLinuxIdentity(root: string, name: string | undefined): Promise<LinuxIdentity> {
+export async function applyLinuxIdentity(
+  root: string,
+  name: string | undefined,
+  forge?: HostKeyForge,
+): Promise<LinuxIdentity> {
   const r = new RootPath(root);
   const out: LinuxIdentity = {
     system: await systemName(r),
@@ -142,8 +148,14 @@ export async function applyLinuxIdentity(root: string, name: string | undefined)
 
   await renewMachineId(r, out, write);
 
-  for (const key of keys) {
-    const made = await makeHostKey(key, hostName ?? 'localhost');
+  const comment = `root@${hostName ?? 'localhost'}`;
+  // Made side by side: an RSA key alone takes ssh-keygen most of a second of one core.
+  const making = keys.map(
+    (key) => forge?.take(key.type, key.bits, comment) ?? makeHostKey(key.type, key.bits, comment),
+  );
+  const results = await Promise.all(making);
+  for (const [i, key] of keys.entries()) {
+    const made = results[i]!;
     if ('failed' in made) {
       for (const f of [key.file, `${key.file}.pub`])
         if (await r.remove(`etc/ssh/${f}`)) out.changed.push(`/etc/ssh/${f}`);
@@ -265,24 +277,26 @@ async function keyBits(r: RootPath, file: string): Promise<number | undefined> {
   }
 }
 
+type MadeKey = { privateKey: Buffer; publicKey: string; bits: number; fingerprint: string };
+
+/** A new host key from ssh-keygen, made in a private folder of this machine and read back into memory. */
 async function makeHostKey(
-  key: KeyToMake,
-  hostName: string,
-): Promise<
-  { privateKey: Buffer; publicKey: string; bits: number; fingerprint: string } | { failed: string }
-> {
+  type: string,
+  bits: number | undefined,
+  comment: string,
+): Promise<MadeKey | { failed: string }> {
   const dir = await ownedTempDir(tmpdir(), 'imgcast-key-');
   try {
-    const file = join(dir, key.file);
+    const file = join(dir, `ssh_host_${type}_key`);
     const args = [
       '-q',
       '-t',
-      key.type,
-      ...(key.bits ? ['-b', String(key.bits)] : []),
+      type,
+      ...(bits ? ['-b', String(bits)] : []),
       '-N',
       '',
       '-C',
-      `root@${hostName}`,
+      comment,
       '-f',
       file,
     ];
@@ -300,5 +314,59 @@ async function makeHostKey(
     };
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** A host key to make ahead: its type and, for RSA and ECDSA, its size. */
+export interface HostKeySpec {
+  type: string;
+  bits?: number;
+}
+
+/**
+ * Host keys made ahead, while the disk is still being written: ssh-keygen's RSA key costs most
+ * of a second of one core, which a restore waiting on its disk's writeback leaves idle. The
+ * keys are made from what the manifest says (key types by file name, the usual sizes) and
+ * held in memory; identity takes one only when it is exactly the key it would make (type,
+ * size and comment), and makes any other itself, so a guess that was wrong costs time, never
+ * a different key. Each key is taken at most once; discard() waits for those never taken
+ * (no ssh-keygen outlives the command) and drops them.
+ */
+export class HostKeyForge {
+  readonly #comment: string;
+  readonly #keys: Array<HostKeySpec & { made: Promise<MadeKey | { failed: string }> }>;
+
+  constructor(specs: readonly HostKeySpec[], comment: string) {
+    this.#comment = comment;
+    this.#keys = specs.map((spec) => ({
+      ...spec,
+      made: makeHostKey(spec.type, spec.bits, comment).catch((err: unknown) => ({
+        failed: (err as Error).message,
+      })),
+    }));
+  }
+
+  /** The key made ahead for this type, size and comment, or undefined. */
+  take(
+    type: string,
+    bits: number | undefined,
+    comment: string,
+  ): Promise<MadeKey | { failed: string }> | undefined {
+    if (comment !== this.#comment) return undefined;
+    const i = this.#keys.findIndex((k) => k.type === type && k.bits === bits);
+    if (i < 0) return undefined;
+    const [key] = this.#keys.splice(i, 1);
+    // One that failed ahead is made again here, so that its failure is said as it would be without the forge.
+    return key!.made.then((made) => ('failed' in made ? makeHostKey(type, bits, comment) : made));
+  }
+
+  /** How many keys made ahead were not taken yet. */
+  get pending(): number {
+    return this.#keys.length;
+  }
+
+  async discard(): Promise<void> {
+    const left = this.#keys.splice(0);
+    await Promise.all(left.map((k) => k.made));
   }
 }

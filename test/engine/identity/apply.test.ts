@@ -13,7 +13,7 @@ import { after, test, type TestContext } from 'node:test';
 
 import { loopDevicesBackedBy, mountedUses } from '../../../src/disk/device.ts';
 import { mountFilesystem, writesInPlace } from '../../../src/disk/filesystem.ts';
-import { postImaging, type PostImagingResult } from '../../../src/engine/identity/apply.ts';
+import { forgeHostKeys, postImaging, type PostImagingResult } from '../../../src/engine/identity/apply.ts';
 import { IdentityError } from '../../../src/engine/identity/errors.ts';
 import { computerNameOf } from '../../../src/engine/identity/unattend.ts';
 import { makeImage } from '../../../src/engine/make.ts';
@@ -296,6 +296,37 @@ test('a restored Debian-like disk gets its own host name, hosts line, machine id
       facts[1]!.keys[type]!.fingerprint,
       `two copies, two ${type} keys`,
     );
+});
+
+test('host keys made ahead (forgeHostKeys) are used when they are the key identity wants; a wrongly guessed size is made afresh', async (t) => {
+  const ref = await linuxRef(t);
+  if (!ref) return;
+  assert.equal(forgeHostKeys(ref.manifest, 1, undefined), undefined, 'without a name, nothing is made ahead');
+  // Made from the manifest alone, before the restore: one key per host key file of the root,
+  // at ssh-keygen's usual sizes (RSA 3072, ECDSA 256), while the reference has RSA 2048 and ECDSA 384.
+  const forge = forgeHostKeys(ref.manifest, 1, 'lab1-03');
+  assert.ok(forge);
+  t.after(() => forge.discard());
+  assert.equal(forge.pending, 3);
+  const target = await restored(t, ref, 'forged.img');
+  const r = await postImaging(target, ref.manifest, { identity: { name: 'lab1-03' }, hostKeys: forge });
+  await released(target);
+  assert.equal(forge.pending, 2, 'the ed25519 key made ahead was taken; the RSA and ECDSA guesses were not');
+  const bits = Object.fromEntries(r.identity!.sshHostKeys.map((k) => [k.type, k.bits]));
+  assert.deepEqual(bits, { ecdsa: 384, ed25519: 256, rsa: 2048 }, "the image's key sizes are kept");
+  const facts = await readRoot(t, target);
+  for (const type of HOST_KEY_TYPES) {
+    const key = facts.keys[type]!;
+    assert.equal(
+      key.derivedPub.split(' ').slice(0, 2).join(' '),
+      key.pub.split(' ').slice(0, 2).join(' '),
+      `${type}: the private key matches the public one`,
+    );
+    assert.match(key.pub, / root@lab1-03$/);
+    assert.equal(key.fingerprint, r.identity!.sshHostKeys.find((k) => k.type === type)!.fingerprint);
+  }
+  await forge.discard();
+  assert.equal(forge.pending, 0);
 });
 
 test('a bad name is refused before anything is mounted or changed', async (t) => {
