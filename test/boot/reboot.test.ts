@@ -14,7 +14,7 @@ import { copyFile, mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { test } from 'node:test';
 
-import { skipUnless, tempDir } from '../helpers/env.ts';
+import { hasCommand, skipUnless, tempDir } from '../helpers/env.ts';
 import { cachedBootenv } from '../bootenv/cached.ts';
 import { makeImage, PxeLab, pxeLabUnavailable } from './pxe-lab.ts';
 import { ovmf } from './qemu.ts';
@@ -31,6 +31,9 @@ test(
         t,
         pxeLabUnavailable() ??
           (ovmf() ? undefined : 'needs OVMF (apt-get install ovmf)') ??
+          (['grub-mkrescue', 'xorriso', 'mformat'].every(hasCommand)
+            ? undefined
+            : 'needs grub-mkrescue, xorriso and mformat for the ISO (apt-get install grub-common xorriso mtools)') ??
           (await smallDiskUnavailable()),
       )
     )
