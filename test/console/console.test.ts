@@ -585,6 +585,10 @@ test('the other pages at 1280×800: workstations (with the session each joins), 
   assert.equal(await page.evaluate(() => document.activeElement?.textContent), 'Sessions');
   await page.keyboard.press('Enter');
   await page.getByRole('heading', { name: 'Sessions', level: 1 }).waitFor();
+  // The heading takes the focus in an effect after it is drawn: give it that moment.
+  await page
+    .waitForFunction(() => document.activeElement?.tagName === 'H1', null, { timeout: 5000 })
+    .catch(() => {});
   assert.equal(
     await page.evaluate(() => document.activeElement?.tagName),
     'H1',
