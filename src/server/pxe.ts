@@ -202,15 +202,20 @@ export function pickInterface(name?: string): { name: string; address: string; n
   return { name: found[0]!, address: a.address, netmask: a.netmask };
 }
 
-function findDnsmasq(given?: string): string {
+/** `given` if it exists, else `name` on PATH or in the sbin folders (a service's usual place). */
+function findProgram(name: string, given?: string): string | undefined {
   const candidates = given
     ? [given]
     : [
-        ...(process.env.PATH ?? '').split(':').map((d) => join(d, 'dnsmasq')),
-        '/usr/sbin/dnsmasq',
-        '/sbin/dnsmasq',
+        ...(process.env.PATH ?? '').split(':').map((d) => join(d, name)),
+        `/usr/sbin/${name}`,
+        `/sbin/${name}`,
       ];
-  const found = candidates.find((p) => p && existsSync(p));
+  return candidates.find((p) => p && existsSync(p));
+}
+
+function findDnsmasq(given?: string): string {
+  const found = findProgram('dnsmasq', given);
   if (!found) {
     throw new PxeError(
       'E_PXE_NO_DNSMASQ',
@@ -586,15 +591,6 @@ export function radvdConfig(iface: string): string {
   ].join('\n');
 }
 
-function findRadvd(given?: string): string | undefined {
-  if (given !== undefined) return existsSync(given) ? given : undefined;
-  return [
-    ...(process.env.PATH ?? '').split(':').map((d) => join(d, 'radvd')),
-    '/usr/sbin/radvd',
-    '/sbin/radvd',
-  ].find((p) => p && existsSync(p));
-}
-
 export async function startPxe(o: PxeOptions): Promise<RunningPxe> {
   const binary = findDnsmasq(o.dnsmasq);
   const iface = pickInterface(o.interface);
@@ -608,7 +604,7 @@ export async function startPxe(o: PxeOptions): Promise<RunningPxe> {
       { dir: ipxeDir },
     );
   }
-  const radvd = o.mode === 'dhcp' ? findRadvd(o.radvd) : undefined;
+  const radvd = o.mode === 'dhcp' ? findProgram('radvd', o.radvd) : undefined;
   if (o.mode === 'dhcp' && !radvd) {
     o.log.warn(
       {},
