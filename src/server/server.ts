@@ -96,6 +96,11 @@ export function realSend(iface: string | undefined): SendSession {
       onProgress: plan.onProgress,
       signal: plan.signal,
       log: plan.log,
+      gate: plan.gate,
+    }).catch(async (err: unknown) => {
+      // runSender closes the provider once it ran; one it refused before (a port in use) is closed here.
+      await provider.close?.().catch(() => {});
+      throw err;
     });
   };
 }
@@ -123,6 +128,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       counters,
       range,
       send: o.send ?? realSend(o.interface),
+      // The real sender can be readied ahead of the trigger; a scripted one (tests) is not.
+      warm: o.send === undefined,
       senderHost: o.interface,
       log,
       connectTimeoutMs: o.connectTimeoutMs,

@@ -99,6 +99,7 @@ import {
 import { DatagramSizer, type SizeSample } from './datagram-size.ts';
 import { DEFAULT_DROP_LIMITS, judgeReceivers, type ReceiverView } from './drop-policy.ts';
 import { RateControl, type RateSample } from './rate-control.ts';
+import { startDue } from './start-rule.ts';
 import type {
   ChunkInfo,
   ChunkProvider,
@@ -250,7 +251,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   }
   const port = opts.port ?? DEFAULT_PORT;
   const dataPort = port + 1;
-  const wantClients = Math.max(1, opts.clients ?? 1);
+  let wantClients = Math.max(1, opts.clients ?? 1);
   const waitMs = (opts.waitSeconds ?? 300) * 1000;
   const deadAfterMs = opts.deadAfterMs ?? 10_000;
   const stallAfterMs = opts.stallAfterMs ?? Math.max(DEFAULT_DROP_LIMITS.stallAfterMs, deadAfterMs + 5000);
@@ -344,6 +345,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   let started = false;
   let startedAt = 0;
   let lastJoin = 0;
+  /** When the gate opened (start-rule.ts); without a gate, the sender is open from the start. */
+  let openedAt: number | null = opts.gate ? null : t0;
   let finished = false;
   let fatal: unknown = null;
   const rate = new RateControl({ startMbit: START_RATE_MBIT, minMbit: MIN_RATE_MBIT, maxMbit: maxRate });
@@ -628,8 +631,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   function maybeStart(): void {
     if (started || finished) return;
     const j = joined();
-    if (j.length === 0) return;
-    if (j.length >= wantClients || Date.now() - lastJoin >= waitMs) {
+    const now = Date.now();
+    if (startDue({ joined: j.length, wanted: wantClients, lastJoinAt: lastJoin, waitMs, openedAt, now })) {
       started = true;
       startedAt = Date.now();
       for (const p of j) p.state = 'receiving';
@@ -1226,7 +1229,11 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       phase: !started ? 'waiting' : finished ? 'done' : firstPassDone ? 'repairing' : 'sending',
       joined: joined().length,
       wanted: wantClients,
-      startsInMs: started ? 0 : Math.max(0, lastJoin + waitMs - now),
+      startsInMs: started
+        ? 0
+        : openedAt === null
+          ? waitMs
+          : Math.max(0, Math.max(lastJoin, openedAt) + waitMs - now),
       active: peers.filter((p) => p.state === 'receiving').length,
       chunksSent: counters.chunksSent,
       totalChunks: table.length,
@@ -1406,6 +1413,17 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     }
   }
 
+  opts.gate?.then(
+    ({ clients }) => {
+      if (finished || openedAt !== null) return;
+      wantClients = Math.max(1, clients);
+      openedAt = Date.now();
+      log(`gate open: starting once ${wantClients} receiver(s) joined`);
+      maybeStart();
+    },
+    // A gate that fails never opens: the caller ends the sender through its signal.
+    () => {},
+  );
   const onAbort = () => finish();
   if (opts.signal?.aborted) finish();
   opts.signal?.addEventListener('abort', onAbort, { once: true });
