@@ -7,8 +7,6 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pino, type Logger } from 'pino';
 
-import { imageProvider } from '../engine/multicast.ts';
-import { runSender } from '../transport/sender.ts';
 import { checkRange, type AddressRange } from './address-pool.ts';
 import { startDiscoveryResponder } from './discovery.ts';
 import { buildApp, type ApiApp, type AppContext } from './app.ts';
@@ -25,6 +23,7 @@ import { AutoSessions } from './auto-sessions.ts';
 import { Counters } from './counters.ts';
 import { openDatabase, type Db } from './db.ts';
 import { ImageStore } from './images.ts';
+import { SendThreads } from './send-thread.ts';
 import { SessionManager, type SendSession } from './sessions.ts';
 import { uploadRoutesWith, type UploadOptions } from './uploads.ts';
 import { Workstations } from './workstations.ts';
@@ -82,29 +81,6 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-export function realSend(iface: string | undefined): SendSession {
-  return async (plan) => {
-    const provider = await imageProvider(plan.imagePath, plan.fileset);
-    return runSender(provider, {
-      interface: iface,
-      group: plan.group,
-      port: plan.port,
-      key: plan.key,
-      clients: plan.clients,
-      // Joined workstations connect within moments of the start; one that does not is left behind after this.
-      waitSeconds: 15,
-      onProgress: plan.onProgress,
-      signal: plan.signal,
-      log: plan.log,
-      gate: plan.gate,
-    }).catch(async (err: unknown) => {
-      // runSender closes the provider once it ran; one it refused before (a port in use) is closed here.
-      await provider.close?.().catch(() => {});
-      throw err;
-    });
-  };
-}
-
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const dataDir = resolve(o.dataDir);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
@@ -122,14 +98,16 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     const images = await ImageStore.open(imagesDir);
     const workstations = new Workstations(db);
     await workstations.load();
+    const threads = o.send ? undefined : new SendThreads(o.interface);
+    if (threads) cleanup.unshift(() => threads.close());
     const sessions = new SessionManager({
       db,
       images,
       counters,
       range,
-      send: o.send ?? realSend(o.interface),
+      send: o.send ?? threads!.send,
       // The real sender can be readied ahead of the trigger; a scripted one (tests) is not.
-      warm: o.send === undefined,
+      warm: threads !== undefined,
       senderHost: o.interface,
       log,
       connectTimeoutMs: o.connectTimeoutMs,
