@@ -119,6 +119,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     });
     await sessions.start();
     cleanup.unshift(() => sessions.close());
+    // Before the sessions close: sends that end then load no thread for a next session.
+    if (threads) cleanup.unshift(() => threads.close());
     const auto = new AutoSessions(sessions, workstations);
     const warnings = bootenvWarnings(bootenvDir, o.version);
     for (const w of warnings()) log.warn({ bootenv: bootenvDir }, w);
