@@ -9,7 +9,8 @@
  *
  * A thread takes ~0.1-0.2 s to load the sender and the image reader (0.5 s while a lab's
  * workstations start on the same cores), so one is kept loaded and idle for the next session;
- * its replacement is loaded once the send that took it has ended, not while it runs.
+ * its replacement is loaded a few seconds after the send that took it ended: not while it runs,
+ * nor while its workstations verify what they wrote and report.
  *
  * Messages in: {t: 'start', data}, {t: 'open', clients} (the session's gate opened), {t:
  * 'abort', reason}. Out: progress, log lines, and the result or the error, once the thread
@@ -20,6 +21,9 @@ import { Worker } from 'node:worker_threads';
 import { reviveError, serializeError, type SerializedError } from '../engine/live.ts';
 import type { SenderResult } from '../transport/types.ts';
 import type { SendProgress, SendSession } from './sessions.ts';
+
+/** How long after a send ended the thread for the next session is loaded. */
+const REFILL_AFTER_MS = 3000;
 
 export interface SendThreadData {
   interface: string | undefined;
@@ -67,7 +71,7 @@ export class SendThreads {
         fn();
         // It closed its sockets and image before it answered: nothing of it is left to wait for.
         void worker.terminate();
-        this.#refill();
+        setTimeout(() => this.#refill(), REFILL_AFTER_MS).unref();
       };
       const tell = (m: ToSendThread) => worker.postMessage(m);
       const onAbort = () => tell({ t: 'abort', reason: serializeError(plan.signal.reason) });
