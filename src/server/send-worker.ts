@@ -7,7 +7,7 @@
 import { parentPort } from 'node:worker_threads';
 
 import { reviveError, serializeError } from '../engine/live.ts';
-import { imageProvider } from '../engine/multicast.ts';
+import { imageProvider } from '../engine/image-provider.ts';
 import { runSender } from '../transport/sender.ts';
 import type { FromSendThread, SendThreadData, ToSendThread } from './send-thread.ts';
 

@@ -1367,6 +1367,7 @@ export class SessionManager {
         warm: w ? { image: w.image, fileset: w.fileset } : null,
         readiedThisRun: live.warmRun === live.row.run,
         slotFree,
+        othersWarm: this.#warms.size - (w ? 1 : 0),
       });
       if (action === 'drop') this.#dropWarm(live, 'the session no longer sends what it read');
       if (action === 'ready') {

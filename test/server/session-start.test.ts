@@ -11,6 +11,7 @@ import { Counters } from '../../src/server/counters.ts';
 import { openDatabase } from '../../src/server/db.ts';
 import type { ImageStore } from '../../src/server/images.ts';
 import { SessionManager, type SendSession } from '../../src/server/sessions.ts';
+import { MAX_WARM } from '../../src/server/warm-sender.ts';
 import { tempDir } from '../helpers/env.ts';
 
 type Plan = Parameters<SendSession>[0];
@@ -225,4 +226,20 @@ test('warm: a session that must start and finds every slot held by readied sende
     opened.map((o) => [o.plan.imagePath.slice(-6), o.clients]),
     [['b.imgc', 1]],
   );
+});
+
+test('warm: at most MAX_WARM sessions hold a readied sender; the others start theirs at the trigger', async (t) => {
+  const { sessions, sends } = await manager(t, 0, { warm: true, slots: 8 });
+  for (let i = 1; i <= MAX_WARM + 1; i++) {
+    await sessions.create({ name: `s${i}`, image: 'a.imgc', clientCount: 2 });
+    await sessions.join(`s${i}`, ws(i), '198.18.0.1');
+  }
+  await sleep(300);
+  assert.equal(sends.length, MAX_WARM);
+  assert.ok(sends.every((p) => p.gate));
+  await sessions.join(`s${MAX_WARM + 1}`, ws(9), '198.18.0.1');
+  await sleep(200);
+  assert.equal(sessions.get(`s${MAX_WARM + 1}`).state, 'sending');
+  assert.equal(sends.length, MAX_WARM + 1);
+  assert.equal(sends.at(-1)!.gate, undefined);
 });

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { warmAction, type WarmView } from '../../src/server/warm-sender.ts';
+import { MAX_WARM, warmAction, type WarmView } from '../../src/server/warm-sender.ts';
 
 const waiting: WarmView = {
   capable: true,
@@ -13,6 +13,7 @@ const waiting: WarmView = {
   warm: null,
   readiedThisRun: false,
   slotFree: true,
+  othersWarm: 0,
 };
 
 test('a waiting image session is readied once someone joined, not before', () => {
@@ -20,7 +21,9 @@ test('a waiting image session is readied once someone joined, not before', () =>
   assert.equal(warmAction({ ...waiting, joined: 0 }), 'none');
 });
 
-test('not readied: a send that cannot be held, a master workstation sending, no image yet, no free slot', () => {
+test('not readied: a send that cannot be held, a master workstation sending, no image yet, no free slot, enough held', () => {
+  assert.equal(warmAction({ ...waiting, othersWarm: MAX_WARM - 1 }), 'ready');
+  assert.equal(warmAction({ ...waiting, othersWarm: MAX_WARM }), 'none');
   assert.equal(warmAction({ ...waiting, capable: false }), 'none');
   assert.equal(warmAction({ ...waiting, master: 'w9' }), 'none');
   assert.equal(warmAction({ ...waiting, image: '' }), 'none');
@@ -36,8 +39,8 @@ test('once per run: a warm sender that ended before the trigger is not readied a
 test('a warm sender is kept while its session waits to send what it reads', () => {
   const warm = { ...waiting, warm: { image: 'lab.imgc', fileset: 1 }, readiedThisRun: true };
   assert.equal(warmAction(warm), 'keep');
-  // Slots are counted with it: no free slot left is no reason to let it go.
-  assert.equal(warmAction({ ...warm, slotFree: false }), 'keep');
+  // Slots and warm senders are counted with it: none left is no reason to let it go.
+  assert.equal(warmAction({ ...warm, slotFree: false, othersWarm: MAX_WARM }), 'keep');
 });
 
 test('a warm sender goes when its session changed what it sends, got a master, or stopped waiting', () => {
