@@ -96,7 +96,7 @@ import {
   writeCodedRuns,
   xorInto,
 } from './packet.ts';
-import { DatagramSizer, type SizeSample } from './datagram-size.ts';
+import { DatagramSizer, unitsPerDatagram, type SizeSample } from './datagram-size.ts';
 import { DEFAULT_DROP_LIMITS, judgeReceivers, type ReceiverView } from './drop-policy.ts';
 import { RateControl, type RateSample } from './rate-control.ts';
 import { startDue } from './start-rule.ts';
@@ -120,6 +120,18 @@ const START_RATE_MBIT = 200;
 const MIN_RATE_MBIT = 5;
 /** Loss reports this recent decide k. */
 const K_WINDOW_MS = 1000;
+/**
+ * A receiver's overflow is counted at the size of the datagrams sent this recently: what filled
+ * its socket buffer left the sender a STATUS interval (100 ms) and a buffer's worth before it.
+ */
+const OVERFLOW_K_MS = 2 * TICK_MS;
+/**
+ * The overflow set against a window's loss includes what was reported this long before it: a
+ * receiver reports a drop with the STATUS after it happened, but the gap it leaves only when the
+ * datagrams behind it get through its ring, often a STATUS or two later. Without it, a window
+ * whose edge fell between the two held loss without its overflow, taken for frame loss.
+ */
+const OVERFLOW_LEAD_MS = 300;
 /** A receiver silent this long no longer holds the window: the drop policy will deal with it. */
 const WINDOW_TRUST_MS = 1500;
 /** A gap between ticks this long means the sender itself was stopped. */
@@ -166,7 +178,7 @@ interface Peer {
   lastHeard: number;
   lastProgress: number;
   joinedAt: number;
-  /** [time, units received, units expected, datagrams the host dropped for a full buffer or -1]. */
+  /** [time, units received, units expected, units in datagrams the host dropped for a full buffer, or -1]. */
   lossSamples: Array<[number, number, number, number]>;
   /** What its reports since the last tick say: units arrived over ms, and received/expected. */
   tickGot: number;
@@ -506,7 +518,15 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         p.tickRx += m.rx;
         p.tickExp += m.exp;
         if (m.exp > 0) {
-          p.lossSamples.push([Date.now(), m.rx, m.exp, m.ovf ?? -1]);
+          const now = Date.now();
+          // The first pass's datagrams, which most drops hit, are of k units now, or were of the
+          // recent average before k shrank.
+          const size = Math.max(
+            k,
+            unitsPerDatagram(kHistory, [now, unitsThisTick, datagramsThisTick], now, OVERFLOW_K_MS, k),
+          );
+          const ovf = m.ovf === null || m.ovf === undefined ? -1 : m.ovf * size;
+          p.lossSamples.push([now, m.rx, m.exp, ovf]);
           // The first decision comes with the first report that says enough, not a tick later.
           if (!sizer.decided && started) chooseUnits(Date.now());
         }
@@ -1273,14 +1293,15 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       if (p.state !== 'receiving') continue;
       let rx = 0;
       let exp = 0;
-      let overflow = 0;
+      let overflowUnits = 0;
       for (const [t, r, e, o] of p.lossSamples) {
-        if (now - t > K_WINDOW_MS) continue;
+        const age = now - t;
+        if (age <= K_WINDOW_MS + OVERFLOW_LEAD_MS) overflowUnits += Math.max(0, o);
+        if (age > K_WINDOW_MS) continue;
         rx += r;
         exp += e;
-        overflow += Math.max(0, o);
       }
-      samples.push({ rx, exp, overflow, frag: p.frag });
+      samples.push({ rx, exp, overflowUnits, frag: p.frag });
     }
     const { k: next, note } = sizer.decide(samples, recentK());
     counters.fragmentationPauses = sizer.fragmentationPauses;
