@@ -164,6 +164,8 @@ async function overhead(): Promise<string> {
       ],
       { cwd: ROOT },
     );
+    // Listened to from the start: the sender may exit before the last receiver's exit is seen.
+    const sent = finished(sender);
     const rx = [1, 2, 3].map((i) =>
       finished(
         lab.exec(
@@ -176,8 +178,8 @@ async function overhead(): Promise<string> {
     );
     const results = await Promise.all(rx);
     const s = performance.now() - t0;
-    const sent = await finished(sender);
-    for (const r of [...results, sent]) if (r.code !== 0) throw new Error(`plain send failed: ${r.stderr}`);
+    for (const r of [...results, await sent])
+      if (r.code !== 0) throw new Error(`plain send failed: ${r.stderr}`);
     verify('plain send');
     return s / 1000;
   };

@@ -15,7 +15,8 @@
  * SIGTERM/SIGINT abort the run through its AbortSignal.
  */
 import { fileConsumer, flatFileProvider, runReceiver, runSender } from '../../src/transport/index.ts';
-import { imageDecoder, imageProvider, restoreConsumer } from '../../src/engine/multicast.ts';
+import { imageProvider } from '../../src/engine/image-provider.ts';
+import { imageDecoder, restoreConsumer } from '../../src/engine/multicast.ts';
 
 interface SendArgs {
   file?: string;

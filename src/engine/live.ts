@@ -135,7 +135,7 @@ export function serializeError(err: unknown): SerializedError {
 }
 
 /** The error again, of its own class where it is one of the engine's (a caller may test for DiskError). */
-function revive(e: SerializedError): Error {
+export function reviveError(e: SerializedError): Error {
   if (e.code === undefined) return new Error(e.message);
   const classes: Record<string, new (c: string, m: string, d?: Record<string, unknown>) => ImgcastError> = {
     DiskError,
@@ -244,7 +244,7 @@ export async function liveDiskProvider(source: string, opts: LiveProviderOptions
       case 'captured':
         return resolveCaptured({ manifest: manifest!, stats: m.stats });
       case 'fail':
-        return fail(revive(m.error));
+        return fail(reviveError(m.error));
       case 'closed':
         resolveClosed();
         return void worker.terminate();

@@ -1,31 +1,25 @@
 /**
- * Adapters between the transport and images: an image file (one file set of it) as
- * a ChunkProvider, and a restore target as a ChunkConsumer (of an image, or of a live
- * master's disk: live.ts, live-restore.ts). The session's `meta`
+ * Adapters between the transport and images: a restore target as a ChunkConsumer (of an
+ * image, or of a live master's disk: live.ts, live-restore.ts); image-provider.ts serves an
+ * image file to a sender. The session's `meta`
  * carries the manifest and the file set; it arrives over the control channel, which
  * is authenticated when a key is used, and is checked before anything is written.
  */
 import { execFile } from 'node:child_process';
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { basename, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 
 import { DiskError } from '../disk/errors.ts';
 import { ImgcastError } from '../errors.ts';
 import { isLiveMeta, liveRestoreConsumer } from './live-restore.ts';
 import { describeTargetContents, openRestore, type DescribedSink } from './restore.ts';
-import { chunksForFileset, decodeChunk, ImageReader } from '../image/index.ts';
+import { decodeChunk } from '../image/index.ts';
 import { manifestProblem } from '../image/manifest.ts';
 import type { Manifest } from '../image/types.ts';
 import { TransportError } from '../transport/errors.ts';
 import { openJournal, readJournal, sessionFingerprint } from '../transport/journal.ts';
-import type {
-  ChunkConsumer,
-  ChunkDecoder,
-  ChunkInfo,
-  ChunkProvider,
-  SessionInfo,
-} from '../transport/types.ts';
+import type { ChunkConsumer, ChunkDecoder, SessionInfo } from '../transport/types.ts';
 import { displayName } from '../volume/files/names.ts';
 import { count, systemReason } from '../wording.ts';
 
@@ -42,48 +36,6 @@ export interface ImageMeta {
    */
   image?: string;
   manifest: Manifest;
-}
-
-/** Serves the chunks one file set of an image needs, in image-file order, each verified on first read. */
-export async function imageProvider(imagePath: string, fileset: number): Promise<ChunkProvider> {
-  const reader = await ImageReader.open(imagePath);
-  try {
-    const chunks: Array<ChunkInfo & { offset: number }> = [];
-    for (const id of chunksForFileset(reader.manifest, fileset)) {
-      const info = reader.chunk(id);
-      if (!info) {
-        // readStored names the file/volume that uses the missing chunk.
-        await reader.readStored(id);
-        throw new TransportError('E_CONSUMER', `${imagePath} lacks chunk ${id}`);
-      }
-      chunks.push(info);
-    }
-    chunks.sort((a, b) => a.offset - b.offset);
-    const verified = new Set<string>();
-    const meta: ImageMeta = { kind: 'image', fileset, image: basename(imagePath), manifest: reader.manifest };
-    return {
-      chunks: chunks.map(({ id, codec, storedLength, rawLength }) => ({
-        id,
-        codec,
-        storedLength,
-        rawLength,
-      })),
-      meta,
-      async readStored(id: string): Promise<Buffer> {
-        const { info, stored } = await reader.readStored(id);
-        if (!verified.has(id)) {
-          // A damaged image must fail on the sender, not leave every receiver re-requesting a chunk forever.
-          await reader.readChunk(id);
-          verified.add(id);
-        }
-        return stored.length === info.storedLength ? stored : Buffer.from(stored);
-      },
-      close: () => reader.close(),
-    };
-  } catch (e) {
-    await reader.close().catch(() => {});
-    throw e;
-  }
 }
 
 /** The image codec's decoder: decompresses and checks the hash. */

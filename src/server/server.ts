@@ -7,8 +7,6 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pino, type Logger } from 'pino';
 
-import { imageProvider } from '../engine/multicast.ts';
-import { runSender } from '../transport/sender.ts';
 import type { ServerConfig } from '../api/schemas.ts';
 import { addressOf, checkRange, type AddressRange } from './address-pool.ts';
 import { startDiscoveryResponder } from './discovery.ts';
@@ -27,6 +25,7 @@ import { Counters } from './counters.ts';
 import { openDatabase, type Db } from './db.ts';
 import { ImageStore } from './images.ts';
 import { ImageJobs } from './jobs.ts';
+import { SendThreads } from './send-thread.ts';
 import { historyCutoff, Settings } from './settings.ts';
 import { SessionManager, type SendSession } from './sessions.ts';
 import { uploadRoutesWith, type UploadOptions } from './uploads.ts';
@@ -85,24 +84,6 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-export function realSend(iface: string | undefined): SendSession {
-  return async (plan) => {
-    const provider = await imageProvider(plan.imagePath, plan.fileset);
-    return runSender(provider, {
-      interface: iface,
-      group: plan.group,
-      port: plan.port,
-      key: plan.key,
-      clients: plan.clients,
-      // Joined workstations connect within moments of the start; one that does not is left behind after this.
-      waitSeconds: 15,
-      onProgress: plan.onProgress,
-      signal: plan.signal,
-      log: plan.log,
-    });
-  };
-}
-
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const dataDir = resolve(o.dataDir);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
@@ -121,12 +102,16 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     const settings = await Settings.load(db, (m) => log.warn(m));
     const workstations = new Workstations(db);
     await workstations.load();
+    const threads = o.send ? undefined : new SendThreads(o.interface);
+    if (threads) cleanup.unshift(() => threads.close());
     const sessions = new SessionManager({
       db,
       images,
       counters,
       range,
-      send: o.send ?? realSend(o.interface),
+      send: o.send ?? threads!.send,
+      // The real sender can be readied ahead of the trigger; a scripted one (tests) is not.
+      warm: threads !== undefined,
       senderHost: o.interface,
       log,
       connectTimeoutMs: o.connectTimeoutMs,
@@ -139,6 +124,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     });
     await sessions.start();
     cleanup.unshift(() => sessions.close());
+    // Before the sessions close: sends that end then load no thread for a next session.
+    if (threads) cleanup.unshift(() => threads.close());
     const auto = new AutoSessions(sessions, workstations, () => {
       const s = settings.current();
       return { clients: s.autoClients, waitMinutes: s.autoWaitMinutes };

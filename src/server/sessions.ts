@@ -53,6 +53,7 @@ import type { AutoSessionView } from './participation.ts';
 import { describeRule, parseRule, type Rule } from './rules.ts';
 import { parseNameTemplate, type TemplateError } from './naming.ts';
 import { startTrigger, type StartBy } from './start-trigger.ts';
+import { warmAction } from './warm-sender.ts';
 
 /** What the session needs of its sender's progress (the transport's SenderProgress, or the master's report of it). */
 export interface SendProgress {
@@ -79,6 +80,11 @@ export type SendSession = (plan: {
   onProgress: (p: SendProgress) => void;
   signal: AbortSignal;
   log: (line: string) => void;
+  /**
+   * Given to a send readied ahead of the trigger (warm-sender.ts): it gets ready to send and
+   * holds until this resolves, then waits for `clients` receivers instead of plan.clients.
+   */
+  gate?: Promise<{ clients: number }>;
 }) => Promise<SendOutcome>;
 
 export interface SessionManagerOptions {
@@ -87,6 +93,11 @@ export interface SessionManagerOptions {
   counters: Counters;
   range: AddressRange;
   send: SendSession;
+  /**
+   * `send` honours plan.gate (the real one does): each waiting session's sender is readied from
+   * its first join on, and its trigger only opens the gate (warm-sender.ts). Default off.
+   */
+  warm?: boolean;
   /** Sender address workstations connect to; undefined: the address they reached the API on. */
   senderHost?: string;
   now?: () => number;
@@ -163,6 +174,22 @@ const ENDED_STATES: ReadonlySet<SessionState> = new Set(['done', 'failed', 'stop
 const DEFAULT_LEVEL: CompressionLevel = 'balanced';
 export const STOPPED_BY_ADMIN = 'stopped by the administrator';
 
+/** A session's sender readied ahead of its trigger, held by its gate (warm-sender.ts). */
+interface Warm {
+  slot: number;
+  group: string;
+  port: number;
+  key: string;
+  image: string;
+  fileset: number;
+  abort: AbortController;
+  /** Opens the gate: the sender starts once this many receivers joined. */
+  open: (clients: number) => void;
+  /** Where the sender's progress goes; nowhere until the trigger. */
+  onProgress: (p: SendProgress) => void;
+  result: Promise<SendOutcome>;
+}
+
 interface Live {
   row: SessionTable;
   clients: Map<string, SessionClientTable & { rateAt?: number; rateBytes?: number }>;
@@ -175,6 +202,10 @@ interface Live {
   reportTimer?: NodeJS.Timeout;
   /** The start under way (see #startSending). */
   starting?: Promise<void>;
+  /** Its sender, readied for the trigger (warm-sender.ts). */
+  warm?: Warm;
+  /** The run whose sender was readied: once per run. */
+  warmRun?: number;
   wakeTimer?: NodeJS.Timeout;
   dirty: boolean;
   /** The parsed rules of an automatic session, in the order of `row.rules`. */
@@ -205,6 +236,8 @@ export class SessionManager {
   #ticker: NodeJS.Timeout | undefined;
   #flusher: NodeJS.Timeout | undefined;
   #running = new Set<Promise<void>>();
+  /** Every warm sender until it ended, taken by its session's trigger or not: each holds its slot. */
+  #warms = new Set<Warm>();
   #closing = false;
   /** Who watches the sessions change (the console's live status); see onChange. */
   #listeners = new Set<() => void>();
@@ -276,7 +309,9 @@ export class SessionManager {
       clearTimeout(live.wakeTimer);
       live.abort?.abort(new ImgcastError('E_SERVER_STOPPING', 'the imaging server is shutting down'));
     }
-    await Promise.allSettled([...this.#running]);
+    for (const w of this.#warms)
+      w.abort.abort(new ImgcastError('E_SERVER_STOPPING', 'the imaging server is shutting down'));
+    await Promise.allSettled([...this.#running, ...[...this.#warms].map((w) => w.result)]);
     await this.#flushProgress();
     for (const live of this.#live.values()) for (const w of live.waiters) w();
   }
@@ -1352,7 +1387,26 @@ export class SessionManager {
 
   #tick(): void {
     if (this.#closing) return;
+    let slotFree = this.#freeSlot() !== null;
     for (const live of this.#live.values()) {
+      const w = live.warm;
+      const action = warmAction({
+        capable: this.#o.warm === true,
+        state: live.row.state,
+        master: live.row.master,
+        image: live.row.image,
+        fileset: live.row.fileset,
+        joined: live.clients.size,
+        warm: w ? { image: w.image, fileset: w.fileset } : null,
+        readiedThisRun: live.warmRun === live.row.run,
+        slotFree,
+        othersWarm: this.#warms.size - (w ? 1 : 0),
+      });
+      if (action === 'drop') this.#dropWarm(live, 'the session no longer sends what it read');
+      if (action === 'ready') {
+        this.#readyWarm(live);
+        slotFree = this.#freeSlot() !== null;
+      }
       if (live.row.state !== 'waiting' || this.#cannotStart(live) !== null) continue;
       const t = this.#trigger(live);
       if (t.start) {
@@ -1382,7 +1436,84 @@ export class SessionManager {
     const taken = new Set<number>();
     for (const l of this.#live.values())
       if (l.slot !== undefined && l.row.state === 'sending') taken.add(l.slot);
+    for (const w of this.#warms) taken.add(w.slot);
     return allocate(this.#o.range, taken);
+  }
+
+  /**
+   * Readies the session's sender on a slot of its own, held by a gate until the trigger: the
+   * image opened, its table read, the sockets and sending thread up, listening. It ends by
+   * itself only if readying fails (its session then starts at the trigger as without it).
+   */
+  #readyWarm(live: Live): void {
+    const address = this.#freeSlot();
+    if (!address) return;
+    const name = live.row.name;
+    let open: (clients: number) => void = () => {};
+    const gate = new Promise<{ clients: number }>((resolve) => (open = (clients) => resolve({ clients })));
+    const warm: Warm = {
+      slot: address.slot,
+      group: address.group,
+      port: address.port,
+      key: randomBytes(16).toString('hex'),
+      image: live.row.image,
+      fileset: live.row.fileset,
+      abort: new AbortController(),
+      open: (clients) => open(clients),
+      onProgress: () => {},
+      result: Promise.resolve({ receivers: [] }),
+    };
+    warm.result = (async () => {
+      const image = await this.#o.images.resolve(warm.image);
+      return this.#o.send({
+        imagePath: image.path,
+        fileset: warm.fileset,
+        group: warm.group,
+        port: warm.port,
+        key: warm.key,
+        clients: 1,
+        gate,
+        signal: warm.abort.signal,
+        log: (line) => this.#o.log.info({ session: name }, line),
+        onProgress: (p) => warm.onProgress(p),
+      });
+    })();
+    this.#warms.add(warm);
+    live.warm = warm;
+    live.warmRun = live.row.run;
+    const ended = (err: unknown) => {
+      this.#warms.delete(warm);
+      if (live.warm !== warm) return;
+      // Ended before its trigger: readying failed.
+      live.warm = undefined;
+      this.#o.log.warn(
+        { session: name, err },
+        'the sender readied for the trigger ended; the session starts its sender at the trigger',
+      );
+    };
+    warm.result.then(
+      () => ended(null),
+      (err: unknown) => ended(err),
+    );
+    this.#o.log.info({ session: name, group: warm.group, port: warm.port }, 'sender readied for the trigger');
+  }
+
+  /** Stops the session's warm sender; its slot is free once it has closed. */
+  #dropWarm(live: Live, why: string): void {
+    const warm = live.warm;
+    if (!warm) return;
+    live.warm = undefined;
+    warm.abort.abort(new ImgcastError('E_ABORTED', why));
+  }
+
+  /** A session that must start and finds no free slot takes one from another session's warm sender. */
+  #giveWay(to: Live): void {
+    for (const l of this.#live.values()) {
+      if (l !== to && l.warm) {
+        this.#dropWarm(l, `its group and port went to session ${to.row.name}, which started`);
+        return;
+      }
+    }
   }
 
   #noSlot(live: Live): void {
@@ -1394,8 +1525,18 @@ export class SessionManager {
   }
 
   async #start(live: Live, why: string): Promise<void> {
+    const warm = live.warm;
+    if (warm && warm.image === live.row.image && warm.fileset === live.row.fileset) {
+      live.warm = undefined;
+      const { slot, group, port, key, abort } = warm;
+      return this.#begin(live, { slot, group, port, key, abort, why, imagePath: '', warm });
+    }
+    this.#dropWarm(live, 'the session no longer sends what it read');
     // Checked first so that a session waiting for a slot does not look its image up on every tick.
-    if (!this.#freeSlot()) return this.#noSlot(live);
+    if (!this.#freeSlot()) {
+      this.#giveWay(live);
+      return this.#noSlot(live);
+    }
     let imagePath = '';
     try {
       if (live.row.master === null) imagePath = (await this.#o.images.resolve(live.row.image)).path;
@@ -1409,15 +1550,41 @@ export class SessionManager {
     // Stopped or deleted while the image was looked up.
     if (live.row.state !== 'waiting' || this.#closing) return;
     const address = this.#freeSlot();
-    if (!address) return this.#noSlot(live);
-    live.slot = address.slot;
-    live.key = randomBytes(16).toString('hex');
-    live.abort = new AbortController();
+    if (!address) {
+      this.#giveWay(live);
+      return this.#noSlot(live);
+    }
+    await this.#begin(live, {
+      ...address,
+      key: randomBytes(16).toString('hex'),
+      abort: new AbortController(),
+      why,
+      imagePath,
+    });
+  }
+
+  /** The session sends from now on: on the sender readied for it, or on one started now. */
+  async #begin(
+    live: Live,
+    s: {
+      slot: number;
+      group: string;
+      port: number;
+      key: string;
+      abort: AbortController;
+      why: string;
+      imagePath: string;
+      warm?: Warm;
+    },
+  ): Promise<void> {
+    live.slot = s.slot;
+    live.key = s.key;
+    live.abort = s.abort;
     live.sendEnded = false;
     Object.assign(live.row, {
       state: 'sending',
-      group_addr: address.group,
-      port: address.port,
+      group_addr: s.group,
+      port: s.port,
       started_at: this.#now(),
       first_data_at: null,
       message: null,
@@ -1427,21 +1594,22 @@ export class SessionManager {
       {
         session: live.row.name,
         run: live.row.run,
-        group: address.group,
-        port: address.port,
+        group: s.group,
+        port: s.port,
         clients: live.clients.size,
-        why,
+        why: s.why,
+        warm: s.warm !== undefined,
       },
       'session sending',
     );
-    const run = this.#runSend(live, imagePath, address.group, address.port).finally(() =>
+    const run = this.#runSend(live, s.imagePath, s.group, s.port, s.warm).finally(() =>
       this.#running.delete(run),
     );
     this.#running.add(run);
     this.#changed(live);
   }
 
-  async #runSend(live: Live, imagePath: string, group: string, port: number): Promise<void> {
+  async #runSend(live: Live, imagePath: string, group: string, port: number, warm?: Warm): Promise<void> {
     const abort = live.abort!;
     const byName = new Map([...live.clients.values()].map((c) => [receiverName(c), c]));
     // Workstations that joined but never reach the sender must not hold the others forever.
@@ -1452,8 +1620,15 @@ export class SessionManager {
     let started = false;
     let result: SendOutcome | undefined;
     let failure: unknown;
-    const send: SendSession =
-      live.row.master !== null ? (plan) => this.#remoteSend(live, plan) : this.#o.send;
+    const send: SendSession = warm
+      ? (plan) => {
+          warm.onProgress = plan.onProgress;
+          warm.open(plan.clients);
+          return warm.result;
+        }
+      : live.row.master !== null
+        ? (plan) => this.#remoteSend(live, plan)
+        : this.#o.send;
     try {
       result = await send({
         imagePath,
@@ -1584,6 +1759,7 @@ export class SessionManager {
     // A run stopped while its workstations wrote must not have their results timed out in the next run.
     clearTimeout(live.reportTimer);
     if (live.master) live.master.ready = false;
+    this.#dropWarm(live, `session ${state}`);
     live.row.state = state;
     live.row.message = message;
     live.row.finished_at = this.#now();

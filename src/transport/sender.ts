@@ -96,9 +96,10 @@ import {
   writeCodedRuns,
   xorInto,
 } from './packet.ts';
-import { DatagramSizer, type SizeSample } from './datagram-size.ts';
+import { DatagramSizer, unitsPerDatagram, type SizeSample } from './datagram-size.ts';
 import { DEFAULT_DROP_LIMITS, judgeReceivers, type ReceiverView } from './drop-policy.ts';
 import { RateControl, type RateSample } from './rate-control.ts';
+import { startDue } from './start-rule.ts';
 import type {
   ChunkInfo,
   ChunkProvider,
@@ -119,6 +120,18 @@ const START_RATE_MBIT = 200;
 const MIN_RATE_MBIT = 5;
 /** Loss reports this recent decide k. */
 const K_WINDOW_MS = 1000;
+/**
+ * A receiver's overflow is counted at the size of the datagrams sent this recently: what filled
+ * its socket buffer left the sender a STATUS interval (100 ms) and a buffer's worth before it.
+ */
+const OVERFLOW_K_MS = 2 * TICK_MS;
+/**
+ * The overflow set against a window's loss includes what was reported this long before it: a
+ * receiver reports a drop with the STATUS after it happened, but the gap it leaves only when the
+ * datagrams behind it get through its ring, often a STATUS or two later. Without it, a window
+ * whose edge fell between the two held loss without its overflow, taken for frame loss.
+ */
+const OVERFLOW_LEAD_MS = 300;
 /** A receiver silent this long no longer holds the window: the drop policy will deal with it. */
 const WINDOW_TRUST_MS = 1500;
 /** A gap between ticks this long means the sender itself was stopped. */
@@ -170,7 +183,7 @@ interface Peer {
   lastHeard: number;
   lastProgress: number;
   joinedAt: number;
-  /** [time, units received, units expected, datagrams the host dropped for a full buffer or -1]. */
+  /** [time, units received, units expected, units in datagrams the host dropped for a full buffer, or -1]. */
   lossSamples: Array<[number, number, number, number]>;
   /** What its reports since the last tick say: units arrived over ms, and received/expected. */
   tickGot: number;
@@ -255,7 +268,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   }
   const port = opts.port ?? DEFAULT_PORT;
   const dataPort = port + 1;
-  const wantClients = Math.max(1, opts.clients ?? 1);
+  let wantClients = Math.max(1, opts.clients ?? 1);
   const waitMs = (opts.waitSeconds ?? 300) * 1000;
   const deadAfterMs = opts.deadAfterMs ?? 10_000;
   const stallAfterMs = opts.stallAfterMs ?? Math.max(DEFAULT_DROP_LIMITS.stallAfterMs, deadAfterMs + 5000);
@@ -349,6 +362,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   let started = false;
   let startedAt = 0;
   let lastJoin = 0;
+  /** When the gate opened (start-rule.ts); without a gate, the sender is open from the start. */
+  let openedAt: number | null = opts.gate ? null : t0;
   let finished = false;
   let fatal: unknown = null;
   const rate = new RateControl({ startMbit: START_RATE_MBIT, minMbit: MIN_RATE_MBIT, maxMbit: maxRate });
@@ -508,7 +523,15 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         p.tickRx += m.rx;
         p.tickExp += m.exp;
         if (m.exp > 0) {
-          p.lossSamples.push([Date.now(), m.rx, m.exp, m.ovf ?? -1]);
+          const now = Date.now();
+          // The first pass's datagrams, which most drops hit, are of k units now, or were of the
+          // recent average before k shrank.
+          const size = Math.max(
+            k,
+            unitsPerDatagram(kHistory, [now, unitsThisTick, datagramsThisTick], now, OVERFLOW_K_MS, k),
+          );
+          const ovf = m.ovf === null || m.ovf === undefined ? -1 : m.ovf * size;
+          p.lossSamples.push([now, m.rx, m.exp, ovf]);
           // The first decision comes with the first report that says enough, not a tick later.
           if (!sizer.decided && started) chooseUnits(Date.now());
         }
@@ -633,8 +656,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   function maybeStart(): void {
     if (started || finished) return;
     const j = joined();
-    if (j.length === 0) return;
-    if (j.length >= wantClients || Date.now() - lastJoin >= waitMs) {
+    const now = Date.now();
+    if (startDue({ joined: j.length, wanted: wantClients, lastJoinAt: lastJoin, waitMs, openedAt, now })) {
       started = true;
       startedAt = Date.now();
       for (const p of j) p.state = 'receiving';
@@ -1231,7 +1254,11 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       phase: !started ? 'waiting' : finished ? 'done' : firstPassDone ? 'repairing' : 'sending',
       joined: joined().length,
       wanted: wantClients,
-      startsInMs: started ? 0 : Math.max(0, lastJoin + waitMs - now),
+      startsInMs: started
+        ? 0
+        : openedAt === null
+          ? waitMs
+          : Math.max(0, Math.max(lastJoin, openedAt) + waitMs - now),
       active: peers.filter((p) => p.state === 'receiving').length,
       chunksSent: counters.chunksSent,
       totalChunks: table.length,
@@ -1271,14 +1298,15 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
       if (p.state !== 'receiving') continue;
       let rx = 0;
       let exp = 0;
-      let overflow = 0;
+      let overflowUnits = 0;
       for (const [t, r, e, o] of p.lossSamples) {
-        if (now - t > K_WINDOW_MS) continue;
+        const age = now - t;
+        if (age <= K_WINDOW_MS + OVERFLOW_LEAD_MS) overflowUnits += Math.max(0, o);
+        if (age > K_WINDOW_MS) continue;
         rx += r;
         exp += e;
-        overflow += Math.max(0, o);
       }
-      samples.push({ rx, exp, overflow, frag: p.frag });
+      samples.push({ rx, exp, overflowUnits, frag: p.frag });
     }
     const { k: next, note } = sizer.decide(samples, recentK());
     counters.fragmentationPauses = sizer.fragmentationPauses;
@@ -1426,6 +1454,17 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     }
   }
 
+  opts.gate?.then(
+    ({ clients }) => {
+      if (finished || openedAt !== null) return;
+      wantClients = Math.max(1, clients);
+      openedAt = Date.now();
+      log(`gate open: starting once ${wantClients} receiver(s) joined`);
+      maybeStart();
+    },
+    // A gate that fails never opens: the caller ends the sender through its signal.
+    () => {},
+  );
   const onAbort = () => finish();
   if (opts.signal?.aborted) finish();
   opts.signal?.addEventListener('abort', onAbort, { once: true });

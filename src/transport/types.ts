@@ -142,6 +142,14 @@ export interface SenderOptions {
   clients?: number;
   /** Start anyway this many seconds after the last join, if at least one receiver joined (default 300). */
   waitSeconds?: number;
+  /**
+   * Holds the start (start-rule.ts): the sender reads its table, opens its sockets and sending
+   * thread and listens at once, but starts no earlier than this resolves, and then once `clients`
+   * receivers joined (replacing the option), or waitSeconds after the later of the last join and
+   * the opening. A server readies a session's sender this way while its lab gathers, so that the
+   * session's trigger costs none of that. One that never resolves holds until `signal` aborts.
+   */
+  gate?: Promise<{ clients: number }>;
   key?: string;
   encrypt?: boolean;
   /** Drop a receiver that sent nothing for this long (default 10 000). */

@@ -4,8 +4,10 @@ import fc from 'fast-check';
 import {
   DatagramSizer,
   frameLoss,
+  type SentTick,
   type SizeSample,
   unitsForLoss,
+  unitsPerDatagram,
 } from '../../src/transport/datagram-size.ts';
 
 test('unitsForLoss: the biggest datagrams when nobody loses anything, or loss is negligible', () => {
@@ -58,10 +60,10 @@ test('unitsForLoss: expected repairs stay within budget for the k it picks, and 
   );
 });
 
-const sample = (rx: number, exp: number, overflow = 0, frag: number | null = 0): SizeSample => ({
+const sample = (rx: number, exp: number, overflowUnits = 0, frag: number | null = 0): SizeSample => ({
   rx,
   exp,
-  overflow,
+  overflowUnits,
   frag,
 });
 
@@ -88,8 +90,39 @@ test('DatagramSizer: loss the kernel reports as socket-buffer overflow never shr
   // 30 % of the units lost, all of it in datagrams the receiving kernel dropped for a full buffer
   // (16 units each): the wire lost nothing.
   const lostUnits = 3000;
-  for (let i = 0; i < 5; i++) s.decide([sample(10_000 - lostUnits, 10_000, lostUnits / 16)], 16);
+  for (let i = 0; i < 5; i++) s.decide([sample(10_000 - lostUnits, 10_000, lostUnits)], 16);
   assert.equal(s.k, 16);
+});
+
+test('DatagramSizer: overflow counted at the window average instead shrinks them: the conversion matters', () => {
+  // Three receivers each dropped datagrams of 16 units for a full buffer, as in the lab at 1.7 s
+  // into a session whose datagrams grew from 1 unit: the window's average datagram was 10.7 units.
+  const s = new DatagramSizer(16, () => true);
+  for (let i = 0; i < 5; i++) s.decide([sample(10_000, 10_000)], s.k);
+  const lost = [672, 2016, 5456];
+  const atMoment = s.decide(
+    lost.map((l) => sample(60_000 - l, 60_000, l)),
+    10.7,
+  );
+  assert.equal(atMoment.k, 16, atMoment.note ?? '');
+  const atAverage = s.decide(
+    lost.map((l) => sample(60_000 - l, 60_000, (l / 16) * 10.7)),
+    10.7,
+  );
+  assert.ok(atAverage.k < 16, `k=${atAverage.k}: the uncounted overflow should read as frame loss`);
+});
+
+test('unitsPerDatagram: what was sent in the window, this tick included; the fallback when nothing was', () => {
+  const history: SentTick[] = [
+    [0, 1000, 1000],
+    [200, 4000, 500],
+    [400, 8000, 500],
+  ];
+  // Only the ticks of the last 300 ms and the one under way (16-unit datagrams) count.
+  assert.equal(unitsPerDatagram(history, [500, 1600, 100], 500, 300, 1), (4000 + 8000 + 1600) / 1100);
+  assert.equal(unitsPerDatagram(history, [900, 1600, 100], 900, 300, 1), 16);
+  assert.equal(unitsPerDatagram([], [900, 0, 0], 900, 300, 7), 7);
+  assert.equal(unitsPerDatagram(history, [500, 0, 0], 500, 10_000, 1), 13_000 / 2000);
 });
 
 test('DatagramSizer: 1 % whole-datagram loss (after reassembly) settles on multi-unit datagrams, never the 1-unit spiral', () => {

@@ -9,6 +9,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   fileConsumer,
   flatFileProvider,
@@ -611,4 +612,55 @@ test('a receiver finishing its target for longer than the drop limits (event loo
   }));
   assert.equal(r.sender.ok, true, JSON.stringify(r.sender.receivers.map((x) => [x.name, x.state, x.reason])));
   for (const rr of r.receivers) assert.equal(rr.ok, true, `${rr.code} ${rr.message}`);
+});
+
+test('a gated sender holds receivers that joined until the gate opens, then starts once the count it gives joined', async (t) => {
+  const dir = await tempDir(t);
+  const src = await source(dir, 4);
+  const ep = endpoint();
+  let open: (clients: number) => void = () => {};
+  const gate = new Promise<{ clients: number }>((resolve) => (open = (clients) => resolve({ clients })));
+  const phases: Array<{ phase: string; joined: number }> = [];
+  const lines: string[] = [];
+  const sender = runSender(await flatFileProvider(src), {
+    interface: '127.0.0.1',
+    ...ep,
+    // Without the gate it would start with the first receiver; the gate's count replaces this one.
+    clients: 1,
+    waitSeconds: 30,
+    gate,
+    log: (line) => lines.push(line),
+    onProgress: (p) => phases.push({ phase: p.phase, joined: p.joined }),
+  });
+  const outs = [join(dir, 'a.bin'), join(dir, 'b.bin')];
+  const receive = (i: number) =>
+    runReceiver({
+      from: `127.0.0.1:${ep.port}`,
+      interface: '127.0.0.1',
+      name: `r${i}`,
+      makeConsumer: async () => fileConsumer(outs[i] as string),
+    });
+  const first = receive(0);
+  const deadline = Date.now() + 5000;
+  while (!phases.some((p) => p.joined === 1) && Date.now() < deadline) await sleep(20);
+  // Held: the receiver the sender waits for joined.
+  await sleep(600);
+  assert.ok(
+    phases.every((p) => p.phase === 'waiting'),
+    `started before its gate opened: ${JSON.stringify(phases.at(-1))}`,
+  );
+  open(2);
+  await sleep(400);
+  assert.ok(
+    phases.every((p) => p.phase === 'waiting'),
+    'started before the count the gate gave joined',
+  );
+  const [s, a, b] = await Promise.all([sender, first, receive(1)]);
+  assert.equal(s.ok, true, JSON.stringify(s.receivers));
+  assert.equal(a.ok && b.ok, true, `${a.code} ${a.message}; ${b.code} ${b.message}`);
+  for (const o of outs) await assertSame(src, o);
+  assert.ok(
+    lines.some((l) => l.startsWith('starting with 2 receiver(s)')),
+    `not started with both: ${lines.join(' | ')}`,
+  );
 });
