@@ -61,7 +61,12 @@ test('--verify-after reads a restored disk back: a clean restore passes, a chang
       const fh = await open(join(m.dir, 'big.bin'), 'r+');
       const was = Buffer.alloc(7);
       await fh.read(was, 0, 7, 3 * MiB + 5);
-      await fh.write(was.map((b) => b ^ 0xff), 0, 7, 3 * MiB + 5);
+      await fh.write(
+        was.map((b) => b ^ 0xff),
+        0,
+        7,
+        3 * MiB + 5,
+      );
       await fh.close();
       await utimes(join(m.dir, 'big.bin'), new Date(), new Date(0));
       await chmod(join(m.dir, 'etc/hostname'), 0o600);
