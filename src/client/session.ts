@@ -25,6 +25,7 @@ import { checkRebootTarget, prepareBootNext } from './boot.ts';
 import { ClientError } from './errors.ts';
 import { registration } from './registration.ts';
 import { inBootEnvironment, phaseReporter, type PhaseReporter } from './phases.ts';
+import { reportPace } from './report-pace.ts';
 import { master, type LiveCapture, type MasterResult } from './master.ts';
 import { chooseDisk, findServer, register } from './server-link.ts';
 
@@ -204,7 +205,7 @@ async function takePart(
   phases.report('imaging');
   const receiver = view.receiver!;
   const journalPath = await defaultJournal(disk);
-  let lastReport = 0;
+  const pace = reportPace(Date.now());
   const report = (body: Record<string, unknown>) =>
     api.request('POST', `${path}/report`, { body: { run: view.run, ...body }, timeoutMs: 10_000 });
   let manifest: Manifest | undefined;
@@ -227,9 +228,7 @@ async function takePart(
         o.onProgress?.(p);
         // Everything has arrived: what is left is the restore's own checks of the written disk.
         if (p.totalChunks > 0 && p.chunks >= p.totalChunks) phases.report('verifying');
-        const now = Date.now();
-        if (now - lastReport >= 2000) {
-          lastReport = now;
+        if (pace.due(Date.now())) {
           void report({ state: 'receiving', bytes: p.bytes, totalBytes: p.totalBytes }).catch(() => {});
         }
       },
