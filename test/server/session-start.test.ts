@@ -132,11 +132,11 @@ test('a session stopped while its image is looked up stays stopped and is never 
   assert.equal(sessions.get('s').state, 'stopped');
 });
 
-test('warm: the sender is readied at the first join and held; the trigger opens its gate for those joined, on its group and port', async (t) => {
+test('warm: the sender is readied when the session is made and held; the trigger opens its gate for those joined, on its group and port', async (t) => {
   const { sessions, sends, opened } = await manager(t, 0, { warm: true });
   await sessions.create({ name: 's', image: 'a.imgc', clientCount: 3, waitSeconds: 600 });
   await sleep(300);
-  assert.equal(sends.length, 0, 'readied before anyone joined');
+  assert.equal(sends.length, 1, 'not readied before anyone joined');
   await sessions.join('s', ws(1), '198.18.0.1');
   await sessions.join('s', ws(2), '198.18.0.1');
   await sleep(300);

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { MAX_WARM, warmAction, type WarmView } from '../../src/server/warm-sender.ts';
+import { MAX_WARM, MAX_WARM_IDLE, warmAction, type WarmView } from '../../src/server/warm-sender.ts';
 
 const waiting: WarmView = {
   capable: true,
@@ -16,9 +16,13 @@ const waiting: WarmView = {
   othersWarm: 0,
 };
 
-test('a waiting image session is readied once someone joined, not before', () => {
+test('a waiting image session is readied before anyone joined; fewer of those are held than of sessions someone joined', () => {
   assert.equal(warmAction(waiting), 'ready');
-  assert.equal(warmAction({ ...waiting, joined: 0 }), 'none');
+  assert.equal(warmAction({ ...waiting, joined: 0 }), 'ready');
+  assert.ok(MAX_WARM_IDLE < MAX_WARM);
+  assert.equal(warmAction({ ...waiting, joined: 0, othersWarm: MAX_WARM_IDLE - 1 }), 'ready');
+  assert.equal(warmAction({ ...waiting, joined: 0, othersWarm: MAX_WARM_IDLE }), 'none');
+  assert.equal(warmAction({ ...waiting, joined: 1, othersWarm: MAX_WARM_IDLE }), 'ready');
 });
 
 test('not readied: a send that cannot be held, a master workstation sending, no image yet, no free slot, enough held', () => {
@@ -41,6 +45,8 @@ test('a warm sender is kept while its session waits to send what it reads', () =
   assert.equal(warmAction(warm), 'keep');
   // Slots and warm senders are counted with it: none left is no reason to let it go.
   assert.equal(warmAction({ ...warm, slotFree: false, othersWarm: MAX_WARM }), 'keep');
+  // Nor is every workstation having left again.
+  assert.equal(warmAction({ ...warm, joined: 0 }), 'keep');
 });
 
 test('a warm sender goes when its session changed what it sends, got a master, or stopped waiting', () => {
@@ -49,6 +55,5 @@ test('a warm sender goes when its session changed what it sends, got a master, o
   assert.equal(warmAction({ ...warm, fileset: 2 }), 'drop');
   assert.equal(warmAction({ ...warm, master: 'w9', image: '' }), 'drop');
   assert.equal(warmAction({ ...warm, state: 'stopped' }), 'drop');
-  assert.equal(warmAction({ ...warm, joined: 0 }), 'drop');
   assert.equal(warmAction({ ...warm, capable: false }), 'drop');
 });
