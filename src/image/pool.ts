@@ -10,6 +10,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 
+import { workerExecArgv } from '../worker-argv.ts';
 import { CODEC_NONE, CODEC_ZSTD, LEVEL_PARAMS } from './codec.ts';
 import { RECORD_HEADER_SIZE } from './record.ts';
 import type {
@@ -276,7 +277,9 @@ export class CompressPool {
     // TypeScript worker also loads the type stripper in its own isolate (measured here: first
     // result in ~55 ms instead of ~30 ms) unless Node's compile cache holds its stripped
     // source, which it does under the launchers (bin/launch.js).
-    const worker = new Worker(new URL('./pool-worker.ts', import.meta.url));
+    const worker = new Worker(new URL('./pool-worker.ts', import.meta.url), {
+      execArgv: workerExecArgv(),
+    });
     const slot: Slot = { worker, jobs: new Map() };
     const failAll = (err: Error): void => {
       slot.failure ??= err;

@@ -13,6 +13,7 @@
 import dgram from 'node:dgram';
 import { Worker } from 'node:worker_threads';
 
+import { workerExecArgv } from '../worker-argv.ts';
 import {
   CLOSING,
   CTRL_BYTES,
@@ -161,6 +162,7 @@ class Lane {
     const data: OutWorkerData = { sab, slots: count, slotBytes, options: { ...o } };
     const worker = new Worker(new URL('./datagram-out-worker.ts', import.meta.url), {
       workerData: data,
+      execArgv: workerExecArgv(),
       // The thread only copies views of shared memory into its socket: a small heap keeps its
       // isolate from adding tens of MiB to the sender's memory.
       resourceLimits: { maxYoungGenerationSizeMb: 1, maxOldGenerationSizeMb: 16 },
