@@ -34,6 +34,17 @@ export default tseslint.config(
     rules: {
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
       'no-constant-condition': ['error', { checkLoops: false }],
+      // A worker started from a string (new Worker(source, { eval: true })) is code neither tsc nor
+      // this linter reads: its constants are pasted in and its messages go unchecked.
+      'no-restricted-syntax': [
+        'error',
+        {
+          selector: "Property:matches([key.name='eval'], [key.value='eval'])[value.value=true]",
+          message:
+            'Worker code lives in real files the type checker and linter read, never in strings: ' +
+            "start it with new Worker(new URL('./x-worker.ts', import.meta.url)).",
+        },
+      ],
     },
   },
   // The web console: plain ES modules the browser runs as they are (src/server/console.ts serves them).

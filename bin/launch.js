@@ -21,6 +21,12 @@ export async function launch(name, entry) {
     process.exit(2);
   }
   nodeModule.enableCompileCache?.();
+  // Enabled here, the cache serves this thread only: worker threads (the compression pool's,
+  // the sending and receiving threads) read its folder from the environment. Without it each
+  // of them loads the type stripper again (measured: a pool worker's first result in ~55 ms
+  // instead of ~30 ms).
+  const cacheDir = nodeModule.getCompileCacheDir?.();
+  if (cacheDir) process.env.NODE_COMPILE_CACHE ??= cacheDir;
   const { main } = await import(entry);
   await main(process.argv);
 }

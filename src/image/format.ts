@@ -58,21 +58,17 @@ import { crc32 } from 'node:zlib';
 import { CODEC_NONE, chunkId } from './codec.ts';
 import { ImageError } from './errors.ts';
 import type { EncodedManifest } from './manifest-encoding.ts';
+import { RECORD_CHUNK, RECORD_HEADER_SIZE, RECORD_INDEX, RECORD_MAGIC, RECORD_MANIFEST } from './record.ts';
 import { FORMAT_VERSION } from './types.ts';
 
 export const HEADER_MAGIC = Buffer.from('IMGCAST\0', 'latin1');
 export const TRAILER_MAGIC = Buffer.from('IMGCTRLR', 'latin1');
-export const RECORD_MAGIC = Buffer.from('IRC1', 'latin1');
 /** Sidecar that exists only while an append runs (journal.ts). */
 export const JOURNAL_SUFFIX = '.append-journal';
 export const HEADER_SIZE = 64;
-export const RECORD_HEADER_SIZE = 56;
 export const TRAILER_SIZE = 160;
 export const INDEX_ENTRY_SIZE = 56;
-
-export const RECORD_CHUNK = 1;
-export const RECORD_MANIFEST = 2;
-export const RECORD_INDEX = 3;
+export { RECORD_CHUNK, RECORD_HEADER_SIZE, RECORD_INDEX, RECORD_MAGIC, RECORD_MANIFEST };
 
 /** Largest raw size of any record: chunk lengths are u32 on disk. */
 export const MAX_RECORD_RAW = 0xffff_ffff;

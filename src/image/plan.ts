@@ -5,7 +5,7 @@
  * again property by property, and left that many objects to both threads' collectors.
  *
  * Each write takes PLAN_FIELDS numbers, then its ranges as triples of file offset, chunk
- * offset and length. The worker (pool.ts, writeJob) reads the same layout.
+ * offset and length. The worker (pool-worker.ts, writeJob) reads the same layout.
  */
 import type { ChunkWritePlan, EntryMeta, PlanExtra } from './types.ts';
 

@@ -13,18 +13,20 @@
 import dgram from 'node:dgram';
 import { Worker } from 'node:worker_threads';
 
+import { workerExecArgv } from '../worker-argv.ts';
+import {
+  CLOSING,
+  CTRL_BYTES,
+  SENT,
+  WRITTEN,
+  type OutWorkerData,
+  type OutWorkerMessage,
+} from './datagram-out-layout.ts';
+import { openSocket, type DatagramOutOptions } from './datagram-out-socket.ts';
 import { TransportError } from './errors.ts';
 import { LOSS_HORIZON, MAX_UNITS } from './packet.ts';
 
-export interface DatagramOutOptions {
-  /** Local address to send from (the multicast interface), or undefined for the default. */
-  interface: string | undefined;
-  ttl: number;
-  group: string;
-  port: number;
-  /** Largest datagram that will be sent. */
-  maxDatagram: number;
-}
+export type { DatagramOutOptions } from './datagram-out-socket.ts';
 
 export interface DatagramOut {
   /** Sends one datagram made of `parts`, in order after every earlier one. */
@@ -74,37 +76,6 @@ export async function openDatagramOut(
   onError: (e: Error) => void,
 ): Promise<DatagramOut> {
   return threads > 0 ? ThreadedOut.open(o, threads, onError) : DirectOut.open(o, onError);
-}
-
-/**
- * The multicast socket as the sender configures it. The worker runs this very function: its
- * source (types stripped) is part of the worker's, where `dgram` is the same built-in.
- */
-async function openSocket(o: DatagramOutOptions, onError: (e: Error) => void): Promise<dgram.Socket> {
-  const udp = dgram.createSocket({ type: 'udp4' });
-  await new Promise<void>((resolve, reject) => {
-    udp.once('error', reject);
-    udp.bind(0, o.interface, () => {
-      udp.off('error', reject);
-      resolve();
-    });
-  });
-  udp.on('error', onError);
-  if (o.interface) udp.setMulticastInterface(o.interface);
-  udp.setMulticastTTL(o.ttl);
-  udp.setMulticastLoopback(true);
-  // The kernel caps SO_SNDBUF at net.core.wmem_max (often 208 KiB-4 MiB); try big, settle for what it allows.
-  for (const size of [16 << 20, 4 << 20, 1 << 20]) {
-    try {
-      udp.setSendBufferSize(size);
-      break;
-    } catch {
-      /* try smaller */
-    }
-  }
-  // A connected socket skips the per-send address lookup Node does otherwise.
-  await new Promise<void>((resolve) => udp.connect(o.port, o.group, () => resolve()));
-  return udp;
 }
 
 function socketError(o: DatagramOutOptions, err: unknown): TransportError {
@@ -158,54 +129,8 @@ class DirectOut implements DatagramOut {
 /** Datagrams libuv may hold for a full socket buffer before the sender waits (each keeps its buffers). */
 const DIRECT_BACKLOG = 512;
 
-// Ring layout: CTRL_INTS int32 counters, then SLOTS slots of [u32 length][datagram]. WRITTEN and
-// SENT count datagrams (wrapping int32): slot i holds datagram number i % SLOTS.
-const WRITTEN = 0;
-const SENT = 1;
-const CLOSING = 2;
-const CTRL_BYTES = 16;
 /** About 2 MiB of datagrams in flight to the threads: enough to cover a pump turn, little enough to keep pacing close. */
 const RING_BYTES = 2 << 20;
-
-const WORKER_SOURCE = `
-const { parentPort, workerData } = process.getBuiltinModule('node:worker_threads');
-const dgram = process.getBuiltinModule('node:dgram');
-${openSocket.toString()}
-const { sab, slots, slotBytes, options } = workerData;
-const ctrl = new Int32Array(sab, 0, 4);
-const views = [];
-for (let i = 0; i < slots; i++) views.push(Buffer.from(sab, ${CTRL_BYTES} + i * slotBytes, slotBytes));
-const tick = () => new Promise((r) => setImmediate(r));
-(async () => {
-  let udp;
-  try {
-    udp = await openSocket(options, (e) => parentPort.postMessage({ t: 'error', message: e.message }));
-  } catch (e) {
-    parentPort.postMessage({ t: 'failed', message: String((e && e.message) || e) });
-    return;
-  }
-  parentPort.postMessage({ t: 'ready' });
-  let done = 0;
-  for (;;) {
-    const written = Atomics.load(ctrl, ${WRITTEN});
-    if (written === done) {
-      if (Atomics.load(ctrl, ${CLOSING}) === 1) break;
-      const w = Atomics.waitAsync(ctrl, ${WRITTEN}, written, 1000);
-      if (w.async) await w.value;
-      continue;
-    }
-    while (done !== written) {
-      const v = views[done % slots];
-      udp.send(v.subarray(4, 4 + v.readUInt32LE(0)));
-      done = (done + 1) | 0;
-    }
-    // A slot is free once libuv holds no datagram from it (sends that hit a full socket buffer wait in its queue).
-    while (udp.getSendQueueCount() > 0) await tick();
-    Atomics.store(ctrl, ${SENT}, done);
-  }
-  udp.close(() => parentPort.postMessage({ t: 'closed' }));
-})();
-`;
 
 /** One sending thread and its ring. */
 class Lane {
@@ -234,9 +159,10 @@ class Lane {
     const sab = new SharedArrayBuffer(CTRL_BYTES + count * slotBytes);
     const slots: Buffer[] = [];
     for (let i = 0; i < count; i++) slots.push(Buffer.from(sab, CTRL_BYTES + i * slotBytes, slotBytes));
-    const worker = new Worker(WORKER_SOURCE, {
-      eval: true,
-      workerData: { sab, slots: count, slotBytes, options: { ...o } },
+    const data: OutWorkerData = { sab, slots: count, slotBytes, options: { ...o } };
+    const worker = new Worker(new URL('./datagram-out-worker.ts', import.meta.url), {
+      workerData: data,
+      execArgv: workerExecArgv(),
       // The thread only copies views of shared memory into its socket: a small heap keeps its
       // isolate from adding tens of MiB to the sender's memory.
       resourceLimits: { maxYoungGenerationSizeMb: 1, maxOldGenerationSizeMb: 16 },
@@ -249,7 +175,7 @@ class Lane {
     };
     try {
       await new Promise<void>((resolve, reject) => {
-        worker.on('message', (m: { t: string; message?: string }) => {
+        worker.on('message', (m: OutWorkerMessage) => {
           if (m.t === 'ready') resolve();
           else if (m.t === 'failed') reject(socketError(o, new Error(m.message)));
           else if (m.t === 'closed') closedResolve();
