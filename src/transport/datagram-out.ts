@@ -22,7 +22,7 @@ import {
   type OutWorkerData,
   type OutWorkerMessage,
 } from './datagram-out-layout.ts';
-import { openSocket, type DatagramOutOptions } from './datagram-out-socket.ts';
+import { openSocket, sendBufferShare, type DatagramOutOptions } from './datagram-out-socket.ts';
 import { TransportError } from './errors.ts';
 import { LOSS_HORIZON, MAX_UNITS } from './packet.ts';
 
@@ -71,10 +71,12 @@ export function defaultSendThreads(cores: number): number {
  * are reported, not fatal, as one lost datagram is a repair away.
  */
 export async function openDatagramOut(
-  o: DatagramOutOptions,
+  options: Omit<DatagramOutOptions, 'sendBuffer'>,
   threads: number,
   onError: (e: Error) => void,
 ): Promise<DatagramOut> {
+  // Every socket sends: the caller's own and each thread's.
+  const o = { ...options, sendBuffer: sendBufferShare(threads + 1) };
   return threads > 0 ? ThreadedOut.open(o, threads, onError) : DirectOut.open(o, onError);
 }
 

@@ -39,7 +39,7 @@ for (const threads of [0, 1, 2]) {
   test(`datagram output with ${threads} sending thread(s): every datagram arrives intact, order within its promise`, async () => {
     const ep = endpoint();
     const rx = await listen(ep);
-    const o: DatagramOutOptions = {
+    const o: Omit<DatagramOutOptions, 'sendBuffer'> = {
       interface: '127.0.0.1',
       ttl: 1,
       group: ep.group,
