@@ -37,6 +37,7 @@ import type { ChunkInfo, ChunkProvider, LiveFollower, LiveTable } from '../trans
 import { FileVolumeError } from '../volume/files/errors.ts';
 import type { MakeProgress, MakeResult, MakeStats } from './make.ts';
 import type { ImageMeta } from './multicast.ts';
+import { workerExecArgv } from '../worker-argv.ts';
 
 /** The meta a live session starts with: the manifest before any data was read. */
 export interface LiveMeta {
@@ -165,7 +166,10 @@ export async function liveDiskProvider(source: string, opts: LiveProviderOptions
   }
   opts.signal?.throwIfAborted();
   const data: LiveWorkerData = { source, level: opts.level, memoryBytes };
-  const worker = new Worker(new URL('./live-worker.ts', import.meta.url), { workerData: data });
+  const worker = new Worker(new URL('./live-worker.ts', import.meta.url), {
+    workerData: data,
+    execArgv: workerExecArgv(),
+  });
 
   const stats: LiveStats = {
     chunks: 0,

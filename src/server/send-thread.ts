@@ -23,6 +23,7 @@ import { Worker } from 'node:worker_threads';
 import { reviveError, serializeError, type SerializedError } from '../engine/live.ts';
 import type { SenderResult } from '../transport/types.ts';
 import type { SendProgress, SendSession } from './sessions.ts';
+import { workerExecArgv } from '../worker-argv.ts';
 
 /** How long after a send ended the thread for the next session is loaded. */
 const REFILL_AFTER_MS = 500;
@@ -141,6 +142,6 @@ export class SendThreads {
   }
 
   #spawn(): Worker {
-    return new Worker(new URL('./send-worker.ts', import.meta.url));
+    return new Worker(new URL('./send-worker.ts', import.meta.url), { execArgv: workerExecArgv() });
   }
 }

@@ -15,6 +15,7 @@ import dgram from 'node:dgram';
 import { Worker } from 'node:worker_threads';
 import { CTRL, RING_OFFSET, recordSize, type InWorkerData } from './datagram-in-layout.ts';
 import { TransportError } from './errors.ts';
+import { workerExecArgv } from '../worker-argv.ts';
 
 const DEFAULT_RING_BYTES = 8 * 1024 * 1024;
 /** Datagrams handled per turn of the main thread before it lets timers and sockets run. */
@@ -166,6 +167,7 @@ export class DatagramIn implements DataInput {
     };
     const worker = new Worker(new URL('./datagram-in-worker.ts', import.meta.url), {
       workerData: data,
+      execArgv: workerExecArgv(),
       // The thread only copies datagrams: a small heap keeps its isolate from adding tens of MiB.
       resourceLimits: { maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 16 },
     });
