@@ -22,23 +22,21 @@ import { Worker } from 'node:worker_threads';
 
 import { reviveError, serializeError, type SerializedError } from '../engine/live.ts';
 import type { SenderResult } from '../transport/types.ts';
-import type { SendProgress, SendSession } from './sessions.ts';
 import { workerExecArgv } from '../worker-argv.ts';
+import type { SendPlan, SendProgress, SendSession } from './sessions.ts';
 
 /** How long after a send ended the thread for the next session is loaded. */
 const REFILL_AFTER_MS = 500;
 
-export interface SendThreadData {
+/** The plan as it crosses to the thread (what structured clone carries), and where to send from. */
+export type SendThreadData = Pick<
+  SendPlan,
+  'imagePath' | 'fileset' | 'group' | 'port' | 'key' | 'clients'
+> & {
   interface: string | undefined;
-  imagePath: string;
-  fileset: number;
-  group: string;
-  port: number;
-  key: string;
-  clients: number;
-  /** Hold the start until an 'open' message (SendSession's plan.gate). */
+  /** Hold the start until an 'open' message (the plan's gate). */
   gated: boolean;
-}
+};
 
 export type ToSendThread =
   | { t: 'start'; data: SendThreadData }

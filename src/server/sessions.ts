@@ -69,8 +69,8 @@ export interface SendOutcome {
   >;
 }
 
-/** What runs one session's multicast send (the real one: engine + transport; tests may fake it). */
-export type SendSession = (plan: {
+/** One session's multicast send, as the session manager asks for it. */
+export interface SendPlan {
   imagePath: string;
   fileset: number;
   group: string;
@@ -85,7 +85,10 @@ export type SendSession = (plan: {
    * holds until this resolves, then waits for `clients` receivers instead of plan.clients.
    */
   gate?: Promise<{ clients: number }>;
-}) => Promise<SendOutcome>;
+}
+
+/** What runs one session's multicast send (the real one: engine + transport; tests may fake it). */
+export type SendSession = (plan: SendPlan) => Promise<SendOutcome>;
 
 export interface SessionManagerOptions {
   db: Db;
@@ -94,8 +97,8 @@ export interface SessionManagerOptions {
   range: AddressRange;
   send: SendSession;
   /**
-   * `send` honours plan.gate (the real one does): each waiting session's sender is readied from
-   * its first join on, and its trigger only opens the gate (warm-sender.ts). Default off.
+   * `send` honours plan.gate (the real one does): each waiting session's sender is readied
+   * while the session waits, and its trigger only opens the gate (warm-sender.ts). Default off.
    */
   warm?: boolean;
   /** Sender address workstations connect to; undefined: the address they reached the API on. */
@@ -1251,7 +1254,7 @@ export class SessionManager {
   }
 
   /** The run's send, done by the master's sender: its reports drive it; its silence ends it. */
-  #remoteSend(live: Live, plan: Parameters<SendSession>[0]): Promise<SendOutcome> {
+  #remoteSend(live: Live, plan: SendPlan): Promise<SendOutcome> {
     return new Promise<SendOutcome>((resolve, reject) => {
       const lostMs = this.#o.masterLostMs ?? 30_000;
       const watchdog = setInterval(
