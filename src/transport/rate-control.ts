@@ -138,8 +138,11 @@ export class RateControl {
     this.#lastTick = now;
     if (samples.length === 0) return this.#rate;
     const rawLoss = median(samples.map((s) => s.loss));
-    // An outage or heavy congestion says nothing about the wire's own share.
-    if (!appLimited && rawLoss <= LOSS_HIGH) this.#losses.push([now, rawLoss]);
+    // An outage says nothing about the wire's own share. Heavy loss does count: the least of the
+    // window is taken, so congestion (which backing off ends) never sets it, while a wire that
+    // loses more than LOSS_HIGH at any rate (1 % of frames in 16-frame datagrams is 15 %) would
+    // otherwise read as overshoot every tick and hold the rate at its floor.
+    if (!appLimited && rawLoss <= MAX_WIRE_LOSS) this.#losses.push([now, rawLoss]);
     this.#losses = this.#losses.filter(([t]) => now - t <= WIRE_WINDOW_MS);
     const recent = this.#losses.map(([, l]) => l);
     const enough = recent.length >= WIRE_MIN_TICKS;
@@ -148,14 +151,24 @@ export class RateControl {
     const delivered = median(samples.map((s) => s.deliveredMbit)) / (1 - this.#wireLoss);
     const loss = Math.max(0, rawLoss - this.#wireLoss);
     const before = this.bandwidth(now);
+    // In startup, what arrived growing by a quarter or more, and most of what was sent arriving,
+    // says the path took the extra rate: loss that does not stop delivery from growing is the
+    // wire's (its share is learnt only after WIRE_MIN_TICKS; ending startup on it left a 1 %
+    // frame-loss wire at a fifth of its path for seconds). Past the path, delivery can still grow
+    // for a tick (reports lag), but by then a third or more of what was sent is lost.
+    const growing =
+      this.#phase === 'startup' &&
+      this.#plateauBw > 0 &&
+      delivered >= this.#plateauBw * 1.25 &&
+      delivered >= (1 - MAX_WIRE_LOSS) * sentMbit;
 
-    if (loss > LOSS_HIGH && !appLimited && this.#phase === 'startup' && this.#lossyTicks === 0) {
+    if (loss > LOSS_HIGH && !appLimited && !growing && this.#phase === 'startup' && this.#lossyTicks === 0) {
       // One bad tick in startup is often the datagrams still growing from one unit (costly per
       // byte for the receivers): hold the rate and look again before believing it.
       this.#lossyTicks = 1;
       return this.#rate;
     }
-    if (loss > LOSS_HIGH && !appLimited) {
+    if (loss > LOSS_HIGH && !appLimited && !growing) {
       this.#lossyTicks = 0;
       // Past what the path carries: what did arrive is the best measure of it, except that a
       // regrowth that overshot falls back no lower than where it started (what arrived in the
@@ -182,7 +195,7 @@ export class RateControl {
       } else if (!appLimited) {
         this.#plateauTicks++;
       }
-      this.#lossyTicks = loss > LOSS_STARTUP_END ? this.#lossyTicks + 1 : 0;
+      this.#lossyTicks = loss > LOSS_STARTUP_END && !growing ? this.#lossyTicks + 1 : 0;
       // Two lossy ticks, not one: the first ticks' figures are few and the datagram size still moving.
       if (this.#lossyTicks >= 2 || this.#plateauTicks >= PLATEAU_TICKS) {
         this.#phase = 'cruise';
@@ -233,7 +246,8 @@ export class RateControl {
     this.#cycle = (this.#cycle + 1) % CYCLE.length;
     // Moderate loss (a lossy wire, or a receiver near its limit): no probing until it eases.
     const next = CYCLE[this.#cycle] as number;
-    this.#rate = this.#clamp(bw * (loss > LOSS_STARTUP_END ? Math.min(1, next) : next));
+    // (A wire's tick-to-tick spread is not moderate loss: the same allowance as a probe's.)
+    this.#rate = this.#clamp(bw * (loss > LOSS_STARTUP_END + this.#wireNoise ? Math.min(1, next) : next));
     return this.#rate;
   }
 
