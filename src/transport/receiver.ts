@@ -79,6 +79,7 @@ const MAX_PENDING = 32 * 1024 * 1024;
 /** A journal checkpoint (sync the target, then record what it made durable) after this much or this long. */
 const JOURNAL_SYNC_BYTES = 64 * 1024 * 1024;
 const JOURNAL_SYNC_MS = 2000;
+
 /**
  * Complete chunks stay in memory this long (and within this many bytes) after they were handed
  * on: a coded repair pairs a run this receiver misses with runs of chunks it already has, maybe
@@ -781,7 +782,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       if (ended) return;
       try {
         await (consumer as ChunkConsumer).apply(e.id, raw);
-        if (journal) await noteWritten(e.id, e.rawLength);
+        await noteWritten(e.id, e.rawLength);
       } catch (err) {
         return fail(...consumerFailure(err, `writing chunk ${e.id} failed`));
       } finally {
@@ -904,16 +905,20 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
   let unsyncedBytes = 0;
   let lastCheckpoint = Date.now();
   let checkpointing: Promise<void> = Promise.resolve();
+  let checkpointsRunning = 0;
   async function noteWritten(id: string, bytes: number): Promise<void> {
     const target = consumer as ChunkConsumer;
     if (!target.sync) {
       await journal?.write(`${id}\n`);
       return;
     }
+    const eager = target.eagerSyncBytes;
+    if (!journal && eager === undefined) return;
     unsynced.push(id);
     unsyncedBytes += bytes;
     const every = opts.journalCheckpointBytes ?? JOURNAL_SYNC_BYTES;
-    if (unsyncedBytes < every && Date.now() - lastCheckpoint < JOURNAL_SYNC_MS) return;
+    const idle = eager !== undefined && checkpointsRunning === 0 && unsyncedBytes >= Math.min(every, eager);
+    if (!idle && unsyncedBytes < every && Date.now() - lastCheckpoint < JOURNAL_SYNC_MS) return;
     // In the background: chunks keep being applied while the disk catches up; one at a time.
     void checkpoint();
   }
@@ -924,14 +929,18 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     unsynced = [];
     unsyncedBytes = 0;
     lastCheckpoint = Date.now();
+    checkpointsRunning++;
     checkpointing = checkpointing.then(async () => {
-      if (!journal || ids.length === 0) return;
       try {
+        if (ids.length === 0) return;
         await target.sync!();
+        if (!journal) return;
         await journal.write(ids.map((x) => `${x}\n`).join(''));
         await journal.datasync();
       } catch (err) {
         fail(...consumerFailure(err, 'making written chunks durable failed'));
+      } finally {
+        checkpointsRunning--;
       }
     });
     return checkpointing;

@@ -98,6 +98,12 @@ export interface ChunkConsumer {
    */
   sync?(): Promise<void>;
   /**
+   * When sync() is cheap (one file's fdatasync): the receiver calls it whenever this many bytes
+   * were applied and no sync is running, journal or not, so the page cache is written back as
+   * fast as the disk takes it and finish() has little left to flush.
+   */
+  readonly eagerSyncBytes?: number;
+  /**
    * Live sessions: the table grew (`ext.chunks` are now at the end of session.chunks). Called
    * in order with apply(): before any chunk of `ext` is applied, after every chunk applied
    * before the extension arrived. A consumer of a live session must have it.

@@ -283,6 +283,46 @@ test('the journal names a chunk only after a consumer sync that covered it, and 
   assert.deepEqual(early, [], 'the journal named chunks no sync had covered yet');
 });
 
+test('without a journal, a consumer that asks for eager syncs is synced while receiving, so finish() has little left', async (t) => {
+  const dir = await tempDir(t);
+  const src = await source(dir, 24);
+  const out = join(dir, 'eager.bin');
+  let syncs = 0;
+  let syncsBeforeFinish = -1;
+  let appliedAtFirstSync = -1;
+  let applied = 0;
+  const run = await session(t, src, 1, { rateMbit: 200 }, () => ({
+    makeConsumer: async () => {
+      const inner = fileConsumer(out);
+      return {
+        ...inner,
+        has: (id: string) => inner.has(id),
+        prepare: (s) => inner.prepare(s),
+        abort: (why) => inner.abort(why),
+        async apply(id: string, raw: Buffer) {
+          await inner.apply(id, raw);
+          applied++;
+        },
+        async sync() {
+          if (appliedAtFirstSync < 0) appliedAtFirstSync = applied;
+          await inner.sync!();
+          syncs++;
+        },
+        async finish() {
+          syncsBeforeFinish = syncs;
+          await inner.finish();
+        },
+      };
+    },
+  }));
+  assert.equal(run.receivers[0]!.ok, true, run.receivers[0]!.message ?? '');
+  await assertSame(src, out);
+  assert.equal(fileConsumer(out).eagerSyncBytes, 8 << 20);
+  // 24 MiB in 1 MiB chunks, a sync whenever 8 MiB wait and none runs: at least two before the end.
+  assert.ok(syncsBeforeFinish >= 2, `${syncsBeforeFinish} syncs before finish()`);
+  assert.ok(appliedAtFirstSync >= 8 && appliedAtFirstSync < 24, `first sync after ${appliedAtFirstSync} chunks`);
+});
+
 test('resume: a receiver that comes back with its journal gets only the missing chunks', async (t) => {
   const dir = await tempDir(t);
   const src = await source(dir, 16);
