@@ -45,6 +45,12 @@ export interface Outcome {
   wireBytes?: number;
   /** Set when the transfer was stopped after this many seconds (wallMs is then NaN). */
   timedOutS?: number;
+  /**
+   * File data per second while the transfer was settled: the sender's eth0 sent bytes
+   * (/proc/PID/net/dev, sampled every 50 ms) between the moments 10 % and 90 % of its whole
+   * transfer's bytes had left, times the share of those bytes that was file data (bits/s).
+   */
+  settledBitsPerS?: number;
   note?: string;
 }
 
@@ -299,6 +305,11 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
   }
   procs.push(sender, ...receivers, ...daemons);
   const waited = [sender, ...receivers];
+  const txSamples: Array<[number, number]> = [];
+  const sampler = setInterval(() => {
+    const tx = ethTxBytes(sender.child.pid);
+    if (tx !== null) txSamples.push([Date.now(), tx]);
+  }, 50);
   const logDir = process.env.IMGCAST_BENCH_LOG;
   let note: string | undefined;
   let timedOut = false;
@@ -313,6 +324,7 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
     });
     timedOut = (await Promise.race([finished, expired])) === 'timeout';
     clearTimeout(timer);
+    clearInterval(sampler);
     if (timedOut) {
       for (const p of waited) if (p.child.exitCode === null && p.child.signalCode === null) hung.add(p);
       await stopProcs(lab, waited);
@@ -348,6 +360,7 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
     if (bad >= 0 && !note)
       note = `receiver ${bad + 1} exit ${rs[bad]!.code}: ${rs[bad]!.stderr.trim().slice(-300)}`;
   } finally {
+    clearInterval(sampler);
     // uftpd never exits on its own: SIGTERM, then SIGKILL after 5 s (and anything left after an error).
     for (const d of daemons) signalWrapped(d.child, 'SIGTERM');
     await Promise.race([Promise.all(daemons.map((d) => d.done)), sleep(5000)]);
@@ -393,7 +406,41 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
   };
   if (timedOut) out.timedOutS = o.timeoutMs / 1000;
   if (note) out.note = note;
+  const settled = timedOut ? null : settledRate(txSamples, bytes);
+  if (settled !== null) out.settledBitsPerS = settled;
   return out;
+}
+
+/** Bytes sent on eth0 in the network namespace of process `pid`, or null once it is gone. */
+function ethTxBytes(pid: number | undefined): number | null {
+  if (pid === undefined) return null;
+  try {
+    const line = readFileSync(`/proc/${pid}/net/dev`, 'utf8')
+      .split('\n')
+      .find((l) => l.trim().startsWith('eth0:'));
+    // Receive: bytes packets errs drop fifo frame compressed multicast; then transmit: bytes ...
+    const f = line?.split(':')[1]?.trim().split(/\s+/);
+    return f?.[8] === undefined ? null : Number(f[8]);
+  } catch {
+    return null;
+  }
+}
+
+/** See Outcome.settledBitsPerS: [time ms, bytes sent so far] samples, `fileBytes` of data in all. */
+export function settledRate(
+  samples: ReadonlyArray<readonly [number, number]>,
+  fileBytes: number,
+): number | null {
+  if (samples.length < 3) return null;
+  const [t0, b0] = samples[0]!;
+  const total = samples[samples.length - 1]![1] - b0;
+  if (!(total > 0)) return null;
+  const at = (share: number) => samples.find(([, b]) => b - b0 >= share * total);
+  const lo = at(0.1);
+  const hi = at(0.9);
+  if (!lo || !hi || hi[0] <= lo[0] || lo[0] < t0) return null;
+  const wireBytesPerS = ((hi[1] - lo[1]) * 1000) / (hi[0] - lo[0]);
+  return wireBytesPerS * (fileBytes / total) * 8;
 }
 
 /** uftp has no rate discovery without TFMCC; -1 means "as fast as the interface takes". */

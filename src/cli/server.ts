@@ -66,7 +66,7 @@ export function addServerCommand(program: Command): void {
     .addOption(
       new Option(
         '--ports <first-last>',
-        'port range for sessions: each sending session takes two (control, data)',
+        'port range for sessions: each sending session takes two (control TCP, first data UDP; its data also uses the 7 UDP ports after)',
       )
         .argParser(portRange)
         .default({ firstPort: 7750, slots: 100 }, '7750-7949'),

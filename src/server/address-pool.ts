@@ -1,15 +1,17 @@
 /**
  * Each sending session gets its own multicast group and port pair (control TCP port P, data
- * UDP port P + 1), so sessions running at once never see each other's datagrams even on one
- * group-unaware switch. Pure: slots are numbered; slot i is the i-th group of the range and the
- * i-th port pair.
+ * UDP ports P + 1 to P + DATA_PORTS), so sessions running at once never see each other's
+ * datagrams even on one group-unaware switch. The data ports of neighbouring slots overlap; the
+ * groups keep them apart (a receiver binds its sockets to its session's group). Pure: slots are
+ * numbered; slot i is the i-th group of the range and the i-th port pair.
  */
+import { DATA_PORTS } from '../transport/index.ts';
 import { ServerError } from './errors.ts';
 
 export interface AddressRange {
   /** First group, e.g. 239.255.43.1. */
   firstGroup: string;
-  /** First control port; the data port is one above. */
+  /** First control port; the data ports are the DATA_PORTS above each control port. */
   firstPort: number;
   /** How many sessions can send at once. */
   slots: number;
@@ -39,10 +41,12 @@ export function checkRange(r: AddressRange): void {
       `the session groups ${r.firstGroup} + ${r.slots} must lie in 239.0.0.0/8`,
     );
   }
-  if (!Number.isInteger(r.firstPort) || r.firstPort < 1024 || r.firstPort + 2 * r.slots > 65536) {
+  // The last slot's control port is firstPort + 2 (slots - 1); its data ports follow it.
+  const lastPort = r.firstPort + 2 * (r.slots - 1) + DATA_PORTS;
+  if (!Number.isInteger(r.firstPort) || r.firstPort < 1024 || lastPort > 65535) {
     throw new ServerError(
       'E_BAD_REQUEST',
-      `the session ports ${r.firstPort}..${r.firstPort + 2 * r.slots - 1} must lie within 1024..65535`,
+      `the session ports ${r.firstPort}..${lastPort} (control and data) must lie within 1024..65535`,
     );
   }
 }

@@ -19,7 +19,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { TransportError } from './errors.ts';
-import { LOSS_HORIZON, PROTOCOL_VERSION } from './packet.ts';
+import { LOSS_HORIZON, MAX_DATA_PORTS, PROTOCOL_VERSION } from './packet.ts';
 
 /** Ranges of integers, flattened: [a, b, c, d] means a..b-1 and c..d-1, ascending, non-overlapping. */
 export type Ranges = number[];
@@ -37,7 +37,9 @@ export type ToReceiver =
       t: 'session';
       nonce: string;
       group: string;
+      /** The first data port: datagrams come on `ports` consecutive ones from it (absent: 1). */
       port: number;
+      ports?: number;
       chunks: Array<[string, number, number, number]>;
       meta: unknown;
       encrypt: { key: string; salt: string } | null;
@@ -284,11 +286,16 @@ export function parseToReceiver(body: Buffer): ToReceiver {
         };
       }
       const group = str(m.group, 'group', 15, IPV4);
+      const port = uint(m.port, 'port', 65535);
+      const ports = m.ports === undefined ? 1 : uint(m.ports, 'ports', MAX_DATA_PORTS);
+      if (ports < 1 || port + ports - 1 > 65535)
+        throw invalid(`data ports ${port}+${ports} do not fit 1..65535`);
       return {
         t: 'session',
         nonce: str(m.nonce, 'nonce', 16, HEX16),
         group,
-        port: uint(m.port, 'port', 65535),
+        port,
+        ...(ports === 1 ? {} : { ports }),
         chunks,
         meta: m.meta ?? null,
         encrypt,

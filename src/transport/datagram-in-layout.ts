@@ -19,10 +19,13 @@ export interface InWorkerData {
   sab: SharedArrayBuffer;
   ringBytes: number;
   group: string;
+  /** The first data port; the session's datagrams come in on `ports` consecutive ones. */
   port: number;
+  ports: number;
   /** Address the socket binds to (the group on Linux keeps other groups on the port out). */
   bindAddress: string | undefined;
   interface: string | undefined;
+  /** Receive buffer asked for each socket. */
   rcvbuf: number;
 }
 

@@ -1,22 +1,22 @@
 /**
- * The receiving thread of datagram-in.ts: reads the data socket and copies each datagram into
- * the shared ring, nothing else, so the socket is drained within microseconds whatever the
- * receiver's main thread is doing (hashing a chunk, writing one, collecting garbage). See
- * datagram-in.ts for the ring's layout.
+ * The receiving thread of datagram-in.ts: reads the data sockets (one per data port) and copies
+ * each datagram into the shared ring, nothing else, so the sockets are drained within
+ * microseconds whatever the receiver's main thread is doing (hashing a chunk, writing one,
+ * collecting garbage). See datagram-in.ts for the ring's layout.
  */
 import dgram from 'node:dgram';
 import { parentPort, workerData } from 'node:worker_threads';
 import { CTRL, RING_OFFSET, recordSize, type InWorkerData } from './datagram-in-layout.ts';
+import { SerialOrder } from './serial-order.ts';
 
 const data = workerData as InWorkerData;
 const ctrl = new Int32Array(data.sab, 0, CTRL.INTS);
 const ring = Buffer.from(data.sab, RING_OFFSET, data.ringBytes);
-const port = parentPort;
-if (!port) throw new Error('datagram-in-worker runs as a worker thread only');
+const maybePort = parentPort;
+if (!maybePort) throw new Error('datagram-in-worker runs as a worker thread only');
+const port = maybePort;
 
-const sock = dgram.createSocket({ type: 'udp4', reuseAddr: true });
-sock.on('error', (e) => port.postMessage({ t: 'error', message: e.message }));
-sock.on('message', (msg) => {
+function toRing(msg: Buffer): void {
   const size = recordSize(msg.length);
   const w = Atomics.load(ctrl, CTRL.WRITE);
   const r = Atomics.load(ctrl, CTRL.READ);
@@ -38,28 +38,59 @@ sock.on('message', (msg) => {
   Atomics.store(ctrl, CTRL.WRITE, at + size === data.ringBytes ? 0 : at + size);
   // Wake the main thread once per batch: it clears the flag before it drains.
   if (Atomics.compareExchange(ctrl, CTRL.NOTIFIED, 0, 1) === 0) port.postMessage({ t: 'data' });
-});
+}
 
 function dropped(): void {
   Atomics.add(ctrl, CTRL.DROPPED, 1);
 }
 
-port.on('message', (m: { t: string }) => {
-  if (m.t === 'close') sock.close(() => port.postMessage({ t: 'closed' }));
-});
+// Several sockets: the ring gets each turn's datagrams in the order they were sent (serial-order.ts).
+const order = data.ports > 1 ? new SerialOrder(toRing) : null;
+const onMessage = order ? (msg: Buffer) => order.push(msg) : toRing;
 
-sock.bind(data.port, data.bindAddress, () => {
+async function openOne(p: number): Promise<dgram.Socket> {
+  const sock = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      sock.once('error', reject);
+      sock.bind(p, data.bindAddress, () => {
+        sock.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (e) {
+    sock.close();
+    throw Object.assign(e as Error, { stage: 'bind' });
+  }
   try {
     sock.addMembership(data.group, data.interface);
   } catch (e) {
-    port.postMessage({ t: 'failed', stage: 'membership', message: (e as Error).message });
-    return;
+    sock.close();
+    throw Object.assign(e as Error, { stage: 'membership' });
   }
   try {
     sock.setRecvBufferSize(data.rcvbuf);
   } catch {
     /* capped by net.core.rmem_max: the ring makes up for a small buffer */
   }
-  port.postMessage({ t: 'ready', rcvbuf: sock.getRecvBufferSize() });
+  sock.on('error', (e) => port.postMessage({ t: 'error', message: e.message }));
+  sock.on('message', onMessage);
+  return sock;
+}
+
+const socks: dgram.Socket[] = [];
+port.on('message', (m: { t: string }) => {
+  if (m.t !== 'close') return;
+  let open = socks.length;
+  if (open === 0) port.postMessage({ t: 'closed' });
+  for (const s of socks) s.close(() => --open === 0 && port.postMessage({ t: 'closed' }));
 });
-sock.once('error', (e) => port.postMessage({ t: 'failed', stage: 'bind', message: e.message }));
+
+try {
+  for (let i = 0; i < data.ports; i++) socks.push(await openOne(data.port + i));
+  port.postMessage({ t: 'ready', rcvbuf: socks.reduce((a, s) => a + s.getRecvBufferSize(), 0) });
+} catch (e) {
+  for (const s of socks) s.close();
+  const err = e as Error & { stage?: string };
+  port.postMessage({ t: 'failed', stage: err.stage ?? 'bind', message: err.message });
+}

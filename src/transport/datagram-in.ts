@@ -1,5 +1,10 @@
 /**
- * The receiver's data socket, read on a thread of its own into a ring of shared memory.
+ * The receiver's data sockets, read on a thread of its own into a ring of shared memory.
+ *
+ * A session's datagrams come in on several ports (DATA_PORTS in sender.ts), a socket each: the
+ * kernel's cap on a socket's buffer (net.core.rmem_max) then holds for each of them, and where
+ * the receiver cannot raise it (no root, a container, a network namespace, whose view of it is
+ * read-only) the sockets together hold that many times more.
  *
  * At the stock net.core.rmem_max (212992 bytes on most distributions) the kernel holds about
  * 4 ms of a 500 Mbit/s stream for a socket; a main thread that hashes a 4 MiB chunk, writes one
@@ -15,6 +20,7 @@ import dgram from 'node:dgram';
 import { Worker } from 'node:worker_threads';
 import { CTRL, RING_OFFSET, recordSize, type InWorkerData } from './datagram-in-layout.ts';
 import { TransportError } from './errors.ts';
+import { SerialOrder } from './serial-order.ts';
 import { workerExecArgv } from '../worker-argv.ts';
 
 const DEFAULT_RING_BYTES = 8 * 1024 * 1024;
@@ -23,16 +29,28 @@ const BATCH = 4096;
 
 export interface DatagramInOptions {
   group: string;
+  /** The first data port; `ports` consecutive ones from it (default 1), a socket each. */
   port: number;
+  ports?: number;
   interface?: string;
-  /** Receive buffer asked of the kernel (capped by net.core.rmem_max). */
+  /** Receive buffer asked of the kernel over all the sockets (each asks its share, capped by net.core.rmem_max). */
   rcvbuf: number;
   ringBytes?: number;
 }
 
+function portsText(o: DatagramInOptions): string {
+  const n = o.ports ?? 1;
+  return n > 1 ? `${o.group}:${o.port}-${o.port + n - 1}` : `${o.group}:${o.port}`;
+}
+
+/** Each socket's share of the receive buffer asked for. */
+function shareOf(o: DatagramInOptions): number {
+  return Math.ceil(o.rcvbuf / (o.ports ?? 1));
+}
+
 /** A data socket as the receiver sees it, read on its own thread or on the caller's. */
 export interface DataInput {
-  /** The receive buffer the kernel granted. */
+  /** The receive buffer the kernel granted, over all the sockets. */
   readonly rcvbuf: number;
   /** Datagrams dropped for a full ring since the last call (0 without a ring). */
   droppedDelta(): number;
@@ -59,14 +77,14 @@ export async function openDataInput(
 /** A granted receive buffer at least this big is read on the caller's thread. */
 export const THREAD_BELOW = 4 * 1024 * 1024;
 
-/** The data socket read on the caller's thread. */
+/** The data sockets read on the caller's thread. */
 class DirectIn implements DataInput {
-  readonly #sock: dgram.Socket;
+  readonly #socks: dgram.Socket[];
   readonly rcvbuf: number;
 
-  private constructor(sock: dgram.Socket, rcvbuf: number) {
-    this.#sock = sock;
-    this.rcvbuf = rcvbuf;
+  private constructor(socks: dgram.Socket[]) {
+    this.#socks = socks;
+    this.rcvbuf = socks.reduce((a, s) => a + s.getRecvBufferSize(), 0);
   }
 
   static async open(
@@ -74,34 +92,23 @@ class DirectIn implements DataInput {
     onDatagram: (b: Buffer) => void,
     onError: (e: Error) => void,
   ): Promise<DirectIn> {
-    const s = dgram.createSocket({ type: 'udp4', reuseAddr: true });
-    await new Promise<void>((resolve, reject) => {
-      s.once('error', reject);
-      s.bind(o.port, process.platform === 'linux' ? o.group : undefined, () => {
-        s.off('error', reject);
-        resolve();
-      });
-    }).catch((e: Error) => {
-      s.close();
-      throw new TransportError('E_CONNECT', `cannot listen for data on ${o.group}:${o.port}: ${e.message}`);
-    });
+    const n = o.ports ?? 1;
+    // Several sockets: each turn's datagrams in the order they were sent (serial-order.ts).
+    const order = n > 1 ? new SerialOrder(onDatagram) : null;
+    const deliver = order ? (b: Buffer) => order.push(b) : onDatagram;
+    const socks: dgram.Socket[] = [];
     try {
-      s.addMembership(o.group, o.interface);
+      for (let i = 0; i < n; i++) {
+        const s = await openOne(o, o.port + i);
+        socks.push(s);
+        s.on('message', deliver);
+        s.on('error', onError);
+      }
     } catch (e) {
-      s.close();
-      throw new TransportError(
-        'E_CONNECT',
-        `cannot join multicast group ${o.group} on ${o.interface ?? 'the default interface'}: ${(e as Error).message}`,
-      );
+      for (const s of socks) s.close();
+      throw e;
     }
-    try {
-      s.setRecvBufferSize(o.rcvbuf);
-    } catch {
-      /* capped by net.core.rmem_max: read back what was granted */
-    }
-    s.on('message', onDatagram);
-    s.on('error', onError);
-    return new DirectIn(s, s.getRecvBufferSize());
+    return new DirectIn(socks);
   }
 
   droppedDelta(): number {
@@ -109,14 +116,48 @@ class DirectIn implements DataInput {
   }
 
   async close(): Promise<void> {
-    await new Promise<void>((r) => {
-      try {
-        this.#sock.close(() => r());
-      } catch {
-        r();
-      }
-    });
+    await Promise.all(
+      this.#socks.map(
+        (s) =>
+          new Promise<void>((r) => {
+            try {
+              s.close(() => r());
+            } catch {
+              r();
+            }
+          }),
+      ),
+    );
   }
+}
+
+async function openOne(o: DatagramInOptions, port: number): Promise<dgram.Socket> {
+  const s = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+  await new Promise<void>((resolve, reject) => {
+    s.once('error', reject);
+    s.bind(port, process.platform === 'linux' ? o.group : undefined, () => {
+      s.off('error', reject);
+      resolve();
+    });
+  }).catch((e: Error) => {
+    s.close();
+    throw new TransportError('E_CONNECT', `cannot listen for data on ${portsText(o)}: ${e.message}`);
+  });
+  try {
+    s.addMembership(o.group, o.interface);
+  } catch (e) {
+    s.close();
+    throw new TransportError(
+      'E_CONNECT',
+      `cannot join multicast group ${o.group} on ${o.interface ?? 'the default interface'}: ${(e as Error).message}`,
+    );
+  }
+  try {
+    s.setRecvBufferSize(shareOf(o));
+  } catch {
+    /* capped by net.core.rmem_max: read back what was granted */
+  }
+  return s;
 }
 
 export class DatagramIn implements DataInput {
@@ -127,7 +168,7 @@ export class DatagramIn implements DataInput {
   #closed = false;
   #draining = false;
   #droppedSeen = 0;
-  /** The receive buffer the kernel granted the thread's socket. */
+  /** The receive buffer the kernel granted the thread's sockets, together. */
   readonly rcvbuf: number;
 
   private constructor(
@@ -161,9 +202,10 @@ export class DatagramIn implements DataInput {
       ringBytes,
       group: o.group,
       port: o.port,
+      ports: o.ports ?? 1,
       bindAddress: process.platform === 'linux' ? o.group : undefined,
       interface: o.interface,
-      rcvbuf: o.rcvbuf,
+      rcvbuf: shareOf(o),
     };
     const worker = new Worker(new URL('./datagram-in-worker.ts', import.meta.url), {
       workerData: data,
@@ -179,7 +221,7 @@ export class DatagramIn implements DataInput {
           const what =
             m.stage === 'membership'
               ? `cannot join multicast group ${o.group} on ${o.interface ?? 'the default interface'}`
-              : `cannot listen for data on ${o.group}:${o.port}`;
+              : `cannot listen for data on ${portsText(o)}`;
           reject(new TransportError('E_CONNECT', `${what}: ${m.message}`));
         } else if (m.t === 'data') self?.drain();
         else if (m.t === 'error' && self) onError(new Error(m.message));

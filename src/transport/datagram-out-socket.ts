@@ -1,6 +1,7 @@
 /**
- * The sender's multicast socket, as datagram-out.ts opens it on the sender's thread and each
- * sending thread (datagram-out-worker.ts) opens it on its own.
+ * The sender's multicast sockets, as datagram-out.ts opens them on the sender's thread and each
+ * sending thread (datagram-out-worker.ts) opens them on its own: one per data port
+ * (DATA_PORTS, packet.ts), connected to it, sent to in turn.
  */
 import dgram from 'node:dgram';
 
@@ -9,10 +10,12 @@ export interface DatagramOutOptions {
   interface: string | undefined;
   ttl: number;
   group: string;
+  /** The first data port; datagrams are dealt over `ports` consecutive ones from it. */
   port: number;
+  ports: number;
   /** Largest datagram that will be sent. */
   maxDatagram: number;
-  /** SO_SNDBUF to ask for (the kernel doubles it for its overhead and caps it at net.core.wmem_max). */
+  /** SO_SNDBUF to ask for, for each socket (the kernel doubles it for its overhead and caps it at net.core.wmem_max). */
   sendBuffer: number;
 }
 
@@ -29,13 +32,61 @@ export interface DatagramOutOptions {
  */
 export const SEND_BUFFER_TOTAL = 256 << 10;
 
-/** Each socket's share of SEND_BUFFER_TOTAL when `sockets` send at once. */
+/**
+ * Each socket's share of SEND_BUFFER_TOTAL when `sockets` send at once. A socket with less
+ * than a datagram's worth still sends one datagram at a time (the kernel checks the limit
+ * before a datagram, not within it).
+ */
 export function sendBufferShare(sockets: number): number {
-  return Math.max(32 << 10, Math.floor(SEND_BUFFER_TOTAL / Math.max(1, sockets)));
+  return Math.max(16 << 10, Math.floor(SEND_BUFFER_TOTAL / Math.max(1, sockets)));
 }
 
-/** The multicast socket as the sender configures it. */
-export async function openSocket(o: DatagramOutOptions, onError: (e: Error) => void): Promise<dgram.Socket> {
+/** One connected socket per data port, each datagram to the next. */
+export class DataSockets {
+  readonly #socks: dgram.Socket[];
+  #next = 0;
+
+  private constructor(socks: dgram.Socket[]) {
+    this.#socks = socks;
+  }
+
+  static async open(o: DatagramOutOptions, onError: (e: Error) => void): Promise<DataSockets> {
+    const socks: dgram.Socket[] = [];
+    try {
+      for (let i = 0; i < o.ports; i++) socks.push(await openSocket(o, o.port + i, onError));
+    } catch (e) {
+      for (const s of socks) s.close();
+      throw e;
+    }
+    return new DataSockets(socks);
+  }
+
+  send(datagram: Buffer | readonly Buffer[]): void {
+    const s = this.#socks[this.#next] as dgram.Socket;
+    this.#next = this.#next + 1 === this.#socks.length ? 0 : this.#next + 1;
+    // dgram copies a list into its own array, so callers may pass one reused list.
+    s.send(datagram as Buffer);
+  }
+
+  /** Datagrams libuv holds for full socket buffers, over all the sockets. */
+  queued(): number {
+    let n = 0;
+    for (const s of this.#socks) n += s.getSendQueueCount();
+    return n;
+  }
+
+  close(done?: () => void): void {
+    let open = this.#socks.length;
+    for (const s of this.#socks) s.close(() => --open === 0 && done?.());
+  }
+}
+
+/** A multicast socket as the sender configures it, connected to `port`. */
+async function openSocket(
+  o: DatagramOutOptions,
+  port: number,
+  onError: (e: Error) => void,
+): Promise<dgram.Socket> {
   const udp = dgram.createSocket({ type: 'udp4' });
   await new Promise<void>((resolve, reject) => {
     udp.once('error', reject);
@@ -50,6 +101,6 @@ export async function openSocket(o: DatagramOutOptions, onError: (e: Error) => v
   udp.setMulticastLoopback(true);
   udp.setSendBufferSize(o.sendBuffer);
   // A connected socket skips the per-send address lookup Node does otherwise.
-  await new Promise<void>((resolve) => udp.connect(o.port, o.group, () => resolve()));
+  await new Promise<void>((resolve) => udp.connect(port, o.group, () => resolve()));
   return udp;
 }

@@ -12,7 +12,7 @@ import {
   type OutWorkerData,
   type OutWorkerMessage,
 } from './datagram-out-layout.ts';
-import { openSocket } from './datagram-out-socket.ts';
+import { DataSockets } from './datagram-out-socket.ts';
 
 const maybePort = parentPort;
 if (!maybePort) throw new Error('datagram-out-worker runs as a worker thread only');
@@ -28,7 +28,7 @@ const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
 async function run(): Promise<void> {
   let udp;
   try {
-    udp = await openSocket(options, (e) => post({ t: 'error', message: e.message }));
+    udp = await DataSockets.open(options, (e) => post({ t: 'error', message: e.message }));
   } catch (e) {
     post({ t: 'failed', message: String((e && (e as Error).message) || e) });
     return;
@@ -49,7 +49,7 @@ async function run(): Promise<void> {
       done = (done + 1) | 0;
     }
     // A slot is free once libuv holds no datagram from it (sends that hit a full socket buffer wait in its queue).
-    while (udp.getSendQueueCount() > 0) await tick();
+    while (udp.queued() > 0) await tick();
     Atomics.store(ctrl, SENT, done);
   }
   udp.close(() => post({ t: 'closed' }));

@@ -10,7 +10,6 @@
  * that work runs on several cores. Datagrams may then arrive out of order, within a bound
  * (reorderWindow) the sender and receivers allow for.
  */
-import dgram from 'node:dgram';
 import { Worker } from 'node:worker_threads';
 
 import { workerExecArgv } from '../worker-argv.ts';
@@ -22,7 +21,7 @@ import {
   type OutWorkerData,
   type OutWorkerMessage,
 } from './datagram-out-layout.ts';
-import { openSocket, sendBufferShare, type DatagramOutOptions } from './datagram-out-socket.ts';
+import { DataSockets, sendBufferShare, type DatagramOutOptions } from './datagram-out-socket.ts';
 import { TransportError } from './errors.ts';
 import { LOSS_HORIZON, MAX_UNITS } from './packet.ts';
 
@@ -75,15 +74,15 @@ export async function openDatagramOut(
   threads: number,
   onError: (e: Error) => void,
 ): Promise<DatagramOut> {
-  // Every socket sends: the caller's own and each thread's.
-  const o = { ...options, sendBuffer: sendBufferShare(threads + 1) };
+  // Every socket sends: the caller's own and each thread's, one per data port each.
+  const o = { ...options, sendBuffer: sendBufferShare((threads + 1) * options.ports) };
   return threads > 0 ? ThreadedOut.open(o, threads, onError) : DirectOut.open(o, onError);
 }
 
 function socketError(o: DatagramOutOptions, err: unknown): TransportError {
   return new TransportError(
     'E_CONNECT',
-    `cannot open the multicast socket (${o.interface ?? 'default interface'} -> ${o.group}:${o.port}): ${(err as Error).message ?? String(err)}`,
+    `cannot open the multicast socket (${o.interface ?? 'default interface'} -> ${o.group}:${o.port}${o.ports > 1 ? `-${o.port + o.ports - 1}` : ''}): ${(err as Error).message ?? String(err)}`,
     { group: o.group, port: o.port },
   );
 }
@@ -91,37 +90,36 @@ function socketError(o: DatagramOutOptions, err: unknown): TransportError {
 class DirectOut implements DatagramOut {
   readonly backlogLimit = DIRECT_BACKLOG;
   readonly reorderWindow = 0;
-  readonly #udp: dgram.Socket;
+  readonly #udp: DataSockets;
 
-  private constructor(udp: dgram.Socket) {
+  private constructor(udp: DataSockets) {
     this.#udp = udp;
   }
 
   static async open(o: DatagramOutOptions, onError: (e: Error) => void): Promise<DirectOut> {
     try {
-      return new DirectOut(await openSocket(o, onError));
+      return new DirectOut(await DataSockets.open(o, onError));
     } catch (err) {
       throw socketError(o, err);
     }
   }
 
   send(parts: readonly Buffer[]): void {
-    // dgram copies the list into its own array, so callers may pass one reused list.
-    this.#udp.send(parts as Buffer[]);
+    this.#udp.send(parts);
   }
 
   backlog(): number {
-    return this.#udp.getSendQueueCount();
+    return this.#udp.queued();
   }
 
   holdsBuffers(): boolean {
-    return this.#udp.getSendQueueCount() > 0;
+    return this.#udp.queued() > 0;
   }
 
   spread(): void {}
 
   async close(): Promise<void> {
-    for (let i = 0; i < 100 && this.#udp.getSendQueueCount() > 0; i++) {
+    for (let i = 0; i < 100 && this.#udp.queued() > 0; i++) {
       await new Promise((r) => setTimeout(r, 10));
     }
     this.#udp.close();

@@ -523,7 +523,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     bytesApplied = have.reduce((a, s) => a + (table[s]?.rawLength ?? 0), 0);
     if (opts.journalPath && !live) journal = await openJournal(opts.journalPath, fp, false);
     if (ended) return;
-    await openData(m.group, m.port);
+    await openData(m.group, m.port, m.ports ?? 1);
     if (ended) return;
     ch.send({ t: 'join', have: toRanges(have) });
     log(`joined session ${m.nonce}: ${table.length} chunks, ${have.length} already here`);
@@ -531,13 +531,13 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     maybeDone();
   }
 
-  async function openData(group: string, dataPort: number): Promise<void> {
+  async function openData(group: string, dataPort: number, ports: number): Promise<void> {
     if ((opts.tuneKernel || opts.tuneReassembly) && !tuning) {
       tuning = tuneKernel(receiveTuning(opts.tuneKernel ?? false, opts.tuneReassembly ?? false), { log });
     }
     // After the tuning: the kernel caps SO_RCVBUF at net.core.rmem_max when it is set.
     const input = await openDataInput(
-      { group, port: dataPort, interface: opts.interface, rcvbuf: WANT_RCVBUF },
+      { group, port: dataPort, ports, interface: opts.interface, rcvbuf: WANT_RCVBUF },
       onPacket,
       (e) => log(`data socket error: ${e.message}`),
     );
@@ -549,10 +549,10 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
     if (input.rcvbuf < WANT_RCVBUF && opts.tuneKernel) {
       const why = tuning?.refused.find((r) => r.name === 'net.core.rmem_max')?.reason;
       (opts.warn ?? log)(
-        `receive buffer is ${Math.round(input.rcvbuf / 1024)} KiB (capped by net.core.rmem_max` +
-          `${why ? `: ${why}` : ''}); a receiving thread with an 8 MiB ring makes up for most of it, but a ` +
-          `busy host may still lose datagrams. Raise net.core.rmem_max to ${WANT_RCVBUF} (or run as root, ` +
-          'which does it for the receive) for full speed',
+        `receive buffer is ${Math.round(input.rcvbuf / 1024)} KiB over ${ports} socket${ports === 1 ? '' : 's'} ` +
+          `(each capped by net.core.rmem_max${why ? `: ${why}` : ''}); a receiving thread with an 8 MiB ring ` +
+          'makes up for most of it, but a busy host may still lose datagrams. Raise net.core.rmem_max to ' +
+          `${Math.ceil(WANT_RCVBUF / ports)} (or run as root, which does it for the receive) for full speed`,
       );
     }
     joinedData = true;

@@ -75,6 +75,7 @@ import { ImgcastError, UsageError } from '../errors.ts';
 import { defaultSendThreads, MAX_SEND_THREADS, openDatagramOut } from './datagram-out.ts';
 import { TransportError } from './errors.ts';
 import {
+  DATA_PORTS,
   DEFAULT_DATAGRAM,
   encodeHeader,
   FRAG_PAYLOAD,
@@ -82,9 +83,11 @@ import {
   HEADER_SIZE,
   LOSS_HORIZON,
   LOSS_HORIZON_ORDERED,
+  LOSS_HORIZON_PORTS,
   kindByte,
   MAX_DATAGRAM,
   MAX_COMPONENTS,
+  MAX_DATA_PORTS,
   MAX_FRAGMENTS,
   TYPE_CODED,
   TYPE_DATA,
@@ -268,6 +271,17 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
   }
   const port = opts.port ?? DEFAULT_PORT;
   const dataPort = port + 1;
+  const dataPorts = opts.dataPorts ?? DATA_PORTS;
+  if (
+    !Number.isInteger(dataPorts) ||
+    dataPorts < 1 ||
+    dataPorts > MAX_DATA_PORTS ||
+    dataPort + dataPorts - 1 > 65535
+  ) {
+    throw new UsageError(
+      `data ports: ${dataPorts} from ${dataPort} on do not fit (1 to ${MAX_DATA_PORTS} ports, all below 65536)`,
+    );
+  }
   let wantClients = Math.max(1, opts.clients ?? 1);
   const waitMs = (opts.waitSeconds ?? 300) * 1000;
   const deadAfterMs = opts.deadAfterMs ?? 10_000;
@@ -375,7 +389,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
 
   // --- sockets -------------------------------------------------------------
   const out = await openDatagramOut(
-    { interface: opts.interface, ttl: opts.ttl ?? 1, group, port: dataPort, maxDatagram },
+    { interface: opts.interface, ttl: opts.ttl ?? 1, group, port: dataPort, ports: dataPorts, maxDatagram },
     sendThreads,
     (e) => log(`data socket error: ${e.message}`),
   );
@@ -391,7 +405,8 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
     server.listen(port, opts.interface ?? '0.0.0.0', () => resolve());
   });
   log(
-    `session ${nonce}: ${table.length} chunks, ${totalWire} bytes, group ${group}:${dataPort}, control port ${port}`,
+    `session ${nonce}: ${table.length} chunks, ${totalWire} bytes, group ${group}:${dataPort}` +
+      `${dataPorts > 1 ? `-${dataPort + dataPorts - 1}` : ''}, control port ${port}`,
   );
 
   // --- control -------------------------------------------------------------
@@ -469,6 +484,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
           nonce,
           group,
           port: dataPort,
+          ...(dataPorts > 1 ? { ports: dataPorts } : {}),
           chunks: sessionChunks,
           meta: provider.meta ?? null,
           encrypt: dataKey
@@ -1142,7 +1158,12 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         rate: rateMbit,
         started,
         firstPassDone,
-        horizon: spreading && out.reorderWindow > 0 ? LOSS_HORIZON : LOSS_HORIZON_ORDERED,
+        horizon:
+          spreading && out.reorderWindow > 0
+            ? LOSS_HORIZON
+            : dataPorts > 1
+              ? LOSS_HORIZON_PORTS
+              : LOSS_HORIZON_ORDERED,
       });
     }
   }

@@ -139,8 +139,10 @@ export interface SenderOptions {
   interface?: string;
   /** Multicast group, 239.0.0.0/8 recommended. Default 239.255.42.1. */
   group?: string;
-  /** Control TCP port; data uses port + 1. Default 7747. */
+  /** Control TCP port; data uses the `dataPorts` UDP ports from port + 1 on. Default 7747. */
   port?: number;
+  /** UDP ports the data is dealt over, from port + 1 on (DATA_PORTS, 8, by default; 1..16). */
+  dataPorts?: number;
   ttl?: number;
   /** Upper bound of the data rate in Mbit/s; default none (congestion control finds the rate). */
   rateMbit?: number;

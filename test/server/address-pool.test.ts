@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { DATA_PORTS } from '../../src/transport/index.ts';
 
 import { addressOf, allocate, checkRange } from '../../src/server/address-pool.ts';
 
@@ -21,5 +22,9 @@ test('ranges outside 239/8 or the port space are refused', () => {
   assert.throws(() => checkRange({ ...range, firstGroup: '239.255.255.255' }), /239\.0\.0\.0\/8/);
   assert.throws(() => checkRange({ ...range, firstPort: 80 }), /1024\.\.65535/);
   assert.throws(() => checkRange({ ...range, firstPort: 65534 }), /1024\.\.65535/);
+  // The last slot's data ports count, not only its control port.
+  const lastControl = 65535 - DATA_PORTS - 2 * (range.slots - 1);
+  checkRange({ ...range, firstPort: lastControl });
+  assert.throws(() => checkRange({ ...range, firstPort: lastControl + 1 }), /1024\.\.65535/);
   checkRange(range);
 });

@@ -86,6 +86,7 @@ const toReceiver: ToReceiver[] = [
     nonce: '0123456789abcdef',
     group: '239.1.2.3',
     port: 7748,
+    ports: 8,
     chunks: [],
     meta: { kind: 'live' },
     encrypt: null,
@@ -144,6 +145,10 @@ test('schema violations are rejected with E_CONTROL_INVALID', () => {
   const badToReceiver: unknown[] = [
     { ...toReceiver[2], live: 'yes' },
     { ...toReceiver[2], maxStored: -1 },
+    { ...toReceiver[2], ports: 0 },
+    { ...toReceiver[2], ports: 17 },
+    { ...toReceiver[2], ports: 2.5 },
+    { ...toReceiver[2], port: 65530, ports: 8 },
     { t: 'extend', from: -1, chunks: [], delta: null },
     { t: 'extend', from: 0, chunks: [['d'.repeat(64), 0, 1]], delta: null },
     { t: 'extend', from: 0, chunks: [['d'.repeat(64), 0, 1, 2 ** 40]], delta: null },

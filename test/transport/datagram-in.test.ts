@@ -10,6 +10,7 @@ import dgram from 'node:dgram';
 import { test } from 'node:test';
 import { DatagramIn, openDataInput, THREAD_BELOW } from '../../src/transport/datagram-in.ts';
 import { TransportError } from '../../src/transport/errors.ts';
+import { HEADER_SIZE, MAGIC } from '../../src/transport/packet.ts';
 
 function endpoint(): { port: number; group: string } {
   return {
@@ -129,3 +130,56 @@ test('openDataInput reads a socket whose buffer is small on a thread with a ring
     await input.close();
   }
 });
+
+/** A data-plane datagram as far as its order matters: magic and serial (packet.ts), then a body. */
+function numbered(serial: number): Buffer {
+  const b = Buffer.alloc(HEADER_SIZE + 16);
+  b.writeUInt16BE(MAGIC, 0);
+  b.writeUInt32BE(serial, 24);
+  return b;
+}
+
+for (const mode of ['on the caller thread', 'on a thread with a ring'] as const) {
+  test(`data ports, read ${mode}: a socket per port, the buffer is their sum, every datagram comes through`, async () => {
+    const ep = endpoint();
+    const ports = 4;
+    const got: number[] = [];
+    const onDatagram = (b: Buffer) => got.push(b.readUInt32BE(24));
+    // Each socket asks for a quarter, under the stock rmem_max (212992): the kernel doubles what it grants.
+    const rcvbuf = ports * 100 * 1024;
+    const input =
+      mode === 'on a thread with a ring'
+        ? await DatagramIn.open({ ...ep, ports, interface: '127.0.0.1', rcvbuf }, onDatagram, (e) =>
+            assert.fail(e),
+          )
+        : await openDataInput(
+            { ...ep, ports, interface: '127.0.0.1', rcvbuf: ports * (THREAD_BELOW + 4096) },
+            onDatagram,
+            (e) => assert.fail(e),
+          );
+    const s = await sender();
+    try {
+      if (mode === 'on a thread with a ring') assert.equal(input.rcvbuf, ports * 2 * 100 * 1024);
+      else assert.ok(!(input instanceof DatagramIn), 'a big buffer is read on the caller thread');
+      // Sent in one go from this thread: the caller-thread reader sees all four sockets full at
+      // once and reads them one after the other (32 at a time), so without reordering they come
+      // out by socket.
+      const n = 400;
+      for (let i = 0; i < n; i++) s.send(numbered(1000 + i), ep.port + (i % ports), ep.group);
+      await until(() => got.length >= n, 3000);
+      assert.equal(got.length, n, 'every datagram arrived, whatever port it came on');
+      const sent = Array.from({ length: n }, (_, i) => 1000 + i);
+      if (mode === 'on the caller thread') assert.deepEqual(got, sent, 'in the order sent');
+      // The thread reads while this one still sends, so a socket it read early in a turn may
+      // get datagrams older than the last ones another socket gave that turn: no exact order.
+      else
+        assert.deepEqual(
+          [...got].sort((a, b) => a - b),
+          sent,
+        );
+    } finally {
+      s.close();
+      await input.close();
+    }
+  });
+}

@@ -1,14 +1,16 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { openSocket, SEND_BUFFER_TOTAL, sendBufferShare } from '../../src/transport/datagram-out-socket.ts';
+import dgram from 'node:dgram';
+
+import { DataSockets, SEND_BUFFER_TOTAL, sendBufferShare } from '../../src/transport/datagram-out-socket.ts';
 
 test('the sockets of one sender share SEND_BUFFER_TOTAL, each keeping a floor', () => {
-  for (let sockets = 1; sockets <= 9; sockets++) {
+  for (let sockets = 1; sockets <= 40; sockets++) {
     const share = sendBufferShare(sockets);
-    assert.ok(share >= 32 << 10, `${sockets} sockets: ${share}`);
+    assert.ok(share >= 16 << 10, `${sockets} sockets: ${share}`);
     assert.ok(
-      share * sockets <= Math.max(SEND_BUFFER_TOTAL, sockets * (32 << 10)),
+      share * sockets <= Math.max(SEND_BUFFER_TOTAL, sockets * (16 << 10)),
       `${sockets} sockets: ${share}`,
     );
   }
@@ -17,17 +19,73 @@ test('the sockets of one sender share SEND_BUFFER_TOTAL, each keeping a floor', 
   assert.equal(sendBufferShare(0), SEND_BUFFER_TOTAL);
 });
 
-test('the socket gets the send buffer it is given, not the largest the kernel allows', async () => {
+test('each data socket gets the send buffer it is given, not the largest the kernel allows', async () => {
   const port = 20000 + 2 * Math.floor(Math.random() * 6000);
   const group = `239.254.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
-  const udp = await openSocket(
-    { interface: '127.0.0.1', ttl: 1, group, port, maxDatagram: 8192, sendBuffer: 64 << 10 },
+  const created: dgram.Socket[] = [];
+  const realCreate = dgram.createSocket;
+  // Watch the sockets DataSockets makes, to read back what each was granted.
+  (dgram as { createSocket: typeof dgram.createSocket }).createSocket = ((
+    ...a: Parameters<typeof dgram.createSocket>
+  ) => {
+    const s = realCreate(...a);
+    created.push(s);
+    return s;
+  }) as typeof dgram.createSocket;
+  let out: DataSockets;
+  try {
+    out = await DataSockets.open(
+      { interface: '127.0.0.1', ttl: 1, group, port, ports: 3, maxDatagram: 8192, sendBuffer: 64 << 10 },
+      () => {},
+    );
+  } finally {
+    (dgram as { createSocket: typeof dgram.createSocket }).createSocket = realCreate;
+  }
+  try {
+    assert.equal(created.length, 3);
+    // Linux doubles SO_SNDBUF for its bookkeeping; net.core.wmem_max (212992 on a stock kernel) is above it.
+    for (const s of created) assert.equal(s.getSendBufferSize(), 128 << 10);
+    assert.deepEqual(
+      created.map((s) => s.remoteAddress().port),
+      [port, port + 1, port + 2],
+      'one socket per data port, each connected to its own',
+    );
+  } finally {
+    out.close();
+  }
+});
+
+test('datagrams are dealt over the data ports in turn', async () => {
+  const port = 20000 + 2 * Math.floor(Math.random() * 6000);
+  const group = `239.254.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
+  const got: Array<[number, number]> = [];
+  const rx: dgram.Socket[] = [];
+  for (let i = 0; i < 3; i++) {
+    const s = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+    await new Promise<void>((r) => s.bind(port + i, group, () => r()));
+    s.addMembership(group, '127.0.0.1');
+    s.on('message', (m) => got.push([i, m.readUInt32BE(0)]));
+    rx.push(s);
+  }
+  const out = await DataSockets.open(
+    { interface: '127.0.0.1', ttl: 1, group, port, ports: 3, maxDatagram: 8192, sendBuffer: 64 << 10 },
     () => {},
   );
   try {
-    // Linux doubles SO_SNDBUF for its bookkeeping; net.core.wmem_max (212992 on a stock kernel) is above it.
-    assert.equal(udp.getSendBufferSize(), 128 << 10);
+    for (let n = 0; n < 9; n++) {
+      const b = Buffer.alloc(4);
+      b.writeUInt32BE(n);
+      out.send([b]);
+    }
+    const end = Date.now() + 2000;
+    while (got.length < 9 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+    got.sort((a, b) => a[1] - b[1]);
+    assert.deepEqual(
+      got.map(([i]) => i),
+      [0, 1, 2, 0, 1, 2, 0, 1, 2],
+    );
   } finally {
-    udp.close();
+    out.close();
+    for (const s of rx) s.close();
   }
 });

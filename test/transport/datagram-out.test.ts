@@ -44,6 +44,7 @@ for (const threads of [0, 1, 2]) {
       ttl: 1,
       group: ep.group,
       port: ep.port,
+      ports: 1,
       maxDatagram: 8192,
     };
     const errors: Error[] = [];
@@ -102,7 +103,7 @@ test('a sending socket that cannot be opened is a clear E_CONNECT error, threade
   for (const threads of [0, 2]) {
     await assert.rejects(
       openDatagramOut(
-        { interface: '198.18.0.250', ttl: 1, group: '239.254.0.1', port: 21000, maxDatagram: 1472 },
+        { interface: '198.18.0.250', ttl: 1, group: '239.254.0.1', port: 21000, ports: 2, maxDatagram: 1472 },
         threads,
         () => {},
       ),

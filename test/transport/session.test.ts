@@ -320,7 +320,10 @@ test('without a journal, a consumer that asks for eager syncs is synced while re
   assert.equal(fileConsumer(out).eagerSyncBytes, 8 << 20);
   // 24 MiB in 1 MiB chunks, a sync whenever 8 MiB wait and none runs: at least two before the end.
   assert.ok(syncsBeforeFinish >= 2, `${syncsBeforeFinish} syncs before finish()`);
-  assert.ok(appliedAtFirstSync >= 8 && appliedAtFirstSync < 24, `first sync after ${appliedAtFirstSync} chunks`);
+  assert.ok(
+    appliedAtFirstSync >= 8 && appliedAtFirstSync < 24,
+    `first sync after ${appliedAtFirstSync} chunks`,
+  );
 });
 
 test('resume: a receiver that comes back with its journal gets only the missing chunks', async (t) => {
