@@ -48,7 +48,7 @@ function shareOf(o: DatagramInOptions): number {
   return Math.ceil(o.rcvbuf / (o.ports ?? 1));
 }
 
-/** A data socket as the receiver sees it, read on its own thread or on the caller's. */
+/** The data sockets as the receiver sees them, read on their own thread or on the caller's. */
 export interface DataInput {
   /** The receive buffer the kernel granted, over all the sockets. */
   readonly rcvbuf: number;
@@ -58,7 +58,7 @@ export interface DataInput {
 }
 
 /**
- * Opens the data socket: on a thread with a ring when the kernel's buffer is small (under
+ * Opens the data sockets: on a thread with a ring when the kernel's buffers are small (under
  * THREAD_BELOW, as at the stock rmem_max), where the main thread's pauses would overflow it; on
  * the caller's thread otherwise, where the extra thread only costs CPU (measured in the lab,
  * where receivers share two cores: 3.5-3.7 s against 2.8-2.9 s for 256 MiB to 3 receivers).

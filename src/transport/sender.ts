@@ -2,7 +2,7 @@
  * Multicast sender.
  *
  * Data: the chunk table is sent once in order ("first pass"), each chunk's wire
- * bytes cut into units (packet.ts). Receivers report over TCP every ~100 ms which units of
+ * bytes cut into units (packet.ts), the datagrams dealt over DATA_PORTS consecutive UDP ports. Receivers report over TCP every ~100 ms which units of
  * already-passed chunks they miss (NAK). The sender merges all NAKs into one repair set, so a
  * unit twenty receivers miss is resent once, and interleaves repairs with new data (one repair
  * unit per data unit while the first pass runs, everything after). A NAKed unit repaired after
