@@ -54,6 +54,12 @@ const MAX_WIRE_LOSS = 0.3;
 /** The wire's loss is the least over this long (two and a half cycles), once that many ticks were busy. */
 const WIRE_WINDOW_MS = 4000;
 const WIRE_MIN_TICKS = 8;
+/**
+ * A probe's loss, the worse of two ticks, is judged against this quantile of the window's
+ * losses above the least: on a wire whose loss varies by chance the worse of two ticks lies
+ * well above the window's median.
+ */
+const PROBE_QUANTILE = 0.75;
 /** Delivery samples this recent make the estimate (its maximum). */
 const BW_WINDOW_MS = 2000;
 const STARTUP_GAIN = 2;
@@ -75,6 +81,15 @@ const PROBE_FOUND = 0.4;
 const PLATEAU_TICKS = 3;
 /** A tick where the sender used less than this share of its allowance is limited by the sender. */
 const APP_LIMITED = 0.8;
+/**
+ * A cut for heavy loss is followed by another only if the loss fell below this share of what it
+ * was: loss that stays after the rate was cut is not the rate's doing but a lossy wire whose
+ * share is not learnt yet (WIRE_MIN_TICKS). Cutting on it tick after tick took the rate from
+ * 200 to 50 Mbit/s in six ticks on a wire that loses 15 % at any rate.
+ */
+const CUT_STILL = 0.75;
+/** How long after a cut its loss is remembered. */
+const CUT_MEMORY_MS = 1000;
 
 export class RateControl {
   #rate: number;
@@ -99,7 +114,11 @@ export class RateControl {
   #wireLoss = 0;
   /** How far the typical tick's loss lies above #wireLoss by chance alone (the window's median above its least). */
   #wireNoise = 0;
+  /** How far the worse of two ticks lies above #wireLoss by chance (PROBE_QUANTILE of the window above its least). */
+  #probeNoise = 0;
   #losses: Array<[number, number]> = [];
+  /** The last cut for heavy loss: when, and the typical receiver's loss that caused it. */
+  #cut: { at: number; loss: number } | null = null;
 
   constructor(opts: RateOptions) {
     this.#opts = opts;
@@ -148,6 +167,9 @@ export class RateControl {
     const enough = recent.length >= WIRE_MIN_TICKS;
     this.#wireLoss = enough ? Math.min(MAX_WIRE_LOSS, ...recent) : 0;
     this.#wireNoise = enough ? Math.max(0, Math.min(MAX_WIRE_LOSS, median(recent)) - this.#wireLoss) : 0;
+    this.#probeNoise = enough
+      ? Math.max(0, Math.min(MAX_WIRE_LOSS, quantile(recent, PROBE_QUANTILE)) - this.#wireLoss)
+      : 0;
     const delivered = median(samples.map((s) => s.deliveredMbit)) / (1 - this.#wireLoss);
     const loss = Math.max(0, rawLoss - this.#wireLoss);
     const before = this.bandwidth(now);
@@ -162,14 +184,24 @@ export class RateControl {
       delivered >= this.#plateauBw * 1.25 &&
       delivered >= (1 - MAX_WIRE_LOSS) * sentMbit;
 
-    if (loss > LOSS_HIGH && !appLimited && !growing && this.#phase === 'startup' && this.#lossyTicks === 0) {
+    const lastCut = this.#cut !== null && now - this.#cut.at <= CUT_MEMORY_MS ? this.#cut : null;
+    const notTheRate = lastCut !== null && rawLoss <= MAX_WIRE_LOSS && rawLoss >= CUT_STILL * lastCut.loss;
+    if (
+      loss > LOSS_HIGH &&
+      !appLimited &&
+      !growing &&
+      !notTheRate &&
+      this.#phase === 'startup' &&
+      this.#lossyTicks === 0
+    ) {
       // One bad tick in startup is often the datagrams still growing from one unit (costly per
       // byte for the receivers): hold the rate and look again before believing it.
       this.#lossyTicks = 1;
       return this.#rate;
     }
-    if (loss > LOSS_HIGH && !appLimited && !growing) {
+    if (loss > LOSS_HIGH && !appLimited && !growing && !notTheRate) {
       this.#lossyTicks = 0;
+      this.#cut = { at: now, loss: rawLoss };
       // Past what the path carries: what did arrive is the best measure of it, except that a
       // regrowth that overshot falls back no lower than where it started (what arrived in the
       // tick of the overshoot is an underestimate: reports of a flooded path come late).
@@ -220,13 +252,16 @@ export class RateControl {
     const probeLoss = Math.max(loss, this.#prevLoss);
     this.#prevDelivered = delivered;
     this.#prevLoss = loss;
-    if (gain > 1) this.#probeBase = before;
+    // The probe is compared with what arrived typically before it, not with the best of the
+    // window: on a wire whose loss varies by chance that best is chance too, and a probe that
+    // found room was judged short of it.
+    if (gain > 1) this.#probeBase = this.#typicalDelivery(now) || before;
     // A lossy wire's loss varies from tick to tick (1 % of frames is ~6 % of 6-frame datagrams,
     // ±1.5 % by chance): a probe whose loss is only that far above the least of the window
     // found no congestion. Judged against the least alone, nearly every probe failed and the
     // rate crept up 5 % a cycle (bench:multicast, 1 % frame loss: 400-500 Mbit/s on a path
     // that carried 800).
-    if (probed && probeLoss <= PROBE_CLEAN + this.#wireNoise && this.#probeBase > 0) {
+    if (probed && probeLoss <= PROBE_CLEAN + this.#probeNoise && this.#probeBase > 0) {
       const probeGain = CYCLE[0] as number;
       this.#foundRoom =
         probeDelivered >= this.#probeBase * (1 + (probeGain - 1) * PROBE_FOUND) ? this.#foundRoom + 1 : 0;
@@ -251,6 +286,11 @@ export class RateControl {
     return this.#rate;
   }
 
+  /** The median delivery sample of the window (0 without any). */
+  #typicalDelivery(now: number): number {
+    return median(this.#samples.filter(([t]) => now - t <= BW_WINDOW_MS).map(([, bw]) => bw));
+  }
+
   /** Moves the samples' times forward by the time since the last tick, keeping their age. */
   #shift(now: number): void {
     if (this.#lastTick === null) return;
@@ -261,6 +301,12 @@ export class RateControl {
   #clamp(mbit: number): number {
     return Math.min(this.#opts.maxMbit, Math.max(this.#opts.minMbit, mbit));
   }
+}
+
+/** The value with a share `q` (0..1) of the others below it, the lower one between two. */
+export function quantile(values: readonly number[], q: number): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.floor((s.length - 1) * q)] ?? 0;
 }
 
 /** The median, the lower of the two middle values for an even count. */

@@ -212,8 +212,8 @@ test('a lossy wire whose loss varies by chance from tick to tick (1 % of frames,
  * it by chance), three receivers whose reports lag half a tick; what is sent above the path is
  * lost too. Returns the rates chosen over `ticks` ticks.
  */
-function lossyWire(link: number, wire: number, ticks: number): number[] {
-  let seed = 777;
+function lossyWire(link: number, wire: number, ticks: number, seed0 = 777): number[] {
+  let seed = seed0;
   const chance = (): number => {
     seed = (seed * 1103515245 + 12345) & 0x7fffffff;
     return seed / 0x7fffffff;
@@ -258,4 +258,28 @@ test('a wire that loses 15 % at any rate is learnt as the wire: the rate leaves 
     rates.slice(200).every((r) => r >= 0.8 * 900),
     `rates at the end: ${rates.slice(200).join(' ')}`,
   );
+});
+
+test('a wire that loses 12-20 % by chance, whatever the draw, is not cut again and again before its share is learnt, and probes find the path', () => {
+  // Seen in bench:multicast with datagrams of 13 units at 1 % frame loss (12 % of datagrams
+  // lost, ±3 % per tick): the rate sat near 100 Mbit/s on a path that carried 800. Cuts on the
+  // loss before the wire's share was learnt took it from 200 to 50 Mbit/s in six ticks; then
+  // probes were judged against the best delivery of the window and a loss margin that chance
+  // exceeded, and failed. Before the fix, with these draws: 15 % never reached 85 % of the
+  // path in 50 s (mean 72-212 Mbit/s), 20 % neither.
+  for (const wire of [0.12, 0.15, 0.2]) {
+    for (const seed of [777, 1234, 99]) {
+      const rates = lossyWire(900, wire, 250, seed);
+      const reached = rates.findIndex((r) => r >= 0.85 * 900);
+      const within = wire <= 0.15 ? 75 : 200;
+      assert.ok(
+        reached >= 0 && reached <= within,
+        `wire ${wire}, draw ${seed}: 85 % of the path first reached at tick ${reached} (within ${within})`,
+      );
+      assert.ok(
+        rates.slice(10).every((r) => r >= 10 * opts.minMbit),
+        `wire ${wire}, draw ${seed}: fell to ${Math.min(...rates.slice(10)).toFixed(1)} Mbit/s`,
+      );
+    }
+  }
 });
