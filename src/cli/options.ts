@@ -7,6 +7,7 @@
 import { InvalidArgumentError } from 'commander';
 import { networkInterfaces } from 'node:os';
 import { hostnameProblem } from '../engine/identity/names.ts';
+import { DATA_PORTS } from '../transport/packet.ts';
 
 const OCTET = '(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])';
 const IPV4 = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}$`);
@@ -84,9 +85,11 @@ export function senderAddress(value: string): string {
   if (!HOSTNAME.test(host) || (dotted && !octets(host))) {
     throw new InvalidArgumentError('HOST or HOST:PORT, where HOST is a host name or an IPv4 address');
   }
-  if (port !== undefined && (!/^\d+$/.test(port) || Number(port) < 1 || Number(port) > 65534)) {
+  // A sender's data goes to the DATA_PORTS ports above its control port.
+  const last = 65535 - DATA_PORTS;
+  if (port !== undefined && (!/^\d+$/.test(port) || Number(port) < 1 || Number(port) > last)) {
     throw new InvalidArgumentError(
-      `HOST or HOST:PORT, where PORT is the sender's --port, from 1 to 65534 (default 7747)`,
+      `HOST or HOST:PORT, where PORT is the sender's --port, from 1 to ${last} (default 7747)`,
     );
   }
   return value;

@@ -3,7 +3,13 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { sendCommand, type SendResult } from './transfer.ts';
 import { COMPRESSION_LEVELS, type CompressionLevel } from '../image/types.ts';
 import { MAX_SEND_THREADS } from '../transport/datagram-out.ts';
-import { DEFAULT_DATAGRAM, FRAG_PAYLOAD, MAX_DATAGRAM, UNIT_DATAGRAM } from '../transport/packet.ts';
+import {
+  DATA_PORTS,
+  DEFAULT_DATAGRAM,
+  FRAG_PAYLOAD,
+  MAX_DATAGRAM,
+  UNIT_DATAGRAM,
+} from '../transport/packet.ts';
 import type { SenderProgress } from '../transport/types.ts';
 import { parseFileset } from './img.ts';
 import { localIPv4, multicastGroup, multicastTtl, positiveInteger, seconds } from './options.ts';
@@ -40,7 +46,9 @@ function sendThreads(value: string): number {
 
 export function port(value: string): number {
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 65534) throw new InvalidArgumentError('a port from 1 to 65534');
+  // The data goes to the DATA_PORTS ports above it.
+  const last = 65535 - DATA_PORTS;
+  if (!Number.isInteger(n) || n < 1 || n > last) throw new InvalidArgumentError(`a port from 1 to ${last}`);
   return n;
 }
 
@@ -107,7 +115,11 @@ export function addSendCommand(program: Command): void {
         .argParser(multicastGroup)
         .default('239.255.42.1'),
     )
-    .addOption(new Option('--port <p>', 'control TCP port; data uses port+1').argParser(port).default(7747))
+    .addOption(
+      new Option('--port <p>', `control TCP port; data uses the ${DATA_PORTS} UDP ports above it`)
+        .argParser(port)
+        .default(7747),
+    )
     .addOption(new Option('--rate <mbit>', 'cap the data rate, Mbit/s').argParser(positiveNumber('--rate')))
     .addOption(
       new Option('--ttl <n>', 'multicast TTL, 1-255 (1 = this subnet)').argParser(multicastTtl).default(1),

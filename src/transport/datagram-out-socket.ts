@@ -45,6 +45,8 @@ export function sendBufferShare(sockets: number): number {
 export class DataSockets {
   readonly #socks: dgram.Socket[];
   #next = 0;
+  /** The socket whose datagrams wait in libuv for room in the kernel, -1 when none does. */
+  #held = -1;
 
   private constructor(socks: dgram.Socket[]) {
     this.#socks = socks;
@@ -62,10 +64,25 @@ export class DataSockets {
   }
 
   send(datagram: Buffer | readonly Buffer[]): void {
-    const s = this.#socks[this.#next] as dgram.Socket;
-    this.#next = this.#next + 1 === this.#socks.length ? 0 : this.#next + 1;
+    // A socket whose kernel buffer is full (a link slower than the sender) queues what it is
+    // given; the next datagram on another socket would overtake those, and receivers would ask
+    // again for what is only late. So while one socket queues, everything goes to it, in order.
+    // Dealt round the sockets regardless, a session on a 100 Mbit/s link sent 8 MiB of needless
+    // repairs (3,000-4,000 units asked for per receiver that all came).
+    if (this.#held >= 0) {
+      const held = this.#socks[this.#held] as dgram.Socket;
+      if (held.getSendQueueCount() > 0) {
+        held.send(datagram as Buffer);
+        return;
+      }
+      this.#held = -1;
+    }
+    const i = this.#next;
+    const s = this.#socks[i] as dgram.Socket;
+    this.#next = i + 1 === this.#socks.length ? 0 : i + 1;
     // dgram copies a list into its own array, so callers may pass one reused list.
     s.send(datagram as Buffer);
+    if (s.getSendQueueCount() > 0) this.#held = i;
   }
 
   /** Datagrams libuv holds for full socket buffers, over all the sockets. */

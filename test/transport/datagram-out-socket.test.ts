@@ -89,3 +89,57 @@ test('datagrams are dealt over the data ports in turn', async () => {
     for (const s of rx) s.close();
   }
 });
+
+test('while a socket queues for a full kernel buffer, the datagrams after it go to that socket, in order', async () => {
+  const port = 20000 + 2 * Math.floor(Math.random() * 6000);
+  const group = `239.254.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
+  const got: Array<[number, number]> = [];
+  const rx: dgram.Socket[] = [];
+  for (let i = 0; i < 3; i++) {
+    const s = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+    await new Promise<void>((r) => s.bind(port + i, group, () => r()));
+    s.addMembership(group, '127.0.0.1');
+    s.on('message', (m) => got.push([i, m.readUInt32BE(0)]));
+    rx.push(s);
+  }
+  const created: dgram.Socket[] = [];
+  const realCreate = dgram.createSocket;
+  (dgram as { createSocket: typeof dgram.createSocket }).createSocket = ((
+    ...a: Parameters<typeof dgram.createSocket>
+  ) => {
+    const s = realCreate(...a);
+    created.push(s);
+    return s;
+  }) as typeof dgram.createSocket;
+  let out: DataSockets;
+  try {
+    out = await DataSockets.open(
+      { interface: '127.0.0.1', ttl: 1, group, port, ports: 3, maxDatagram: 8192, sendBuffer: 64 << 10 },
+      () => {},
+    );
+  } finally {
+    (dgram as { createSocket: typeof dgram.createSocket }).createSocket = realCreate;
+  }
+  // The first socket's kernel buffer is full for a while (a link slower than the sender): libuv
+  // would queue what it gets, and a datagram sent on another socket would overtake those.
+  let full = 3;
+  created[0]!.getSendQueueCount = () => (full-- > 0 ? 1 : 0);
+  try {
+    for (let n = 0; n < 6; n++) {
+      const b = Buffer.alloc(4);
+      b.writeUInt32BE(n);
+      out.send([b]);
+    }
+    const end = Date.now() + 2000;
+    while (got.length < 6 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+    got.sort((a, b) => a[1] - b[1]);
+    assert.deepEqual(
+      got.map(([i]) => i),
+      [0, 0, 0, 1, 2, 0],
+      'held to the queueing socket until it drained, then dealt in turn again',
+    );
+  } finally {
+    out.close();
+    for (const s of rx) s.close();
+  }
+});
