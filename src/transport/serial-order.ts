@@ -55,8 +55,9 @@ export function sortBySerial(batch: Buffer[]): void {
   let last = -Infinity;
   let sorted = true;
   for (const b of batch) {
-    const k = keyOf(b, ref);
-    if (ref === null && k !== -Infinity) ref = serialOf(b);
+    const s = serialOf(b);
+    if (s !== null) ref ??= s;
+    const k = keyOf(s, ref);
     if (k < last) {
       sorted = false;
       break;
@@ -66,17 +67,15 @@ export function sortBySerial(batch: Buffer[]): void {
   if (sorted) return;
   ref = null;
   const keyed = batch.map((b, i) => {
-    const key = keyOf(b, ref);
-    if (ref === null && key !== -Infinity) ref = serialOf(b);
-    return { b, i, key };
+    const s = serialOf(b);
+    if (s !== null) ref ??= s;
+    return { b, i, key: keyOf(s, ref) };
   });
   keyed.sort((x, y) => (x.key < y.key ? -1 : x.key > y.key ? 1 : x.i - y.i));
   for (let i = 0; i < batch.length; i++) batch[i] = (keyed[i] as { b: Buffer }).b;
 }
 
-/** Sort key: the serial's distance from `ref` (0 for the first serial seen), -Infinity without one. */
-function keyOf(b: Buffer, ref: number | null): number {
-  const s = serialOf(b);
-  if (s === null) return -Infinity;
-  return ref === null ? 0 : (s - ref) | 0;
+/** Sort key: the serial's distance from `ref` (the first serial of the batch), -Infinity without one. */
+function keyOf(serial: number | null, ref: number | null): number {
+  return serial === null || ref === null ? -Infinity : (serial - ref) | 0;
 }
