@@ -9,7 +9,7 @@ export const CTRL = {
   READ: 1,
   /** Datagrams the thread dropped for a full ring. */
   DROPPED: 2,
-  /** 1 while the thread has told the main thread there is data and it has not started to drain. */
+  /** 0 once the main thread found the ring empty: the thread's next write sets it to 1 and sends a notice. */
   NOTIFIED: 3,
   INTS: 4,
 } as const;

@@ -36,7 +36,8 @@ function toRing(msg: Buffer): void {
   ring.writeUInt32LE(msg.length, at);
   msg.copy(ring, at + 4);
   Atomics.store(ctrl, CTRL.WRITE, at + size === data.ringBytes ? 0 : at + size);
-  // Wake the main thread once per batch: it clears the flag before it drains.
+  // Wake the main thread if it found the ring empty (it cleared the flag then); while datagrams
+  // flow it looks on its own.
   if (Atomics.compareExchange(ctrl, CTRL.NOTIFIED, 0, 1) === 0) port.postMessage({ t: 'data' });
 }
 

@@ -1,6 +1,7 @@
 /**
  * The receiving thread and its ring (datagram-in.ts) over real loopback multicast: datagrams
- * arrive whole and in order across many wraps of a small ring, a main thread that stops reading
+ * arrive whole and in order across many wraps of a small ring, a datagram after a quiet spell
+ * still wakes the main thread, a main thread that stops reading
  * loses datagrams to a full ring (counted) but never gets a damaged one, and a group that
  * cannot be joined is a clear error.
  */
@@ -68,6 +69,38 @@ test('datagrams arrive whole and in order through many wraps of a small ring', a
       Array.from({ length: 3000 }, (_, i) => i),
     );
     assert.equal(input.droppedDelta(), 0);
+  } finally {
+    s.close();
+    await input.close();
+  }
+});
+
+test('a datagram after a quiet spell is handed over: the main thread waits for the thread, then reads unasked while they flow', async () => {
+  const ep = endpoint();
+  const got: number[] = [];
+  // The default ring: it holds bursts the main thread only reads at its next poll.
+  const input = await DatagramIn.open(
+    { ...ep, interface: '127.0.0.1', rcvbuf: 1 << 20 },
+    (b) => got.push(check(b)),
+    (e) => assert.fail(e),
+  );
+  const s = await sender();
+  try {
+    let next = 0;
+    for (let round = 0; round < 12; round++) {
+      // Quiet long enough for the main thread to find the ring empty and wait for a notice.
+      await new Promise((r) => setTimeout(r, 30));
+      // Odd rounds: one datagram; even ones: a short burst that keeps the ring busy across polls.
+      const n = round % 2 === 1 ? 1 : 40;
+      for (let i = 0; i < n; i++) s.send(datagram(next++), ep.port, ep.group);
+      await until(() => got.length >= next, 2000);
+      assert.equal(got.length, next, `round ${round}: ${next - got.length} datagram(s) not handed over`);
+    }
+    assert.equal(input.droppedDelta(), 0);
+    assert.deepEqual(
+      got,
+      Array.from({ length: next }, (_, i) => i),
+    );
   } finally {
     s.close();
     await input.close();
