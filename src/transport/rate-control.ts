@@ -8,7 +8,7 @@
  * delivery rate instead, the way BBR does: what arrived at the typical receiver per second is
  * what the path (link, switch, receiver CPU) carries, whatever was lost on the way. The
  * sender paces at that rate, probes 10 % above it one tick in eight to find more, and after
- * a probe that got through whole goes back to growing (startup), so a rate that fell
+ * two probes that got through whole goes back to doubling (startup), so a rate that fell
  * recovers in seconds once loss stops. Heavy loss (above LOSS_HIGH of the units sent) means
  * the sender is well past what the path carries: the estimate is reset to what arrived, and
  * the next tick drains the queue at 85 %.
@@ -97,6 +97,7 @@ export class RateControl {
   readonly #opts: RateOptions;
   #samples: Array<[number, number]> = [];
   #cycle = 0;
+  #foundRoom = 0;
   #plateauBw = 0;
   #plateauTicks = 0;
   #drain = false;
@@ -209,6 +210,7 @@ export class RateControl {
       this.#samples = [[now, base]];
       this.#phase = 'cruise';
       this.#drain = true;
+      this.#foundRoom = 0;
       // Probe right after the drain: if the loss was a passing spell, the rate comes back soon.
       this.#cycle = CYCLE.length - 1;
       this.#rate = this.#clamp(base * DRAIN_GAIN);
@@ -259,25 +261,21 @@ export class RateControl {
     // found no congestion. Judged against the least alone, nearly every probe failed and the
     // rate crept up 5 % a cycle (bench:multicast, 1 % frame loss: 400-500 Mbit/s on a path
     // that carried 800).
-    const probeGain = CYCLE[0] as number;
-    if (
-      probed &&
-      probeLoss <= PROBE_CLEAN + this.#probeNoise &&
-      this.#probeBase > 0 &&
-      probeDelivered >= this.#probeBase * (1 + (probeGain - 1) * PROBE_FOUND)
-    ) {
-      // A probe got through whole: the path has more room (loss stopped, another session ended,
-      // startup ended on a lossy wire's loss before its share was learnt); find it by growing a
-      // quarter a tick rather than 10 % a cycle. Not after two such probes in a row: receivers
-      // report every 100 ms, so a probe's tick shows only about half its gain and chance failed
-      // one probe in two or three. On a 1 % frame-loss wire that held the rate at 320-340
-      // Mbit/s for 5 s on a path that carried 550 (bench:multicast).
-      this.#phase = 'startup';
-      this.#plateauBw = delivered;
-      this.#plateauTicks = 0;
-      this.#regrowFrom = bw;
-      this.#rate = this.#clamp(bw * (bw >= this.#peak / 2 ? REGROW_GAIN : STARTUP_GAIN));
-      return this.#rate;
+    if (probed && probeLoss <= PROBE_CLEAN + this.#probeNoise && this.#probeBase > 0) {
+      const probeGain = CYCLE[0] as number;
+      this.#foundRoom =
+        probeDelivered >= this.#probeBase * (1 + (probeGain - 1) * PROBE_FOUND) ? this.#foundRoom + 1 : 0;
+      if (this.#foundRoom >= 2) {
+        // Two probes in a row got through whole: the path has much more room (loss stopped,
+        // another session ended); find it by doubling rather than 10 % per cycle.
+        this.#phase = 'startup';
+        this.#plateauBw = delivered;
+        this.#plateauTicks = 0;
+        this.#foundRoom = 0;
+        this.#regrowFrom = bw;
+        this.#rate = this.#clamp(bw * (bw >= this.#peak / 2 ? REGROW_GAIN : STARTUP_GAIN));
+        return this.#rate;
+      }
     }
     this.#drain = false;
     this.#cycle = (this.#cycle + 1) % CYCLE.length;

@@ -212,13 +212,7 @@ test('a lossy wire whose loss varies by chance from tick to tick (1 % of frames,
  * it by chance), three receivers whose reports lag half a tick; what is sent above the path is
  * lost too. Returns the rates chosen over `ticks` ticks.
  */
-function lossyWire(
-  link: number | ((tick: number) => number),
-  wire: number,
-  ticks: number,
-  seed0 = 777,
-): number[] {
-  const linkAt = typeof link === 'number' ? () => link : link;
+function lossyWire(link: number, wire: number, ticks: number, seed0 = 777): number[] {
   let seed = seed0;
   const chance = (): number => {
     seed = (seed * 1103515245 + 12345) & 0x7fffffff;
@@ -229,7 +223,6 @@ function lossyWire(
   let prevSent = 0;
   for (let i = 0; i < ticks; i++) {
     const sent = rc.rateMbit;
-    const link = linkAt(i);
     const through = (Math.min(sent, link) + Math.min(prevSent, link)) / 2;
     const over = 1 - through / ((sent + prevSent) / 2);
     prevSent = sent;
@@ -289,22 +282,4 @@ test('a wire that loses 12-20 % by chance, whatever the draw, is not cut again a
       );
     }
   }
-});
-
-test('a lossy wire whose path widens: the first probe that gets through sends the rate growing', () => {
-  // bench:multicast, 1 % frame loss (6 % of 6-unit datagrams): startup ended at ~320 Mbit/s
-  // before the wire's share was known, and cruise needed two probes in a row to get through,
-  // which chance seldom allowed (a probe's tick shows half its gain): 5 s at 320-340 Mbit/s on a
-  // path that carried 550. Here the path is 320 Mbit/s for 40 ticks, then 550. Waiting for two
-  // probes, 9 of these 10 draws took 16 ticks to reach 85 % of the wider path.
-  const reached: number[] = [];
-  for (let seed = 1; seed <= 10; seed++) {
-    const rates = lossyWire((i) => (i < 40 ? 320 : 550), 0.06, 120, seed * 7919);
-    reached.push(rates.slice(40).findIndex((r) => r >= 0.85 * 550));
-  }
-  assert.ok(
-    reached.every((t) => t >= 0),
-    `never reached 85 % of the wider path: ${reached.join(' ')}`,
-  );
-  assert.ok(median(reached) <= 10, `ticks to 85 % of the wider path: ${reached.join(' ')}`);
 });
