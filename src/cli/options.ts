@@ -7,7 +7,7 @@
 import { InvalidArgumentError } from 'commander';
 import { networkInterfaces } from 'node:os';
 import { hostnameProblem } from '../engine/identity/names.ts';
-import { DATA_PORTS } from '../transport/packet.ts';
+import { MAX_CONTROL_PORT } from '../transport/packet.ts';
 
 const OCTET = '(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])';
 const IPV4 = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}$`);
@@ -85,11 +85,9 @@ export function senderAddress(value: string): string {
   if (!HOSTNAME.test(host) || (dotted && !octets(host))) {
     throw new InvalidArgumentError('HOST or HOST:PORT, where HOST is a host name or an IPv4 address');
   }
-  // A sender's data goes to the DATA_PORTS ports above its control port.
-  const last = 65535 - DATA_PORTS;
-  if (port !== undefined && (!/^\d+$/.test(port) || Number(port) < 1 || Number(port) > last)) {
+  if (port !== undefined && (!/^\d+$/.test(port) || Number(port) < 1 || Number(port) > MAX_CONTROL_PORT)) {
     throw new InvalidArgumentError(
-      `HOST or HOST:PORT, where PORT is the sender's --port, from 1 to ${last} (default 7747)`,
+      `HOST or HOST:PORT, where PORT is the sender's --port, from 1 to ${MAX_CONTROL_PORT} (default 7747)`,
     );
   }
   return value;

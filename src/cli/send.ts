@@ -7,6 +7,7 @@ import {
   DATA_PORTS,
   DEFAULT_DATAGRAM,
   FRAG_PAYLOAD,
+  MAX_CONTROL_PORT,
   MAX_DATAGRAM,
   UNIT_DATAGRAM,
 } from '../transport/packet.ts';
@@ -46,9 +47,8 @@ function sendThreads(value: string): number {
 
 export function port(value: string): number {
   const n = Number(value);
-  // The data goes to the DATA_PORTS ports above it.
-  const last = 65535 - DATA_PORTS;
-  if (!Number.isInteger(n) || n < 1 || n > last) throw new InvalidArgumentError(`a port from 1 to ${last}`);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_CONTROL_PORT)
+    throw new InvalidArgumentError(`a port from 1 to ${MAX_CONTROL_PORT}`);
   return n;
 }
 

@@ -79,6 +79,8 @@ export const DEFAULT_DATAGRAM = HEADER_SIZE + MAX_UNITS * FRAG_PAYLOAD;
  * the receiver's buffer, so the memory is the same.
  */
 export const DATA_PORTS = 8;
+/** The highest control port a sender may use: its data ports must fit below 65536. */
+export const MAX_CONTROL_PORT = 65535 - DATA_PORTS;
 /** The most data ports a session message may name. */
 export const MAX_DATA_PORTS = 16;
 export const TYPE_DATA = 1;
