@@ -1255,7 +1255,7 @@ export async function runSender(provider: ChunkProvider, opts: SenderOptions): P
         }
       }
       const before = rateMbit;
-      rateMbit = rate.tick(now, achievedMbit, samples);
+      rateMbit = rate.tick(now, achievedMbit, samples, k);
       if (debugRate) {
         log(
           `rate ${before.toFixed(0)} -> ${rateMbit.toFixed(0)} Mbit/s (${rate.phase}), sent ${achievedMbit.toFixed(0)}, ` +
