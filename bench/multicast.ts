@@ -1,6 +1,6 @@
 /**
  * npm run bench:multicast [-- --size 1G --only imgcast,udpcast,uftp --rows base,stock,dgramloss,tbf,scaling
- *                            --no-scaling --max-receivers 8 --tbf-rates 400,100 --timeout S --repeat 1]
+ *                            --no-scaling --max-receivers 8 --tbf-rates 400,100 --timeout S --repeat 1 --image]
  *
  * Builds a namespace lab (MTU 1500, one server, up to 8 workstations on a bridge) and
  * sends one file of incompressible data with imgcast (raw mode, through its programmatic
@@ -17,6 +17,9 @@
  * `<!-- bench:multicast -->` markers. A transfer still running after its timeout (3 × udpcast's
  * time in the same row, at least 30 s; --timeout S fixes it) is stopped and reported as timed out.
  * Needs root (namespaces, nftables, tc, sysctl). The data file is made once from /dev/urandom.
+ * --image: imgcast sends an image of the data file made by `img make` (the product's path:
+ * image chunks, hashes from the image, receivers restoring into folders) instead of the raw
+ * file, and the figures go to a section of their own (`<!-- bench:multicast-image -->`).
  *
  * For looking into imgcast's runs (none of these change what is written to BENCHMARKS.md
  * unless the settings they pass do): IMGCAST_BENCH_LOG=dir keeps every process's log,
@@ -24,7 +27,16 @@
  * adds sender options, IMGCAST_BENCH_TUNE_REASSEMBLY=0 leaves IP reassembly untuned.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  linkSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { cpus, release } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -49,8 +61,10 @@ import { runTransfer, sha256File, TUNE_REASSEMBLY, type Outcome, type Tool } fro
 
 const ROOT = resolve(import.meta.dirname, '..');
 const DATA_DIR = '/var/tmp/imgcast-bench';
-const MARK_START = '<!-- bench:multicast -->';
-const MARK_END = '<!-- /bench:multicast -->';
+/** A run with --image has a section of its own, so that both paths' latest figures stay. */
+const SECTION = process.argv.includes('--image') ? 'bench:multicast-image' : 'bench:multicast';
+const MARK_START = `<!-- ${SECTION} -->`;
+const MARK_END = `<!-- /${SECTION} -->`;
 const TOOLS: Tool[] = ['imgcast', 'udpcast', 'uftp'];
 const GROUPS = ['base', 'stock', 'dgramloss', 'tbf', 'scaling'] as const;
 type Group = (typeof GROUPS)[number];
@@ -83,11 +97,13 @@ interface Options {
   /** Fixed per-transfer timeout in seconds (otherwise derived from udpcast's time, see timeoutFor). */
   timeoutS: number | undefined;
   repeat: number;
+  /** imgcast sends an image made by `img make` instead of the raw file. */
+  image: boolean;
 }
 
 const USAGE =
   'options: --size N[M|G], --only imgcast,udpcast,uftp, --rows base,stock,dgramloss,tbf,scaling, ' +
-  '--no-scaling, --max-receivers N, --tbf-rates 400,100 (Mbit/s), --timeout S, --repeat N';
+  '--no-scaling, --max-receivers N, --tbf-rates 400,100 (Mbit/s), --timeout S, --repeat N, --image';
 
 function args(): Options {
   const a = process.argv.slice(2);
@@ -99,6 +115,7 @@ function args(): Options {
     tbfRates: [400, 100],
     timeoutS: undefined,
     repeat: 1,
+    image: false,
   };
   const list = (k: string, v: string | undefined): string[] => {
     const items = (v ?? '').split(',').filter(Boolean);
@@ -127,6 +144,7 @@ function args(): Options {
       o.timeoutS = Number(a[++i]);
       if (!(o.timeoutS > 0)) throw new Error('--timeout: seconds, e.g. 180');
     } else if (k === '--repeat') o.repeat = Math.max(1, Math.floor(Number(a[++i]) || 1));
+    else if (k === '--image') o.image = true;
     else throw new Error(`unknown option ${k} (${USAGE})`);
   }
   if (!(Number.isInteger(o.maxScale) && o.maxScale >= 1))
@@ -142,6 +160,25 @@ async function dataFile(size: number): Promise<string> {
     execFileSync('sh', ['-c', `head -c ${size} /dev/urandom > ${file}.tmp && mv ${file}.tmp ${file}`]);
   }
   return file;
+}
+
+/**
+ * The product's path: an image of a folder holding the data file as `copy.bin`, made by
+ * `img make --level none` (the data is incompressible), remade when the data file is newer.
+ */
+function imageOf(file: string): string {
+  const src = join(DATA_DIR, `image-src-${statSync(file).size}`);
+  const image = `${file.replace(/\.bin$/, '')}.imgc`;
+  if (existsSync(image) && statSync(image).mtimeMs > statSync(file).mtimeMs) return image;
+  rmSync(src, { recursive: true, force: true });
+  rmSync(image, { force: true });
+  mkdirSync(src);
+  linkSync(file, join(src, 'copy.bin'));
+  process.stderr.write(`making ${image} with img make\n`);
+  execFileSync(process.execPath, [join(ROOT, 'bin/img.js'), 'make', src, image, '--level', 'none'], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  return image;
 }
 
 /** One row configuration; every tool is run in it. */
@@ -328,6 +365,7 @@ async function main(): Promise<void> {
   if (recovered) process.stderr.write(`${recovered}\n`);
   const file = await dataFile(opt.size);
   const sha = await sha256File(file);
+  const image = opt.image ? imageOf(file) : undefined;
   const hosts = Math.max(...cfgs.map((c) => c.n));
   // The limit is host-wide on this kernel (not per namespace): raise it for the run, for every tool
   // alike (each is given the limit as its receive buffer), and put the old value back afterwards.
@@ -428,6 +466,7 @@ async function main(): Promise<void> {
         timeoutMs,
         seq: seq++,
         ...(c.rmemMax !== undefined ? { socketBuffer: c.rmemMax } : {}),
+        ...(image ? { image } : {}),
       });
     } catch (err) {
       o = {
@@ -503,14 +542,19 @@ async function main(): Promise<void> {
     ? `${opt.timeoutS} s (--timeout)`
     : `${TIMEOUT_X_UDPCAST} × udpcast's wall time in the same row, at least ${TIMEOUT_MIN_S} s (when udpcast did not run or finish there: the time the file takes at 40 Mbit/s or at a third of the tbf rate, at least 60 s)`;
   const lines: string[] = [
-    '## Multicast transfer (`bench/multicast.ts`)',
+    opt.image
+      ? '## Multicast transfer of an image made by `img make` (`bench/multicast.ts --image`)'
+      : '## Multicast transfer (`bench/multicast.ts`)',
     '',
     `Command: \`${cmd}\`  `,
     `Date: ${new Date().toISOString()}  `,
     `Machine: ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), Linux ${release()}, Node ${process.version}  `,
     `Lab: network namespaces on one bridge (veth, MTU 1500, no link rate limit except in the tbf rows — every process shares the same ${cpus().length} CPUs, so this measures CPU cost per byte as much as protocol efficiency); frame loss = nftables \`numgen random\` drop of UDP wire frames in each receiver's prerouting, before IP reassembly (each fragment of a big datagram is dropped on its own, as on a lossy link). net.core.rmem_max = ${rmemRun} (global on this kernel${rmemRun !== rmemBefore ? `; raised by the bench from ${rmemBefore} for the run, for all tools alike, and restored after` : ''}) except in the stock rows.  `,
-    `Data: ${mib(opt.size)} MiB from /dev/urandom; every received copy checked by SHA-256. Wall time = sender process start → exit of the last of the sender and the receivers (uftp: the sender's exit, which waits for every client's confirmation; its client daemons never exit). It includes process start-up, each tool's handshake and end-of-session exchange, and imgcast's hashing of the file up front; it excludes the SHA-256 checks and udpcast's and uftp's receivers starting 300 ms before their sender.  `,
-    'Settings: imgcast raw (`flatFileProvider`, 1 MiB chunks, no rate cap, datagrams up to 23132 bytes (16 units, IP-fragmented) shrunk by the sender under loss, the default 1 sending thread beside the main one (datagrams dealt over both while at most 8 units), asks for a 32 MiB receive buffer, capped by rmem_max' +
+    `Data: ${mib(opt.size)} MiB from /dev/urandom; every received copy checked by SHA-256. Wall time = sender process start → exit of the last of the sender and the receivers (uftp: the sender's exit, which waits for every client's confirmation; its client daemons never exit). It includes process start-up, each tool's handshake and end-of-session exchange${opt.image ? '' : ", and imgcast's hashing of the file up front"}; it excludes the SHA-256 checks and udpcast's and uftp's receivers starting 300 ms before their sender.  `,
+    (opt.image
+      ? "Settings: imgcast sends an image (the product's path: `img make --level none` of a folder holding the file, made once before the run and not counted; 4 MiB chunks whose hashes the image holds, so nothing is hashed at send time; each receiver restores it into a folder as `img receive` does)"
+      : 'Settings: imgcast raw (`flatFileProvider`, 1 MiB chunks)') +
+      ', no rate cap, datagrams up to 23132 bytes (16 units, IP-fragmented) shrunk by the sender under loss, the default 1 sending thread beside the main one (datagrams dealt over both while at most 8 units), asks for a 32 MiB receive buffer, capped by rmem_max' +
       (TUNE_REASSEMBLY
         ? '; receivers tune IP reassembly while receiving (1 s timeout, 32 MiB), as `img receive` does by default as root'
         : '; receivers leave IP reassembly at the kernel defaults (IMGCAST_BENCH_TUNE_REASSEMBLY=0)') +

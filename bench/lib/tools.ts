@@ -18,7 +18,7 @@ import { spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import type { NetLab } from '../../test/helpers/netlab.ts';
 
 export type Tool = 'imgcast' | 'udpcast' | 'uftp';
@@ -167,6 +167,11 @@ export interface RunOptions {
   seq: number;
   /** Receive (and uftp's send) buffer asked of udp-receiver (--rcvbuf) and uftp/uftpd (-B); default lab.socketBufferMax. */
   socketBuffer?: number;
+  /**
+   * imgcast only: send this image (made by `img make` from a folder holding `file` as
+   * `copy.bin`) instead of `file` raw; each receiver restores it into its folder, as `img receive`.
+   */
+  image?: string;
 }
 
 export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promise<Outcome> {
@@ -191,7 +196,7 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
 
   if (tool === 'imgcast') {
     const sendArgs = {
-      file: o.file,
+      ...(o.image ? { image: o.image } : { file: o.file }),
       interface: lab.addr(0),
       group,
       port,
@@ -210,7 +215,8 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
         from: `${lab.addr(0)}:${port}`,
         interface: lab.addr(i),
         name: `r${i}`,
-        to: outs[i - 1],
+        // An image restores into a folder: the file it holds lands where the raw copy would.
+        ...(o.image ? { to: dirname(outs[i - 1]!), image: true } : { to: outs[i - 1] }),
         tuneReassembly: TUNE_REASSEMBLY,
       };
       receivers.push(
