@@ -5,7 +5,9 @@
  */
 import { basename } from 'node:path';
 
+import { CODEC_NONE } from '../image/codec.ts';
 import { chunksForFileset } from '../image/fileset.ts';
+import { CHUNK_SIZE } from '../image/types.ts';
 import { ImageReader } from '../image/reader.ts';
 import { TransportError } from '../transport/errors.ts';
 import type { ChunkInfo, ChunkProvider } from '../transport/types.ts';
@@ -27,6 +29,7 @@ export async function imageProvider(imagePath: string, fileset: number): Promise
     }
     chunks.sort((a, b) => a.offset - b.offset);
     const verified = new Set<string>();
+    let scratch: Buffer | undefined;
     const meta: ImageMeta = { kind: 'image', fileset, image: basename(imagePath), manifest: reader.manifest };
     return {
       chunks: chunks.map(({ id, codec, storedLength, rawLength }) => ({
@@ -36,14 +39,20 @@ export async function imageProvider(imagePath: string, fileset: number): Promise
         rawLength,
       })),
       meta,
-      async readStored(id: string): Promise<Buffer> {
-        const { info, stored } = await reader.readStored(id);
+      async readStored(id: string, into?: Buffer): Promise<Buffer> {
+        const { info, stored } = into ? await reader.readStoredInto(id, into) : await reader.readStored(id);
         if (!verified.has(id)) {
-          // A damaged image must fail on the sender, not leave every receiver re-requesting a chunk forever.
-          await reader.readChunk(id);
+          // A damaged image must fail on the sender, not leave every receiver re-requesting a chunk
+          // forever. Checked on the bytes just read (reading the chunk again doubled the reads and
+          // the garbage): a compressed one is decoded into memory kept for that.
+          reader.decodeStored(
+            info,
+            stored,
+            info.codec === CODEC_NONE ? undefined : (scratch ??= Buffer.allocUnsafe(CHUNK_SIZE + 1)),
+          );
           verified.add(id);
         }
-        return stored.length === info.storedLength ? stored : Buffer.from(stored);
+        return stored;
       },
       close: () => reader.close(),
     };
