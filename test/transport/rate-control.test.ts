@@ -6,6 +6,15 @@ import { LOSS_HIGH, median, RateControl, type RateSample } from '../../src/trans
 const TICK = 200;
 const opts = { startMbit: 200, minMbit: 5, maxMbit: Infinity };
 
+/** A repeatable source of chance: numbers in 0..1 from a linear congruential sequence. */
+function chanceFrom(seed: number): () => number {
+  let x = seed;
+  return () => {
+    x = (x * 1103515245 + 12345) & 0x7fffffff;
+    return x / 0x7fffffff;
+  };
+}
+
 /**
  * A path that carries at most `capacity` Mbit/s: what is sent above it is lost. Runs `ticks`
  * ticks from `from` and returns the rates chosen.
@@ -148,11 +157,8 @@ test('median takes the lower middle value', () => {
 
 test('on a link at capacity, delivery figures off by up to 5 % either way never send the rate far past the link', () => {
   // A repeatable noise source: receivers' reports cover slightly different stretches each tick.
-  let seed = 12345;
-  const noise = (): number => {
-    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-    return 0.95 + (seed / 0x7fffffff) * 0.1;
-  };
+  const chance = chanceFrom(12345);
+  const noise = (): number => 0.95 + chance() * 0.1;
   for (const link of [100, 400]) {
     const rc = new RateControl(opts);
     let worst = 0;
@@ -176,11 +182,7 @@ test('a lossy wire whose loss varies by chance from tick to tick (1 % of frames,
   // Three receivers, each losing 6 % of units ±1.5 % by chance; their reports lag half a tick.
   // The path carries 900 Mbit/s. Judged against the least loss of the window alone, the probes
   // failed on chance and the rate crept up ~5 % a cycle (still ~230 Mbit/s after 10 s).
-  let seed = 777;
-  const chance = (): number => {
-    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-    return seed / 0x7fffffff;
-  };
+  const chance = chanceFrom(777);
   const link = 900;
   const rc = new RateControl(opts);
   const rates: number[] = [];
@@ -213,11 +215,7 @@ test('a lossy wire whose loss varies by chance from tick to tick (1 % of frames,
  * lost too. Returns the rates chosen over `ticks` ticks.
  */
 function lossyWire(link: number, wire: number, ticks: number, seed0 = 777): number[] {
-  let seed = seed0;
-  const chance = (): number => {
-    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-    return seed / 0x7fffffff;
-  };
+  const chance = chanceFrom(seed0);
   const rc = new RateControl(opts);
   const rates: number[] = [];
   let prevSent = 0;
@@ -292,11 +290,7 @@ test('a lossy wire whose delivery stalls for a while in startup, as the rate gro
   // (200-380 Mbit/s on a path that carried 500). Here the sender can put out 520 Mbit/s at most
   // (its CPU), 250 while the windows hold it (ticks 2-8); reports lag half a tick.
   for (const seed of [777, 1234, 99, 5]) {
-    let s = seed;
-    const chance = (): number => {
-      s = (s * 1103515245 + 12345) & 0x7fffffff;
-      return s / 0x7fffffff;
-    };
+    const chance = chanceFrom(seed);
     const rc = new RateControl(opts);
     const sent: number[] = [];
     let prev = 0;
