@@ -215,8 +215,12 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
         from: `${lab.addr(0)}:${port}`,
         interface: lab.addr(i),
         name: `r${i}`,
-        // An image restores into a folder: the file it holds lands where the raw copy would.
-        ...(o.image ? { to: dirname(outs[i - 1]!), image: true } : { to: outs[i - 1] }),
+        // An image restores into a folder: the file it holds lands where the raw copy would. With a
+        // journal, as `img receive` keeps one by default: its checkpoints flush what was written
+        // every 64 MiB, where without one the whole copy waited in the page cache for the end.
+        ...(o.image
+          ? { to: dirname(outs[i - 1]!), image: true, journal: join(o.work, `r${i}.journal`) }
+          : { to: outs[i - 1] }),
         tuneReassembly: TUNE_REASSEMBLY,
       };
       receivers.push(
