@@ -27,16 +27,7 @@
  * adds sender options, IMGCAST_BENCH_TUNE_REASSEMBLY=0 leaves IP reassembly untuned.
  */
 import { execFileSync } from 'node:child_process';
-import {
-  existsSync,
-  linkSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from 'node:fs';
+import { existsSync, linkSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { cpus, release } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -58,13 +49,10 @@ import {
   type TbfStats,
 } from './lib/conditions.ts';
 import { runTransfer, sha256File, TUNE_REASSEMBLY, type Outcome, type Tool } from './lib/tools.ts';
+import { writeSection } from './report.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const DATA_DIR = '/var/tmp/imgcast-bench';
-/** A run with --image has a section of its own, so that both paths' latest figures stay. */
-const SECTION = process.argv.includes('--image') ? 'bench:multicast-image' : 'bench:multicast';
-const MARK_START = `<!-- ${SECTION} -->`;
-const MARK_END = `<!-- /${SECTION} -->`;
 const TOOLS: Tool[] = ['imgcast', 'udpcast', 'uftp'];
 const GROUPS = ['base', 'stock', 'dgramloss', 'tbf', 'scaling'] as const;
 type Group = (typeof GROUPS)[number];
@@ -295,17 +283,6 @@ function ratio(a: Run | undefined, b: Run | undefined): string {
     return `> ${((a.timedOutS * 1000) / b.wallMs).toFixed(2)}× (imgcast timed out after ${a.timedOutS} s; ${b.tool} ${(b.wallMs / 1000).toFixed(1)} s)`;
   if (!good(a)) return `n/a (imgcast ${Number.isFinite(a.wallMs) ? `delivered ${intactCell(a)}` : 'failed'})`;
   return `${(a.wallMs / b.wallMs).toFixed(2)}× (imgcast ${mbit(a).toFixed(0)} vs ${mbit(b).toFixed(0)} Mbit/s)`;
-}
-
-function writeSection(md: string): void {
-  const path = join(ROOT, 'BENCHMARKS.md');
-  let text = existsSync(path) ? readFileSync(path, 'utf8') : '# Benchmarks\n';
-  const section = `${MARK_START}\n${md.trimEnd()}\n${MARK_END}`;
-  const s = text.indexOf(MARK_START);
-  const e = text.indexOf(MARK_END);
-  if (s >= 0 && e > s) text = text.slice(0, s) + section + text.slice(e + MARK_END.length);
-  else text = `${text.trimEnd()}\n\n${section}\n`;
-  writeFileSync(path, text);
 }
 
 function configs(opt: Options): Config[] {
@@ -676,7 +653,8 @@ async function main(): Promise<void> {
     }
   }
   const md = lines.join('\n') + '\n';
-  writeSection(md);
+  // A run with --image has a section of its own, so that both paths' latest figures stay.
+  writeSection(ROOT, opt.image ? 'multicast-image' : 'multicast', md);
   process.stdout.write(md);
   const bad = results.filter((o) => !o.intact.every(Boolean));
   if (bad.length || failedRuns) process.exitCode = 1;
