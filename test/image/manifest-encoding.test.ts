@@ -34,14 +34,22 @@ test('jsonPieces joins to exactly what JSON.stringify writes, for any plain data
 });
 
 test('asciiJson writes only ASCII and parses back to the same value, lone surrogates included', () => {
-  const text = fc.string({
-    unit: fc.oneof(
-      fc.constantFrom('a', '"', '\\', '\n', 'é', '✓', '\u{1F600}'),
-      fc.integer({ min: 0xd800, max: 0xdfff }).map((n) => String.fromCharCode(n)),
-    ),
-  });
+  const textOf = (...plain: string[]): fc.Arbitrary<string> =>
+    fc.string({
+      unit: fc.oneof(
+        fc.constantFrom(...plain),
+        fc.integer({ min: 0xd800, max: 0xdfff }).map((n) => String.fromCharCode(n)),
+      ),
+    });
+  const text = textOf('a', '"', '\\', '\n', 'é', '✓', '\u{1F600}');
+  // Keys hold no backslash: V8's JSON.parse (Node 24 and 26, nodejs/node#63785) caches a
+  // parsed key holding one, and may then read a later escaped key at the same place in an
+  // object as that cached key (after {"\\":0}, {"\u2713":0} parses to {"\\":0}). The
+  // oracle here is JSON.parse, so such keys would test V8, not asciiJson. Keys still
+  // carry every escape asciiJson writes and JSON.stringify's own ("\"", "\n", surrogates).
+  const key = textOf('a', '"', '\n', 'é', '✓', '\u{1F600}');
   fc.assert(
-    fc.property(fc.dictionary(text, fc.oneof(text, fc.integer())), (v) => {
+    fc.property(fc.dictionary(key, fc.oneof(text, fc.integer())), (v) => {
       const json = asciiJson(JSON.stringify(v));
       assert.ok(isAscii(Buffer.from(json)), json);
       assert.deepEqual(JSON.parse(json), JSON.parse(JSON.stringify(v)));
