@@ -10,7 +10,7 @@
  * ones no less. coreutils' cp writes 256 KiB at a time too. The system calls this adds (16
  * per 4 MiB chunk) cost nothing measurable.
  */
-import { writeSync } from 'node:fs';
+import { write, writeSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 
 export const WRITE_PIECE = 256 * 1024;
@@ -26,6 +26,29 @@ export function writeFullSync(
   let done = 0;
   while (done < length) {
     const n = writeSync(fd, buf, offset + done, Math.min(length - done, WRITE_PIECE), position + done);
+    if (n === 0) throw new Error('write made no progress');
+    done += n;
+  }
+}
+
+/**
+ * writeFullSync off the calling thread (libuv's pool): the thread stays free while the
+ * kernel holds a write back (a sync of the filesystem under way, dirty-page limits).
+ */
+export async function writeFullAt(
+  fd: number,
+  buf: Uint8Array,
+  offset: number,
+  length: number,
+  position: number,
+): Promise<void> {
+  let done = 0;
+  while (done < length) {
+    const n = await new Promise<number>((resolve, reject) => {
+      write(fd, buf, offset + done, Math.min(length - done, WRITE_PIECE), position + done, (err, written) =>
+        err ? reject(err) : resolve(written),
+      );
+    });
     if (n === 0) throw new Error('write made no progress');
     done += n;
   }

@@ -32,7 +32,7 @@ import {
 } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { RestoreProgress, RestoreSink } from '../../engine/types.ts';
-import { writeFullSync } from '../../file-write.ts';
+import { writeFullAt } from '../../file-write.ts';
 import { ImgcastError } from '../../errors.ts';
 import { ImageError } from '../../image/errors.ts';
 import { checkFileset, isExcluded } from '../../image/fileset.ts';
@@ -144,6 +144,8 @@ class TreeRestoreImpl implements RestoreSink {
   readonly ranges = new Map<string, Range[]>();
   readonly applied = new Set<string>();
   readonly fds = new Map<Item, number>();
+  /** The chunk being written (applyChunk): finish and abort wait for it before closing descriptors. */
+  writes: Promise<void> = Promise.resolve();
   readonly checkedDirs = new Set<string>();
   /** Directories this restore made (or found empty): nothing can be in the way inside them, so no lstat per file. */
   readonly freshDirs = new Set<string>();
@@ -683,16 +685,22 @@ class TreeRestoreImpl implements RestoreSink {
   async applyChunk(id: string, raw: Buffer): Promise<void> {
     if (!this.prepared)
       throw new FileVolumeError('E_RESTORE_IO', 'applyChunk called before prepare()', { chunk: id });
-    // After a failure nothing more is written: what the failure's message says is left stays so.
-    if (this.failed) throw this.failed;
-    try {
-      this.writeChunk(id, raw);
-    } catch (err) {
-      throw this.failure(err);
-    }
+    // One chunk at a time: a descriptor closed (least recently used) while another chunk's
+    // write is under way could be reused by the next open, and that write land in another file.
+    const run = this.writes.then(async () => {
+      // After a failure nothing more is written: what the failure's message says is left stays so.
+      if (this.failed) throw this.failed;
+      try {
+        await this.writeChunk(id, raw);
+      } catch (err) {
+        throw this.failure(err);
+      }
+    });
+    this.writes = run.catch(() => {});
+    return run;
   }
 
-  writeChunk(id: string, raw: Buffer): void {
+  async writeChunk(id: string, raw: Buffer): Promise<void> {
     if (this.applied.has(id)) return;
     const ranges = this.ranges.get(id);
     if (!ranges) return;
@@ -707,7 +715,9 @@ class TreeRestoreImpl implements RestoreSink {
       }
       const fd = this.fdFor(r.item);
       try {
-        writeFullSync(fd, raw, r.chunkOffset, r.length, r.fileOffset);
+        // Off this thread: a receiver reads its socket here, and a write held up by the kernel
+        // (a checkpoint's sync of the filesystem) would leave the socket to overflow.
+        await writeFullAt(fd, raw, r.chunkOffset, r.length, r.fileOffset);
       } catch (err) {
         throw restoreError(r.item.abs, 'cannot write', err, ` (chunk ${id})`);
       }
@@ -944,6 +954,7 @@ class TreeRestoreImpl implements RestoreSink {
   }
 
   async finishTree(): Promise<void> {
+    await this.writes;
     this.closeAll();
     const missing = [...this.needed].filter((id) => !this.applied.has(id));
     if (missing.length > 0) {
@@ -1090,6 +1101,7 @@ class TreeRestoreImpl implements RestoreSink {
   }
 
   async abort(_reason: unknown): Promise<void> {
+    await this.writes;
     this.closeAll();
     this.exactTimes?.kill();
     for (const item of this.unfinished().removed) {
