@@ -12,6 +12,7 @@ import type { FilesystemInfo, FilesystemType } from '../image/types.ts';
 import { blkidProbe, detachLoop, loopRange, mountPointsOf, unescapeMountinfo } from './device.ts';
 import { DiskError } from './errors.ts';
 import { run, runTool } from './exec.ts';
+import { Flusher } from './flusher.ts';
 import { forgetLoop, loopRecords, ownedTempDir, runAlive, STAGING_PREFIXES, tagOf } from './owner.ts';
 import { syncFilesystemChecked, writeFailure } from './write-errors.ts';
 import { count, systemReason, withArticle } from '../wording.ts';
@@ -519,10 +520,12 @@ export async function openTreeForWriting(
 ): Promise<TreeAccess> {
   if (fs.type !== 'vfat' || (await kernelCanMount('vfat'))) {
     const m = await mountFilesystem(device, fs.type, { readOnly: false });
+    const flusher = new Flusher(['-f', m.dir]).start();
     return {
       dir: m.dir,
-      flushEarly: () => runTool('sync', ['-f', m.dir]).then(() => undefined),
+      flushEarly: () => flusher.run().then(() => undefined),
       async close(commit) {
+        flusher.close();
         let failure: unknown;
         if (commit) {
           try {

@@ -5,12 +5,11 @@
  * carries the manifest and the file set; it arrives over the control channel, which
  * is authenticated when a key is used, and is checked before anything is written.
  */
-import { execFile } from 'node:child_process';
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { promisify } from 'node:util';
 
 import { DiskError } from '../disk/errors.ts';
+import { Flusher } from '../disk/flusher.ts';
 import { ImgcastError } from '../errors.ts';
 import { isLiveMeta, liveRestoreConsumer } from './live-restore.ts';
 import { describeTargetContents, openRestore, type DescribedSink } from './restore.ts';
@@ -22,8 +21,6 @@ import { openJournal, readJournal, sessionFingerprint } from '../transport/journ
 import type { ChunkConsumer, ChunkDecoder, SessionInfo } from '../transport/types.ts';
 import { displayName } from '../volume/files/names.ts';
 import { count, systemReason } from '../wording.ts';
-
-const execFileAsync = promisify(execFile);
 
 export interface ImageMeta {
   kind: 'image';
@@ -178,6 +175,8 @@ async function consumerFor(
       `restoring onto ${target} needs chunk ${absent}, which the session does not send; nothing was written`,
     );
   }
+  // Flushes for the journal's checkpoints, set up by prepare (which makes a missing target).
+  let flusher: Flusher | undefined;
   return {
     has: (id) => sink.resumed.has(id),
     // Its `before` is the last check of the target (not mounted now): a refusal too.
@@ -186,26 +185,35 @@ async function consumerFor(
         throw aboutSession(err, about, facts, target);
       });
       if (targetFile && sink.resumed.size === 0) await writeFile(targetFile, await identity());
+      // A folder is one filesystem (syncfs); a disk's partitions are written through loop
+      // devices and mounts of their own, which only a whole-system sync reaches. Started now,
+      // before any data arrives (see Flusher).
+      const isDir = await stat(target).then(
+        (s) => s.isDirectory(),
+        () => false,
+      );
+      flusher = new Flusher(isDir ? ['-f', target] : []);
+      if (journal) flusher.start();
     },
     async apply(id: string, raw: Buffer): Promise<void> {
       if (sink.needed.has(id)) await sink.applyChunk(id, raw);
     },
     async sync(): Promise<void> {
-      // A folder is one filesystem (syncfs); a disk's partitions are written through loop
-      // devices and mounts of their own, which only a whole-system sync reaches.
-      const isDir = await stat(target).then(
-        (s) => s.isDirectory(),
-        () => false,
-      );
-      await execFileAsync('sync', isDir ? ['-f', target] : []);
+      if (!flusher) throw new Error('sync called before prepare');
+      const r = await flusher.run();
+      if (r.status !== 0)
+        throw new Error(`sync ${flusher.args.join(' ')} failed: ${r.stderr || `exit status ${r.status}`}`);
     },
     async finish() {
+      // Closed once finished: if finishing fails, the receiver's last checkpoint still flushes.
       await sink.finish();
+      flusher?.close();
       // Done: a later receive onto this target must not take its chunks as already there.
       if (journal) await rm(journal, { force: true });
       if (targetFile) await rm(targetFile, { force: true });
     },
     async abort(reason: unknown) {
+      flusher?.close();
       await sink.abort(reason);
       // A folder or disk keeps what was written (a disk's table is blanked, and a resume writes it
       // again); a single filesystem loses its start, so its journal would lie.
