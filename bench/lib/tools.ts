@@ -344,8 +344,18 @@ export async function runTransfer(lab: NetLab, tool: Tool, o: RunOptions): Promi
     if (logDir && (timedOut || tool === 'imgcast')) {
       // For looking into a run afterwards (the work directory is removed): IMGCAST_BENCH_LOG=dir.
       const tag = `${tool}-${o.n}r-${o.lossPct}pct-${o.seq}${timedOut ? '-timeout' : ''}`;
-      writeFileSync(join(logDir, `sender-${tag}.log`), s.stderr + s.stdout);
-      rs.forEach((r, k) => writeFileSync(join(logDir, `r${k + 1}-${tag}.log`), r.stderr + r.stdout));
+      // Each log ends with /usr/bin/time's line: peak RSS, user and system CPU seconds apart.
+      const usage = (p: Proc): string => {
+        try {
+          return readFileSync(p.timeFile, 'utf8');
+        } catch {
+          return '';
+        }
+      };
+      writeFileSync(join(logDir, `sender-${tag}.log`), s.stderr + s.stdout + usage(sender));
+      rs.forEach((r, k) =>
+        writeFileSync(join(logDir, `r${k + 1}-${tag}.log`), r.stderr + r.stdout + usage(receivers[k]!)),
+      );
     }
     if (timedOut) {
       const names = waited.flatMap((p, k) => (hung.has(p) ? [k === 0 ? 'sender' : `receiver ${k}`] : []));
