@@ -31,48 +31,49 @@ export function writeFullSync(
   }
 }
 
+/** The asynchronous writes' loop: `put` writes one piece and says how much it took. */
+async function inPieces(
+  put: (offset: number, length: number, position: number) => Promise<number>,
+  offset: number,
+  length: number,
+  position: number,
+): Promise<void> {
+  let done = 0;
+  while (done < length) {
+    const n = await put(offset + done, Math.min(length - done, WRITE_PIECE), position + done);
+    if (n === 0) throw new Error('write made no progress');
+    done += n;
+  }
+}
+
 /**
  * writeFullSync off the calling thread (libuv's pool): the thread stays free while the
  * kernel holds a write back (a sync of the filesystem under way, dirty-page limits).
  */
-export async function writeFullAt(
+export function writeFullAt(
   fd: number,
   buf: Uint8Array,
   offset: number,
   length: number,
   position: number,
 ): Promise<void> {
-  let done = 0;
-  while (done < length) {
-    const n = await new Promise<number>((resolve, reject) => {
-      write(fd, buf, offset + done, Math.min(length - done, WRITE_PIECE), position + done, (err, written) =>
-        err ? reject(err) : resolve(written),
-      );
-    });
-    if (n === 0) throw new Error('write made no progress');
-    done += n;
-  }
+  const put = (o: number, n: number, at: number) =>
+    new Promise<number>((resolve, reject) =>
+      write(fd, buf, o, n, at, (err, written) => (err ? reject(err) : resolve(written))),
+    );
+  return inPieces(put, offset, length, position);
 }
 
 /** writeFullSync through a FileHandle. */
-export async function writeFull(
+export function writeFull(
   fh: FileHandle,
   buf: Uint8Array,
   offset: number,
   length: number,
   position: number,
 ): Promise<void> {
-  let done = 0;
-  while (done < length) {
-    const { bytesWritten } = await fh.write(
-      buf,
-      offset + done,
-      Math.min(length - done, WRITE_PIECE),
-      position + done,
-    );
-    if (bytesWritten === 0) throw new Error('write made no progress');
-    done += bytesWritten;
-  }
+  const put = async (o: number, n: number, at: number) => (await fh.write(buf, o, n, at)).bytesWritten;
+  return inPieces(put, offset, length, position);
 }
 
 /** Writes `bufs` back to back from `position`: one writev when they are small, else piece by piece. */

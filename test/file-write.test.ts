@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
 
-import { WRITE_PIECE, writeAll, writeFull, writeFullSync } from '../src/file-write.ts';
+import { WRITE_PIECE, writeAll, writeFull, writeFullAt, writeFullSync } from '../src/file-write.ts';
 
 function scratch(t: { after: (fn: () => void) => void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'imgcast-file-write-'));
@@ -117,4 +117,44 @@ test('writeAll through a real file handle', async (t) => {
   }
   const got = readFileSync(path);
   assert.deepEqual(got.subarray(11), Buffer.concat(bufs));
+});
+
+test('writeFullAt puts every byte where asked, through a descriptor, off the calling thread', async (t) => {
+  const dir = scratch(t);
+  await fc.assert(
+    fc.asyncProperty(
+      fc.integer({ min: 0, max: 3 * WRITE_PIECE + 7 }),
+      fc.integer({ min: 0, max: 1000 }),
+      fc.integer({ min: 0, max: 100_000 }),
+      async (length, offset, position) => {
+        const src = randomBytes(offset + length);
+        const path = join(dir, 'f');
+        const fd = openSync(path, 'w');
+        try {
+          await writeFullAt(fd, src, offset, length, position);
+        } finally {
+          closeSync(fd);
+        }
+        const got = readFileSync(path);
+        assert.equal(got.length, length === 0 ? 0 : position + length);
+        if (length > 0) {
+          assert.ok(got.subarray(0, position).every((b) => b === 0));
+          assert.deepEqual(got.subarray(position), src.subarray(offset, offset + length));
+        }
+      },
+    ),
+    { numRuns: 40 },
+  );
+});
+
+test('writeFullAt refuses a descriptor it cannot write with the system error', async (t) => {
+  const path = join(scratch(t), 'f');
+  const fd = openSync(path, 'w');
+  closeSync(fd);
+  const ro = openSync(path, 'r');
+  try {
+    await assert.rejects(writeFullAt(ro, Buffer.alloc(10), 0, 10, 0), { code: 'EBADF' });
+  } finally {
+    closeSync(ro);
+  }
 });
