@@ -33,30 +33,37 @@ function recordingHandle(cap: number): { fh: FileHandle; lengths: number[]; file
   return { fh: { write, writev } as unknown as FileHandle, lengths, file };
 }
 
+/** A write's length (none, or over several pieces), offset into its source, and position in the file. */
+const placements = [
+  fc.integer({ min: 0, max: 3 * WRITE_PIECE + 7 }),
+  fc.integer({ min: 0, max: 1000 }),
+  fc.integer({ min: 0, max: 100_000 }),
+] as const;
+
+/** The file holds src[offset, offset + length) at `position`, zeros before it and nothing after. */
+function assertPlaced(path: string, src: Buffer, offset: number, length: number, position: number): void {
+  const got = readFileSync(path);
+  assert.equal(got.length, length === 0 ? 0 : position + length);
+  if (length > 0) {
+    assert.ok(got.subarray(0, position).every((b) => b === 0));
+    assert.deepEqual(got.subarray(position), src.subarray(offset, offset + length));
+  }
+}
+
 test('writeFullSync puts every byte where asked, in pieces no bigger than WRITE_PIECE', (t) => {
   const dir = scratch(t);
   fc.assert(
-    fc.property(
-      fc.integer({ min: 0, max: 3 * WRITE_PIECE + 7 }),
-      fc.integer({ min: 0, max: 1000 }),
-      fc.integer({ min: 0, max: 100_000 }),
-      (length, offset, position) => {
-        const src = randomBytes(offset + length);
-        const path = join(dir, 'f');
-        const fd = openSync(path, 'w');
-        try {
-          writeFullSync(fd, src, offset, length, position);
-        } finally {
-          closeSync(fd);
-        }
-        const got = readFileSync(path);
-        assert.equal(got.length, length === 0 ? 0 : position + length);
-        if (length > 0) {
-          assert.ok(got.subarray(0, position).every((b) => b === 0));
-          assert.deepEqual(got.subarray(position), src.subarray(offset, offset + length));
-        }
-      },
-    ),
+    fc.property(...placements, (length, offset, position) => {
+      const src = randomBytes(offset + length);
+      const path = join(dir, 'f');
+      const fd = openSync(path, 'w');
+      try {
+        writeFullSync(fd, src, offset, length, position);
+      } finally {
+        closeSync(fd);
+      }
+      assertPlaced(path, src, offset, length, position);
+    }),
     { numRuns: 40 },
   );
 });
@@ -122,27 +129,17 @@ test('writeAll through a real file handle', async (t) => {
 test('writeFullAt puts every byte where asked, through a descriptor, off the calling thread', async (t) => {
   const dir = scratch(t);
   await fc.assert(
-    fc.asyncProperty(
-      fc.integer({ min: 0, max: 3 * WRITE_PIECE + 7 }),
-      fc.integer({ min: 0, max: 1000 }),
-      fc.integer({ min: 0, max: 100_000 }),
-      async (length, offset, position) => {
-        const src = randomBytes(offset + length);
-        const path = join(dir, 'f');
-        const fd = openSync(path, 'w');
-        try {
-          await writeFullAt(fd, src, offset, length, position);
-        } finally {
-          closeSync(fd);
-        }
-        const got = readFileSync(path);
-        assert.equal(got.length, length === 0 ? 0 : position + length);
-        if (length > 0) {
-          assert.ok(got.subarray(0, position).every((b) => b === 0));
-          assert.deepEqual(got.subarray(position), src.subarray(offset, offset + length));
-        }
-      },
-    ),
+    fc.asyncProperty(...placements, async (length, offset, position) => {
+      const src = randomBytes(offset + length);
+      const path = join(dir, 'f');
+      const fd = openSync(path, 'w');
+      try {
+        await writeFullAt(fd, src, offset, length, position);
+      } finally {
+        closeSync(fd);
+      }
+      assertPlaced(path, src, offset, length, position);
+    }),
     { numRuns: 40 },
   );
 });
