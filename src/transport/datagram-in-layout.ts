@@ -4,6 +4,8 @@
  * bytes; a length of 0xffffffff (or no room for one) at the end means "continue at 0". The
  * thread advances WRITE, the main thread READ; equal means empty.
  */
+import type { PriorityOutcome } from './thread-priority.ts';
+
 export const CTRL = {
   WRITE: 0,
   READ: 1,
@@ -27,6 +29,17 @@ export interface InWorkerData {
   interface: string | undefined;
   /** Receive buffer asked for each socket. */
   rcvbuf: number;
+  /** Nice value the thread asks for itself (thread-priority.ts). */
+  nice: number;
+}
+
+/** What the thread says once its sockets are open. */
+export interface InWorkerReady {
+  t: 'ready';
+  /** The receive buffer granted, over all the sockets. */
+  rcvbuf: number;
+  /** The thread's priority: raised to `nice`, or why not. */
+  priority: PriorityOutcome;
 }
 
 /** Bytes a datagram of `length` bytes takes in the ring. */

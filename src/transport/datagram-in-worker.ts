@@ -6,8 +6,15 @@
  */
 import dgram from 'node:dgram';
 import { parentPort, workerData } from 'node:worker_threads';
-import { CTRL, RING_OFFSET, recordSize, type InWorkerData } from './datagram-in-layout.ts';
+import {
+  CTRL,
+  RING_OFFSET,
+  recordSize,
+  type InWorkerData,
+  type InWorkerReady,
+} from './datagram-in-layout.ts';
 import { SerialOrder } from './serial-order.ts';
+import { raiseThreadPriority } from './thread-priority.ts';
 
 const data = workerData as InWorkerData;
 const ctrl = new Int32Array(data.sab, 0, CTRL.INTS);
@@ -87,9 +94,16 @@ port.on('message', (m: { t: string }) => {
   for (const s of socks) s.close(() => --open === 0 && port.postMessage({ t: 'closed' }));
 });
 
+// Before the sockets open, so no datagram waits on a thread still at the default priority.
+const priority = raiseThreadPriority(data.nice);
 try {
   for (let i = 0; i < data.ports; i++) socks.push(await openOne(data.port + i));
-  port.postMessage({ t: 'ready', rcvbuf: socks.reduce((a, s) => a + s.getRecvBufferSize(), 0) });
+  const ready: InWorkerReady = {
+    t: 'ready',
+    rcvbuf: socks.reduce((a, s) => a + s.getRecvBufferSize(), 0),
+    priority,
+  };
+  port.postMessage(ready);
 } catch (e) {
   for (const s of socks) s.close();
   const err = e as Error & { stage?: string };

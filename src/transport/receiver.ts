@@ -546,6 +546,13 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       leaveData();
       return;
     }
+    if (input.priority) {
+      log(
+        input.priority.raised
+          ? `data sockets read on a thread of their own, at nice ${input.priority.nice}`
+          : `data sockets read on a thread of their own, its priority not raised (${input.priority.reason})`,
+      );
+    }
     if (input.rcvbuf < WANT_RCVBUF && opts.tuneKernel) {
       const why = tuning?.refused.find((r) => r.name === 'net.core.rmem_max')?.reason;
       (opts.warn ?? log)(

@@ -2,16 +2,19 @@
  * The receiving thread and its ring (datagram-in.ts) over real loopback multicast: datagrams
  * arrive whole and in order across many wraps of a small ring, a datagram after a quiet spell
  * still wakes the main thread, a main thread that stops reading
- * loses datagrams to a full ring (counted) but never gets a damaged one, and a group that
- * cannot be joined is a clear error.
+ * loses datagrams to a full ring (counted) but never gets a damaged one, a group that
+ * cannot be joined is a clear error, and as root the reading thread alone runs at a raised
+ * priority.
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import { test } from 'node:test';
-import { DatagramIn, openDataInput, THREAD_BELOW } from '../../src/transport/datagram-in.ts';
+import { readdirSync } from 'node:fs';
+import { DatagramIn, openDataInput, READER_NICE, THREAD_BELOW } from '../../src/transport/datagram-in.ts';
 import { TransportError } from '../../src/transport/errors.ts';
 import { HEADER_SIZE, MAGIC } from '../../src/transport/packet.ts';
+import { threadNice } from '../../src/transport/thread-priority.ts';
 
 function endpoint(): { port: number; group: string } {
   return {
@@ -216,3 +219,34 @@ for (const mode of ['on the caller thread', 'on a thread with a ring'] as const)
     }
   });
 }
+
+/** This process's threads at nice `nice`. */
+function threadsAt(nice: number): number[] {
+  return readdirSync('/proc/self/task')
+    .map(Number)
+    .filter((tid) => threadNice(tid) === nice);
+}
+
+test('the receiving thread runs at READER_NICE as root, alone in its process, and says so', async (t) => {
+  if (process.getuid?.() !== 0) {
+    t.skip(
+      'needs root: a negative nice value is refused otherwise (thread-priority.test.ts covers the refusal)',
+    );
+    return;
+  }
+  const before = threadsAt(READER_NICE);
+  const ep = endpoint();
+  const input = await DatagramIn.open(
+    { ...ep, interface: '127.0.0.1', rcvbuf: 1 << 20 },
+    () => {},
+    (e) => assert.fail(e),
+  );
+  try {
+    assert.deepEqual(input.priority, { raised: true, nice: READER_NICE });
+    const raised = threadsAt(READER_NICE).filter((tid) => !before.includes(tid));
+    assert.equal(raised.length, 1, 'exactly one new thread (the receiving one) runs at the raised priority');
+    assert.notEqual(raised[0], process.pid, 'not the main thread');
+  } finally {
+    await input.close();
+  }
+});
