@@ -550,7 +550,7 @@ export async function runReceiver(opts: ReceiverOptions): Promise<ReceiverResult
       log(
         input.priority.raised
           ? `data sockets read on a thread of their own, at nice ${input.priority.nice}`
-          : `data sockets read on a thread of their own, its priority not raised (${input.priority.reason})`,
+          : `data sockets read on a thread of their own, its priority not raised: ${input.priority.reason}`,
       );
     }
     if (input.rcvbuf < WANT_RCVBUF && opts.tuneKernel) {
