@@ -45,6 +45,8 @@ function forgeFrom(real: Buffer): Buffer {
 }
 
 let stop = false;
+/** Control connections under way (not yet connected or refused). */
+let controlPending = 0;
 /*
  * Right-nonce, right-length forgeries are capped: each one that lands before the real
  * fragment poisons that chunk (its hash fails, the receiver drops and re-requests it),
@@ -86,14 +88,19 @@ function burst(): void {
     send(wl);
     sent.wrongLength++;
   }
-  if (sent.control < 40 && randomInt(0, 4) === 0) {
+  // Counted once connected: the sender opens its control port only after it has read (and, for
+  // a plain file, hashed) its source, and this sprayer often starts first. Attempts refused
+  // before that are tried again, so the junk reaches the sender whenever its port opens.
+  if (sent.control + controlPending < 40 && randomInt(0, 4) === 0) {
+    controlPending++;
     const c = net.connect({ host: a.controlHost, port: a.controlPort, localAddress: a.iface });
     c.on('error', () => {});
+    c.on('close', () => controlPending--);
     c.on('connect', () => {
+      sent.control++;
       c.write(randomBytes(randomInt(1, 4096)));
       c.end(randomBytes(16));
     });
-    sent.control++;
   }
   setTimeout(burst, 5);
 }
