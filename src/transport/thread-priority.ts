@@ -10,7 +10,7 @@
  * run as soon as data comes. It takes CAP_SYS_NICE (root); without it the thread keeps the
  * priority it has and the receive goes on.
  */
-import { readFileSync, readlinkSync } from 'node:fs';
+import { readlinkSync } from 'node:fs';
 import { setPriority } from 'node:os';
 
 /** The calling thread's kernel id (its task id), or null where /proc does not say. */
@@ -38,18 +38,5 @@ export function raiseThreadPriority(nice: number): PriorityOutcome {
     const err = e as Error & { info?: { code?: string } };
     const denied = /^(EACCES|EPERM)$/.test(err.info?.code ?? '') || /\b(EACCES|EPERM)\b/.test(err.message);
     return { raised: false, reason: denied ? 'not allowed (needs root)' : err.message };
-  }
-}
-
-/** The nice value of thread `tid` of this process, from /proc (null when it cannot be read). */
-export function threadNice(tid: number): number | null {
-  try {
-    const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-    // Fields after the command name (in parentheses, which may hold spaces): nice is field 19.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const nice = Number(rest[19 - 3]);
-    return Number.isInteger(nice) ? nice : null;
-  } catch {
-    return null;
   }
 }

@@ -14,7 +14,7 @@ import { readdirSync } from 'node:fs';
 import { DatagramIn, openDataInput, READER_NICE, THREAD_BELOW } from '../../src/transport/datagram-in.ts';
 import { TransportError } from '../../src/transport/errors.ts';
 import { HEADER_SIZE, MAGIC } from '../../src/transport/packet.ts';
-import { threadNice } from '../../src/transport/thread-priority.ts';
+import { threadNice } from '../helpers/thread-nice.ts';
 
 function endpoint(): { port: number; group: string } {
   return {

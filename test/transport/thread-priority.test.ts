@@ -8,13 +8,18 @@ import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
 
 const moduleUrl = new URL('../../src/transport/thread-priority.ts', import.meta.url).href;
+const helperUrl = new URL('../helpers/thread-nice.ts', import.meta.url).href;
 
 /**
- * Runs `body` (an ES module's text, with the module imported as `tp`) in a child node and parses
+ * Runs `body` (an ES module's text, with the module imported as `tp`, and tp.threadNice from the
+ * test helper) in a child node and parses
  * what it prints; `asUser` runs it as that uid (through setpriv, which needs root).
  */
 function inChild(body: string, asUser?: number): unknown {
-  const src = `import * as tp from ${JSON.stringify(moduleUrl)};\n${body}`;
+  const src =
+    `import * as priority from ${JSON.stringify(moduleUrl)};\n` +
+    `import { threadNice } from ${JSON.stringify(helperUrl)};\n` +
+    `const tp = { ...priority, threadNice };\n${body}`;
   const node = [process.execPath, '--input-type=module', '-e', src];
   const argv =
     asUser === undefined
