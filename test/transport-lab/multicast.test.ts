@@ -465,13 +465,20 @@ test(
     // Without loss the sender moves to big datagrams (up to 16 units = 23132 bytes, IP-fragmented
     // on the wire: the receivers' kernels reassembled them) for most of the data...
     // (by units carried; the sender starts at one unit and at most doubles k per decision, and on a
-    // busy machine a stray drop or a short sample holds it at 6 or 12 for a while: CI once saw
-    // 56 % of the units at 16 and 70 % at 8 or more, against 73 % and 84 % on a quiet one).
+    // busy machine a stray drop halves it, so how long it stays at 16 depends on the machine: quiet
+    // runs carry 73 % of the units at 16, CI runs 46-85 % at 8 or more, one with 48 % at 4. What
+    // does not depend on the machine: nearly all of it travels fragmented, it reaches 16, and far
+    // more of it travels big than when one receiver loses 20 % of its frames.)
     const big = MAX_UNITS;
     const unitsIn = (a: number[], from = 0): number => a.reduce((x, n, k) => (k >= from ? x + n * k : x), 0);
+    const shareBig = (a: number[]): number => unitsIn(a, big / 2) / unitsIn(a);
     assert.ok(
-      unitsIn(baseUnits, big / 2) > unitsIn(baseUnits) * 0.6,
-      `no loss: ${JSON.stringify(baseUnits)}`,
+      unitsIn(baseUnits, big / 4) > unitsIn(baseUnits) * 0.75,
+      `no loss, mostly small datagrams: ${JSON.stringify(baseUnits)}`,
+    );
+    assert.ok(
+      shareBig(baseUnits) > shareBig(slowUnits) + 0.3,
+      `no loss ${JSON.stringify(baseUnits)} not bigger than with r3 at 20 % ${JSON.stringify(slowUnits)}`,
     );
     assert.ok(baseUnits[big]! > 0, `no loss, never at ${big} units: ${JSON.stringify(baseUnits)}`);
     assert.ok(reassembly(lab, 1).oks - reasmBefore >= baseUnits[big]! * 0.5, 'r1 reassembled few datagrams');
