@@ -264,6 +264,19 @@ export const ImageJob = Type.Object({
 });
 export type ImageJob = Static<typeof ImageJob>;
 
+export const SiteServer = Type.Object({
+  name: Type.String(),
+  url: Type.String({ description: 'where workstations reach it; what a referral sends them to' }),
+  version: Type.String(),
+  startedAt: Type.Number(),
+  seenAt: Type.Number({ description: 'its last heartbeat (every 10 s while it runs)' }),
+  state: Type.Union([Type.Literal('up'), Type.Literal('stopped'), Type.Literal('down')], {
+    description: 'down: no heartbeat for 30 s and it did not say it stopped (crashed or cut off)',
+  }),
+  self: Type.Boolean({ description: 'the server that answered' }),
+});
+export type SiteServer = Static<typeof SiteServer>;
+
 export const Status = Type.Object({
   server: Type.Object({
     name: Type.String(),
@@ -277,6 +290,9 @@ export const Status = Type.Object({
   counters: Counters,
   sessions: Type.Array(Session),
   jobs: Type.Array(ImageJob, { description: 'verify, compact and add of images under way' }),
+  servers: Type.Array(SiteServer, {
+    description: 'the imaging servers sharing this database, this one first (one entry when it is alone)',
+  }),
 });
 export type Status = Static<typeof Status>;
 
@@ -937,6 +953,9 @@ export const ServerConfig = Type.Object({
   listen: Type.Object({ host: Type.String(), port: Type.Integer() }),
   dataDir: Type.String(),
   imagesDir: Type.String(),
+  database: Type.String({
+    description: 'the SQLite file, or the PostgreSQL URL the site shares (its password hidden)',
+  }),
   multicast: Type.Object({
     interface: Type.Union([Type.String(), Type.Null()], {
       description: 'the local address sessions are sent from; null: the route to the group decides',

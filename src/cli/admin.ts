@@ -465,12 +465,26 @@ function describeSession(s: Session): string {
   return lines.join('\n');
 }
 
+/** The other servers sharing the database, when there are any: where their sessions are watched. */
+function siteLines(servers: Status['servers']): string[] {
+  const others = servers.filter((x) => !x.self);
+  if (others.length === 0) return [];
+  return [
+    `site: ${servers.length} servers share this database; this one shows its own sessions`,
+    ...others.map(
+      (x) =>
+        `  ${x.name} at ${x.url}: ${x.state}${x.state === 'up' ? '' : ` (last seen ${new Date(x.seenAt).toISOString()})`}`,
+    ),
+  ];
+}
+
 function describeStatus(s: Status, boots: BootDecision[] = []): string {
   const c = s.counters;
   const lines = [
     `imgcast server ${s.server.name} (version ${s.server.version}, up ${formatDuration((Date.now() - s.server.startedAt) / 1000)})`,
     ...s.server.warnings.map((w) => `WARNING: ${w}`),
     `requests received ${c.requestsReceived} · images sent ${c.imagesSent} · images received ${c.imagesReceived} · client referrals ${c.clientReferrals} · errors ${c.errors}`,
+    ...siteLines(s.servers ?? []),
     '',
   ];
   if (s.sessions.length === 0) lines.push('no sessions');

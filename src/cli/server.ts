@@ -39,6 +39,34 @@ function kernelArgs(value: string): string {
   return value.trim();
 }
 
+function databaseUrl(text: string): string {
+  if (!/^postgres(ql)?:\/\/./.test(text))
+    throw new InvalidArgumentError('give a postgresql://USER@HOST[:PORT]/DATABASE URL');
+  return text;
+}
+
+/** --database, else IMGCAST_DATABASE (checked as --database is), else the embedded file. */
+function databaseOf(given: string | undefined): string | undefined {
+  const env = process.env.IMGCAST_DATABASE;
+  if (given !== undefined) return given;
+  if (env === undefined || env === '') return undefined;
+  if (!/^postgres(ql)?:\/\/./.test(env))
+    throw new UsageError(`IMGCAST_DATABASE: give a postgresql://USER@HOST[:PORT]/DATABASE URL`);
+  return env;
+}
+
+function publicUrl(text: string): string {
+  let u: URL;
+  try {
+    u = new URL(text);
+  } catch {
+    throw new InvalidArgumentError('give an http://HOST:PORT URL');
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:')
+    throw new InvalidArgumentError('give an http://HOST:PORT URL');
+  return text.replace(/\/+$/, '');
+}
+
 export function addServerCommand(program: Command): void {
   program
     .command('server')
@@ -83,7 +111,22 @@ export function addServerCommand(program: Command): void {
         'answer workstations looking for a server here (default 239.255.42.250:7741; env IMGCAST_DISCOVERY); "off" to stay silent',
       ),
     )
-    .option('--name <name>', 'how this server names itself to workstations (default: host name)')
+    .option(
+      '--name <name>',
+      'how this server names itself to workstations and to the other servers of its site (default: host name)',
+    )
+    .addOption(
+      new Option(
+        '--database <url>',
+        'a postgresql://USER@HOST/DB that several servers of a site share (password: PGPASSWORD or ~/.pgpass; env IMGCAST_DATABASE); default: the embedded SQLite file DATA/imgcast.db',
+      ).argParser(databaseUrl),
+    )
+    .addOption(
+      new Option(
+        '--url <url>',
+        'where workstations reach this server, as the other servers of the site refer them here (default http://INTERFACE:PORT, else the host name)',
+      ).argParser(publicUrl),
+    )
     .option(
       '--pxe',
       'answer network boot requests (dnsmasq: proxy DHCP and TFTP) so workstations boot the imaging environment, or their own disk when there is nothing for them',
@@ -122,6 +165,8 @@ export function addServerCommand(program: Command): void {
         groups: string;
         discovery?: string;
         name?: string;
+        database?: string;
+        url?: string;
         pxe?: boolean;
         pxeMode: 'proxy' | 'dhcp';
         pxeRange?: { start: string; end: string };
@@ -135,6 +180,7 @@ export function addServerCommand(program: Command): void {
           async (signal) => {
             const { startServer } = await import('../server/server.ts');
             const dataDir = o.data ?? defaultDataDir();
+            const database = databaseOf(o.database);
             if (!o.pxe && (o.pxeRange || o.pxeInterface || o.pxeMode !== 'proxy'))
               throw new UsageError('--pxe-mode, --pxe-range and --pxe-interface go with --pxe');
             if (o.pxe && o.pxeMode === 'dhcp' && !o.pxeRange)
@@ -151,6 +197,8 @@ export function addServerCommand(program: Command): void {
               interface: o.interface,
               range: { firstGroup: o.groups, firstPort: o.ports.firstPort, slots: o.ports.slots },
               name: o.name,
+              ...(o.url !== undefined ? { publicUrl: o.url } : {}),
+              ...(database !== undefined ? { database } : {}),
               version: VERSION,
               discovery:
                 o.discovery === 'off'
@@ -177,6 +225,15 @@ export function addServerCommand(program: Command): void {
                 `imgcast server ${VERSION}: API on ${where} (${server.url}/api/health, OpenAPI at ${server.url}/api/openapi.json)`,
                 `  data:   ${server.dataDir}`,
                 `  images: ${server.imagesDir}`,
+                `  database: ${server.database}${
+                  server.servers().length > 1
+                    ? `, shared with ${server
+                        .servers()
+                        .filter((x) => !x.self)
+                        .map((x) => `${x.name} (${x.state})`)
+                        .join(', ')}`
+                    : ''
+                }`,
                 `  admin token: ${server.adminTokenFile}${server.adminTokenCreated ? ' (created now)' : ''}; the imgcast CLI on this machine reads it,`,
                 `    elsewhere: IMGCAST_TOKEN=$(cat ${server.adminTokenFile}) imgcast status -i THIS-SERVER`,
                 `  web console: ${server.url}/ (accounts: imgcast admin add NAME, password on stdin)`,

@@ -33,6 +33,7 @@ export function describeSettings(v: SettingsView): string {
     `  listen        ${s.listen.host}:${s.listen.port}`,
     `  data          ${s.dataDir}`,
     `  images        ${s.imagesDir}`,
+    `  database      ${s.database}`,
     `  multicast     groups ${m.firstGroup}-${m.lastGroup}, ports ${m.firstPort}-${m.lastPort} (${m.slots} sessions sending at once), from ${m.interface ?? 'the route to each group'}`,
     `  discovery     ${s.discovery ? `${s.discovery.group}:${s.discovery.port}` : 'off'}`,
     `  boot          environment ${s.boot.bootenvDir} (${s.boot.bootenvVersion ? `built for imgcast ${s.boot.bootenvVersion}` : 'not built'})${s.boot.kernelArgs ? `, kernel arguments ${s.boot.kernelArgs}` : ''}`,

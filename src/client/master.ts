@@ -15,7 +15,7 @@ import { runSender } from '../transport/sender.ts';
 import type { ChunkProvider, SenderProgress, SenderResult } from '../transport/types.ts';
 import { ClientError } from './errors.ts';
 import { registration } from './registration.ts';
-import { chooseDisk, findServer, register } from './server-link.ts';
+import { chooseDisk, findServer, followReferrals, register } from './server-link.ts';
 
 /** Captures `source` as the session goes: a chunk provider whose table grows while it is read. */
 export type LiveCapture = (
@@ -68,9 +68,11 @@ export async function runMaster(o: MasterOptions): Promise<MasterResult> {
   const server = o.server ?? (await findServer(o));
   const inventory = await registration({ interface: o.interface });
   const disk = o.disk ?? (await chooseDisk(inventory.disks));
-  const { api, reg } = await register(server, inventory, o.signal);
-  o.onNote?.(`server ${api.baseUrl}, this workstation is ${reg.name} (${inventory.mac}), sending ${disk}`);
-  return master(api, o.session, disk, o);
+  const first = await register(server, inventory, o.signal);
+  return followReferrals(first, inventory, o, ({ api, reg }) => {
+    o.onNote?.(`server ${api.baseUrl}, this workstation is ${reg.name} (${inventory.mac}), sending ${disk}`);
+    return master(api, o.session, disk, o);
+  });
 }
 
 /** The master's part once registered (img auto comes here too, for a session it is the master of). */

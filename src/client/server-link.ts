@@ -1,5 +1,5 @@
 /** How a workstation reaches its imaging server: found or told, registered, and which disk it works on. */
-import { ApiClient } from '../api/client.ts';
+import { ApiClient, ApiError } from '../api/client.ts';
 import { discoveryEndpoint } from '../api/discovery.ts';
 import type { Registered } from '../api/schemas.ts';
 import { discoverServer } from './discover.ts';
@@ -17,6 +17,34 @@ export async function register(
     signal,
   });
   return { api: new ApiClient(server, reg.token), reg };
+}
+
+/** A referral chain longer than this is a loop between misconfigured servers, not a site. */
+const MAX_REFERRALS = 2;
+
+/**
+ * Runs `part` with the server's link; when that server answers that another server of its site
+ * runs the session (E_REFERRED, a client referral), registers there and runs `part` again with it.
+ * Only the session's first request can be referred, so nothing was done on the first server.
+ */
+export async function followReferrals<T>(
+  first: { api: ApiClient; reg: Registered },
+  inventory: Awaited<ReturnType<typeof registration>>,
+  o: { signal?: AbortSignal; onNote?: (line: string) => void },
+  part: (link: { api: ApiClient; reg: Registered }) => Promise<T>,
+): Promise<T> {
+  let link = first;
+  for (let hop = 0; ; hop++) {
+    try {
+      return await part(link);
+    } catch (err) {
+      if (!(err instanceof ApiError) || err.code !== 'E_REFERRED' || hop >= MAX_REFERRALS) throw err;
+      const to = err.details.url;
+      if (typeof to !== 'string') throw err;
+      o.onNote?.(`${err.message}: going on there`);
+      link = await register(to, inventory, o.signal);
+    }
+  }
 }
 
 export async function findServer(o: {

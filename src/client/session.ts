@@ -27,7 +27,7 @@ import { registration } from './registration.ts';
 import { inBootEnvironment, phaseReporter, type PhaseReporter } from './phases.ts';
 import { reportPace } from './report-pace.ts';
 import { master, type LiveCapture, type MasterResult } from './master.ts';
-import { chooseDisk, findServer, register } from './server-link.ts';
+import { chooseDisk, findServer, followReferrals, register } from './server-link.ts';
 
 export interface SessionOptions {
   session: string;
@@ -86,11 +86,13 @@ export async function runSession(o: SessionOptions): Promise<SessionResult> {
   // Refused before this workstation is registered, as every refusal comes before any change.
   const disk = o.disk ?? (await chooseDisk(inventory.disks));
   if (o.reboot) checkRebootTarget(disk);
-  const { api, reg } = await register(server, inventory, o.signal);
-  o.onNote?.(`server ${api.baseUrl}, this workstation is ${reg.name} (${inventory.mac}), target ${disk}`);
-  const phases = phaseReporter(api, o.bootPhases ?? inBootEnvironment(), o.warn);
-  phases.report('environment');
-  return takePart(api, o.session, disk, whoIs(inventory, o), o, true, phases);
+  const first = await register(server, inventory, o.signal);
+  return followReferrals(first, inventory, o, ({ api, reg }) => {
+    o.onNote?.(`server ${api.baseUrl}, this workstation is ${reg.name} (${inventory.mac}), target ${disk}`);
+    const phases = phaseReporter(api, o.bootPhases ?? inBootEnvironment(), o.warn);
+    phases.report('environment');
+    return takePart(api, o.session, disk, whoIs(inventory, o), o, true, phases);
+  });
 }
 
 export interface AutoOptions extends Omit<SessionOptions, 'session'> {

@@ -50,6 +50,8 @@ function Fixed({ c }) {
     <dd data-fixed="data"><code>${c.dataDir}</code></dd>
     <dt>Image folder</dt>
     <dd data-fixed="images"><code>${c.imagesDir}</code></dd>
+    <dt>Database</dt>
+    <dd data-fixed="database"><code>${c.database}</code></dd>
     <dt>Multicast</dt>
     <dd data-fixed="multicast">
       groups ${m.firstGroup} – ${m.lastGroup}, ports ${m.firstPort} – ${m.lastPort} (${m.slots} sessions
@@ -267,6 +269,47 @@ function Accounts() {
   </section>`;
 }
 
+const SERVER_STATES = {
+  up: 'up',
+  stopped: 'stopped',
+  down: 'down (no heartbeat for 30 s)',
+};
+
+/** The other servers sharing this one's database (a site), when there are any. */
+function Site({ servers }) {
+  if (servers.filter((x) => !x.self).length === 0) return null;
+  return html`<section aria-labelledby="site-title">
+    <h2 id="site-title">Site</h2>
+    <p class="muted">
+      These servers share one database. Each runs and shows its own sessions, and refers
+      workstations that ask it for another's session to that server.
+    </p>
+    <table class="site-servers">
+      <thead>
+        <tr>
+          <th>Server</th>
+          <th>Address</th>
+          <th>State</th>
+          <th>Version</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${servers.map(
+          (x) =>
+            html`<tr key=${x.name} data-server=${x.name}>
+              <td>${x.name}${x.self ? ' (this one)' : ''}</td>
+              <td><a href=${x.url}>${x.url}</a></td>
+              <td data-state=${x.state}>
+                ${SERVER_STATES[x.state] ?? x.state}${x.state === 'up' ? '' : `, last seen ${when(x.seenAt)}`}
+              </td>
+              <td>${x.version}</td>
+            </tr>`,
+        )}
+      </tbody>
+    </table>
+  </section>`;
+}
+
 export function ServerPage({ live }) {
   useTick(1000);
   const history = useLoad(() => api('GET', '/api/history?limit=200'));
@@ -293,7 +336,8 @@ export function ServerPage({ live }) {
                     </div>`,
                 )}
               </dl>
-            </section>`
+            </section>
+            <${Site} servers=${st.servers ?? []} />`
     }
     <section aria-labelledby="hist-title">
       <div class="section-head">

@@ -61,7 +61,8 @@ import { SERVER_ERROR_STATUS, ServerError } from './errors.ts';
 import type { ImageStore } from './images.ts';
 import type { ImageJobs } from './jobs.ts';
 import type { NetBoot } from './netboot.ts';
-import type { SessionManager } from './sessions.ts';
+import { referral, type SessionManager } from './sessions.ts';
+import type { Site } from './site.ts';
 import { SETTING_DEFAULTS, type Settings } from './settings.ts';
 import type { Tasks } from './tasks.ts';
 import type { WorkstationIdentity, Workstations } from './workstations.ts';
@@ -80,6 +81,8 @@ declare module 'fastify' {
 
 export interface AppContext {
   name: string;
+  /** The servers sharing this database (site.ts): where a session this one does not run runs. */
+  site: Site;
   version: string;
   startedAt: number;
   db: Db;
@@ -174,6 +177,18 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
     if (kind === 'workstation') ctx.counters.add('requestsReceived');
   });
 
+  // A session another server of the site runs: the caller hears where (a client referral) rather
+  // than that there is no such session. Asked after validation, so the name is the route's.
+  app.addHook('preHandler', async (req) => {
+    const name = (req.params as { name?: unknown } | undefined)?.name;
+    if (typeof name !== 'string' || !req.routeOptions.url?.startsWith('/api/sessions/:name')) return;
+    if (ctx.sessions.isHere(name)) return;
+    const other = await ctx.site.elsewhere(name);
+    if (!other) return;
+    if (req.principal?.kind === 'workstation') ctx.counters.add('clientReferrals');
+    throw referral(other);
+  });
+
   app.setErrorHandler((err: unknown, req, reply) => {
     const { status, body } = errorReply(err);
     if (status >= 500) {
@@ -241,9 +256,10 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
   );
 
   // --- administration
-  app.get('/api/status', { config: admin, schema: { response: { 200: Status, ...errors } } }, async () =>
-    statusOf(ctx),
-  );
+  app.get('/api/status', { config: admin, schema: { response: { 200: Status, ...errors } } }, async () => {
+    await ctx.site.refresh();
+    return statusOf(ctx);
+  });
 
   // --- server settings: the defaults the administrator changes, beside how the server was started
   const settingsView = () => ({
@@ -688,6 +704,9 @@ export async function authenticate(ctx: AppContext, req: FastifyRequest): Promis
     .where('token_hash', '=', tokenHash(token))
     .executeTakeFirst();
   if (login && Number(login.expires_at) > Date.now()) return { kind: 'admin', name: login.admin };
+  // Last, as it costs a query: a workstation registered on another server sharing the database.
+  const stored = await ctx.workstations.byStoredToken(token, req.ip);
+  if (stored) return { kind: 'workstation', ...stored };
   return null;
 }
 
@@ -757,5 +776,6 @@ export function statusOf(ctx: AppContext): Status {
     counters: ctx.counters.view(),
     sessions: ctx.sessions.list(),
     jobs: ctx.jobs.list(),
+    servers: ctx.site.known(),
   };
 }

@@ -83,6 +83,8 @@ export interface SessionTable {
    * is not imaged again when it network-boots.
    */
   defined_at: number | null;
+  /** The server that runs it (sends, triggers, takes its joins); null until one takes it. */
+  server: string | null;
 }
 
 export interface SessionClientTable {
@@ -140,6 +142,28 @@ export interface CounterTable {
   value: number;
 }
 
+/** Each server's own counters; server '' holds what a single server counted before migration 9. */
+export interface ServerCounterTable {
+  server: string;
+  name: string;
+  value: number;
+}
+
+/** The servers that share this database, as each last announced itself. */
+export interface ServerTable {
+  name: string;
+  /** Where workstations reach its API (what a referral sends them to). */
+  url: string;
+  /** Machine and data folder: the same server restarting is not another one taking its name. */
+  place: string;
+  version: string;
+  started_at: number;
+  /** Its last heartbeat; a server not seen for a while is taken as down. */
+  seen_at: number;
+  /** When it stopped cleanly; null while it runs (or after a crash). */
+  stopped_at: number | null;
+}
+
 export interface AdminTable {
   name: string;
   password_hash: string;
@@ -172,6 +196,8 @@ export interface Schema {
   successes: SuccessTable;
   boot_decisions: BootDecisionTable;
   counters: CounterTable;
+  server_counters: ServerCounterTable;
+  servers: ServerTable;
   admins: AdminTable;
   logins: LoginTable;
   settings: SettingTable;
@@ -267,6 +293,18 @@ export const MIGRATIONS: readonly (readonly string[])[] = [
   [
     `CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)`,
     `CREATE INDEX history_finished ON history (finished_at)`,
+  ],
+  // 9: several servers on one (PostgreSQL) database: who they are and where workstations reach
+  // them, which server runs each session (null: made before there was a choice; the first server
+  // to start takes it), and counters per server ('' holds the single server's older ones).
+  [
+    `CREATE TABLE servers (
+       name TEXT PRIMARY KEY, url TEXT NOT NULL, place TEXT NOT NULL, version TEXT NOT NULL, started_at BIGINT NOT NULL,
+       seen_at BIGINT NOT NULL, stopped_at BIGINT)`,
+    `ALTER TABLE sessions ADD COLUMN server TEXT`,
+    `CREATE TABLE server_counters (
+       server TEXT NOT NULL, name TEXT NOT NULL, value BIGINT NOT NULL, PRIMARY KEY (server, name))`,
+    `INSERT INTO server_counters (server, name, value) SELECT '', name, value FROM counters`,
   ],
 ];
 

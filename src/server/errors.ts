@@ -29,6 +29,11 @@ export const SERVER_ERROR_STATUS = {
   E_WORKSTATION_IN_USE: 409,
   // The workstation is not among those an automatic session takes (or the session is disabled).
   E_NOT_QUALIFIED: 409,
+  // Another server of the site (same database) already runs under this name.
+  E_SERVER_NAME_TAKEN: 409,
+  // The session runs on another server of the site: details.url says where (a client referral).
+  // Not 421 Misdirected Request, which HTTP clients (undici) retry on their own.
+  E_REFERRED: 409,
   E_TOO_LARGE: 413,
   E_UNSUPPORTED_MEDIA: 415,
   E_CHUNK_INVALID: 422,

@@ -201,10 +201,12 @@ export function liveRoutesWith(opts: LiveOptions = {}) {
     });
     const unsubscribe = ctx.sessions.onChange(() => feed.changed());
     const unsubscribeJobs = ctx.jobs.onChange(() => feed.changed());
+    const unsubscribeSite = ctx.site.onChange(() => feed.changed());
     // Open streams would hold the HTTP server's close forever.
     app.addHook('preClose', async () => {
       unsubscribe();
       unsubscribeJobs();
+      unsubscribeSite();
       feed.close();
     });
 

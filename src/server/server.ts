@@ -22,7 +22,8 @@ import { startPxe, type PxeOptions } from './pxe.ts';
 import { Tasks } from './tasks.ts';
 import { AutoSessions } from './auto-sessions.ts';
 import { Counters } from './counters.ts';
-import { openDatabase, type Db } from './db.ts';
+import { isPostgresLocation, openDatabase, redactLocation, type Db } from './db.ts';
+import { Site, type SiteServer } from './site.ts';
 import { ImageStore } from './images.ts';
 import { ImageJobs } from './jobs.ts';
 import { SendThreads } from './send-thread.ts';
@@ -35,6 +36,15 @@ export const DEFAULT_RANGE: AddressRange = { firstGroup: '239.255.43.1', firstPo
 
 export interface ServerOptions {
   dataDir: string;
+  /**
+   * The database: a SQLite file (default DATA/imgcast.db) or a postgres:// URL that several
+   * servers of a site share (each with its own --name and --url).
+   */
+  database?: string;
+  /** Where workstations on other subnets reach this server (what the others refer them to). */
+  publicUrl?: string;
+  /** How often it tells the site it is up and reads the shared settings again (default 10 s; tests shorten it). */
+  siteHeartbeatMs?: number;
   imagesDir?: string;
   /** Address and port of the HTTP API (default 0.0.0.0:7740). */
   host?: string;
@@ -79,6 +89,10 @@ export interface RunningServer {
   dataDir: string;
   imagesDir: string;
   bootenvDir: string;
+  /** The SQLite file or the PostgreSQL URL (password hidden). */
+  database: string;
+  /** The servers sharing the database, this one first (as of the last heartbeat). */
+  servers(): SiteServer[];
   /** What the administrator should fix in the setup (status shows them too); read again on each call. */
   warnings(): string[];
   close(): Promise<void>;
@@ -92,20 +106,41 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const range = o.range ?? DEFAULT_RANGE;
   checkRange(range);
   const log = o.logger ?? pino({ level: process.env.IMGCAST_LOG_LEVEL ?? 'info' });
-  const db = await openDatabase(join(dataDir, 'imgcast.db'));
+  const location = o.database ?? join(dataDir, 'imgcast.db');
+  const db = await openDatabase(location);
   const cleanup: Array<() => Promise<void>> = [async () => db.destroy()];
   try {
     const token = await adminToken(dataDir);
-    const counters = await Counters.load(db);
+    const name = o.name ?? hostname();
+    const host = o.host ?? '0.0.0.0';
+    const shared = isPostgresLocation(location);
+    const site = await Site.join({
+      db,
+      shared,
+      ...(o.siteHeartbeatMs !== undefined ? { heartbeatMs: o.siteHeartbeatMs } : {}),
+      name,
+      // Known once the API listens (its port may be chosen then), unless given.
+      url: o.publicUrl ?? '',
+      version: o.version,
+      place: `${hostname()}:${dataDir}`,
+    });
+    cleanup.unshift(() => site.close());
+    const counters = await Counters.load(db, name, site.formerNames);
     cleanup.unshift(() => counters.close());
     const images = await ImageStore.open(imagesDir);
     const settings = await Settings.load(db, (m) => log.warn(m));
+    // Another server of the site may change them: each heartbeat reads them again.
+    if (shared) site.onBeat(() => settings.reload());
     const workstations = new Workstations(db);
     await workstations.load();
+    if (shared) site.onBeat(() => workstations.reload());
     const threads = o.send ? undefined : new SendThreads(o.interface);
     if (threads) cleanup.unshift(() => threads.close());
     const sessions = new SessionManager({
       db,
+      server: name,
+      elsewhere: (session) => site.elsewhere(session),
+      formerNames: site.formerNames,
       images,
       counters,
       range,
@@ -147,7 +182,6 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     cleanup.unshift(async () => clearInterval(historyTimer));
     settings.onChange(keepHistory);
     // How this server was started, for the settings page; the port and the network boot are known once they run.
-    const host = o.host ?? '0.0.0.0';
     const started: { port: number; pxe: ServerConfig['boot']['pxe'] } = { port: o.port ?? 7740, pxe: null };
     const config = (): ServerConfig => ({
       name: ctx.name,
@@ -156,6 +190,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       listen: { host, port: started.port },
       dataDir,
       imagesDir: images.dir,
+      database: redactLocation(location),
       multicast: {
         interface: o.interface ?? null,
         firstGroup: range.firstGroup,
@@ -175,7 +210,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     const warnings = bootenvWarnings(bootenvDir, o.version);
     for (const w of warnings()) log.warn({ bootenv: bootenvDir }, w);
     const ctx: AppContext = {
-      name: o.name ?? hostname(),
+      name,
+      site,
       version: o.version,
       startedAt: Date.now(),
       db,
@@ -210,6 +246,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     const addr = app.server.address();
     const port = typeof addr === 'object' && addr ? addr.port : (o.port ?? 7740);
     started.port = port;
+    if (!o.publicUrl) await site.setUrl(defaultUrl(host, port, o.interface));
     const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`;
     if (o.discovery) {
       const responder = await startDiscoveryResponder({
@@ -252,6 +289,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       dataDir,
       imagesDir,
       bootenvDir,
+      database: redactLocation(location),
+      servers: () => site.known(),
       warnings,
       close: () => (closed ??= runAll(cleanup)),
     };
@@ -259,6 +298,16 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     await runAll(cleanup);
     throw err;
   }
+}
+
+/**
+ * What the other servers of a site tell workstations to use when no --url is given: the
+ * multicast interface's address (the server's address on the lab's network), else the listen
+ * address, else this machine's name.
+ */
+function defaultUrl(host: string, port: number, iface: string | undefined): string {
+  const at = iface ?? (host !== '0.0.0.0' && host !== '::' ? host : hostname());
+  return `http://${at.includes(':') ? `[${at}]` : at}:${port}`;
 }
 
 async function runAll(steps: Array<() => Promise<void>>): Promise<void> {

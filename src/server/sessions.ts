@@ -54,6 +54,7 @@ import { describeRule, parseRule, type Rule } from './rules.ts';
 import { parseNameTemplate, type TemplateError } from './naming.ts';
 import { startTrigger, type StartBy } from './start-trigger.ts';
 import { warmAction } from './warm-sender.ts';
+import type { Elsewhere } from './site.ts';
 
 /** What the session needs of its sender's progress (the transport's SenderProgress, or the master's report of it). */
 export interface SendProgress {
@@ -92,6 +93,18 @@ export type SendSession = (plan: SendPlan) => Promise<SendOutcome>;
 
 export interface SessionManagerOptions {
   db: Db;
+  /**
+   * This server's name: it runs the sessions the database gives to it (and takes those made
+   * before servers had names); the others belong to the other servers of its site. Default 'local'.
+   */
+  server?: string;
+  /** Where a name that is not this server's runs (site.ts); without it, this server is alone. */
+  elsewhere?: (session: string) => Promise<Elsewhere | undefined>;
+  /**
+   * Other names this server ran under (site.ts's formerNames: renamed, same machine and data
+   * folder); '*' when the database is its alone (the embedded file), so every session is its own.
+   */
+  formerNames?: readonly string[] | '*';
   images: ImageStore;
   counters: Counters;
   range: AddressRange;
@@ -246,17 +259,38 @@ export class SessionManager {
   #listeners = new Set<() => void>();
   /** When each session last imaged each workstation successfully: "session\nworkstation" → time. */
   #successes = new Map<string, number>();
+  #server: string;
 
   constructor(o: SessionManagerOptions) {
     this.#o = o;
     this.#now = o.now ?? Date.now;
+    this.#server = o.server ?? 'local';
   }
 
-  /** Loads sessions; marks those that were sending when the server stopped as interrupted. */
+  /**
+   * Loads this server's sessions (taking those no server has yet); marks those that were
+   * sending when it stopped as interrupted. Other servers' sessions are theirs to load and report.
+   */
   async start(): Promise<void> {
     for (const r of await this.#o.db.selectFrom('successes').selectAll().execute())
       this.#successes.set(`${r.session}\n${r.workstation}`, Number(r.at));
-    const rows = await this.#o.db.selectFrom('sessions').selectAll().execute();
+    const former = this.#o.formerNames ?? [];
+    await this.#o.db
+      .updateTable('sessions')
+      .set({ server: this.#server })
+      .where((eb) =>
+        former === '*'
+          ? eb.or([eb('server', 'is', null), eb('server', '!=', this.#server)])
+          : former.length > 0
+            ? eb.or([eb('server', 'is', null), eb('server', 'in', former)])
+            : eb('server', 'is', null),
+      )
+      .execute();
+    const rows = await this.#o.db
+      .selectFrom('sessions')
+      .selectAll()
+      .where('server', '=', this.#server)
+      .execute();
     for (const row of rows) {
       const clients = await this.#o.db
         .selectFrom('session_clients')
@@ -354,8 +388,17 @@ export class SessionManager {
       });
     }
     const image = auto?.master ? '' : await this.#checkImage(req.image);
+    const other = await this.#o.elsewhere?.(req.name);
+    if (other) {
+      throw new ServerError(
+        'E_SESSION_EXISTS',
+        `a session named ${req.name} already exists on imaging server ${other.server} (${other.url})`,
+        { session: req.name, server: other.server, url: other.url },
+      );
+    }
     const now = this.#now();
     const row = newRow(req.name, now, {
+      server: this.#server,
       image,
       fileset: req.fileset ?? 1,
       client_count: req.clientCount ?? 1,
@@ -399,6 +442,9 @@ export class SessionManager {
       await this.#o.db.insertInto('sessions').values(row).execute();
     } catch (err) {
       this.#live.delete(row.name);
+      // Another server of the site took the name between the check and the insert.
+      const other = await this.#o.elsewhere?.(row.name).catch(() => undefined);
+      if (other) throw referral(other, err);
       throw err;
     }
     return live;
@@ -435,9 +481,12 @@ export class SessionManager {
 
   /** A session opened by a workstation that joined a name nobody used yet: it waits for its master. */
   async #open(name: string): Promise<Live> {
+    const other = await this.#o.elsewhere?.(name);
+    if (other) throw referral(other);
     const now = this.#now();
     const live = await this.#insert(
       newRow(name, now, {
+        server: this.#server,
         wait_ms: 5 * 60_000,
         origin: 'workstation',
         start_by: 'command',
@@ -510,6 +559,7 @@ export class SessionManager {
     const now = this.#now();
     const live = await this.#insert(
       newRow(name, now, {
+        server: this.#server,
         image,
         fileset: req.fileset ?? 1,
         wait_ms: 0,
@@ -610,6 +660,11 @@ export class SessionManager {
 
   exists(name: string): boolean {
     return this.#live.has(name);
+  }
+
+  /** Whether this server runs the session, or ran it (an automatic session deleted after its run). */
+  isHere(name: string): boolean {
+    return this.#live.has(name) || this.#gone.has(name);
   }
 
   /** Whether `name` is an automatic session. */
@@ -2030,10 +2085,21 @@ function waitMs(r: { waitMinutes?: number; waitSeconds?: number }): number | und
 }
 
 /** A new session's row: waiting for its first run, a plain one-client session unless `own` says otherwise. */
+/** The answer to a workstation that asked this server for a session another server of the site runs. */
+export function referral(other: Elsewhere, cause?: unknown): ServerError {
+  const down = other.state === 'up' ? '' : ` (${other.state} now: start it, or ask the administrator)`;
+  return new ServerError(
+    'E_REFERRED',
+    `session ${other.session} runs on imaging server ${other.server} at ${other.url}${down}`,
+    { session: other.session, server: other.server, url: other.url, state: other.state },
+    cause === undefined ? undefined : { cause },
+  );
+}
+
 function newRow(
   name: string,
   now: number,
-  own: Partial<SessionTable> & Pick<SessionTable, 'origin' | 'start_by'>,
+  own: Partial<SessionTable> & Pick<SessionTable, 'origin' | 'start_by' | 'server'>,
 ): SessionTable {
   return {
     name,

@@ -147,6 +147,21 @@ export class Settings {
   }
 
   /**
+   * Reads the stored settings again: another server sharing the database may have changed them.
+   * Listeners hear of it as of a change made here. Runs in turn with the changes made here.
+   */
+  reload(): Promise<void> {
+    const run = this.#queue.then(async () => {
+      const { settings } = mergeStored(await this.#db.selectFrom('settings').selectAll().execute());
+      if (JSON.stringify(settings) === JSON.stringify(this.#current)) return;
+      this.#current = settings;
+      await Promise.allSettled([...this.#listeners].map(async (l) => l(this.current())));
+    });
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  /**
    * Called after every stored change with the new settings, and awaited before the change
    * answers (a listener's failure is its own to report); returns the unsubscribe.
    */

@@ -92,7 +92,14 @@ export class Workstations {
     const id = macDigits(mac);
     const token = newToken();
     const now = this.#now();
-    const old = this.#byId.get(id);
+    // Read again: another server of the site may have registered, named or removed it since this one loaded.
+    const stored = await this.#db
+      .selectFrom('workstations')
+      .selectAll()
+      .where('id', '=', id)
+      .executeTakeFirst();
+    if (stored) this.#take(stored);
+    const old = stored;
     const row: WorkstationTable = {
       id,
       // A name the administrator gave outlives what the machine calls itself.
@@ -124,6 +131,51 @@ export class Workstations {
     this.#byId.set(id, row);
     this.#byToken.set(row.token_hash!, row);
     return { id, name: row.name, token };
+  }
+
+  /**
+   * The workstation holding this token per the database, when this server's registry does not
+   * know the token: the workstation registered on another server of the site since this one loaded.
+   */
+  async byStoredToken(token: string, address: string): Promise<WorkstationIdentity | undefined> {
+    const row = await this.#db
+      .selectFrom('workstations')
+      .selectAll()
+      .where('token_hash', '=', tokenHash(token))
+      .executeTakeFirst();
+    if (!row) return undefined;
+    this.#take(row);
+    return this.byToken(token, address);
+  }
+
+  /**
+   * Reads the registry again (another server of the site may have added, named, edited or removed
+   * workstations), keeping the last-seen times this server holds that are newer than the stored ones.
+   */
+  async reload(): Promise<void> {
+    const rows = await this.#db.selectFrom('workstations').selectAll().execute();
+    const stored = new Set(rows.map((r) => r.id));
+    for (const row of rows) {
+      const mine = this.#byId.get(row.id);
+      if (mine && Number(mine.last_seen_at ?? 0) > Number(row.last_seen_at ?? 0)) {
+        row.last_seen_at = mine.last_seen_at;
+        row.last_address = mine.last_address;
+      }
+      this.#take(row);
+    }
+    for (const [id, row] of this.#byId) {
+      if (stored.has(id)) continue;
+      this.#byId.delete(id);
+      if (row.token_hash) this.#byToken.delete(row.token_hash);
+    }
+  }
+
+  /** Puts a row read from the database in the registry, in place of what it held for that workstation. */
+  #take(row: WorkstationTable): void {
+    const current = this.#byId.get(row.id);
+    if (current?.token_hash) this.#byToken.delete(current.token_hash);
+    this.#byId.set(row.id, row);
+    if (row.token_hash) this.#byToken.set(row.token_hash, row);
   }
 
   /** The workstation holding this token, or undefined. Marks it seen (kept in memory). */

@@ -70,11 +70,12 @@ test('imgcast settings show and set: the output, the server refusing a value wit
   const lines = r.out.split('\n');
   assert.equal(lines[1], 'fixed until the server is started again:');
   assert.equal(lines[2], `  listen        127.0.0.1:${port}`);
+  assert.equal(lines[5], `  database      ${join(server.dataDir, 'imgcast.db')}`);
   assert.equal(
-    lines[5],
+    lines[6],
     '  multicast     groups 239.77.17.1-239.77.17.2, ports 31800-31803 (2 sessions sending at once), from the route to each group',
   );
-  assert.deepEqual(lines.slice(9, 15), [
+  assert.deepEqual(lines.slice(10, 16), [
     'settings (imgcast settings set NAME VALUE):',
     '  autoClients      5         a new automatic session starts once this many clients joined',
     '  autoWaitMinutes  15        or this many minutes after its last new client',

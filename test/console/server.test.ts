@@ -59,6 +59,7 @@ test('server settings: what is fixed at start is shown; defaults changed from th
   assert.equal(await fixed('listen'), `127.0.0.1:${new URL(l.server.url).port}`);
   assert.equal(await fixed('data'), l.server.dataDir);
   assert.equal(await fixed('images'), l.server.imagesDir);
+  assert.equal(await fixed('database'), join(l.server.dataDir, 'imgcast.db'));
   assert.equal(
     await fixed('multicast'),
     `groups ${m.firstGroup} – ${m.lastGroup}, ports ${m.firstPort} – ${m.firstPort + 7} (4 sessions sending at once), sent from 127.0.0.1`,

@@ -113,6 +113,7 @@ function status(n: number): Status {
     counters: { requestsReceived: n, imagesSent: 0, imagesReceived: 0, clientReferrals: 0, errors: 0 },
     sessions: [],
     jobs: [],
+    servers: [],
   };
 }
 

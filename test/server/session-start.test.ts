@@ -29,7 +29,7 @@ async function manager(
 ): Promise<{ sessions: SessionManager; sends: Plan[]; opened: Array<{ plan: Plan; clients: number }> }> {
   const dir = await tempDir(t);
   const db = await openDatabase(join(dir, 'imgcast.db'));
-  const counters = await Counters.load(db);
+  const counters = await Counters.load(db, 'test');
   const images = {
     resolve: async (given: string) => {
       await sleep(lookupMs);

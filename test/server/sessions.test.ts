@@ -56,7 +56,7 @@ async function setup(t: TestContext, send: SendSession, dir?: string) {
   await mkdir(join(dir, 'folder'), { recursive: true });
   await writeFile(join(dir, 'folder', 'hostname'), 'lab\n');
   await makeImage(join(dir, 'folder'), join(dir, 'images', 'lab.imgc'), { level: 'speed', overwrite: true });
-  const counters = await Counters.load(db);
+  const counters = await Counters.load(db, 'test');
   const m = new SessionManager({
     db,
     images,
