@@ -177,6 +177,19 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
     if (kind === 'workstation') ctx.counters.add('requestsReceived');
   });
 
+  // PostgreSQL keeps no NUL character in text (SQLite does): refused alike on both, before
+  // anything is stored, rather than failing half way with a database error.
+  app.addHook('preValidation', async (req) => {
+    for (const [part, value] of [
+      ['body', req.body],
+      ['path', req.params],
+      ['query', req.query],
+    ] as const) {
+      if (holdsNul(value))
+        throw new ServerError('E_BAD_REQUEST', `the request's ${part} holds a NUL character (\\u0000)`);
+    }
+  });
+
   // A session another server of the site runs: the caller hears where (a client referral) rather
   // than that there is no such session. Asked after validation, so the name is the route's.
   app.addHook('preHandler', async (req) => {
@@ -543,12 +556,10 @@ export async function buildApp(ctx: AppContext): Promise<ApiApp> {
       },
     },
     async () =>
-      (await ctx.db.selectFrom('admins').select(['name', 'created_at']).orderBy('name').execute()).map(
-        (a) => ({
-          name: a.name,
-          createdAt: Number(a.created_at),
-        }),
-      ),
+      // Sorted here: PostgreSQL's collation would order names unlike SQLite's bytes.
+      (await ctx.db.selectFrom('admins').select(['name', 'created_at']).execute())
+        .map((a) => ({ name: a.name, createdAt: Number(a.created_at) }))
+        .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
   );
   app.post(
     '/api/admins',
@@ -708,6 +719,17 @@ export async function authenticate(ctx: AppContext, req: FastifyRequest): Promis
   const stored = await ctx.workstations.byStoredToken(token, req.ip);
   if (stored) return { kind: 'workstation', ...stored };
   return null;
+}
+
+/** Whether a decoded JSON value (or route parameters) holds a NUL character in any string or key. */
+function holdsNul(value: unknown, depth = 0): boolean {
+  if (typeof value === 'string') return value.includes('\u0000');
+  if (value === null || typeof value !== 'object' || depth > 64) return false;
+  // Only what JSON and the router decode: an upload's bytes (a Buffer, a stream) are not text.
+  const proto: unknown = Object.getPrototypeOf(value);
+  if (!Array.isArray(value) && proto !== Object.prototype && proto !== null) return false;
+  for (const [k, v] of Object.entries(value)) if (k.includes('\u0000') || holdsNul(v, depth + 1)) return true;
+  return false;
 }
 
 /** The server address the request came in on: where the workstation can reach this machine. */

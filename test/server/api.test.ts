@@ -282,6 +282,42 @@ test('file set 0 and 11 are refused with E_BAD_REQUEST, as are other malformed s
   await refused(f, 'E_BAD_REQUEST', 400, 'PATCH', '/api/sessions/w', { body: { clientCount: 0 } });
 });
 
+test('a NUL character anywhere in a request, and a fractional byte count, are refused with E_BAD_REQUEST and change nothing (PostgreSQL keeps neither)', async (t) => {
+  const f = await fixture(t);
+  // Five to start it: the session waits, so nothing but the refused calls could change it.
+  await create(f, { name: 'w', image: 'lab.imgc', clientCount: 5 });
+  const ws = await workstation(f);
+  await refused(f, 'E_BAD_REQUEST', 400, 'POST', '/api/workstations/register', {
+    token: null,
+    body: {
+      hostname: 'pc\u0000x',
+      mac: '02:00:00:00:01:ff',
+      addresses: [],
+      disks: [],
+      memoryBytes: 1,
+      cpu: { model: 'm', cores: 1 },
+      dmi: {},
+    },
+  });
+  await refused(f, 'E_BAD_REQUEST', 400, 'PATCH', '/api/sessions/w', { body: { names: 'lab-{nn}\u0000' } });
+  await refused(f, 'E_BAD_REQUEST', 400, 'GET', '/api/sessions/w%00x');
+  await refused(f, 'E_BAD_REQUEST', 400, 'POST', '/api/sessions/w/join?open=%00', { token: ws.token });
+  const joined = await call<JoinView>(f, 'POST', '/api/sessions/w/join', { token: ws.token });
+  assert.equal(joined.status, 200);
+  // Joined, the session counts down (snapshots differ by the clock): the client's row is compared.
+  const client = async () => (await ok<Session>(f, 'GET', '/api/sessions/w')).clients[0];
+  const before = await client();
+  for (const body of [
+    { run: 1, state: 'receiving', bytes: 10.5, totalBytes: 100 },
+    { run: 1, state: 'failed', code: 'E_X', message: 'disk \u0000 gone' },
+  ]) {
+    const r = await call<{ error: string }>(f, 'POST', '/api/sessions/w/report', { token: ws.token, body });
+    assert.deepEqual([r.status, r.body.error], [400, 'E_BAD_REQUEST'], JSON.stringify(body));
+  }
+  assert.deepEqual(await client(), before);
+  assert.equal(before?.state, 'joined');
+});
+
 test('an unknown session is refused with E_SESSION_UNKNOWN on show, edit, stop, start, restart, delete, join, wait and report', async (t) => {
   const f = await fixture(t);
   await create(f, { name: 'known', image: 'lab.imgc' });
