@@ -199,6 +199,31 @@ for (const [kind, makeDatabase] of DATABASES) {
       [INVENTORY.mac],
     );
     assert.equal((await admin<Status>(s.a, 'GET', '/api/status')).body.counters.clientReferrals, 4);
+
+    // imgcast status on a: its counters, and the other server of the site.
+    const cli = await new Promise<{ code: number | null; out: string; err: string }>((done) => {
+      const child = spawn(process.execPath, [join(ROOT, 'bin/imgcast.js'), 'status'], {
+        env: {
+          ...ENV,
+          IMGCAST_SERVER: s.a.url.replace('http://', ''),
+          IMGCAST_TOKEN: s.a.adminToken,
+          XDG_CONFIG_HOME: join(s.dir, 'config'),
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      child.on('close', (code) => done({ code, out, err }));
+    });
+    assert.equal(cli.code, 0, cli.err);
+    const lines = cli.out.split('\n');
+    assert.match(lines[1]!, /client referrals 4 · errors 0$/);
+    assert.deepEqual(lines.slice(2, 4), [
+      'site: 2 servers share this database; this one shows its own sessions',
+      `  b at ${s.b.url}: up`,
+    ]);
   });
 
   test(`${kind}: a session name one server holds is refused on the other; each server keeps and reloads only its own`, async (t) => {
