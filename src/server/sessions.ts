@@ -2096,7 +2096,8 @@ export function referral(other: Elsewhere, cause?: unknown): ServerError {
   );
 }
 
-function newRow(
+/** A new session's row: the defaults, then what this kind of session sets (`own`). */
+export function newRow(
   name: string,
   now: number,
   own: Partial<SessionTable> & Pick<SessionTable, 'origin' | 'start_by' | 'server'>,

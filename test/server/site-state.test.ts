@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 
 import { openDatabase } from '../../src/server/db.ts';
+import { newRow } from '../../src/server/sessions.ts';
 import { DOWN_AFTER_MS, Site } from '../../src/server/site.ts';
 import { tempDir } from '../helpers/env.ts';
 
@@ -52,37 +53,7 @@ test('another server is up while its heartbeat is fresh, down once it is DOWN_AF
   // A session of a stopped server: the referral says so.
   await db
     .insertInto('sessions')
-    .values({
-      name: 's',
-      image: 'x.imgc',
-      fileset: 1,
-      client_count: 1,
-      wait_ms: 0,
-      state: 'waiting',
-      run: 1,
-      group_addr: null,
-      port: null,
-      created_at: now,
-      started_at: null,
-      finished_at: null,
-      last_join_at: null,
-      message: null,
-      first_data_at: null,
-      auto: 0,
-      enabled: 1,
-      position: null,
-      master: null,
-      delete_when_done: 0,
-      members: '[]',
-      rules: '[]',
-      origin: 'server',
-      start_by: 'count-or-time',
-      level: null,
-      names: null,
-      scripts: '[]',
-      defined_at: now,
-      server: 'b',
-    })
+    .values(newRow('s', now, { origin: 'server', start_by: 'count-or-time', server: 'b' }))
     .execute();
   assert.deepEqual(await a.elsewhere('s'), {
     session: 's',

@@ -125,6 +125,22 @@ async function register(server: RunningServer): Promise<Registered> {
 
 type Refusal = { error: string; message: string } & Record<string, unknown>;
 
+/** Runs one of the product's commands as a process (the servers answer meanwhile: nothing blocks). */
+function runProcess(
+  script: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((done) => {
+    const child = spawn(process.execPath, [script, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('close', (code) => done({ code, out, err }));
+  });
+}
+
 for (const [kind, makeDatabase] of DATABASES) {
   test(`${kind}: a workstation asking one server for the other's session is referred there, and joins it there`, async (t) => {
     const s = await site(t, makeDatabase);
@@ -201,21 +217,11 @@ for (const [kind, makeDatabase] of DATABASES) {
     assert.equal((await admin<Status>(s.a, 'GET', '/api/status')).body.counters.clientReferrals, 4);
 
     // imgcast status on a: its counters, and the other server of the site.
-    const cli = await new Promise<{ code: number | null; out: string; err: string }>((done) => {
-      const child = spawn(process.execPath, [join(ROOT, 'bin/imgcast.js'), 'status'], {
-        env: {
-          ...ENV,
-          IMGCAST_SERVER: s.a.url.replace('http://', ''),
-          IMGCAST_TOKEN: s.a.adminToken,
-          XDG_CONFIG_HOME: join(s.dir, 'config'),
-        },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      let out = '';
-      let err = '';
-      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-      child.on('close', (code) => done({ code, out, err }));
+    const cli = await runProcess(join(ROOT, 'bin/imgcast.js'), ['status'], {
+      ...ENV,
+      IMGCAST_SERVER: s.a.url.replace('http://', ''),
+      IMGCAST_TOKEN: s.a.adminToken,
+      XDG_CONFIG_HOME: join(s.dir, 'config'),
     });
     assert.equal(cli.code, 0, cli.err);
     const lines = cli.out.split('\n');
@@ -396,30 +402,22 @@ test('PostgreSQL: img session NAME pointed at the wrong server of the site is re
   assert.equal(made.status, 201, JSON.stringify(made.body));
   const target = join(s.dir, 'target');
   mkdirSync(target);
-  const r = await new Promise<{ code: number | null; out: string; err: string }>((done) => {
-    const child = spawn(
-      process.execPath,
-      [
-        IMG,
-        'session',
-        'room2',
-        '--server',
-        s.a.url.replace('http://', ''),
-        '--disk',
-        target,
-        '--interface',
-        '127.0.0.1',
-        '--json',
-        '-v',
-      ],
-      { env: ENV, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.on('close', (code) => done({ code, out, err }));
-  });
+  const r = await runProcess(
+    IMG,
+    [
+      'session',
+      'room2',
+      '--server',
+      s.a.url.replace('http://', ''),
+      '--disk',
+      target,
+      '--interface',
+      '127.0.0.1',
+      '--json',
+      '-v',
+    ],
+    ENV,
+  );
   assert.equal(r.code, 0, `${r.err}\n${r.out}`);
   // (--json keeps the note "… runs on imaging server b at URL: going on there" off stderr; the followReferrals test above reads it.)
   const result = JSON.parse(r.out) as { session: string; server: string; receive: { ok: boolean } };
