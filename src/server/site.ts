@@ -62,10 +62,6 @@ export class Site {
     this.#now = o.now ?? Date.now;
   }
 
-  get name(): string {
-    return this.#o.name;
-  }
-
   /** Names this server ran under before (see SiteOptions.shared); '*': every name but its own. */
   get formerNames(): readonly string[] | '*' {
     return this.#former;
@@ -187,7 +183,7 @@ export class Site {
     return this.#known.map((s) => (s.self ? { ...s, url: this.#o.url, seenAt: this.#now() } : s));
   }
 
-  #stateOf(row: ServerTable): SiteServer['state'] {
+  #stateOf(row: Pick<ServerTable, 'seen_at' | 'stopped_at'>): SiteServer['state'] {
     if (row.stopped_at !== null) return 'stopped';
     return this.#now() - Number(row.seen_at) <= DOWN_AFTER_MS ? 'up' : 'down';
   }
@@ -224,16 +220,7 @@ export class Site {
       .where('sessions.server', '!=', this.#o.name)
       .executeTakeFirst();
     if (!row) return undefined;
-    const state = this.#stateOf({
-      name: row.server,
-      url: row.url,
-      place: '',
-      version: '',
-      started_at: 0,
-      seen_at: Number(row.seen_at),
-      stopped_at: row.stopped_at === null ? null : Number(row.stopped_at),
-    });
-    return { session: row.session, server: row.server, url: row.url, state };
+    return { session: row.session, server: row.server, url: row.url, state: this.#stateOf(row) };
   }
 
   /** Says this server stopped, so the others show it as stopped rather than down. */
